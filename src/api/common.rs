@@ -1,0 +1,129 @@
+//! Types shared by the three kinds: references, transports, codecs, limits, status.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::rules;
+
+/// A reference to a Secret of type `kubernetes.io/basic-auth` (keys `username`, `password`) in the
+/// same namespace as the object that names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of the Secret, in the same namespace. Example: `acme-in-credentials`.
+    #[schemars(length(min = 1, max = 253), pattern(rules::DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// A reference to another trunkline object of a known kind in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    /// Name of the object, in the same namespace. Example: `carrier-out`.
+    #[schemars(length(min = 1, max = 253), pattern(rules::DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// SIP digest authentication (RFC 3261 §22, RFC 7616).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestAuth {
+    /// The Secret (type `kubernetes.io/basic-auth`, keys `username` and `password`) that holds the
+    /// credentials. On an InboundTrunk it may be omitted: the operator (or `trunkline run`) then
+    /// generates credentials and names the Secret in `status.credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+}
+
+// A SIP transport.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
+pub enum Transport {
+    /// SIP over UDP (RFC 3261 §18).
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SIP over TCP.
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// SIP over TLS (RFC 3261 §26.2, `sips:` and `transport=tls`).
+    #[serde(rename = "TLS")]
+    Tls,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+// An audio codec the gateway can relay. `telephone-event` (RFC 4733 DTMF) is always allowed and
+// is not listed.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
+pub enum Codec {
+    /// G.711 µ-law, 8 kHz, static payload type 0.
+    #[serde(rename = "PCMU")]
+    Pcmu,
+    /// G.711 A-law, 8 kHz, static payload type 8.
+    #[serde(rename = "PCMA")]
+    Pcma,
+    /// G.722 wideband, static payload type 9.
+    #[serde(rename = "G722")]
+    G722,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 3] = [Codec::Pcmu, Codec::Pcma, Codec::G722];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
+        }
+    }
+}
+
+/// Call admission limits of one trunk, enforced by every gateway pod of the fleet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallLimits {
+    /// Most calls in progress on this trunk at once; the next one gets `503 Service Unavailable`
+    /// with `Retry-After`. Omit for no limit. Example: `100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_concurrent_calls: Option<u32>,
+    /// Most new calls per second on this trunk; the excess gets `503` with `Retry-After`. Omit
+    /// for no limit. Example: `10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_calls_per_second: Option<u32>,
+}

@@ -1,0 +1,135 @@
+//! `OutboundTrunk`: calls from the agents out through a carrier.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{CallLimits, Codec, DigestAuth, Transport};
+use super::rules;
+
+/// Calls from the agents out through a carrier: where the carrier is, how we authenticate to it,
+/// and which caller ids the agents may present.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "trunkline.dev",
+    version = "v1alpha1",
+    kind = "OutboundTrunk",
+    namespaced,
+    status = "OutboundTrunkStatus",
+    shortname = "otrunk",
+    category = "trunkline",
+    doc = "Calls from the agents out through a carrier: its address, our credentials, and the caller ids agents may present.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
+    printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrunkSpec {
+    /// The carrier's SIP host: a host name or an IP address only. A `sip:` URI, a port or a path
+    /// here is an error. Example: `sip.carrier.example`.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::HOST_NOT_URI.to_rule())]
+    pub host: String,
+    /// The carrier's SIP port. Default: 5060, or 5061 for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// The transport toward the carrier. Default: `UDP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// How we authenticate to the carrier. Omit when the carrier allowlists the fleet's addresses
+    /// (see `status.sourceAddresses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<OutboundAuth>,
+    /// The caller id presented in `From` and `P-Asserted-Identity` unless the agent asks for one
+    /// of `allowedCallerIds`. E.164. Example: `"+14155550100"`.
+    #[schemars(pattern(rules::E164_PATTERN))]
+    pub caller_id: String,
+    /// Other caller ids an agent may ask for. E.164.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(pattern(rules::E164_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_caller_ids: Vec<String>,
+    /// How the dialed number is written toward this carrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_format: Option<NumberFormat>,
+    /// SIP OPTIONS probes to the carrier; they drive the `Reachable` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Call admission limits. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CallLimits>,
+    /// Agent ids that may dial out through this trunk. Empty (default): every agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(pattern(rules::AGENT_ID_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub agents: Vec<String>,
+    /// Audio codecs, in order of preference; `telephone-event` is always allowed. Default:
+    /// `[PCMU, PCMA, G722]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub codecs: Vec<Codec>,
+    /// The regions whose gateway fleets use this trunk. Empty (default): every region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(pattern(rules::REGION_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub regions: Vec<String>,
+}
+
+/// How we authenticate to the carrier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundAuth {
+    /// Digest credentials we answer the carrier's challenge with; `secretRef` is required here.
+    #[x_kube(validation = kube::core::Rule::new("has(self.secretRef)").message("an OutboundTrunk's digest needs secretRef: the carrier issues the credentials"))]
+    pub digest: DigestAuth,
+}
+
+/// How the dialed number is written toward the carrier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NumberFormat {
+    /// Write the leading `+` of E.164 (`+14155550100`); `false` writes digits only
+    /// (`14155550100`). Default: `true`.
+    #[serde(default = "default_true")]
+    pub leading_plus: bool,
+}
+
+/// SIP OPTIONS health probes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Seconds between probes. Default: 30. Example: `30`.
+    #[serde(default = "default_interval")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub interval_seconds: u32,
+    /// Send probes at all. Default: `true`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_interval() -> u32 {
+    30
+}
+
+/// The observed state of an OutboundTrunk.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrunkStatus {
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed` and `Reachable` (the carrier answers OPTIONS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The fleet's egress addresses: give these to the carrier for its allowlist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_addresses: Vec<String>,
+}

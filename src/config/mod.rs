@@ -1,0 +1,13 @@
+//! Specs to runtime model. `compile` is the one place where the cross-object rules of DESIGN §2
+//! live; `check`, `explain`, the operator and the gateway all call it, so they never disagree.
+//! `lookup` is the matcher that `explain` and the gateway share.
+
+pub mod diagnostic;
+pub mod model;
+pub mod number;
+pub mod secret;
+pub mod specs;
+
+pub use diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
+pub use model::RoutingTable;
+pub use specs::{CompileOptions, Specs};

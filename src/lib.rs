@@ -1,0 +1,3 @@
+//! trunkline: SIP trunks as Kubernetes resources.
+pub mod api;
+pub mod config;
