@@ -1,0 +1,913 @@
+//! `compile`: specs → (RoutingTable, a verdict for every object). Pure and deterministic: no I/O,
+//! no clock; objects are considered oldest first (creation time, then namespace/name), which is
+//! how every conflict is settled. One bad object never blocks the others.
+//!
+//! The rules (DESIGN §2), in the order they run:
+//! 1. OutboundTrunks: credentials Secret resolved (missing or unusable: refused, `ResolvedRefs`).
+//! 2. InboundTrunks, each on its own: authentication present and not open to everyone, addresses
+//!    parse, destination URI parses, credentials resolved (referenced or generated).
+//! 3. InboundTrunks together, oldest first: a digest username already used by an older trunk
+//!    refuses the newer one; a number already held by an older trunk is taken from the newer one
+//!    (degraded), and a trunk left with no number is refused.
+//! 4. TransferDestinations: the OutboundTrunk or Secret they name must exist and be accepted.
+//!
+//! Callers: `check` and `explain` (offline), the operator (status), the gateway (its table).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
+
+use super::diagnostic::{Diagnostic, NumberTally, ObjectKey, Reason, Severity, Verdict};
+use super::model::{
+    AgentHeader, Codec, InboundDigest, InboundTrunkRoute, Limits, ObjectName, OutboundTrunkRoute,
+    RoutingTable, TransferMode, TransferRoute, TransferTarget, Transport,
+};
+use super::number::{CallerPattern, E164};
+use super::secret::{BasicAuth, SecretEntry, SecretStore, generated_credentials_secret_name};
+use super::specs::{CompileOptions, DEFAULT_NAMESPACE, Specs};
+
+/// The result of a compile: the table to serve and what was decided about every object.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub table: RoutingTable,
+    /// One verdict per object, sorted by kind, namespace and name.
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Compiled {
+    pub fn verdict(&self, key: &ObjectKey) -> Option<&Verdict> {
+        self.verdicts.binary_search_by(|v| v.object.cmp(key)).ok().map(|i| &self.verdicts[i])
+    }
+}
+
+/// Default codecs, in order of preference, when a trunk lists none.
+const DEFAULT_CODECS: [Codec; 3] = [Codec::Pcmu, Codec::Pcma, Codec::G722];
+
+/// An IPv4 allowlist entry shorter than this, without digest, admits a large part of the
+/// Internet: a lint.
+const BROAD_IPV4_PREFIX: u8 = 8;
+/// The same for IPv6.
+const BROAD_IPV6_PREFIX: u8 = 32;
+
+/// Compiles every object. See the module docs for the rules.
+pub fn compile(specs: &Specs, options: &CompileOptions) -> Compiled {
+    let mut verdicts = Vec::new();
+
+    let outbound = compile_outbound_trunks(&specs.outbound, &specs.secrets, &mut verdicts);
+    let inbound = compile_inbound_trunks(&specs.inbound, &specs.secrets, &mut verdicts);
+    let transfers = compile_transfers(&specs.transfers, &specs.secrets, &outbound, &mut verdicts);
+
+    let in_region = |regions: &[String]| match &options.region {
+        None => true,
+        Some(r) => regions.is_empty() || regions.iter().any(|x| x == r),
+    };
+    let outbound_routes: Vec<OutboundTrunkRoute> =
+        outbound.into_values().filter(|o| in_region(&o.regions)).map(|o| o.route).collect();
+    let served_outbound: BTreeSet<ObjectName> =
+        outbound_routes.iter().map(|o| o.name.clone()).collect();
+    let inbound_routes =
+        inbound.into_iter().filter(|t| in_region(&t.regions)).map(|t| t.route).collect();
+    let transfer_routes = transfers
+        .into_iter()
+        .filter(|t| match &t.target {
+            TransferTarget::Phone { outbound_trunk, .. } => {
+                served_outbound.contains(outbound_trunk)
+            }
+            _ => true,
+        })
+        .collect();
+
+    verdicts.sort_by(|a, b| a.object.cmp(&b.object));
+    Compiled {
+        table: RoutingTable::new(inbound_routes, outbound_routes, transfer_routes),
+        verdicts,
+    }
+}
+
+/// Collects the diagnostics of one object.
+struct Problems {
+    key: ObjectKey,
+    list: Vec<Diagnostic>,
+}
+
+impl Problems {
+    fn new(key: ObjectKey) -> Self {
+        Problems { key, list: Vec::new() }
+    }
+
+    fn add(&mut self, severity: Severity, reason: Reason, field: &str, message: String) {
+        self.list.push(Diagnostic {
+            object: self.key.clone(),
+            field: field.to_string(),
+            severity,
+            reason,
+            message,
+        });
+    }
+
+    fn fatal(&mut self, reason: Reason, field: &str, message: String) {
+        self.add(Severity::Fatal, reason, field, message);
+    }
+
+    fn is_fatal(&self) -> bool {
+        self.list.iter().any(|d| d.severity == Severity::Fatal)
+    }
+
+    fn into_verdict(self, generation: Option<i64>) -> Verdict {
+        Verdict::from_diagnostics(self.key, generation, self.list)
+    }
+}
+
+/// Namespace, name, generation and age of an object, and the order compile considers them in.
+struct Meta<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    generation: Option<i64>,
+}
+
+fn meta_of(m: &ObjectMeta) -> Meta<'_> {
+    Meta {
+        namespace: m.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+        name: m.name.as_deref().unwrap_or_default(),
+        generation: m.generation,
+    }
+}
+
+/// Oldest first: objects with a creation time before those without, then namespace/name.
+fn age_order<T: kube::Resource>(objects: &[T]) -> Vec<&T> {
+    let mut sorted: Vec<&T> = objects.iter().collect();
+    sorted.sort_by(|a, b| {
+        let key = |o: &T| {
+            let m = o.meta();
+            (
+                m.creation_timestamp.as_ref().map(|t| t.0).is_none(),
+                m.creation_timestamp.as_ref().map(|t| t.0),
+                m.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+                m.name.clone().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    sorted
+}
+
+/// Refuses a second object with the namespace and name of one already seen.
+fn first_of_its_name(seen: &mut BTreeSet<ObjectName>, problems: &mut Problems) -> bool {
+    let name = ObjectName::new(problems.key.namespace.clone(), problems.key.name.clone());
+    if seen.insert(name) {
+        return true;
+    }
+    problems.fatal(
+        Reason::DuplicateObject,
+        "metadata.name",
+        format!("another {} named {} came first", problems.key.kind, problems.key.name),
+    );
+    false
+}
+
+/// Resolves a basic-auth Secret reference, recording why it does not resolve.
+fn resolve_secret(
+    secrets: &SecretStore,
+    namespace: &str,
+    secret: &str,
+    field: &str,
+    problems: &mut Problems,
+) -> Option<BasicAuth> {
+    match secrets.get(namespace, secret) {
+        Some(SecretEntry::BasicAuth(auth)) => Some(auth.clone()),
+        Some(SecretEntry::Invalid(why)) => {
+            problems.fatal(Reason::InvalidSecret, field, format!("Secret {secret} {why}"));
+            None
+        }
+        None => {
+            problems.fatal(
+                Reason::SecretNotFound,
+                field,
+                format!("Secret {secret} does not exist in namespace {namespace}"),
+            );
+            None
+        }
+    }
+}
+
+fn transport_of(t: api::Transport) -> Transport {
+    match t {
+        api::Transport::Udp => Transport::Udp,
+        api::Transport::Tcp => Transport::Tcp,
+        api::Transport::Tls => Transport::Tls,
+    }
+}
+
+fn codecs_of(codecs: &[api::Codec]) -> Vec<Codec> {
+    if codecs.is_empty() {
+        return DEFAULT_CODECS.to_vec();
+    }
+    let mut out = Vec::with_capacity(codecs.len());
+    for c in codecs {
+        let c = match c {
+            api::Codec::Pcmu => Codec::Pcmu,
+            api::Codec::Pcma => Codec::Pcma,
+            api::Codec::G722 => Codec::G722,
+        };
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn limits_of(l: Option<&api::CallLimits>) -> Limits {
+    l.map(|l| Limits {
+        max_concurrent_calls: l.max_concurrent_calls,
+        max_calls_per_second: l.max_calls_per_second,
+    })
+    .unwrap_or_default()
+}
+
+/// Parses a canonical E.164 field, recording a fatal problem when it is not one.
+fn canonical_number(value: &str, field: &str, problems: &mut Problems) -> Option<E164> {
+    match E164::parse_canonical(value) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            problems.fatal(Reason::InvalidSpec, field, format!("{value:?} {e}"));
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OutboundTrunk
+
+/// An accepted OutboundTrunk and the regions it serves.
+struct CompiledOutbound {
+    route: OutboundTrunkRoute,
+    regions: Vec<String>,
+}
+
+fn compile_outbound_trunks(
+    trunks: &[OutboundTrunk],
+    secrets: &SecretStore,
+    verdicts: &mut Vec<Verdict>,
+) -> BTreeMap<ObjectName, CompiledOutbound> {
+    let mut accepted = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for trunk in age_order(trunks) {
+        let meta = meta_of(&trunk.metadata);
+        let mut problems =
+            Problems::new(ObjectKey::new(Kind::OutboundTrunk, meta.namespace, meta.name));
+        if !first_of_its_name(&mut seen, &mut problems) {
+            verdicts.push(problems.into_verdict(meta.generation));
+            continue;
+        }
+        let route = compile_outbound_trunk(trunk, &meta, secrets, &mut problems);
+        if let (Some(route), false) = (route, problems.is_fatal()) {
+            accepted.insert(
+                route.name.clone(),
+                CompiledOutbound { route, regions: trunk.spec.regions.clone() },
+            );
+        }
+        verdicts.push(problems.into_verdict(meta.generation));
+    }
+    accepted
+}
+
+fn compile_outbound_trunk(
+    trunk: &OutboundTrunk,
+    meta: &Meta,
+    secrets: &SecretStore,
+    problems: &mut Problems,
+) -> Option<OutboundTrunkRoute> {
+    let spec = &trunk.spec;
+    if let Err(why) = check_host(&spec.host) {
+        problems.fatal(Reason::InvalidHost, "spec.host", why);
+    }
+    let transport = spec.transport.map_or(Transport::Udp, transport_of);
+    let port = spec.port.unwrap_or(if transport == Transport::Tls { 5061 } else { 5060 });
+    if port == 0 {
+        problems.fatal(Reason::InvalidSpec, "spec.port", "port 0 is not a port".into());
+    }
+    let credentials = match spec.auth.as_ref().map(|a| a.digest.secret_ref.as_ref()) {
+        None => None,
+        Some(None) => {
+            problems.fatal(
+                Reason::InvalidSpec,
+                "spec.auth.digest.secretRef",
+                "an OutboundTrunk's digest needs secretRef: the carrier issues the credentials"
+                    .into(),
+            );
+            None
+        }
+        Some(Some(r)) => resolve_secret(
+            secrets,
+            meta.namespace,
+            &r.name,
+            "spec.auth.digest.secretRef.name",
+            problems,
+        ),
+    };
+    let caller_id = canonical_number(&spec.caller_id, "spec.callerId", problems);
+    let mut allowed_caller_ids = BTreeSet::new();
+    for (i, n) in spec.allowed_caller_ids.iter().enumerate() {
+        if let Some(n) = canonical_number(n, &format!("spec.allowedCallerIds[{i}]"), problems) {
+            if Some(&n) == caller_id.as_ref() {
+                problems.add(
+                    Severity::Warning,
+                    Reason::Suspicious,
+                    &format!("spec.allowedCallerIds[{i}]"),
+                    format!("{n} is already the default callerId"),
+                );
+            }
+            allowed_caller_ids.insert(n);
+        }
+    }
+    let health_check_interval_seconds = match &spec.health_check {
+        None => Some(30),
+        Some(h) if h.enabled => Some(h.interval_seconds),
+        Some(_) => None,
+    };
+    Some(OutboundTrunkRoute {
+        name: ObjectName::new(meta.namespace, meta.name),
+        generation: meta.generation,
+        host: spec.host.to_ascii_lowercase(),
+        port,
+        transport,
+        credentials,
+        caller_id: caller_id?,
+        allowed_caller_ids,
+        leading_plus: spec.number_format.as_ref().is_none_or(|f| f.leading_plus),
+        health_check_interval_seconds,
+        limits: limits_of(spec.limits.as_ref()),
+        agents: spec.agents.iter().cloned().collect(),
+        codecs: codecs_of(&spec.codecs),
+    })
+}
+
+/// A host name or an IP address, nothing else (the schema has the same rule; compile keeps it
+/// for objects that came in under an older schema).
+fn check_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let lower = host.to_ascii_lowercase();
+    if lower.starts_with("sip:") || lower.starts_with("sips:") {
+        return Err(format!(
+            "host {host:?} is a SIP URI: write only the host name ({:?}) and put a port in spec.port",
+            host.split_once(':').map_or(host, |(_, rest)| rest)
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.len() <= 253 && host.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host:?} is not a host name or an IP address (no scheme, port or path; the port goes in spec.port)"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// InboundTrunk
+
+/// An InboundTrunk that passed its own checks, before numbers are shared out.
+struct InboundCandidate<'a> {
+    trunk: &'a InboundTrunk,
+    problems: Problems,
+    generation: Option<i64>,
+    route: Option<InboundTrunkRoute>,
+    credentials_secret: Option<String>,
+}
+
+/// An accepted InboundTrunk and the regions it serves.
+struct CompiledInbound {
+    route: InboundTrunkRoute,
+    regions: Vec<String>,
+}
+
+fn compile_inbound_trunks(
+    trunks: &[InboundTrunk],
+    secrets: &SecretStore,
+    verdicts: &mut Vec<Verdict>,
+) -> Vec<CompiledInbound> {
+    let mut seen = BTreeSet::new();
+    let mut candidates = Vec::new();
+    for trunk in age_order(trunks) {
+        let meta = meta_of(&trunk.metadata);
+        let mut problems =
+            Problems::new(ObjectKey::new(Kind::InboundTrunk, meta.namespace, meta.name));
+        let route = if first_of_its_name(&mut seen, &mut problems) {
+            compile_inbound_trunk(trunk, &meta, secrets, &mut problems)
+        } else {
+            None
+        };
+        let credentials_secret = route.as_ref().and_then(|r| match &r.digest {
+            Some(InboundDigest::Ready { secret, .. } | InboundDigest::Pending { secret }) => {
+                Some(secret.clone())
+            }
+            None => None,
+        });
+        candidates.push(InboundCandidate {
+            trunk,
+            problems,
+            generation: meta.generation,
+            route,
+            credentials_secret,
+        });
+    }
+
+    // Oldest first: digest usernames and numbers go to the first trunk that claims them.
+    let mut usernames: HashMap<String, ObjectName> = HashMap::new();
+    let mut holders: HashMap<E164, ObjectName> = HashMap::new();
+    let mut accepted = Vec::new();
+    for mut c in candidates {
+        let mut tally = None;
+        if let (Some(mut route), false) = (c.route.take(), c.problems.is_fatal()) {
+            claim_username(&route, &mut usernames, &mut c.problems);
+            if !c.problems.is_fatal() {
+                let counts = claim_numbers(&mut route, c.trunk, &mut holders, &mut c.problems);
+                tally = Some(counts);
+                if !c.problems.is_fatal() {
+                    accepted.push(CompiledInbound { route, regions: c.trunk.spec.regions.clone() });
+                }
+            }
+        }
+        let mut verdict = c.problems.into_verdict(c.generation);
+        verdict.numbers = Some(tally.unwrap_or_default());
+        verdict.credentials_secret = c.credentials_secret;
+        verdicts.push(verdict);
+    }
+    accepted
+}
+
+/// Records this trunk's digest username, refusing the trunk if an older one uses it: calls are
+/// told apart by that username.
+fn claim_username(
+    route: &InboundTrunkRoute,
+    usernames: &mut HashMap<String, ObjectName>,
+    problems: &mut Problems,
+) {
+    let Some(InboundDigest::Ready { credentials, secret }) = &route.digest else {
+        return;
+    };
+    match usernames.get(&credentials.username) {
+        Some(holder) => problems.fatal(
+            Reason::CredentialConflict,
+            "spec.auth.digest.secretRef.name",
+            format!(
+                "the digest username in Secret {secret} is already used by InboundTrunk {holder} (older); every trunk needs its own username"
+            ),
+        ),
+        None => {
+            usernames.insert(credentials.username.clone(), route.name.clone());
+        }
+    }
+}
+
+/// Takes from `route` the numbers an older trunk holds, and claims the rest.
+fn claim_numbers(
+    route: &mut InboundTrunkRoute,
+    trunk: &InboundTrunk,
+    holders: &mut HashMap<E164, ObjectName>,
+    problems: &mut Problems,
+) -> NumberTally {
+    let mut tally = NumberTally::default();
+    for (i, assignment) in trunk.spec.numbers.iter().enumerate() {
+        let Ok(number) = E164::parse_canonical(&assignment.number) else {
+            continue; // already reported by compile_inbound_trunk
+        };
+        match holders.get(&number) {
+            Some(holder) if *holder != route.name => {
+                route.numbers.remove(&number);
+                tally.conflicting += 1;
+                problems.add(
+                    Severity::Degraded,
+                    Reason::NumberConflict,
+                    &format!("spec.numbers[{i}].number"),
+                    format!("number {number} is held by InboundTrunk {holder} (older)"),
+                );
+            }
+            Some(_) => {}
+            None => {
+                holders.insert(number, route.name.clone());
+            }
+        }
+    }
+    tally.accepted = u32::try_from(route.numbers.len()).unwrap_or(u32::MAX);
+    if route.numbers.is_empty() {
+        problems.fatal(
+            Reason::NumberConflict,
+            "spec.numbers",
+            "every number of this trunk is held by an older InboundTrunk: it has nothing to serve"
+                .into(),
+        );
+    }
+    route.agents = route.numbers.values().cloned().collect();
+    tally
+}
+
+fn compile_inbound_trunk(
+    trunk: &InboundTrunk,
+    meta: &Meta,
+    secrets: &SecretStore,
+    problems: &mut Problems,
+) -> Option<InboundTrunkRoute> {
+    let spec = &trunk.spec;
+
+    let mut numbers = BTreeMap::new();
+    for (i, a) in spec.numbers.iter().enumerate() {
+        let field = format!("spec.numbers[{i}].number");
+        let Some(n) = canonical_number(&a.number, &field, problems) else { continue };
+        if let Some(previous) = numbers.insert(n.clone(), a.agent.clone()) {
+            problems.fatal(
+                Reason::InvalidSpec,
+                &field,
+                format!("number {n} is listed twice (agents {previous} and {})", a.agent),
+            );
+        }
+    }
+    if spec.numbers.is_empty() {
+        problems.fatal(
+            Reason::InvalidSpec,
+            "spec.numbers",
+            "a trunk needs at least one number".into(),
+        );
+    }
+
+    let allowed_addresses = compile_allowlist(&spec.auth, problems);
+
+    let digest = match &spec.auth.digest {
+        None => None,
+        Some(d) => match &d.secret_ref {
+            Some(r) => resolve_secret(
+                secrets,
+                meta.namespace,
+                &r.name,
+                "spec.auth.digest.secretRef.name",
+                problems,
+            )
+            .map(|credentials| InboundDigest::Ready { secret: r.name.clone(), credentials }),
+            None => {
+                let secret = generated_credentials_secret_name(meta.name);
+                match secrets.get(meta.namespace, &secret) {
+                    Some(SecretEntry::BasicAuth(credentials)) => {
+                        Some(InboundDigest::Ready { secret, credentials: credentials.clone() })
+                    }
+                    Some(SecretEntry::Invalid(why)) => {
+                        problems.fatal(
+                            Reason::InvalidSecret,
+                            "spec.auth.digest",
+                            format!("generated Secret {secret} {why}"),
+                        );
+                        None
+                    }
+                    None => {
+                        problems.add(
+                            Severity::Warning,
+                            Reason::CredentialsPending,
+                            "spec.auth.digest",
+                            format!(
+                                "no secretRef: credentials are generated into Secret {secret} by the operator (or trunkline run); calls are challenged but cannot pass until then"
+                            ),
+                        );
+                        Some(InboundDigest::Pending { secret })
+                    }
+                }
+            }
+        },
+    };
+
+    if let Err(why) = check_sip_uri(&spec.destination.uri) {
+        problems.fatal(Reason::InvalidUri, "spec.destination.uri", why);
+    }
+
+    let mut allowed_callers = Vec::new();
+    for (i, p) in spec.allowed_callers.iter().enumerate() {
+        let field = format!("spec.allowedCallers[{i}]");
+        match CallerPattern::parse(p) {
+            Some(CallerPattern::Prefix(prefix)) if prefix.is_empty() => problems.add(
+                Severity::Warning,
+                Reason::Suspicious,
+                &field,
+                "\"*\" admits every caller, the same as leaving allowedCallers empty".into(),
+            ),
+            Some(pattern) => allowed_callers.push(pattern),
+            None => problems.fatal(
+                Reason::InvalidSpec,
+                &field,
+                format!("{p:?} is neither an E.164 number nor a prefix such as +1415*"),
+            ),
+        }
+    }
+
+    let transports: BTreeSet<Transport> = if spec.transports.is_empty() {
+        [Transport::Udp, Transport::Tcp, Transport::Tls].into()
+    } else {
+        spec.transports.iter().copied().map(transport_of).collect()
+    };
+
+    if problems.is_fatal() {
+        return None;
+    }
+    Some(InboundTrunkRoute {
+        name: ObjectName::new(meta.namespace, meta.name),
+        generation: meta.generation,
+        agents: numbers.values().cloned().collect(),
+        numbers,
+        destination: spec.destination.uri.clone(),
+        agent_header: match spec.agent_header.unwrap_or_default() {
+            api::AgentHeaderPolicy::Allow => AgentHeader::Allow,
+            api::AgentHeaderPolicy::Ignore => AgentHeader::Ignore,
+        },
+        digest,
+        allowed_addresses,
+        allowed_callers,
+        transports,
+        codecs: codecs_of(&spec.codecs),
+        limits: limits_of(spec.limits.as_ref()),
+    })
+}
+
+/// Parses the address allowlist and applies the authentication rules: digest or addresses, and
+/// no allowlist open to everyone without digest.
+fn compile_allowlist(auth: &api::InboundAuth, problems: &mut Problems) -> Vec<IpNet> {
+    let has_digest = auth.digest.is_some();
+    let mut nets = Vec::new();
+    for (i, a) in auth.allowed_addresses.iter().enumerate() {
+        let field = format!("spec.auth.allowedAddresses[{i}]");
+        let parsed = a
+            .parse::<IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(|n| n.trunc());
+        let Ok(net) = parsed else {
+            problems.fatal(
+                Reason::InvalidAddress,
+                &field,
+                format!("{a:?} is not an IP address or a CIDR such as 203.0.113.0/24"),
+            );
+            continue;
+        };
+        if !has_digest {
+            let broad_limit = match net {
+                IpNet::V4(_) => BROAD_IPV4_PREFIX,
+                IpNet::V6(_) => BROAD_IPV6_PREFIX,
+            };
+            if net.prefix_len() == 0 {
+                problems.fatal(
+                    Reason::OpenTrunk,
+                    &field,
+                    format!(
+                        "{a} without digest would let anyone in: add auth.digest or list the carrier's addresses"
+                    ),
+                );
+            } else if net.prefix_len() < broad_limit {
+                problems.add(
+                    Severity::Warning,
+                    Reason::BroadAllowlist,
+                    &field,
+                    format!(
+                        "{net} admits {} addresses without digest; carriers publish much narrower ranges",
+                        describe_size(net)
+                    ),
+                );
+            }
+        }
+        nets.push(net);
+    }
+    if !has_digest && auth.allowed_addresses.is_empty() {
+        problems.fatal(
+            Reason::NoAuthentication,
+            "spec.auth",
+            "a trunk needs digest, allowedAddresses, or both".into(),
+        );
+    }
+    nets
+}
+
+fn describe_size(net: IpNet) -> String {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    match 2u128.checked_pow(host_bits) {
+        Some(n) if n < 1_000_000_000_000 => format!("{n}"),
+        _ => format!("2^{host_bits}"),
+    }
+}
+
+/// A `sip:`/`sips:` URI with a host, an optional port and only known transports. Enough to
+/// refuse typos at compile time; the SIP layer parses it in full when it sends.
+fn check_sip_uri(uri: &str) -> Result<(), String> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .ok_or_else(|| format!("{uri:?} is not a sip: or sips: URI"))?;
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{uri:?} contains white space"));
+    }
+    let (before_params, params) = rest.split_once(';').unwrap_or((rest, ""));
+    let hostport = before_params.rsplit_once('@').map_or(before_params, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (addr, after) =
+            v6.split_once(']').ok_or_else(|| format!("{uri:?} has an unclosed IPv6 bracket"))?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{uri:?}: {addr:?} is not an IPv6 address"));
+        }
+        (hostport, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if !host.starts_with('[') {
+        check_host(host)
+            .map_err(|_| format!("{uri:?}: {host:?} is not a host name or an IP address"))?;
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("{uri:?}: {p:?} is not a port")),
+        }
+    }
+    for param in params.split(';').filter(|p| !p.is_empty()) {
+        let lower = param.to_ascii_lowercase();
+        if let Some(t) = lower.strip_prefix("transport=")
+            && !matches!(t, "udp" | "tcp" | "tls")
+        {
+            return Err(format!("{uri:?}: transport {t:?} is not udp, tcp or tls"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TransferDestination
+
+fn compile_transfers(
+    transfers: &[TransferDestination],
+    secrets: &SecretStore,
+    outbound: &BTreeMap<ObjectName, CompiledOutbound>,
+    verdicts: &mut Vec<Verdict>,
+) -> Vec<TransferRoute> {
+    let mut accepted = Vec::new();
+    let mut seen = BTreeSet::new();
+    let refused_outbound: BTreeSet<ObjectName> = verdicts
+        .iter()
+        .filter(|v| v.object.kind == Kind::OutboundTrunk)
+        .map(|v| ObjectName::new(v.object.namespace.clone(), v.object.name.clone()))
+        .filter(|n| !outbound.contains_key(n))
+        .collect();
+    for t in age_order(transfers) {
+        let meta = meta_of(&t.metadata);
+        let mut problems =
+            Problems::new(ObjectKey::new(Kind::TransferDestination, meta.namespace, meta.name));
+        if first_of_its_name(&mut seen, &mut problems) {
+            let target = compile_transfer_target(
+                t,
+                &meta,
+                secrets,
+                outbound,
+                &refused_outbound,
+                &mut problems,
+            );
+            if let (Some(target), false) = (target, problems.is_fatal()) {
+                accepted.push(TransferRoute {
+                    name: ObjectName::new(meta.namespace, meta.name),
+                    generation: meta.generation,
+                    target,
+                    mode: match t.spec.mode.unwrap_or_default() {
+                        api::TransferMode::Bridge => TransferMode::Bridge,
+                        api::TransferMode::Refer => TransferMode::Refer,
+                    },
+                    agents: t.spec.agents.iter().cloned().collect(),
+                });
+            }
+        }
+        verdicts.push(problems.into_verdict(meta.generation));
+    }
+    accepted
+}
+
+fn compile_transfer_target(
+    t: &TransferDestination,
+    meta: &Meta,
+    secrets: &SecretStore,
+    outbound: &BTreeMap<ObjectName, CompiledOutbound>,
+    refused_outbound: &BTreeSet<ObjectName>,
+    problems: &mut Problems,
+) -> Option<TransferTarget> {
+    let spec = &t.spec;
+    let members = (spec.phone.is_some(), spec.sip.is_some());
+    match (spec.type_, members) {
+        (api::TransferType::Phone, (true, false))
+        | (api::TransferType::Sip, (false, true))
+        | (api::TransferType::Hangup, (false, false)) => {}
+        (type_, _) => {
+            let want = match type_ {
+                api::TransferType::Phone => "type Phone needs spec.phone and no spec.sip",
+                api::TransferType::Sip => "type Sip needs spec.sip and no spec.phone",
+                api::TransferType::Hangup => "type Hangup takes neither spec.phone nor spec.sip",
+            };
+            problems.fatal(Reason::TypeMismatch, "spec", want.into());
+            return None;
+        }
+    }
+    match spec.type_ {
+        api::TransferType::Hangup => {
+            if spec.mode == Some(api::TransferMode::Refer) {
+                problems.fatal(
+                    Reason::TypeMismatch,
+                    "spec.mode",
+                    "type Hangup cannot use mode Refer: there is nobody to refer the caller to"
+                        .into(),
+                );
+            }
+            Some(TransferTarget::Hangup)
+        }
+        api::TransferType::Phone => {
+            let phone = spec.phone.as_ref()?;
+            let number = canonical_number(&phone.number, "spec.phone.number", problems);
+            let trunk = ObjectName::new(meta.namespace, phone.outbound_trunk_ref.name.clone());
+            let field = "spec.phone.outboundTrunkRef.name";
+            match outbound.get(&trunk) {
+                Some(o) => warn_agent_mismatch(&spec.agents, &o.route, problems),
+                None if refused_outbound.contains(&trunk) => problems.fatal(
+                    Reason::TrunkNotAccepted,
+                    field,
+                    format!("OutboundTrunk {} is not accepted (see its status)", trunk.name),
+                ),
+                None => problems.fatal(
+                    Reason::TrunkNotFound,
+                    field,
+                    format!(
+                        "OutboundTrunk {} does not exist in namespace {}",
+                        trunk.name, trunk.namespace
+                    ),
+                ),
+            }
+            Some(TransferTarget::Phone { number: number?, outbound_trunk: trunk })
+        }
+        api::TransferType::Sip => {
+            let sip = spec.sip.as_ref()?;
+            if let Err(why) = check_sip_uri(&sip.uri) {
+                problems.fatal(Reason::InvalidUri, "spec.sip.uri", why);
+            }
+            let credentials = match sip.auth.as_ref().map(|a| a.digest.secret_ref.as_ref()) {
+                None => None,
+                Some(None) => {
+                    problems.fatal(
+                        Reason::InvalidSpec,
+                        "spec.sip.auth.digest.secretRef",
+                        "digest toward a SIP destination needs secretRef".into(),
+                    );
+                    None
+                }
+                Some(Some(r)) => resolve_secret(
+                    secrets,
+                    meta.namespace,
+                    &r.name,
+                    "spec.sip.auth.digest.secretRef.name",
+                    problems,
+                ),
+            };
+            Some(TransferTarget::Sip { uri: sip.uri.clone(), credentials })
+        }
+    }
+}
+
+/// A lint: agents allowed to use a phone destination whose OutboundTrunk would refuse them.
+fn warn_agent_mismatch(agents: &[String], trunk: &OutboundTrunkRoute, problems: &mut Problems) {
+    if trunk.agents.is_empty() {
+        return;
+    }
+    let refused: Vec<&str> =
+        agents.iter().filter(|a| !trunk.agents.contains(*a)).map(String::as_str).collect();
+    if agents.is_empty() {
+        problems.add(
+            Severity::Warning,
+            Reason::Suspicious,
+            "spec.agents",
+            format!(
+                "every agent may use this destination, but OutboundTrunk {} allows only {}",
+                trunk.name.name,
+                trunk.agents.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    } else if !refused.is_empty() {
+        problems.add(
+            Severity::Warning,
+            Reason::Suspicious,
+            "spec.agents",
+            format!(
+                "agents {} may use this destination, but OutboundTrunk {} does not allow them",
+                refused.join(", "),
+                trunk.name.name
+            ),
+        );
+    }
+}
