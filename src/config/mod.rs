@@ -3,6 +3,7 @@
 //! `lookup` is the matcher that `explain` and the gateway share.
 
 pub mod diagnostic;
+pub mod lookup;
 pub mod model;
 pub mod number;
 pub mod secret;

@@ -1,0 +1,1561 @@
+//! The inbound matcher: which trunk an INVITE belongs to, whether it may pass, and which agent
+//! answers it. The gateway calls [`lookup`] on every inbound INVITE (after rate limits and after
+//! verifying any digest response), and `trunkline explain` calls the same function offline and
+//! prints its [`Decision`] step by step, so the two never disagree.
+//!
+//! It takes a [`RoutingTable`] and a [`CallAttempt`] (transport, source address, the verified
+//! digest username if any, Request-URI, From and headers) and gives a [`Decision`]: every check
+//! made, in order, with a sentence for a person, and the [`Outcome`]: route the call, challenge
+//! it (407), or refuse it with a SIP status and a typed [`RefusalRule`]. Pure: no I/O, no clock.
+//!
+//! The checks follow the inbound flow of DESIGN §4:
+//! 1. identify the trunk: by digest username when the INVITE carries verified credentials; else by
+//!    source address among the trunks without digest; else challenge if a digest trunk admits the
+//!    source; else refuse;
+//! 2. a digest trunk with an address allowlist must also admit the source (DESIGN §2: "with
+//!    digest, both must pass");
+//! 3. the transport must be one the trunk allows;
+//! 4. the dialed number (Request-URI user, normalised) must be held by this trunk;
+//! 5. the caller (From) must match `allowedCallers` when the trunk has any;
+//! 6. the agent: from the `Agent-ID` header when the trunk allows it and names a known agent,
+//!    else the number's; the destination is the trunk's URI with the agent as user part.
+//!
+//! Two cases DESIGN §4 leaves open:
+//! - a source that an address-only trunk admits, dialing a number held by a digest trunk that
+//!   also admits the source (one carrier shared by two tenants), is challenged rather than
+//!   refused with 404, so the digest tenant's calls are not lost to the address match;
+//! - a source admitted only by trunks whose generated credentials are not there yet gets 503
+//!   `CredentialsPending`, not a 407 it could never answer (a failed answer counts against it).
+//!
+//! DESIGN §4 lists "transport and codec policy" after the number; codecs are the SDP's business
+//! (media), and the transport is checked before the number because it needs no parsing and tells
+//! a misconfigured carrier the real problem first. Capacity (503) is stateful and not decided here.
+//!
+//! [`Refusal::message`] may be sent to the carrier as the SIP reason phrase: it never names
+//! another tenant's trunk and never echoes raw header values. [`Step::detail`] is for operators
+//! (`explain`) and may name both; raw input in it is quoted with Rust's `{:?}` escaping.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+
+use super::model::{AgentHeader, InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
+use super::number::{self, E164, NumberError};
+
+/// The prefix of trunkline's first-class headers (DESIGN §5).
+pub const DEFAULT_HEADER_PREFIX: &str = "X-Trunkline-";
+
+/// What the matcher looks at in an inbound INVITE.
+#[derive(Clone, Copy, Debug)]
+pub struct CallAttempt<'a> {
+    pub transport: Transport,
+    pub source: IpAddr,
+    /// Some when the INVITE carries an Authorization/Proxy-Authorization whose response the
+    /// caller has already verified (`explain`: assumed valid).
+    pub digest_username: Option<&'a str>,
+    /// `sip:+14155550100@gw.example;user=phone`, `tel:+1-415-555-0100`, or a bare number.
+    pub request_uri: &'a str,
+    /// The From URI or number; a display name and angle brackets are tolerated.
+    pub from: &'a str,
+    /// Every header of the INVITE; names compare case-insensitively.
+    pub headers: &'a [(String, String)],
+}
+
+/// How the matcher is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupOptions {
+    /// Prefix of the first-class headers; the agent header is `{prefix}Agent-ID`.
+    pub header_prefix: String,
+}
+
+impl Default for LookupOptions {
+    fn default() -> Self {
+        LookupOptions { header_prefix: DEFAULT_HEADER_PREFIX.to_string() }
+    }
+}
+
+/// Every check made, in order, and what came of it. When the outcome is not a route, the last
+/// step is the one that decided it and is the only one with `passed: false`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub steps: Vec<Step>,
+    pub outcome: Outcome,
+}
+
+/// One check of the matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub check: StepKind,
+    pub passed: bool,
+    /// A sentence for an operator; may name trunks and Secrets (never their contents).
+    pub detail: String,
+}
+
+/// What a step checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Trunk,
+    Address,
+    Transport,
+    Number,
+    Caller,
+    Agent,
+    Destination,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Trunk => "trunk",
+            StepKind::Address => "address",
+            StepKind::Transport => "transport",
+            StepKind::Number => "number",
+            StepKind::Caller => "caller",
+            StepKind::Agent => "agent",
+            StepKind::Destination => "destination",
+        }
+    }
+}
+
+/// What to do with the INVITE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Outcome {
+    Route(Route),
+    Challenge(Challenge),
+    Refuse(Refusal),
+}
+
+/// The call goes to an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Serialised as its namespace/name only: never the whole trunk, never credentials.
+    #[serde(serialize_with = "serialize_trunk_name")]
+    pub trunk: Arc<InboundTrunkRoute>,
+    pub identified_by: IdentifiedBy,
+    pub number: E164,
+    /// The From number, normalised, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<E164>,
+    pub agent: String,
+    pub agent_reason: AgentReason,
+    /// The Request-URI of the INVITE toward the agent runtime.
+    pub destination: String,
+}
+
+/// How the trunk of a routed call was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum IdentifiedBy {
+    DigestUsername,
+    SourceAddress,
+}
+
+impl IdentifiedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifiedBy::DigestUsername => "DigestUsername",
+            IdentifiedBy::SourceAddress => "SourceAddress",
+        }
+    }
+}
+
+/// Why the agent was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum AgentReason {
+    /// The agent the dialed number goes to.
+    Number,
+    /// The agent the `Agent-ID` header named.
+    Header,
+}
+
+impl AgentReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentReason::Number => "Number",
+            AgentReason::Header => "Header",
+        }
+    }
+}
+
+/// Answer 407: the INVITE has no credentials and a trunk with ready digest credentials admits
+/// this source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Challenge {
+    /// How many trunks with ready credentials admit the source.
+    pub candidates: usize,
+}
+
+impl Challenge {
+    /// RFC 3261 §22.3: a proxy-style challenge.
+    pub const STATUS: u16 = 407;
+}
+
+/// Answer with a final error status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub status: u16,
+    pub rule: RefusalRule,
+    /// A sentence safe to send to the caller (as the reason phrase or a Warning): it names no
+    /// other trunk and echoes no raw header.
+    pub message: String,
+}
+
+impl Refusal {
+    /// The standard SIP reason phrase for the status (RFC 3261 §21, RFC 3262, RFC 4412...).
+    pub fn reason_phrase(&self) -> &'static str {
+        reason_phrase(self.status)
+    }
+}
+
+/// The rule that refused a call. Stable strings for metrics labels and `explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RefusalRule {
+    /// No trunk admits the source address, with or without digest.
+    SourceNotAllowed,
+    /// The verified digest username belongs to no trunk.
+    UnknownUser,
+    /// The digest trunk's address allowlist does not admit the source.
+    AddressNotAllowed,
+    /// The trunk does not allow the transport the INVITE came on.
+    TransportNotAllowed,
+    /// The Request-URI does not carry an E.164 number.
+    NumberInvalid,
+    /// The dialed number is not held by the trunk.
+    NumberNotOnTrunk,
+    /// The From number does not match the trunk's `allowedCallers`.
+    CallerNotAllowed,
+    /// Every trunk that would take the call waits for generated credentials.
+    CredentialsPending,
+    /// The trunk's destination is not a `sip:`/`sips:` URI (compile should have refused it).
+    DestinationInvalid,
+}
+
+impl RefusalRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalRule::SourceNotAllowed => "SourceNotAllowed",
+            RefusalRule::UnknownUser => "UnknownUser",
+            RefusalRule::AddressNotAllowed => "AddressNotAllowed",
+            RefusalRule::TransportNotAllowed => "TransportNotAllowed",
+            RefusalRule::NumberInvalid => "NumberInvalid",
+            RefusalRule::NumberNotOnTrunk => "NumberNotOnTrunk",
+            RefusalRule::CallerNotAllowed => "CallerNotAllowed",
+            RefusalRule::CredentialsPending => "CredentialsPending",
+            RefusalRule::DestinationInvalid => "DestinationInvalid",
+        }
+    }
+
+    /// The SIP status this rule answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            RefusalRule::SourceNotAllowed
+            | RefusalRule::UnknownUser
+            | RefusalRule::AddressNotAllowed
+            | RefusalRule::TransportNotAllowed
+            | RefusalRule::CallerNotAllowed => 403,
+            RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
+            RefusalRule::CredentialsPending | RefusalRule::DestinationInvalid => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The standard reason phrase of a SIP status code; a generic phrase of its class for codes
+/// without one.
+pub fn reason_phrase(status: u16) -> &'static str {
+    known_reason_phrase(status).unwrap_or(match status {
+        100..=199 => "Session Progress",
+        200..=299 => "OK",
+        300..=399 => "Redirection",
+        400..=499 => "Request Failure",
+        500..=599 => "Server Failure",
+        _ => "Global Failure",
+    })
+}
+
+fn known_reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        493 => "Undecipherable",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => return None,
+    })
+}
+
+/// Decides an inbound INVITE against the table. See the module docs for the order of checks.
+pub fn lookup(table: &RoutingTable, attempt: &CallAttempt, options: &LookupOptions) -> Decision {
+    let mut steps = Steps::default();
+    let outcome = match decide(table, attempt, options, &mut steps) {
+        Ok(route) => Outcome::Route(route),
+        Err(outcome) => outcome,
+    };
+    Decision { steps: steps.0, outcome }
+}
+
+/// The steps recorded so far.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    fn pass(&mut self, check: StepKind, detail: String) {
+        self.0.push(Step { check, passed: true, detail });
+    }
+
+    /// Records the failing step and gives the refusal, to be returned as `Err`.
+    fn refuse(
+        &mut self,
+        check: StepKind,
+        rule: RefusalRule,
+        message: String,
+        detail: String,
+    ) -> Outcome {
+        self.0.push(Step { check, passed: false, detail });
+        Outcome::Refuse(Refusal { status: rule.status(), rule, message })
+    }
+}
+
+fn decide(
+    table: &RoutingTable,
+    attempt: &CallAttempt,
+    options: &LookupOptions,
+    steps: &mut Steps,
+) -> Result<Route, Outcome> {
+    let dialed = dialed_number(attempt.request_uri);
+    let (trunk, identified_by) = identify(table, attempt, &dialed, steps)?;
+    check_transport(&trunk, attempt.transport, steps)?;
+    let (number, number_agent) = check_number(table, &trunk, attempt, dialed, steps)?;
+    let caller = check_caller(&trunk, attempt.from, steps)?;
+    let (agent, agent_reason) = choose_agent(&trunk, number_agent, attempt, options, steps);
+    let destination = match with_user(&trunk.destination, &agent) {
+        Ok(uri) => {
+            steps.pass(StepKind::Destination, format!("the call goes to {uri}"));
+            uri
+        }
+        Err(e) => {
+            return Err(steps.refuse(
+                StepKind::Destination,
+                RefusalRule::DestinationInvalid,
+                "the trunk's destination is not usable".to_string(),
+                format!("the destination {:?} of {} {e}", trunk.destination, trunk.name),
+            ));
+        }
+    };
+    Ok(Route { trunk, identified_by, number, caller, agent, agent_reason, destination })
+}
+
+/// Rules 1 and 2: the trunk, and how it was found.
+fn identify(
+    table: &RoutingTable,
+    attempt: &CallAttempt,
+    dialed: &Result<E164, DialedError>,
+    steps: &mut Steps,
+) -> Result<(Arc<InboundTrunkRoute>, IdentifiedBy), Outcome> {
+    let source = attempt.source;
+    if let Some(username) = attempt.digest_username {
+        let Some(trunk) = table.trunk_by_digest_user(username) else {
+            return Err(steps.refuse(
+                StepKind::Trunk,
+                RefusalRule::UnknownUser,
+                "unknown digest username".to_string(),
+                format!("no InboundTrunk has the digest username {username:?}"),
+            ));
+        };
+        steps.pass(
+            StepKind::Trunk,
+            format!("identified InboundTrunk {} by digest username {username:?}", trunk.name),
+        );
+        if trunk.allowed_addresses.is_empty() {
+            steps.pass(
+                StepKind::Address,
+                format!("{} has no address allowlist: its credentials suffice", trunk.name),
+            );
+        } else if trunk.admits_address(source) {
+            steps.pass(
+                StepKind::Address,
+                format!(
+                    "{source} is in the allowlist of {} ({})",
+                    trunk.name,
+                    list(&trunk.allowed_addresses)
+                ),
+            );
+        } else {
+            return Err(steps.refuse(
+                StepKind::Address,
+                RefusalRule::AddressNotAllowed,
+                format!("{source} is not allowed on this trunk"),
+                format!(
+                    "{source} is not in the allowlist of {} ({}); with digest, both must pass",
+                    trunk.name,
+                    list(&trunk.allowed_addresses)
+                ),
+            ));
+        }
+        return Ok((Arc::clone(trunk), IdentifiedBy::DigestUsername));
+    }
+
+    let by_address: Vec<&Arc<InboundTrunkRoute>> = table.address_only_trunks_for(source).collect();
+    let owner = dialed.as_ref().ok().and_then(|n| table.number_owner(n).map(|(t, _)| (n, t)));
+    // A source both address-allowlisted for one trunk and using digest for another (a carrier
+    // shared by tenants): a number the address trunks do not hold but a digest trunk admitting
+    // this source does is challenged, so that trunk's calls are not lost to the address match.
+    let owner_behind_digest = owner.filter(|(_, holder)| {
+        holder.digest.is_some()
+            && holder.admits_address(source)
+            && !by_address.iter().any(|t| t.name == holder.name)
+    });
+    match by_address.as_slice() {
+        [] => {}
+        [trunk] if owner_behind_digest.is_none() => {
+            steps.pass(
+                StepKind::Trunk,
+                format!(
+                    "identified InboundTrunk {} by source address {source} (allowlist {}; the \
+                     trunk has no digest)",
+                    trunk.name,
+                    list(&trunk.allowed_addresses)
+                ),
+            );
+            return Ok((Arc::clone(trunk), IdentifiedBy::SourceAddress));
+        }
+        [_] => {}
+        several => {
+            let names = names(several);
+            let number = match dialed {
+                Ok(number) => number,
+                Err(e) => {
+                    let context = format!(
+                        "; {} InboundTrunks without digest allow {source} ({names}) and only the \
+                         number could tell them apart",
+                        several.len()
+                    );
+                    return Err(number_invalid(steps, e, attempt.request_uri, &context));
+                }
+            };
+            if let Some(trunk) =
+                several.iter().find(|t| owner.is_some_and(|(_, h)| h.name == t.name))
+            {
+                steps.pass(
+                    StepKind::Trunk,
+                    format!(
+                        "identified InboundTrunk {} by source address {source} and number \
+                         {number}: {} InboundTrunks without digest allow this address ({names})",
+                        trunk.name,
+                        several.len()
+                    ),
+                );
+                return Ok((Arc::clone(trunk), IdentifiedBy::SourceAddress));
+            }
+            if owner_behind_digest.is_none() {
+                let holder = match owner {
+                    Some((_, holder)) => format!("it is held by InboundTrunk {}", holder.name),
+                    None => "no InboundTrunk holds it".to_string(),
+                };
+                return Err(steps.refuse(
+                    StepKind::Number,
+                    RefusalRule::NumberNotOnTrunk,
+                    format!(
+                        "{number} is not on any of the {} trunks that allow this address",
+                        several.len()
+                    ),
+                    format!(
+                        "{} InboundTrunks without digest allow {source} ({names}) but none holds \
+                         {number}: {holder}",
+                        several.len()
+                    ),
+                ));
+            }
+        }
+    }
+
+    let digest: Vec<&Arc<InboundTrunkRoute>> = table.digest_trunks_for(source).collect();
+    if digest.is_empty() {
+        return Err(steps.refuse(
+            StepKind::Trunk,
+            RefusalRule::SourceNotAllowed,
+            format!("no InboundTrunk allows {source}"),
+            format!("no InboundTrunk allows {source}, by address or with digest"),
+        ));
+    }
+    let (ready, pending): (Vec<_>, Vec<_>) =
+        digest.into_iter().partition(|t| matches!(t.digest, Some(InboundDigest::Ready { .. })));
+    let why = match (owner_behind_digest, by_address.is_empty()) {
+        (Some((number, holder)), false) => format!(
+            "{source} is allowed by address on {} but {number} is held by InboundTrunk {}, which \
+             requires digest; ",
+            names(&by_address),
+            holder.name
+        ),
+        _ => format!("no InboundTrunk allows {source} without digest; "),
+    };
+    if ready.is_empty() {
+        let secrets: Vec<String> = pending
+            .iter()
+            .filter_map(|t| match &t.digest {
+                Some(InboundDigest::Pending { secret }) => {
+                    Some(format!("{} (Secret {secret})", t.name))
+                }
+                _ => None,
+            })
+            .collect();
+        return Err(steps.refuse(
+            StepKind::Trunk,
+            RefusalRule::CredentialsPending,
+            "the trunk's credentials are not ready yet".to_string(),
+            format!(
+                "{why}the trunks with digest that admit it wait for generated credentials: {}",
+                secrets.join(", ")
+            ),
+        ));
+    }
+    let mut detail = format!(
+        "{why}the INVITE has no credentials and {} InboundTrunk(s) with digest admit it ({}): \
+         challenge with {}",
+        ready.len(),
+        names(&ready),
+        Challenge::STATUS
+    );
+    if !pending.is_empty() {
+        detail.push_str(&format!(
+            "; {} more wait for generated credentials ({})",
+            pending.len(),
+            names(&pending)
+        ));
+    }
+    steps.0.push(Step { check: StepKind::Trunk, passed: false, detail });
+    Err(Outcome::Challenge(Challenge { candidates: ready.len() }))
+}
+
+/// Rule 3.
+fn check_transport(
+    trunk: &InboundTrunkRoute,
+    transport: Transport,
+    steps: &mut Steps,
+) -> Result<(), Outcome> {
+    let allowed: Vec<&str> = trunk.transports.iter().map(|t| t.as_str()).collect();
+    let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+    if trunk.transports.contains(&transport) {
+        steps.pass(
+            StepKind::Transport,
+            format!("{} is allowed on {} ({allowed})", transport.as_str(), trunk.name),
+        );
+        Ok(())
+    } else {
+        Err(steps.refuse(
+            StepKind::Transport,
+            RefusalRule::TransportNotAllowed,
+            format!(
+                "transport {} is not allowed on this trunk; it allows {allowed}",
+                transport.as_str()
+            ),
+            format!("{} allows {allowed}, not {}", trunk.name, transport.as_str()),
+        ))
+    }
+}
+
+/// Rule 4: the dialed number and the agent it goes to.
+fn check_number(
+    table: &RoutingTable,
+    trunk: &InboundTrunkRoute,
+    attempt: &CallAttempt,
+    dialed: Result<E164, DialedError>,
+    steps: &mut Steps,
+) -> Result<(E164, String), Outcome> {
+    let number = match dialed {
+        Ok(number) => number,
+        Err(e) => {
+            return Err(number_invalid(steps, &e, attempt.request_uri, ""));
+        }
+    };
+    match table.number_owner(&number) {
+        Some((holder, agent)) if holder.name == trunk.name => {
+            steps.pass(
+                StepKind::Number,
+                format!(
+                    "{number} (from the Request-URI {:?}) is held by {}, for agent {agent:?}",
+                    attempt.request_uri, trunk.name
+                ),
+            );
+            Ok((number, agent.to_string()))
+        }
+        Some((holder, _)) => Err(steps.refuse(
+            StepKind::Number,
+            RefusalRule::NumberNotOnTrunk,
+            format!("{number} is not on this trunk: it is held by another trunk"),
+            format!("{number} is held by InboundTrunk {}, not by {}", holder.name, trunk.name),
+        )),
+        None => Err(steps.refuse(
+            StepKind::Number,
+            RefusalRule::NumberNotOnTrunk,
+            format!("{number} is not on this trunk"),
+            format!("no InboundTrunk holds {number} (the call came in on {})", trunk.name),
+        )),
+    }
+}
+
+fn number_invalid(steps: &mut Steps, e: &DialedError, request_uri: &str, context: &str) -> Outcome {
+    steps.refuse(
+        StepKind::Number,
+        RefusalRule::NumberInvalid,
+        format!("the dialed number {e}"),
+        format!("the dialed number in the Request-URI {request_uri:?} {e}{context}"),
+    )
+}
+
+/// Rule 5: the caller, when the From is a number, and whether the trunk admits it.
+fn check_caller(
+    trunk: &InboundTrunkRoute,
+    from: &str,
+    steps: &mut Steps,
+) -> Result<Option<E164>, Outcome> {
+    let caller = number_part(from)
+        .map_err(DialedError::Uri)
+        .and_then(|part| number::normalize(part).map_err(DialedError::Number));
+    if trunk.allowed_callers.is_empty() {
+        let who = match &caller {
+            Ok(n) => format!("caller {n}"),
+            Err(_) => format!("caller {from:?}"),
+        };
+        steps.pass(StepKind::Caller, format!("{} admits any caller ({who})", trunk.name));
+        return Ok(caller.ok());
+    }
+    let patterns =
+        list(&trunk.allowed_callers.iter().cloned().map(String::from).collect::<Vec<_>>());
+    match caller {
+        Ok(n) => match trunk.allowed_callers.iter().find(|p| p.matches(&n)) {
+            Some(p) => {
+                steps.pass(
+                    StepKind::Caller,
+                    format!(
+                        "caller {n} matches {} in the allowedCallers of {}",
+                        String::from(p.clone()),
+                        trunk.name
+                    ),
+                );
+                Ok(Some(n))
+            }
+            None => Err(steps.refuse(
+                StepKind::Caller,
+                RefusalRule::CallerNotAllowed,
+                format!("caller {n} is not allowed on this trunk"),
+                format!(
+                    "caller {n} matches none of the allowedCallers of {} ({patterns})",
+                    trunk.name
+                ),
+            )),
+        },
+        Err(e) => Err(steps.refuse(
+            StepKind::Caller,
+            RefusalRule::CallerNotAllowed,
+            "the caller is not a number this trunk allows".to_string(),
+            format!(
+                "the From {from:?} is not a number ({e}), and {} admits only listed callers \
+                 ({patterns})",
+                trunk.name
+            ),
+        )),
+    }
+}
+
+/// Rule 6: the agent and why.
+fn choose_agent(
+    trunk: &InboundTrunkRoute,
+    number_agent: String,
+    attempt: &CallAttempt,
+    options: &LookupOptions,
+    steps: &mut Steps,
+) -> (String, AgentReason) {
+    let header_name = format!("{}Agent-ID", options.header_prefix);
+    let header = attempt
+        .headers
+        .iter()
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case(&header_name))
+        .map(|(_, value)| value.trim());
+    let detail = match (header, trunk.agent_header) {
+        (None, _) => format!("no {header_name} header: agent {number_agent:?} of the number"),
+        (Some(""), _) => {
+            format!("the {header_name} header is empty: agent {number_agent:?} of the number")
+        }
+        (Some(named), AgentHeader::Ignore) => format!(
+            "{header_name} named {named:?}, ignored: {} has agentHeader Ignore; agent \
+             {number_agent:?} of the number",
+            trunk.name
+        ),
+        (Some(named), AgentHeader::Allow) if trunk.agents.contains(named) => {
+            steps.pass(
+                StepKind::Agent,
+                format!("{header_name} named agent {named:?}, which {} has", trunk.name),
+            );
+            return (named.to_string(), AgentReason::Header);
+        }
+        (Some(named), AgentHeader::Allow) => format!(
+            "{header_name} named {named:?}, which is not an agent of {}: agent \
+             {number_agent:?} of the number",
+            trunk.name
+        ),
+    };
+    steps.pass(StepKind::Agent, detail);
+    (number_agent, AgentReason::Number)
+}
+
+/// Why the Request-URI or From does not give a number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum DialedError {
+    #[error("{0}")]
+    Uri(&'static str),
+    #[error("{0}")]
+    Number(NumberError),
+}
+
+fn dialed_number(request_uri: &str) -> Result<E164, DialedError> {
+    let part = number_part(request_uri).map_err(DialedError::Uri)?;
+    number::normalize(part).map_err(DialedError::Number)
+}
+
+/// The part of a URI that carries a number: the user of a `sip:`/`sips:` URI, everything after
+/// `tel:`, or the whole string when it has no scheme. Angle brackets (and a display name before
+/// them) are dropped.
+fn number_part(uri: &str) -> Result<&str, &'static str> {
+    let mut s = uri.trim();
+    if let Some(open) = s.find('<') {
+        let inner = &s[open + 1..];
+        s = inner.find('>').map_or(inner, |close| &inner[..close]).trim();
+    }
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return Ok(s);
+    };
+    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        match rest.split_once('@') {
+            Some((user, _)) => Ok(user),
+            None => Err("is missing: the URI has no user part"),
+        }
+    } else if scheme.eq_ignore_ascii_case("tel") {
+        Ok(rest)
+    } else {
+        Err("is missing: the URI is not a sip:, sips: or tel: URI")
+    }
+}
+
+/// Why a destination URI cannot take a user part.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("is not a sip: or sips: URI")]
+    NotSip,
+    #[error("has no host")]
+    NoHost,
+}
+
+/// `uri` with its user part set to `user` (added, or replacing the one it has): scheme, host
+/// (IPv6 in brackets), port, parameters and headers are kept as written.
+/// `with_user("sip:agents.svc:5070;transport=tcp", "support")` is
+/// `sip:support@agents.svc:5070;transport=tcp`. `user` is an agent id, URI-safe by the schema.
+pub fn with_user(uri: &str, user: &str) -> Result<String, UriError> {
+    let uri = uri.trim();
+    let (scheme, rest) = uri.split_once(':').ok_or(UriError::NotSip)?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return Err(UriError::NotSip);
+    }
+    // The user part ends at the first `@` before any `?headers` (an `@` may appear there).
+    let headers_at = rest.find('?').unwrap_or(rest.len());
+    let host_and_more = match rest[..headers_at].find('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    if host_and_more.is_empty() || host_and_more.starts_with([';', '?', ':']) {
+        return Err(UriError::NoHost);
+    }
+    Ok(format!("{scheme}:{user}@{host_and_more}"))
+}
+
+fn serialize_trunk_name<S: Serializer>(
+    trunk: &Arc<InboundTrunkRoute>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    trunk.name.serialize(s)
+}
+
+fn names(trunks: &[&Arc<InboundTrunkRoute>]) -> String {
+    list(&trunks.iter().map(|t| &t.name).collect::<Vec<_>>())
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::config::model::{Codec, Limits, ObjectName};
+    use crate::config::number::CallerPattern;
+    use crate::config::secret::{BasicAuth, Password};
+
+    const CARRIER: &str = "203.0.113.9";
+    const STRANGER: &str = "198.51.100.7";
+    const DEST: &str = "sip:agents.voice.svc.cluster.local:5070;transport=tcp";
+
+    /// An InboundTrunk in namespace `voice` with every transport, no auth, no number.
+    struct Trunk(InboundTrunkRoute);
+
+    fn trunk(name: &str) -> Trunk {
+        Trunk(InboundTrunkRoute {
+            name: ObjectName::new("voice", name),
+            generation: Some(1),
+            numbers: BTreeMap::new(),
+            agents: BTreeSet::new(),
+            destination: DEST.to_string(),
+            agent_header: AgentHeader::Allow,
+            digest: None,
+            allowed_addresses: vec![],
+            allowed_callers: vec![],
+            transports: [Transport::Udp, Transport::Tcp, Transport::Tls].into(),
+            codecs: vec![Codec::Pcmu],
+            limits: Limits::default(),
+        })
+    }
+
+    impl Trunk {
+        fn number(mut self, number: &str, agent: &str) -> Self {
+            let n = E164::parse_canonical(number).expect("a canonical number");
+            self.0.numbers.insert(n, agent.to_string());
+            self.0.agents.insert(agent.to_string());
+            self
+        }
+        fn digest(mut self, username: &str) -> Self {
+            self.0.digest = Some(InboundDigest::Ready {
+                secret: format!("{}-credentials", self.0.name.name),
+                credentials: BasicAuth {
+                    username: username.to_string(),
+                    password: Password::new("s3cret-password"),
+                },
+            });
+            self
+        }
+        fn pending(mut self) -> Self {
+            self.0.digest = Some(InboundDigest::Pending {
+                secret: format!("{}-credentials", self.0.name.name),
+            });
+            self
+        }
+        fn addresses(mut self, cidrs: &[&str]) -> Self {
+            self.0.allowed_addresses = cidrs.iter().map(|c| c.parse().expect("a CIDR")).collect();
+            self
+        }
+        fn callers(mut self, patterns: &[&str]) -> Self {
+            self.0.allowed_callers =
+                patterns.iter().map(|p| CallerPattern::parse(p).expect("a pattern")).collect();
+            self
+        }
+        fn transports(mut self, transports: &[Transport]) -> Self {
+            self.0.transports = transports.iter().copied().collect();
+            self
+        }
+        fn ignore_header(mut self) -> Self {
+            self.0.agent_header = AgentHeader::Ignore;
+            self
+        }
+        fn destination(mut self, uri: &str) -> Self {
+            self.0.destination = uri.to_string();
+            self
+        }
+    }
+
+    fn table(trunks: Vec<Trunk>) -> RoutingTable {
+        RoutingTable::new(trunks.into_iter().map(|t| t.0).collect(), vec![], vec![])
+    }
+
+    /// An INVITE, owned, from the carrier over UDP to +14155550100.
+    struct Invite {
+        transport: Transport,
+        source: IpAddr,
+        username: Option<String>,
+        request_uri: String,
+        from: String,
+        headers: Vec<(String, String)>,
+    }
+
+    fn invite() -> Invite {
+        Invite {
+            transport: Transport::Udp,
+            source: CARRIER.parse().expect("an address"),
+            username: None,
+            request_uri: "sip:+14155550100@gw.example;user=phone".to_string(),
+            from: "sip:+14155551234@carrier.example".to_string(),
+            headers: vec![],
+        }
+    }
+
+    impl Invite {
+        fn sent_from(mut self, ip: &str) -> Self {
+            self.source = ip.parse().expect("an address");
+            self
+        }
+        fn username(mut self, user: &str) -> Self {
+            self.username = Some(user.to_string());
+            self
+        }
+        fn to(mut self, request_uri: &str) -> Self {
+            self.request_uri = request_uri.to_string();
+            self
+        }
+        fn caller(mut self, from: &str) -> Self {
+            self.from = from.to_string();
+            self
+        }
+        fn over(mut self, transport: Transport) -> Self {
+            self.transport = transport;
+            self
+        }
+        fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+        fn lookup_with(&self, table: &RoutingTable, options: &LookupOptions) -> Decision {
+            let attempt = CallAttempt {
+                transport: self.transport,
+                source: self.source,
+                digest_username: self.username.as_deref(),
+                request_uri: &self.request_uri,
+                from: &self.from,
+                headers: &self.headers,
+            };
+            let decision = lookup(table, &attempt, options);
+            assert_steps_are_consistent(&decision);
+            decision
+        }
+        fn lookup(&self, table: &RoutingTable) -> Decision {
+            self.lookup_with(table, &LookupOptions::default())
+        }
+    }
+
+    /// Every step but the last passed; the last failed exactly when the call is not routed.
+    fn assert_steps_are_consistent(decision: &Decision) {
+        let (last, before) = decision.steps.split_last().expect("at least one step");
+        assert!(before.iter().all(|s| s.passed), "{:#?}", decision.steps);
+        assert_eq!(last.passed, matches!(decision.outcome, Outcome::Route(_)), "{decision:#?}");
+    }
+
+    fn route(decision: &Decision) -> &Route {
+        match &decision.outcome {
+            Outcome::Route(r) => r,
+            other => panic!("expected a route, got {other:#?}\n{:#?}", decision.steps),
+        }
+    }
+
+    fn refusal(decision: &Decision) -> &Refusal {
+        match &decision.outcome {
+            Outcome::Refuse(r) => r,
+            other => panic!("expected a refusal, got {other:#?}\n{:#?}", decision.steps),
+        }
+    }
+
+    fn last_detail(decision: &Decision) -> &str {
+        decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default()
+    }
+
+    fn acme() -> Trunk {
+        trunk("acme-in")
+            .number("+14155550100", "support")
+            .number("+14155550101", "billing")
+            .addresses(&["203.0.113.0/24"])
+    }
+
+    // Rule 1: identifying the trunk.
+
+    #[test]
+    fn digest_username_identifies_the_trunk() {
+        let table = table(vec![trunk("acme-in").number("+14155550100", "support").digest("acme")]);
+        let d = invite().username("acme").lookup(&table);
+        let r = route(&d);
+        assert_eq!(r.trunk.name, ObjectName::new("voice", "acme-in"));
+        assert_eq!(r.identified_by, IdentifiedBy::DigestUsername);
+        assert_eq!(
+            d.steps[0],
+            Step {
+                check: StepKind::Trunk,
+                passed: true,
+                detail: "identified InboundTrunk voice/acme-in by digest username \"acme\""
+                    .to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_digest_username_is_403_without_echoing_it() {
+        let table = table(vec![trunk("acme-in").number("+14155550100", "support").digest("acme")]);
+        let d = invite().username("mallory\r\nX-Evil: 1").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (403, RefusalRule::UnknownUser));
+        assert!(!r.message.contains("mallory"), "{}", r.message);
+        assert!(last_detail(&d).contains(r#""mallory\r\nX-Evil: 1""#), "{}", last_detail(&d));
+    }
+
+    #[test]
+    fn credentials_identify_the_trunk_even_when_an_address_trunk_admits_the_source() {
+        let table =
+            table(vec![acme(), trunk("other-in").number("+14155550199", "sales").digest("other")]);
+        let d = invite().username("other").to("sip:+14155550199@gw").lookup(&table);
+        assert_eq!(route(&d).trunk.name.name, "other-in");
+    }
+
+    #[test]
+    fn one_address_trunk_identifies_the_call_without_a_challenge() {
+        let table = table(vec![acme()]);
+        let d = invite().lookup(&table);
+        let r = route(&d);
+        assert_eq!(r.identified_by, IdentifiedBy::SourceAddress);
+        assert_eq!(r.number.as_str(), "+14155550100");
+        assert!(d.steps[0].detail.contains("by source address 203.0.113.9"), "{:?}", d.steps[0]);
+    }
+
+    #[test]
+    fn two_address_trunks_are_told_apart_by_the_number() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in").number("+14155550200", "sales").addresses(&["203.0.113.0/28"]),
+        ]);
+        let d = invite().to("tel:+1-415-555-0200").lookup(&table);
+        assert_eq!(route(&d).trunk.name.name, "beta-in");
+        assert_eq!(route(&d).agent, "sales");
+        let d = invite().lookup(&table);
+        assert_eq!(route(&d).trunk.name.name, "acme-in");
+    }
+
+    #[test]
+    fn two_address_trunks_and_a_number_on_neither_is_404_naming_how_many() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in").number("+14155550200", "sales").addresses(&["203.0.113.0/28"]),
+            trunk("gamma-in")
+                .number("+14155550300", "x")
+                .digest("gamma")
+                .addresses(&["10.0.0.0/8"]),
+        ]);
+        let d = invite().to("sip:+14155550300@gw").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (404, RefusalRule::NumberNotOnTrunk));
+        assert_eq!(r.message, "+14155550300 is not on any of the 2 trunks that allow this address");
+        assert!(!r.message.contains("gamma"));
+        assert!(last_detail(&d).contains("voice/gamma-in"), "{}", last_detail(&d));
+    }
+
+    #[test]
+    fn two_address_trunks_and_an_unparsable_number_is_404_number_invalid() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in").number("+14155550200", "sales").addresses(&["203.0.113.0/28"]),
+        ]);
+        let d = invite().to("sip:support@gw").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (404, RefusalRule::NumberInvalid));
+    }
+
+    #[test]
+    fn source_admitted_only_by_a_digest_trunk_is_challenged() {
+        let table = table(vec![
+            trunk("acme-in").number("+14155550100", "support").digest("acme"),
+            trunk("beta-in")
+                .number("+14155550200", "sales")
+                .digest("beta")
+                .addresses(&["10.0.0.0/8"]),
+        ]);
+        let d = invite().lookup(&table);
+        assert_eq!(d.outcome, Outcome::Challenge(Challenge { candidates: 1 }));
+        assert_eq!(d.steps.len(), 1);
+        assert!(last_detail(&d).contains("voice/acme-in"), "{}", last_detail(&d));
+    }
+
+    #[test]
+    fn a_challenge_counts_only_trunks_with_ready_credentials() {
+        let table = table(vec![
+            trunk("acme-in").number("+14155550100", "support").digest("acme"),
+            trunk("beta-in").number("+14155550200", "sales").digest("beta"),
+            trunk("new-in").number("+14155550300", "x").pending(),
+        ]);
+        let d = invite().lookup(&table);
+        assert_eq!(d.outcome, Outcome::Challenge(Challenge { candidates: 2 }));
+        assert!(last_detail(&d).contains("1 more wait for generated credentials (voice/new-in)"));
+    }
+
+    #[test]
+    fn source_admitted_only_by_a_pending_trunk_is_503_credentials_pending() {
+        let table = table(vec![trunk("new-in").number("+14155550100", "support").pending()]);
+        let d = invite().lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (503, RefusalRule::CredentialsPending));
+        assert_eq!(r.reason_phrase(), "Service Unavailable");
+        assert!(last_detail(&d).contains("voice/new-in (Secret new-in-credentials)"));
+    }
+
+    #[test]
+    fn source_no_trunk_admits_is_403_naming_the_address() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in")
+                .number("+14155550200", "sales")
+                .digest("beta")
+                .addresses(&["10.0.0.0/8"]),
+        ]);
+        let d = invite().sent_from(STRANGER).lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (403, RefusalRule::SourceNotAllowed));
+        assert_eq!(r.message, "no InboundTrunk allows 198.51.100.7");
+    }
+
+    #[test]
+    fn an_empty_table_refuses_every_source() {
+        let d = invite().lookup(&RoutingTable::default());
+        assert_eq!(refusal(&d).rule, RefusalRule::SourceNotAllowed);
+    }
+
+    #[test]
+    fn a_number_on_a_digest_trunk_is_challenged_even_when_an_address_trunk_admits_the_source() {
+        // A carrier shared by two tenants: one allowlists its addresses, the other uses digest.
+        let table =
+            table(vec![acme(), trunk("beta-in").number("+14155550200", "sales").digest("beta")]);
+        let d = invite().to("sip:+14155550200@gw").lookup(&table);
+        assert_eq!(d.outcome, Outcome::Challenge(Challenge { candidates: 1 }));
+        assert!(last_detail(&d).contains("held by InboundTrunk voice/beta-in"));
+        // The address trunk's own numbers still go through without a challenge.
+        assert_eq!(route(&invite().lookup(&table)).trunk.name.name, "acme-in");
+    }
+
+    #[test]
+    fn a_number_on_a_digest_trunk_that_refuses_the_source_is_not_challenged() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in")
+                .number("+14155550200", "sales")
+                .digest("beta")
+                .addresses(&["10.0.0.0/8"]),
+        ]);
+        let d = invite().to("sip:+14155550200@gw").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (404, RefusalRule::NumberNotOnTrunk));
+        assert_eq!(
+            route(
+                &invite()
+                    .username("beta")
+                    .sent_from("10.1.2.3")
+                    .to("sip:+14155550200@gw")
+                    .lookup(&table)
+            )
+            .agent,
+            "sales"
+        );
+    }
+
+    // Rule 2: digest and address both.
+
+    #[test]
+    fn digest_trunk_with_an_allowlist_refuses_other_sources() {
+        let table = table(vec![acme().digest("acme")]);
+        let d = invite().username("acme").sent_from(STRANGER).lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (403, RefusalRule::AddressNotAllowed));
+        assert_eq!(d.steps.last().map(|s| s.check), Some(StepKind::Address));
+        let d = invite().username("acme").lookup(&table);
+        assert_eq!(route(&d).identified_by, IdentifiedBy::DigestUsername);
+    }
+
+    #[test]
+    fn digest_trunk_without_an_allowlist_admits_any_source() {
+        let table = table(vec![trunk("acme-in").number("+14155550100", "support").digest("acme")]);
+        let d = invite().username("acme").sent_from("2001:db8::7").lookup(&table);
+        assert!(matches!(d.outcome, Outcome::Route(_)));
+        assert!(d.steps[1].detail.contains("no address allowlist"));
+    }
+
+    // Rule 3: transport.
+
+    #[test]
+    fn transport_not_on_the_trunk_is_403_naming_the_allowed_ones() {
+        let table = table(vec![acme().transports(&[Transport::Tcp, Transport::Tls])]);
+        let d = invite().over(Transport::Udp).lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (403, RefusalRule::TransportNotAllowed));
+        assert_eq!(r.message, "transport UDP is not allowed on this trunk; it allows TCP, TLS");
+        assert!(matches!(invite().over(Transport::Tls).lookup(&table).outcome, Outcome::Route(_)));
+    }
+
+    #[test]
+    fn transport_is_checked_before_the_number() {
+        let table = table(vec![acme().transports(&[Transport::Tcp])]);
+        let d = invite().to("sip:nobody@gw").lookup(&table);
+        assert_eq!(refusal(&d).rule, RefusalRule::TransportNotAllowed);
+    }
+
+    // Rule 4: the dialed number.
+
+    #[test]
+    fn the_number_is_found_however_the_carrier_writes_it() {
+        let table = table(vec![acme()]);
+        for uri in [
+            "sip:+14155550100@gw.example;user=phone",
+            "sip:+14155550100;user=phone@gw.example",
+            "tel:+1-415-555-0100",
+            "sip:0014155550100@1.2.3.4:5060",
+            "sip:14155550100@[2001:db8::1]:5060",
+            "sips:%2B14155550100@gw.example",
+            "<sip:+14155550100@gw.example>",
+            "SIP:+14155550100@GW.EXAMPLE",
+            "+1 (415) 555-0100",
+        ] {
+            let d = invite().to(uri).lookup(&table);
+            assert_eq!(route(&d).number.as_str(), "+14155550100", "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_request_uri_without_a_user_is_404_number_invalid() {
+        let table = table(vec![acme()]);
+        let d = invite().to("sip:gw.example").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (404, RefusalRule::NumberInvalid));
+        assert_eq!(r.message, "the dialed number is missing: the URI has no user part");
+    }
+
+    #[test]
+    fn letters_in_the_dialed_number_are_404_number_invalid_with_why() {
+        let table = table(vec![acme()]);
+        let d = invite().to("sip:support@gw.example").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!(r.rule, RefusalRule::NumberInvalid);
+        assert!(r.message.contains("has the character 's'"), "{}", r.message);
+        let d = invite().to("sip:+1415555@gw.example").lookup(&table);
+        assert!(refusal(&d).message.contains("has 7 digits"));
+        let d = invite().to("mailto:+14155550100@gw.example").lookup(&table);
+        assert!(refusal(&d).message.contains("not a sip:, sips: or tel: URI"));
+    }
+
+    #[test]
+    fn number_on_another_trunk_is_404_without_naming_it() {
+        let table = table(vec![
+            acme(),
+            trunk("secret-tenant-in").number("+14155550200", "x").addresses(&["10.0.0.0/8"]),
+        ]);
+        let d = invite().to("sip:+14155550200@gw").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (404, RefusalRule::NumberNotOnTrunk));
+        assert_eq!(r.message, "+14155550200 is not on this trunk: it is held by another trunk");
+        assert!(!r.message.contains("secret-tenant"));
+        assert!(last_detail(&d).contains("voice/secret-tenant-in"), "{}", last_detail(&d));
+        assert_eq!(r.reason_phrase(), "Not Found");
+    }
+
+    #[test]
+    fn number_on_no_trunk_is_404() {
+        let table = table(vec![acme()]);
+        let d = invite().to("sip:+14155559999@gw").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!(r.rule, RefusalRule::NumberNotOnTrunk);
+        assert_eq!(r.message, "+14155559999 is not on this trunk");
+    }
+
+    // Rule 5: allowed callers.
+
+    #[test]
+    fn caller_matching_a_prefix_is_allowed_and_recorded() {
+        let table = table(vec![acme().callers(&["+1415*"])]);
+        let d = invite().caller("<tel:+1-415-555-1234>").lookup(&table);
+        assert_eq!(route(&d).caller.as_ref().map(E164::as_str), Some("+14155551234"));
+    }
+
+    #[test]
+    fn caller_matching_no_pattern_is_403() {
+        let table = table(vec![acme().callers(&["+1415*", "+442079460958"])]);
+        let d = invite().caller("sip:+12125550100@carrier.example").lookup(&table);
+        let r = refusal(&d);
+        assert_eq!((r.status, r.rule), (403, RefusalRule::CallerNotAllowed));
+        assert_eq!(r.message, "caller +12125550100 is not allowed on this trunk");
+        assert!(matches!(
+            invite().caller("+442079460958").lookup(&table).outcome,
+            Outcome::Route(_)
+        ));
+    }
+
+    #[test]
+    fn anonymous_caller_is_refused_when_callers_are_listed() {
+        let table = table(vec![acme().callers(&["*"])]);
+        for from in ["sip:anonymous@anonymous.invalid", "\"Anonymous\" <sip:anonymous@x>", ""] {
+            let d = invite().caller(from).lookup(&table);
+            assert_eq!(refusal(&d).rule, RefusalRule::CallerNotAllowed, "{from:?}");
+        }
+    }
+
+    #[test]
+    fn any_caller_is_allowed_when_none_are_listed() {
+        let table = table(vec![acme()]);
+        let d = invite().caller("sip:anonymous@anonymous.invalid").lookup(&table);
+        assert_eq!(route(&d).caller, None);
+    }
+
+    // Rule 6: the agent.
+
+    #[test]
+    fn number_agent_is_used_without_a_header() {
+        let table = table(vec![acme()]);
+        let r = invite().to("sip:+14155550101@gw").lookup(&table);
+        assert_eq!(
+            (route(&r).agent.as_str(), route(&r).agent_reason),
+            ("billing", AgentReason::Number)
+        );
+    }
+
+    #[test]
+    fn header_agent_wins_when_allowed_and_known() {
+        let table = table(vec![acme()]);
+        let d = invite().header("X-Trunkline-Agent-ID", "billing").lookup(&table);
+        let r = route(&d);
+        assert_eq!((r.agent.as_str(), r.agent_reason), ("billing", AgentReason::Header));
+        assert_eq!(r.destination, "sip:billing@agents.voice.svc.cluster.local:5070;transport=tcp");
+    }
+
+    #[test]
+    fn header_name_is_case_insensitive_and_its_value_trimmed() {
+        let table = table(vec![acme()]);
+        let d = invite().header("x-trunkline-agent-id", "  billing ").lookup(&table);
+        assert_eq!(route(&d).agent_reason, AgentReason::Header);
+    }
+
+    #[test]
+    fn header_naming_an_unknown_agent_falls_back_to_the_number_agent() {
+        let table = table(vec![
+            acme(),
+            trunk("beta-in").number("+14155550200", "sales").addresses(&["10.0.0.0/8"]),
+        ]);
+        // `sales` is an agent, but of another trunk.
+        let d = invite().header("X-Trunkline-Agent-ID", "sales").lookup(&table);
+        let r = route(&d);
+        assert_eq!((r.agent.as_str(), r.agent_reason), ("support", AgentReason::Number));
+        assert!(last_detail_of(&d, StepKind::Agent).contains("not an agent of voice/acme-in"));
+    }
+
+    #[test]
+    fn header_is_ignored_when_the_trunk_says_ignore() {
+        let table = table(vec![acme().ignore_header()]);
+        let d = invite().header("X-Trunkline-Agent-ID", "billing").lookup(&table);
+        let r = route(&d);
+        assert_eq!((r.agent.as_str(), r.agent_reason), ("support", AgentReason::Number));
+        assert!(last_detail_of(&d, StepKind::Agent).contains("ignored"));
+    }
+
+    #[test]
+    fn an_empty_header_is_no_header() {
+        let table = table(vec![acme()]);
+        let d = invite().header("X-Trunkline-Agent-ID", "  ").lookup(&table);
+        assert_eq!(route(&d).agent_reason, AgentReason::Number);
+    }
+
+    #[test]
+    fn the_header_prefix_is_configurable() {
+        let table = table(vec![acme()]);
+        let options = LookupOptions { header_prefix: "X-Acme-".to_string() };
+        let d = invite().header("X-Acme-Agent-ID", "billing").lookup_with(&table, &options);
+        assert_eq!(route(&d).agent_reason, AgentReason::Header);
+        let d = invite().header("X-Trunkline-Agent-ID", "billing").lookup_with(&table, &options);
+        assert_eq!(route(&d).agent_reason, AgentReason::Number);
+    }
+
+    fn last_detail_of(decision: &Decision, kind: StepKind) -> &str {
+        decision.steps.iter().rev().find(|s| s.check == kind).map_or("", |s| s.detail.as_str())
+    }
+
+    // The destination.
+
+    #[test]
+    fn the_destination_user_part_is_replaced_by_the_agent() {
+        let table = table(vec![acme().destination("sips:runtime@[2001:db8::5]:5071")]);
+        let d = invite().lookup(&table);
+        assert_eq!(route(&d).destination, "sips:support@[2001:db8::5]:5071");
+    }
+
+    #[test]
+    fn a_destination_that_is_not_sip_is_503() {
+        let table = table(vec![acme().destination("http://agents")]);
+        let r = refusal(&invite().lookup(&table)).clone();
+        assert_eq!((r.status, r.rule), (503, RefusalRule::DestinationInvalid));
+    }
+
+    #[test]
+    fn with_user_adds_a_user_part() {
+        assert_eq!(
+            with_user(DEST, "support"),
+            Ok("sip:support@agents.voice.svc.cluster.local:5070;transport=tcp".to_string())
+        );
+        assert_eq!(with_user("sip:agents", "a"), Ok("sip:a@agents".to_string()));
+    }
+
+    #[test]
+    fn with_user_replaces_a_user_part_and_its_password() {
+        assert_eq!(with_user("sip:old@host:5060", "new"), Ok("sip:new@host:5060".to_string()));
+        assert_eq!(with_user("sip:old:pw@host", "new"), Ok("sip:new@host".to_string()));
+        assert_eq!(
+            with_user("sip:+1;user=phone@host;transport=udp", "new"),
+            Ok("sip:new@host;transport=udp".to_string())
+        );
+    }
+
+    #[test]
+    fn with_user_keeps_ipv6_hosts_params_and_headers() {
+        assert_eq!(
+            with_user("sip:[2001:db8::1]:5070;transport=tcp", "a"),
+            Ok("sip:a@[2001:db8::1]:5070;transport=tcp".to_string())
+        );
+        assert_eq!(with_user("sip:[::1]", "a"), Ok("sip:a@[::1]".to_string()));
+        assert_eq!(
+            with_user("sip:host?subject=x@y", "a"),
+            Ok("sip:a@host?subject=x@y".to_string())
+        );
+    }
+
+    #[test]
+    fn with_user_keeps_the_sips_scheme_as_written() {
+        assert_eq!(with_user("sips:host.example", "a"), Ok("sips:a@host.example".to_string()));
+        assert_eq!(with_user("SIP:host.example", "a"), Ok("SIP:a@host.example".to_string()));
+    }
+
+    #[test]
+    fn with_user_refuses_what_is_not_a_sip_uri() {
+        assert_eq!(with_user("tel:+14155550100", "a"), Err(UriError::NotSip));
+        assert_eq!(with_user("agents.svc", "a"), Err(UriError::NotSip));
+        assert_eq!(with_user("sip:", "a"), Err(UriError::NoHost));
+        assert_eq!(with_user("sip:user@", "a"), Err(UriError::NoHost));
+        assert_eq!(with_user("sip:;transport=tcp", "a"), Err(UriError::NoHost));
+    }
+
+    // Output.
+
+    #[test]
+    fn a_route_serialises_the_trunk_name_and_never_credentials() {
+        let table = table(vec![acme().digest("acme")]);
+        let d = invite().username("acme").lookup(&table);
+        let json = serde_json::to_value(&d).expect("serialisable");
+        assert_eq!(json["outcome"]["action"], "route");
+        assert_eq!(
+            json["outcome"]["trunk"],
+            serde_json::json!({"namespace": "voice", "name": "acme-in"})
+        );
+        assert_eq!(json["outcome"]["identifiedBy"], "DigestUsername");
+        assert_eq!(json["outcome"]["agentReason"], "Number");
+        assert_eq!(json["steps"][0]["check"], "trunk");
+        let text = json.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("password"), "{text}");
+    }
+
+    #[test]
+    fn refusals_and_challenges_serialise_with_their_action() {
+        let table = table(vec![trunk("acme-in").number("+14155550100", "support").digest("acme")]);
+        let json = serde_json::to_value(invite().lookup(&table)).expect("serialisable");
+        assert_eq!(json["outcome"], serde_json::json!({"action": "challenge", "candidates": 1}));
+        let json =
+            serde_json::to_value(invite().username("x").lookup(&table)).expect("serialisable");
+        assert_eq!(json["outcome"]["action"], "refuse");
+        assert_eq!(json["outcome"]["rule"], "UnknownUser");
+        assert_eq!(json["outcome"]["status"], 403);
+    }
+
+    #[test]
+    fn reason_phrases_are_the_standard_ones() {
+        let phrase = |status| {
+            Refusal { status, rule: RefusalRule::NumberInvalid, message: String::new() }
+                .reason_phrase()
+        };
+        assert_eq!(phrase(403), "Forbidden");
+        assert_eq!(phrase(404), "Not Found");
+        assert_eq!(phrase(407), "Proxy Authentication Required");
+        assert_eq!(phrase(488), "Not Acceptable Here");
+        assert_eq!(phrase(503), "Service Unavailable");
+        assert_eq!(phrase(499), "Request Failure");
+    }
+
+    #[test]
+    fn every_rule_answers_with_its_status() {
+        for rule in [
+            RefusalRule::SourceNotAllowed,
+            RefusalRule::UnknownUser,
+            RefusalRule::AddressNotAllowed,
+            RefusalRule::TransportNotAllowed,
+            RefusalRule::NumberInvalid,
+            RefusalRule::NumberNotOnTrunk,
+            RefusalRule::CallerNotAllowed,
+            RefusalRule::CredentialsPending,
+            RefusalRule::DestinationInvalid,
+        ] {
+            let json = serde_json::to_value(rule).expect("serialisable");
+            assert_eq!(json, rule.as_str());
+            assert!(matches!(rule.status(), 403 | 404 | 503), "{rule}");
+        }
+    }
+
+    #[test]
+    fn a_routed_call_records_every_check_in_order() {
+        let table = table(vec![acme().digest("acme").callers(&["*"])]);
+        let d = invite().username("acme").lookup(&table);
+        let kinds: Vec<StepKind> = d.steps.iter().map(|s| s.check).collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Trunk,
+                StepKind::Address,
+                StepKind::Transport,
+                StepKind::Number,
+                StepKind::Caller,
+                StepKind::Agent,
+                StepKind::Destination
+            ]
+        );
+    }
+}
