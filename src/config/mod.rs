@@ -6,8 +6,11 @@ pub mod diagnostic;
 pub mod lookup;
 pub mod model;
 pub mod number;
+pub mod schema;
 pub mod secret;
+pub mod source;
 pub mod specs;
+pub mod yaml;
 
 pub use diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 pub use model::RoutingTable;

@@ -1,0 +1,668 @@
+//! Specs from files: every `*.yaml`/`*.yml` file under the paths given (recursive, in sorted
+//! order; a path may also be one file), each file possibly holding several documents. `trunkline
+//! check` and `run` call [`load_paths`]; golden tests call [`load_str`] on a text.
+//!
+//! What it gives ([`Loaded`]): the trunkline objects that pass their schema (`config::schema`) and
+//! deserialise, in `specs`; the basic-auth Secrets, in `specs.secrets`; a refused [`Verdict`] for
+//! each trunkline object that breaks its schema; a [`LoadProblem`] for whatever cannot be pinned
+//! on one object (a YAML syntax error, an unknown trunkline kind, a duplicate, an unreadable
+//! file); a notice for every other Kubernetes object, which is skipped; and where each object was
+//! written ([`Origin`]).
+//!
+//! Hidden files and folders (names starting with `.`) are skipped: a ConfigMap mounted as a
+//! volume holds every file twice, once under `..data/`. Secret values never reach a message: a
+//! Secret that does not deserialise is reported by field path only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
+use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, Verdict};
+use crate::config::schema;
+use crate::config::specs::{DEFAULT_NAMESPACE, Specs};
+use crate::config::yaml::{self, Document};
+
+/// Everything read from a set of files.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The objects that passed their schema, and the Secrets.
+    pub specs: Specs,
+    /// One refused verdict per trunkline object that breaks its schema or does not deserialise.
+    pub refused: Vec<Verdict>,
+    /// Problems no single loaded object carries.
+    pub problems: Vec<LoadProblem>,
+    /// Objects skipped because they are not trunkline resources, one line each.
+    pub notices: Vec<String>,
+    /// Where each trunkline object was written (the first, if it was written twice).
+    pub origins: BTreeMap<ObjectKey, Origin>,
+    /// Where each Secret was written, by namespace and name.
+    pub secret_origins: BTreeMap<(String, String), Origin>,
+    /// How many files were read.
+    pub files: usize,
+}
+
+/// A file and the 1-based line where a document starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A problem with a file or a document that is not one loaded object's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadProblem {
+    pub file: PathBuf,
+    /// 1-based line, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The object the problem is about, where it can be named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectKey>,
+    /// JSON path of the field, empty for the whole document or file.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// `InvalidSpec`, or `DuplicateObject` for an object written twice.
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl LoadProblem {
+    fn invalid(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+        LoadProblem {
+            file: file.to_path_buf(),
+            line,
+            object: None,
+            field: String::new(),
+            reason: Reason::InvalidSpec,
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads every YAML file under `paths`.
+pub fn load_paths(paths: &[PathBuf]) -> Loaded {
+    let mut loaded = Loaded::default();
+    for path in paths {
+        let mut files = Vec::new();
+        let mut visited = BTreeSet::new();
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                collect_yaml_files(path, &mut files, &mut visited, &mut loaded.problems)
+            }
+            // A file named on the command line is read whatever its extension.
+            Ok(_) => files.push(path.clone()),
+            Err(e) => loaded.problems.push(LoadProblem::invalid(path, None, io_message(&e))),
+        }
+        for file in files {
+            load_file(&file, &mut loaded);
+        }
+    }
+    loaded
+}
+
+/// The YAML files under `dir`, sorted, skipping hidden entries and folders already seen
+/// (symbolic link loops).
+fn collect_yaml_files(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    visited: &mut BTreeSet<PathBuf>,
+    problems: &mut Vec<LoadProblem>,
+) {
+    if let Ok(canonical) = std::fs::canonicalize(dir)
+        && !visited.insert(canonical)
+    {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(LoadProblem::invalid(dir, None, io_message(&e)));
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => paths.push(entry.path()),
+            Err(e) => problems.push(LoadProblem::invalid(dir, None, io_message(&e))),
+        }
+    }
+    paths.sort();
+    for path in paths {
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        // `metadata` follows symbolic links, as a ConfigMap volume's files are links.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect_yaml_files(&path, files, visited, problems),
+            Ok(_) if is_yaml(&path) => files.push(path),
+            Ok(_) => {}
+            Err(e) => problems.push(LoadProblem::invalid(&path, None, io_message(&e))),
+        }
+    }
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+fn io_message(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => format!("cannot read: {error}"),
+    }
+}
+
+fn load_file(file: &Path, into: &mut Loaded) {
+    match std::fs::read(file) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => load_str(file, &text, into),
+            Err(e) => into.problems.push(LoadProblem::invalid(
+                file,
+                None,
+                format!(
+                    "is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )),
+        },
+        Err(e) => into.problems.push(LoadProblem::invalid(file, None, io_message(&e))),
+    }
+}
+
+/// Loads the documents of `text`, read from `file` (used to name origins and problems).
+pub fn load_str(file: &Path, text: &str, into: &mut Loaded) {
+    into.files += 1;
+    for Document { start_line, value } in yaml::documents(text) {
+        match value {
+            Ok(value) => load_document(file, start_line, value, into),
+            Err(e) => into.problems.push(LoadProblem::invalid(
+                file,
+                e.line.or(Some(start_line)),
+                format!("YAML: {}", e.message),
+            )),
+        }
+    }
+}
+
+fn load_document(file: &Path, line: usize, mut value: Value, into: &mut Loaded) {
+    let problem = |message: String| LoadProblem::invalid(file, Some(line), message);
+    let Some(map) = value.as_object() else {
+        let found = match &value {
+            Value::Array(_) => "a list",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "something else",
+        };
+        into.problems.push(problem(format!("the document is {found}, not a Kubernetes object")));
+        return;
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind_name = match map.get("kind") {
+        Some(Value::String(kind)) if !kind.is_empty() => kind.clone(),
+        _ => {
+            into.problems.push(problem("the document has no kind".to_string()));
+            return;
+        }
+    };
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
+    let kind = Kind::from_name(&kind_name);
+    let group = api_version.split('/').next().unwrap_or_default();
+
+    if api_version == api::API_VERSION
+        && let Some(kind) = kind
+    {
+        load_trunkline_object(file, line, kind, value, into);
+    } else if api_version.is_empty() {
+        let expected = match kind {
+            Some(_) => format!(": {kind_name} is {}", api::API_VERSION),
+            None => String::new(),
+        };
+        into.problems.push(problem(format!("the document has no apiVersion{expected}")));
+    } else if group == api::GROUP {
+        let message = match kind {
+            Some(kind) => {
+                format!("apiVersion {api_version} is not served: {kind} is {}", api::API_VERSION)
+            }
+            None => format!(
+                "unknown kind \"{kind_name}\" in {api_version}: trunkline defines {}",
+                Kind::ALL.map(Kind::as_str).join(", ")
+            ),
+        };
+        let mut problem = problem(message);
+        problem.object = kind.zip(name).map(|(kind, name)| {
+            let namespace = namespace_of(&value);
+            ObjectKey::new(kind, namespace, name)
+        });
+        into.problems.push(problem);
+    } else if api_version == "v1" && kind_name == "Secret" {
+        load_secret(file, line, &mut value, into);
+    } else if api_version == "v1" && kind_name == "List" {
+        // `kubectl get -o yaml` writes several objects as one List.
+        if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
+            for item in items {
+                load_document(file, line, item, into);
+            }
+        }
+    } else {
+        into.notices.push(format!(
+            "{}:{line}: skipped {api_version} {kind_name} {}: not a trunkline resource",
+            file.display(),
+            name.as_deref().unwrap_or("(no name)"),
+        ));
+    }
+}
+
+fn namespace_of(value: &Value) -> String {
+    value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_string()
+}
+
+fn load_trunkline_object(
+    file: &Path,
+    line: usize,
+    kind: Kind,
+    mut value: Value,
+    into: &mut Loaded,
+) {
+    let Some(name) = value.pointer("/metadata/name").and_then(Value::as_str) else {
+        into.problems.push(LoadProblem {
+            field: "metadata.name".into(),
+            ..LoadProblem::invalid(file, Some(line), format!("this {kind} has no metadata.name"))
+        });
+        return;
+    };
+    let key = ObjectKey::new(kind, namespace_of(&value), name);
+    let origin = Origin { file: file.to_path_buf(), line };
+    if let Some(first) = into.origins.get(&key) {
+        into.problems.push(LoadProblem {
+            object: Some(key.clone()),
+            reason: Reason::DuplicateObject,
+            ..LoadProblem::invalid(
+                file,
+                Some(line),
+                format!("{key} is written twice, at {first} and here: the first one is kept"),
+            )
+        });
+        return;
+    }
+    into.origins.insert(key.clone(), origin);
+    let generation = value.pointer("/metadata/generation").and_then(Value::as_i64);
+
+    schema::normalize(&mut value);
+    let violations = schema::validate(kind, &value);
+    if !violations.is_empty() {
+        let diagnostics = violations
+            .into_iter()
+            .map(|v| Diagnostic {
+                object: key.clone(),
+                field: v.field,
+                severity: Severity::Fatal,
+                reason: v.reason,
+                message: v.message,
+            })
+            .collect();
+        into.refused.push(Verdict::from_diagnostics(key, generation, diagnostics));
+        return;
+    }
+    let added = match kind {
+        Kind::InboundTrunk => typed::<InboundTrunk>(&value).map(|mut o| {
+            o.metadata.namespace = Some(key.namespace.clone());
+            into.specs.inbound.push(o);
+        }),
+        Kind::OutboundTrunk => typed::<OutboundTrunk>(&value).map(|mut o| {
+            o.metadata.namespace = Some(key.namespace.clone());
+            into.specs.outbound.push(o);
+        }),
+        Kind::TransferDestination => typed::<TransferDestination>(&value).map(|mut o| {
+            o.metadata.namespace = Some(key.namespace.clone());
+            into.specs.transfers.push(o);
+        }),
+    };
+    if let Err((field, message)) = added {
+        let diagnostic = Diagnostic {
+            object: key.clone(),
+            field,
+            severity: Severity::Fatal,
+            reason: Reason::InvalidSpec,
+            message,
+        };
+        into.refused.push(Verdict::from_diagnostics(key, generation, vec![diagnostic]));
+    }
+}
+
+/// Deserialises a trunkline object; on failure, the field path and the error.
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn load_secret(file: &Path, line: usize, value: &mut Value, into: &mut Loaded) {
+    schema::normalize(value);
+    let namespace = namespace_of(value);
+    let label = match value.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(name) => format!("Secret {namespace}/{name}"),
+        None => "a Secret".to_string(),
+    };
+    let mut secret: Secret = match serde_path_to_error::deserialize(&*value) {
+        Ok(secret) => secret,
+        Err(e) => {
+            // The serde message may quote the value: say only which field is wrong.
+            let field = e.path().to_string();
+            let why = if field.starts_with("data.") {
+                "is not valid base64"
+            } else if field.starts_with("stringData.") {
+                "must be a string"
+            } else {
+                "has the wrong type"
+            };
+            into.problems.push(LoadProblem {
+                field: field.clone(),
+                ..LoadProblem::invalid(file, Some(line), format!("{label}: {field} {why}"))
+            });
+            return;
+        }
+    };
+    let Some(name) = secret.metadata.name.clone() else {
+        into.problems.push(LoadProblem {
+            field: "metadata.name".into(),
+            ..LoadProblem::invalid(file, Some(line), "this Secret has no metadata.name")
+        });
+        return;
+    };
+    let origin = Origin { file: file.to_path_buf(), line };
+    let id = (namespace.clone(), name);
+    if let Some(first) = into.secret_origins.get(&id) {
+        into.problems.push(LoadProblem {
+            reason: Reason::DuplicateObject,
+            ..LoadProblem::invalid(
+                file,
+                Some(line),
+                format!("{label} is written twice, at {first} and here: the first one is kept"),
+            )
+        });
+        return;
+    }
+    into.secret_origins.insert(id, origin);
+    secret.metadata.namespace = Some(namespace);
+    into.specs.secrets.insert_secret(&secret);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::State;
+    use crate::config::secret::SecretEntry;
+
+    fn load(text: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        load_str(Path::new("specs.yaml"), text, &mut loaded);
+        loaded
+    }
+
+    const TRUNK: &str = "\
+apiVersion: trunkline.dev/v1alpha1
+kind: InboundTrunk
+metadata: {name: acme-in, namespace: voice}
+spec:
+  numbers:
+    - {number: \"+14155550100\", agent: support}
+  destination: {uri: \"sip:agents.voice.svc.cluster.local:5070\"}
+  auth:
+    digest: {secretRef: {name: acme-in-credentials}}
+";
+
+    /// A folder under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> TempDir {
+            let dir = std::env::temp_dir()
+                .join(format!("trunkline-folder-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_multi_document_file_gives_a_secret_and_a_trunk() {
+        let text = format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: acme-in-credentials, namespace: voice}}\n\
+             type: kubernetes.io/basic-auth\nstringData: {{username: acme, password: s3cret}}\n---\n{TRUNK}"
+        );
+        let loaded = load(&text);
+        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+        assert!(loaded.refused.is_empty(), "{:#?}", loaded.refused);
+        assert_eq!(loaded.specs.inbound.len(), 1);
+        let Some(SecretEntry::BasicAuth(auth)) =
+            loaded.specs.secrets.get("voice", "acme-in-credentials")
+        else {
+            panic!("secret not loaded: {:?}", loaded.specs.secrets);
+        };
+        assert_eq!((auth.username.as_str(), auth.password.expose()), ("acme", "s3cret"));
+        let key = ObjectKey::new(Kind::InboundTrunk, "voice", "acme-in");
+        assert_eq!(loaded.origins[&key], Origin { file: "specs.yaml".into(), line: 8 });
+        assert_eq!(loaded.files, 1);
+    }
+
+    #[test]
+    fn a_secret_with_base64_data_is_decoded() {
+        // "acme" and "s3cret"
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\n\
+                    type: kubernetes.io/basic-auth\ndata: {username: YWNtZQ==, password: czNjcmV0}\n";
+        let loaded = load(text);
+        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+        let Some(SecretEntry::BasicAuth(auth)) =
+            loaded.specs.secrets.get(DEFAULT_NAMESPACE, "creds")
+        else {
+            panic!("secret not loaded");
+        };
+        assert_eq!((auth.username.as_str(), auth.password.expose()), ("acme", "s3cret"));
+    }
+
+    #[test]
+    fn a_bad_secret_is_reported_without_its_values() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\n\
+                    type: kubernetes.io/basic-auth\ndata: {username: YWNtZQ==, password: \"hunter2!!\"}\n";
+        let loaded = load(text);
+        assert_eq!(loaded.problems.len(), 1);
+        let problem = &loaded.problems[0];
+        assert_eq!(problem.field, "data.password");
+        assert!(!format!("{problem:?}").contains("hunter2"), "{problem:?}");
+        assert_eq!(problem.message, "Secret default/creds: data.password is not valid base64");
+    }
+
+    #[test]
+    fn yaml_error_in_third_document_names_its_line() {
+        let text = format!(
+            "{TRUNK}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\ndata: [x, y\nmetadata: {{name: b}}\n"
+        );
+        let loaded = load(&text);
+        assert_eq!(loaded.problems.len(), 1, "{:#?}", loaded.problems);
+        let problem = &loaded.problems[0];
+        // The flow sequence opened on line 17 meets `metadata:` on line 18.
+        assert_eq!(problem.line, Some(18), "{problem}");
+        assert!(problem.message.contains("at line 18 column "), "{problem}");
+        assert!(problem.message.starts_with("YAML: "), "{problem}");
+        assert_eq!(loaded.specs.inbound.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_kind_is_skipped_with_a_notice() {
+        let text = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\n---\n{TRUNK}---\n\
+             apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [a.yaml]\n"
+        );
+        let loaded = load(&text);
+        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+        assert_eq!(
+            loaded.notices,
+            [
+                "specs.yaml:1: skipped apps/v1 Deployment web: not a trunkline resource",
+                "specs.yaml:15: skipped kustomize.config.k8s.io/v1beta1 Kustomization (no name): \
+                 not a trunkline resource",
+            ]
+        );
+        assert_eq!(loaded.specs.inbound.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_trunkline_kind_or_version_is_a_problem() {
+        let text = "apiVersion: trunkline.dev/v1alpha1\nkind: Trunk\nmetadata: {name: a}\n---\n\
+                    apiVersion: trunkline.dev/v1\nkind: InboundTrunk\nmetadata: {name: b}\n---\n\
+                    kind: InboundTrunk\nmetadata: {name: c}\n---\n\
+                    apiVersion: v1\nmetadata: {name: d}\n---\n[1, 2]\n";
+        let loaded = load(text);
+        let lines: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "specs.yaml:1: unknown kind \"Trunk\" in trunkline.dev/v1alpha1: trunkline defines \
+                 InboundTrunk, OutboundTrunk, TransferDestination",
+                "specs.yaml:5: apiVersion trunkline.dev/v1 is not served: InboundTrunk is \
+                 trunkline.dev/v1alpha1",
+                "specs.yaml:9: the document has no apiVersion: InboundTrunk is trunkline.dev/v1alpha1",
+                "specs.yaml:12: the document has no kind",
+                "specs.yaml:15: the document is a list, not a Kubernetes object",
+            ]
+        );
+        assert_eq!(
+            loaded.problems[1].object,
+            Some(ObjectKey::new(Kind::InboundTrunk, DEFAULT_NAMESPACE, "b"))
+        );
+    }
+
+    #[test]
+    fn the_same_object_twice_keeps_the_first() {
+        let dir = TempDir::new("duplicate");
+        dir.write("a.yaml", TRUNK);
+        dir.write("b/c.yml", &TRUNK.replace("support", "billing"));
+        let loaded = load_paths(std::slice::from_ref(&dir.0));
+        assert_eq!(loaded.files, 2);
+        assert_eq!(loaded.specs.inbound.len(), 1);
+        assert_eq!(loaded.specs.inbound[0].spec.numbers[0].agent, "support");
+        assert_eq!(loaded.problems.len(), 1, "{:#?}", loaded.problems);
+        let problem = &loaded.problems[0];
+        assert_eq!(problem.reason, Reason::DuplicateObject);
+        assert_eq!(problem.file, dir.0.join("b/c.yml"));
+        let first = dir.0.join("a.yaml").display().to_string();
+        assert!(problem.message.contains(&format!("{first}:1")), "{problem}");
+    }
+
+    #[test]
+    fn a_schema_violation_refuses_the_object_with_its_field() {
+        let text = TRUNK.replace("+14155550100", "+1415555OIOO");
+        let loaded = load(&text);
+        assert!(loaded.specs.inbound.is_empty());
+        assert_eq!(loaded.refused.len(), 1);
+        let verdict = &loaded.refused[0];
+        assert_eq!(verdict.state, State::Refused);
+        assert_eq!(verdict.diagnostics[0].field, "spec.numbers[0].number");
+        assert_eq!(verdict.diagnostics[0].severity, Severity::Fatal);
+    }
+
+    #[test]
+    fn typed_deserialize_errors_name_the_field_path() {
+        // The schema has no limit on this (`u32` is checked only by serde).
+        let value: Value = serde_json::json!({
+            "apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+            "metadata": {"name": "x"},
+            "spec": {"numbers": [{"number": 14155550100_u64, "agent": "a"}]},
+        });
+        let error = typed::<InboundTrunk>(&value).unwrap_err();
+        assert_eq!(error.0, "spec.numbers[0].number");
+        assert!(error.1.contains("expected a string"), "{error:?}");
+    }
+
+    #[test]
+    fn the_namespace_defaults_and_files_load_in_sorted_order() {
+        let dir = TempDir::new("order");
+        dir.write(
+            "b.yaml",
+            &TRUNK.replace("acme-in,", "second,").replace(", namespace: voice", ""),
+        );
+        dir.write("a.yaml", TRUNK);
+        dir.write("notes.txt", "not yaml");
+        dir.write("..data/a.yaml", TRUNK);
+        let loaded = load_paths(std::slice::from_ref(&dir.0));
+        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+        assert_eq!(loaded.files, 2);
+        let names: Vec<(Option<&str>, Option<&str>)> = loaded
+            .specs
+            .inbound
+            .iter()
+            .map(|t| (t.metadata.namespace.as_deref(), t.metadata.name.as_deref()))
+            .collect();
+        assert_eq!(names, [(Some("voice"), Some("acme-in")), (Some("default"), Some("second"))]);
+    }
+
+    #[test]
+    fn a_missing_path_and_a_non_utf8_file_are_problems() {
+        let dir = TempDir::new("unreadable");
+        let binary = dir.write("bad.yaml", "");
+        std::fs::write(&binary, [0x61, 0x3a, 0x20, 0xff, 0xfe]).unwrap();
+        let missing = dir.0.join("nope");
+        let loaded = load_paths(&[missing.clone(), dir.0.clone()]);
+        let files: Vec<&Path> = loaded.problems.iter().map(|p| p.file.as_path()).collect();
+        assert_eq!(files, [missing.as_path(), binary.as_path()], "{:#?}", loaded.problems);
+        assert_eq!(loaded.problems[0].message, "no such file or directory");
+    }
+
+    #[test]
+    fn a_list_of_objects_is_unwrapped() {
+        let item = TRUNK.replace('\n', "\n    ");
+        let text = format!("apiVersion: v1\nkind: List\nitems:\n  - {item}");
+        let loaded = load(&text);
+        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+        assert_eq!(loaded.specs.inbound.len(), 1);
+    }
+}
