@@ -1,13 +1,19 @@
 //! The subcommands. Each one is glue: it parses flags, calls the library, prints.
 
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use trunkline::api::Kind;
-use trunkline::config::yaml;
+use trunkline::config::check::CheckReport;
+use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
+use trunkline::config::model::Transport;
+use trunkline::config::source::folder::load_paths;
+use trunkline::config::{CompileOptions, State, compile, yaml};
 
 /// SIP trunks as Kubernetes resources: an operator, a SIP/RTP gateway, and the offline tools for
 /// the git side of the workflow.
@@ -26,11 +32,112 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Validate spec files as CI would before merge: schema (the CRDs' OpenAPI and CEL rules),
+    /// references and cross-object rules. Prints a verdict per object and every problem with its
+    /// file, object and field path. Exit status: 0 when nothing is refused, 1 otherwise.
+    Check {
+        /// Files or folders (every *.yaml and *.yml under them, recursively).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Also fail (exit 1) when an object is degraded, e.g. holds a conflicting number.
+        #[arg(long)]
+        strict: bool,
+        /// Compile as the fleet of this region would (trunks of other regions left out).
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
+        /// `text` for people, `json` for CI tools.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Explain what the gateway would do with a call: runs compile and the gateway's own matcher
+    /// offline and prints the decision chain, ending in the SIP answer. Exit status: 0 when the
+    /// call would reach an agent, 1 when it would be refused or challenged.
+    Explain {
+        /// The spec folder (or files) the gateway serves.
+        #[arg(long = "specs", required = true, value_name = "PATH")]
+        specs: Vec<PathBuf>,
+        /// The carrier's source address, `IP` or `IP:PORT`.
+        #[arg(long, value_name = "IP[:PORT]")]
+        from: String,
+        /// The dialed number as the carrier sends it (`+14155550100`, `0014155550100`,
+        /// `tel:+1-415-555-0100`) or a whole Request-URI (`sip:+14155550100@gw;user=phone`).
+        #[arg(long, value_name = "NUMBER|URI")]
+        to: String,
+        /// The transport the INVITE arrives on.
+        #[arg(long, value_enum, default_value_t = TransportArg::Udp)]
+        transport: TransportArg,
+        /// The digest username the INVITE carries (its response is assumed valid). Omit to see
+        /// what happens to an INVITE without credentials.
+        #[arg(long, value_name = "USERNAME")]
+        user: Option<String>,
+        /// The caller's number or From URI.
+        #[arg(long, value_name = "NUMBER|URI", default_value = "")]
+        caller: String,
+        /// A header of the INVITE, `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Compile as the fleet of this region would.
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
+        /// Prefix of trunkline's own headers.
+        #[arg(long, default_value = lookup::DEFAULT_HEADER_PREFIX)]
+        header_prefix: String,
+        /// `text` for people, `json` for tools.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl From<TransportArg> for Transport {
+    fn from(t: TransportArg) -> Transport {
+        match t {
+            TransportArg::Udp => Transport::Udp,
+            TransportArg::Tcp => Transport::Tcp,
+            TransportArg::Tls => Transport::Tls,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crds { out } => crds(out),
+        Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
+        Command::Explain {
+            specs,
+            from,
+            to,
+            transport,
+            user,
+            caller,
+            headers,
+            region,
+            header_prefix,
+            output,
+        } => {
+            let headers = parse_headers(&headers)?;
+            let call = ExplainCall {
+                from: &from,
+                to: &to,
+                transport: transport.into(),
+                user: user.as_deref(),
+                caller: &caller,
+                headers: &headers,
+            };
+            explain(&specs, &call, region, &header_prefix, output)
+        }
     }
 }
 
@@ -54,4 +161,154 @@ fn crds(out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(
+    paths: &[PathBuf],
+    strict: bool,
+    region: Option<String>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let loaded = load_paths(paths);
+    let report = CheckReport::build(loaded, &CompileOptions { region });
+    match output {
+        Output::Text => print!("{}", report.render_text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.fails(strict) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `-H 'Name: value'` flags as header pairs.
+fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|h| match h.split_once(':') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                Ok((name.trim().to_string(), value.trim().to_string()))
+            }
+            _ => bail!("header {h:?} is not of the form 'Name: value'"),
+        })
+        .collect()
+}
+
+/// The call `explain` is asked about, as given on the command line.
+struct ExplainCall<'a> {
+    from: &'a str,
+    to: &'a str,
+    transport: Transport,
+    user: Option<&'a str>,
+    caller: &'a str,
+    headers: &'a [(String, String)],
+}
+
+fn explain(
+    specs: &[PathBuf],
+    call: &ExplainCall,
+    region: Option<String>,
+    header_prefix: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let source: IpAddr = match call.from.parse::<SocketAddr>() {
+        Ok(sa) => sa.ip(),
+        Err(_) => call
+            .from
+            .parse()
+            .with_context(|| format!("--from {:?} is not an IP address or IP:PORT", call.from))?,
+    };
+    let request_uri = if call.to.contains(':') {
+        call.to.to_string()
+    } else {
+        format!("sip:{}@trunkline.invalid", call.to)
+    };
+
+    let loaded = load_paths(specs);
+    let problems = loaded.problems.len();
+    let refused_at_load = loaded.refused.len();
+    let compiled = compile(&loaded.specs, &CompileOptions { region });
+    let refused =
+        refused_at_load + compiled.verdicts.iter().filter(|v| v.state == State::Refused).count();
+
+    let attempt = CallAttempt {
+        transport: call.transport,
+        source,
+        digest_username: call.user,
+        request_uri: &request_uri,
+        from: call.caller,
+        headers: call.headers,
+    };
+    let options = LookupOptions { header_prefix: header_prefix.to_string() };
+    let decision = lookup::lookup(&compiled.table, &attempt, &options);
+    let routed = matches!(decision.outcome, Outcome::Route(_));
+
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&decision)?),
+        Output::Text => {
+            let mut out = String::new();
+            let objects = compiled.verdicts.len() + refused_at_load;
+            let _ = write!(
+                out,
+                "specs: {} trunk{}, {} number{} routed",
+                compiled.table.inbound.len(),
+                if compiled.table.inbound.len() == 1 { "" } else { "s" },
+                compiled.table.number_count(),
+                if compiled.table.number_count() == 1 { "" } else { "s" },
+            );
+            if refused > 0 || problems > 0 {
+                let _ = write!(
+                    out,
+                    " ({refused} of {objects} objects refused, {problems} file errors: run `trunkline check` for details)"
+                );
+            }
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "call:  INVITE {request_uri} over {} from {}{}",
+                call.transport.as_str(),
+                call.from,
+                match call.user {
+                    Some(u) => format!(", digest username {u:?} (response assumed valid)"),
+                    None => ", no credentials".to_string(),
+                }
+            );
+            for (i, step) in decision.steps.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{:>2}. {:<11} {} {}",
+                    i + 1,
+                    step.check.as_str(),
+                    if step.passed { "ok  " } else { "FAIL" },
+                    step.detail
+                );
+            }
+            match &decision.outcome {
+                Outcome::Route(r) => {
+                    let _ = writeln!(
+                        out,
+                        "=> 100 Trying, then INVITE {} (agent {} by {}, trunk {})",
+                        r.destination,
+                        r.agent,
+                        r.agent_reason.as_str().to_ascii_lowercase(),
+                        r.trunk.name
+                    );
+                }
+                Outcome::Challenge(_) => {
+                    let _ = writeln!(
+                        out,
+                        "=> 407 Proxy Authentication Required (a trunk with digest admits this source; pass --user to explain the authenticated retry)"
+                    );
+                }
+                Outcome::Refuse(r) => {
+                    let _ = writeln!(
+                        out,
+                        "=> {} {} ({}): {}",
+                        r.status,
+                        r.reason_phrase(),
+                        r.rule,
+                        r.message
+                    );
+                }
+            }
+            print!("{out}");
+        }
+    }
+    Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

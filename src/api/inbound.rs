@@ -118,7 +118,7 @@ pub struct InboundAuth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(max = 64)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(a, isCIDR(a) || isIP(a))").message(rules::ADDRESS_IS_CIDR.message))]
+    #[x_kube(validation = rules::ADDRESS_IS_CIDR.to_rule())]
     pub allowed_addresses: Vec<String>,
 }
 

@@ -83,7 +83,7 @@ pub struct OutboundTrunkSpec {
 #[serde(rename_all = "camelCase")]
 pub struct OutboundAuth {
     /// Digest credentials we answer the carrier's challenge with; `secretRef` is required here.
-    #[x_kube(validation = kube::core::Rule::new("has(self.secretRef)").message("an OutboundTrunk's digest needs secretRef: the carrier issues the credentials"))]
+    #[x_kube(validation = rules::OUTBOUND_DIGEST_SECRET.to_rule())]
     pub digest: DigestAuth,
 }
 

@@ -48,9 +48,10 @@ pub const OPEN_TRUNK: NamedRule = NamedRule {
     reason: "OpenTrunk",
 };
 
-/// Every CIDR in `allowedAddresses` parses.
+/// Every entry of `allowedAddresses` is an IP address or a CIDR (on the list, so one rule
+/// covers it; `check` reports each bad entry at its own index).
 pub const ADDRESS_IS_CIDR: NamedRule = NamedRule {
-    rule: "isCIDR(self) || isIP(self)",
+    rule: "self.all(a, isCIDR(a) || isIP(a))",
     message: "must be an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32",
     reason: "InvalidAddress",
 };
@@ -84,12 +85,28 @@ pub const TRANSFER_HANGUP_NOT_REFER: NamedRule = NamedRule {
     reason: "TypeMismatch",
 };
 
+/// OutboundTrunk `spec.auth.digest`: the carrier's credentials must be named.
+pub const OUTBOUND_DIGEST_SECRET: NamedRule = NamedRule {
+    rule: "has(self.secretRef)",
+    message: "an OutboundTrunk's digest needs secretRef: the carrier issues the credentials",
+    reason: "InvalidSpec",
+};
+
+/// TransferDestination `spec.sip.auth.digest`: the credentials must be named.
+pub const SIP_TARGET_DIGEST_SECRET: NamedRule = NamedRule {
+    rule: "has(self.secretRef)",
+    message: "digest toward a SIP destination needs secretRef",
+    reason: "InvalidSpec",
+};
+
 /// Every named rule, for mapping a failed rule back to its reason.
 pub const ALL: &[NamedRule] = &[
     AUTH_REQUIRED,
     OPEN_TRUNK,
     ADDRESS_IS_CIDR,
     HOST_NOT_URI,
+    OUTBOUND_DIGEST_SECRET,
+    SIP_TARGET_DIGEST_SECRET,
     TRANSFER_PHONE_MEMBER,
     TRANSFER_SIP_MEMBER,
     TRANSFER_HANGUP_MEMBER,

@@ -104,7 +104,7 @@ pub struct SipTarget {
 #[serde(rename_all = "camelCase")]
 pub struct SipTargetAuth {
     /// Digest credentials; `secretRef` is required here.
-    #[x_kube(validation = kube::core::Rule::new("has(self.secretRef)").message("digest toward a SIP destination needs secretRef"))]
+    #[x_kube(validation = rules::SIP_TARGET_DIGEST_SECRET.to_rule())]
     pub digest: DigestAuth,
 }
 

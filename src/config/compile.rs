@@ -574,7 +574,7 @@ fn compile_inbound_trunk(
                             Reason::CredentialsPending,
                             "spec.auth.digest",
                             format!(
-                                "no secretRef: credentials are generated into Secret {secret} by the operator (or trunkline run); calls are challenged but cannot pass until then"
+                                "no secretRef: credentials are generated into Secret {secret} by the operator (or trunkline run); until then its calls are refused with 503"
                             ),
                         );
                         Some(InboundDigest::Pending { secret })

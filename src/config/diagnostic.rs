@@ -170,6 +170,8 @@ impl std::fmt::Display for Reason {
 /// One problem with one object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
+    /// Not serialised: a diagnostic is always written inside its object's verdict.
+    #[serde(skip)]
     pub object: ObjectKey,
     /// JSON path of the field, `spec.numbers[1].number`; empty for the whole object.
     pub field: String,
@@ -213,6 +215,7 @@ pub struct ConditionVerdict {
 
 /// Everything compile says about one object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Verdict {
     pub object: ObjectKey,
     /// `metadata.generation` of the object compiled, where it has one.
@@ -289,6 +292,18 @@ impl Verdict {
             credentials_secret: None,
             diagnostics,
         }
+    }
+
+    /// The verdict of an object refused before compile (it does not parse or match the
+    /// schema): only `Accepted`, since its references were never looked at.
+    pub fn refused_by_schema(
+        object: ObjectKey,
+        generation: Option<i64>,
+        diagnostics: Vec<Diagnostic>,
+    ) -> Verdict {
+        let mut verdict = Verdict::from_diagnostics(object, generation, diagnostics);
+        verdict.conditions.retain(|c| c.type_ == ConditionType::Accepted);
+        verdict
     }
 
     pub fn condition(&self, type_: ConditionType) -> Option<&ConditionVerdict> {

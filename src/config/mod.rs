@@ -2,6 +2,8 @@
 //! live; `check`, `explain`, the operator and the gateway all call it, so they never disagree.
 //! `lookup` is the matcher that `explain` and the gateway share.
 
+pub mod check;
+pub mod compile;
 pub mod diagnostic;
 pub mod lookup;
 pub mod model;
@@ -12,6 +14,7 @@ pub mod source;
 pub mod specs;
 pub mod yaml;
 
+pub use compile::{Compiled, compile};
 pub use diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 pub use model::RoutingTable;
 pub use specs::{CompileOptions, Specs};

@@ -85,6 +85,7 @@ impl Codec {
 
 /// Per-trunk admission limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_calls: Option<u32>,

@@ -677,7 +677,7 @@ fn validate_cel(compiled: &CompiledKind, object: &Value, out: &mut Vec<SchemaVio
                 }
                 below => format!("{}.{below}", root.field),
             };
-            let reason = Reason::from_rule_reason(rule_reason(&error.rule, &error.message));
+            let reason = Reason::from_rule_reason(rules::reason_of(&error.rule));
             if reason == Reason::InvalidAddress
                 && let Some(bad) = bad_addresses(object, &field)
             {
@@ -686,18 +686,6 @@ fn validate_cel(compiled: &CompiledKind, object: &Value, out: &mut Vec<SchemaVio
             }
             out.push(SchemaViolation { field, message: error.message, reason });
         }
-    }
-}
-
-/// The reason a failed rule reports: found by the rule's text, or else by its message (the
-/// `allowedAddresses` rule is written over the whole list but carries the message of
-/// `rules::ADDRESS_IS_CIDR`).
-fn rule_reason(rule: &str, message: &str) -> &'static str {
-    match rules::reason_of(rule) {
-        "InvalidSpec" => {
-            rules::ALL.iter().find(|r| r.message == message).map_or("InvalidSpec", |r| r.reason)
-        }
-        reason => reason,
     }
 }
 

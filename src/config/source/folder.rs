@@ -333,7 +333,7 @@ fn load_trunkline_object(
                 message: v.message,
             })
             .collect();
-        into.refused.push(Verdict::from_diagnostics(key, generation, diagnostics));
+        into.refused.push(Verdict::refused_by_schema(key, generation, diagnostics));
         return;
     }
     let added = match kind {
@@ -358,7 +358,7 @@ fn load_trunkline_object(
             reason: Reason::InvalidSpec,
             message,
         };
-        into.refused.push(Verdict::from_diagnostics(key, generation, vec![diagnostic]));
+        into.refused.push(Verdict::refused_by_schema(key, generation, vec![diagnostic]));
     }
 }
 

@@ -1,0 +1,102 @@
+//! Golden tests of compile: every `tests/golden/<case>.in.yaml` is loaded and compiled, and the
+//! routing table together with every object's verdict (and the loader's file-level problems) must
+//! equal `<case>.out.yaml`. `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the outputs;
+//! review the diff before committing. A first line `# region: NAME` compiles for that region.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use trunkline::config::source::folder::{LoadProblem, Loaded, load_str};
+use trunkline::config::{CompileOptions, RoutingTable, Verdict, compile, yaml};
+
+#[derive(Serialize)]
+struct Golden<'a> {
+    table: &'a RoutingTable,
+    verdicts: Vec<Verdict>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    problems: &'a [LoadProblem],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    notices: &'a [String],
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn render(case: &str, text: &str) -> String {
+    let region =
+        text.lines().next().and_then(|l| l.strip_prefix("# region:")).map(|r| r.trim().to_string());
+    let mut loaded = Loaded::default();
+    // A relative name keeps the outputs free of the machine's paths.
+    load_str(Path::new(&format!("{case}.in.yaml")), text, &mut loaded);
+    let compiled = compile(&loaded.specs, &CompileOptions { region });
+    let mut verdicts = compiled.verdicts.clone();
+    verdicts.extend(loaded.refused.iter().cloned());
+    verdicts.sort_by(|a, b| a.object.cmp(&b.object));
+    let golden = Golden {
+        table: &compiled.table,
+        verdicts,
+        problems: &loaded.problems,
+        notices: &loaded.notices,
+    };
+    yaml::to_yaml(&golden).expect("golden output serialises")
+}
+
+#[test]
+fn every_golden_case_compiles_to_its_recorded_output() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 15, "expected at least 15 golden cases, found {}", cases.len());
+
+    let mut mismatched = Vec::new();
+    for input in &cases {
+        let file = input.file_name().and_then(|f| f.to_str()).expect("UTF-8 file name");
+        let case = file.trim_end_matches(".in.yaml");
+        let text = std::fs::read_to_string(input).expect("readable case");
+        let actual = render(case, &text);
+        let out_path = golden_dir().join(format!("{case}.out.yaml"));
+        if update {
+            std::fs::write(&out_path, &actual).expect("write golden output");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if expected != actual {
+            mismatched
+                .push(format!("--- {case}: expected\n{expected}\n--- {case}: actual\n{actual}"));
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "{} golden case(s) differ (UPDATE_GOLDEN=1 rewrites them):\n{}",
+        mismatched.len(),
+        mismatched.join("\n")
+    );
+}
+
+#[test]
+fn every_golden_output_has_an_input() {
+    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden exists") {
+        let path = entry.expect("dir entry").path();
+        let name = path.to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".out.yaml") {
+            assert!(Path::new(&format!("{stem}.in.yaml")).exists(), "{name} has no input");
+        }
+    }
+}
+
+#[test]
+fn golden_outputs_never_contain_a_password() {
+    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden exists") {
+        let path = entry.expect("dir entry").path();
+        if path.to_string_lossy().ends_with(".out.yaml") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            // Every password in the inputs starts with `pw-` (see the cases).
+            assert!(!text.contains("pw-"), "{} leaks a password", path.display());
+        }
+    }
+}
