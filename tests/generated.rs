@@ -38,3 +38,22 @@ fn every_crd_lists_the_trunkline_category_and_a_status_subresource() {
         assert!(!crd.spec.names.short_names.clone().unwrap_or_default().is_empty());
     }
 }
+
+#[test]
+fn every_example_validates_against_the_crd_schema_and_compiles_without_a_fatal_diagnostic() {
+    use trunkline::config::source::folder::load_paths;
+    use trunkline::config::{CompileOptions, Severity, compile};
+
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let loaded = load_paths(&[examples]);
+    assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
+    assert!(loaded.refused.is_empty(), "{:#?}", loaded.refused);
+    assert!(loaded.files >= 6, "only {} example files were read", loaded.files);
+    let compiled = compile(&loaded.specs, &CompileOptions::default());
+    assert_eq!(compiled.verdicts.len(), 8);
+    for verdict in &compiled.verdicts {
+        let fatal: Vec<_> =
+            verdict.diagnostics.iter().filter(|d| d.severity != Severity::Warning).collect();
+        assert!(fatal.is_empty(), "{}: {fatal:#?}", verdict.object);
+    }
+}

@@ -100,3 +100,34 @@ fn golden_outputs_never_contain_a_password() {
         }
     }
 }
+
+#[test]
+fn compile_gives_the_same_answer_whatever_the_order_of_its_inputs() {
+    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden exists") {
+        let path = entry.expect("dir entry").path();
+        if !path.to_string_lossy().ends_with(".in.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable case");
+        let mut loaded = Loaded::default();
+        load_str(&path, &text, &mut loaded);
+        let forward = compile(&loaded.specs, &CompileOptions::default());
+        let mut reversed = loaded.specs.clone();
+        reversed.inbound.reverse();
+        reversed.outbound.reverse();
+        reversed.transfers.reverse();
+        let backward = compile(&reversed, &CompileOptions::default());
+        assert_eq!(
+            yaml::to_yaml(&forward.verdicts).expect("serialises"),
+            yaml::to_yaml(&backward.verdicts).expect("serialises"),
+            "{}: verdicts depend on input order",
+            path.display()
+        );
+        assert_eq!(
+            forward.table.config_hash(),
+            backward.table.config_hash(),
+            "{}: table depends on input order",
+            path.display()
+        );
+    }
+}

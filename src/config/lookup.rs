@@ -631,7 +631,9 @@ fn check_number(
         Some((holder, _)) => Err(steps.refuse(
             StepKind::Number,
             RefusalRule::NumberNotOnTrunk,
-            format!("{number} is not on this trunk: it is held by another trunk"),
+            // The caller hears the same as for an unknown number: whether another tenant holds
+            // it is not the carrier's business (the step names the holder for operators).
+            format!("{number} is not on this trunk"),
             format!("{number} is held by InboundTrunk {}, not by {}", holder.name, trunk.name),
         )),
         None => Err(steps.refuse(
@@ -1288,7 +1290,7 @@ mod tests {
         let d = invite().to("sip:+14155550200@gw").lookup(&table);
         let r = refusal(&d);
         assert_eq!((r.status, r.rule), (404, RefusalRule::NumberNotOnTrunk));
-        assert_eq!(r.message, "+14155550200 is not on this trunk: it is held by another trunk");
+        assert_eq!(r.message, "+14155550200 is not on this trunk");
         assert!(!r.message.contains("secret-tenant"));
         assert!(last_detail(&d).contains("voice/secret-tenant-in"), "{}", last_detail(&d));
         assert_eq!(r.reason_phrase(), "Not Found");
