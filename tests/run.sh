@@ -9,5 +9,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 cargo build --locked --all-targets
+# nextest runs unit, golden, CLI and integration tests; the crate has no doctests.
 cargo nextest run --locked --no-fail-fast
-cargo test --locked --doc
