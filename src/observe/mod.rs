@@ -1,0 +1,2 @@
+//! Observability: Prometheus metrics (one registry, typed metric structs) and the admin HTTP
+//! endpoints (`/metrics`, `/healthz`, `/readyz`).
