@@ -1,0 +1,227 @@
+//! The admin HTTP endpoints of a gateway pod (an internal port, never exposed to carriers):
+//!
+//! - `GET /metrics`: 200, `text/plain; version=0.0.4`, [`GatewayMetrics::render`].
+//! - `GET /healthz`: 200 `ok` while the process runs (the liveness probe). It stays 200 while
+//!   draining, so the kubelet does not kill a pod that is finishing its calls.
+//! - `GET /readyz`: 200 `ready` when a routing table is loaded, the listeners are up and the pod
+//!   is not draining; else 503 with a one-line reason ([`NOT_READY`], [`DRAINING`]). Kubernetes
+//!   takes a pod that is not ready out of the Service endpoints: that is how a draining pod stops
+//!   getting new calls while it finishes the ones it has.
+//! - Any other path: 404.
+//!
+//! `HEAD` is answered like `GET` without a body; another method on a known path gets 405.
+//! Request bodies are never read.
+//!
+//! Takes: a bound listener, the shared [`GatewayMetrics`] and [`Health`], and a shutdown future.
+//! `trunkline run` calls [`serve_admin`]; the gateway flips [`Health`] as it loads its table,
+//! opens its listeners and receives SIGTERM.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::metrics::GatewayMetrics;
+
+/// Body of `/readyz` before the first routing table is loaded or while the listeners are down.
+pub const NOT_READY: &str = "no routing table yet";
+/// Body of `/readyz` once draining started.
+pub const DRAINING: &str = "draining: not taking new calls";
+
+/// Liveness and readiness of the gateway, shared between the gateway and the admin server.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Not ready, not draining.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Ready: a routing table is loaded and the SIP listeners are up.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// SIGTERM received: stop taking new calls. One way: a draining pod never becomes ready again.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// `Ok` when the pod should get new calls; else the reason it should not.
+    fn readiness(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            Err(DRAINING)
+        } else if !self.is_ready() {
+            Err(NOT_READY)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<GatewayMetrics>,
+    health: Arc<Health>,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes, then lets requests in
+/// flight finish.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<GatewayMetrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin endpoints listening");
+    }
+    axum::serve(listener, router(AdminState { metrics, health }))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    match s.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::metrics::{Direction, Outcome};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    struct Running {
+        addr: SocketAddr,
+        health: Arc<Health>,
+        metrics: Arc<GatewayMetrics>,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start() -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let metrics = Arc::new(GatewayMetrics::new());
+        let health = Health::new();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_admin(listener, metrics.clone(), health.clone(), async {
+            let _ = stopped.await;
+        }));
+        Running { addr, health, metrics, stop, task }
+    }
+
+    /// Sends one raw HTTP/1.1 request; returns (status line, headers, body).
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (String, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read");
+        let raw = String::from_utf8(raw).expect("utf-8 answer");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (status.to_owned(), headers.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let r = start().await;
+        r.metrics.call_finished("ns/t", Direction::Inbound, Outcome::Busy);
+        let (status, headers, body) = request(r.addr, "GET", "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+        assert!(body.contains(
+            r#"trunkline_calls_total{direction="inbound",outcome="busy",trunk="ns/t"} 1"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ok_even_while_draining() {
+        let r = start().await;
+        assert_eq!(request(r.addr, "GET", "/healthz").await.2, "ok");
+        r.health.set_draining();
+        let (status, _, body) = request(r.addr, "GET", "/healthz").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    }
+
+    #[tokio::test]
+    async fn readyz_flips_with_ready_and_draining() {
+        let r = start().await;
+        let (status, _, body) = request(r.addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 503 Service Unavailable", NOT_READY)
+        );
+
+        r.health.set_ready(true);
+        let (status, _, body) = request(r.addr, "GET", "/readyz").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready"));
+
+        r.health.set_draining();
+        let (status, _, body) = request(r.addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 503 Service Unavailable", DRAINING)
+        );
+        assert!(r.health.is_ready() && r.health.is_draining());
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_not_found_and_the_server_stops_on_shutdown() {
+        let r = start().await;
+        let (status, _, _) = request(r.addr, "GET", "/").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        let (status, _, _) = request(r.addr, "GET", "/metrics/extra").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        let (status, _, _) = request(r.addr, "POST", "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+
+        r.stop.send(()).expect("server still running");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), r.task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    }
+}

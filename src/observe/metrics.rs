@@ -1,0 +1,496 @@
+//! The gateway's Prometheus metrics: one [`prometheus::Registry`] owned by [`GatewayMetrics`]
+//! (no global registry), with one typed method per event so call sites cannot misspell a metric or
+//! invent a label.
+//!
+//! Takes: events from the SIP transports (`sip_message`), the inbound flow (`auth_failure`,
+//! `invite_refused`, `setup_latency`), the B2BUA (`call_started`, `call_finished`) and the config
+//! loop (`set_config`, `config_reload`). Gives: the text exposition that `observe::admin` serves
+//! at `GET /metrics` ([`GatewayMetrics::render`]). `trunkline run` builds one and shares it as an
+//! `Arc<GatewayMetrics>`.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `trunkline_calls_total` | counter | `trunk`, `direction`, `outcome` |
+//! | `trunkline_active_calls` | gauge | `trunk`, `direction` |
+//! | `trunkline_auth_failures_total` | counter | `reason` |
+//! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
+//! | `trunkline_call_setup_seconds` | histogram | `trunk` |
+//! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
+//! | `trunkline_config_info` | gauge (always 1) | `hash` |
+//! | `trunkline_config_trunks`, `trunkline_config_numbers` | gauge | |
+//! | `trunkline_config_reloads_total` | counter | `result` |
+//!
+//! **Label cardinality.** Every label value is either a fixed string from an enum in this module
+//! or bounded by the configuration:
+//! - `trunk` is the `namespace/name` of an *accepted* trunk. Callers pass [`UNKNOWN_TRUNK`]
+//!   (`"unknown"`) when no trunk was identified: never a source address, a username, a number or
+//!   anything else taken from the network. Series of trunks removed from the config stay until
+//!   the process restarts (bounded by the trunks it has ever served).
+//! - `transport` is `udp`, `tcp` or `tls`; `kind` is `request`, `response` or `malformed`; `rule`
+//!   is a fixed rule name of the refusing step; `status` a SIP status code.
+//! - No source IP, username, Call-ID or credential ever becomes a label (unbounded, and private).
+
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The `trunk` label value to use when no trunk was identified (before identification, or when
+/// identification failed).
+pub const UNKNOWN_TRUNK: &str = "unknown";
+
+/// Upper bounds of `trunkline_call_setup_seconds`: from a fast local answer (5 ms) through
+/// typical agent setup (100 ms–2 s) to a long ring (30 s; anything longer lands in `+Inf`).
+pub const SETUP_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
+
+/// Which side started the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Carrier → agent runtime.
+    Inbound,
+    /// Agent runtime → carrier.
+    Outbound,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// How a call ended, from the B2BUA's point of view. One value per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A 2xx was relayed and the call was bridged (however it ended later).
+    Answered,
+    /// The called side answered 486/600 Busy.
+    Busy,
+    /// Nobody answered: 408/480, or the ring timed out.
+    NoAnswer,
+    /// The caller gave up (CANCEL) before an answer.
+    Cancelled,
+    /// The gateway refused it by policy: unknown number, no common codec, capacity, transport.
+    Refused,
+    /// The call could not be set up: agent runtime or carrier error, unreachable, or a 5xx.
+    Failed,
+    /// Authentication failed (403 after a challenge).
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Answered,
+        Outcome::Busy,
+        Outcome::NoAnswer,
+        Outcome::Cancelled,
+        Outcome::Refused,
+        Outcome::Failed,
+        Outcome::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Busy => "busy",
+            Outcome::NoAnswer => "no_answer",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Why an inbound request failed authentication. Fixed label values: the source address and the
+/// username involved go to the log (rate-limited) and never to a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// The digest response did not match the trunk's credentials.
+    BadCredentials,
+    /// The digest username belongs to no accepted trunk.
+    UnknownUser,
+    /// The username's trunk does not allowlist the source address.
+    AddressNotAllowed,
+    /// No credentials, and no trunk allowlists the source address without a digest.
+    SourceNotAllowed,
+    /// The nonce has expired (the carrier is expected to retry with a fresh one).
+    StaleNonce,
+    /// A nonce and nonce-count were seen before.
+    Replay,
+    /// The Authorization/Proxy-Authorization header could not be parsed or names an unsupported
+    /// algorithm or qop.
+    Malformed,
+    /// The trunk's credentials are still being generated; it cannot take calls yet.
+    CredentialsPending,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 8] = [
+        AuthFailure::BadCredentials,
+        AuthFailure::UnknownUser,
+        AuthFailure::AddressNotAllowed,
+        AuthFailure::SourceNotAllowed,
+        AuthFailure::StaleNonce,
+        AuthFailure::Replay,
+        AuthFailure::Malformed,
+        AuthFailure::CredentialsPending,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::BadCredentials => "bad_credentials",
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::AddressNotAllowed => "address_not_allowed",
+            AuthFailure::SourceNotAllowed => "source_not_allowed",
+            AuthFailure::StaleNonce => "stale_nonce",
+            AuthFailure::Replay => "replay",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::CredentialsPending => "credentials_pending",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// All gateway metrics, registered in one registry.
+pub struct GatewayMetrics {
+    registry: Registry,
+    calls: IntCounterVec,
+    active: IntGaugeVec,
+    /// One handle per [`AuthFailure`], indexed by its discriminant: resolved once, every series
+    /// exported from the start (at 0) so `rate()` works on the first failure.
+    auth_failures: Vec<IntCounter>,
+    refusals: IntCounterVec,
+    setup: HistogramVec,
+    sip_messages: IntCounterVec,
+    config_info: IntGaugeVec,
+    /// The hash label currently exported by `config_info` (exactly one series at a time).
+    config_hash: Mutex<Option<String>>,
+    config_trunks: IntGauge,
+    config_numbers: IntGauge,
+    reload_ok: IntCounter,
+    reload_rejected: IntCounter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+
+        let calls = IntCounterVec::new(
+            Opts::new("trunkline_calls_total", "Calls ended, by trunk, direction and outcome."),
+            &["trunk", "direction", "outcome"],
+        )
+        .expect("static metric definition is valid");
+        let active = IntGaugeVec::new(
+            Opts::new("trunkline_active_calls", "Calls in progress, by trunk and direction."),
+            &["trunk", "direction"],
+        )
+        .expect("static metric definition is valid");
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "trunkline_auth_failures_total",
+                "Inbound requests that failed authentication, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "trunkline_inbound_refusals_total",
+                "Inbound INVITEs answered with a final error, by SIP status and refusing rule.",
+            ),
+            &["status", "rule"],
+        )
+        .expect("static metric definition is valid");
+        let setup = HistogramVec::new(
+            HistogramOpts::new(
+                "trunkline_call_setup_seconds",
+                "Time from the INVITE received to the final response from the other leg.",
+            )
+            .buckets(SETUP_BUCKETS.to_vec()),
+            &["trunk"],
+        )
+        .expect("static metric definition is valid");
+        let sip_messages = IntCounterVec::new(
+            Opts::new(
+                "trunkline_sip_messages_total",
+                "SIP messages received, by transport and kind (request, response, malformed).",
+            ),
+            &["transport", "kind"],
+        )
+        .expect("static metric definition is valid");
+        let config_info = IntGaugeVec::new(
+            Opts::new("trunkline_config_info", "The hash of the routing table in use (value 1)."),
+            &["hash"],
+        )
+        .expect("static metric definition is valid");
+        let config_trunks = IntGauge::new(
+            "trunkline_config_trunks",
+            "Accepted trunks (inbound and outbound) in the routing table in use.",
+        )
+        .expect("static metric definition is valid");
+        let config_numbers = IntGauge::new(
+            "trunkline_config_numbers",
+            "Numbers routed by the routing table in use.",
+        )
+        .expect("static metric definition is valid");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "trunkline_config_reloads_total",
+                "Routing table reloads, by result (ok: swapped in, rejected: the old one kept).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(calls.clone()),
+            Box::new(active.clone()),
+            Box::new(auth.clone()),
+            Box::new(refusals.clone()),
+            Box::new(setup.clone()),
+            Box::new(sip_messages.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_trunks.clone()),
+            Box::new(config_numbers.clone()),
+            Box::new(reloads.clone()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are distinct in a fresh registry");
+        }
+
+        let auth_failures =
+            AuthFailure::ALL.iter().map(|r| auth.with_label_values(&[r.as_str()])).collect();
+
+        GatewayMetrics {
+            registry,
+            calls,
+            active,
+            auth_failures,
+            refusals,
+            setup,
+            sip_messages,
+            config_info,
+            config_hash: Mutex::new(None),
+            config_trunks,
+            config_numbers,
+            reload_ok: reloads.with_label_values(&["ok"]),
+            reload_rejected: reloads.with_label_values(&["rejected"]),
+        }
+    }
+
+    /// The registry, for components that keep their own typed metrics (RTP stats, session-record
+    /// sinks) and want them on the same `/metrics` page.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts one ended call. `trunk`: `namespace/name` of an accepted trunk, or
+    /// [`UNKNOWN_TRUNK`].
+    pub fn call_finished(&self, trunk: &str, direction: Direction, outcome: Outcome) {
+        self.calls.with_label_values(&[trunk, direction.as_str(), outcome.as_str()]).inc();
+    }
+
+    /// Counts a call as in progress until the returned guard drops (however the call task ends:
+    /// normally, by panic or by cancellation). `trunk`: as in [`Self::call_finished`].
+    #[must_use = "the call counts as active only while the guard lives"]
+    pub fn call_started(&self, trunk: &str, direction: Direction) -> ActiveCallGuard {
+        let gauge = self.active.with_label_values(&[trunk, direction.as_str()]);
+        gauge.inc();
+        ActiveCallGuard { gauge }
+    }
+
+    /// Counts one authentication failure.
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        if let Some(c) = self.auth_failures.get(reason.index()) {
+            c.inc();
+        }
+    }
+
+    /// Counts one inbound INVITE refused with `status` by `rule` (a fixed name of the refusing
+    /// step, e.g. `unknown_number`, `no_common_codec`, `max_concurrent_calls`).
+    pub fn invite_refused(&self, status: u16, rule: &str) {
+        self.refusals.with_label_values(&[status.to_string().as_str(), rule]).inc();
+    }
+
+    /// Observes a call's setup time: INVITE received → final response from the other leg.
+    /// `trunk`: as in [`Self::call_finished`].
+    pub fn setup_latency(&self, trunk: &str, seconds: f64) {
+        let h: Histogram = self.setup.with_label_values(&[trunk]);
+        h.observe(seconds);
+    }
+
+    /// Counts one SIP message received on `transport` (`udp`, `tcp`, `tls`); `kind` is `request`,
+    /// `response` or `malformed` (could not be parsed or failed the message checks).
+    pub fn sip_message(&self, transport: &str, kind: &str) {
+        self.sip_messages.with_label_values(&[transport, kind]).inc();
+    }
+
+    /// Publishes the routing table in use: `trunkline_config_info{hash}` = 1 with the previous
+    /// hash's series removed, and the trunk and number counts.
+    pub fn set_config(&self, hash: &str, trunks: usize, numbers: usize) {
+        {
+            let mut current = self.config_hash.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.as_deref() != Some(hash) {
+                if let Some(old) = current.take() {
+                    // Always present: only this method sets it, under this lock.
+                    let _ = self.config_info.remove_label_values(&[old.as_str()]);
+                }
+                *current = Some(hash.to_owned());
+            }
+            self.config_info.with_label_values(&[hash]).set(1);
+        }
+        self.config_trunks.set(i64::try_from(trunks).unwrap_or(i64::MAX));
+        self.config_numbers.set(i64::try_from(numbers).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one reload: `ok` when the new table was swapped in, `rejected` when the old one was
+    /// kept.
+    pub fn config_reload(&self, ok: bool) {
+        if ok { &self.reload_ok } else { &self.reload_rejected }.inc();
+    }
+
+    /// Every metric of the registry in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "rendering metrics failed; the page is incomplete");
+        }
+        out
+    }
+}
+
+/// Keeps one call counted in `trunkline_active_calls`; decrements it on drop.
+#[derive(Debug)]
+pub struct ActiveCallGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for ActiveCallGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(metric)).collect()
+    }
+
+    #[test]
+    fn render_shows_calls_with_their_labels() {
+        let m = GatewayMetrics::new();
+        m.call_finished("default/carrier", Direction::Inbound, Outcome::Answered);
+        m.call_finished("default/carrier", Direction::Inbound, Outcome::Answered);
+        m.call_finished(UNKNOWN_TRUNK, Direction::Inbound, Outcome::Rejected);
+        let text = m.render();
+        assert!(text.contains(
+            r#"trunkline_calls_total{direction="inbound",outcome="answered",trunk="default/carrier"} 2"#
+        ));
+        assert!(text.contains(
+            r#"trunkline_calls_total{direction="inbound",outcome="rejected",trunk="unknown"} 1"#
+        ));
+    }
+
+    #[test]
+    fn active_gauge_goes_up_with_the_guard_and_back_down_when_it_drops() {
+        let m = GatewayMetrics::new();
+        let series = r#"trunkline_active_calls{direction="outbound",trunk="ns/out"}"#;
+        let a = m.call_started("ns/out", Direction::Outbound);
+        let b = m.call_started("ns/out", Direction::Outbound);
+        assert!(m.render().contains(&format!("{series} 2")));
+        drop(a);
+        assert!(m.render().contains(&format!("{series} 1")));
+        drop(b);
+        assert!(m.render().contains(&format!("{series} 0")));
+    }
+
+    #[test]
+    fn config_info_keeps_exactly_one_hash_series() {
+        let m = GatewayMetrics::new();
+        m.set_config("aaaa", 2, 10);
+        m.set_config("bbbb", 3, 12);
+        m.set_config("bbbb", 3, 12);
+        m.config_reload(true);
+        m.config_reload(false);
+        let text = m.render();
+        assert_eq!(
+            lines_of(&text, "trunkline_config_info{"),
+            vec![r#"trunkline_config_info{hash="bbbb"} 1"#]
+        );
+        assert!(text.contains("trunkline_config_trunks 3"));
+        assert!(text.contains("trunkline_config_numbers 12"));
+        assert!(text.contains(r#"trunkline_config_reloads_total{result="ok"} 1"#));
+        assert!(text.contains(r#"trunkline_config_reloads_total{result="rejected"} 1"#));
+    }
+
+    #[test]
+    fn every_auth_failure_reason_is_exported_from_the_start() {
+        let m = GatewayMetrics::new();
+        m.auth_failure(AuthFailure::Replay);
+        let text = m.render();
+        for r in AuthFailure::ALL {
+            let n = if r == AuthFailure::Replay { 1 } else { 0 };
+            let line = format!(r#"trunkline_auth_failures_total{{reason="{}"}} {n}"#, r.as_str());
+            assert!(text.contains(&line), "missing {line}");
+        }
+    }
+
+    #[test]
+    fn refusals_setup_latency_and_sip_messages_are_rendered() {
+        let m = GatewayMetrics::new();
+        m.invite_refused(404, "unknown_number");
+        m.invite_refused(503, "max_concurrent_calls");
+        m.setup_latency("ns/in", 0.2);
+        m.sip_message("udp", "request");
+        m.sip_message("tls", "malformed");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"trunkline_inbound_refusals_total{rule="unknown_number",status="404"} 1"#
+            )
+        );
+        assert!(text.contains(
+            r#"trunkline_inbound_refusals_total{rule="max_concurrent_calls",status="503"} 1"#
+        ));
+        assert!(text.contains(r#"trunkline_call_setup_seconds_bucket{trunk="ns/in",le="0.25"} 1"#));
+        assert!(text.contains(r#"trunkline_call_setup_seconds_bucket{trunk="ns/in",le="0.1"} 0"#));
+        assert!(text.contains(r#"trunkline_call_setup_seconds_count{trunk="ns/in"} 1"#));
+        assert!(text.contains(r#"trunkline_sip_messages_total{kind="request",transport="udp"} 1"#));
+        assert!(
+            text.contains(r#"trunkline_sip_messages_total{kind="malformed",transport="tls"} 1"#)
+        );
+    }
+
+    #[test]
+    fn enum_label_values_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for r in AuthFailure::ALL {
+            assert!(seen.insert(r.as_str()));
+            assert_eq!(AuthFailure::ALL[r.index()], r);
+        }
+        let outcomes: std::collections::HashSet<_> =
+            Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(outcomes.len(), Outcome::ALL.len());
+    }
+}
