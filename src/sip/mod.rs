@@ -2,4 +2,5 @@
 //! checks (`msg`), transports (UDP, TCP, TLS), transaction state machines (RFC 3261 §17) and
 //! server-side digest authentication (RFC 3261 §22, RFC 7616). Pure parts (messages,
 //! transactions, digest) are kept apart from sockets.
+pub mod digest;
 pub mod msg;
