@@ -4,3 +4,4 @@
 //! transactions, digest) are kept apart from sockets.
 pub mod digest;
 pub mod msg;
+pub mod transaction;
