@@ -14,6 +14,7 @@ use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
 use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
+use trunkline::sip::transport::ListenAddr;
 
 /// SIP trunks as Kubernetes resources: an operator, a SIP/RTP gateway, and the offline tools for
 /// the git side of the workflow.
@@ -26,6 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve calls from a folder of specs: the SIP gateway on one machine, no Kubernetes.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of the three kinds as YAML.
     Crds {
         /// Write one file per kind into this folder instead of printing.
@@ -88,6 +91,71 @@ enum Command {
     },
 }
 
+/// Flags of `trunkline run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Spec folders or files (InboundTrunk, OutboundTrunk, TransferDestination, basic-auth
+    /// Secrets); watched: edits are compiled and swapped in while calls go on.
+    #[arg(long = "specs", required = true, value_name = "PATH")]
+    specs: Vec<PathBuf>,
+    /// Carrier-facing listener, `udp://IP:PORT`, `tcp://IP:PORT` or `tls://IP:PORT`;
+    /// repeatable. Default: udp://0.0.0.0:5060 and tcp://0.0.0.0:5060.
+    #[arg(long = "listen", value_name = "PROTO://IP:PORT")]
+    listen: Vec<ListenAddr>,
+    /// Agent-facing (internal) listener, same form; repeatable. The gateway sends the agent
+    /// runtime its INVITEs from here. Default: udp://127.0.0.1:5080 and tcp://127.0.0.1:5080.
+    #[arg(long = "internal-listen", value_name = "PROTO://IP:PORT")]
+    internal_listen: Vec<ListenAddr>,
+    /// PEM certificate chain for tls:// listeners (re-read when the file changes).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for tls:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// The address carriers reach the gateway at, advertised in Via and Contact (and SDP)
+    /// instead of the listener's own (behind NAT or a load balancer).
+    #[arg(long, value_name = "IP")]
+    public_address: Option<IpAddr>,
+    /// UDP port range for RTP relays, LOW-HIGH (used by the media relay).
+    #[arg(long, value_name = "LOW-HIGH", default_value = "20000-30000", value_parser = parse_port_range)]
+    rtp_ports: (u16, u16),
+    /// Prefix of trunkline's own headers (agent selection, session metadata).
+    #[arg(long, default_value = lookup::DEFAULT_HEADER_PREFIX)]
+    header_prefix: String,
+    /// Folder for state that must survive restarts: generated trunk credentials and the
+    /// digest nonce key.
+    #[arg(long, value_name = "DIR", default_value = ".trunkline")]
+    state_dir: PathBuf,
+    /// Serve only the trunks of this region (and those without regions).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Digest realm of the challenges.
+    #[arg(long, default_value = "trunkline")]
+    realm: String,
+    /// Seconds an agent may ring before the call is given up (480 to the carrier).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    agent_timeout: u64,
+    /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    drain_timeout: u64,
+    /// Seconds a digest nonce stays valid (then `stale=true`).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    nonce_ttl: u64,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 20000-30000")?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a port"))?;
+    if lo == 0 || lo > hi || (hi - lo) < 1 {
+        return Err(format!("{s}: LOW must be 1 or more and below HIGH"));
+    }
+    Ok((lo, hi))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Text,
@@ -113,6 +181,7 @@ impl From<TransportArg> for Transport {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_gateway(*args),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
         Command::Explain {
@@ -311,4 +380,32 @@ fn explain(
         }
     }
     Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(trunkline::call::serve::serve(trunkline::call::serve::ServeOptions {
+        specs: args.specs,
+        listen: args.listen,
+        internal_listen: args.internal_listen,
+        tls: args.tls_cert.zip(args.tls_key),
+        admin: args.admin,
+        public_address: args.public_address,
+        rtp_ports: args.rtp_ports,
+        header_prefix: args.header_prefix,
+        state_dir: args.state_dir,
+        region: args.region,
+        realm: args.realm,
+        agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        nonce_ttl: std::time::Duration::from_secs(args.nonce_ttl),
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }

@@ -5,3 +5,4 @@
 pub mod digest;
 pub mod msg;
 pub mod transaction;
+pub mod transport;

@@ -1,0 +1,478 @@
+//! The gateway's front door: every message the transports receive comes here. Messages of a
+//! call in progress go to that call's task (found by Call-ID); a new INVITE is decided here,
+//! statelessly until it is admitted (DESIGN §4): draining, authentication (407 challenge, 403),
+//! the matcher (`config::lookup`: trunk, address, transport, number, caller, agent), admission
+//! limits (503 + Retry-After). Only an admitted INVITE gets a call task and a transaction, so a
+//! flood of unauthenticated INVITEs costs a hash and a stateless answer each, as in Kamailio's
+//! `sl_send_reply`. OPTIONS outside a dialog are answered here (carriers' keep-alives).
+//!
+//! Called by the transports (as their [`Sink`]); `trunkline run` builds it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
+use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
+use crate::config::source::watch::Snapshot;
+use crate::observe::admin::Health;
+use crate::observe::metrics::{AuthFailure, GatewayMetrics};
+use crate::sip::digest::{Credentials, DigestServer, Verification};
+use crate::sip::msg::{self, Message, Method, Request, Response, name};
+use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
+
+use super::inbound::{self, InboundCall};
+use super::limits::Admission;
+
+/// What the gateway is told at start.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The address advertised in Via, Contact and (later) SDP instead of the listener's own.
+    pub public_address: Option<IpAddr>,
+    /// Prefix of trunkline's own headers.
+    pub header_prefix: String,
+    /// How long an agent may ring before the call is given up (480 to the carrier).
+    pub agent_timeout: Duration,
+    /// The `Server`/`User-Agent` value.
+    pub user_agent: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            public_address: None,
+            header_prefix: lookup::DEFAULT_HEADER_PREFIX.to_string(),
+            agent_timeout: Duration::from_secs(60),
+            user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Where the gateway listens, for Via/Contact/Record-Route.
+#[derive(Clone, Copy, Debug)]
+pub struct Listener {
+    pub zone: Zone,
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+/// Messages for a call task.
+#[derive(Debug)]
+pub enum CallInput {
+    Request(Request, Source),
+    Response(Response, Source),
+}
+
+/// The gateway: routing of messages to calls, and the decision on new INVITEs.
+pub struct Gateway {
+    pub(super) config: GatewayConfig,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(super) transports: OnceLock<Arc<Transports>>,
+    pub(super) listeners: Mutex<Vec<Listener>>,
+    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+    digest: DigestServer,
+    admission: Arc<Admission>,
+    pub(super) metrics: Arc<GatewayMetrics>,
+    health: Arc<Health>,
+    draining: AtomicBool,
+}
+
+/// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        digest: DigestServer,
+        metrics: Arc<GatewayMetrics>,
+        health: Arc<Health>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            config,
+            snapshot,
+            transports: OnceLock::new(),
+            listeners: Mutex::new(Vec::new()),
+            calls: Mutex::new(HashMap::new()),
+            digest,
+            admission: Admission::new(),
+            metrics,
+            health,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Connects the transports (they need the gateway as their sink, so this comes after).
+    pub fn attach(&self, transports: Arc<Transports>) {
+        let _ = self.transports.set(transports);
+    }
+
+    pub fn add_listener(&self, listener: Listener) {
+        if let Ok(mut l) = self.listeners.lock() {
+            l.push(listener);
+        }
+    }
+
+    /// Stop taking calls: new INVITEs get 503, calls in progress go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.health.set_draining();
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.lock().map(|c| c.len()).unwrap_or(0) / 2
+    }
+
+    /// The address to put in our Via/Contact toward `zone` over `protocol`.
+    pub(super) fn local_address(&self, zone: Zone, protocol: Protocol) -> Option<SocketAddr> {
+        let listeners = self.listeners.lock().ok()?;
+        let found = listeners
+            .iter()
+            .find(|l| l.zone == zone && l.protocol == protocol)
+            .or_else(|| listeners.iter().find(|l| l.protocol == protocol))
+            .or_else(|| listeners.iter().find(|l| l.zone == zone))?;
+        let mut addr = found.addr;
+        match self.config.public_address {
+            Some(ip) if zone == Zone::Carrier => addr.set_ip(ip),
+            _ if addr.ip().is_unspecified() => addr.set_ip(if addr.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            }),
+            _ => {}
+        }
+        Some(addr)
+    }
+
+    pub(super) fn register_call(&self, call_id: &str, tx: mpsc::Sender<CallInput>) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(call_id.to_string(), tx);
+        }
+    }
+
+    pub(super) fn unregister_call(&self, call_id: &str) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.remove(call_id);
+        }
+    }
+
+    fn call_for(&self, call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+        self.calls.lock().ok()?.get(call_id).cloned()
+    }
+
+    /// Sends without waiting (stateless answers, ACKs).
+    pub(super) fn send_detached(&self, target: Target, bytes: Vec<u8>) {
+        if let Some(t) = self.transports.get() {
+            let t = t.clone();
+            tokio::spawn(async move {
+                if let Err(e) = t.send(&target, bytes).await {
+                    tracing::debug!(remote = %target.remote, error = %e, "send failed");
+                }
+            });
+        }
+    }
+
+    fn reply(&self, source: &Source, mut response: Response) {
+        response.headers.push(name::SERVER, self.config.user_agent.as_str());
+        self.send_detached(source.reply_target(), response.to_bytes());
+    }
+
+    fn reply_status(
+        &self,
+        request: &Request,
+        source: &Source,
+        status: u16,
+        extra: &[(&str, String)],
+    ) {
+        let mut response = Response::to_request(
+            request,
+            status,
+            msg::reason_phrase(status),
+            Some(&stateless_tag(request)),
+        );
+        for (n, v) in extra {
+            response.headers.push(n, v.as_str());
+        }
+        self.reply(source, response);
+    }
+
+    fn handle_new_request(self: &Arc<Self>, request: Request, source: Source) {
+        match request.method {
+            Method::Ack => {} // the ACK of a stateless non-2xx answer, or of a call long gone
+            Method::Options => {
+                let status = if self.draining.load(Ordering::Relaxed) { 503 } else { 200 };
+                self.reply_status(
+                    &request,
+                    &source,
+                    status,
+                    &[(name::ALLOW, ALLOW.to_string()), ("Accept", "application/sdp".to_string())],
+                );
+            }
+            Method::Invite => self.handle_new_invite(request, source),
+            Method::Register
+            | Method::Subscribe
+            | Method::Publish
+            | Method::Message
+            | Method::Refer
+            | Method::Notify => {
+                self.reply_status(&request, &source, 405, &[(name::ALLOW, ALLOW.to_string())]);
+            }
+            Method::Other(_) => {
+                self.reply_status(&request, &source, 501, &[(name::ALLOW, ALLOW.to_string())])
+            }
+            // BYE, CANCEL, UPDATE, INFO, PRACK for no call we know.
+            _ => self.reply_status(&request, &source, 481, &[]),
+        }
+    }
+
+    fn refuse(
+        &self,
+        request: &Request,
+        source: &Source,
+        status: u16,
+        rule: &str,
+        extra: &[(&str, String)],
+    ) {
+        self.metrics.invite_refused(status, rule);
+        self.reply_status(request, source, status, extra);
+    }
+
+    fn handle_new_invite(self: &Arc<Self>, request: Request, source: Source) {
+        if source.zone == Zone::Internal {
+            // Outbound calls from the agent runtime arrive with the outbound-calls work.
+            return self.refuse(&request, &source, 403, "OutboundNotEnabled", &[]);
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return self.refuse(
+                &request,
+                &source,
+                503,
+                "Draining",
+                &[(name::RETRY_AFTER, "30".into())],
+            );
+        }
+        if request.to().is_some_and(|t| t.tag().is_some()) {
+            // A re-INVITE for a dialog we do not have.
+            return self.reply_status(&request, &source, 481, &[]);
+        }
+        if request.max_forwards() == Some(0) {
+            return self.refuse(&request, &source, 483, "TooManyHops", &[]);
+        }
+        let table = self.snapshot.borrow().table.clone();
+        let now_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+
+        // Credentials are checked before anything about numbers is said, so that a known
+        // username without its password learns nothing.
+        let auth_header = request
+            .headers
+            .get(name::PROXY_AUTHORIZATION)
+            .or_else(|| request.headers.get(name::AUTHORIZATION));
+        let credentials = match auth_header.map(Credentials::parse) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                self.metrics.auth_failure(AuthFailure::Malformed);
+                return self.refuse(&request, &source, e.status_code(), "BadCredentials", &[]);
+            }
+        };
+        if let Some(c) = &credentials {
+            match self.verify(&table, c, now_unix) {
+                Ok(()) => {}
+                Err(Verdict::Stale) => {
+                    self.metrics.auth_failure(AuthFailure::StaleNonce);
+                    let challenges = self.digest.challenge(now_unix, true);
+                    return self.challenge(&request, &source, challenges);
+                }
+                Err(Verdict::Refused(failure)) => {
+                    self.metrics.auth_failure(failure);
+                    return self.refuse(&request, &source, 403, "BadCredentials", &[]);
+                }
+            }
+        }
+
+        let transport = match source.protocol {
+            Protocol::Udp => Transport::Udp,
+            Protocol::Tcp => Transport::Tcp,
+            Protocol::Tls => Transport::Tls,
+        };
+        let from = request.from().map(|f| f.uri).unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt = CallAttempt {
+            transport,
+            source: source.remote.ip(),
+            digest_username: credentials.as_ref().map(|c| c.username.as_str()),
+            request_uri: &request.uri,
+            from: &from,
+            headers: &headers,
+        };
+        let options = LookupOptions { header_prefix: self.config.header_prefix.clone() };
+        let decision = lookup::lookup(&table, &attempt, &options);
+        let route = match decision.outcome {
+            Outcome::Route(route) => route,
+            Outcome::Challenge(_) => {
+                let challenges = self.digest.challenge(now_unix, false);
+                return self.challenge(&request, &source, challenges);
+            }
+            Outcome::Refuse(refusal) => {
+                if let Some(failure) = auth_failure_of(refusal.rule) {
+                    self.metrics.auth_failure(failure);
+                }
+                tracing::info!(
+                    source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
+                    detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
+                    "INVITE refused"
+                );
+                return self.refuse(&request, &source, refusal.status, refusal.rule.as_str(), &[]);
+            }
+        };
+        let trunk_key = format!("inbound:{}", route.trunk.name);
+        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+        {
+            Ok(permit) => permit,
+            Err(refused) => {
+                let retry = refused.retry_after.as_secs().max(1).to_string();
+                return self.refuse(
+                    &request,
+                    &source,
+                    503,
+                    refused.limit.as_str(),
+                    &[(name::RETRY_AFTER, retry)],
+                );
+            }
+        };
+        let Some(call_id) = request.call_id().map(str::to_string) else { return };
+        let (tx, rx) = mpsc::channel(64);
+        self.register_call(&call_id, tx.clone());
+        let call = InboundCall::new(self.clone(), request, source, route, permit, table, (tx, rx));
+        tokio::spawn(inbound::run(call));
+    }
+
+    fn verify(&self, table: &RoutingTable, c: &Credentials, now_unix: u64) -> Result<(), Verdict> {
+        let Some(trunk) = table.trunk_by_digest_user(&c.username) else {
+            return Err(Verdict::Refused(AuthFailure::UnknownUser));
+        };
+        let Some(password) = trunk_password(trunk) else {
+            return Err(Verdict::Refused(AuthFailure::CredentialsPending));
+        };
+        match self.digest.verify(c, "INVITE", password, now_unix) {
+            Verification::Valid => Ok(()),
+            Verification::Stale => Err(Verdict::Stale),
+            Verification::Invalid(e) => {
+                tracing::info!(username = %c.username, error = %e, "digest refused");
+                Err(Verdict::Refused(match e {
+                    crate::sip::digest::DigestError::NonceCountReplay => AuthFailure::Replay,
+                    _ => AuthFailure::BadCredentials,
+                }))
+            }
+        }
+    }
+
+    fn challenge(&self, request: &Request, source: &Source, challenges: Vec<String>) {
+        self.metrics.invite_refused(407, "Challenge");
+        let extra: Vec<(&str, String)> =
+            challenges.into_iter().map(|c| (name::PROXY_AUTHENTICATE, c)).collect();
+        self.reply_status(request, source, 407, &extra);
+    }
+}
+
+enum Verdict {
+    Stale,
+    Refused(AuthFailure),
+}
+
+fn trunk_password(trunk: &InboundTrunkRoute) -> Option<&str> {
+    match &trunk.digest {
+        Some(InboundDigest::Ready { credentials, .. }) => Some(credentials.password.expose()),
+        _ => None,
+    }
+}
+
+fn auth_failure_of(rule: lookup::RefusalRule) -> Option<AuthFailure> {
+    use lookup::RefusalRule as R;
+    match rule {
+        R::SourceNotAllowed => Some(AuthFailure::SourceNotAllowed),
+        R::UnknownUser => Some(AuthFailure::UnknownUser),
+        R::AddressNotAllowed => Some(AuthFailure::AddressNotAllowed),
+        R::CredentialsPending => Some(AuthFailure::CredentialsPending),
+        _ => None,
+    }
+}
+
+/// The To tag of a stateless answer: the same for every retransmission of the request
+/// (RFC 3261 §8.2.6.2), derived from its branch.
+fn stateless_tag(request: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let branch = request.top_via().and_then(|v| v.branch).unwrap_or_default();
+    let digest = Sha256::digest(branch.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The transports' sink: a weak handle, so that the gateway (which owns the transports) can be
+/// dropped.
+struct Front(std::sync::Weak<Gateway>);
+
+impl Sink for Front {
+    fn deliver(&self, incoming: Incoming) {
+        if let Some(gateway) = self.0.upgrade() {
+            gateway.on_incoming(incoming);
+        }
+    }
+}
+
+impl Gateway {
+    /// The sink to build the transports with.
+    pub fn sink(self: &Arc<Self>) -> Arc<dyn Sink> {
+        Arc::new(Front(Arc::downgrade(self)))
+    }
+
+    fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
+        let this = self;
+        let Incoming { message, source } = incoming;
+        let transport = source.protocol.as_str();
+        match message {
+            Err(e) => {
+                this.metrics.sip_message(transport, "malformed");
+                tracing::debug!(remote = %source.remote, status = e.status, detail = e.detail, "malformed message");
+                if let Some(partial) = e.partial
+                    && partial.method != Method::Ack
+                {
+                    let mut response = Response::to_request(
+                        &partial,
+                        e.status,
+                        msg::reason_phrase(e.status),
+                        Some(&stateless_tag(&partial)),
+                    );
+                    response.headers.push(name::WARNING, format!("399 trunkline \"{}\"", e.detail));
+                    this.reply(&source, response);
+                }
+            }
+            Ok(Message::Request(request)) => {
+                this.metrics.sip_message(transport, "request");
+                let call = request.call_id().and_then(|c| this.call_for(c));
+                match call {
+                    Some(tx) => {
+                        if tx.try_send(CallInput::Request(request, source)).is_err() {
+                            tracing::debug!(
+                                "call queue full or gone; dropping a request (the peer retransmits)"
+                            );
+                        }
+                    }
+                    None => this.handle_new_request(request, source),
+                }
+            }
+            Ok(Message::Response(response)) => {
+                this.metrics.sip_message(transport, "response");
+                if let Some(tx) = response.call_id().and_then(|c| this.call_for(c)) {
+                    let _ = tx.try_send(CallInput::Response(response, source));
+                }
+            }
+        }
+    }
+}
