@@ -141,9 +141,22 @@ struct RunArgs {
     /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     drain_timeout: u64,
+    /// Digest algorithms offered to carriers, one challenge each, in this order. Many deployed
+    /// carriers read only the first challenge, so MD5 comes first by default; `SHA-256,MD5`
+    /// prefers SHA-256 (RFC 8760), `SHA-256` alone refuses MD5.
+    #[arg(long, value_delimiter = ',', default_value = "MD5,SHA-256", value_parser = parse_algorithm)]
+    digest_algorithms: Vec<trunkline::sip::digest::Algorithm>,
     /// Seconds a digest nonce stays valid (then `stale=true`).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     nonce_ttl: u64,
+}
+
+fn parse_algorithm(s: &str) -> Result<trunkline::sip::digest::Algorithm, String> {
+    use trunkline::sip::digest::Algorithm;
+    match Algorithm::from_token(s.trim()) {
+        Some(a @ (Algorithm::Md5 | Algorithm::Sha256)) => Ok(a),
+        _ => Err(format!("{s:?}: expected MD5 or SHA-256")),
+    }
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -400,6 +413,7 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
         nonce_ttl: std::time::Duration::from_secs(args.nonce_ttl),
+        digest_algorithms: args.digest_algorithms,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

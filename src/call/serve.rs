@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     pub drain_timeout: Duration,
     pub nonce_ttl: Duration,
+    /// Offered digest algorithms, in challenge order.
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
 }
 
 /// Why the gateway could not start.
@@ -119,7 +121,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         options.realm.clone(),
         NonceKey::from_bytes(nonce_key),
         options.nonce_ttl,
-    );
+    )
+    .with_algorithms(&options.digest_algorithms);
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone());
     let transports = Transports::new(gateway.sink(), transport::Limits::default());

@@ -380,6 +380,8 @@ pub struct DigestServer {
     key: NonceKey,
     nonce_ttl: Duration,
     replay: ReplayGuard,
+    /// The algorithms offered, in the order of the challenges.
+    algorithms: Vec<Algorithm>,
 }
 
 impl DigestServer {
@@ -387,7 +389,30 @@ impl DigestServer {
     /// `key`; nonces go stale after `nonce_ttl` (whole seconds). Remembers up to
     /// [`REPLAY_CAP`] nonces for replay detection.
     pub fn new(realm: impl Into<String>, key: NonceKey, nonce_ttl: Duration) -> Self {
-        DigestServer { realm: realm.into(), key, nonce_ttl, replay: ReplayGuard::new(REPLAY_CAP) }
+        DigestServer {
+            realm: realm.into(),
+            key,
+            nonce_ttl,
+            replay: ReplayGuard::new(REPLAY_CAP),
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        }
+    }
+
+    /// Offers these algorithms, one challenge each in this order (plain `MD5` and `SHA-256`;
+    /// a `-sess` answer to an offered family is accepted). An answer with an algorithm of a
+    /// family not offered is refused, so offering only SHA-256 prevents a downgrade to MD5.
+    /// Many deployed UAs read only the first challenge: put the one every carrier speaks first.
+    /// An empty list keeps the default (SHA-256, then MD5).
+    pub fn with_algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms.to_vec();
+        }
+        self
+    }
+
+    fn offers(&self, algorithm: Algorithm) -> bool {
+        let sha = |a: Algorithm| matches!(a, Algorithm::Sha256 | Algorithm::Sha256Sess);
+        self.algorithms.iter().any(|offered| sha(*offered) == sha(algorithm))
     }
 
     /// The realm of the challenges; pick the credentials that name it.
@@ -395,15 +420,15 @@ impl DigestServer {
         &self.realm
     }
 
-    /// Header values for `Proxy-Authenticate` (one header each): a SHA-256 challenge first, then
-    /// MD5 (RFC 8760 §2.4: clients pick the first they support), both `qop="auth"`, the same
-    /// fresh nonce, `stale=true` when asked.
+    /// Header values for `Proxy-Authenticate` (one header each), one per offered algorithm in
+    /// order (by default SHA-256 first, then MD5: RFC 8760 §2.4, clients pick the first they
+    /// support), all `qop="auth"` with the same fresh nonce, `stale=true` when asked.
     pub fn challenge(&self, now_unix: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_unix, rand::random());
         let realm = quote(&self.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
+        self.algorithms
+            .iter()
             .map(|algorithm| {
                 format!(
                     "Digest realm={realm}, nonce=\"{nonce}\", algorithm={algorithm}, \
@@ -439,6 +464,11 @@ impl DigestServer {
         let (id, issued) = self.open_nonce(&credentials.nonce)?;
         if credentials.realm != self.realm {
             return Err(DigestError::RealmMismatch);
+        }
+        if !self.offers(credentials.algorithm) {
+            return Err(DigestError::UnsupportedAlgorithm(
+                credentials.algorithm.as_str().to_string(),
+            ));
         }
         let qop = credentials.qop.as_deref().ok_or(DigestError::MissingParameter("qop"))?;
         if !qop.eq_ignore_ascii_case("auth") {
@@ -705,6 +735,26 @@ impl<'a> Cursor<'a> {
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(c, '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~')
+}
+
+#[cfg(test)]
+mod algorithm_choice_tests {
+    use super::*;
+
+    #[test]
+    fn the_challenges_follow_the_configured_order_and_an_unoffered_family_is_refused() {
+        let server = DigestServer::new("trunkline", NonceKey::generate(), Duration::from_secs(60))
+            .with_algorithms(&[Algorithm::Md5, Algorithm::Sha256]);
+        let c = server.challenge(1_000, false);
+        assert!(c[0].contains("algorithm=MD5"), "{c:?}");
+        assert!(c[1].contains("algorithm=SHA-256"), "{c:?}");
+        let only_sha =
+            DigestServer::new("trunkline", NonceKey::generate(), Duration::from_secs(60))
+                .with_algorithms(&[Algorithm::Sha256]);
+        assert!(only_sha.offers(Algorithm::Sha256Sess));
+        assert!(!only_sha.offers(Algorithm::Md5));
+        assert!(!only_sha.offers(Algorithm::Md5Sess));
+    }
 }
 
 #[cfg(test)]
