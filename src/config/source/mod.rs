@@ -2,6 +2,8 @@
 //! the golden tests); the operator's kube watch is the other source. Each gives a `Specs` for
 //! compile plus what it refused on the way.
 
+pub mod credentials;
 pub mod folder;
+pub mod watch;
 
 pub use folder::{LoadProblem, Loaded, Origin, load_paths, load_str};
