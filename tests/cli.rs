@@ -42,10 +42,12 @@ fn check_accepts_every_example_and_prints_a_verdict_per_object() {
         "TransferDestination voice/sales-desk: accepted",
         "TransferDestination voice/pbx-operator: accepted",
         "TransferDestination voice/end-call: accepted",
+        "InboundTrunk voice/local-lab: accepted (1 number)",
+        "InboundTrunk voice/local-lab-digest: accepted (1 number)",
     ] {
         assert!(text.contains(object), "missing {object:?} in\n{text}");
     }
-    assert!(text.contains("8 objects: 8 accepted, 0 degraded, 0 refused"), "{text}");
+    assert!(text.contains("10 objects: 10 accepted, 0 degraded, 0 refused"), "{text}");
     // Every line names the file and line the object came from.
     assert!(text.contains("examples/inbound-acme.yaml:3: InboundTrunk voice/acme-in"), "{text}");
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,8 @@ pub struct Gateway {
     pub(super) metrics: Arc<GatewayMetrics>,
     health: Arc<Health>,
     draining: AtomicBool,
+    /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
+    active: AtomicUsize,
 }
 
 /// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
@@ -103,6 +105,7 @@ impl Gateway {
             metrics,
             health,
             draining: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
         })
     }
 
@@ -123,9 +126,14 @@ impl Gateway {
         self.health.set_draining();
     }
 
-    /// Calls in progress.
+    /// Calls in progress (admitted and not yet ended).
     pub fn active_calls(&self) -> usize {
-        self.calls.lock().map(|c| c.len()).unwrap_or(0) / 2
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// A call task is done with its call (it may still linger for retransmissions).
+    pub(super) fn call_ended(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The address to put in our Via/Contact toward `zone` over `protocol`.
@@ -348,6 +356,7 @@ impl Gateway {
             }
         };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
+        self.active.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(64);
         self.register_call(&call_id, tx.clone());
         let call = InboundCall::new(self.clone(), request, source, route, permit, table, (tx, rx));

@@ -375,7 +375,7 @@ pub async fn run(mut call: InboundCall) {
             _ = sleep_until(deadline) => call.on_timeout().await,
         }
     }
-    call.finish_metrics();
+    call.end();
     call.gw.unregister_call(&a_call_id);
     call.gw.unregister_call(&b_call_id);
 }
@@ -698,6 +698,7 @@ impl InboundCall {
             self.b_deadline = None;
             self.permit = None;
             self.active = None;
+            self.gw.call_ended();
             self.finish_metrics();
         }
     }
