@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::CompileOptions;
 use crate::config::source::credentials::StateDir;
-use crate::config::source::watch::{FolderSource, Snapshot, WatchError};
+use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
 use crate::observe::admin::{Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
@@ -87,9 +87,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(|source| ServeError::State { path: options.state_dir.clone(), source })?;
     let endpoint = listen.first().map(|l| {
         let ip = options.public_address.unwrap_or(l.addr.ip());
+        // A wildcard listener says nothing a carrier can use: name the flag that does.
+        let host = if ip.is_unspecified() {
+            format!("<this machine's public address (--public-address)>:{}", l.addr.port())
+        } else {
+            SocketAddr::new(ip, l.addr.port()).to_string()
+        };
         format!(
             "sip:{}{}",
-            SocketAddr::new(ip, l.addr.port()),
+            host,
             match l.protocol {
                 Protocol::Udp => "",
                 Protocol::Tcp => ";transport=tcp",
@@ -105,8 +111,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if let Some(endpoint) = &endpoint {
         source = source.with_carrier_endpoint(endpoint.clone());
     }
-    let first = source.load()?;
     let metrics = Arc::new(GatewayMetrics::new());
+    let reload_metrics = metrics.clone();
+    source = source
+        .with_reload_observer(ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok))));
+    let first = source.load()?;
     let health = Health::new();
     record_config(&metrics, &first.snapshot);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first.snapshot));
@@ -162,7 +171,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             while rx.changed().await.is_ok() {
                 let snapshot = rx.borrow_and_update().clone();
                 record_config(&metrics, &snapshot);
-                metrics.config_reload(true);
             }
         })
     };

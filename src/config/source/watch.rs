@@ -99,6 +99,18 @@ pub struct FolderSource {
     options: CompileOptions,
     state: Option<StateDir>,
     carrier_endpoint: Option<String>,
+    on_reload: Option<ReloadObserver>,
+}
+
+/// Told the result of every reload the watch makes: `true` when a changed config was
+/// published, `false` when an edit was rejected (the last good config stays). For metrics.
+#[derive(Clone)]
+pub struct ReloadObserver(pub Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for ReloadObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReloadObserver")
+    }
 }
 
 /// One load that passed or failed the rule of the module docs.
@@ -123,7 +135,19 @@ struct Rejection {
 
 impl FolderSource {
     pub fn new(paths: Vec<PathBuf>, options: CompileOptions, state: Option<StateDir>) -> Self {
-        FolderSource { paths, options, state, carrier_endpoint: None }
+        FolderSource { paths, options, state, carrier_endpoint: None, on_reload: None }
+    }
+
+    /// Calls `observer` after each reload of the watch (see [`ReloadObserver`]).
+    pub fn with_reload_observer(mut self, observer: ReloadObserver) -> Self {
+        self.on_reload = Some(observer);
+        self
+    }
+
+    fn observe(&self, published: bool) {
+        if let Some(o) = &self.on_reload {
+            (o.0)(published);
+        }
     }
 
     /// The address carriers should send calls to (`sip:203.0.113.10:5060`), printed with
@@ -256,6 +280,7 @@ impl FolderSource {
                     );
                     log_rejection(&rejection);
                     logged.rejection = Some(rejection);
+                    self.observe(false);
                 }
             }
             Attempt::Served(served) => {
@@ -273,6 +298,7 @@ impl FolderSource {
                 // An equal hash: nothing that changed changes how calls are handled.
                 if !same_hash {
                     tx.send_replace(Arc::new(served.snapshot));
+                    self.observe(true);
                 }
             }
         }
