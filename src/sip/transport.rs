@@ -515,11 +515,13 @@ impl Transports {
                 }
                 Frame::Invalid(status, detail) => {
                     // Answer what can be answered, then close: the stream cannot be re-synced.
-                    if let Err(mut e) = msg::parse(buf) {
-                        e.status = status;
-                        e.detail = detail;
-                        self.sink.deliver(Incoming { message: Err(e), source: *source });
-                    }
+                    let partial = match msg::parse(buf) {
+                        Ok(Message::Request(r)) => Some(Box::new(r)),
+                        Ok(Message::Response(_)) => None,
+                        Err(e) => e.partial,
+                    };
+                    let error = ParseError { status, detail, partial };
+                    self.sink.deliver(Incoming { message: Err(error), source: *source });
                     return false;
                 }
             }
@@ -579,9 +581,127 @@ impl Transports {
             .map(|c| c.tx.clone())
     }
 
-    /// The local address the gateway sends from toward `zone` over `protocol` (for Via and
-    /// Contact): the first listener of that zone and protocol, else of any zone.
+    /// Stream connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Collects what the transports deliver.
+    struct Collect(std::sync::Mutex<Vec<Incoming>>);
+
+    impl Sink for Collect {
+        fn deliver(&self, incoming: Incoming) {
+            self.0.lock().expect("lock").push(incoming);
+        }
+    }
+
+    const OPTIONS: &str = "OPTIONS sip:gw.example SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKt1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:gw.example>\r\nCall-ID: t1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    async fn tcp_transports(limits: Limits) -> (Arc<Transports>, Arc<Collect>, SocketAddr) {
+        let sink = Arc::new(Collect(std::sync::Mutex::new(Vec::new())));
+        let transports = Transports::new(sink.clone(), limits);
+        let at = ListenAddr { protocol: Protocol::Tcp, addr: "127.0.0.1:0".parse().expect("addr") };
+        let local = transports.listen(at, Zone::Carrier, None).await.expect("listen");
+        (transports, sink, local)
+    }
+
+    async fn delivered(sink: &Collect, n: usize) -> bool {
+        for _ in 0..200 {
+            if sink.0.lock().expect("lock").len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn messages_split_across_reads_and_glued_together_are_framed_one_by_one() {
+        let (_t, sink, addr) = tcp_transports(Limits::default()).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let two = format!("{OPTIONS}{OPTIONS}");
+        let (a, b) = two.as_bytes().split_at(100);
+        stream.write_all(a).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stream.write_all(b).await.expect("write");
+        assert!(delivered(&sink, 2).await, "two messages expected");
+        let got = sink.0.lock().expect("lock");
+        assert!(got.iter().all(|i| i.message.is_ok() && i.source.connection.is_some()));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_be_framed_is_answered_and_closed() {
+        let (_t, sink, addr) = tcp_transports(Limits::default()).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let no_length = OPTIONS.replace("Content-Length: 0\r\n", "");
+        stream.write_all(no_length.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 1).await);
+        let status = sink.0.lock().expect("lock")[0].message.as_ref().err().map(|e| e.status);
+        assert_eq!(status, Some(400));
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the connection should be closed: {n:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::default() };
+        let (t, _sink, addr) = tcp_transports(limits).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "expected the idle connection closed: {n:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(t.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused() {
+        let limits = Limits { max_connections: 1, ..Limits::default() };
+        let (_t, sink, addr) = tcp_transports(limits).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        first.write_all(OPTIONS.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 1).await);
+        let mut second = TcpStream::connect(addr).await.expect("the kernel accepts the SYN");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), second.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "the second connection should be dropped: {n:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn responses_go_back_on_the_connection_the_request_came_on() {
+        let (t, sink, addr) = tcp_transports(Limits::default()).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(OPTIONS.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 1).await);
+        let source = sink.0.lock().expect("lock")[0].source;
+        t.send(&source.reply_target(), b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec())
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"));
+    }
+
+    #[test]
+    fn listen_addresses_parse_with_their_transport() {
+        let l: ListenAddr = "tls://127.0.0.1:5061".parse().expect("parses");
+        assert_eq!(l.protocol, Protocol::Tls);
+        assert_eq!(l.to_string(), "tls://127.0.0.1:5061");
+        assert!("sctp://127.0.0.1:1".parse::<ListenAddr>().is_err());
+        assert!("udp://localhost:1".parse::<ListenAddr>().is_err());
+        assert!("127.0.0.1:5060".parse::<ListenAddr>().is_err());
     }
 }
