@@ -1,11 +1,51 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need when it is missing, then runs
-# every test (unit, golden, CLI). Safe to run again and again.
+# every test (unit, golden, CLI, real SIP peers). Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
+fi
+
+# The real SIP peers of tests/gateway_inbound.rs: sipp (package sip-tester) plays the carrier and
+# the agent runtime, Kamailio with its TLS module is the TLS front of sipp (which has no TLS), and
+# linphonec (linphone-cli) answers SHA-256 digest challenges (which sipp cannot). CI runs this as
+# root on a fresh Debian machine; elsewhere sudo is used when it is there. apt-get update runs once,
+# only when something is missing; apt's output is shown only when it fails.
+apt_install() {
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo=(sudo)
+    else
+      echo "run.sh: $* missing and not root: install it (apt-get install $*)" >&2
+      return 1
+    fi
+  fi
+  local log
+  log="$(mktemp)"
+  if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+  # The tests start their own Kamailio; the system service the package may start is not needed.
+  if [[ " $* " == *" kamailio "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now kamailio.service >/dev/null 2>&1 || true
+  fi
+}
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
+command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+dpkg-query -W -f='${Status}' kamailio-tls-modules 2>/dev/null | grep -q "ok installed" ||
+  missing+=(kamailio-tls-modules)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run.sh: installing ${missing[*]}" >&2
+  apt_install "${missing[@]}"
 fi
 
 cargo build --locked --all-targets

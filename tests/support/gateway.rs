@@ -1,0 +1,317 @@
+//! `trunkline run` as a child process: the built binary on free loopback ports, serving a specs
+//! folder, with its state dir and its log in temp dirs. Ready when `/readyz` answers 200; stopped
+//! on drop with SIGTERM, then SIGKILL after 5 s. When the test panics, its log is printed.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::net::{self, LOCALHOST, TempDir};
+
+/// How long `start` waits for `/readyz`.
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long drop waits after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// What to start the gateway with, beyond what every test gets (`--specs`, the listeners, the
+/// admin port, `--public-address 127.0.0.1`, `--state-dir`, `--drain-timeout 1`).
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// A carrier-facing UDP listener (`--listen udp://127.0.0.1:P`).
+    pub udp: bool,
+    /// A carrier-facing TCP listener on the same port number (`--listen tcp://127.0.0.1:P`).
+    pub tcp: bool,
+    /// A carrier-facing TLS listener on its own port (`--listen tls://127.0.0.1:T`), with a
+    /// self-signed certificate for 127.0.0.1 and localhost made for the test
+    /// (`--tls-cert`/`--tls-key`).
+    pub tls: bool,
+    /// More flags, e.g. `["--agent-timeout", "2"]`.
+    pub args: Vec<String>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions { udp: true, tcp: true, tls: false, args: Vec::new() }
+    }
+}
+
+impl GatewayOptions {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
+
+pub struct Gateway {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+    tls_port: u16,
+    internal_port: u16,
+    admin: SocketAddr,
+    options: GatewayOptions,
+    state_dir: TempDir,
+    _run_dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts `trunkline run` on `specs_dir` and waits until `/readyz` says 200 (at most 10 s).
+    /// Panics with the gateway's log when it exits or does not get ready in time.
+    pub fn start(specs_dir: &Path, options: GatewayOptions) -> Gateway {
+        let run_dir = TempDir::new("gateway");
+        let state_dir = TempDir::new("gateway-state");
+        let log = run_dir.join("gateway.log");
+        let port = net::free_port();
+        let tls_port = net::free_port();
+        let internal_port = net::free_port();
+        let admin = SocketAddr::from((LOCALHOST, net::free_port()));
+
+        let mut args: Vec<String> = vec!["run".into(), "--specs".into(), path_arg(specs_dir)];
+        if options.udp {
+            args.extend(["--listen".into(), format!("udp://127.0.0.1:{port}")]);
+        }
+        if options.tcp {
+            args.extend(["--listen".into(), format!("tcp://127.0.0.1:{port}")]);
+        }
+        if options.tls {
+            let (cert, key) = write_certificate(&run_dir);
+            args.extend([
+                "--listen".into(),
+                format!("tls://127.0.0.1:{tls_port}"),
+                "--tls-cert".into(),
+                path_arg(&cert),
+                "--tls-key".into(),
+                path_arg(&key),
+            ]);
+        }
+        args.extend([
+            "--internal-listen".into(),
+            format!("udp://127.0.0.1:{internal_port}"),
+            "--internal-listen".into(),
+            format!("tcp://127.0.0.1:{internal_port}"),
+            "--admin".into(),
+            admin.to_string(),
+            "--public-address".into(),
+            "127.0.0.1".into(),
+            "--state-dir".into(),
+            path_arg(state_dir.path()),
+            "--drain-timeout".into(),
+            "1".into(),
+        ]);
+        args.extend(options.args.iter().cloned());
+
+        let out = File::create(&log).expect("create the gateway log");
+        let err = out.try_clone().expect("clone the gateway log handle");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trunkline"));
+        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info,trunkline=debug");
+        }
+        // A log file, not a terminal: no colour codes in the failure output.
+        command.env("NO_COLOR", "1");
+        let child = command.spawn().expect("spawn the trunkline binary");
+        let mut gateway = Gateway {
+            child,
+            log,
+            port,
+            tls_port,
+            internal_port,
+            admin,
+            options,
+            state_dir,
+            _run_dir: run_dir,
+        };
+        gateway.wait_ready(&args);
+        gateway
+    }
+
+    /// Polls `/readyz`; panics (the log is printed by drop) when the process exits or the
+    /// deadline passes.
+    fn wait_ready(&mut self, args: &[String]) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some((200, _)) = net::http_get(self.admin, "/readyz") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "trunkline run exited ({status}) before it was ready\ncommand: trunkline {}",
+                    args.join(" ")
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "trunkline run was not ready (GET /readyz != 200) within {READY_WITHIN:?}\n\
+                     command: trunkline {}",
+                    args.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The carrier-facing UDP (and TCP) address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((LOCALHOST, self.port))
+    }
+
+    /// The carrier-facing UDP address (panics when started without one).
+    pub fn udp(&self) -> SocketAddr {
+        assert!(self.options.udp, "the gateway was started without a UDP listener");
+        self.addr()
+    }
+
+    /// The carrier-facing TCP address (panics when started without one).
+    pub fn tcp(&self) -> SocketAddr {
+        assert!(self.options.tcp, "the gateway was started without a TCP listener");
+        self.addr()
+    }
+
+    /// The carrier-facing TLS address (panics when started without one).
+    pub fn tls(&self) -> SocketAddr {
+        assert!(self.options.tls, "the gateway was started without a TLS listener");
+        SocketAddr::from((LOCALHOST, self.tls_port))
+    }
+
+    /// The agent-facing (`--internal-listen`) address, UDP and TCP.
+    pub fn internal(&self) -> SocketAddr {
+        SocketAddr::from((LOCALHOST, self.internal_port))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// `GET path` on the admin port: status and body, `None` when it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        net::http_get(self.admin, path)
+    }
+
+    /// The value of a Prometheus sample from `/metrics`, by its exact name and labels as printed
+    /// (`trunkline_config_reloads_total{result="rejected"}`); `None` when it is not there.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (status, body) = self.admin_get("/metrics")?;
+        if status != 200 {
+            return None;
+        }
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Polls [`Gateway::metric`] until `sample` reaches at least `value`, for at most `within`.
+    pub fn wait_metric(&self, sample: &str, value: f64, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.metric(sample).is_some_and(|v| v >= value) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the gateway printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn log_section(&self) -> String {
+        format!(
+            "----- trunkline run log ({}) -----\n{}\n----- end of trunkline run log -----",
+            self.log.display(),
+            self.log_text()
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (the gateway starts draining) without waiting for the exit.
+    pub fn sigterm(&self) {
+        // std has no SIGTERM and the crate forbids unsafe: the shell's builtin kill sends it.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, `None` when still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after [`TERM_GRACE`]; returns whether it ended on SIGTERM.
+    pub fn stop(&mut self) -> bool {
+        if !self.is_running() {
+            return true;
+        }
+        self.sigterm();
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_section());
+        }
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, as PEM files in `dir`.
+fn write_certificate(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
+    let (cert, key) = (dir.join("gateway.crt"), dir.join("gateway.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write the test certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write the test key");
+    (cert, key)
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().expect("temp paths are UTF-8").to_string()
+}

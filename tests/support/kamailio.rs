@@ -1,0 +1,168 @@
+//! Kamailio as a TLS front for sipp, whose Debian build has no TLS: sipp sends its calls over UDP
+//! to Kamailio, which relays them over TLS to the gateway's `tls://` listener (and relays the
+//! responses back). Debian packages `kamailio` and `kamailio-tls-modules`.
+//!
+//! The front does not record-route: requests inside the dialog (ACK, BYE from sipp) are relayed
+//! to their Request-URI, which is the gateway's Contact (`;transport=tls`). The gateway's own
+//! requests inside the dialog (a BYE from the agent side) go straight to sipp's Contact, over
+//! UDP: use this front for calls the carrier hangs up.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::net::{self, LOCALHOST, TempDir};
+
+/// How long `start` waits for Kamailio to bind its UDP port.
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
+
+pub struct TlsFront {
+    child: Child,
+    log: PathBuf,
+    udp_port: u16,
+    _dir: TempDir,
+}
+
+impl TlsFront {
+    /// Starts Kamailio relaying what arrives on a free 127.0.0.1 UDP port to `gateway_tls` over
+    /// TLS (the gateway's certificate is not verified).
+    pub fn start(gateway_tls: SocketAddr) -> TlsFront {
+        let dir = TempDir::new("kamailio");
+        let udp_port = net::free_port();
+        let tls_port = net::free_port();
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let own = rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
+        let (cert, key) = (dir.join("kamailio.crt"), dir.join("kamailio.key"));
+        std::fs::write(&cert, own.cert.pem()).expect("write the test certificate");
+        std::fs::write(&key, own.signing_key.serialize_pem()).expect("write the test key");
+        let tls_cfg = dir.join("tls.cfg");
+        std::fs::write(
+            &tls_cfg,
+            format!(
+                "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                 require_certificate = no\nprivate_key = {}\ncertificate = {}\n\n\
+                 [client:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                 require_certificate = no\n",
+                key.display(),
+                cert.display()
+            ),
+        )
+        .expect("write tls.cfg");
+        let cfg = dir.join("kamailio.cfg");
+        std::fs::write(&cfg, config(udp_port, tls_port, gateway_tls, &tls_cfg))
+            .expect("write kamailio.cfg");
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).expect("create kamailio's runtime dir");
+
+        let log = dir.join("kamailio.log");
+        let out = File::create(&log).expect("create the kamailio log");
+        let err = out.try_clone().expect("clone the kamailio log handle");
+        let child = Command::new("kamailio")
+            .args(["-f", &path(&cfg), "-DD", "-E", "-m", "32", "-M", "4"])
+            .args(["-Y", &path(&run), "-P", &path(&run.join("kamailio.pid"))])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run kamailio ({e}): install it with `apt-get install kamailio \
+                     kamailio-tls-modules` (tests/run.sh does)"
+                )
+            });
+        let mut front = TlsFront { child, log, udp_port, _dir: dir };
+        let deadline = Instant::now() + READY_WITHIN;
+        while !net::wait_bound(LOCALHOST, udp_port, false, Duration::from_millis(200)) {
+            if let Ok(Some(status)) = front.child.try_wait() {
+                panic!("kamailio exited ({status}) before it was ready");
+            }
+            if Instant::now() >= deadline {
+                panic!("kamailio did not bind 127.0.0.1:{udp_port} within {READY_WITHIN:?}");
+            }
+        }
+        front
+    }
+
+    /// Where sipp sends its calls (UDP).
+    pub fn udp(&self) -> SocketAddr {
+        SocketAddr::from((LOCALHOST, self.udp_port))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- kamailio log ({}) -----\n{}\n----- end of kamailio log -----",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_str().expect("temp paths are UTF-8").to_string()
+}
+
+/// The relay: new requests to the gateway over TLS, in-dialog requests to their Request-URI,
+/// CANCEL and ACK matched to their transactions. Logs every message it sends (`onsend_route`).
+fn config(udp_port: u16, tls_port: u16, gateway: SocketAddr, tls_cfg: &std::path::Path) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+tcp_children=1
+auto_aliases=no
+enable_sctp=no
+listen=udp:127.0.0.1:{udp_port}
+listen=tls:127.0.0.1:{tls_port}
+enable_tls=yes
+
+loadmodule "tls.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+loadmodule "xlog.so"
+modparam("tls", "config", "{tls_cfg}")
+
+request_route {{
+	if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+	if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+	if (has_totag()) {{ t_relay(); exit; }}
+	$du = "sip:{gateway};transport=tls";
+	t_relay();
+}}
+
+onsend_route {{
+	xlog("L_NOTICE", "sent to $snd(ip):$snd(port) over $snd(sproto):\n$snd(buf)\n");
+}}
+"#,
+        tls_cfg = tls_cfg.display()
+    )
+}
