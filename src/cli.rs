@@ -28,6 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve calls from a folder of specs: the SIP gateway on one machine, no Kubernetes.
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of the three kinds as YAML.
     Crds {

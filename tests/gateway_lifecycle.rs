@@ -1,0 +1,152 @@
+//! The gateway's life around calls (issue 3, item 1): draining on SIGTERM, credentials it
+//! generates and keeps across restarts, and calls that keep the table they started with while
+//! the folder changes. The built `trunkline run` between sipp carrier and sipp agent runtime on
+//! 127.0.0.0/8, every step bounded in time.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use support::sipp::{uac, uas};
+use support::{Gateway, GatewayOptions, Specs, TempDir, Trunk, free_port};
+
+const NUMBER: &str = "+14155550100";
+
+fn address_trunk(agent_port: u16) -> Trunk {
+    Trunk::new("local-in")
+        .number(NUMBER, "support")
+        .allow_address("127.0.0.1/32")
+        .destination_udp(agent_port)
+}
+
+/// SIGTERM to the gateway whose command line names `state_dir` (unique per gateway).
+fn sigterm(gateway: &Gateway) {
+    let pattern = format!("trunkline run .*{}", gateway.state_dir().display());
+    let status =
+        Command::new("pkill").args(["-TERM", "-f", &pattern]).status().expect("pkill runs");
+    assert!(status.success(), "no gateway process matched {pattern}");
+}
+
+fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not happen within {within:?}");
+}
+
+#[test]
+fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let mut gateway =
+        Gateway::start(specs.path(), GatewayOptions::default().arg("--drain-timeout").arg("20"));
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "30"]);
+    let udp = gateway.udp();
+    // A call that stays up for 3 s after the answer, then hangs up.
+    let long_call = std::thread::spawn(move || {
+        uac("carrier_call.xml", udp, &["-s", NUMBER, "-d", "3000", "-timeout", "20"])
+    });
+    let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
+    assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
+
+    sigterm(&gateway);
+    wait_for("/readyz saying draining", Duration::from_secs(5), || {
+        gateway
+            .admin_get("/readyz")
+            .is_some_and(|(status, body)| status == 503 && body.contains("draining"))
+    });
+    uac("carrier_unavailable_503.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
+    assert!(gateway.is_running(), "the gateway must wait for the call in progress");
+
+    long_call.join().expect("the call thread").assert_success();
+    agent.wait().assert_success();
+    wait_for("the gateway exiting after its last call", Duration::from_secs(5), || {
+        !gateway.is_running()
+    });
+}
+
+/// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
+fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
+    let path = state.join(&format!("credentials/voice/{trunk}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let secret: Secret = trunkline::config::yaml::from_yaml(&text).expect("a Secret");
+    let data = secret.data.expect("data");
+    let field = |k: &str| String::from_utf8(data[k].0.clone()).expect("UTF-8");
+    (field("username"), field("password"))
+}
+
+#[test]
+fn generated_credentials_are_kept_in_the_state_folder_and_survive_a_restart() {
+    let agent_port = free_port();
+    let trunk = Trunk::new("pbx-in")
+        .number(NUMBER, "support")
+        .digest_generated()
+        .destination_udp(agent_port);
+    let specs = Specs::new().with(trunk);
+    let state = TempDir::new("kept-state");
+    let options =
+        GatewayOptions::default().arg("--state-dir").arg(&state.path().display().to_string());
+
+    let mut first = Gateway::start(specs.path(), options.clone());
+    let (username, password) = generated_credentials(&state, "pbx-in");
+    assert!(username.starts_with("pbx-in-"), "{username}");
+    assert!(password.len() >= 32, "a strong password");
+    assert!(first.log_text().contains(&username), "the credentials are printed when created");
+    assert!(first.stop(), "the gateway stops on SIGTERM");
+
+    let second = Gateway::start(specs.path(), options);
+    assert_eq!(generated_credentials(&state, "pbx-in"), (username.clone(), password.clone()));
+    assert!(
+        !second.log_text().contains(&password),
+        "credentials are printed once, when created, not on every start"
+    );
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "20"]);
+    let auth_uri = format!("{NUMBER}@{}", second.addr());
+    uac(
+        "carrier_call_digest.xml",
+        second.udp(),
+        &[
+            "-s",
+            NUMBER,
+            "-au",
+            &username,
+            "-ap",
+            &password,
+            "-auth_uri",
+            &auth_uri,
+            "-timeout",
+            "15",
+        ],
+    )
+    .assert_success();
+    agent.wait().assert_success();
+}
+
+#[test]
+fn a_call_in_progress_keeps_its_table_when_its_trunk_is_removed() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "30"]);
+    let udp = gateway.udp();
+    let call = std::thread::spawn(move || {
+        uac("carrier_call.xml", udp, &["-s", NUMBER, "-d", "3000", "-timeout", "20"])
+    });
+    let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
+    assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
+
+    specs.remove("local-in.yaml");
+    wait_for("the removal being loaded", Duration::from_secs(5), || {
+        gateway.metric("trunkline_config_trunks") == Some(0.0)
+    });
+    // New calls no longer find a trunk; the call in progress hangs up normally.
+    uac("carrier_refused_403.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
+    call.join().expect("the call thread").assert_success();
+    agent.wait().assert_success();
+}
