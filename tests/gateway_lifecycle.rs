@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -21,23 +20,16 @@ fn address_trunk(agent_port: u16) -> Trunk {
         .destination_udp(agent_port)
 }
 
-/// SIGTERM to the gateway whose command line names `state_dir` (unique per gateway).
-fn sigterm(gateway: &Gateway) {
-    let pattern = format!("trunkline run .*{}", gateway.state_dir().display());
-    let status =
-        Command::new("pkill").args(["-TERM", "-f", &pattern]).status().expect("pkill runs");
-    assert!(status.success(), "no gateway process matched {pattern}");
-}
-
-fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+/// Polls `check` every 50 ms until it holds or `within` passes; whether it held.
+fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what} did not happen within {within:?}");
+    false
 }
 
 #[test]
@@ -55,26 +47,26 @@ fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish() {
     let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
     assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
 
-    sigterm(&gateway);
-    wait_for("/readyz saying draining", Duration::from_secs(5), || {
+    gateway.sigterm();
+    let draining = wait_for(Duration::from_secs(5), || {
         gateway
             .admin_get("/readyz")
             .is_some_and(|(status, body)| status == 503 && body.contains("draining"))
     });
+    assert!(draining, "/readyz did not say draining after SIGTERM");
     uac("carrier_unavailable_503.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
     assert!(gateway.is_running(), "the gateway must wait for the call in progress");
 
     long_call.join().expect("the call thread").assert_success();
     agent.wait().assert_success();
-    wait_for("the gateway exiting after its last call", Duration::from_secs(5), || {
-        !gateway.is_running()
-    });
+    let exited = wait_for(Duration::from_secs(5), || !gateway.is_running());
+    assert!(exited, "the gateway did not exit after its last call ended");
 }
 
 /// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
 fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
     let path = state.join(&format!("credentials/voice/{trunk}.yaml"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).expect("the generated credentials file");
     let secret: Secret = trunkline::config::yaml::from_yaml(&text).expect("a Secret");
     let data = secret.data.expect("data");
     let field = |k: &str| String::from_utf8(data[k].0.clone()).expect("UTF-8");
@@ -142,9 +134,9 @@ fn a_call_in_progress_keeps_its_table_when_its_trunk_is_removed() {
     assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
 
     specs.remove("local-in.yaml");
-    wait_for("the removal being loaded", Duration::from_secs(5), || {
-        gateway.metric("trunkline_config_trunks") == Some(0.0)
-    });
+    let removed =
+        wait_for(Duration::from_secs(5), || gateway.metric("trunkline_config_trunks") == Some(0.0));
+    assert!(removed, "the removal was not loaded within 5 s");
     // New calls no longer find a trunk; the call in progress hangs up normally.
     uac("carrier_refused_403.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
     call.join().expect("the call thread").assert_success();

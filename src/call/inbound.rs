@@ -894,6 +894,8 @@ impl InboundCall {
                 }
                 let key = tx_key(&Method::Invite, &self.a_branch);
                 if let Some(mut out) = self.response_for(&key, status) {
+                    // RFC 3261 §12.1.1: a response that makes a dialog copies Record-Route.
+                    out.headers.copy_from(&self.a_invite.headers, name::RECORD_ROUTE);
                     out.headers.push(name::CONTACT, self.a.contact());
                     out.body = copy_body(&resp.headers, &resp.body, &mut out.headers);
                     self.respond(&key, out).await;
@@ -924,6 +926,7 @@ impl InboundCall {
             );
             let key = tx_key(&Method::Invite, &self.a_branch);
             if let Some(mut out) = self.response_for(&key, 200) {
+                out.headers.copy_from(&self.a_invite.headers, name::RECORD_ROUTE);
                 out.headers.push(name::CONTACT, self.a.contact());
                 out.headers.push(name::ALLOW, ALLOW);
                 out.headers.push(name::SERVER, self.user_agent());
