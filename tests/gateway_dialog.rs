@@ -24,3 +24,27 @@ fn a_hold_reinvite_from_the_carrier_reaches_the_agent_and_its_answer_comes_back(
     uac("carrier_reinvite.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
     agent.wait().assert_success();
 }
+
+#[test]
+fn an_invite_requiring_an_extension_we_lack_gets_420_naming_it() {
+    use support::net::{RawUdp, status_codes};
+    let specs = Specs::new().with(
+        Trunk::new("local-in")
+            .number(NUMBER, "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(free_port()),
+    );
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let socket = RawUdp::bind();
+    let me = socket.local_addr();
+    let invite = format!(
+        "INVITE sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK420a\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=a1\r\nTo: <sip:{NUMBER}@{gw}>\r\n\
+         Call-ID: require-420@test\r\nCSeq: 1 INVITE\r\nRequire: 100rel\r\nContent-Length: 0\r\n\r\n",
+        gw = gateway.udp()
+    );
+    socket.send(gateway.udp(), invite.as_bytes());
+    let answers = socket.receive_for(std::time::Duration::from_secs(2));
+    assert!(status_codes(&answers).contains(&420), "{answers:?}");
+    assert!(answers.iter().any(|a| a.contains("Unsupported: 100rel")), "{answers:?}");
+}

@@ -271,6 +271,24 @@ impl Gateway {
         if request.max_forwards() == Some(0) {
             return self.refuse(&request, &source, 483, "TooManyHops", &[]);
         }
+        // RFC 3261 §8.2.2.3: extensions the caller requires and we do not support (we support
+        // none yet, not even 100rel) are named in Unsupported with a 420.
+        let required: Vec<&str> = request
+            .headers
+            .get_all(name::REQUIRE)
+            .chain(request.headers.get_all("Proxy-Require"))
+            .flat_map(msg::split_list)
+            .collect();
+        if !required.is_empty() {
+            let unsupported = required.join(", ");
+            return self.refuse(
+                &request,
+                &source,
+                420,
+                "BadExtension",
+                &[("Unsupported", unsupported)],
+            );
+        }
         let table = self.snapshot.borrow().table.clone();
         let now_unix =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
