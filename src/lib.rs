@@ -17,5 +17,6 @@
 pub mod api;
 pub mod call;
 pub mod config;
+pub mod media;
 pub mod observe;
 pub mod sip;
