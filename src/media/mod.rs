@@ -8,4 +8,7 @@
 //! - `codec`: the codec policy: filter an offer to the trunk's codecs, check the answer.
 
 pub mod codec;
+pub mod ports;
+pub mod relay;
 pub mod sdp;
+pub mod stats;

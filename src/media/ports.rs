@@ -1,0 +1,260 @@
+//! RTP/RTCP port pairs from the `--rtp-ports` range.
+//!
+//! [`PortAllocator::new`] takes the range; [`PortAllocator::allocate`] binds a pair of UDP
+//! sockets on the given IP, RTP on an even port and RTCP on the next (odd) one (RFC 3550 §11),
+//! and gives them as a [`PortPair`]. The pair goes back to the pool when the [`PortLease`] in it
+//! is dropped, whatever drops it (a call that ends, a relay task that panics or is aborted), so
+//! ports cannot leak.
+//!
+//! Free pairs are handed out in FIFO order, so a port just released is the last to be reused
+//! (late packets of an ended call do not reach the next one). A pair that fails to bind because
+//! something else holds one of its ports is skipped and put at the back of the queue: it is
+//! tried again later, not lost. When no pair can be bound the answer is
+//! [`PortsError::Exhausted`] at once (the call is refused with 503), never a wait.
+//!
+//! The sockets are non-blocking `std` sockets, so allocating needs no runtime and the user
+//! registers them with tokio as it needs (`UdpSocket::from_std`). Called by the relay
+//! (`media::relay`); the range comes from `trunkline run --rtp-ports`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Why no port pair could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    /// Every pair of the range is in use (or held by another program).
+    #[error("no free RTP port pair in {low}-{high}")]
+    Exhausted { low: u16, high: u16 },
+    /// Binding failed for a reason that another port would not fix (e.g. the IP is not local).
+    #[error("cannot bind RTP port {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+impl PortsError {
+    /// The SIP answer to the call that needed the ports.
+    pub fn status_code(&self) -> u16 {
+        503
+    }
+}
+
+/// The pool of RTP port pairs. Cheap to clone; clones share the pool.
+#[derive(Clone, Debug)]
+pub struct PortAllocator {
+    inner: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    low: u16,
+    high: u16,
+    /// Even RTP ports of the free pairs, oldest release first.
+    free: Mutex<VecDeque<u16>>,
+    pairs: usize,
+}
+
+impl PortAllocator {
+    /// The pool of the pairs (even, even+1) that fit in `low..=high`. An odd `low` starts at
+    /// the next even port; an even `high` is left out (its RTCP port would be outside).
+    pub fn new(low: u16, high: u16) -> PortAllocator {
+        let first = u32::from(low) + u32::from(low) % 2;
+        let evens: VecDeque<u16> = (first..u32::from(high))
+            .step_by(2)
+            .filter_map(|port| u16::try_from(port).ok())
+            .filter(|&port| port != 0)
+            .collect();
+        let pairs = evens.len();
+        PortAllocator { inner: Arc::new(Pool { low, high, free: Mutex::new(evens), pairs }) }
+    }
+
+    /// Binds a free pair on `ip`. Pairs held by another program are skipped (and tried again
+    /// on a later call); only when none can be bound is the answer `Exhausted`.
+    pub fn allocate(&self, ip: IpAddr) -> Result<PortPair, PortsError> {
+        let pool = &self.inner;
+        let attempts = pool.lock().len();
+        for _ in 0..attempts {
+            let Some(rtp_port) = pool.lock().pop_front() else { break };
+            match bind_pair(ip, rtp_port) {
+                Ok((rtp, rtcp)) => {
+                    let lease = PortLease { pool: Arc::clone(pool), rtp_port };
+                    return Ok(PortPair { rtp, rtcp, lease });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+                    // Someone else holds it: skip, keep it for later.
+                    tracing::debug!(port = rtp_port, "RTP port pair in use elsewhere, skipped");
+                    pool.lock().push_back(rtp_port);
+                }
+                Err(source) => {
+                    pool.lock().push_front(rtp_port);
+                    return Err(PortsError::Bind { addr: SocketAddr::new(ip, rtp_port), source });
+                }
+            }
+        }
+        Err(PortsError::Exhausted { low: pool.low, high: pool.high })
+    }
+
+    /// Pairs free now.
+    pub fn available(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Pairs in the range.
+    pub fn capacity(&self) -> usize {
+        self.inner.pairs
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u16>> {
+        // The queue is valid after any panic (push and pop are single operations).
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn bind_pair(ip: IpAddr, rtp_port: u16) -> io::Result<(UdpSocket, UdpSocket)> {
+    let rtp = bind(SocketAddr::new(ip, rtp_port))?;
+    let rtcp = bind(SocketAddr::new(ip, rtp_port + 1))?;
+    Ok((rtp, rtcp))
+}
+
+fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A pair's place in the pool: the pair is free again when this is dropped.
+#[derive(Debug)]
+pub struct PortLease {
+    pool: Arc<Pool>,
+    rtp_port: u16,
+}
+
+impl PortLease {
+    /// The even (RTP) port of the pair.
+    pub fn rtp_port(&self) -> u16 {
+        self.rtp_port
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.pool.lock().push_back(self.rtp_port);
+    }
+}
+
+/// Two bound non-blocking UDP sockets, RTP on an even port and RTCP on the next one, and their
+/// place in the pool. Fields drop in order: the sockets close before the pair is free again.
+#[derive(Debug)]
+pub struct PortPair {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub lease: PortLease,
+}
+
+impl PortPair {
+    /// The RTP address (what goes into the SDP's `c=` and `m=` lines).
+    pub fn rtp_addr(&self) -> io::Result<SocketAddr> {
+        self.rtp.local_addr()
+    }
+
+    pub fn rtp_port(&self) -> u16 {
+        self.lease.rtp_port
+    }
+
+    pub fn rtcp_port(&self) -> u16 {
+        self.lease.rtp_port + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn pairs_are_an_even_rtp_port_and_the_next_for_rtcp() {
+        let pool = PortAllocator::new(31001, 31010);
+        // 31002, 31004, 31006, 31008 (31010 would need 31011)
+        assert_eq!(pool.capacity(), 4);
+        let pair = pool.allocate(LOCALHOST).expect("a pair");
+        assert_eq!(pair.rtp_port() % 2, 0);
+        assert_eq!(pair.rtp.local_addr().expect("addr").port(), pair.rtp_port());
+        assert_eq!(pair.rtcp.local_addr().expect("addr").port(), pair.rtp_port() + 1);
+        assert_eq!(pair.rtcp_port(), pair.rtp_port() + 1);
+        assert_eq!(pair.rtp_addr().expect("addr"), SocketAddr::new(LOCALHOST, pair.rtp_port()));
+    }
+
+    #[test]
+    fn a_range_of_two_pairs_gives_two_then_an_error_then_one_after_a_drop() {
+        let pool = PortAllocator::new(31020, 31023);
+        let first = pool.allocate(LOCALHOST).expect("first pair");
+        let second = pool.allocate(LOCALHOST).expect("second pair");
+        let started = Instant::now();
+        let err = pool.allocate(LOCALHOST).expect_err("the range is exhausted");
+        assert!(started.elapsed() < Duration::from_millis(10));
+        assert!(matches!(err, PortsError::Exhausted { low: 31020, high: 31023 }));
+        assert_eq!(err.status_code(), 503);
+        assert_ne!(first.rtp_port(), second.rtp_port());
+        drop(first);
+        let third = pool.allocate(LOCALHOST).expect("a pair after the drop");
+        assert_eq!(pool.available(), 0);
+        drop((second, third));
+        assert_eq!(pool.available(), 2);
+    }
+
+    #[test]
+    fn thousands_of_allocations_and_drops_leave_the_pool_full() {
+        let pool = PortAllocator::new(31100, 31139);
+        assert_eq!(pool.capacity(), 20);
+        for round in 0..250 {
+            let held: Vec<PortPair> =
+                (0..8).map(|_| pool.allocate(LOCALHOST).expect("a pair")).collect();
+            assert_eq!(pool.available(), 12, "round {round}");
+            drop(held);
+        }
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[test]
+    fn a_port_held_by_another_program_is_skipped_and_kept_for_later() {
+        let pool = PortAllocator::new(31200, 31203);
+        // Something else holds the RTCP port of the first pair.
+        let squatter = UdpSocket::bind((LOCALHOST, 31201)).expect("squat");
+        let pair = pool.allocate(LOCALHOST).expect("the other pair");
+        assert_eq!(pair.rtp_port(), 31202);
+        assert!(matches!(pool.allocate(LOCALHOST), Err(PortsError::Exhausted { .. })));
+        assert_eq!(pool.available(), 1, "the held pair stays in the pool");
+        drop(squatter);
+        let again = pool.allocate(LOCALHOST).expect("free again");
+        assert_eq!(again.rtp_port(), 31200);
+    }
+
+    #[test]
+    fn a_pair_is_returned_when_the_thread_holding_it_panics() {
+        let pool = PortAllocator::new(31300, 31301);
+        let in_thread = pool.clone();
+        let result = std::thread::spawn(move || {
+            let _pair = in_thread.allocate(LOCALHOST).expect("a pair");
+            panic!("the call task fails");
+        })
+        .join();
+        assert!(result.is_err());
+        assert_eq!(pool.available(), 1);
+        pool.allocate(LOCALHOST).expect("the pair is usable again");
+    }
+
+    #[test]
+    fn an_address_that_is_not_local_is_an_error_not_exhaustion() {
+        let pool = PortAllocator::new(31400, 31409);
+        // TEST-NET-1 is never a local address.
+        let err = pool.allocate(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).expect_err("not local");
+        assert!(matches!(err, PortsError::Bind { .. }), "{err}");
+        assert_eq!(pool.available(), 5);
+    }
+}
