@@ -25,7 +25,10 @@ use crate::sip::digest::{Credentials, DigestServer, Verification};
 use crate::sip::msg::{self, Message, Method, Request, Response, name};
 use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
 
-use super::inbound::{self, InboundCall};
+use crate::media::codec::{self, Negotiated};
+use crate::media::sdp::Sdp;
+
+use super::inbound::{self, Admitted, InboundCall};
 use super::limits::Admission;
 
 /// What the gateway is told at start.
@@ -358,6 +361,19 @@ impl Gateway {
                 return self.refuse(&request, &source, refusal.status, refusal.rule.as_str(), &[]);
             }
         };
+        // DESIGN §4: transport and codec policy before capacity. No common codec: 488, and
+        // nothing reaches the agent.
+        let offer = match media_offer(&request, &route.trunk.codecs) {
+            Ok(offer) => offer,
+            Err((status, rule)) => {
+                let extra: Vec<(&str, String)> = if status == 415 {
+                    vec![("Accept", "application/sdp".to_string())]
+                } else {
+                    Vec::new()
+                };
+                return self.refuse(&request, &source, status, rule, &extra);
+            }
+        };
         let trunk_key = format!("inbound:{}", route.trunk.name);
         let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
         {
@@ -377,7 +393,8 @@ impl Gateway {
         self.active.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(64);
         self.register_call(&call_id, tx.clone());
-        let call = InboundCall::new(self.clone(), request, source, route, permit, table, (tx, rx));
+        let admitted = Admitted { invite: request, source, route, permit, table, offer };
+        let call = InboundCall::new(self.clone(), admitted, (tx, rx));
         tokio::spawn(inbound::run(call));
     }
 
@@ -407,6 +424,39 @@ impl Gateway {
             challenges.into_iter().map(|c| (name::PROXY_AUTHENTICATE, c)).collect();
         self.reply_status(request, source, 407, &extra);
     }
+}
+
+/// The carrier's SDP offer, filtered to the trunk's codecs; `None` for an INVITE without a
+/// body (a delayed offer, RFC 3261 §13.2.1). Refusals: 415 for a body that is not SDP, 400 for
+/// SDP that does not parse, 488 for no usable audio or no common codec.
+fn media_offer(
+    request: &Request,
+    codecs: &[crate::config::model::Codec],
+) -> Result<Option<MediaOffer>, (u16, &'static str)> {
+    if request.body.is_empty() {
+        return Ok(None);
+    }
+    let content_type = request.headers.get(name::CONTENT_TYPE).unwrap_or("application/sdp");
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/sdp") {
+        return Err((415, "UnsupportedBody"));
+    }
+    let mut sdp = Sdp::parse(&request.body).map_err(|e| {
+        (e.status_code(), if e.status_code() == 488 { "NoUsableAudio" } else { "BadSdp" })
+    })?;
+    let negotiated = codec::filter_offer(&mut sdp, codecs).map_err(|e| {
+        tracing::info!(error = %e, "no common codec");
+        (e.status_code(), "NoCommonCodec")
+    })?;
+    Ok(Some(MediaOffer { sdp, negotiated }))
+}
+
+/// An offer that passed the codec policy.
+#[derive(Clone, Debug)]
+pub struct MediaOffer {
+    /// The offer as it goes to the agent (codecs filtered; addresses rewritten by the call).
+    pub sdp: Sdp,
+    pub negotiated: Negotiated,
 }
 
 enum Verdict {

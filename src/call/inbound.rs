@@ -35,7 +35,10 @@ use crate::sip::transaction::{
 };
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
-use super::gateway::{ALLOW, CallInput, Gateway};
+use crate::media::codec::{self, Chosen};
+use crate::media::sdp::Sdp;
+
+use super::gateway::{ALLOW, CallInput, Gateway, MediaOffer};
 use super::limits::CallPermit;
 
 /// No answer of any kind from the agent runtime within this time: it is unreachable.
@@ -198,6 +201,10 @@ pub struct InboundCall {
     active: Option<ActiveCallGuard>,
     rx: mpsc::Receiver<CallInput>,
     self_tx: mpsc::Sender<CallInput>,
+    /// The carrier's offer after the codec policy (None: a delayed offer, passed through).
+    offer: Option<MediaOffer>,
+    /// What the agent's answer settled on.
+    chosen: Option<Chosen>,
     timers: Timers,
     session_id: String,
     a_invite: Request,
@@ -225,16 +232,24 @@ pub struct InboundCall {
     outcome: Option<CallOutcome>,
 }
 
+/// An INVITE the front door admitted, with everything decided about it.
+pub struct Admitted {
+    pub invite: Request,
+    pub source: Source,
+    pub route: Route,
+    pub permit: CallPermit,
+    /// The routing table the call started with.
+    pub table: Arc<RoutingTable>,
+    pub offer: Option<MediaOffer>,
+}
+
 impl InboundCall {
     pub fn new(
         gw: Arc<Gateway>,
-        invite: Request,
-        source: Source,
-        route: Route,
-        permit: CallPermit,
-        table: Arc<RoutingTable>,
+        admitted: Admitted,
         (self_tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
     ) -> InboundCall {
+        let Admitted { invite, source, route, permit, table, offer } = admitted;
         let now = Instant::now();
         let a_local = gw.local_address(Zone::Carrier, source.protocol).unwrap_or(source.local);
         let from = invite.from().unwrap_or_else(|| NameAddr {
@@ -325,6 +340,8 @@ impl InboundCall {
             active: Some(active),
             rx,
             self_tx,
+            offer,
+            chosen: None,
         }
     }
 }
@@ -522,8 +539,34 @@ impl InboundCall {
             }
         }
         r.headers.push(name::ALLOW, ALLOW);
-        r.body = copy_body(&self.a_invite.headers, &self.a_invite.body, &mut r.headers);
+        match &self.offer {
+            Some(offer) => {
+                r.headers.push(name::CONTENT_TYPE, "application/sdp");
+                r.body = offer.sdp.to_bytes().into();
+            }
+            None => r.body = copy_body(&self.a_invite.headers, &self.a_invite.body, &mut r.headers),
+        }
         r
+    }
+
+    /// The agent's SDP answer in a 18x or 2xx, checked against the offer: what goes to the
+    /// carrier. `Err` when the answer breaks the policy (a codec that was not offered).
+    fn agent_answer(&mut self, resp: &Response) -> Result<Option<bytes::Bytes>, u16> {
+        if resp.body.is_empty() {
+            return Ok(None);
+        }
+        let Some(offer) = &self.offer else {
+            // A delayed offer: the agent's SDP is the offer; passed through for now.
+            return Ok(Some(resp.body.clone()));
+        };
+        let answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
+        let chosen = codec::check_answer(&offer.negotiated, &answer).map_err(|e| {
+            tracing::warn!(session = %self.session_id, error = %e, "the agent's SDP answer breaks the codec policy");
+            e.status_code()
+        })?;
+        tracing::debug!(session = %self.session_id, codec = chosen.codec.as_str(), "codec chosen");
+        self.chosen = Some(chosen);
+        Ok(Some(answer.to_bytes().into()))
     }
 
     async fn send_bytes(&self, target: Target, bytes: Vec<u8>) -> Result<(), std::io::Error> {
@@ -897,7 +940,11 @@ impl InboundCall {
                     // RFC 3261 §12.1.1: a response that makes a dialog copies Record-Route.
                     out.headers.copy_from(&self.a_invite.headers, name::RECORD_ROUTE);
                     out.headers.push(name::CONTACT, self.a.contact());
-                    out.body = copy_body(&resp.headers, &resp.body, &mut out.headers);
+                    // Early media SDP that breaks the policy is dropped, not relayed.
+                    if let Ok(Some(body)) = self.agent_answer(resp) {
+                        out.headers.push(name::CONTENT_TYPE, "application/sdp");
+                        out.body = body;
+                    }
                     self.respond(&key, out).await;
                 }
             }
@@ -918,6 +965,15 @@ impl InboundCall {
                 self.send_bye(Leg::B).await;
                 return;
             }
+            let body = match self.agent_answer(resp) {
+                Ok(body) => body,
+                Err(status) => {
+                    // The agent answered with what was not offered: end its leg, refuse the call.
+                    self.bye(Leg::B).await;
+                    self.fail_a(status, CallOutcome::Failed).await;
+                    return;
+                }
+            };
             self.phase = Phase::Answered;
             self.outcome = Some(CallOutcome::Answered);
             self.gw.metrics.setup_latency(
@@ -930,7 +986,10 @@ impl InboundCall {
                 out.headers.push(name::CONTACT, self.a.contact());
                 out.headers.push(name::ALLOW, ALLOW);
                 out.headers.push(name::SERVER, self.user_agent());
-                out.body = copy_body(&resp.headers, &resp.body, &mut out.headers);
+                if let Some(body) = body {
+                    out.headers.push(name::CONTENT_TYPE, "application/sdp");
+                    out.body = body;
+                }
                 self.a_final_sent = true;
                 self.respond(&key, out).await;
             }
@@ -997,11 +1056,17 @@ impl InboundCall {
         self.send_client(Leg::B, branch, cancel, Purpose::Own).await;
     }
 
+    /// BYE on one leg; the call ends.
     async fn send_bye(&mut self, leg: Leg) {
+        self.bye(leg).await;
+        self.end();
+    }
+
+    /// BYE on one leg, leaving the rest of the call to the caller.
+    async fn bye(&mut self, leg: Leg) {
         let ua = self.user_agent();
         let (bye, branch) = self.dialog(leg).request(Method::Bye, &ua);
         self.send_client(leg, branch, bye, Purpose::Own).await;
-        self.end();
     }
 
     async fn hang_up_both(&mut self) {
