@@ -139,6 +139,10 @@ struct RunArgs {
     /// Seconds an agent may ring before the call is given up (480 to the carrier).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     agent_timeout: u64,
+    /// Seconds without RTP from either side of an answered call (not on hold) before the
+    /// gateway hangs it up, with the reason logged.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    media_timeout: u64,
     /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     drain_timeout: u64,
@@ -413,6 +417,7 @@ fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
         realm: args.realm,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        media_timeout: std::time::Duration::from_secs(args.media_timeout.max(1)),
         nonce_ttl: std::time::Duration::from_secs(args.nonce_ttl),
         digest_algorithms: args.digest_algorithms,
     }))?;

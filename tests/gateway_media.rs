@@ -48,3 +48,146 @@ fn an_offer_of_g729_alone_is_refused_with_488_and_the_agent_hears_nothing() {
         "488 not counted"
     );
 }
+
+/// A hand-driven carrier over UDP: what sipp cannot do here is send and check RTP itself.
+struct Carrier {
+    sip: std::net::UdpSocket,
+    media: std::net::UdpSocket,
+    gateway: std::net::SocketAddr,
+}
+
+impl Carrier {
+    fn new(gateway: std::net::SocketAddr) -> Carrier {
+        let sip = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind SIP");
+        let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind media");
+        sip.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+        media.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+        Carrier { sip, media, gateway }
+    }
+
+    fn send(&self, text: &str) {
+        self.sip.send_to(text.as_bytes(), self.gateway).expect("send");
+    }
+
+    /// Waits for a response whose status line starts with `status`, at most `within`.
+    fn response(&self, status: &str, within: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, _)) = self.sip.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with(&format!("SIP/2.0 {status}")) {
+                    return Some(text);
+                }
+            }
+        }
+        None
+    }
+
+    fn request(&self, method: &str, branch: &str, cseq: u32, to: &str, body: &str) -> String {
+        let me = self.sip.local_addr().expect("addr");
+        let content = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".into()
+        };
+        format!(
+            "{method} sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=rtp-test\r\nTo: {to}\r\n\
+             Call-ID: rtp-test@{me}\r\nCSeq: {cseq} {method}\r\nContact: <sip:carrier@{me}>\r\n\
+             {content}Content-Length: {}\r\n\r\n{body}",
+            body.len(),
+            gw = self.gateway,
+        )
+    }
+}
+
+/// The value of the first line of `message` starting with `prefix`.
+fn line_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    message.lines().find_map(|l| l.strip_prefix(prefix)).map(str::trim)
+}
+
+fn rtp_packet(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    // 160 bytes of G.711 payload that says which packet it is.
+    p.extend((0..160u16).map(|i| (seq.wrapping_mul(7).wrapping_add(i) & 0xff) as u8));
+    p
+}
+
+#[test]
+fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default(),
+    );
+    // The agent runtime echoes every RTP packet back to where it came from.
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
+    let carrier = Carrier::new(gateway.udp());
+    let media_port = carrier.media.local_addr().expect("addr").port();
+    let offer = format!(
+        "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {media_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    );
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    carrier.send(&carrier.request("INVITE", "inv1", 1, &to, &offer));
+    let ok = carrier
+        .response("200", std::time::Duration::from_secs(5))
+        .expect("200 OK from the gateway");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    let relay_ip = line_after(&ok, "c=IN IP4").expect("c= in the answer").to_string();
+    let relay_port: u16 = line_after(&ok, "m=audio")
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m= port in the answer");
+    assert_ne!(relay_port, agent_port, "the answer must name the relay, not the agent");
+    carrier.send(&carrier.request("ACK", "ack1", 1, &to_tagged, ""));
+
+    let relay: std::net::SocketAddr =
+        format!("{relay_ip}:{relay_port}").parse().expect("relay address");
+    let mut echoed = 0;
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..50u16 {
+        let packet = rtp_packet(seq);
+        carrier.media.send_to(&packet, relay).expect("send RTP");
+        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
+            assert_eq!(from, relay, "RTP must come back from the relay's port");
+            let back = &buf[..n];
+            let back_seq = u16::from_be_bytes([back[2], back[3]]);
+            assert_eq!(back, &rtp_packet(back_seq)[..], "payload changed on the way");
+            echoed += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(echoed >= 45, "only {echoed} of 50 packets came back through the relay");
+
+    carrier.send(&carrier.request("BYE", "bye1", 2, &to_tagged, ""));
+    assert!(carrier.response("200", std::time::Duration::from_secs(5)).is_some(), "no 200 to BYE");
+    agent.wait().assert_success();
+    let carrier_packets = r#"trunkline_rtp_packets_total{leg="carrier"}"#;
+    assert!(
+        gateway.wait_metric(carrier_packets, 45.0, std::time::Duration::from_secs(5)),
+        "RTP stats not in /metrics: {:?}",
+        gateway.metric(carrier_packets)
+    );
+}
+
+#[test]
+fn an_answered_call_without_rtp_is_hung_up_on_both_legs_after_the_media_timeout() {
+    let agent_port = free_port();
+    let options = GatewayOptions::default().arg("--media-timeout").arg("1");
+    let gateway = Gateway::start(Specs::new().with(pcmu_only_trunk(agent_port)).path(), options);
+    // Neither sipp sends RTP: both wait for the gateway's BYE.
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "15"]);
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
+    agent.wait().assert_success();
+    assert!(
+        gateway.log_text().contains("media timeout"),
+        "the reason is not recorded:\n{}",
+        gateway.log_text()
+    );
+}

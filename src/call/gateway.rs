@@ -26,6 +26,7 @@ use crate::sip::msg::{self, Message, Method, Request, Response, name};
 use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
 
 use crate::media::codec::{self, Negotiated};
+use crate::media::ports::PortAllocator;
 use crate::media::sdp::Sdp;
 
 use super::inbound::{self, Admitted, InboundCall};
@@ -42,6 +43,8 @@ pub struct GatewayConfig {
     pub agent_timeout: Duration,
     /// The `Server`/`User-Agent` value.
     pub user_agent: String,
+    /// No RTP from a leg of an answered call for this long ends the call.
+    pub media_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +54,7 @@ impl Default for GatewayConfig {
             header_prefix: lookup::DEFAULT_HEADER_PREFIX.to_string(),
             agent_timeout: Duration::from_secs(60),
             user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
+            media_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct Gateway {
     digest: DigestServer,
     admission: Arc<Admission>,
     pub(super) metrics: Arc<GatewayMetrics>,
+    /// RTP ports of the relays (`--rtp-ports`).
+    pub(super) ports: Arc<PortAllocator>,
     health: Arc<Health>,
     draining: AtomicBool,
     /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
@@ -96,6 +102,7 @@ impl Gateway {
         digest: DigestServer,
         metrics: Arc<GatewayMetrics>,
         health: Arc<Health>,
+        ports: Arc<PortAllocator>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             config,
@@ -106,6 +113,7 @@ impl Gateway {
             digest,
             admission: Admission::new(),
             metrics,
+            ports,
             health,
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),

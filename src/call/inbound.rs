@@ -36,7 +36,8 @@ use crate::sip::transaction::{
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use crate::media::codec::{self, Chosen};
-use crate::media::sdp::Sdp;
+use crate::media::relay::{self as rtp, MediaTimeout, Relay, RelayConfig};
+use crate::media::sdp::{Direction as SdpDirection, LegOrigin, Sdp};
 
 use super::gateway::{ALLOW, CallInput, Gateway, MediaOffer};
 use super::limits::CallPermit;
@@ -205,6 +206,14 @@ pub struct InboundCall {
     offer: Option<MediaOffer>,
     /// What the agent's answer settled on.
     chosen: Option<Chosen>,
+    /// The RTP relay between the legs (calls with an SDP offer).
+    relay: Option<Relay>,
+    /// The o= line we keep toward each leg (RFC 3264 §8: versions increase per change).
+    origins: [LegOrigin; 2],
+    /// Offers relayed in re-INVITE/UPDATE, by the server transaction they came in.
+    reoffers: HashMap<String, codec::Negotiated>,
+    /// Why the call ended, when the gateway ended it (media timeout...).
+    hangup_reason: Option<String>,
     timers: Timers,
     session_id: String,
     a_invite: Request,
@@ -342,6 +351,13 @@ impl InboundCall {
             self_tx,
             offer,
             chosen: None,
+            relay: None,
+            origins: [
+                LegOrigin::new(rand::random::<u32>().into()),
+                LegOrigin::new(rand::random::<u32>().into()),
+            ],
+            reoffers: HashMap::new(),
+            hangup_reason: None,
         }
     }
 }
@@ -378,12 +394,25 @@ pub async fn run(mut call: InboundCall) {
     let b_call_id = call.b.call_id.clone();
     let a_call_id = call.a.call_id.clone();
     call.start().await;
+    // The relay's media timeout resolves at most once; a call without a relay never times out.
+    let media_timeout = call.relay.as_ref().map(|r| r.timeout());
+    let mut media_timeout = std::pin::pin!(async move {
+        match media_timeout {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut media_timed_out = false;
     loop {
         if call.is_finished() {
             break;
         }
         let deadline = call.next_deadline();
         tokio::select! {
+            timeout = &mut media_timeout, if !media_timed_out => {
+                media_timed_out = true;
+                call.on_media_timeout(timeout).await;
+            }
             input = call.rx.recv() => match input {
                 Some(CallInput::Request(r, source)) => call.on_request(r, source).await,
                 Some(CallInput::Response(r, source)) => call.on_response(r, source).await,
@@ -442,6 +471,11 @@ impl InboundCall {
             }
         }
         self.gw.register_call(&self.b.call_id, self.gw_sender());
+        if let Err(e) = self.start_relay() {
+            tracing::warn!(session = %self.session_id, error = %e, "no RTP relay for the call");
+            self.fail_a(e.status_code(), CallOutcome::Failed).await;
+            return;
+        }
         let invite = self.build_agent_invite();
         let branch = self.b_invite_branch.clone();
         self.b_deadline = Some(now + AGENT_FIRST_RESPONSE);
@@ -451,6 +485,93 @@ impl InboundCall {
     /// The sender half registered for leg B's Call-ID: the same channel as leg A's.
     fn gw_sender(&self) -> mpsc::Sender<CallInput> {
         self.self_tx.clone()
+    }
+
+    /// Our media address on a leg: the bind address and the one advertised in its SDP.
+    fn media_ip(&self, leg: Leg) -> (std::net::IpAddr, std::net::IpAddr) {
+        let advertised = self.dialog_ref(leg).local.ip();
+        let bind = match (leg, self.gw.config.public_address) {
+            // A public address belongs to a NAT or load balancer in front: bind everywhere.
+            (Leg::A, Some(_)) => std::net::IpAddr::from([0, 0, 0, 0]),
+            _ => advertised,
+        };
+        (bind, advertised)
+    }
+
+    fn dialog_ref(&self, leg: Leg) -> &Dialog {
+        match leg {
+            Leg::A => &self.a,
+            Leg::B => &self.b,
+        }
+    }
+
+    /// Puts the relay in the media path of a call with an SDP offer: ports on both legs, the
+    /// carrier's address from its offer, the offer to the agent rewritten to our B side.
+    fn start_relay(&mut self) -> Result<(), rtp::StartError> {
+        if self.offer.is_none() {
+            return Ok(());
+        }
+        let (bind_a, _) = self.media_ip(Leg::A);
+        let (bind_b, adv_b) = self.media_ip(Leg::B);
+        let Some(offer) = &mut self.offer else { return Ok(()) };
+        let config =
+            RelayConfig { media_timeout: self.gw.config.media_timeout, ..RelayConfig::default() };
+        let relay = Relay::start(&self.gw.ports, bind_a, bind_b, config)?;
+        // No media is owed before the answer: the timeout starts with it.
+        relay.set_hold(true);
+        relay.update_remote(rtp::Leg::A, offer.sdp.audio_endpoint());
+        offer.sdp.rewrite_for_relay(&mut self.origins[1], adv_b, relay.local(rtp::Leg::B).port());
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    /// An SDP that came from `from` and goes to the other leg: the relay learns `from`'s
+    /// address and the SDP gets ours on the other side. Without a relay it is left as it is.
+    fn rewrite_toward(&mut self, from: Leg, sdp: &mut Sdp) {
+        let to = from.other();
+        let (_, advertised) = self.media_ip(to);
+        let Some(relay) = &self.relay else { return };
+        relay.update_remote(relay_leg(from), sdp.audio_endpoint());
+        let port = relay.local(relay_leg(to)).port();
+        sdp.rewrite_for_relay(&mut self.origins[index(to)], advertised, port);
+    }
+
+    /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
+    fn media_direction(&self, direction: SdpDirection) {
+        if let Some(relay) = &self.relay {
+            relay.set_hold(direction != SdpDirection::SendRecv);
+        }
+    }
+
+    /// No RTP for the media timeout: both legs are hung up and the reason recorded.
+    async fn on_media_timeout(&mut self, timeout: MediaTimeout) {
+        if self.phase != Phase::Answered {
+            return;
+        }
+        let silent = match timeout.silent {
+            rtp::Silent::One(rtp::Leg::A) => "carrier",
+            rtp::Silent::One(rtp::Leg::B) => "agent",
+            rtp::Silent::Both => "both sides",
+        };
+        let reason =
+            format!("media timeout: no RTP from {silent} for {}s", timeout.after.as_secs());
+        tracing::warn!(session = %self.session_id, "{reason}; ending the call");
+        self.hangup_reason = Some(reason);
+        self.hang_up_both().await;
+    }
+}
+
+fn relay_leg(leg: Leg) -> rtp::Leg {
+    match leg {
+        Leg::A => rtp::Leg::A,
+        Leg::B => rtp::Leg::B,
+    }
+}
+
+fn index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
     }
 }
 
@@ -559,13 +680,18 @@ impl InboundCall {
             // A delayed offer: the agent's SDP is the offer; passed through for now.
             return Ok(Some(resp.body.clone()));
         };
-        let answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
+        let mut answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
         let chosen = codec::check_answer(&offer.negotiated, &answer).map_err(|e| {
             tracing::warn!(session = %self.session_id, error = %e, "the agent's SDP answer breaks the codec policy");
             e.status_code()
         })?;
         tracing::debug!(session = %self.session_id, codec = chosen.codec.as_str(), "codec chosen");
         self.chosen = Some(chosen);
+        self.rewrite_toward(Leg::B, &mut answer);
+        if (200..300).contains(&resp.status) {
+            // Answered: media is owed from now on, unless the answer puts the call on hold.
+            self.media_direction(answer.direction());
+        }
         Ok(Some(answer.to_bytes().into()))
     }
 
@@ -743,6 +869,34 @@ impl InboundCall {
             self.active = None;
             self.gw.call_ended();
             self.finish_metrics();
+            if let Some(relay) = self.relay.take() {
+                // The ports go back to the pool once the relay task ends.
+                let metrics = self.gw.metrics.clone();
+                let session = self.session_id.clone();
+                let reason = self.hangup_reason.clone();
+                tokio::spawn(async move {
+                    let stats = relay.stop().await;
+                    for (leg, name) in [(rtp::Leg::A, "carrier"), (rtp::Leg::B, "agent")] {
+                        let rtp_in = stats.leg(leg).rtp_in;
+                        metrics.rtp_leg_finished(
+                            name,
+                            rtp_in.packets,
+                            rtp_in.bytes,
+                            rtp_in.lost,
+                            rtp_in.jitter_ms / 1000.0,
+                        );
+                    }
+                    tracing::info!(
+                        session = %session,
+                        carrier_packets = stats.a.rtp_in.packets, carrier_lost = stats.a.rtp_in.lost,
+                        carrier_jitter_ms = stats.a.rtp_in.jitter_ms,
+                        agent_packets = stats.b.rtp_in.packets, agent_lost = stats.b.rtp_in.lost,
+                        agent_jitter_ms = stats.b.rtp_in.jitter_ms,
+                        reason = reason.as_deref().unwrap_or("hang-up"),
+                        "call media"
+                    );
+                });
+            }
         }
     }
 
@@ -903,6 +1057,18 @@ impl InboundCall {
                 if resp.status > 100 {
                     let Some(mut out) = self.response_for(&server_key, resp.status) else { return };
                     out.body = copy_body(&resp.headers, &resp.body, &mut out.headers);
+                    if !resp.body.is_empty() && self.reoffers.contains_key(&server_key) {
+                        match self.relay_answer(&server_key, leg, resp) {
+                            Some(body) => out.body = body,
+                            None => {
+                                out.body = bytes::Bytes::new();
+                                out.headers.remove(name::CONTENT_TYPE);
+                            }
+                        }
+                    }
+                    if resp.status >= 200 {
+                        self.reoffers.remove(&server_key);
+                    }
                     if (200..300).contains(&resp.status) || (101..200).contains(&resp.status) {
                         let other =
                             self.servers.get(&server_key).map(|t| t.leg).unwrap_or(leg.other());
@@ -1226,12 +1392,58 @@ impl InboundCall {
     /// Passes an in-dialog request to the other leg.
     async fn relay(&mut self, server_key: &str, to: Leg, req: &Request) {
         let ua = self.user_agent();
+        let body = match self.relay_offer(server_key, to.other(), req) {
+            Ok(body) => body,
+            Err(status) => return self.respond_status(server_key, status).await,
+        };
         let (mut out, branch) = self.dialog(to).request(req.method.clone(), &ua);
         out.body = copy_body(&req.headers, &req.body, &mut out.headers);
+        if let Some(body) = body {
+            out.body = body;
+        }
         if let Some(tx) = self.servers.get_mut(server_key) {
             tx.relayed_to = Some(tx_key(&req.method, &branch));
         }
         self.send_client(to, branch, out, Purpose::Relay(server_key.to_string())).await;
+    }
+
+    /// A new offer inside the call (re-INVITE, UPDATE) from `from`: the codec policy again, the
+    /// relay told where `from` wants media now, the SDP rewritten to our side of the other leg,
+    /// hold or resume. `Ok(None)`: no SDP, nothing to change.
+    fn relay_offer(
+        &mut self,
+        server_key: &str,
+        from: Leg,
+        req: &Request,
+    ) -> Result<Option<bytes::Bytes>, u16> {
+        if req.body.is_empty() || self.relay.is_none() {
+            return Ok(None);
+        }
+        let mut sdp = Sdp::parse(&req.body).map_err(|e| e.status_code())?;
+        let negotiated =
+            codec::filter_offer(&mut sdp, &self.route.trunk.codecs).map_err(|e| e.status_code())?;
+        self.media_direction(sdp.direction());
+        self.rewrite_toward(from, &mut sdp);
+        self.reoffers.insert(server_key.to_string(), negotiated);
+        Ok(Some(sdp.to_bytes().into()))
+    }
+
+    /// The answer to a relayed offer, coming back from `from`: checked, the relay told, the SDP
+    /// rewritten for the other leg. Unusable SDP is dropped (the offerer keeps the old media).
+    fn relay_answer(
+        &mut self,
+        server_key: &str,
+        from: Leg,
+        resp: &Response,
+    ) -> Option<bytes::Bytes> {
+        let negotiated = self.reoffers.get(server_key)?.clone();
+        let mut sdp = Sdp::parse(&resp.body).ok()?;
+        if let Err(e) = codec::check_answer(&negotiated, &sdp) {
+            tracing::warn!(session = %self.session_id, error = %e, "a re-INVITE answer breaks the codec policy; its SDP is dropped");
+            return None;
+        }
+        self.rewrite_toward(from, &mut sdp);
+        Some(sdp.to_bytes().into())
     }
 
     async fn on_cancel(&mut self, req: Request, source: Source, branch: &str) {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::config::CompileOptions;
 use crate::config::source::credentials::StateDir;
 use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
+use crate::media::ports::PortAllocator;
 use crate::observe::admin::{Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
@@ -38,6 +39,8 @@ pub struct ServeOptions {
     pub realm: String,
     pub agent_timeout: Duration,
     pub drain_timeout: Duration,
+    /// No RTP from a leg of an answered call for this long ends the call.
+    pub media_timeout: Duration,
     pub nonce_ttl: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
@@ -124,6 +127,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         public_address: options.public_address,
         header_prefix: options.header_prefix.clone(),
         agent_timeout: options.agent_timeout,
+        media_timeout: options.media_timeout,
         ..GatewayConfig::default()
     };
     let digest = DigestServer::new(
@@ -132,8 +136,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         options.nonce_ttl,
     )
     .with_algorithms(&options.digest_algorithms);
+    let ports = Arc::new(PortAllocator::new(options.rtp_ports.0, options.rtp_ports.1));
     let gateway =
-        Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone());
+        Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
     let transports = Transports::new(gateway.sink(), transport::Limits::default());
     gateway.attach(transports.clone());
 

@@ -16,6 +16,8 @@
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
+//! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `leg` |
+//! | `trunkline_rtp_jitter_seconds` | histogram | `leg` |
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
 //! | `trunkline_config_trunks`, `trunkline_config_numbers` | gauge | |
 //! | `trunkline_config_reloads_total` | counter | `result` |
@@ -180,6 +182,10 @@ pub struct GatewayMetrics {
     config_numbers: IntGauge,
     reload_ok: IntCounter,
     reload_rejected: IntCounter,
+    rtp_packets: IntCounterVec,
+    rtp_bytes: IntCounterVec,
+    rtp_lost: IntCounterVec,
+    rtp_jitter: HistogramVec,
 }
 
 impl Default for GatewayMetrics {
@@ -193,6 +199,36 @@ impl GatewayMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
 
+        let rtp_packets = IntCounterVec::new(
+            Opts::new(
+                "trunkline_rtp_packets_total",
+                "RTP packets received by the relay from each side of ended calls (leg: carrier or agent).",
+            ),
+            &["leg"],
+        )
+        .expect("static metric definition is valid");
+        let rtp_bytes = IntCounterVec::new(
+            Opts::new("trunkline_rtp_bytes_total", "RTP bytes received by the relay, by leg."),
+            &["leg"],
+        )
+        .expect("static metric definition is valid");
+        let rtp_lost = IntCounterVec::new(
+            Opts::new(
+                "trunkline_rtp_lost_packets_total",
+                "RTP packets lost before reaching the relay (sequence gaps), by leg.",
+            ),
+            &["leg"],
+        )
+        .expect("static metric definition is valid");
+        let rtp_jitter = HistogramVec::new(
+            HistogramOpts::new(
+                "trunkline_rtp_jitter_seconds",
+                "Interarrival jitter (RFC 3550 A.8) of each call leg's RTP at its end.",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
+            &["leg"],
+        )
+        .expect("static metric definition is valid");
         let calls = IntCounterVec::new(
             Opts::new("trunkline_calls_total", "Calls ended, by trunk, direction and outcome."),
             &["trunk", "direction", "outcome"],
@@ -260,7 +296,11 @@ impl GatewayMetrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+            Box::new(rtp_packets.clone()),
+            Box::new(rtp_bytes.clone()),
+            Box::new(rtp_lost.clone()),
+            Box::new(rtp_jitter.clone()),
             Box::new(calls.clone()),
             Box::new(active.clone()),
             Box::new(auth.clone()),
@@ -293,6 +333,28 @@ impl GatewayMetrics {
             config_numbers,
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_rejected: reloads.with_label_values(&["rejected"]),
+            rtp_packets,
+            rtp_bytes,
+            rtp_lost,
+            rtp_jitter,
+        }
+    }
+
+    /// Adds one call leg's RTP figures when its call ends: what the relay received from that
+    /// side (`leg`: `carrier` or `agent`), the packets lost on the way, the final jitter.
+    pub fn rtp_leg_finished(
+        &self,
+        leg: &str,
+        packets: u64,
+        bytes: u64,
+        lost: u64,
+        jitter_seconds: f64,
+    ) {
+        self.rtp_packets.with_label_values(&[leg]).inc_by(packets);
+        self.rtp_bytes.with_label_values(&[leg]).inc_by(bytes);
+        self.rtp_lost.with_label_values(&[leg]).inc_by(lost);
+        if packets > 0 {
+            self.rtp_jitter.with_label_values(&[leg]).observe(jitter_seconds);
         }
     }
 
