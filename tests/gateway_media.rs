@@ -191,3 +191,31 @@ fn an_answered_call_without_rtp_is_hung_up_on_both_legs_after_the_media_timeout(
         gateway.log_text()
     );
 }
+
+#[test]
+fn a_call_that_finds_no_rtp_ports_left_gets_503_and_the_next_one_gets_them_back() {
+    // Four ports: two RTP/RTCP pairs, one call's worth (a pair per leg).
+    let base = (40_000 + (std::process::id() % 5_000) as u16 * 4) & !1;
+    let range = format!("{base}-{}", base + 3);
+    let agent_port = free_port();
+    let options = GatewayOptions::default().arg("--rtp-ports").arg(&range);
+    let gateway = Gateway::start(Specs::new().with(pcmu_only_trunk(agent_port)).path(), options);
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "2", "-timeout", "20"]);
+    let udp = gateway.udp();
+    let first = std::thread::spawn(move || {
+        uac("carrier_call.xml", udp, &["-s", NUMBER, "-d", "2000", "-timeout", "15"])
+    });
+    let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
+    assert!(gateway.wait_metric(active, 1.0, std::time::Duration::from_secs(5)), "no first call");
+    uac("carrier_unavailable_503.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
+    assert!(
+        gateway.log_text().contains("no RTP relay"),
+        "503 for another reason:\n{}",
+        gateway.log_text()
+    );
+    first.join().expect("first call").assert_success();
+    // The first call's ports are back: a new call is relayed again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    uac("carrier_call.xml", udp, &["-s", NUMBER, "-timeout", "15"]).assert_success();
+    agent.wait().assert_success();
+}
