@@ -219,3 +219,18 @@ fn a_call_that_finds_no_rtp_ports_left_gets_503_and_the_next_one_gets_them_back(
     uac("carrier_call.xml", udp, &["-s", NUMBER, "-timeout", "15"]).assert_success();
     agent.wait().assert_success();
 }
+
+#[test]
+fn a_g722_call_on_a_g722_trunk_offers_and_answers_g722() {
+    let agent_port = free_port();
+    let trunk = Trunk::new("local-in")
+        .number(NUMBER, "support")
+        .allow_address("127.0.0.1/32")
+        .destination_udp(agent_port)
+        .codecs(&["G722"]);
+    let gateway = Gateway::start(Specs::new().with(trunk).path(), GatewayOptions::default());
+    let agent = uas("agent_answer_g722.xml", agent_port, &["-m", "1", "-timeout", "15"]);
+    uac("carrier_offer_g722.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"])
+        .assert_success();
+    agent.wait().assert_success();
+}
