@@ -10,7 +10,7 @@ use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 const NUMBER: &str = "+14155550100";
 
 #[test]
-fn a_hold_reinvite_from_the_carrier_reaches_the_agent_and_its_answer_comes_back() {
+fn hold_and_resume_reinvites_from_the_carrier_reach_the_agent_and_their_answers_come_back() {
     let agent_port = free_port();
     let trunk = Trunk::new("local-in")
         .number(NUMBER, "support")
@@ -18,8 +18,9 @@ fn a_hold_reinvite_from_the_carrier_reaches_the_agent_and_its_answer_comes_back(
         .destination_udp(agent_port);
     let specs = Specs::new().with(trunk);
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
-    // The agent checks the re-INVITE carries a=sendonly and answers a=recvonly; the carrier
-    // checks the answer it gets back says a=recvonly.
+    // The agent checks the first re-INVITE carries a=sendonly and answers a=recvonly, then the
+    // second a=sendrecv; the carrier checks each answer it gets back. The SDP crosses the RTP
+    // relay's rewrite both ways.
     let agent = uas("agent_answer_reinvite.xml", agent_port, &["-m", "1", "-timeout", "20"]);
     uac("carrier_reinvite.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
     agent.wait().assert_success();
