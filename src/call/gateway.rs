@@ -22,7 +22,7 @@ use crate::config::source::watch::Snapshot;
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::digest::{Credentials, DigestServer, Verification};
-use crate::sip::msg::{self, Message, Method, Request, Response, name};
+use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
 use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
 
 use crate::media::codec::{self, Negotiated};

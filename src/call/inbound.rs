@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::config::RoutingTable;
 use crate::config::lookup::Route;
 use crate::observe::metrics::{ActiveCallGuard, Direction, Outcome as CallOutcome};
-use crate::sip::msg::{self, Method, NameAddr, Request, Response, SipUri, name};
+use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, SipUri, name};
 use crate::sip::transaction::{
     ClientAction, ClientInvite, ClientNonInvite, Reliability, ServerAction, ServerInvite,
     ServerNonInvite, Timers, new_branch,

@@ -661,33 +661,8 @@ impl Request {
         Request { method, uri: uri.into(), headers: Headers::new(), body: Bytes::new() }
     }
 
-    pub fn top_via(&self) -> Option<Via> {
-        top_via(&self.headers)
-    }
-
-    pub fn from(&self) -> Option<NameAddr> {
-        self.headers.get(name::FROM).and_then(NameAddr::parse)
-    }
-
-    pub fn to(&self) -> Option<NameAddr> {
-        self.headers.get(name::TO).and_then(NameAddr::parse)
-    }
-
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get(name::CALL_ID)
-    }
-
-    pub fn cseq(&self) -> Option<(u32, Method)> {
-        self.headers.get(name::CSEQ).and_then(parse_cseq)
-    }
-
     pub fn max_forwards(&self) -> Option<u8> {
         self.headers.get(name::MAX_FORWARDS).and_then(|v| v.trim().parse().ok())
-    }
-
-    /// The URI of the first `Contact`.
-    pub fn contact_uri(&self) -> Option<String> {
-        contact_uri(&self.headers)
     }
 
     /// Prints the request, with a `Content-Length` of its body.
@@ -699,31 +674,50 @@ impl Request {
     }
 }
 
+/// The headers that place a message in its dialog and transaction, read on demand; every request
+/// and response has them (the parser checks it).
+pub trait DialogHeaders {
+    fn headers(&self) -> &Headers;
+
+    fn top_via(&self) -> Option<Via> {
+        top_via(self.headers())
+    }
+
+    fn from(&self) -> Option<NameAddr> {
+        self.headers().get(name::FROM).and_then(NameAddr::parse)
+    }
+
+    fn to(&self) -> Option<NameAddr> {
+        self.headers().get(name::TO).and_then(NameAddr::parse)
+    }
+
+    fn call_id(&self) -> Option<&str> {
+        self.headers().get(name::CALL_ID)
+    }
+
+    fn cseq(&self) -> Option<(u32, Method)> {
+        self.headers().get(name::CSEQ).and_then(parse_cseq)
+    }
+
+    /// The URI of the first `Contact`.
+    fn contact_uri(&self) -> Option<String> {
+        contact_uri(self.headers())
+    }
+}
+
+impl DialogHeaders for Request {
+    fn headers(&self) -> &Headers {
+        &self.headers
+    }
+}
+
+impl DialogHeaders for Response {
+    fn headers(&self) -> &Headers {
+        &self.headers
+    }
+}
+
 impl Response {
-    pub fn top_via(&self) -> Option<Via> {
-        top_via(&self.headers)
-    }
-
-    pub fn to(&self) -> Option<NameAddr> {
-        self.headers.get(name::TO).and_then(NameAddr::parse)
-    }
-
-    pub fn from(&self) -> Option<NameAddr> {
-        self.headers.get(name::FROM).and_then(NameAddr::parse)
-    }
-
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get(name::CALL_ID)
-    }
-
-    pub fn cseq(&self) -> Option<(u32, Method)> {
-        self.headers.get(name::CSEQ).and_then(parse_cseq)
-    }
-
-    pub fn contact_uri(&self) -> Option<String> {
-        contact_uri(&self.headers)
-    }
-
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = String::with_capacity(512 + self.body.len());
         let _ = write!(out, "SIP/2.0 {} {}\r\n", self.status, self.reason);
