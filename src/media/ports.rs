@@ -168,6 +168,33 @@ impl PortPair {
     }
 }
 
+/// Test helper: a range of `pairs` port pairs that nothing holds now, each call another one,
+/// above the kernel's ephemeral range (32768-60999 by default), where the test peers' own
+/// sockets land, and above the RTP ranges other programs on a test machine use.
+#[cfg(test)]
+pub(crate) fn free_test_range(pairs: u16) -> (u16, u16) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // nextest runs each test in its own process: each process starts in its own block of 200
+    // ports (by pid), so parallel tests do not probe the same ports at the same time.
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let block = u16::try_from(std::process::id() % 200).unwrap_or(0);
+        AtomicU16::new(20_000 + block * 200)
+    });
+    loop {
+        let low = next.fetch_add(pairs * 2, Ordering::Relaxed);
+        assert!(u32::from(low) + u32::from(pairs) * 2 < 65535, "test ports ran out");
+        let high = low + pairs * 2 - 1;
+        let held: Vec<_> = (low..=high)
+            .map(|port| UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, port)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return (low, high);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -179,8 +206,10 @@ mod tests {
 
     #[test]
     fn pairs_are_an_even_rtp_port_and_the_next_for_rtcp() {
-        let pool = PortAllocator::new(31001, 31010);
-        // 31002, 31004, 31006, 31008 (31010 would need 31011)
+        assert_eq!(PortAllocator::new(31001, 31010).capacity(), 4, "31002 to 31008; not 31010");
+        assert_eq!(PortAllocator::new(65530, 65535).capacity(), 3, "up to 65534 + 65535");
+        let (low, high) = free_test_range(4);
+        let pool = PortAllocator::new(low, high);
         assert_eq!(pool.capacity(), 4);
         let pair = pool.allocate(LOCALHOST).expect("a pair");
         assert_eq!(pair.rtp_port() % 2, 0);
@@ -192,13 +221,15 @@ mod tests {
 
     #[test]
     fn a_range_of_two_pairs_gives_two_then_an_error_then_one_after_a_drop() {
-        let pool = PortAllocator::new(31020, 31023);
+        let (low, high) = free_test_range(2);
+        let pool = PortAllocator::new(low, high);
         let first = pool.allocate(LOCALHOST).expect("first pair");
         let second = pool.allocate(LOCALHOST).expect("second pair");
         let started = Instant::now();
         let err = pool.allocate(LOCALHOST).expect_err("the range is exhausted");
-        assert!(started.elapsed() < Duration::from_millis(10));
-        assert!(matches!(err, PortsError::Exhausted { low: 31020, high: 31023 }));
+        // Not a speed check: an exhausted pool answers at once instead of waiting for a port.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(matches!(err, PortsError::Exhausted { low: l, high: h } if (l, h) == (low, high)));
         assert_eq!(err.status_code(), 503);
         assert_ne!(first.rtp_port(), second.rtp_port());
         drop(first);
@@ -210,7 +241,8 @@ mod tests {
 
     #[test]
     fn thousands_of_allocations_and_drops_leave_the_pool_full() {
-        let pool = PortAllocator::new(31100, 31139);
+        let (low, high) = free_test_range(20);
+        let pool = PortAllocator::new(low, high);
         assert_eq!(pool.capacity(), 20);
         for round in 0..250 {
             let held: Vec<PortPair> =
@@ -223,21 +255,23 @@ mod tests {
 
     #[test]
     fn a_port_held_by_another_program_is_skipped_and_kept_for_later() {
-        let pool = PortAllocator::new(31200, 31203);
+        let (low, high) = free_test_range(2);
+        let pool = PortAllocator::new(low, high);
         // Something else holds the RTCP port of the first pair.
-        let squatter = UdpSocket::bind((LOCALHOST, 31201)).expect("squat");
+        let squatter = UdpSocket::bind((LOCALHOST, low + 1)).expect("squat");
         let pair = pool.allocate(LOCALHOST).expect("the other pair");
-        assert_eq!(pair.rtp_port(), 31202);
+        assert_eq!(pair.rtp_port(), low + 2);
         assert!(matches!(pool.allocate(LOCALHOST), Err(PortsError::Exhausted { .. })));
         assert_eq!(pool.available(), 1, "the held pair stays in the pool");
         drop(squatter);
         let again = pool.allocate(LOCALHOST).expect("free again");
-        assert_eq!(again.rtp_port(), 31200);
+        assert_eq!(again.rtp_port(), low);
     }
 
     #[test]
     fn a_pair_is_returned_when_the_thread_holding_it_panics() {
-        let pool = PortAllocator::new(31300, 31301);
+        let (low, high) = free_test_range(1);
+        let pool = PortAllocator::new(low, high);
         let in_thread = pool.clone();
         let result = std::thread::spawn(move || {
             let _pair = in_thread.allocate(LOCALHOST).expect("a pair");
@@ -251,7 +285,8 @@ mod tests {
 
     #[test]
     fn an_address_that_is_not_local_is_an_error_not_exhaustion() {
-        let pool = PortAllocator::new(31400, 31409);
+        let (low, high) = free_test_range(5);
+        let pool = PortAllocator::new(low, high);
         // TEST-NET-1 is never a local address.
         let err = pool.allocate(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).expect_err("not local");
         assert!(matches!(err, PortsError::Bind { .. }), "{err}");

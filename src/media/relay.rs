@@ -69,6 +69,7 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use socket2::{SockAddr, SockRef};
 use tokio::io::Interest;
 use tokio::net::UdpSocket as TokioUdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
@@ -278,7 +279,19 @@ impl Relay {
         ip_b: IpAddr,
         config: RelayConfig,
     ) -> Result<Relay, StartError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let runtime = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        Relay::start_on(&runtime, allocator, ip_a, ip_b, config)
+    }
+
+    /// The same on a given runtime, e.g. a thread of a [`MediaThreads`]; callable from
+    /// anywhere.
+    pub fn start_on(
+        runtime: &Handle,
+        allocator: &PortAllocator,
+        ip_a: IpAddr,
+        ip_b: IpAddr,
+        config: RelayConfig,
+    ) -> Result<Relay, StartError> {
         let pair_a = allocator.allocate(ip_a)?;
         let pair_b = allocator.allocate(ip_b)?;
         let local = [local_addr(&pair_a.rtp)?, local_addr(&pair_b.rtp)?];
@@ -384,6 +397,72 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+    }
+}
+
+/// Threads that run relays apart from the SIP runtime, each a current-thread tokio runtime with
+/// its own epoll, as in rtpengine or a hand-written relay: media is not queued behind signalling
+/// work, and no relay pays for work-stealing (on the multi-thread runtime, waking a parked
+/// worker for each packet costs a futex call and a context switch). Relays are spread over the
+/// threads in turn ([`MediaThreads::handle`] for [`Relay::start_on`]). Dropping it stops the
+/// threads, and with them the relays still on them.
+pub struct MediaThreads {
+    threads: Vec<MediaThread>,
+    next: AtomicU64,
+}
+
+struct MediaThread {
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MediaThreads {
+    /// Starts `count` threads (at least one), named `trunkline-media-N`.
+    pub fn start(count: usize) -> io::Result<MediaThreads> {
+        let mut threads = Vec::with_capacity(count.max(1));
+        for n in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let join = std::thread::Builder::new().name(format!("trunkline-media-{n}")).spawn(
+                move || {
+                    // Runs the relays' tasks until told to stop (or the sender is dropped).
+                    let _ = runtime.block_on(stopped);
+                },
+            )?;
+            threads.push(MediaThread { handle, stop: Some(stop), join: Some(join) });
+        }
+        Ok(MediaThreads { threads, next: AtomicU64::new(0) })
+    }
+
+    /// The runtime of the next thread in turn.
+    pub fn handle(&self) -> Handle {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.threads.len();
+        self.threads[n].handle.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+}
+
+impl Drop for MediaThreads {
+    fn drop(&mut self) {
+        for thread in &mut self.threads {
+            if let Some(stop) = thread.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for thread in &mut self.threads {
+            if let Some(join) = thread.join.take() {
+                let _ = join.join();
+            }
         }
     }
 }
@@ -1010,13 +1089,18 @@ mod tests {
         }
     }
 
+    fn test_pool(pairs: u16) -> PortAllocator {
+        let (low, high) = super::super::ports::free_test_range(pairs);
+        PortAllocator::new(low, high)
+    }
+
     fn start(pool: &PortAllocator, config: RelayConfig) -> Relay {
         Relay::start(pool, LOCALHOST, LOCALHOST, config).expect("relay starts")
     }
 
     #[tokio::test]
     async fn packets_sent_to_a_arrive_at_b_with_the_payload_intact_and_back() {
-        let pool = PortAllocator::new(30000, 30009);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, carrier_rtcp) = peer_pair().await;
         let (agent, agent_rtcp) = peer_pair().await;
@@ -1049,7 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_larger_than_a_batch_arrives_whole_and_in_order() {
-        let pool = PortAllocator::new(30010, 30019);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, agent) = (peer().await, peer().await);
         relay.update_remote(Leg::A, Some(addr(&carrier)));
@@ -1068,7 +1152,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_go_to_the_latched_source_not_to_the_sdp_address() {
-        let pool = PortAllocator::new(30020, 30029);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let carrier = peer().await;
         // The agent's SDP says X, but it sends from Y (behind a NAT).
@@ -1095,7 +1179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_source_takes_over_after_the_latched_one_is_silent_and_sends_three_in_a_row() {
-        let pool = PortAllocator::new(30030, 30039);
+        let pool = test_pool(5);
         let config =
             RelayConfig { latch_silence: Duration::from_millis(200), ..Default::default() };
         let relay = start(&pool, config);
@@ -1125,7 +1209,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reinvite_to_another_address_drops_the_latch() {
-        let pool = PortAllocator::new(30040, 30049);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, first, moved, latecomer) =
             (peer().await, peer().await, peer().await, peer().await);
@@ -1151,7 +1235,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_relayed_before_the_destination_is_known() {
-        let pool = PortAllocator::new(30050, 30059);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, agent) = (peer().await, peer().await);
         // The agent's SDP said 0.0.0.0 (no address) and it has not sent yet.
@@ -1168,7 +1252,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_not_rtp_is_dropped_and_latches_nothing() {
-        let pool = PortAllocator::new(30060, 30069);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, scanner, agent) = (peer().await, peer().await, peer().await);
         relay.update_remote(Leg::A, Some(addr(&carrier)));
@@ -1184,7 +1268,7 @@ mod tests {
 
     #[tokio::test]
     async fn rtcp_on_the_rtp_port_is_relayed_and_counted_as_rtcp() {
-        let pool = PortAllocator::new(30070, 30079);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, agent) = (peer().await, peer().await);
         relay.update_remote(Leg::A, Some(addr(&carrier)));
@@ -1197,7 +1281,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_rtp_for_the_media_timeout_names_the_silent_side() {
-        let pool = PortAllocator::new(30080, 30089);
+        let pool = test_pool(5);
         let config =
             RelayConfig { media_timeout: Duration::from_millis(300), ..Default::default() };
         let relay = start(&pool, config);
@@ -1232,7 +1316,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_sides_silent_are_reported_together() {
-        let pool = PortAllocator::new(30090, 30099);
+        let pool = test_pool(5);
         let config =
             RelayConfig { media_timeout: Duration::from_millis(200), ..Default::default() };
         let relay = start(&pool, config);
@@ -1245,7 +1329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_call_does_not_time_out() {
-        let pool = PortAllocator::new(30100, 30109);
+        let pool = test_pool(5);
         let config =
             RelayConfig { media_timeout: Duration::from_millis(150), ..Default::default() };
         let relay = start(&pool, config);
@@ -1264,7 +1348,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leg_without_an_address_is_not_expected_to_send() {
-        let pool = PortAllocator::new(30110, 30119);
+        let pool = test_pool(5);
         let config =
             RelayConfig { media_timeout: Duration::from_millis(100), ..Default::default() };
         let relay = start(&pool, config);
@@ -1277,7 +1361,7 @@ mod tests {
 
     #[tokio::test]
     async fn stats_count_packets_bytes_a_gap_of_three_and_jitter() {
-        let pool = PortAllocator::new(30120, 30129);
+        let pool = test_pool(5);
         let relay = start(&pool, RelayConfig::default());
         let (carrier, agent) = (peer().await, peer().await);
         relay.update_remote(Leg::A, Some(addr(&carrier)));
@@ -1307,7 +1391,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thousand_relays_started_and_stopped_leave_the_allocator_full() {
-        let pool = PortAllocator::new(30200, 30239);
+        let pool = test_pool(20);
         for i in 0..1000 {
             let relay = start(&pool, RelayConfig::default());
             if i % 2 == 0 {
@@ -1327,7 +1411,7 @@ mod tests {
     #[tokio::test]
     async fn an_exhausted_range_is_an_error_at_once() {
         // Three pairs: one relay (two pairs) fits, the second gets one pair and gives it back.
-        let pool = PortAllocator::new(30300, 30305);
+        let pool = test_pool(3);
         let relay = start(&pool, RelayConfig::default());
         let started = Instant::now();
         let err = Relay::start(&pool, LOCALHOST, LOCALHOST, RelayConfig::default())
@@ -1341,9 +1425,43 @@ mod tests {
         assert_eq!(pool.available(), 3);
     }
 
+    #[tokio::test]
+    async fn relays_run_on_media_threads_and_free_their_ports_when_the_threads_stop() {
+        let pool = test_pool(10);
+        let media = MediaThreads::start(2).expect("media threads");
+        assert_eq!(media.len(), 2);
+        let relays: Vec<Relay> = (0..3)
+            .map(|_| {
+                Relay::start_on(
+                    &media.handle(),
+                    &pool,
+                    LOCALHOST,
+                    LOCALHOST,
+                    RelayConfig::default(),
+                )
+                .expect("relay starts")
+            })
+            .collect();
+        let (carrier, agent) = (peer().await, peer().await);
+        for relay in &relays {
+            relay.update_remote(Leg::A, Some(addr(&carrier)));
+            relay.update_remote(Leg::B, Some(addr(&agent)));
+            send(&carrier, &rtp(5, 800), relay.local(Leg::A)).await;
+            assert_eq!(receive(&agent).await, (rtp(5, 800), relay.local(Leg::B)));
+        }
+        let mut relays = relays.into_iter();
+        let first = relays.next().expect("a relay");
+        assert_eq!(first.stop().await.a.rtp_in.packets, 1);
+        assert_eq!(pool.available(), pool.capacity() - 4);
+        // Stopping the threads ends the relays still on them.
+        tokio::task::spawn_blocking(move || drop(media)).await.expect("threads stop");
+        assert_eq!(pool.available(), pool.capacity());
+        drop(relays);
+    }
+
     #[test]
     fn a_relay_outside_a_runtime_is_an_error_not_a_panic() {
-        let pool = PortAllocator::new(30310, 30319);
+        let pool = test_pool(5);
         let err = Relay::start(&pool, LOCALHOST, LOCALHOST, RelayConfig::default()).err();
         assert!(matches!(err, Some(StartError::NoRuntime)));
         assert_eq!(pool.available(), pool.capacity());
