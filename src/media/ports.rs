@@ -175,12 +175,13 @@ impl PortPair {
 pub(crate) fn free_test_range(pairs: u16) -> (u16, u16) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU16, Ordering};
-    // nextest runs each test in its own process: each process starts in its own block of 200
-    // ports (by pid), so parallel tests do not probe the same ports at the same time.
+    // Above the kernel's ephemeral range (32768-60999), where nothing else binds. nextest runs
+    // each test in its own process: each process starts in its own block of 80 ports (by pid),
+    // so parallel tests do not probe the same ports at the same time.
     static NEXT: OnceLock<AtomicU16> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
-        let block = u16::try_from(std::process::id() % 200).unwrap_or(0);
-        AtomicU16::new(20_000 + block * 200)
+        let block = u16::try_from(std::process::id() % 50).unwrap_or(0);
+        AtomicU16::new(61_000 + block * 80)
     });
     loop {
         let low = next.fetch_add(pairs * 2, Ordering::Relaxed);
