@@ -27,6 +27,7 @@ use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports
 
 use crate::media::codec::{self, Negotiated};
 use crate::media::ports::PortAllocator;
+use crate::media::relay::{MediaThreads, Relay, RelayConfig};
 use crate::media::sdp::Sdp;
 
 use super::inbound::{self, Admitted, InboundCall};
@@ -86,6 +87,8 @@ pub struct Gateway {
     pub(super) metrics: Arc<GatewayMetrics>,
     /// RTP ports of the relays (`--rtp-ports`).
     pub(super) ports: Arc<PortAllocator>,
+    /// Threads the relays run on, apart from signalling; `None`: the caller's runtime.
+    media: OnceLock<Arc<MediaThreads>>,
     health: Arc<Health>,
     draining: AtomicBool,
     /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
@@ -114,6 +117,7 @@ impl Gateway {
             admission: Admission::new(),
             metrics,
             ports,
+            media: OnceLock::new(),
             health,
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -123,6 +127,25 @@ impl Gateway {
     /// Connects the transports (they need the gateway as their sink, so this comes after).
     pub fn attach(&self, transports: Arc<Transports>) {
         let _ = self.transports.set(transports);
+    }
+
+    /// Runs the RTP relays of new calls on these threads (media does not queue behind
+    /// signalling, and a relay does not pay the multi-thread scheduler's wake-ups).
+    pub fn use_media_threads(&self, threads: Arc<MediaThreads>) {
+        let _ = self.media.set(threads);
+    }
+
+    /// Starts a relay for a call, on the media threads when there are some.
+    pub(super) fn start_relay(
+        &self,
+        ip_a: IpAddr,
+        ip_b: IpAddr,
+        config: RelayConfig,
+    ) -> Result<Relay, crate::media::relay::StartError> {
+        match self.media.get() {
+            Some(threads) => Relay::start_on(&threads.handle(), &self.ports, ip_a, ip_b, config),
+            None => Relay::start(&self.ports, ip_a, ip_b, config),
+        }
     }
 
     pub fn add_listener(&self, listener: Listener) {

@@ -516,7 +516,7 @@ impl InboundCall {
         let Some(offer) = &mut self.offer else { return Ok(()) };
         let config =
             RelayConfig { media_timeout: self.gw.config.media_timeout, ..RelayConfig::default() };
-        let relay = Relay::start(&self.gw.ports, bind_a, bind_b, config)?;
+        let relay = self.gw.start_relay(bind_a, bind_b, config)?;
         // No media is owed before the answer: the timeout starts with it.
         relay.set_hold(true);
         relay.update_remote(rtp::Leg::A, offer.sdp.audio_endpoint());

@@ -16,6 +16,7 @@ use crate::config::CompileOptions;
 use crate::config::source::credentials::StateDir;
 use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
 use crate::media::ports::PortAllocator;
+use crate::media::relay::MediaThreads;
 use crate::observe::admin::{Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
@@ -55,6 +56,8 @@ pub enum ServeError {
     State { path: PathBuf, source: crate::config::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
     Tls(std::io::Error),
+    #[error("cannot start the media threads")]
+    MediaThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -139,6 +142,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let ports = Arc::new(PortAllocator::new(options.rtp_ports.0, options.rtp_ports.1));
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
+    // One media thread per core: each a current-thread runtime with its own epoll.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let media = MediaThreads::start(cores).map_err(ServeError::MediaThreads)?;
+    gateway.use_media_threads(Arc::new(media));
     let transports = Transports::new(gateway.sink(), transport::Limits::default());
     gateway.attach(transports.clone());
 
