@@ -146,8 +146,6 @@ struct ServerTx {
     target: Target,
     machine: ServerMachine,
     last_response: Option<Vec<u8>>,
-    /// The client transaction on the other leg that this request was relayed to.
-    relayed_to: Option<String>,
 }
 
 enum ServerMachine {
@@ -456,7 +454,6 @@ impl InboundCall {
                 target: self.a.target,
                 machine: ServerMachine::Invite(machine),
                 last_response: None,
-                relayed_to: None,
             },
         );
         let trying = Response::to_request(&self.a_invite, 100, "Trying", None);
@@ -1384,7 +1381,6 @@ impl InboundCall {
                 target: source.reply_target(),
                 machine,
                 last_response: None,
-                relayed_to: None,
             },
         );
     }
@@ -1400,9 +1396,6 @@ impl InboundCall {
         out.body = copy_body(&req.headers, &req.body, &mut out.headers);
         if let Some(body) = body {
             out.body = body;
-        }
-        if let Some(tx) = self.servers.get_mut(server_key) {
-            tx.relayed_to = Some(tx_key(&req.method, &branch));
         }
         self.send_client(to, branch, out, Purpose::Relay(server_key.to_string())).await;
     }
