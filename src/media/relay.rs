@@ -407,6 +407,12 @@ impl Drop for Relay {
 /// worker for each packet costs a futex call and a context switch). Relays are spread over the
 /// threads in turn ([`MediaThreads::handle`] for [`Relay::start_on`]). Dropping it stops the
 /// threads, and with them the relays still on them.
+///
+/// Fewer, busier threads cost less per packet: every wake-up of an idle thread is a context
+/// switch, and a busy thread finds several sockets ready per wake-up. On the 2-core bench
+/// machine at 25,000 packets/s (`benches/rtp-relay.sh`), one media thread used about 8.5 µs of
+/// CPU per relayed packet, two threads and the shared 2-worker runtime about 13 µs. Start with
+/// one and add threads only when one core is not enough (about 100,000 packets/s).
 pub struct MediaThreads {
     threads: Vec<MediaThread>,
     next: AtomicU64,
