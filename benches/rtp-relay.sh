@@ -184,7 +184,9 @@ start_system() {
   FLOWS[$sys]=$dir/flows.txt
 }
 
-# search SYS DIR [pps_search args]: the highest loss-free rate (no latency steps here)
+# search SYS DIR [pps_search args]: the highest loss-free rate (no latency steps here); the
+# RESULT line goes to DIR/result.line. Everything runs in this shell (no $(...)), so that a
+# signal to the script stops it at once.
 search() {
   local sys=$1 dir=$2
   shift 2
@@ -193,28 +195,28 @@ search() {
     --outdir "$dir" --a-port "${APORT[$sys]}" --b-port "${BPORT[$sys]}" --flows "${FLOWS[$sys]}" \
     --sut-pid "${SUT_PIDS[$sys]}" --quiet-wait 10 --no-latency "$@" "${PASS[@]}" > "$dir/search.out"
   cat "$dir/search.out" >> "$OUT/$sys/summary.txt"
-  grep '^RESULT' "$dir/search.out" | tail -1
+  grep '^RESULT' "$dir/search.out" | tail -1 > "$dir/result.line"
 }
 
-# latency SYS DIR: one step at LAT_PPS through SYS; prints "p50 p99 cpu_sut_pct loss_pct"
+# latency SYS DIR: one step at LAT_PPS through SYS; writes "p50 p99 cpu_sut_pct loss_pct" to
+# DIR/latency.txt
 latency() {
   local sys=$1 dir=$2
-  search "$sys" "$dir" --rate "$LAT_PPS" --dur "$LAT_DUR" > /dev/null
+  search "$sys" "$dir" --rate "$LAT_PPS" --dur "$LAT_DUR"
   # the last step line (a noisy step is repeated; the last one counts, as in the search)
   grep '^step ' "$dir/steps.txt" | tail -1 | python3 -c '
 import re, sys
 kv = dict(re.findall(r"([a-z0-9_]+)=([-0-9.]+)", sys.stdin.read()))
-print(*(kv.get(k, "nan") for k in ("lat_p50_us", "lat_p99_us", "cpu_sut", "loss")))'
+print(*(kv.get(k, "nan") for k in ("lat_p50_us", "lat_p99_us", "cpu_sut", "loss")))' \
+    > "$dir/latency.txt"
 }
 
-# direct DIR: the same flows sent straight to the receiver; prints "p50 p99"
+# direct FILE: the same flows sent straight to the receiver; writes "p50 p99" to FILE
 direct() {
-  local out
-  out=$(run_child "$BUILD_DIR/rtpblast" -a 40050 -b 40051 -S 40051 -n "$LAT_FLOWS" -r 50 \
-    -d "$LAT_DUR" -s 172 -t 200 -w 1000 -L 50) || return 1
-  echo "$out" > "$1.direct.out"
-  echo "$(echo "$out" | grep -o 'lat_us_p50=[0-9]*' | cut -d= -f2)" \
-    "$(echo "$out" | grep -o 'lat_us_p99=[0-9]*' | cut -d= -f2)"
+  run_child "$BUILD_DIR/rtpblast" -a 40050 -b 40051 -S 40051 -n "$LAT_FLOWS" -r 50 \
+    -d "$LAT_DUR" -s 172 -t 200 -w 1000 -L 50 > "$1.out" || return 1
+  echo "$(grep -o 'lat_us_p50=[0-9]*' "$1.out" | cut -d= -f2)" \
+    "$(grep -o 'lat_us_p99=[0-9]*' "$1.out" | cut -d= -f2)" > "$1"
 }
 
 LAT_PPS=25000
@@ -233,21 +235,27 @@ for run in $(seq "$RUNS"); do
   # 1. the highest loss-free rate of each system
   for sys in $SYSTEMS; do
     log "run $run: rate search, $sys"
-    if [ "$QUICK" = 1 ]; then line=$(search "$sys" "$OUT/$sys/search-$run" --rate 100000)
-    else line=$(search "$sys" "$OUT/$sys/search-$run"); fi
-    echo "search $sys $run $line" | tee -a "$OUT/results.txt" >&2
+    if [ "$QUICK" = 1 ]; then search "$sys" "$OUT/$sys/search-$run" --rate 100000
+    else search "$sys" "$OUT/$sys/search-$run"; fi
+    echo "search $sys $run $(cat "$OUT/$sys/search-$run/result.line")" | tee -a "$OUT/results.txt" >&2
   done
   # 2. latency and CPU at 25k packets/s, the systems and the direct path in turn
   for rep in $(seq "$LAT_REPS"); do
     for sys in $SYSTEMS; do
       log "run $run: latency $rep, $sys"
-      read -r p50 p99 cpu loss < <(latency "$sys" "$OUT/$sys/latency-$run-$rep")
+      latency "$sys" "$OUT/$sys/latency-$run-$rep"
+      read -r p50 p99 cpu loss < "$OUT/$sys/latency-$run-$rep/latency.txt"
       echo "latency $sys $run.$rep p50=$p50 p99=$p99 cpu_sut=$cpu loss=$loss" | tee -a "$OUT/results.txt" >&2
     done
-    read -r p50 p99 < <(direct "$OUT/direct-$run-$rep")
+    direct "$OUT/direct-$run-$rep.txt"
+    read -r p50 p99 < "$OUT/direct-$run-$rep.txt"
     echo "latency direct $run.$rep p50=$p50 p99=$p99" | tee -a "$OUT/results.txt" >&2
   done
 done
+
+# stop the systems before the summary, so that the last line printed means "all done"
+cleanup
+trap - EXIT
 
 python3 - "$OUT/results.txt" "$OUT/summary.md" "$LAT_PPS" <<'PY'
 import re, statistics, sys

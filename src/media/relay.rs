@@ -1423,7 +1423,9 @@ mod tests {
         let err = Relay::start(&pool, LOCALHOST, LOCALHOST, RelayConfig::default())
             .err()
             .expect("no ports left");
-        assert!(started.elapsed() < Duration::from_millis(10), "{:?}", started.elapsed());
+        // At once (microseconds here); the bound is loose so that a loaded CI machine that
+        // deschedules the test does not fail it: what matters is that nothing waits.
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         assert!(matches!(err, StartError::Ports(PortsError::Exhausted { .. })), "{err}");
         assert_eq!(err.status_code(), 503);
         assert_eq!(pool.available(), 1);
