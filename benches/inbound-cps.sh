@@ -24,6 +24,8 @@
 # Everything runs on 127.0.0.1; the load generators share the machine's cores with the SUT.
 # The script installs what it misses (Debian: sip-tester, kamailio, python3, iproute2),
 # builds the release binary, and stops everything it started on exit.
+# Ports on 127.0.0.1 (--base-port, --rtp-ports): SIP 7060-7090, sipp media 8060 and 8160,
+# trunkline's RTP relays 20000-31999; checked free before each step.
 # Output: benches/out/inbound-cps/<time>/ (steps.tsv, per-step sipp logs, summary.md).
 # The last line printed:
 #   RESULT trunkline_cps=... kamailio_cps=... ratio=... trunkline_cpu_ms_per_call=...
@@ -46,7 +48,8 @@ NOISE_MAX=25
 NOISE_RETRIES=1
 QUIET_WAIT=5
 MAX_MINUTES=20
-BASE_PORT=15060
+BASE_PORT=7060    # below the kernel's ephemeral range and away from the other benches' blocks
+RTP_PORTS=20000-31999   # trunkline's relay ports: 4 per call (2 RTP/RTCP pairs) while it lasts
 KAM_CHILDREN=2
 KAM_SHM_MB=2048   # Kamailio shared memory (tm transactions); only what is used is touched
 BUILD=1
@@ -60,7 +63,7 @@ usage() {
   sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 options:
-  --quick             one run, 3 s / 5 s steps, 10 % resolution (about 4 minutes)
+  --quick             one run, 3 s / 5 s steps, 10 % resolution (about 5 minutes)
   --runs N            repetitions per system (default $REPS)
   --start R           first rate of the doubling phase (default $START)
   --max R             highest rate tried (default $MAXRATE)
@@ -69,13 +72,15 @@ options:
   --resolution F      stop bisecting when hi-lo <= F*lo (default $RESOLUTION)
   --fail-max PCT      a step passes with fewer failed calls than this (default $FAIL_MAX)
   --noise-max PCT     unrelated CPU (% of a core) above which a failed step is repeated
-                      (default $NOISE_MAX, at most $NOISE_RETRIES repeats)
+                      (default $NOISE_MAX; repeated at most $NOISE_RETRIES time(s))
   --quiet-wait S      before each step, wait up to S s for the machine to be < 20 % busy
   --max-minutes M     time budget of the searches, shared out among them: a search
                       stops bisecting when its share is used up (default $MAX_MINUTES)
-  --base-port P       UDP ports P..P+20 and P+1000, P+1100 on 127.0.0.1 (default $BASE_PORT)
+  --base-port P       UDP ports P..P+20, P+1000, P+1100 and TCP P+30 on 127.0.0.1 (default $BASE_PORT)
+  --rtp-ports LO-HI   trunkline's --rtp-ports (default $RTP_PORTS; pairs others hold are skipped)
   --only SYSTEM       trunkline or kamailio
   --kamailio-children N   Kamailio UDP workers (default $KAM_CHILDREN: one per core)
+  --kamailio-shm MB   Kamailio shared memory (default $KAM_SHM_MB)
   --no-build          use target/release/trunkline as it is
   --outdir DIR        where logs and results go
 environment: BENCH_NICE (default -10): nice of the benchmark's scheduler autogroup; 0 = off
@@ -97,8 +102,10 @@ while [ $# -gt 0 ]; do
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --max-minutes) MAX_MINUTES=$2; shift ;;
     --base-port) BASE_PORT=$2; shift ;;
+    --rtp-ports) RTP_PORTS=$2; shift ;;
     --only) SYSTEMS=$2; shift ;;
     --kamailio-children) KAM_CHILDREN=$2; shift ;;
+    --kamailio-shm) KAM_SHM_MB=$2; shift ;;
     --no-build) BUILD=0 ;;
     --outdir) OUT=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -167,10 +174,20 @@ UAS_PORT=$((BASE_PORT + 20))
 ADMIN_PORT=$((BASE_PORT + 30))     # trunkline admin (TCP)
 UAC_MEDIA=$((BASE_PORT + 1000))
 UAS_MEDIA=$((BASE_PORT + 1100))
-for p in $GW_PORT $KAM_PORT $GW_INTERNAL $UAC_PORT $UAS_PORT $UAC_MEDIA $UAS_MEDIA; do
-  ss -Hlun "sport = :$p" | grep -q . && die "UDP port $p is in use; pick other ports with --base-port"
-done
-ss -Hltn "sport = :$ADMIN_PORT" | grep -q . && die "TCP port $ADMIN_PORT is in use; pick other ports with --base-port"
+ports_free() {  # the ports of a step are free (checked before each step: others may take them)
+  local p holder waited
+  for ((waited = 0; waited <= 10; waited++)); do
+    holder=
+    for p in $GW_PORT $KAM_PORT $GW_INTERNAL $UAC_PORT $UAS_PORT $UAC_MEDIA $UAS_MEDIA; do
+      ss -Hlun "sport = :$p" | grep -q . && { holder="UDP $p: $(ss -Hlunp "sport = :$p" | grep -o 'users:.*' | head -1)"; break; }
+    done
+    [ -z "$holder" ] && ss -Hltn "sport = :$ADMIN_PORT" | grep -q . && holder="TCP $ADMIN_PORT"
+    [ -z "$holder" ] && return 0
+    sleep 1
+  done
+  die "port in use by another program ($holder); pick other ports with --base-port"
+}
+ports_free
 
 # --- processes: everything started here is stopped on exit
 SUT_PID= UAS_PID= MEASURE_PID=
@@ -248,12 +265,13 @@ start_sut() {  # start_sut SYSTEM: a fresh SUT, SUT_PID and SUT_TARGET set
     trunkline)
       RUST_LOG=warn "$BIN" run --specs "$SPECS" --listen "udp://127.0.0.1:$GW_PORT" \
         --internal-listen "udp://127.0.0.1:$GW_INTERNAL" --admin "127.0.0.1:$ADMIN_PORT" \
-        --state-dir "$OUT/state" --agent-timeout 10 --drain-timeout 1 \
+        --state-dir "$OUT/state" --agent-timeout 10 --drain-timeout 1 --rtp-ports "$RTP_PORTS" \
         >> "$OUT/trunkline.log" 2>&1 &
       SUT_PID=$!
       SUT_TARGET=127.0.0.1:$GW_PORT
       INTERNAL=$GW_INTERNAL
-      wait_udp "$SUT_PID" "$GW_PORT" "$GW_INTERNAL" || { tail -20 "$OUT/trunkline.log" >&2; die "trunkline did not start"; }
+      wait_udp "$SUT_PID" "$GW_PORT" "$GW_INTERNAL" && sleep 0.2 && kill -0 "$SUT_PID" 2>/dev/null \
+        || { tail -20 "$OUT/trunkline.log" >&2; die "trunkline did not start"; }
       ;;
     kamailio)
       kamailio -f "$OUT/kamailio.cfg" -DD -E -m "$KAM_SHM_MB" -M 16 -P "$OUT/kamailio.pid" \
@@ -261,8 +279,8 @@ start_sut() {  # start_sut SYSTEM: a fresh SUT, SUT_PID and SUT_TARGET set
       SUT_PID=$!
       SUT_TARGET=127.0.0.1:$KAM_PORT
       INTERNAL=
-      wait_udp "$SUT_PID" "$KAM_PORT" || { tail -20 "$OUT/kamailio.log" >&2; die "kamailio did not start"; }
-      sleep 0.3   # the workers fork after the socket is bound
+      wait_udp "$SUT_PID" "$KAM_PORT" && sleep 0.3 && kill -0 "$SUT_PID" 2>/dev/null \
+        || { tail -20 "$OUT/kamailio.log" >&2; die "kamailio did not start"; }   # (0.3 s: the workers fork)
       ;;
   esac
 }
@@ -303,12 +321,13 @@ run_step() {
   tmo=$((dur + 20))
   tag=$sys-run$rep-r$rate-d$dur-$(date +%H%M%S)
   wait_quiet
+  ports_free
   start_sut "$sys"
   start_uas "$tag"
   ( cd "$OUT" && exec python3 "$HERE/measure.py" step --system "$sys" --rep "$rep" --rate "$rate" \
       --dur "$dur" --calls "$calls" --fail-max "$FAIL_MAX" --noise-max "$NOISE_MAX" \
       --sut-pid "$SUT_PID" --uas-pid "$UAS_PID" --csv "$OUT/$tag.uac.csv" --timeout "$tmo" \
-      --steps "$STEPS" --sipp-log "$OUT/$tag.uac.out" --ports "sut=${SUT_TARGET##*:},${INTERNAL:+sut_internal=$INTERNAL,}uac=$UAC_PORT,uas=$UAS_PORT" -- \
+      --steps "$STEPS" --sipp-log "$OUT/$tag.uac.out" --sut-log "$OUT/$sys.log" --ports "sut=${SUT_TARGET##*:},${INTERNAL:+sut_internal=$INTERNAL,}uac=$UAC_PORT,uas=$UAS_PORT" -- \
       sipp "$SUT_TARGET" -sf "$HERE/uac.xml" -i 127.0.0.1 -p "$UAC_PORT" -mp "$UAC_MEDIA" \
         -s "$NUMBER" -au "$AUTH_USER" -ap "$AUTH_PASS" -auth_uri "sip:$NUMBER@$SUT_TARGET" \
         -r "$rate" -m "$calls" -l 200000 -nostdin -buff_size 4194304 \

@@ -3,7 +3,7 @@
 
   measure.py step --system S --rep N --rate R --dur D --calls C --fail-max PCT --noise-max PCT
                   --sut-pid PID --uas-pid PID --csv FILE --timeout SECS --steps FILE
-                  [--ports NAME=PORT,...] [--sipp-log FILE] -- SIPP...
+                  [--ports NAME=PORT,...] [--sipp-log FILE] [--sut-log FILE] -- SIPP...
       Runs one load step: samples CPU (/proc), runs the sipp UAC command (killed after
       --timeout s), samples again, reads sipp's statistics CSV, appends one tab-separated
       row to --steps and prints it as key=value. Exit 0 when the step passed.
@@ -17,10 +17,12 @@ the process tree (Kamailio forks workers); the UAC's from its rusage once it has
 "other" is the machine's busy time (from /proc/stat idle) minus everything this benchmark
 runs (SUT, UAC, UAS, kernel threads such as ksoftirqd doing loopback delivery, this
 helper): unrelated work on the shared machine, in % of one core. "drops": datagrams the
-kernel dropped per listed socket (a full receive buffer), from /proc/net/udp.
+kernel dropped per listed socket (a full receive buffer), from /proc/net/udp. "sut_log":
+the SUT's WARN/ERROR lines logged during the step, by message (the three most frequent).
 """
 import argparse
 import os
+import re
 import resource
 import signal
 import statistics
@@ -34,7 +36,7 @@ FIELDS = [
     "system", "rep", "rate", "dur", "calls", "created", "ok", "failed", "fail_pct",
     "achieved", "setup_ms", "retrans", "sut_cpu_s", "cpu_ms_per_call", "cpu_sut",
     "cpu_uac", "cpu_uas", "cpu_kthreads", "busy", "other", "udp_rcvbuf_err", "drops",
-    "sipp_rc", "verdict",
+    "sut_log", "sipp_rc", "verdict",
 ]
 
 
@@ -102,6 +104,38 @@ def udp_drops():
     return out
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_events(path, start):
+    """The SUT's warnings and errors logged since byte `start`: "message:count;..." (top 3)."""
+    counts = {}
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "-"
+    for line in text.splitlines():
+        line = ANSI.sub("", line)
+        m = re.search(r"\b(WARN|ERROR)\b\s+(.*)", line)
+        if not m:
+            continue
+        # trunkline: "WARN message key=value ..."; kamailio: "ERROR: <module> [file:line]: text"
+        msg = re.split(r"\s+\w+=", m.group(2))[0].strip(" :")
+        msg = re.sub(r"[\s;:,]+", " ", msg)[:60]
+        counts[msg] = counts.get(msg, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    return ";".join(f"{k}:{v}" for k, v in top) or "-"
+
+
 def snapshot(a):
     cmap = children_map()
     return {
@@ -166,6 +200,7 @@ def cmd_step(a):
             if port in now:
                 drops[port] = max(drops.get(port, 0), now[port] - drops0.get(port, 0))
 
+    log0 = log_size(a.sut_log) if a.sut_log else 0
     before = snapshot(a)
     log = open(a.sipp_log, "ab") if a.sipp_log else subprocess.DEVNULL
     proc = subprocess.Popen(a.sipp, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -228,6 +263,7 @@ def cmd_step(a):
         "busy": f"{busy_core_pct:.0f}", "other": f"{other:.0f}",
         "udp_rcvbuf_err": after["rcvbuf"] - before["rcvbuf"],
         "drops": ",".join(f"{k}:{drops.get(v, 0)}" for k, v in ports.items()) or "-",
+        "sut_log": log_events(a.sut_log, log0) if a.sut_log else "-",
         "sipp_rc": rc, "verdict": verdict,
     }
     new = not os.path.exists(a.steps) or os.path.getsize(a.steps) == 0
@@ -317,6 +353,25 @@ def cmd_summary(a):
             print(f"same load, run {rep}: {r} calls/s: trunkline {v['trunkline']:.3f} ms/call, "
                   f"kamailio {v['kamailio']:.3f} ms/call")
 
+    # CPU per call along the doubling phase (the same rates for both), medians over the runs
+    rates = sorted({int(s["rate"]) for s in steps if int(s["dur"]) == a.coarse_dur})
+    cells = {}
+    for n in systems:
+        for r in rates:
+            v = [float(s["cpu_ms_per_call"]) for s in steps if s["system"] == n
+                 and int(s["rate"]) == r and int(s["dur"]) == a.coarse_dur
+                 and s["verdict"].startswith("PASS")]
+            cells[(n, r)] = statistics.median(v) if v else None
+    shown = [r for r in rates if any(cells[(n, r)] is not None for n in systems)]
+    if shown:
+        print()
+        print("SUT CPU per call (ms) in the doubling phase, passed steps, median over runs:")
+        print()
+        print("| calls/s | " + " | ".join(f"{r:,}" for r in shown) + " |")
+        print("| --- |" + " --- |" * len(shown))
+        for n in systems:
+            print(f"| {n} | " + " | ".join(fmt(cells[(n, r)], 3) for r in shown) + " |")
+
     def ratio(x, y, nd=2):
         return f"{x / y:.{nd}f}" if x and y else "n/a"
 
@@ -349,6 +404,7 @@ def main():
     s.add_argument("--timeout", type=float, required=True)
     s.add_argument("--steps", required=True)
     s.add_argument("--sipp-log", default="", help="sipp's stdout and stderr go here")
+    s.add_argument("--sut-log", default="", help="the SUT's log: its warnings are counted")
     s.add_argument("--ports", default="", help="NAME=PORT,...: UDP sockets whose drops to report")
     s.add_argument("sipp", nargs=argparse.REMAINDER)
     m = sub.add_parser("summary")
