@@ -19,4 +19,5 @@ pub mod call;
 pub mod config;
 pub mod media;
 pub mod observe;
+pub mod operator;
 pub mod sip;

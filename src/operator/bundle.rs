@@ -1,0 +1,251 @@
+//! The gateway credentials Secret: one Secret, in the fleet's namespace, holding the credentials
+//! of every object the gateways serve, so a gateway's RBAC reads one named Secret and not every
+//! Secret in the cluster (DESIGN §3). The operator writes it ([`render_bundle`]) from its own
+//! compile; gateways read it back into the [`SecretStore`] they compile with ([`read_bundle`]),
+//! so both compile the same table and report the same config hash.
+//!
+//! Format: type `Opaque`; one data key per referenced Secret, `<namespace>.<name>` (a namespace
+//! is a DNS label and holds no dot, so the first dot splits the key), whose value is the JSON
+//! object `{"username": "...", "password": "..."}`. Only Secrets referenced by objects that
+//! compile did not refuse are included, and only usable ones: a refused object is not served,
+//! so its credentials have no business on the gateways.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::api::Kind;
+use crate::config::diagnostic::{ObjectKey, State};
+use crate::config::secret::{
+    BasicAuth, Password, SecretEntry, SecretStore, generated_credentials_secret_name,
+};
+use crate::config::specs::DEFAULT_NAMESPACE;
+use crate::config::{Compiled, Specs};
+
+/// The data key of a referenced Secret.
+pub fn bundle_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}")
+}
+
+/// The credentials Secret for the gateways, named `name` in `namespace`, from the specs and
+/// their compile. Deterministic (BTreeMap), so an unchanged bundle applies as a no-op.
+pub fn render_bundle(specs: &Specs, compiled: &Compiled, namespace: &str, name: &str) -> Secret {
+    let served = |kind: Kind, meta: &ObjectMeta| {
+        let ns = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let key = ObjectKey::new(kind, ns, meta.name.as_deref().unwrap_or_default());
+        compiled.verdict(&key).is_some_and(|v| v.state != State::Refused)
+    };
+    let mut refs: Vec<(String, String)> = Vec::new();
+    for t in &specs.inbound {
+        if !served(Kind::InboundTrunk, &t.metadata) {
+            continue;
+        }
+        if let Some(digest) = &t.spec.auth.digest {
+            let ns = t.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            let secret = match &digest.secret_ref {
+                Some(r) => r.name.clone(),
+                None => generated_credentials_secret_name(t.metadata.name.as_deref().unwrap_or("")),
+            };
+            refs.push((ns.to_string(), secret));
+        }
+    }
+    for t in &specs.outbound {
+        if !served(Kind::OutboundTrunk, &t.metadata) {
+            continue;
+        }
+        if let Some(auth) = &t.spec.auth
+            && let Some(r) = &auth.digest.secret_ref
+        {
+            let ns = t.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            refs.push((ns.to_string(), r.name.clone()));
+        }
+    }
+    for t in &specs.transfers {
+        if !served(Kind::TransferDestination, &t.metadata) {
+            continue;
+        }
+        if let Some(sip) = &t.spec.sip
+            && let Some(auth) = &sip.auth
+            && let Some(r) = &auth.digest.secret_ref
+        {
+            let ns = t.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            refs.push((ns.to_string(), r.name.clone()));
+        }
+    }
+
+    let mut data = BTreeMap::new();
+    for (ns, secret) in refs {
+        if let Some(SecretEntry::BasicAuth(auth)) = specs.secrets.get(&ns, &secret) {
+            let value = serde_json::json!({
+                "username": auth.username,
+                "password": auth.password.expose(),
+            });
+            data.insert(bundle_key(&ns, &secret), ByteString(value.to_string().into_bytes()));
+        }
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    username: String,
+    password: String,
+}
+
+/// The Secrets a bundle holds, as compile looks them up. A key or value that does not parse is
+/// kept as an unusable entry (compile then refuses the objects that reference it, with a
+/// reason) when its key names a Secret, and skipped otherwise; the returned list says which keys
+/// were bad, never their values.
+pub fn read_bundle(secret: &Secret) -> (SecretStore, Vec<String>) {
+    let mut store = SecretStore::default();
+    let mut bad = Vec::new();
+    let Some(data) = &secret.data else {
+        return (store, bad);
+    };
+    for (key, value) in data {
+        let Some((ns, name)) =
+            key.split_once('.').filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        else {
+            bad.push(key.clone());
+            continue;
+        };
+        match serde_json::from_slice::<Entry>(&value.0) {
+            Ok(e) if !e.username.is_empty() && !e.password.is_empty() => store.insert(
+                ns,
+                name,
+                SecretEntry::BasicAuth(BasicAuth {
+                    username: e.username,
+                    password: Password::new(e.password),
+                }),
+            ),
+            _ => {
+                store.insert(
+                    ns,
+                    name,
+                    SecretEntry::Invalid(
+                        "the gateway credentials Secret holds an unreadable entry for it".into(),
+                    ),
+                );
+                bad.push(key.clone());
+            }
+        }
+    }
+    (store, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::config::source::{Loaded, load_paths, load_str};
+    use crate::config::{CompileOptions, compile};
+
+    fn examples() -> Specs {
+        let loaded = load_paths(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")]);
+        assert!(loaded.problems.is_empty() && loaded.refused.is_empty());
+        loaded.specs
+    }
+
+    #[test]
+    fn a_gateway_compiling_from_the_bundle_gets_the_operators_table() {
+        let specs = examples();
+        let compiled = compile(&specs, &CompileOptions::default());
+        let bundle = render_bundle(&specs, &compiled, "trunkline", "gw-credentials");
+        let (store, bad) = read_bundle(&bundle);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(!store.is_empty());
+        let gateway_specs = Specs { secrets: store, ..specs.clone() };
+        let again = compile(&gateway_specs, &CompileOptions::default());
+        assert_eq!(again.table.config_hash(), compiled.table.config_hash());
+        assert!(!compiled.table.inbound.is_empty());
+    }
+
+    #[test]
+    fn secrets_of_refused_objects_and_unreferenced_secrets_stay_out() {
+        let mut loaded = Loaded::default();
+        load_str(
+            Path::new("t.yaml"),
+            r#"
+apiVersion: trunkline.dev/v1alpha1
+kind: InboundTrunk
+metadata: {name: good, namespace: voice}
+spec:
+  numbers: [{number: "+14155550100", agent: a}]
+  destination: {uri: "sip:agents.example:5070"}
+  auth: {digest: {secretRef: {name: good-creds}}}
+---
+apiVersion: trunkline.dev/v1alpha1
+kind: InboundTrunk
+metadata: {name: late, namespace: voice}
+spec:
+  numbers: [{number: "+14155550100", agent: a}]
+  destination: {uri: "sip:agents.example:5070"}
+  auth: {digest: {secretRef: {name: other-creds}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other-creds, namespace: voice}
+type: kubernetes.io/basic-auth
+stringData: {username: late-user, password: s3cret-late}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: good-creds, namespace: voice}
+type: kubernetes.io/basic-auth
+stringData: {username: good-user, password: s3cret-good}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unrelated, namespace: voice}
+type: kubernetes.io/basic-auth
+stringData: {username: someone, password: s3cret-unrelated}
+"#,
+            &mut loaded,
+        );
+        assert_eq!(loaded.specs.inbound.len(), 2);
+        let compiled = compile(&loaded.specs, &CompileOptions::default());
+        // `late` claims only a number `good` holds: refused, so its Secret stays out.
+        let late = ObjectKey::new(Kind::InboundTrunk, "voice", "late");
+        assert_eq!(compiled.verdict(&late).map(|v| v.state), Some(State::Refused));
+        let bundle = render_bundle(&loaded.specs, &compiled, "trunkline", "gw");
+        let keys: Vec<&String> =
+            bundle.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
+        assert_eq!(keys, vec!["voice.good-creds"]);
+        let value = &bundle.data.as_ref().and_then(|d| d.get("voice.good-creds").cloned());
+        let text =
+            String::from_utf8(value.clone().map(|v| v.0).unwrap_or_default()).unwrap_or_default();
+        assert!(text.contains("good-user") && text.contains("s3cret-good"));
+    }
+
+    #[test]
+    fn unreadable_entries_are_named_and_never_usable() {
+        let mut data = BTreeMap::new();
+        data.insert(
+            "voice.ok".to_string(),
+            ByteString(br#"{"username":"u","password":"p"}"#.to_vec()),
+        );
+        data.insert("voice.broken".to_string(), ByteString(b"not json".to_vec()));
+        data.insert("nodot".to_string(), ByteString(b"{}".to_vec()));
+        let secret = Secret { data: Some(data), ..Secret::default() };
+        let (store, mut bad) = read_bundle(&secret);
+        bad.sort();
+        assert_eq!(bad, vec!["nodot", "voice.broken"]);
+        assert!(
+            matches!(store.get("voice", "ok"), Some(SecretEntry::BasicAuth(a)) if a.username == "u")
+        );
+        assert!(matches!(store.get("voice", "broken"), Some(SecretEntry::Invalid(_))));
+    }
+}

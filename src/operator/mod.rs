@@ -1,0 +1,38 @@
+//! The Kubernetes side of trunkline: `trunkline operator` and the API-server spec source of
+//! `trunkline gateway`. This is the only module that talks to the API server (STYLE.md).
+//!
+//! ```text
+//!  API server ──watch──► controller (reflector stores of the three kinds + Secrets + gateway pods)
+//!                          │ compile() over the stores (the same step as check and the gateway)
+//!                          ├─► status of every object (server-side apply on /status, only when
+//!                          │   it changed), events on transitions         (status, controller)
+//!                          ├─► generated credentials Secrets               (credentials)
+//!                          ├─► the one credentials Secret the gateways read (bundle)
+//!                          └─► the gateway fleet: Deployment|DaemonSet, RBAC, Services, PDB
+//!                              (fleet renders, tracker applies and deletes orphans)
+//!  gateway pod ──watch──► source: the three kinds + the bundle Secret → compile → table swap,
+//!                          config hash written to its pod annotation ──► Programmed (programmed)
+//! ```
+//!
+//! - `settings`: what the operator is told (flags or a config file the Helm chart fills).
+//! - `fleet`: `render_fleet(settings)`, pure; `tracker`: applies owned objects, deletes orphans.
+//! - `bundle`: the gateway credentials Secret, written by the operator and read by gateways.
+//! - `status`, `credentials`, `programmed`, `controller`: the reconcilers.
+//! - `source`: the gateway's spec source (reflectors → snapshots).
+//! - `leader`: the Lease that lets one operator replica write at a time.
+
+pub mod bundle;
+
+/// The field manager of every server-side apply the operator and the gateways make.
+pub const FIELD_MANAGER: &str = "trunkline-operator";
+
+/// The pod annotation where a gateway writes the hash of the config it runs
+/// (`RoutingTable::config_hash`).
+pub const CONFIG_HASH_ANNOTATION: &str = "trunkline.dev/config-hash";
+
+/// Label on every object the operator owns, with the fleet's name as value: the tracker finds
+/// orphans by it.
+pub const FLEET_LABEL: &str = "trunkline.dev/fleet";
+
+/// `app.kubernetes.io/managed-by` value on every object the operator creates.
+pub const MANAGED_BY: &str = "trunkline-operator";
