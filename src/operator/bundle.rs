@@ -4,6 +4,10 @@
 //! compile; gateways read it back into the [`SecretStore`] they compile with ([`read_bundle`]),
 //! so both compile the same table and report the same config hash.
 //!
+//! The bundle also carries the digest nonce key under [`NONCE_KEY`] (32 random bytes the operator
+//! generates once and keeps): nonces are stateless HMACs, and every replica must share the key
+//! so that a challenge from one pod is answered on another.
+//!
 //! Format: type `Opaque`; one data key per referenced Secret, `<namespace>.<name>` (a namespace
 //! is a DNS label and holds no dot, so the first dot splits the key), whose value is the JSON
 //! object `{"username": "...", "password": "..."}`. Only Secrets referenced by objects that
@@ -25,14 +29,38 @@ use crate::config::secret::{
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{Compiled, Specs};
 
+/// The data key of the digest nonce key (no dot: it cannot be a Secret's key).
+pub const NONCE_KEY: &str = "nonce-key";
+
+/// Length of the nonce key, in bytes.
+pub const NONCE_KEY_LEN: usize = 32;
+
+/// What a gateway reads from the bundle.
+#[derive(Debug, Default)]
+pub struct Bundle {
+    /// The Secrets, as compile looks them up.
+    pub secrets: SecretStore,
+    /// The shared nonce key, when present and of the right length.
+    pub nonce_key: Option<[u8; NONCE_KEY_LEN]>,
+    /// Data keys that did not parse (never their values).
+    pub bad_keys: Vec<String>,
+}
+
 /// The data key of a referenced Secret.
 pub fn bundle_key(namespace: &str, name: &str) -> String {
     format!("{namespace}.{name}")
 }
 
 /// The credentials Secret for the gateways, named `name` in `namespace`, from the specs and
-/// their compile. Deterministic (BTreeMap), so an unchanged bundle applies as a no-op.
-pub fn render_bundle(specs: &Specs, compiled: &Compiled, namespace: &str, name: &str) -> Secret {
+/// their compile, with the nonce key. Deterministic (BTreeMap), so an unchanged bundle applies
+/// as a no-op.
+pub fn render_bundle(
+    specs: &Specs,
+    compiled: &Compiled,
+    nonce_key: &[u8; NONCE_KEY_LEN],
+    namespace: &str,
+    name: &str,
+) -> Secret {
     let served = |kind: Kind, meta: &ObjectMeta| {
         let ns = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         let key = ObjectKey::new(kind, ns, meta.name.as_deref().unwrap_or_default());
@@ -77,6 +105,7 @@ pub fn render_bundle(specs: &Specs, compiled: &Compiled, namespace: &str, name: 
     }
 
     let mut data = BTreeMap::new();
+    data.insert(NONCE_KEY.to_string(), ByteString(nonce_key.to_vec()));
     for (ns, secret) in refs {
         if let Some(SecretEntry::BasicAuth(auth)) = specs.secrets.get(&ns, &secret) {
             let value = serde_json::json!({
@@ -104,17 +133,24 @@ struct Entry {
     password: String,
 }
 
-/// The Secrets a bundle holds, as compile looks them up. A key or value that does not parse is
-/// kept as an unusable entry (compile then refuses the objects that reference it, with a
-/// reason) when its key names a Secret, and skipped otherwise; the returned list says which keys
-/// were bad, never their values.
-pub fn read_bundle(secret: &Secret) -> (SecretStore, Vec<String>) {
+/// Reads a bundle. A key or value that does not parse is kept as an unusable entry (compile then
+/// refuses the objects that reference it, with a reason) when its key names a Secret, and
+/// skipped otherwise; `bad_keys` says which keys were bad, never their values.
+pub fn read_bundle(secret: &Secret) -> Bundle {
     let mut store = SecretStore::default();
     let mut bad = Vec::new();
+    let mut nonce_key = None;
     let Some(data) = &secret.data else {
-        return (store, bad);
+        return Bundle::default();
     };
     for (key, value) in data {
+        if key == NONCE_KEY {
+            match <[u8; NONCE_KEY_LEN]>::try_from(value.0.as_slice()) {
+                Ok(k) => nonce_key = Some(k),
+                Err(_) => bad.push(key.clone()),
+            }
+            continue;
+        }
         let Some((ns, name)) =
             key.split_once('.').filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
         else {
@@ -142,7 +178,7 @@ pub fn read_bundle(secret: &Secret) -> (SecretStore, Vec<String>) {
             }
         }
     }
-    (store, bad)
+    Bundle { secrets: store, nonce_key, bad_keys: bad }
 }
 
 #[cfg(test)]
@@ -163,11 +199,12 @@ mod tests {
     fn a_gateway_compiling_from_the_bundle_gets_the_operators_table() {
         let specs = examples();
         let compiled = compile(&specs, &CompileOptions::default());
-        let bundle = render_bundle(&specs, &compiled, "trunkline", "gw-credentials");
-        let (store, bad) = read_bundle(&bundle);
-        assert!(bad.is_empty(), "{bad:?}");
-        assert!(!store.is_empty());
-        let gateway_specs = Specs { secrets: store, ..specs.clone() };
+        let bundle = render_bundle(&specs, &compiled, &[7; 32], "trunkline", "gw-credentials");
+        let read = read_bundle(&bundle);
+        assert!(read.bad_keys.is_empty(), "{:?}", read.bad_keys);
+        assert_eq!(read.nonce_key, Some([7; 32]));
+        assert!(!read.secrets.is_empty());
+        let gateway_specs = Specs { secrets: read.secrets, ..specs.clone() };
         let again = compile(&gateway_specs, &CompileOptions::default());
         assert_eq!(again.table.config_hash(), compiled.table.config_hash());
         assert!(!compiled.table.inbound.is_empty());
@@ -220,10 +257,10 @@ stringData: {username: someone, password: s3cret-unrelated}
         // `late` claims only a number `good` holds: refused, so its Secret stays out.
         let late = ObjectKey::new(Kind::InboundTrunk, "voice", "late");
         assert_eq!(compiled.verdict(&late).map(|v| v.state), Some(State::Refused));
-        let bundle = render_bundle(&loaded.specs, &compiled, "trunkline", "gw");
+        let bundle = render_bundle(&loaded.specs, &compiled, &[1; 32], "trunkline", "gw");
         let keys: Vec<&String> =
             bundle.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
-        assert_eq!(keys, vec!["voice.good-creds"]);
+        assert_eq!(keys, vec![NONCE_KEY, "voice.good-creds"]);
         let value = &bundle.data.as_ref().and_then(|d| d.get("voice.good-creds").cloned());
         let text =
             String::from_utf8(value.clone().map(|v| v.0).unwrap_or_default()).unwrap_or_default();
@@ -239,10 +276,13 @@ stringData: {username: someone, password: s3cret-unrelated}
         );
         data.insert("voice.broken".to_string(), ByteString(b"not json".to_vec()));
         data.insert("nodot".to_string(), ByteString(b"{}".to_vec()));
+        data.insert(NONCE_KEY.to_string(), ByteString(vec![1; 5]));
         let secret = Secret { data: Some(data), ..Secret::default() };
-        let (store, mut bad) = read_bundle(&secret);
+        let read = read_bundle(&secret);
+        let (store, mut bad) = (read.secrets, read.bad_keys);
         bad.sort();
-        assert_eq!(bad, vec!["nodot", "voice.broken"]);
+        assert_eq!(bad, vec!["nodot", NONCE_KEY, "voice.broken"]);
+        assert_eq!(read.nonce_key, None, "a short key is not used");
         assert!(
             matches!(store.get("voice", "ok"), Some(SecretEntry::BasicAuth(a)) if a.username == "u")
         );
