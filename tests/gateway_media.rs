@@ -234,3 +234,115 @@ fn a_g722_call_on_a_g722_trunk_offers_and_answers_g722() {
         .assert_success();
     agent.wait().assert_success();
 }
+
+/// The SDP of a SIP message: everything after the blank line.
+fn body_of(message: &str) -> &str {
+    message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default()
+}
+
+/// The gateway's offer in a 200 OK to a delayed-offer INVITE: relay address and port, formats.
+fn relay_of(ok: &str) -> (std::net::SocketAddr, Vec<String>) {
+    let sdp = body_of(ok);
+    let ip = line_after(sdp, "c=IN IP4").expect("c= in the 200's SDP");
+    let m = line_after(sdp, "m=audio").expect("m=audio in the 200's SDP");
+    let mut fields = m.split_whitespace();
+    let port = fields.next().and_then(|p| p.parse::<u16>().ok()).expect("m= port");
+    let formats = fields.skip(1).map(str::to_string).collect();
+    (format!("{ip}:{port}").parse().expect("relay address"), formats)
+}
+
+#[test]
+fn a_delayed_offer_gets_the_gateways_offer_in_the_200_and_media_flows_after_the_ack_answers() {
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default(),
+    );
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
+    let carrier = Carrier::new(gateway.udp());
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    // RFC 3261 §13.2.1: an INVITE without a body; the offer is owed in the 2xx.
+    carrier.send(&carrier.request("INVITE", "dinv1", 1, &to, ""));
+    let ok = carrier
+        .response("200", std::time::Duration::from_secs(5))
+        .expect("200 OK from the gateway");
+    let (relay, formats) = relay_of(&ok);
+    assert_eq!(formats, vec!["0", "101"], "the offer must hold the trunk's PCMU and DTMF:\n{ok}");
+    assert_ne!(relay.port(), agent_port, "the offer must name the relay, not the agent");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    let media_port = carrier.media.local_addr().expect("addr").port();
+    let answer = format!(
+        "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    );
+    carrier.send(&carrier.request("ACK", "dack1", 1, &to_tagged, &answer));
+
+    let mut echoed = 0;
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..50u16 {
+        carrier.media.send_to(&rtp_packet(seq), relay).expect("send RTP");
+        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
+            assert_eq!(from, relay, "RTP must come back from the relay's port");
+            let back_seq = u16::from_be_bytes([buf[2], buf[3]]);
+            assert_eq!(&buf[..n], &rtp_packet(back_seq)[..], "payload changed on the way");
+            echoed += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(echoed >= 45, "only {echoed} of 50 packets came back through the relay");
+
+    carrier.send(&carrier.request("BYE", "dbye1", 2, &to_tagged, ""));
+    assert!(carrier.response("200", std::time::Duration::from_secs(5)).is_some(), "no 200 to BYE");
+    let agent = agent.wait();
+    agent.assert_success();
+    // The agent runtime was offered media in the INVITE itself: the trunk's codec and DTMF,
+    // on the relay's agent-side port.
+    let invite = agent
+        .received()
+        .into_iter()
+        .find(|m| m.text.starts_with("INVITE"))
+        .expect("the agent got the INVITE");
+    let (agent_side, agent_formats) = relay_of(&invite.text);
+    assert_eq!(agent_formats, vec!["0", "101"], "{}", invite.text);
+    assert_ne!(agent_side.port(), 0);
+}
+
+#[test]
+fn a_delayed_offer_whose_ack_brings_no_answer_is_hung_up_on_both_legs() {
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default(),
+    );
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "15"]);
+    let carrier = Carrier::new(gateway.udp());
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    carrier.send(&carrier.request("INVITE", "ninv1", 1, &to, ""));
+    let ok = carrier
+        .response("200", std::time::Duration::from_secs(5))
+        .expect("200 OK from the gateway");
+    assert!(body_of(&ok).contains("m=audio"), "the 200 must carry the offer:\n{ok}");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    carrier.send(&carrier.request("ACK", "nack1", 1, &to_tagged, ""));
+
+    // The gateway ends the call: a BYE to the carrier, and the agent's scenario (which waits
+    // for a BYE) completes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut buf = vec![0u8; 65_536];
+    let mut bye = None;
+    while bye.is_none() && std::time::Instant::now() < deadline {
+        if let Ok((n, _)) = carrier.sip.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("BYE ") {
+                bye = Some(text);
+            }
+        }
+    }
+    assert!(bye.is_some(), "no BYE to the carrier");
+    agent.wait().assert_success();
+    assert!(
+        gateway.log_text().contains("did not answer the gateway's offer"),
+        "the reason is not recorded:\n{}",
+        gateway.log_text()
+    );
+}

@@ -457,15 +457,21 @@ impl Gateway {
     }
 }
 
-/// The carrier's SDP offer, filtered to the trunk's codecs; `None` for an INVITE without a
-/// body (a delayed offer, RFC 3261 §13.2.1). Refusals: 415 for a body that is not SDP, 400 for
-/// SDP that does not parse, 488 for no usable audio or no common codec.
+/// The carrier's SDP offer, filtered to the trunk's codecs. An INVITE without a body (a delayed
+/// offer, RFC 3261 §13.2.1) gets the gateway's own offer with the trunk's codecs
+/// ([`codec::gateway_offer`]): the agent always sees an offer in the INVITE, and the carrier
+/// gets the offer in the 2xx and answers in its ACK. Refusals: 415 for a body that is not SDP,
+/// 400 for SDP that does not parse, 488 for no usable audio or no common codec.
 fn media_offer(
     request: &Request,
     codecs: &[crate::config::model::Codec],
 ) -> Result<Option<MediaOffer>, (u16, &'static str)> {
     if request.body.is_empty() {
-        return Ok(None);
+        return Ok(codec::gateway_offer(codecs).map(|(sdp, negotiated)| MediaOffer {
+            sdp,
+            negotiated,
+            delayed: true,
+        }));
     }
     let content_type = request.headers.get(name::CONTENT_TYPE).unwrap_or("application/sdp");
     let essence = content_type.split(';').next().unwrap_or_default().trim();
@@ -479,7 +485,7 @@ fn media_offer(
         tracing::info!(error = %e, "no common codec");
         (e.status_code(), "NoCommonCodec")
     })?;
-    Ok(Some(MediaOffer { sdp, negotiated }))
+    Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))
 }
 
 /// An offer that passed the codec policy.
@@ -488,6 +494,9 @@ pub struct MediaOffer {
     /// The offer as it goes to the agent (codecs filtered; addresses rewritten by the call).
     pub sdp: Sdp,
     pub negotiated: Negotiated,
+    /// The carrier sent no offer: this one is the gateway's, the carrier's answer comes in its
+    /// ACK.
+    pub delayed: bool,
 }
 
 enum Verdict {

@@ -200,8 +200,10 @@ pub struct InboundCall {
     active: Option<ActiveCallGuard>,
     rx: mpsc::Receiver<CallInput>,
     self_tx: mpsc::Sender<CallInput>,
-    /// The carrier's offer after the codec policy (None: a delayed offer, passed through).
+    /// The carrier's offer after the codec policy, or the gateway's own for a delayed offer.
     offer: Option<MediaOffer>,
+    /// Delayed offer: what the 2xx offered the carrier, until its ACK brings the answer.
+    carrier_offer: Option<codec::Negotiated>,
     /// What the agent's answer settled on.
     chosen: Option<Chosen>,
     /// The RTP relay between the legs (calls with an SDP offer).
@@ -348,6 +350,7 @@ impl InboundCall {
             rx,
             self_tx,
             offer,
+            carrier_offer: None,
             chosen: None,
             relay: None,
             origins: [
@@ -516,7 +519,10 @@ impl InboundCall {
         let relay = self.gw.start_relay(bind_a, bind_b, config)?;
         // No media is owed before the answer: the timeout starts with it.
         relay.set_hold(true);
-        relay.update_remote(rtp::Leg::A, offer.sdp.audio_endpoint());
+        if !offer.delayed {
+            // (A delayed offer's address is a placeholder: the carrier's comes with its ACK.)
+            relay.update_remote(rtp::Leg::A, offer.sdp.audio_endpoint());
+        }
         offer.sdp.rewrite_for_relay(&mut self.origins[1], adv_b, relay.local(rtp::Leg::B).port());
         self.relay = Some(relay);
         Ok(())
@@ -531,6 +537,35 @@ impl InboundCall {
         relay.update_remote(relay_leg(from), sdp.audio_endpoint());
         let port = relay.local(relay_leg(to)).port();
         sdp.rewrite_for_relay(&mut self.origins[index(to)], advertised, port);
+    }
+
+    /// A delayed offer's answer, in the carrier's ACK of our 2xx: checked against what we offered
+    /// and given to the relay. No SDP or an unusable one ends the call on both legs (RFC 3264
+    /// §5: an answer is owed; RFC 3261 §13.2.1: the ACK is the last chance to give it).
+    async fn on_carrier_answer(&mut self, ack: &Request) {
+        let Some(offered) = self.carrier_offer.take() else { return };
+        let checked = if ack.body.is_empty() {
+            Err("no SDP".to_string())
+        } else {
+            Sdp::parse(&ack.body).map_err(|e| e.to_string()).and_then(|sdp| {
+                codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
+            })
+        };
+        match checked {
+            Ok(answer) => {
+                if let Some(relay) = &self.relay {
+                    relay.update_remote(rtp::Leg::A, answer.audio_endpoint());
+                }
+                self.media_direction(answer.direction());
+            }
+            Err(problem) => {
+                let reason =
+                    format!("the carrier's ACK did not answer the gateway's offer: {problem}");
+                tracing::warn!(session = %self.session_id, "{reason}; ending the call");
+                self.hangup_reason = Some(reason);
+                self.hang_up_both().await;
+            }
+        }
     }
 
     /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
@@ -674,18 +709,28 @@ impl InboundCall {
             return Ok(None);
         }
         let Some(offer) = &self.offer else {
-            // A delayed offer: the agent's SDP is the offer; passed through for now.
             return Ok(Some(resp.body.clone()));
         };
+        let final_ = (200..300).contains(&resp.status);
+        if offer.delayed && !final_ {
+            // The carrier's offer will be in the 2xx: a provisional cannot carry it without
+            // 100rel (RFC 3262), so early media SDP stays on the agent leg.
+            return Ok(None);
+        }
+        let delayed = offer.delayed;
         let mut answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
         let chosen = codec::check_answer(&offer.negotiated, &answer).map_err(|e| {
             tracing::warn!(session = %self.session_id, error = %e, "the agent's SDP answer breaks the codec policy");
             e.status_code()
         })?;
         tracing::debug!(session = %self.session_id, codec = chosen.codec.as_str(), "codec chosen");
+        if delayed {
+            // What the agent accepted becomes the offer to the carrier, whose ACK answers it.
+            self.carrier_offer = Some(codec::Negotiated { formats: chosen.formats.clone() });
+        }
         self.chosen = Some(chosen);
         self.rewrite_toward(Leg::B, &mut answer);
-        if (200..300).contains(&resp.status) {
+        if final_ && !delayed {
             // Answered: media is owed from now on, unless the answer puts the call on hold.
             self.media_direction(answer.direction());
         }
@@ -1303,6 +1348,10 @@ impl InboundCall {
             if let Some(leg) = self.leg_of(&req) {
                 let cseq = req.cseq().map(|(n, _)| n).unwrap_or_default();
                 self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
+                let invite_cseq = self.a_invite.cseq().map(|(n, _)| n);
+                if leg == Leg::A && Some(cseq) == invite_cseq && self.carrier_offer.is_some() {
+                    self.on_carrier_answer(&req).await;
+                }
             }
             return;
         }

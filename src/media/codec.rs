@@ -142,6 +142,46 @@ pub fn filter_offer(sdp: &mut Sdp, allowed: &[Codec]) -> Result<Negotiated, Code
     Ok(Negotiated { formats })
 }
 
+/// The payload type the gateway gives telephone-event in an offer of its own (the usual dynamic
+/// number; static types cover the codecs).
+pub const GATEWAY_TELEPHONE_EVENT: u8 = 101;
+
+/// The offer the gateway makes itself, for an INVITE that came without one (a delayed offer,
+/// RFC 3261 §13.2.1): the trunk's codecs on their static payload types (RFC 3551 §6: PCMU 0,
+/// PCMA 8, G722 9) in the trunk's order, telephone-event 0-16, 20 ms packets, sendrecv. The
+/// connection address and port are placeholders that [`Sdp::rewrite_for_relay`] replaces.
+/// `None` only if the trunk lists no codec (compile never lets that through).
+pub fn gateway_offer(allowed: &[Codec]) -> Option<(Sdp, Negotiated)> {
+    let mut text = String::from(
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 9 RTP/AVP",
+    );
+    let static_type = |c: Codec| match c {
+        Codec::Pcmu => (0, "PCMU/8000"),
+        Codec::Pcma => (8, "PCMA/8000"),
+        Codec::G722 => (9, "G722/8000"),
+    };
+    let mut codecs: Vec<Codec> = Vec::new();
+    for c in allowed {
+        if !codecs.contains(c) {
+            codecs.push(*c);
+        }
+    }
+    for c in &codecs {
+        text.push_str(&format!(" {}", static_type(*c).0));
+    }
+    text.push_str(&format!(" {GATEWAY_TELEPHONE_EVENT}\r\n"));
+    for c in &codecs {
+        let (pt, map) = static_type(*c);
+        text.push_str(&format!("a=rtpmap:{pt} {map}\r\n"));
+    }
+    text.push_str(&format!(
+        "a=rtpmap:{GATEWAY_TELEPHONE_EVENT} telephone-event/8000\r\na=fmtp:{GATEWAY_TELEPHONE_EVENT} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    ));
+    let mut sdp = Sdp::parse(text.as_bytes()).ok()?;
+    let negotiated = filter_offer(&mut sdp, allowed).ok()?;
+    Some((sdp, negotiated))
+}
+
 /// Checks an answer against the offer it answers (RFC 3264 §6.1: the answer's formats are among
 /// the offer's, with the same meaning; at least one audio codec) and returns what it chose.
 pub fn check_answer(offer: &Negotiated, answer: &Sdp) -> Result<Chosen, CodecError> {
@@ -248,6 +288,23 @@ m=audio 4000 RTP/AVP {formats}\r\n"
             text.push_str("\r\n");
         }
         parse(&text)
+    }
+
+    #[test]
+    fn the_gateways_own_offer_lists_the_trunks_codecs_in_order_with_telephone_event() {
+        let (sdp, negotiated) = gateway_offer(&[G722, Pcmu]).unwrap();
+        assert_eq!(formats_of(&sdp), vec![9, 0, GATEWAY_TELEPHONE_EVENT]);
+        assert_eq!(negotiated.codec(9), Some(G722));
+        assert_eq!(negotiated.telephone_event(), Some(GATEWAY_TELEPHONE_EVENT));
+        let text = printed(&sdp);
+        assert!(text.contains("a=rtpmap:9 G722/8000"), "{text}");
+        assert!(!text.contains("PCMA"), "{text}");
+        assert!(text.contains("a=fmtp:101 0-16"), "{text}");
+        // An agent answering with one of them is accepted by the same check as any answer.
+        let answer = offer("0 101", &["a=rtpmap:101 telephone-event/8000"]);
+        let chosen = check_answer(&negotiated, &answer).unwrap();
+        assert_eq!(chosen.codec, Pcmu);
+        assert!(gateway_offer(&[]).is_none());
     }
 
     fn formats_of(sdp: &Sdp) -> Vec<u8> {
