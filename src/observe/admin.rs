@@ -1,10 +1,12 @@
-//! The admin HTTP endpoints of a gateway pod (an internal port, never exposed to carriers):
+//! The admin HTTP endpoints of a gateway or operator pod (an internal port, never exposed to
+//! carriers):
 //!
-//! - `GET /metrics`: 200, `text/plain; version=0.0.4`, [`GatewayMetrics::render`].
+//! - `GET /metrics`: 200, `text/plain; version=0.0.4`, the [`MetricsPage`] given
+//!   ([`GatewayMetrics`], or the operator's registry).
 //! - `GET /healthz`: 200 `ok` while the process runs (the liveness probe). It stays 200 while
 //!   draining, so the kubelet does not kill a pod that is finishing its calls.
 //! - `GET /readyz`: 200 `ready` when a routing table is loaded, the listeners are up and the pod
-//!   is not draining; else 503 with a one-line reason ([`NOT_READY`], [`DRAINING`]). Kubernetes
+//!   is not draining (the operator: when it is connected to the API server); else 503 with a one-line reason ([`NOT_READY`], [`DRAINING`]). Kubernetes
 //!   takes a pod that is not ready out of the Service endpoints: that is how a draining pod stops
 //!   getting new calls while it finishes the ones it has.
 //! - Any other path: 404.
@@ -27,6 +29,27 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::metrics::GatewayMetrics;
+
+/// What `/metrics` serves: Prometheus text.
+pub trait MetricsPage: Send + Sync {
+    fn render(&self) -> String;
+}
+
+impl MetricsPage for GatewayMetrics {
+    fn render(&self) -> String {
+        GatewayMetrics::render(self)
+    }
+}
+
+impl MetricsPage for prometheus::Registry {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.gather(), &mut out) {
+            tracing::warn!(error = %e, "rendering metrics failed; the page is incomplete");
+        }
+        out
+    }
+}
 
 /// Body of `/readyz` before the first routing table is loaded or while the listeners are down.
 pub const NOT_READY: &str = "no routing table yet";
@@ -78,7 +101,7 @@ impl Health {
 
 #[derive(Clone)]
 struct AdminState {
-    metrics: Arc<GatewayMetrics>,
+    metrics: Arc<dyn MetricsPage>,
     health: Arc<Health>,
 }
 
@@ -86,7 +109,7 @@ struct AdminState {
 /// flight finish.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
-    metrics: Arc<GatewayMetrics>,
+    metrics: Arc<dyn MetricsPage>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
