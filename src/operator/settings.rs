@@ -103,7 +103,9 @@ pub struct OperatorSettings {
     pub replicas: i32,
     /// Run the gateways on the node's network: SIP and RTP use the node's addresses and ports
     /// directly (no Service in the media path), which is how carriers reach RTP without NAT.
-    /// Sets `dnsPolicy: ClusterFirstWithHostNet`. One gateway per node. Default false.
+    /// Sets `dnsPolicy: ClusterFirstWithHostNet`. One gateway per node. The agent-facing and
+    /// admin ports are then open on the node's addresses too (NetworkPolicies do not apply to
+    /// host-network pods): firewall them to the cluster's networks. Default false.
     pub host_network: bool,
     /// Carrier-facing SIP port, UDP and TCP. Default 5060.
     pub sip_port: u16,
