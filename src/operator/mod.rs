@@ -22,7 +22,10 @@
 //! - `leader`: the Lease that lets one operator replica write at a time.
 
 pub mod bundle;
+pub mod fleet;
 pub mod leader;
+pub mod settings;
+pub mod tracker;
 
 /// The field manager of every server-side apply the operator and the gateways make.
 pub const FIELD_MANAGER: &str = "trunkline-operator";

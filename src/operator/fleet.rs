@@ -1,0 +1,1041 @@
+//! The gateway fleet as Kubernetes objects: [`render_fleet`] turns the operator's
+//! [`OperatorSettings`] into every object the fleet needs. Pure and deterministic (no clock, no
+//! client, ordered maps), so an unchanged fleet applies as a no-op and golden files
+//! (`tests/golden/fleet/`) pin the output. The tracker (`operator::tracker`) applies the result
+//! and deletes what a previous rendering had and this one has not.
+//!
+//! The objects, in the order they are applied:
+//!
+//! | object | name | why |
+//! | --- | --- | --- |
+//! | ServiceAccount | `<name>-gateway` | the gateways' identity |
+//! | ClusterRole + Binding | `<name>-gateway` | get/list/watch the three trunkline.dev kinds, cluster-wide |
+//! | Role + RoleBinding | `<name>-gateway` | read the one credentials Secret (by name); get/patch pods (a gateway writes its own pod's `trunkline.dev/config-hash`) |
+//! | Service | `<name>-carrier` | carrier-facing SIP: UDP+TCP `sipPort`, TCP `tls.port` with TLS |
+//! | Service | `<name>-internal` | agent-facing SIP (ClusterIP): UDP+TCP `internalPort` |
+//! | Deployment or DaemonSet | `<name>-gateway` | the gateway pods |
+//! | PodDisruptionBudget | `<name>-gateway` | Deployment mode, when enabled |
+//!
+//! Every object carries `trunkline.dev/fleet: <name>` and
+//! `app.kubernetes.io/managed-by: trunkline-operator` (the tracker finds orphans by them). The
+//! operator finds the gateway pods with [`gateway_pod_selector`].
+//!
+//! **RTP and Services.** A Service cannot hold a port range, and a thousand single-port entries
+//! would make every Service update, Endpoints slice and load balancer re-sync heavy (clouds also
+//! cap the ports of one load balancer). So the Services carry SIP only: carriers reach RTP at the
+//! address the gateway writes into its SDP, which must route to the pod: the node's own address
+//! with `hostNetwork` (the usual way), or a `publicAddress` that the network maps to the pod.
+//! The RTP ports are listed as `containerPorts` only when the range is small (at most
+//! [`MAX_LISTED_RTP_PORTS`]): they are informational there (with `hostNetwork` they also make
+//! the scheduler reserve them as host ports), and a large list only bloats the pod spec.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy,
+    RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+
+use super::settings::{FleetMode, OperatorSettings, ServiceType};
+use super::{FLEET_LABEL, MANAGED_BY};
+use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
+
+/// RTP ranges up to this many ports are listed as container ports (see the module docs).
+pub const MAX_LISTED_RTP_PORTS: u32 = 100;
+
+/// The uid and gid the gateway runs as (the distroless `nonroot` user).
+pub const GATEWAY_UID: i64 = 65532;
+
+/// Where the TLS Secret is mounted in the gateway container.
+pub const TLS_MOUNT_PATH: &str = "/etc/trunkline/tls";
+
+/// `app.kubernetes.io/name` of every fleet object.
+pub const APP_NAME: &str = "trunkline";
+
+/// `app.kubernetes.io/component` of every fleet object.
+pub const COMPONENT: &str = "gateway";
+
+/// The gateway container's name.
+pub const CONTAINER_NAME: &str = "gateway";
+
+/// One rendered object of the fleet. Serialises as the object itself (with `apiVersion` and
+/// `kind`), as `kubectl apply` would read it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // a handful of objects per reconcile: boxing buys nothing
+pub enum FleetObject {
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    Service(Service),
+    Deployment(Deployment),
+    DaemonSet(DaemonSet),
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+impl FleetObject {
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            FleetObject::ServiceAccount(o) => &o.metadata,
+            FleetObject::ClusterRole(o) => &o.metadata,
+            FleetObject::ClusterRoleBinding(o) => &o.metadata,
+            FleetObject::Role(o) => &o.metadata,
+            FleetObject::RoleBinding(o) => &o.metadata,
+            FleetObject::Service(o) => &o.metadata,
+            FleetObject::Deployment(o) => &o.metadata,
+            FleetObject::DaemonSet(o) => &o.metadata,
+            FleetObject::PodDisruptionBudget(o) => &o.metadata,
+        }
+    }
+
+    /// The object's metadata, to change.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            FleetObject::ServiceAccount(o) => &mut o.metadata,
+            FleetObject::ClusterRole(o) => &mut o.metadata,
+            FleetObject::ClusterRoleBinding(o) => &mut o.metadata,
+            FleetObject::Role(o) => &mut o.metadata,
+            FleetObject::RoleBinding(o) => &mut o.metadata,
+            FleetObject::Service(o) => &mut o.metadata,
+            FleetObject::Deployment(o) => &mut o.metadata,
+            FleetObject::DaemonSet(o) => &mut o.metadata,
+            FleetObject::PodDisruptionBudget(o) => &mut o.metadata,
+        }
+    }
+
+    /// The object's kind, as in its `kind` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FleetObject::ServiceAccount(_) => kind::<ServiceAccount>(),
+            FleetObject::ClusterRole(_) => kind::<ClusterRole>(),
+            FleetObject::ClusterRoleBinding(_) => kind::<ClusterRoleBinding>(),
+            FleetObject::Role(_) => kind::<Role>(),
+            FleetObject::RoleBinding(_) => kind::<RoleBinding>(),
+            FleetObject::Service(_) => kind::<Service>(),
+            FleetObject::Deployment(_) => kind::<Deployment>(),
+            FleetObject::DaemonSet(_) => kind::<DaemonSet>(),
+            FleetObject::PodDisruptionBudget(_) => kind::<PodDisruptionBudget>(),
+        }
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// Is the object cluster-scoped (no namespace)?
+    pub fn is_cluster_scoped(&self) -> bool {
+        matches!(self, FleetObject::ClusterRole(_) | FleetObject::ClusterRoleBinding(_))
+    }
+}
+
+fn kind<K: k8s_openapi::Resource>() -> &'static str {
+    K::KIND
+}
+
+/// Name of the ServiceAccount, RBAC objects, workload and PodDisruptionBudget.
+pub fn gateway_name(settings: &OperatorSettings) -> String {
+    format!("{}-gateway", settings.name)
+}
+
+/// Name of the carrier-facing Service (the status controller reads its load-balancer address
+/// for InboundTrunk `status.endpoint`).
+pub fn carrier_service_name(settings: &OperatorSettings) -> String {
+    format!("{}-carrier", settings.name)
+}
+
+/// Name of the agent-facing Service: agents reach the gateways at
+/// `<name>-internal.<namespace>.svc:<internalPort>`.
+pub fn internal_service_name(settings: &OperatorSettings) -> String {
+    format!("{}-internal", settings.name)
+}
+
+/// The label selector of the fleet's gateway pods, as the operator lists them:
+/// `trunkline.dev/fleet=<name>,app.kubernetes.io/component=gateway`.
+pub fn gateway_pod_selector(settings: &OperatorSettings) -> String {
+    format!("{FLEET_LABEL}={},app.kubernetes.io/component={COMPONENT}", settings.name)
+}
+
+/// The label selector of every object the operator owns for this fleet (the tracker's orphan
+/// search).
+pub fn owned_selector(fleet: &str) -> String {
+    format!("{FLEET_LABEL}={fleet},app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// The labels every object of the fleet carries.
+pub fn object_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(settings);
+    labels.insert("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string());
+    labels
+}
+
+/// The labels that select the gateway pods (Deployment/DaemonSet selector, Services, PDB). A
+/// workload's selector cannot change, so nothing that may change (a version) is in here.
+pub fn selector_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+        ("app.kubernetes.io/component".to_string(), COMPONENT.to_string()),
+        ("app.kubernetes.io/instance".to_string(), settings.name.clone()),
+        (FLEET_LABEL.to_string(), settings.name.clone()),
+    ])
+}
+
+/// Every object of the fleet, in apply order (see the module docs).
+pub fn render_fleet(settings: &OperatorSettings) -> Vec<FleetObject> {
+    let mut objects = vec![
+        FleetObject::ServiceAccount(render_service_account(settings)),
+        FleetObject::ClusterRole(render_cluster_role(settings)),
+        FleetObject::ClusterRoleBinding(render_cluster_role_binding(settings)),
+        FleetObject::Role(render_role(settings)),
+        FleetObject::RoleBinding(render_role_binding(settings)),
+        FleetObject::Service(render_carrier_service(settings)),
+        FleetObject::Service(render_internal_service(settings)),
+    ];
+    match settings.mode {
+        FleetMode::Deployment => {
+            objects.push(FleetObject::Deployment(render_deployment(settings)));
+            if settings.pod_disruption_budget.enabled {
+                objects.push(FleetObject::PodDisruptionBudget(render_pdb(settings)));
+            }
+        }
+        FleetMode::DaemonSet => objects.push(FleetObject::DaemonSet(render_daemon_set(settings))),
+    }
+    objects
+}
+
+fn meta(settings: &OperatorSettings, name: String, namespaced: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: namespaced.then(|| settings.namespace.clone()),
+        labels: Some(object_labels(settings)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn render_service_account(settings: &OperatorSettings) -> ServiceAccount {
+    ServiceAccount { metadata: meta(settings, gateway_name(settings), true), ..Default::default() }
+}
+
+fn render_cluster_role(settings: &OperatorSettings) -> ClusterRole {
+    let resources = vec![
+        InboundTrunk::plural(&()).into_owned(),
+        OutboundTrunk::plural(&()).into_owned(),
+        TransferDestination::plural(&()).into_owned(),
+    ];
+    ClusterRole {
+        metadata: meta(settings, gateway_name(settings), false),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![InboundTrunk::group(&()).into_owned()]),
+            resources: Some(resources),
+            verbs: strings(&["get", "list", "watch"]),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn gateway_subject(settings: &OperatorSettings) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_string(),
+        name: gateway_name(settings),
+        namespace: Some(settings.namespace.clone()),
+        ..Default::default()
+    }
+}
+
+fn render_cluster_role_binding(settings: &OperatorSettings) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(settings, gateway_name(settings), false),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "ClusterRole".to_string(),
+            name: gateway_name(settings),
+        },
+        subjects: Some(vec![gateway_subject(settings)]),
+    }
+}
+
+fn render_role(settings: &OperatorSettings) -> Role {
+    Role {
+        metadata: meta(settings, gateway_name(settings), true),
+        rules: Some(vec![
+            // The one credentials Secret, by name: a gateway never reads any other Secret.
+            // (list/watch with resourceNames need the request's fieldSelector
+            // metadata.name=<secret>, which is how the gateway's reflector asks.)
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(strings(&["secrets"])),
+                resource_names: Some(vec![settings.credentials_secret.clone()]),
+                verbs: strings(&["get", "list", "watch"]),
+                ..Default::default()
+            },
+            // Its own pod: the config-hash annotation. RBAC cannot name "my own pod", so this
+            // covers the pods of the fleet's namespace (keep the namespace to the fleet).
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(strings(&["pods"])),
+                verbs: strings(&["get", "patch"]),
+                ..Default::default()
+            },
+        ]),
+    }
+}
+
+fn render_role_binding(settings: &OperatorSettings) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(settings, gateway_name(settings), true),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "Role".to_string(),
+            name: gateway_name(settings),
+        },
+        subjects: Some(vec![gateway_subject(settings)]),
+    }
+}
+
+fn service_port(name: &str, protocol: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        protocol: Some(protocol.to_string()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(name.to_string())),
+        ..Default::default()
+    }
+}
+
+fn non_empty<K: Ord, V>(map: &BTreeMap<K, V>) -> Option<BTreeMap<K, V>>
+where
+    BTreeMap<K, V>: Clone,
+{
+    (!map.is_empty()).then(|| map.clone())
+}
+
+fn render_carrier_service(settings: &OperatorSettings) -> Service {
+    let service = &settings.carrier_service;
+    let mut ports = vec![
+        service_port("sip-udp", "UDP", settings.sip_port),
+        service_port("sip-tcp", "TCP", settings.sip_port),
+    ];
+    if settings.tls_enabled() {
+        ports.push(service_port("sip-tls", "TCP", settings.tls.port));
+    }
+    let external = matches!(service.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let load_balancer = service.type_ == ServiceType::LoadBalancer;
+    let mut metadata = meta(settings, carrier_service_name(settings), true);
+    metadata.annotations = non_empty(&service.annotations);
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(service.type_.as_str().to_string()),
+            selector: Some(selector_labels(settings)),
+            ports: Some(ports),
+            // The API server refuses externalTrafficPolicy on a ClusterIP Service.
+            external_traffic_policy: external
+                .then(|| service.external_traffic_policy.as_str().to_string()),
+            load_balancer_source_ranges: (load_balancer
+                && !service.load_balancer_source_ranges.is_empty())
+            .then(|| service.load_balancer_source_ranges.clone()),
+            session_affinity: Some(service.session_affinity.as_str().to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn render_internal_service(settings: &OperatorSettings) -> Service {
+    let service = &settings.internal_service;
+    let mut metadata = meta(settings, internal_service_name(settings), true);
+    metadata.annotations = non_empty(&service.annotations);
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(settings)),
+            ports: Some(vec![
+                service_port("internal-udp", "UDP", settings.internal_port),
+                service_port("internal-tcp", "TCP", settings.internal_port),
+            ]),
+            session_affinity: Some(service.session_affinity.as_str().to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn render_deployment(settings: &OperatorSettings) -> Deployment {
+    Deployment {
+        metadata: meta(settings, gateway_name(settings), true),
+        spec: Some(DeploymentSpec {
+            replicas: Some(settings.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(settings)),
+                ..Default::default()
+            },
+            // A new pod is ready before an old one starts draining: capacity never drops.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: render_pod_template(settings),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn render_daemon_set(settings: &OperatorSettings) -> DaemonSet {
+    DaemonSet {
+        metadata: meta(settings, gateway_name(settings), true),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(settings)),
+                ..Default::default()
+            },
+            template: render_pod_template(settings),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn render_pdb(settings: &OperatorSettings) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(settings, gateway_name(settings), true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(settings.pod_disruption_budget.max_unavailable.clone()),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(settings)),
+                ..Default::default()
+            }),
+            // A crash-looping gateway serves nothing: do not let it block a node drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The arguments of the gateway container after `trunkline` (`gateway` first). The flags are
+/// those of `trunkline gateway`, in the forms `trunkline run` parses: listeners as
+/// `PROTO://IP:PORT`, the RTP range as `LOW-HIGH`, the drain as whole seconds.
+pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
+    let mut args = vec!["gateway".to_string()];
+    let mut flag = |name: &str, value: String| {
+        args.push(name.to_string());
+        args.push(value);
+    };
+    flag("--listen", format!("udp://0.0.0.0:{}", settings.sip_port));
+    flag("--listen", format!("tcp://0.0.0.0:{}", settings.sip_port));
+    if settings.tls_enabled() {
+        flag("--listen", format!("tls://0.0.0.0:{}", settings.tls.port));
+        flag("--tls-cert", format!("{TLS_MOUNT_PATH}/tls.crt"));
+        flag("--tls-key", format!("{TLS_MOUNT_PATH}/tls.key"));
+    }
+    flag("--internal-listen", format!("udp://0.0.0.0:{}", settings.internal_port));
+    flag("--internal-listen", format!("tcp://0.0.0.0:{}", settings.internal_port));
+    flag("--admin", format!("0.0.0.0:{}", settings.admin_port));
+    flag("--rtp-ports", settings.rtp_ports.to_string());
+    if let Some(address) = settings.public_address {
+        flag("--public-address", address.to_string());
+    }
+    if let Some(region) = &settings.region {
+        flag("--region", region.clone());
+    }
+    flag("--credentials-secret", settings.credentials_secret.clone());
+    flag("--drain-timeout", settings.drain_seconds.to_string());
+    args
+}
+
+fn container_port(name: Option<&str>, protocol: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: name.map(str::to_string),
+        protocol: Some(protocol.to_string()),
+        container_port: i32::from(port),
+        ..Default::default()
+    }
+}
+
+fn container_ports(settings: &OperatorSettings) -> Vec<ContainerPort> {
+    let mut ports = vec![
+        container_port(Some("sip-udp"), "UDP", settings.sip_port),
+        container_port(Some("sip-tcp"), "TCP", settings.sip_port),
+    ];
+    if settings.tls_enabled() {
+        ports.push(container_port(Some("sip-tls"), "TCP", settings.tls.port));
+    }
+    ports.push(container_port(Some("internal-udp"), "UDP", settings.internal_port));
+    ports.push(container_port(Some("internal-tcp"), "TCP", settings.internal_port));
+    ports.push(container_port(Some("admin"), "TCP", settings.admin_port));
+    // Only a small RTP range is listed (module docs: Services have no ranges, and a long list
+    // only bloats the pod spec); the gateway binds the whole range either way.
+    if settings.rtp_ports.len() <= MAX_LISTED_RTP_PORTS {
+        for port in settings.rtp_ports.low..=settings.rtp_ports.high {
+            ports.push(container_port(None, "UDP", port));
+        }
+    }
+    ports
+}
+
+/// Does the gateway bind a privileged port (below 1024)?
+pub fn binds_privileged_port(settings: &OperatorSettings) -> bool {
+    settings.bound_ports().first().is_some_and(|p| *p < 1024)
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(settings: &OperatorSettings, path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(settings.admin_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn render_container(settings: &OperatorSettings) -> Container {
+    let mut capabilities = Capabilities { drop: Some(strings(&["ALL"])), ..Default::default() };
+    if binds_privileged_port(settings) {
+        capabilities.add = Some(strings(&["NET_BIND_SERVICE"]));
+    }
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".to_string(),
+        mount_path: "/tmp".to_string(),
+        ..Default::default()
+    }];
+    if settings.tls_enabled() {
+        mounts.push(VolumeMount {
+            name: "tls".to_string(),
+            mount_path: TLS_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.as_str().to_string()),
+        command: Some(strings(&["trunkline"])),
+        args: Some(gateway_args(settings)),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "RUST_LOG".to_string(),
+                value: Some(settings.log_level.clone()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(container_ports(settings)),
+        readiness_probe: Some(http_probe(settings, "/readyz", 5)),
+        liveness_probe: Some(http_probe(settings, "/healthz", 10)),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(GATEWAY_UID),
+            run_as_group: Some(GATEWAY_UID),
+            capabilities: Some(capabilities),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
+    let mut volumes = vec![Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if let Some(secret) = &settings.tls.secret_name {
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // Readable by the pod's group (fsGroup) only. No subPath: the kubelet then
+                // swaps renewed certificates in, and the gateway re-reads them.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    // A non-root process gets NET_BIND_SERVICE only from a file capability on the binary; in
+    // the pod's own network namespace this sysctl lets it bind the low port without one. With
+    // hostNetwork the sysctl would be the node's, so it is not set (the image must carry the
+    // file capability then).
+    let sysctls = (binds_privileged_port(settings) && !settings.host_network).then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ip_unprivileged_port_start".to_string(),
+            value: settings.bound_ports().first().copied().unwrap_or(1024).to_string(),
+        }]
+    });
+    let affinity = match (&settings.affinity, settings.mode) {
+        (Some(affinity), _) => Some(affinity.clone()),
+        (None, FleetMode::Deployment) => Some(spread_over_nodes(settings)),
+        (None, FleetMode::DaemonSet) => None,
+    };
+    let pull_secrets: Vec<LocalObjectReference> = settings
+        .image_pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(object_labels(settings)),
+            annotations: non_empty(&settings.pod_annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(gateway_name(settings)),
+            automount_service_account_token: Some(true),
+            enable_service_links: Some(false),
+            host_network: settings.host_network.then_some(true),
+            dns_policy: settings.host_network.then(|| "ClusterFirstWithHostNet".to_string()),
+            termination_grace_period_seconds: Some(settings.termination_grace_seconds()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(GATEWAY_UID),
+                run_as_group: Some(GATEWAY_UID),
+                fs_group: Some(GATEWAY_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    ..Default::default()
+                }),
+                sysctls,
+                ..Default::default()
+            }),
+            containers: vec![render_container(settings)],
+            volumes: Some(volumes),
+            node_selector: non_empty(&settings.node_selector),
+            tolerations: (!settings.tolerations.is_empty()).then(|| settings.tolerations.clone()),
+            affinity,
+            priority_class_name: settings.priority_class_name.clone(),
+            image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The default affinity of a Deployment: prefer one gateway per node, so a node failure takes
+/// down one replica, not all.
+fn spread_over_nodes(settings: &OperatorSettings) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(settings)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn settings(text: &str) -> OperatorSettings {
+        OperatorSettings::parse(text, Path::new("test.yaml")).unwrap()
+    }
+
+    fn workload_pod(objects: &[FleetObject]) -> &PodSpec {
+        objects
+            .iter()
+            .find_map(|o| match o {
+                FleetObject::Deployment(d) => d.spec.as_ref()?.template.spec.as_ref(),
+                FleetObject::DaemonSet(d) => d.spec.as_ref()?.template.spec.as_ref(),
+                _ => None,
+            })
+            .expect("a workload")
+    }
+
+    fn container(objects: &[FleetObject]) -> &Container {
+        &workload_pod(objects).containers[0]
+    }
+
+    fn kinds_and_names(objects: &[FleetObject]) -> Vec<(String, String)> {
+        objects.iter().map(|o| (o.kind().to_string(), o.name().to_string())).collect()
+    }
+
+    fn added_capabilities(c: &Container) -> Vec<String> {
+        c.security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .add
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn all_container_ports(c: &Container) -> Vec<i32> {
+        c.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect()
+    }
+
+    #[test]
+    fn the_default_fleet_is_a_deployment_with_rbac_services_and_a_budget() {
+        let objects = render_fleet(&OperatorSettings::default());
+        let expected: Vec<(String, String)> = [
+            ("ServiceAccount", "trunkline-gateway"),
+            ("ClusterRole", "trunkline-gateway"),
+            ("ClusterRoleBinding", "trunkline-gateway"),
+            ("Role", "trunkline-gateway"),
+            ("RoleBinding", "trunkline-gateway"),
+            ("Service", "trunkline-carrier"),
+            ("Service", "trunkline-internal"),
+            ("Deployment", "trunkline-gateway"),
+            ("PodDisruptionBudget", "trunkline-gateway"),
+        ]
+        .iter()
+        .map(|(k, n)| (k.to_string(), n.to_string()))
+        .collect();
+        assert_eq!(kinds_and_names(&objects), expected);
+    }
+
+    #[test]
+    fn every_object_carries_the_fleet_and_managed_by_labels() {
+        for objects in [
+            render_fleet(&OperatorSettings::default()),
+            render_fleet(&settings("mode: DaemonSet\nhostNetwork: true\n")),
+        ] {
+            for o in &objects {
+                let labels = o.meta().labels.as_ref().unwrap();
+                assert_eq!(
+                    labels.get(FLEET_LABEL).map(String::as_str),
+                    Some("trunkline"),
+                    "{}",
+                    o.kind()
+                );
+                assert_eq!(
+                    labels.get("app.kubernetes.io/managed-by").map(String::as_str),
+                    Some(MANAGED_BY)
+                );
+                assert_eq!(o.meta().namespace.is_none(), o.is_cluster_scoped(), "{}", o.kind());
+            }
+        }
+    }
+
+    #[test]
+    fn gateway_pods_match_the_selector_the_operator_uses() {
+        let s = OperatorSettings::default();
+        assert_eq!(
+            gateway_pod_selector(&s),
+            "trunkline.dev/fleet=trunkline,app.kubernetes.io/component=gateway"
+        );
+        let objects = render_fleet(&s);
+        let FleetObject::Deployment(d) = &objects[7] else { panic!("not a deployment") };
+        let labels =
+            d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        for term in gateway_pod_selector(&s).split(',') {
+            let (k, v) = term.split_once('=').unwrap();
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{term}");
+        }
+        assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("trunkline"));
+        assert_eq!(labels.get("app.kubernetes.io/instance").map(String::as_str), Some("trunkline"));
+    }
+
+    #[test]
+    fn the_role_reads_only_the_credentials_secret_and_patches_pods() {
+        let objects = render_fleet(&settings("credentialsSecret: bundle\n"));
+        let FleetObject::Role(role) = &objects[3] else { panic!("not a role") };
+        let rules = role.rules.as_ref().unwrap();
+        let secrets: Vec<&PolicyRule> = rules
+            .iter()
+            .filter(|r| r.resources.as_ref().unwrap().contains(&"secrets".to_string()))
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].resource_names, Some(vec!["bundle".to_string()]));
+        assert_eq!(secrets[0].verbs, ["get", "list", "watch"]);
+        let pods = rules.iter().find(|r| r.resources == Some(vec!["pods".to_string()])).unwrap();
+        assert_eq!(pods.verbs, ["get", "patch"]);
+        // Nothing else in the namespace.
+        assert_eq!(rules.len(), 2);
+        let FleetObject::RoleBinding(binding) = &objects[4] else { panic!("not a binding") };
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.subjects.as_ref().unwrap()[0].name, "trunkline-gateway");
+        assert_eq!(binding.subjects.as_ref().unwrap()[0].namespace.as_deref(), Some("trunkline"));
+    }
+
+    #[test]
+    fn the_cluster_role_reads_the_three_kinds_and_nothing_else() {
+        let objects = render_fleet(&OperatorSettings::default());
+        let FleetObject::ClusterRole(role) = &objects[1] else { panic!("not a cluster role") };
+        let rules = role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].api_groups, Some(vec!["trunkline.dev".to_string()]));
+        assert_eq!(
+            rules[0].resources.as_ref().unwrap(),
+            &["inboundtrunks", "outboundtrunks", "transferdestinations"]
+        );
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+    }
+
+    #[test]
+    fn probes_use_the_admin_port() {
+        let objects = render_fleet(&settings("adminPort: 9191\n"));
+        let c = container(&objects);
+        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(
+            (ready.path.as_deref(), &ready.port),
+            (Some("/readyz"), &IntOrString::Int(9191))
+        );
+        assert_eq!((live.path.as_deref(), &live.port), (Some("/healthz"), &IntOrString::Int(9191)));
+        let args = c.args.as_ref().unwrap();
+        let admin = args.iter().position(|a| a == "--admin").unwrap();
+        assert_eq!(args[admin + 1], "0.0.0.0:9191");
+    }
+
+    #[test]
+    fn the_default_container_drops_every_capability_and_runs_as_nonroot() {
+        let objects = render_fleet(&OperatorSettings::default());
+        let c = container(&objects);
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert!(added_capabilities(c).is_empty());
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        let pod = workload_pod(&objects);
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_user, Some(65532));
+        assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(psc.sysctls.is_none());
+        assert!(
+            pod.volumes.as_ref().unwrap().iter().any(|v| v.name == "tmp" && v.empty_dir.is_some())
+        );
+        assert!(c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/tmp"));
+    }
+
+    #[test]
+    fn no_port_below_1024_is_bound_without_net_bind_service() {
+        let cases = [
+            ("", false),
+            ("sipPort: 5060\n", false),
+            ("sipPort: 1023\n", true),
+            ("tls: {secretName: t, port: 443}\n", true),
+            ("tls: {port: 443}\n", false), // no certificate: no TLS listener
+            ("adminPort: 80\n", true),
+            ("internalPort: 1024\n", false),
+            ("rtpPorts: 1000-1099\n", true),
+            ("sipPort: 5060\nhostNetwork: true\nmode: DaemonSet\n", false),
+            ("sipPort: 506\nhostNetwork: true\nmode: DaemonSet\n", true),
+        ];
+        for (text, privileged) in cases {
+            let objects = render_fleet(&settings(text));
+            let c = container(&objects);
+            let lowest = *all_container_ports(c).iter().min().unwrap();
+            let has_cap = added_capabilities(c) == ["NET_BIND_SERVICE"];
+            assert_eq!(has_cap, privileged, "{text:?}");
+            assert!(lowest >= 1024 || has_cap, "{text:?}: port {lowest} without NET_BIND_SERVICE");
+        }
+    }
+
+    #[test]
+    fn a_low_port_without_host_network_lowers_the_unprivileged_port_start() {
+        let objects = render_fleet(&settings("sipPort: 506\n"));
+        let sysctls = workload_pod(&objects).security_context.as_ref().unwrap().sysctls.clone();
+        assert_eq!(sysctls.unwrap()[0].value, "506");
+        let objects = render_fleet(&settings("sipPort: 506\nhostNetwork: true\n"));
+        assert!(workload_pod(&objects).security_context.as_ref().unwrap().sysctls.is_none());
+    }
+
+    #[test]
+    fn the_gateway_flags_follow_the_settings() {
+        let s = settings(
+            "tls: {secretName: sip-tls}\npublicAddress: 198.51.100.7\nregion: eu\n\
+             credentialsSecret: bundle\ndrainSeconds: 45\nrtpPorts: 30000-30999\n",
+        );
+        assert_eq!(
+            gateway_args(&s).join(" "),
+            "gateway --listen udp://0.0.0.0:5060 --listen tcp://0.0.0.0:5060 \
+             --listen tls://0.0.0.0:5061 --tls-cert /etc/trunkline/tls/tls.crt \
+             --tls-key /etc/trunkline/tls/tls.key --internal-listen udp://0.0.0.0:5080 \
+             --internal-listen tcp://0.0.0.0:5080 --admin 0.0.0.0:9090 --rtp-ports 30000-30999 \
+             --public-address 198.51.100.7 --region eu --credentials-secret bundle \
+             --drain-timeout 45"
+        );
+        let objects = render_fleet(&s);
+        let pod = workload_pod(&objects);
+        assert_eq!(pod.termination_grace_period_seconds, Some(55));
+        let c = container(&objects);
+        assert_eq!(c.command, Some(vec!["trunkline".to_string()]));
+        let tls = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "tls").unwrap();
+        assert_eq!((tls.mount_path.as_str(), tls.read_only), (TLS_MOUNT_PATH, Some(true)));
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("sip-tls"));
+    }
+
+    #[test]
+    fn the_listen_flags_parse_as_the_gateway_parses_them() {
+        let s = settings("tls: {secretName: sip-tls}\n");
+        let args = gateway_args(&s);
+        for pair in args.windows(2) {
+            if pair[0] == "--listen" || pair[0] == "--internal-listen" {
+                let parsed: crate::sip::transport::ListenAddr = pair[1].parse().unwrap();
+                assert_eq!(parsed.to_string(), pair[1]);
+            }
+            if pair[0] == "--admin" {
+                pair[1].parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn env_carries_the_pod_identity_and_the_log_filter() {
+        let objects = render_fleet(&settings("logLevel: trunkline=debug,info\n"));
+        let env = container(&objects).env.clone().unwrap();
+        let field = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.clone())
+                .unwrap()
+                .field_ref
+                .unwrap()
+                .field_path
+        };
+        assert_eq!(field("POD_NAME"), "metadata.name");
+        assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+        let log = env.iter().find(|e| e.name == "RUST_LOG").unwrap();
+        assert_eq!(log.value.as_deref(), Some("trunkline=debug,info"));
+    }
+
+    #[test]
+    fn a_daemon_set_on_the_host_network_has_no_budget_and_host_dns() {
+        let objects = render_fleet(&settings("mode: DaemonSet\nhostNetwork: true\n"));
+        assert!(objects.iter().all(|o| !matches!(
+            o,
+            FleetObject::Deployment(_) | FleetObject::PodDisruptionBudget(_)
+        )));
+        let pod = workload_pod(&objects);
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+        assert!(pod.affinity.is_none());
+    }
+
+    #[test]
+    fn a_disabled_budget_is_not_rendered() {
+        let objects = render_fleet(&settings("podDisruptionBudget: {enabled: false}\n"));
+        assert!(objects.iter().all(|o| !matches!(o, FleetObject::PodDisruptionBudget(_))));
+    }
+
+    #[test]
+    fn rtp_ports_are_listed_only_for_a_small_range() {
+        let big = render_fleet(&OperatorSettings::default());
+        assert!(all_container_ports(container(&big)).iter().all(|p| !(20000..=20999).contains(p)));
+        let small = render_fleet(&settings("rtpPorts: 40000-40099\n"));
+        let ports = all_container_ports(container(&small));
+        assert_eq!(ports.iter().filter(|p| (40000..=40099).contains(*p)).count(), 100);
+    }
+
+    #[test]
+    fn the_carrier_service_keeps_source_addresses_and_takes_tls() {
+        let s = settings(
+            "tls: {secretName: sip-tls}\ncarrierService:\n  annotations: {a: b}\n  \
+             loadBalancerSourceRanges: [203.0.113.0/24]\n",
+        );
+        let objects = render_fleet(&s);
+        let FleetObject::Service(svc) = &objects[5] else { panic!("not a service") };
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.load_balancer_source_ranges, Some(vec!["203.0.113.0/24".to_string()]));
+        let ports: Vec<(String, i32)> = spec
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.protocol.clone().unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("UDP".to_string(), 5060), ("TCP".to_string(), 5060), ("TCP".to_string(), 5061)]
+        );
+        assert_eq!(svc.metadata.annotations.as_ref().unwrap()["a"], "b");
+    }
+
+    #[test]
+    fn a_cluster_ip_carrier_service_has_no_external_traffic_policy() {
+        let objects = render_fleet(&settings("carrierService: {type: ClusterIP}\n"));
+        let FleetObject::Service(svc) = &objects[5] else { panic!("not a service") };
+        assert!(svc.spec.as_ref().unwrap().external_traffic_policy.is_none());
+    }
+
+    #[test]
+    fn the_internal_service_is_cluster_ip_on_the_internal_port() {
+        let objects = render_fleet(&settings("internalPort: 5090\n"));
+        let FleetObject::Service(svc) = &objects[6] else { panic!("not a service") };
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        let ports: Vec<(Option<String>, i32)> =
+            spec.ports.as_ref().unwrap().iter().map(|p| (p.protocol.clone(), p.port)).collect();
+        assert_eq!(ports, [(Some("UDP".into()), 5090), (Some("TCP".into()), 5090)]);
+    }
+
+    #[test]
+    fn rendering_twice_gives_the_same_objects() {
+        let s = settings("tls: {secretName: x}\npodAnnotations: {b: '2', a: '1'}\n");
+        assert_eq!(render_fleet(&s), render_fleet(&s));
+    }
+}

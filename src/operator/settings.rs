@@ -1,0 +1,920 @@
+//! What `trunkline operator` is told about the gateway fleet it runs: one YAML file, filled by
+//! the Helm chart from its values, read once at start ([`OperatorSettings::load`]). `fleet`
+//! renders the fleet's objects from it; the status controller takes `egressAddresses` (the
+//! OutboundTrunk `status.sourceAddresses`) and `credentialsSecret` from it.
+//!
+//! Every field has a default, so an empty file is a working fleet. A complete file, with the
+//! defaults:
+//!
+//! ```yaml
+//! name: trunkline                 # the fleet; names its objects, labels them trunkline.dev/fleet
+//! namespace: trunkline            # where the fleet runs
+//! image: ghcr.io/trunkline/trunkline:<crate version>
+//! imagePullPolicy: IfNotPresent   # Always | IfNotPresent | Never
+//! imagePullSecrets: []            # names of docker-registry Secrets in the fleet's namespace
+//! mode: Deployment                # Deployment | DaemonSet
+//! replicas: 2                     # Deployment mode only
+//! hostNetwork: false              # pods on the node's network: SIP and RTP on the node's IPs
+//! sipPort: 5060                   # carrier-facing SIP, UDP and TCP
+//! tls: {port: 5061, secretName: null}   # carrier-facing SIP over TLS, on when secretName is set
+//! internalPort: 5080              # agent-facing SIP, UDP and TCP
+//! adminPort: 9090                 # /metrics, /healthz, /readyz (HTTP)
+//! rtpPorts: 20000-20999           # UDP ports of the RTP relays, LOW-HIGH
+//! publicAddress: null             # the IP carriers reach the gateways at (Via, Contact, SDP)
+//! egressAddresses: []             # the IPs carriers see our calls come from
+//! region: null                    # serve only the trunks of this region (and region-less ones)
+//! credentialsSecret: trunkline-gateway-credentials
+//! carrierService:
+//!   type: LoadBalancer            # ClusterIP | NodePort | LoadBalancer
+//!   annotations: {}
+//!   loadBalancerSourceRanges: []  # CIDRs; LoadBalancer only
+//!   externalTrafficPolicy: Local  # Local | Cluster; NodePort and LoadBalancer only
+//!   sessionAffinity: ClientIP     # ClientIP | None
+//! internalService:
+//!   annotations: {}
+//!   sessionAffinity: ClientIP
+//! drainSeconds: 30
+//! resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {memory: 512Mi}}
+//! nodeSelector: {}
+//! tolerations: []
+//! affinity: null                  # Deployment mode: spread over nodes when not set
+//! podAnnotations: {}
+//! priorityClassName: null
+//! podDisruptionBudget: {enabled: true, maxUnavailable: 1}
+//! logLevel: info                  # RUST_LOG of the gateways
+//! ```
+//!
+//! The file is read through `config::yaml` (the one YAML facade) into a JSON value and then into
+//! the struct with `serde_path_to_error`, so that an error names the file and the field path
+//! (`settings.yaml: carrierService.type: unknown variant ...`). Checks that involve more than
+//! one field (ports that collide, a source range on a ClusterIP Service) run after parsing, in
+//! [`OperatorSettings::validate`], with the same kind of error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::config::yaml;
+
+/// The image registry and repository of the default gateway image; the tag is the crate's
+/// version, so an operator runs gateways of its own release.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/trunkline/trunkline";
+
+/// Seconds added to `drainSeconds` for `terminationGracePeriodSeconds`: the gateway stops at the
+/// end of its drain, and this margin lets it flush records and exit before the kubelet kills it.
+pub const DRAIN_MARGIN_SECONDS: u32 = 10;
+
+/// The longest suffix `fleet` appends to the fleet's name (`-internal`): a Service name is a
+/// DNS label of at most 63 characters.
+const LONGEST_NAME_SUFFIX: usize = "-internal".len();
+
+/// Everything `trunkline operator` is told about its gateway fleet. See the module docs for the
+/// file format; each field says its unit and default.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperatorSettings {
+    /// The fleet's name. Its objects are named after it (`<name>-gateway`, `<name>-carrier`,
+    /// `<name>-internal`) and labelled `trunkline.dev/fleet: <name>`; it must be unique in the
+    /// cluster (the ClusterRole and ClusterRoleBinding are cluster-wide). A DNS label starting
+    /// with a letter, at most 54 characters. Default `trunkline`.
+    pub name: String,
+    /// The namespace the fleet runs in (and where the credentials Secret lives). Default
+    /// `trunkline`.
+    pub namespace: String,
+    /// The gateway image. Default `ghcr.io/trunkline/trunkline:<version of this operator>`.
+    pub image: String,
+    /// When the kubelet pulls the image. Default `IfNotPresent`.
+    pub image_pull_policy: ImagePullPolicy,
+    /// Names of `kubernetes.io/dockerconfigjson` Secrets in the fleet's namespace for a private
+    /// registry. Default none.
+    pub image_pull_secrets: Vec<String>,
+    /// `Deployment` (replicas behind the Services) or `DaemonSet` (one gateway per selected
+    /// node, usually with `hostNetwork`). Default `Deployment`.
+    pub mode: FleetMode,
+    /// Number of gateway pods in `Deployment` mode; ignored in `DaemonSet` mode. Default 2.
+    pub replicas: i32,
+    /// Run the gateways on the node's network: SIP and RTP use the node's addresses and ports
+    /// directly (no Service in the media path), which is how carriers reach RTP without NAT.
+    /// Sets `dnsPolicy: ClusterFirstWithHostNet`. One gateway per node. The agent-facing and
+    /// admin ports are then open on the node's addresses too (NetworkPolicies do not apply to
+    /// host-network pods): firewall them to the cluster's networks. Default false.
+    pub host_network: bool,
+    /// Carrier-facing SIP port, UDP and TCP. Default 5060.
+    pub sip_port: u16,
+    /// Carrier-facing SIP over TLS: on when `secretName` is set. Default off.
+    pub tls: TlsSettings,
+    /// Agent-facing (internal) SIP port, UDP and TCP: the agent runtime sends outbound calls
+    /// and transfers here. Default 5080.
+    pub internal_port: u16,
+    /// HTTP port of `/metrics`, `/healthz` and `/readyz` (the probes use it). Default 9090.
+    pub admin_port: u16,
+    /// UDP port range of the RTP relays, `LOW-HIGH` inclusive, `LOW` even (RTP on even ports,
+    /// RTCP on the next odd one). Default `20000-20999`: 500 RTP/RTCP pairs per gateway.
+    pub rtp_ports: PortRange,
+    /// The IP address carriers reach the gateways at, written in Via, Contact and SDP instead
+    /// of the pod's own (behind NAT or a load balancer). Default none: the listener's address.
+    #[serde(deserialize_with = "ip_or_empty")]
+    pub public_address: Option<IpAddr>,
+    /// The IP addresses carriers see outbound calls come from (the cluster's NAT or the nodes'
+    /// public IPs), published in every OutboundTrunk's `status.sourceAddresses` for the
+    /// carrier's allowlist. Default none.
+    pub egress_addresses: Vec<IpAddr>,
+    /// Serve only the trunks of this region (and trunks without regions). Default none: every
+    /// trunk.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub region: Option<String>,
+    /// Name of the Secret, in the fleet's namespace, that the operator writes with the
+    /// credentials of the accepted trunks and the gateways read (the only Secret they may read).
+    /// Default `trunkline-gateway-credentials`.
+    pub credentials_secret: String,
+    /// The carrier-facing Service. Default a `LoadBalancer` with `externalTrafficPolicy: Local`.
+    pub carrier_service: CarrierServiceSettings,
+    /// The agent-facing Service (always `ClusterIP`).
+    pub internal_service: InternalServiceSettings,
+    /// Seconds a gateway lets calls in progress finish after SIGTERM (new calls get 503), its
+    /// `--drain-timeout`. The pod's `terminationGracePeriodSeconds` is this plus 10. Default 30.
+    pub drain_seconds: u32,
+    /// CPU and memory of the gateway container. Default requests `cpu: 100m, memory: 128Mi`,
+    /// limit `memory: 512Mi`, no CPU limit (throttling shows as RTP jitter).
+    pub resources: ResourceRequirements,
+    /// Node labels the gateway pods must match. Default none.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the gateway pods. Default none.
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the gateway pods. Default none, which in `Deployment` mode means a preferred
+    /// anti-affinity that spreads the replicas over nodes.
+    pub affinity: Option<Affinity>,
+    /// Annotations of the gateway pods (for example Prometheus scrape hints). Default none.
+    pub pod_annotations: BTreeMap<String, String>,
+    /// PriorityClass of the gateway pods. Default none.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub priority_class_name: Option<String>,
+    /// The PodDisruptionBudget of the gateways (`Deployment` mode only: node drains skip
+    /// DaemonSet pods anyway). Default on, `maxUnavailable: 1`.
+    pub pod_disruption_budget: PodDisruptionBudgetSettings,
+    /// The gateways' log filter (`RUST_LOG` syntax: `info`, `trunkline=debug,info`). Default
+    /// `info`.
+    pub log_level: String,
+}
+
+/// Where the gateways run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum FleetMode {
+    /// A Deployment of `replicas` pods behind the Services, with a PodDisruptionBudget.
+    #[default]
+    Deployment,
+    /// A DaemonSet: one pod on every node that matches `nodeSelector`.
+    DaemonSet,
+}
+
+/// The container image pull policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ImagePullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value Kubernetes takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Carrier-facing SIP over TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The TLS port (TCP). Default 5061.
+    pub port: u16,
+    /// A `kubernetes.io/tls` Secret in the fleet's namespace (keys `tls.crt`, `tls.key`, as
+    /// cert-manager writes them), mounted read-only into the gateways; renewed certificates
+    /// are picked up without a restart. Default none: no TLS listener.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub secret_name: Option<String>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings { port: 5061, secret_name: None }
+    }
+}
+
+/// The carrier-facing Service.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CarrierServiceSettings {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`. Default `LoadBalancer`.
+    #[serde(rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations of the Service (cloud load-balancer settings). Default none.
+    pub annotations: BTreeMap<String, String>,
+    /// Source CIDRs the cloud load balancer lets in (`LoadBalancer` only): the carriers'
+    /// signalling addresses. Default none: every source (the trunks' own allowlists still
+    /// apply).
+    pub load_balancer_source_ranges: Vec<String>,
+    /// `Local` keeps the carrier's source address visible to the gateway (it is how trunks are
+    /// identified), `Cluster` spreads load over nodes but hides it. `NodePort` and
+    /// `LoadBalancer` only. Default `Local`.
+    pub external_traffic_policy: TrafficPolicy,
+    /// `ClientIP` sends a peer's packets to one pod, so the in-dialog requests of a call (BYE,
+    /// re-INVITE) reach the gateway that holds it; `None` balances each connection. Default
+    /// `ClientIP`.
+    pub session_affinity: SessionAffinity,
+}
+
+impl Default for CarrierServiceSettings {
+    fn default() -> Self {
+        CarrierServiceSettings {
+            type_: ServiceType::LoadBalancer,
+            annotations: BTreeMap::new(),
+            load_balancer_source_ranges: Vec::new(),
+            external_traffic_policy: TrafficPolicy::Local,
+            session_affinity: SessionAffinity::ClientIP,
+        }
+    }
+}
+
+/// The agent-facing Service (`ClusterIP`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InternalServiceSettings {
+    /// Annotations of the Service. Default none.
+    pub annotations: BTreeMap<String, String>,
+    /// As for the carrier Service. Default `ClientIP`.
+    pub session_affinity: SessionAffinity,
+}
+
+/// A Service type the carrier Service may have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only (with `hostNetwork`, carriers reach the nodes).
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// A cloud load balancer.
+    #[default]
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The value Kubernetes takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// A Service's `externalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TrafficPolicy {
+    /// Only to pods on the node that got the packet; the source address is kept.
+    #[default]
+    Local,
+    /// To any pod; the source address is replaced by a node's.
+    Cluster,
+}
+
+impl TrafficPolicy {
+    /// The value Kubernetes takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Local => "Local",
+            TrafficPolicy::Cluster => "Cluster",
+        }
+    }
+}
+
+/// A Service's `sessionAffinity`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SessionAffinity {
+    /// Every packet of one client address goes to the same pod.
+    #[default]
+    ClientIP,
+    /// No affinity.
+    None,
+}
+
+impl SessionAffinity {
+    /// The value Kubernetes takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAffinity::ClientIP => "ClientIP",
+            SessionAffinity::None => "None",
+        }
+    }
+}
+
+/// The fleet's PodDisruptionBudget.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodDisruptionBudgetSettings {
+    /// Render it (`Deployment` mode). Default true.
+    pub enabled: bool,
+    /// Pods a voluntary disruption (a node drain) may take down at once: a number or a
+    /// percentage (`"25%"`). Default 1.
+    pub max_unavailable: IntOrString,
+}
+
+impl Default for PodDisruptionBudgetSettings {
+    fn default() -> Self {
+        PodDisruptionBudgetSettings { enabled: true, max_unavailable: IntOrString::Int(1) }
+    }
+}
+
+/// An inclusive UDP port range, written `LOW-HIGH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port (even).
+    pub low: u16,
+    /// Last port.
+    pub high: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub fn len(self) -> u32 {
+        u32::from(self.high) - u32::from(self.low) + 1
+    }
+
+    /// A range is never empty (`low < high`); here for clippy's `len_without_is_empty`.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// Is `port` in the range?
+    pub fn contains(self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (low, high) = s.split_once('-').ok_or_else(|| {
+            format!("{s:?} is not a port range: expected LOW-HIGH, e.g. 20000-20999")
+        })?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port"))
+        };
+        let (low, high) = (port(low)?, port(high)?);
+        if low >= high {
+            return Err(format!("{s}: LOW must be below HIGH"));
+        }
+        if low % 2 != 0 {
+            return Err(format!("{s}: LOW must be even (RTP on even ports, RTCP on the odd next)"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(u64),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text.parse().map_err(de::Error::custom),
+            Raw::Number(n) => Err(de::Error::custom(format!(
+                "{n} is one port: expected LOW-HIGH, e.g. 20000-20999"
+            ))),
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// An optional string field where Helm's empty string means "not set".
+fn string_or_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(deserializer)?;
+    Ok(value.filter(|s| !s.trim().is_empty()))
+}
+
+/// An optional IP address where Helm's empty string means "not set".
+fn ip_or_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpAddr>, D::Error> {
+    match string_or_empty(deserializer)? {
+        None => Ok(None),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{text:?} is not an IP address"))),
+    }
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        OperatorSettings {
+            name: "trunkline".to_string(),
+            namespace: "trunkline".to_string(),
+            image: format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: ImagePullPolicy::default(),
+            image_pull_secrets: Vec::new(),
+            mode: FleetMode::default(),
+            replicas: 2,
+            host_network: false,
+            sip_port: 5060,
+            tls: TlsSettings::default(),
+            internal_port: 5080,
+            admin_port: 9090,
+            rtp_ports: PortRange { low: 20000, high: 20999 },
+            public_address: None,
+            egress_addresses: Vec::new(),
+            region: None,
+            credentials_secret: "trunkline-gateway-credentials".to_string(),
+            carrier_service: CarrierServiceSettings::default(),
+            internal_service: InternalServiceSettings::default(),
+            drain_seconds: 30,
+            resources: default_resources(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            pod_annotations: BTreeMap::new(),
+            priority_class_name: None,
+            pod_disruption_budget: PodDisruptionBudgetSettings::default(),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
+    };
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+        limits: Some(quantities(&[("memory", "512Mi")])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Why the operator's settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file cannot be read.
+    #[error("cannot read operator settings {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not YAML.
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: yaml::YamlError },
+    /// The file holds more than one YAML document.
+    #[error("{}: line {line}: a second YAML document; the settings are one document", path.display())]
+    SecondDocument { path: PathBuf, line: usize },
+    /// A field is unknown, has the wrong type, or a value that cannot work.
+    #[error("{}: {field}: {message}", path.display())]
+    Field {
+        path: PathBuf,
+        /// Path of the field, `carrierService.type`, `tolerations[0].effect`; `.` for the
+        /// whole file.
+        field: String,
+        message: String,
+    },
+}
+
+impl SettingsError {
+    /// The field path of a [`SettingsError::Field`], for tests and messages.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            SettingsError::Field { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// A cross-field problem found by [`OperatorSettings::validate`]: the field path and what is
+/// wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { field: field.into(), message: message.into() }
+}
+
+impl OperatorSettings {
+    /// Reads, parses and validates the settings file at `path`.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates settings from `text`; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SettingsError> {
+        let mut documents = yaml::documents(text).into_iter();
+        let value = match documents.next() {
+            None => serde_json::Value::Object(serde_json::Map::new()),
+            Some(document) => document
+                .value
+                .map_err(|source| SettingsError::Parse { path: path.to_path_buf(), source })?,
+        };
+        if let Some(second) = documents.next() {
+            return Err(SettingsError::SecondDocument {
+                path: path.to_path_buf(),
+                line: second.start_line,
+            });
+        }
+        let settings: OperatorSettings =
+            serde_path_to_error::deserialize(value).map_err(|e| SettingsError::Field {
+                path: path.to_path_buf(),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        settings.validate().map_err(|Invalid { field, message }| SettingsError::Field {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: names Kubernetes accepts, ports that do not collide,
+    /// Service fields that fit the Service type. The first problem found is returned.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let name_limit = 63 - LONGEST_NAME_SUFFIX;
+        if !is_dns_label(&self.name, name_limit)
+            || !self.name.starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} is not a fleet name: lowercase letters, digits and '-', starting with a \
+                     letter, ending with a letter or digit, at most {name_limit} characters",
+                    self.name
+                ),
+            ));
+        }
+        if !is_dns_label(&self.namespace, 63) {
+            return Err(invalid(
+                "namespace",
+                format!("{:?} is not a namespace name", self.namespace),
+            ));
+        }
+        if self.image.trim().is_empty() {
+            return Err(invalid("image", "the gateway image must be set"));
+        }
+        for (i, secret) in self.image_pull_secrets.iter().enumerate() {
+            if !is_dns_subdomain(secret) {
+                return Err(invalid(
+                    format!("imagePullSecrets[{i}]"),
+                    format!("{secret:?} is not a Secret name"),
+                ));
+            }
+        }
+        if self.replicas < 0 {
+            return Err(invalid("replicas", "must be 0 or more"));
+        }
+        if !is_dns_subdomain(&self.credentials_secret) {
+            return Err(invalid(
+                "credentialsSecret",
+                format!("{:?} is not a Secret name", self.credentials_secret),
+            ));
+        }
+        if let Some(secret) = &self.tls.secret_name
+            && !is_dns_subdomain(secret)
+        {
+            return Err(invalid("tls.secretName", format!("{secret:?} is not a Secret name")));
+        }
+        self.validate_ports()?;
+        let service = &self.carrier_service;
+        for (i, range) in service.load_balancer_source_ranges.iter().enumerate() {
+            if range.parse::<ipnet::IpNet>().is_err() {
+                return Err(invalid(
+                    format!("carrierService.loadBalancerSourceRanges[{i}]"),
+                    format!("{range:?} is not a CIDR (203.0.113.0/24)"),
+                ));
+            }
+        }
+        if !service.load_balancer_source_ranges.is_empty()
+            && service.type_ != ServiceType::LoadBalancer
+        {
+            return Err(invalid(
+                "carrierService.loadBalancerSourceRanges",
+                format!(
+                    "only a LoadBalancer Service has source ranges, this one is {}",
+                    service.type_.as_str()
+                ),
+            ));
+        }
+        if let IntOrString::Int(n) = self.pod_disruption_budget.max_unavailable
+            && n < 0
+        {
+            return Err(invalid("podDisruptionBudget.maxUnavailable", "must be 0 or more"));
+        }
+        if let IntOrString::String(s) = &self.pod_disruption_budget.max_unavailable
+            && !s.strip_suffix('%').is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n <= 100))
+        {
+            return Err(invalid(
+                "podDisruptionBudget.maxUnavailable",
+                format!("{s:?}: expected a number or a percentage like \"25%\""),
+            ));
+        }
+        if self.log_level.trim().is_empty() {
+            return Err(invalid("logLevel", "must be set (e.g. info)"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(invalid(
+                "logLevel",
+                format!("{:?} is not a log filter: {e}", self.log_level),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_ports(&self) -> Result<(), Invalid> {
+        let mut ports: Vec<(&str, u16)> = vec![("sipPort", self.sip_port)];
+        if self.tls_enabled() {
+            ports.push(("tls.port", self.tls.port));
+        }
+        ports.push(("internalPort", self.internal_port));
+        ports.push(("adminPort", self.admin_port));
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(invalid(*field, "port 0 is not a port"));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err(invalid(*field, format!("port {port} is already {other}")));
+            }
+        }
+        // RTP is UDP: it can only collide with the UDP listeners.
+        for (field, port) in [("sipPort", self.sip_port), ("internalPort", self.internal_port)] {
+            if self.rtp_ports.contains(port) {
+                return Err(invalid(
+                    field,
+                    format!("port {port} is inside rtpPorts {}", self.rtp_ports),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Is the TLS listener on (a certificate Secret is named)?
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.secret_name.is_some()
+    }
+
+    /// `terminationGracePeriodSeconds` of the gateway pods: the drain plus a margin.
+    pub fn termination_grace_seconds(&self) -> i64 {
+        i64::from(self.drain_seconds) + i64::from(DRAIN_MARGIN_SECONDS)
+    }
+
+    /// The ports the gateway container binds, lowest first (RTP counted by its lowest port).
+    pub fn bound_ports(&self) -> Vec<u16> {
+        let mut ports =
+            vec![self.sip_port, self.internal_port, self.admin_port, self.rtp_ports.low];
+        if self.tls_enabled() {
+            ports.push(self.tls.port);
+        }
+        ports.sort_unstable();
+        ports
+    }
+}
+
+/// An RFC 1123 label: lowercase letters, digits and '-', alphanumeric at both ends.
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain (the form of most object names): labels joined by dots, at most 253.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|label| is_dns_label(label, 63))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<OperatorSettings, SettingsError> {
+        OperatorSettings::parse(text, Path::new("settings.yaml"))
+    }
+
+    fn field_error(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(SettingsError::Field { field, message, .. }) => (field, message),
+            other => panic!("expected a field error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let settings = parse("# nothing set\n").unwrap();
+        assert_eq!(settings, OperatorSettings::default());
+        assert_eq!(settings.name, "trunkline");
+        assert_eq!(settings.namespace, "trunkline");
+        assert_eq!(
+            settings.image,
+            format!("ghcr.io/trunkline/trunkline:{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(settings.sip_port, 5060);
+        assert_eq!(settings.internal_port, 5080);
+        assert_eq!(settings.admin_port, 9090);
+        assert_eq!(settings.rtp_ports, PortRange { low: 20000, high: 20999 });
+        assert_eq!(settings.credentials_secret, "trunkline-gateway-credentials");
+        assert_eq!(settings.carrier_service.type_, ServiceType::LoadBalancer);
+        assert_eq!(settings.carrier_service.external_traffic_policy, TrafficPolicy::Local);
+        assert!(!settings.tls_enabled());
+        assert_eq!(settings.termination_grace_seconds(), 40);
+        assert_eq!(settings.pod_disruption_budget.max_unavailable, IntOrString::Int(1));
+    }
+
+    #[test]
+    fn the_default_settings_are_valid() {
+        assert_eq!(OperatorSettings::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_full_file_is_read_field_by_field() {
+        let text = r#"
+name: edge
+namespace: voice
+image: registry.example/trunkline:1.2.3
+imagePullPolicy: Always
+mode: DaemonSet
+hostNetwork: true
+sipPort: 5070
+tls: {secretName: sip-tls, port: 5071}
+rtpPorts: 30000-30099
+publicAddress: 198.51.100.7
+egressAddresses: [198.51.100.7, "2001:db8::7"]
+region: eu
+carrierService:
+  type: NodePort
+  externalTrafficPolicy: Cluster
+drainSeconds: 120
+tolerations: [{key: dedicated, operator: Equal, value: sip, effect: NoSchedule}]
+podDisruptionBudget: {maxUnavailable: "25%"}
+logLevel: trunkline=debug,info
+"#;
+        let s = parse(text).unwrap();
+        assert_eq!(s.name, "edge");
+        assert_eq!(s.mode, FleetMode::DaemonSet);
+        assert!(s.host_network && s.tls_enabled());
+        assert_eq!(s.tls.port, 5071);
+        assert_eq!(s.rtp_ports.len(), 100);
+        assert_eq!(s.public_address, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(s.egress_addresses.len(), 2);
+        assert_eq!(s.region.as_deref(), Some("eu"));
+        assert_eq!(s.carrier_service.type_, ServiceType::NodePort);
+        assert_eq!(s.termination_grace_seconds(), 130);
+        assert_eq!(s.tolerations[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(s.pod_disruption_budget.max_unavailable, IntOrString::String("25%".into()));
+    }
+
+    #[test]
+    fn helm_empty_strings_mean_not_set() {
+        let s = parse("publicAddress: \"\"\nregion: \"\"\ntls: {secretName: \"\"}\n").unwrap();
+        assert_eq!(s.public_address, None);
+        assert_eq!(s.region, None);
+        assert!(!s.tls_enabled());
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_path() {
+        let (field, message) = field_error("carrierService:\n  tpye: NodePort\n");
+        assert_eq!(field, "carrierService.tpye");
+        assert!(message.contains("unknown field `tpye`"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_enum_value_names_the_field() {
+        let (field, message) = field_error("carrierService: {type: Ingress}\n");
+        assert_eq!(field, "carrierService.type");
+        assert!(message.contains("Ingress"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_value_inside_a_list_names_the_index() {
+        let (field, _) = field_error("egressAddresses: [198.51.100.7, nowhere]\n");
+        assert_eq!(field, "egressAddresses[1]");
+        let (field, message) = field_error("publicAddress: gateway.example\n");
+        assert_eq!(field, "publicAddress");
+        assert!(message.contains("not an IP address"), "{message}");
+    }
+
+    #[test]
+    fn rtp_ports_need_an_even_low_below_high() {
+        let (field, message) = field_error("rtpPorts: 20001-20999\n");
+        assert_eq!(field, "rtpPorts");
+        assert!(message.contains("even"), "{message}");
+        let (_, message) = field_error("rtpPorts: 20000-20000\n");
+        assert!(message.contains("below"), "{message}");
+        let (_, message) = field_error("rtpPorts: 20000\n");
+        assert!(message.contains("LOW-HIGH"), "{message}");
+    }
+
+    #[test]
+    fn colliding_ports_are_refused() {
+        let (field, message) = field_error("adminPort: 5060\n");
+        assert_eq!(field, "adminPort");
+        assert!(message.contains("sipPort"), "{message}");
+        let (field, _) = field_error("tls: {secretName: t, port: 5080}\n");
+        assert_eq!(field, "internalPort");
+        let (field, message) = field_error("internalPort: 20010\n");
+        assert_eq!(field, "internalPort");
+        assert!(message.contains("rtpPorts"), "{message}");
+        // Without a certificate there is no TLS listener, so its port collides with nothing.
+        assert!(parse("tls: {port: 5080}\n").is_ok());
+    }
+
+    #[test]
+    fn source_ranges_need_a_load_balancer_and_cidrs() {
+        let (field, _) =
+            field_error("carrierService: {loadBalancerSourceRanges: [203.0.113.0/24, bad]}\n");
+        assert_eq!(field, "carrierService.loadBalancerSourceRanges[1]");
+        let (field, message) = field_error(
+            "carrierService: {type: ClusterIP, loadBalancerSourceRanges: [203.0.113.0/24]}\n",
+        );
+        assert_eq!(field, "carrierService.loadBalancerSourceRanges");
+        assert!(message.contains("ClusterIP"), "{message}");
+    }
+
+    #[test]
+    fn names_kubernetes_would_refuse_are_refused() {
+        assert_eq!(field_error("name: Trunk_Line\n").0, "name");
+        assert_eq!(field_error(&format!("name: {}\n", "a".repeat(55))).0, "name");
+        assert_eq!(field_error("name: 1fleet\n").0, "name");
+        assert_eq!(field_error("namespace: -x\n").0, "namespace");
+        assert_eq!(field_error("credentialsSecret: \"\"\n").0, "credentialsSecret");
+        assert_eq!(field_error("tls: {secretName: Bad_Name}\n").0, "tls.secretName");
+    }
+
+    #[test]
+    fn a_bad_log_filter_or_budget_is_refused() {
+        assert_eq!(field_error("logLevel: \"trunkline=loud\"\n").0, "logLevel");
+        assert_eq!(
+            field_error("podDisruptionBudget: {maxUnavailable: half}\n").0,
+            "podDisruptionBudget.maxUnavailable"
+        );
+        assert_eq!(field_error("replicas: -1\n").0, "replicas");
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let error = parse("mode: Sometimes\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("settings.yaml: mode: "), "{text}");
+        let error = parse("a: [\n").unwrap_err();
+        assert!(matches!(error, SettingsError::Parse { .. }), "{error:?}");
+        assert!(error.to_string().starts_with("settings.yaml: "), "{error}");
+        let error = parse("name: a\n---\nname: b\n").unwrap_err();
+        assert!(matches!(error, SettingsError::SecondDocument { line: 3, .. }), "{error:?}");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_when_missing() {
+        let dir = std::env::temp_dir().join(format!("trunkline-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("operator.yaml");
+        std::fs::write(&path, "name: edge\n").unwrap();
+        assert_eq!(OperatorSettings::load(&path).unwrap().name, "edge");
+        let missing = dir.join("missing.yaml");
+        let error = OperatorSettings::load(&missing).unwrap_err();
+        assert!(matches!(error, SettingsError::Read { .. }));
+        assert!(error.to_string().contains("missing.yaml"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
