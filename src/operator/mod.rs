@@ -22,6 +22,7 @@
 //! - `leader`: the Lease that lets one operator replica write at a time.
 
 pub mod bundle;
+pub mod source;
 
 /// The field manager of every server-side apply the operator and the gateways make.
 pub const FIELD_MANAGER: &str = "trunkline-operator";
