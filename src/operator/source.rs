@@ -117,8 +117,11 @@ impl Running {
     /// takes, logging what is missing; `Err` when the source stopped first, or when called
     /// again after it gave the first snapshot.
     pub async fn ready(&mut self) -> Result<Ready, SourceError> {
-        let rx = self.ready.take().ok_or(SourceError::Stopped)?;
-        rx.await.map_err(|_| SourceError::Stopped)
+        // Cancel-safe: the receiver stays until it gave its answer.
+        let rx = self.ready.as_mut().ok_or(SourceError::Stopped)?;
+        let ready = rx.await;
+        self.ready = None;
+        ready.map_err(|_| SourceError::Stopped)
     }
 
     /// Stops the source now (reflectors, compile loop and hash reporting).
@@ -739,5 +742,546 @@ impl Burst {
 async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The source against kube's mock service: a scripted API server answers each LIST with a
+    //! list, holds each WATCH until the test pushes an event (answered as a newline-delimited
+    //! JSON body, after which the watcher watches again from that event's resourceVersion), and
+    //! records every request, the PATCHes of the pod in particular.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use http::{Request, Response, StatusCode};
+    use k8s_openapi::ByteString;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{Handle, SendResponse};
+
+    use super::*;
+    use crate::config::model::InboundDigest;
+    use crate::config::number::E164;
+
+    const NAMESPACE: &str = "trunkline";
+    const BUNDLE: &str = "gw-creds";
+    const POD: &str = "gw-0";
+    const NONCE: [u8; NONCE_KEY_LEN] = [9; NONCE_KEY_LEN];
+    /// Longer than a debounce, a compile and a PATCH; bounds every wait for something.
+    const SOON: Duration = Duration::from_secs(5);
+    /// How long "nothing happens" is watched for: several debounces.
+    const QUIET: Duration = Duration::from_millis(1200);
+
+    /// The resources the source asks for, by the path of their collection.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum Res {
+        Inbound,
+        Outbound,
+        Transfers,
+        Secrets,
+    }
+
+    impl Res {
+        fn of(path: &str) -> Option<Res> {
+            match path {
+                "/apis/trunkline.dev/v1alpha1/inboundtrunks" => Some(Res::Inbound),
+                "/apis/trunkline.dev/v1alpha1/outboundtrunks" => Some(Res::Outbound),
+                "/apis/trunkline.dev/v1alpha1/transferdestinations" => Some(Res::Transfers),
+                p if p == format!("/api/v1/namespaces/{NAMESPACE}/secrets") => Some(Res::Secrets),
+                _ => None,
+            }
+        }
+    }
+
+    /// What the test tells the scripted API server.
+    enum Cmd {
+        /// A watch event (`ADDED`, `MODIFIED`, `DELETED`) for the next WATCH of `Res`.
+        Event(Res, &'static str, Value),
+        /// The next WATCH of `Res` fails with a 500.
+        FailWatch(Res),
+    }
+
+    /// A PATCH of the pod, as the API server received it.
+    #[derive(Debug)]
+    struct PodPatch {
+        path: String,
+        query: String,
+        content_type: String,
+        body: Value,
+    }
+
+    /// The scripted API server's state.
+    struct ApiServer {
+        lists: BTreeMap<Res, Vec<Value>>,
+        /// WATCH requests waiting for an event, per resource.
+        waiting: BTreeMap<Res, VecDeque<SendResponse<Response<Body>>>>,
+        /// What the next WATCH of a resource gets, when no WATCH was waiting.
+        queued: BTreeMap<Res, VecDeque<Cmd>>,
+        /// PATCHes of the pod still to fail with a 500.
+        failing_patches: usize,
+        patches: mpsc::UnboundedSender<PodPatch>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// The test's side: the source's client, commands, the PATCHes seen and every request.
+    struct Fake {
+        client: Client,
+        cmds: mpsc::UnboundedSender<Cmd>,
+        patches: mpsc::UnboundedReceiver<PodPatch>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Fake {
+        /// An API server that lists `inbound` trunks and, when given, the bundle Secret.
+        fn start(inbound: Vec<Value>, bundle: Option<Value>, failing_patches: usize) -> Fake {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("trunkline=debug")
+                .with_test_writer()
+                .try_init();
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let (cmds, cmds_rx) = mpsc::unbounded_channel();
+            let (patches_tx, patches) = mpsc::unbounded_channel();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let mut lists = BTreeMap::new();
+            lists.insert(Res::Inbound, inbound);
+            lists.insert(Res::Outbound, Vec::new());
+            lists.insert(Res::Transfers, Vec::new());
+            lists.insert(Res::Secrets, bundle.into_iter().collect());
+            let server = ApiServer {
+                lists,
+                waiting: BTreeMap::new(),
+                queued: BTreeMap::new(),
+                failing_patches,
+                patches: patches_tx,
+                requests: requests.clone(),
+            };
+            tokio::spawn(server.run(handle, cmds_rx));
+            Fake { client: Client::new(service, "default"), cmds, patches, requests }
+        }
+
+        fn source(&self) -> Running {
+            let options = KubeSourceOptions {
+                credentials_secret: BUNDLE.into(),
+                pod_name: Some(POD.into()),
+                pod_namespace: Some(NAMESPACE.into()),
+                watch_namespace: None,
+            };
+            KubeSource::new(self.client.clone(), options, CompileOptions::default())
+                .spawn(std::future::pending())
+        }
+
+        fn event(&self, res: Res, type_: &'static str, object: Value) {
+            self.cmds.send(Cmd::Event(res, type_, object)).unwrap();
+        }
+
+        async fn next_patch(&mut self) -> PodPatch {
+            tokio::time::timeout(SOON, self.patches.recv())
+                .await
+                .expect("a PATCH of the pod within 5 s")
+                .unwrap()
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    impl ApiServer {
+        async fn run(
+            mut self,
+            mut handle: Handle<Request<Body>, Response<Body>>,
+            mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        ) {
+            loop {
+                tokio::select! {
+                    request = handle.next_request() => match request {
+                        Some((request, send)) => self.answer(request, send).await,
+                        None => return,
+                    },
+                    Some(cmd) = cmds.recv() => self.command(cmd),
+                }
+            }
+        }
+
+        fn command(&mut self, cmd: Cmd) {
+            let res = match &cmd {
+                Cmd::Event(res, ..) | Cmd::FailWatch(res) => *res,
+            };
+            match self.waiting.get_mut(&res).and_then(VecDeque::pop_front) {
+                Some(send) => answer_watch(send, cmd),
+                None => self.queued.entry(res).or_default().push_back(cmd),
+            }
+        }
+
+        async fn answer(&mut self, request: Request<Body>, send: SendResponse<Response<Body>>) {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            self.requests.lock().unwrap().push(format!("{method} {path}?{query}"));
+            if method == http::Method::PATCH
+                && path == format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}")
+            {
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap();
+                let _ =
+                    self.patches.send(PodPatch { path, query, content_type, body: body.clone() });
+                if self.failing_patches > 0 {
+                    self.failing_patches -= 1;
+                    send.send_response(status(500, "etcd is having a moment"));
+                    return;
+                }
+                let pod = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": POD, "namespace": NAMESPACE, "resourceVersion": "7",
+                                 "annotations": body["metadata"]["annotations"]},
+                });
+                send.send_response(ok(&pod));
+                return;
+            }
+            let Some(res) = Res::of(&path).filter(|_| method == http::Method::GET) else {
+                send.send_response(status(404, "not scripted"));
+                return;
+            };
+            if query.contains("watch=true") {
+                match self.queued.get_mut(&res).and_then(VecDeque::pop_front) {
+                    Some(cmd) => answer_watch(send, cmd),
+                    None => self.waiting.entry(res).or_default().push_back(send),
+                }
+            } else {
+                let items = self.lists.get(&res).cloned().unwrap_or_default();
+                let list = json!({
+                    "apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                });
+                send.send_response(ok(&list));
+            }
+        }
+    }
+
+    fn answer_watch(send: SendResponse<Response<Body>>, cmd: Cmd) {
+        match cmd {
+            Cmd::Event(_, type_, object) => {
+                let line = format!("{}\n", json!({"type": type_, "object": object}));
+                send.send_response(
+                    Response::builder().body(Body::from(line.into_bytes())).unwrap(),
+                );
+            }
+            Cmd::FailWatch(_) => send.send_response(status(500, "the API server is restarting")),
+        }
+    }
+
+    fn ok(value: &Value) -> Response<Body> {
+        Response::builder().body(Body::from(serde_json::to_vec(value).unwrap())).unwrap()
+    }
+
+    fn status(code: u16, message: &str) -> Response<Body> {
+        let body = json!({
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "message": message, "reason": "InternalError", "code": code,
+        });
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    /// An InboundTrunk in namespace `voice` with digest credentials from Secret `secret`.
+    fn trunk(name: &str, numbers: &[&str], secret: &str, version: u32) -> Value {
+        let numbers: Vec<Value> =
+            numbers.iter().map(|n| json!({"number": n, "agent": "support"})).collect();
+        json!({
+            "apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+            "metadata": {
+                "name": name, "namespace": "voice", "uid": format!("uid-{name}"),
+                "resourceVersion": version.to_string(), "generation": version,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {
+                "numbers": numbers,
+                "destination": {"uri": "sip:agents.example.com:5070"},
+                "auth": {"digest": {"secretRef": {"name": secret}}},
+            },
+        })
+    }
+
+    /// The operator's bundle with `acme-creds` in `voice` and the nonce key.
+    fn bundle(version: u32) -> Value {
+        let mut data = BTreeMap::new();
+        data.insert(NONCE_KEY.to_string(), ByteString(NONCE.to_vec()));
+        data.insert(
+            "voice.acme-creds".to_string(),
+            ByteString(br#"{"username":"acme-user","password":"s3cret-acme"}"#.to_vec()),
+        );
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(BUNDLE.into()),
+                namespace: Some(NAMESPACE.into()),
+                resource_version: Some(version.to_string()),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        };
+        let mut value = serde_json::to_value(secret).unwrap();
+        value["apiVersion"] = json!("v1");
+        value["kind"] = json!("Secret");
+        value
+    }
+
+    fn routes(snapshot: &Snapshot, number: &str) -> bool {
+        snapshot.table.number_owner(&E164::parse_canonical(number).unwrap()).is_some()
+    }
+
+    async fn ready(running: &mut Running) -> Ready {
+        tokio::time::timeout(SOON, running.ready())
+            .await
+            .expect("a first config within 5 s")
+            .unwrap()
+    }
+
+    async fn next(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+        tokio::time::timeout(SOON, rx.changed()).await.expect("a new snapshot within 5 s").unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    fn assert_annotates(patch: &PodPatch, hash: &str) {
+        assert_eq!(patch.path, format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}"));
+        assert_eq!(patch.content_type, "application/merge-patch+json");
+        assert!(patch.query.contains("fieldManager=trunkline-operator"), "{}", patch.query);
+        assert_eq!(
+            patch.body,
+            json!({"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listed_trunk_is_served_with_the_bundles_credentials_and_nonce_key() {
+        let mut fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(bundle(1)),
+            0,
+        );
+        let mut running = fake.source();
+        let first = ready(&mut running).await;
+        assert_eq!(first.nonce_key, NONCE);
+        let snapshot = first.snapshots.borrow().clone();
+        assert!(routes(&snapshot, "+14155550100"));
+        let trunk = snapshot.table.trunk_by_digest_user("acme-user").expect("the bundle's user");
+        match &trunk.digest {
+            Some(InboundDigest::Ready { credentials, .. }) => {
+                assert_eq!(credentials.password.expose(), "s3cret-acme")
+            }
+            other => panic!("digest not ready: {other:?}"),
+        }
+        assert_eq!(snapshot.hash, snapshot.table.config_hash());
+
+        assert_annotates(&fake.next_patch().await, &snapshot.hash);
+
+        let requests = fake.requests();
+        let listed = |prefix: &str| {
+            requests.iter().any(|r| r.starts_with(prefix) && !r.contains("watch=true"))
+        };
+        // The three kinds in every namespace; the one Secret by name, in the pod's namespace.
+        assert!(listed("GET /apis/trunkline.dev/v1alpha1/inboundtrunks?"), "{requests:?}");
+        assert!(listed("GET /apis/trunkline.dev/v1alpha1/outboundtrunks?"), "{requests:?}");
+        assert!(listed("GET /apis/trunkline.dev/v1alpha1/transferdestinations?"), "{requests:?}");
+        let secrets: Vec<&String> = requests.iter().filter(|r| r.contains("/secrets")).collect();
+        assert!(!secrets.is_empty());
+        for r in secrets {
+            assert!(
+                r.starts_with("GET /api/v1/namespaces/trunkline/secrets?")
+                    && r.contains("fieldSelector=metadata.name%3Dgw-creds"),
+                "{r}"
+            );
+        }
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_watched_change_publishes_a_new_snapshot_and_annotates_its_hash() {
+        let mut fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(bundle(1)),
+            0,
+        );
+        let mut running = fake.source();
+        let Ready { mut snapshots, .. } = ready(&mut running).await;
+        let first = snapshots.borrow_and_update().clone();
+        assert_annotates(&fake.next_patch().await, &first.hash);
+
+        // A number added to the trunk.
+        fake.event(
+            Res::Inbound,
+            "MODIFIED",
+            trunk("acme-in", &["+14155550100", "+14155550101"], "acme-creds", 2),
+        );
+        let second = next(&mut snapshots).await;
+        assert!(routes(&second, "+14155550101") && routes(&second, "+14155550100"));
+        assert_ne!(second.hash, first.hash);
+        assert_annotates(&fake.next_patch().await, &second.hash);
+
+        // A new trunk (address-only: it needs no credentials from the bundle).
+        let mut other = trunk("other-in", &["+14155550200"], "unused", 3);
+        other["spec"]["auth"] = json!({"allowedAddresses": ["203.0.113.0/24"]});
+        fake.event(Res::Inbound, "ADDED", other);
+        let third = next(&mut snapshots).await;
+        assert!(routes(&third, "+14155550200") && routes(&third, "+14155550101"));
+        assert_ne!(third.hash, second.hash);
+        assert_annotates(&fake.next_patch().await, &third.hash);
+
+        // A change that changes no table (a label: the generation stays) publishes nothing and
+        // patches nothing.
+        let mut relabelled = trunk("acme-in", &["+14155550100", "+14155550101"], "acme-creds", 4);
+        relabelled["metadata"]["labels"] = json!({"team": "voice"});
+        relabelled["metadata"]["generation"] = json!(2);
+        fake.event(Res::Inbound, "MODIFIED", relabelled);
+        assert!(tokio::time::timeout(QUIET, snapshots.changed()).await.is_err());
+        assert!(fake.patches.try_recv().is_err());
+
+        // A deleted trunk leaves the table.
+        fake.event(Res::Inbound, "DELETED", trunk("other-in", &["+14155550200"], "unused", 5));
+        let fourth = next(&mut snapshots).await;
+        assert!(!routes(&fourth, "+14155550200") && routes(&fourth, "+14155550101"));
+        assert_annotates(&fake.next_patch().await, &fourth.hash);
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_object_does_not_stop_the_others() {
+        let mut broken = trunk("broken-in", &["+14155550300"], "acme-creds", 1);
+        broken["spec"]["numbers"] = json!("+14155550300");
+        let fake = Fake::start(
+            vec![
+                trunk("acme-in", &["+14155550100"], "acme-creds", 1),
+                broken,
+                // Its Secret is not in the bundle: refused by compile (ResolvedRefs).
+                trunk("orphan-in", &["+14155550400"], "missing-creds", 1),
+            ],
+            Some(bundle(1)),
+            0,
+        );
+        let mut running = fake.source();
+        let snapshot = ready(&mut running).await.snapshots.borrow().clone();
+        assert!(routes(&snapshot, "+14155550100"));
+        assert!(!routes(&snapshot, "+14155550300") && !routes(&snapshot, "+14155550400"));
+        let verdict = |name: &str| {
+            let key = ObjectKey::new(Kind::InboundTrunk, "voice", name);
+            snapshot.verdicts.iter().find(|v| v.object == key).cloned().expect("a verdict")
+        };
+        assert_eq!(verdict("acme-in").state, State::Accepted);
+        let broken = verdict("broken-in");
+        assert_eq!(broken.state, State::Refused);
+        assert_eq!(broken.diagnostics[0].field, "spec.numbers");
+        assert_eq!(broken.diagnostics[0].reason, Reason::InvalidSpec);
+        let orphan = verdict("orphan-in");
+        assert_eq!(orphan.state, State::Refused);
+        assert!(orphan.diagnostics.iter().any(|d| d.message.contains("missing-creds")));
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn without_the_bundle_there_is_no_config_until_it_appears() {
+        let mut fake =
+            Fake::start(vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)], None, 0);
+        let mut running = fake.source();
+        let waited = tokio::time::timeout(QUIET, running.ready()).await;
+        assert!(waited.is_err(), "ready without the credentials Secret");
+        assert!(fake.patches.try_recv().is_err(), "a hash reported without a config");
+
+        fake.event(Res::Secrets, "ADDED", bundle(2));
+        let first = ready(&mut running).await;
+        assert_eq!(first.nonce_key, NONCE);
+        let snapshot = first.snapshots.borrow().clone();
+        assert!(snapshot.table.trunk_by_digest_user("acme-user").is_some());
+        assert_annotates(&fake.next_patch().await, &snapshot.hash);
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_bundle_without_a_nonce_key_is_not_ready() {
+        let mut keyless = bundle(1);
+        keyless["data"].as_object_mut().unwrap().remove(NONCE_KEY);
+        let fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(keyless),
+            0,
+        );
+        let mut running = fake.source();
+        assert!(tokio::time::timeout(QUIET, running.ready()).await.is_err());
+        fake.event(Res::Secrets, "MODIFIED", bundle(2));
+        assert_eq!(ready(&mut running).await.nonce_key, NONCE);
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failing_watch_keeps_the_table_and_recovers() {
+        let mut fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(bundle(1)),
+            0,
+        );
+        let mut running = fake.source();
+        let Ready { mut snapshots, .. } = ready(&mut running).await;
+        let first = snapshots.borrow_and_update().clone();
+        let _ = fake.next_patch().await;
+
+        fake.cmds.send(Cmd::FailWatch(Res::Inbound)).unwrap();
+        fake.cmds.send(Cmd::FailWatch(Res::Secrets)).unwrap();
+        assert!(tokio::time::timeout(QUIET, snapshots.changed()).await.is_err());
+        assert_eq!(snapshots.borrow().hash, first.hash);
+
+        // Retried after the backoff: the next event gets through.
+        fake.event(
+            Res::Inbound,
+            "MODIFIED",
+            trunk("acme-in", &["+14155550100", "+14155550102"], "acme-creds", 2),
+        );
+        let next = next(&mut snapshots).await;
+        assert!(routes(&next, "+14155550102"));
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_annotation_patch_is_retried() {
+        let mut fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(bundle(1)),
+            2,
+        );
+        let mut running = fake.source();
+        let hash = ready(&mut running).await.snapshots.borrow().hash.clone();
+        for _ in 0..3 {
+            assert_annotates(&fake.next_patch().await, &hash);
+        }
+        // Accepted on the third attempt: no fourth.
+        assert!(tokio::time::timeout(QUIET, fake.patches.recv()).await.is_err());
+        running.abort();
+    }
+
+    #[test]
+    fn the_stores_lose_what_compile_never_reads() {
+        let value = trunk("acme-in", &["+14155550100"], "acme-creds", 1);
+        let mut object: DynamicObject = serde_json::from_value(value).unwrap();
+        object.metadata.annotations = Some(
+            [("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{}".to_string())]
+                .into(),
+        );
+        object.data["status"] = json!({"conditions": []});
+        strip_object(&mut object);
+        assert!(object.metadata.managed_fields.is_none() && object.metadata.annotations.is_none());
+        assert!(object.data.get("status").is_none() && object.data.get("spec").is_some());
+        let typed: InboundTrunk = typed(Kind::InboundTrunk, &object).unwrap();
+        assert_eq!(typed.spec.numbers.len(), 1);
     }
 }
