@@ -507,3 +507,119 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut argv = vec!["trunkline"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command
+    }
+
+    #[test]
+    fn the_gateway_deployments_command_line_parses() {
+        let command = parse(&[
+            "gateway",
+            "--listen",
+            "udp://0.0.0.0:5060",
+            "--listen",
+            "tcp://0.0.0.0:5060",
+            "--internal-listen",
+            "udp://0.0.0.0:5080",
+            "--internal-listen",
+            "tcp://0.0.0.0:5080",
+            "--admin",
+            "0.0.0.0:9090",
+            "--rtp-ports",
+            "20000-20999",
+            "--public-address",
+            "203.0.113.10",
+            "--region",
+            "us",
+            "--credentials-secret",
+            "fleet-credentials",
+            "--drain-timeout",
+            "30s",
+        ]);
+        let Command::Gateway(args) = command else { panic!("not the gateway subcommand") };
+        assert_eq!(args.credentials_secret, "fleet-credentials");
+        assert_eq!(args.watch_namespace, None);
+        let options = args.serve.into_options();
+        assert_eq!(options.listen.len(), 2);
+        assert_eq!(options.internal_listen.len(), 2);
+        assert_eq!(options.rtp_ports, (20000, 20999));
+        assert_eq!(options.region.as_deref(), Some("us"));
+        assert_eq!(options.drain_timeout, Duration::from_secs(30));
+        assert_eq!(options.admin, "0.0.0.0:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn the_gateway_has_defaults_for_everything_but_its_pod() {
+        let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };
+        assert_eq!(args.credentials_secret, "trunkline-gateway-credentials");
+        assert_eq!(args.serve.drain_timeout, Duration::from_secs(30));
+        let Command::Gateway(args) = parse(&[
+            "gateway",
+            "--pod-name",
+            "gw-0",
+            "--pod-namespace",
+            "tl",
+            "--watch-namespace",
+            "voice",
+        ]) else {
+            panic!("not gateway")
+        };
+        assert_eq!(args.pod_name.as_deref(), Some("gw-0"));
+        assert_eq!(args.pod_namespace.as_deref(), Some("tl"));
+        assert_eq!(args.watch_namespace.as_deref(), Some("voice"));
+    }
+
+    #[test]
+    fn run_keeps_its_flags_and_the_last_of_a_repeated_one_wins() {
+        let Command::Run(args) = parse(&[
+            "run",
+            "--specs",
+            "examples",
+            "--state-dir",
+            "/tmp/st",
+            "--drain-timeout",
+            "1",
+            "--drain-timeout",
+            "20",
+            "--media-timeout",
+            "0",
+        ]) else {
+            panic!("not run")
+        };
+        assert_eq!(args.specs, vec![PathBuf::from("examples")]);
+        assert_eq!(args.state_dir, PathBuf::from("/tmp/st"));
+        let options = args.serve.into_options();
+        assert_eq!(options.drain_timeout, Duration::from_secs(20));
+        assert_eq!(options.media_timeout, Duration::from_secs(1), "at least a second");
+        assert!(Cli::try_parse_from(["trunkline", "gateway", "--specs", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["trunkline", "run", "--specs", "x", "--drain-timeout", "3m"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn every_flag_of_run_and_gateway_is_documented() {
+        let cli = Cli::command();
+        for name in ["run", "gateway"] {
+            let sub = cli.find_subcommand(name).expect("the subcommand");
+            assert!(sub.get_about().is_some(), "{name} has no description");
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                    "{name} --{} has no help",
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}
