@@ -38,7 +38,8 @@ enum Command {
     /// operator's credentials Secret, compiles on every change, swaps the table in while calls go
     /// on, and writes the hash of the config it runs into its pod's annotation
     /// `trunkline.dev/config-hash`. Not ready until the first config; keeps its last table when
-    /// the API server goes away. Uses the in-cluster configuration (or KUBECONFIG).
+    /// the API server goes away. Connects with the pod's in-cluster configuration, or with a
+    /// kubeconfig when one is found (KUBECONFIG, ~/.kube/config).
     #[command(args_override_self = true)]
     Gateway(Box<GatewayArgs>),
     /// Print the CustomResourceDefinitions of the three kinds as YAML.
