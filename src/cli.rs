@@ -4,16 +4,19 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use trunkline::api::Kind;
+use trunkline::call::serve::{ServeOptions, SpecSource, serve};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
 use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
+use trunkline::operator::source::KubeSourceOptions;
 use trunkline::sip::transport::ListenAddr;
 
 /// SIP trunks as Kubernetes resources: an operator, a SIP/RTP gateway, and the offline tools for
@@ -30,6 +33,15 @@ enum Command {
     /// Serve calls from a folder of specs: the SIP gateway on one machine, no Kubernetes.
     #[command(args_override_self = true)]
     Run(Box<RunArgs>),
+    /// Serve calls from the resources in the cluster: the command of the gateway pods the
+    /// operator runs. Watches InboundTrunks, OutboundTrunks and TransferDestinations and the
+    /// operator's credentials Secret, compiles on every change, swaps the table in while calls go
+    /// on, and writes the hash of the config it runs into its pod's annotation
+    /// `trunkline.dev/config-hash`. Not ready until the first config; keeps its last table when
+    /// the API server goes away. Connects with the pod's in-cluster configuration, or with a
+    /// kubeconfig when one is found (KUBECONFIG, ~/.kube/config).
+    #[command(args_override_self = true)]
+    Gateway(Box<GatewayArgs>),
     /// Print the CustomResourceDefinitions of the three kinds as YAML.
     Crds {
         /// Write one file per kind into this folder instead of printing.
@@ -99,6 +111,41 @@ struct RunArgs {
     /// Secrets); watched: edits are compiled and swapped in while calls go on.
     #[arg(long = "specs", required = true, value_name = "PATH")]
     specs: Vec<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Folder for state that must survive restarts: generated trunk credentials and the
+    /// digest nonce key.
+    #[arg(long, value_name = "DIR", default_value = ".trunkline")]
+    state_dir: PathBuf,
+}
+
+/// Flags of `trunkline gateway`.
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The Secret the operator keeps with the credentials of every served trunk and the shared
+    /// digest nonce key, in the pod's namespace. The gateway is not ready until it exists.
+    #[arg(long, value_name = "NAME", default_value = "trunkline-gateway-credentials")]
+    credentials_secret: String,
+    /// This pod's name, where the hash of the config it runs is written (annotation
+    /// `trunkline.dev/config-hash`, read by the operator to set `Programmed`). Without it the
+    /// hash is not reported.
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's namespace: where the credentials Secret is read and the pod annotated.
+    /// Default: the namespace of the pod's service account (or of the kubeconfig context).
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Watch InboundTrunks, OutboundTrunks and TransferDestinations in this namespace only.
+    /// Default: every namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
+}
+
+/// The flags `run` and `gateway` share: listeners, media, SIP behaviour, drain.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
     /// Carrier-facing listener, `udp://IP:PORT`, `tcp://IP:PORT` or `tls://IP:PORT`;
     /// repeatable. Default: udp://0.0.0.0:5060 and tcp://0.0.0.0:5060.
     #[arg(long = "listen", value_name = "PROTO://IP:PORT")]
@@ -126,34 +173,62 @@ struct RunArgs {
     /// Prefix of trunkline's own headers (agent selection, session metadata).
     #[arg(long, default_value = lookup::DEFAULT_HEADER_PREFIX)]
     header_prefix: String,
-    /// Folder for state that must survive restarts: generated trunk credentials and the
-    /// digest nonce key.
-    #[arg(long, value_name = "DIR", default_value = ".trunkline")]
-    state_dir: PathBuf,
     /// Serve only the trunks of this region (and those without regions).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
     /// Digest realm of the challenges.
     #[arg(long, default_value = "trunkline")]
     realm: String,
-    /// Seconds an agent may ring before the call is given up (480 to the carrier).
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    agent_timeout: u64,
+    /// Seconds an agent may ring before the call is given up (480 to the carrier); `60` or
+    /// `60s`.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    agent_timeout: Duration,
     /// Seconds without RTP from either side of an answered call (not on hold) before the
-    /// gateway hangs it up, with the reason logged.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    media_timeout: u64,
-    /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    drain_timeout: u64,
+    /// gateway hangs it up, with the reason logged; `30` or `30s`.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    media_timeout: Duration,
+    /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile);
+    /// `30` or `30s`.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    drain_timeout: Duration,
     /// Digest algorithms offered to carriers, one challenge each, in this order. Many deployed
     /// carriers read only the first challenge, so MD5 comes first by default; `SHA-256,MD5`
     /// prefers SHA-256 (RFC 8760), `SHA-256` alone refuses MD5.
     #[arg(long, value_delimiter = ',', default_value = "MD5,SHA-256", value_parser = parse_algorithm)]
     digest_algorithms: Vec<trunkline::sip::digest::Algorithm>,
-    /// Seconds a digest nonce stays valid (then `stale=true`).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    nonce_ttl: u64,
+    /// Seconds a digest nonce stays valid (then `stale=true`); `300` or `300s`.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    nonce_ttl: Duration,
+}
+
+impl ServeArgs {
+    fn into_options(self) -> ServeOptions {
+        ServeOptions {
+            listen: self.listen,
+            internal_listen: self.internal_listen,
+            tls: self.tls_cert.zip(self.tls_key),
+            admin: self.admin,
+            public_address: self.public_address,
+            rtp_ports: self.rtp_ports,
+            header_prefix: self.header_prefix,
+            region: self.region,
+            realm: self.realm,
+            agent_timeout: self.agent_timeout,
+            drain_timeout: self.drain_timeout,
+            media_timeout: self.media_timeout.max(Duration::from_secs(1)),
+            nonce_ttl: self.nonce_ttl,
+            digest_algorithms: self.digest_algorithms,
+        }
+    }
+}
+
+/// Whole seconds, `30` or `30s` (the form Kubernetes manifests use).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let digits = s.trim().strip_suffix('s').unwrap_or(s.trim());
+    digits
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?}: expected whole seconds, e.g. 30 or 30s"))
 }
 
 fn parse_algorithm(s: &str) -> Result<trunkline::sip::digest::Algorithm, String> {
@@ -199,7 +274,8 @@ impl From<TransportArg> for Transport {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run_gateway(*args),
+        Command::Run(args) => run_folder(*args),
+        Command::Gateway(args) => run_kube(*args),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
         Command::Explain {
@@ -400,27 +476,30 @@ fn explain(
     Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_gateway(args: RunArgs) -> anyhow::Result<ExitCode> {
+fn run_folder(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(trunkline::call::serve::serve(trunkline::call::serve::ServeOptions {
-        specs: args.specs,
-        listen: args.listen,
-        internal_listen: args.internal_listen,
-        tls: args.tls_cert.zip(args.tls_key),
-        admin: args.admin,
-        public_address: args.public_address,
-        rtp_ports: args.rtp_ports,
-        header_prefix: args.header_prefix,
-        state_dir: args.state_dir,
-        region: args.region,
-        realm: args.realm,
-        agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
-        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
-        media_timeout: std::time::Duration::from_secs(args.media_timeout.max(1)),
-        nonce_ttl: std::time::Duration::from_secs(args.nonce_ttl),
-        digest_algorithms: args.digest_algorithms,
-    }))?;
+    let source = SpecSource::Folder { paths: args.specs, state_dir: args.state_dir };
+    runtime.block_on(serve(source, args.serve.into_options()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+        let options = KubeSourceOptions {
+            credentials_secret: args.credentials_secret,
+            pod_name: args.pod_name,
+            pod_namespace: args.pod_namespace,
+            watch_namespace: args.watch_namespace,
+        };
+        serve(SpecSource::Kube { client, options }, args.serve.into_options()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,4 +507,120 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut argv = vec!["trunkline"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command
+    }
+
+    #[test]
+    fn the_gateway_deployments_command_line_parses() {
+        let command = parse(&[
+            "gateway",
+            "--listen",
+            "udp://0.0.0.0:5060",
+            "--listen",
+            "tcp://0.0.0.0:5060",
+            "--internal-listen",
+            "udp://0.0.0.0:5080",
+            "--internal-listen",
+            "tcp://0.0.0.0:5080",
+            "--admin",
+            "0.0.0.0:9090",
+            "--rtp-ports",
+            "20000-20999",
+            "--public-address",
+            "203.0.113.10",
+            "--region",
+            "us",
+            "--credentials-secret",
+            "fleet-credentials",
+            "--drain-timeout",
+            "30s",
+        ]);
+        let Command::Gateway(args) = command else { panic!("not the gateway subcommand") };
+        assert_eq!(args.credentials_secret, "fleet-credentials");
+        assert_eq!(args.watch_namespace, None);
+        let options = args.serve.into_options();
+        assert_eq!(options.listen.len(), 2);
+        assert_eq!(options.internal_listen.len(), 2);
+        assert_eq!(options.rtp_ports, (20000, 20999));
+        assert_eq!(options.region.as_deref(), Some("us"));
+        assert_eq!(options.drain_timeout, Duration::from_secs(30));
+        assert_eq!(options.admin, "0.0.0.0:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn the_gateway_has_defaults_for_everything_but_its_pod() {
+        let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };
+        assert_eq!(args.credentials_secret, "trunkline-gateway-credentials");
+        assert_eq!(args.serve.drain_timeout, Duration::from_secs(30));
+        let Command::Gateway(args) = parse(&[
+            "gateway",
+            "--pod-name",
+            "gw-0",
+            "--pod-namespace",
+            "tl",
+            "--watch-namespace",
+            "voice",
+        ]) else {
+            panic!("not gateway")
+        };
+        assert_eq!(args.pod_name.as_deref(), Some("gw-0"));
+        assert_eq!(args.pod_namespace.as_deref(), Some("tl"));
+        assert_eq!(args.watch_namespace.as_deref(), Some("voice"));
+    }
+
+    #[test]
+    fn run_keeps_its_flags_and_the_last_of_a_repeated_one_wins() {
+        let Command::Run(args) = parse(&[
+            "run",
+            "--specs",
+            "examples",
+            "--state-dir",
+            "/tmp/st",
+            "--drain-timeout",
+            "1",
+            "--drain-timeout",
+            "20",
+            "--media-timeout",
+            "0",
+        ]) else {
+            panic!("not run")
+        };
+        assert_eq!(args.specs, vec![PathBuf::from("examples")]);
+        assert_eq!(args.state_dir, PathBuf::from("/tmp/st"));
+        let options = args.serve.into_options();
+        assert_eq!(options.drain_timeout, Duration::from_secs(20));
+        assert_eq!(options.media_timeout, Duration::from_secs(1), "at least a second");
+        assert!(Cli::try_parse_from(["trunkline", "gateway", "--specs", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["trunkline", "run", "--specs", "x", "--drain-timeout", "3m"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn every_flag_of_run_and_gateway_is_documented() {
+        let cli = Cli::command();
+        for name in ["run", "gateway"] {
+            let sub = cli.find_subcommand(name).expect("the subcommand");
+            assert!(sub.get_about().is_some(), "{name} has no description");
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                    "{name} --{} has no help",
+                    arg.get_id()
+                );
+            }
+        }
+    }
 }

@@ -1,9 +1,18 @@
-//! `trunkline run`: assembles the gateway on one machine. Loads and compiles the spec folder
-//! (with credentials generated into the state folder), binds the carrier-facing and internal
-//! listeners and the admin endpoints, watches the folder (a good edit is swapped in, a bad one
-//! keeps the last good table; calls in progress keep the table they started with), and drains on
-//! SIGTERM or Ctrl-C: new INVITEs get 503 and `/readyz` says draining while calls in progress go
-//! on, until they end or the drain deadline passes.
+//! `trunkline run` and `trunkline gateway`: assembles the gateway. Gets its first config from a
+//! [`SpecSource`], binds the carrier-facing and internal listeners and the admin endpoints, lets
+//! the source publish new configs (a good change is swapped in, a bad one keeps the last good
+//! table; calls in progress keep the table they started with), and drains on SIGTERM or Ctrl-C:
+//! new INVITEs get 503 and `/readyz` says draining while calls in progress go on, until they end
+//! or the drain deadline passes.
+//!
+//! The two sources:
+//! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
+//!   generated into the state folder, which also keeps the digest nonce key), then watches it.
+//!   A folder that cannot be served is an error before anything is bound.
+//! - [`SpecSource::Kube`] (`gateway`, in a pod): `operator::source` reflects the three kinds and
+//!   the operator's credentials Secret, which also carries the nonce key every replica shares.
+//!   The admin endpoints come up first, with `/readyz` not ready until the first config; the
+//!   listeners open once it is there.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,15 +28,38 @@ use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
+use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
 
 use super::gateway::{Gateway, GatewayConfig, Listener};
 
-/// Everything `trunkline run` is told.
+/// Where the gateway's specs come from.
+pub enum SpecSource {
+    /// Spec folders or files, watched; generated credentials and the nonce key in `state_dir`.
+    Folder { paths: Vec<PathBuf>, state_dir: PathBuf },
+    /// The API server (a gateway pod); `client` is normally `kube::Client::try_default()`.
+    Kube { client: kube::Client, options: KubeSourceOptions },
+}
+
+impl std::fmt::Debug for SpecSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecSource::Folder { paths, state_dir } => f
+                .debug_struct("Folder")
+                .field("paths", paths)
+                .field("state_dir", state_dir)
+                .finish(),
+            SpecSource::Kube { options, .. } => {
+                f.debug_struct("Kube").field("options", options).finish_non_exhaustive()
+            }
+        }
+    }
+}
+
+/// Everything the gateway is told, whatever its spec source.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    pub specs: Vec<PathBuf>,
     pub listen: Vec<ListenAddr>,
     pub internal_listen: Vec<ListenAddr>,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -35,7 +67,6 @@ pub struct ServeOptions {
     pub public_address: Option<IpAddr>,
     pub rtp_ports: (u16, u16),
     pub header_prefix: String,
-    pub state_dir: PathBuf,
     pub region: Option<String>,
     pub realm: String,
     pub agent_timeout: Duration,
@@ -52,6 +83,8 @@ pub struct ServeOptions {
 pub enum ServeError {
     #[error(transparent)]
     Specs(#[from] WatchError),
+    #[error(transparent)]
+    Kube(#[from] SourceError),
     #[error("state folder {path}")]
     State { path: PathBuf, source: crate::config::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
@@ -73,8 +106,30 @@ fn default_listeners(zone: Zone) -> Vec<ListenAddr> {
         .collect()
 }
 
+/// The first config of a source, and what keeps the later ones coming.
+struct FirstConfig {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    nonce_key: [u8; 32],
+    /// Publishes later snapshots until it is stopped or aborted.
+    source_task: SourceTask,
+}
+
+enum SourceTask {
+    Folder(tokio::task::JoinHandle<Result<(), WatchError>>),
+    Kube(crate::operator::source::Running),
+}
+
+impl SourceTask {
+    fn abort(&self) {
+        match self {
+            SourceTask::Folder(task) => task.abort(),
+            SourceTask::Kube(running) => running.abort(),
+        }
+    }
+}
+
 /// Runs the gateway until SIGTERM/Ctrl-C and the drain that follows.
-pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), ServeError> {
     let listen = if options.listen.is_empty() {
         default_listeners(Zone::Carrier)
     } else {
@@ -85,46 +140,54 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     } else {
         options.internal_listen.clone()
     };
-
-    let state = StateDir::open(&options.state_dir)
-        .map_err(|source| ServeError::State { path: options.state_dir.clone(), source })?;
-    let nonce_key = state
-        .nonce_key()
-        .map_err(|source| ServeError::State { path: options.state_dir.clone(), source })?;
-    let endpoint = listen.first().map(|l| {
-        let ip = options.public_address.unwrap_or(l.addr.ip());
-        // A wildcard listener says nothing a carrier can use: name the flag that does.
-        let host = if ip.is_unspecified() {
-            format!("<this machine's public address (--public-address)>:{}", l.addr.port())
-        } else {
-            SocketAddr::new(ip, l.addr.port()).to_string()
-        };
-        format!(
-            "sip:{}{}",
-            host,
-            match l.protocol {
-                Protocol::Udp => "",
-                Protocol::Tcp => ";transport=tcp",
-                Protocol::Tls => ";transport=tls",
-            }
-        )
-    });
-    let mut source = FolderSource::new(
-        options.specs.clone(),
-        CompileOptions { region: options.region.clone() },
-        Some(state),
-    );
-    if let Some(endpoint) = &endpoint {
-        source = source.with_carrier_endpoint(endpoint.clone());
-    }
     let metrics = Arc::new(GatewayMetrics::new());
-    let reload_metrics = metrics.clone();
-    source = source
-        .with_reload_observer(ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok))));
-    let first = source.load()?;
     let health = Health::new();
-    record_config(&metrics, &first.snapshot);
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first.snapshot));
+    let reload_metrics = metrics.clone();
+    let observer = ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok)));
+    let compile_options = CompileOptions { region: options.region.clone() };
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (first, admin_task) = match source {
+        SpecSource::Folder { paths, state_dir } => {
+            let endpoint = carrier_endpoint(&listen, options.public_address);
+            let first =
+                load_folder(paths, state_dir, compile_options, endpoint, observer, &stop_rx)?;
+            (first, None)
+        }
+        SpecSource::Kube { client, options: kube_options } => {
+            // Up before the first config, so that probes see a live pod that is not ready.
+            let admin_task = start_admin(&options, &metrics, &health, &stop_rx).await?;
+            let mut running = KubeSource::new(client, kube_options, compile_options)
+                .with_reload_observer(observer)
+                .spawn(stopped(stop_rx.clone()));
+            tracing::info!("waiting for the first config from the API server");
+            let ready = tokio::select! {
+                ready = running.ready() => ready,
+                () = shutdown_signal() => {
+                    tracing::info!("stopping before the first config");
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+                    running.abort();
+                    return Ok(());
+                }
+            };
+            let ready = match ready {
+                Ok(ready) => ready,
+                Err(e) => {
+                    admin_task.abort();
+                    return Err(e.into());
+                }
+            };
+            let first = FirstConfig {
+                snapshots: ready.snapshots,
+                nonce_key: ready.nonce_key,
+                source_task: SourceTask::Kube(running),
+            };
+            (first, Some(admin_task))
+        }
+    };
+    let snapshot_rx = first.snapshots.clone();
+    record_config(&metrics, &snapshot_rx.borrow());
 
     let config = GatewayConfig {
         public_address: options.public_address,
@@ -135,7 +198,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let digest = DigestServer::new(
         options.realm.clone(),
-        NonceKey::from_bytes(nonce_key),
+        NonceKey::from_bytes(first.nonce_key),
         options.nonce_ttl,
     )
     .with_algorithms(&options.digest_algorithms);
@@ -166,16 +229,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = tokio::net::TcpListener::bind(options.admin)
-        .await
-        .map_err(|source| ServeError::Listen { addr: options.admin.to_string(), source })?;
-    tracing::info!("admin endpoints on http://{}", admin.local_addr().unwrap_or(options.admin));
-    let admin_task =
-        tokio::spawn(serve_admin(admin, metrics.clone(), health.clone(), stopped(stop_rx.clone())));
+    let admin_task = match admin_task {
+        Some(task) => task,
+        None => start_admin(&options, &metrics, &health, &stop_rx).await?,
+    };
 
-    // Config reloads: the folder watch publishes snapshots; the gateway reads the latest.
-    let watch_task = tokio::spawn(source.watch(snapshot_tx, stopped(stop_rx.clone())));
+    // Config reloads: the source publishes snapshots; the gateway reads the latest.
     let metrics_task = {
         let metrics = metrics.clone();
         let mut rx = snapshot_rx.clone();
@@ -200,9 +259,70 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     tracing::info!(calls_left = gateway.active_calls(), "stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
-    watch_task.abort();
+    first.source_task.abort();
     metrics_task.abort();
     Ok(())
+}
+
+/// Loads the folder (an error when it cannot be served) and starts its watch.
+fn load_folder(
+    paths: Vec<PathBuf>,
+    state_dir: PathBuf,
+    compile_options: CompileOptions,
+    endpoint: Option<String>,
+    observer: ReloadObserver,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<FirstConfig, ServeError> {
+    let state = StateDir::open(&state_dir)
+        .map_err(|source| ServeError::State { path: state_dir.clone(), source })?;
+    let nonce_key = state
+        .nonce_key()
+        .map_err(|source| ServeError::State { path: state_dir.clone(), source })?;
+    let mut source = FolderSource::new(paths, compile_options, Some(state));
+    if let Some(endpoint) = endpoint {
+        source = source.with_carrier_endpoint(endpoint);
+    }
+    let source = source.with_reload_observer(observer);
+    let first = source.load()?;
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(first.snapshot));
+    let task = tokio::spawn(source.watch(snapshot_tx, stopped(stop_rx.clone())));
+    Ok(FirstConfig { snapshots, nonce_key, source_task: SourceTask::Folder(task) })
+}
+
+/// What carriers should point at, as printed next to generated credentials.
+fn carrier_endpoint(listen: &[ListenAddr], public_address: Option<IpAddr>) -> Option<String> {
+    listen.first().map(|l| {
+        let ip = public_address.unwrap_or(l.addr.ip());
+        // A wildcard listener says nothing a carrier can use: name the flag that does.
+        let host = if ip.is_unspecified() {
+            format!("<this machine's public address (--public-address)>:{}", l.addr.port())
+        } else {
+            SocketAddr::new(ip, l.addr.port()).to_string()
+        };
+        format!(
+            "sip:{}{}",
+            host,
+            match l.protocol {
+                Protocol::Udp => "",
+                Protocol::Tcp => ";transport=tcp",
+                Protocol::Tls => ";transport=tls",
+            }
+        )
+    })
+}
+
+/// Binds the admin endpoints and serves them until `stop_rx` says stop.
+async fn start_admin(
+    options: &ServeOptions,
+    metrics: &Arc<GatewayMetrics>,
+    health: &Arc<Health>,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
+    let admin = tokio::net::TcpListener::bind(options.admin)
+        .await
+        .map_err(|source| ServeError::Listen { addr: options.admin.to_string(), source })?;
+    tracing::info!("admin endpoints on http://{}", admin.local_addr().unwrap_or(options.admin));
+    Ok(tokio::spawn(serve_admin(admin, metrics.clone(), health.clone(), stopped(stop_rx.clone()))))
 }
 
 fn record_config(metrics: &GatewayMetrics, snapshot: &Snapshot) {

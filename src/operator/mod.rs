@@ -25,6 +25,7 @@ pub mod bundle;
 pub mod fleet;
 pub mod leader;
 pub mod settings;
+pub mod source;
 pub mod tracker;
 
 /// The field manager of every server-side apply the operator and the gateways make.
