@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,14 @@ def test_checkov_passes_the_network_policy_check_when_policies_are_on(tmp_path):
     report = checkov(tmp_path, "--check", "CKV2_K8S_6")
     assert failures(report) == []
     assert report["summary"]["passed"] >= 1, report["summary"]
+
+
+def test_helm_packages_the_chart_with_its_crds_and_without_the_scanner_config(tmp_path):
+    archive = helm.package(CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert Path(archive).name == "trunkline-0.1.0.tgz"
+    assert "trunkline/values.schema.json" in names
+    assert "trunkline/crds/inboundtrunks.trunkline.dev.yaml" in names
+    assert "trunkline/templates/NOTES.txt" in names
+    assert not [n for n in names if n.endswith(".checkov.yaml")]

@@ -287,3 +287,14 @@ def test_without_tls_its_port_collides_with_nothing():
 def test_a_release_name_that_is_no_fleet_name_asks_for_gateway_name():
     assert "set gateway.name" in helm_error({}, release="1st")
     render({"gateway": {"name": "first"}}, release="1st")
+
+
+@pytest.mark.parametrize("address", ["198.51.100.7", "2001:db8::7", "::1", "::ffff:198.51.100.7"])
+def test_ipv4_and_ipv6_addresses_pass_the_schema(address):
+    settings = render({"gateway": {"publicAddress": address, "egressAddresses": [address]}})
+    assert address in settings["trunkline/templates/configmap.yaml"]
+
+
+@pytest.mark.parametrize("cidr", ["203.0.113.0/24", "0.0.0.0/0", "2001:db8::/32", "::/0"])
+def test_ipv4_and_ipv6_source_ranges_pass_the_schema(cidr):
+    render({"gateway": {"carrierService": {"loadBalancerSourceRanges": [cidr]}}})
