@@ -29,4 +29,7 @@ USER 65532:65532
 # SIP 5060 (UDP, TCP), SIP over TLS 5061, internal SIP 5080 (UDP, TCP), gateway admin 9090,
 # operator admin 8080. RTP uses a UDP range (default 20000-20999).
 EXPOSE 5060/udp 5060/tcp 5061/tcp 5080/udp 5080/tcp 8080/tcp 9090/tcp
+# No HEALTHCHECK (checkov CKV_DOCKER_2, skipped in tests/chart/test_validate.py): Kubernetes
+# ignores it and probes the admin port's /healthz and /readyz instead, and the distroless image has
+# no shell or HTTP client to run one.
 ENTRYPOINT ["/usr/local/bin/trunkline"]
