@@ -51,3 +51,27 @@ fi
 cargo build --locked --all-targets
 # nextest runs unit, golden, CLI and integration tests; the crate has no doctests.
 cargo nextest run --locked --no-fail-fast
+
+# The Helm chart (charts/trunkline, tests/chart/): rendered and linted by the real Helm SDK
+# (PyPI helm-python-sdk: its wheel bundles Helm's Go code as a library, so no helm binary and
+# nothing fetched from outside PyPI), validated with kubernetes-validate and scanned with checkov
+# --skip-download (both offline). The packages, pinned in tests/chart/requirements.txt and
+# constraints.txt, go into target/chart-venv, made again whenever the pins change.
+chart_venv=target/chart-venv
+chart_pins="$(cat tests/chart/requirements.txt tests/chart/constraints.txt)"
+if [ ! -x "$chart_venv/bin/python" ] || [ "$(cat "$chart_venv/pins.txt" 2>/dev/null)" != "$chart_pins" ]; then
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  rm -rf "$chart_venv"
+  # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+  if ! python3 -m venv "$chart_venv" >/dev/null 2>&1; then
+    echo "run.sh: installing python3-venv" >&2
+    apt_install python3-venv
+    rm -rf "$chart_venv"
+    python3 -m venv "$chart_venv"
+  fi
+  echo "run.sh: installing the chart test tools into $chart_venv" >&2
+  "$chart_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r tests/chart/requirements.txt
+  printf '%s' "$chart_pins" >"$chart_venv/pins.txt"
+fi
+PYTHONDONTWRITEBYTECODE=1 "$chart_venv/bin/python" -m pytest -p no:cacheprovider -q tests/chart

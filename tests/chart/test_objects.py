@@ -1,0 +1,534 @@
+"""What the chart renders: the objects, the operator's pod, its RBAC, its settings file, the
+monitors and the NetworkPolicies, for the defaults and for the value sets of conftest.py."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from conftest import CHART, NAMESPACE, REPO, RELEASE, VALUE_SETS, Rendering, render
+
+OPERATOR = f"{RELEASE}-operator"
+
+
+def test_the_defaults_render_the_operator_and_its_rbac_and_nothing_optional(default):
+    assert default.kinds() == sorted([
+        ("ClusterRole", OPERATOR),
+        ("ClusterRoleBinding", OPERATOR),
+        ("ConfigMap", OPERATOR),
+        ("Deployment", OPERATOR),
+        ("PodDisruptionBudget", OPERATOR),
+        ("Role", OPERATOR),
+        ("RoleBinding", OPERATOR),
+        ("Service", OPERATOR),
+        ("ServiceAccount", OPERATOR),
+    ])
+    for obj in default.objects:
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_every_value_set_renders_distinct_objects(renderings):
+    for name, rendering in renderings.items():
+        kinds = rendering.kinds()
+        assert len(kinds) == len(set(kinds)), f"{name}: an object is rendered twice: {kinds}"
+
+
+# --- The operator's pod ---------------------------------------------------------------------
+
+
+def test_the_operator_runs_the_operator_command_with_its_settings_file(default):
+    container = default.operator_container()
+    assert container["image"] == "ghcr.io/trunkline/trunkline:0.1.0"
+    assert "command" not in container  # the image's ENTRYPOINT is the trunkline binary
+    assert container["args"] == [
+        "operator", "--config", "/etc/trunkline/operator.yaml", "--admin", "0.0.0.0:8080",
+        "--lease-name", "trunkline-operator",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["RUST_LOG"]["value"] == "info"
+    assert container["volumeMounts"] == [
+        {"name": "settings", "mountPath": "/etc/trunkline", "readOnly": True}
+    ]
+    pod = default.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "settings", "configMap": {"name": OPERATOR}}]
+
+
+def test_the_operator_probes_and_metrics_use_the_admin_port(default):
+    container = default.operator_container()
+    assert container["ports"] == [{"name": "admin", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    service = default.one("Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "admin", "port": 8080, "targetPort": "admin", "protocol": "TCP"}
+    ]
+
+
+def test_the_operator_pod_is_locked_down(default):
+    deployment = default.one("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = default.operator_container()
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "runAsUser": 65532, "runAsGroup": 65532, "capabilities": {"drop": ["ALL"]},
+    }
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"cpu", "memory"}
+    # The token is mounted in the operator pod only, which talks to the API server.
+    assert default.one("ServiceAccount")["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == OPERATOR
+    assert "hostNetwork" not in pod
+
+
+def test_the_operator_is_leader_elected_over_two_replicas_spread_over_nodes(default):
+    deployment = default.one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {
+        "app.kubernetes.io/name": "trunkline", "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": "operator",
+    }
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= template_labels.items()
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    budget = default.one("PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_a_changed_fleet_restarts_the_operator_which_reads_its_settings_once(default):
+    changed = Rendering({"gateway": {"replicas": 5}})
+    checksum = lambda r: r.one("Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "checksum/config"]
+    assert re.fullmatch(r"[0-9a-f]{64}", checksum(default))
+    assert checksum(changed) != checksum(default)
+
+
+def test_one_replica_has_no_operator_budget_and_flags_follow_the_values(renderings):
+    r = renderings["private-registry-single-namespace"]
+    assert not r.all("PodDisruptionBudget")
+    container = r.operator_container()
+    assert container["image"] == "registry.example/voice/trunkline@sha256:" + "a" * 64
+    assert container["imagePullPolicy"] == "Always"
+    assert container["args"][-4:] == ["--lease-name", "voice-leader", "--watch-namespace", "trunks"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["RUST_LOG"] == (
+        "trunkline=debug,info")
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    settings = r.settings()
+    assert settings["name"] == "edge"
+    assert settings["image"] == "registry.example/voice/trunkline@sha256:" + "a" * 64
+    assert settings["imagePullPolicy"] == "Always"
+    assert settings["imagePullSecrets"] == ["registry-credentials"]
+    assert settings["credentialsSecret"] == "edge-gateway-credentials"
+
+
+def test_the_gateway_image_takes_each_unset_field_from_the_operator_image():
+    settings = Rendering({"operator": {"image": {"tag": "0.2.0"}}}).settings()
+    assert settings["image"] == "ghcr.io/trunkline/trunkline:0.2.0"
+    settings = Rendering({"gateway": {"image": {"repository": "registry.example/gw"}}}).settings()
+    assert settings["image"] == "registry.example/gw:0.1.0"
+    settings = Rendering({
+        "operator": {"image": {"digest": "sha256:" + "b" * 64}},
+        "gateway": {"image": {"tag": "0.3.0", "pullPolicy": "Never"}},
+    }).settings()
+    assert (settings["image"], settings["imagePullPolicy"]) == (
+        "ghcr.io/trunkline/trunkline:0.3.0", "Never")
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+Permission = tuple[str, str, str, str]  # (apiGroup, resource, resourceName or "*", verb)
+
+
+def permissions(role: dict[str, Any]) -> set[Permission]:
+    """A Role's or ClusterRole's rules, one (group, resource, name, verb) per permission."""
+    out = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "resourceNames", "verbs"}, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in rule.get("resourceNames") or ["*"]:
+                    for verb in rule["verbs"]:
+                        out.add((group, resource, name, verb))
+    return out
+
+
+def grid(groups, resources, verbs, names=("*",)) -> set[Permission]:
+    return {(g, r, n, v) for g in groups for r in resources for n in names for v in verbs}
+
+
+KINDS = ("inboundtrunks", "outboundtrunks", "transferdestinations")
+OWNED = ("get", "list", "watch", "create", "patch", "delete")
+
+
+def test_the_operator_cluster_role_grants_exactly_what_the_operator_does(default):
+    assert permissions(default.one("ClusterRole")) == (
+        grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
+        | grid(["trunkline.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
+        | grid([""], ["secrets"], ["get", "list", "watch", "create", "patch"])
+        | grid(["", "events.k8s.io"], ["events"], ["create", "patch"])
+        | grid(["rbac.authorization.k8s.io"], ["clusterroles", "clusterrolebindings"],
+               ["list", "watch", "create"])
+        | grid(["rbac.authorization.k8s.io"], ["clusterroles", "clusterrolebindings"],
+               ["get", "patch", "delete"], names=["trunkline-gateway"])
+    )
+
+
+def test_the_operator_role_is_confined_to_the_fleet_namespace(default):
+    role = default.one("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert permissions(role) == (
+        grid(["apps"], ["deployments", "daemonsets"], OWNED)
+        | grid([""], ["services", "serviceaccounts"], OWNED)
+        | grid(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], OWNED)
+        | grid(["policy"], ["poddisruptionbudgets"], OWNED)
+        | grid([""], ["pods"], ["get", "list", "watch", "patch"])
+        | grid(["coordination.k8s.io"], ["leases"], ["create"])
+        | grid(["coordination.k8s.io"], ["leases"], ["get", "patch"], names=["trunkline-operator"])
+    )
+
+
+def test_the_bindings_give_the_roles_to_the_operator_service_account(default):
+    subject = [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+    binding = default.one("ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
+    assert binding["subjects"] == subject
+    binding = default.one("RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR}
+    assert binding["subjects"] == subject
+
+
+def holds(granted: set[Permission], wanted: Permission) -> bool:
+    group, resource, name, verb = wanted
+    return (group, resource, "*", verb) in granted or (
+        name != "*" and (group, resource, name, verb) in granted)
+
+
+# The roles the operator gives the gateways (operator::fleet). Kubernetes lets the operator
+# create them only when it holds every permission in them itself (RBAC escalation prevention).
+GATEWAY_CLUSTER_ROLE = grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
+GATEWAY_ROLE = grid([""], ["secrets"], ["get", "list", "watch"],
+                    names=["trunkline-gateway-credentials"]) | grid([""], ["pods"], ["get", "patch"])
+
+
+def test_the_operator_holds_what_it_grants_the_gateways(default):
+    cluster = permissions(default.one("ClusterRole"))
+    namespaced = cluster | permissions(default.one("Role"))
+    for wanted in GATEWAY_CLUSTER_ROLE:
+        assert holds(cluster, wanted), wanted
+    for wanted in GATEWAY_ROLE:
+        assert holds(namespaced, wanted), wanted
+    # ... and may write the gateways' RBAC objects by name (server-side apply is a patch).
+    for resource in ("clusterroles", "clusterrolebindings"):
+        for verb in ("create", "get", "patch", "delete", "list", "watch"):
+            assert holds(cluster, ("rbac.authorization.k8s.io", resource, "trunkline-gateway",
+                                   verb))
+
+
+def test_the_lease_and_gateway_role_names_follow_the_fleet_name():
+    r = Rendering({"gateway": {"name": "edge"}})
+    assert ("coordination.k8s.io", "leases", "edge-operator", "patch") in permissions(
+        r.one("Role"))
+    assert ("rbac.authorization.k8s.io", "clusterroles", "edge-gateway", "delete") in permissions(
+        r.one("ClusterRole"))
+    assert r.operator_container()["args"][-2:] == ["--lease-name", "edge-operator"]
+
+
+# The plural of each kind the operator renders for the fleet.
+RESOURCE_OF_KIND = {
+    "ServiceAccount": ("", "serviceaccounts"), "Service": ("", "services"),
+    "Deployment": ("apps", "deployments"), "DaemonSet": ("apps", "daemonsets"),
+    "Role": ("rbac.authorization.k8s.io", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "ClusterRole": ("rbac.authorization.k8s.io", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+}
+
+
+def golden_fleet_objects() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted((REPO / "tests" / "golden" / "fleet").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") in RESOURCE_OF_KIND:
+                objects.append(document)
+    return objects
+
+
+def test_the_operator_may_apply_and_delete_every_fleet_object_it_renders():
+    """Cross-checks the chart's RBAC with operator::fleet's golden renderings, when present."""
+    objects = golden_fleet_objects()
+    if not objects:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    for obj in objects:
+        fleet = obj["metadata"]["labels"]["trunkline.dev/fleet"]
+        namespace = obj["metadata"].get("namespace")
+        r = Rendering({"gateway": {"name": fleet}}, namespace=namespace or NAMESPACE)
+        granted = permissions(r.one("ClusterRole"))
+        if namespace:
+            granted |= permissions(r.one("Role"))
+        group, resource = RESOURCE_OF_KIND[obj["kind"]]
+        for verb in ("get", "create", "patch", "delete", "list", "watch"):
+            assert holds(granted, (group, resource, obj["metadata"]["name"], verb)), (
+                f"{obj['kind']} {obj['metadata']['name']}: the operator may not {verb} it")
+        if obj["kind"] in ("Role", "ClusterRole"):
+            for wanted in permissions(obj):
+                assert holds(granted if namespace else permissions(r.one("ClusterRole")),
+                             wanted), f"{obj['kind']} grants {wanted}, which the operator lacks"
+
+
+# --- The settings file ----------------------------------------------------------------------
+
+# The keys of operator::settings::OperatorSettings and of its nested structs.
+SETTINGS_KEYS = {
+    "name", "namespace", "image", "imagePullPolicy", "imagePullSecrets", "mode", "replicas",
+    "hostNetwork", "sipPort", "tls", "internalPort", "adminPort", "rtpPorts", "publicAddress",
+    "egressAddresses", "region", "credentialsSecret", "carrierService", "internalService",
+    "drainSeconds", "resources", "nodeSelector", "tolerations", "affinity", "podAnnotations",
+    "priorityClassName", "podDisruptionBudget", "logLevel",
+}
+NESTED_SETTINGS_KEYS = {
+    "tls": {"port", "secretName"},
+    "carrierService": {"type", "annotations", "loadBalancerSourceRanges",
+                       "externalTrafficPolicy", "sessionAffinity"},
+    "internalService": {"annotations", "sessionAffinity"},
+    "podDisruptionBudget": {"enabled", "maxUnavailable"},
+}
+RUST_STRUCT_OF = {
+    None: "OperatorSettings", "tls": "TlsSettings", "carrierService": "CarrierServiceSettings",
+    "internalService": "InternalServiceSettings", "podDisruptionBudget": "PodDisruptionBudgetSettings",
+}
+
+
+def camel(snake: str) -> str:
+    head, *rest = snake.rstrip("_").split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def rust_struct_keys(source: str, struct: str) -> set[str]:
+    body = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", source, re.S)
+    assert body, f"struct {struct} not found in settings.rs"
+    keys = set()
+    for match in re.finditer(r"((?:#\[serde\([^\n]*\)\]\s*)*)pub (\w+):", body.group(1)):
+        rename = re.search(r'rename = "(\w+)"', match.group(1))
+        keys.add(rename.group(1) if rename else camel(match.group(2)))
+    return keys
+
+
+def test_the_settings_keys_are_the_operators_own():
+    """The settings struct refuses unknown keys: the chart's keys must be exactly its fields."""
+    path = REPO / "src" / "operator" / "settings.rs"
+    if not path.exists():
+        pytest.skip("src/operator/settings.rs is not in this tree")
+    source = path.read_text()
+    assert rust_struct_keys(source, RUST_STRUCT_OF[None]) == SETTINGS_KEYS
+    for key, nested in NESTED_SETTINGS_KEYS.items():
+        assert rust_struct_keys(source, RUST_STRUCT_OF[key]) == nested, key
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_settings_file_holds_the_gateway_values(renderings, name):
+    r = renderings[name]
+    settings = r.settings()
+    with helm.Chart.load(CHART) as chart:
+        gateway = chart.merge_values(VALUE_SETS[name])["gateway"]
+    fleet = gateway["name"] or RELEASE
+    expected_keys = SETTINGS_KEYS - ({"affinity"} if not gateway["affinity"] else set())
+    assert set(settings) == expected_keys
+    for key, keys in NESTED_SETTINGS_KEYS.items():
+        assert set(settings[key]) == keys, key
+    assert settings["name"] == fleet
+    assert settings["namespace"] == NAMESPACE
+    assert settings["credentialsSecret"] == (
+        gateway["credentialsSecret"] or f"{fleet}-gateway-credentials")
+    for key in SETTINGS_KEYS - {"name", "namespace", "image", "imagePullPolicy",
+                                "imagePullSecrets", "credentialsSecret", "affinity"}:
+        assert settings[key] == gateway[key], key
+
+
+def test_the_default_settings_are_the_documented_fleet(default):
+    settings = default.settings()
+    assert settings["mode"] == "Deployment" and settings["replicas"] == 2
+    assert settings["hostNetwork"] is False
+    assert (settings["sipPort"], settings["internalPort"], settings["adminPort"]) == (
+        5060, 5080, 9090)
+    assert settings["tls"] == {"port": 5061, "secretName": ""}
+    assert settings["rtpPorts"] == "20000-20999"
+    assert settings["carrierService"]["type"] == "LoadBalancer"
+    assert settings["carrierService"]["externalTrafficPolicy"] == "Local"
+    assert settings["image"] == "ghcr.io/trunkline/trunkline:0.1.0"
+    assert settings["credentialsSecret"] == "trunkline-gateway-credentials"
+    assert settings["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    assert settings["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
+
+
+def test_daemonset_mode_on_the_host_network_reaches_the_settings(renderings):
+    r = renderings["daemonset-hostnetwork"]
+    settings = r.settings()
+    assert (settings["mode"], settings["hostNetwork"]) == ("DaemonSet", True)
+    assert settings["carrierService"]["type"] == "ClusterIP"
+    assert settings["nodeSelector"] == {"trunkline.dev/edge": "true"}
+    assert settings["tolerations"][0]["key"] == "dedicated"
+    assert settings["region"] == "eu-west"
+    assert settings["egressAddresses"] == ["198.51.100.10", "198.51.100.11"]
+    assert "pod-security.kubernetes.io/enforce=privileged" in r.notes
+    assert "DaemonSet, host network" in r.notes
+
+
+def test_a_load_balancer_with_source_ranges_and_tls_reaches_the_settings(renderings):
+    r = renderings["loadbalancer-source-ranges"]
+    settings = r.settings()
+    assert settings["carrierService"] == {
+        "type": "LoadBalancer",
+        "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+        "loadBalancerSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
+        "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+    }
+    assert settings["tls"] == {"port": 5061, "secretName": "sip-tls"}
+    assert settings["publicAddress"] == "198.51.100.7"
+    assert "WARNING" not in r.notes and "TIP" not in r.notes
+    assert "sip-tls" in r.notes
+
+
+def test_an_affinity_reaches_the_settings_only_when_set():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}]}}}
+    assert Rendering({"gateway": {"affinity": affinity}}).settings()["affinity"] == affinity
+
+
+# --- Monitoring and NetworkPolicies ---------------------------------------------------------
+
+
+def test_the_service_monitor_scrapes_the_operator_and_a_pod_monitor_the_gateways(renderings):
+    r = renderings["servicemonitor"]
+    monitor = r.one("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        r.one("Service")["metadata"]["labels"].items())
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    pods = r.one("PodMonitor")
+    assert pods["metadata"]["labels"]["release"] == "prometheus"
+    # The labels operator::fleet puts on every gateway pod, and the name of its admin port.
+    assert pods["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/component": "gateway", "trunkline.dev/fleet": RELEASE}
+    assert pods["spec"]["podMetricsEndpoints"] == [
+        {"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+
+
+def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):
+    r = renderings["networkpolicy"]
+    policy = r.one("NetworkPolicy", f"{RELEASE}-gateway")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/component": "gateway", "trunkline.dev/fleet": RELEASE}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    carriers, agents, prometheus = policy["spec"]["ingress"]
+    assert carriers == {
+        "from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+        "ports": [
+            {"protocol": "UDP", "port": 5060}, {"protocol": "TCP", "port": 5060},
+            {"protocol": "TCP", "port": 5061},
+            {"protocol": "UDP", "port": 30000, "endPort": 30999},
+        ],
+    }
+    assert agents == {
+        "from": VALUE_SETS["networkpolicy"]["networkPolicy"]["agents"],
+        "ports": [{"protocol": "UDP", "port": 5080}, {"protocol": "TCP", "port": 5080}],
+    }
+    assert prometheus == {
+        "from": VALUE_SETS["networkpolicy"]["networkPolicy"]["prometheus"],
+        "ports": [{"protocol": "TCP", "port": 9090}],
+    }
+    operator = r.one("NetworkPolicy", OPERATOR)
+    assert operator["spec"]["podSelector"]["matchLabels"] == (
+        r.one("Deployment")["spec"]["selector"]["matchLabels"])
+    assert operator["spec"]["ingress"] == [{
+        "from": VALUE_SETS["networkpolicy"]["networkPolicy"]["prometheus"],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }]
+
+
+def test_without_tls_or_carrier_peers_the_policy_opens_sip_and_rtp_to_every_source():
+    r = Rendering({"networkPolicy": {"enabled": True}})
+    carriers = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"][0]
+    assert "from" not in carriers
+    assert carriers["ports"] == [
+        {"protocol": "UDP", "port": 5060}, {"protocol": "TCP", "port": 5060},
+        {"protocol": "UDP", "port": 20000, "endPort": 20999},
+    ]
+
+
+def test_the_gateway_selectors_match_the_gateway_pods_the_operator_renders():
+    """The PodMonitor and the NetworkPolicy select the pods of operator::fleet's golden
+    renderings, when present, and scrape their `admin` port."""
+    workloads = [o for o in golden_fleet_objects() if o["kind"] in ("Deployment", "DaemonSet")]
+    if not workloads:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    for workload in workloads:
+        pod = workload["spec"]["template"]
+        fleet = pod["metadata"]["labels"]["trunkline.dev/fleet"]
+        r = Rendering({"gateway": {"name": fleet}, "networkPolicy": {"enabled": True},
+                       "metrics": {"serviceMonitor": {"enabled": True}}})
+        monitor = r.one("PodMonitor")["spec"]
+        policy = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]
+        for selector in (monitor["selector"], policy["podSelector"]):
+            assert selector["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        (container,) = pod["spec"]["containers"]
+        admin = [p for p in container["ports"] if p.get("name") == "admin"]
+        assert len(admin) == 1 and admin[0]["protocol"] == "TCP"
+
+
+# --- NOTES.txt ------------------------------------------------------------------------------
+
+
+def test_the_notes_say_what_to_do_next(default):
+    notes = default.notes
+    assert f"kubectl -n {NAMESPACE} get svc {RELEASE}-carrier" in notes
+    assert "trunkline check trunks/" in notes
+    assert "kubectl get inboundtrunks" in notes
+    assert f"{RELEASE}-internal.{NAMESPACE}.svc:5080" in notes
+    # Defaults that deserve a warning: RTP without a public address, an open load balancer.
+    assert "WARNING: gateway.publicAddress is empty" in notes
+    assert "loadBalancerSourceRanges is empty" in notes
+    assert "kubectl apply --server-side -f charts/trunkline/crds/" in notes
+
+
+def test_a_release_in_another_namespace_uses_it_everywhere():
+    r = Rendering(release="sbc", namespace="telephony")
+    assert r.settings()["namespace"] == "telephony"
+    assert r.settings()["name"] == "sbc-trunkline"
+    for obj in r.objects:
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == "telephony"
+    assert r.one("ClusterRoleBinding")["subjects"][0]["namespace"] == "telephony"
+
+
+def test_the_rendering_is_deterministic():
+    assert render({}) == render({})
+

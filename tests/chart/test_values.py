@@ -1,0 +1,300 @@
+"""values.yaml and values.schema.json: every value is documented and changes what is rendered,
+and bad values fail at install time (the schema, or the chart's own checks) with a message
+that names the value."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import CHART, documents, helm_error, render
+
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+
+
+def schema_leaves(schema: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of the values the schema describes one by one (an object with `properties` is a
+    section; anything else, including Kubernetes objects passed through, is one value)."""
+    leaves = []
+    for key, sub in schema["properties"].items():
+        if key == "global":  # Helm's own, never in values.yaml
+            continue
+        if "properties" in sub:
+            leaves += schema_leaves(sub, prefix + (key,))
+        else:
+            leaves.append(prefix + (key,))
+    return leaves
+
+
+LEAVES = schema_leaves(SCHEMA)
+
+
+def lookup(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for key in reversed(path):
+        out = {key: out}
+    return out
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_values_yaml_and_the_schema_describe_the_same_values():
+    def keys(tree: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> None:
+        declared = set(schema["properties"]) - {"global"}
+        assert set(tree) == declared, f"{prefix or 'top level'}: values.yaml {sorted(tree)} " \
+                                      f"but the schema {sorted(declared)}"
+        for key, sub in schema["properties"].items():
+            if "properties" in sub:
+                keys(tree[key], sub, f"{prefix}{key}.")
+    keys(VALUES, SCHEMA)
+    # Every object of the schema refuses unknown keys (typos fail at install time).
+    def closed(schema: dict[str, Any], path: str) -> None:
+        if "properties" in schema:
+            assert schema.get("additionalProperties") is False, path
+            for key, sub in schema["properties"].items():
+                if key != "global":
+                    closed(sub, f"{path}.{key}")
+    closed(SCHEMA, "values")
+
+
+def documented_keys(text: str) -> set[tuple[str, ...]]:
+    """Paths of the keys of values.yaml that a `# --` comment documents (the helm-docs form):
+    the comment block right above the key starts with `# --`."""
+    found, stack, comment = set(), [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            comment = []
+            continue
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = re.match(r"^( *)([A-Za-z][\w]*):", line)
+        if match:
+            depth = len(match.group(1)) // 2
+            stack = stack[:depth] + [match.group(2)]
+            if comment and comment[0].startswith("# --"):
+                found.add(tuple(stack))
+        comment = []
+    return found
+
+
+def test_every_value_is_documented_in_values_yaml():
+    documented = documented_keys((CHART / "values.yaml").read_text())
+    missing = [".".join(leaf) for leaf in LEAVES if leaf not in documented]
+    assert not missing, f"values without a `# --` comment: {missing}"
+
+
+def test_every_value_has_a_description_in_the_schema():
+    def walk(schema: dict[str, Any], path: str) -> None:
+        for key, sub in schema["properties"].items():
+            if key == "global":
+                continue
+            if "properties" in sub:
+                walk(sub, f"{path}{key}.")
+            else:
+                assert sub.get("description"), f"{path}{key} has no description"
+    walk(SCHEMA, "")
+
+
+DIGEST = "sha256:" + "c" * 64
+PEERS = [{"ipBlock": {"cidr": "192.0.2.0/24"}}]
+MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
+POLICIES = {"networkPolicy": {"enabled": True}}
+AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [
+        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}}
+TOLERATIONS = [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+
+# For every value: another valid value, and what else must be set for it to matter.
+CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
+    "nameOverride": ("voice", {}),
+    "fullnameOverride": ("voice-edge", {}),
+    "imagePullSecrets": (["registry-credentials"], {}),
+    "operator.image.repository": ("registry.example/trunkline", {}),
+    "operator.image.tag": ("0.2.0", {}),
+    "operator.image.digest": (DIGEST, {}),
+    "operator.image.pullPolicy": ("Always", {}),
+    "operator.replicas": (3, {}),
+    "operator.leaseName": ("voice-leader", {}),
+    "operator.watchNamespace": ("trunks", {}),
+    "operator.logLevel": ("debug", {}),
+    "operator.serviceAccount.create": (False, {"operator": {"serviceAccount": {"name": "x"}}}),
+    "operator.serviceAccount.name": ("voice-operator", {}),
+    "operator.serviceAccount.annotations": ({"iam.example/role": "voice"}, {}),
+    "operator.rbac.create": (False, {}),
+    "operator.podAnnotations": ({"example.com/team": "voice"}, {}),
+    "operator.podLabels": ({"team": "voice"}, {}),
+    "operator.podSecurityContext": ({"runAsUser": 10001}, {}),
+    "operator.securityContext": ({"runAsUser": 10001}, {}),
+    "operator.resources": ({"limits": {"cpu": "1", "memory": "512Mi"}}, {}),
+    "operator.nodeSelector": ({"kubernetes.io/os": "linux"}, {}),
+    "operator.tolerations": (TOLERATIONS, {}),
+    "operator.affinity": (AFFINITY, {}),
+    "operator.priorityClassName": ("system-cluster-critical", {}),
+    "operator.podDisruptionBudget.enabled": (False, {}),
+    "operator.podDisruptionBudget.maxUnavailable": ("50%", {}),
+    "gateway.name": ("edge", {}),
+    "gateway.image.repository": ("registry.example/gateway", {}),
+    "gateway.image.tag": ("0.2.0", {}),
+    "gateway.image.digest": (DIGEST, {}),
+    "gateway.image.pullPolicy": ("Always", {}),
+    "gateway.mode": ("DaemonSet", {}),
+    "gateway.replicas": (4, {}),
+    "gateway.hostNetwork": (True, {}),
+    "gateway.sipPort": (5070, {}),
+    "gateway.tls.port": (5071, {}),
+    "gateway.tls.secretName": ("sip-tls", {}),
+    "gateway.internalPort": (5090, {}),
+    "gateway.adminPort": (9091, {}),
+    "gateway.rtpPorts": ("30000-30099", {}),
+    "gateway.publicAddress": ("2001:db8::7", {}),
+    "gateway.egressAddresses": (["198.51.100.8"], {}),
+    "gateway.region": ("eu", {}),
+    "gateway.credentialsSecret": ("voice-credentials", {}),
+    "gateway.carrierService.type": ("NodePort", {}),
+    "gateway.carrierService.annotations": ({"lb.example/internal": "false"}, {}),
+    "gateway.carrierService.loadBalancerSourceRanges": (["203.0.113.0/24"], {}),
+    "gateway.carrierService.externalTrafficPolicy": ("Cluster", {}),
+    "gateway.carrierService.sessionAffinity": ("None", {}),
+    "gateway.internalService.annotations": ({"lb.example/internal": "true"}, {}),
+    "gateway.internalService.sessionAffinity": ("None", {}),
+    "gateway.drainSeconds": (120, {}),
+    "gateway.resources": ({"limits": {"memory": "1Gi"}}, {}),
+    "gateway.nodeSelector": ({"trunkline.dev/edge": "true"}, {}),
+    "gateway.tolerations": (TOLERATIONS, {}),
+    "gateway.affinity": (AFFINITY, {}),
+    "gateway.podAnnotations": ({"example.com/team": "voice"}, {}),
+    "gateway.priorityClassName": ("voice-critical", {}),
+    "gateway.podDisruptionBudget.enabled": (False, {}),
+    "gateway.podDisruptionBudget.maxUnavailable": ("25%", {}),
+    "gateway.logLevel": ("trunkline=debug,info", {}),
+    "metrics.serviceMonitor.enabled": (True, {}),
+    "metrics.serviceMonitor.interval": ("15s", MONITORS),
+    "metrics.serviceMonitor.scrapeTimeout": ("5s", MONITORS),
+    "metrics.serviceMonitor.labels": ({"release": "prometheus"}, MONITORS),
+    "networkPolicy.enabled": (True, {}),
+    "networkPolicy.carriers": (PEERS, POLICIES),
+    "networkPolicy.agents": (PEERS, POLICIES),
+    "networkPolicy.prometheus": (PEERS, POLICIES),
+}
+
+
+def test_the_table_of_changes_covers_every_value():
+    assert sorted(CHANGES) == sorted(".".join(leaf) for leaf in LEAVES)
+
+
+def manifests(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return documents(render(values))
+
+
+@pytest.mark.parametrize("path", sorted(CHANGES))
+def test_every_value_changes_the_rendered_objects(path):
+    value, base = CHANGES[path]
+    leaf = tuple(path.split("."))
+    assert lookup(VALUES, leaf) != value, "the change must differ from the default"
+    before = manifests(base)
+    after = manifests(merge(base, nested(leaf, value)))
+    assert after != before, f"{path}={value!r} changes nothing the chart renders"
+
+
+# Values the schema refuses, and a piece of Helm's message (it names the value).
+SCHEMA_REJECTS = [
+    ({"gateway": {"mode": "StatefulSet"}}, "/gateway/mode"),
+    ({"gateway": {"tpye": "x"}}, "additional properties 'tpye' not allowed"),
+    ({"gateway": {"carrierService": {"tpye": "NodePort"}}}, "'tpye' not allowed"),
+    ({"gateway": {"carrierService": {"type": "Ingress"}}}, "/gateway/carrierService/type"),
+    ({"gateway": {"carrierService": {"type": "ClusterIP",
+                                     "loadBalancerSourceRanges": ["203.0.113.0/24"]}}},
+     "/gateway/carrierService/loadBalancerSourceRanges"),
+    ({"gateway": {"carrierService": {"loadBalancerSourceRanges": ["203.0.113.0"]}}},
+     "/gateway/carrierService/loadBalancerSourceRanges/0"),
+    ({"gateway": {"sipPort": 70000}}, "/gateway/sipPort"),
+    ({"gateway": {"sipPort": "5060"}}, "/gateway/sipPort"),
+    ({"gateway": {"replicas": -1}}, "/gateway/replicas"),
+    ({"gateway": {"rtpPorts": "20000"}}, "/gateway/rtpPorts"),
+    ({"gateway": {"publicAddress": "gateway.example"}}, "/gateway/publicAddress"),
+    ({"gateway": {"egressAddresses": ["198.51.100.300"]}}, "/gateway/egressAddresses/0"),
+    ({"gateway": {"tls": {"secretName": "Bad_Name"}}}, "/gateway/tls/secretName"),
+    ({"gateway": {"name": "Trunk_Line"}}, "/gateway/name"),
+    ({"gateway": {"name": "1fleet"}}, "/gateway/name"),
+    ({"gateway": {"podDisruptionBudget": {"maxUnavailable": "half"}}},
+     "/gateway/podDisruptionBudget/maxUnavailable"),
+    ({"gateway": {"logLevel": ""}}, "/gateway/logLevel"),
+    ({"gateway": {"resources": {"limit": {"memory": "1Gi"}}}}, "/gateway/resources"),
+    ({"gateway": {"image": {"pullPolicy": "Sometimes"}}}, "/gateway/image/pullPolicy"),
+    ({"operator": {"image": {"digest": "latest"}}}, "/operator/image/digest"),
+    ({"operator": {"replicas": "two"}}, "/operator/replicas"),
+    ({"operator": {"image": {"repository": ""}}}, "/operator/image/repository"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ({"networkPolicy": {"carriers": [{"cidr": "203.0.113.0/24"}]}},
+     "/networkPolicy/carriers/0"),
+    ({"imagePullSecrets": [{"name": "registry"}]}, "/imagePullSecrets/0"),
+]
+
+
+@pytest.mark.parametrize("values,message", SCHEMA_REJECTS,
+                         ids=[json.dumps(v, separators=(",", ":")) for v, _ in SCHEMA_REJECTS])
+def test_the_schema_refuses_bad_values_at_install_time(values, message):
+    error = helm_error(values)
+    assert "values don't meet the specifications of the schema" in error, error
+    assert message in error, error
+
+
+# Values that pass the schema but that the operator would refuse: the chart fails instead.
+CHART_REJECTS = [
+    ({"gateway": {"adminPort": 5060}}, "gateway.adminPort: port 5060 is already gateway.sipPort"),
+    ({"gateway": {"tls": {"secretName": "sip-tls", "port": 5080}}},
+     "gateway.internalPort: port 5080 is already gateway.tls.port"),
+    ({"gateway": {"internalPort": 20010}},
+     "gateway.internalPort: port 20010 is inside gateway.rtpPorts 20000-20999"),
+    ({"gateway": {"rtpPorts": "20001-20999"}}, "LOW must be even and below HIGH"),
+    ({"gateway": {"rtpPorts": "20000-20000"}}, "LOW must be even and below HIGH"),
+    ({"operator": {"serviceAccount": {"create": False}}}, "operator.serviceAccount.name is required"),
+]
+
+
+@pytest.mark.parametrize("values,message", CHART_REJECTS,
+                         ids=[json.dumps(v, separators=(",", ":")) for v, _ in CHART_REJECTS])
+def test_the_chart_refuses_values_the_operator_would_refuse(values, message):
+    assert message in helm_error(values)
+
+
+def test_without_tls_its_port_collides_with_nothing():
+    render({"gateway": {"tls": {"port": 5080}}})
+
+
+def test_a_release_name_that_is_no_fleet_name_asks_for_gateway_name():
+    assert "set gateway.name" in helm_error({}, release="1st")
+    render({"gateway": {"name": "first"}}, release="1st")
+
+
+@pytest.mark.parametrize("address", ["198.51.100.7", "2001:db8::7", "::1", "::ffff:198.51.100.7"])
+def test_ipv4_and_ipv6_addresses_pass_the_schema(address):
+    settings = render({"gateway": {"publicAddress": address, "egressAddresses": [address]}})
+    assert address in settings["trunkline/templates/configmap.yaml"]
+
+
+@pytest.mark.parametrize("cidr", ["203.0.113.0/24", "0.0.0.0/0", "2001:db8::/32", "::/0"])
+def test_ipv4_and_ipv6_source_ranges_pass_the_schema(cidr):
+    render({"gateway": {"carrierService": {"loadBalancerSourceRanges": [cidr]}}})
