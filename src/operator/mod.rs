@@ -22,6 +22,11 @@
 //! - `leader`: the Lease that lets one operator replica write at a time.
 
 pub mod bundle;
+pub mod controller;
+pub mod credentials;
+pub mod metrics;
+pub mod programmed;
+pub mod status;
 
 /// The field manager of every server-side apply the operator and the gateways make.
 pub const FIELD_MANAGER: &str = "trunkline-operator";
