@@ -320,9 +320,17 @@ impl Context {
     pub async fn compile_step(&self) -> Result<Arc<CompileView>, ReconcileError> {
         let started = Instant::now();
         let specs = self.specs();
-        let compiled = compile(&specs, &CompileOptions { region: self.config.region.clone() });
-        let hash = compiled.table.config_hash();
-        let served = Arc::new(table_generations(&compiled.table));
+        let options = CompileOptions { region: self.config.region.clone() };
+        // CPU work off the async workers: the leader lease and the watches keep running while
+        // a large compile does.
+        let (specs, compiled, hash, served) = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&specs, &options);
+            let hash = compiled.table.config_hash();
+            let served = Arc::new(table_generations(&compiled.table));
+            (specs, compiled, hash, served)
+        })
+        .await
+        .map_err(ReconcileError::CompileTask)?;
         self.metrics.compiled(started.elapsed().as_secs_f64());
         self.history
             .lock()

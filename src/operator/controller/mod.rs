@@ -103,6 +103,9 @@ pub enum ReconcileError {
     /// Creating a generated Secret, reading or applying the gateway credentials Secret.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    /// The compile task did not finish (it panicked: a bug in compile).
+    #[error("the compile task failed: {0}")]
+    CompileTask(#[source] tokio::task::JoinError),
 }
 
 impl ReconcileError {
@@ -111,6 +114,7 @@ impl ReconcileError {
         match self {
             ReconcileError::PatchStatus { .. } => "patch_status",
             ReconcileError::Credentials(e) => e.category(),
+            ReconcileError::CompileTask(_) => "compile",
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The reconcile of one object, the same for the three kinds ([`Reconciled`]):
 //!
-//! 1. InboundTrunk only: its generated credentials Secret, created when the store has none.
-//! 2. Its verdict from the latest compile. A compile that has not seen the object's current
+//! 1. Nothing before the first compile (it runs once every store is listed, so a Secret absent
+//!    from the store is really absent).
+//! 2. InboundTrunk only: its generated credentials Secret, created when the store has none.
+//! 3. Its verdict from the latest compile. A compile that has not seen the object's current
 //!    generation yet means: nothing to do now, the next compile triggers it.
-//! 3. `Programmed` from the gateway pods and the config history.
-//! 4. The desired status; written with server-side apply on `/status` (field manager
+//! 4. `Programmed` from the gateway pods and the config history.
+//! 5. The desired status; written with server-side apply on `/status` (field manager
 //!    `FIELD_MANAGER`, forced) only when it differs from the current one, then one event per
 //!    condition transition.
 
@@ -96,12 +98,12 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     let Some(key) = object_key(obj) else {
         return Ok(Action::await_change());
     };
-    ensure_generated_secret(obj, ctx).await?;
-
+    // Before the first compile the stores may still be listing: no Secret is known missing yet.
     let Some(view) = ctx.latest() else {
         debug!(object = %key, "no compile yet");
         return Ok(Action::await_change());
     };
+    ensure_generated_secret(obj, ctx).await?;
     let Some(verdict) = view.verdict(&key).filter(|v| v.generation == obj.meta().generation) else {
         debug!(object = %key, "the latest compile has not seen this generation yet");
         return Ok(Action::await_change());
