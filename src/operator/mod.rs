@@ -22,10 +22,15 @@
 //! - `leader`: the Lease that lets one operator replica write at a time.
 
 pub mod bundle;
+pub mod controller;
+pub mod credentials;
 pub mod fleet;
 pub mod leader;
+pub mod metrics;
+pub mod programmed;
 pub mod settings;
 pub mod source;
+pub mod status;
 pub mod tracker;
 
 /// The field manager of every server-side apply the operator and the gateways make.

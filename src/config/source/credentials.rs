@@ -69,7 +69,7 @@ const PASSWORD_LEN: usize = 32;
 /// Label and annotation the operator puts on the Secrets it generates; written here too so a
 /// credentials file is the same object.
 const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "trunkline");
-const TRUNK_ANNOTATION: &str = "trunkline.dev/inbound-trunk";
+pub const TRUNK_ANNOTATION: &str = "trunkline.dev/inbound-trunk";
 
 /// What went wrong with the state folder. Messages name the file; none holds a secret value.
 #[derive(Debug, thiserror::Error)]
@@ -258,8 +258,9 @@ fn is_safe_file_name(name: &str) -> bool {
 }
 
 /// `<trunk-name>-<8 random lowercase letters and digits>`, at most 64 characters: the trunk name
-/// is cut if needed. Every character is one `secret::is_token` allows.
-fn generate_username(trunk: &str) -> String {
+/// is cut if needed. Every character is one `secret::is_token` allows. The operator generates its
+/// Secrets with it too, so `run` and a cluster hand out credentials of the same shape.
+pub fn generate_username(trunk: &str) -> String {
     let keep = USERNAME_MAX_LEN - USERNAME_SUFFIX_LEN - 1;
     let prefix: String = trunk.chars().take(keep).collect();
     let prefix = prefix.trim_end_matches(['-', '.']);
@@ -268,8 +269,8 @@ fn generate_username(trunk: &str) -> String {
 }
 
 /// 32 characters of the URL-safe base64 alphabet: 192 bits, and nothing a carrier's portal or a
-/// SIP header would mangle.
-fn generate_password() -> Password {
+/// SIP header would mangle. Shared with the operator, as [`generate_username`].
+pub fn generate_password() -> Password {
     Password::new(random_string(PASSWORD_CHARS, PASSWORD_LEN))
 }
 

@@ -1,0 +1,1160 @@
+//! Reconcile scenarios against kube's mock service (`tower-test`). The stores are filled through
+//! the index, as the watchers would; the compile step and the reconciles are called directly; a
+//! small API server behind the mock answers every request and records it, and each scenario
+//! asserts the exact requests made (method, path, query, body) and nothing more.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+
+use super::context::{Context, Reconciled, Trigger, TriggerQueues};
+use super::index::Index;
+use super::reconcile::reconcile;
+use super::*;
+use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
+use crate::operator::CONFIG_HASH_ANNOTATION;
+use crate::operator::metrics::OperatorMetrics;
+
+// ---------------------------------------------------------------------------------------------
+// The API server behind the mock service.
+
+/// One request as the API server saw it.
+#[derive(Clone, Debug)]
+struct Recorded {
+    method: String,
+    path: String,
+    query: BTreeSet<String>,
+    body: Value,
+}
+
+impl Recorded {
+    fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+
+    /// A server-side apply by the operator's field manager, forced.
+    fn is_forced_apply(&self) -> bool {
+        self.query.contains("fieldManager=trunkline-operator") && self.query.contains("force=true")
+    }
+}
+
+#[derive(Default)]
+struct ServerState {
+    objects: BTreeMap<String, Value>,
+    requests: Vec<Recorded>,
+    resource_version: u64,
+    /// Answer the next request to this (method, path) with this HTTP status.
+    fail: Option<(String, String, u16)>,
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl ServerState {
+    fn stamp(&mut self, mut obj: Value) -> Value {
+        self.resource_version += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        obj
+    }
+
+    fn answer(&mut self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        if let Some((m, p, code)) = self.fail.take() {
+            if m == method && p == path {
+                return (code, status_body(code, "InternalError", "injected failure"));
+            }
+            self.fail = Some((m, p, code));
+        }
+        match method {
+            "GET" => match self.objects.get(path) {
+                Some(obj) => (200, obj.clone()),
+                None => (404, status_body(404, "NotFound", "not found")),
+            },
+            "POST" => {
+                let name = body["metadata"]["name"].as_str().unwrap_or("unnamed").to_string();
+                let item = format!("{path}/{name}");
+                if self.objects.contains_key(&item) {
+                    return (409, status_body(409, "AlreadyExists", "already exists"));
+                }
+                let obj = self.stamp(body.clone());
+                self.objects.insert(item, obj.clone());
+                (201, obj)
+            }
+            "PATCH" => {
+                if let Some(object_path) = path.strip_suffix("/status") {
+                    let Some(mut obj) = self.objects.get(object_path).cloned() else {
+                        return (404, status_body(404, "NotFound", "not found"));
+                    };
+                    obj["status"] = body["status"].clone();
+                    let obj = self.stamp(obj);
+                    self.objects.insert(object_path.to_string(), obj.clone());
+                    (200, obj)
+                } else {
+                    let obj = self.stamp(body.clone());
+                    self.objects.insert(path.to_string(), obj.clone());
+                    (200, obj)
+                }
+            }
+            _ => (405, status_body(405, "MethodNotAllowed", method)),
+        }
+    }
+}
+
+/// Whether the object at `object_path` belongs to the collection at `collection` (all namespaces
+/// or one), e.g. `/api/v1/secrets` holds `/api/v1/namespaces/voice/secrets/x`.
+fn in_collection(collection: &str, object_path: &str) -> bool {
+    let Some((parent, _name)) = object_path.rsplit_once('/') else { return false };
+    if parent == collection {
+        return true;
+    }
+    // `<prefix>/namespaces/<ns>/<resource>` against `<prefix>/<resource>`.
+    let parts: Vec<&str> = parent.rsplitn(4, '/').collect();
+    matches!(parts.as_slice(), [resource, _ns, "namespaces", prefix]
+        if collection == format!("{prefix}/{resource}"))
+}
+
+impl ServerState {
+    /// A LIST of a collection, honouring the one field selector the operator uses.
+    fn list(&self, collection: &str, query: &BTreeSet<String>) -> Value {
+        let basic_auth_only = query.iter().any(|q| q.starts_with("fieldSelector=type"));
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|(path, _)| in_collection(collection, path))
+            .filter(|(_, obj)| !basic_auth_only || obj["type"] == "kubernetes.io/basic-auth")
+            .map(|(_, obj)| obj.clone())
+            .collect();
+        json!({"metadata": {"resourceVersion": self.resource_version.to_string()}, "items": items})
+    }
+}
+
+type MockHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Responder = tower_test::mock::SendResponse<Response<Body>>;
+
+fn respond(send: Responder, code: u16, body: Vec<u8>) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap(),
+    );
+}
+
+/// Watches waiting for an answer, by collection path: a test answers one with scripted events
+/// (the watch then ends and the watcher opens the next one), the others stay open and quiet.
+type HeldWatches = Arc<Mutex<Vec<(String, Responder)>>>;
+
+async fn serve(mut handle: MockHandle, state: Arc<Mutex<ServerState>>, held: HeldWatches) {
+    while let Some((request, send)) = handle.next_request().await {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_string();
+        let query: BTreeSet<String> = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|q| !q.is_empty())
+            .map(str::to_string)
+            .collect();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let is_collection =
+            path.ends_with('s') && !state.lock().unwrap().objects.contains_key(&path);
+        if method == "GET" && query.contains("watch=true") {
+            held.lock().unwrap().push((path, send));
+            continue;
+        }
+        let (code, answer) = {
+            let mut s = state.lock().unwrap();
+            if method == "GET" && is_collection && query.iter().any(|q| q.starts_with("limit=")) {
+                (200, s.list(&path, &query))
+            } else {
+                let answer = s.answer(&method, &path, &body);
+                s.requests.push(Recorded { method, path, query, body });
+                answer
+            }
+        };
+        respond(send, code, serde_json::to_vec(&answer).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness: a context, its index, the reconcile queues and the server.
+
+const T0: i64 = 1_700_000_000;
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/voice/events";
+const BUNDLE: &str = "/api/v1/namespaces/trunkline/secrets/gw-credentials";
+
+fn path_of(kind: &str, name: &str) -> String {
+    match kind {
+        "Secret" => format!("/api/v1/namespaces/voice/secrets/{name}"),
+        "InboundTrunk" => {
+            format!("/apis/trunkline.dev/v1alpha1/namespaces/voice/inboundtrunks/{name}")
+        }
+        "OutboundTrunk" => {
+            format!("/apis/trunkline.dev/v1alpha1/namespaces/voice/outboundtrunks/{name}")
+        }
+        "TransferDestination" => {
+            format!("/apis/trunkline.dev/v1alpha1/namespaces/voice/transferdestinations/{name}")
+        }
+        other => panic!("no path for {other}"),
+    }
+}
+
+fn time(second: i64) -> String {
+    Timestamp::from_second(T0 + second).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    index: Index,
+    queues: TriggerQueues,
+    server: Arc<Mutex<ServerState>>,
+    seconds: Arc<AtomicI64>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+fn config() -> ControllerConfig {
+    ControllerConfig {
+        fleet_name: "main".into(),
+        fleet_namespace: "trunkline".into(),
+        bundle_secret: "gw-credentials".into(),
+        region: None,
+        carrier_endpoint: Some("sip:203.0.113.10:5060".into()),
+        source_addresses: vec!["198.51.100.7".into()],
+        watch_namespace: None,
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_config(config())
+    }
+
+    fn with_config(config: ControllerConfig) -> Harness {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let server = Arc::new(Mutex::new(ServerState::default()));
+        tokio::spawn(serve(handle, Arc::clone(&server), HeldWatches::default()));
+        let seconds = Arc::new(AtomicI64::new(0));
+        let clock_seconds = Arc::clone(&seconds);
+        let clock: Clock = Arc::new(move || {
+            Timestamp::from_second(T0 + clock_seconds.load(Ordering::SeqCst)).unwrap()
+        });
+        let metrics = Arc::new(OperatorMetrics::new());
+        let (ctx, writers, queues) = Context::new(client, config, Arc::clone(&metrics), clock);
+        let mut index = Index::new(Arc::clone(&ctx), writers);
+        // Every store listed (empty), as after the watchers' first list.
+        index.apply_inbound(&Event::Init);
+        index.apply_inbound(&Event::InitDone);
+        index.apply_outbound(&Event::Init);
+        index.apply_outbound(&Event::InitDone);
+        index.apply_transfer(&Event::Init);
+        index.apply_transfer(&Event::InitDone);
+        index.apply_secret(&Event::Init);
+        index.apply_secret(&Event::InitDone);
+        index.apply_pod(&Event::Init);
+        index.apply_pod(&Event::InitDone);
+        let mut h = Harness { ctx, index, queues, server, seconds, metrics };
+        h.triggered();
+        h
+    }
+
+    fn at(&self, second: i64) {
+        self.seconds.store(second, Ordering::SeqCst);
+    }
+
+    /// Puts an object on the server and shows it to the index, as a watch would.
+    fn put(&mut self, obj: Value) {
+        let kind = obj["kind"].as_str().unwrap().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let obj = self.server.lock().unwrap().stamp(obj);
+        self.server.lock().unwrap().objects.insert(path_of(&kind, &name), obj.clone());
+        self.show(&kind, obj);
+    }
+
+    /// Shows the index the server's current version of an object (the watch catching up).
+    fn watch_back(&mut self, kind: &str, name: &str) {
+        let obj = self.server.lock().unwrap().objects.get(&path_of(kind, name)).cloned().unwrap();
+        self.show(kind, obj);
+    }
+
+    fn show(&mut self, kind: &str, obj: Value) {
+        match kind {
+            "InboundTrunk" => self.index.apply_inbound(&Event::Apply(from(obj))),
+            "OutboundTrunk" => self.index.apply_outbound(&Event::Apply(from(obj))),
+            "TransferDestination" => self.index.apply_transfer(&Event::Apply(from(obj))),
+            "Secret" => self.index.apply_secret(&Event::Apply(from(obj))),
+            other => panic!("cannot show {other}"),
+        }
+    }
+
+    fn delete_inbound(&mut self, name: &str) {
+        let path = path_of("InboundTrunk", name);
+        let obj = self.server.lock().unwrap().objects.remove(&path).unwrap();
+        self.index.apply_inbound(&Event::Delete(from(obj)));
+    }
+
+    fn forget_secret_in_store(&mut self, name: &str) {
+        let obj = self.server.lock().unwrap().objects.get(&path_of("Secret", name)).cloned();
+        self.index.apply_secret(&Event::Delete(from(obj.unwrap())));
+    }
+
+    fn pod(&mut self, name: &str, ready: bool, hash: &str) {
+        let pod: Pod = from(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "trunkline",
+                         "annotations": {CONFIG_HASH_ANNOTATION: hash},
+                         "labels": {"trunkline.dev/fleet": "main", "app.kubernetes.io/component": "gateway"}},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }));
+        self.index.apply_pod(&Event::Apply(pod));
+    }
+
+    async fn compile(&self) -> Arc<CompileView> {
+        self.ctx.compile_step().await.unwrap()
+    }
+
+    async fn reconcile<K: Reconciled>(&self, name: &str) -> Result<Action, ReconcileError> {
+        let obj = K::store(&self.ctx.stores)
+            .get(&ObjectRef::new(name).within("voice"))
+            .unwrap_or_else(|| panic!("{name} is not in the store"));
+        reconcile(obj, Arc::clone(&self.ctx)).await
+    }
+
+    /// The requests made since the last call.
+    fn requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.server.lock().unwrap().requests)
+    }
+
+    /// The reconciles queued since the last call: `kind/name`, or `kind/*` for all.
+    fn triggered(&mut self) -> BTreeSet<String> {
+        fn drain<K: Reconciled>(
+            kind: &str,
+            rx: &mut futures::channel::mpsc::UnboundedReceiver<Trigger<K>>,
+            out: &mut BTreeSet<String>,
+        ) {
+            while let Ok(t) = rx.try_recv() {
+                out.insert(match t {
+                    Trigger::One(r) => format!("{kind}/{}", r.name),
+                    Trigger::All => format!("{kind}/*"),
+                });
+            }
+        }
+        let mut out = BTreeSet::new();
+        drain("InboundTrunk", &mut self.queues.inbound, &mut out);
+        drain("OutboundTrunk", &mut self.queues.outbound, &mut out);
+        drain("TransferDestination", &mut self.queues.transfers, &mut out);
+        out
+    }
+}
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects.
+
+fn inbound(name: &str, created: i64, generation: i64, numbers: &[&str], auth: Value) -> Value {
+    let numbers: Vec<Value> =
+        numbers.iter().map(|n| json!({"number": n, "agent": "support"})).collect();
+    json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+        "metadata": {"name": name, "namespace": "voice", "uid": format!("uid-{name}"),
+                     "generation": generation, "creationTimestamp": time(created)},
+        "spec": {"numbers": numbers, "destination": {"uri": "sip:agents.voice.svc:5070"}, "auth": auth},
+    })
+}
+
+fn basic_auth(name: &str, username: &str, password: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": name, "namespace": "voice"},
+        "data": {"username": BASE64.encode(username), "password": BASE64.encode(password)},
+    })
+}
+
+fn by_address() -> Value {
+    json!({"allowedAddresses": ["203.0.113.0/24"]})
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {status}"))
+}
+
+/// The events published: created (POST), or repeated within kube's dedup window (a PATCH of the
+/// same event, with a series count).
+fn events(requests: &[Recorded]) -> Vec<(String, String, String)> {
+    requests
+        .iter()
+        .filter(|r| {
+            r.is("POST", EVENTS)
+                || (r.method == "PATCH" && r.path.starts_with(&format!("{EVENTS}/")))
+        })
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap().to_string(),
+                r.body["reason"].as_str().unwrap().to_string(),
+                r.body["regarding"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn status_patches(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests.iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/status")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+#[tokio::test]
+async fn a_valid_trunk_becomes_accepted_and_resolved_in_one_status_patch() {
+    let mut h = Harness::new();
+    h.put(basic_auth("acme-creds", "acme-user", "pw-acme-1"));
+    h.put(inbound(
+        "acme-in",
+        0,
+        1,
+        &["+14155550100", "+14155550101"],
+        json!({"digest": {"secretRef": {"name": "acme-creds"}}}),
+    ));
+    h.compile().await;
+    assert_eq!(h.triggered(), set(&["InboundTrunk/acme-in"]));
+    h.requests();
+
+    h.at(10);
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    let patch = &requests[0];
+    assert!(patch.is("PATCH", &format!("{}/status", path_of("InboundTrunk", "acme-in"))));
+    assert!(patch.is_forced_apply(), "{:?}", patch.query);
+    let at = time(10);
+    assert_eq!(
+        patch.body,
+        json!({
+            "apiVersion": "trunkline.dev/v1alpha1",
+            "kind": "InboundTrunk",
+            "status": {
+                "observedGeneration": 1,
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted",
+                     "message": "the spec is valid", "observedGeneration": 1, "lastTransitionTime": at},
+                    {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+                     "message": "every reference resolves", "observedGeneration": 1, "lastTransitionTime": at},
+                    {"type": "Programmed", "status": "False", "reason": "NoGateways",
+                     "message": "this fleet has no gateway pod", "observedGeneration": 1, "lastTransitionTime": at},
+                ],
+                "endpoint": "sip:203.0.113.10:5060",
+                "credentialsSecret": "acme-creds",
+                "numbers": {"accepted": 2, "conflicting": 0},
+            },
+        })
+    );
+    assert_eq!(
+        events(&requests[1..]),
+        [
+            ("Normal".into(), "Accepted".into(), "acme-in".into()),
+            ("Normal".into(), "ResolvedRefs".into(), "acme-in".into()),
+            ("Warning".into(), "NoGateways".into(), "acme-in".into()),
+        ]
+    );
+    assert_eq!(requests[1].body["note"], "Accepted is True: the spec is valid");
+    assert_eq!(requests[1].body["reportingController"], "trunkline-operator");
+    assert!(h.metrics.render().contains(
+        r#"trunkline_operator_objects{condition="Accepted",kind="InboundTrunk",status="True"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    h.compile().await;
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    assert_eq!(status_patches(&h.requests()).len(), 1);
+
+    // The watch has not brought the written status back yet: still nothing to write.
+    h.at(30);
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    assert!(h.requests().is_empty(), "no request at all");
+
+    // The watch brings it back: the status-only change needs no compile, and the reconcile it
+    // queues writes nothing.
+    h.watch_back("InboundTrunk", "acme-in");
+    assert_eq!(h.triggered(), set(&["InboundTrunk/acme-in"]));
+    h.at(60);
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    assert!(h.requests().is_empty(), "no request at all");
+
+    // A compile of the same world changes no verdict: nothing queued, no bundle write.
+    h.compile().await;
+    assert!(h.triggered().is_empty());
+    assert!(h.requests().is_empty());
+    let metrics = h.metrics.render();
+    assert!(metrics.contains(r#"trunkline_operator_status_writes_total{kind="InboundTrunk"} 1"#));
+    assert!(
+        metrics
+            .contains(r#"trunkline_operator_reconciles_total{kind="InboundTrunk",result="ok"} 3"#)
+    );
+}
+
+#[tokio::test]
+async fn a_number_held_by_an_older_trunk_marks_the_newer_one_and_names_the_holder() {
+    let mut h = Harness::new();
+    h.put(inbound("first", 0, 1, &["+14155550100"], by_address()));
+    h.put(inbound("second", 60, 1, &["+14155550100", "+14155550101"], by_address()));
+    h.compile().await;
+    h.requests();
+    h.triggered();
+
+    h.reconcile::<InboundTrunk>("second").await.unwrap();
+    let requests = h.requests();
+    let patches = status_patches(&requests);
+    assert_eq!(patches.len(), 1);
+    let status = &patches[0].body["status"];
+    let accepted = condition(status, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "NumberConflict");
+    assert_eq!(
+        accepted["message"],
+        "number +14155550100 is held by InboundTrunk voice/first (older)"
+    );
+    assert_eq!(status["numbers"], json!({"accepted": 1, "conflicting": 1}));
+    assert_eq!(condition(status, "ResolvedRefs")["status"], "True");
+    assert_eq!(
+        condition(status, "Programmed")["reason"],
+        "NoGateways",
+        "a degraded trunk still serves its other numbers"
+    );
+    assert!(events(&requests).contains(&(
+        "Warning".into(),
+        "NumberConflict".into(),
+        "second".into()
+    )));
+    h.watch_back("InboundTrunk", "second");
+    h.triggered();
+
+    // The holder goes: the next compile queues the other trunk, which now holds both numbers.
+    h.at(120);
+    h.delete_inbound("first");
+    h.compile().await;
+    assert_eq!(h.triggered(), set(&["InboundTrunk/second"]));
+    h.requests();
+    h.reconcile::<InboundTrunk>("second").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    let accepted = condition(status, "Accepted");
+    assert_eq!(
+        (accepted["status"].as_str(), accepted["reason"].as_str()),
+        (Some("True"), Some("Accepted"))
+    );
+    assert_eq!(accepted["lastTransitionTime"], time(120));
+    assert_eq!(condition(status, "ResolvedRefs")["lastTransitionTime"], time(0));
+    assert_eq!(status["numbers"], json!({"accepted": 2, "conflicting": 0}));
+    assert_eq!(events(&requests), [("Normal".into(), "Accepted".into(), "second".into())]);
+}
+
+#[tokio::test]
+async fn a_missing_secret_gives_resolved_refs_false_and_heals_when_it_appears() {
+    let mut h = Harness::new();
+    h.put(inbound(
+        "acme-in",
+        0,
+        1,
+        &["+14155550100"],
+        json!({"digest": {"secretRef": {"name": "acme-creds"}}}),
+    ));
+    h.compile().await;
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    assert_eq!(condition(status, "Accepted")["status"], "True");
+    let resolved = condition(status, "ResolvedRefs");
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["reason"].as_str()),
+        (Some("False"), Some("SecretNotFound"))
+    );
+    assert_eq!(resolved["message"], "Secret acme-creds does not exist in namespace voice");
+    let programmed = condition(status, "Programmed");
+    assert_eq!(programmed["reason"], "SecretNotFound");
+    assert_eq!(status.get("credentialsSecret"), None, "a refused trunk names no Secret");
+    h.watch_back("InboundTrunk", "acme-in");
+    h.triggered();
+
+    // The Secret is created: its watch event asks for a compile, which queues the trunk.
+    h.at(120);
+    h.put(basic_auth("acme-creds", "acme-user", "pw-acme-2"));
+    assert!(h.triggered().is_empty(), "a Secret event queues nothing by itself");
+    h.compile().await;
+    assert_eq!(h.triggered(), set(&["InboundTrunk/acme-in"]));
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    let resolved = condition(status, "ResolvedRefs");
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["lastTransitionTime"].as_str()),
+        (Some("True"), Some(time(120).as_str()))
+    );
+    assert_eq!(condition(status, "Accepted")["lastTransitionTime"], time(0), "kept: still True");
+    let programmed = condition(status, "Programmed");
+    assert_eq!(programmed["reason"], "NoGateways");
+    assert_eq!(programmed["lastTransitionTime"], time(0), "kept: still False");
+    assert_eq!(status["credentialsSecret"], "acme-creds");
+    assert_eq!(
+        events(&requests),
+        [
+            ("Normal".into(), "ResolvedRefs".into(), "acme-in".into()),
+            ("Warning".into(), "NoGateways".into(), "acme-in".into()),
+        ]
+    );
+    for r in &requests {
+        assert!(!r.body.to_string().contains("pw-acme-2"), "no secret data in {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn generated_credentials_are_created_once_and_not_again_while_the_secret_exists() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], json!({"digest": {}})));
+    h.compile().await;
+    h.requests();
+
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let create = &requests[0];
+    assert!(create.is("POST", "/api/v1/namespaces/voice/secrets"), "{create:?}");
+    assert!(create.query.contains("fieldManager=trunkline-operator"));
+    let secret = &create.body;
+    assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+    assert_eq!(secret["metadata"]["name"], "acme-in-trunkline-credentials");
+    assert_eq!(secret["metadata"]["namespace"], "voice");
+    assert_eq!(secret["metadata"]["labels"]["app.kubernetes.io/managed-by"], "trunkline-operator");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+                "name": "acme-in", "uid": "uid-acme-in", "controller": true}])
+    );
+    let decode =
+        |v: &Value| String::from_utf8(BASE64.decode(v.as_str().unwrap()).unwrap()).unwrap();
+    let username = decode(&secret["data"]["username"]);
+    let password = decode(&secret["data"]["password"]);
+    assert!(username.starts_with("acme-in-"), "{username}");
+    assert_eq!(password.len(), 32);
+    assert!(requests[1].is("POST", EVENTS));
+    assert_eq!(requests[1].body["reason"], "CredentialsGenerated");
+    let patches = status_patches(&requests);
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].body["status"]["credentialsSecret"], "acme-in-trunkline-credentials");
+    for r in &requests[1..] {
+        let text = r.body.to_string();
+        assert!(!text.contains(&password), "the password leaked into {r:?}");
+    }
+
+    // The watch brings the Secret and the status: the next reconcile makes no request at all.
+    h.watch_back("Secret", "acme-in-trunkline-credentials");
+    h.watch_back("InboundTrunk", "acme-in");
+    h.compile().await;
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    assert!(h.requests().is_empty(), "no request at all");
+
+    // Even if the store has not seen it (a watch lagging), an existing Secret is never
+    // overwritten: the create is refused with 409 and the credentials stay.
+    h.forget_secret_in_store("acme-in-trunkline-credentials");
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert!(requests[0].is("POST", "/api/v1/namespaces/voice/secrets"));
+    let kept = h.server.lock().unwrap().objects
+        [&path_of("Secret", "acme-in-trunkline-credentials")]
+        .clone();
+    assert_eq!(decode(&kept["data"]["password"]), password);
+    assert!(h.metrics.render().contains("trunkline_operator_generated_secrets_total 1"));
+}
+
+#[tokio::test]
+async fn programmed_follows_the_config_hash_of_the_ready_gateway_pods() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    let first = h.compile().await;
+    h.pod("gw-0", true, &first.hash);
+    h.pod("gw-1", true, &first.hash);
+    h.pod("gw-2", false, "whatever");
+    assert!(h.triggered().contains("InboundTrunk/*"), "a pod change queues every object");
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let programmed = condition(&status_patches(&requests)[0].body["status"], "Programmed").clone();
+    assert_eq!(
+        (programmed["status"].as_str(), programmed["reason"].as_str()),
+        (Some("True"), Some("Programmed"))
+    );
+    assert_eq!(programmed["message"], "all 2 ready gateway pods run a config with generation 1");
+    h.watch_back("InboundTrunk", "acme-in");
+
+    // A new generation: the pods still run the old table.
+    h.at(60);
+    let mut changed = inbound("acme-in", 0, 2, &["+14155550100", "+14155550102"], by_address());
+    changed["status"] =
+        h.server.lock().unwrap().objects[&path_of("InboundTrunk", "acme-in")]["status"].clone();
+    h.put(changed);
+    let second = h.compile().await;
+    assert_ne!(second.hash, first.hash);
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    assert_eq!(status["observedGeneration"], 2);
+    let programmed = condition(status, "Programmed");
+    assert_eq!(
+        (programmed["status"].as_str(), programmed["reason"].as_str()),
+        (Some("False"), Some("Pending"))
+    );
+    assert_eq!(
+        programmed["message"],
+        "2 of 2 ready gateway pods still run a config without generation 2"
+    );
+    assert_eq!(programmed["observedGeneration"], 2);
+    assert_eq!(events(&requests), [("Normal".into(), "Pending".into(), "acme-in".into())]);
+    h.watch_back("InboundTrunk", "acme-in");
+
+    // One pod reloads: the message moves, no event.
+    h.pod("gw-0", true, &second.hash);
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let programmed = condition(&status_patches(&requests)[0].body["status"], "Programmed").clone();
+    assert_eq!(
+        programmed["message"],
+        "1 of 2 ready gateway pods still run a config without generation 2"
+    );
+    assert!(events(&requests).is_empty());
+    h.watch_back("InboundTrunk", "acme-in");
+
+    // The other one too: programmed, with an event.
+    h.at(90);
+    h.pod("gw-1", true, &second.hash);
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let requests = h.requests();
+    let programmed = condition(&status_patches(&requests)[0].body["status"], "Programmed").clone();
+    assert_eq!(
+        (programmed["status"].as_str(), programmed["lastTransitionTime"].as_str()),
+        (Some("True"), Some(time(90).as_str()))
+    );
+    assert_eq!(events(&requests), [("Normal".into(), "Programmed".into(), "acme-in".into())]);
+}
+
+#[tokio::test]
+async fn an_object_of_another_region_is_not_served_here_and_gets_no_endpoint() {
+    let mut h = Harness::with_config(ControllerConfig { region: Some("us".into()), ..config() });
+    let mut trunk = inbound("eu-in", 0, 1, &["+14155550100"], by_address());
+    trunk["spec"]["regions"] = json!(["eu"]);
+    h.put(trunk);
+    let view = h.compile().await;
+    h.pod("gw-0", true, &view.hash);
+    h.requests();
+    h.reconcile::<InboundTrunk>("eu-in").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    let programmed = condition(status, "Programmed");
+    assert_eq!(programmed["reason"], "NotServedHere");
+    assert_eq!(
+        programmed["message"],
+        "its regions [eu] do not include region us of this gateway fleet"
+    );
+    assert_eq!(status.get("endpoint"), None);
+}
+
+#[tokio::test]
+async fn an_outbound_trunk_keeps_the_gateways_reachable_condition_and_gets_source_addresses() {
+    let mut h = Harness::new();
+    let reachable = json!({"type": "Reachable", "status": "False", "reason": "NoAnswer",
+                           "message": "OPTIONS timed out", "observedGeneration": 1,
+                           "lastTransitionTime": time(-300)});
+    h.put(json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "OutboundTrunk",
+        "metadata": {"name": "carrier-out", "namespace": "voice", "uid": "u", "generation": 1,
+                     "creationTimestamp": time(0)},
+        "spec": {"host": "sip.carrier.example", "callerId": "+14155550100"},
+        "status": {"conditions": [reachable.clone()]},
+    }));
+    h.compile().await;
+    h.requests();
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let patch = status_patches(&requests)[0];
+    assert!(patch.is("PATCH", &format!("{}/status", path_of("OutboundTrunk", "carrier-out"))));
+    assert!(patch.is_forced_apply());
+    let status = &patch.body["status"];
+    assert_eq!(status["conditions"][0], reachable, "kept first and untouched");
+    let types: Vec<&str> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Reachable", "Accepted", "ResolvedRefs", "Programmed"]);
+    assert_eq!(status["sourceAddresses"], json!(["198.51.100.7"]));
+    assert_eq!(patch.body["kind"], "OutboundTrunk");
+    assert!(
+        events(&requests).iter().all(|(_, reason, _)| reason != "NoAnswer"),
+        "no event for Reachable"
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_destination_heals_with_the_outbound_trunk_it_names() {
+    let mut h = Harness::new();
+    h.put(json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "OutboundTrunk",
+        "metadata": {"name": "carrier-out", "namespace": "voice", "uid": "u1", "generation": 1,
+                     "creationTimestamp": time(0)},
+        "spec": {"host": "sip.carrier.example", "callerId": "+14155550100",
+                 "auth": {"digest": {"secretRef": {"name": "carrier-creds"}}}},
+    }));
+    h.put(json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "TransferDestination",
+        "metadata": {"name": "sales-desk", "namespace": "voice", "uid": "u2", "generation": 1,
+                     "creationTimestamp": time(0)},
+        "spec": {"type": "Phone", "phone": {"number": "+14155550199",
+                 "outboundTrunkRef": {"name": "carrier-out"}}},
+    }));
+    h.compile().await;
+    h.requests();
+    h.reconcile::<TransferDestination>("sales-desk").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    assert_eq!(condition(status, "ResolvedRefs")["reason"], "TrunkNotAccepted");
+    h.watch_back("TransferDestination", "sales-desk");
+    h.triggered();
+
+    h.put(basic_auth("carrier-creds", "us", "pw-carrier"));
+    h.compile().await;
+    assert_eq!(
+        h.triggered(),
+        set(&["OutboundTrunk/carrier-out", "TransferDestination/sales-desk"])
+    );
+    h.requests();
+    h.reconcile::<TransferDestination>("sales-desk").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    assert_eq!(condition(status, "ResolvedRefs")["status"], "True");
+    assert_eq!(
+        status.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["conditions", "observedGeneration"]
+    );
+}
+
+#[tokio::test]
+async fn a_reconcile_behind_the_compile_waits_for_it() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], json!({"digest": {}})));
+    // No compile yet: the stores may still be listing, so not even the generated Secret.
+    assert_eq!(h.reconcile::<InboundTrunk>("acme-in").await.unwrap(), Action::await_change());
+    assert!(h.requests().is_empty(), "no request before the first compile");
+    h.compile().await;
+    h.put(basic_auth("acme-in-trunkline-credentials", "u", "p"));
+    // A new generation the compile has not seen: no status from an old verdict.
+    h.put(inbound("acme-in", 0, 2, &["+14155550101"], json!({"digest": {}})));
+    assert_eq!(h.reconcile::<InboundTrunk>("acme-in").await.unwrap(), Action::await_change());
+    let requests = h.requests();
+    assert!(requests.iter().all(|r| r.path == BUNDLE), "{requests:#?}");
+    h.triggered();
+    h.compile().await;
+    assert_eq!(h.triggered(), set(&["InboundTrunk/acme-in"]));
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_an_error_named_for_it_and_counted() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    h.compile().await;
+    h.requests();
+    let path = format!("{}/status", path_of("InboundTrunk", "acme-in"));
+    h.server.lock().unwrap().fail = Some(("PATCH".into(), path, 500));
+    let error = h.reconcile::<InboundTrunk>("acme-in").await.unwrap_err();
+    assert!(
+        matches!(&error, ReconcileError::PatchStatus { kind: Kind::InboundTrunk, name, .. } if name == "acme-in")
+    );
+    assert!(error.to_string().starts_with("cannot write the status of InboundTrunk voice/acme-in"));
+    assert!(events(&h.requests()).is_empty(), "no event for a status that was not written");
+    let obj = h.ctx.stores.inbound.get(&ObjectRef::new("acme-in").within("voice")).unwrap();
+    assert_eq!(error_policy(obj, &error, Arc::clone(&h.ctx)), Action::requeue(retry_after(1)));
+    assert!(h.metrics.render().contains(
+        r#"trunkline_operator_reconciles_total{kind="InboundTrunk",result="patch_status"} 1"#
+    ));
+    // The next attempt writes it.
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    assert_eq!(status_patches(&h.requests()).len(), 1);
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_bundle_carries_the_credentials_is_applied_only_on_change_and_never_logged() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut h = Harness::new();
+    h.put(basic_auth("acme-creds", "acme-user", "pw-bundle-7f3a9c"));
+    h.put(inbound(
+        "acme-in",
+        0,
+        1,
+        &["+14155550100"],
+        json!({"digest": {"secretRef": {"name": "acme-creds"}}}),
+    ));
+    h.requests();
+    h.compile().await;
+    let requests = h.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(requests[0].is("GET", BUNDLE), "the nonce key is looked for first");
+    let apply = &requests[1];
+    assert!(apply.is("PATCH", BUNDLE));
+    assert!(apply.is_forced_apply());
+    let body = &apply.body;
+    assert_eq!((body["apiVersion"].as_str(), body["kind"].as_str()), (Some("v1"), Some("Secret")));
+    assert_eq!(body["type"], "Opaque");
+    assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "trunkline-operator");
+    let data = body["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["nonce-key", "voice.acme-creds"]);
+    let entry: Value =
+        serde_json::from_slice(&BASE64.decode(data["voice.acme-creds"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(entry, json!({"username": "acme-user", "password": "pw-bundle-7f3a9c"}));
+    let key = data["nonce-key"].clone();
+    assert_eq!(BASE64.decode(key.as_str().unwrap()).unwrap().len(), 32);
+
+    // Nothing changed: no request.
+    h.compile().await;
+    assert!(h.requests().is_empty());
+
+    // The password changes: applied again, same nonce key, no GET.
+    h.put(basic_auth("acme-creds", "acme-user", "pw-bundle-rotated"));
+    h.compile().await;
+    let requests = h.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert!(requests[0].is("PATCH", BUNDLE));
+    assert_eq!(requests[0].body["data"]["nonce-key"], key);
+    let entry: Value = serde_json::from_slice(
+        &BASE64.decode(requests[0].body["data"]["voice.acme-creds"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(entry["password"], "pw-bundle-rotated");
+
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    let text = logs.text();
+    assert!(text.contains("gateway credentials Secret updated"), "the capture works: {text}");
+    assert!(!text.contains("pw-bundle"), "a password reached the logs:\n{text}");
+    assert!(!text.contains(&BASE64.encode("pw-bundle-7f3a9c")), "base64 of it too");
+    assert!(
+        h.metrics.render().contains(r#"trunkline_operator_bundle_applies_total{result="ok"} 2"#)
+    );
+}
+
+#[tokio::test]
+async fn an_existing_nonce_key_is_kept_across_operator_restarts() {
+    let mut h = Harness::new();
+    let existing = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "gw-credentials", "namespace": "trunkline"},
+        "data": {"nonce-key": BASE64.encode([9u8; 32])},
+    });
+    h.server.lock().unwrap().objects.insert(BUNDLE.to_string(), existing);
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    h.compile().await;
+    let requests = h.requests();
+    assert!(requests[0].is("GET", BUNDLE));
+    assert!(requests[1].is("PATCH", BUNDLE));
+    assert_eq!(requests[1].body["data"], json!({"nonce-key": BASE64.encode([9u8; 32])}));
+}
+
+#[test]
+fn run_controllers_is_a_send_future_the_lead_can_spawn() {
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let future = run_controllers(
+            Client::new(service, "default"),
+            config(),
+            Arc::new(OperatorMetrics::new()),
+        );
+        assert_send(&future);
+    });
+}
+
+#[tokio::test]
+async fn compile_diff_lists_new_and_changed_objects_only() {
+    let mut h = Harness::new();
+    h.put(inbound("a", 0, 1, &["+14155550100"], by_address()));
+    h.put(inbound("b", 1, 1, &["+14155550101"], by_address()));
+    let first = h.compile().await;
+    assert_eq!(changed_objects(None, &first).len(), 2);
+    h.put(inbound("b", 1, 2, &["+14155550102"], by_address()));
+    let second = h.compile().await;
+    let changed: Vec<String> =
+        changed_objects(Some(&first), &second).into_iter().map(|k| k.name).collect();
+    assert_eq!(changed, ["b"]);
+    // A Secret nobody references changes nothing.
+    h.triggered();
+    h.put(basic_auth("unrelated", "u", "p"));
+    h.compile().await;
+    assert!(h.triggered().is_empty());
+}
+
+/// Waits (up to 10 s) until the server has recorded a request matching `pick`.
+async fn eventually(
+    server: &Arc<Mutex<ServerState>>,
+    what: &str,
+    pick: impl Fn(&Recorded) -> bool,
+) -> Recorded {
+    for _ in 0..200 {
+        if let Some(r) = server.lock().unwrap().requests.iter().find(|r| pick(r)) {
+            return r.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never saw {what}: {:#?}", server.lock().unwrap().requests);
+}
+
+#[tokio::test]
+async fn run_controllers_lists_watches_and_writes_status_and_bundle() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = Arc::new(Mutex::new(ServerState::default()));
+    let held = HeldWatches::default();
+    tokio::spawn(serve(handle, Arc::clone(&server), Arc::clone(&held)));
+    {
+        let mut s = server.lock().unwrap();
+        let secret = s.stamp(basic_auth("acme-creds", "acme-user", "pw-e2e"));
+        s.objects.insert(path_of("Secret", "acme-creds"), secret);
+        let trunk = s.stamp(inbound(
+            "acme-in",
+            0,
+            1,
+            &["+14155550100"],
+            json!({"digest": {"secretRef": {"name": "acme-creds"}}}),
+        ));
+        s.objects.insert(path_of("InboundTrunk", "acme-in"), trunk);
+        // An Opaque Secret the type selector keeps out of the operator.
+        let opaque = s.stamp(json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "acme-creds-opaque", "namespace": "voice"}}));
+        s.objects.insert(path_of("Secret", "acme-creds-opaque"), opaque);
+    }
+    let metrics = Arc::new(OperatorMetrics::new());
+    let running = tokio::spawn(run_controllers(
+        Client::new(service, "default"),
+        config(),
+        Arc::clone(&metrics),
+    ));
+
+    let status_path = format!("{}/status", path_of("InboundTrunk", "acme-in"));
+    let patch = eventually(&server, "the trunk's status", |r| r.is("PATCH", &status_path)).await;
+    assert!(patch.is_forced_apply());
+    assert_eq!(condition(&patch.body["status"], "Accepted")["status"], "True");
+    assert_eq!(condition(&patch.body["status"], "ResolvedRefs")["status"], "True");
+    let bundle = eventually(&server, "the bundle", |r| r.is("PATCH", BUNDLE)).await;
+    assert!(bundle.body["data"]["voice.acme-creds"].is_string());
+    {
+        let watched: BTreeSet<String> =
+            held.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            watched,
+            set(&[
+                "/api/v1/namespaces/trunkline/pods",
+                "/api/v1/secrets",
+                "/apis/trunkline.dev/v1alpha1/inboundtrunks",
+                "/apis/trunkline.dev/v1alpha1/outboundtrunks",
+                "/apis/trunkline.dev/v1alpha1/transferdestinations",
+            ])
+        );
+    }
+
+    // A watch event: a newer trunk claims the same number.
+    let late = {
+        let mut s = server.lock().unwrap();
+        let late =
+            s.stamp(inbound("late-in", 60, 1, &["+14155550100", "+14155550101"], by_address()));
+        s.objects.insert(path_of("InboundTrunk", "late-in"), late.clone());
+        late
+    };
+    let responder = {
+        let mut held = held.lock().unwrap();
+        let i = held
+            .iter()
+            .position(|(p, _)| p == "/apis/trunkline.dev/v1alpha1/inboundtrunks")
+            .unwrap();
+        held.remove(i).1
+    };
+    let event = json!({"type": "ADDED", "object": late});
+    respond(responder, 200, format!("{event}\n").into_bytes());
+    let late_status = format!("{}/status", path_of("InboundTrunk", "late-in"));
+    let patch =
+        eventually(&server, "the newer trunk's status", |r| r.is("PATCH", &late_status)).await;
+    let accepted = condition(&patch.body["status"], "Accepted");
+    assert_eq!(accepted["reason"], "NumberConflict");
+    assert_eq!(
+        accepted["message"],
+        "number +14155550100 is held by InboundTrunk voice/acme-in (older)"
+    );
+
+    running.abort();
+    let _ = running.await;
+    let requests = server.lock().unwrap().requests.clone();
+    let count = |method: &str, path: &str| requests.iter().filter(|r| r.is(method, path)).count();
+    assert_eq!(count("PATCH", &status_path), 1, "written once: {requests:#?}");
+    assert_eq!(count("PATCH", &late_status), 1);
+    assert_eq!((count("GET", BUNDLE), count("PATCH", BUNDLE)), (1, 1), "the bundle did not change");
+    let text = metrics.render();
+    assert!(text.contains("trunkline_operator_compiles_total"), "{text}");
+}

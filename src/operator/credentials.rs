@@ -1,0 +1,337 @@
+//! Credentials the operator writes: the generated digest credentials of InboundTrunks whose
+//! `auth.digest` names no Secret, and the one credentials Secret the gateways read (`bundle`).
+//!
+//! **Generated credentials** ([`render_generated_credentials`], [`create_generated_credentials`]):
+//! a `kubernetes.io/basic-auth` Secret named `generated_credentials_secret_name(trunk)` in the
+//! trunk's namespace, with a random username and a 192-bit random password drawn by the same
+//! generator `trunkline run` uses for its state folder (`config::source::credentials`), so both
+//! hand out credentials of the same shape. It is owned by the trunk (`controller: true`: deleting
+//! the trunk deletes it) and labelled as the operator's. It is created with a plain POST and never
+//! updated: an existing Secret of that name (409 AlreadyExists) is left exactly as it is, since the
+//! carrier holds those credentials. Deleting the Secret rotates them.
+//!
+//! **The gateway bundle** ([`BundleWriter`]): `bundle::render_bundle` over the operator's compile,
+//! applied with server-side apply only when its data differs from what this process last applied.
+//! The digest nonce key inside it is read once from the existing bundle Secret and generated
+//! (32 random bytes) only when that Secret is absent or holds no valid key, so a restart of the
+//! operator never invalidates the nonces the gateways issued.
+//!
+//! Nothing here logs or returns a Secret's data: errors carry names and the API server's answer.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
+use rand::Rng;
+
+use super::bundle::{NONCE_KEY_LEN, read_bundle, render_bundle};
+use super::{FIELD_MANAGER, MANAGED_BY};
+use crate::api::InboundTrunk;
+use crate::config::secret::{BASIC_AUTH_TYPE, generated_credentials_secret_name};
+use crate::config::source::credentials::{TRUNK_ANNOTATION, generate_password, generate_username};
+use crate::config::specs::DEFAULT_NAMESPACE;
+use crate::config::{Compiled, Specs};
+
+/// `app.kubernetes.io/managed-by`.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// A credentials action that failed. Messages name objects, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(
+        "cannot create Secret {namespace}/{name} with the generated credentials of InboundTrunk {trunk}: {source}"
+    )]
+    CreateSecret {
+        namespace: String,
+        name: String,
+        trunk: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot read the gateway credentials Secret {namespace}/{name}: {source}")]
+    ReadBundle {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot apply the gateway credentials Secret {namespace}/{name}: {source}")]
+    ApplyBundle {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl CredentialsError {
+    /// A stable name of the failed action, for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            CredentialsError::CreateSecret { .. } => "create_secret",
+            CredentialsError::ReadBundle { .. } => "read_bundle",
+            CredentialsError::ApplyBundle { .. } => "apply_bundle",
+        }
+    }
+}
+
+/// The name of the Secret the operator must generate for this trunk, when its digest names none.
+pub fn wants_generated_credentials(trunk: &InboundTrunk) -> Option<String> {
+    let digest = trunk.spec.auth.digest.as_ref()?;
+    if digest.secret_ref.is_some() {
+        return None;
+    }
+    Some(generated_credentials_secret_name(trunk.metadata.name.as_deref()?))
+}
+
+/// A new Secret with fresh random credentials for `trunk`, owned by it; `None` when the trunk
+/// needs none, or has no name or uid yet (an object from the API server has both).
+pub fn render_generated_credentials(trunk: &InboundTrunk) -> Option<Secret> {
+    let secret_name = wants_generated_credentials(trunk)?;
+    let trunk_name = trunk.metadata.name.clone()?;
+    let owner = trunk.controller_owner_ref(&())?;
+    let namespace = trunk.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let username = generate_username(&trunk_name);
+    let password = generate_password();
+    let data = BTreeMap::from([
+        ("username".to_string(), ByteString(username.into_bytes())),
+        ("password".to_string(), ByteString(password.expose().as_bytes().to_vec())),
+    ]);
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())])),
+            annotations: Some(BTreeMap::from([(TRUNK_ANNOTATION.to_string(), trunk_name)])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(BASIC_AUTH_TYPE.to_string()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// What creating a generated Secret did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretCreation {
+    Created,
+    /// A Secret of that name was there already (the watch had not shown it yet, or someone put
+    /// it there): it is kept as it is.
+    AlreadyExists,
+}
+
+/// Creates a generated credentials Secret (POST). An existing Secret is never overwritten.
+pub async fn create_generated_credentials(
+    client: &Client,
+    secret: &Secret,
+) -> Result<SecretCreation, CredentialsError> {
+    let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), dry_run: false };
+    match api.create(&params, secret).await {
+        Ok(_) => Ok(SecretCreation::Created),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            Ok(SecretCreation::AlreadyExists)
+        }
+        Err(source) => Err(CredentialsError::CreateSecret {
+            trunk: secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRUNK_ANNOTATION))
+                .map(|t| format!("{namespace}/{t}"))
+                .unwrap_or_default(),
+            namespace,
+            name,
+            source,
+        }),
+    }
+}
+
+/// The gateway credentials Secret as the operator applies it: [`render_bundle`] plus the
+/// managed-by label.
+pub fn render_gateway_bundle(
+    specs: &Specs,
+    compiled: &Compiled,
+    nonce_key: &[u8; NONCE_KEY_LEN],
+    namespace: &str,
+    name: &str,
+) -> Secret {
+    let mut secret = render_bundle(specs, compiled, nonce_key, namespace, name);
+    secret
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+    secret
+}
+
+/// What applying the bundle did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleOutcome {
+    Applied,
+    Unchanged,
+}
+
+/// Keeps the gateway credentials Secret up to date: its nonce key, and the data last applied.
+#[derive(Debug)]
+pub struct BundleWriter {
+    namespace: String,
+    name: String,
+    nonce_key: Option<[u8; NONCE_KEY_LEN]>,
+    /// The data this process last applied; `None` until the first apply.
+    applied: Option<BTreeMap<String, ByteString>>,
+}
+
+impl BundleWriter {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        BundleWriter {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            nonce_key: None,
+            applied: None,
+        }
+    }
+
+    /// Forgets what was applied, so the next [`BundleWriter::apply`] writes again (the Secret
+    /// was changed or deleted by someone else).
+    pub fn forget_applied(&mut self) {
+        self.applied = None;
+    }
+
+    /// The nonce key: read from the existing bundle Secret the first time, generated when that
+    /// Secret is absent or has no valid key.
+    pub async fn nonce_key(
+        &mut self,
+        client: &Client,
+    ) -> Result<[u8; NONCE_KEY_LEN], CredentialsError> {
+        if let Some(key) = self.nonce_key {
+            return Ok(key);
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
+        let existing =
+            api.get_opt(&self.name).await.map_err(|source| CredentialsError::ReadBundle {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })?;
+        let key = match existing.and_then(|s| read_bundle(&s).nonce_key) {
+            Some(key) => key,
+            None => rand::rng().random(),
+        };
+        self.nonce_key = Some(key);
+        Ok(key)
+    }
+
+    /// Renders the bundle from this compile and applies it (server-side apply, forced, under
+    /// [`FIELD_MANAGER`]) when its data differs from what was last applied.
+    pub async fn apply(
+        &mut self,
+        client: &Client,
+        specs: &Specs,
+        compiled: &Compiled,
+    ) -> Result<BundleOutcome, CredentialsError> {
+        let key = self.nonce_key(client).await?;
+        let secret = render_gateway_bundle(specs, compiled, &key, &self.namespace, &self.name);
+        if self.applied.is_some() && self.applied == secret.data {
+            return Ok(BundleOutcome::Unchanged);
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
+        let params = PatchParams::apply(super::FIELD_MANAGER).force();
+        api.patch(&self.name, &params, &Patch::Apply(&secret)).await.map_err(|source| {
+            CredentialsError::ApplyBundle {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        self.applied = secret.data;
+        Ok(BundleOutcome::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::secret::SecretEntry;
+
+    fn trunk(digest: serde_json::Value) -> InboundTrunk {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "trunkline.dev/v1alpha1",
+            "kind": "InboundTrunk",
+            "metadata": {"name": "acme-in", "namespace": "voice", "uid": "uid-1", "generation": 1},
+            "spec": {
+                "numbers": [{"number": "+14155550100", "agent": "support"}],
+                "destination": {"uri": "sip:agents.example:5070"},
+                "auth": {"digest": digest},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_trunk_without_secret_ref_gets_an_owned_basic_auth_secret_with_random_credentials() {
+        let t = trunk(serde_json::json!({}));
+        assert_eq!(
+            wants_generated_credentials(&t).as_deref(),
+            Some("acme-in-trunkline-credentials")
+        );
+        let secret = render_generated_credentials(&t).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("acme-in-trunkline-credentials"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("voice"));
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+            ("InboundTrunk", "acme-in", "uid-1", Some(true))
+        );
+        assert_eq!(owner.api_version, "trunkline.dev/v1alpha1");
+        assert_eq!(
+            secret.metadata.labels.as_ref().unwrap().get(MANAGED_BY_LABEL).map(String::as_str),
+            Some(MANAGED_BY)
+        );
+        let SecretEntry::BasicAuth(auth) = SecretEntry::from_secret(&secret) else {
+            panic!("compile must accept the generated Secret");
+        };
+        assert!(auth.username.starts_with("acme-in-"), "{}", auth.username);
+        assert_eq!(auth.password.expose().len(), 32);
+
+        let again = render_generated_credentials(&t).unwrap();
+        let SecretEntry::BasicAuth(other) = SecretEntry::from_secret(&again) else { panic!() };
+        assert_ne!(other.password, auth.password, "fresh randomness every time");
+        assert_ne!(other.username, auth.username);
+    }
+
+    #[test]
+    fn a_trunk_with_secret_ref_or_without_digest_needs_nothing() {
+        let with_ref = trunk(serde_json::json!({"secretRef": {"name": "mine"}}));
+        assert_eq!(wants_generated_credentials(&with_ref), None);
+        assert!(render_generated_credentials(&with_ref).is_none());
+        let mut by_address = trunk(serde_json::json!({}));
+        by_address.spec.auth.digest = None;
+        assert_eq!(wants_generated_credentials(&by_address), None);
+        let mut no_uid = trunk(serde_json::json!({}));
+        no_uid.metadata.uid = None;
+        assert!(render_generated_credentials(&no_uid).is_none(), "no owner reference possible");
+    }
+
+    #[test]
+    fn errors_name_the_objects_and_have_stable_categories() {
+        let e = CredentialsError::ApplyBundle {
+            namespace: "trunkline".into(),
+            name: "gw".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("forbidden", "Forbidden").with_code(403).boxed(),
+            ),
+        };
+        assert!(
+            e.to_string().starts_with("cannot apply the gateway credentials Secret trunkline/gw")
+        );
+        assert_eq!(e.category(), "apply_bundle");
+    }
+}
