@@ -16,6 +16,7 @@ use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
 use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
+use trunkline::operator::run::OperatorOptions;
 use trunkline::operator::source::KubeSourceOptions;
 use trunkline::sip::transport::ListenAddr;
 
@@ -42,6 +43,14 @@ enum Command {
     /// kubeconfig when one is found (KUBECONFIG, ~/.kube/config).
     #[command(args_override_self = true)]
     Gateway(Box<GatewayArgs>),
+    /// Make the resources live in a cluster: writes every object's status (Accepted,
+    /// ResolvedRefs, Programmed), generates inbound credentials, keeps the gateways' credentials
+    /// Secret, and runs the gateway fleet (Deployment or DaemonSet, RBAC, Services, PDB) from its
+    /// settings file. Replicas elect a leader on a Lease; only the leader writes. Serves
+    /// /metrics, /healthz and /readyz on --admin. Connects with the pod's in-cluster
+    /// configuration, or with a kubeconfig (KUBECONFIG, ~/.kube/config).
+    #[command(args_override_self = true)]
+    Operator(Box<OperatorArgs>),
     /// Print the CustomResourceDefinitions of the three kinds as YAML.
     Crds {
         /// Write one file per kind into this folder instead of printing.
@@ -141,6 +150,35 @@ struct GatewayArgs {
     /// Default: every namespace.
     #[arg(long, value_name = "NAMESPACE")]
     watch_namespace: Option<String>,
+}
+
+/// The flags of `operator`.
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// The operator's settings (the gateway fleet: image, mode, ports, Services, region, ...),
+    /// YAML; the Helm chart writes it. Every key is optional. Default: the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:8080")]
+    admin: SocketAddr,
+    /// The Lease the replicas elect a leader on. Default: `<fleet name>-operator`.
+    #[arg(long, value_name = "NAME")]
+    lease_name: Option<String>,
+    /// This replica's name in the Lease. Default: the host name.
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The namespace of the Lease (the operator's own). Default: the fleet's namespace.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Watch InboundTrunks, OutboundTrunks, TransferDestinations and Secrets in this namespace
+    /// only. Default: every namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// How long a leader holds the Lease without renewing it: the longest a failed leader's
+    /// successor waits.
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_seconds)]
+    lease_duration: Duration,
 }
 
 /// The flags `run` and `gateway` share: listeners, media, SIP behaviour, drain.
@@ -276,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_folder(*args),
         Command::Gateway(args) => run_kube(*args),
+        Command::Operator(args) => run_operator(*args),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
         Command::Explain {
@@ -503,6 +542,24 @@ fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = OperatorOptions {
+        config: args.config,
+        admin: args.admin,
+        lease_name: args.lease_name,
+        lease_namespace: args.pod_namespace,
+        identity: args.pod_name,
+        watch_namespace: args.watch_namespace,
+        lease_duration: args.lease_duration,
+        // Renew a third of the way before expiry (at least a second).
+        lease_grace: (args.lease_duration / 3).max(Duration::from_secs(1)),
+    };
+    runtime.block_on(trunkline::operator::run::run_operator(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -609,9 +666,9 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_of_run_and_gateway_is_documented() {
+    fn every_flag_of_run_gateway_and_operator_is_documented() {
         let cli = Cli::command();
-        for name in ["run", "gateway"] {
+        for name in ["run", "gateway", "operator"] {
             let sub = cli.find_subcommand(name).expect("the subcommand");
             assert!(sub.get_about().is_some(), "{name} has no description");
             for arg in sub.get_arguments() {
@@ -622,5 +679,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_charts_operator_command_line_parses() {
+        let Command::Operator(args) = parse(&[
+            "operator",
+            "--config",
+            "/etc/trunkline/operator.yaml",
+            "--admin",
+            "0.0.0.0:8080",
+            "--lease-name",
+            "edge-operator",
+        ]) else {
+            panic!("not the operator subcommand")
+        };
+        assert_eq!(
+            args.config.as_deref(),
+            Some(std::path::Path::new("/etc/trunkline/operator.yaml"))
+        );
+        assert_eq!(args.lease_name.as_deref(), Some("edge-operator"));
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
     }
 }

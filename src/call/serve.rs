@@ -337,7 +337,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C: how the kubelet and a terminal stop a process.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -28,13 +28,19 @@ pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod programmed;
+pub mod run;
 pub mod settings;
 pub mod source;
 pub mod status;
 pub mod tracker;
 
-/// The field manager of every server-side apply the operator and the gateways make.
+/// The field manager of every write the operator makes (server-side applies of status, fleet
+/// objects and Secrets).
 pub const FIELD_MANAGER: &str = "trunkline-operator";
+
+/// The field manager of the gateways' writes (their pod annotation; later an OutboundTrunk's
+/// `Reachable` condition): apart from the operator's, so neither drops the other's fields.
+pub const GATEWAY_FIELD_MANAGER: &str = "trunkline-gateway";
 
 /// The pod annotation where a gateway writes the hash of the config it runs
 /// (`RoutingTable::config_hash`).

@@ -53,7 +53,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
-use super::{CONFIG_HASH_ANNOTATION, FIELD_MANAGER};
+use super::{CONFIG_HASH_ANNOTATION, GATEWAY_FIELD_MANAGER};
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 use crate::config::secret::SecretStore;
@@ -609,8 +609,10 @@ fn log_verdict(verdict: &Verdict) {
 /// Writes the hash of the current snapshot into the pod's annotation after each change,
 /// retrying with backoff; a newer snapshot during a retry is written instead.
 async fn report_hash(pods: Api<Pod>, pod: String, mut rx: watch::Receiver<Arc<Snapshot>>) {
-    let params =
-        PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
+    let params = PatchParams {
+        field_manager: Some(GATEWAY_FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
     let mut delay = PATCH_RETRY_MIN;
     loop {
         let hash = rx.borrow_and_update().hash.clone();
@@ -1058,7 +1060,7 @@ mod tests {
     fn assert_annotates(patch: &PodPatch, hash: &str) {
         assert_eq!(patch.path, format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}"));
         assert_eq!(patch.content_type, "application/merge-patch+json");
-        assert!(patch.query.contains("fieldManager=trunkline-operator"), "{}", patch.query);
+        assert!(patch.query.contains("fieldManager=trunkline-gateway"), "{}", patch.query);
         assert_eq!(
             patch.body,
             json!({"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}})

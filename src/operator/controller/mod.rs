@@ -103,6 +103,13 @@ pub enum ReconcileError {
     /// Creating a generated Secret, reading or applying the gateway credentials Secret.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    /// A status that does not serialise (a bug: status types are plain data).
+    #[error("cannot serialise the status of a {kind}: {source}")]
+    SerializeStatus {
+        kind: Kind,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The compile task did not finish (it panicked: a bug in compile).
     #[error("the compile task failed: {0}")]
     CompileTask(#[source] tokio::task::JoinError),
@@ -114,6 +121,7 @@ impl ReconcileError {
         match self {
             ReconcileError::PatchStatus { .. } => "patch_status",
             ReconcileError::Credentials(e) => e.category(),
+            ReconcileError::SerializeStatus { .. } => "serialize_status",
             ReconcileError::CompileTask(_) => "compile",
         }
     }

@@ -35,6 +35,7 @@ use crate::operator::credentials::{
     wants_generated_credentials,
 };
 use crate::operator::programmed::{ProgrammedDecision, decide_programmed, served};
+use crate::operator::status::OWNED_CONDITIONS;
 use crate::operator::status::{
     FleetFacts, Transition, changed, desired_inbound_status, desired_outbound_status,
     desired_transfer_status, transitions,
@@ -179,6 +180,15 @@ async fn write_status<K: Reconciled>(
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
     let name = obj.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut status = serde_json::to_value(status)
+        .map_err(|source| ReconcileError::SerializeStatus { kind: K::KIND, source })?;
+    // Only the conditions the operator owns are applied: another manager's (the gateways'
+    // `Reachable`) stay theirs, since `conditions` is a list map keyed by type.
+    if let Some(conditions) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        conditions.retain(|c| {
+            c.get("type").and_then(|t| t.as_str()).is_some_and(|t| OWNED_CONDITIONS.contains(&t))
+        });
+    }
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
