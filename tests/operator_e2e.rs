@@ -6,17 +6,22 @@
 //!   the Lease taken; the fleet applied with server-side apply and its orphans deleted (another
 //!   fleet's objects kept); status written on `/status` (accepted with the carrier endpoint,
 //!   generated credentials owned by their trunk, a number conflict) with its events; the gateway
-//!   credentials bundle (served trunks only, and the nonce key); a spec change seen through
-//!   re-opened watches; the metrics; SIGTERM ends it with 0 and gives the Lease up.
+//!   credentials bundle (served trunks only, and the nonce key); deleting a generated Secret
+//!   rotates its credentials; a spec change seen through re-opened watches; the metrics;
+//!   SIGTERM ends it with 0 and gives the Lease up.
 //! - `a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls`:
 //!   a ready gateway pod without a config hash keeps `Programmed` False; the real `trunkline
 //!   gateway`, run as that pod against the same API server, reads the bundle, annotates its pod
 //!   with its config hash, the operator sets `Programmed` True, and sipp calls go through with
 //!   the credentials the bundle delivered (a referenced Secret's, and generated ones).
+//! - `a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops`: a second replica is
+//!   ready but writes nothing; when the leader stops it takes the Lease and reconciles, keeping
+//!   the bundle's nonce key.
 //! - `the_fake_api_server_answers_kube_clients_as_an_api_server_would`: the fake itself, through
-//!   kube's client (what the two above rely on).
+//!   kube's client (what the others rely on).
+//! - `a_deleted_gateway_credentials_secret_is_written_again`: ignored, a known bug (its doc says).
 //!
-//! Both processes must log no WARN or ERROR line, and every request they make must be answered
+//! The processes must log no WARN or ERROR line, and every request they make must be answered
 //! (a 404 only for a GET of what does not exist yet). What the fake approximates is said at the
 //! top of `support/apiserver.rs`.
 
@@ -137,13 +142,13 @@ fn text(value: &Value) -> String {
 /// A `trunkline` child process: SIGTERM then SIGKILL on drop; its log printed when the test
 /// panics.
 struct Process {
-    name: &'static str,
+    name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(name: &'static str, dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Process {
+    fn spawn(name: &str, dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Process {
         let log = dir.join(&format!("{name}.log"));
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -163,7 +168,7 @@ impl Process {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawn the trunkline binary");
-        Process { name, child, log }
+        Process { name: name.to_string(), child, log }
     }
 
     fn sigterm(&self) {
@@ -232,8 +237,9 @@ impl Cluster {
         Cluster { processes: Vec::new(), api, dir }
     }
 
-    /// Starts `trunkline operator`; returns its admin address and its index in `processes`.
-    fn start_operator(&mut self) -> (SocketAddr, usize) {
+    /// Starts `trunkline operator` as replica `identity`; returns its admin address and its
+    /// index in `processes`.
+    fn start_operator(&mut self, identity: &str) -> (SocketAddr, usize) {
         let admin = SocketAddr::from((LOCALHOST, free_port()));
         let args: Vec<String> = [
             "operator",
@@ -244,7 +250,7 @@ impl Cluster {
             "--lease-name",
             LEASE,
             "--pod-name",
-            OPERATOR_POD,
+            identity,
             "--pod-namespace",
             FLEET_NAMESPACE,
             "--lease-duration",
@@ -252,7 +258,7 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
-        self.processes.push(Process::spawn("operator", &self.dir, &args, &[]));
+        self.processes.push(Process::spawn(identity, &self.dir, &args, &[]));
         (admin, self.processes.len() - 1)
     }
 
@@ -358,6 +364,14 @@ fn sample(page: &str, name: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// One entry of the gateway credentials bundle, parsed; `Null` when absent.
+fn bundle_entry(api: &ApiServer, key: &str) -> Value {
+    api.get(SECRETS, FLEET_NAMESPACE, BUNDLE)
+        .and_then(|b| b["data"].get(key).map(decode))
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
 fn names(objects: &[Value]) -> BTreeSet<String> {
     objects.iter().filter_map(|o| o["metadata"]["name"].as_str()).map(str::to_string).collect()
 }
@@ -393,7 +407,7 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     api.put(DAEMONSETS, fleet_object("DaemonSet", "edge-gateway", FLEET));
     api.put(SERVICES, fleet_object("Service", "edge-old", FLEET));
     api.put(DAEMONSETS, fleet_object("DaemonSet", "other-gateway", "other"));
-    let (admin, operator) = cluster.start_operator();
+    let (admin, operator) = cluster.start_operator(OPERATOR_POD);
     let api = &cluster.api;
 
     // The Lease, held by this replica.
@@ -495,16 +509,24 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     });
     let bundle = api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
     assert_eq!(decode(&bundle["data"]["nonce-key"]).len(), 32);
-    let entry =
-        |key: &str| -> Value { serde_json::from_slice(&decode(&bundle["data"][key])).unwrap() };
     assert_eq!(
-        entry("voice.acme-creds"),
+        bundle_entry(api, "voice.acme-creds"),
         json!({"username": ACME_USER, "password": ACME_PASSWORD})
     );
     assert_eq!(
-        entry("voice.beta-in-trunkline-credentials"),
+        bundle_entry(api, "voice.beta-in-trunkline-credentials"),
         json!({"username": username, "password": password})
     );
+
+    // Deleting the generated Secret rotates the credentials: a new Secret, the bundle follows.
+    api.delete(SECRETS, VOICE, generated);
+    cluster.wait_for("new generated credentials", || {
+        api.get(SECRETS, VOICE, generated).is_some_and(|s| text(&s["data"]["password"]) != password)
+    });
+    let rotated = text(&api.get(SECRETS, VOICE, generated).unwrap()["data"]["password"]);
+    cluster.wait_for("the bundle with the new credentials", || {
+        bundle_entry(api, "voice.beta-in-trunkline-credentials")["password"] == rotated.as_str()
+    });
 
     // Events on the trunks (published after the status they tell of): the credentials
     // generated, the conflict (a warning).
@@ -547,7 +569,7 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
         sample(&page, r#"trunkline_operator_reconciles_total{kind="InboundTrunk",result="ok"}"#);
     assert!(ok.is_some_and(|n| n >= 3.0), "{page}");
     assert!(sample(&page, r#"trunkline_operator_fleet_applies_total{result="ok"}"#) >= Some(1.0));
-    assert_eq!(sample(&page, "trunkline_operator_generated_secrets_total"), Some(1.0), "{page}");
+    assert_eq!(sample(&page, "trunkline_operator_generated_secrets_total"), Some(2.0), "{page}");
     assert!(matches!(net::http_get(admin, "/readyz"), Some((200, _))));
 
     // Every request the operator made was answered; only lookups of what did not exist yet 404.
@@ -580,7 +602,7 @@ fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_the
     api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
     api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, acme_agent, Some("acme-creds")));
     api.put(TRUNKS, inbound_trunk("beta-in", BETA_NUMBER, beta_agent, None));
-    cluster.start_operator();
+    cluster.start_operator(OPERATOR_POD);
 
     // No gateway pod: accepted, not programmed.
     cluster.wait_condition("acme-in", "Accepted", "True", None);
@@ -683,6 +705,79 @@ fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_the
         let status = process.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
         assert!(status.success(), "{}: {status}", process.name);
     }
+}
+
+#[test]
+fn a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops() {
+    let mut cluster = Cluster::new();
+    cluster.api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    cluster.api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, 5070, Some("acme-creds")));
+    let (_, first) = cluster.start_operator(OPERATOR_POD);
+    cluster.wait_condition("acme-in", "Accepted", "True", None);
+    let nonce_key =
+        cluster.api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap()["data"]["nonce-key"].clone();
+
+    // A second replica: ready (it reached the API server), but standing by.
+    let standby = "trunkline-operator-1";
+    let (admin, second) = cluster.start_operator(standby);
+    cluster.wait_for("the standby ready", || {
+        matches!(net::http_get(admin, "/readyz"), Some((200, _)))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let page = metrics(admin);
+    assert_eq!(sample(&page, "trunkline_operator_leader"), Some(0.0), "{page}");
+    assert_eq!(sample(&page, "trunkline_operator_compiles_total"), Some(0.0), "{page}");
+    assert!(!page.contains("trunkline_operator_reconciles_total{"), "{page}");
+    let lease = cluster.api.get(LEASES, FLEET_NAMESPACE, LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], OPERATOR_POD, "{lease}");
+
+    // The leader stops and gives the Lease up; the standby takes it (within the lease
+    // duration, 6 s) and reconciles: a spec change is observed, the nonce key is kept.
+    let leader = &mut cluster.processes[first];
+    leader.sigterm();
+    let status = leader.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    cluster.wait_for("the Lease held by the former standby", || {
+        cluster
+            .api
+            .get(LEASES, FLEET_NAMESPACE, LEASE)
+            .is_some_and(|l| l["spec"]["holderIdentity"] == standby)
+    });
+    cluster.wait_for("the new leader's gauge", || {
+        sample(&metrics(admin), "trunkline_operator_leader") == Some(1.0)
+    });
+    cluster.api.update(TRUNKS, VOICE, "acme-in", |t| {
+        t["spec"]["numbers"][0]["agent"] = json!("sales");
+    });
+    cluster.wait_for("acme-in observed at generation 2 by the new leader", || {
+        condition(&cluster.trunk("acme-in"), "Accepted")
+            .is_some_and(|c| c["observedGeneration"] == 2 && c["status"] == "True")
+    });
+    let bundle = cluster.api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
+    assert_eq!(bundle["data"]["nonce-key"], nonce_key, "the gateways' nonces stay valid");
+    let new_leader = &cluster.processes[second];
+    assert_eq!(new_leader.problems(), Vec::<String>::new(), "warnings in the new leader's log");
+}
+
+/// Known bug (reported, not fixed here): the operator does not watch its own bundle Secret (its
+/// Secret watch selects `type=kubernetes.io/basic-auth`; the bundle is `Opaque`), and
+/// `BundleWriter::forget_applied` is never called, so a deleted or edited bundle is written
+/// again only when the compiled credentials change or another replica takes the lead. Until
+/// then a new gateway pod never becomes ready.
+#[test]
+#[ignore = "bug: a deleted gateway credentials Secret is not written again (see the doc comment)"]
+fn a_deleted_gateway_credentials_secret_is_written_again() {
+    let mut cluster = Cluster::new();
+    cluster.api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    cluster.api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, 5070, Some("acme-creds")));
+    cluster.start_operator(OPERATOR_POD);
+    cluster.wait_for("the bundle", || {
+        bundle_entry(&cluster.api, "voice.acme-creds")["username"] == ACME_USER
+    });
+    cluster.api.delete(SECRETS, FLEET_NAMESPACE, BUNDLE);
+    cluster.wait_for("the bundle written again", || {
+        bundle_entry(&cluster.api, "voice.acme-creds")["username"] == ACME_USER
+    });
 }
 
 /// The fake itself, through kube's own client: what the scenarios above rely on.

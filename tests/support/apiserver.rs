@@ -236,6 +236,14 @@ impl ApiServer {
         self.put(resource, object);
     }
 
+    /// Deletes an object as the test's own write (watchers told); returns it, `None` when absent.
+    pub fn delete(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (resource.to_string(), namespace.to_string(), name.to_string());
+        let removed = self.shared.store.lock().unwrap().remove(&key);
+        self.shared.notify();
+        removed
+    }
+
     /// The object, as a GET would answer it.
     pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let store = self.shared.store.lock().unwrap();
