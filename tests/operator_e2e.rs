@@ -7,7 +7,8 @@
 //!   fleet's objects kept); status written on `/status` (accepted with the carrier endpoint,
 //!   generated credentials owned by their trunk, a number conflict) with its events; the gateway
 //!   credentials bundle (served trunks only, and the nonce key); deleting a generated Secret
-//!   rotates its credentials; a spec change seen through re-opened watches; the metrics;
+//!   rotates its credentials; a spec change seen through re-opened watches; a deleted trunk
+//!   frees its number for the younger one; the metrics;
 //!   SIGTERM ends it with 0 and gives the Lease up.
 //! - `a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls`:
 //!   a ready gateway pod without a config hash keeps `Programmed` False; the real `trunkline
@@ -562,6 +563,15 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
                 .is_some_and(|c| c["observedGeneration"] == 2 && c["status"] == "True")
     });
 
+    // Deleting the older trunk frees its number: the younger one is accepted, and the bundle
+    // trades the deleted trunk's credentials for its own.
+    api.delete(TRUNKS, VOICE, "acme-in");
+    cluster.wait_condition("copycat-in", "Accepted", "True", None);
+    cluster.wait_for("the bundle with copycat's credentials instead of acme's", || {
+        bundle_entry(api, "voice.copycat-creds")["username"] == "copycat"
+            && bundle_entry(api, "voice.acme-creds").is_null()
+    });
+
     // The operator's metrics: leading, reconciling, the fleet applied.
     let page = metrics(admin);
     assert_eq!(sample(&page, "trunkline_operator_leader"), Some(1.0), "{page}");
@@ -832,8 +842,9 @@ fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
         let other = ListParams::default().labels("trunkline.dev/fleet notin (edge)");
         assert_eq!(listed(other).await, ["c"]);
 
-        // Server-side apply creates; on /status it merges conditions by type and leaves the
-        // rest; a merge patch removes what it nulls; a spec change bumps the generation.
+        // Server-side apply creates; on /status it merges conditions by type, removes what the
+        // same manager applied before and leaves out now, keeps another manager's; a merge
+        // patch removes what it nulls; a spec change bumps the generation.
         let pods: Api<Pod> = Api::namespaced(client.clone(), FLEET_NAMESPACE);
         let ssa = PatchParams::apply("test").force();
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
@@ -845,8 +856,11 @@ fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
             json!({"apiVersion": "v1", "kind": "Pod",
                                                 "status": {"conditions": conditions}})
         };
+        let theirs = json!([{"type": "Theirs", "status": "True"}]);
+        let other = PatchParams::apply("other").force();
+        pods.patch_status("p", &other, &Patch::Apply(status(theirs))).await.unwrap();
         let ready =
-            json!([{"type": "Ready", "status": "False"}, {"type": "Other", "status": "True"}]);
+            json!([{"type": "Ready", "status": "False"}, {"type": "Dropped", "status": "True"}]);
         pods.patch_status("p", &ssa, &Patch::Apply(status(ready))).await.unwrap();
         let flipped = json!([{"type": "Ready", "status": "True"}]);
         let p = pods.patch_status("p", &ssa, &Patch::Apply(status(flipped))).await.unwrap();
@@ -858,7 +872,7 @@ fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
             .into_iter()
             .map(|c| (c.type_, c.status))
             .collect();
-        assert_eq!(conditions, [("Ready".into(), "True".into()), ("Other".into(), "True".into())]);
+        assert_eq!(conditions, [("Theirs".into(), "True".into()), ("Ready".into(), "True".into())]);
         assert_eq!(p.metadata.generation, Some(1), "status is not the spec");
         let merge = json!({"metadata": {"annotations": {"x": null, "y": "2"}}});
         let p = pods.patch("p", &PatchParams::default(), &Patch::Merge(&merge)).await.unwrap();

@@ -33,8 +33,9 @@
 //! What it approximates (keep these in mind when a test passes here):
 //! - server-side apply is a deep merge of the body into the object: maps merge, `null` removes a
 //!   field, lists of objects that all carry a `type` (conditions) merge by `type`, other lists are
-//!   replaced. There are no field managers, so no apply conflicts and no removal of fields a
-//!   manager stopped applying;
+//!   replaced. Each apply manager's fields are remembered (per object and subresource): a field
+//!   or condition it applied before and leaves out now is removed, unless another apply manager
+//!   applied it too. Writes other than apply own nothing, and there are no apply conflicts;
 //! - strategic merge patch is a JSON merge patch (RFC 7386; no `$patch` directives, lists
 //!   replaced); JSON patch is refused (415);
 //! - a watch sends no `DELETED` when an object stops matching its selector, no bookmarks, never
@@ -43,7 +44,7 @@
 //! - no admission, validation, defaulting, RBAC, finalizers, `deletionTimestamp` or garbage
 //!   collection of owned objects; no discovery (`/api`, `/apis` answer 404).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -104,9 +105,22 @@ struct Recorded {
     object: Value,
 }
 
+/// One step of a field path: a map key, or the item of a condition-like list with this `type`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Field(String),
+    Item(String),
+}
+
+/// What one field manager last applied to one object (or its `/status`): object key,
+/// subresource (`""` for the object), manager.
+type Applier = (Key, String, String);
+
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<Key, Value>,
+    /// The field paths each apply manager set with its last apply.
+    applied: BTreeMap<Applier, BTreeSet<Vec<Step>>>,
     events: Vec<Recorded>,
     version: u64,
     uids: u64,
@@ -348,6 +362,7 @@ impl Store {
 
     fn remove(&mut self, key: &Key) -> Option<Value> {
         let mut object = self.objects.remove(key)?;
+        self.applied.retain(|(k, _, _), _| k != key);
         self.version += 1;
         object["metadata"]["resourceVersion"] = json!(self.version.to_string());
         self.events.push(Recorded {
@@ -645,7 +660,24 @@ fn patch(
         without_status(body)
     };
     if apply {
-        apply_merge(&mut object, &change)
+        let subresource = target.subresource.clone().unwrap_or_default();
+        let manager = request.query.get("fieldManager").cloned().unwrap_or_default();
+        let applier = (key.clone(), subresource, manager);
+        let now = applied_paths(&change);
+        // Fields this manager applied last time and no longer does go, unless another manager
+        // applied them too.
+        if let Some(before) = store.applied.get(&applier) {
+            for path in before.difference(&now) {
+                let shared = store.applied.iter().any(|((k, sub, m), paths)| {
+                    *k == applier.0 && *sub == applier.1 && *m != applier.2 && paths.contains(path)
+                });
+                if !shared {
+                    remove_path(&mut object, path);
+                }
+            }
+        }
+        store.applied.insert(applier, now);
+        apply_merge(&mut object, &change);
     } else {
         merge_patch(&mut object, &change)
     }
@@ -685,6 +717,74 @@ fn apply_merge(target: &mut Value, patch: &Value) {
             }
             _ => {
                 into.insert(key.clone(), without_nulls(value));
+            }
+        }
+    }
+}
+
+/// The field paths an apply body sets: every leaf, a condition-like list item as one leaf,
+/// without the identity fields (`apiVersion`, `kind`, `metadata.name`, `metadata.namespace`).
+fn applied_paths(body: &Value) -> BTreeSet<Vec<Step>> {
+    fn walk(value: &Value, path: &mut Vec<Step>, out: &mut BTreeSet<Vec<Step>>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    path.push(Step::Field(key.clone()));
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            list if keyed_by_type(list) => {
+                for item in list.as_array().into_iter().flatten() {
+                    path.push(Step::Item(item["type"].as_str().unwrap_or_default().to_string()));
+                    out.insert(path.clone());
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(body, &mut Vec::new(), &mut out);
+    let identity = |p: &Vec<Step>| {
+        let field = |i: usize| match p.get(i) {
+            Some(Step::Field(f)) => f.as_str(),
+            _ => "",
+        };
+        matches!(field(0), "apiVersion" | "kind")
+            || (field(0) == "metadata" && matches!(field(1), "name" | "namespace"))
+    };
+    out.retain(|p| !identity(p));
+    out
+}
+
+/// Removes the field (or list item) at `path`, when there.
+fn remove_path(object: &mut Value, path: &[Step]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut at = object;
+    for step in parents {
+        let next = match step {
+            Step::Field(f) => at.get_mut(f.as_str()),
+            Step::Item(t) => {
+                at.as_array_mut().and_then(|items| items.iter_mut().find(|i| i["type"] == *t))
+            }
+        };
+        match next {
+            Some(next) => at = next,
+            None => return,
+        }
+    }
+    match last {
+        Step::Field(f) => {
+            if let Some(map) = at.as_object_mut() {
+                map.remove(f);
+            }
+        }
+        Step::Item(t) => {
+            if let Some(items) = at.as_array_mut() {
+                items.retain(|i| i["type"] != *t);
             }
         }
     }
