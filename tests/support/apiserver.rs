@@ -2,8 +2,9 @@
 //! clients of `trunkline operator` and `trunkline gateway`: no real kube-apiserver can run on
 //! these machines (DESIGN §7). [`ApiServer::start`] serves it on a free port from its own tokio
 //! runtime; [`ApiServer::write_kubeconfig`] points a process at it; the test reads and writes
-//! objects directly ([`ApiServer::put`], [`ApiServer::get`], [`ApiServer::list`]) and reads the
-//! log of every request ([`ApiServer::requests`]).
+//! objects directly ([`ApiServer::put`], [`ApiServer::update`], [`ApiServer::delete`],
+//! [`ApiServer::get`], [`ApiServer::list`]) and reads the log of every request
+//! ([`ApiServer::requests`]).
 //!
 //! Objects are JSON values keyed by (resource, namespace, name), where the resource is the URL's
 //! `group/version/plural` (`v1/secrets`, `apps/v1/deployments`, `trunkline.dev/v1alpha1/
@@ -35,7 +36,8 @@
 //!   field, lists of objects that all carry a `type` (conditions) merge by `type`, other lists are
 //!   replaced. Each apply manager's fields are remembered (per object and subresource): a field
 //!   or condition it applied before and leaves out now is removed, unless another apply manager
-//!   applied it too. Writes other than apply own nothing, and there are no apply conflicts;
+//!   applied it too. Writes other than apply own nothing, and there are no apply conflicts (so
+//!   two replicas racing for a free Lease would both win: tests start them one after the other);
 //! - strategic merge patch is a JSON merge patch (RFC 7386; no `$patch` directives, lists
 //!   replaced); JSON patch is refused (415);
 //! - a watch sends no `DELETED` when an object stops matching its selector, no bookmarks, never
