@@ -1,6 +1,7 @@
 //! The real-peer harness (STYLE.md, tests level 5): the built `trunkline run` between sipp as the
 //! carrier and sipp as the agent runtime, all on 127.0.0.0/8, every process bounded in time.
 //!
+//! - [`apiserver`]: an in-memory Kubernetes API server for `trunkline operator` and `gateway`;
 //! - [`net`]: temp dirs removed on drop, free ports, a raw HTTP GET, raw UDP datagrams;
 //! - [`specs`]: a specs folder per test ([`Specs`], [`Trunk`]), rewritten atomically while the
 //!   gateway runs;
@@ -20,6 +21,7 @@
 // unwrap and expect in tests; clippy only knows #[test] functions as tests).
 #![allow(clippy::panic, clippy::unwrap_used)]
 
+pub mod apiserver;
 pub mod digest;
 pub mod gateway;
 pub mod kamailio;

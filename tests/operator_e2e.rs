@@ -1,0 +1,907 @@
+//! `trunkline operator` end to end (issue 5): the built binary, given a kubeconfig that points at
+//! the in-memory API server of `support::apiserver` (127.0.0.1, plain HTTP), with a small fleet
+//! (`edge` in namespace `trunkline`, public address 127.0.0.1) and trunks in namespace `voice`.
+//!
+//! - `the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_and_stops_on_sigterm`:
+//!   the Lease taken; the fleet applied with server-side apply and its orphans deleted (another
+//!   fleet's objects kept); status written on `/status` (accepted with the carrier endpoint,
+//!   generated credentials owned by their trunk, a number conflict) with its events; the gateway
+//!   credentials bundle (served trunks only, and the nonce key); deleting a generated Secret
+//!   rotates its credentials; a spec change seen through re-opened watches; a deleted trunk
+//!   frees its number for the younger one; the metrics;
+//!   SIGTERM ends it with 0 and gives the Lease up.
+//! - `a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls`:
+//!   a ready gateway pod without a config hash keeps `Programmed` False; the real `trunkline
+//!   gateway`, run as that pod against the same API server, reads the bundle, annotates its pod
+//!   with its config hash, the operator sets `Programmed` True, and sipp calls go through with
+//!   the credentials the bundle delivered (a referenced Secret's, and generated ones).
+//! - `a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops`: a second replica is
+//!   ready but writes nothing; when the leader stops it takes the Lease and reconciles, keeping
+//!   the bundle's nonce key.
+//! - `the_fake_api_server_answers_kube_clients_as_an_api_server_would`: the fake itself, through
+//!   kube's client (what the others rely on).
+//! - `a_deleted_gateway_credentials_secret_is_written_again`: ignored, a known bug (its doc says).
+//!
+//! The processes must log no WARN or ERROR line, and every request they make must be answered
+//! (a 404 only for a GET of what does not exist yet). What the fake approximates is said at the
+//! top of `support/apiserver.rs`.
+
+// Harness code is test code (STYLE.md allows unwrap and panic in tests; clippy only knows
+// #[test] functions as tests).
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use support::apiserver::{ApiServer, Logged, WATCH_IDLE};
+use support::free_port;
+use support::net::{self, LOCALHOST, TempDir};
+use support::sipp::{uac, uas};
+
+const FLEET: &str = "edge";
+const FLEET_NAMESPACE: &str = "trunkline";
+const VOICE: &str = "voice";
+const OPERATOR_POD: &str = "trunkline-operator-0";
+const LEASE: &str = "edge-operator";
+const BUNDLE: &str = "trunkline-gateway-credentials";
+const GATEWAY_POD: &str = "edge-gateway-0";
+
+const ACME_NUMBER: &str = "+14155550100";
+const BETA_NUMBER: &str = "+14155550111";
+const ACME_USER: &str = "acme";
+const ACME_PASSWORD: &str = "acme-referenced-password";
+
+const TRUNKS: &str = "trunkline.dev/v1alpha1/inboundtrunks";
+const SECRETS: &str = "v1/secrets";
+const PODS: &str = "v1/pods";
+const LEASES: &str = "coordination.k8s.io/v1/leases";
+const DAEMONSETS: &str = "apps/v1/daemonsets";
+const SERVICES: &str = "v1/services";
+const EVENTS: &str = "events.k8s.io/v1/events";
+
+/// How long any one thing may take to show up.
+const WITHIN: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// Objects.
+
+fn inbound_trunk(name: &str, number: &str, agent_port: u16, secret: Option<&str>) -> Value {
+    let digest = match secret {
+        Some(secret) => json!({"secretRef": {"name": secret}}),
+        None => json!({}),
+    };
+    json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+        "metadata": {"name": name, "namespace": VOICE},
+        "spec": {
+            "numbers": [{"number": number, "agent": "support"}],
+            "destination": {"uri": format!("sip:127.0.0.1:{agent_port}")},
+            "auth": {"digest": digest},
+            "transports": ["UDP"],
+        },
+    })
+}
+
+fn basic_auth(name: &str, username: &str, password: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": name, "namespace": VOICE},
+        "stringData": {"username": username, "password": password},
+    })
+}
+
+/// A gateway pod of the fleet as the kubelet would show it: Ready, no config hash yet.
+fn ready_gateway_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": GATEWAY_POD, "namespace": FLEET_NAMESPACE,
+            "labels": {"trunkline.dev/fleet": FLEET, "app.kubernetes.io/component": "gateway"},
+        },
+        "spec": {"containers": [{"name": "gateway", "image": "trunkline:test"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// An object labelled as owned by the operator of fleet `fleet`.
+fn fleet_object(kind: &str, name: &str, fleet: &str) -> Value {
+    let api_version = if kind == "DaemonSet" { "apps/v1" } else { "v1" };
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {
+            "name": name, "namespace": FLEET_NAMESPACE,
+            "labels": {"trunkline.dev/fleet": fleet, "app.kubernetes.io/managed-by": "trunkline-operator"},
+        },
+        "spec": {},
+    })
+}
+
+fn settings() -> String {
+    format!("name: {FLEET}\nnamespace: {FLEET_NAMESPACE}\npublicAddress: 127.0.0.1\n")
+}
+
+fn decode(value: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap_or_default()).unwrap()
+}
+
+fn text(value: &Value) -> String {
+    String::from_utf8(decode(value)).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// A `trunkline` child process: SIGTERM then SIGKILL on drop; its log printed when the test
+/// panics.
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Process {
+        let log = dir.join(&format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trunkline"));
+        command
+            .args(args)
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env("RUST_LOG", "info,trunkline=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn the trunkline binary");
+        Process { name: name.to_string(), child, log }
+    }
+
+    fn sigterm(&self) {
+        let _ =
+            Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status();
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its WARN and ERROR lines: none when every request, reconcile and watch went through.
+    fn problems(&self) -> Vec<String> {
+        let text = self.log_text();
+        text.lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.sigterm();
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- trunkline {} log -----\n{}\n----- end -----",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// The fake API server, a temp dir with a kubeconfig for it, and the processes of one test
+/// (dropped first: the processes stop before the server goes).
+struct Cluster {
+    processes: Vec<Process>,
+    api: ApiServer,
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let api = ApiServer::start();
+        let dir = TempDir::new("operator-e2e");
+        api.write_kubeconfig(&dir.join("kubeconfig"), FLEET_NAMESPACE);
+        std::fs::write(dir.join("operator.yaml"), settings()).unwrap();
+        Cluster { processes: Vec::new(), api, dir }
+    }
+
+    /// Starts `trunkline operator` as replica `identity`; returns its admin address and its
+    /// index in `processes`.
+    fn start_operator(&mut self, identity: &str) -> (SocketAddr, usize) {
+        let admin = SocketAddr::from((LOCALHOST, free_port()));
+        let args: Vec<String> = [
+            "operator",
+            "--config",
+            self.dir.join("operator.yaml").to_str().unwrap(),
+            "--admin",
+            &admin.to_string(),
+            "--lease-name",
+            LEASE,
+            "--pod-name",
+            identity,
+            "--pod-namespace",
+            FLEET_NAMESPACE,
+            "--lease-duration",
+            "6",
+        ]
+        .map(String::from)
+        .to_vec();
+        self.processes.push(Process::spawn(identity, &self.dir, &args, &[]));
+        (admin, self.processes.len() - 1)
+    }
+
+    /// Starts `trunkline gateway` as pod [`GATEWAY_POD`] on free 127.0.0.1 ports; returns its
+    /// carrier-facing UDP address and its admin address.
+    fn start_gateway(&mut self) -> (SocketAddr, SocketAddr) {
+        let (port, internal) = (free_port(), free_port());
+        let admin = SocketAddr::from((LOCALHOST, free_port()));
+        let args: Vec<String> = [
+            "gateway".to_string(),
+            "--listen".into(),
+            format!("udp://127.0.0.1:{port}"),
+            "--internal-listen".into(),
+            format!("udp://127.0.0.1:{internal}"),
+            "--admin".into(),
+            admin.to_string(),
+            "--public-address".into(),
+            "127.0.0.1".into(),
+            "--credentials-secret".into(),
+            BUNDLE.into(),
+            "--drain-timeout".into(),
+            "1s".into(),
+        ]
+        .to_vec();
+        let env = [("POD_NAME", GATEWAY_POD), ("POD_NAMESPACE", FLEET_NAMESPACE)];
+        self.processes.push(Process::spawn("gateway", &self.dir, &args, &env));
+        (SocketAddr::from((LOCALHOST, port)), admin)
+    }
+
+    fn trunk(&self, name: &str) -> Value {
+        self.api.get(TRUNKS, VOICE, name).unwrap_or(Value::Null)
+    }
+
+    /// Waits until `check` holds, else panics with `what`, the objects' state and the request log.
+    fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
+        if eventually(WITHIN, &mut check) {
+            return;
+        }
+        let trunks: Vec<String> = self
+            .api
+            .list(TRUNKS, None, "")
+            .iter()
+            .map(|t| format!("{}: {}", t["metadata"]["name"], t["status"]))
+            .collect();
+        panic!(
+            "not within {WITHIN:?}: {what}\ntrunks:\n{}\nrequests:\n{}",
+            trunks.join("\n"),
+            self.api.request_log()
+        );
+    }
+
+    /// Waits until a request matching `check` is in the log (a write is logged just after it
+    /// shows in the store).
+    fn wait_for_request(&self, what: &str, check: impl Fn(&Logged) -> bool) {
+        self.wait_for(what, || self.api.requests().iter().any(&check));
+    }
+
+    /// Waits until trunk `name` has condition `type_` with `status` (and `reason`, when given);
+    /// returns the trunk.
+    fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> Value {
+        let what = format!("InboundTrunk {name}: {type_}={status} reason {reason:?}");
+        self.wait_for(&what, || {
+            condition(&self.trunk(name), type_)
+                .is_some_and(|c| c["status"] == status && reason.is_none_or(|r| c["reason"] == r))
+        });
+        self.trunk(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Gateways first, then the operator.
+        while let Some(process) = self.processes.pop() {
+            drop(process);
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`.
+fn eventually(within: Duration, check: &mut impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn metrics(admin: SocketAddr) -> String {
+    net::http_get(admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+}
+
+/// The value of the sample `name` (with its labels, as printed) on a metrics page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// One entry of the gateway credentials bundle, parsed; `Null` when absent.
+fn bundle_entry(api: &ApiServer, key: &str) -> Value {
+    api.get(SECRETS, FLEET_NAMESPACE, BUNDLE)
+        .and_then(|b| b["data"].get(key).map(decode))
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn names(objects: &[Value]) -> BTreeSet<String> {
+    objects.iter().filter_map(|o| o["metadata"]["name"].as_str()).map(str::to_string).collect()
+}
+
+/// The requests answered with an error, but for lookups of what did not exist (yet): a path or
+/// a method the fake does not serve shows up here.
+fn refused_requests(api: &ApiServer) -> Vec<String> {
+    let fine =
+        |r: &Logged| (200..300).contains(&r.status) || (r.method == "GET" && r.status == 404);
+    api.requests().iter().filter(|r| !fine(r)).map(Logged::line).collect()
+}
+
+fn is_apply_by_operator(request: &Logged) -> bool {
+    request.method == "PATCH"
+        && request.content_type.as_deref() == Some("application/apply-patch+yaml")
+        && request.query.get("fieldManager").map(String::as_str) == Some("trunkline-operator")
+        && request.query.get("force").map(String::as_str) == Some("true")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+#[test]
+fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_and_stops_on_sigterm()
+ {
+    let mut cluster = Cluster::new();
+    let api = &cluster.api;
+    api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, 5070, Some("acme-creds")));
+    api.put(TRUNKS, inbound_trunk("beta-in", BETA_NUMBER, 5070, None));
+    // Left by an earlier run: this fleet's DaemonSet (it runs as a Deployment now) and an old
+    // Service are orphans; another fleet's DaemonSet is not ours.
+    api.put(DAEMONSETS, fleet_object("DaemonSet", "edge-gateway", FLEET));
+    api.put(SERVICES, fleet_object("Service", "edge-old", FLEET));
+    api.put(DAEMONSETS, fleet_object("DaemonSet", "other-gateway", "other"));
+    let (admin, operator) = cluster.start_operator(OPERATOR_POD);
+    let api = &cluster.api;
+
+    // The Lease, held by this replica.
+    cluster.wait_for("the Lease held by the operator pod", || {
+        api.get(LEASES, FLEET_NAMESPACE, LEASE)
+            .is_some_and(|l| l["spec"]["holderIdentity"] == OPERATOR_POD)
+    });
+
+    // The fleet, applied with server-side apply and labelled as this fleet's.
+    let fleet_label = format!("trunkline.dev/fleet={FLEET}");
+    let fleet = |resource: &str, namespace: Option<&str>| {
+        names(&api.list(resource, namespace, &fleet_label))
+    };
+    let one = |name: &str| BTreeSet::from([name.to_string()]);
+    let expected: [(&str, Option<&str>, BTreeSet<String>); 8] = [
+        ("apps/v1/deployments", Some(FLEET_NAMESPACE), one("edge-gateway")),
+        (
+            "v1/services",
+            Some(FLEET_NAMESPACE),
+            BTreeSet::from(["edge-carrier".to_string(), "edge-internal".to_string()]),
+        ),
+        ("v1/serviceaccounts", Some(FLEET_NAMESPACE), one("edge-gateway")),
+        ("rbac.authorization.k8s.io/v1/roles", Some(FLEET_NAMESPACE), one("edge-gateway")),
+        ("rbac.authorization.k8s.io/v1/rolebindings", Some(FLEET_NAMESPACE), one("edge-gateway")),
+        ("rbac.authorization.k8s.io/v1/clusterroles", None, one("edge-gateway")),
+        ("rbac.authorization.k8s.io/v1/clusterrolebindings", None, one("edge-gateway")),
+        ("policy/v1/poddisruptionbudgets", Some(FLEET_NAMESPACE), one("edge-gateway")),
+    ];
+    cluster.wait_for("the fleet applied", || {
+        expected.iter().all(|(resource, ns, want)| fleet(resource, *ns) == *want)
+    });
+    cluster.wait_for("the orphans deleted", || {
+        api.get(DAEMONSETS, FLEET_NAMESPACE, "edge-gateway").is_none()
+            && api.get(SERVICES, FLEET_NAMESPACE, "edge-old").is_none()
+    });
+    assert!(api.get(DAEMONSETS, FLEET_NAMESPACE, "other-gateway").is_some(), "not this fleet's");
+    let deployment = api.get("apps/v1/deployments", FLEET_NAMESPACE, "edge-gateway").unwrap();
+    assert_eq!(
+        deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "trunkline-operator"
+    );
+    cluster.wait_for_request("the Deployment applied by trunkline-operator (forced)", |r| {
+        r.path == "/apis/apps/v1/namespaces/trunkline/deployments/edge-gateway"
+            && is_apply_by_operator(r)
+    });
+
+    // A trunk with a referenced Secret: accepted, its refs resolved, the carrier endpoint.
+    let acme = cluster.wait_condition("acme-in", "Accepted", "True", None);
+    let generation = acme["metadata"]["generation"].as_i64().unwrap();
+    assert_eq!(condition(&acme, "ResolvedRefs").unwrap()["status"], "True", "{acme}");
+    for c in acme["status"]["conditions"].as_array().unwrap() {
+        assert_eq!(c["observedGeneration"], generation, "{c}");
+    }
+    assert_eq!(acme["status"]["endpoint"], "sip:127.0.0.1:5060", "{acme}");
+    cluster.wait_for_request("the status applied on /status", |r| {
+        r.path == "/apis/trunkline.dev/v1alpha1/namespaces/voice/inboundtrunks/acme-in/status"
+            && is_apply_by_operator(r)
+    });
+
+    // A trunk without secretRef: a generated basic-auth Secret owned by it, named in its status.
+    let generated = "beta-in-trunkline-credentials";
+    cluster.wait_for("the generated Secret", || api.get(SECRETS, VOICE, generated).is_some());
+    let secret = api.get(SECRETS, VOICE, generated).unwrap();
+    let beta = cluster.trunk("beta-in");
+    assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["name"], &owner["uid"], &owner["controller"]),
+        (&json!("InboundTrunk"), &json!("beta-in"), &beta["metadata"]["uid"], &json!(true)),
+        "{secret}"
+    );
+    let (username, password) =
+        (text(&secret["data"]["username"]), text(&secret["data"]["password"]));
+    assert!(!username.is_empty() && password.len() >= 24, "random credentials were generated");
+    cluster.wait_for_request("the generated Secret created with a POST", |r| {
+        r.method == "POST" && r.path == "/api/v1/namespaces/voice/secrets" && r.status == 201
+    });
+    let beta = cluster.wait_condition("beta-in", "Accepted", "True", None);
+    cluster.wait_for("beta-in status.credentialsSecret", || {
+        cluster.trunk("beta-in")["status"]["credentialsSecret"] == generated
+    });
+    assert_eq!(beta["status"]["endpoint"], "sip:127.0.0.1:5060");
+
+    // A younger trunk claiming acme's number: refused, acme keeps it.
+    api.put(SECRETS, basic_auth("copycat-creds", "copycat", "copycat-password"));
+    api.put(TRUNKS, inbound_trunk("copycat-in", ACME_NUMBER, 5070, Some("copycat-creds")));
+    let copycat = cluster.wait_condition("copycat-in", "Accepted", "False", Some("NumberConflict"));
+    assert_eq!(copycat["status"]["numbers"], json!({"accepted": 0, "conflicting": 1}));
+    assert_eq!(condition(&cluster.trunk("acme-in"), "Accepted").unwrap()["status"], "True");
+
+    // The bundle: the served trunks' credentials and the nonce key, not the refused trunk's.
+    let served_keys = ["nonce-key", "voice.acme-creds", "voice.beta-in-trunkline-credentials"];
+    cluster.wait_for("the bundle with both served trunks' credentials", || {
+        api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).is_some_and(|b| {
+            let keys: BTreeSet<&str> =
+                b["data"].as_object().into_iter().flatten().map(|(k, _)| k.as_str()).collect();
+            keys == BTreeSet::from(served_keys)
+        })
+    });
+    let bundle = api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
+    assert_eq!(decode(&bundle["data"]["nonce-key"]).len(), 32);
+    assert_eq!(
+        bundle_entry(api, "voice.acme-creds"),
+        json!({"username": ACME_USER, "password": ACME_PASSWORD})
+    );
+    assert_eq!(
+        bundle_entry(api, "voice.beta-in-trunkline-credentials"),
+        json!({"username": username, "password": password})
+    );
+
+    // Deleting the generated Secret rotates the credentials: a new Secret, the bundle follows.
+    api.delete(SECRETS, VOICE, generated);
+    cluster.wait_for("new generated credentials", || {
+        api.get(SECRETS, VOICE, generated).is_some_and(|s| text(&s["data"]["password"]) != password)
+    });
+    let rotated = text(&api.get(SECRETS, VOICE, generated).unwrap()["data"]["password"]);
+    cluster.wait_for("the bundle with the new credentials", || {
+        bundle_entry(api, "voice.beta-in-trunkline-credentials")["password"] == rotated.as_str()
+    });
+
+    // Events on the trunks (published after the status they tell of): the credentials
+    // generated, the conflict (a warning).
+    let event = |trunk: &str, reason: &str| {
+        api.list(EVENTS, Some(VOICE), "")
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == trunk && e["reason"] == reason)
+    };
+    cluster.wait_for("the CredentialsGenerated and NumberConflict events", || {
+        event("beta-in", "CredentialsGenerated").is_some()
+            && event("copycat-in", "NumberConflict").is_some()
+    });
+    let conflict = event("copycat-in", "NumberConflict").unwrap();
+    assert_eq!(conflict["type"], "Warning", "{conflict}");
+
+    // Once every watch body has ended (the fake closes them when idle) and been opened again,
+    // a spec change still reaches the operator: the new generation is observed.
+    let trunk_watch =
+        |r: &Logged| r.is_watch() && r.path == "/apis/trunkline.dev/v1alpha1/inboundtrunks";
+    cluster.wait_for("the trunk watch opened again after its body ended", || {
+        api.requests().iter().filter(|r| trunk_watch(r)).count() >= 2
+    });
+    api.update(TRUNKS, VOICE, "acme-in", |t| {
+        t["spec"]["numbers"] = json!([
+            {"number": ACME_NUMBER, "agent": "support"},
+            {"number": "+14155550199", "agent": "support"},
+        ]);
+    });
+    cluster.wait_for("acme-in observed at generation 2", || {
+        let acme = cluster.trunk("acme-in");
+        acme["metadata"]["generation"] == 2
+            && condition(&acme, "Accepted")
+                .is_some_and(|c| c["observedGeneration"] == 2 && c["status"] == "True")
+    });
+
+    // Deleting the older trunk frees its number: the younger one is accepted, and the bundle
+    // trades the deleted trunk's credentials for its own.
+    api.delete(TRUNKS, VOICE, "acme-in");
+    cluster.wait_condition("copycat-in", "Accepted", "True", None);
+    cluster.wait_for("the bundle with copycat's credentials instead of acme's", || {
+        bundle_entry(api, "voice.copycat-creds")["username"] == "copycat"
+            && bundle_entry(api, "voice.acme-creds").is_null()
+    });
+
+    // The operator's metrics: leading, reconciling, the fleet applied.
+    let page = metrics(admin);
+    assert_eq!(sample(&page, "trunkline_operator_leader"), Some(1.0), "{page}");
+    let ok =
+        sample(&page, r#"trunkline_operator_reconciles_total{kind="InboundTrunk",result="ok"}"#);
+    assert!(ok.is_some_and(|n| n >= 3.0), "{page}");
+    assert!(sample(&page, r#"trunkline_operator_fleet_applies_total{result="ok"}"#) >= Some(1.0));
+    assert_eq!(sample(&page, "trunkline_operator_generated_secrets_total"), Some(2.0), "{page}");
+    assert!(matches!(net::http_get(admin, "/readyz"), Some((200, _))));
+
+    // Every request the operator made was answered; only lookups of what did not exist yet 404.
+    let refused = refused_requests(&cluster.api);
+    assert!(
+        refused.is_empty(),
+        "requests the fake refused:
+{}",
+        refused.join(
+            "
+"
+        )
+    );
+    let operator = &mut cluster.processes[operator];
+    assert_eq!(operator.problems(), Vec::<String>::new(), "warnings in the operator's log");
+
+    // SIGTERM: exit 0 within a few seconds, the Lease given up.
+    operator.sigterm();
+    let status = operator.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    let lease = cluster.api.get(LEASES, FLEET_NAMESPACE, LEASE).unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "the Lease is released on exit: {lease}");
+}
+
+#[test]
+fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls() {
+    let mut cluster = Cluster::new();
+    let (acme_agent, beta_agent) = (free_port(), free_port());
+    let api = &cluster.api;
+    api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, acme_agent, Some("acme-creds")));
+    api.put(TRUNKS, inbound_trunk("beta-in", BETA_NUMBER, beta_agent, None));
+    cluster.start_operator(OPERATOR_POD);
+
+    // No gateway pod: accepted, not programmed.
+    cluster.wait_condition("acme-in", "Accepted", "True", None);
+    cluster.wait_condition("acme-in", "Programmed", "False", Some("NoGateways"));
+
+    // A ready gateway pod that reports no config yet: still not programmed.
+    cluster.api.put(PODS, ready_gateway_pod());
+    let pending = cluster.wait_condition("acme-in", "Programmed", "False", Some("Pending"));
+    assert_eq!(condition(&pending, "Accepted").unwrap()["status"], "True");
+    cluster.wait_for("the bundle", || {
+        cluster.api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).is_some_and(|b| {
+            b["data"].get("voice.beta-in-trunkline-credentials").is_some()
+                && b["data"].get("voice.acme-creds").is_some()
+        })
+    });
+
+    // The real gateway as that pod: ready from the bundle, its config hash on its pod.
+    let (gateway, gateway_admin) = cluster.start_gateway();
+    cluster.wait_for("the gateway ready", || {
+        matches!(net::http_get(gateway_admin, "/readyz"), Some((200, _)))
+    });
+    let hash = net::http_get(gateway_admin, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("trunkline_config_info{hash=\"")?.split_once('"'))
+                .map(|(hash, _)| hash.to_string())
+        })
+        .expect("trunkline_config_info on the gateway's /metrics");
+    cluster.wait_for("the config hash on the gateway pod", || {
+        cluster.api.get(PODS, FLEET_NAMESPACE, GATEWAY_POD).is_some_and(|p| {
+            p["metadata"]["annotations"]["trunkline.dev/config-hash"] == hash.as_str()
+        })
+    });
+    cluster.wait_for_request("the gateway's patch of its own pod, as trunkline-gateway", |r| {
+        r.method == "PATCH"
+            && r.path == format!("/api/v1/namespaces/{FLEET_NAMESPACE}/pods/{GATEWAY_POD}")
+            && r.query.get("fieldManager").map(String::as_str) == Some("trunkline-gateway")
+    });
+
+    // The operator compiled the same config: both trunks programmed.
+    let acme = cluster.wait_condition("acme-in", "Programmed", "True", None);
+    let beta = cluster.wait_condition("beta-in", "Programmed", "True", None);
+    for trunk in [&acme, &beta] {
+        let generation = &trunk["metadata"]["generation"];
+        assert_eq!(condition(trunk, "Programmed").unwrap()["observedGeneration"], *generation);
+    }
+
+    // Calls with the credentials the bundle delivered: the referenced Secret's ...
+    let agent = uas("agent_answer.xml", acme_agent, &[]);
+    let auth_uri = format!("{ACME_NUMBER}@{gateway}");
+    let args = [
+        "-s",
+        ACME_NUMBER,
+        "-au",
+        ACME_USER,
+        "-ap",
+        ACME_PASSWORD,
+        "-auth_uri",
+        &auth_uri,
+        "-d",
+        "200",
+    ];
+    let carrier = uac("carrier_call_digest.xml", gateway, &args);
+    let agent = agent.wait();
+    carrier.assert_success();
+    agent.assert_success();
+
+    // ... and the ones the operator generated.
+    let secret = cluster.api.get(SECRETS, VOICE, "beta-in-trunkline-credentials").unwrap();
+    let (user, password) = (text(&secret["data"]["username"]), text(&secret["data"]["password"]));
+    let agent = uas("agent_answer.xml", beta_agent, &[]);
+    let auth_uri = format!("{BETA_NUMBER}@{gateway}");
+    let args =
+        ["-s", BETA_NUMBER, "-au", &user, "-ap", &password, "-auth_uri", &auth_uri, "-d", "200"];
+    let carrier = uac("carrier_call_digest.xml", gateway, &args);
+    let agent = agent.wait();
+    carrier.assert_success();
+    agent.assert_success();
+
+    let refused = refused_requests(&cluster.api);
+    assert!(
+        refused.is_empty(),
+        "requests the fake refused:
+{}",
+        refused.join(
+            "
+"
+        )
+    );
+
+    // Both stop cleanly, with nothing to warn about.
+    for process in cluster.processes.iter_mut().rev() {
+        assert_eq!(
+            process.problems(),
+            Vec::<String>::new(),
+            "warnings in the {} log",
+            process.name
+        );
+        process.sigterm();
+        let status = process.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
+        assert!(status.success(), "{}: {status}", process.name);
+    }
+}
+
+#[test]
+fn a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops() {
+    let mut cluster = Cluster::new();
+    cluster.api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    cluster.api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, 5070, Some("acme-creds")));
+    let (_, first) = cluster.start_operator(OPERATOR_POD);
+    cluster.wait_condition("acme-in", "Accepted", "True", None);
+    let nonce_key =
+        cluster.api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap()["data"]["nonce-key"].clone();
+
+    // A second replica: ready (it reached the API server), but standing by.
+    let standby = "trunkline-operator-1";
+    let (admin, second) = cluster.start_operator(standby);
+    cluster.wait_for("the standby ready", || {
+        matches!(net::http_get(admin, "/readyz"), Some((200, _)))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let page = metrics(admin);
+    assert_eq!(sample(&page, "trunkline_operator_leader"), Some(0.0), "{page}");
+    assert_eq!(sample(&page, "trunkline_operator_compiles_total"), Some(0.0), "{page}");
+    assert!(!page.contains("trunkline_operator_reconciles_total{"), "{page}");
+    let lease = cluster.api.get(LEASES, FLEET_NAMESPACE, LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], OPERATOR_POD, "{lease}");
+
+    // The leader stops and gives the Lease up; the standby takes it (within the lease
+    // duration, 6 s) and reconciles: a spec change is observed, the nonce key is kept.
+    let leader = &mut cluster.processes[first];
+    leader.sigterm();
+    let status = leader.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    cluster.wait_for("the Lease held by the former standby", || {
+        cluster
+            .api
+            .get(LEASES, FLEET_NAMESPACE, LEASE)
+            .is_some_and(|l| l["spec"]["holderIdentity"] == standby)
+    });
+    cluster.wait_for("the new leader's gauge", || {
+        sample(&metrics(admin), "trunkline_operator_leader") == Some(1.0)
+    });
+    cluster.api.update(TRUNKS, VOICE, "acme-in", |t| {
+        t["spec"]["numbers"][0]["agent"] = json!("sales");
+    });
+    cluster.wait_for("acme-in observed at generation 2 by the new leader", || {
+        condition(&cluster.trunk("acme-in"), "Accepted")
+            .is_some_and(|c| c["observedGeneration"] == 2 && c["status"] == "True")
+    });
+    let bundle = cluster.api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
+    assert_eq!(bundle["data"]["nonce-key"], nonce_key, "the gateways' nonces stay valid");
+    let new_leader = &cluster.processes[second];
+    assert_eq!(new_leader.problems(), Vec::<String>::new(), "warnings in the new leader's log");
+}
+
+/// Known bug (reported, not fixed here): the operator does not watch its own bundle Secret (its
+/// Secret watch selects `type=kubernetes.io/basic-auth`; the bundle is `Opaque`), and
+/// `BundleWriter::forget_applied` is never called, so a deleted or edited bundle is written
+/// again only when the compiled credentials change or another replica takes the lead. Until
+/// then a new gateway pod never becomes ready.
+#[test]
+#[ignore = "bug: a deleted gateway credentials Secret is not written again (see the doc comment)"]
+fn a_deleted_gateway_credentials_secret_is_written_again() {
+    let mut cluster = Cluster::new();
+    cluster.api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
+    cluster.api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, 5070, Some("acme-creds")));
+    cluster.start_operator(OPERATOR_POD);
+    cluster.wait_for("the bundle", || {
+        bundle_entry(&cluster.api, "voice.acme-creds")["username"] == ACME_USER
+    });
+    cluster.api.delete(SECRETS, FLEET_NAMESPACE, BUNDLE);
+    cluster.wait_for("the bundle written again", || {
+        bundle_entry(&cluster.api, "voice.acme-creds")["username"] == ACME_USER
+    });
+}
+
+/// The fake itself, through kube's own client: what the scenarios above rely on.
+#[test]
+fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
+    use kube::core::WatchEvent;
+
+    let fake = ApiServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = kube::Config::new(format!("http://{}", fake.addr()).parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), VOICE);
+        let secret = |name: &str, type_: &str, fleet: &str| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"trunkline.dev/fleet": fleet}},
+                "type": type_,
+            }))
+            .unwrap()
+        };
+
+        // Create: the server's metadata; a second create: AlreadyExists.
+        let pp = PostParams::default();
+        let a = secrets.create(&pp, &secret("a", "kubernetes.io/basic-auth", FLEET)).await.unwrap();
+        assert!(a.metadata.uid.is_some() && a.metadata.creation_timestamp.is_some());
+        assert_eq!(a.metadata.generation, Some(1));
+        let again = secrets.create(&pp, &secret("a", "Opaque", FLEET)).await.unwrap_err();
+        assert!(matches!(again, kube::Error::Api(s) if s.is_already_exists()));
+        assert!(secrets.get_opt("absent").await.unwrap().is_none(), "404 is NotFound");
+        secrets.create(&pp, &secret("b", "Opaque", FLEET)).await.unwrap();
+        secrets.create(&pp, &secret("c", "kubernetes.io/basic-auth", "other")).await.unwrap();
+
+        // Selectors.
+        let listed = |params: ListParams| {
+            let secrets = secrets.clone();
+            async move {
+                let list = secrets.list(&params).await.unwrap();
+                list.items.iter().filter_map(|s| s.metadata.name.clone()).collect::<Vec<_>>()
+            }
+        };
+        let by_type = ListParams::default().fields("type=kubernetes.io/basic-auth");
+        assert_eq!(listed(by_type).await, ["a", "c"]);
+        assert_eq!(
+            listed(ListParams::default().labels("trunkline.dev/fleet=edge")).await,
+            ["a", "b"]
+        );
+        let by_name = ListParams::default().fields("metadata.name=b");
+        assert_eq!(listed(by_name).await, ["b"]);
+        let other = ListParams::default().labels("trunkline.dev/fleet notin (edge)");
+        assert_eq!(listed(other).await, ["c"]);
+
+        // Server-side apply creates; on /status it merges conditions by type, removes what the
+        // same manager applied before and leaves out now, keeps another manager's; a merge
+        // patch removes what it nulls; a spec change bumps the generation.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), FLEET_NAMESPACE);
+        let ssa = PatchParams::apply("test").force();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "p", "annotations": {"x": "1"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let created = pods.patch("p", &ssa, &Patch::Apply(&pod)).await.unwrap();
+        assert_eq!(created.metadata.generation, Some(1));
+        let status = |conditions: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                                                "status": {"conditions": conditions}})
+        };
+        let theirs = json!([{"type": "Theirs", "status": "True"}]);
+        let other = PatchParams::apply("other").force();
+        pods.patch_status("p", &other, &Patch::Apply(status(theirs))).await.unwrap();
+        let ready =
+            json!([{"type": "Ready", "status": "False"}, {"type": "Dropped", "status": "True"}]);
+        pods.patch_status("p", &ssa, &Patch::Apply(status(ready))).await.unwrap();
+        let flipped = json!([{"type": "Ready", "status": "True"}]);
+        let p = pods.patch_status("p", &ssa, &Patch::Apply(status(flipped))).await.unwrap();
+        let conditions: Vec<(String, String)> = p
+            .status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.type_, c.status))
+            .collect();
+        assert_eq!(conditions, [("Theirs".into(), "True".into()), ("Ready".into(), "True".into())]);
+        assert_eq!(p.metadata.generation, Some(1), "status is not the spec");
+        let merge = json!({"metadata": {"annotations": {"x": null, "y": "2"}}});
+        let p = pods.patch("p", &PatchParams::default(), &Patch::Merge(&merge)).await.unwrap();
+        assert_eq!(
+            p.metadata.annotations.unwrap().into_iter().collect::<Vec<_>>(),
+            [("y".to_string(), "2".to_string())]
+        );
+        let image = json!({"spec": {"containers": [{"name": "c", "image": "j"}]}});
+        let p = pods.patch("p", &PatchParams::default(), &Patch::Merge(&image)).await.unwrap();
+        assert_eq!(p.metadata.generation, Some(2));
+        assert!(p.status.is_some(), "a write to the object keeps its status");
+
+        // A watch from a version: the events after it, then the body ends when idle.
+        let version = secrets.list(&ListParams::default()).await.unwrap().metadata.resource_version;
+        let version = version.unwrap();
+        secrets.delete("b", &DeleteParams::default()).await.unwrap();
+        let gone = secrets.delete("b", &DeleteParams::default()).await.unwrap_err();
+        assert!(matches!(gone, kube::Error::Api(s) if s.code == 404));
+        let stream = secrets.watch(&WatchParams::default(), &version).await.unwrap();
+        let events = tokio::time::timeout(WATCH_IDLE * 3, stream.collect::<Vec<_>>())
+            .await
+            .expect("the watch body ends when idle");
+        let seen: Vec<String> = events
+            .into_iter()
+            .map(|e| match e.unwrap() {
+                WatchEvent::Deleted(s) => format!("DELETED {}", s.metadata.name.unwrap()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seen, ["DELETED b"]);
+    });
+}
