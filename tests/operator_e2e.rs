@@ -20,7 +20,7 @@
 //!   the bundle's nonce key.
 //! - `the_fake_api_server_answers_kube_clients_as_an_api_server_would`: the fake itself, through
 //!   kube's client (what the others rely on).
-//! - `a_deleted_gateway_credentials_secret_is_written_again`: ignored, a known bug (its doc says).
+//! - `a_deleted_gateway_credentials_secret_is_written_again`: the operator puts its bundle back.
 //!
 //! The processes must log no WARN or ERROR line, and every request they make must be answered
 //! (a 404 only for a GET of what does not exist yet). What the fake approximates is said at the
@@ -769,13 +769,11 @@ fn a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops() {
     assert_eq!(new_leader.problems(), Vec::<String>::new(), "warnings in the new leader's log");
 }
 
-/// Known bug (reported, not fixed here): the operator does not watch its own bundle Secret (its
-/// Secret watch selects `type=kubernetes.io/basic-auth`; the bundle is `Opaque`), and
-/// `BundleWriter::forget_applied` is never called, so a deleted or edited bundle is written
-/// again only when the compiled credentials change or another replica takes the lead. Until
-/// then a new gateway pod never becomes ready.
+/// The operator does not watch its own bundle Secret (its Secret watch selects
+/// `type=kubernetes.io/basic-auth`; the bundle is `Opaque`): it reads it every `BUNDLE_CHECK`
+/// (10 s) and writes it again when it was deleted or edited, or a new gateway pod would never
+/// become ready.
 #[test]
-#[ignore = "bug: a deleted gateway credentials Secret is not written again (see the doc comment)"]
 fn a_deleted_gateway_credentials_secret_is_written_again() {
     let mut cluster = Cluster::new();
     cluster.api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));

@@ -204,6 +204,26 @@ impl BundleWriter {
         self.applied = None;
     }
 
+    /// Has a bundle been applied by this writer?
+    pub fn has_applied(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// Is the bundle Secret on the API server still what was last applied? `false` when it was
+    /// deleted or its data edited by someone else (or nothing was applied yet): then
+    /// [`BundleWriter::forget_applied`] and apply again.
+    pub async fn is_intact(&self, client: &Client) -> Result<bool, CredentialsError> {
+        let Some(applied) = &self.applied else { return Ok(false) };
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
+        let current =
+            api.get_opt(&self.name).await.map_err(|source| CredentialsError::ReadBundle {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })?;
+        Ok(current.and_then(|s| s.data).as_ref() == Some(applied))
+    }
+
     /// The nonce key: read from the existing bundle Secret the first time, generated when that
     /// Secret is absent or has no valid key.
     pub async fn nonce_key(

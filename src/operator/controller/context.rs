@@ -218,7 +218,7 @@ pub struct Context {
     history: Mutex<ConfigHistory>,
     written: Mutex<HashMap<ObjectKey, Written>>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
-    bundle: tokio::sync::Mutex<BundleWriter>,
+    pub(super) bundle: tokio::sync::Mutex<BundleWriter>,
 }
 
 impl Context {

@@ -190,6 +190,7 @@ pub async fn run_controllers(
     futures::join!(
         index_task,
         run_compiler(Arc::clone(&ctx)),
+        guard_bundle(Arc::clone(&ctx)),
         run_applier::<InboundTrunk>(Arc::clone(&ctx), inbound),
         run_applier::<OutboundTrunk>(Arc::clone(&ctx), outbound),
         run_applier::<TransferDestination>(ctx, transfers),
@@ -230,6 +231,40 @@ where
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .boxed()
+}
+
+/// How often the gateway credentials Secret is compared with what was last applied.
+pub const BUNDLE_CHECK: Duration = Duration::from_secs(10);
+
+/// Puts the gateway credentials Secret back when someone deletes or edits it: the operator does
+/// not watch it (its Secret watch selects basic-auth Secrets only, and the bundle is Opaque), so
+/// every [`BUNDLE_CHECK`] it is read and, when it is not what was applied, the next compile
+/// applies it again. Until the first compile applied it there is nothing to compare.
+async fn guard_bundle(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(BUNDLE_CHECK).await;
+        let intact = {
+            let bundle = ctx.bundle.lock().await;
+            if !bundle.has_applied() {
+                continue;
+            }
+            bundle.is_intact(&ctx.client).await
+        };
+        match intact {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(
+                    secret = %format!("{}/{}", ctx.config.fleet_namespace, ctx.config.bundle_secret),
+                    "the gateway credentials Secret was deleted or changed: writing it again"
+                );
+                ctx.bundle.lock().await.forget_applied();
+                ctx.compile_needed.notify_one();
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot read the gateway credentials Secret; trying later")
+            }
+        }
+    }
 }
 
 /// Waits for every store's first list, then compiles once per batch of changes.
