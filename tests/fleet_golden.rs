@@ -5,6 +5,9 @@
 //! diff before committing. The crate version in the default image is written `<version>`, so a
 //! release does not rewrite the files.
 
+#[path = "support/golden.rs"]
+mod golden;
+
 use std::path::{Path, PathBuf};
 
 use trunkline::config::yaml;
@@ -35,60 +38,14 @@ fn render(case: &str, text: &str) -> String {
     out.replace(concat!(":", env!("CARGO_PKG_VERSION")), ":<version>")
 }
 
-fn cases() -> Vec<PathBuf> {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .expect("tests/golden/fleet exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
-        .collect();
-    cases.sort();
-    cases
-}
-
-fn case_name(input: &Path) -> String {
-    let file = input.file_name().and_then(|f| f.to_str()).expect("UTF-8 file name");
-    file.trim_end_matches(".in.yaml").to_string()
-}
-
 #[test]
 fn every_fleet_case_renders_to_its_recorded_objects() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let cases = cases();
-    assert!(cases.len() >= 3, "expected at least 3 fleet cases, found {}", cases.len());
-
-    let mut mismatched = Vec::new();
-    for input in &cases {
-        let case = case_name(input);
-        let text = std::fs::read_to_string(input).expect("readable case");
-        let actual = render(&case, &text);
-        let out_path = golden_dir().join(format!("{case}.out.yaml"));
-        if update {
-            std::fs::write(&out_path, &actual).expect("write golden output");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if expected != actual {
-            mismatched
-                .push(format!("--- {case}: expected\n{expected}\n--- {case}: actual\n{actual}"));
-        }
-    }
-    assert!(
-        mismatched.is_empty(),
-        "{} fleet case(s) differ (UPDATE_GOLDEN=1 rewrites them):\n{}",
-        mismatched.len(),
-        mismatched.join("\n")
-    );
+    golden::check(&golden_dir(), 3, render);
 }
 
 #[test]
 fn every_fleet_output_has_an_input() {
-    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden/fleet exists") {
-        let path = entry.expect("dir entry").path();
-        let name = path.to_string_lossy().to_string();
-        if let Some(stem) = name.strip_suffix(".out.yaml") {
-            assert!(Path::new(&format!("{stem}.in.yaml")).exists(), "{name} has no input");
-        }
-    }
+    golden::every_output_has_an_input(&golden_dir());
 }
 
 #[test]
@@ -105,7 +62,7 @@ fn the_named_cases_exist_and_render_objects() {
 fn every_output_document_reads_back_as_the_object_rendered() {
     // The golden text is what `kubectl apply -f` would take: each document parses back into
     // the same JSON as the object it came from.
-    for input in cases() {
+    for input in golden::cases(&golden_dir()) {
         let text = std::fs::read_to_string(&input).expect("readable case");
         let Ok(settings) = OperatorSettings::parse(&text, &input) else { continue };
         let objects: Vec<FleetObject> = render_fleet(&settings);

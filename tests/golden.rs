@@ -3,6 +3,9 @@
 //! equal `<case>.out.yaml`. `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the outputs;
 //! review the diff before committing. A first line `# region: NAME` compiles for that region.
 
+#[path = "support/golden.rs"]
+mod golden;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -44,49 +47,12 @@ fn render(case: &str, text: &str) -> String {
 
 #[test]
 fn every_golden_case_compiles_to_its_recorded_output() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .expect("tests/golden exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 15, "expected at least 15 golden cases, found {}", cases.len());
-
-    let mut mismatched = Vec::new();
-    for input in &cases {
-        let file = input.file_name().and_then(|f| f.to_str()).expect("UTF-8 file name");
-        let case = file.trim_end_matches(".in.yaml");
-        let text = std::fs::read_to_string(input).expect("readable case");
-        let actual = render(case, &text);
-        let out_path = golden_dir().join(format!("{case}.out.yaml"));
-        if update {
-            std::fs::write(&out_path, &actual).expect("write golden output");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if expected != actual {
-            mismatched
-                .push(format!("--- {case}: expected\n{expected}\n--- {case}: actual\n{actual}"));
-        }
-    }
-    assert!(
-        mismatched.is_empty(),
-        "{} golden case(s) differ (UPDATE_GOLDEN=1 rewrites them):\n{}",
-        mismatched.len(),
-        mismatched.join("\n")
-    );
+    golden::check(&golden_dir(), 15, render);
 }
 
 #[test]
 fn every_golden_output_has_an_input() {
-    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden exists") {
-        let path = entry.expect("dir entry").path();
-        let name = path.to_string_lossy().to_string();
-        if let Some(stem) = name.strip_suffix(".out.yaml") {
-            assert!(Path::new(&format!("{stem}.in.yaml")).exists(), "{name} has no input");
-        }
-    }
+    golden::every_output_has_an_input(&golden_dir());
 }
 
 #[test]

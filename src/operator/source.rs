@@ -57,7 +57,7 @@ use super::{CONFIG_HASH_ANNOTATION, GATEWAY_FIELD_MANAGER};
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 use crate::config::secret::SecretStore;
-use crate::config::source::watch::{ReloadObserver, Snapshot};
+use crate::config::source::watch::{Burst, ReloadObserver, Snapshot, sleep_until};
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{CompileOptions, Specs, compile};
 
@@ -201,9 +201,9 @@ impl KubeSource {
                 note = notes.recv() => match note {
                     Some(Note::Listed(w)) => {
                         engine.listed[w.index()] = true;
-                        burst.get_or_insert_with(Burst::new).extend();
+                        burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
                     }
-                    Some(Note::Changed) => burst.get_or_insert_with(Burst::new).extend(),
+                    Some(Note::Changed) => burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend(),
                     // Every reflector task ended: nothing will change any more.
                     None => break,
                 },
@@ -718,33 +718,6 @@ where
     })?;
     typed.meta_mut().namespace = Some(namespace);
     Ok(typed)
-}
-
-/// Store events since the first one of a burst.
-struct Burst {
-    first: Instant,
-    last: Instant,
-}
-
-impl Burst {
-    fn new() -> Burst {
-        let now = Instant::now();
-        Burst { first: now, last: now }
-    }
-
-    fn extend(&mut self) {
-        self.last = Instant::now();
-    }
-
-    fn due(&self) -> Instant {
-        (self.last + DEBOUNCE).min(self.first + MAX_DELAY)
-    }
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    if let Some(due) = due {
-        tokio::time::sleep_until(due).await;
-    }
 }
 
 #[cfg(test)]

@@ -208,7 +208,7 @@ impl FolderSource {
         let mut seen = targets.layout();
         let mut logged = Logged { verdicts: tx.borrow().verdicts.clone(), rejection: None };
         // A first reload catches what changed between `load` and the watches being placed.
-        let mut burst = Some(Burst::new(Instant::now()));
+        let mut burst = Some(Burst::new(DEBOUNCE, MAX_DELAY));
         let mut retry = tokio::time::interval_at(Instant::now() + RETRY_INTERVAL, RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -221,7 +221,7 @@ impl FolderSource {
                 event = events.recv() => match event {
                     Some(Ok(event)) => {
                         if targets.is_relevant(&event) {
-                            burst.get_or_insert_with(|| Burst::new(Instant::now())).extend();
+                            burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
                         }
                     }
                     Some(Err(e)) => {
@@ -230,7 +230,7 @@ impl FolderSource {
                         } else {
                             warn!(error = %e, "the file watch failed: polling the spec paths every {}s instead", RETRY_INTERVAL.as_secs());
                             watcher = FileWatcher::polling(&events_tx)?;
-                            burst.get_or_insert_with(|| Burst::new(Instant::now())).extend();
+                            burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
                         }
                     }
                     // `events_tx` lives as long as this loop.
@@ -246,7 +246,7 @@ impl FolderSource {
                     let now = targets.layout();
                     if now != seen {
                         debug!("a spec path appeared or changed type: reloading");
-                        burst.get_or_insert_with(|| Burst::new(Instant::now())).extend();
+                        burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
                     }
                 }
             }
@@ -420,29 +420,39 @@ struct Logged {
     rejection: Option<Rejection>,
 }
 
-/// Events since the first one of a burst.
-struct Burst {
+/// A burst of change events and when to act on it: `quiet` after its last event, and at most
+/// `longest` after its first (for sources that never stop changing). The folder source and the
+/// gateway's API-server source debounce with it.
+#[derive(Clone, Copy, Debug)]
+pub struct Burst {
     first: Instant,
     last: Instant,
+    quiet: Duration,
+    longest: Duration,
 }
 
 impl Burst {
-    fn new(now: Instant) -> Burst {
-        Burst { first: now, last: now }
+    /// A burst whose first event is now.
+    pub fn new(quiet: Duration, longest: Duration) -> Burst {
+        let now = Instant::now();
+        Burst { first: now, last: now, quiet, longest }
     }
 
-    fn extend(&mut self) {
+    /// Another event now.
+    pub fn extend(&mut self) {
         self.last = Instant::now();
     }
 
-    fn due(&self) -> Instant {
-        (self.last + DEBOUNCE).min(self.first + MAX_DELAY)
+    pub fn due(&self) -> Instant {
+        (self.last + self.quiet).min(self.first + self.longest)
     }
 }
 
-async fn sleep_until(due: Option<Instant>) {
-    if let Some(due) = due {
-        tokio::time::sleep_until(due).await;
+/// Sleeps until `due`; never completes for `None` (no burst pending), for `select!` arms.
+pub async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
