@@ -95,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut flows = String::new();
     for _ in 0..args.calls {
         let relay = match &media {
-            Some(media) => Relay::start_on(&media.handle(), &pool, localhost, localhost, config)?,
+            Some(media) => media.start_relay(&pool, localhost, localhost, config)?,
             None => Relay::start(&pool, localhost, localhost, config)?,
         };
         relay.update_remote(Leg::A, Some(SocketAddr::new(localhost, args.a_port)));

@@ -143,7 +143,7 @@ impl Gateway {
         config: RelayConfig,
     ) -> Result<Relay, crate::media::relay::StartError> {
         match self.media.get() {
-            Some(threads) => Relay::start_on(&threads.handle(), &self.ports, ip_a, ip_b, config),
+            Some(threads) => threads.start_relay(&self.ports, ip_a, ip_b, config),
             None => Relay::start(&self.ports, ip_a, ip_b, config),
         }
     }

@@ -59,7 +59,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -292,6 +292,17 @@ impl Relay {
         ip_b: IpAddr,
         config: RelayConfig,
     ) -> Result<Relay, StartError> {
+        Relay::start_with(runtime, None, allocator, ip_a, ip_b, config)
+    }
+
+    fn start_with(
+        runtime: &Handle,
+        load: Option<ThreadLoad>,
+        allocator: &PortAllocator,
+        ip_a: IpAddr,
+        ip_b: IpAddr,
+        config: RelayConfig,
+    ) -> Result<Relay, StartError> {
         let pair_a = allocator.allocate(ip_a)?;
         let pair_b = allocator.allocate(ip_b)?;
         let local = [local_addr(&pair_a.rtp)?, local_addr(&pair_b.rtp)?];
@@ -317,8 +328,14 @@ impl Relay {
             sockets,
             ipv6,
             leases: [lease_a, lease_b],
+            _load: load,
             commands: commands_rx,
-            sleep: Box::pin(tokio::time::sleep_until((now + config.media_timeout).into())),
+            // Created on the relay's runtime, so its own timer drives it (and no runtime is
+            // needed by the caller).
+            sleep: {
+                let _entered = runtime.enter();
+                Box::pin(tokio::time::sleep_until((now + config.media_timeout).into()))
+            },
             state: State {
                 config,
                 legs: [LegState::new(), LegState::new()],
@@ -405,23 +422,41 @@ impl Drop for Relay {
 /// its own epoll, as in rtpengine or a hand-written relay: media is not queued behind signalling
 /// work, and no relay pays for work-stealing (on the multi-thread runtime, waking a parked
 /// worker for each packet costs a futex call and a context switch). Relays are spread over the
-/// threads in turn ([`MediaThreads::handle`] for [`Relay::start_on`]). Dropping it stops the
-/// threads, and with them the relays still on them.
+/// threads ([`MediaThreads::start_relay`]). Dropping it stops the threads, and with them the
+/// relays still on them.
 ///
 /// Fewer, busier threads cost less per packet: every wake-up of an idle thread is a context
 /// switch, and a busy thread finds several sockets ready per wake-up. On the 2-core bench
 /// machine at 25,000 packets/s (`benches/rtp-relay.sh`), one media thread used about 8.5 µs of
-/// CPU per relayed packet, two threads and the shared 2-worker runtime about 13 µs. Start with
-/// one and add threads only when one core is not enough (about 100,000 packets/s).
+/// CPU per relayed packet, two threads and the shared 2-worker runtime 11-13 µs. So relays are
+/// *packed*: a new call goes to the first thread holding fewer than
+/// [`MediaThreads::calls_per_thread`] calls, and only when every thread holds that many to the
+/// one with the fewest. Light load stays on one busy thread; heavy load uses every core.
 pub struct MediaThreads {
     threads: Vec<MediaThread>,
-    next: AtomicU64,
+    calls_per_thread: usize,
 }
 
 struct MediaThread {
     handle: Handle,
+    /// Relays running on this thread.
+    calls: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     join: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Calls a media thread takes before the next thread is used: 400 calls are 40,000 packets/s of
+/// 20 ms audio both ways, about half of what one thread relayed loss-free on the 2-core bench
+/// machine, so a thread is never packed to its limit.
+pub const CALLS_PER_THREAD: usize = 400;
+
+/// Counts a relay on its media thread while the relay task lives.
+struct ThreadLoad(Arc<AtomicUsize>);
+
+impl Drop for ThreadLoad {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl MediaThreads {
@@ -438,15 +473,53 @@ impl MediaThreads {
                     let _ = runtime.block_on(stopped);
                 },
             )?;
-            threads.push(MediaThread { handle, stop: Some(stop), join: Some(join) });
+            threads.push(MediaThread {
+                handle,
+                calls: Arc::new(AtomicUsize::new(0)),
+                stop: Some(stop),
+                join: Some(join),
+            });
         }
-        Ok(MediaThreads { threads, next: AtomicU64::new(0) })
+        Ok(MediaThreads { threads, calls_per_thread: CALLS_PER_THREAD })
     }
 
-    /// The runtime of the next thread in turn.
-    pub fn handle(&self) -> Handle {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.threads.len();
-        self.threads[n].handle.clone()
+    /// Packs `calls` calls on a thread before the next is used (at least 1).
+    pub fn with_calls_per_thread(mut self, calls: usize) -> MediaThreads {
+        self.calls_per_thread = calls.max(1);
+        self
+    }
+
+    pub fn calls_per_thread(&self) -> usize {
+        self.calls_per_thread
+    }
+
+    /// Starts a relay ([`Relay::start_on`]) on the thread the packing rule picks.
+    pub fn start_relay(
+        &self,
+        allocator: &PortAllocator,
+        ip_a: IpAddr,
+        ip_b: IpAddr,
+        config: RelayConfig,
+    ) -> Result<Relay, StartError> {
+        let thread = self.pick();
+        thread.calls.fetch_add(1, Ordering::Relaxed);
+        let load = ThreadLoad(Arc::clone(&thread.calls));
+        Relay::start_with(&thread.handle, Some(load), allocator, ip_a, ip_b, config)
+    }
+
+    /// The first thread below `calls_per_thread`, else the one with the fewest calls.
+    fn pick(&self) -> &MediaThread {
+        let calls = |t: &MediaThread| t.calls.load(Ordering::Relaxed);
+        self.threads
+            .iter()
+            .find(|t| calls(t) < self.calls_per_thread)
+            .or_else(|| self.threads.iter().min_by_key(|t| calls(t)))
+            .expect("MediaThreads::start makes at least one thread")
+    }
+
+    /// Relays running on each thread.
+    pub fn calls(&self) -> Vec<usize> {
+        self.threads.iter().map(|t| t.calls.load(Ordering::Relaxed)).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -488,6 +561,8 @@ struct Task {
     /// Whether each socket is IPv6 (which `recvmmsg` headers to use).
     ipv6: [bool; 4],
     leases: [PortLease; 2],
+    /// This relay counted on its media thread, until the task ends.
+    _load: Option<ThreadLoad>,
     commands: mpsc::UnboundedReceiver<Command>,
     sleep: Pin<Box<Sleep>>,
     state: State,
@@ -1433,23 +1508,42 @@ mod tests {
         assert_eq!(pool.available(), 3);
     }
 
+    /// Waits until the threads hold these many relays (an aborted task is dropped a moment
+    /// later, on its thread).
+    async fn eventually_calls(media: &MediaThreads, expected: Vec<usize>) {
+        let deadline = Instant::now() + WAIT;
+        while media.calls() != expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(media.calls(), expected);
+    }
+
+    #[test]
+    fn once_every_thread_is_packed_new_calls_go_to_the_least_loaded() {
+        let pool = test_pool(20);
+        let media = MediaThreads::start(2).expect("media threads").with_calls_per_thread(1);
+        let start = || media.start_relay(&pool, LOCALHOST, LOCALHOST, RelayConfig::default());
+        let relays: Vec<Relay> = (0..5).map(|_| start().expect("relay starts")).collect();
+        assert_eq!(media.calls(), vec![3, 2]);
+        drop(relays);
+        drop(media);
+    }
+
     #[tokio::test]
     async fn relays_run_on_media_threads_and_free_their_ports_when_the_threads_stop() {
         let pool = test_pool(10);
         let media = MediaThreads::start(2).expect("media threads");
         assert_eq!(media.len(), 2);
+        let media = media.with_calls_per_thread(2);
         let relays: Vec<Relay> = (0..3)
             .map(|_| {
-                Relay::start_on(
-                    &media.handle(),
-                    &pool,
-                    LOCALHOST,
-                    LOCALHOST,
-                    RelayConfig::default(),
-                )
-                .expect("relay starts")
+                media
+                    .start_relay(&pool, LOCALHOST, LOCALHOST, RelayConfig::default())
+                    .expect("relay starts")
             })
             .collect();
+        // Packed: two calls on the first thread, then the second.
+        assert_eq!(media.calls(), vec![2, 1]);
         let (carrier, agent) = (peer().await, peer().await);
         for relay in &relays {
             relay.update_remote(Leg::A, Some(addr(&carrier)));
@@ -1460,6 +1554,14 @@ mod tests {
         let mut relays = relays.into_iter();
         let first = relays.next().expect("a relay");
         assert_eq!(first.stop().await.a.rtp_in.packets, 1);
+        // A relay that ends leaves room on its thread: the next call goes there.
+        assert_eq!(media.calls(), vec![1, 1]);
+        let again = media
+            .start_relay(&pool, LOCALHOST, LOCALHOST, RelayConfig::default())
+            .expect("relay starts");
+        assert_eq!(media.calls(), vec![2, 1]);
+        drop(again);
+        eventually_calls(&media, vec![1, 1]).await;
         assert_eq!(pool.available(), pool.capacity() - 4);
         // Stopping the threads ends the relays still on them.
         tokio::task::spawn_blocking(move || drop(media)).await.expect("threads stop");
