@@ -117,6 +117,26 @@ fn rtp_packet(seq: u16) -> Vec<u8> {
     p
 }
 
+/// Sends `count` RTP packets from the carrier's media socket to `relay`, 20 ms apart, through
+/// an agent that echoes them; checks each that comes back (from the relay's port, payload
+/// intact) and returns how many did.
+fn echo_through(carrier: &Carrier, relay: std::net::SocketAddr, count: u16) -> usize {
+    let mut echoed = 0;
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..count {
+        carrier.media.send_to(&rtp_packet(seq), relay).expect("send RTP");
+        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
+            assert_eq!(from, relay, "RTP must come back from the relay's port");
+            let back = &buf[..n];
+            let back_seq = u16::from_be_bytes([back[2], back[3]]);
+            assert_eq!(back, &rtp_packet(back_seq)[..], "payload changed on the way");
+            echoed += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    echoed
+}
+
 #[test]
 fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
     let agent_port = free_port();
@@ -139,30 +159,11 @@ fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
         .response("200", std::time::Duration::from_secs(5))
         .expect("200 OK from the gateway");
     let to_tagged = line_after(&ok, "To:").expect("To").to_string();
-    let relay_ip = line_after(&ok, "c=IN IP4").expect("c= in the answer").to_string();
-    let relay_port: u16 = line_after(&ok, "m=audio")
-        .and_then(|m| m.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port in the answer");
-    assert_ne!(relay_port, agent_port, "the answer must name the relay, not the agent");
+    let (relay, _) = relay_of(&ok);
+    assert_ne!(relay.port(), agent_port, "the answer must name the relay, not the agent");
     carrier.send(&carrier.request("ACK", "ack1", 1, &to_tagged, ""));
 
-    let relay: std::net::SocketAddr =
-        format!("{relay_ip}:{relay_port}").parse().expect("relay address");
-    let mut echoed = 0;
-    let mut buf = vec![0u8; 2048];
-    for seq in 0..50u16 {
-        let packet = rtp_packet(seq);
-        carrier.media.send_to(&packet, relay).expect("send RTP");
-        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
-            assert_eq!(from, relay, "RTP must come back from the relay's port");
-            let back = &buf[..n];
-            let back_seq = u16::from_be_bytes([back[2], back[3]]);
-            assert_eq!(back, &rtp_packet(back_seq)[..], "payload changed on the way");
-            echoed += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let echoed = echo_through(&carrier, relay, 50);
     assert!(echoed >= 45, "only {echoed} of 50 packets came back through the relay");
 
     carrier.send(&carrier.request("BYE", "bye1", 2, &to_tagged, ""));
@@ -240,7 +241,7 @@ fn body_of(message: &str) -> &str {
     message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default()
 }
 
-/// The gateway's offer in a 200 OK to a delayed-offer INVITE: relay address and port, formats.
+/// The relay's address and the formats in the SDP of a message (the gateway's answer or offer).
 fn relay_of(ok: &str) -> (std::net::SocketAddr, Vec<String>) {
     let sdp = body_of(ok);
     let ip = line_after(sdp, "c=IN IP4").expect("c= in the 200's SDP");
@@ -277,18 +278,7 @@ fn a_delayed_offer_gets_the_gateways_offer_in_the_200_and_media_flows_after_the_
     );
     carrier.send(&carrier.request("ACK", "dack1", 1, &to_tagged, &answer));
 
-    let mut echoed = 0;
-    let mut buf = vec![0u8; 2048];
-    for seq in 0..50u16 {
-        carrier.media.send_to(&rtp_packet(seq), relay).expect("send RTP");
-        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
-            assert_eq!(from, relay, "RTP must come back from the relay's port");
-            let back_seq = u16::from_be_bytes([buf[2], buf[3]]);
-            assert_eq!(&buf[..n], &rtp_packet(back_seq)[..], "payload changed on the way");
-            echoed += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let echoed = echo_through(&carrier, relay, 50);
     assert!(echoed >= 45, "only {echoed} of 50 packets came back through the relay");
 
     carrier.send(&carrier.request("BYE", "dbye1", 2, &to_tagged, ""));

@@ -14,9 +14,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +28,7 @@ use serde_json::{Value, json};
 
 use support::free_port;
 use support::net::{self, LOCALHOST, TempDir};
+use support::process::TrunklineProcess;
 use support::sipp::{uac, uas};
 
 const NAMESPACE: &str = "trunkline";
@@ -194,8 +193,7 @@ fn bundle() -> Value {
 /// `trunkline gateway` as a child process, SIGTERM then SIGKILL on drop; its log printed when the
 /// test panics.
 struct Gateway {
-    child: Child,
-    log: std::path::PathBuf,
+    process: TrunklineProcess,
     _dir: TempDir,
 }
 
@@ -203,79 +201,30 @@ impl Gateway {
     fn start(api: SocketAddr, port: u16, internal: u16, admin: SocketAddr) -> Gateway {
         let dir = TempDir::new("gateway-source");
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{api}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: {NAMESPACE}}}}}]\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.join("gateway.log");
-        let out = File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trunkline"))
-            .args([
-                "gateway",
-                "--listen",
-                &format!("udp://127.0.0.1:{port}"),
-                "--internal-listen",
-                &format!("udp://127.0.0.1:{internal}"),
-                "--admin",
-                &admin.to_string(),
-                "--public-address",
-                "127.0.0.1",
-                "--credentials-secret",
-                BUNDLE,
-                "--drain-timeout",
-                "1s",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("POD_NAME", POD)
-            .env("POD_NAMESPACE", NAMESPACE)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("RUST_LOG", "info,trunkline=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn the trunkline binary");
-        Gateway { child, log, _dir: dir }
-    }
-
-    fn sigterm(&self) {
-        let _ =
-            Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status();
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.sigterm();
-            if self.wait_exit(Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("----- trunkline gateway log -----\n{text}\n----- end -----");
-        }
+        support::apiserver::write_kubeconfig(&kubeconfig, api, NAMESPACE);
+        let args = [
+            "gateway".to_string(),
+            "--listen".into(),
+            format!("udp://127.0.0.1:{port}"),
+            "--internal-listen".into(),
+            format!("udp://127.0.0.1:{internal}"),
+            "--admin".into(),
+            admin.to_string(),
+            "--public-address".into(),
+            "127.0.0.1".into(),
+            "--credentials-secret".into(),
+            BUNDLE.into(),
+            "--drain-timeout".into(),
+            "1s".into(),
+        ];
+        let process = TrunklineProcess::spawn("gateway", &dir.join("gateway.log"), &args, |c| {
+            c.env("KUBECONFIG", &kubeconfig)
+                .env("POD_NAME", POD)
+                .env("POD_NAMESPACE", NAMESPACE)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env("RUST_LOG", "info,trunkline=debug");
+        });
+        Gateway { process, _dir: dir }
     }
 }
 
@@ -361,7 +310,7 @@ fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_repor
     let second = second.unwrap_or_default();
     assert!(eventually(WITHIN, || annotated(&api).as_deref() == Some(second.as_str())));
 
-    gateway.sigterm();
-    let status = gateway.wait_exit(WITHIN).expect("exit within 10 s of SIGTERM");
+    gateway.process.sigterm();
+    let status = gateway.process.wait_exit(WITHIN).expect("exit within 10 s of SIGTERM");
     assert!(status.success(), "{status}");
 }

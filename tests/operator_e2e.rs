@@ -33,10 +33,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -45,6 +42,7 @@ use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Logged, WATCH_IDLE};
 use support::free_port;
 use support::net::{self, LOCALHOST, TempDir};
+use support::process::TrunklineProcess;
 use support::sipp::{uac, uas};
 
 const FLEET: &str = "edge";
@@ -140,61 +138,33 @@ fn text(value: &Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-/// A `trunkline` child process: SIGTERM then SIGKILL on drop; its log printed when the test
-/// panics.
+/// A `trunkline` child process (`support::process`: SIGTERM then SIGKILL on drop, its log
+/// printed when the test panics), named for the messages.
 struct Process {
     name: String,
-    child: Child,
-    log: PathBuf,
+    process: TrunklineProcess,
 }
 
 impl Process {
     fn spawn(name: &str, dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Process {
         let log = dir.join(&format!("{name}.log"));
-        let out = File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trunkline"));
-        command
-            .args(args)
-            .env("KUBECONFIG", dir.join("kubeconfig"))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "info,trunkline=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("spawn the trunkline binary");
-        Process { name: name.to_string(), child, log }
-    }
-
-    fn sigterm(&self) {
-        let _ =
-            Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status();
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
+        let process = TrunklineProcess::spawn(name, &log, args, |command| {
+            command
+                .env("KUBECONFIG", dir.join("kubeconfig"))
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env_remove("POD_NAME")
+                .env_remove("POD_NAMESPACE")
+                .env("RUST_LOG", "info,trunkline=debug");
+            for (key, value) in env {
+                command.env(key, value);
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        });
+        Process { name: name.to_string(), process }
     }
 
     /// Its WARN and ERROR lines: none when every request, reconcile and watch went through.
     fn problems(&self) -> Vec<String> {
-        let text = self.log_text();
+        let text = self.process.log_text();
         text.lines()
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
             .map(str::to_string)
@@ -202,22 +172,16 @@ impl Process {
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.sigterm();
-            if self.wait_exit(Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- trunkline {} log -----\n{}\n----- end -----",
-                self.name,
-                self.log_text()
-            );
-        }
+impl std::ops::Deref for Process {
+    type Target = TrunklineProcess;
+    fn deref(&self) -> &TrunklineProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut TrunklineProcess {
+        &mut self.process
     }
 }
 

@@ -209,17 +209,7 @@ impl ApiServer {
 
     /// A kubeconfig whose current context points at this server, with `namespace` as default.
     pub fn write_kubeconfig(&self, path: &Path, namespace: &str) {
-        let addr = self.addr;
-        std::fs::write(
-            path,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: {namespace}}}}}]\n"
-            ),
-        )
-        .expect("write the kubeconfig");
+        write_kubeconfig(path, self.addr, namespace);
     }
 
     /// Creates or replaces `object` (its status included) as the test's own write: kept
@@ -1017,4 +1007,19 @@ fn watch_response(shared: &Arc<Shared>, target: &Target, request: &Logged) -> Re
         .header(header::CONTENT_TYPE, "application/json")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A kubeconfig at `path` for an API server on `addr` over plain HTTP, with `namespace` as the
+/// context's default (tests/gateway_source.rs has a scripted server of its own).
+pub fn write_kubeconfig(path: &Path, addr: SocketAddr, namespace: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: {namespace}}}}}]\n"
+        ),
+    )
+    .expect("write the kubeconfig");
 }

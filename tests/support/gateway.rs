@@ -2,18 +2,16 @@
 //! folder, with its state dir and its log in temp dirs. Ready when `/readyz` answers 200; stopped
 //! on drop with SIGTERM, then SIGKILL after 5 s. When the test panics, its log is printed.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::net::{self, LOCALHOST, TempDir};
+pub use super::process::TERM_GRACE;
+use super::process::TrunklineProcess;
 
 /// How long `start` waits for `/readyz`.
 pub const READY_WITHIN: Duration = Duration::from_secs(10);
-/// How long drop waits after SIGTERM before SIGKILL.
-pub const TERM_GRACE: Duration = Duration::from_secs(5);
 
 /// What to start the gateway with, beyond what every test gets (`--specs`, the listeners, the
 /// admin port, `--public-address 127.0.0.1`, `--state-dir`, `--drain-timeout 1`).
@@ -50,8 +48,8 @@ impl GatewayOptions {
 }
 
 pub struct Gateway {
-    child: Child,
-    log: PathBuf,
+    /// First, so that the process stops before its folders go.
+    process: TrunklineProcess,
     port: u16,
     tls_port: u16,
     internal_port: u16,
@@ -107,19 +105,9 @@ impl Gateway {
         ]);
         args.extend(options.args.iter().cloned());
 
-        let out = File::create(&log).expect("create the gateway log");
-        let err = out.try_clone().expect("clone the gateway log handle");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trunkline"));
-        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info,trunkline=debug");
-        }
-        // A log file, not a terminal: no colour codes in the failure output.
-        command.env("NO_COLOR", "1");
-        let child = command.spawn().expect("spawn the trunkline binary");
+        let process = TrunklineProcess::spawn("run", &log, &args, |_| {});
         let mut gateway = Gateway {
-            child,
-            log,
+            process,
             port,
             tls_port,
             internal_port,
@@ -140,7 +128,7 @@ impl Gateway {
             if let Some((200, _)) = net::http_get(self.admin, "/readyz") {
                 return;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.try_wait() {
                 panic!(
                     "trunkline run exited ({status}) before it was ready\ncommand: trunkline {}",
                     args.join(" ")
@@ -226,79 +214,32 @@ impl Gateway {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.is_running()
     }
 
     /// Everything the gateway printed so far.
     pub fn log_text(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn log_section(&self) -> String {
-        format!(
-            "----- trunkline run log ({}) -----\n{}\n----- end of trunkline run log -----",
-            self.log.display(),
-            self.log_text()
-        )
+        self.process.log_text()
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Sends SIGTERM (the gateway starts draining) without waiting for the exit.
     pub fn sigterm(&self) {
-        // std has no SIGTERM and the crate forbids unsafe: the shell's builtin kill sends it.
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.process.sigterm();
     }
 
     /// Waits up to `within` for the process to exit; its exit status, `None` when still running.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(within)
     }
 
     /// SIGTERM, then SIGKILL after [`TERM_GRACE`]; returns whether it ended on SIGTERM.
     pub fn stop(&mut self) -> bool {
-        if !self.is_running() {
-            return true;
-        }
-        self.sigterm();
-        let deadline = Instant::now() + TERM_GRACE;
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_section());
-        }
+        self.process.stop()
     }
 }
 

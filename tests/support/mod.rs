@@ -2,6 +2,7 @@
 //! carrier and sipp as the agent runtime, all on 127.0.0.0/8, every process bounded in time.
 //!
 //! - [`apiserver`]: an in-memory Kubernetes API server for `trunkline operator` and `gateway`;
+//! - [`process`]: a `trunkline` child process: SIGTERM, exit, stopped and its log printed on drop;
 //! - [`net`]: temp dirs removed on drop, free ports, a raw HTTP GET, raw UDP datagrams;
 //! - [`specs`]: a specs folder per test ([`Specs`], [`Trunk`]), rewritten atomically while the
 //!   gateway runs;
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod kamailio;
 pub mod linphone;
 pub mod net;
+pub mod process;
 pub mod sipp;
 pub mod specs;
 
