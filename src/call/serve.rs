@@ -329,7 +329,9 @@ fn record_config(metrics: &GatewayMetrics, snapshot: &Snapshot) {
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
+/// Completes once `rx` says `true` (or its sender is gone): the stop signal handed to the
+/// admin server and the spec watch.
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
         if rx.changed().await.is_err() {
             return;

@@ -28,6 +28,7 @@ use super::leader::{self, LeaseSettings};
 use super::metrics::OperatorMetrics;
 use super::settings::{OperatorSettings, SettingsError};
 use super::tracker::FleetTracker;
+use crate::call::serve::{shutdown_signal, stopped};
 use crate::observe::admin::{Health, MetricsPage, serve_admin};
 
 /// How often the fleet is applied again while nothing fails.
@@ -164,7 +165,7 @@ pub async fn run_operator(options: OperatorOptions) -> Result<(), OperatorError>
         election.is_leader,
         work,
         move |leading| leader_gauge.set(i64::from(leading)),
-        crate::call::serve::shutdown_signal(),
+        shutdown_signal(),
     )
     .await;
     tracing::info!("stopping");
@@ -330,14 +331,6 @@ fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("trunkline-operator-{}", std::process::id()))
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
