@@ -50,7 +50,14 @@ fn every_fleet_output_has_an_input() {
 
 #[test]
 fn the_named_cases_exist_and_render_objects() {
-    for case in ["defaults", "daemonset-hostnetwork", "loadbalancer-source-ranges-tls"] {
+    for case in [
+        "defaults",
+        "daemonset-hostnetwork",
+        "loadbalancer-source-ranges-tls",
+        "pod-addresses",
+        "fixed-single-gateway-host-ports",
+        "owned-json-logs-one-namespace",
+    ] {
         let input = golden_dir().join(format!("{case}.in.yaml"));
         let text = std::fs::read_to_string(&input).expect("the case exists");
         let settings = OperatorSettings::parse(&text, &input).expect("the case's settings load");

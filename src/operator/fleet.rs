@@ -39,22 +39,18 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl,
+    TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
 use serde::Serialize;
 
-use super::settings::{FleetMode, OperatorSettings, ServiceType};
+use super::settings::{AddressSource, FleetMode, MediaPath, OperatorSettings, ServiceType};
 use super::{FLEET_LABEL, MANAGED_BY};
-use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
 
 /// RTP ranges up to this many ports are listed as container ports (see the module docs).
 pub const MAX_LISTED_RTP_PORTS: u32 = 100;
@@ -74,6 +70,13 @@ pub const COMPONENT: &str = "gateway";
 /// The gateway container's name.
 pub const CONTAINER_NAME: &str = "gateway";
 
+/// The pod's IP in the container's arguments: Kubernetes expands `$(POD_IP)` from the
+/// container's environment (`status.podIP` through the downward API).
+pub const POD_IP_REF: &str = "$(POD_IP)";
+
+/// The node's name in the container's arguments (`spec.nodeName` through the downward API).
+pub const NODE_NAME_REF: &str = "$(NODE_NAME)";
+
 /// One rendered object of the fleet. Serialises as the object itself (with `apiVersion` and
 /// `kind`), as `kubectl apply` would read it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -81,8 +84,6 @@ pub const CONTAINER_NAME: &str = "gateway";
 #[allow(clippy::large_enum_variant)] // a handful of objects per reconcile: boxing buys nothing
 pub enum FleetObject {
     ServiceAccount(ServiceAccount),
-    ClusterRole(ClusterRole),
-    ClusterRoleBinding(ClusterRoleBinding),
     Role(Role),
     RoleBinding(RoleBinding),
     Service(Service),
@@ -96,8 +97,6 @@ impl FleetObject {
     pub fn meta(&self) -> &ObjectMeta {
         match self {
             FleetObject::ServiceAccount(o) => &o.metadata,
-            FleetObject::ClusterRole(o) => &o.metadata,
-            FleetObject::ClusterRoleBinding(o) => &o.metadata,
             FleetObject::Role(o) => &o.metadata,
             FleetObject::RoleBinding(o) => &o.metadata,
             FleetObject::Service(o) => &o.metadata,
@@ -111,8 +110,6 @@ impl FleetObject {
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             FleetObject::ServiceAccount(o) => &mut o.metadata,
-            FleetObject::ClusterRole(o) => &mut o.metadata,
-            FleetObject::ClusterRoleBinding(o) => &mut o.metadata,
             FleetObject::Role(o) => &mut o.metadata,
             FleetObject::RoleBinding(o) => &mut o.metadata,
             FleetObject::Service(o) => &mut o.metadata,
@@ -126,8 +123,6 @@ impl FleetObject {
     pub fn kind(&self) -> &'static str {
         match self {
             FleetObject::ServiceAccount(_) => kind::<ServiceAccount>(),
-            FleetObject::ClusterRole(_) => kind::<ClusterRole>(),
-            FleetObject::ClusterRoleBinding(_) => kind::<ClusterRoleBinding>(),
             FleetObject::Role(_) => kind::<Role>(),
             FleetObject::RoleBinding(_) => kind::<RoleBinding>(),
             FleetObject::Service(_) => kind::<Service>(),
@@ -140,11 +135,6 @@ impl FleetObject {
     /// The object's name.
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
-    }
-
-    /// Is the object cluster-scoped (no namespace)?
-    pub fn is_cluster_scoped(&self) -> bool {
-        matches!(self, FleetObject::ClusterRole(_) | FleetObject::ClusterRoleBinding(_))
     }
 }
 
@@ -189,12 +179,13 @@ pub fn object_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
 }
 
 /// The labels that select the gateway pods (Deployment/DaemonSet selector, Services, PDB). A
-/// workload's selector cannot change, so nothing that may change (a version) is in here.
+/// workload's selector cannot change, so nothing that may change (a version) is in here. No
+/// `app.kubernetes.io/instance`: Argo CD's label tracking takes that label as its own and would
+/// prune the objects the operator makes.
 pub fn selector_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
         ("app.kubernetes.io/component".to_string(), COMPONENT.to_string()),
-        ("app.kubernetes.io/instance".to_string(), settings.name.clone()),
         (FLEET_LABEL.to_string(), settings.name.clone()),
     ])
 }
@@ -203,8 +194,6 @@ pub fn selector_labels(settings: &OperatorSettings) -> BTreeMap<String, String> 
 pub fn render_fleet(settings: &OperatorSettings) -> Vec<FleetObject> {
     let mut objects = vec![
         FleetObject::ServiceAccount(render_service_account(settings)),
-        FleetObject::ClusterRole(render_cluster_role(settings)),
-        FleetObject::ClusterRoleBinding(render_cluster_role_binding(settings)),
         FleetObject::Role(render_role(settings)),
         FleetObject::RoleBinding(render_role_binding(settings)),
         FleetObject::Service(render_carrier_service(settings)),
@@ -239,42 +228,12 @@ fn render_service_account(settings: &OperatorSettings) -> ServiceAccount {
     ServiceAccount { metadata: meta(settings, gateway_name(settings), true), ..Default::default() }
 }
 
-fn render_cluster_role(settings: &OperatorSettings) -> ClusterRole {
-    let resources = vec![
-        InboundTrunk::plural(&()).into_owned(),
-        OutboundTrunk::plural(&()).into_owned(),
-        TransferDestination::plural(&()).into_owned(),
-    ];
-    ClusterRole {
-        metadata: meta(settings, gateway_name(settings), false),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![InboundTrunk::group(&()).into_owned()]),
-            resources: Some(resources),
-            verbs: strings(&["get", "list", "watch"]),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    }
-}
-
 fn gateway_subject(settings: &OperatorSettings) -> Subject {
     Subject {
         kind: "ServiceAccount".to_string(),
         name: gateway_name(settings),
         namespace: Some(settings.namespace.clone()),
         ..Default::default()
-    }
-}
-
-fn render_cluster_role_binding(settings: &OperatorSettings) -> ClusterRoleBinding {
-    ClusterRoleBinding {
-        metadata: meta(settings, gateway_name(settings), false),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_string(),
-            kind: "ClusterRole".to_string(),
-            name: gateway_name(settings),
-        },
-        subjects: Some(vec![gateway_subject(settings)]),
     }
 }
 
@@ -290,14 +249,6 @@ fn render_role(settings: &OperatorSettings) -> Role {
                 resources: Some(strings(&["secrets"])),
                 resource_names: Some(vec![settings.credentials_secret.clone()]),
                 verbs: strings(&["get", "list", "watch"]),
-                ..Default::default()
-            },
-            // Its own pod: the config-hash annotation. RBAC cannot name "my own pod", so this
-            // covers the pods of the fleet's namespace (keep the namespace to the fleet).
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(strings(&["pods"])),
-                verbs: strings(&["get", "patch"]),
                 ..Default::default()
             },
         ]),
@@ -394,18 +345,26 @@ fn render_deployment(settings: &OperatorSettings) -> Deployment {
                 match_labels: Some(selector_labels(settings)),
                 ..Default::default()
             },
-            // A new pod is ready before an old one starts draining: capacity never drops.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
+                rolling_update: Some(rolling_update(settings)),
             }),
             template: render_pod_template(settings),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// In the pod network a new pod is ready before an old one starts draining: capacity never
+/// drops. On the host network a surge pod would need a node without a gateway (ports, the
+/// required anti-affinity), which a fleet on every eligible node does not have, and the rollout
+/// would hang: there one old pod drains at a time instead.
+fn rolling_update(settings: &OperatorSettings) -> RollingUpdateDeployment {
+    let (surge, unavailable) = if settings.host_network { (0, 1) } else { (1, 0) };
+    RollingUpdateDeployment {
+        max_surge: Some(IntOrString::Int(surge)),
+        max_unavailable: Some(IntOrString::Int(unavailable)),
     }
 }
 
@@ -450,6 +409,11 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
         args.push(name.to_string());
         args.push(value);
     };
+    // Carriers may reach a node on any of its addresses (a cloud's public IP is often NATed
+    // to the node's private one), so the carrier-facing listeners take every address. On the
+    // host network the agent-facing and admin listeners would then be open on the node's
+    // public addresses too: they bind the pod's (there: the node's internal) address only.
+    let internal_ip = if settings.host_network { POD_IP_REF } else { "0.0.0.0" };
     flag("--listen", format!("udp://0.0.0.0:{}", settings.sip_port));
     flag("--listen", format!("tcp://0.0.0.0:{}", settings.sip_port));
     if settings.tls_enabled() {
@@ -457,18 +421,37 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
         flag("--tls-cert", format!("{TLS_MOUNT_PATH}/tls.crt"));
         flag("--tls-key", format!("{TLS_MOUNT_PATH}/tls.key"));
     }
-    flag("--internal-listen", format!("udp://0.0.0.0:{}", settings.internal_port));
-    flag("--internal-listen", format!("tcp://0.0.0.0:{}", settings.internal_port));
-    flag("--admin", format!("0.0.0.0:{}", settings.admin_port));
+    flag("--internal-listen", format!("udp://{internal_ip}:{}", settings.internal_port));
+    flag("--internal-listen", format!("tcp://{internal_ip}:{}", settings.internal_port));
+    flag("--admin", format!("{internal_ip}:{}", settings.admin_port));
     flag("--rtp-ports", settings.rtp_ports.to_string());
-    if let Some(address) = settings.public_address {
-        flag("--public-address", address.to_string());
+    match settings.address_source() {
+        AddressSource::Node => {
+            flag("--public-address-node", NODE_NAME_REF.to_string());
+            flag("--node-address-annotation", settings.node_address_annotation.clone());
+        }
+        AddressSource::Pod => flag("--public-address", POD_IP_REF.to_string()),
+        AddressSource::Fixed => {
+            if let Some(address) = settings.public_address {
+                flag("--public-address", address.to_string());
+            }
+        }
     }
     if let Some(region) = &settings.region {
         flag("--region", region.clone());
     }
+    if let Some(namespace) = &settings.watch_namespace {
+        flag("--watch-namespace", namespace.clone());
+    }
     flag("--credentials-secret", settings.credentials_secret.clone());
     flag("--drain-timeout", settings.drain_seconds.to_string());
+    flag("--realm", settings.realm.clone());
+    let algorithms: Vec<&str> = settings.digest_algorithms.iter().map(|a| a.as_str()).collect();
+    flag("--digest-algorithms", algorithms.join(","));
+    flag("--nonce-ttl", settings.nonce_ttl_seconds.to_string());
+    flag("--agent-timeout", settings.agent_timeout_seconds.to_string());
+    flag("--media-timeout", settings.media_timeout_seconds.to_string());
+    flag("--log-format", settings.log_format.as_str().to_string());
     args
 }
 
@@ -481,22 +464,31 @@ fn container_port(name: Option<&str>, protocol: &str, port: u16) -> ContainerPor
     }
 }
 
+fn host_port(mut port: ContainerPort) -> ContainerPort {
+    port.host_port = Some(port.container_port);
+    port
+}
+
 fn container_ports(settings: &OperatorSettings) -> Vec<ContainerPort> {
+    // A single Fixed gateway off the host network is reached through host ports of its node:
+    // SIP and the whole RTP range (the settings bound the range to MAX_HOST_PORTS).
+    let host_ports = matches!(settings.media_path(), Ok(MediaPath::Fixed { host_ports: true, .. }));
+    let carrier = |port: ContainerPort| if host_ports { host_port(port) } else { port };
     let mut ports = vec![
-        container_port(Some("sip-udp"), "UDP", settings.sip_port),
-        container_port(Some("sip-tcp"), "TCP", settings.sip_port),
+        carrier(container_port(Some("sip-udp"), "UDP", settings.sip_port)),
+        carrier(container_port(Some("sip-tcp"), "TCP", settings.sip_port)),
     ];
     if settings.tls_enabled() {
-        ports.push(container_port(Some("sip-tls"), "TCP", settings.tls.port));
+        ports.push(carrier(container_port(Some("sip-tls"), "TCP", settings.tls.port)));
     }
     ports.push(container_port(Some("internal-udp"), "UDP", settings.internal_port));
     ports.push(container_port(Some("internal-tcp"), "TCP", settings.internal_port));
     ports.push(container_port(Some("admin"), "TCP", settings.admin_port));
-    // Only a small RTP range is listed (module docs: Services have no ranges, and a long list
-    // only bloats the pod spec); the gateway binds the whole range either way.
-    if settings.rtp_ports.len() <= MAX_LISTED_RTP_PORTS {
+    // Otherwise only a small RTP range is listed (module docs: Services have no ranges, and a
+    // long list only bloats the pod spec); the gateway binds the whole range either way.
+    if host_ports || settings.rtp_ports.len() <= MAX_LISTED_RTP_PORTS {
         for port in settings.rtp_ports.low..=settings.rtp_ports.high {
-            ports.push(container_port(None, "UDP", port));
+            ports.push(carrier(container_port(None, "UDP", port)));
         }
     }
     ports
@@ -562,6 +554,8 @@ fn render_container(settings: &OperatorSettings) -> Container {
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_IP", "status.podIP"),
+            field_env("NODE_NAME", "spec.nodeName"),
             EnvVar {
                 name: "RUST_LOG".to_string(),
                 value: Some(settings.log_level.clone()),
@@ -623,6 +617,20 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
         (None, FleetMode::Deployment) => Some(spread_over_nodes(settings)),
         (None, FleetMode::DaemonSet) => None,
     };
+    let spread: Vec<TopologySpreadConstraint> = settings
+        .topology_spread_constraints
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if c.label_selector.is_none() {
+                c.label_selector = Some(LabelSelector {
+                    match_labels: Some(selector_labels(settings)),
+                    ..Default::default()
+                });
+            }
+            c
+        })
+        .collect();
     let pull_secrets: Vec<LocalObjectReference> = settings
         .image_pull_secrets
         .iter()
@@ -630,7 +638,7 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
         .collect();
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(object_labels(settings)),
+            labels: Some(pod_labels(settings)),
             annotations: non_empty(&settings.pod_annotations),
             ..Default::default()
         }),
@@ -658,6 +666,7 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
             node_selector: non_empty(&settings.node_selector),
             tolerations: (!settings.tolerations.is_empty()).then(|| settings.tolerations.clone()),
             affinity,
+            topology_spread_constraints: (!spread.is_empty()).then_some(spread),
             priority_class_name: settings.priority_class_name.clone(),
             image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
             ..Default::default()
@@ -665,28 +674,39 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
     }
 }
 
-/// The default affinity of a Deployment: prefer one gateway per node, so a node failure takes
-/// down one replica, not all.
+/// The default affinity of a Deployment: one gateway per node, so a node failure takes down
+/// one replica, not all. Preferred in the pod network; required on the host network, where
+/// two gateways on one node would want the same ports (and the same node address).
 fn spread_over_nodes(settings: &OperatorSettings) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        topology_key: "kubernetes.io/hostname".to_string(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector_labels(settings)),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                },
-            ]),
+    let term = PodAffinityTerm {
+        topology_key: "kubernetes.io/hostname".to_string(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(settings)),
             ..Default::default()
         }),
         ..Default::default()
-    }
+    };
+    let anti_affinity = if settings.host_network {
+        PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![term]),
+            ..Default::default()
+        }
+    } else {
+        PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm { weight: 100, pod_affinity_term: term },
+            ]),
+            ..Default::default()
+        }
+    };
+    Affinity { pod_anti_affinity: Some(anti_affinity), ..Default::default() }
+}
+
+/// The labels of the gateway pods: the fleet's, then `podLabels` (which may not replace them).
+fn pod_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
+    let mut labels = settings.pod_labels.clone();
+    labels.extend(object_labels(settings));
+    labels
 }
 
 #[cfg(test)]
@@ -738,8 +758,6 @@ mod tests {
         let objects = render_fleet(&OperatorSettings::default());
         let expected: Vec<(String, String)> = [
             ("ServiceAccount", "trunkline-gateway"),
-            ("ClusterRole", "trunkline-gateway"),
-            ("ClusterRoleBinding", "trunkline-gateway"),
             ("Role", "trunkline-gateway"),
             ("RoleBinding", "trunkline-gateway"),
             ("Service", "trunkline-carrier"),
@@ -771,7 +789,8 @@ mod tests {
                     labels.get("app.kubernetes.io/managed-by").map(String::as_str),
                     Some(MANAGED_BY)
                 );
-                assert_eq!(o.meta().namespace.is_none(), o.is_cluster_scoped(), "{}", o.kind());
+                assert_eq!(o.meta().namespace.as_deref(), Some("trunkline"), "{}", o.kind());
+                assert!(!labels.contains_key("app.kubernetes.io/instance"), "{}", o.kind());
             }
         }
     }
@@ -784,7 +803,7 @@ mod tests {
             "trunkline.dev/fleet=trunkline,app.kubernetes.io/component=gateway"
         );
         let objects = render_fleet(&s);
-        let FleetObject::Deployment(d) = &objects[7] else { panic!("not a deployment") };
+        let FleetObject::Deployment(d) = &objects[5] else { panic!("not a deployment") };
         let labels =
             d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
         for term in gateway_pod_selector(&s).split(',') {
@@ -792,43 +811,37 @@ mod tests {
             assert_eq!(labels.get(k).map(String::as_str), Some(v), "{term}");
         }
         assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("trunkline"));
-        assert_eq!(labels.get("app.kubernetes.io/instance").map(String::as_str), Some("trunkline"));
+        // Argo CD's label tracking owns app.kubernetes.io/instance: the operator never sets it.
+        assert!(!labels.contains_key("app.kubernetes.io/instance"));
     }
 
     #[test]
-    fn the_role_reads_only_the_credentials_secret_and_patches_pods() {
+    fn the_role_reads_only_the_credentials_secret_and_writes_nothing() {
         let objects = render_fleet(&settings("credentialsSecret: bundle\n"));
-        let FleetObject::Role(role) = &objects[3] else { panic!("not a role") };
+        let FleetObject::Role(role) = &objects[1] else { panic!("not a role") };
         let rules = role.rules.as_ref().unwrap();
-        let secrets: Vec<&PolicyRule> = rules
-            .iter()
-            .filter(|r| r.resources.as_ref().unwrap().contains(&"secrets".to_string()))
-            .collect();
-        assert_eq!(secrets.len(), 1);
-        assert_eq!(secrets[0].resource_names, Some(vec!["bundle".to_string()]));
-        assert_eq!(secrets[0].verbs, ["get", "list", "watch"]);
-        let pods = rules.iter().find(|r| r.resources == Some(vec!["pods".to_string()])).unwrap();
-        assert_eq!(pods.verbs, ["get", "patch"]);
-        // Nothing else in the namespace.
-        assert_eq!(rules.len(), 2);
-        let FleetObject::RoleBinding(binding) = &objects[4] else { panic!("not a binding") };
+        // One rule: the bundle Secret, by name, read-only. No pods, nothing else in the
+        // namespace the operator runs in: a compromised gateway can change nothing there.
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].api_groups, Some(vec![String::new()]));
+        assert_eq!(rules[0].resources, Some(vec!["secrets".to_string()]));
+        assert_eq!(rules[0].resource_names, Some(vec!["bundle".to_string()]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        let FleetObject::RoleBinding(binding) = &objects[2] else { panic!("not a binding") };
         assert_eq!(binding.role_ref.kind, "Role");
         assert_eq!(binding.subjects.as_ref().unwrap()[0].name, "trunkline-gateway");
         assert_eq!(binding.subjects.as_ref().unwrap()[0].namespace.as_deref(), Some("trunkline"));
     }
 
     #[test]
-    fn the_cluster_role_reads_the_three_kinds_and_nothing_else() {
-        let objects = render_fleet(&OperatorSettings::default());
-        let FleetObject::ClusterRole(role) = &objects[1] else { panic!("not a cluster role") };
-        let rules = role.rules.as_ref().unwrap();
-        assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].api_groups, Some(vec!["trunkline.dev".to_string()]));
-        assert_eq!(
-            rules[0].resources.as_ref().unwrap(),
-            &["inboundtrunks", "outboundtrunks", "transferdestinations"]
-        );
-        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+    fn the_operator_renders_no_cluster_wide_object() {
+        // The gateways' cluster-wide read access is installed by the chart, so the operator
+        // needs no right to create ClusterRoles or bindings.
+        for text in ["", "mode: DaemonSet\n", "watchNamespace: voice\n"] {
+            for o in render_fleet(&settings(text)) {
+                assert!(o.meta().namespace.is_some(), "{text:?}: {}", o.kind());
+            }
+        }
     }
 
     #[test]
@@ -844,7 +857,8 @@ mod tests {
         assert_eq!((live.path.as_deref(), &live.port), (Some("/healthz"), &IntOrString::Int(9191)));
         let args = c.args.as_ref().unwrap();
         let admin = args.iter().position(|a| a == "--admin").unwrap();
-        assert_eq!(args[admin + 1], "0.0.0.0:9191");
+        // On the host network (the default) the admin port is the node's internal address's.
+        assert_eq!(args[admin + 1], "$(POD_IP):9191");
     }
 
     #[test]
@@ -879,8 +893,8 @@ mod tests {
             ("adminPort: 80\n", true),
             ("internalPort: 1024\n", false),
             ("rtpPorts: 1000-1099\n", true),
-            ("sipPort: 5060\nhostNetwork: true\nmode: DaemonSet\n", false),
-            ("sipPort: 506\nhostNetwork: true\nmode: DaemonSet\n", true),
+            ("sipPort: 5060\nmode: DaemonSet\n", false),
+            ("sipPort: 506\nmode: DaemonSet\n", true),
         ];
         for (text, privileged) in cases {
             let objects = render_fleet(&settings(text));
@@ -894,7 +908,8 @@ mod tests {
 
     #[test]
     fn a_low_port_without_host_network_lowers_the_unprivileged_port_start() {
-        let objects = render_fleet(&settings("sipPort: 506\n"));
+        let objects =
+            render_fleet(&settings("sipPort: 506\nhostNetwork: false\npublicAddressFrom: Pod\n"));
         let sysctls = workload_pod(&objects).security_context.as_ref().unwrap().sysctls.clone();
         assert_eq!(sysctls.unwrap()[0].value, "506");
         let objects = render_fleet(&settings("sipPort: 506\nhostNetwork: true\n"));
@@ -904,17 +919,22 @@ mod tests {
     #[test]
     fn the_gateway_flags_follow_the_settings() {
         let s = settings(
-            "tls: {secretName: sip-tls}\npublicAddress: 198.51.100.7\nregion: eu\n\
-             credentialsSecret: bundle\ndrainSeconds: 45\nrtpPorts: 30000-30999\n",
+            "tls: {secretName: sip-tls}\npublicAddress: 198.51.100.7\nreplicas: 1\nregion: eu\n\
+             credentialsSecret: bundle\ndrainSeconds: 45\nrtpPorts: 30000-30999\n\
+             watchNamespace: voice\nrealm: acme\ndigestAlgorithms: [SHA-256, MD5]\n\
+             nonceTtlSeconds: 120\nagentTimeoutSeconds: 20\nmediaTimeoutSeconds: 10\n\
+             logFormat: json\n",
         );
         assert_eq!(
             gateway_args(&s).join(" "),
             "gateway --listen udp://0.0.0.0:5060 --listen tcp://0.0.0.0:5060 \
              --listen tls://0.0.0.0:5061 --tls-cert /etc/trunkline/tls/tls.crt \
-             --tls-key /etc/trunkline/tls/tls.key --internal-listen udp://0.0.0.0:5080 \
-             --internal-listen tcp://0.0.0.0:5080 --admin 0.0.0.0:9090 --rtp-ports 30000-30999 \
-             --public-address 198.51.100.7 --region eu --credentials-secret bundle \
-             --drain-timeout 45"
+             --tls-key /etc/trunkline/tls/tls.key --internal-listen udp://$(POD_IP):5080 \
+             --internal-listen tcp://$(POD_IP):5080 --admin $(POD_IP):9090 \
+             --rtp-ports 30000-30999 --public-address 198.51.100.7 --region eu \
+             --watch-namespace voice --credentials-secret bundle --drain-timeout 45 \
+             --realm acme --digest-algorithms SHA-256,MD5 --nonce-ttl 120 --agent-timeout 20 \
+             --media-timeout 10 --log-format json"
         );
         let objects = render_fleet(&s);
         let pod = workload_pod(&objects);
@@ -928,9 +948,124 @@ mod tests {
     }
 
     #[test]
+    fn each_address_source_gives_its_gateway_flag() {
+        let args = |text: &str| gateway_args(&settings(text)).join(" ");
+        // Node (the default): the gateway reads its node, named by the downward API.
+        let node = args("");
+        assert!(
+            node.contains(
+                "--public-address-node $(NODE_NAME) --node-address-annotation trunkline.dev/public-address"
+            ),
+            "{node}"
+        );
+        assert!(!node.contains("--public-address "), "{node}");
+        let annotated = args("nodeAddressAnnotation: example.com/ip\n");
+        assert!(annotated.contains("--node-address-annotation example.com/ip"), "{annotated}");
+        // Pod: the pod IP, expanded by Kubernetes; the listeners keep every address.
+        let pod = args("hostNetwork: false\npublicAddressFrom: Pod\n");
+        assert!(pod.contains("--public-address $(POD_IP)"), "{pod}");
+        assert!(pod.contains("--admin 0.0.0.0:9090"), "{pod}");
+        assert!(!pod.contains("--public-address-node"), "{pod}");
+        // Fixed: the address itself.
+        let fixed = args("publicAddress: 203.0.113.9\nreplicas: 1\n");
+        assert!(fixed.contains("--public-address 203.0.113.9"), "{fixed}");
+    }
+
+    #[test]
+    fn the_downward_api_gives_the_pod_ip_and_node_name_the_flags_use() {
+        let objects = render_fleet(&OperatorSettings::default());
+        let c = container(&objects);
+        let env = c.env.clone().unwrap();
+        let path = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.clone())
+                .and_then(|v| v.field_ref)
+                .map(|f| f.field_path)
+        };
+        assert_eq!(path("POD_IP").as_deref(), Some("status.podIP"));
+        assert_eq!(path("NODE_NAME").as_deref(), Some("spec.nodeName"));
+        // Every $(VAR) in the arguments is defined before the container starts (Kubernetes
+        // leaves an undefined reference as literal text).
+        for arg in c.args.as_ref().unwrap() {
+            if let Some(start) = arg.find("$(") {
+                let name = &arg[start + 2..start + arg[start..].find(')').unwrap()];
+                assert!(env.iter().any(|e| e.name == name), "{arg}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_network_deployment_keeps_one_gateway_per_node_and_rolls_without_surge() {
+        let objects = render_fleet(&OperatorSettings::default());
+        let pod = workload_pod(&objects);
+        assert_eq!(pod.host_network, Some(true));
+        let anti = pod.affinity.as_ref().unwrap().pod_anti_affinity.as_ref().unwrap();
+        let required = anti.required_during_scheduling_ignored_during_execution.as_ref().unwrap();
+        assert_eq!(required[0].topology_key, "kubernetes.io/hostname");
+        assert!(anti.preferred_during_scheduling_ignored_during_execution.is_none());
+        let FleetObject::Deployment(d) = &objects[5] else { panic!("not a deployment") };
+        let rolling = d.spec.as_ref().unwrap().strategy.as_ref().unwrap().rolling_update.clone();
+        let rolling = rolling.unwrap();
+        assert_eq!(
+            (rolling.max_surge, rolling.max_unavailable),
+            (Some(IntOrString::Int(0)), Some(IntOrString::Int(1)))
+        );
+        // In the pod network the spread is only preferred and a new pod comes up first.
+        let objects = render_fleet(&settings("hostNetwork: false\npublicAddressFrom: Pod\n"));
+        let anti = workload_pod(&objects).affinity.clone().unwrap().pod_anti_affinity.unwrap();
+        assert!(anti.required_during_scheduling_ignored_during_execution.is_none());
+        assert!(anti.preferred_during_scheduling_ignored_during_execution.is_some());
+    }
+
+    #[test]
+    fn a_single_fixed_gateway_off_the_host_network_takes_host_ports() {
+        let objects = render_fleet(&settings(
+            "hostNetwork: false\npublicAddress: 203.0.113.9\nreplicas: 1\nrtpPorts: 40000-40199\n",
+        ));
+        let ports = container(&objects).ports.clone().unwrap();
+        let host: Vec<i32> = ports.iter().filter_map(|p| p.host_port).collect();
+        // SIP over UDP and TCP, and every RTP port: what carriers send to 203.0.113.9.
+        assert_eq!(host.len(), 2 + 200);
+        assert!(ports.iter().all(|p| p.host_port.is_none_or(|h| h == p.container_port)));
+        assert!(
+            ports
+                .iter()
+                .filter(|p| p.name.as_deref() == Some("admin"))
+                .all(|p| p.host_port.is_none())
+        );
+        // On the host network no host port is declared beyond what hostNetwork implies.
+        let objects = render_fleet(&settings("publicAddress: 203.0.113.9\nreplicas: 1\n"));
+        assert!(container(&objects).ports.clone().unwrap().iter().all(|p| p.host_port.is_none()));
+    }
+
+    #[test]
+    fn pod_labels_and_spread_constraints_reach_the_pods() {
+        let objects = render_fleet(&settings(
+            "podLabels: {team: voice}\ntopologySpreadConstraints:\n- {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}\n",
+        ));
+        let FleetObject::Deployment(d) = &objects[5] else { panic!("not a deployment") };
+        let template = &d.spec.as_ref().unwrap().template;
+        let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("voice"));
+        assert_eq!(labels.get(FLEET_LABEL).map(String::as_str), Some("trunkline"));
+        // Not in the selector, which cannot change.
+        let selector = d.spec.as_ref().unwrap().selector.match_labels.clone().unwrap();
+        assert!(!selector.contains_key("team"));
+        let spread = template.spec.as_ref().unwrap().topology_spread_constraints.clone().unwrap();
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(
+            spread[0].label_selector.as_ref().unwrap().match_labels.as_ref(),
+            Some(&selector_labels(&OperatorSettings::default()))
+        );
+    }
+
+    #[test]
     fn the_listen_flags_parse_as_the_gateway_parses_them() {
         let s = settings("tls: {secretName: sip-tls}\n");
-        let args = gateway_args(&s);
+        // Kubernetes expands $(POD_IP) before the gateway parses its flags.
+        let args: Vec<String> =
+            gateway_args(&s).iter().map(|a| a.replace(POD_IP_REF, "10.0.0.7")).collect();
         for pair in args.windows(2) {
             if pair[0] == "--listen" || pair[0] == "--internal-listen" {
                 let parsed: crate::sip::transport::ListenAddr = pair[1].parse().unwrap();
@@ -963,7 +1098,7 @@ mod tests {
 
     #[test]
     fn a_daemon_set_on_the_host_network_has_no_budget_and_host_dns() {
-        let objects = render_fleet(&settings("mode: DaemonSet\nhostNetwork: true\n"));
+        let objects = render_fleet(&settings("mode: DaemonSet\n"));
         assert!(objects.iter().all(|o| !matches!(
             o,
             FleetObject::Deployment(_) | FleetObject::PodDisruptionBudget(_)
@@ -996,7 +1131,7 @@ mod tests {
              loadBalancerSourceRanges: [203.0.113.0/24]\n",
         );
         let objects = render_fleet(&s);
-        let FleetObject::Service(svc) = &objects[5] else { panic!("not a service") };
+        let FleetObject::Service(svc) = &objects[3] else { panic!("not a service") };
         let spec = svc.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
@@ -1018,14 +1153,14 @@ mod tests {
     #[test]
     fn a_cluster_ip_carrier_service_has_no_external_traffic_policy() {
         let objects = render_fleet(&settings("carrierService: {type: ClusterIP}\n"));
-        let FleetObject::Service(svc) = &objects[5] else { panic!("not a service") };
+        let FleetObject::Service(svc) = &objects[3] else { panic!("not a service") };
         assert!(svc.spec.as_ref().unwrap().external_traffic_policy.is_none());
     }
 
     #[test]
     fn the_internal_service_is_cluster_ip_on_the_internal_port() {
         let objects = render_fleet(&settings("internalPort: 5090\n"));
-        let FleetObject::Service(svc) = &objects[6] else { panic!("not a service") };
+        let FleetObject::Service(svc) = &objects[4] else { panic!("not a service") };
         let spec = svc.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
         let ports: Vec<(Option<String>, i32)> =

@@ -348,11 +348,12 @@ mod tests {
     #[test]
     fn the_endpoint_comes_from_the_public_address_and_the_sip_port() {
         assert_eq!(
-            static_endpoint(&settings("publicAddress: 203.0.113.10\nsipPort: 5070\n")).as_deref(),
+            static_endpoint(&settings("publicAddress: 203.0.113.10\nreplicas: 1\nsipPort: 5070\n"))
+                .as_deref(),
             Some("sip:203.0.113.10:5070")
         );
         assert_eq!(
-            static_endpoint(&settings("publicAddress: 2001:db8::7\n")).as_deref(),
+            static_endpoint(&settings("publicAddress: 2001:db8::7\nreplicas: 1\n")).as_deref(),
             Some("sip:[2001:db8::7]:5060")
         );
         assert_eq!(static_endpoint(&settings("{}")), None);

@@ -14,15 +14,19 @@
 //! imagePullSecrets: []            # names of docker-registry Secrets in the fleet's namespace
 //! mode: Deployment                # Deployment | DaemonSet
 //! replicas: 2                     # Deployment mode only
-//! hostNetwork: false              # pods on the node's network: SIP and RTP on the node's IPs
+//! hostNetwork: true               # pods on the node's network: SIP and RTP on the node's IPs
 //! sipPort: 5060                   # carrier-facing SIP, UDP and TCP
 //! tls: {port: 5061, secretName: null}   # carrier-facing SIP over TLS, on when secretName is set
 //! internalPort: 5080              # agent-facing SIP, UDP and TCP
 //! adminPort: 9090                 # /metrics, /healthz, /readyz (HTTP)
 //! rtpPorts: 20000-20999           # UDP ports of the RTP relays, LOW-HIGH
-//! publicAddress: null             # the IP carriers reach the gateways at (Via, Contact, SDP)
+//! publicAddressFrom: Node         # Node | Pod | Fixed: what each gateway advertises (see below)
+//! publicAddress: null             # the one address of publicAddressFrom: Fixed
+//! nodeAddressAnnotation: trunkline.dev/public-address   # per-node override of Node discovery
 //! egressAddresses: []             # the IPs carriers see our calls come from
 //! region: null                    # serve only the trunks of this region (and region-less ones)
+//! watchNamespace: null            # gateways serve the trunks of this namespace only
+//! operatorDeployment: null        # the operator's Deployment: owner of the fleet's objects
 //! credentialsSecret: trunkline-gateway-credentials
 //! carrierService:
 //!   type: LoadBalancer            # ClusterIP | NodePort | LoadBalancer
@@ -41,8 +45,27 @@
 //! podAnnotations: {}
 //! priorityClassName: null
 //! podDisruptionBudget: {enabled: true, maxUnavailable: 1}
+//! podLabels: {}                   # extra labels of the gateway pods (not in the selector)
+//! topologySpreadConstraints: []   # of the gateway pods; labelSelector defaults to the fleet's
 //! logLevel: info                  # RUST_LOG of the gateways
+//! logFormat: text                 # text | json: the gateways' log lines
+//! realm: trunkline                # digest realm of the gateways' challenges
+//! digestAlgorithms: [MD5, SHA-256]  # challenges offered to carriers, in this order
+//! nonceTtlSeconds: 300            # how long a digest nonce stays valid
+//! agentTimeoutSeconds: 60         # how long an agent may ring (480 to the carrier after)
+//! mediaTimeoutSeconds: 30         # RTP silence on an answered call before it is hung up
 //! ```
+//!
+//! **The media path.** A carrier sends RTP to the address a gateway writes in its SDP, so that
+//! address must reach the very pod that holds the call: Services carry SIP only (see
+//! `fleet`). [`OperatorSettings::media_path`] checks the combination and refuses one that cannot
+//! carry audio, naming the field:
+//!
+//! | `publicAddressFrom` | each gateway advertises | needs |
+//! | --- | --- | --- |
+//! | `Node` (default) | its node's address: annotation `nodeAddressAnnotation`, else ExternalIP, else InternalIP | `hostNetwork: true` |
+//! | `Pod` | its pod IP | pod IPs that carriers can route to (VPC-native / BGP-announced pod networks) |
+//! | `Fixed` | `publicAddress` | one gateway (`Deployment`, `replicas` ≤ 1); without `hostNetwork` the SIP and RTP ports become host ports of its node |
 //!
 //! The file is read through `config::yaml` (the one YAML facade) into a JSON value and then into
 //! the struct with `serde_path_to_error`, so that an error names the file and the field path
@@ -56,17 +79,28 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::FLEET_LABEL;
 use crate::config::yaml;
 
 /// The image registry and repository of the default gateway image; the tag is the crate's
 /// version, so an operator runs gateways of its own release.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/trunkline/trunkline";
+
+/// The node annotation that overrides a node's ExternalIP as the address its gateway
+/// advertises (`nodeAddressAnnotation`'s default).
+pub const NODE_ADDRESS_ANNOTATION: &str = "trunkline.dev/public-address";
+
+/// The most ports a gateway without `hostNetwork` exposes as host ports (SIP and the RTP range
+/// of a `Fixed` single gateway): each is a rule in the node's packet filter.
+pub const MAX_HOST_PORTS: u32 = 1024;
 
 /// Seconds added to `drainSeconds` for `terminationGracePeriodSeconds`: the gateway stops at the
 /// end of its drain, and this margin lets it flush records and exit before the kubelet kills it.
@@ -119,10 +153,17 @@ pub struct OperatorSettings {
     /// UDP port range of the RTP relays, `LOW-HIGH` inclusive, `LOW` even (RTP on even ports,
     /// RTCP on the next odd one). Default `20000-20999`: 500 RTP/RTCP pairs per gateway.
     pub rtp_ports: PortRange,
-    /// The IP address carriers reach the gateways at, written in Via, Contact and SDP instead
-    /// of the pod's own (behind NAT or a load balancer). Default none: the listener's address.
+    /// What each gateway advertises to carriers in Via, Contact and SDP (see the module docs):
+    /// `Node`, `Pod` or `Fixed`. Default `Fixed` when `publicAddress` is set, else `Node`.
+    pub public_address_from: Option<AddressSource>,
+    /// The one IP address of `publicAddressFrom: Fixed`, which carriers reach the single gateway
+    /// at (a node's address, or a 1:1 NAT to it). Default none.
     #[serde(deserialize_with = "ip_or_empty")]
     pub public_address: Option<IpAddr>,
+    /// With `publicAddressFrom: Node`, a node annotation whose value (an IP) wins over the
+    /// node's ExternalIP: for clouds where the public address is not on the Node object.
+    /// Default `trunkline.dev/public-address`.
+    pub node_address_annotation: String,
     /// The IP addresses carriers see outbound calls come from (the cluster's NAT or the nodes'
     /// public IPs), published in every OutboundTrunk's `status.sourceAddresses` for the
     /// carrier's allowlist. Default none.
@@ -131,6 +172,16 @@ pub struct OperatorSettings {
     /// trunk.
     #[serde(deserialize_with = "string_or_empty")]
     pub region: Option<String>,
+    /// Serve only the trunks of this namespace (the operator's `--watch-namespace`, passed on
+    /// to the gateways, so that they never serve what the operator did not validate). Default
+    /// none: every namespace.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub watch_namespace: Option<String>,
+    /// The operator's own Deployment, in the fleet's namespace. Every object of the fleet gets
+    /// it as owner, so deleting the operator (`helm uninstall`) deletes the fleet: gateways,
+    /// Services (a cloud load balancer) and the credentials Secret. Default none: no owner.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub operator_deployment: Option<String>,
     /// Name of the Secret, in the fleet's namespace, that the operator writes with the
     /// credentials of the accepted trunks and the gateways read (the only Secret they may read).
     /// Default `trunkline-gateway-credentials`.
@@ -154,6 +205,12 @@ pub struct OperatorSettings {
     pub affinity: Option<Affinity>,
     /// Annotations of the gateway pods (for example Prometheus scrape hints). Default none.
     pub pod_annotations: BTreeMap<String, String>,
+    /// Extra labels of the gateway pods (not of the selector, which cannot change). Default
+    /// none.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Topology spread constraints of the gateway pods (zones, nodes); a constraint without
+    /// `labelSelector` selects the fleet's gateways. Default none.
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
     /// PriorityClass of the gateway pods. Default none.
     #[serde(deserialize_with = "string_or_empty")]
     pub priority_class_name: Option<String>,
@@ -163,6 +220,97 @@ pub struct OperatorSettings {
     /// The gateways' log filter (`RUST_LOG` syntax: `info`, `trunkline=debug,info`). Default
     /// `info`.
     pub log_level: String,
+    /// `text` or `json` (one JSON object a line) log lines of the gateways. Default `text`.
+    pub log_format: LogFormat,
+    /// Digest realm of the gateways' challenges. Default `trunkline`.
+    pub realm: String,
+    /// Digest algorithms offered to carriers, one challenge each, in order: `MD5`, `SHA-256`.
+    /// Many carriers read only the first challenge. Default `[MD5, SHA-256]`.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
+    /// Seconds a digest nonce stays valid (then `stale=true`). Default 300.
+    pub nonce_ttl_seconds: u32,
+    /// Seconds an agent may ring before the call is given up (480 to the carrier). Default 60.
+    pub agent_timeout_seconds: u32,
+    /// Seconds without RTP on an answered call (not on hold) before both legs are hung up.
+    /// Default 30.
+    pub media_timeout_seconds: u32,
+}
+
+/// What a gateway advertises to carriers (Via, Contact, SDP): the address their signalling
+/// and media must reach it at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AddressSource {
+    /// The address of the node the pod runs on, looked up by the gateway at start (the node
+    /// annotation, else its ExternalIP, else its InternalIP). Needs `hostNetwork`.
+    Node,
+    /// The pod's own IP: for pod networks carriers can route to.
+    Pod,
+    /// `publicAddress`, for the single gateway of a one-replica fleet.
+    Fixed,
+}
+
+impl AddressSource {
+    /// The value in the settings file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressSource::Node => "Node",
+            AddressSource::Pod => "Pod",
+            AddressSource::Fixed => "Fixed",
+        }
+    }
+}
+
+/// The gateways' log line format (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// A digest algorithm the gateways may offer (`--digest-algorithms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum DigestAlgorithm {
+    #[serde(rename = "MD5")]
+    Md5,
+    #[serde(rename = "SHA-256")]
+    Sha256,
+}
+
+impl DigestAlgorithm {
+    /// The token on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Md5 => "MD5",
+            DigestAlgorithm::Sha256 => "SHA-256",
+        }
+    }
+}
+
+/// How carriers' signalling and media reach the gateway holding a call
+/// ([`OperatorSettings::media_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaPath {
+    /// Host network; each gateway advertises its node's address.
+    NodeAddress,
+    /// Each gateway advertises its pod IP, which carriers route to.
+    PodAddress,
+    /// One gateway advertises `address`; with `host_ports` its SIP and RTP ports are host
+    /// ports of its node (no host network).
+    Fixed { address: IpAddr, host_ports: bool },
 }
 
 /// Where the gateways run.
@@ -450,15 +598,19 @@ impl Default for OperatorSettings {
             image_pull_secrets: Vec::new(),
             mode: FleetMode::default(),
             replicas: 2,
-            host_network: false,
+            host_network: true,
             sip_port: 5060,
             tls: TlsSettings::default(),
             internal_port: 5080,
             admin_port: 9090,
             rtp_ports: PortRange { low: 20000, high: 20999 },
+            public_address_from: None,
             public_address: None,
+            node_address_annotation: NODE_ADDRESS_ANNOTATION.to_string(),
             egress_addresses: Vec::new(),
             region: None,
+            watch_namespace: None,
+            operator_deployment: None,
             credentials_secret: "trunkline-gateway-credentials".to_string(),
             carrier_service: CarrierServiceSettings::default(),
             internal_service: InternalServiceSettings::default(),
@@ -468,9 +620,17 @@ impl Default for OperatorSettings {
             tolerations: Vec::new(),
             affinity: None,
             pod_annotations: BTreeMap::new(),
+            pod_labels: BTreeMap::new(),
+            topology_spread_constraints: Vec::new(),
             priority_class_name: None,
             pod_disruption_budget: PodDisruptionBudgetSettings::default(),
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            realm: "trunkline".to_string(),
+            digest_algorithms: vec![DigestAlgorithm::Md5, DigestAlgorithm::Sha256],
+            nonce_ttl_seconds: 300,
+            agent_timeout_seconds: 60,
+            media_timeout_seconds: 30,
         }
     }
 }
@@ -616,6 +776,58 @@ impl OperatorSettings {
             return Err(invalid("tls.secretName", format!("{secret:?} is not a Secret name")));
         }
         self.validate_ports()?;
+        self.media_path()?;
+        if let Some(namespace) = &self.watch_namespace
+            && !is_dns_label(namespace, 63)
+        {
+            return Err(invalid(
+                "watchNamespace",
+                format!("{namespace:?} is not a namespace name"),
+            ));
+        }
+        if let Some(deployment) = &self.operator_deployment
+            && !is_dns_subdomain(deployment)
+        {
+            return Err(invalid(
+                "operatorDeployment",
+                format!("{deployment:?} is not a Deployment name"),
+            ));
+        }
+        if !is_qualified_name(&self.node_address_annotation) {
+            return Err(invalid(
+                "nodeAddressAnnotation",
+                format!(
+                    "{:?} is not an annotation key (prefix/name, e.g. trunkline.dev/public-address)",
+                    self.node_address_annotation
+                ),
+            ));
+        }
+        self.validate_gateway_flags()?;
+        self.validate_pod_labels()?;
+        for (i, constraint) in self.topology_spread_constraints.iter().enumerate() {
+            if constraint.max_skew < 1 {
+                return Err(invalid(
+                    format!("topologySpreadConstraints[{i}].maxSkew"),
+                    "must be 1 or more",
+                ));
+            }
+            if constraint.topology_key.trim().is_empty() {
+                return Err(invalid(
+                    format!("topologySpreadConstraints[{i}].topologyKey"),
+                    "must be set (e.g. topology.kubernetes.io/zone)",
+                ));
+            }
+            if !matches!(constraint.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway")
+            {
+                return Err(invalid(
+                    format!("topologySpreadConstraints[{i}].whenUnsatisfiable"),
+                    format!(
+                        "{:?}: expected DoNotSchedule or ScheduleAnyway",
+                        constraint.when_unsatisfiable
+                    ),
+                ));
+            }
+        }
         let service = &self.carrier_service;
         for (i, range) in service.load_balancer_source_ranges.iter().enumerate() {
             if range.parse::<ipnet::IpNet>().is_err() {
@@ -657,6 +869,147 @@ impl OperatorSettings {
                 "logLevel",
                 format!("{:?} is not a log filter: {e}", self.log_level),
             ));
+        }
+        Ok(())
+    }
+
+    /// The address source in force: `publicAddressFrom`, else `Fixed` when `publicAddress` is
+    /// set, else `Node`.
+    pub fn address_source(&self) -> AddressSource {
+        match (self.public_address_from, self.public_address) {
+            (Some(source), _) => source,
+            (None, Some(_)) => AddressSource::Fixed,
+            (None, None) => AddressSource::Node,
+        }
+    }
+
+    /// How carriers' signalling and media reach the pod holding a call, or why they cannot
+    /// (see the module docs): the combination of `publicAddressFrom`, `publicAddress`,
+    /// `hostNetwork`, `mode` and `replicas`.
+    pub fn media_path(&self) -> Result<MediaPath, Invalid> {
+        let source = self.address_source();
+        if source != AddressSource::Fixed && self.public_address.is_some() {
+            return Err(invalid(
+                "publicAddress",
+                format!(
+                    "one fixed address is advertised only with publicAddressFrom: Fixed, this \
+                     fleet advertises each gateway's {} address",
+                    source.as_str().to_lowercase()
+                ),
+            ));
+        }
+        match source {
+            AddressSource::Node if !self.host_network => Err(invalid(
+                "publicAddressFrom",
+                "Node: a node's address reaches the gateway only on the host network: set \
+                 hostNetwork: true, or advertise the pod's address (Pod) where carriers can \
+                 route to pod IPs, or run one gateway with a Fixed publicAddress",
+            )),
+            AddressSource::Node => Ok(MediaPath::NodeAddress),
+            AddressSource::Pod => Ok(MediaPath::PodAddress),
+            AddressSource::Fixed => {
+                let Some(address) = self.public_address else {
+                    return Err(invalid(
+                        "publicAddress",
+                        "publicAddressFrom: Fixed needs the address (an IP)",
+                    ));
+                };
+                let gateways = match self.mode {
+                    FleetMode::DaemonSet => "a DaemonSet runs one gateway per node".to_string(),
+                    FleetMode::Deployment if self.replicas > 1 => {
+                        format!("replicas is {}", self.replicas)
+                    }
+                    FleetMode::Deployment => String::new(),
+                };
+                if !gateways.is_empty() {
+                    return Err(invalid(
+                        "publicAddressFrom",
+                        format!(
+                            "Fixed: one address reaches one gateway, but {gateways}: a carrier's \
+                             RTP would reach a gateway that does not hold its call. Use \
+                             mode: Deployment with replicas: 1, or publicAddressFrom: Node with \
+                             hostNetwork: true (each gateway advertises its node's address)"
+                        ),
+                    ));
+                }
+                if self.host_network {
+                    return Ok(MediaPath::Fixed { address, host_ports: false });
+                }
+                let ports = self.rtp_ports.len() + 3;
+                if ports > MAX_HOST_PORTS {
+                    return Err(invalid(
+                        "rtpPorts",
+                        format!(
+                            "without hostNetwork the single gateway's SIP and RTP ports are host \
+                             ports of its node, at most {MAX_HOST_PORTS}; {} has {} ports: \
+                             narrow it or set hostNetwork: true",
+                            self.rtp_ports,
+                            self.rtp_ports.len()
+                        ),
+                    ));
+                }
+                Ok(MediaPath::Fixed { address, host_ports: true })
+            }
+        }
+    }
+
+    fn validate_gateway_flags(&self) -> Result<(), Invalid> {
+        if self.realm.trim().is_empty()
+            || self.realm.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(invalid(
+                "realm",
+                format!(
+                    "{:?}: a digest realm is non-empty text without quotes or backslashes",
+                    self.realm
+                ),
+            ));
+        }
+        if self.digest_algorithms.is_empty() {
+            return Err(invalid("digestAlgorithms", "at least one of MD5, SHA-256"));
+        }
+        for (i, algorithm) in self.digest_algorithms.iter().enumerate() {
+            if self.digest_algorithms[..i].contains(algorithm) {
+                return Err(invalid(
+                    format!("digestAlgorithms[{i}]"),
+                    format!("{} is listed twice", algorithm.as_str()),
+                ));
+            }
+        }
+        for (field, seconds) in [
+            ("nonceTtlSeconds", self.nonce_ttl_seconds),
+            ("agentTimeoutSeconds", self.agent_timeout_seconds),
+            ("mediaTimeoutSeconds", self.media_timeout_seconds),
+        ] {
+            if seconds == 0 {
+                return Err(invalid(field, "must be 1 or more"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pod_labels(&self) -> Result<(), Invalid> {
+        for (key, value) in &self.pod_labels {
+            let field = format!("podLabels.{key}");
+            if !is_qualified_name(key) {
+                return Err(invalid(field, format!("{key:?} is not a label key")));
+            }
+            if key == FLEET_LABEL || key.starts_with("app.kubernetes.io/") {
+                return Err(invalid(
+                    field,
+                    "the fleet sets this label itself (the operator finds its pods by it)",
+                ));
+            }
+            let valid_value = value.len() <= 63
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && (value.is_empty()
+                    || (value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        && value.ends_with(|c: char| c.is_ascii_alphanumeric())));
+            if !valid_value {
+                return Err(invalid(field, format!("{value:?} is not a label value")));
+            }
         }
         Ok(())
     }
@@ -708,6 +1061,21 @@ impl OperatorSettings {
         ports.sort_unstable();
         ports
     }
+}
+
+/// A Kubernetes qualified name (label or annotation key): an optional DNS-subdomain prefix and
+/// `/`, then at most 63 letters, digits, `-`, `_` or `.`, alphanumeric at both ends.
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns_subdomain)
+        && !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// An RFC 1123 label: lowercase letters, digits and '-', alphanumeric at both ends.
@@ -778,9 +1146,20 @@ hostNetwork: true
 sipPort: 5070
 tls: {secretName: sip-tls, port: 5071}
 rtpPorts: 30000-30099
-publicAddress: 198.51.100.7
+publicAddressFrom: Node
+nodeAddressAnnotation: example.com/public-ip
 egressAddresses: [198.51.100.7, "2001:db8::7"]
 region: eu
+watchNamespace: voice
+operatorDeployment: trunkline-operator
+podLabels: {team: voice}
+topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}]
+logFormat: json
+realm: acme
+digestAlgorithms: [SHA-256]
+nonceTtlSeconds: 60
+agentTimeoutSeconds: 15
+mediaTimeoutSeconds: 5
 carrierService:
   type: NodePort
   externalTrafficPolicy: Cluster
@@ -795,13 +1174,124 @@ logLevel: trunkline=debug,info
         assert!(s.host_network && s.tls_enabled());
         assert_eq!(s.tls.port, 5071);
         assert_eq!(s.rtp_ports.len(), 100);
-        assert_eq!(s.public_address, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(s.address_source(), AddressSource::Node);
+        assert_eq!(s.media_path(), Ok(MediaPath::NodeAddress));
+        assert_eq!(s.node_address_annotation, "example.com/public-ip");
+        assert_eq!(s.watch_namespace.as_deref(), Some("voice"));
+        assert_eq!(s.operator_deployment.as_deref(), Some("trunkline-operator"));
+        assert_eq!(s.pod_labels["team"], "voice");
+        assert_eq!(s.topology_spread_constraints[0].max_skew, 1);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.realm, "acme");
+        assert_eq!(s.digest_algorithms, [DigestAlgorithm::Sha256]);
+        assert_eq!(
+            (s.nonce_ttl_seconds, s.agent_timeout_seconds, s.media_timeout_seconds),
+            (60, 15, 5)
+        );
         assert_eq!(s.egress_addresses.len(), 2);
         assert_eq!(s.region.as_deref(), Some("eu"));
         assert_eq!(s.carrier_service.type_, ServiceType::NodePort);
         assert_eq!(s.termination_grace_seconds(), 130);
         assert_eq!(s.tolerations[0].key.as_deref(), Some("dedicated"));
         assert_eq!(s.pod_disruption_budget.max_unavailable, IntOrString::String("25%".into()));
+    }
+
+    #[test]
+    fn the_default_fleet_advertises_each_nodes_address_on_the_host_network() {
+        let s = OperatorSettings::default();
+        assert!(s.host_network);
+        assert_eq!(s.address_source(), AddressSource::Node);
+        assert_eq!(s.media_path(), Ok(MediaPath::NodeAddress));
+    }
+
+    #[test]
+    fn a_media_path_that_cannot_carry_audio_is_refused_with_the_field_to_change() {
+        // (settings, field, words the message must have)
+        let cases = [
+            // The README's old example: three replicas behind a load balancer, one address.
+            (
+                "publicAddress: 203.0.113.9\nreplicas: 3\nhostNetwork: false\n",
+                "publicAddressFrom",
+                "replicas is 3",
+            ),
+            ("publicAddress: 203.0.113.9\nmode: DaemonSet\n", "publicAddressFrom", "DaemonSet"),
+            ("hostNetwork: false\n", "publicAddressFrom", "host network"),
+            ("publicAddressFrom: Fixed\nreplicas: 1\n", "publicAddress", "needs the address"),
+            (
+                "publicAddressFrom: Pod\npublicAddress: 203.0.113.9\n",
+                "publicAddress",
+                "only with publicAddressFrom: Fixed",
+            ),
+            (
+                "publicAddress: 203.0.113.9\nreplicas: 1\nhostNetwork: false\nrtpPorts: 20000-29999\n",
+                "rtpPorts",
+                "host ports",
+            ),
+        ];
+        for (text, field, words) in cases {
+            let (f, message) = field_error(text);
+            assert_eq!(f, field, "{text:?}: {message}");
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn every_media_path_that_works_is_accepted() {
+        let cases = [
+            ("", MediaPath::NodeAddress),
+            ("mode: DaemonSet\n", MediaPath::NodeAddress),
+            ("hostNetwork: false\npublicAddressFrom: Pod\nreplicas: 5\n", MediaPath::PodAddress),
+            ("publicAddressFrom: Pod\n", MediaPath::PodAddress),
+            (
+                "publicAddress: 203.0.113.9\nreplicas: 1\n",
+                MediaPath::Fixed { address: "203.0.113.9".parse().unwrap(), host_ports: false },
+            ),
+            (
+                "publicAddress: 203.0.113.9\nreplicas: 1\nhostNetwork: false\n",
+                MediaPath::Fixed { address: "203.0.113.9".parse().unwrap(), host_ports: true },
+            ),
+            (
+                "publicAddress: 203.0.113.9\nreplicas: 0\ncarrierService: {type: NodePort}\n",
+                MediaPath::Fixed { address: "203.0.113.9".parse().unwrap(), host_ports: false },
+            ),
+        ];
+        for (text, path) in cases {
+            assert_eq!(parse(text).unwrap().media_path(), Ok(path), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn gateway_flags_and_pod_labels_are_checked() {
+        let cases = [
+            ("realm: 'a\"b'\n", "realm"),
+            ("realm: ''\n", "realm"),
+            ("digestAlgorithms: []\n", "digestAlgorithms"),
+            ("digestAlgorithms: [MD5, MD5]\n", "digestAlgorithms[1]"),
+            ("digestAlgorithms: [MD5-sess]\n", "digestAlgorithms[0]"),
+            ("nonceTtlSeconds: 0\n", "nonceTtlSeconds"),
+            ("mediaTimeoutSeconds: 0\n", "mediaTimeoutSeconds"),
+            ("podLabels: {trunkline.dev/fleet: x}\n", "podLabels.trunkline.dev/fleet"),
+            (
+                "podLabels: {app.kubernetes.io/instance: x}\n",
+                "podLabels.app.kubernetes.io/instance",
+            ),
+            ("podLabels: {team: 'not a value'}\n", "podLabels.team"),
+            ("nodeAddressAnnotation: 'bad key/x/y'\n", "nodeAddressAnnotation"),
+            ("watchNamespace: Voice\n", "watchNamespace"),
+            ("operatorDeployment: Op_1\n", "operatorDeployment"),
+            ("logFormat: yaml\n", "logFormat"),
+            (
+                "topologySpreadConstraints: [{maxSkew: 0, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\n",
+                "topologySpreadConstraints[0].maxSkew",
+            ),
+            (
+                "topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Maybe}]\n",
+                "topologySpreadConstraints[0].whenUnsatisfiable",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(field_error(text).0, field, "{text:?}");
+        }
     }
 
     #[test]
