@@ -2,21 +2,30 @@
 //! gateway fleet (after stackable operator-rs `cluster_resources.rs`). The reconciler calls
 //! [`FleetTracker::apply`] with `fleet::render_fleet(settings)`; the tracker
 //!
-//! 1. stamps every object with the ownership labels (`trunkline.dev/fleet: <fleet>`,
-//!    `app.kubernetes.io/managed-by: trunkline-operator`) and its namespace (the fleet's, or
-//!    none for the cluster-scoped ClusterRole and ClusterRoleBinding);
-//! 2. applies each with server-side apply (field manager `trunkline-operator`, `force`: the
+//! 1. looks up the owner, when the settings name one (`operatorDeployment`: the operator's own
+//!    Deployment, in the fleet's namespace), so that every object gets an owner reference and
+//!    Kubernetes' garbage collector deletes the fleet with the operator (`helm uninstall`
+//!    leaves no gateway, no cloud load balancer, no credentials behind);
+//! 2. stamps every object with the ownership labels (`trunkline.dev/fleet: <fleet>`,
+//!    `app.kubernetes.io/managed-by: trunkline-operator`), the fleet's namespace and the owner;
+//! 3. applies each with server-side apply (field manager `trunkline-operator`, `force`: the
 //!    operator owns these objects, a `kubectl edit` of an owned field is undone), in the order
 //!    given, stopping at the first failure (nothing is deleted after a failed apply, so a
-//!    half-applied fleet never loses its old workload);
-//! 3. for every kind it manages ([`MANAGED_KINDS`]), lists the objects carrying the ownership
-//!    labels (metadata only) and deletes those that were not applied this time: switching from
-//!    Deployment to DaemonSet deletes the Deployment, disabling the budget deletes the
-//!    PodDisruptionBudget, renaming a Service deletes the old one.
+//!    half-applied fleet never loses its old workload). A workload whose selector changed (the
+//!    API server refuses: a selector is immutable) is deleted and created again, which restarts
+//!    its gateways: the only way to that selector;
+//! 4. for every kind it manages ([`MANAGED_KINDS`]), lists the operator's objects in the fleet's
+//!    namespace (label `app.kubernetes.io/managed-by`, metadata only) and deletes those that
+//!    are this fleet's (its fleet label, or this operator as owner) and were not applied this
+//!    time: switching from Deployment to DaemonSet deletes the Deployment, disabling the budget
+//!    deletes the PodDisruptionBudget, and renaming the fleet deletes every object of the old
+//!    name. Another fleet's objects in the same namespace (another operator's) are left alone;
+//! 5. deletes the ClusterRole and ClusterRoleBinding `<fleet>-gateway` that operators before
+//!    0.2 created (the chart now installs the gateways' cluster-wide permissions itself, so the
+//!    operator needs no right to create RBAC), when they carry the operator's label.
 //!
-//! Namespaced kinds are searched in the fleet's namespace only: objects left in a namespace the
-//! fleet moved away from stay (delete them by label). The [`FleetReport`] says what was applied
-//! and deleted, for logs and metrics.
+//! Objects left in a namespace the fleet moved away from stay (delete them by label). The
+//! [`FleetReport`] says what was applied and deleted, for logs and metrics.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,18 +34,19 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::fleet::{FleetObject, owned_selector};
+use super::fleet::FleetObject;
 use super::settings::OperatorSettings;
 use super::{FIELD_MANAGER, FLEET_LABEL, MANAGED_BY};
 
 /// The kinds whose orphans the tracker deletes, in deletion order (workloads first, so pods stop
 /// before their RBAC goes).
-pub const MANAGED_KINDS: [&str; 9] = [
+pub const MANAGED_KINDS: [&str; 7] = [
     "Deployment",
     "DaemonSet",
     "PodDisruptionBudget",
@@ -44,8 +54,6 @@ pub const MANAGED_KINDS: [&str; 9] = [
     "RoleBinding",
     "Role",
     "ServiceAccount",
-    "ClusterRoleBinding",
-    "ClusterRole",
 ];
 
 /// One object, by kind and name (its namespace is the fleet's, or none).
@@ -83,6 +91,12 @@ pub enum TrackerError {
     /// Deleting an orphan failed.
     #[error("cannot delete orphaned {kind} {name}: {source}")]
     DeleteOrphan { kind: &'static str, name: String, source: kube::Error },
+    /// Reading the owner (the operator's Deployment) failed.
+    #[error("cannot read Deployment {name}, the owner of the fleet's objects: {source}")]
+    ReadOwner { name: String, source: kube::Error },
+    /// Deleting a workload to change its immutable selector failed.
+    #[error("cannot delete {kind} {name} to change its selector: {source}")]
+    Recreate { kind: &'static str, name: String, source: kube::Error },
 }
 
 impl TrackerError {
@@ -92,6 +106,8 @@ impl TrackerError {
             TrackerError::Apply { .. } => "apply",
             TrackerError::ListOrphans { .. } => "list_orphans",
             TrackerError::DeleteOrphan { .. } => "delete_orphan",
+            TrackerError::ReadOwner { .. } => "read_owner",
+            TrackerError::Recreate { .. } => "recreate",
         }
     }
 }
@@ -104,12 +120,38 @@ pub struct FleetTracker {
     client: Client,
     namespace: String,
     fleet: String,
+    /// The operator's Deployment, owner of every object (`operatorDeployment`).
+    owner: Option<String>,
 }
 
 impl FleetTracker {
-    /// A tracker for the fleet the settings describe (its name and namespace).
+    /// A tracker for the fleet the settings describe (its name, namespace and owner).
     pub fn new(client: Client, settings: &OperatorSettings) -> Self {
-        FleetTracker { client, namespace: settings.namespace.clone(), fleet: settings.name.clone() }
+        FleetTracker {
+            client,
+            namespace: settings.namespace.clone(),
+            fleet: settings.name.clone(),
+            owner: settings.operator_deployment.clone(),
+        }
+    }
+
+    /// The owner reference every object gets: the operator's Deployment, read for its uid.
+    async fn owner_reference(&self) -> Result<Option<OwnerReference>, TrackerError> {
+        let Some(name) = &self.owner else { return Ok(None) };
+        let deployment = self
+            .namespaced::<Deployment>()
+            .get_metadata(name)
+            .await
+            .map_err(|source| TrackerError::ReadOwner { name: name.clone(), source })?;
+        Ok(deployment.metadata.uid.map(|uid| OwnerReference {
+            api_version: "apps/v1".to_string(),
+            kind: "Deployment".to_string(),
+            name: name.clone(),
+            uid,
+            // Not the controller: the Deployment controller must not think it owns these.
+            controller: None,
+            block_owner_deletion: None,
+        }))
     }
 
     /// Applies `objects` (stamped with the ownership labels and the fleet's namespace), then
@@ -117,18 +159,17 @@ impl FleetTracker {
     /// them. Stops at the first error; nothing is deleted unless every apply succeeded.
     pub async fn apply(&self, objects: Vec<FleetObject>) -> Result<FleetReport, TrackerError> {
         let mut report = FleetReport::default();
+        let owner = self.owner_reference().await?;
         for mut object in objects {
-            self.stamp(&mut object);
+            self.stamp(&mut object, owner.as_ref());
             let id = ObjectId { kind: object.kind(), name: object.name().to_string() };
             let result = match &object {
                 FleetObject::ServiceAccount(o) => self.apply_one(self.namespaced(), o, &id).await,
-                FleetObject::ClusterRole(o) => self.apply_one(self.cluster(), o, &id).await,
-                FleetObject::ClusterRoleBinding(o) => self.apply_one(self.cluster(), o, &id).await,
                 FleetObject::Role(o) => self.apply_one(self.namespaced(), o, &id).await,
                 FleetObject::RoleBinding(o) => self.apply_one(self.namespaced(), o, &id).await,
                 FleetObject::Service(o) => self.apply_one(self.namespaced(), o, &id).await,
-                FleetObject::Deployment(o) => self.apply_one(self.namespaced(), o, &id).await,
-                FleetObject::DaemonSet(o) => self.apply_one(self.namespaced(), o, &id).await,
+                FleetObject::Deployment(o) => self.apply_workload(o, &id).await?,
+                FleetObject::DaemonSet(o) => self.apply_workload(o, &id).await?,
                 FleetObject::PodDisruptionBudget(o) => {
                     self.apply_one(self.namespaced(), o, &id).await
                 }
@@ -143,28 +184,117 @@ impl FleetTracker {
 
         let applied: BTreeSet<ObjectId> = report.applied.iter().cloned().collect();
         let mut deleted = Vec::new();
-        self.delete_orphans::<Deployment>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<DaemonSet>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<PodDisruptionBudget>(self.namespaced(), &applied, &mut deleted)
-            .await?;
-        self.delete_orphans::<Service>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<RoleBinding>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<Role>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<ServiceAccount>(self.namespaced(), &applied, &mut deleted).await?;
-        self.delete_orphans::<ClusterRoleBinding>(self.cluster(), &applied, &mut deleted).await?;
-        self.delete_orphans::<ClusterRole>(self.cluster(), &applied, &mut deleted).await?;
+        let owner_uid = owner.as_ref().map(|o| o.uid.as_str());
+        let mut orphans = Orphans { applied: &applied, owner_uid, deleted: &mut deleted };
+        self.delete_orphans::<Deployment>(&mut orphans).await?;
+        self.delete_orphans::<DaemonSet>(&mut orphans).await?;
+        self.delete_orphans::<PodDisruptionBudget>(&mut orphans).await?;
+        self.delete_orphans::<Service>(&mut orphans).await?;
+        self.delete_orphans::<RoleBinding>(&mut orphans).await?;
+        self.delete_orphans::<Role>(&mut orphans).await?;
+        self.delete_orphans::<ServiceAccount>(&mut orphans).await?;
+        self.delete_legacy::<ClusterRoleBinding>(&mut deleted).await?;
+        self.delete_legacy::<ClusterRole>(&mut deleted).await?;
         report.deleted = deleted;
         Ok(report)
     }
 
-    /// The ownership labels and the namespace, whatever the renderer set.
-    fn stamp(&self, object: &mut FleetObject) {
-        let cluster_scoped = object.is_cluster_scoped();
+    /// The ownership labels, the namespace and the owner, whatever the renderer set.
+    fn stamp(&self, object: &mut FleetObject, owner: Option<&OwnerReference>) {
         let meta = object.meta_mut();
         let labels = meta.labels.get_or_insert_with(Default::default);
         labels.insert(FLEET_LABEL.to_string(), self.fleet.clone());
         labels.insert("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string());
-        meta.namespace = (!cluster_scoped).then(|| self.namespace.clone());
+        meta.namespace = Some(self.namespace.clone());
+        meta.owner_references = owner.map(|o| vec![o.clone()]);
+    }
+
+    /// Applies a Deployment or DaemonSet; when the API server refuses it because its selector
+    /// changed (immutable), deletes it and applies it again. The outer `Result` is the delete's,
+    /// the inner one the apply's.
+    async fn apply_workload<K>(
+        &self,
+        object: &K,
+        id: &ObjectId,
+    ) -> Result<Result<(), kube::Error>, TrackerError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + fmt::Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let api: Api<K> = self.namespaced();
+        match self.apply_one(api.clone(), object, id).await {
+            Err(kube::Error::Api(status)) if is_immutable_selector(&status) => {
+                tracing::warn!(
+                    fleet = %self.fleet,
+                    object = %id,
+                    "the workload's selector changed and a selector cannot be changed in place: \
+                     deleting and creating it again (its gateways restart)"
+                );
+                match api.delete(&id.name, &DeleteParams::foreground()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(source) => {
+                        return Err(TrackerError::Recreate {
+                            kind: id.kind,
+                            name: id.name.clone(),
+                            source,
+                        });
+                    }
+                }
+                Ok(self.apply_one(api, object, id).await)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Deletes `<fleet>-gateway` of a cluster-scoped kind when the operator made it (its label
+    /// says so): what operators before the chart installed the gateways' cluster-wide RBAC
+    /// created. A 404 is the usual answer; a 403 means the operator was not given the right to
+    /// clean up (nothing to do then).
+    async fn delete_legacy<K>(&self, deleted: &mut Vec<ObjectId>) -> Result<(), TrackerError>
+    where
+        K: k8s_openapi::Resource
+            + Resource<DynamicType = ()>
+            + Clone
+            + fmt::Debug
+            + DeserializeOwned,
+    {
+        let kind = <K as k8s_openapi::Resource>::KIND;
+        let name = format!("{}-gateway", self.fleet);
+        let api: Api<K> = Api::all(self.client.clone());
+        let ours = match api.get_metadata_opt(&name).await {
+            Ok(found) => found.is_some_and(|o| {
+                o.metadata.labels.as_ref().is_some_and(|l| {
+                    l.get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGED_BY)
+                        && l.get(FLEET_LABEL) == Some(&self.fleet)
+                })
+            }),
+            Err(kube::Error::Api(status)) if status.code == 403 => false,
+            Err(source) => {
+                return Err(TrackerError::ListOrphans { kind, fleet: self.fleet.clone(), source });
+            }
+        };
+        if !ours {
+            return Ok(());
+        }
+        let id = ObjectId { kind, name };
+        match api.delete(&id.name, &DeleteParams::background()).await {
+            Ok(_) => {
+                tracing::info!(
+                    fleet = %self.fleet,
+                    object = %id,
+                    "deleted the gateways' cluster-wide RBAC an older operator made (the chart \
+                     installs it now)"
+                );
+                deleted.push(id);
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(TrackerError::DeleteOrphan { kind, name: id.name, source }),
+        }
     }
 
     fn namespaced<K>(&self) -> Api<K>
@@ -172,13 +302,6 @@ impl FleetTracker {
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    fn cluster<K>(&self) -> Api<K>
-    where
-        K: Resource<DynamicType = ()>,
-    {
-        Api::all(self.client.clone())
     }
 
     async fn apply_one<K>(&self, api: Api<K>, object: &K, id: &ObjectId) -> Result<(), kube::Error>
@@ -191,35 +314,41 @@ impl FleetTracker {
         Ok(())
     }
 
-    async fn delete_orphans<K>(
-        &self,
-        api: Api<K>,
-        applied: &BTreeSet<ObjectId>,
-        deleted: &mut Vec<ObjectId>,
-    ) -> Result<(), TrackerError>
+    async fn delete_orphans<K>(&self, orphans: &mut Orphans<'_>) -> Result<(), TrackerError>
     where
         K: k8s_openapi::Resource
-            + Resource<DynamicType = ()>
+            + Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
             + fmt::Debug
             + DeserializeOwned,
     {
         let kind = <K as k8s_openapi::Resource>::KIND;
-        let params = ListParams::default().labels(&owned_selector(&self.fleet));
+        let api: Api<K> = self.namespaced();
+        let params =
+            ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
         let list = api.list_metadata(&params).await.map_err(|source| {
             TrackerError::ListOrphans { kind, fleet: self.fleet.clone(), source }
         })?;
         for item in list.items {
-            let Some(name) = item.metadata.name else { continue };
+            let meta = item.metadata;
+            let this_fleet =
+                meta.labels.as_ref().and_then(|l| l.get(FLEET_LABEL)) == Some(&self.fleet);
+            let owned_by_us = orphans
+                .owner_uid
+                .is_some_and(|uid| meta.owner_references.iter().flatten().any(|o| o.uid == uid));
+            let Some(name) = meta.name else { continue };
             let id = ObjectId { kind, name };
-            // Applied this time, or already on its way out.
-            if applied.contains(&id) || item.metadata.deletion_timestamp.is_some() {
+            // Another fleet's, applied this time, or already on its way out.
+            if !(this_fleet || owned_by_us)
+                || orphans.applied.contains(&id)
+                || meta.deletion_timestamp.is_some()
+            {
                 continue;
             }
             match api.delete(&id.name, &DeleteParams::background()).await {
                 Ok(_) => {
                     tracing::info!(fleet = %self.fleet, object = %id, "deleted orphaned object");
-                    deleted.push(id);
+                    orphans.deleted.push(id);
                 }
                 // Gone between the list and the delete: what we wanted.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -230,6 +359,21 @@ impl FleetTracker {
         }
         Ok(())
     }
+}
+
+/// What the orphan search of one apply needs and gives.
+struct Orphans<'a> {
+    applied: &'a BTreeSet<ObjectId>,
+    /// The uid of the owner (the operator's Deployment), when there is one.
+    owner_uid: Option<&'a str>,
+    deleted: &'a mut Vec<ObjectId>,
+}
+
+/// The API server's refusal of a change to a workload's selector.
+fn is_immutable_selector(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && status.message.contains("spec.selector")
+        && status.message.contains("field is immutable")
 }
 
 #[cfg(test)]
@@ -258,6 +402,10 @@ mod tests {
             format!("{} {}", self.method, self.path)
         }
     }
+
+    /// The immutable-selector refusal is answered once per test process (one test uses it).
+    static IMMUTABLE_REFUSED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     /// What the scripted API server answers to a LIST: names of existing objects by list path.
     type Existing = BTreeMap<&'static str, Vec<&'static str>>;
@@ -291,6 +439,18 @@ mod tests {
         };
         match seen.method {
             Method::PATCH => {
+                if fail_apply_of.is_some_and(|p| p == format!("{}#immutable", seen.path))
+                    && !IMMUTABLE_REFUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "message": "Deployment.apps \"trunkline-gateway\" is invalid: \
+                                           spec.selector: Invalid value: v1.LabelSelector{}: \
+                                           field is immutable",
+                               "reason": "Invalid", "code": 422}),
+                    );
+                }
                 if fail_apply_of.is_some_and(|p| p == seen.path) {
                     return json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -303,13 +463,49 @@ mod tests {
                 json_response(StatusCode::OK, seen.body.clone().unwrap())
             }
             Method::GET => {
+                // A single object: the owner Deployment, or a cluster-wide RBAC object.
+                let (collection, name) = seen.path.rsplit_once('/').unwrap();
+                if !existing.contains_key(seen.path.as_str())
+                    && !MANAGED_KINDS.iter().any(|k| list_path(k) == seen.path)
+                {
+                    let found = existing.get(collection).is_some_and(|names| {
+                        names.iter().any(|n| n.split('@').next() == Some(name))
+                    });
+                    if !found {
+                        return json_response(
+                            StatusCode::NOT_FOUND,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "NotFound", "code": 404}),
+                        );
+                    }
+                    return json_response(
+                        StatusCode::OK,
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                               "metadata": {"name": name, "uid": "operator-uid",
+                                            "labels": {FLEET_LABEL: "trunkline",
+                                                       "app.kubernetes.io/managed-by": MANAGED_BY}}}),
+                    );
+                }
                 let names = existing.get(seen.path.as_str()).cloned().unwrap_or_default();
+                // `name@fleet` is an object of another fleet; `name@fleet@uid` one owned by uid.
                 let items: Vec<Value> = names
                     .iter()
                     .map(|n| {
+                        let mut parts = n.split('@');
+                        let name = parts.next().unwrap();
+                        let fleet = parts.next().unwrap_or("trunkline");
+                        let owners: Vec<Value> = parts
+                            .next()
+                            .map(|uid| {
+                                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": "trunkline-operator", "uid": uid})
+                            })
+                            .into_iter()
+                            .collect();
                         json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                               "metadata": {"name": n, "namespace": "trunkline",
-                                            "labels": {FLEET_LABEL: "trunkline"}}})
+                               "metadata": {"name": name, "namespace": "trunkline",
+                                            "labels": {FLEET_LABEL: fleet},
+                                            "ownerReferences": owners}})
                     })
                     .collect();
                 json_response(
@@ -395,8 +591,6 @@ mod tests {
             paths,
             [
                 "/api/v1/namespaces/trunkline/serviceaccounts/trunkline-gateway",
-                "/apis/rbac.authorization.k8s.io/v1/clusterroles/trunkline-gateway",
-                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/trunkline-gateway",
                 "/apis/rbac.authorization.k8s.io/v1/namespaces/trunkline/roles/trunkline-gateway",
                 "/apis/rbac.authorization.k8s.io/v1/namespaces/trunkline/rolebindings/trunkline-gateway",
                 "/api/v1/namespaces/trunkline/services/trunkline-carrier",
@@ -422,15 +616,13 @@ mod tests {
             assert_eq!(body["metadata"]["name"], object.name());
             assert_eq!(body["metadata"]["labels"][FLEET_LABEL], "trunkline");
             assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], MANAGED_BY);
-            if object.is_cluster_scoped() {
-                assert!(body["metadata"].get("namespace").is_none(), "{}", patch.path);
-            } else {
-                assert_eq!(body["metadata"]["namespace"], "trunkline");
-            }
+            assert_eq!(body["metadata"]["namespace"], "trunkline");
+            // No owner named in the settings: no owner reference.
+            assert!(body["metadata"].get("ownerReferences").is_none(), "{}", patch.path);
             // The body is the rendered object itself, labels stamped.
             assert_eq!(body, &serde_json::to_value(object).unwrap());
         }
-        assert_eq!(report.applied.len(), 9);
+        assert_eq!(report.applied.len(), 7);
         assert!(report.deleted.is_empty());
         // Nothing existed, so nothing was deleted.
         assert!(seen.iter().all(|r| r.method != Method::DELETE));
@@ -465,16 +657,18 @@ mod tests {
     async fn orphans_are_listed_by_the_fleet_labels_for_every_managed_kind() {
         let (result, seen) = run(&OperatorSettings::default(), Existing::new(), None).await;
         result.unwrap();
-        let lists: Vec<&Seen> = seen.iter().filter(|r| r.method == Method::GET).collect();
-        let paths: Vec<&str> = lists.iter().map(|r| r.path.as_str()).collect();
-        let expected: Vec<&str> = MANAGED_KINDS.iter().map(|k| list_path(k)).collect();
+        let gets: Vec<&Seen> = seen.iter().filter(|r| r.method == Method::GET).collect();
+        let paths: Vec<&str> = gets.iter().map(|r| r.path.as_str()).collect();
+        let mut expected: Vec<&str> = MANAGED_KINDS.iter().map(|k| list_path(k)).collect();
+        // Then the cluster-wide RBAC older operators made, by name.
+        expected.push("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/trunkline-gateway");
+        expected.push("/apis/rbac.authorization.k8s.io/v1/clusterroles/trunkline-gateway");
         assert_eq!(paths, expected);
-        for list in lists {
+        for list in &gets[..MANAGED_KINDS.len()] {
+            // Every object the operator made in the namespace: a renamed fleet's too.
             assert_eq!(
                 list.query.get("labelSelector").map(String::as_str),
-                Some(
-                    "trunkline.dev/fleet=trunkline,app.kubernetes.io/managed-by=trunkline-operator"
-                ),
+                Some("app.kubernetes.io/managed-by=trunkline-operator"),
                 "{}",
                 list.path
             );
@@ -483,14 +677,13 @@ mod tests {
 
     #[tokio::test]
     async fn switching_to_a_daemon_set_deletes_the_deployment_and_its_budget() {
-        let s = settings("mode: DaemonSet\nhostNetwork: true\n");
+        let s = settings("mode: DaemonSet\n");
         let existing = Existing::from([
             (list_path("Deployment"), vec!["trunkline-gateway"]),
             (list_path("DaemonSet"), vec!["trunkline-gateway"]),
             (list_path("PodDisruptionBudget"), vec!["trunkline-gateway"]),
             (list_path("Service"), vec!["trunkline-carrier", "trunkline-internal"]),
             (list_path("ServiceAccount"), vec!["trunkline-gateway"]),
-            (list_path("ClusterRole"), vec!["trunkline-gateway"]),
         ]);
         let (result, seen) = run(&s, existing, None).await;
         let report = result.unwrap();
@@ -517,31 +710,105 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_orphan_among_listed_objects_is_deleted() {
+    async fn only_this_fleets_orphans_are_deleted_and_the_legacy_cluster_rbac() {
         let existing = Existing::from([
             (
                 list_path("Service"),
-                vec!["trunkline-carrier", "trunkline-old", "trunkline-internal"],
+                vec![
+                    "trunkline-carrier",
+                    "trunkline-old",
+                    "trunkline-internal",
+                    "other-carrier@other",
+                ],
             ),
-            (list_path("Deployment"), vec!["trunkline-gateway"]),
-            (list_path("ClusterRoleBinding"), vec!["trunkline-gateway", "trunkline-legacy"]),
+            (list_path("Deployment"), vec!["trunkline-gateway", "other-gateway@other"]),
+            (list_path("ClusterRoleBinding"), vec!["trunkline-gateway"]),
         ]);
         let (result, seen) = run(&OperatorSettings::default(), existing, None).await;
         let report = result.unwrap();
         let deletes: Vec<String> =
             seen.iter().filter(|r| r.method == Method::DELETE).map(Seen::line).collect();
+        // Another fleet's objects (another operator's, same namespace) stay.
         assert_eq!(
             deletes,
             [
                 "DELETE /api/v1/namespaces/trunkline/services/trunkline-old",
-                "DELETE /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/trunkline-legacy",
+                "DELETE /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/trunkline-gateway",
             ]
         );
         assert_eq!(
             report.deleted,
-            [id("Service", "trunkline-old"), id("ClusterRoleBinding", "trunkline-legacy")]
+            [id("Service", "trunkline-old"), id("ClusterRoleBinding", "trunkline-gateway")]
         );
-        assert_eq!(report.applied.len(), 9);
+        assert_eq!(report.applied.len(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_renamed_fleet_deletes_what_the_operator_owned_under_the_old_name() {
+        let s = settings("name: edge\noperatorDeployment: trunkline-operator\n");
+        let existing = Existing::from([
+            (
+                "/apis/apps/v1/namespaces/trunkline/deployments",
+                vec![
+                    "trunkline-operator",
+                    "edge-gateway@edge@operator-uid",
+                    "trunkline-gateway@trunkline@operator-uid",
+                    "other-gateway@other@another-uid",
+                ],
+            ),
+            (list_path("Service"), vec!["trunkline-carrier@trunkline@operator-uid"]),
+        ]);
+        let (result, seen) = run(&s, existing, None).await;
+        let report = result.unwrap();
+        // The owner is read first, then every object is applied with it as owner.
+        assert_eq!(
+            seen[0].line(),
+            "GET /apis/apps/v1/namespaces/trunkline/deployments/trunkline-operator"
+        );
+        for patch in seen.iter().filter(|r| r.method == Method::PATCH) {
+            let owners = &patch.body.as_ref().unwrap()["metadata"]["ownerReferences"];
+            assert_eq!(
+                owners,
+                &json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+                         "name": "trunkline-operator", "uid": "operator-uid"}]),
+                "{}",
+                patch.path
+            );
+        }
+        // The old fleet's objects go (owned by this operator); another operator's stay; the
+        // operator's own Deployment carries no fleet label of ours and no owner: it stays.
+        assert_eq!(
+            report.deleted,
+            [id("Deployment", "trunkline-gateway"), id("Service", "trunkline-carrier")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workload_whose_selector_changed_is_deleted_and_created_again() {
+        let (result, seen) = run(
+            &OperatorSettings::default(),
+            Existing::new(),
+            Some("/apis/apps/v1/namespaces/trunkline/deployments/trunkline-gateway#immutable"),
+        )
+        .await;
+        result.unwrap();
+        let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+        let at = lines
+            .iter()
+            .position(|l| {
+                l == "PATCH /apis/apps/v1/namespaces/trunkline/deployments/trunkline-gateway"
+            })
+            .unwrap();
+        assert_eq!(
+            &lines[at..at + 3],
+            [
+                "PATCH /apis/apps/v1/namespaces/trunkline/deployments/trunkline-gateway",
+                "DELETE /apis/apps/v1/namespaces/trunkline/deployments/trunkline-gateway",
+                "PATCH /apis/apps/v1/namespaces/trunkline/deployments/trunkline-gateway",
+            ]
+        );
+        // Foreground: the old pods are gone before the new Deployment's come up.
+        assert_eq!(seen[at + 1].body.as_ref().unwrap()["propagationPolicy"], "Foreground");
     }
 
     #[tokio::test]
@@ -560,8 +827,8 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("cannot apply Service trunkline-carrier"), "{error}");
-        // The six objects before it were applied, then nothing more: no list, no delete.
-        assert_eq!(seen.len(), 6);
+        // The three objects before it were applied, then nothing more: no list, no delete.
+        assert_eq!(seen.len(), 4);
         assert!(seen.iter().all(|r| r.method == Method::PATCH));
     }
 }
