@@ -42,6 +42,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "loadbalancer-source-ranges": {
         "gateway": {
             "publicAddress": "198.51.100.7",
+            "replicas": 1,
             "tls": {"secretName": "sip-tls"},
             "carrierService": {
                 "type": "LoadBalancer",
@@ -49,6 +50,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "loadBalancerSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
             },
         }
+    },
+    "pod-addresses": {
+        "gateway": {"hostNetwork": False, "publicAddressFrom": "Pod", "replicas": 4,
+                    "podLabels": {"team": "voice"}, "logFormat": "json"}
+    },
+    "fixed-single-gateway-host-ports": {
+        "gateway": {"hostNetwork": False, "publicAddress": "198.51.100.40", "replicas": 1,
+                    "rtpPorts": "40000-40099", "carrierService": {"type": "NodePort"}}
     },
     "servicemonitor": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}

@@ -13,12 +13,15 @@ import yaml
 from conftest import CHART, NAMESPACE, REPO, RELEASE, VALUE_SETS, Rendering, render
 
 OPERATOR = f"{RELEASE}-operator"
+GATEWAY_READER = f"{RELEASE}-gateway-reader"
 
 
 def test_the_defaults_render_the_operator_and_its_rbac_and_nothing_optional(default):
     assert default.kinds() == sorted([
         ("ClusterRole", OPERATOR),
+        ("ClusterRole", GATEWAY_READER),
         ("ClusterRoleBinding", OPERATOR),
+        ("ClusterRoleBinding", GATEWAY_READER),
         ("ConfigMap", OPERATOR),
         ("Deployment", OPERATOR),
         ("PodDisruptionBudget", OPERATOR),
@@ -37,7 +40,8 @@ def test_the_defaults_render_the_operator_and_its_rbac_and_nothing_optional(defa
 
 def test_every_value_set_renders_distinct_objects(renderings):
     for name, rendering in renderings.items():
-        kinds = rendering.kinds()
+        kinds = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+                 for o in rendering.objects]
         assert len(kinds) == len(set(kinds)), f"{name}: an object is rendered twice: {kinds}"
 
 
@@ -50,7 +54,7 @@ def test_the_operator_runs_the_operator_command_with_its_settings_file(default):
     assert "command" not in container  # the image's ENTRYPOINT is the trunkline binary
     assert container["args"] == [
         "operator", "--config", "/etc/trunkline/operator.yaml", "--admin", "0.0.0.0:8080",
-        "--lease-name", "trunkline-operator",
+        "--lease-name", "trunkline-operator", "--log-format", "text",
     ]
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -129,7 +133,8 @@ def test_one_replica_has_no_operator_budget_and_flags_follow_the_values(renderin
     container = r.operator_container()
     assert container["image"] == "registry.example/voice/trunkline@sha256:" + "a" * 64
     assert container["imagePullPolicy"] == "Always"
-    assert container["args"][-4:] == ["--lease-name", "voice-leader", "--watch-namespace", "trunks"]
+    assert container["args"][-6:] == [
+        "--lease-name", "voice-leader", "--log-format", "text", "--watch-namespace", "trunks"]
     assert {e["name"]: e.get("value") for e in container["env"]}["RUST_LOG"] == (
         "trunkline=debug,info")
     pod = r.one("Deployment")["spec"]["template"]["spec"]
@@ -181,17 +186,31 @@ KINDS = ("inboundtrunks", "outboundtrunks", "transferdestinations")
 OWNED = ("get", "list", "watch", "create", "patch", "delete")
 
 
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escalate", "bind",
+               "impersonate", "*"}
+
+
 def test_the_operator_cluster_role_grants_exactly_what_the_operator_does(default):
-    assert permissions(default.one("ClusterRole")) == (
+    assert permissions(default.one("ClusterRole", OPERATOR)) == (
         grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
         | grid(["trunkline.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
         | grid([""], ["secrets"], ["get", "list", "watch", "create", "patch"])
         | grid(["", "events.k8s.io"], ["events"], ["create", "patch"])
+        # Only the clean-up of what operators before 0.2 made, by name.
         | grid(["rbac.authorization.k8s.io"], ["clusterroles", "clusterrolebindings"],
-               ["list", "watch", "create"])
-        | grid(["rbac.authorization.k8s.io"], ["clusterroles", "clusterrolebindings"],
-               ["get", "patch", "delete"], names=["trunkline-gateway"])
+               ["get", "delete"], names=["trunkline-gateway"])
     )
+
+
+def test_the_operator_cannot_create_bind_or_escalate_any_cluster_role(renderings):
+    for name, r in renderings.items():
+        for role in r.all("ClusterRole") + r.all("Role"):
+            if role["metadata"]["name"] != OPERATOR:
+                continue
+            for group, resource, rname, verb in permissions(role):
+                if resource in ("clusterroles", "clusterrolebindings"):
+                    assert verb in ("get", "delete") and rname != "*", (name, resource, verb)
+                assert verb not in ("escalate", "bind", "impersonate", "*"), (name, resource)
 
 
 def test_the_operator_role_is_confined_to_the_fleet_namespace(default):
@@ -202,15 +221,41 @@ def test_the_operator_role_is_confined_to_the_fleet_namespace(default):
         | grid([""], ["services", "serviceaccounts"], OWNED)
         | grid(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], OWNED)
         | grid(["policy"], ["poddisruptionbudgets"], OWNED)
-        | grid([""], ["pods"], ["get", "list", "watch", "patch"])
+        # Read only: the gateways report over their admin endpoint, nobody patches a pod.
+        | grid([""], ["pods"], ["get", "list", "watch"])
         | grid(["coordination.k8s.io"], ["leases"], ["create"])
         | grid(["coordination.k8s.io"], ["leases"], ["get", "patch"], names=["trunkline-operator"])
     )
 
 
+def test_with_a_watched_namespace_the_operator_sees_secrets_only_there():
+    r = Rendering({"operator": {"watchNamespace": "trunks"}})
+    cluster = permissions(r.one("ClusterRole", OPERATOR))
+    assert not any(p[1] in ("secrets", "events") or p[0] == "trunkline.dev" for p in cluster)
+    watched = next(
+        o for o in r.all("Role") if o["metadata"]["namespace"] == "trunks"
+        and o["metadata"]["name"] == OPERATOR)
+    assert permissions(watched) == (
+        grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
+        | grid(["trunkline.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
+        | grid([""], ["secrets"], ["get", "list", "watch", "create", "patch"])
+        | grid(["", "events.k8s.io"], ["events"], ["create", "patch"])
+    )
+    # The bundle Secret lives in the release namespace: Secrets there, and nowhere else.
+    release = next(o for o in r.all("Role") if o["metadata"]["namespace"] == NAMESPACE
+                   and o["metadata"]["name"] == OPERATOR)
+    assert ("", "secrets", "*", "create") in permissions(release)
+    binding = next(o for o in r.all("RoleBinding") if o["metadata"]["namespace"] == "trunks"
+                   and o["metadata"]["name"] == OPERATOR)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+    # ... and the gateways get the same namespace.
+    assert r.settings()["watchNamespace"] == "trunks"
+
+
 def test_the_bindings_give_the_roles_to_the_operator_service_account(default):
     subject = [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
-    binding = default.one("ClusterRoleBinding")
+    binding = default.one("ClusterRoleBinding", OPERATOR)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
     assert binding["subjects"] == subject
@@ -220,40 +265,107 @@ def test_the_bindings_give_the_roles_to_the_operator_service_account(default):
     assert binding["subjects"] == subject
 
 
+# --- The gateways' permissions --------------------------------------------------------------
+
+GATEWAY_SUBJECT = [{"kind": "ServiceAccount", "name": f"{RELEASE}-gateway",
+                    "namespace": NAMESPACE}]
+
+
+def gateway_chart_permissions(r: Rendering) -> dict[str, set[Permission]]:
+    """What the chart grants the gateways' ServiceAccount, by namespace ("" cluster-wide)."""
+    granted: dict[str, set[Permission]] = {}
+    for binding in r.all("ClusterRoleBinding") + r.all("RoleBinding"):
+        if binding["subjects"] != GATEWAY_SUBJECT:
+            continue
+        namespace = binding["metadata"].get("namespace", "")
+        ref = binding["roleRef"]
+        role = next(o for o in r.all(ref["kind"]) if o["metadata"]["name"] == ref["name"]
+                    and o["metadata"].get("namespace", "") == namespace)
+        granted.setdefault(namespace, set()).update(permissions(role))
+    return granted
+
+
+def test_the_gateways_read_the_three_kinds_and_their_node_and_write_nothing(default):
+    assert gateway_chart_permissions(default) == {
+        "": grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
+        | grid([""], ["nodes"], ["get"])}
+
+
+def test_gateways_advertising_their_pod_ip_cannot_read_nodes(renderings):
+    assert gateway_chart_permissions(renderings["pod-addresses"]) == {
+        "": grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])}
+
+
+def test_with_a_watched_namespace_the_gateways_read_trunks_only_there():
+    r = Rendering({"operator": {"watchNamespace": "trunks"}})
+    assert gateway_chart_permissions(r) == {
+        "": grid([""], ["nodes"], ["get"]),
+        "trunks": grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])}
+    r = Rendering({"operator": {"watchNamespace": "trunks"},
+                   "gateway": {"hostNetwork": False, "publicAddressFrom": "Pod"}})
+    assert gateway_chart_permissions(r) == {
+        "trunks": grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])}
+    assert not r.all("ClusterRoleBinding") or all(
+        b["subjects"] != GATEWAY_SUBJECT for b in r.all("ClusterRoleBinding"))
+
+
+def test_a_compromised_gateway_can_change_nothing():
+    """Everything the gateways' ServiceAccount is granted, by the chart and by the fleet the
+    operator renders (tests/golden/fleet), is a read: no write verb on any object, so no patch
+    of the operator's pods, no Lease, no Secret."""
+    objects = golden_fleet_objects()
+    if not objects:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert roles, "the fleet renders the gateways' Role"
+    for role in roles:
+        for group, resource, name, verb in permissions(role):
+            assert verb not in WRITE_VERBS, (role["metadata"]["name"], resource, verb)
+            assert (resource, name) == ("secrets", role_secret_name(role)), (resource, name)
+    for values in [{}, {"operator": {"watchNamespace": "trunks"}}]:
+        for namespace, granted in gateway_chart_permissions(Rendering(values)).items():
+            for permission in granted:
+                assert permission[3] not in WRITE_VERBS, (namespace, permission)
+
+
+def role_secret_name(role: dict[str, Any]) -> str:
+    (rule,) = role["rules"]
+    (name,) = rule["resourceNames"]
+    return name
+
+
 def holds(granted: set[Permission], wanted: Permission) -> bool:
     group, resource, name, verb = wanted
     return (group, resource, "*", verb) in granted or (
         name != "*" and (group, resource, name, verb) in granted)
 
 
-# The roles the operator gives the gateways (operator::fleet). Kubernetes lets the operator
-# create them only when it holds every permission in them itself (RBAC escalation prevention).
-GATEWAY_CLUSTER_ROLE = grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])
-GATEWAY_ROLE = grid([""], ["secrets"], ["get", "list", "watch"],
-                    names=["trunkline-gateway-credentials"]) | grid([""], ["pods"], ["get", "patch"])
+def test_the_operator_holds_what_it_grants_the_gateways():
+    """Kubernetes lets the operator create the gateways' Role only when it holds every
+    permission in it itself (RBAC escalation prevention): the one Secret, read-only."""
+    objects = [o for o in golden_fleet_objects() if o["kind"] == "Role"]
+    if not objects:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    for role in objects:
+        namespace = role["metadata"]["namespace"]
+        for values in [{}, {"operator": {"watchNamespace": "trunks"}}]:
+            r = Rendering(values, namespace=namespace)
+            granted = permissions(r.one("ClusterRole", OPERATOR)) | permissions(next(
+                o for o in r.all("Role") if o["metadata"]["namespace"] == namespace))
+            for wanted in permissions(role):
+                assert holds(granted, wanted), (values, wanted)
 
 
-def test_the_operator_holds_what_it_grants_the_gateways(default):
-    cluster = permissions(default.one("ClusterRole"))
-    namespaced = cluster | permissions(default.one("Role"))
-    for wanted in GATEWAY_CLUSTER_ROLE:
-        assert holds(cluster, wanted), wanted
-    for wanted in GATEWAY_ROLE:
-        assert holds(namespaced, wanted), wanted
-    # ... and may write the gateways' RBAC objects by name (server-side apply is a patch).
-    for resource in ("clusterroles", "clusterrolebindings"):
-        for verb in ("create", "get", "patch", "delete", "list", "watch"):
-            assert holds(cluster, ("rbac.authorization.k8s.io", resource, "trunkline-gateway",
-                                   verb))
-
-
-def test_the_lease_and_gateway_role_names_follow_the_fleet_name():
+def test_the_lease_and_legacy_role_names_follow_the_fleet_name():
     r = Rendering({"gateway": {"name": "edge"}})
     assert ("coordination.k8s.io", "leases", "edge-operator", "patch") in permissions(
         r.one("Role"))
     assert ("rbac.authorization.k8s.io", "clusterroles", "edge-gateway", "delete") in permissions(
-        r.one("ClusterRole"))
-    assert r.operator_container()["args"][-2:] == ["--lease-name", "edge-operator"]
+        r.one("ClusterRole", OPERATOR))
+    assert r.one("ClusterRoleBinding", "edge-gateway-reader")["subjects"] == [
+        {"kind": "ServiceAccount", "name": "edge-gateway", "namespace": NAMESPACE}]
+    assert r.operator_container()["args"][5:9] == [
+        "--lease-name", "edge-operator", "--log-format", "text"]
 
 
 # The plural of each kind the operator renders for the fleet.
@@ -262,8 +374,6 @@ RESOURCE_OF_KIND = {
     "Deployment": ("apps", "deployments"), "DaemonSet": ("apps", "daemonsets"),
     "Role": ("rbac.authorization.k8s.io", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
-    "ClusterRole": ("rbac.authorization.k8s.io", "clusterroles"),
-    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "clusterrolebindings"),
     "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
 }
 
@@ -285,18 +395,15 @@ def test_the_operator_may_apply_and_delete_every_fleet_object_it_renders():
     for obj in objects:
         fleet = obj["metadata"]["labels"]["trunkline.dev/fleet"]
         namespace = obj["metadata"].get("namespace")
-        r = Rendering({"gateway": {"name": fleet}}, namespace=namespace or NAMESPACE)
-        granted = permissions(r.one("ClusterRole"))
-        if namespace:
-            granted |= permissions(r.one("Role"))
+        r = Rendering({"gateway": {"name": fleet}}, namespace=namespace)
+        granted = permissions(r.one("ClusterRole", OPERATOR)) | permissions(r.one("Role"))
         group, resource = RESOURCE_OF_KIND[obj["kind"]]
         for verb in ("get", "create", "patch", "delete", "list", "watch"):
             assert holds(granted, (group, resource, obj["metadata"]["name"], verb)), (
                 f"{obj['kind']} {obj['metadata']['name']}: the operator may not {verb} it")
-        if obj["kind"] in ("Role", "ClusterRole"):
-            for wanted in permissions(obj):
-                assert holds(granted if namespace else permissions(r.one("ClusterRole")),
-                             wanted), f"{obj['kind']} grants {wanted}, which the operator lacks"
+        # Owner references (the tracker sets them) need nothing more: the operator may read
+        # its own Deployment.
+        assert holds(granted, ("apps", "deployments", f"{RELEASE}-operator", "get"))
 
 
 # --- The settings file ----------------------------------------------------------------------
@@ -304,10 +411,13 @@ def test_the_operator_may_apply_and_delete_every_fleet_object_it_renders():
 # The keys of operator::settings::OperatorSettings and of its nested structs.
 SETTINGS_KEYS = {
     "name", "namespace", "image", "imagePullPolicy", "imagePullSecrets", "mode", "replicas",
-    "hostNetwork", "sipPort", "tls", "internalPort", "adminPort", "rtpPorts", "publicAddress",
-    "egressAddresses", "region", "credentialsSecret", "carrierService", "internalService",
-    "drainSeconds", "resources", "nodeSelector", "tolerations", "affinity", "podAnnotations",
-    "priorityClassName", "podDisruptionBudget", "logLevel",
+    "hostNetwork", "sipPort", "tls", "internalPort", "adminPort", "rtpPorts",
+    "publicAddressFrom", "publicAddress", "nodeAddressAnnotation", "egressAddresses", "region",
+    "watchNamespace", "operatorDeployment", "credentialsSecret", "carrierService",
+    "internalService", "drainSeconds", "resources", "nodeSelector", "tolerations", "affinity",
+    "podAnnotations", "podLabels", "topologySpreadConstraints", "priorityClassName",
+    "podDisruptionBudget", "logLevel", "logFormat", "realm", "digestAlgorithms",
+    "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds",
 }
 NESTED_SETTINGS_KEYS = {
     "tls": {"port", "secretName"},
@@ -364,14 +474,25 @@ def test_the_settings_file_holds_the_gateway_values(renderings, name):
     assert settings["credentialsSecret"] == (
         gateway["credentialsSecret"] or f"{fleet}-gateway-credentials")
     for key in SETTINGS_KEYS - {"name", "namespace", "image", "imagePullPolicy",
-                                "imagePullSecrets", "credentialsSecret", "affinity"}:
+                                "imagePullSecrets", "credentialsSecret", "affinity",
+                                "publicAddressFrom", "watchNamespace", "operatorDeployment"}:
         assert settings[key] == gateway[key], key
+    # Computed: the address source in force, the operator's namespace and Deployment.
+    assert settings["publicAddressFrom"] == (
+        gateway["publicAddressFrom"] or ("Fixed" if gateway["publicAddress"] else "Node"))
+    assert settings["operatorDeployment"] == OPERATOR
+    assert settings["watchNamespace"] == VALUE_SETS[name].get("operator", {}).get(
+        "watchNamespace", "")
 
 
 def test_the_default_settings_are_the_documented_fleet(default):
     settings = default.settings()
     assert settings["mode"] == "Deployment" and settings["replicas"] == 2
-    assert settings["hostNetwork"] is False
+    # On the host network, each gateway advertising its own node's address: audio reaches the
+    # pod that holds the call.
+    assert settings["hostNetwork"] is True
+    assert settings["publicAddressFrom"] == "Node"
+    assert settings["nodeAddressAnnotation"] == "trunkline.dev/public-address"
     assert (settings["sipPort"], settings["internalPort"], settings["adminPort"]) == (
         5060, 5080, 9090)
     assert settings["tls"] == {"port": 5061, "secretName": ""}
@@ -409,6 +530,7 @@ def test_a_load_balancer_with_source_ranges_and_tls_reaches_the_settings(renderi
     }
     assert settings["tls"] == {"port": 5061, "secretName": "sip-tls"}
     assert settings["publicAddress"] == "198.51.100.7"
+    assert settings["publicAddressFrom"] == "Fixed" and settings["replicas"] == 1
     assert "WARNING" not in r.notes and "TIP" not in r.notes
     assert "sip-tls" in r.notes
 
@@ -448,7 +570,7 @@ def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):
     assert policy["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/component": "gateway", "trunkline.dev/fleet": RELEASE}
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    carriers, agents, prometheus = policy["spec"]["ingress"]
+    carriers, agents, prometheus, operator_probe = policy["spec"]["ingress"]
     assert carriers == {
         "from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
         "ports": [
@@ -463,6 +585,12 @@ def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):
     }
     assert prometheus == {
         "from": VALUE_SETS["networkpolicy"]["networkPolicy"]["prometheus"],
+        "ports": [{"protocol": "TCP", "port": 9090}],
+    }
+    # The operator reads each gateway's report on the admin port.
+    assert operator_probe == {
+        "from": [{"podSelector": {"matchLabels": r.one("Deployment")["spec"]["selector"][
+            "matchLabels"]}}],
         "ports": [{"protocol": "TCP", "port": 9090}],
     }
     operator = r.one("NetworkPolicy", OPERATOR)
@@ -513,10 +641,13 @@ def test_the_notes_say_what_to_do_next(default):
     assert "trunkline check trunks/" in notes
     assert "kubectl get inboundtrunks" in notes
     assert f"{RELEASE}-internal.{NAMESPACE}.svc:5080" in notes
-    # Defaults that deserve a warning: RTP without a public address, an open load balancer.
-    assert "WARNING: gateway.publicAddress is empty" in notes
+    # What carriers must allowlist, and where to find it.
+    assert "its node's address" in notes and ".status.endpoints" in notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+    # A default that deserves a tip: an open load balancer.
     assert "loadBalancerSourceRanges is empty" in notes
-    assert "kubectl apply --server-side -f charts/trunkline/crds/" in notes
+    assert "kubectl apply --server-side --force-conflicts -f charts/trunkline/crds/" in notes
+    assert "helm uninstall" in notes and "owner references" in notes
 
 
 def test_a_release_in_another_namespace_uses_it_everywhere():
@@ -526,7 +657,8 @@ def test_a_release_in_another_namespace_uses_it_everywhere():
     for obj in r.objects:
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert obj["metadata"]["namespace"] == "telephony"
-    assert r.one("ClusterRoleBinding")["subjects"][0]["namespace"] == "telephony"
+    for binding in r.all("ClusterRoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "telephony"
 
 
 def test_the_rendering_is_deterministic():

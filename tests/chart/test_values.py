@@ -139,6 +139,7 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "operator.leaseName": ("voice-leader", {}),
     "operator.watchNamespace": ("trunks", {}),
     "operator.logLevel": ("debug", {}),
+    "operator.logFormat": ("json", {}),
     "operator.serviceAccount.create": (False, {"operator": {"serviceAccount": {"name": "x"}}}),
     "operator.serviceAccount.name": ("voice-operator", {}),
     "operator.serviceAccount.annotations": ({"iam.example/role": "voice"}, {}),
@@ -161,14 +162,16 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.image.pullPolicy": ("Always", {}),
     "gateway.mode": ("DaemonSet", {}),
     "gateway.replicas": (4, {}),
-    "gateway.hostNetwork": (True, {}),
+    "gateway.hostNetwork": (False, {"gateway": {"publicAddressFrom": "Pod"}}),
+    "gateway.publicAddressFrom": ("Pod", {}),
+    "gateway.nodeAddressAnnotation": ("example.com/public-ip", {}),
     "gateway.sipPort": (5070, {}),
     "gateway.tls.port": (5071, {}),
     "gateway.tls.secretName": ("sip-tls", {}),
     "gateway.internalPort": (5090, {}),
     "gateway.adminPort": (9091, {}),
     "gateway.rtpPorts": ("30000-30099", {}),
-    "gateway.publicAddress": ("2001:db8::7", {}),
+    "gateway.publicAddress": ("2001:db8::7", {"gateway": {"replicas": 1}}),
     "gateway.egressAddresses": (["198.51.100.8"], {}),
     "gateway.region": ("eu", {}),
     "gateway.credentialsSecret": ("voice-credentials", {}),
@@ -185,10 +188,19 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.tolerations": (TOLERATIONS, {}),
     "gateway.affinity": (AFFINITY, {}),
     "gateway.podAnnotations": ({"example.com/team": "voice"}, {}),
+    "gateway.podLabels": ({"team": "voice"}, {}),
+    "gateway.topologySpreadConstraints": ([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                             "whenUnsatisfiable": "ScheduleAnyway"}], {}),
     "gateway.priorityClassName": ("voice-critical", {}),
     "gateway.podDisruptionBudget.enabled": (False, {}),
     "gateway.podDisruptionBudget.maxUnavailable": ("25%", {}),
     "gateway.logLevel": ("trunkline=debug,info", {}),
+    "gateway.logFormat": ("json", {}),
+    "gateway.realm": ("voice.example", {}),
+    "gateway.digestAlgorithms": (["SHA-256", "MD5"], {}),
+    "gateway.nonceTtlSeconds": (120, {}),
+    "gateway.agentTimeoutSeconds": (20, {}),
+    "gateway.mediaTimeoutSeconds": (10, {}),
     "metrics.serviceMonitor.enabled": (True, {}),
     "metrics.serviceMonitor.interval": ("15s", MONITORS),
     "metrics.serviceMonitor.scrapeTimeout": ("5s", MONITORS),
@@ -250,6 +262,16 @@ SCHEMA_REJECTS = [
     ({"networkPolicy": {"carriers": [{"cidr": "203.0.113.0/24"}]}},
      "/networkPolicy/carriers/0"),
     ({"imagePullSecrets": [{"name": "registry"}]}, "/imagePullSecrets/0"),
+    ({"gateway": {"publicAddressFrom": "LoadBalancer"}}, "/gateway/publicAddressFrom"),
+    ({"gateway": {"digestAlgorithms": ["MD5", "MD5"]}}, "/gateway/digestAlgorithms"),
+    ({"gateway": {"digestAlgorithms": ["MD5-sess"]}}, "/gateway/digestAlgorithms/0"),
+    ({"gateway": {"realm": 'a"b'}}, "/gateway/realm"),
+    ({"gateway": {"mediaTimeoutSeconds": 0}}, "/gateway/mediaTimeoutSeconds"),
+    ({"gateway": {"logFormat": "yaml"}}, "/gateway/logFormat"),
+    ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+    ({"gateway": {"topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone",
+                                                 "whenUnsatisfiable": "DoNotSchedule"}]}},
+     "/gateway/topologySpreadConstraints/0/maxSkew"),
 ]
 
 
@@ -271,6 +293,17 @@ CHART_REJECTS = [
     ({"gateway": {"rtpPorts": "20001-20999"}}, "LOW must be even and below HIGH"),
     ({"gateway": {"rtpPorts": "20000-20000"}}, "LOW must be even and below HIGH"),
     ({"operator": {"serviceAccount": {"create": False}}}, "operator.serviceAccount.name is required"),
+    # Media paths that cannot carry audio (OperatorSettings::media_path refuses them too).
+    ({"gateway": {"publicAddress": "203.0.113.10", "replicas": 3, "hostNetwork": False}},
+     "gateway.publicAddressFrom: Fixed: one address reaches one gateway, but replicas is 3"),
+    ({"gateway": {"publicAddress": "203.0.113.10", "mode": "DaemonSet"}},
+     "but a DaemonSet runs one gateway per node"),
+    ({"gateway": {"hostNetwork": False}},
+     "gateway.publicAddressFrom: Node: a node's address reaches the gateway only on the host network"),
+    ({"gateway": {"publicAddressFrom": "Fixed", "replicas": 1}},
+     "gateway.publicAddress: publicAddressFrom: Fixed needs the address"),
+    ({"gateway": {"publicAddressFrom": "Pod", "publicAddress": "203.0.113.10"}},
+     "gateway.publicAddress: one fixed address is advertised only with publicAddressFrom: Fixed"),
 ]
 
 
@@ -291,7 +324,8 @@ def test_a_release_name_that_is_no_fleet_name_asks_for_gateway_name():
 
 @pytest.mark.parametrize("address", ["198.51.100.7", "2001:db8::7", "::1", "::ffff:198.51.100.7"])
 def test_ipv4_and_ipv6_addresses_pass_the_schema(address):
-    settings = render({"gateway": {"publicAddress": address, "egressAddresses": [address]}})
+    settings = render({"gateway": {"publicAddress": address, "replicas": 1,
+                                   "egressAddresses": [address]}})
     assert address in settings["trunkline/templates/configmap.yaml"]
 
 

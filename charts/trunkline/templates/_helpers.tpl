@@ -139,3 +139,32 @@ The RTP range as {low, high}, checked: LOW-HIGH, LOW even, LOW below HIGH.
 {{- end -}}
 {{- dict "low" $low "high" $high | toJson -}}
 {{- end -}}
+
+{{/*
+The operator's rules on the trunkline resources, their Secrets and Events: a ClusterRole, or a
+Role in operator.watchNamespace.
+*/}}
+{{- define "trunkline.operatorResourceRules" }}
+  - apiGroups: ["trunkline.dev"]
+    resources: ["inboundtrunks", "outboundtrunks", "transferdestinations"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["trunkline.dev"]
+    resources: ["inboundtrunks/status", "outboundtrunks/status", "transferdestinations/status"]
+    verbs: ["get", "patch"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  - apiGroups: ["", "events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+The gateways' read access to the three trunkline.dev kinds: a ClusterRole, or a Role in
+operator.watchNamespace.
+*/}}
+{{- define "trunkline.gatewayReadRule" }}
+  - apiGroups: ["trunkline.dev"]
+    resources: ["inboundtrunks", "outboundtrunks", "transferdestinations"]
+    verbs: ["get", "list", "watch"]
+{{- end }}
