@@ -80,9 +80,22 @@ impl std::str::FromStr for ListenAddr {
             "tls" => Protocol::Tls,
             other => return Err(format!("{s:?}: unknown transport {other:?} (udp, tcp or tls)")),
         };
-        let addr = rest.parse().map_err(|_| format!("{s:?}: {rest:?} is not IP:PORT"))?;
+        let addr =
+            parse_socket_addr(rest).ok_or_else(|| format!("{s:?}: {rest:?} is not IP:PORT"))?;
         Ok(ListenAddr { protocol, addr })
     }
+}
+
+/// `IP:PORT`, with an IPv6 address bracketed (`[2001:db8::7]:5060`) or not
+/// (`2001:db8::7:5060`: the port is what follows the last colon). The unbracketed form is what
+/// Kubernetes makes of `$(POD_IP):PORT` in a container's arguments on an IPv6 pod network.
+pub fn parse_socket_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Some(addr);
+    }
+    let (ip, port) = s.rsplit_once(':')?;
+    let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+    Some(SocketAddr::new(ip.into(), port.parse().ok()?))
 }
 
 impl std::fmt::Display for ListenAddr {
@@ -703,5 +716,21 @@ mod tests {
         assert!("sctp://127.0.0.1:1".parse::<ListenAddr>().is_err());
         assert!("udp://localhost:1".parse::<ListenAddr>().is_err());
         assert!("127.0.0.1:5060".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn listen_addresses_take_ipv6_with_or_without_brackets() {
+        for (text, expected) in [
+            ("udp://10.0.0.7:5080", "10.0.0.7:5080"),
+            ("tcp://[fd00::7]:5080", "[fd00::7]:5080"),
+            ("tcp://fd00::7:5080", "[fd00::7]:5080"),
+            ("udp://::1:9090", "[::1]:9090"),
+        ] {
+            let parsed: ListenAddr = text.parse().unwrap();
+            assert_eq!(parsed.addr.to_string(), expected, "{text}");
+        }
+        for bad in ["udp://10.0.0.7", "udp://fd00::7", "udp://10.0.0.7:99999", "udp://x:1"] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
+        }
     }
 }
