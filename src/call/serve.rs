@@ -202,7 +202,11 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         options.nonce_ttl,
     )
     .with_algorithms(&options.digest_algorithms);
-    let ports = Arc::new(PortAllocator::new(options.rtp_ports.0, options.rtp_ports.1));
+    let ports = Arc::new(PortAllocator::with_metrics(
+        options.rtp_ports.0,
+        options.rtp_ports.1,
+        metrics.port_pool(),
+    ));
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
     // One media thread per core: each a current-thread runtime with its own epoll.
