@@ -27,6 +27,25 @@ use trunkline::sip::transport::ListenAddr;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How `run`, `gateway` and `operator` write their log: `text` for people, `json` for log
+    /// collectors (one object per line: timestamp, level, target, fields). RUST_LOG picks what
+    /// is logged (default `info`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        env = "TRUNKLINE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+/// The log's form (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,10 +330,11 @@ impl From<TransportArg> for Transport {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
     match cli.command {
-        Command::Run(args) => run_folder(*args),
-        Command::Gateway(args) => run_kube(*args),
-        Command::Operator(args) => run_operator(*args),
+        Command::Run(args) => run_folder(*args, log_format),
+        Command::Gateway(args) => run_kube(*args, log_format),
+        Command::Operator(args) => run_operator(*args, log_format),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
         Command::Explain {
@@ -515,16 +535,16 @@ fn explain(
     Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_folder(args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_folder(args: RunArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let source = SpecSource::Folder { paths: args.specs, state_dir: args.state_dir };
     runtime.block_on(serve(source, args.serve.into_options()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_kube(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = kube::Client::try_default()
@@ -542,8 +562,8 @@ fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_operator(args: OperatorArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = OperatorOptions {
         config: args.config,
@@ -560,10 +580,15 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        // The target tells a collector which module spoke; spans are flattened into the line.
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
 }
 
 #[cfg(test)]
@@ -679,6 +704,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_log_format_is_a_flag_of_every_subcommand_text_by_default() {
+        let cli =
+            Cli::try_parse_from(["trunkline", "check", "x"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.log_format, LogFormat::Text);
+        for args in [
+            &["trunkline", "run", "--specs", "x", "--log-format", "json"][..],
+            &["trunkline", "--log-format", "json", "gateway"],
+            &["trunkline", "operator", "--log-format=json"],
+            &["trunkline", "crds", "--log-format", "json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.log_format, LogFormat::Json, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["trunkline", "crds", "--log-format", "xml"]).is_err());
     }
 
     #[test]
