@@ -51,7 +51,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "servicemonitor": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        }
     },
     "networkpolicy": {
         "gateway": {"tls": {"secretName": "sip-tls"}, "rtpPorts": "30000-30999"},
