@@ -7,15 +7,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use trunkline::api::Kind;
-use trunkline::call::serve::{ServeOptions, SpecSource, serve};
+use trunkline::call::serve::{NodeAddressOptions, ServeOptions, SpecSource, serve};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
 use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
+use trunkline::operator::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
 use trunkline::operator::run::OperatorOptions;
 use trunkline::operator::source::KubeSourceOptions;
 use trunkline::sip::transport::ListenAddr;
@@ -27,6 +30,63 @@ use trunkline::sip::transport::ListenAddr;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How `run`, `gateway` and `operator` write their log: `text` for people, `json` for log
+    /// collectors (one object per line: timestamp, level, target, fields). RUST_LOG picks what
+    /// is logged (default `info`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        env = "TRUNKLINE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+impl Cli {
+    /// This process's command line; exits with clap's message when it is wrong.
+    pub fn from_env() -> Cli {
+        Cli::checked(Cli::command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::from_env`] on `args`, without exiting.
+    #[cfg(test)]
+    fn checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::checked(Cli::command().try_get_matches_from(args)?)
+    }
+
+    /// The checks clap cannot express: `--public-address` and `--public-address-node` conflict
+    /// when both are flags, but a node name from `NODE_NAME` yields to `--public-address` (a pod
+    /// may have NODE_NAME set whatever its flags).
+    fn checked(matches: ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let (Command::Gateway(args), Some(("gateway", sub))) =
+            (&mut cli.command, matches.subcommand())
+            && args.serve.public_address.is_some()
+            && args.public_address_node.is_some()
+        {
+            if sub.value_source("public_address_node") == Some(ValueSource::CommandLine) {
+                return Err(Cli::command().error(
+                    ErrorKind::ArgumentConflict,
+                    "--public-address and --public-address-node cannot be used together",
+                ));
+            }
+            args.public_address_node = None;
+        }
+        Ok(cli)
+    }
+}
+
+/// The log's form (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +210,18 @@ struct GatewayArgs {
     /// Default: every namespace.
     #[arg(long, value_name = "NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Advertise this Node's address (in Via, Contact and SDP, as --public-address would):
+    /// the value of its --node-address-annotation, else its first ExternalIP, else its first
+    /// InternalIP. Read once at start, retried for up to 60 s (not ready meanwhile). For fleets
+    /// on the host network: the fleet passes its pod's spec.nodeName. Needs RBAC `get` on
+    /// `nodes`.
+    /// Conflicts with --public-address; NODE_NAME from the environment yields to it.
+    #[arg(long, value_name = "NODE", env = "NODE_NAME")]
+    public_address_node: Option<String>,
+    /// The Node annotation that, when set, holds the address to advertise (an IP); for nodes
+    /// whose public address is not in their status (NAT, elastic IPs).
+    #[arg(long, value_name = "KEY", default_value = DEFAULT_ADDRESS_ANNOTATION)]
+    node_address_annotation: String,
 }
 
 /// The flags of `operator`.
@@ -311,10 +383,11 @@ impl From<TransportArg> for Transport {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
     match cli.command {
-        Command::Run(args) => run_folder(*args),
-        Command::Gateway(args) => run_kube(*args),
-        Command::Operator(args) => run_operator(*args),
+        Command::Run(args) => run_folder(*args, log_format),
+        Command::Gateway(args) => run_kube(*args, log_format),
+        Command::Operator(args) => run_operator(*args, log_format),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
         Command::Explain {
@@ -515,16 +588,16 @@ fn explain(
     Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_folder(args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_folder(args: RunArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let source = SpecSource::Folder { paths: args.specs, state_dir: args.state_dir };
     runtime.block_on(serve(source, args.serve.into_options()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_kube(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = kube::Client::try_default()
@@ -536,14 +609,22 @@ fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             pod_namespace: args.pod_namespace,
             watch_namespace: args.watch_namespace,
         };
-        serve(SpecSource::Kube { client, options }, args.serve.into_options()).await?;
+        let node_address = args.public_address_node.map(|node| {
+            Box::new(NodeAddressOptions {
+                node,
+                annotation: args.node_address_annotation,
+                retry: Retry::default(),
+            })
+        });
+        let source = SpecSource::Kube { client, options, node_address };
+        serve(source, args.serve.into_options()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn run_operator(args: OperatorArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = OperatorOptions {
         config: args.config,
@@ -560,10 +641,15 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        // The target tells a collector which module spoke; spans are flattened into the line.
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
 }
 
 #[cfg(test)]
@@ -575,7 +661,7 @@ mod tests {
     fn parse(args: &[&str]) -> Command {
         let mut argv = vec!["trunkline"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command
+        Cli::checked_from(argv).unwrap_or_else(|e| panic!("{e}")).command
     }
 
     #[test]
@@ -679,6 +765,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_gateway_can_advertise_its_nodes_address_instead_of_a_fixed_one() {
+        let Command::Gateway(args) = parse(&["gateway", "--public-address-node", "edge-1"]) else {
+            panic!("not gateway")
+        };
+        assert_eq!(args.public_address_node.as_deref(), Some("edge-1"));
+        assert_eq!(args.node_address_annotation, "trunkline.dev/public-address");
+        let Command::Gateway(args) = parse(&[
+            "gateway",
+            "--public-address-node",
+            "edge-1",
+            "--node-address-annotation",
+            "example.com/sip-address",
+        ]) else {
+            panic!("not gateway")
+        };
+        assert_eq!(args.node_address_annotation, "example.com/sip-address");
+        let both = [
+            "trunkline",
+            "gateway",
+            "--public-address-node",
+            "edge-1",
+            "--public-address",
+            "203.0.113.1",
+        ];
+        assert!(Cli::checked_from(both).is_err(), "the two flags conflict");
+        assert!(
+            Cli::try_parse_from(["trunkline", "run", "--specs", "x", "--public-address-node", "n"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_log_format_is_a_flag_of_every_subcommand_text_by_default() {
+        let cli =
+            Cli::try_parse_from(["trunkline", "check", "x"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.log_format, LogFormat::Text);
+        for args in [
+            &["trunkline", "run", "--specs", "x", "--log-format", "json"][..],
+            &["trunkline", "--log-format", "json", "gateway"],
+            &["trunkline", "operator", "--log-format=json"],
+            &["trunkline", "crds", "--log-format", "json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.log_format, LogFormat::Json, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["trunkline", "crds", "--log-format", "xml"]).is_err());
     }
 
     #[test]

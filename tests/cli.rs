@@ -1,7 +1,13 @@
-//! The offline commands as a user runs them: the built binary on real files.
+//! The offline commands as a user runs them: the built binary on real files; and the log
+//! format every subcommand shares.
+
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use support::gateway::{Gateway, GatewayOptions};
+use support::specs::{Specs, Trunk};
 
 fn trunkline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trunkline"))
@@ -264,4 +270,43 @@ fn crds_command_prints_the_committed_crds() {
         let body = committed.lines().skip(1).collect::<Vec<_>>().join("\n");
         assert!(text.contains(&body), "{file} differs from `trunkline crds`");
     }
+}
+
+#[test]
+fn log_format_json_writes_every_log_line_as_a_json_object() {
+    let specs = Specs::new().with(
+        Trunk::new("json-in")
+            .number("+14155550100", "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(9),
+    );
+    let gateway =
+        Gateway::start(specs.path(), GatewayOptions::default().arg("--log-format").arg("json"));
+    // `/readyz` answers just before the serving line is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gateway.log_text().contains("trunkline is serving")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let text = gateway.log_text();
+    drop(gateway);
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\nwhole log:\n{text}"));
+        assert!(entry["timestamp"].is_string(), "{line}");
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&entry["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(entry["target"].as_str().is_some_and(|t| t.starts_with("trunkline")), "{line}");
+        let message = entry["fields"]["message"].as_str().unwrap_or_else(|| panic!("{line}"));
+        messages.push(message.to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "trunkline is serving"),
+        "no serving line in {messages:?}"
+    );
 }

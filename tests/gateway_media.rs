@@ -169,7 +169,7 @@ fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
     carrier.send(&carrier.request("BYE", "bye1", 2, &to_tagged, ""));
     assert!(carrier.response("200", std::time::Duration::from_secs(5)).is_some(), "no 200 to BYE");
     agent.wait().assert_success();
-    let carrier_packets = r#"trunkline_rtp_packets_total{leg="carrier"}"#;
+    let carrier_packets = r#"trunkline_rtp_packets_total{leg="carrier",trunk="voice/local-in"}"#;
     assert!(
         gateway.wait_metric(carrier_packets, 45.0, std::time::Duration::from_secs(5)),
         "RTP stats not in /metrics: {:?}",
@@ -206,9 +206,12 @@ fn a_call_that_finds_no_rtp_ports_left_gets_503_and_the_next_one_gets_them_back(
     let first = std::thread::spawn(move || {
         uac("carrier_call.xml", udp, &["-s", NUMBER, "-d", "2000", "-timeout", "15"])
     });
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_pairs{state="free"}"#), Some(2.0));
     let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
     assert!(gateway.wait_metric(active, 1.0, std::time::Duration::from_secs(5)), "no first call");
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_pairs{state="used"}"#), Some(2.0));
     uac("carrier_unavailable_503.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
+    assert_eq!(gateway.metric("trunkline_rtp_port_exhaustions_total"), Some(1.0));
     assert!(
         gateway.log_text().contains("no RTP relay"),
         "503 for another reason:\n{}",

@@ -916,11 +916,13 @@ impl InboundCall {
                 let metrics = self.gw.metrics.clone();
                 let session = self.session_id.clone();
                 let reason = self.hangup_reason.clone();
+                let trunk = self.route.trunk.name.to_string();
                 tokio::spawn(async move {
                     let stats = relay.stop().await;
                     for (leg, name) in [(rtp::Leg::A, "carrier"), (rtp::Leg::B, "agent")] {
                         let rtp_in = stats.leg(leg).rtp_in;
                         metrics.rtp_leg_finished(
+                            &trunk,
                             name,
                             rtp_in.packets,
                             rtp_in.bytes,

@@ -12,7 +12,8 @@
 //! - [`SpecSource::Kube`] (`gateway`, in a pod): `operator::source` reflects the three kinds and
 //!   the operator's credentials Secret, which also carries the nonce key every replica shares.
 //!   The admin endpoints come up first, with `/readyz` not ready until the first config; the
-//!   listeners open once it is there.
+//!   listeners open once it is there. With `--public-address-node`, the node's address is read
+//!   first (`operator::node`) and advertised as `--public-address` would be.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
+use crate::operator::node::{NodeAddressError, Retry, fetch_node_public_address};
 use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
@@ -39,7 +41,22 @@ pub enum SpecSource {
     /// Spec folders or files, watched; generated credentials and the nonce key in `state_dir`.
     Folder { paths: Vec<PathBuf>, state_dir: PathBuf },
     /// The API server (a gateway pod); `client` is normally `kube::Client::try_default()`.
-    Kube { client: kube::Client, options: KubeSourceOptions },
+    /// With `node_address`, the address advertised (as `--public-address` would be) is read
+    /// from that Node before the listeners open.
+    Kube {
+        client: kube::Client,
+        options: KubeSourceOptions,
+        node_address: Option<Box<NodeAddressOptions>>,
+    },
+}
+
+/// Which Node's address a gateway advertises (`--public-address-node`), and from which
+/// annotation an administrator may set it.
+#[derive(Clone, Debug)]
+pub struct NodeAddressOptions {
+    pub node: String,
+    pub annotation: String,
+    pub retry: Retry,
 }
 
 impl std::fmt::Debug for SpecSource {
@@ -85,6 +102,8 @@ pub enum ServeError {
     Specs(#[from] WatchError),
     #[error(transparent)]
     Kube(#[from] SourceError),
+    #[error(transparent)]
+    NodeAddress(#[from] NodeAddressError),
     #[error("state folder {path}")]
     State { path: PathBuf, source: crate::config::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
@@ -147,16 +166,40 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     let compile_options = CompileOptions { region: options.region.clone() };
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let mut public_address = options.public_address;
     let (first, admin_task) = match source {
         SpecSource::Folder { paths, state_dir } => {
-            let endpoint = carrier_endpoint(&listen, options.public_address);
+            let endpoint = carrier_endpoint(&listen, public_address);
             let first =
                 load_folder(paths, state_dir, compile_options, endpoint, observer, &stop_rx)?;
             (first, None)
         }
-        SpecSource::Kube { client, options: kube_options } => {
+        SpecSource::Kube { client, options: kube_options, node_address } => {
             // Up before the first config, so that probes see a live pod that is not ready.
             let admin_task = start_admin(&options, &metrics, &health, &stop_rx).await?;
+            if let Some(node) = node_address {
+                let fetch = fetch_node_public_address(
+                    client.clone(),
+                    &node.node,
+                    &node.annotation,
+                    node.retry,
+                );
+                tokio::select! {
+                    found = fetch => match found {
+                        Ok(ip) => public_address = Some(ip),
+                        Err(e) => {
+                            admin_task.abort();
+                            return Err(e.into());
+                        }
+                    },
+                    () = shutdown_signal() => {
+                        tracing::info!("stopping before the node's address was read");
+                        let _ = stop_tx.send(true);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+                        return Ok(());
+                    }
+                }
+            }
             let mut running = KubeSource::new(client, kube_options, compile_options)
                 .with_reload_observer(observer)
                 .spawn(stopped(stop_rx.clone()));
@@ -190,7 +233,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     record_config(&metrics, &snapshot_rx.borrow());
 
     let config = GatewayConfig {
-        public_address: options.public_address,
+        public_address,
         header_prefix: options.header_prefix.clone(),
         agent_timeout: options.agent_timeout,
         media_timeout: options.media_timeout,
@@ -202,7 +245,11 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         options.nonce_ttl,
     )
     .with_algorithms(&options.digest_algorithms);
-    let ports = Arc::new(PortAllocator::new(options.rtp_ports.0, options.rtp_ports.1));
+    let ports = Arc::new(PortAllocator::with_metrics(
+        options.rtp_ports.0,
+        options.rtp_ports.1,
+        metrics.port_pool(),
+    ));
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
     // One media thread per core: each a current-thread runtime with its own epoll.

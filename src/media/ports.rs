@@ -12,6 +12,10 @@
 //! tried again later, not lost. When no pair can be bound the answer is
 //! [`PortsError::Exhausted`] at once (the call is refused with 503), never a wait.
 //!
+//! The pool keeps its metrics current ([`PortAllocator::with_metrics`]): the pairs free and in
+//! use after every allocation and release, and one count per `Exhausted` answer (a call refused
+//! for want of ports: a call stops at its first failed allocation).
+//!
 //! The sockets are non-blocking `std` sockets, so allocating needs no runtime and the user
 //! registers them with tokio as it needs (`UdpSocket::from_std`). Called by the relay
 //! (`media::relay`); the range comes from `trunkline run --rtp-ports`.
@@ -20,6 +24,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::observe::metrics::PortPoolMetrics;
 
 /// Why no port pair could be had.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +58,18 @@ struct Pool {
     /// Even RTP ports of the free pairs, oldest release first.
     free: Mutex<VecDeque<u16>>,
     pairs: usize,
+    metrics: PortPoolMetrics,
 }
 
 impl PortAllocator {
     /// The pool of the pairs (even, even+1) that fit in `low..=high`. An odd `low` starts at
     /// the next even port; an even `high` is left out (its RTCP port would be outside).
     pub fn new(low: u16, high: u16) -> PortAllocator {
+        PortAllocator::with_metrics(low, high, PortPoolMetrics::unregistered())
+    }
+
+    /// [`PortAllocator::new`], publishing the pool's state to `metrics`.
+    pub fn with_metrics(low: u16, high: u16, metrics: PortPoolMetrics) -> PortAllocator {
         let first = u32::from(low) + u32::from(low) % 2;
         let evens: VecDeque<u16> = (first..u32::from(high))
             .step_by(2)
@@ -65,7 +77,9 @@ impl PortAllocator {
             .filter(|&port| port != 0)
             .collect();
         let pairs = evens.len();
-        PortAllocator { inner: Arc::new(Pool { low, high, free: Mutex::new(evens), pairs }) }
+        let pool = Pool { low, high, free: Mutex::new(evens), pairs, metrics };
+        pool.publish(pairs);
+        PortAllocator { inner: Arc::new(pool) }
     }
 
     /// Binds a free pair on `ip`. Pairs held by another program are skipped (and tried again
@@ -74,7 +88,7 @@ impl PortAllocator {
         let pool = &self.inner;
         let attempts = pool.lock().len();
         for _ in 0..attempts {
-            let Some(rtp_port) = pool.lock().pop_front() else { break };
+            let Some(rtp_port) = pool.take() else { break };
             match bind_pair(ip, rtp_port) {
                 Ok((rtp, rtcp)) => {
                     let lease = PortLease { pool: Arc::clone(pool), rtp_port };
@@ -83,14 +97,15 @@ impl PortAllocator {
                 Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
                     // Someone else holds it: skip, keep it for later.
                     tracing::debug!(port = rtp_port, "RTP port pair in use elsewhere, skipped");
-                    pool.lock().push_back(rtp_port);
+                    pool.give_back(rtp_port, End::Back);
                 }
                 Err(source) => {
-                    pool.lock().push_front(rtp_port);
+                    pool.give_back(rtp_port, End::Front);
                     return Err(PortsError::Bind { addr: SocketAddr::new(ip, rtp_port), source });
                 }
             }
         }
+        pool.metrics.exhaustions.inc();
         Err(PortsError::Exhausted { low: pool.low, high: pool.high })
     }
 
@@ -110,6 +125,37 @@ impl Pool {
         // The queue is valid after any panic (push and pop are single operations).
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The oldest free pair, if any.
+    fn take(&self) -> Option<u16> {
+        let mut free = self.lock();
+        let port = free.pop_front();
+        self.publish(free.len());
+        port
+    }
+
+    /// A pair back in the queue: at the back (used last), or at the front (tried first).
+    fn give_back(&self, rtp_port: u16, end: End) {
+        let mut free = self.lock();
+        match end {
+            End::Back => free.push_back(rtp_port),
+            End::Front => free.push_front(rtp_port),
+        }
+        self.publish(free.len());
+    }
+
+    /// Sets the gauges; called under the lock, so they follow the queue in order.
+    fn publish(&self, free: usize) {
+        let free = free.min(self.pairs);
+        self.metrics.free.set(i64::try_from(free).unwrap_or(i64::MAX));
+        self.metrics.used.set(i64::try_from(self.pairs - free).unwrap_or(i64::MAX));
+    }
+}
+
+/// Which end of the free queue a pair goes back to.
+enum End {
+    Front,
+    Back,
 }
 
 fn bind_pair(ip: IpAddr, rtp_port: u16) -> io::Result<(UdpSocket, UdpSocket)> {
@@ -140,7 +186,7 @@ impl PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.pool.lock().push_back(self.rtp_port);
+        self.pool.give_back(self.rtp_port, End::Back);
     }
 }
 
@@ -238,6 +284,27 @@ mod tests {
         assert_eq!(pool.available(), 0);
         drop((second, third));
         assert_eq!(pool.available(), 2);
+    }
+
+    #[test]
+    fn the_gauges_follow_the_pool_and_exhaustion_is_counted() {
+        let (low, high) = free_test_range(2);
+        let metrics = PortPoolMetrics::unregistered();
+        let pool = PortAllocator::with_metrics(low, high, metrics.clone());
+        assert_eq!((metrics.free.get(), metrics.used.get()), (2, 0));
+        let first = pool.allocate(LOCALHOST).expect("first pair");
+        assert_eq!((metrics.free.get(), metrics.used.get()), (1, 1));
+        let second = pool.allocate(LOCALHOST).expect("second pair");
+        assert_eq!((metrics.free.get(), metrics.used.get()), (0, 2));
+        assert!(pool.allocate(LOCALHOST).is_err());
+        assert!(pool.allocate(LOCALHOST).is_err());
+        assert_eq!(metrics.exhaustions.get(), 2);
+        drop((first, second));
+        assert_eq!((metrics.free.get(), metrics.used.get()), (2, 0));
+        // A bind error is no exhaustion.
+        assert!(pool.allocate(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).is_err());
+        assert_eq!(metrics.exhaustions.get(), 2);
+        assert_eq!((metrics.free.get(), metrics.used.get()), (2, 0));
     }
 
     #[test]

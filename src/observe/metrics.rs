@@ -16,11 +16,17 @@
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
-//! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `leg` |
-//! | `trunkline_rtp_jitter_seconds` | histogram | `leg` |
+//! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
+//! | `trunkline_rtp_jitter_seconds` | histogram | `trunk`, `leg` |
+//! | `trunkline_rtp_port_pairs` | gauge | `state` (`free`, `used`) |
+//! | `trunkline_rtp_port_exhaustions_total` | counter | |
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
 //! | `trunkline_config_trunks`, `trunkline_config_numbers` | gauge | |
 //! | `trunkline_config_reloads_total` | counter | `result` |
+//! | `trunkline_build_info` | gauge (always 1) | `version` |
+//!
+//! [`GatewayMetrics::metric_names`] lists every series name the gateway can export (a vec with no
+//! child yet included), so that alert rules and dashboards can be checked against it in tests.
 //!
 //! **Label cardinality.** Every label value is either a fixed string from an enum in this module
 //! or bounded by the configuration:
@@ -28,12 +34,15 @@
 //!   (`"unknown"`) when no trunk was identified: never a source address, a username, a number or
 //!   anything else taken from the network. Series of trunks removed from the config stay until
 //!   the process restarts (bounded by the trunks it has ever served).
+//! - `leg` is `carrier` or `agent`; `state` is `free` or `used`; `version` is the crate's.
 //! - `transport` is `udp`, `tcp` or `tls`; `kind` is `request`, `response` or `malformed`; `rule`
 //!   is a fixed rule name of the refusing step; `status` a SIP status code.
 //! - No source IP, username, Call-ID or credential ever becomes a label (unbounded, and private).
 
+use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -47,6 +56,95 @@ pub const UNKNOWN_TRUNK: &str = "unknown";
 /// typical agent setup (100 ms–2 s) to a long ring (30 s; anything longer lands in `+Inf`).
 pub const SETUP_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
+
+/// What a collector exports under its name: series of that name, or a histogram's
+/// `_bucket`, `_sum` and `_count` series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Plain,
+    Histogram,
+}
+
+/// Registers `collectors` in `registry` (a fresh one: the names must be distinct) and gives the
+/// name of every series they can export, whether or not a vec has a child yet. Used by the
+/// gateway's and the operator's metrics for their `metric_names()`.
+pub fn register_all(
+    registry: &Registry,
+    collectors: Vec<(Box<dyn Collector>, Shape)>,
+) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (collector, shape) in collectors {
+        for desc in collector.desc() {
+            match shape {
+                Shape::Plain => {
+                    names.insert(desc.fq_name.clone());
+                }
+                Shape::Histogram => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{}{suffix}", desc.fq_name));
+                    }
+                }
+            }
+        }
+        registry.register(collector).expect("metric names are distinct in a fresh registry");
+    }
+    names
+}
+
+/// `trunkline_build_info{version="<crate version>"} 1`: which release a process runs (for
+/// version-skew alerts and dashboards). Both the gateway and the operator export it.
+pub fn build_info() -> IntGauge {
+    let gauge = IntGauge::with_opts(
+        Opts::new("trunkline_build_info", "The trunkline release this process runs (value 1).")
+            .const_label("version", env!("CARGO_PKG_VERSION")),
+    )
+    .expect("static metric definition is valid");
+    gauge.set(1);
+    gauge
+}
+
+/// The RTP port pool's metrics, kept current by `media::ports::PortAllocator`: pairs free and in
+/// use (`trunkline_rtp_port_pairs{state}`) and calls refused because none was free
+/// (`trunkline_rtp_port_exhaustions_total`).
+#[derive(Clone, Debug)]
+pub struct PortPoolMetrics {
+    pub free: IntGauge,
+    pub used: IntGauge,
+    pub exhaustions: IntCounter,
+}
+
+impl PortPoolMetrics {
+    /// Handles registered nowhere: for a pool nobody scrapes (tests, benchmarks).
+    pub fn unregistered() -> PortPoolMetrics {
+        let (pairs, exhaustions) = port_pool_collectors();
+        PortPoolMetrics::of(&pairs, exhaustions)
+    }
+
+    fn of(pairs: &IntGaugeVec, exhaustions: IntCounter) -> PortPoolMetrics {
+        PortPoolMetrics {
+            free: pairs.with_label_values(&["free"]),
+            used: pairs.with_label_values(&["used"]),
+            exhaustions,
+        }
+    }
+}
+
+fn port_pool_collectors() -> (IntGaugeVec, IntCounter) {
+    let pairs = IntGaugeVec::new(
+        Opts::new(
+            "trunkline_rtp_port_pairs",
+            "RTP/RTCP port pairs of the --rtp-ports range, by state (free, used).",
+        ),
+        &["state"],
+    )
+    .expect("static metric definition is valid");
+    let exhaustions = IntCounter::new(
+        "trunkline_rtp_port_exhaustions_total",
+        "Calls refused (503) because no RTP port pair was free.",
+    )
+    .expect("static metric definition is valid");
+    (pairs, exhaustions)
+}
 
 /// Which side started the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +284,9 @@ pub struct GatewayMetrics {
     rtp_bytes: IntCounterVec,
     rtp_lost: IntCounterVec,
     rtp_jitter: HistogramVec,
+    port_pool: PortPoolMetrics,
+    /// Every series name the registry can export (see [`register_all`]).
+    names: BTreeSet<String>,
 }
 
 impl Default for GatewayMetrics {
@@ -202,22 +303,25 @@ impl GatewayMetrics {
         let rtp_packets = IntCounterVec::new(
             Opts::new(
                 "trunkline_rtp_packets_total",
-                "RTP packets received by the relay from each side of ended calls (leg: carrier or agent).",
+                "RTP packets received by the relay from each side of ended calls, by trunk and leg (carrier or agent).",
             ),
-            &["leg"],
+            &["trunk", "leg"],
         )
         .expect("static metric definition is valid");
         let rtp_bytes = IntCounterVec::new(
-            Opts::new("trunkline_rtp_bytes_total", "RTP bytes received by the relay, by leg."),
-            &["leg"],
+            Opts::new(
+                "trunkline_rtp_bytes_total",
+                "RTP bytes received by the relay, by trunk and leg.",
+            ),
+            &["trunk", "leg"],
         )
         .expect("static metric definition is valid");
         let rtp_lost = IntCounterVec::new(
             Opts::new(
                 "trunkline_rtp_lost_packets_total",
-                "RTP packets lost before reaching the relay (sequence gaps), by leg.",
+                "RTP packets lost before reaching the relay (sequence gaps), by trunk and leg.",
             ),
-            &["leg"],
+            &["trunk", "leg"],
         )
         .expect("static metric definition is valid");
         let rtp_jitter = HistogramVec::new(
@@ -226,7 +330,7 @@ impl GatewayMetrics {
                 "Interarrival jitter (RFC 3550 A.8) of each call leg's RTP at its end.",
             )
             .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
-            &["leg"],
+            &["trunk", "leg"],
         )
         .expect("static metric definition is valid");
         let calls = IntCounterVec::new(
@@ -296,25 +400,32 @@ impl GatewayMetrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
-            Box::new(rtp_packets.clone()),
-            Box::new(rtp_bytes.clone()),
-            Box::new(rtp_lost.clone()),
-            Box::new(rtp_jitter.clone()),
-            Box::new(calls.clone()),
-            Box::new(active.clone()),
-            Box::new(auth.clone()),
-            Box::new(refusals.clone()),
-            Box::new(setup.clone()),
-            Box::new(sip_messages.clone()),
-            Box::new(config_info.clone()),
-            Box::new(config_trunks.clone()),
-            Box::new(config_numbers.clone()),
-            Box::new(reloads.clone()),
-        ];
-        for c in collectors {
-            registry.register(c).expect("metric names are distinct in a fresh registry");
-        }
+        let (port_pairs, port_exhaustions) = port_pool_collectors();
+        let port_pool = PortPoolMetrics::of(&port_pairs, port_exhaustions.clone());
+
+        use Shape::{Histogram as H, Plain as P};
+        let names = register_all(
+            &registry,
+            vec![
+                (Box::new(build_info()), P),
+                (Box::new(rtp_packets.clone()), P),
+                (Box::new(rtp_bytes.clone()), P),
+                (Box::new(rtp_lost.clone()), P),
+                (Box::new(rtp_jitter.clone()), H),
+                (Box::new(port_pairs), P),
+                (Box::new(port_exhaustions), P),
+                (Box::new(calls.clone()), P),
+                (Box::new(active.clone()), P),
+                (Box::new(auth.clone()), P),
+                (Box::new(refusals.clone()), P),
+                (Box::new(setup.clone()), H),
+                (Box::new(sip_messages.clone()), P),
+                (Box::new(config_info.clone()), P),
+                (Box::new(config_trunks.clone()), P),
+                (Box::new(config_numbers.clone()), P),
+                (Box::new(reloads.clone()), P),
+            ],
+        );
 
         let auth_failures =
             AuthFailure::ALL.iter().map(|r| auth.with_label_values(&[r.as_str()])).collect();
@@ -337,24 +448,40 @@ impl GatewayMetrics {
             rtp_bytes,
             rtp_lost,
             rtp_jitter,
+            port_pool,
+            names,
         }
+    }
+
+    /// The name of every series a gateway can export, histograms as their `_bucket`, `_sum` and
+    /// `_count` series, including vecs that have no child yet.
+    pub fn metric_names() -> BTreeSet<String> {
+        GatewayMetrics::new().names
+    }
+
+    /// The handles the RTP port pool keeps current (`media::ports::PortAllocator::with_metrics`).
+    pub fn port_pool(&self) -> PortPoolMetrics {
+        self.port_pool.clone()
     }
 
     /// Adds one call leg's RTP figures when its call ends: what the relay received from that
     /// side (`leg`: `carrier` or `agent`), the packets lost on the way, the final jitter.
+    /// `trunk`: as in [`Self::call_finished`].
     pub fn rtp_leg_finished(
         &self,
+        trunk: &str,
         leg: &str,
         packets: u64,
         bytes: u64,
         lost: u64,
         jitter_seconds: f64,
     ) {
-        self.rtp_packets.with_label_values(&[leg]).inc_by(packets);
-        self.rtp_bytes.with_label_values(&[leg]).inc_by(bytes);
-        self.rtp_lost.with_label_values(&[leg]).inc_by(lost);
+        let labels = [trunk, leg];
+        self.rtp_packets.with_label_values(&labels).inc_by(packets);
+        self.rtp_bytes.with_label_values(&labels).inc_by(bytes);
+        self.rtp_lost.with_label_values(&labels).inc_by(lost);
         if packets > 0 {
-            self.rtp_jitter.with_label_values(&[leg]).observe(jitter_seconds);
+            self.rtp_jitter.with_label_values(&labels).observe(jitter_seconds);
         }
     }
 
@@ -542,6 +669,54 @@ mod tests {
         assert!(
             text.contains(r#"trunkline_sip_messages_total{kind="malformed",transport="tls"} 1"#)
         );
+    }
+
+    #[test]
+    fn build_info_names_the_crate_version() {
+        let text = GatewayMetrics::new().render();
+        let line = format!(r#"trunkline_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+
+    #[test]
+    fn rtp_figures_are_labelled_with_trunk_and_leg() {
+        let m = GatewayMetrics::new();
+        m.rtp_leg_finished("voice/acme-in", "carrier", 50, 8600, 2, 0.004);
+        let text = m.render();
+        for line in [
+            r#"trunkline_rtp_packets_total{leg="carrier",trunk="voice/acme-in"} 50"#,
+            r#"trunkline_rtp_bytes_total{leg="carrier",trunk="voice/acme-in"} 8600"#,
+            r#"trunkline_rtp_lost_packets_total{leg="carrier",trunk="voice/acme-in"} 2"#,
+            r#"trunkline_rtp_jitter_seconds_count{leg="carrier",trunk="voice/acme-in"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn metric_names_cover_every_series_rendered_and_the_vecs_without_children() {
+        let names = GatewayMetrics::metric_names();
+        for name in [
+            "trunkline_build_info",
+            "trunkline_calls_total",
+            "trunkline_rtp_port_pairs",
+            "trunkline_rtp_port_exhaustions_total",
+            "trunkline_rtp_jitter_seconds_bucket",
+            "trunkline_rtp_jitter_seconds_sum",
+            "trunkline_call_setup_seconds_count",
+        ] {
+            assert!(names.contains(name), "{name} missing from {names:?}");
+        }
+        assert!(!names.contains("trunkline_rtp_jitter_seconds"), "a histogram has no bare series");
+        let m = GatewayMetrics::new();
+        m.call_finished("ns/t", Direction::Inbound, Outcome::Answered);
+        m.setup_latency("ns/t", 0.1);
+        m.rtp_leg_finished("ns/t", "agent", 1, 1, 0, 0.0);
+        m.set_config("h", 1, 1);
+        for line in m.render().lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(names.contains(name), "{name} is rendered but not in metric_names()");
+        }
     }
 
     #[test]

@@ -15,22 +15,29 @@
 //! | `trunkline_operator_compiles_total`, `trunkline_operator_compile_seconds` | counter, histogram | |
 //! | `trunkline_operator_generated_secrets_total` | counter | |
 //! | `trunkline_operator_bundle_applies_total` | counter | `result` |
+//! | `trunkline_operator_leader` | gauge | |
+//! | `trunkline_operator_fleet_applies_total` | counter | `result` |
+//! | `trunkline_build_info` | gauge (always 1) | `version` |
+//!
+//! [`OperatorMetrics::metric_names`] lists every series name the operator can export, for tests
+//! of alert rules and dashboards.
 //!
 //! Label values are fixed strings: `kind` is a CRD kind, `result` is `ok` or an error category
 //! (`patch_status`, `create_secret`, ...), `condition` one of the operator's condition types,
 //! `status` `True`/`False`. No object name, no Secret, no message is ever a label.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use super::status::{OWNED_CONDITIONS, condition_status};
 use crate::api::Kind;
 use crate::config::diagnostic::ObjectKey;
+use crate::observe::metrics::{Shape, build_info, register_all};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// Upper bounds of the reconcile and compile histograms, in seconds.
@@ -48,6 +55,10 @@ pub struct OperatorMetrics {
     compile_seconds: Histogram,
     generated_secrets: IntCounter,
     bundle_applies: IntCounterVec,
+    leader: IntGauge,
+    fleet_applies: IntCounterVec,
+    /// Every series name the registry can export (see `observe::metrics::register_all`).
+    names: BTreeSet<String>,
     /// The (condition, status) pairs each object is counted under in `objects`.
     ledger: Mutex<HashMap<ObjectKey, Vec<(&'static str, &'static str)>>>,
 }
@@ -125,19 +136,37 @@ impl OperatorMetrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
-            Box::new(reconciles.clone()),
-            Box::new(reconcile_seconds.clone()),
-            Box::new(objects.clone()),
-            Box::new(status_writes.clone()),
-            Box::new(compiles.clone()),
-            Box::new(compile_seconds.clone()),
-            Box::new(generated_secrets.clone()),
-            Box::new(bundle_applies.clone()),
-        ];
-        for c in collectors {
-            registry.register(c).expect("metric names are distinct in a fresh registry");
-        }
+        let leader = IntGauge::new(
+            "trunkline_operator_leader",
+            "1 while this replica holds the Lease and reconciles, else 0",
+        )
+        .expect("static metric definition is valid");
+        let fleet_applies = IntCounterVec::new(
+            Opts::new(
+                "trunkline_operator_fleet_applies_total",
+                "Applies of the gateway fleet, by result (ok, or the action that failed)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+
+        use Shape::{Histogram as H, Plain as P};
+        let names = register_all(
+            &registry,
+            vec![
+                (Box::new(build_info()), P),
+                (Box::new(reconciles.clone()), P),
+                (Box::new(reconcile_seconds.clone()), H),
+                (Box::new(objects.clone()), P),
+                (Box::new(status_writes.clone()), P),
+                (Box::new(compiles.clone()), P),
+                (Box::new(compile_seconds.clone()), H),
+                (Box::new(generated_secrets.clone()), P),
+                (Box::new(bundle_applies.clone()), P),
+                (Box::new(leader.clone()), P),
+                (Box::new(fleet_applies.clone()), P),
+            ],
+        );
         OperatorMetrics {
             registry,
             reconciles,
@@ -148,8 +177,27 @@ impl OperatorMetrics {
             compile_seconds,
             generated_secrets,
             bundle_applies,
+            leader,
+            fleet_applies,
+            names,
             ledger: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The name of every series an operator can export, histograms as their `_bucket`, `_sum`
+    /// and `_count` series, including vecs that have no child yet.
+    pub fn metric_names() -> BTreeSet<String> {
+        OperatorMetrics::new().names
+    }
+
+    /// `trunkline_operator_leader`: 1 while this replica leads (set by the assembly).
+    pub fn leader(&self) -> &IntGauge {
+        &self.leader
+    }
+
+    /// `trunkline_operator_fleet_applies_total{result}` (counted by the assembly).
+    pub fn fleet_applies(&self) -> &IntCounterVec {
+        &self.fleet_applies
     }
 
     /// The registry, for the lead's other operator metrics and the `/metrics` endpoint.
@@ -293,6 +341,24 @@ mod tests {
         assert_eq!(sample(&text, programmed_false), Some(0.0));
         m.objects_retain(|k| k != &a);
         assert_eq!(sample(&m.render(), accepted), Some(0.0));
+    }
+
+    #[test]
+    fn metric_names_include_build_info_the_leader_and_histogram_series() {
+        let names = OperatorMetrics::metric_names();
+        for name in [
+            "trunkline_build_info",
+            "trunkline_operator_leader",
+            "trunkline_operator_objects",
+            "trunkline_operator_fleet_applies_total",
+            "trunkline_operator_reconcile_seconds_bucket",
+            "trunkline_operator_compile_seconds_count",
+        ] {
+            assert!(names.contains(name), "{name} missing from {names:?}");
+        }
+        let text = OperatorMetrics::new().render();
+        let line = format!(r#"trunkline_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&line), "{text}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - `bundle`: the gateway credentials Secret, written by the operator and read by gateways.
 //! - `status`, `credentials`, `programmed`, `controller`: the reconcilers.
 //! - `source`: the gateway's spec source (reflectors → snapshots).
+//! - `node`: the address a gateway advertises, read from its own Node.
 //! - `leader`: the Lease that lets one operator replica write at a time.
 
 pub mod bundle;
@@ -27,6 +28,7 @@ pub mod credentials;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
+pub mod node;
 pub mod programmed;
 pub mod run;
 pub mod settings;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kube::{Api, Client};
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::watch;
 
 use super::controller::{ControllerConfig, run_controllers};
@@ -84,23 +84,11 @@ struct AssemblyMetrics {
 
 impl AssemblyMetrics {
     fn register(metrics: &OperatorMetrics) -> AssemblyMetrics {
-        let leader = IntGauge::new(
-            "trunkline_operator_leader",
-            "1 while this replica holds the Lease and reconciles, else 0",
-        )
-        .expect("a valid metric");
-        let fleet_applies = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_fleet_applies_total",
-                "Applies of the gateway fleet, by result (ok, or the action that failed)",
-            ),
-            &["result"],
-        )
-        .expect("a valid metric");
-        // Registration fails only for a name registered twice; the assembly registers once.
-        let _ = metrics.registry().register(Box::new(leader.clone()));
-        let _ = metrics.registry().register(Box::new(fleet_applies.clone()));
-        AssemblyMetrics { leader, fleet_applies }
+        // Registered with the others (OperatorMetrics::metric_names lists them).
+        AssemblyMetrics {
+            leader: metrics.leader().clone(),
+            fleet_applies: metrics.fleet_applies().clone(),
+        }
     }
 }
 

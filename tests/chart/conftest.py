@@ -60,7 +60,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "rtpPorts": "40000-40099", "carrierService": {"type": "NodePort"}}
     },
     "servicemonitor": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        }
     },
     "networkpolicy": {
         "gateway": {"tls": {"secretName": "sip-tls"}, "rtpPorts": "30000-30999"},

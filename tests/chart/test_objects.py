@@ -564,6 +564,54 @@ def test_the_service_monitor_scrapes_the_operator_and_a_pod_monitor_the_gateways
         {"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
 
 
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+
+def test_the_prometheus_rule_is_off_by_default(default):
+    assert not default.all("PrometheusRule")
+
+
+def test_the_prometheus_rule_has_every_alert_with_a_severity_and_annotations(renderings):
+    rule = renderings["servicemonitor"].one("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names)), names
+    assert {"TrunklineOperatorNotLeading", "TrunklineObjectsNotAccepted",
+            "TrunklineObjectsNotProgrammed", "TrunklineGatewayConfigSkew",
+            "TrunklineInboundRefusalSpike", "TrunklineAuthFailureSpike", "TrunklineRtpLossHigh",
+            "TrunklineRtpPortsExhausted", "TrunklineRtpPortsNearlyExhausted"} <= set(names)
+    for alert in alerts:
+        name = alert["alert"]
+        assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}, name
+        assert alert["labels"]["severity"] in ("warning", "critical"), name
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], name
+        assert "for" not in alert or DURATION.match(alert["for"]), name
+        expr = alert["expr"]
+        # Every placeholder was filled; every selector is the release's namespace.
+        assert "{{" not in expr and "<no value>" not in expr, f"{name}: {expr}"
+        assert expr.count("trunkline_") == expr.count(f'{{namespace="{NAMESPACE}"'), \
+            f"{name}: a selector without the namespace: {expr}"
+        # Prometheus fills $value and $labels itself: Helm must leave them.
+        for text in alert["annotations"].values():
+            assert "<no value>" not in text, name
+
+
+def test_the_prometheus_rule_takes_its_thresholds_from_the_values():
+    values = {"metrics": {"prometheusRule": {
+        "enabled": True, "pendingFor": "25m", "refusalsPerSecond": 7, "authFailuresPerSecond": 3,
+        "rtpLossRatio": 0.07, "rtpPortsUsedRatio": 0.75}}}
+    rule = Rendering(values).one("PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert alerts["TrunklineOperatorNotLeading"]["for"] == "25m"
+    assert alerts["TrunklineInboundRefusalSpike"]["expr"].endswith("> 7")
+    assert alerts["TrunklineAuthFailureSpike"]["expr"].endswith("> 3")
+    assert alerts["TrunklineRtpLossHigh"]["expr"].endswith("> 0.07")
+    assert alerts["TrunklineRtpPortsNearlyExhausted"]["expr"].endswith("> 0.75")
+
+
 def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):
     r = renderings["networkpolicy"]
     policy = r.one("NetworkPolicy", f"{RELEASE}-gateway")

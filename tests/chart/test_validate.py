@@ -23,7 +23,8 @@ from conftest import CHART, KUBE_VERSION, NAMESPACE, REPO, VALUE_SETS, documents
 CHECKOV_CONFIG = CHART / ".checkov.yaml"
 # Prometheus Operator kinds: their schemas come with the Prometheus Operator, not Kubernetes.
 NO_KUBERNETES_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor"),
-                        ("monitoring.coreos.com/v1", "PodMonitor")}
+                        ("monitoring.coreos.com/v1", "PodMonitor"),
+                        ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def test_the_chart_crds_are_byte_identical_to_the_repository_crds():

@@ -120,6 +120,7 @@ def test_every_value_has_a_description_in_the_schema():
 DIGEST = "sha256:" + "c" * 64
 PEERS = [{"ipBlock": {"cidr": "192.0.2.0/24"}}]
 MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
+RULES = {"metrics": {"prometheusRule": {"enabled": True}}}
 POLICIES = {"networkPolicy": {"enabled": True}}
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
     "nodeSelectorTerms": [{"matchExpressions": [
@@ -205,6 +206,13 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "metrics.serviceMonitor.interval": ("15s", MONITORS),
     "metrics.serviceMonitor.scrapeTimeout": ("5s", MONITORS),
     "metrics.serviceMonitor.labels": ({"release": "prometheus"}, MONITORS),
+    "metrics.prometheusRule.enabled": (True, {}),
+    "metrics.prometheusRule.labels": ({"release": "prometheus"}, RULES),
+    "metrics.prometheusRule.pendingFor": ("30m", RULES),
+    "metrics.prometheusRule.refusalsPerSecond": (5, RULES),
+    "metrics.prometheusRule.authFailuresPerSecond": (2, RULES),
+    "metrics.prometheusRule.rtpLossRatio": (0.05, RULES),
+    "metrics.prometheusRule.rtpPortsUsedRatio": (0.95, RULES),
     "networkPolicy.enabled": (True, {}),
     "networkPolicy.carriers": (PEERS, POLICIES),
     "networkPolicy.agents": (PEERS, POLICIES),
@@ -259,6 +267,10 @@ SCHEMA_REJECTS = [
     ({"operator": {"replicas": "two"}}, "/operator/replicas"),
     ({"operator": {"image": {"repository": ""}}}, "/operator/image/repository"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ({"metrics": {"prometheusRule": {"pendingFor": "ten"}}}, "/metrics/prometheusRule/pendingFor"),
+    ({"metrics": {"prometheusRule": {"rtpLossRatio": 2}}}, "/metrics/prometheusRule/rtpLossRatio"),
+    ({"metrics": {"prometheusRule": {"refusalsPerSecond": "1"}}},
+     "/metrics/prometheusRule/refusalsPerSecond"),
     ({"networkPolicy": {"carriers": [{"cidr": "203.0.113.0/24"}]}},
      "/networkPolicy/carriers/0"),
     ({"imagePullSecrets": [{"name": "registry"}]}, "/imagePullSecrets/0"),
