@@ -270,8 +270,9 @@ struct ServeArgs {
     /// PEM private key for tls:// listeners.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Admin HTTP address: /metrics, /healthz, /readyz.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090")]
+    /// Admin HTTP address: /metrics, /healthz, /readyz (an IPv6 address with or without
+    /// brackets).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090", value_parser = parse_admin)]
     admin: SocketAddr,
     /// The address carriers reach the gateway at, advertised in Via and Contact (and SDP)
     /// instead of the listener's own (behind NAT or a load balancer).
@@ -347,6 +348,10 @@ fn parse_algorithm(s: &str) -> Result<trunkline::sip::digest::Algorithm, String>
         Some(a @ (Algorithm::Md5 | Algorithm::Sha256)) => Ok(a),
         _ => Err(format!("{s:?}: expected MD5 or SHA-256")),
     }
+}
+
+fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+    trunkline::sip::transport::parse_socket_addr(s).ok_or_else(|| format!("{s:?} is not IP:PORT"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -699,6 +704,42 @@ mod tests {
         assert_eq!(options.region.as_deref(), Some("us"));
         assert_eq!(options.drain_timeout, Duration::from_secs(30));
         assert_eq!(options.admin, "0.0.0.0:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn every_fleet_topologys_rendered_command_line_parses_as_kubernetes_expands_it() {
+        use trunkline::operator::fleet::{NODE_NAME_REF, POD_IP_REF, gateway_args};
+        use trunkline::operator::settings::OperatorSettings;
+        let topologies = [
+            "",
+            "mode: DaemonSet\nlogFormat: json\nwatchNamespace: voice\n",
+            "hostNetwork: false\npublicAddressFrom: Pod\n",
+            "publicAddress: 203.0.113.9\nreplicas: 1\nhostNetwork: false\nrtpPorts: 40000-40099\n",
+            "tls: {secretName: sip-tls}\ndigestAlgorithms: [SHA-256]\nrealm: acme\n",
+        ];
+        for text in topologies {
+            let settings = OperatorSettings::parse(text, std::path::Path::new("t.yaml")).unwrap();
+            // The pod's IP on IPv4 and IPv6 pod networks, as Kubernetes substitutes it.
+            for pod_ip in ["10.0.0.7", "fd00::7"] {
+                let args: Vec<String> = gateway_args(&settings)
+                    .iter()
+                    .map(|a| a.replace(POD_IP_REF, pod_ip).replace(NODE_NAME_REF, "node-1"))
+                    .collect();
+                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                let Command::Gateway(parsed) = parse(&argv) else { panic!("not the gateway") };
+                let options = parsed.serve.into_options();
+                let internal_ip = options.internal_listen[0].addr.ip().to_string();
+                if settings.host_network {
+                    // The agent-facing and admin listeners on the pod's (node's) address only.
+                    assert_eq!(internal_ip, pod_ip, "{text:?}");
+                    assert_eq!(options.admin.ip().to_string(), pod_ip, "{text:?}");
+                } else {
+                    assert_eq!(internal_ip, "0.0.0.0", "{text:?}");
+                }
+                assert_eq!(options.realm, settings.realm, "{text:?}");
+                assert_eq!(parsed.watch_namespace, settings.watch_namespace, "{text:?}");
+            }
+        }
     }
 
     #[test]
