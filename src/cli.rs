@@ -37,8 +37,9 @@ enum Command {
     /// Serve calls from the resources in the cluster: the command of the gateway pods the
     /// operator runs. Watches InboundTrunks, OutboundTrunks and TransferDestinations and the
     /// operator's credentials Secret, compiles on every change, swaps the table in while calls go
-    /// on, and writes the hash of the config it runs into its pod's annotation
-    /// `trunkline.dev/config-hash`. Not ready until the first config; keeps its last table when
+    /// on, and reports the hash of the config it runs on its admin endpoint (`GET /v1/status`,
+    /// read by the operator); it never writes to the API server. Not ready until the first
+    /// config; keeps its last table when
     /// the API server goes away. Connects with the pod's in-cluster configuration, or with a
     /// kubeconfig when one is found (KUBECONFIG, ~/.kube/config).
     #[command(args_override_self = true)]
@@ -137,12 +138,7 @@ struct GatewayArgs {
     /// digest nonce key, in the pod's namespace. The gateway is not ready until it exists.
     #[arg(long, value_name = "NAME", default_value = "trunkline-gateway-credentials")]
     credentials_secret: String,
-    /// This pod's name, where the hash of the config it runs is written (annotation
-    /// `trunkline.dev/config-hash`, read by the operator to set `Programmed`). Without it the
-    /// hash is not reported.
-    #[arg(long, value_name = "NAME", env = "POD_NAME")]
-    pod_name: Option<String>,
-    /// This pod's namespace: where the credentials Secret is read and the pod annotated.
+    /// This pod's namespace: where the credentials Secret is read.
     /// Default: the namespace of the pod's service account (or of the kubeconfig context).
     #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
@@ -532,7 +528,6 @@ fn run_kube(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
         let options = KubeSourceOptions {
             credentials_secret: args.credentials_secret,
-            pod_name: args.pod_name,
             pod_namespace: args.pod_namespace,
             watch_namespace: args.watch_namespace,
         };
@@ -620,18 +615,11 @@ mod tests {
         let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };
         assert_eq!(args.credentials_secret, "trunkline-gateway-credentials");
         assert_eq!(args.serve.drain_timeout, Duration::from_secs(30));
-        let Command::Gateway(args) = parse(&[
-            "gateway",
-            "--pod-name",
-            "gw-0",
-            "--pod-namespace",
-            "tl",
-            "--watch-namespace",
-            "voice",
-        ]) else {
+        let Command::Gateway(args) =
+            parse(&["gateway", "--pod-namespace", "tl", "--watch-namespace", "voice"])
+        else {
             panic!("not gateway")
         };
-        assert_eq!(args.pod_name.as_deref(), Some("gw-0"));
         assert_eq!(args.pod_namespace.as_deref(), Some("tl"));
         assert_eq!(args.watch_namespace.as_deref(), Some("voice"));
     }

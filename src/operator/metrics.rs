@@ -15,6 +15,7 @@
 //! | `trunkline_operator_compiles_total`, `trunkline_operator_compile_seconds` | counter, histogram | |
 //! | `trunkline_operator_generated_secrets_total` | counter | |
 //! | `trunkline_operator_bundle_applies_total` | counter | `result` |
+//! | `trunkline_operator_gateway_probes_total` | counter | `result` (`ok`, `error`) |
 //!
 //! Label values are fixed strings: `kind` is a CRD kind, `result` is `ok` or an error category
 //! (`patch_status`, `create_secret`, ...), `condition` one of the operator's condition types,
@@ -48,6 +49,7 @@ pub struct OperatorMetrics {
     compile_seconds: Histogram,
     generated_secrets: IntCounter,
     bundle_applies: IntCounterVec,
+    gateway_probes: IntCounterVec,
     /// The (condition, status) pairs each object is counted under in `objects`.
     ledger: Mutex<HashMap<ObjectKey, Vec<(&'static str, &'static str)>>>,
 }
@@ -125,7 +127,16 @@ impl OperatorMetrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let gateway_probes = IntCounterVec::new(
+            Opts::new(
+                "trunkline_operator_gateway_probes_total",
+                "Fetches of a gateway pod's GET /v1/status report, by result (ok, error).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(reconciles.clone()),
             Box::new(reconcile_seconds.clone()),
             Box::new(objects.clone()),
@@ -134,6 +145,7 @@ impl OperatorMetrics {
             Box::new(compile_seconds.clone()),
             Box::new(generated_secrets.clone()),
             Box::new(bundle_applies.clone()),
+            Box::new(gateway_probes.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are distinct in a fresh registry");
@@ -148,6 +160,7 @@ impl OperatorMetrics {
             compile_seconds,
             generated_secrets,
             bundle_applies,
+            gateway_probes,
             ledger: Mutex::new(HashMap::new()),
         }
     }
@@ -187,6 +200,11 @@ impl OperatorMetrics {
     /// Counts one write of the gateway credentials Secret.
     pub fn bundle_applied(&self, ok: bool) {
         self.bundle_applies.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Counts one probe of a gateway pod's status report.
+    pub fn gateway_probed(&self, ok: bool) {
+        self.gateway_probes.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Records the conditions an object now has (as written, or as found unchanged).
