@@ -822,7 +822,7 @@ fn two_fleets_share_a_trunk_with_an_entry_each_and_stable_conditions() {
     cluster.start_operator_with("operator-us", "us.yaml", "us-operator");
     cluster.start_operator_with("operator-eu", "eu.yaml", "eu-operator");
 
-    let fleet_names = |trunk: &Value| -> Vec<String> {
+    let fleet_names = |trunk: &Value| -> BTreeSet<String> {
         trunk["status"]["fleets"]
             .as_array()
             .into_iter()
@@ -831,7 +831,8 @@ fn two_fleets_share_a_trunk_with_an_entry_each_and_stable_conditions() {
             .collect()
     };
     cluster.wait_for("both fleets' entries on both trunks", || {
-        ["shared-in", "us-in"].iter().all(|n| fleet_names(&cluster.trunk(n)) == ["eu", "us"])
+        let both: BTreeSet<String> = ["eu".to_string(), "us".to_string()].into();
+        ["shared-in", "us-in"].iter().all(|n| fleet_names(&cluster.trunk(n)) == both)
     });
 
     // The status settles: no status write for a while, the resourceVersion stays.
@@ -1112,5 +1113,61 @@ fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
             })
             .collect();
         assert_eq!(seen, ["DELETED b"]);
+
+        // Nodes: cluster-scoped, GET by name and LIST (node address discovery reads them).
+        fake.put(
+            "v1/nodes",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                   "status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.7"}]}}),
+        );
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let node = nodes.get("node-a").await.unwrap();
+        let addresses = node.status.unwrap().addresses.unwrap();
+        assert_eq!(addresses[0].address, "203.0.113.7");
+        let listed = nodes.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), 1);
+        assert!(nodes.get_opt("node-b").await.unwrap().is_none());
+
+        // status.fleets is a list map keyed by name: each manager applies its own entry, the
+        // other's stays; inside an entry, conditions merge by type, and what a manager stops
+        // applying in its own entry goes.
+        let resource = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("trunkline.dev", "v1alpha1", "InboundTrunk"),
+            "inboundtrunks",
+        );
+        let trunks: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), VOICE, &resource);
+        fake.put(TRUNKS, inbound_trunk("t", ACME_NUMBER, 5070, None));
+        let fleet = |name: &str, reason: &str, endpoints: &[&str]| {
+            let mut entry = json!({"name": name, "conditions": [
+                {"type": "Programmed", "status": "False", "reason": reason, "message": "m",
+                 "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
+            if !endpoints.is_empty() {
+                entry["endpoints"] = json!(endpoints);
+            }
+            json!({"apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+                   "status": {"fleets": [entry]}})
+        };
+        let as_us = PatchParams::apply("trunkline-operator/us").force();
+        let as_eu = PatchParams::apply("trunkline-operator/eu").force();
+        trunks
+            .patch_status("t", &as_us, &Patch::Apply(fleet("us", "Pending", &["sip:a"])))
+            .await
+            .unwrap();
+        trunks
+            .patch_status("t", &as_eu, &Patch::Apply(fleet("eu", "NotServedHere", &[])))
+            .await
+            .unwrap();
+        trunks
+            .patch_status("t", &as_us, &Patch::Apply(fleet("us", "NoGateways", &[])))
+            .await
+            .unwrap();
+        let t = fake.get(TRUNKS, VOICE, "t").unwrap();
+        let fleets = t["status"]["fleets"].as_array().unwrap();
+        let by_name = |n: &str| fleets.iter().find(|f| f["name"] == n).unwrap().clone();
+        assert_eq!(fleets.len(), 2, "{t}");
+        assert_eq!(by_name("us")["conditions"][0]["reason"], "NoGateways");
+        assert!(by_name("us").get("endpoints").is_none(), "dropped by its manager: {t}");
+        assert_eq!(by_name("eu")["conditions"][0]["reason"], "NotServedHere");
     });
 }

@@ -179,15 +179,15 @@ pub struct AggregateProgrammed {
 /// every fleet that serves it says True. Otherwise the reason is the first (in fleet-name order)
 /// of the serving fleets' non-True reasons other than `Pending`, else `Pending`; with no fleet
 /// serving it, `NotServedHere`. The message is the one fleet's message, or `name: message` of
-/// each fleet joined with `; `. An entry for another generation than `generation` counts as
-/// Pending. `fleets` sorted by name.
+/// each fleet joined with `; `, in fleet-name order. An entry for another generation than
+/// `generation` counts as Pending. The order of `fleets` does not matter.
 pub fn aggregate_programmed(
     generation: Option<i64>,
     fleets: &[FleetStatus],
 ) -> AggregateProgrammed {
     let pending = ProgrammedReason::Pending.as_str();
-    let entries: Vec<(&str, bool, String, String)> = fleets
-        .iter()
+    let entries: Vec<(&str, bool, String, String)> = by_name(fleets)
+        .into_iter()
         .map(|f| match f.conditions.iter().find(|c| c.type_ == PROGRAMMED) {
             Some(c) if c.observed_generation == generation => {
                 (f.name.as_str(), c.status == "True", c.reason.clone(), c.message.clone())
@@ -289,7 +289,9 @@ enum Addresses {
     None,
 }
 
-/// This fleet's fresh entry and the others' as found, sorted by name.
+/// The others' entries as found and this fleet's fresh one, in the order of the current list
+/// (its own entry in its place, or appended): the API server keeps a list map in the order
+/// its items were added, and a reordered list would compare unequal and be written forever.
 fn fleet_entries(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
@@ -325,18 +327,26 @@ fn fleet_entries(
             _ => Vec::new(),
         },
     };
-    let mut entries: Vec<FleetStatus> =
-        current.iter().filter(|f| f.name != fleet.name).cloned().collect();
-    entries.push(own);
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut entries: Vec<FleetStatus> = current.to_vec();
+    match entries.iter_mut().find(|f| f.name == fleet.name) {
+        Some(entry) => *entry = own,
+        None => entries.push(own),
+    }
     entries
 }
 
-/// The union of one list of every serving entry, in entry order, without repeats.
+/// The entries by fleet name: what is summed up does not depend on the list's order.
+fn by_name(fleets: &[FleetStatus]) -> Vec<&FleetStatus> {
+    let mut sorted: Vec<&FleetStatus> = fleets.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted
+}
+
+/// The union of one list of every serving entry, in fleet-name order, without repeats.
 fn union(entries: &[FleetStatus], list: impl Fn(&FleetStatus) -> &[String]) -> Vec<String> {
     let not_served = ProgrammedReason::NotServedHere.as_str();
     let mut out: Vec<String> = Vec::new();
-    for entry in entries {
+    for entry in by_name(entries) {
         let serves =
             entry.conditions.iter().any(|c| c.type_ == PROGRAMMED && c.reason != not_served);
         for item in list(entry).iter().filter(|_| serves) {
@@ -782,8 +792,8 @@ mod tests {
             &at(5),
         );
         let names: Vec<&str> = eu.fleets.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["eu", "us"]);
-        assert_eq!(eu.fleets[1], us.fleets[0], "us's entry kept as it was");
+        assert_eq!(names, ["us", "eu"], "the list keeps its order; eu's entry is appended");
+        assert_eq!(eu.fleets[0], us.fleets[0], "us's entry kept as it was");
         let top = find(&eu.conditions, "Programmed");
         assert_eq!((top.status.as_str(), top.reason.as_str()), ("False", "Pending"));
         assert_eq!(
@@ -829,6 +839,9 @@ mod tests {
             Some(2),
             &fleets(("False", "NotServedHere"), ("True", "Programmed"), 2),
         );
+        let mut reversed = fleets(("False", "NotServedHere"), ("True", "Programmed"), 2);
+        reversed.reverse();
+        assert_eq!(aggregate_programmed(Some(2), &reversed), a, "the list's order does not matter");
         assert_eq!((a.status, a.reason.as_str()), (true, "Programmed"));
         assert_eq!(a.message, "eu: NotServedHere here; us: Programmed here");
         let a = aggregate_programmed(

@@ -123,6 +123,8 @@ pub enum ProbeError {
     Status(u16),
     #[error("cannot read the body (at most {MAX_REPORT_BYTES} bytes): {0}")]
     Body(String),
+    #[error("the connection closed before the answer")]
+    Closed,
     #[error("not a status report: {0}")]
     Parse(#[source] serde_json::Error),
 }
@@ -158,7 +160,7 @@ async fn fetch(addr: SocketAddr) -> Result<GatewayStatus, ProbeError> {
     tokio::select! {
         result = exchange => result,
         ended = connection => Err(match ended {
-            Ok(()) => ProbeError::Body("the connection closed early".to_string()),
+            Ok(()) => ProbeError::Closed,
             Err(e) => ProbeError::Http(e),
         }),
     }
