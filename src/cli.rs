@@ -194,7 +194,8 @@ struct ServeArgs {
     /// PEM private key for tls:// listeners.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    /// Admin HTTP address: /metrics, /healthz, /readyz, and /v1/status (the report the operator
+    /// reads: in a pod, listen where the operator can reach it, such as 0.0.0.0).
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
     /// The address carriers reach the gateway at, advertised in Via and Contact (and SDP)
