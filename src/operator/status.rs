@@ -49,7 +49,9 @@ use crate::api::{
 };
 use crate::config::diagnostic::Verdict;
 
-/// The condition the gateways write on an OutboundTrunk.
+/// An OutboundTrunk's health-check condition. The operator does not decide it and keeps it as
+/// it is (gateways never write to the API server: reachability will come through their
+/// status reports).
 pub const REACHABLE: &str = "Reachable";
 
 /// The condition types the operator owns. A current condition of one of these types that the
@@ -385,7 +387,8 @@ pub fn desired_inbound_status(
     }
 }
 
-/// The status an OutboundTrunk should have. `Reachable` is the gateways' and stays as it is.
+/// The status an OutboundTrunk should have. `Reachable` is not the operator's and stays as it
+/// is.
 pub fn desired_outbound_status(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,

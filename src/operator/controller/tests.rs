@@ -841,7 +841,7 @@ async fn an_outbound_trunk_leaves_the_gateways_reachable_condition_to_them_and_g
     assert!(patch.is_forced_apply());
     let status = &patch.body["status"];
     // The apply names only the operator's conditions: `conditions` is a list map keyed by type,
-    // so the gateways' `Reachable` stays as their field manager wrote it.
+    // so a `Reachable` written by another field manager stays as it wrote it.
     let types: Vec<&str> = status["conditions"]
         .as_array()
         .unwrap()
