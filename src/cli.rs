@@ -97,8 +97,9 @@ enum Command {
     /// Serve calls from the resources in the cluster: the command of the gateway pods the
     /// operator runs. Watches InboundTrunks, OutboundTrunks and TransferDestinations and the
     /// operator's credentials Secret, compiles on every change, swaps the table in while calls go
-    /// on, and writes the hash of the config it runs into its pod's annotation
-    /// `trunkline.dev/config-hash`. Not ready until the first config; keeps its last table when
+    /// on, and reports the hash of the config it runs on its admin endpoint (`GET /v1/status`,
+    /// read by the operator); it never writes to the API server. Not ready until the first
+    /// config; keeps its last table when
     /// the API server goes away. Connects with the pod's in-cluster configuration, or with a
     /// kubeconfig when one is found (KUBECONFIG, ~/.kube/config).
     #[command(args_override_self = true)]
@@ -197,12 +198,7 @@ struct GatewayArgs {
     /// digest nonce key, in the pod's namespace. The gateway is not ready until it exists.
     #[arg(long, value_name = "NAME", default_value = "trunkline-gateway-credentials")]
     credentials_secret: String,
-    /// This pod's name, where the hash of the config it runs is written (annotation
-    /// `trunkline.dev/config-hash`, read by the operator to set `Programmed`). Without it the
-    /// hash is not reported.
-    #[arg(long, value_name = "NAME", env = "POD_NAME")]
-    pod_name: Option<String>,
-    /// This pod's namespace: where the credentials Secret is read and the pod annotated.
+    /// This pod's namespace: where the credentials Secret is read.
     /// Default: the namespace of the pod's service account (or of the kubeconfig context).
     #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
@@ -270,8 +266,9 @@ struct ServeArgs {
     /// PEM private key for tls:// listeners.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Admin HTTP address: /metrics, /healthz, /readyz (an IPv6 address with or without
-    /// brackets).
+    /// Admin HTTP address: /metrics, /healthz, /readyz, and /v1/status (the report the operator
+    /// reads: in a pod, listen where the operator can reach it, such as the pod's IP). An IPv6
+    /// address with or without brackets.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9090", value_parser = parse_admin)]
     admin: SocketAddr,
     /// The address carriers reach the gateway at, advertised in Via and Contact (and SDP)
@@ -610,7 +607,6 @@ fn run_kube(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result<ExitCode
             .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
         let options = KubeSourceOptions {
             credentials_secret: args.credentials_secret,
-            pod_name: args.pod_name,
             pod_namespace: args.pod_namespace,
             watch_namespace: args.watch_namespace,
         };
@@ -747,18 +743,11 @@ mod tests {
         let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };
         assert_eq!(args.credentials_secret, "trunkline-gateway-credentials");
         assert_eq!(args.serve.drain_timeout, Duration::from_secs(30));
-        let Command::Gateway(args) = parse(&[
-            "gateway",
-            "--pod-name",
-            "gw-0",
-            "--pod-namespace",
-            "tl",
-            "--watch-namespace",
-            "voice",
-        ]) else {
+        let Command::Gateway(args) =
+            parse(&["gateway", "--pod-namespace", "tl", "--watch-namespace", "voice"])
+        else {
             panic!("not gateway")
         };
-        assert_eq!(args.pod_name.as_deref(), Some("gw-0"));
         assert_eq!(args.pod_namespace.as_deref(), Some("tl"));
         assert_eq!(args.watch_namespace.as_deref(), Some("voice"));
     }

@@ -33,7 +33,8 @@ fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
-fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish() {
+fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish_and_the_report_says_so()
+{
     let agent_port = free_port();
     let specs = Specs::new().with(address_trunk(agent_port));
     let mut gateway =
@@ -47,6 +48,14 @@ fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish() {
     let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
     assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
 
+    // `trunkline run` reports like a gateway pod: its config and the address it advertises.
+    let (status, body) = gateway.admin_get("/v1/status").expect("GET /v1/status");
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["ready"], true, "{report}");
+    assert!(report["configHash"].as_str().is_some_and(|h| !h.is_empty()), "{report}");
+    assert_eq!(report["advertisedAddress"], "127.0.0.1", "{report}");
+
     gateway.sigterm();
     let draining = wait_for(Duration::from_secs(5), || {
         gateway
@@ -54,6 +63,8 @@ fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish() {
             .is_some_and(|(status, body)| status == 503 && body.contains("draining"))
     });
     assert!(draining, "/readyz did not say draining after SIGTERM");
+    let report = gateway.admin_get("/v1/status").map(|(_, body)| body).unwrap_or_default();
+    assert!(report.contains(r#""ready":false"#), "draining is not ready: {report}");
     uac("carrier_unavailable_503.xml", udp, &["-s", NUMBER, "-timeout", "10"]).assert_success();
     assert!(gateway.is_running(), "the gateway must wait for the call in progress");
 

@@ -1,12 +1,13 @@
 //! `trunkline gateway` end to end (issue 5, item 4): the built binary, given a kubeconfig that
 //! points at a scripted API server on 127.0.0.1 (plain HTTP), serves calls from the resources it
-//! lists and watches, with the credentials of the operator's bundle Secret, and writes the hash of
-//! the config it runs into its pod's annotation.
+//! lists and watches, with the credentials of the operator's bundle Secret, reports the hash of
+//! the config it runs on its admin endpoint (`GET /v1/status`), and writes nothing to the API
+//! server.
 //!
 //! The scripted API server keeps an event log per resource: a LIST answers the current objects at
 //! the latest resourceVersion, a WATCH from version R answers the events after R as soon as there
-//! are any (newline-delimited JSON; the body then ends and the watcher watches again), and a PATCH
-//! of the pod is recorded. Peers: sipp as carrier and agent runtime, as in gateway_inbound.rs.
+//! are any (newline-delimited JSON; the body then ends and the watcher watches again), and any
+//! other method is recorded as a write (and refused). Peers: sipp as carrier and agent runtime, as in gateway_inbound.rs.
 
 // Harness code is test code (STYLE.md allows unwrap in tests; clippy only knows #[test] functions).
 #![allow(clippy::unwrap_used)]
@@ -19,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -52,8 +52,8 @@ fn collection(res: &str) -> String {
 struct Objects {
     /// Every event so far: resource, resourceVersion, type, object.
     events: Vec<(String, u64, &'static str, Value)>,
-    /// Bodies of the PATCHes of the pod.
-    patches: Vec<Value>,
+    /// `METHOD path` of every request that is not a GET.
+    writes: Vec<String>,
     version: u64,
 }
 
@@ -81,8 +81,8 @@ impl Api {
         self.changed.notify_waiters();
     }
 
-    fn patches(&self) -> Vec<Value> {
-        self.objects.lock().unwrap().patches.clone()
+    fn writes(&self) -> Vec<String> {
+        self.objects.lock().unwrap().writes.clone()
     }
 
     fn list(&self, res: &str) -> Value {
@@ -117,7 +117,7 @@ impl Api {
     }
 }
 
-async fn answer(State(api): State<Api>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn answer(State(api): State<Api>, method: Method, uri: Uri) -> Response {
     let path = uri.path().to_string();
     let query: BTreeMap<String, String> = uri
         .query()
@@ -126,13 +126,9 @@ async fn answer(State(api): State<Api>, method: Method, uri: Uri, body: Bytes) -
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    if method == Method::PATCH && path == format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}") {
-        let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        api.objects.lock().unwrap().patches.push(patch.clone());
-        let pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": POD, "namespace": NAMESPACE, "resourceVersion": "1",
-                         "annotations": patch["metadata"]["annotations"]}});
-        return json_response(&pod);
+    if method != Method::GET {
+        api.objects.lock().unwrap().writes.push(format!("{method} {path}"));
+        return (StatusCode::METHOD_NOT_ALLOWED, "the gateway may not write").into_response();
     }
     let Some(res) = ["inboundtrunks", "outboundtrunks", "transferdestinations", "secrets"]
         .into_iter()
@@ -242,10 +238,11 @@ fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The hash in the last PATCH of the pod's annotation.
-fn annotated(api: &Api) -> Option<String> {
-    let patch = api.patches().pop()?;
-    patch["metadata"]["annotations"]["trunkline.dev/config-hash"].as_str().map(str::to_string)
+/// The `configHash` of the gateway's `GET /v1/status` report.
+fn reported(admin: SocketAddr) -> Option<String> {
+    let (status, body) = net::http_get(admin, "/v1/status")?;
+    let report: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    report["configHash"].as_str().map(str::to_string)
 }
 
 fn config_info(admin: SocketAddr) -> Option<String> {
@@ -256,7 +253,8 @@ fn config_info(admin: SocketAddr) -> Option<String> {
 }
 
 #[test]
-fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_reports_its_hash() {
+fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_reports_its_hash_without_writing()
+ {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let api = Api { objects: Arc::default(), changed: Arc::default() };
@@ -279,7 +277,7 @@ fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_repor
     std::thread::sleep(Duration::from_millis(1000));
     let (status, body) = net::http_get(admin, "/readyz").unwrap();
     assert_eq!((status, body.trim()), (503, "no routing table yet"));
-    assert!(api.patches().is_empty(), "a config hash reported before any config");
+    assert_eq!(reported(admin), None, "a config hash reported before any config");
 
     api.put("secrets", bundle());
     assert!(
@@ -287,7 +285,11 @@ fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_repor
         "not ready within 10 s of the credentials Secret"
     );
     let first = config_info(admin).expect("trunkline_config_info on /metrics");
-    assert!(eventually(WITHIN, || annotated(&api).as_deref() == Some(first.as_str())));
+    assert_eq!(reported(admin).as_deref(), Some(first.as_str()));
+    let (_, body) = net::http_get(admin, "/v1/status").unwrap();
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], true);
+    assert_eq!(report["advertisedAddress"], "127.0.0.1");
 
     // A call with the bundle's credentials reaches the agent.
     let agent = uas("agent_answer.xml", agent_port, &[]);
@@ -308,7 +310,8 @@ fn the_gateway_serves_the_clusters_trunks_with_the_bundles_credentials_and_repor
         second.is_some()
     }));
     let second = second.unwrap_or_default();
-    assert!(eventually(WITHIN, || annotated(&api).as_deref() == Some(second.as_str())));
+    assert!(eventually(WITHIN, || reported(admin).as_deref() == Some(second.as_str())));
+    assert_eq!(api.writes(), Vec::<String>::new(), "the gateway wrote to the API server");
 
     gateway.process.sigterm();
     let status = gateway.process.wait_exit(WITHIN).expect("exit within 10 s of SIGTERM");

@@ -21,7 +21,7 @@ fn committed_crds_equal_what_the_code_generates() {
 }
 
 #[test]
-fn every_crd_lists_the_trunkline_category_and_a_status_subresource() {
+fn every_crd_lists_the_trunkline_category_a_status_subresource_and_a_wide_reason_column() {
     for kind in Kind::ALL {
         let crd = kind.crd();
         assert_eq!(crd.spec.group, "trunkline.dev");
@@ -31,10 +31,16 @@ fn every_crd_lists_the_trunkline_category_and_a_status_subresource() {
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let all = version.additional_printer_columns.iter().flatten();
+        // `kubectl get` shows the priority-0 columns, Age last; `-o wide` adds the others after
+        // them (as for Deployments), Reason among them.
         let columns: Vec<String> =
-            version.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
+            all.clone().filter(|c| c.priority.unwrap_or(0) == 0).map(|c| c.name.clone()).collect();
         assert_eq!(columns.first().map(String::as_str), Some("Ready"), "{kind}: {columns:?}");
         assert_eq!(columns.last().map(String::as_str), Some("Age"), "{kind}: {columns:?}");
+        let reason = all.clone().find(|c| c.name == "Reason").expect("a Reason column");
+        assert_eq!(reason.priority, Some(1), "{kind}: Reason is for -o wide");
+        assert_eq!(reason.json_path, ".status.conditions[?(@.type==\"Programmed\")].reason");
         assert!(!crd.spec.names.short_names.clone().unwrap_or_default().is_empty());
     }
 }

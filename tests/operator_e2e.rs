@@ -10,11 +10,20 @@
 //!   rotates its credentials; a spec change seen through re-opened watches; a deleted trunk
 //!   frees its number for the younger one; the metrics;
 //!   SIGTERM ends it with 0 and gives the Lease up.
-//! - `a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls`:
-//!   a ready gateway pod without a config hash keeps `Programmed` False; the real `trunkline
-//!   gateway`, run as that pod against the same API server, reads the bundle, annotates its pod
-//!   with its config hash, the operator sets `Programmed` True, and sipp calls go through with
-//!   the credentials the bundle delivered (a referenced Secret's, and generated ones).
+//! - `two_gateways_report_their_config_and_address_and_the_trunks_list_both`: a ready gateway
+//!   pod that does not answer the operator's probe keeps `Programmed` False; the real `trunkline
+//!   gateway`, run as that pod (admin and SIP on the pod IP 127.0.0.2, `--public-address
+//!   127.0.0.2`) against the same API server, reads the bundle and reports its config hash on
+//!   `GET /v1/status`, the operator's prober fetches it and sets `Programmed` True; a second
+//!   gateway pod on 127.0.0.3 joins: the InboundTrunk's `endpoints` and the OutboundTrunk's
+//!   `sourceAddresses` list both; sipp calls through each gateway go through with the
+//!   credentials the bundle delivered (a referenced Secret's, and generated ones), each answered
+//!   with that gateway's own address in Contact and SDP; the second pod deleted, its address
+//!   leaves the status. The gateways' API client never writes.
+//! - `two_fleets_share_a_trunk_with_an_entry_each_and_stable_conditions`: operators of fleets
+//!   `us` and `eu` (regions) on one API server: a trunk without regions gets both fleets'
+//!   entries, a `regions: [us]` trunk an `eu` entry that says NotServedHere; the conditions
+//!   settle (no more status writes) and the top-level `Accepted` never flaps.
 //! - `a_standby_replica_stays_idle_and_takes_over_when_the_leader_stops`: a second replica is
 //!   ready but writes nothing; when the leader stops it takes the Lease and reconciles, keeping
 //!   the bundle's nonce key.
@@ -51,7 +60,18 @@ const VOICE: &str = "voice";
 const OPERATOR_POD: &str = "trunkline-operator-0";
 const LEASE: &str = "edge-operator";
 const BUNDLE: &str = "trunkline-gateway-credentials";
-const GATEWAY_POD: &str = "edge-gateway-0";
+const OPERATOR_DEPLOYMENT: &str = "trunkline-operator";
+const DEPLOYMENTS: &str = "apps/v1/deployments";
+const NODES: &str = "v1/nodes";
+const CLUSTER_ROLES: &str = "rbac.authorization.k8s.io/v1/clusterroles";
+const CLUSTER_ROLE_BINDINGS: &str = "rbac.authorization.k8s.io/v1/clusterrolebindings";
+const GATEWAY_A: &str = "edge-gateway-a";
+const GATEWAY_B: &str = "edge-gateway-b";
+/// The pod IPs of the two gateway pods (their admin and SIP addresses too).
+const IP_A: &str = "127.0.0.2";
+const IP_B: &str = "127.0.0.3";
+/// The bearer token of the gateways' kubeconfig: how the fake tells their requests apart.
+const GATEWAY_USER: &str = "gateway";
 
 const ACME_NUMBER: &str = "+14155550100";
 const BETA_NUMBER: &str = "+14155550111";
@@ -59,6 +79,7 @@ const ACME_USER: &str = "acme";
 const ACME_PASSWORD: &str = "acme-referenced-password";
 
 const TRUNKS: &str = "trunkline.dev/v1alpha1/inboundtrunks";
+const OUTBOUND: &str = "trunkline.dev/v1alpha1/outboundtrunks";
 const SECRETS: &str = "v1/secrets";
 const PODS: &str = "v1/pods";
 const LEASES: &str = "coordination.k8s.io/v1/leases";
@@ -97,16 +118,26 @@ fn basic_auth(name: &str, username: &str, password: &str) -> Value {
     })
 }
 
-/// A gateway pod of the fleet as the kubelet would show it: Ready, no config hash yet.
-fn ready_gateway_pod() -> Value {
+/// A gateway pod of the fleet as the kubelet would show it: Ready, with its pod IP.
+fn ready_gateway_pod(name: &str, ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
-            "name": GATEWAY_POD, "namespace": FLEET_NAMESPACE,
+            "name": name, "namespace": FLEET_NAMESPACE,
             "labels": {"trunkline.dev/fleet": FLEET, "app.kubernetes.io/component": "gateway"},
         },
         "spec": {"containers": [{"name": "gateway", "image": "trunkline:test"}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// An OutboundTrunk through a carrier on 127.0.0.1.
+fn outbound_trunk(name: &str) -> Value {
+    json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "OutboundTrunk",
+        "metadata": {"name": name, "namespace": VOICE},
+        "spec": {"host": "127.0.0.1", "callerId": ACME_NUMBER},
     })
 }
 
@@ -123,8 +154,42 @@ fn fleet_object(kind: &str, name: &str, fleet: &str) -> Value {
     })
 }
 
+/// One gateway advertising a fixed address; the fleet's objects owned by the operator's
+/// Deployment ([`operator_deployment`]).
 fn settings() -> String {
-    format!("name: {FLEET}\nnamespace: {FLEET_NAMESPACE}\npublicAddress: 127.0.0.1\n")
+    format!(
+        "name: {FLEET}\nnamespace: {FLEET_NAMESPACE}\npublicAddress: 127.0.0.1\nreplicas: 1\n\
+         operatorDeployment: {OPERATOR_DEPLOYMENT}\n"
+    )
+}
+
+/// The operator's own Deployment, as Helm installs it: the owner of the fleet's objects.
+fn operator_deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": FLEET_NAMESPACE,
+                     "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+        "spec": {},
+    })
+}
+
+/// A node as the kubelet registers it: an internal address, and an external one unless
+/// `external` is empty. The gateway on that node advertises the external one.
+fn node(name: &str, external: &str) -> Value {
+    let mut addresses = vec![json!({"type": "InternalIP", "address": "10.9.9.9"})];
+    if !external.is_empty() {
+        addresses.push(json!({"type": "ExternalIP", "address": external}));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": addresses},
+    })
+}
+
+/// The node a gateway with pod IP `ip` runs on (one node per address).
+fn node_name(ip: &str) -> String {
+    format!("node-{}", ip.replace('.', "-"))
 }
 
 fn decode(value: &Value) -> Vec<u8> {
@@ -195,25 +260,43 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_settings(&settings())
+    }
+
+    /// A cluster whose operator reads `settings` (`operator.yaml`).
+    fn with_settings(settings: &str) -> Cluster {
         let api = ApiServer::start();
         let dir = TempDir::new("operator-e2e");
         api.write_kubeconfig(&dir.join("kubeconfig"), FLEET_NAMESPACE);
-        std::fs::write(dir.join("operator.yaml"), settings()).unwrap();
+        api.write_kubeconfig_as(&dir.join("kubeconfig-gateway"), FLEET_NAMESPACE, GATEWAY_USER);
+        std::fs::write(dir.join("operator.yaml"), settings).unwrap();
+        api.put(DEPLOYMENTS, operator_deployment());
         Cluster { processes: Vec::new(), api, dir }
     }
 
     /// Starts `trunkline operator` as replica `identity`; returns its admin address and its
     /// index in `processes`.
     fn start_operator(&mut self, identity: &str) -> (SocketAddr, usize) {
+        self.start_operator_with(identity, "operator.yaml", LEASE)
+    }
+
+    /// Starts `trunkline operator` with the settings file `config` (in the cluster's dir) and
+    /// the Lease `lease`.
+    fn start_operator_with(
+        &mut self,
+        identity: &str,
+        config: &str,
+        lease: &str,
+    ) -> (SocketAddr, usize) {
         let admin = SocketAddr::from((LOCALHOST, free_port()));
         let args: Vec<String> = [
             "operator",
             "--config",
-            self.dir.join("operator.yaml").to_str().unwrap(),
+            self.dir.join(config).to_str().unwrap(),
             "--admin",
             &admin.to_string(),
             "--lease-name",
-            LEASE,
+            lease,
             "--pod-name",
             identity,
             "--pod-namespace",
@@ -227,30 +310,46 @@ impl Cluster {
         (admin, self.processes.len() - 1)
     }
 
-    /// Starts `trunkline gateway` as pod [`GATEWAY_POD`] on free 127.0.0.1 ports; returns its
-    /// carrier-facing UDP address and its admin address.
-    fn start_gateway(&mut self) -> (SocketAddr, SocketAddr) {
-        let (port, internal) = (free_port(), free_port());
-        let admin = SocketAddr::from((LOCALHOST, free_port()));
+    /// Starts `trunkline gateway` as pod `pod` with its SIP (UDP, `sip_port`) and admin
+    /// (`admin_port`) listeners on the pod IP `ip`, on a node whose ExternalIP is `ip` (as on
+    /// the host network: it finds its address with `--public-address-node`, as the fleet runs
+    /// it), and the gateways' kubeconfig ([`GATEWAY_USER`]); returns its carrier-facing and
+    /// admin addresses.
+    fn start_gateway(
+        &mut self,
+        pod: &str,
+        ip: &str,
+        sip_port: u16,
+        admin_port: u16,
+    ) -> (SocketAddr, SocketAddr) {
+        let ip_addr: std::net::IpAddr = ip.parse().unwrap();
+        let (sip, admin) =
+            (SocketAddr::new(ip_addr, sip_port), SocketAddr::new(ip_addr, admin_port));
         let args: Vec<String> = [
             "gateway".to_string(),
             "--listen".into(),
-            format!("udp://127.0.0.1:{port}"),
+            format!("udp://{sip}"),
             "--internal-listen".into(),
-            format!("udp://127.0.0.1:{internal}"),
+            format!("udp://{ip}:{}", free_port()),
             "--admin".into(),
             admin.to_string(),
-            "--public-address".into(),
-            "127.0.0.1".into(),
+            "--public-address-node".into(),
+            node_name(ip),
             "--credentials-secret".into(),
             BUNDLE.into(),
             "--drain-timeout".into(),
             "1s".into(),
         ]
         .to_vec();
-        let env = [("POD_NAME", GATEWAY_POD), ("POD_NAMESPACE", FLEET_NAMESPACE)];
-        self.processes.push(Process::spawn("gateway", &self.dir, &args, &env));
-        (SocketAddr::from((LOCALHOST, port)), admin)
+        self.api.put(NODES, node(&node_name(ip), ip));
+        let kubeconfig = self.dir.join("kubeconfig-gateway");
+        let env = [
+            ("POD_NAME", pod),
+            ("POD_NAMESPACE", FLEET_NAMESPACE),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ];
+        self.processes.push(Process::spawn(pod, &self.dir, &args, &env));
+        (sip, admin)
     }
 
     fn trunk(&self, name: &str) -> Value {
@@ -349,11 +448,44 @@ fn refused_requests(api: &ApiServer) -> Vec<String> {
     api.requests().iter().filter(|r| !fine(r)).map(Logged::line).collect()
 }
 
-fn is_apply_by_operator(request: &Logged) -> bool {
+/// A forced server-side apply by field manager `manager`: `trunkline-operator` for the fleet's
+/// objects, `trunkline-operator/<fleet>` for status.
+fn is_apply_by(request: &Logged, manager: &str) -> bool {
     request.method == "PATCH"
         && request.content_type.as_deref() == Some("application/apply-patch+yaml")
-        && request.query.get("fieldManager").map(String::as_str) == Some("trunkline-operator")
+        && request.query.get("fieldManager").map(String::as_str) == Some(manager)
         && request.query.get("force").map(String::as_str) == Some("true")
+}
+
+/// The requests of the gateways' client that are not reads.
+fn gateway_writes(api: &ApiServer) -> Vec<String> {
+    api.requests()
+        .iter()
+        .filter(|r| r.user.as_deref() == Some(GATEWAY_USER) && r.method != "GET")
+        .map(Logged::line)
+        .collect()
+}
+
+/// A list of strings in a status.
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+}
+
+/// The `Contact` header and the SDP `c=` line of the 200 to the INVITE that sipp received.
+fn answer_addresses(carrier: &support::sipp::SippResult) -> (String, String) {
+    let ok = carrier
+        .received()
+        .into_iter()
+        .find(|m| m.status() == Some(200) && m.text.contains("INVITE"))
+        .unwrap_or_else(|| panic!("no 200 to the INVITE\n{}", carrier.report()));
+    let line = |prefix: &str| {
+        ok.text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(prefix))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {prefix} line in\n{}", ok.text))
+    };
+    (line("contact:"), line("c="))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +504,18 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     api.put(DAEMONSETS, fleet_object("DaemonSet", "edge-gateway", FLEET));
     api.put(SERVICES, fleet_object("Service", "edge-old", FLEET));
     api.put(DAEMONSETS, fleet_object("DaemonSet", "other-gateway", "other"));
+    // What a 0.1 operator made cluster-wide (the chart installs the gateways' read access now),
+    // and a ClusterRole of the same name that is somebody else's.
+    let legacy = |kind: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+               "metadata": {"name": "edge-gateway",
+                            "labels": {"trunkline.dev/fleet": FLEET,
+                                       "app.kubernetes.io/managed-by": "trunkline-operator"}}})
+    };
+    api.put(CLUSTER_ROLE_BINDINGS, legacy("ClusterRoleBinding"));
+    let mut foreign = legacy("ClusterRole");
+    foreign["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "someone-else"});
+    api.put(CLUSTER_ROLES, foreign);
     let (admin, operator) = cluster.start_operator(OPERATOR_POD);
     let api = &cluster.api;
 
@@ -387,7 +531,7 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
         names(&api.list(resource, namespace, &fleet_label))
     };
     let one = |name: &str| BTreeSet::from([name.to_string()]);
-    let expected: [(&str, Option<&str>, BTreeSet<String>); 8] = [
+    let expected: [(&str, Option<&str>, BTreeSet<String>); 6] = [
         ("apps/v1/deployments", Some(FLEET_NAMESPACE), one("edge-gateway")),
         (
             "v1/services",
@@ -397,8 +541,6 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
         ("v1/serviceaccounts", Some(FLEET_NAMESPACE), one("edge-gateway")),
         ("rbac.authorization.k8s.io/v1/roles", Some(FLEET_NAMESPACE), one("edge-gateway")),
         ("rbac.authorization.k8s.io/v1/rolebindings", Some(FLEET_NAMESPACE), one("edge-gateway")),
-        ("rbac.authorization.k8s.io/v1/clusterroles", None, one("edge-gateway")),
-        ("rbac.authorization.k8s.io/v1/clusterrolebindings", None, one("edge-gateway")),
         ("policy/v1/poddisruptionbudgets", Some(FLEET_NAMESPACE), one("edge-gateway")),
     ];
     cluster.wait_for("the fleet applied", || {
@@ -409,6 +551,32 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
             && api.get(SERVICES, FLEET_NAMESPACE, "edge-old").is_none()
     });
     assert!(api.get(DAEMONSETS, FLEET_NAMESPACE, "other-gateway").is_some(), "not this fleet's");
+    // Every object of the fleet is owned by the operator's Deployment (helm uninstall deletes
+    // it, and the garbage collector the fleet), and none carries Argo CD's tracking label.
+    let owner_uid = api.get(DEPLOYMENTS, FLEET_NAMESPACE, OPERATOR_DEPLOYMENT).unwrap()["metadata"]
+        ["uid"]
+        .clone();
+    for (resource, ns, _) in &expected {
+        for object in api.list(resource, *ns, &fleet_label) {
+            let owners = &object["metadata"]["ownerReferences"];
+            assert_eq!(
+                owners,
+                &json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+                         "name": OPERATOR_DEPLOYMENT, "uid": owner_uid}]),
+                "{resource} {}",
+                object["metadata"]["name"]
+            );
+            assert!(
+                object["metadata"]["labels"].get("app.kubernetes.io/instance").is_none(),
+                "{object}"
+            );
+        }
+    }
+    // The operator's cluster-wide leftovers went; the foreign ClusterRole of that name stays.
+    cluster.wait_for("the legacy ClusterRoleBinding deleted", || {
+        api.get(CLUSTER_ROLE_BINDINGS, "", "edge-gateway").is_none()
+    });
+    assert!(api.get(CLUSTER_ROLES, "", "edge-gateway").is_some(), "not the operator's");
     let deployment = api.get("apps/v1/deployments", FLEET_NAMESPACE, "edge-gateway").unwrap();
     assert_eq!(
         deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"],
@@ -416,7 +584,7 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     );
     cluster.wait_for_request("the Deployment applied by trunkline-operator (forced)", |r| {
         r.path == "/apis/apps/v1/namespaces/trunkline/deployments/edge-gateway"
-            && is_apply_by_operator(r)
+            && is_apply_by(r, "trunkline-operator")
     });
 
     // A trunk with a referenced Secret: accepted, its refs resolved, the carrier endpoint.
@@ -429,7 +597,7 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     assert_eq!(acme["status"]["endpoint"], "sip:127.0.0.1:5060", "{acme}");
     cluster.wait_for_request("the status applied on /status", |r| {
         r.path == "/apis/trunkline.dev/v1alpha1/namespaces/voice/inboundtrunks/acme-in/status"
-            && is_apply_by_operator(r)
+            && is_apply_by(r, "trunkline-operator/edge")
     });
 
     // A trunk without secretRef: a generated basic-auth Secret owned by it, named in its status.
@@ -569,21 +737,28 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
 }
 
 #[test]
-fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_their_calls() {
-    let mut cluster = Cluster::new();
+fn two_gateways_report_their_config_and_address_and_the_trunks_list_both() {
+    // Both gateways listen on the same ports, each on its own pod IP: the operator probes
+    // <podIP>:<adminPort>, and the trunks' endpoints name <address>:<sipPort>.
+    let (sip_port, admin_port) = (free_port(), free_port());
+    let mut cluster = Cluster::with_settings(&format!(
+        "name: {FLEET}\nnamespace: {FLEET_NAMESPACE}\nsipPort: {sip_port}\nadminPort: {admin_port}\n"
+    ));
     let (acme_agent, beta_agent) = (free_port(), free_port());
     let api = &cluster.api;
     api.put(SECRETS, basic_auth("acme-creds", ACME_USER, ACME_PASSWORD));
     api.put(TRUNKS, inbound_trunk("acme-in", ACME_NUMBER, acme_agent, Some("acme-creds")));
     api.put(TRUNKS, inbound_trunk("beta-in", BETA_NUMBER, beta_agent, None));
-    cluster.start_operator(OPERATOR_POD);
+    api.put(OUTBOUND, outbound_trunk("carrier-out"));
+    let (operator_admin, _) = cluster.start_operator(OPERATOR_POD);
 
     // No gateway pod: accepted, not programmed.
     cluster.wait_condition("acme-in", "Accepted", "True", None);
     cluster.wait_condition("acme-in", "Programmed", "False", Some("NoGateways"));
 
-    // A ready gateway pod that reports no config yet: still not programmed.
-    cluster.api.put(PODS, ready_gateway_pod());
+    // A ready gateway pod that does not answer the probe (nothing runs there yet): no report,
+    // so its config is unknown: still not programmed.
+    cluster.api.put(PODS, ready_gateway_pod(GATEWAY_A, IP_A));
     let pending = cluster.wait_condition("acme-in", "Programmed", "False", Some("Pending"));
     assert_eq!(condition(&pending, "Accepted").unwrap()["status"], "True");
     cluster.wait_for("the bundle", || {
@@ -593,81 +768,109 @@ fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_the
         })
     });
 
-    // The real gateway as that pod: ready from the bundle, its config hash on its pod.
-    let (gateway, gateway_admin) = cluster.start_gateway();
-    cluster.wait_for("the gateway ready", || {
-        matches!(net::http_get(gateway_admin, "/readyz"), Some((200, _)))
+    // The real gateway as that pod: ready from the bundle, its config hash in its report.
+    let (gateway_a, admin_a) = cluster.start_gateway(GATEWAY_A, IP_A, sip_port, admin_port);
+    cluster.wait_for("gateway A ready", || {
+        matches!(net::http_get(admin_a, "/readyz"), Some((200, _)))
     });
-    let hash = net::http_get(gateway_admin, "/metrics")
+    let (code, body) = net::http_get(admin_a, "/v1/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], true, "{report}");
+    assert_eq!(report["advertisedAddress"], IP_A, "{report}");
+    let hash = net::http_get(admin_a, "/metrics")
         .and_then(|(_, body)| {
             body.lines()
                 .find_map(|l| l.strip_prefix("trunkline_config_info{hash=\"")?.split_once('"'))
                 .map(|(hash, _)| hash.to_string())
         })
         .expect("trunkline_config_info on the gateway's /metrics");
-    cluster.wait_for("the config hash on the gateway pod", || {
-        cluster.api.get(PODS, FLEET_NAMESPACE, GATEWAY_POD).is_some_and(|p| {
-            p["metadata"]["annotations"]["trunkline.dev/config-hash"] == hash.as_str()
-        })
-    });
-    cluster.wait_for_request("the gateway's patch of its own pod, as trunkline-gateway", |r| {
-        r.method == "PATCH"
-            && r.path == format!("/api/v1/namespaces/{FLEET_NAMESPACE}/pods/{GATEWAY_POD}")
-            && r.query.get("fieldManager").map(String::as_str) == Some("trunkline-gateway")
-    });
+    assert_eq!(report["configHash"], hash.as_str());
 
-    // The operator compiled the same config: both trunks programmed.
+    // The operator probed it and compiled the same config: both trunks programmed, the
+    // gateway's address in their status.
     let acme = cluster.wait_condition("acme-in", "Programmed", "True", None);
     let beta = cluster.wait_condition("beta-in", "Programmed", "True", None);
+    let endpoint_a = format!("sip:{IP_A}:{sip_port}");
+    let endpoint_b = format!("sip:{IP_B}:{sip_port}");
     for trunk in [&acme, &beta] {
         let generation = &trunk["metadata"]["generation"];
         assert_eq!(condition(trunk, "Programmed").unwrap()["observedGeneration"], *generation);
+        assert_eq!(trunk["status"]["endpoint"], endpoint_a.as_str(), "{trunk}");
+        assert_eq!(strings(&trunk["status"]["endpoints"]), [endpoint_a.as_str()]);
+        assert_eq!(trunk["status"]["fleets"][0]["name"], FLEET, "{trunk}");
     }
-
-    // Calls with the credentials the bundle delivered: the referenced Secret's ...
-    let agent = uas("agent_answer.xml", acme_agent, &[]);
-    let auth_uri = format!("{ACME_NUMBER}@{gateway}");
-    let args = [
-        "-s",
-        ACME_NUMBER,
-        "-au",
-        ACME_USER,
-        "-ap",
-        ACME_PASSWORD,
-        "-auth_uri",
-        &auth_uri,
-        "-d",
-        "200",
-    ];
-    let carrier = uac("carrier_call_digest.xml", gateway, &args);
-    let agent = agent.wait();
-    carrier.assert_success();
-    agent.assert_success();
-
-    // ... and the ones the operator generated.
-    let secret = cluster.api.get(SECRETS, VOICE, "beta-in-trunkline-credentials").unwrap();
-    let (user, password) = (text(&secret["data"]["username"]), text(&secret["data"]["password"]));
-    let agent = uas("agent_answer.xml", beta_agent, &[]);
-    let auth_uri = format!("{BETA_NUMBER}@{gateway}");
-    let args =
-        ["-s", BETA_NUMBER, "-au", &user, "-ap", &password, "-auth_uri", &auth_uri, "-d", "200"];
-    let carrier = uac("carrier_call_digest.xml", gateway, &args);
-    let agent = agent.wait();
-    carrier.assert_success();
-    agent.assert_success();
-
-    let refused = refused_requests(&cluster.api);
     assert!(
-        refused.is_empty(),
-        "requests the fake refused:
-{}",
-        refused.join(
-            "
-"
-        )
+        sample(&metrics(operator_admin), "trunkline_operator_gateway_probes_total{result=\"ok\"}")
+            .is_some_and(|n| n >= 1.0)
     );
 
-    // Both stop cleanly, with nothing to warn about.
+    // A second gateway pod on another node: both addresses in the status.
+    cluster.api.put(PODS, ready_gateway_pod(GATEWAY_B, IP_B));
+    let (gateway_b, admin_b) = cluster.start_gateway(GATEWAY_B, IP_B, sip_port, admin_port);
+    cluster.wait_for("gateway B ready", || {
+        matches!(net::http_get(admin_b, "/readyz"), Some((200, _)))
+    });
+    let both_endpoints = vec![endpoint_a.clone(), endpoint_b.clone()];
+    cluster.wait_for("both gateways in the InboundTrunks' endpoints, programmed", || {
+        ["acme-in", "beta-in"].iter().all(|name| {
+            let trunk = cluster.trunk(name);
+            strings(&trunk["status"]["endpoints"]) == both_endpoints
+                && condition(&trunk, "Programmed").is_some_and(|c| c["status"] == "True")
+        })
+    });
+    cluster.wait_for("both gateways in the OutboundTrunk's sourceAddresses", || {
+        let out = cluster.api.get(OUTBOUND, VOICE, "carrier-out").unwrap_or(Value::Null);
+        strings(&out["status"]["sourceAddresses"]) == [IP_A, IP_B]
+    });
+
+    // A call through each gateway, each with the credentials the bundle delivered (the
+    // referenced Secret's, the generated ones), each answered with that gateway's own address.
+    let secret = cluster.api.get(SECRETS, VOICE, "beta-in-trunkline-credentials").unwrap();
+    let (beta_user, beta_password) =
+        (text(&secret["data"]["username"]), text(&secret["data"]["password"]));
+    let calls = [
+        (
+            gateway_a,
+            IP_A,
+            ACME_NUMBER,
+            acme_agent,
+            ACME_USER.to_string(),
+            ACME_PASSWORD.to_string(),
+        ),
+        (gateway_b, IP_B, BETA_NUMBER, beta_agent, beta_user, beta_password),
+    ];
+    for (gateway, ip, number, agent_port, user, password) in &calls {
+        let agent = uas("agent_answer.xml", *agent_port, &[]);
+        let auth_uri = format!("{number}@{gateway}");
+        let args =
+            ["-s", number, "-au", user, "-ap", password, "-auth_uri", &auth_uri, "-d", "200"];
+        let carrier = uac("carrier_call_digest.xml", *gateway, &args);
+        let agent = agent.wait();
+        carrier.assert_success();
+        agent.assert_success();
+        let (contact, c_line) = answer_addresses(&carrier);
+        assert!(contact.contains(&format!("@{ip}:{sip_port}")), "gateway {ip}: {contact}");
+        assert_eq!(c_line.trim(), format!("c=IN IP4 {ip}"), "gateway {ip}");
+    }
+
+    // Gateway B's pod goes away: its address leaves the status.
+    cluster.api.delete(PODS, FLEET_NAMESPACE, GATEWAY_B);
+    cluster.wait_for("gateway B's address gone from the status", || {
+        let out = cluster.api.get(OUTBOUND, VOICE, "carrier-out").unwrap_or(Value::Null);
+        strings(&cluster.trunk("acme-in")["status"]["endpoints"]) == [endpoint_a.as_str()]
+            && strings(&out["status"]["sourceAddresses"]) == [IP_A]
+    });
+
+    assert_eq!(gateway_writes(&cluster.api), Vec::<String>::new(), "the gateways wrote");
+    assert!(
+        cluster.api.requests().iter().any(|r| r.user.as_deref() == Some(GATEWAY_USER)),
+        "the gateways' requests are told apart"
+    );
+    let refused = refused_requests(&cluster.api);
+    assert!(refused.is_empty(), "requests the fake refused:\n{}", refused.join("\n"));
+
+    // Every process stops cleanly, with nothing to warn about.
     for process in cluster.processes.iter_mut().rev() {
         assert_eq!(
             process.problems(),
@@ -678,6 +881,130 @@ fn a_gateway_running_the_operators_config_makes_trunks_programmed_and_routes_the
         process.sigterm();
         let status = process.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
         assert!(status.success(), "{}: {status}", process.name);
+    }
+}
+
+#[test]
+fn two_fleets_share_a_trunk_with_an_entry_each_and_stable_conditions() {
+    let mut cluster = Cluster::new();
+    for region in ["us", "eu"] {
+        let settings = format!(
+            "name: {region}\nnamespace: trunkline-{region}\nregion: {region}\npublicAddress: 127.0.0.1\nreplicas: 1\n"
+        );
+        std::fs::write(cluster.dir.join(&format!("{region}.yaml")), settings).unwrap();
+    }
+    let api = &cluster.api;
+    api.put(TRUNKS, inbound_trunk("shared-in", ACME_NUMBER, 5070, None));
+    let mut us_only = inbound_trunk("us-in", BETA_NUMBER, 5070, None);
+    us_only["spec"]["regions"] = json!(["us"]);
+    api.put(TRUNKS, us_only);
+    cluster.start_operator_with("operator-us", "us.yaml", "us-operator");
+    cluster.start_operator_with("operator-eu", "eu.yaml", "eu-operator");
+
+    let fleet_names = |trunk: &Value| -> BTreeSet<String> {
+        trunk["status"]["fleets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    cluster.wait_for("both fleets' entries on both trunks", || {
+        let both: BTreeSet<String> = ["eu".to_string(), "us".to_string()].into();
+        ["shared-in", "us-in"].iter().all(|n| fleet_names(&cluster.trunk(n)) == both)
+    });
+
+    // The status settles: no status write for a while, the resourceVersion stays.
+    let status_writes = |api: &ApiServer| {
+        api.requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/status")).count()
+    };
+    let mut last = (
+        status_writes(&cluster.api),
+        cluster.trunk("shared-in")["metadata"]["resourceVersion"].clone(),
+    );
+    let mut accepted_seen = BTreeSet::new();
+    let settled = eventually(WITHIN, &mut || {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = (
+            status_writes(&cluster.api),
+            cluster.trunk("shared-in")["metadata"]["resourceVersion"].clone(),
+        );
+        let same = now == last;
+        last = now;
+        same
+    });
+    assert!(settled, "status writes go on:\n{}", cluster.api.request_log());
+    // And stay settled while watched for a few more seconds.
+    let before = last.clone();
+    for _ in 0..20 {
+        let shared = cluster.trunk("shared-in");
+        accepted_seen.insert(condition(&shared, "Accepted").unwrap()["status"].to_string());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = (
+        status_writes(&cluster.api),
+        cluster.trunk("shared-in")["metadata"]["resourceVersion"].clone(),
+    );
+    assert_eq!(before, after, "status written again without a change");
+    assert_eq!(accepted_seen.into_iter().collect::<Vec<_>>(), ["\"True\""], "Accepted never flaps");
+    for r in cluster.api.requests().iter().filter(|r| r.path.ends_with("/shared-in/status")) {
+        let body = r.body.clone().unwrap_or(Value::Null);
+        let accepted = condition(&body, "Accepted").map(|c| c["status"].clone());
+        assert_eq!(accepted, Some(json!("True")), "every write says Accepted=True: {body}");
+    }
+
+    // Both managers wrote the shared trunk's status, each its own entry.
+    for fleet in ["us", "eu"] {
+        let manager = format!("trunkline-operator/{fleet}");
+        assert!(
+            cluster.api.requests().iter().any(|r| {
+                r.path.ends_with("/inboundtrunks/shared-in/status") && is_apply_by(r, &manager)
+            }),
+            "no status apply by {manager}"
+        );
+    }
+    let shared = cluster.trunk("shared-in");
+    let entry = |trunk: &Value, fleet: &str| -> Value {
+        trunk["status"]["fleets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == fleet)
+            .cloned()
+            .unwrap()
+    };
+    for fleet in ["us", "eu"] {
+        let e = entry(&shared, fleet);
+        assert_eq!(e["region"], fleet, "{e}");
+        assert_eq!(e["conditions"][0]["reason"], "NoGateways", "{e}");
+    }
+    let programmed = condition(&shared, "Programmed").unwrap();
+    assert_eq!(programmed["reason"], "NoGateways");
+    assert_eq!(
+        programmed["message"],
+        "eu: this fleet has no gateway pod; us: this fleet has no gateway pod"
+    );
+
+    // The us-only trunk: eu does not serve it; the aggregate is us's.
+    let us_in = cluster.trunk("us-in");
+    let eu_entry = entry(&us_in, "eu");
+    assert_eq!(eu_entry["conditions"][0]["reason"], "NotServedHere", "{eu_entry}");
+    assert!(eu_entry.get("endpoints").is_none(), "{eu_entry}");
+    let programmed = condition(&us_in, "Programmed").unwrap();
+    assert_eq!(
+        (programmed["status"].as_str(), programmed["reason"].as_str()),
+        (Some("False"), Some("NoGateways"))
+    );
+    assert_eq!(strings(&us_in["status"]["endpoints"]), ["sip:127.0.0.1:5060"]);
+    assert_eq!(condition(&us_in, "Accepted").unwrap()["status"], "True");
+
+    for process in cluster.processes.iter_mut().rev() {
+        assert_eq!(
+            process.problems(),
+            Vec::<String>::new(),
+            "warnings in the {} log",
+            process.name
+        );
     }
 }
 
@@ -750,6 +1077,50 @@ fn a_deleted_gateway_credentials_secret_is_written_again() {
     cluster.wait_for("the bundle written again", || {
         bundle_entry(&cluster.api, "voice.acme-creds")["username"] == ACME_USER
     });
+}
+
+#[test]
+fn renaming_the_fleet_deletes_the_old_one_and_leaves_another_operators_alone() {
+    let mut cluster = Cluster::new();
+    // Another release's fleet in the same namespace, owned by its own operator.
+    let mut other = fleet_object("Service", "other-carrier", "other");
+    other["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                   "name": "other-operator", "uid": "other-uid"}]);
+    cluster.api.put(SERVICES, other);
+    let (_, first) = cluster.start_operator(OPERATOR_POD);
+    let old = [
+        (DEPLOYMENTS, "edge-gateway"),
+        (SERVICES, "edge-carrier"),
+        (SERVICES, "edge-internal"),
+        ("v1/serviceaccounts", "edge-gateway"),
+        ("rbac.authorization.k8s.io/v1/roles", "edge-gateway"),
+        ("policy/v1/poddisruptionbudgets", "edge-gateway"),
+    ];
+    cluster.wait_for("the fleet edge applied", || {
+        old.iter()
+            .all(|(resource, name)| cluster.api.get(resource, FLEET_NAMESPACE, name).is_some())
+    });
+    cluster.processes[first].sigterm();
+    let status = cluster.processes[first].wait_exit(Duration::from_secs(5)).expect("it stops");
+    assert!(status.success(), "{status}");
+
+    // The same release, its fleet renamed (gateway.name in the chart).
+    std::fs::write(
+        cluster.dir.join("operator.yaml"),
+        settings().replace("name: edge", "name: sbc"),
+    )
+    .unwrap();
+    cluster.start_operator_with("trunkline-operator-1", "operator.yaml", "sbc-operator");
+    let api = &cluster.api;
+    cluster.wait_for("the fleet sbc applied and every object of edge deleted", || {
+        api.get(DEPLOYMENTS, FLEET_NAMESPACE, "sbc-gateway").is_some()
+            && api.get(SERVICES, FLEET_NAMESPACE, "sbc-carrier").is_some()
+            && old.iter().all(|(resource, name)| api.get(resource, FLEET_NAMESPACE, name).is_none())
+    });
+    assert!(api.get(SERVICES, FLEET_NAMESPACE, "other-carrier").is_some(), "another operator's");
+    for process in &cluster.processes {
+        assert!(process.problems().is_empty(), "{}: {:?}", process.name, process.problems());
+    }
 }
 
 /// The fake itself, through kube's own client: what the scenarios above rely on.
@@ -865,5 +1236,61 @@ fn the_fake_api_server_answers_kube_clients_as_an_api_server_would() {
             })
             .collect();
         assert_eq!(seen, ["DELETED b"]);
+
+        // Nodes: cluster-scoped, GET by name and LIST (node address discovery reads them).
+        fake.put(
+            "v1/nodes",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                   "status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.7"}]}}),
+        );
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let node = nodes.get("node-a").await.unwrap();
+        let addresses = node.status.unwrap().addresses.unwrap();
+        assert_eq!(addresses[0].address, "203.0.113.7");
+        let listed = nodes.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), 1);
+        assert!(nodes.get_opt("node-b").await.unwrap().is_none());
+
+        // status.fleets is a list map keyed by name: each manager applies its own entry, the
+        // other's stays; inside an entry, conditions merge by type, and what a manager stops
+        // applying in its own entry goes.
+        let resource = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("trunkline.dev", "v1alpha1", "InboundTrunk"),
+            "inboundtrunks",
+        );
+        let trunks: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), VOICE, &resource);
+        fake.put(TRUNKS, inbound_trunk("t", ACME_NUMBER, 5070, None));
+        let fleet = |name: &str, reason: &str, endpoints: &[&str]| {
+            let mut entry = json!({"name": name, "conditions": [
+                {"type": "Programmed", "status": "False", "reason": reason, "message": "m",
+                 "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
+            if !endpoints.is_empty() {
+                entry["endpoints"] = json!(endpoints);
+            }
+            json!({"apiVersion": "trunkline.dev/v1alpha1", "kind": "InboundTrunk",
+                   "status": {"fleets": [entry]}})
+        };
+        let as_us = PatchParams::apply("trunkline-operator/us").force();
+        let as_eu = PatchParams::apply("trunkline-operator/eu").force();
+        trunks
+            .patch_status("t", &as_us, &Patch::Apply(fleet("us", "Pending", &["sip:a"])))
+            .await
+            .unwrap();
+        trunks
+            .patch_status("t", &as_eu, &Patch::Apply(fleet("eu", "NotServedHere", &[])))
+            .await
+            .unwrap();
+        trunks
+            .patch_status("t", &as_us, &Patch::Apply(fleet("us", "NoGateways", &[])))
+            .await
+            .unwrap();
+        let t = fake.get(TRUNKS, VOICE, "t").unwrap();
+        let fleets = t["status"]["fleets"].as_array().unwrap();
+        let by_name = |n: &str| fleets.iter().find(|f| f["name"] == n).unwrap().clone();
+        assert_eq!(fleets.len(), 2, "{t}");
+        assert_eq!(by_name("us")["conditions"][0]["reason"], "NoGateways");
+        assert!(by_name("us").get("endpoints").is_none(), "dropped by its manager: {t}");
+        assert_eq!(by_name("eu")["conditions"][0]["reason"], "NotServedHere");
     });
 }

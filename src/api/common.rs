@@ -1,5 +1,6 @@
 //! Types shared by the three kinds: references, transports, codecs, limits, status.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -126,4 +127,31 @@ pub struct CallLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100_000))]
     pub max_calls_per_second: Option<u32>,
+}
+
+/// What one gateway fleet (one `trunkline operator`, often one region) says about an object. Each
+/// fleet's operator writes only its own entry; the top-level `Programmed`, `endpoint`,
+/// `endpoints` and `sourceAddresses` sum up every entry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    /// The fleet's name (the operator's `name` setting). Example: `us-edge`.
+    pub name: String,
+    /// The fleet's region, when it has one. Example: `us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// This fleet's `Programmed` condition: `True` when every ready gateway pod of the fleet runs
+    /// a config with this generation; reason `NotServedHere` when the fleet does not serve the
+    /// object (its regions leave this fleet out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// InboundTrunk only: the SIP addresses of this fleet a carrier may send to (the load
+    /// balancer's first, then each ready gateway's). Example: `[sip:203.0.113.10:5060]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// OutboundTrunk only: the addresses this fleet's calls come from (its egress addresses, or
+    /// each ready gateway's advertised address). Example: `[198.51.100.7]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_addresses: Vec<String>,
 }

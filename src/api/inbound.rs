@@ -22,7 +22,8 @@ use super::rules;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Numbers","type":"integer","jsonPath":".status.numbers.accepted"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why Programmed has its status: Programmed, Pending, NoGateways, NotServedHere, or the reason the object is refused","jsonPath":".status.conditions[?(@.type==\"Programmed\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InboundTrunkSpec {
@@ -133,16 +134,25 @@ pub struct InboundTrunkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// What the carrier points at: the gateway fleet's SIP address. Example:
-    /// `sip:203.0.113.10:5060`.
+    /// What the carrier points at: the first of `endpoints`. Example: `sip:203.0.113.10:5060`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Every SIP address a carrier may send this trunk's calls to (and allowlist): the carrier
+    /// load balancer's (or the fleet's `publicAddress`) first, then each ready gateway pod's
+    /// advertised address with the fleet's SIP port, over every fleet that serves the trunk.
+    /// Example: `[sip:203.0.113.10:5060, sip:198.51.100.21:5060]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     /// The Secret that holds this trunk's digest credentials, generated or referenced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
     /// How many of the trunk's numbers it holds, and how many another trunk holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numbers: Option<NumberCounts>,
+    /// One entry per gateway fleet that looked at this trunk, by fleet name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub fleets: Vec<super::FleetStatus>,
 }
 
 /// Number counts of an InboundTrunk.

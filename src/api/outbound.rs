@@ -22,7 +22,8 @@ use super::rules;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
     printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why Programmed has its status: Programmed, Pending, NoGateways, NotServedHere, or the reason the object is refused","jsonPath":".status.conditions[?(@.type==\"Programmed\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundTrunkSpec {
@@ -129,7 +130,14 @@ pub struct OutboundTrunkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The fleet's egress addresses: give these to the carrier for its allowlist.
+    /// The addresses calls through this trunk come from: give these to the carrier for its
+    /// allowlist. Each fleet's `egressAddresses` setting when it has one, else the advertised
+    /// address of each of its ready gateway pods, over every fleet that serves the trunk.
+    /// Example: `[198.51.100.7, 198.51.100.8]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_addresses: Vec<String>,
+    /// One entry per gateway fleet that looked at this trunk, by fleet name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub fleets: Vec<super::FleetStatus>,
 }

@@ -22,7 +22,8 @@ use super::rules;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why Programmed has its status: Programmed, Pending, NoGateways, NotServedHere, or the reason the object is refused","jsonPath":".status.conditions[?(@.type==\"Programmed\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -119,4 +120,8 @@ pub struct TransferDestinationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// One entry per gateway fleet that looked at this destination, by fleet name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub fleets: Vec<super::FleetStatus>,
 }

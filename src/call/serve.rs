@@ -27,7 +27,7 @@ use crate::config::source::credentials::StateDir;
 use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
-use crate::observe::admin::{Health, serve_admin};
+use crate::observe::admin::{GatewayReport, Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::operator::node::{NodeAddressError, Retry, fetch_node_public_address};
 use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
@@ -161,6 +161,8 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     };
     let metrics = Arc::new(GatewayMetrics::new());
     let health = Health::new();
+    let report =
+        GatewayReport::new(health.clone(), advertised_address(&listen, options.public_address));
     let reload_metrics = metrics.clone();
     let observer = ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok)));
     let compile_options = CompileOptions { region: options.region.clone() };
@@ -176,7 +178,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         }
         SpecSource::Kube { client, options: kube_options, node_address } => {
             // Up before the first config, so that probes see a live pod that is not ready.
-            let admin_task = start_admin(&options, &metrics, &health, &stop_rx).await?;
+            let admin_task = start_admin(&options, &metrics, &health, &report, &stop_rx).await?;
             if let Some(node) = node_address {
                 let fetch = fetch_node_public_address(
                     client.clone(),
@@ -186,7 +188,10 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
                 );
                 tokio::select! {
                     found = fetch => match found {
-                        Ok(ip) => public_address = Some(ip),
+                        Ok(ip) => {
+                            public_address = Some(ip);
+                            report.set_advertised_address(advertised_address(&listen, public_address));
+                        }
                         Err(e) => {
                             admin_task.abort();
                             return Err(e.into());
@@ -230,7 +235,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         }
     };
     let snapshot_rx = first.snapshots.clone();
-    record_config(&metrics, &snapshot_rx.borrow());
+    record_config(&metrics, &report, &snapshot_rx.borrow());
 
     let config = GatewayConfig {
         public_address,
@@ -278,17 +283,17 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
 
     let admin_task = match admin_task {
         Some(task) => task,
-        None => start_admin(&options, &metrics, &health, &stop_rx).await?,
+        None => start_admin(&options, &metrics, &health, &report, &stop_rx).await?,
     };
 
     // Config reloads: the source publishes snapshots; the gateway reads the latest.
     let metrics_task = {
-        let metrics = metrics.clone();
+        let (metrics, report) = (metrics.clone(), report.clone());
         let mut rx = snapshot_rx.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let snapshot = rx.borrow_and_update().clone();
-                record_config(&metrics, &snapshot);
+                record_config(&metrics, &report, &snapshot);
             }
         })
     };
@@ -358,21 +363,36 @@ fn carrier_endpoint(listen: &[ListenAddr], public_address: Option<IpAddr>) -> Op
     })
 }
 
+/// The address a gateway advertises toward carriers, for its status report: the public address
+/// when it has one, else the first carrier-facing listener's IP unless it is a wildcard.
+fn advertised_address(listen: &[ListenAddr], public_address: Option<IpAddr>) -> Option<IpAddr> {
+    public_address.or_else(|| listen.first().map(|l| l.addr.ip()).filter(|ip| !ip.is_unspecified()))
+}
+
 /// Binds the admin endpoints and serves them until `stop_rx` says stop.
 async fn start_admin(
     options: &ServeOptions,
     metrics: &Arc<GatewayMetrics>,
     health: &Arc<Health>,
+    report: &Arc<GatewayReport>,
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
     let admin = tokio::net::TcpListener::bind(options.admin)
         .await
         .map_err(|source| ServeError::Listen { addr: options.admin.to_string(), source })?;
     tracing::info!("admin endpoints on http://{}", admin.local_addr().unwrap_or(options.admin));
-    Ok(tokio::spawn(serve_admin(admin, metrics.clone(), health.clone(), stopped(stop_rx.clone()))))
+    Ok(tokio::spawn(serve_admin(
+        admin,
+        metrics.clone(),
+        health.clone(),
+        Some(report.clone()),
+        stopped(stop_rx.clone()),
+    )))
 }
 
-fn record_config(metrics: &GatewayMetrics, snapshot: &Snapshot) {
+/// A new table is served: its hash goes to `/metrics` and to the status report.
+fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Snapshot) {
+    report.set_config_hash(&snapshot.hash);
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
 }
 

@@ -9,24 +9,32 @@
 //!   is not draining (the operator: when it is connected to the API server); else 503 with a one-line reason ([`NOT_READY`], [`DRAINING`]). Kubernetes
 //!   takes a pod that is not ready out of the Service endpoints: that is how a draining pod stops
 //!   getting new calls while it finishes the ones it has.
+//! - `GET /v1/status` (gateways only; 404 on the operator): 200, `application/json`, the
+//!   [`GatewayStatus`] of this pod — crate version, readiness (as `/readyz`), the hash of the
+//!   routing table it serves and the address it advertises toward carriers. The operator's
+//!   prober reads it to decide `Programmed` and the addresses in trunk status: the gateways
+//!   report by answering, and never write to the API server.
 //! - Any other path: 404.
 //!
 //! `HEAD` is answered like `GET` without a body; another method on a known path gets 405.
 //! Request bodies are never read.
 //!
-//! Takes: a bound listener, the shared [`GatewayMetrics`] and [`Health`], and a shutdown future.
-//! `trunkline run` calls [`serve_admin`]; the gateway flips [`Health`] as it loads its table,
-//! opens its listeners and receives SIGTERM.
+//! Takes: a bound listener, the shared [`GatewayMetrics`] and [`Health`], the gateway's
+//! [`GatewayReport`] (none on the operator), and a shutdown future. `trunkline run` and
+//! `trunkline gateway` call [`serve_admin`]; the gateway flips [`Health`] as it loads its table,
+//! opens its listeners and receives SIGTERM, and sets the report's config hash on each new table.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use serde::{Deserialize, Serialize};
 
 use super::metrics::GatewayMetrics;
 
@@ -99,10 +107,76 @@ impl Health {
     }
 }
 
+/// The body of `GET /v1/status`: what a gateway pod says about itself. The gateway writes it;
+/// the operator's prober reads it (unknown fields are ignored, missing ones take their default,
+/// so either side may be a version ahead).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// The crate version of the gateway binary.
+    #[serde(default)]
+    pub version: String,
+    /// Whether it takes new calls (the same answer as `/readyz`).
+    #[serde(default)]
+    pub ready: bool,
+    /// `RoutingTable::config_hash` of the table it serves; `null` before the first.
+    #[serde(default)]
+    pub config_hash: Option<String>,
+    /// The IP it writes in Via, Contact and SDP toward carriers; `null` when it has none to
+    /// give (a wildcard listener without `--public-address`).
+    #[serde(default)]
+    pub advertised_address: Option<IpAddr>,
+}
+
+/// The gateway's side of [`GatewayStatus`]: readiness from [`Health`], the advertised address
+/// known at start (or once the gateway has read its node's), the config hash set by the
+/// gateway's config loop on every new table.
+#[derive(Debug)]
+pub struct GatewayReport {
+    health: Arc<Health>,
+    advertised_address: RwLock<Option<IpAddr>>,
+    config_hash: RwLock<Option<String>>,
+}
+
+impl GatewayReport {
+    pub fn new(health: Arc<Health>, advertised_address: Option<IpAddr>) -> Arc<Self> {
+        Arc::new(GatewayReport {
+            health,
+            advertised_address: RwLock::new(advertised_address),
+            config_hash: RwLock::new(None),
+        })
+    }
+
+    /// The address the gateway advertises, once it is known (`--public-address-node` reads
+    /// it from the node after the admin endpoints are up).
+    pub fn set_advertised_address(&self, address: Option<IpAddr>) {
+        *self.advertised_address.write().unwrap_or_else(PoisonError::into_inner) = address;
+    }
+
+    /// The hash of the table now served.
+    pub fn set_config_hash(&self, hash: &str) {
+        *self.config_hash.write().unwrap_or_else(PoisonError::into_inner) = Some(hash.to_string());
+    }
+
+    /// The report as answered now.
+    pub fn status(&self) -> GatewayStatus {
+        GatewayStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: self.health.readiness().is_ok(),
+            config_hash: self.config_hash.read().unwrap_or_else(PoisonError::into_inner).clone(),
+            advertised_address: *self
+                .advertised_address
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<dyn MetricsPage>,
     health: Arc<Health>,
+    report: Option<Arc<GatewayReport>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes, then lets requests in
@@ -111,12 +185,13 @@ pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Arc<dyn MetricsPage>,
     health: Arc<Health>,
+    report: Option<Arc<GatewayReport>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin endpoints listening");
     }
-    axum::serve(listener, router(AdminState { metrics, health }))
+    axum::serve(listener, router(AdminState { metrics, health, report }))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -126,6 +201,7 @@ fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/status", get(status))
         .fallback(not_found)
         .with_state(state)
 }
@@ -145,6 +221,19 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn status(State(s): State<AdminState>) -> axum::response::Response {
+    let Some(report) = &s.report else {
+        return not_found().await.into_response();
+    };
+    match serde_json::to_string(&report.status()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialise the status report");
+            (StatusCode::INTERNAL_SERVER_ERROR, "status report unavailable").into_response()
+        }
+    }
+}
+
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found")
 }
@@ -160,6 +249,7 @@ mod tests {
     struct Running {
         addr: SocketAddr,
         health: Arc<Health>,
+        report: Arc<GatewayReport>,
         metrics: Arc<GatewayMetrics>,
         stop: oneshot::Sender<()>,
         task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -170,11 +260,18 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         let metrics = Arc::new(GatewayMetrics::new());
         let health = Health::new();
+        let report = GatewayReport::new(health.clone(), Some("198.51.100.7".parse().expect("ip")));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_admin(listener, metrics.clone(), health.clone(), async {
-            let _ = stopped.await;
-        }));
-        Running { addr, health, metrics, stop, task }
+        let task = tokio::spawn(serve_admin(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            Some(report.clone()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Running { addr, health, report, metrics, stop, task }
     }
 
     /// Sends one raw HTTP/1.1 request; returns (status line, headers, body).
@@ -231,6 +328,62 @@ mod tests {
             ("HTTP/1.1 503 Service Unavailable", DRAINING)
         );
         assert!(r.health.is_ready() && r.health.is_draining());
+    }
+
+    #[tokio::test]
+    async fn the_status_report_says_version_readiness_config_and_address() {
+        let r = start().await;
+        let (status, headers, body) = request(r.addr, "GET", "/v1/status").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("content-type: application/json"), "{headers}");
+        let expected = format!(
+            r#"{{"version":"{}","ready":false,"configHash":null,"advertisedAddress":"198.51.100.7"}}"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(body, expected);
+
+        r.health.set_ready(true);
+        r.report.set_config_hash("abc123");
+        let body = request(r.addr, "GET", "/v1/status").await.2;
+        let parsed: GatewayStatus = serde_json::from_str(&body).expect("a report");
+        assert_eq!(
+            parsed,
+            GatewayStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                ready: true,
+                config_hash: Some("abc123".into()),
+                advertised_address: Some("198.51.100.7".parse().expect("ip")),
+            }
+        );
+        r.health.set_draining();
+        assert!(!r.report.status().ready, "draining is not ready, as /readyz says");
+    }
+
+    #[tokio::test]
+    async fn without_a_report_the_status_path_is_not_found() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(serve_admin(
+            listener,
+            Arc::new(GatewayMetrics::new()),
+            Health::new(),
+            None,
+            std::future::pending(),
+        ));
+        let (status, _, _) = request(addr, "GET", "/v1/status").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        task.abort();
+    }
+
+    #[test]
+    fn a_report_with_unknown_or_missing_fields_still_parses() {
+        let parsed: GatewayStatus = serde_json::from_str(
+            r#"{"ready":true,"extra":[1,2],"advertisedAddress":"2001:db8::1"}"#,
+        )
+        .expect("lenient");
+        assert!(parsed.ready && parsed.config_hash.is_none());
+        assert_eq!(parsed.advertised_address, Some("2001:db8::1".parse().expect("ip")));
+        assert!(serde_json::from_str::<GatewayStatus>(r#"{"ready":"yes"}"#).is_err());
     }
 
     #[tokio::test]

@@ -9,8 +9,7 @@
 //! | object | name | why |
 //! | --- | --- | --- |
 //! | ServiceAccount | `<name>-gateway` | the gateways' identity |
-//! | ClusterRole + Binding | `<name>-gateway` | get/list/watch the three trunkline.dev kinds, cluster-wide |
-//! | Role + RoleBinding | `<name>-gateway` | read the one credentials Secret (by name); get/patch pods (a gateway writes its own pod's `trunkline.dev/config-hash`) |
+//! | Role + RoleBinding | `<name>-gateway` | read the one credentials Secret (by name), nothing else: a gateway writes nothing to the API server (it reports on its admin endpoint) |
 //! | Service | `<name>-carrier` | carrier-facing SIP: UDP+TCP `sipPort`, TCP `tls.port` with TLS |
 //! | Service | `<name>-internal` | agent-facing SIP (ClusterIP): UDP+TCP `internalPort` |
 //! | Deployment or DaemonSet | `<name>-gateway` | the gateway pods |
@@ -23,8 +22,13 @@
 //! **RTP and Services.** A Service cannot hold a port range, and a thousand single-port entries
 //! would make every Service update, Endpoints slice and load balancer re-sync heavy (clouds also
 //! cap the ports of one load balancer). So the Services carry SIP only: carriers reach RTP at the
-//! address the gateway writes into its SDP, which must route to the pod: the node's own address
-//! with `hostNetwork` (the usual way), or a `publicAddress` that the network maps to the pod.
+//! address the gateway writes into its SDP, which must route to the pod that holds the call. The
+//! settings' `media_path` decides which address that is and refuses a combination that cannot
+//! work: each node's own address on the host network (the default: the gateway reads its Node,
+//! `--public-address-node $(NODE_NAME)`), the pod IP on routable pod networks
+//! (`--public-address $(POD_IP)`), or one fixed address for a single gateway (host ports
+//! off the host network). The gateways' cluster-wide read access (the three kinds, Nodes) comes
+//! with the Helm chart, not from here: the operator creates no cluster-scoped object.
 //! The RTP ports are listed as `containerPorts` only when the range is small (at most
 //! [`MAX_LISTED_RTP_PORTS`]): they are informational there (with `hostNetwork` they also make
 //! the scheduler reserve them as host ports), and a large list only bloats the pod spec.

@@ -17,6 +17,7 @@
 //! | `trunkline_operator_bundle_applies_total` | counter | `result` |
 //! | `trunkline_operator_leader` | gauge | |
 //! | `trunkline_operator_fleet_applies_total` | counter | `result` |
+//! | `trunkline_operator_gateway_probes_total` | counter | `result` (`ok`, `error`) |
 //! | `trunkline_build_info` | gauge (always 1) | `version` |
 //!
 //! [`OperatorMetrics::metric_names`] lists every series name the operator can export, for tests
@@ -57,6 +58,7 @@ pub struct OperatorMetrics {
     bundle_applies: IntCounterVec,
     leader: IntGauge,
     fleet_applies: IntCounterVec,
+    gateway_probes: IntCounterVec,
     /// Every series name the registry can export (see `observe::metrics::register_all`).
     names: BTreeSet<String>,
     /// The (condition, status) pairs each object is counted under in `objects`.
@@ -150,6 +152,15 @@ impl OperatorMetrics {
         )
         .expect("static metric definition is valid");
 
+        let gateway_probes = IntCounterVec::new(
+            Opts::new(
+                "trunkline_operator_gateway_probes_total",
+                "Fetches of a gateway pod's GET /v1/status report, by result (ok, error).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+
         use Shape::{Histogram as H, Plain as P};
         let names = register_all(
             &registry,
@@ -165,6 +176,7 @@ impl OperatorMetrics {
                 (Box::new(bundle_applies.clone()), P),
                 (Box::new(leader.clone()), P),
                 (Box::new(fleet_applies.clone()), P),
+                (Box::new(gateway_probes.clone()), P),
             ],
         );
         OperatorMetrics {
@@ -179,6 +191,7 @@ impl OperatorMetrics {
             bundle_applies,
             leader,
             fleet_applies,
+            gateway_probes,
             names,
             ledger: Mutex::new(HashMap::new()),
         }
@@ -235,6 +248,11 @@ impl OperatorMetrics {
     /// Counts one write of the gateway credentials Secret.
     pub fn bundle_applied(&self, ok: bool) {
         self.bundle_applies.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Counts one probe of a gateway pod's status report.
+    pub fn gateway_probed(&self, ok: bool) {
+        self.gateway_probes.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Records the conditions an object now has (as written, or as found unchanged).

@@ -10,8 +10,11 @@
 //!                          ├─► the one credentials Secret the gateways read (bundle)
 //!                          └─► the gateway fleet: Deployment|DaemonSet, RBAC, Services, PDB
 //!                              (fleet renders, tracker applies and deletes orphans)
-//!  gateway pod ──watch──► source: the three kinds + the bundle Secret → compile → table swap,
-//!                          config hash written to its pod annotation ──► Programmed (programmed)
+//!  gateway pod ──watch──► source: the three kinds + the bundle Secret → compile → table swap;
+//!                          it writes nothing: GET /v1/status on its admin port says which
+//!                          config it serves and which address it advertises
+//!  operator prober ──GET <podIP>:<adminPort>/v1/status──► reports ──► Programmed (programmed),
+//!                          trunk endpoints and source addresses (status)
 //! ```
 //!
 //! - `settings`: what the operator is told (flags or a config file the Helm chart fills).
@@ -36,17 +39,20 @@ pub mod source;
 pub mod status;
 pub mod tracker;
 
-/// The field manager of every write the operator makes (server-side applies of status, fleet
-/// objects and Secrets).
+/// The field manager of the operator's writes of fleet objects and Secrets (server-side
+/// applies). Status is written under [`status_field_manager`] instead.
 pub const FIELD_MANAGER: &str = "trunkline-operator";
 
-/// The field manager of the gateways' writes (their pod annotation; later an OutboundTrunk's
-/// `Reachable` condition): apart from the operator's, so neither drops the other's fields.
-pub const GATEWAY_FIELD_MANAGER: &str = "trunkline-gateway";
+/// The prefix of the field manager of status writes: `trunkline-operator/<fleet name>`. Two
+/// fleets (regions) in one cluster write the same objects' status; with a manager each, server-
+/// side apply keeps each fleet's `status.fleets` entry its own and lets both co-own the
+/// conditions they agree on (`status` module docs).
+pub const STATUS_FIELD_MANAGER_PREFIX: &str = "trunkline-operator/";
 
-/// The pod annotation where a gateway writes the hash of the config it runs
-/// (`RoutingTable::config_hash`).
-pub const CONFIG_HASH_ANNOTATION: &str = "trunkline.dev/config-hash";
+/// The field manager of the status writes of fleet `fleet`.
+pub fn status_field_manager(fleet: &str) -> String {
+    format!("{STATUS_FIELD_MANAGER_PREFIX}{fleet}")
+}
 
 /// Label on every object the operator owns, with the fleet's name as value: the tracker finds
 /// orphans by it.

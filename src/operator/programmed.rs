@@ -1,27 +1,31 @@
 //! `Programmed`: does every ready gateway pod run a config that includes this generation of this
 //! object (DESIGN §2)?
 //!
-//! Each gateway pod writes the hash of the table it serves (`RoutingTable::config_hash`) into its
-//! annotation [`CONFIG_HASH_ANNOTATION`]. A hash says nothing about what is inside the table, so
+//! Each gateway pod reports the hash of the table it serves (`RoutingTable::config_hash`) on its
+//! admin endpoint (`GET /v1/status`); the operator's prober (`controller::prober`) fetches it.
+//! A pod whose report could not be fetched has no known hash (Pending). A hash says nothing about what is inside the table, so
 //! the operator remembers, for the last [`HISTORY_LEN`] tables it compiled itself (with the
 //! fleet's region, so that its hashes are the gateways' hashes), which generation of which object
 //! each one held ([`ConfigHistory`]). An object is then programmed when every ready pod runs a
 //! remembered hash whose table holds the object at its current generation.
 //!
 //! Takes: a compile verdict, whether this fleet's table serves the object ([`Served`]), the
-//! gateway pods ([`GatewayPod`], from the pod store) and the history. Gives: a
+//! gateway pods ([`GatewayPod`], from the pod store and the prober's reports) and the history. Gives: a
 //! [`ProgrammedDecision`] that `status` turns into the `Programmed` condition. Pure; the
 //! controller calls it on every reconcile.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use k8s_openapi::api::core::v1::Pod;
 
-use super::{CONFIG_HASH_ANNOTATION, FLEET_LABEL};
+use super::FLEET_LABEL;
 use crate::api::Kind;
 use crate::config::RoutingTable;
 use crate::config::diagnostic::{ConditionType, ObjectKey, Reason, State, Verdict};
+use crate::observe::admin::GatewayStatus;
 
 /// The condition type.
 pub const PROGRAMMED: &str = "Programmed";
@@ -101,14 +105,17 @@ pub struct GatewayPod {
     pub name: String,
     /// `Ready=True` and not being deleted.
     pub ready: bool,
-    /// The hash of the table it serves, from [`CONFIG_HASH_ANNOTATION`].
+    /// The hash of the table it serves, from its last report; `None` without one.
     pub config_hash: Option<String>,
+    /// The address it advertises toward carriers, from its last report.
+    pub advertised_address: Option<IpAddr>,
 }
 
 impl GatewayPod {
-    /// Reads a pod. A pod being deleted is not counted as ready: it drains calls and will not
-    /// take a new config.
-    pub fn from_pod(pod: &Pod) -> GatewayPod {
+    /// Reads a pod and its last report (`None`: no report, the hash and address are unknown).
+    /// A pod being deleted is not counted as ready: it drains calls and will not take a new
+    /// config.
+    pub fn from_pod(pod: &Pod, report: Option<&GatewayStatus>) -> GatewayPod {
         let ready = pod.metadata.deletion_timestamp.is_none()
             && pod
                 .status
@@ -118,13 +125,11 @@ impl GatewayPod {
         GatewayPod {
             name: pod.metadata.name.clone().unwrap_or_default(),
             ready,
-            config_hash: pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+            config_hash: report
+                .and_then(|r| r.config_hash.as_ref())
                 .filter(|h| !h.is_empty())
                 .cloned(),
+            advertised_address: report.and_then(|r| r.advertised_address),
         }
     }
 }
@@ -298,8 +303,6 @@ pub fn decide_programmed(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -315,7 +318,12 @@ mod tests {
     }
 
     fn pod(name: &str, ready: bool, hash: Option<&str>) -> GatewayPod {
-        GatewayPod { name: name.into(), ready, config_hash: hash.map(str::to_string) }
+        GatewayPod {
+            name: name.into(),
+            ready,
+            config_hash: hash.map(str::to_string),
+            advertised_address: None,
+        }
     }
 
     fn history(tables: &[(&str, &[(&str, i64)])]) -> ConfigHistory {
@@ -467,14 +475,7 @@ mod tests {
     #[test]
     fn a_pod_is_ready_only_with_ready_true_and_no_deletion() {
         let mut p = Pod {
-            metadata: ObjectMeta {
-                name: Some("gw-0".into()),
-                annotations: Some(BTreeMap::from([(
-                    CONFIG_HASH_ANNOTATION.to_string(),
-                    "abc".to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
+            metadata: ObjectMeta { name: Some("gw-0".into()), ..ObjectMeta::default() },
             status: Some(PodStatus {
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
@@ -485,20 +486,85 @@ mod tests {
             }),
             ..Pod::default()
         };
+        let report = GatewayStatus {
+            version: "0.1.0".into(),
+            ready: true,
+            config_hash: Some("abc".into()),
+            advertised_address: Some("198.51.100.7".parse().unwrap()),
+        };
         assert_eq!(
-            GatewayPod::from_pod(&p),
-            pod("gw-0", true, Some("abc")),
-            "ready, with its hash"
+            GatewayPod::from_pod(&p, Some(&report)),
+            GatewayPod {
+                advertised_address: Some("198.51.100.7".parse().unwrap()),
+                ..pod("gw-0", true, Some("abc"))
+            },
+            "ready, with its reported hash and address"
         );
+        assert_eq!(GatewayPod::from_pod(&p, None), pod("gw-0", true, None), "no report");
         p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert!(!GatewayPod::from_pod(&p).ready);
+        assert!(!GatewayPod::from_pod(&p, Some(&report)).ready);
         p.metadata.deletion_timestamp = None;
         p.status = None;
-        assert!(!GatewayPod::from_pod(&p).ready);
+        assert!(!GatewayPod::from_pod(&p, Some(&report)).ready);
         assert_eq!(
             gateway_pod_selector("main"),
             "trunkline.dev/fleet=main,app.kubernetes.io/component=gateway"
         );
+    }
+
+    #[test]
+    fn two_regions_give_identical_accepted_and_resolved_refs_for_the_same_objects() {
+        use crate::config::source::load_str;
+        use crate::config::{CompileOptions, compile};
+        let mut loaded = crate::config::source::Loaded::default();
+        load_str(
+            std::path::Path::new("t.yaml"),
+            r#"
+apiVersion: trunkline.dev/v1alpha1
+kind: InboundTrunk
+metadata: {name: us-in, namespace: voice, generation: 1, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  numbers: [{number: "+14155550100", agent: a}]
+  destination: {uri: "sip:agents.example:5070"}
+  auth: {allowedAddresses: ["203.0.113.0/24"]}
+  regions: [us]
+---
+apiVersion: trunkline.dev/v1alpha1
+kind: InboundTrunk
+metadata: {name: eu-in, namespace: voice, generation: 1, creationTimestamp: "2025-02-01T00:00:00Z"}
+spec:
+  numbers: [{number: "+14155550100", agent: a}, {number: "+14155550101", agent: a}]
+  destination: {uri: "sip:agents.example:5070"}
+  auth: {digest: {secretRef: {name: missing}}}
+  regions: [eu]
+---
+apiVersion: trunkline.dev/v1alpha1
+kind: OutboundTrunk
+metadata: {name: us-out, namespace: voice, generation: 1}
+spec: {host: sip.carrier.example, callerId: "+14155550100", regions: [us]}
+---
+apiVersion: trunkline.dev/v1alpha1
+kind: TransferDestination
+metadata: {name: desk, namespace: voice, generation: 1}
+spec:
+  type: Phone
+  phone: {number: "+14155550199", outboundTrunkRef: {name: us-out}}
+"#,
+            &mut loaded,
+        );
+        let region = |r: &str| CompileOptions { region: Some(r.to_string()) };
+        let (us, eu) =
+            (compile(&loaded.specs, &region("us")), compile(&loaded.specs, &region("eu")));
+        assert_eq!(us.verdicts.len(), 4, "{:#?}", us.verdicts);
+        // The tables differ (each region serves its own trunks) ...
+        assert_ne!(us.table.config_hash(), eu.table.config_hash());
+        // ... the verdicts do not: the number held across regions, the missing Secret, the
+        // destination through a trunk of one region are judged the same by both fleets.
+        assert_eq!(us.verdicts, eu.verdicts);
+        let none = compile(&loaded.specs, &CompileOptions::default());
+        assert_eq!(us.verdicts, none.verdicts);
+        let eu_in = us.verdict(&key("eu-in")).unwrap();
+        assert_eq!(eu_in.state, State::Refused, "{eu_in:?}");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   is put back), retrying failures with backoff; it also learns the carrier-facing endpoint
 //!   (`publicAddress`, else the carrier Service's load-balancer address) for trunk status;
 //! - the controllers (`controller::run_controllers`), restarted with the new endpoint when it
-//!   changes.
+//!   changes (rare: the load balancer got or lost its address). Gateway pods that come and go
+//!   change the other addresses in trunk status without a restart: the controllers' prober
+//!   follows them.
 //!
 //! A replica that loses the Lease stops both at once (`leader::run_while_leader`). `/readyz` is
 //! 200 once the API server answered, on standby replicas too (a rollout of two replicas must not
@@ -27,6 +29,7 @@ use super::fleet::{carrier_service_name, render_fleet};
 use super::leader::{self, LeaseSettings};
 use super::metrics::OperatorMetrics;
 use super::settings::{OperatorSettings, SettingsError};
+use super::status::sip_endpoint;
 use super::tracker::FleetTracker;
 use crate::call::serve::{shutdown_signal, stopped};
 use crate::observe::admin::{Health, MetricsPage, serve_admin};
@@ -115,8 +118,13 @@ pub async fn run_operator(options: OperatorOptions) -> Result<(), OperatorError>
     let admin = tokio::net::TcpListener::bind(options.admin)
         .await
         .map_err(|source| OperatorError::Listen { addr: options.admin, source })?;
-    let admin_task =
-        tokio::spawn(serve_admin(admin, metrics.clone(), health.clone(), stopped(stop_rx.clone())));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        metrics.clone(),
+        health.clone(),
+        None,
+        stopped(stop_rx.clone()),
+    ));
     let ready_task = tokio::spawn(mark_ready_when_connected(client.clone(), health.clone()));
 
     let lease = LeaseSettings {
@@ -219,6 +227,8 @@ pub fn controller_config(
         region: settings.region.clone(),
         carrier_endpoint,
         source_addresses: settings.egress_addresses.iter().map(|a| a.to_string()).collect(),
+        sip_port: settings.sip_port,
+        admin_port: settings.admin_port,
         watch_namespace: watch_namespace.clone(),
     }
 }
@@ -226,10 +236,6 @@ pub fn controller_config(
 /// The carrier endpoint the settings name: `publicAddress` and the SIP port.
 pub fn static_endpoint(settings: &OperatorSettings) -> Option<String> {
     settings.public_address.map(|ip| sip_endpoint(&ip.to_string(), settings.sip_port))
-}
-
-fn sip_endpoint(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("sip:[{host}]:{port}") } else { format!("sip:{host}:{port}") }
 }
 
 /// Applies the fleet now and every [`FLEET_RESYNC`]; after each apply, learns the endpoint from
@@ -383,5 +389,6 @@ mod tests {
         assert_eq!(c.source_addresses, vec!["198.51.100.7", "198.51.100.8"]);
         assert_eq!(c.carrier_endpoint.as_deref(), Some("sip:198.51.100.7:5060"));
         assert_eq!(c.watch_namespace.as_deref(), Some("voice"));
+        assert_eq!((c.sip_port, c.admin_port), (5060, 9090));
     }
 }

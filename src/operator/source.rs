@@ -9,8 +9,11 @@
 //!  any change ─debounce─► Specs from the stores + read_bundle ─► compile(region) ─► Snapshot
 //!     published on the tokio watch channel the gateway reads its table from (the same channel
 //!     type as the folder source), only when the config hash changed
-//!  each published snapshot ─► merge patch of pods/<POD_NAME>: annotation trunkline.dev/config-hash
 //! ```
+//!
+//! The source only reads: a gateway never writes to the API server. The hash of the config it
+//! serves is reported on its admin endpoint (`GET /v1/status`, `observe::admin`), where the
+//! operator's prober fetches it.
 //!
 //! Takes a [`kube::Client`] and [`KubeSourceOptions`]; gives, through [`KubeSource::spawn`], a
 //! [`Running`] source whose [`Running::ready`] resolves with the first snapshot's channel and the
@@ -41,9 +44,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
@@ -53,7 +56,6 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
-use super::{CONFIG_HASH_ANNOTATION, GATEWAY_FIELD_MANAGER};
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 use crate::config::secret::SecretStore;
@@ -67,20 +69,13 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often a gateway without a config yet says what it is waiting for.
 pub const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(30);
-/// First retry delay of the config-hash annotation patch; doubled up to [`PATCH_RETRY_MAX`].
-pub const PATCH_RETRY_MIN: Duration = Duration::from_millis(500);
-/// Longest delay between two attempts at the config-hash annotation patch.
-pub const PATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the gateway's Kubernetes source is told (the flags of `trunkline gateway`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubeSourceOptions {
     /// Name of the credentials bundle Secret the operator keeps, in the pod's namespace.
     pub credentials_secret: String,
-    /// This pod's name (`POD_NAME`, from the downward API): where the config hash is written.
-    /// `None`: the hash is not reported (and the operator cannot set `Programmed`).
-    pub pod_name: Option<String>,
-    /// This pod's namespace (`POD_NAMESPACE`): where the bundle is read and the pod patched.
+    /// This pod's namespace (`POD_NAMESPACE`): where the bundle is read.
     /// `None`: the client's default namespace (in a pod, its service account's namespace).
     pub pod_namespace: Option<String>,
     /// Watch the three kinds in this namespace only. `None`: in every namespace.
@@ -124,7 +119,7 @@ impl Running {
         ready.map_err(|_| SourceError::Stopped)
     }
 
-    /// Stops the source now (reflectors, compile loop and hash reporting).
+    /// Stops the source now (reflectors and compile loop).
     pub fn abort(&self) {
         self.task.abort();
     }
@@ -209,9 +204,7 @@ impl KubeSource {
                 },
                 () = sleep_until(due), if due.is_some() => {
                     burst = None;
-                    if engine.rebuild().await {
-                        engine.start_reporting(&mut tasks);
-                    }
+                    engine.rebuild().await;
                 }
                 _ = waiting.tick(), if engine.tx.is_none() => {
                     warn!(
@@ -442,11 +435,10 @@ impl Engine {
         }
     }
 
-    /// Compiles the stores and publishes the snapshot if its hash is new. `true` when this
-    /// published the first snapshot.
-    async fn rebuild(&mut self) -> bool {
+    /// Compiles the stores and publishes the snapshot if its hash is new.
+    async fn rebuild(&mut self) {
         if !self.listed.iter().all(|l| *l) {
-            return false;
+            return;
         }
         let name = &self.source.options.credentials_secret;
         let Some(secret) = self
@@ -457,14 +449,14 @@ impl Engine {
             .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
         else {
             self.bundle_problem(BundleProblem::Missing);
-            return false;
+            return;
         };
         let bundle = read_bundle(&secret);
         self.log_bundle(&bundle);
         let nonce_key = match (self.nonce_key, bundle.nonce_key) {
             (None, None) => {
                 self.bundle_problem(BundleProblem::NoNonceKey);
-                return false;
+                return;
             }
             (None, Some(key)) => key,
             (Some(used), found) => {
@@ -496,21 +488,20 @@ impl Engine {
                 Ok(snapshot) => snapshot,
                 Err(e) => {
                     error!(error = %e, "compile task failed: keeping the current config");
-                    return false;
+                    return;
                 }
             };
         let changed = self.tx.as_ref().is_none_or(|tx| tx.borrow().hash != snapshot.hash);
         self.log_verdicts(&snapshot, changed);
         if !changed {
             debug!(config = %snapshot.hash, "the specs changed, the config did not");
-            return false;
+            return;
         }
         let snapshot = Arc::new(snapshot);
         match &self.tx {
             Some(tx) => {
                 tx.send_replace(snapshot);
                 self.source.observe(true);
-                false
             }
             None => {
                 let (tx, rx) = watch::channel(snapshot);
@@ -520,7 +511,6 @@ impl Engine {
                     // Nobody waiting: serve gave up; the source still runs until shut down.
                     let _ = ready.send(Ready { snapshots: rx, nonce_key });
                 }
-                true
             }
         }
     }
@@ -566,21 +556,6 @@ impl Engine {
             );
         }
     }
-
-    /// Starts writing the served config hash into the pod's annotation.
-    fn start_reporting(&self, tasks: &mut JoinSet<()>) {
-        let Some(tx) = &self.tx else { return };
-        match &self.source.options.pod_name {
-            Some(pod) if !pod.is_empty() => {
-                let pods =
-                    Api::<Pod>::namespaced(self.source.client.clone(), &self.source.namespace);
-                tasks.spawn(report_hash(pods, pod.clone(), tx.subscribe()));
-            }
-            _ => warn!(
-                "no pod name (--pod-name or POD_NAME): the config hash is not reported, so the operator cannot mark objects Programmed"
-            ),
-        }
-    }
 }
 
 /// One `warn!` per diagnostic of a verdict, one `debug!` for an object without any (as the
@@ -603,44 +578,6 @@ fn log_verdict(verdict: &Verdict) {
             "{}",
             d.message
         );
-    }
-}
-
-/// Writes the hash of the current snapshot into the pod's annotation after each change,
-/// retrying with backoff; a newer snapshot during a retry is written instead.
-async fn report_hash(pods: Api<Pod>, pod: String, mut rx: watch::Receiver<Arc<Snapshot>>) {
-    let params = PatchParams {
-        field_manager: Some(GATEWAY_FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
-    let mut delay = PATCH_RETRY_MIN;
-    loop {
-        let hash = rx.borrow_and_update().hash.clone();
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}
-        });
-        match pods.patch(&pod, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                debug!(pod, config = %hash, "config hash written to the pod annotation");
-                delay = PATCH_RETRY_MIN;
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(
-                    pod,
-                    error = %e,
-                    "cannot write the config hash into annotation {CONFIG_HASH_ANNOTATION}: retrying in {} ms",
-                    delay.as_millis()
-                );
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(PATCH_RETRY_MAX);
-            }
-        }
     }
 }
 
@@ -725,7 +662,7 @@ mod tests {
     //! The source against kube's mock service: a scripted API server answers each LIST with a
     //! list, holds each WATCH until the test pushes an event (answered as a newline-delimited
     //! JSON body, after which the watcher watches again from that event's resourceVersion), and
-    //! records every request, the PATCHes of the pod in particular.
+    //! records every request (all of them GETs: the source never writes).
 
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -742,7 +679,6 @@ mod tests {
 
     const NAMESPACE: &str = "trunkline";
     const BUNDLE: &str = "gw-creds";
-    const POD: &str = "gw-0";
     const NONCE: [u8; NONCE_KEY_LEN] = [9; NONCE_KEY_LEN];
     /// Longer than a debounce, a compile and a PATCH; bounds every wait for something.
     const SOON: Duration = Duration::from_secs(5);
@@ -778,15 +714,6 @@ mod tests {
         FailWatch(Res),
     }
 
-    /// A PATCH of the pod, as the API server received it.
-    #[derive(Debug)]
-    struct PodPatch {
-        path: String,
-        query: String,
-        content_type: String,
-        body: Value,
-    }
-
     /// The scripted API server's state.
     struct ApiServer {
         lists: BTreeMap<Res, Vec<Value>>,
@@ -794,30 +721,25 @@ mod tests {
         waiting: BTreeMap<Res, VecDeque<SendResponse<Response<Body>>>>,
         /// What the next WATCH of a resource gets, when no WATCH was waiting.
         queued: BTreeMap<Res, VecDeque<Cmd>>,
-        /// PATCHes of the pod still to fail with a 500.
-        failing_patches: usize,
-        patches: mpsc::UnboundedSender<PodPatch>,
         requests: Arc<Mutex<Vec<String>>>,
     }
 
-    /// The test's side: the source's client, commands, the PATCHes seen and every request.
+    /// The test's side: the source's client, commands and every request.
     struct Fake {
         client: Client,
         cmds: mpsc::UnboundedSender<Cmd>,
-        patches: mpsc::UnboundedReceiver<PodPatch>,
         requests: Arc<Mutex<Vec<String>>>,
     }
 
     impl Fake {
         /// An API server that lists `inbound` trunks and, when given, the bundle Secret.
-        fn start(inbound: Vec<Value>, bundle: Option<Value>, failing_patches: usize) -> Fake {
+        fn start(inbound: Vec<Value>, bundle: Option<Value>) -> Fake {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("trunkline=debug")
                 .with_test_writer()
                 .try_init();
             let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let (cmds, cmds_rx) = mpsc::unbounded_channel();
-            let (patches_tx, patches) = mpsc::unbounded_channel();
             let requests = Arc::new(Mutex::new(Vec::new()));
             let mut lists = BTreeMap::new();
             lists.insert(Res::Inbound, inbound);
@@ -828,18 +750,15 @@ mod tests {
                 lists,
                 waiting: BTreeMap::new(),
                 queued: BTreeMap::new(),
-                failing_patches,
-                patches: patches_tx,
                 requests: requests.clone(),
             };
             tokio::spawn(server.run(handle, cmds_rx));
-            Fake { client: Client::new(service, "default"), cmds, patches, requests }
+            Fake { client: Client::new(service, "default"), cmds, requests }
         }
 
         fn source(&self) -> Running {
             let options = KubeSourceOptions {
                 credentials_secret: BUNDLE.into(),
-                pod_name: Some(POD.into()),
                 pod_namespace: Some(NAMESPACE.into()),
                 watch_namespace: None,
             };
@@ -849,13 +768,6 @@ mod tests {
 
         fn event(&self, res: Res, type_: &'static str, object: Value) {
             self.cmds.send(Cmd::Event(res, type_, object)).unwrap();
-        }
-
-        async fn next_patch(&mut self) -> PodPatch {
-            tokio::time::timeout(SOON, self.patches.recv())
-                .await
-                .expect("a PATCH of the pod within 5 s")
-                .unwrap()
         }
 
         fn requests(&self) -> Vec<String> {
@@ -895,32 +807,6 @@ mod tests {
             let path = request.uri().path().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
             self.requests.lock().unwrap().push(format!("{method} {path}?{query}"));
-            if method == http::Method::PATCH
-                && path == format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}")
-            {
-                let content_type = request
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap();
-                let _ =
-                    self.patches.send(PodPatch { path, query, content_type, body: body.clone() });
-                if self.failing_patches > 0 {
-                    self.failing_patches -= 1;
-                    send.send_response(status(500, "etcd is having a moment"));
-                    return;
-                }
-                let pod = json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": POD, "namespace": NAMESPACE, "resourceVersion": "7",
-                                 "annotations": body["metadata"]["annotations"]},
-                });
-                send.send_response(ok(&pod));
-                return;
-            }
             let Some(res) = Res::of(&path).filter(|_| method == http::Method::GET) else {
                 send.send_response(status(404, "not scripted"));
                 return;
@@ -1030,22 +916,11 @@ mod tests {
         rx.borrow_and_update().clone()
     }
 
-    fn assert_annotates(patch: &PodPatch, hash: &str) {
-        assert_eq!(patch.path, format!("/api/v1/namespaces/{NAMESPACE}/pods/{POD}"));
-        assert_eq!(patch.content_type, "application/merge-patch+json");
-        assert!(patch.query.contains("fieldManager=trunkline-gateway"), "{}", patch.query);
-        assert_eq!(
-            patch.body,
-            json!({"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}})
-        );
-    }
-
     #[tokio::test]
     async fn a_listed_trunk_is_served_with_the_bundles_credentials_and_nonce_key() {
-        let mut fake = Fake::start(
+        let fake = Fake::start(
             vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
             Some(bundle(1)),
-            0,
         );
         let mut running = fake.source();
         let first = ready(&mut running).await;
@@ -1061,9 +936,8 @@ mod tests {
         }
         assert_eq!(snapshot.hash, snapshot.table.config_hash());
 
-        assert_annotates(&fake.next_patch().await, &snapshot.hash);
-
         let requests = fake.requests();
+        assert!(requests.iter().all(|r| r.starts_with("GET ")), "only reads: {requests:?}");
         let listed = |prefix: &str| {
             requests.iter().any(|r| r.starts_with(prefix) && !r.contains("watch=true"))
         };
@@ -1084,16 +958,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_watched_change_publishes_a_new_snapshot_and_annotates_its_hash() {
-        let mut fake = Fake::start(
+    async fn a_watched_change_publishes_a_new_snapshot() {
+        let fake = Fake::start(
             vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
             Some(bundle(1)),
-            0,
         );
         let mut running = fake.source();
         let Ready { mut snapshots, .. } = ready(&mut running).await;
         let first = snapshots.borrow_and_update().clone();
-        assert_annotates(&fake.next_patch().await, &first.hash);
 
         // A number added to the trunk.
         fake.event(
@@ -1104,7 +976,6 @@ mod tests {
         let second = next(&mut snapshots).await;
         assert!(routes(&second, "+14155550101") && routes(&second, "+14155550100"));
         assert_ne!(second.hash, first.hash);
-        assert_annotates(&fake.next_patch().await, &second.hash);
 
         // A new trunk (address-only: it needs no credentials from the bundle).
         let mut other = trunk("other-in", &["+14155550200"], "unused", 3);
@@ -1113,22 +984,18 @@ mod tests {
         let third = next(&mut snapshots).await;
         assert!(routes(&third, "+14155550200") && routes(&third, "+14155550101"));
         assert_ne!(third.hash, second.hash);
-        assert_annotates(&fake.next_patch().await, &third.hash);
 
-        // A change that changes no table (a label: the generation stays) publishes nothing and
-        // patches nothing.
+        // A change that changes no table (a label: the generation stays) publishes nothing.
         let mut relabelled = trunk("acme-in", &["+14155550100", "+14155550101"], "acme-creds", 4);
         relabelled["metadata"]["labels"] = json!({"team": "voice"});
         relabelled["metadata"]["generation"] = json!(2);
         fake.event(Res::Inbound, "MODIFIED", relabelled);
         assert!(tokio::time::timeout(QUIET, snapshots.changed()).await.is_err());
-        assert!(fake.patches.try_recv().is_err());
 
         // A deleted trunk leaves the table.
         fake.event(Res::Inbound, "DELETED", trunk("other-in", &["+14155550200"], "unused", 5));
         let fourth = next(&mut snapshots).await;
         assert!(!routes(&fourth, "+14155550200") && routes(&fourth, "+14155550101"));
-        assert_annotates(&fake.next_patch().await, &fourth.hash);
         running.abort();
     }
 
@@ -1144,7 +1011,6 @@ mod tests {
                 trunk("orphan-in", &["+14155550400"], "missing-creds", 1),
             ],
             Some(bundle(1)),
-            0,
         );
         let mut running = fake.source();
         let snapshot = ready(&mut running).await.snapshots.borrow().clone();
@@ -1167,19 +1033,16 @@ mod tests {
 
     #[tokio::test]
     async fn without_the_bundle_there_is_no_config_until_it_appears() {
-        let mut fake =
-            Fake::start(vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)], None, 0);
+        let fake = Fake::start(vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)], None);
         let mut running = fake.source();
         let waited = tokio::time::timeout(QUIET, running.ready()).await;
         assert!(waited.is_err(), "ready without the credentials Secret");
-        assert!(fake.patches.try_recv().is_err(), "a hash reported without a config");
 
         fake.event(Res::Secrets, "ADDED", bundle(2));
         let first = ready(&mut running).await;
         assert_eq!(first.nonce_key, NONCE);
         let snapshot = first.snapshots.borrow().clone();
         assert!(snapshot.table.trunk_by_digest_user("acme-user").is_some());
-        assert_annotates(&fake.next_patch().await, &snapshot.hash);
         running.abort();
     }
 
@@ -1187,11 +1050,8 @@ mod tests {
     async fn a_bundle_without_a_nonce_key_is_not_ready() {
         let mut keyless = bundle(1);
         keyless["data"].as_object_mut().unwrap().remove(NONCE_KEY);
-        let fake = Fake::start(
-            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
-            Some(keyless),
-            0,
-        );
+        let fake =
+            Fake::start(vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)], Some(keyless));
         let mut running = fake.source();
         assert!(tokio::time::timeout(QUIET, running.ready()).await.is_err());
         fake.event(Res::Secrets, "MODIFIED", bundle(2));
@@ -1201,15 +1061,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_watch_keeps_the_table_and_recovers() {
-        let mut fake = Fake::start(
+        let fake = Fake::start(
             vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
             Some(bundle(1)),
-            0,
         );
         let mut running = fake.source();
         let Ready { mut snapshots, .. } = ready(&mut running).await;
         let first = snapshots.borrow_and_update().clone();
-        let _ = fake.next_patch().await;
 
         fake.cmds.send(Cmd::FailWatch(Res::Inbound)).unwrap();
         fake.cmds.send(Cmd::FailWatch(Res::Secrets)).unwrap();
@@ -1224,23 +1082,6 @@ mod tests {
         );
         let next = next(&mut snapshots).await;
         assert!(routes(&next, "+14155550102"));
-        running.abort();
-    }
-
-    #[tokio::test]
-    async fn a_failed_annotation_patch_is_retried() {
-        let mut fake = Fake::start(
-            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
-            Some(bundle(1)),
-            2,
-        );
-        let mut running = fake.source();
-        let hash = ready(&mut running).await.snapshots.borrow().hash.clone();
-        for _ in 0..3 {
-            assert_annotates(&fake.next_patch().await, &hash);
-        }
-        // Accepted on the third attempt: no fourth.
-        assert!(tokio::time::timeout(QUIET, fake.patches.recv()).await.is_err());
         running.abort();
     }
 

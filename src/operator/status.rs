@@ -2,29 +2,56 @@
 //! `Programmed` decision, the fleet's facts and the object's current status.
 //!
 //! - Conditions `Accepted` and `ResolvedRefs` come from the verdict, `Programmed` from
-//!   `programmed::decide_programmed`. Each carries `observedGeneration`; `lastTransitionTime` is
-//!   kept from the current status when the condition's status did not change, and is `now`
-//!   otherwise (the caller passes the time: no clock here).
-//! - Any other condition already there (an OutboundTrunk's `Reachable`, written by the gateways'
-//!   health checks) is kept untouched, and the order of the current list is kept, so that an
-//!   unchanged status compares equal ([`changed`]) and is not written again.
-//! - Per kind (DESIGN §2): InboundTrunk `endpoint` (the fleet's carrier-facing address),
-//!   `credentialsSecret`, `numbers`; OutboundTrunk `sourceAddresses` (the fleet's egress
-//!   addresses). Both are left out when this fleet does not serve the object: its address would
-//!   be the wrong one to give a carrier.
+//!   `programmed::decide_programmed` summed up over the fleets (below). Each carries
+//!   `observedGeneration`; `lastTransitionTime` is kept from the current status when the
+//!   condition's status did not change, and is `now` otherwise (the caller passes the time: no
+//!   clock here).
+//! - Any other condition already there (an OutboundTrunk's `Reachable`) is kept untouched, and
+//!   the order of the current list is kept, so that an unchanged status compares equal
+//!   ([`changed`]) and is not written again.
+//! - Per kind (DESIGN §2): InboundTrunk `endpoints` (every SIP address a carrier may use: the
+//!   load balancer's or `publicAddress` first, then each ready gateway's advertised address) and
+//!   `endpoint` (the first of them), `credentialsSecret`, `numbers`; OutboundTrunk
+//!   `sourceAddresses` (the fleet's `egressAddresses`, else each ready gateway's advertised
+//!   address). A fleet that does not serve the object gives none: its addresses would be the
+//!   wrong ones to give a carrier.
 //! - [`transitions`]: the conditions whose status or reason changed, for events.
+//!
+//! **Several fleets in one cluster.** Two operators with different fleet names (say regions `us`
+//! and `eu`) both see a trunk without regions, and both write its status. Each writes with its
+//! own field manager (`trunkline-operator/<fleet>`, [`super::status_field_manager`]), so
+//! server-side apply keeps what each one owns:
+//! - `status.fleets` is a list map keyed by `name`: each operator applies only its own entry
+//!   (its `Programmed`, its addresses) and the other fleets' entries stay theirs.
+//! - `Accepted` and `ResolvedRefs` come from a compile whose verdicts do not depend on the region
+//!   (the region only decides what a fleet's table serves), so both operators apply identical
+//!   values: co-owned, no conflict, no flapping.
+//! - The top-level `Programmed`, `endpoint`, `endpoints` and `sourceAddresses` are the sum of
+//!   the entries ([`aggregate_programmed`]): each operator computes it from its own fresh entry
+//!   and the others' entries as it observes them on the object, the same function of the same
+//!   entries, so once each has seen the other's write they apply identical values. Programmed is
+//!   True when at least one fleet serves the object and every fleet that serves it (reason other
+//!   than `NotServedHere`) says True; an entry written for an older generation counts as
+//!   Pending. Addresses are the union, in fleet-name order. With one fleet the top level equals
+//!   that fleet's entry, as before fleets existed.
+//! - A fleet that is removed leaves its entry behind (nobody owns deleting it): remove it by
+//!   hand (`kubectl edit --subresource=status`) if it holds the aggregate back.
 //!
 //! Called by the controller's reconcile.
 
+use std::net::IpAddr;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::programmed::{PROGRAMMED, ProgrammedDecision, ProgrammedReason};
+use super::programmed::{GatewayPod, PROGRAMMED, ProgrammedDecision, ProgrammedReason};
 use crate::api::{
-    InboundTrunkStatus, NumberCounts, OutboundTrunkStatus, TransferDestinationStatus,
+    FleetStatus, InboundTrunkStatus, NumberCounts, OutboundTrunkStatus, TransferDestinationStatus,
 };
 use crate::config::diagnostic::Verdict;
 
-/// The condition the gateways write on an OutboundTrunk.
+/// An OutboundTrunk's health-check condition. The operator does not decide it and keeps it as
+/// it is (gateways never write to the API server: reachability will come through their
+/// status reports).
 pub const REACHABLE: &str = "Reachable";
 
 /// The condition types the operator owns. A current condition of one of these types that the
@@ -34,13 +61,60 @@ pub const OWNED_CONDITIONS: [&str; 3] = ["Accepted", "ResolvedRefs", PROGRAMMED]
 /// Longest condition message the API server accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 
-/// What the operator's configuration says about its gateway fleet.
+/// What this operator knows about its own gateway fleet, for the status it writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetFacts {
-    /// The carrier-facing SIP address, `sip:203.0.113.10:5060`.
-    pub endpoint: Option<String>,
-    /// The fleet's egress addresses, for carriers' allowlists.
+    /// The fleet's name: the key of its `status.fleets` entry.
+    pub name: String,
+    pub region: Option<String>,
+    /// The carrier-facing SIP addresses, `sip:203.0.113.10:5060`: the load balancer's first,
+    /// then each ready gateway's.
+    pub endpoints: Vec<String>,
+    /// The addresses calls leave from, for carriers' allowlists.
     pub source_addresses: Vec<String>,
+}
+
+impl FleetFacts {
+    /// The facts from the settings and the gateway pods: `carrier_endpoint` (the load
+    /// balancer's or `publicAddress`) first, then `sip:<address>:<sip_port>` of every ready pod
+    /// that reports an address, sorted, without repeats; source addresses are `egress` when
+    /// given, else every ready pod's address, sorted, without repeats.
+    pub fn from_pods(
+        name: &str,
+        region: Option<&str>,
+        carrier_endpoint: Option<&str>,
+        egress: &[String],
+        sip_port: u16,
+        pods: &[GatewayPod],
+    ) -> FleetFacts {
+        let mut addresses: Vec<IpAddr> =
+            pods.iter().filter(|p| p.ready).filter_map(|p| p.advertised_address).collect();
+        addresses.sort();
+        addresses.dedup();
+        let mut endpoints: Vec<String> = carrier_endpoint.map(str::to_string).into_iter().collect();
+        for ip in &addresses {
+            let endpoint = sip_endpoint(&ip.to_string(), sip_port);
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        let source_addresses = if egress.is_empty() {
+            addresses.iter().map(IpAddr::to_string).collect()
+        } else {
+            egress.to_vec()
+        };
+        FleetFacts {
+            name: name.to_string(),
+            region: region.map(str::to_string),
+            endpoints,
+            source_addresses,
+        }
+    }
+}
+
+/// `sip:<host>:<port>`, an IPv6 host in brackets.
+pub fn sip_endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("sip:[{host}]:{port}") } else { format!("sip:{host}:{port}") }
 }
 
 /// A condition whose status or reason changed.
@@ -95,11 +169,76 @@ fn condition(
     }
 }
 
+/// The top-level `Programmed` as summed up over the fleets' entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateProgrammed {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Sums up the fleets' `Programmed` (module docs): True when some fleet serves the object and
+/// every fleet that serves it says True. Otherwise the reason is the first (in fleet-name order)
+/// of the serving fleets' non-True reasons other than `Pending`, else `Pending`; with no fleet
+/// serving it, `NotServedHere`. The message is the one fleet's message, or `name: message` of
+/// each fleet joined with `; `, in fleet-name order. An entry for another generation than
+/// `generation` counts as Pending. The order of `fleets` does not matter.
+pub fn aggregate_programmed(
+    generation: Option<i64>,
+    fleets: &[FleetStatus],
+) -> AggregateProgrammed {
+    let pending = ProgrammedReason::Pending.as_str();
+    let entries: Vec<(&str, bool, String, String)> = by_name(fleets)
+        .into_iter()
+        .map(|f| match f.conditions.iter().find(|c| c.type_ == PROGRAMMED) {
+            Some(c) if c.observed_generation == generation => {
+                (f.name.as_str(), c.status == "True", c.reason.clone(), c.message.clone())
+            }
+            _ => (
+                f.name.as_str(),
+                false,
+                pending.to_string(),
+                format!("has not reported on {} yet", generation_text(generation)),
+            ),
+        })
+        .collect();
+    let not_served = ProgrammedReason::NotServedHere.as_str();
+    let serving: Vec<&(&str, bool, String, String)> =
+        entries.iter().filter(|e| e.2 != not_served).collect();
+    let status = !serving.is_empty() && serving.iter().all(|e| e.1);
+    let reason = if status {
+        ProgrammedReason::Programmed.as_str().to_string()
+    } else if serving.is_empty() {
+        not_served.to_string()
+    } else {
+        serving
+            .iter()
+            .find(|e| !e.1 && e.2 != pending)
+            .map_or_else(|| pending.to_string(), |e| e.2.clone())
+    };
+    let message = match entries.as_slice() {
+        [(_, _, _, message)] => message.clone(),
+        _ => entries
+            .iter()
+            .map(|(name, _, _, message)| format!("{name}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    AggregateProgrammed { status, reason, message }
+}
+
+fn generation_text(generation: Option<i64>) -> String {
+    match generation {
+        Some(g) => format!("generation {g}"),
+        None => "the current version".to_string(),
+    }
+}
+
 /// The conditions an object should have: the verdict's, `Programmed`, and every condition of
 /// another type from `current`, in the order of `current` (new ones appended).
 pub fn desired_conditions(
     verdict: &Verdict,
-    programmed: &ProgrammedDecision,
+    programmed: &AggregateProgrammed,
     current: &[Condition],
     now: &Time,
 ) -> Vec<Condition> {
@@ -122,7 +261,7 @@ pub fn desired_conditions(
     decided.push(condition(
         PROGRAMMED,
         programmed.status,
-        programmed.reason.as_str(),
+        &programmed.reason,
         &programmed.message,
         generation,
         current,
@@ -145,6 +284,82 @@ fn served_here(programmed: &ProgrammedDecision) -> bool {
     programmed.reason != ProgrammedReason::NotServedHere
 }
 
+/// Which addresses go into a fleet entry.
+enum Addresses {
+    Endpoints,
+    Sources,
+    None,
+}
+
+/// The others' entries as found and this fleet's fresh one, in the order of the current list
+/// (its own entry in its place, or appended): the API server keeps a list map in the order
+/// its items were added, and a reordered list would compare unequal and be written forever.
+fn fleet_entries(
+    verdict: &Verdict,
+    programmed: &ProgrammedDecision,
+    current: &[FleetStatus],
+    fleet: &FleetFacts,
+    addresses: Addresses,
+    now: &Time,
+) -> Vec<FleetStatus> {
+    let own_current: &[Condition] = current
+        .iter()
+        .find(|f| f.name == fleet.name)
+        .map(|f| f.conditions.as_slice())
+        .unwrap_or_default();
+    let served = served_here(programmed);
+    let own = FleetStatus {
+        name: fleet.name.clone(),
+        region: fleet.region.clone(),
+        conditions: vec![condition(
+            PROGRAMMED,
+            programmed.status,
+            programmed.reason.as_str(),
+            &programmed.message,
+            verdict.generation,
+            own_current,
+            now,
+        )],
+        endpoints: match addresses {
+            Addresses::Endpoints if served => fleet.endpoints.clone(),
+            _ => Vec::new(),
+        },
+        source_addresses: match addresses {
+            Addresses::Sources if served => fleet.source_addresses.clone(),
+            _ => Vec::new(),
+        },
+    };
+    let mut entries: Vec<FleetStatus> = current.to_vec();
+    match entries.iter_mut().find(|f| f.name == fleet.name) {
+        Some(entry) => *entry = own,
+        None => entries.push(own),
+    }
+    entries
+}
+
+/// The entries by fleet name: what is summed up does not depend on the list's order.
+fn by_name(fleets: &[FleetStatus]) -> Vec<&FleetStatus> {
+    let mut sorted: Vec<&FleetStatus> = fleets.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted
+}
+
+/// The union of one list of every serving entry, in fleet-name order, without repeats.
+fn union(entries: &[FleetStatus], list: impl Fn(&FleetStatus) -> &[String]) -> Vec<String> {
+    let not_served = ProgrammedReason::NotServedHere.as_str();
+    let mut out: Vec<String> = Vec::new();
+    for entry in by_name(entries) {
+        let serves =
+            entry.conditions.iter().any(|c| c.type_ == PROGRAMMED && c.reason != not_served);
+        for item in list(entry).iter().filter(|_| serves) {
+            if !out.contains(item) {
+                out.push(item.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The status an InboundTrunk should have.
 pub fn desired_inbound_status(
     verdict: &Verdict,
@@ -154,18 +369,26 @@ pub fn desired_inbound_status(
     now: &Time,
 ) -> InboundTrunkStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
+    let fleets =
+        fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::Endpoints, now);
+    let aggregate = aggregate_programmed(verdict.generation, &fleets);
+    let endpoints = union(&fleets, |f| &f.endpoints);
     InboundTrunkStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, programmed, current_conditions, now),
-        endpoint: fleet.endpoint.clone().filter(|_| served_here(programmed)),
+        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        endpoint: endpoints.first().cloned(),
+        endpoints,
         credentials_secret: verdict.credentials_secret.clone(),
         numbers: verdict
             .numbers
             .map(|t| NumberCounts { accepted: t.accepted, conflicting: t.conflicting }),
+        fleets,
     }
 }
 
-/// The status an OutboundTrunk should have. `Reachable` is the gateways' and stays as it is.
+/// The status an OutboundTrunk should have. `Reachable` is not the operator's and stays as it
+/// is.
 pub fn desired_outbound_status(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
@@ -174,14 +397,14 @@ pub fn desired_outbound_status(
     now: &Time,
 ) -> OutboundTrunkStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
+    let fleets = fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::Sources, now);
+    let aggregate = aggregate_programmed(verdict.generation, &fleets);
     OutboundTrunkStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, programmed, current_conditions, now),
-        source_addresses: if served_here(programmed) {
-            fleet.source_addresses.clone()
-        } else {
-            Vec::new()
-        },
+        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        source_addresses: union(&fleets, |f| &f.source_addresses),
+        fleets,
     }
 }
 
@@ -190,12 +413,17 @@ pub fn desired_transfer_status(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
     current: Option<&TransferDestinationStatus>,
+    fleet: &FleetFacts,
     now: &Time,
 ) -> TransferDestinationStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
+    let fleets = fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::None, now);
+    let aggregate = aggregate_programmed(verdict.generation, &fleets);
     TransferDestinationStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, programmed, current_conditions, now),
+        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        fleets,
     }
 }
 
@@ -276,8 +504,23 @@ mod tests {
 
     fn fleet() -> FleetFacts {
         FleetFacts {
-            endpoint: Some("sip:203.0.113.10:5060".into()),
+            name: "edge".into(),
+            region: None,
+            endpoints: vec!["sip:203.0.113.10:5060".into()],
             source_addresses: vec!["198.51.100.7".into()],
+        }
+    }
+
+    fn fleet_named(name: &str, region: &str) -> FleetFacts {
+        FleetFacts { name: name.into(), region: Some(region.into()), ..fleet() }
+    }
+
+    fn ready_pod(name: &str, address: Option<&str>) -> GatewayPod {
+        GatewayPod {
+            name: name.into(),
+            ready: true,
+            config_hash: None,
+            advertised_address: address.map(|a| a.parse().unwrap()),
         }
     }
 
@@ -303,6 +546,11 @@ mod tests {
         assert_eq!(find(&s.conditions, "Accepted").reason, "Accepted");
         assert_eq!(s.observed_generation, Some(4));
         assert_eq!(s.endpoint.as_deref(), Some("sip:203.0.113.10:5060"));
+        assert_eq!(s.endpoints, ["sip:203.0.113.10:5060"]);
+        assert_eq!(s.fleets.len(), 1, "this fleet's entry");
+        assert_eq!(s.fleets[0].name, "edge");
+        assert_eq!(s.fleets[0].endpoints, s.endpoints);
+        assert_eq!(s.fleets[0].conditions, [find(&s.conditions, "Programmed").clone()]);
         assert_eq!(s.credentials_secret.as_deref(), Some("acme-in-credentials"));
         assert_eq!(s.numbers, Some(NumberCounts { accepted: 2, conflicting: 0 }));
     }
@@ -348,12 +596,14 @@ mod tests {
             &accepted(1),
             &programmed(true, ProgrammedReason::Programmed),
             None,
+            &fleet(),
             &at(0),
         );
         let second = desired_transfer_status(
             &accepted(2),
             &programmed(true, ProgrammedReason::Programmed),
             Some(&first),
+            &fleet(),
             &at(5),
         );
         assert!(changed(Some(&first), &second));
@@ -376,6 +626,7 @@ mod tests {
             observed_generation: Some(1),
             conditions: vec![reachable.clone()],
             source_addresses: Vec::new(),
+            fleets: Vec::new(),
         };
         let s = desired_outbound_status(
             &accepted(2),
@@ -411,12 +662,12 @@ mod tests {
         };
         let mut verdict = accepted(1);
         verdict.conditions.retain(|c| c.type_ == ConditionType::Accepted);
-        let conditions = desired_conditions(
-            &verdict,
-            &programmed(true, ProgrammedReason::Programmed),
-            &[stale],
-            &at(1),
-        );
+        let aggregate = AggregateProgrammed {
+            status: true,
+            reason: "Programmed".into(),
+            message: String::new(),
+        };
+        let conditions = desired_conditions(&verdict, &aggregate, &[stale], &at(1));
         let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Accepted", "Programmed"]);
     }
@@ -426,6 +677,7 @@ mod tests {
         let not_here = programmed(false, ProgrammedReason::NotServedHere);
         let inbound = desired_inbound_status(&accepted(1), &not_here, None, &fleet(), &at(0));
         assert_eq!(inbound.endpoint, None);
+        assert!(inbound.endpoints.is_empty() && inbound.fleets[0].endpoints.is_empty());
         let outbound = desired_outbound_status(&accepted(1), &not_here, None, &fleet(), &at(0));
         assert!(outbound.source_addresses.is_empty());
         assert_eq!(find(&outbound.conditions, "Programmed").reason, "NotServedHere");
@@ -474,6 +726,150 @@ mod tests {
         assert_eq!(t[0].type_, "Programmed");
         assert_eq!(t[0].previous_status.as_deref(), Some("False"));
         assert_eq!((t[0].status.as_str(), t[0].reason.as_str()), ("True", "Programmed"));
+    }
+
+    #[test]
+    fn the_endpoints_are_the_load_balancer_then_every_ready_gateway_sorted_once() {
+        let pods = [
+            ready_pod("gw-2", Some("2001:db8::9")),
+            ready_pod("gw-1", Some("198.51.100.22")),
+            ready_pod("gw-0", Some("198.51.100.21")),
+            ready_pod("gw-3", Some("198.51.100.21")),
+            ready_pod("gw-4", None),
+            GatewayPod { ready: false, ..ready_pod("gw-5", Some("198.51.100.99")) },
+        ];
+        let facts = FleetFacts::from_pods(
+            "edge",
+            Some("us"),
+            Some("sip:lb.example:5060"),
+            &[],
+            5070,
+            &pods,
+        );
+        assert_eq!(
+            facts.endpoints,
+            [
+                "sip:lb.example:5060",
+                "sip:198.51.100.21:5070",
+                "sip:198.51.100.22:5070",
+                "sip:[2001:db8::9]:5070"
+            ]
+        );
+        assert_eq!(facts.source_addresses, ["198.51.100.21", "198.51.100.22", "2001:db8::9"]);
+        let egress = ["203.0.113.5".to_string()];
+        let facts = FleetFacts::from_pods("edge", None, None, &egress, 5060, &pods);
+        assert_eq!(facts.endpoints[0], "sip:198.51.100.21:5060", "no load balancer: a gateway");
+        assert_eq!(facts.source_addresses, egress, "the settings' egress addresses win");
+        assert_eq!(FleetFacts::from_pods("edge", None, None, &[], 5060, &[]).endpoints.len(), 0);
+    }
+
+    #[test]
+    fn two_fleets_keep_each_others_entry_and_agree_on_the_aggregate() {
+        let now = at(0);
+        // us writes first: programmed on its gateways.
+        let us = desired_inbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            None,
+            &FleetFacts {
+                endpoints: vec!["sip:198.51.100.1:5060".into()],
+                ..fleet_named("us", "us")
+            },
+            &now,
+        );
+        assert!(find(&us.conditions, "Programmed").status == "True");
+        // eu sees it and adds its own entry: pending there, so the aggregate is not programmed.
+        let eu_facts = FleetFacts {
+            endpoints: vec!["sip:198.51.100.2:5060".into()],
+            ..fleet_named("eu", "eu")
+        };
+        let eu = desired_inbound_status(
+            &accepted(1),
+            &ProgrammedDecision {
+                status: false,
+                reason: ProgrammedReason::Pending,
+                message: "1 of 2 ready gateway pods still run a config without generation 1".into(),
+            },
+            Some(&us),
+            &eu_facts,
+            &at(5),
+        );
+        let names: Vec<&str> = eu.fleets.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["us", "eu"], "the list keeps its order; eu's entry is appended");
+        assert_eq!(eu.fleets[0], us.fleets[0], "us's entry kept as it was");
+        let top = find(&eu.conditions, "Programmed");
+        assert_eq!((top.status.as_str(), top.reason.as_str()), ("False", "Pending"));
+        assert_eq!(
+            top.message,
+            "eu: 1 of 2 ready gateway pods still run a config without generation 1; \
+             us: Programmed"
+        );
+        assert_eq!(eu.endpoints, ["sip:198.51.100.2:5060", "sip:198.51.100.1:5060"]);
+        assert_eq!(eu.endpoint.as_deref(), Some("sip:198.51.100.2:5060"));
+        // us reconciles again with the same own decision: it computes what eu wrote, nothing to
+        // write (no flapping).
+        let us_again = desired_inbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            Some(&eu),
+            &FleetFacts {
+                endpoints: vec!["sip:198.51.100.1:5060".into()],
+                ..fleet_named("us", "us")
+            },
+            &at(9),
+        );
+        assert!(!changed(Some(&eu), &us_again), "{us_again:#?}");
+    }
+
+    #[test]
+    fn a_fleet_that_does_not_serve_the_object_leaves_the_aggregate_to_the_others() {
+        let fleets = |eu: (&str, &str), us: (&str, &str), us_generation: i64| {
+            let entry = |name: &str, (status, reason): (&str, &str), generation: i64| FleetStatus {
+                name: name.into(),
+                conditions: vec![Condition {
+                    type_: PROGRAMMED.into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message: format!("{reason} here"),
+                    observed_generation: Some(generation),
+                    last_transition_time: at(0),
+                }],
+                ..FleetStatus::default()
+            };
+            vec![entry("eu", eu, 2), entry("us", us, us_generation)]
+        };
+        let a = aggregate_programmed(
+            Some(2),
+            &fleets(("False", "NotServedHere"), ("True", "Programmed"), 2),
+        );
+        let mut reversed = fleets(("False", "NotServedHere"), ("True", "Programmed"), 2);
+        reversed.reverse();
+        assert_eq!(aggregate_programmed(Some(2), &reversed), a, "the list's order does not matter");
+        assert_eq!((a.status, a.reason.as_str()), (true, "Programmed"));
+        assert_eq!(a.message, "eu: NotServedHere here; us: Programmed here");
+        let a = aggregate_programmed(
+            Some(2),
+            &fleets(("False", "NotServedHere"), ("False", "NoGateways"), 2),
+        );
+        assert_eq!((a.status, a.reason.as_str()), (false, "NoGateways"));
+        let a = aggregate_programmed(
+            Some(2),
+            &fleets(("False", "NotServedHere"), ("False", "NotServedHere"), 2),
+        );
+        assert_eq!((a.status, a.reason.as_str()), (false, "NotServedHere"));
+        // An entry for an older generation is pending, whatever it said then.
+        let a = aggregate_programmed(
+            Some(2),
+            &fleets(("True", "Programmed"), ("True", "Programmed"), 1),
+        );
+        assert_eq!((a.status, a.reason.as_str()), (false, "Pending"));
+        assert!(a.message.contains("us: has not reported on generation 2 yet"), "{}", a.message);
+        // A refusal wins over pending, whichever fleet says it.
+        let a = aggregate_programmed(
+            Some(2),
+            &fleets(("False", "Pending"), ("False", "SecretNotFound"), 2),
+        );
+        assert_eq!(a.reason, "SecretNotFound");
     }
 
     #[test]

@@ -29,15 +29,23 @@
 //!   `generation` (1 at creation, +1 when anything outside `metadata` and `status` changes) set
 //!   by the server, whatever a client sends; `stringData` of a Secret folded into `data`;
 //! - writes to an object never change its `status`, writes to `/status` change only `status`;
-//! - `/version`.
+//! - `/version`;
+//! - the requests' bearer token, as the [`Logged::user`] (kubeconfigs from
+//!   [`ApiServer::write_kubeconfig_as`]), so a test can tell whose client made a request;
+//! - cluster-scoped resources such as nodes (`/api/v1/nodes`, `/api/v1/nodes/NAME`) like any
+//!   other: put them with an empty namespace.
 //!
 //! What it approximates (keep these in mind when a test passes here):
 //! - server-side apply is a deep merge of the body into the object: maps merge, `null` removes a
-//!   field, lists of objects that all carry a `type` (conditions) merge by `type`, other lists are
-//!   replaced. Each apply manager's fields are remembered (per object and subresource): a field
-//!   or condition it applied before and leaves out now is removed, unless another apply manager
-//!   applied it too. Writes other than apply own nothing, and there are no apply conflicts (so
-//!   two replicas racing for a free Lease would both win: tests start them one after the other);
+//!   field, lists of objects that all carry a `type` (conditions) merge by `type`, a list named
+//!   `fleets` whose objects all carry a `name` (trunkline's `status.fleets`) merges by `name`,
+//!   other lists are replaced (the real server merges by the CRD's `x-kubernetes-list-map-keys`,
+//!   which the fake does not read). Each apply manager's fields are remembered (per object and
+//!   subresource), list-map items and the fields inside them included: a field or item it
+//!   applied before and leaves out now is removed, unless another apply manager applied it too.
+//!   Writes other than apply own nothing, and there are no apply conflicts (a forced apply of
+//!   another manager's value simply wins; two replicas racing for a free Lease would both win:
+//!   tests start them one after the other);
 //! - strategic merge patch is a JSON merge patch (RFC 7386; no `$patch` directives, lists
 //!   replaced); JSON patch is refused (415);
 //! - a watch sends no `DELETED` when an object stops matching its selector, no bookmarks, never
@@ -79,6 +87,8 @@ pub struct Logged {
     pub body: Option<Value>,
     /// The status code answered (200 for a watch, whatever its body then streams).
     pub status: u16,
+    /// The bearer token the request carried (the kubeconfig's user token), if any.
+    pub user: Option<String>,
 }
 
 impl Logged {
@@ -107,11 +117,12 @@ struct Recorded {
     object: Value,
 }
 
-/// One step of a field path: a map key, or the item of a condition-like list with this `type`.
+/// One step of a field path: a map key, or the item of a list map whose key field (`type` or
+/// `name`, [`list_key`]) has this value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Field(String),
-    Item(String),
+    Item(&'static str, String),
 }
 
 /// What one field manager last applied to one object (or its `/status`): object key,
@@ -210,6 +221,22 @@ impl ApiServer {
     /// A kubeconfig whose current context points at this server, with `namespace` as default.
     pub fn write_kubeconfig(&self, path: &Path, namespace: &str) {
         write_kubeconfig(path, self.addr, namespace);
+    }
+
+    /// The same, with a bearer token `user`: the server logs it with each request of that
+    /// client ([`Logged::user`]).
+    pub fn write_kubeconfig_as(&self, path: &Path, namespace: &str, user: &str) {
+        let addr = self.addr;
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+                 users: [{{name: fake, user: {{token: {user}}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: {namespace}}}}}]\n"
+            ),
+        )
+        .expect("write the kubeconfig");
     }
 
     /// Creates or replaces `object` (its status included) as the test's own write: kept
@@ -437,6 +464,11 @@ async fn handle(
         .unwrap_or_default();
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
     let parsed: Option<Value> = if body.is_empty() {
         None
     } else {
@@ -449,6 +481,7 @@ async fn handle(
         content_type,
         body: parsed,
         status: 0,
+        user,
     };
     let response = route(&shared, &method, &logged);
     logged.status = response.status().as_u16();
@@ -704,8 +737,12 @@ fn apply_merge(target: &mut Value, patch: &Value) {
             Some(existing) if existing.is_object() && value.is_object() => {
                 apply_merge(existing, value);
             }
-            Some(existing) if keyed_by_type(existing) && keyed_by_type(value) => {
-                merge_by_type(existing, value);
+            Some(existing)
+                if list_key(key, existing).is_some()
+                    && list_key(key, existing) == list_key(key, value) =>
+            {
+                let by = list_key(key, value).unwrap_or("type");
+                merge_by_key(existing, value, by);
             }
             _ => {
                 into.insert(key.clone(), without_nulls(value));
@@ -714,10 +751,15 @@ fn apply_merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The field paths an apply body sets: every leaf, a condition-like list item as one leaf,
-/// without the identity fields (`apiVersion`, `kind`, `metadata.name`, `metadata.namespace`).
+/// The field paths an apply body sets: every leaf, and each list-map item (as itself and as the
+/// leaves inside it), without the identity fields (`apiVersion`, `kind`, `metadata.name`,
+/// `metadata.namespace`).
 fn applied_paths(body: &Value) -> BTreeSet<Vec<Step>> {
     fn walk(value: &Value, path: &mut Vec<Step>, out: &mut BTreeSet<Vec<Step>>) {
+        let field = match path.last() {
+            Some(Step::Field(f)) => f.clone(),
+            _ => String::new(),
+        };
         match value {
             Value::Object(map) if !map.is_empty() => {
                 for (key, child) in map {
@@ -726,10 +768,12 @@ fn applied_paths(body: &Value) -> BTreeSet<Vec<Step>> {
                     path.pop();
                 }
             }
-            list if keyed_by_type(list) => {
+            list if list_key(&field, list).is_some() => {
+                let by = list_key(&field, list).unwrap_or("type");
                 for item in list.as_array().into_iter().flatten() {
-                    path.push(Step::Item(item["type"].as_str().unwrap_or_default().to_string()));
+                    path.push(Step::Item(by, item[by].as_str().unwrap_or_default().to_string()));
                     out.insert(path.clone());
+                    walk(item, path, out);
                     path.pop();
                 }
             }
@@ -759,8 +803,8 @@ fn remove_path(object: &mut Value, path: &[Step]) {
     for step in parents {
         let next = match step {
             Step::Field(f) => at.get_mut(f.as_str()),
-            Step::Item(t) => {
-                at.as_array_mut().and_then(|items| items.iter_mut().find(|i| i["type"] == *t))
+            Step::Item(by, t) => {
+                at.as_array_mut().and_then(|items| items.iter_mut().find(|i| i[*by] == *t))
             }
         };
         match next {
@@ -774,25 +818,36 @@ fn remove_path(object: &mut Value, path: &[Step]) {
                 map.remove(f);
             }
         }
-        Step::Item(t) => {
+        Step::Item(by, t) => {
             if let Some(items) = at.as_array_mut() {
-                items.retain(|i| i["type"] != *t);
+                items.retain(|i| i[*by] != *t);
             }
         }
     }
 }
 
-/// A non-empty list of objects that all carry a string `type` (conditions).
-fn keyed_by_type(value: &Value) -> bool {
-    value.as_array().is_some_and(|items| {
-        !items.is_empty() && items.iter().all(|i| i.get("type").is_some_and(Value::is_string))
-    })
+/// The key of a list the fake merges item by item (module docs): `name` for a list at field
+/// `fleets` of objects that all carry a string `name`; `type` for a list of objects that all
+/// carry a string `type` (conditions); `None` for a list that is replaced whole.
+fn list_key(field: &str, value: &Value) -> Option<&'static str> {
+    let all = |key: &str| {
+        value.as_array().is_some_and(|items| {
+            !items.is_empty() && items.iter().all(|i| i.get(key).is_some_and(Value::is_string))
+        })
+    };
+    if field == "fleets" && all("name") {
+        Some("name")
+    } else if all("type") {
+        Some("type")
+    } else {
+        None
+    }
 }
 
-fn merge_by_type(existing: &mut Value, patch: &Value) {
+fn merge_by_key(existing: &mut Value, patch: &Value, by: &str) {
     let (Some(items), Some(new)) = (existing.as_array_mut(), patch.as_array()) else { return };
     for item in new {
-        match items.iter_mut().find(|i| i["type"] == item["type"]) {
+        match items.iter_mut().find(|i| i[by] == item[by]) {
             Some(old) => apply_merge(old, item),
             None => items.push(without_nulls(item)),
         }

@@ -40,6 +40,7 @@ use crate::config::secret::SecretStore;
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{CompileOptions, Compiled, Specs, compile};
 use crate::operator::FIELD_MANAGER;
+use crate::operator::controller::prober::Reports;
 use crate::operator::credentials::{BundleOutcome, BundleWriter};
 use crate::operator::metrics::OperatorMetrics;
 use crate::operator::programmed::{ConfigHistory, GatewayPod, TableGenerations, table_generations};
@@ -206,7 +207,6 @@ pub fn object_key<K: Reconciled>(obj: &K) -> Option<ObjectKey> {
 pub struct Context {
     pub(super) client: Client,
     pub(super) config: ControllerConfig,
-    pub(super) facts: FleetFacts,
     pub(super) metrics: Arc<OperatorMetrics>,
     pub(super) recorder: Recorder,
     pub(super) stores: Stores,
@@ -219,6 +219,12 @@ pub struct Context {
     written: Mutex<HashMap<ObjectKey, Written>>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
     pub(super) bundle: tokio::sync::Mutex<BundleWriter>,
+    /// The gateways' last status reports, kept by the prober.
+    pub(super) reports: Reports,
+    /// Set by the index when a gateway pod changed: the prober probes at once.
+    pub(super) probe_now: Notify,
+    /// The gateway pods as last seen by [`Context::note_fleet`].
+    fleet_seen: Mutex<Vec<GatewayPod>>,
 }
 
 impl Context {
@@ -244,10 +250,6 @@ impl Context {
                 &config.fleet_namespace,
                 &config.bundle_secret,
             )),
-            facts: FleetFacts {
-                endpoint: config.carrier_endpoint.clone(),
-                source_addresses: config.source_addresses.clone(),
-            },
             client,
             config,
             metrics,
@@ -269,6 +271,9 @@ impl Context {
             history: Mutex::new(ConfigHistory::default()),
             written: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            reports: Reports::default(),
+            probe_now: Notify::new(),
+            fleet_seen: Mutex::new(Vec::new()),
         };
         let writers = Writers {
             inbound: inbound_w,
@@ -292,12 +297,45 @@ impl Context {
         f(&self.history.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// This fleet's gateway pods, by name.
+    /// This fleet's gateway pods with their last reports, by name.
     pub fn gateway_pods(&self) -> Vec<GatewayPod> {
-        let mut pods: Vec<GatewayPod> =
-            self.stores.pods.state().iter().map(|p| GatewayPod::from_pod(p)).collect();
+        let mut pods: Vec<GatewayPod> = self
+            .stores
+            .pods
+            .state()
+            .iter()
+            .map(|p| GatewayPod::from_pod(p, self.reports.get(p).as_ref()))
+            .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         pods
+    }
+
+    /// Reconciles every object when the gateway pods (readiness, reported hash or address)
+    /// differ from when this was last called: `Programmed` and the addresses in every status
+    /// depend on every pod. `true` when it did.
+    pub fn note_fleet(&self) -> bool {
+        let fleet = self.gateway_pods();
+        let mut seen = self.fleet_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if *seen == fleet {
+            return false;
+        }
+        *seen = fleet;
+        drop(seen);
+        self.trigger_everything();
+        true
+    }
+
+    /// What this fleet puts in the status it writes, from the settings and `pods`.
+    pub fn fleet_facts(&self, pods: &[GatewayPod]) -> FleetFacts {
+        let c = &self.config;
+        FleetFacts::from_pods(
+            &c.fleet_name,
+            c.region.as_deref(),
+            c.carrier_endpoint.as_deref(),
+            &c.source_addresses,
+            c.sip_port,
+            pods,
+        )
     }
 
     /// Everything compile reads, from the stores.

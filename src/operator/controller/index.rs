@@ -7,10 +7,9 @@
 //! | a trunkline object applied | written | when spec, generation or identity changed | that object |
 //! | a trunkline object deleted | removed | yes | none (the compile diff reaches its dependents) |
 //! | a Secret applied or deleted | written | when its type or data changed | none: the compile diff triggers the objects whose verdict changed |
-//! | a gateway pod changed | written | no | every object, when a pod's readiness or config hash changed (`Programmed` of any object depends on every pod) |
+//! | a gateway pod changed | written | no | every object, when a pod's readiness, config hash or address changed (`Programmed` and the addresses in status of any object depend on every pod); the prober probes at once |
+//! | a gateway's report changed (prober) | - | no | every object, as for a pod change |
 //! | a relist done (`InitDone`) | swapped in | yes | every object of that kind |
-
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::reflector::{ObjectRef, store::Writer};
@@ -18,19 +17,16 @@ use kube::runtime::watcher::Event;
 
 use super::context::{Context, Reconciled, Writers, object_key};
 use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
-use crate::operator::programmed::GatewayPod;
 
 /// The write side of the stores and the rules above.
 pub struct Index {
     ctx: std::sync::Arc<Context>,
     writers: Writers,
-    /// Readiness and config hash of each gateway pod, as last seen.
-    fleet: BTreeMap<String, GatewayPod>,
 }
 
 impl Index {
     pub fn new(ctx: std::sync::Arc<Context>, writers: Writers) -> Index {
-        Index { ctx, writers, fleet: BTreeMap::new() }
+        Index { ctx, writers }
     }
 
     pub fn apply_inbound(&mut self, event: &Event<InboundTrunk>) {
@@ -70,12 +66,8 @@ impl Index {
         if matches!(event, Event::Init | Event::InitApply(_)) {
             return;
         }
-        let fleet: BTreeMap<String, GatewayPod> =
-            self.ctx.gateway_pods().into_iter().map(|p| (p.name.clone(), p)).collect();
-        if fleet != self.fleet {
-            self.fleet = fleet;
-            self.ctx.trigger_everything();
-        }
+        self.ctx.probe_now.notify_one();
+        let _ = self.ctx.note_fleet();
     }
 }
 

@@ -19,6 +19,9 @@
 //! unstable features.
 //!
 //! - `context`: shared state, the compile step. `index`: watch events → stores and triggers.
+//! - `prober`: fetches each gateway pod's `GET /v1/status` report (config hash, advertised
+//!   address) on pod changes and every few seconds; a changed report triggers reconciles as a
+//!   pod change does. Gateways never write to the API server.
 //! - `reconcile`: one object's reconcile, the error policy.
 //!
 //! Entry point: [`run_controllers`], polled by the lead's assembly while this replica leads.
@@ -30,6 +33,7 @@
 
 mod context;
 mod index;
+pub mod prober;
 mod reconcile;
 #[cfg(test)]
 mod tests;
@@ -81,10 +85,16 @@ pub struct ControllerConfig {
     pub bundle_secret: String,
     /// The fleet's region: compile leaves out objects of other regions, as the gateways do.
     pub region: Option<String>,
-    /// The carrier-facing SIP address written to InboundTrunk `status.endpoint`.
+    /// The carrier-facing SIP address (`publicAddress` or the load balancer's), first of
+    /// InboundTrunk `status.endpoints`.
     pub carrier_endpoint: Option<String>,
-    /// The fleet's egress addresses written to OutboundTrunk `status.sourceAddresses`.
+    /// The fleet's egress addresses written to OutboundTrunk `status.sourceAddresses`; empty:
+    /// the gateways' advertised addresses are.
     pub source_addresses: Vec<String>,
+    /// The gateways' SIP port, in `status.endpoints`.
+    pub sip_port: u16,
+    /// The gateways' admin port, where the prober fetches `/v1/status`.
+    pub admin_port: u16,
     /// Watch trunkline objects and Secrets in this namespace only; all namespaces when `None`.
     pub watch_namespace: Option<String>,
 }
@@ -191,6 +201,7 @@ pub async fn run_controllers(
         index_task,
         run_compiler(Arc::clone(&ctx)),
         guard_bundle(Arc::clone(&ctx)),
+        prober::run_prober(Arc::clone(&ctx)),
         run_applier::<InboundTrunk>(Arc::clone(&ctx), inbound),
         run_applier::<OutboundTrunk>(Arc::clone(&ctx), outbound),
         run_applier::<TransferDestination>(ctx, transfers),

@@ -7,8 +7,9 @@
 //!    generation yet means: nothing to do now, the next compile triggers it.
 //! 4. `Programmed` from the gateway pods and the config history.
 //! 5. The desired status; written with server-side apply on `/status` (field manager
-//!    `FIELD_MANAGER`, forced) only when it differs from the current one, then one event per
-//!    condition transition.
+//!    `trunkline-operator/<fleet>`, forced; only the conditions the operator owns and this
+//!    fleet's `status.fleets` entry, see `status`) only when it differs from the current one,
+//!    then one event per condition transition.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,6 @@ use crate::api::{
     TransferDestination, TransferDestinationStatus,
 };
 use crate::config::diagnostic::Verdict;
-use crate::operator::FIELD_MANAGER;
 use crate::operator::credentials::{
     SecretCreation, create_generated_credentials, render_generated_credentials,
     wants_generated_credentials,
@@ -40,6 +40,7 @@ use crate::operator::status::{
     FleetFacts, Transition, changed, desired_inbound_status, desired_outbound_status,
     desired_transfer_status, transitions,
 };
+use crate::operator::status_field_manager;
 
 /// How often an object is reconciled with no event at all: a safety net for missed watch
 /// events, not a mechanism anything relies on.
@@ -113,10 +114,11 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     let pods = ctx.gateway_pods();
     let served = served(&key, obj.regions(), ctx.config.region.as_deref(), &view.served);
     let programmed = ctx.with_history(|h| decide_programmed(verdict, &served, &pods, h));
+    let facts = ctx.fleet_facts(&pods);
 
     let current = ctx.effective_status(&key, obj);
     let now = Time((ctx.clock)());
-    let desired = obj.desired_status(verdict, &programmed, current.as_ref(), &ctx.facts, &now);
+    let desired = obj.desired_status(verdict, &programmed, current.as_ref(), &facts, &now);
     if changed(current.as_ref(), &desired) {
         write_status(obj, &desired, ctx).await?;
         ctx.remember_written(&key, obj, &desired);
@@ -182,19 +184,24 @@ async fn write_status<K: Reconciled>(
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = serde_json::to_value(status)
         .map_err(|source| ReconcileError::SerializeStatus { kind: K::KIND, source })?;
-    // Only the conditions the operator owns are applied: another manager's (the gateways'
-    // `Reachable`) stay theirs, since `conditions` is a list map keyed by type.
+    // Only the conditions the operator owns are applied: another manager's (a `Reachable`)
+    // stay theirs, since `conditions` is a list map keyed by type. Of `fleets` (a list map
+    // keyed by name) only this fleet's entry: the other fleets' operators own theirs.
     if let Some(conditions) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
         conditions.retain(|c| {
             c.get("type").and_then(|t| t.as_str()).is_some_and(|t| OWNED_CONDITIONS.contains(&t))
         });
+    }
+    if let Some(fleets) = status.get_mut("fleets").and_then(|c| c.as_array_mut()) {
+        let own = ctx.config.fleet_name.as_str();
+        fleets.retain(|f| f.get("name").and_then(|n| n.as_str()) == Some(own));
     }
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(&status_field_manager(&ctx.config.fleet_name)).force();
     api.patch_status(&name, &params, &Patch::Apply(&body))
         .await
         .map_err(|source| ReconcileError::PatchStatus { kind: K::KIND, namespace, name, source })?;
@@ -348,10 +355,10 @@ impl Reconciled for TransferDestination {
         verdict: &Verdict,
         programmed: &ProgrammedDecision,
         current: Option<&Self::Status>,
-        _fleet: &FleetFacts,
+        fleet: &FleetFacts,
         now: &Time,
     ) -> Self::Status {
-        desired_transfer_status(verdict, programmed, current, now)
+        desired_transfer_status(verdict, programmed, current, fleet, now)
     }
     fn store(stores: &Stores) -> &Store<Self> {
         &stores.transfers

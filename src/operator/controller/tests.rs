@@ -23,7 +23,8 @@ use super::index::Index;
 use super::reconcile::reconcile;
 use super::*;
 use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
-use crate::operator::CONFIG_HASH_ANNOTATION;
+use crate::observe::admin::GatewayStatus;
+use crate::operator::controller::prober::PodReport;
 use crate::operator::metrics::OperatorMetrics;
 
 // ---------------------------------------------------------------------------------------------
@@ -45,7 +46,8 @@ impl Recorded {
 
     /// A server-side apply by the operator's field manager, forced.
     fn is_forced_apply(&self) -> bool {
-        self.query.contains("fieldManager=trunkline-operator") && self.query.contains("force=true")
+        self.query.iter().any(|q| q.starts_with("fieldManager=trunkline-operator"))
+            && self.query.contains("force=true")
     }
 }
 
@@ -236,6 +238,8 @@ fn config() -> ControllerConfig {
         region: None,
         carrier_endpoint: Some("sip:203.0.113.10:5060".into()),
         source_addresses: vec!["198.51.100.7".into()],
+        sip_port: 5060,
+        admin_port: 9090,
         watch_namespace: None,
     }
 }
@@ -314,11 +318,23 @@ impl Harness {
         self.index.apply_secret(&Event::Delete(from(obj.unwrap())));
     }
 
+    /// A gateway pod, and the report the prober got from it (`hash`, no address).
     fn pod(&mut self, name: &str, ready: bool, hash: &str) {
+        self.pod_at(name, ready, hash, None);
+    }
+
+    /// A gateway pod, and the report the prober got from it: `hash` and `address`.
+    fn pod_at(&mut self, name: &str, ready: bool, hash: &str, address: Option<&str>) {
+        let status = GatewayStatus {
+            version: "0.1.0".into(),
+            ready,
+            config_hash: Some(hash.into()),
+            advertised_address: address.map(|a| a.parse().unwrap()),
+        };
+        self.ctx.reports.insert(name, PodReport { uid: format!("uid-{name}"), status });
         let pod: Pod = from(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "trunkline",
-                         "annotations": {CONFIG_HASH_ANNOTATION: hash},
+            "metadata": {"name": name, "namespace": "trunkline", "uid": format!("uid-{name}"),
                          "labels": {"trunkline.dev/fleet": "main", "app.kubernetes.io/component": "gateway"}},
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
         }));
@@ -454,6 +470,7 @@ async fn a_valid_trunk_becomes_accepted_and_resolved_in_one_status_patch() {
     let patch = &requests[0];
     assert!(patch.is("PATCH", &format!("{}/status", path_of("InboundTrunk", "acme-in"))));
     assert!(patch.is_forced_apply(), "{:?}", patch.query);
+    assert!(patch.query.contains("fieldManager=trunkline-operator%2Fmain"), "{:?}", patch.query);
     let at = time(10);
     assert_eq!(
         patch.body,
@@ -471,8 +488,17 @@ async fn a_valid_trunk_becomes_accepted_and_resolved_in_one_status_patch() {
                      "message": "this fleet has no gateway pod", "observedGeneration": 1, "lastTransitionTime": at},
                 ],
                 "endpoint": "sip:203.0.113.10:5060",
+                "endpoints": ["sip:203.0.113.10:5060"],
                 "credentialsSecret": "acme-creds",
                 "numbers": {"accepted": 2, "conflicting": 0},
+                "fleets": [{
+                    "name": "main",
+                    "conditions": [
+                        {"type": "Programmed", "status": "False", "reason": "NoGateways",
+                         "message": "this fleet has no gateway pod", "observedGeneration": 1, "lastTransitionTime": at},
+                    ],
+                    "endpoints": ["sip:203.0.113.10:5060"],
+                }],
             },
         })
     );
@@ -815,7 +841,7 @@ async fn an_outbound_trunk_leaves_the_gateways_reachable_condition_to_them_and_g
     assert!(patch.is_forced_apply());
     let status = &patch.body["status"];
     // The apply names only the operator's conditions: `conditions` is a list map keyed by type,
-    // so the gateways' `Reachable` stays as their field manager wrote it.
+    // so a `Reachable` written by another field manager stays as it wrote it.
     let types: Vec<&str> = status["conditions"]
         .as_array()
         .unwrap()
@@ -829,6 +855,86 @@ async fn an_outbound_trunk_leaves_the_gateways_reachable_condition_to_them_and_g
         events(&requests).iter().all(|(_, reason, _)| reason != "NoAnswer"),
         "no event for Reachable"
     );
+}
+
+#[tokio::test]
+async fn the_addresses_in_status_follow_the_gateways_reports_and_pods() {
+    let mut h = Harness::with_config(ControllerConfig {
+        carrier_endpoint: None,
+        source_addresses: Vec::new(),
+        ..config()
+    });
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    h.put(json!({
+        "apiVersion": "trunkline.dev/v1alpha1", "kind": "OutboundTrunk",
+        "metadata": {"name": "carrier-out", "namespace": "voice", "uid": "u", "generation": 1,
+                     "creationTimestamp": time(0)},
+        "spec": {"host": "sip.carrier.example", "callerId": "+14155550100"},
+    }));
+    let view = h.compile().await;
+    h.triggered();
+    h.pod_at("gw-1", true, &view.hash, Some("198.51.100.22"));
+    h.pod_at("gw-0", true, &view.hash, Some("198.51.100.21"));
+    h.pod_at("gw-2", false, &view.hash, Some("198.51.100.23"));
+    assert_eq!(h.triggered(), set(&["InboundTrunk/*", "OutboundTrunk/*", "TransferDestination/*"]));
+    h.requests();
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let patches = status_patches(&requests);
+    let inbound = &patches[0].body["status"];
+    assert_eq!(
+        inbound["endpoints"],
+        json!(["sip:198.51.100.21:5060", "sip:198.51.100.22:5060"]),
+        "ready gateways only, sorted"
+    );
+    assert_eq!(inbound["endpoint"], "sip:198.51.100.21:5060");
+    assert_eq!(condition(inbound, "Programmed")["status"], "True");
+    let outbound = &patches[1].body["status"];
+    assert_eq!(outbound["sourceAddresses"], json!(["198.51.100.21", "198.51.100.22"]));
+    assert_eq!(outbound["fleets"][0]["sourceAddresses"], outbound["sourceAddresses"]);
+
+    // gw-1 goes away: its address leaves the status.
+    for name in ["acme-in", "carrier-out"] {
+        let kind = if name == "acme-in" { "InboundTrunk" } else { "OutboundTrunk" };
+        h.watch_back(kind, name);
+    }
+    h.triggered();
+    let gone: Pod = from(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gw-1", "namespace": "trunkline", "uid": "uid-gw-1"},
+    }));
+    h.index.apply_pod(&Event::Delete(gone));
+    assert_eq!(h.triggered(), set(&["InboundTrunk/*", "OutboundTrunk/*", "TransferDestination/*"]));
+    h.reconcile::<InboundTrunk>("acme-in").await.unwrap();
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let patches = status_patches(&requests);
+    assert_eq!(patches[0].body["status"]["endpoints"], json!(["sip:198.51.100.21:5060"]));
+    assert_eq!(patches[1].body["status"]["sourceAddresses"], json!(["198.51.100.21"]));
+
+    // A report that changes (a new address for gw-0) reconciles everything; the same report
+    // again does not.
+    let report = |address: &str| PodReport {
+        uid: "uid-gw-0".into(),
+        status: GatewayStatus {
+            version: "0.1.0".into(),
+            ready: true,
+            config_hash: Some(view.hash.clone()),
+            advertised_address: Some(address.parse().unwrap()),
+        },
+    };
+    let reports = |address: &str| {
+        let mut all = std::collections::BTreeMap::new();
+        all.insert("gw-0".to_string(), report(address));
+        all
+    };
+    assert!(h.ctx.reports.replace(reports("198.51.100.30")));
+    let _ = h.ctx.note_fleet();
+    assert_eq!(h.triggered(), set(&["InboundTrunk/*", "OutboundTrunk/*", "TransferDestination/*"]));
+    assert!(!h.ctx.reports.replace(reports("198.51.100.30")));
+    let _ = h.ctx.note_fleet();
+    assert!(h.triggered().is_empty());
 }
 
 #[tokio::test]
@@ -870,7 +976,7 @@ async fn a_transfer_destination_heals_with_the_outbound_trunk_it_names() {
     assert_eq!(condition(status, "ResolvedRefs")["status"], "True");
     assert_eq!(
         status.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["conditions", "observedGeneration"]
+        ["conditions", "fleets", "observedGeneration"]
     );
 }
 
