@@ -70,6 +70,29 @@ pub enum OperatorError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Leader(#[from] leader::LeaderError),
+    #[error(
+        "--watch-namespace {flag} and the settings' watchNamespace {settings} differ: the \
+         gateways would serve trunks the operator does not validate"
+    )]
+    WatchNamespaceConflict { flag: String, settings: String },
+}
+
+/// The one namespace the operator watches and passes on to the gateways: `--watch-namespace`
+/// or the settings' `watchNamespace` (the chart sets both alike); both set and different is
+/// refused.
+fn watch_namespace(
+    flag: Option<&str>,
+    settings: Option<&str>,
+) -> Result<Option<String>, OperatorError> {
+    match (flag, settings) {
+        (Some(flag), Some(settings)) if flag != settings => {
+            Err(OperatorError::WatchNamespaceConflict {
+                flag: flag.to_string(),
+                settings: settings.to_string(),
+            })
+        }
+        (flag, settings) => Ok(flag.or(settings).map(str::to_string)),
+    }
 }
 
 impl MetricsPage for OperatorMetrics {
@@ -108,6 +131,9 @@ pub async fn run_operator(options: OperatorOptions) -> Result<(), OperatorError>
             s
         }
     };
+    let mut settings = settings;
+    settings.watch_namespace =
+        watch_namespace(options.watch_namespace.as_deref(), settings.watch_namespace.as_deref())?;
     let settings = Arc::new(settings);
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
 
@@ -145,7 +171,7 @@ pub async fn run_operator(options: OperatorOptions) -> Result<(), OperatorError>
 
     let work = {
         let (client, settings, metrics) = (client.clone(), settings.clone(), metrics.clone());
-        let (assembly, watch_namespace) = (assembly.clone(), options.watch_namespace.clone());
+        let (assembly, watch_namespace) = (assembly.clone(), settings.watch_namespace.clone());
         move || {
             lead(
                 client.clone(),
@@ -390,5 +416,18 @@ mod tests {
         assert_eq!(c.carrier_endpoint.as_deref(), Some("sip:198.51.100.7:5060"));
         assert_eq!(c.watch_namespace.as_deref(), Some("voice"));
         assert_eq!((c.sip_port, c.admin_port), (5060, 9090));
+    }
+
+    #[test]
+    fn the_watched_namespace_is_the_flags_or_the_settings_and_never_two() {
+        assert_eq!(watch_namespace(None, None).unwrap(), None);
+        assert_eq!(watch_namespace(Some("voice"), None).unwrap().as_deref(), Some("voice"));
+        assert_eq!(watch_namespace(None, Some("voice")).unwrap().as_deref(), Some("voice"));
+        assert_eq!(
+            watch_namespace(Some("voice"), Some("voice")).unwrap().as_deref(),
+            Some("voice")
+        );
+        let error = watch_namespace(Some("voice"), Some("other")).unwrap_err();
+        assert!(error.to_string().contains("--watch-namespace voice"), "{error}");
     }
 }
