@@ -640,6 +640,9 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
             keys == BTreeSet::from(served_keys)
         })
     });
+    // The bundle holds every credential the gateways use: it goes with the operator too.
+    let bundle = api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
+    assert_eq!(bundle["metadata"]["ownerReferences"][0]["uid"], owner_uid, "{bundle}");
     let bundle = api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).unwrap();
     assert_eq!(decode(&bundle["data"]["nonce-key"]).len(), 32);
     assert_eq!(

@@ -27,7 +27,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use rand::Rng;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
 use super::bundle::{NONCE_KEY_LEN, read_bundle, render_bundle};
+use super::tracker::operator_owner_reference;
 use super::{FIELD_MANAGER, MANAGED_BY};
 use crate::api::InboundTrunk;
 use crate::config::secret::{BASIC_AUTH_TYPE, generated_credentials_secret_name};
@@ -65,6 +68,15 @@ pub enum CredentialsError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "cannot read Deployment {namespace}/{name}, the owner of the gateway credentials Secret: {source}"
+    )]
+    ReadOwner {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl CredentialsError {
@@ -74,6 +86,7 @@ impl CredentialsError {
             CredentialsError::CreateSecret { .. } => "create_secret",
             CredentialsError::ReadBundle { .. } => "read_bundle",
             CredentialsError::ApplyBundle { .. } => "apply_bundle",
+            CredentialsError::ReadOwner { .. } => "read_owner",
         }
     }
 }
@@ -183,16 +196,25 @@ pub enum BundleOutcome {
 pub struct BundleWriter {
     namespace: String,
     name: String,
+    /// The operator's Deployment (`operatorDeployment`), owner of the bundle, and its
+    /// reference once read.
+    owner: Option<String>,
+    owner_reference: Option<OwnerReference>,
     nonce_key: Option<[u8; NONCE_KEY_LEN]>,
     /// The data this process last applied; `None` until the first apply.
     applied: Option<BTreeMap<String, ByteString>>,
 }
 
 impl BundleWriter {
-    pub fn new(namespace: &str, name: &str) -> Self {
+    /// A writer of the Secret `namespace/name`, owned by the operator's Deployment `owner` (in
+    /// the same namespace) when one is named: it holds every credential the gateways use, and
+    /// goes with the operator.
+    pub fn new(namespace: &str, name: &str, owner: Option<&str>) -> Self {
         BundleWriter {
             namespace: namespace.to_string(),
             name: name.to_string(),
+            owner: owner.map(str::to_string),
+            owner_reference: None,
             nonce_key: None,
             applied: None,
         }
@@ -257,10 +279,20 @@ impl BundleWriter {
         compiled: &Compiled,
     ) -> Result<BundleOutcome, CredentialsError> {
         let key = self.nonce_key(client).await?;
-        let secret = render_gateway_bundle(specs, compiled, &key, &self.namespace, &self.name);
+        let mut secret = render_gateway_bundle(specs, compiled, &key, &self.namespace, &self.name);
         if self.applied.is_some() && self.applied == secret.data {
             return Ok(BundleOutcome::Unchanged);
         }
+        if let (Some(owner), None) = (&self.owner, &self.owner_reference) {
+            self.owner_reference = operator_owner_reference(client, &self.namespace, owner)
+                .await
+                .map_err(|source| CredentialsError::ReadOwner {
+                namespace: self.namespace.clone(),
+                name: owner.clone(),
+                source,
+            })?;
+        }
+        secret.metadata.owner_references = self.owner_reference.clone().map(|o| vec![o]);
         let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         let params = PatchParams::apply(super::FIELD_MANAGER).force();
         api.patch(&self.name, &params, &Patch::Apply(&secret)).await.map_err(|source| {

@@ -256,6 +256,7 @@ pub fn controller_config(
         sip_port: settings.sip_port,
         admin_port: settings.admin_port,
         watch_namespace: watch_namespace.clone(),
+        owner_deployment: settings.operator_deployment.clone(),
     }
 }
 

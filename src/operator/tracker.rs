@@ -138,20 +138,9 @@ impl FleetTracker {
     /// The owner reference every object gets: the operator's Deployment, read for its uid.
     async fn owner_reference(&self) -> Result<Option<OwnerReference>, TrackerError> {
         let Some(name) = &self.owner else { return Ok(None) };
-        let deployment = self
-            .namespaced::<Deployment>()
-            .get_metadata(name)
+        operator_owner_reference(&self.client, &self.namespace, name)
             .await
-            .map_err(|source| TrackerError::ReadOwner { name: name.clone(), source })?;
-        Ok(deployment.metadata.uid.map(|uid| OwnerReference {
-            api_version: "apps/v1".to_string(),
-            kind: "Deployment".to_string(),
-            name: name.clone(),
-            uid,
-            // Not the controller: the Deployment controller must not think it owns these.
-            controller: None,
-            block_owner_deletion: None,
-        }))
+            .map_err(|source| TrackerError::ReadOwner { name: name.clone(), source })
     }
 
     /// Applies `objects` (stamped with the ownership labels and the fleet's namespace), then
@@ -359,6 +348,27 @@ impl FleetTracker {
         }
         Ok(())
     }
+}
+
+/// The owner reference of what the operator makes in its own namespace: its Deployment `name`
+/// (read for its uid; `None` when the API server gives none). Not a controller reference: the
+/// Deployment controller must not think it owns these objects. Also used for the gateways'
+/// credentials bundle (`credentials::BundleWriter`), so `helm uninstall` removes it too.
+pub async fn operator_owner_reference(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<OwnerReference>, kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = api.get_metadata(name).await?;
+    Ok(deployment.metadata.uid.map(|uid| OwnerReference {
+        api_version: "apps/v1".to_string(),
+        kind: "Deployment".to_string(),
+        name: name.to_string(),
+        uid,
+        controller: None,
+        block_owner_deletion: None,
+    }))
 }
 
 /// What the orphan search of one apply needs and gives.

@@ -249,6 +249,7 @@ impl Context {
             bundle: tokio::sync::Mutex::new(BundleWriter::new(
                 &config.fleet_namespace,
                 &config.bundle_secret,
+                config.owner_deployment.as_deref(),
             )),
             client,
             config,

@@ -97,6 +97,9 @@ pub struct ControllerConfig {
     pub admin_port: u16,
     /// Watch trunkline objects and Secrets in this namespace only; all namespaces when `None`.
     pub watch_namespace: Option<String>,
+    /// The operator's Deployment in the fleet's namespace (`operatorDeployment`): the owner of
+    /// the bundle Secret.
+    pub owner_deployment: Option<String>,
 }
 
 /// A reconcile action that failed.

@@ -241,6 +241,7 @@ fn config() -> ControllerConfig {
         sip_port: 5060,
         admin_port: 9090,
         watch_namespace: None,
+        owner_deployment: None,
     }
 }
 
