@@ -352,6 +352,18 @@ impl Cluster {
         (sip, admin)
     }
 
+    /// Asserts that no process logged a WARN or ERROR line.
+    fn assert_quiet(&self) {
+        for process in &self.processes {
+            assert_eq!(
+                process.problems(),
+                Vec::<String>::new(),
+                "warnings in the {} log",
+                process.name
+            );
+        }
+    }
+
     fn trunk(&self, name: &str) -> Value {
         self.api.get(TRUNKS, VOICE, name).unwrap_or(Value::Null)
     }
@@ -874,13 +886,8 @@ fn two_gateways_report_their_config_and_address_and_the_trunks_list_both() {
     assert!(refused.is_empty(), "requests the fake refused:\n{}", refused.join("\n"));
 
     // Every process stops cleanly, with nothing to warn about.
+    cluster.assert_quiet();
     for process in cluster.processes.iter_mut().rev() {
-        assert_eq!(
-            process.problems(),
-            Vec::<String>::new(),
-            "warnings in the {} log",
-            process.name
-        );
         process.sigterm();
         let status = process.wait_exit(Duration::from_secs(5)).expect("exit within 5 s of SIGTERM");
         assert!(status.success(), "{}: {status}", process.name);
@@ -1001,14 +1008,7 @@ fn two_fleets_share_a_trunk_with_an_entry_each_and_stable_conditions() {
     assert_eq!(strings(&us_in["status"]["endpoints"]), ["sip:127.0.0.1:5060"]);
     assert_eq!(condition(&us_in, "Accepted").unwrap()["status"], "True");
 
-    for process in cluster.processes.iter_mut().rev() {
-        assert_eq!(
-            process.problems(),
-            Vec::<String>::new(),
-            "warnings in the {} log",
-            process.name
-        );
-    }
+    cluster.assert_quiet();
 }
 
 #[test]
@@ -1121,9 +1121,7 @@ fn renaming_the_fleet_deletes_the_old_one_and_leaves_another_operators_alone() {
             && old.iter().all(|(resource, name)| api.get(resource, FLEET_NAMESPACE, name).is_none())
     });
     assert!(api.get(SERVICES, FLEET_NAMESPACE, "other-carrier").is_some(), "another operator's");
-    for process in &cluster.processes {
-        assert!(process.problems().is_empty(), "{}: {:?}", process.name, process.problems());
-    }
+    cluster.assert_quiet();
 }
 
 /// The fake itself, through kube's own client: what the scenarios above rely on.

@@ -512,13 +512,17 @@ mod tests {
         );
     }
 
+    /// The objects of a YAML text, as the folder source loads them.
+    fn load(yaml: &str) -> crate::config::source::Loaded {
+        let mut loaded = crate::config::source::Loaded::default();
+        crate::config::source::load_str(std::path::Path::new("t.yaml"), yaml, &mut loaded);
+        loaded
+    }
+
     #[test]
     fn two_regions_give_identical_accepted_and_resolved_refs_for_the_same_objects() {
-        use crate::config::source::load_str;
         use crate::config::{CompileOptions, compile};
-        let mut loaded = crate::config::source::Loaded::default();
-        load_str(
-            std::path::Path::new("t.yaml"),
+        let loaded = load(
             r#"
 apiVersion: trunkline.dev/v1alpha1
 kind: InboundTrunk
@@ -550,7 +554,6 @@ spec:
   type: Phone
   phone: {number: "+14155550199", outboundTrunkRef: {name: us-out}}
 "#,
-            &mut loaded,
         );
         let region = |r: &str| CompileOptions { region: Some(r.to_string()) };
         let (us, eu) =
@@ -569,11 +572,8 @@ spec:
 
     #[test]
     fn table_generations_name_every_served_object() {
-        use crate::config::source::load_str;
         use crate::config::{CompileOptions, compile};
-        let mut loaded = crate::config::source::Loaded::default();
-        load_str(
-            std::path::Path::new("t.yaml"),
+        let loaded = load(
             r#"
 apiVersion: trunkline.dev/v1alpha1
 kind: InboundTrunk
@@ -588,7 +588,6 @@ kind: OutboundTrunk
 metadata: {name: carrier-out, namespace: voice, generation: 2}
 spec: {host: sip.carrier.example, callerId: "+14155550100"}
 "#,
-            &mut loaded,
         );
         let compiled = compile(&loaded.specs, &CompileOptions::default());
         let gens = table_generations(&compiled.table);
