@@ -118,7 +118,8 @@ fn basic_auth(name: &str, username: &str, password: &str) -> Value {
     })
 }
 
-/// A gateway pod of the fleet as the kubelet would show it: Ready, with its pod IP.
+/// A gateway pod of the fleet as the kubelet would show it: Ready, with its pod IP, on the node
+/// of that address ([`node_name`]).
 fn ready_gateway_pod(name: &str, ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -126,7 +127,8 @@ fn ready_gateway_pod(name: &str, ip: &str) -> Value {
             "name": name, "namespace": FLEET_NAMESPACE,
             "labels": {"trunkline.dev/fleet": FLEET, "app.kubernetes.io/component": "gateway"},
         },
-        "spec": {"containers": [{"name": "gateway", "image": "trunkline:test"}]},
+        "spec": {"containers": [{"name": "gateway", "image": "trunkline:test"}],
+                 "nodeName": node_name(ip)},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                    "conditions": [{"type": "Ready", "status": "True"}]},
     })

@@ -24,6 +24,7 @@ use kube::{Api, Client};
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::watch;
 
+use super::controller::prober::AddressPolicy;
 use super::controller::{ControllerConfig, run_controllers};
 use super::fleet::{carrier_service_name, render_fleet};
 use super::leader::{self, LeaseSettings};
@@ -257,6 +258,7 @@ pub fn controller_config(
         admin_port: settings.admin_port,
         watch_namespace: watch_namespace.clone(),
         owner_deployment: settings.operator_deployment.clone(),
+        address_policy: AddressPolicy::from_settings(settings),
     }
 }
 

@@ -196,6 +196,8 @@ def test_the_operator_cluster_role_grants_exactly_what_the_operator_does(default
         | grid(["trunkline.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
         | grid([""], ["secrets"], ["get", "list", "watch", "create", "patch"])
         | grid(["", "events.k8s.io"], ["events"], ["create", "patch"])
+        # The gateways' nodes, to check the address each reports (publicAddressFrom Node).
+        | grid([""], ["nodes"], ["get"])
         # Only the clean-up of what operators before 0.2 made, by name.
         | grid(["rbac.authorization.k8s.io"], ["clusterroles", "clusterrolebindings"],
                ["get", "delete"], names=["trunkline-gateway"])
@@ -232,6 +234,7 @@ def test_with_a_watched_namespace_the_operator_sees_secrets_only_there():
     r = Rendering({"operator": {"watchNamespace": "trunks"}})
     cluster = permissions(r.one("ClusterRole", OPERATOR))
     assert not any(p[1] in ("secrets", "events") or p[0] == "trunkline.dev" for p in cluster)
+    assert ("", "nodes", "*", "get") in cluster
     watched = next(
         o for o in r.all("Role") if o["metadata"]["namespace"] == "trunks"
         and o["metadata"]["name"] == OPERATOR)
@@ -292,8 +295,11 @@ def test_the_gateways_read_the_three_kinds_and_their_node_and_write_nothing(defa
 
 
 def test_gateways_advertising_their_pod_ip_cannot_read_nodes(renderings):
-    assert gateway_chart_permissions(renderings["pod-addresses"]) == {
+    r = renderings["pod-addresses"]
+    assert gateway_chart_permissions(r) == {
         "": grid(["trunkline.dev"], KINDS, ["get", "list", "watch"])}
+    # Nor the operator: it checks a reported address against the pod's own IPs.
+    assert not any(p[1] == "nodes" for p in permissions(r.one("ClusterRole", OPERATOR)))
 
 
 def test_with_a_watched_namespace_the_gateways_read_trunks_only_there():

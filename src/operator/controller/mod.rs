@@ -100,6 +100,8 @@ pub struct ControllerConfig {
     /// The operator's Deployment in the fleet's namespace (`operatorDeployment`): the owner of
     /// the bundle Secret.
     pub owner_deployment: Option<String>,
+    /// Which address each gateway may report (`prober`): the trunks' status lists only those.
+    pub address_policy: prober::AddressPolicy,
 }
 
 /// A reconcile action that failed.

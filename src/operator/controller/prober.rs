@@ -15,7 +15,13 @@
 //! round, every object is reconciled, exactly as for a pod change.
 //!
 //! The response body is untrusted input: read up to the cap, parsed with serde (unknown fields
-//! ignored), never trusted to be well-formed.
+//! ignored), never trusted to be well-formed. Nor is the address in it trusted: it goes into the
+//! trunks' status, which carriers build their allowlists from, so a gateway (an internet-facing
+//! process) must not be able to put an address of its choosing there. The operator works out
+//! the address each pod's gateway must advertise from the fleet's settings ([`AddressPolicy`]):
+//! the pod's IP, the fixed `publicAddress`, or what `operator::node::node_public_address` picks
+//! from the pod's Node (read by the operator itself, once a round per node). A report with any
+//! other address keeps its config hash but loses its address, with a warning.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,11 +32,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Pod;
-use tracing::debug;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use tracing::{debug, warn};
 
 use super::context::Context;
 use crate::observe::admin::GatewayStatus;
+use crate::operator::node::node_public_address;
 
 /// How often every gateway pod is probed while nothing changes.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -86,6 +94,59 @@ pub struct Target {
     pub name: String,
     pub uid: String,
     pub addr: SocketAddr,
+    /// Every IP of the pod (`status.podIPs`, else `status.podIP`).
+    pub pod_ips: Vec<IpAddr>,
+    /// The node it runs on (`spec.nodeName`).
+    pub node: Option<String>,
+}
+
+/// Which address a gateway of this fleet must report (the settings' `publicAddressFrom`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AddressPolicy {
+    /// Whatever it reports (no settings to judge by).
+    #[default]
+    Any,
+    /// The fleet's one fixed `publicAddress`.
+    Fixed(IpAddr),
+    /// The pod's own IP.
+    Pod,
+    /// Its node's address, chosen as the gateway chooses it (node annotation `annotation`,
+    /// else ExternalIP, else InternalIP).
+    Node { annotation: String },
+}
+
+impl AddressPolicy {
+    /// The policy of the settings' address source.
+    pub fn from_settings(settings: &crate::operator::settings::OperatorSettings) -> Self {
+        use crate::operator::settings::AddressSource;
+        match settings.address_source() {
+            AddressSource::Node => {
+                AddressPolicy::Node { annotation: settings.node_address_annotation.clone() }
+            }
+            AddressSource::Pod => AddressPolicy::Pod,
+            AddressSource::Fixed => {
+                settings.public_address.map_or(AddressPolicy::Any, AddressPolicy::Fixed)
+            }
+        }
+    }
+}
+
+/// May the gateway on `target` (whose Node is `node`, when the policy needs it and it could be
+/// read) advertise `address`?
+pub fn address_admitted(
+    policy: &AddressPolicy,
+    target: &Target,
+    node: Option<&Node>,
+    address: IpAddr,
+) -> bool {
+    match policy {
+        AddressPolicy::Any => true,
+        AddressPolicy::Fixed(fixed) => address == *fixed,
+        AddressPolicy::Pod => target.pod_ips.contains(&address),
+        AddressPolicy::Node { annotation } => node
+            .and_then(|n| node_public_address(n, annotation).ok())
+            .is_some_and(|(expected, _)| expected == address),
+    }
 }
 
 /// The pods to probe: those with a name and a pod IP that parses, on `admin_port`.
@@ -93,11 +154,19 @@ pub fn probe_targets(pods: &[Arc<Pod>], admin_port: u16) -> Vec<Target> {
     pods.iter()
         .filter_map(|pod| {
             let name = pod.metadata.name.clone()?;
-            let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+            let status = pod.status.as_ref()?;
+            let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+            let mut pod_ips: Vec<IpAddr> =
+                status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+            if !pod_ips.contains(&ip) {
+                pod_ips.insert(0, ip);
+            }
             Some(Target {
                 name,
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
                 addr: SocketAddr::new(ip, admin_port),
+                pod_ips,
+                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             })
         })
         .collect()
@@ -193,11 +262,26 @@ async fn probe_round(ctx: &Context) {
         .buffer_unordered(PROBE_CONCURRENCY)
         .collect()
         .await;
+    let nodes = read_nodes(ctx, &results).await;
     let mut reports = BTreeMap::new();
     for (target, result) in results {
         match result {
-            Ok(status) => {
+            Ok(mut status) => {
                 ctx.metrics.gateway_probed(true);
+                let node = target.node.as_ref().and_then(|n| nodes.get(n));
+                if let Some(address) = status.advertised_address
+                    && !address_admitted(&ctx.config.address_policy, &target, node, address)
+                {
+                    warn!(
+                        pod = %target.name,
+                        node = target.node.as_deref().unwrap_or_default(),
+                        %address,
+                        policy = ?ctx.config.address_policy,
+                        "a gateway reports an address it should not advertise: left out of the \
+                         trunks' status"
+                    );
+                    status.advertised_address = None;
+                }
                 reports.insert(target.name, PodReport { uid: target.uid, status });
             }
             Err(e) => {
@@ -214,6 +298,34 @@ async fn probe_round(ctx: &Context) {
             ctx.trigger_everything();
         }
     }
+}
+
+/// The Nodes of the pods that reported an address, read once for this round, when the policy
+/// judges addresses by the node. A Node that cannot be read is left out (its gateways' addresses
+/// are then not admitted this round), with the reason at debug.
+async fn read_nodes(
+    ctx: &Context,
+    results: &[(Target, Result<GatewayStatus, ProbeError>)],
+) -> BTreeMap<String, Node> {
+    let mut nodes = BTreeMap::new();
+    if !matches!(ctx.config.address_policy, AddressPolicy::Node { .. }) {
+        return nodes;
+    }
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    for (target, result) in results {
+        let reported = result.as_ref().is_ok_and(|s| s.advertised_address.is_some());
+        let Some(name) = target.node.as_ref().filter(|n| reported && !nodes.contains_key(*n))
+        else {
+            continue;
+        };
+        match api.get(name).await {
+            Ok(node) => {
+                nodes.insert(name.clone(), node);
+            }
+            Err(e) => debug!(node = %name, error = %e, "cannot read a gateway's node"),
+        }
+    }
+    nodes
 }
 
 #[cfg(test)]
@@ -325,5 +437,73 @@ mod tests {
         let addr = closed.local_addr().unwrap();
         drop(closed);
         assert!(matches!(fetch_status(addr).await, Err(ProbeError::Connect(_))));
+    }
+
+    fn target(pod_ips: &[&str], node: Option<&str>) -> Target {
+        Target {
+            name: "gw-0".into(),
+            uid: "u0".into(),
+            addr: "10.0.0.7:9090".parse().unwrap(),
+            pod_ips: pod_ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            node: node.map(str::to_string),
+        }
+    }
+
+    fn node(annotation: Option<&str>, external: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "annotations": annotation
+                .map(|a| serde_json::json!({"trunkline.dev/public-address": a}))},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.1.0.5"},
+                                     {"type": "ExternalIP", "address": external}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reported_address_is_admitted_only_where_the_settings_would_put_the_gateway() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let t = target(&["10.0.0.7", "fd00::7"], Some("n1"));
+        // Pod: one of the pod's own IPs.
+        assert!(address_admitted(&AddressPolicy::Pod, &t, None, ip("fd00::7")));
+        assert!(!address_admitted(&AddressPolicy::Pod, &t, None, ip("203.0.113.66")));
+        // Fixed: that address only.
+        let fixed = AddressPolicy::Fixed(ip("198.51.100.7"));
+        assert!(address_admitted(&fixed, &t, None, ip("198.51.100.7")));
+        assert!(!address_admitted(&fixed, &t, None, ip("10.0.0.7")));
+        // Node: what the gateway itself must have picked from its node, and nothing else.
+        let by_node = AddressPolicy::Node { annotation: "trunkline.dev/public-address".into() };
+        let plain = node(None, "203.0.113.7");
+        assert!(address_admitted(&by_node, &t, Some(&plain), ip("203.0.113.7")));
+        assert!(
+            !address_admitted(&by_node, &t, Some(&plain), ip("10.1.0.5")),
+            "not the ExternalIP"
+        );
+        assert!(!address_admitted(&by_node, &t, Some(&plain), ip("192.0.2.1")));
+        let annotated = node(Some("198.51.100.9"), "203.0.113.7");
+        assert!(address_admitted(&by_node, &t, Some(&annotated), ip("198.51.100.9")));
+        assert!(!address_admitted(&by_node, &t, Some(&annotated), ip("203.0.113.7")));
+        // A node the operator could not read admits nothing.
+        assert!(!address_admitted(&by_node, &t, None, ip("203.0.113.7")));
+        assert!(address_admitted(&AddressPolicy::Any, &t, None, ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn the_policy_follows_the_settings_address_source() {
+        let parse = |text: &str| {
+            crate::operator::settings::OperatorSettings::parse(text, std::path::Path::new("s"))
+                .unwrap()
+        };
+        assert_eq!(
+            AddressPolicy::from_settings(&parse("nodeAddressAnnotation: example.com/ip\n")),
+            AddressPolicy::Node { annotation: "example.com/ip".into() }
+        );
+        assert_eq!(
+            AddressPolicy::from_settings(&parse("hostNetwork: false\npublicAddressFrom: Pod\n")),
+            AddressPolicy::Pod
+        );
+        assert_eq!(
+            AddressPolicy::from_settings(&parse("publicAddress: 198.51.100.7\nreplicas: 1\n")),
+            AddressPolicy::Fixed("198.51.100.7".parse().unwrap())
+        );
     }
 }

@@ -242,6 +242,7 @@ fn config() -> ControllerConfig {
         admin_port: 9090,
         watch_namespace: None,
         owner_deployment: None,
+        address_policy: Default::default(),
     }
 }
 
