@@ -91,6 +91,9 @@ pub enum TrackerError {
     /// Deleting an orphan failed.
     #[error("cannot delete orphaned {kind} {name}: {source}")]
     DeleteOrphan { kind: &'static str, name: String, source: kube::Error },
+    /// Reading a cluster-wide RBAC object an older operator may have made failed.
+    #[error("cannot read {kind} {name} (made by operators before 0.2?): {source}")]
+    ReadLegacy { kind: &'static str, name: String, source: kube::Error },
     /// Reading the owner (the operator's Deployment) failed.
     #[error("cannot read Deployment {name}, the owner of the fleet's objects: {source}")]
     ReadOwner { name: String, source: kube::Error },
@@ -106,6 +109,7 @@ impl TrackerError {
             TrackerError::Apply { .. } => "apply",
             TrackerError::ListOrphans { .. } => "list_orphans",
             TrackerError::DeleteOrphan { .. } => "delete_orphan",
+            TrackerError::ReadLegacy { .. } => "read_legacy",
             TrackerError::ReadOwner { .. } => "read_owner",
             TrackerError::Recreate { .. } => "recreate",
         }
@@ -262,9 +266,7 @@ impl FleetTracker {
                 })
             }),
             Err(kube::Error::Api(status)) if status.code == 403 => false,
-            Err(source) => {
-                return Err(TrackerError::ListOrphans { kind, fleet: self.fleet.clone(), source });
-            }
+            Err(source) => return Err(TrackerError::ReadLegacy { kind, name, source }),
         };
         if !ours {
             return Ok(());
