@@ -25,12 +25,12 @@ use crate::sip::digest::{Credentials, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
 use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
 
-use crate::media::codec::{self, Negotiated};
+use crate::media::codec;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::{MediaThreads, Relay, RelayConfig};
 use crate::media::sdp::Sdp;
 
-use super::inbound::{self, Admitted, InboundCall};
+use super::inbound::{self, Admitted};
 use super::limits::Admission;
 
 /// What the gateway is told at start.
@@ -95,8 +95,7 @@ pub struct Gateway {
     active: AtomicUsize,
 }
 
-/// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+pub use super::machine::{ALLOW, MediaOffer};
 
 impl Gateway {
     pub fn new(
@@ -425,8 +424,7 @@ impl Gateway {
         let (tx, rx) = mpsc::channel(64);
         self.register_call(&call_id, tx.clone());
         let admitted = Admitted { invite: request, source, route, permit, table, offer };
-        let call = InboundCall::new(self.clone(), admitted, (tx, rx));
-        tokio::spawn(inbound::run(call));
+        inbound::spawn(self.clone(), admitted, (tx, rx));
     }
 
     fn verify(&self, table: &RoutingTable, c: &Credentials, now_unix: u64) -> Result<(), Verdict> {
@@ -486,17 +484,6 @@ fn media_offer(
         (e.status_code(), "NoCommonCodec")
     })?;
     Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))
-}
-
-/// An offer that passed the codec policy.
-#[derive(Clone, Debug)]
-pub struct MediaOffer {
-    /// The offer as it goes to the agent (codecs filtered; addresses rewritten by the call).
-    pub sdp: Sdp,
-    pub negotiated: Negotiated,
-    /// The carrier sent no offer: this one is the gateway's, the carrier's answer comes in its
-    /// ACK.
-    pub delayed: bool,
 }
 
 enum Verdict {

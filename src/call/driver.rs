@@ -1,0 +1,260 @@
+//! The task that runs one [`Call`] over the world: it feeds the call the messages the gateway
+//! routes to it (by Call-ID), the clock and the relay's reports, and carries out the call's
+//! actions — sends on the transports, name lookups, the RTP relay, metrics and logs, and the
+//! call's slot. Everything the call decides is in `call::machine`; this file decides nothing.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::RoutingTable;
+use crate::config::lookup::Route;
+use crate::media::relay::{Leg as RelaySide, MediaTimeout, Relay, RelayConfig};
+use crate::observe::metrics::{ActiveCallGuard, Direction};
+use crate::sip::msg::Message;
+
+use super::gateway::{CallInput, Gateway};
+use super::limits::CallPermit;
+use super::machine::{Action, Call, Ended, MediaEvent, Record, RelayUpdate};
+
+/// How long a name lookup of a dialed leg's host may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the call holds for its life beside the machine: the admission slot, the gauge of
+/// active calls, the route it was admitted on and the table it started with (later reloads do
+/// not change a call in progress).
+pub struct Held {
+    pub permit: CallPermit,
+    pub active: ActiveCallGuard,
+    pub route: Route,
+    pub table: Arc<RoutingTable>,
+    pub direction: Direction,
+}
+
+type MediaTimeoutFuture = Pin<Box<dyn Future<Output = MediaTimeout> + Send>>;
+
+struct Driver {
+    gw: Arc<Gateway>,
+    call: Call,
+    rx: mpsc::Receiver<CallInput>,
+    tx: mpsc::Sender<CallInput>,
+    relay: Option<Relay>,
+    media_timeout: Option<MediaTimeoutFuture>,
+    permit: Option<CallPermit>,
+    active: Option<ActiveCallGuard>,
+    route: Route,
+    direction: Direction,
+    _table: Arc<RoutingTable>,
+    /// The Call-IDs registered for this call, unregistered when it is done.
+    call_ids: Vec<String>,
+}
+
+/// Runs a call to its end. `first`: the actions [`Call::start`] returned.
+pub async fn run(
+    gw: Arc<Gateway>,
+    call: Call,
+    first: Vec<Action>,
+    held: Held,
+    (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
+) {
+    let Held { permit, active, route, table, direction } = held;
+    let call_ids = call.call_ids().take(1).map(str::to_string).collect();
+    let mut d = Driver {
+        gw,
+        call,
+        rx,
+        tx,
+        relay: None,
+        media_timeout: None,
+        permit: Some(permit),
+        active: Some(active),
+        route,
+        direction,
+        _table: table,
+        call_ids,
+    };
+    d.perform(first).await;
+    loop {
+        if d.call.is_done(Instant::now()) {
+            break;
+        }
+        let deadline = d.call.next_deadline();
+        let actions = tokio::select! {
+            timeout = wait_media(&mut d.media_timeout) => {
+                d.media_timeout = None;
+                let event = MediaEvent::Timeout { silent: timeout.silent, after: timeout.after };
+                d.call.on_media_event(Instant::now(), event)
+            }
+            input = d.rx.recv() => match input {
+                Some(CallInput::Request(r, source)) => {
+                    d.call.on_message(Instant::now(), Message::Request(r), source)
+                }
+                Some(CallInput::Response(r, source)) => {
+                    d.call.on_message(Instant::now(), Message::Response(r), source)
+                }
+                None => break,
+            },
+            _ = sleep_until(deadline) => d.call.on_timer(Instant::now()),
+        };
+        d.perform(actions).await;
+    }
+    if d.permit.is_some() {
+        // The task stopped before the call said it ended (its channel closed): free the slot.
+        d.ended(Ended { outcome: None, duration: Duration::ZERO, reason: None });
+    }
+    for call_id in &d.call_ids {
+        d.gw.unregister_call(call_id);
+    }
+}
+
+async fn wait_media(timeout: &mut Option<MediaTimeoutFuture>) -> MediaTimeout {
+    match timeout {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    /// Carries out actions in order; what the call answers to them is carried out after.
+    async fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let more = match action {
+                Action::Send { target, message, client, .. } => {
+                    let bytes = match message {
+                        Message::Request(r) => r.to_bytes(),
+                        Message::Response(r) => r.to_bytes(),
+                    };
+                    let sent = match self.gw.transports.get() {
+                        Some(t) => t.send(&target, bytes).await,
+                        None => Err(std::io::Error::other("transports not attached")),
+                    };
+                    match (sent, client) {
+                        (Err(e), Some(key)) => {
+                            tracing::debug!(remote = %target.remote, error = %e, "send failed");
+                            self.call.on_send_error(Instant::now(), &key)
+                        }
+                        _ => Vec::new(),
+                    }
+                }
+                Action::Listen { call_id } => {
+                    self.gw.register_call(&call_id, self.tx.clone());
+                    self.call_ids.push(call_id);
+                    Vec::new()
+                }
+                Action::Resolve { leg, host, port } => {
+                    let address = resolve(&host, port).await;
+                    self.call.on_resolved(Instant::now(), leg, address)
+                }
+                Action::StartRelay { a, b, media_timeout } => {
+                    let config = RelayConfig { media_timeout, ..RelayConfig::default() };
+                    let event = match self.gw.start_relay(a, b, config) {
+                        Ok(relay) => {
+                            let event = MediaEvent::Started {
+                                a: relay.local(RelaySide::A).port(),
+                                b: relay.local(RelaySide::B).port(),
+                            };
+                            self.media_timeout = Some(Box::pin(relay.timeout()));
+                            self.relay = Some(relay);
+                            event
+                        }
+                        Err(e) => MediaEvent::StartFailed {
+                            status: e.status_code(),
+                            reason: e.to_string(),
+                        },
+                    };
+                    self.call.on_media_event(Instant::now(), event)
+                }
+                Action::UpdateRelay(update) => {
+                    if let Some(relay) = &self.relay {
+                        match update {
+                            RelayUpdate::Remote { side, remote } => {
+                                relay.update_remote(side, remote)
+                            }
+                            RelayUpdate::Hold(hold) => relay.set_hold(hold),
+                        }
+                    }
+                    Vec::new()
+                }
+                Action::Record(Record::Answered { setup, .. }) => {
+                    let trunk = self.route.trunk.name.to_string();
+                    self.gw.metrics.setup_latency(&trunk, setup.as_secs_f64());
+                    Vec::new()
+                }
+                Action::End(ended) => {
+                    self.ended(ended);
+                    Vec::new()
+                }
+            };
+            queue.extend(more);
+        }
+    }
+
+    /// The call is over: its slot and gauge go, its outcome is counted, the relay stops (its
+    /// ports go back to the pool once the relay task ends).
+    fn ended(&mut self, ended: Ended) {
+        self.permit = None;
+        self.active = None;
+        self.media_timeout = None;
+        self.gw.call_ended();
+        let trunk = self.route.trunk.name.to_string();
+        let session = self.call.session_id().to_string();
+        if let Some(outcome) = ended.outcome {
+            self.gw.metrics.call_finished(&trunk, self.direction, outcome);
+            tracing::info!(
+                session = %session, trunk = %self.route.trunk.name, agent = %self.route.agent,
+                number = %self.route.number, outcome = ?outcome,
+                seconds = ended.duration.as_secs_f64(), "call ended"
+            );
+        }
+        let Some(relay) = self.relay.take() else { return };
+        let metrics = self.gw.metrics.clone();
+        let reason = ended.reason;
+        tokio::spawn(async move {
+            let stats = relay.stop().await;
+            for side in [RelaySide::A, RelaySide::B] {
+                let rtp_in = stats.leg(side).rtp_in;
+                metrics.rtp_leg_finished(
+                    &trunk,
+                    side.as_str(),
+                    rtp_in.packets,
+                    rtp_in.bytes,
+                    rtp_in.lost,
+                    rtp_in.jitter_ms / 1000.0,
+                );
+            }
+            tracing::info!(
+                session = %session,
+                carrier_packets = stats.a.rtp_in.packets, carrier_lost = stats.a.rtp_in.lost,
+                carrier_jitter_ms = stats.a.rtp_in.jitter_ms,
+                agent_packets = stats.b.rtp_in.packets, agent_lost = stats.b.rtp_in.lost,
+                agent_jitter_ms = stats.b.rtp_in.jitter_ms,
+                reason = reason.as_deref().unwrap_or("hang-up"),
+                "call media"
+            );
+        });
+    }
+}
+
+/// The address of a host name, in at most [`LOOKUP_TIMEOUT`].
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)));
+    match lookup.await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
+        Ok(Err(e)) => Err(format!("{host}: {e}")),
+        Err(_) => Err(format!("{host}: DNS lookup timed out")),
+    }
+}

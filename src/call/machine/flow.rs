@@ -1,0 +1,776 @@
+//! The INVITE flows of a call: its start, the dialed leg's answers, CANCEL and BYE, failures
+//! and timers, and the plumbing between the call and its transactions.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::observe::metrics::Outcome;
+use crate::sip::msg::{self, DialogHeaders, Message, Method, NameAddr, Request, Response, name};
+use crate::sip::transaction::{ClientAction, ClientKey, ServerAction, ServerKey, client_key};
+use crate::sip::transport::Source;
+
+use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Phase, Side};
+use super::tx::{
+    ClientMachine, ClientTx, Pending2xx, Purpose, ServerMachine, ServerTx, key_of_request,
+    key_of_response, reliability,
+};
+use super::{ALLOW, Action, Call, Destination, Origin, Record, Relay, State, map_failure};
+
+/// The origin leg, from the INVITE that starts the call.
+pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
+    let Origin { role, invite, source, local } = origin;
+    let from = invite.from().unwrap_or_else(|| NameAddr {
+        display: None,
+        uri: "sip:anonymous@anonymous.invalid".into(),
+        params: vec![],
+    });
+    let to = invite.to().unwrap_or_else(|| NameAddr {
+        display: None,
+        uri: invite.uri.clone(),
+        params: vec![],
+    });
+    let dialog = Dialog {
+        call_id: invite.call_id().unwrap_or_default().to_string(),
+        local_tag: ids.token(10),
+        remote_tag: from.tag().map(str::to_string),
+        local_uri: to,
+        remote_uri: from.clone(),
+        remote_target: invite.contact_uri().unwrap_or_else(|| from.uri.clone()),
+        route_set: invite
+            .headers
+            .get_all(name::RECORD_ROUTE)
+            .flat_map(msg::split_list)
+            .map(str::to_string)
+            .collect(),
+        local_cseq: 0,
+        target: source.reply_target(),
+        local,
+    };
+    let key = key_of_request(&invite);
+    Leg {
+        id: Call::ORIGIN,
+        role,
+        side: Side::Uas,
+        phase: Phase::Inviting,
+        media: super::relay_side(role),
+        origin: ids.origin(),
+        dialog,
+        invite: key.map(LegInvite::Server).unwrap_or(LegInvite::None),
+        invite_request: Some(invite),
+        deadline: None,
+    }
+}
+
+impl Call {
+    /// The origin's INVITE transaction and 100 Trying; then the dialed leg.
+    pub(super) fn begin(&mut self, now: Instant, destination: Destination) {
+        let origin = self.leg(Call::ORIGIN);
+        let (LegInvite::Server(key), Some(invite)) = (&origin.invite, &origin.invite_request)
+        else {
+            // No RFC 3261 branch: no transaction to answer in (the front door refuses these).
+            self.end(now);
+            return;
+        };
+        let (key, invite, target) = (key.clone(), invite.clone(), origin.dialog.target);
+        let rel = reliability(target.protocol);
+        let machine = ServerMachine::new(now, true, rel, self.config.timers);
+        let tx =
+            ServerTx { leg: Call::ORIGIN, request: invite, target, machine, last_response: None };
+        self.servers.insert(key.clone(), tx);
+        let trying = Response::to_request(&self.servers[&key].request, 100, "Trying", None);
+        self.respond(now, &key, trying);
+        let dialed = self.bridge[1];
+        match destination {
+            Destination::Address(address) => self.resolved(now, dialed, address),
+            Destination::Lookup { host, port } => {
+                self.out.push(Action::Resolve { leg: dialed, host, port })
+            }
+            Destination::Unusable(why) => {
+                let actions = self.on_resolved(now, dialed, Err(why));
+                self.out.extend(actions);
+            }
+        }
+    }
+
+    /// The dialed leg has an address: its Call-ID is ours, the relay starts (the INVITE waits
+    /// for its ports), or the INVITE goes at once.
+    pub(super) fn resolved(&mut self, now: Instant, leg: LegId, address: SocketAddr) {
+        if self.state != State::Setup || self.leg(leg).phase != Phase::Resolving {
+            return;
+        }
+        self.leg_mut(leg).dialog.target.remote = address;
+        let call_id = self.leg(leg).dialog.call_id.clone();
+        self.out.push(Action::Listen { call_id });
+        if self.offer.is_some() {
+            let (a, b) = self.relay_binds();
+            self.relay = Relay::Starting;
+            self.out.push(Action::StartRelay { a, b, media_timeout: self.config.media_timeout });
+        } else {
+            self.send_invite(now, leg);
+        }
+    }
+
+    /// The INVITE of a dialed leg, with the origin's offer rewritten to the relay.
+    pub(super) fn send_invite(&mut self, now: Instant, leg: LegId) {
+        let ua = self.config.user_agent.clone();
+        let branch = self.ids.branch();
+        let origin_invite = self.leg(Call::ORIGIN).invite_request.clone();
+        let mut r = self.leg_mut(leg).dialog.request(Method::Invite, &branch, &ua);
+        if let Some(invite) = &origin_invite {
+            let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
+            r.headers.set(name::MAX_FORWARDS, hops.to_string());
+        }
+        for (n, v) in &self.dial_headers {
+            r.headers.push(n, v.as_str());
+        }
+        r.headers.push(name::ALLOW, ALLOW);
+        match (&self.offer, &origin_invite) {
+            (Some(offer), _) => {
+                r.headers.push(name::CONTENT_TYPE, "application/sdp");
+                r.body = offer.sdp.to_bytes().into();
+            }
+            (None, Some(invite)) => {
+                r.body = super::dialog::copy_body(&invite.headers, &invite.body, &mut r.headers)
+            }
+            (None, None) => {}
+        }
+        let key = client_key(&branch, "INVITE");
+        let deadline = now + self.config.first_response;
+        let l = self.leg_mut(leg);
+        l.invite = LegInvite::Client(key);
+        l.phase = Phase::Inviting;
+        l.deadline = Some(deadline);
+        self.send_client(now, leg, r, Purpose::Invite);
+    }
+
+    /// Sends a request in a new client transaction.
+    pub(super) fn send_client(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        request: Request,
+        purpose: Purpose,
+    ) {
+        let target = self.leg(leg).dialog.target;
+        let Some(branch) = request.top_via().and_then(|v| v.branch) else { return };
+        let key = client_key(&branch, request.method.as_str());
+        let invite = request.method == Method::Invite;
+        let (machine, actions) =
+            ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
+        self.clients.insert(key.clone(), ClientTx { leg, request, target, machine, purpose });
+        self.client_actions(now, &key, actions, None);
+    }
+
+    pub(super) fn client_actions(
+        &mut self,
+        now: Instant,
+        key: &ClientKey,
+        actions: Vec<ClientAction>,
+        response: Option<&Response>,
+    ) {
+        for action in actions {
+            match action {
+                ClientAction::Send => {
+                    if let Some(tx) = self.clients.get(key) {
+                        let (leg, target) = (tx.leg, tx.target);
+                        let message = Message::Request(tx.request.clone());
+                        self.send(leg, target, message, Some(key.clone()));
+                    }
+                }
+                ClientAction::SendAck => {
+                    if let (Some(tx), Some(resp)) = (self.clients.get(key), response) {
+                        let ack = non_2xx_ack(&tx.request, resp);
+                        let (leg, target) = (tx.leg, tx.target);
+                        self.send(leg, target, Message::Request(ack), None);
+                    }
+                }
+                ClientAction::Deliver => {
+                    if let Some(resp) = response {
+                        self.on_client_response(now, key, resp);
+                    }
+                }
+                ClientAction::Timeout => self.on_client_failure(now, key, false),
+                ClientAction::TransportError => self.on_client_failure(now, key, true),
+                ClientAction::Terminated => {
+                    self.clients.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Responds in a server transaction; a 2xx to an INVITE is retransmitted until its ACK.
+    pub(super) fn respond(&mut self, now: Instant, key: &ServerKey, response: Response) {
+        let status = response.status;
+        let timers = self.config.timers;
+        let Some(tx) = self.servers.get_mut(key) else { return };
+        tx.last_response = Some(response.clone());
+        let actions = tx.machine.on_tu_response(now, status);
+        let is_invite = matches!(tx.machine, ServerMachine::Invite(_));
+        if is_invite && (200..300).contains(&status) {
+            // RFC 3261 §13.3.1.4: the UAS core retransmits 2xx until the ACK comes.
+            let unreliable = !tx.target.protocol.is_reliable();
+            let cseq = response.cseq().map(|(n, _)| n).unwrap_or_default();
+            self.pending_2xx.push(Pending2xx {
+                leg: tx.leg,
+                cseq,
+                response,
+                target: tx.target,
+                next: unreliable.then(|| now + timers.t1),
+                interval: timers.t1,
+                give_up: now + timers.t1 * 64,
+            });
+        }
+        self.server_actions(key, actions);
+    }
+
+    pub(super) fn server_actions(&mut self, key: &ServerKey, actions: Vec<ServerAction>) {
+        for action in actions {
+            match action {
+                ServerAction::SendLastResponse => {
+                    if let Some(tx) = self.servers.get(key)
+                        && let Some(response) = tx.last_response.clone()
+                    {
+                        let (leg, target) = (tx.leg, tx.target);
+                        self.send(leg, target, Message::Response(response), None);
+                    }
+                }
+                ServerAction::DeliverAck => {
+                    // An ACK for our 2xx that reused the INVITE's branch.
+                    if let Some(tx) = self.servers.get(key) {
+                        let (leg, cseq) =
+                            (tx.leg, tx.request.cseq().map(|(n, _)| n).unwrap_or_default());
+                        self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
+                    }
+                }
+                ServerAction::AckTimeout => tracing::debug!("no ACK for a final response"),
+                ServerAction::TransportError => tracing::debug!("could not send a response"),
+                ServerAction::Terminated => {
+                    self.servers.remove(key);
+                }
+            }
+        }
+    }
+
+    /// A standard response to the request of server transaction `key`, with our tag.
+    pub(super) fn response_for(&self, key: &ServerKey, status: u16) -> Option<Response> {
+        let tx = self.servers.get(key)?;
+        let tag = &self.leg(tx.leg).dialog.local_tag;
+        Some(Response::to_request(&tx.request, status, msg::reason_phrase(status), Some(tag)))
+    }
+
+    pub(super) fn respond_status(&mut self, now: Instant, key: &ServerKey, status: u16) {
+        if let Some(mut r) = self.response_for(key, status) {
+            r.headers.push(name::SERVER, self.config.user_agent.as_str());
+            self.respond(now, key, r);
+        }
+    }
+
+    /// A stateless answer to a request that has no transaction here.
+    pub(super) fn reply_stateless(&mut self, req: &Request, source: &Source, status: u16) {
+        let mut r = Response::to_request(req, status, msg::reason_phrase(status), None);
+        r.headers.push(name::SERVER, self.config.user_agent.as_str());
+        self.send(Call::ORIGIN, source.reply_target(), Message::Response(r), None);
+    }
+
+    /// The origin's INVITE ends with a failure, and the call with it.
+    pub(super) fn fail_origin(&mut self, now: Instant, status: u16, outcome: Outcome) {
+        let origin = self.leg(Call::ORIGIN);
+        if matches!(origin.phase, Phase::Inviting | Phase::Early)
+            && let LegInvite::Server(key) = &origin.invite
+        {
+            let key = key.clone();
+            self.leg_mut(Call::ORIGIN).phase = Phase::Terminated;
+            self.respond_status(now, &key, status);
+        }
+        self.outcome.get_or_insert(outcome);
+        self.give_up_dialed(now);
+        self.end(now);
+    }
+
+    /// The call no longer wants the legs it dialed that have not answered: CANCEL where a
+    /// provisional came, else wait for one (or for the 2xx that crosses, which gets a BYE).
+    pub(super) fn give_up_dialed(&mut self, now: Instant) {
+        let pending: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|l| l.side == Side::Uac && l.phase.is_pending())
+            .map(|l| l.id)
+            .collect();
+        for leg in pending {
+            match self.leg(leg).phase {
+                Phase::Resolving => self.leg_mut(leg).phase = Phase::Terminated,
+                Phase::Early => self.send_cancel(now, leg),
+                _ => self.leg_mut(leg).phase = Phase::Cancelling { sent: false },
+            }
+        }
+    }
+
+    /// CANCEL of a dialed leg's INVITE (RFC 3261 §9.1): once, after a provisional.
+    pub(super) fn send_cancel(&mut self, now: Instant, leg: LegId) {
+        let LegInvite::Client(key) = &self.leg(leg).invite else { return };
+        let Some(tx) = self.clients.get(key) else {
+            self.leg_mut(leg).phase = Phase::Terminated;
+            return;
+        };
+        let invite = &tx.request;
+        let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
+        if let Some(via) = invite.headers.get(name::VIA) {
+            cancel.headers.push(name::VIA, via);
+        }
+        cancel.headers.push(name::MAX_FORWARDS, "70");
+        cancel.headers.copy_from(&invite.headers, name::ROUTE);
+        cancel.headers.copy_from(&invite.headers, name::FROM);
+        cancel.headers.copy_from(&invite.headers, name::TO);
+        cancel.headers.copy_from(&invite.headers, name::CALL_ID);
+        let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+        cancel.headers.push(name::CSEQ, format!("{n} CANCEL"));
+        self.leg_mut(leg).phase = Phase::Cancelling { sent: true };
+        self.send_client(now, leg, cancel, Purpose::Own);
+    }
+
+    /// BYE on one leg, which is over.
+    pub(super) fn bye(&mut self, now: Instant, leg: LegId) {
+        let ua = self.config.user_agent.clone();
+        let branch = self.ids.branch();
+        let l = self.leg_mut(leg);
+        l.phase = Phase::Terminated;
+        let bye = l.dialog.request(Method::Bye, &branch, &ua);
+        self.send_client(now, leg, bye, Purpose::Own);
+    }
+
+    /// The gateway ends an answered call: BYE on both bridged legs.
+    pub(super) fn hang_up_both(&mut self, now: Instant) {
+        if self.state == State::Answered {
+            let [a, b] = self.bridge;
+            self.bye(now, a);
+            self.bye(now, b);
+        }
+        self.end(now);
+    }
+
+    pub(super) fn ack_2xx(&mut self, leg: LegId, cseq: u32) {
+        let ua = self.config.user_agent.clone();
+        let branch = self.ids.branch();
+        let d = &mut self.leg_mut(leg).dialog;
+        let mut ack = d.request(Method::Ack, &branch, &ua);
+        ack.headers.set(name::CSEQ, format!("{cseq} ACK"));
+        let target = d.target;
+        self.send(leg, target, Message::Request(ack), None);
+    }
+
+    /// Records the peer's Contact and Record-Route from a 2xx (RFC 3261 §12.1.2).
+    pub(super) fn learn_target(&mut self, leg: LegId, resp: &Response) {
+        let contact = resp.contact_uri();
+        let mut routes: Vec<String> = resp
+            .headers
+            .get_all(name::RECORD_ROUTE)
+            .flat_map(msg::split_list)
+            .map(str::to_string)
+            .collect();
+        routes.reverse();
+        let d = &mut self.leg_mut(leg).dialog;
+        if let Some(c) = contact {
+            d.remote_target = c;
+        }
+        if !routes.is_empty() {
+            d.route_set = routes;
+        }
+    }
+
+    pub(super) fn on_response(&mut self, now: Instant, resp: Response) {
+        let Some(key) = key_of_response(&resp) else { return };
+        let Some(tx) = self.clients.get_mut(&key) else {
+            // A 2xx retransmission after the INVITE transaction ended: ACK it again.
+            if *key.method() == crate::sip::transaction::KeyMethod::Invite
+                && (200..300).contains(&resp.status)
+                && let Some(leg) = self.legs.iter().find(|l| {
+                    l.side == Side::Uac && Some(l.dialog.call_id.as_str()) == resp.call_id()
+                })
+            {
+                let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
+                self.ack_2xx(leg.id, cseq);
+            }
+            return;
+        };
+        let actions = tx.machine.on_response(now, resp.status);
+        self.client_actions(now, &key, actions, Some(&resp));
+    }
+
+    fn on_client_response(&mut self, now: Instant, key: &ClientKey, resp: &Response) {
+        let Some(tx) = self.clients.get(key) else { return };
+        let (leg, purpose, method) = (tx.leg, tx.purpose.clone(), tx.request.method.clone());
+        match purpose {
+            Purpose::Invite => self.on_invite_response(now, leg, resp),
+            Purpose::Relay(server) => self.relay_response(now, leg, &method, &server, resp),
+            Purpose::Own => {}
+        }
+    }
+
+    fn on_client_failure(&mut self, now: Instant, key: &ClientKey, transport: bool) {
+        let Some(tx) = self.clients.get(key) else { return };
+        let (leg, purpose) = (tx.leg, tx.purpose.clone());
+        match purpose {
+            Purpose::Invite => {
+                let phase = self.leg(leg).phase;
+                if phase.is_pending() || matches!(phase, Phase::Cancelling { .. }) {
+                    self.leg_mut(leg).phase = Phase::Terminated;
+                    self.leg_mut(leg).deadline = None;
+                }
+                if self.state == State::Setup {
+                    let status = if transport || phase != Phase::Early { 503 } else { 480 };
+                    let outcome = if status == 503 { Outcome::Failed } else { Outcome::NoAnswer };
+                    self.fail_origin(now, status, outcome);
+                }
+            }
+            Purpose::Relay(server) => {
+                self.respond_status(now, &server, if transport { 503 } else { 408 })
+            }
+            Purpose::Own => {}
+        }
+    }
+
+    /// The dialed leg's answers to our INVITE.
+    fn on_invite_response(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        let status = resp.status;
+        let phase = self.leg(leg).phase;
+        let ring_deadline = now + self.config.ring_timeout;
+        if status < 200 {
+            match phase {
+                Phase::Inviting | Phase::Trying if status > 100 => {
+                    let l = self.leg_mut(leg);
+                    l.phase = Phase::Early;
+                    l.deadline = Some(ring_deadline);
+                }
+                Phase::Inviting => {
+                    // The peer is there; from now on only the ringing timeout applies.
+                    let l = self.leg_mut(leg);
+                    l.phase = Phase::Trying;
+                    l.deadline = Some(ring_deadline);
+                }
+                Phase::Cancelling { sent: false } if status > 100 => {
+                    self.leg_mut(leg).phase = Phase::Early;
+                    self.send_cancel(now, leg);
+                    return;
+                }
+                _ => {}
+            }
+            if status > 100 && self.state == State::Setup && leg == self.bridge[1] {
+                self.provisional_to_origin(now, leg, resp);
+            }
+            return;
+        }
+        self.leg_mut(leg).deadline = None;
+        if (200..300).contains(&status) {
+            self.leg_mut(leg).dialog.remote_tag =
+                resp.to().and_then(|t| t.tag().map(str::to_string));
+            self.learn_target(leg, resp);
+            let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
+            self.ack_2xx(leg, cseq);
+            match phase {
+                Phase::Confirmed | Phase::Terminated => {} // a retransmission: ACKed again
+                Phase::Cancelling { .. } => {
+                    // The 2xx crossed our CANCEL (or the call gave up just as it answered):
+                    // the leg is answered and we do not want it.
+                    tracing::debug!(session = %self.session_id, "2xx after the call gave up the leg: BYE");
+                    self.leg_mut(leg).phase = Phase::Confirmed;
+                    self.bye(now, leg);
+                }
+                _ if self.state != State::Setup => self.bye(now, leg),
+                _ => self.answered(now, leg, resp),
+            }
+            return;
+        }
+        let was_wanted = phase.is_pending();
+        self.leg_mut(leg).phase = Phase::Terminated;
+        if !was_wanted || self.state != State::Setup {
+            return;
+        }
+        let (mapped, outcome) = map_failure(status);
+        tracing::info!(session = %self.session_id, peer_status = status, status = mapped, "{} refused the call", self.leg(leg).role.as_str());
+        self.fail_origin(now, mapped, outcome);
+    }
+
+    /// A provisional response of the dialed leg, passed to the origin (with its early media).
+    fn provisional_to_origin(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        if let Some(tag) = resp.to().and_then(|t| t.tag().map(str::to_string)) {
+            self.leg_mut(leg).dialog.remote_tag = Some(tag);
+        }
+        let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
+        let Some(mut out) = self.response_for(&key, resp.status) else { return };
+        self.origin_dialog_headers(&mut out);
+        // Early media SDP that breaks the policy is dropped, not relayed.
+        if let Ok(Some(body)) = self.answer_from(leg, resp) {
+            out.headers.push(name::CONTENT_TYPE, "application/sdp");
+            out.body = body;
+        }
+        self.leg_mut(Call::ORIGIN).phase = Phase::Early;
+        self.respond(now, &key, out);
+    }
+
+    /// RFC 3261 §12.1.1: a response that makes a dialog copies Record-Route; our Contact.
+    fn origin_dialog_headers(&self, out: &mut Response) {
+        let origin = self.leg(Call::ORIGIN);
+        if let Some(invite) = &origin.invite_request {
+            out.headers.copy_from(&invite.headers, name::RECORD_ROUTE);
+        }
+        out.headers.push(name::CONTACT, origin.dialog.contact());
+    }
+
+    /// The dialed leg answered: its SDP checked, the origin gets the 2xx, the call is up.
+    fn answered(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        let body = match self.answer_from(leg, resp) {
+            Ok(body) => body,
+            Err(status) => {
+                // It answered with what was not offered: end its leg, refuse the call.
+                self.leg_mut(leg).phase = Phase::Confirmed;
+                self.bye(now, leg);
+                self.fail_origin(now, status, Outcome::Failed);
+                return;
+            }
+        };
+        self.leg_mut(leg).phase = Phase::Confirmed;
+        self.state = State::Answered;
+        self.outcome = Some(Outcome::Answered);
+        let codec = self.chosen.as_ref().map(|c| c.codec);
+        let setup = now.saturating_duration_since(self.started);
+        self.out.push(Action::Record(Record::Answered { setup, codec }));
+        let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
+        if let Some(mut out) = self.response_for(&key, 200) {
+            self.origin_dialog_headers(&mut out);
+            out.headers.push(name::ALLOW, super::ALLOW);
+            out.headers.push(name::SERVER, self.config.user_agent.as_str());
+            if let Some(body) = body {
+                out.headers.push(name::CONTENT_TYPE, "application/sdp");
+                out.body = body;
+            }
+            self.leg_mut(Call::ORIGIN).phase = Phase::Confirmed;
+            self.respond(now, &key, out);
+        }
+    }
+
+    /// Which leg a request belongs to, if its dialog identifiers are one of this call's.
+    fn leg_of(&self, req: &Request) -> Option<LegId> {
+        let call_id = req.call_id()?;
+        let from_tag = req.from().and_then(|f| f.tag().map(str::to_string));
+        let to_tag = req.to().and_then(|t| t.tag().map(str::to_string));
+        self.legs
+            .iter()
+            .find(|l| l.owns(call_id, from_tag.as_deref(), to_tag.as_deref()))
+            .map(|l| l.id)
+    }
+
+    pub(super) fn on_request(&mut self, now: Instant, req: Request, source: Source) {
+        let Some(key) = key_of_request(&req) else {
+            if req.method != Method::Ack {
+                self.reply_stateless(&req, &source, 400);
+            }
+            return;
+        };
+        if req.method == Method::Ack {
+            return self.on_ack(now, &key, &req);
+        }
+        if let Some(tx) = self.servers.get_mut(&key) {
+            // A retransmission.
+            let actions = tx.machine.on_retransmission(now);
+            self.server_actions(&key, actions);
+            return;
+        }
+        if req.method == Method::Cancel {
+            return self.on_cancel(now, key, req, source);
+        }
+        let Some(leg) = self.leg_of(&req) else {
+            return self.reply_stateless(&req, &source, 481);
+        };
+        self.open_server(now, &key, leg, req.clone(), &source);
+        match req.method {
+            Method::Bye => self.on_bye(now, &key, leg),
+            Method::Options => self.respond_status(now, &key, 200),
+            Method::Invite | Method::Update | Method::Info => {
+                self.on_in_dialog(now, &key, leg, &req)
+            }
+            Method::Prack => self.respond_status(now, &key, 481),
+            _ => self.respond_status(now, &key, 501),
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, key: &ServerKey, req: &Request) {
+        if let Some(tx) = self.servers.get_mut(key)
+            && let ServerMachine::Invite(m) = &mut tx.machine
+        {
+            // ACK of a non-2xx final response: same branch as the INVITE.
+            let actions = m.on_ack(now);
+            self.server_actions(key, actions);
+            return;
+        }
+        // ACK of a 2xx: a new branch, matched by dialog and CSeq.
+        let Some(leg) = self.leg_of(req) else { return };
+        let cseq = req.cseq().map(|(n, _)| n).unwrap_or_default();
+        self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
+        let invite_cseq =
+            self.leg(leg).invite_request.as_ref().and_then(|i| i.cseq()).map(|(n, _)| n);
+        if leg == Call::ORIGIN && Some(cseq) == invite_cseq && self.late_offer.is_some() {
+            self.on_late_answer(now, req);
+        }
+    }
+
+    fn on_bye(&mut self, now: Instant, key: &ServerKey, leg: LegId) {
+        self.respond_status(now, key, 200);
+        match self.state {
+            State::Answered => {
+                tracing::debug!(session = %self.session_id, side = self.leg(leg).role.as_str(), "hang-up");
+                self.leg_mut(leg).phase = Phase::Terminated;
+                let peer = self.peer(leg);
+                self.bye(now, peer);
+                self.end(now);
+            }
+            State::Setup if leg == Call::ORIGIN => self.fail_origin(now, 487, Outcome::Cancelled),
+            State::Setup => {
+                // The dialed peer gave up before answering: its leg is over, the origin gets 480.
+                self.leg_mut(leg).phase = Phase::Terminated;
+                self.leg_mut(leg).deadline = None;
+                self.fail_origin(now, 480, Outcome::Failed);
+            }
+            State::Ended => {}
+        }
+    }
+
+    fn on_cancel(&mut self, now: Instant, key: ServerKey, req: Request, source: Source) {
+        let origin = self.leg(Call::ORIGIN);
+        let cancels_origin = match (&origin.invite, key.cancelled_invite()) {
+            (LegInvite::Server(invite), Some(cancelled)) => {
+                *invite == cancelled && self.servers.contains_key(invite)
+            }
+            _ => false,
+        };
+        if !cancels_origin {
+            return self.reply_stateless(&req, &source, 481);
+        }
+        self.open_server(now, &key, Call::ORIGIN, req, &source);
+        self.respond_status(now, &key, 200);
+        if self.state == State::Setup {
+            self.fail_origin(now, 487, Outcome::Cancelled);
+        }
+    }
+
+    fn open_server(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        leg: LegId,
+        req: Request,
+        source: &Source,
+    ) {
+        let rel = reliability(source.protocol);
+        let machine =
+            ServerMachine::new(now, req.method == Method::Invite, rel, self.config.timers);
+        let target = source.reply_target();
+        self.servers.insert(
+            key.clone(),
+            ServerTx { leg, request: req, target, machine, last_response: None },
+        );
+    }
+
+    /// Every timer that is due: transactions, 2xx retransmission, the dialed legs' deadlines.
+    pub(super) fn timers_due(&mut self, now: Instant) {
+        let due: Vec<ServerKey> = self
+            .servers
+            .iter()
+            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(tx) = self.servers.get_mut(&key) {
+                let actions = tx.machine.on_timeout(now);
+                self.server_actions(&key, actions);
+            }
+        }
+        let due: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(tx) = self.clients.get_mut(&key) {
+                let actions = tx.machine.on_timeout(now);
+                self.client_actions(now, &key, actions, None);
+            }
+        }
+        self.retransmit_2xx(now);
+        let due: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|l| l.deadline.is_some_and(|d| d <= now))
+            .map(|l| l.id)
+            .collect();
+        for leg in due {
+            self.leg_mut(leg).deadline = None;
+            self.dialed_deadline(now, leg);
+        }
+    }
+
+    fn retransmit_2xx(&mut self, now: Instant) {
+        let mut give_up = false;
+        let mut resend = Vec::new();
+        let t2 = self.config.timers.t2;
+        for p in &mut self.pending_2xx {
+            if now >= p.give_up {
+                give_up = true;
+            } else if let Some(next) = p.next
+                && now >= next
+            {
+                resend.push((p.leg, p.target, p.response.clone()));
+                p.interval = (p.interval * 2).min(t2);
+                p.next = Some(now + p.interval);
+            }
+        }
+        for (leg, target, response) in resend {
+            self.send(leg, target, Message::Response(response), None);
+        }
+        if give_up {
+            self.pending_2xx.retain(|p| now < p.give_up);
+            tracing::warn!(session = %self.session_id, "no ACK for 2xx: ending the call");
+            self.hang_up_both(now);
+        }
+    }
+
+    /// A dialed leg's deadline: ringing too long (480, the leg cancelled), or not even a 100
+    /// Trying (the peer is not there: 503).
+    fn dialed_deadline(&mut self, now: Instant, leg: LegId) {
+        match self.leg(leg).phase {
+            Phase::Early => {
+                self.send_cancel(now, leg);
+                self.fail_origin(now, 480, Outcome::NoAnswer);
+            }
+            Phase::Inviting | Phase::Trying => {
+                if let LegInvite::Client(key) = &self.leg(leg).invite {
+                    let key = key.clone();
+                    self.clients.remove(&key);
+                }
+                self.leg_mut(leg).phase = Phase::Terminated;
+                tracing::warn!(session = %self.session_id, "{} did not answer the INVITE", self.leg(leg).role.as_str());
+                self.fail_origin(now, 503, Outcome::Failed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The ACK of a non-2xx final response (RFC 3261 §17.1.1.3).
+fn non_2xx_ack(invite: &Request, resp: &Response) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    if let Some(via) = invite.headers.get(name::VIA) {
+        ack.headers.push(name::VIA, msg::split_list(via).first().copied().unwrap_or(via));
+    }
+    ack.headers.push(name::MAX_FORWARDS, "70");
+    ack.headers.copy_from(&invite.headers, name::ROUTE);
+    ack.headers.copy_from(&invite.headers, name::FROM);
+    match resp.headers.get(name::TO) {
+        Some(to) => ack.headers.push(name::TO, to),
+        None => ack.headers.copy_from(&invite.headers, name::TO),
+    }
+    ack.headers.copy_from(&invite.headers, name::CALL_ID);
+    let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+    ack.headers.push(name::CSEQ, format!("{n} ACK"));
+    ack
+}

@@ -1,0 +1,199 @@
+//! The call's media: the codec policy on every offer and answer, the SDP rewritten so that
+//! each leg sees the relay's address, and what the relay is told (where each side's peer
+//! wants media, hold). The relay itself is the driver's: the call asks with actions.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::media::codec;
+use crate::media::relay::{Leg as RelaySide, Silent};
+use crate::media::sdp::{Direction, Sdp};
+use crate::sip::msg::{Request, Response};
+use crate::sip::transaction::ServerKey;
+
+use super::leg::LegId;
+use super::{Action, Call, Relay, RelayUpdate, SdpResult, State};
+
+impl Call {
+    /// Where the relay binds its two sides.
+    pub(super) fn relay_binds(&self) -> (IpAddr, IpAddr) {
+        let mut binds = [IpAddr::from([0, 0, 0, 0]); 2];
+        for leg in self.bridge {
+            let (bind, _) = self.media_ip(leg);
+            binds[side_index(self.leg(leg).media)] = bind;
+        }
+        (binds[0], binds[1])
+    }
+
+    /// The relay runs: no media is owed before the answer (held), the origin's address from
+    /// its offer, the offer to the dialed leg rewritten to the relay; then the INVITE.
+    pub(super) fn relay_started(&mut self, now: Instant, a: u16, b: u16) {
+        if self.relay != Relay::Starting {
+            return;
+        }
+        self.relay = Relay::Running { a, b };
+        self.out.push(Action::UpdateRelay(RelayUpdate::Hold(true)));
+        let [origin, dialed] = self.bridge;
+        let (_, advertised) = self.media_ip(dialed);
+        let origin_side = self.leg(origin).media;
+        let dialed_side = self.leg(dialed).media;
+        let Some(port) = self.relay.port(dialed_side) else { return };
+        let Some(offer) = &mut self.offer else { return };
+        if !offer.delayed {
+            // (A delayed offer's address is a placeholder: the origin's comes with its ACK.)
+            let remote = offer.sdp.audio_endpoint();
+            self.out.push(Action::UpdateRelay(RelayUpdate::Remote { side: origin_side, remote }));
+        }
+        offer.sdp.rewrite_for_relay(&mut self.legs[dialed.0].origin, advertised, port);
+        self.send_invite(now, dialed);
+    }
+
+    /// An SDP that came from `from` and goes to its peer: the relay learns `from`'s address
+    /// and the SDP gets ours on the peer's side. Without a relay it is left as it is.
+    fn rewrite_toward(&mut self, from: LegId, sdp: &mut Sdp) {
+        let to = self.peer(from);
+        let (_, advertised) = self.media_ip(to);
+        let Some(port) = self.relay.port(self.leg(to).media) else { return };
+        let side = self.leg(from).media;
+        self.out
+            .push(Action::UpdateRelay(RelayUpdate::Remote { side, remote: sdp.audio_endpoint() }));
+        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port);
+    }
+
+    /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
+    fn media_direction(&mut self, direction: Direction) {
+        if matches!(self.relay, Relay::Running { .. }) {
+            let hold = direction != Direction::SendRecv;
+            self.out.push(Action::UpdateRelay(RelayUpdate::Hold(hold)));
+        }
+    }
+
+    /// The dialed leg's SDP answer in a 18x or 2xx, checked against the offer: what goes to
+    /// the origin. `Err` when the answer breaks the policy (a codec that was not offered).
+    pub(super) fn answer_from(&mut self, leg: LegId, resp: &Response) -> SdpResult {
+        if resp.body.is_empty() {
+            return Ok(None);
+        }
+        let Some(offer) = &self.offer else {
+            return Ok(Some(resp.body.clone()));
+        };
+        let final_ = (200..300).contains(&resp.status);
+        if offer.delayed && !final_ {
+            // The origin's offer will be in the 2xx: a provisional cannot carry it without
+            // 100rel (RFC 3262), so early media SDP stays on the dialed leg.
+            return Ok(None);
+        }
+        let delayed = offer.delayed;
+        let mut answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
+        let chosen = codec::check_answer(&offer.negotiated, &answer).map_err(|e| {
+            tracing::warn!(session = %self.session_id, error = %e, "the SDP answer breaks the codec policy");
+            e.status_code()
+        })?;
+        tracing::debug!(session = %self.session_id, codec = chosen.codec.as_str(), "codec chosen");
+        if delayed {
+            // What the dialed leg accepted becomes the offer to the origin, whose ACK answers.
+            self.late_offer = Some(codec::Negotiated { formats: chosen.formats.clone() });
+        }
+        self.chosen = Some(chosen);
+        self.rewrite_toward(leg, &mut answer);
+        if final_ && !delayed {
+            // Answered: media is owed from now on, unless the answer puts the call on hold.
+            self.media_direction(answer.direction());
+        }
+        Ok(Some(answer.to_bytes().into()))
+    }
+
+    /// A delayed offer's answer, in the origin's ACK of our 2xx: checked against what we
+    /// offered and given to the relay. No SDP or an unusable one ends the call on both legs
+    /// (RFC 3264 §5: an answer is owed; RFC 3261 §13.2.1: the ACK is the last chance).
+    pub(super) fn on_late_answer(&mut self, now: Instant, ack: &Request) {
+        let Some(offered) = self.late_offer.take() else { return };
+        let checked = if ack.body.is_empty() {
+            Err("no SDP".to_string())
+        } else {
+            Sdp::parse(&ack.body).map_err(|e| e.to_string()).and_then(|sdp| {
+                codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
+            })
+        };
+        match checked {
+            Ok(answer) => {
+                let side = self.leg(Call::ORIGIN).media;
+                let remote = answer.audio_endpoint();
+                self.out.push(Action::UpdateRelay(RelayUpdate::Remote { side, remote }));
+                self.media_direction(answer.direction());
+            }
+            Err(problem) => {
+                let reason =
+                    format!("the carrier's ACK did not answer the gateway's offer: {problem}");
+                tracing::warn!(session = %self.session_id, "{reason}; ending the call");
+                self.hangup_reason = Some(reason);
+                self.hang_up_both(now);
+            }
+        }
+    }
+
+    /// No RTP for the media timeout: both legs are hung up and the reason recorded.
+    pub(super) fn media_timeout(&mut self, now: Instant, silent: Silent, after: Duration) {
+        if self.state != State::Answered {
+            return;
+        }
+        let name = |side: RelaySide| {
+            self.bridge
+                .iter()
+                .map(|l| self.leg(*l))
+                .find(|l| l.media == side)
+                .map(|l| l.role.as_str())
+                .unwrap_or(side.as_str())
+        };
+        let silent = match silent {
+            Silent::One(side) => name(side),
+            Silent::Both => "both sides",
+        };
+        let reason = format!("media timeout: no RTP from {silent} for {}s", after.as_secs());
+        tracing::warn!(session = %self.session_id, "{reason}; ending the call");
+        self.hangup_reason = Some(reason);
+        self.hang_up_both(now);
+    }
+
+    /// A new offer inside the call (re-INVITE, UPDATE) from `from`: the codec policy again,
+    /// the relay told where `from` wants media now, the SDP rewritten to our side of the other
+    /// leg, hold or resume. `Ok(None)`: no SDP, nothing to change.
+    pub(super) fn relay_offer(&mut self, key: &ServerKey, from: LegId, req: &Request) -> SdpResult {
+        if req.body.is_empty() || !matches!(self.relay, Relay::Running { .. }) {
+            return Ok(None);
+        }
+        let mut sdp = Sdp::parse(&req.body).map_err(|e| e.status_code())?;
+        let negotiated =
+            codec::filter_offer(&mut sdp, &self.codecs).map_err(|e| e.status_code())?;
+        self.media_direction(sdp.direction());
+        self.rewrite_toward(from, &mut sdp);
+        self.reoffers.insert(key.clone(), negotiated);
+        Ok(Some(sdp.to_bytes().into()))
+    }
+
+    /// The answer to a relayed offer, coming back from `from`: checked, the relay told, the
+    /// SDP rewritten for the other leg. Unusable SDP is dropped (the offerer keeps the old
+    /// media).
+    pub(super) fn relay_answer(
+        &mut self,
+        key: &ServerKey,
+        from: LegId,
+        resp: &Response,
+    ) -> Option<bytes::Bytes> {
+        let negotiated = self.reoffers.get(key)?.clone();
+        let mut sdp = Sdp::parse(&resp.body).ok()?;
+        if let Err(e) = codec::check_answer(&negotiated, &sdp) {
+            tracing::warn!(session = %self.session_id, error = %e, "a re-INVITE answer breaks the codec policy; its SDP is dropped");
+            return None;
+        }
+        self.rewrite_toward(from, &mut sdp);
+        Some(sdp.to_bytes().into())
+    }
+}
+
+fn side_index(side: RelaySide) -> usize {
+    match side {
+        RelaySide::A => 0,
+        RelaySide::B => 1,
+    }
+}

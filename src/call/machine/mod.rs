@@ -1,0 +1,510 @@
+//! The call: a sans-IO back-to-back user agent (DESIGN §4). A [`Call`] owns its legs, their
+//! dialogs and transactions, and is driven only by what happens to it — a SIP message
+//! ([`Call::on_message`]), the clock ([`Call::on_timer`]), the relay ([`Call::on_media_event`]),
+//! a name lookup ([`Call::on_resolved`]), a failed send ([`Call::on_send_error`]) — each of
+//! which returns the [`Action`]s the driver carries out, in order. It reads no clock, opens no
+//! socket and spawns nothing: the driver (`call::driver`) does, and transcript tests
+//! (`tests.rs`) play scripted message sequences against it, as `sip::transaction` is tested.
+//!
+//! A call is a list of [`Leg`]s with [`Role`]s. The leg whose INVITE starts the call is its
+//! origin (we are its UAS); the call dials a second leg (we are its UAC); the two are bridged:
+//! requests in one dialog (BYE, re-INVITE, UPDATE, INFO) go to the other, and so do responses.
+//! An inbound call starts on a carrier leg and dials the agent; an outbound call is the same
+//! machine started on an agent leg; a transfer adds a third leg and moves the bridge.
+//!
+//! What it relays and decides (the behaviour the sipp suites check on the wire):
+//! - provisional responses (180, 183 with SDP) and the final response of the dialed leg to the
+//!   origin, failures mapped: 486/600 relayed, 5xx and auth challenges become 503, no response
+//!   at all is an unreachable peer (503), ringing past the ring timeout is 480 (leg cancelled);
+//! - ACK for 2xx on each leg (a 2xx we send retransmitted until its ACK, RFC 3261 §13.3.1.4);
+//!   CANCEL of the origin before the answer (200 to the CANCEL, 487 to the INVITE, CANCEL to
+//!   the dialed leg once it sent a provisional, RFC 3261 §9.1; a 2xx that crosses the CANCEL
+//!   gets ACK and BYE);
+//! - BYE from either side; re-INVITE, UPDATE and INFO passed to the other leg with their SDP
+//!   rewritten to the relay, and their responses passed back; glare answered 491; OPTIONS in
+//!   the dialog answered here; the media timeout and hold.
+
+mod dialog;
+mod flow;
+pub mod leg;
+mod media;
+mod tx;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::config::model::Codec;
+use crate::media::codec::{Chosen, Negotiated};
+use crate::media::relay::{Leg as RelaySide, Silent};
+use crate::media::sdp::Sdp;
+use crate::observe::metrics::Outcome;
+use crate::sip::msg::{Message, Request};
+use crate::sip::transaction::{ClientKey, ServerKey, Timers};
+use crate::sip::transport::{Protocol, Source, Target};
+
+use leg::LegInvite;
+pub use leg::{Dialog, Ids, Leg, LegId, Phase, Role, Side};
+use tx::{ClientTx, Pending2xx, ServerTx};
+
+/// No answer of any kind from a dialed peer within this time: it is unreachable.
+pub const FIRST_RESPONSE: Duration = Duration::from_secs(8);
+/// After the call ends, how long it stays to absorb retransmissions (64·T1).
+pub const LINGER: Duration = Duration::from_secs(32);
+
+/// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+
+/// What a call is told at its start and keeps.
+#[derive(Clone, Debug)]
+pub struct CallConfig {
+    /// The `Server`/`User-Agent` value.
+    pub user_agent: String,
+    /// How long a dialed leg may ring before it is given up.
+    pub ring_timeout: Duration,
+    /// How long a dialed peer has to answer at all (even 100 Trying).
+    pub first_response: Duration,
+    /// No RTP from a leg of an answered call for this long ends the call (the relay watches).
+    pub media_timeout: Duration,
+    /// The carrier-facing address is a NAT's or load balancer's: relay ports facing carriers
+    /// bind every local address.
+    pub public_address: Option<IpAddr>,
+    pub timers: Timers,
+    pub linger: Duration,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
+            ring_timeout: Duration::from_secs(60),
+            first_response: FIRST_RESPONSE,
+            media_timeout: Duration::from_secs(30),
+            public_address: None,
+            timers: Timers::default(),
+            linger: LINGER,
+        }
+    }
+}
+
+/// An offer that passed the codec policy.
+#[derive(Clone, Debug)]
+pub struct MediaOffer {
+    /// The offer as it goes to the dialed leg (codecs filtered; addresses rewritten by the call).
+    pub sdp: Sdp,
+    pub negotiated: Negotiated,
+    /// The origin sent no offer: this one is the gateway's, the origin's answer comes in its
+    /// ACK.
+    pub delayed: bool,
+}
+
+/// Where a dialed leg's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// An address: nothing to look up.
+    Address(SocketAddr),
+    /// A host name: the driver looks it up ([`Action::Resolve`]).
+    Lookup { host: String, port: u16 },
+    /// Nothing to send to (a destination that is not a SIP URI): the call fails with 503.
+    Unusable(String),
+}
+
+/// The origin leg of a new call: the INVITE we answer, and our dialog state toward it.
+#[derive(Debug)]
+pub struct Origin {
+    pub role: Role,
+    pub invite: Request,
+    pub source: Source,
+    /// Our address on this leg (Via, Contact, SDP).
+    pub local: SocketAddr,
+}
+
+/// The leg a new call dials.
+#[derive(Debug)]
+pub struct Dial {
+    pub role: Role,
+    /// Our dialog toward it, before it answers (Call-ID, our tag and URIs, the target's
+    /// protocol and our address).
+    pub dialog: Dialog,
+    pub destination: Destination,
+    /// Headers of the INVITE beside the dialog's own (the session headers, the `X-*` headers
+    /// that travel).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Everything decided about a call before it starts.
+#[derive(Debug)]
+pub struct Setup {
+    pub session_id: String,
+    pub origin: Origin,
+    pub dial: Dial,
+    pub offer: Option<MediaOffer>,
+    /// The codecs of the trunk, for offers inside the call.
+    pub codecs: Vec<Codec>,
+}
+
+/// What the driver does for a call, in the order given.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a message on a leg. `client`: the transaction it belongs to, to report a failed
+    /// send to ([`Call::on_send_error`]).
+    Send { leg: LegId, target: Target, message: Message, client: Option<ClientKey> },
+    /// Messages with this Call-ID belong to this call from now on.
+    Listen { call_id: String },
+    /// Look up the address of a dialed leg's host; answer with [`Call::on_resolved`].
+    Resolve { leg: LegId, host: String, port: u16 },
+    /// Start the RTP relay, its side A bound on `a`, side B on `b`; answer with
+    /// [`Call::on_media_event`] (`Started` or `StartFailed`).
+    StartRelay { a: IpAddr, b: IpAddr, media_timeout: Duration },
+    /// Change the relay.
+    UpdateRelay(RelayUpdate),
+    /// Something to count and log.
+    Record(Record),
+    /// The call is over (once): free its slot and stop the relay. The call stays for
+    /// retransmissions until [`Call::is_done`].
+    End(Ended),
+}
+
+/// A change to the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayUpdate {
+    /// Where a side's peer wants media now.
+    Remote { side: RelaySide, remote: Option<SocketAddr> },
+    /// Hold (no media is owed: the media timeout is suspended) or not.
+    Hold(bool),
+}
+
+/// A fact about the call for metrics, logs and (later) the session record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// The dialed leg answered and the origin got its 2xx.
+    Answered { setup: Duration, codec: Option<Codec> },
+}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    /// `None` when the call ended for nothing worth counting twice.
+    pub outcome: Option<Outcome>,
+    pub duration: Duration,
+    /// Why the gateway ended it (media timeout, a bad answer...), `None` for a hang-up.
+    pub reason: Option<String>,
+}
+
+/// What the relay reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The relay runs; its local ports facing side A and side B.
+    Started { a: u16, b: u16 },
+    /// No relay (no ports left, a bind failed): the call is refused with `status`.
+    StartFailed { status: u16, reason: String },
+    /// No RTP for `after` from the silent side(s) of an answered call.
+    Timeout { silent: Silent, after: Duration },
+}
+
+/// Where the whole call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The origin has no final answer yet.
+    Setup,
+    /// Both legs answered and bridged.
+    Answered,
+    /// Over on every leg; lingering for retransmissions.
+    Ended,
+}
+
+/// The relay, as far as the call knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relay {
+    /// The call relays no media (no SDP offer).
+    None,
+    /// Asked for; the dialed leg waits for it.
+    Starting,
+    /// Running, with its local ports facing side A and side B.
+    Running { a: u16, b: u16 },
+    /// Stopped with the call.
+    Stopped,
+}
+
+impl Relay {
+    fn port(self, side: RelaySide) -> Option<u16> {
+        match (self, side) {
+            (Relay::Running { a, .. }, RelaySide::A) => Some(a),
+            (Relay::Running { b, .. }, RelaySide::B) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// A call in progress.
+#[derive(Debug)]
+pub struct Call {
+    config: CallConfig,
+    ids: Ids,
+    session_id: String,
+    legs: Vec<Leg>,
+    /// The two legs whose dialogs and media are joined: in-dialog requests of one go to the
+    /// other.
+    bridge: [LegId; 2],
+    servers: HashMap<ServerKey, ServerTx>,
+    clients: HashMap<ClientKey, ClientTx>,
+    pending_2xx: Vec<Pending2xx>,
+    /// Headers of the dialed leg's INVITE beside the dialog's own.
+    dial_headers: Vec<(String, String)>,
+    codecs: Vec<Codec>,
+    /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
+    offer: Option<MediaOffer>,
+    /// Delayed offer: what the 2xx offered the origin, until its ACK brings the answer.
+    late_offer: Option<Negotiated>,
+    /// What the dialed leg's answer settled on.
+    chosen: Option<Chosen>,
+    relay: Relay,
+    /// Offers relayed in re-INVITE/UPDATE, by the server transaction they came in.
+    reoffers: HashMap<ServerKey, Negotiated>,
+    state: State,
+    started: Instant,
+    linger_until: Option<Instant>,
+    outcome: Option<Outcome>,
+    /// Why the call ended, when the gateway ended it.
+    hangup_reason: Option<String>,
+    out: Vec<Action>,
+}
+
+impl Call {
+    /// The origin leg of every call: the first one.
+    const ORIGIN: LegId = LegId(0);
+
+    /// A new call: the origin's INVITE gets its transaction and 100 Trying, the dialed leg is
+    /// looked up (or, with an address, set up: relay, then INVITE).
+    pub fn start(
+        now: Instant,
+        config: CallConfig,
+        mut ids: Ids,
+        setup: Setup,
+    ) -> (Call, Vec<Action>) {
+        let Setup { session_id, origin, dial, offer, codecs } = setup;
+        let origin_leg = flow::origin_leg(&mut ids, origin);
+        let dialed = Leg {
+            id: LegId(1),
+            role: dial.role,
+            side: Side::Uac,
+            phase: Phase::Resolving,
+            media: relay_side(dial.role),
+            origin: ids.origin(),
+            dialog: dial.dialog,
+            invite: LegInvite::None,
+            invite_request: None,
+            deadline: None,
+        };
+        let mut call = Call {
+            config,
+            ids,
+            session_id,
+            legs: vec![origin_leg, dialed],
+            bridge: [LegId(0), LegId(1)],
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            pending_2xx: Vec::new(),
+            dial_headers: dial.headers,
+            codecs,
+            offer,
+            late_offer: None,
+            chosen: None,
+            relay: Relay::None,
+            reoffers: HashMap::new(),
+            state: State::Setup,
+            started: now,
+            linger_until: None,
+            outcome: None,
+            hangup_reason: None,
+            out: Vec::new(),
+        };
+        call.begin(now, dial.destination);
+        let actions = call.take();
+        (call, actions)
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn leg(&self, id: LegId) -> &Leg {
+        &self.legs[id.0]
+    }
+
+    pub fn legs(&self) -> &[Leg] {
+        &self.legs
+    }
+
+    /// The Call-IDs of the call's legs (the driver routes messages by them).
+    pub fn call_ids(&self) -> impl Iterator<Item = &str> {
+        self.legs.iter().map(|l| l.dialog.call_id.as_str())
+    }
+
+    /// A message for this call (found by its Call-ID), from `source`.
+    pub fn on_message(&mut self, now: Instant, message: Message, source: Source) -> Vec<Action> {
+        match message {
+            Message::Request(r) => self.on_request(now, r, source),
+            Message::Response(r) => self.on_response(now, r),
+        }
+        self.take()
+    }
+
+    /// The time came for [`Call::next_deadline`].
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        self.timers_due(now);
+        self.take()
+    }
+
+    /// The relay reports.
+    pub fn on_media_event(&mut self, now: Instant, event: MediaEvent) -> Vec<Action> {
+        match event {
+            MediaEvent::Started { a, b } => self.relay_started(now, a, b),
+            MediaEvent::StartFailed { status, reason } => {
+                tracing::warn!(session = %self.session_id, error = %reason, "no RTP relay for the call");
+                self.relay = Relay::None;
+                self.fail_origin(now, status, Outcome::Failed);
+            }
+            MediaEvent::Timeout { silent, after } => self.media_timeout(now, silent, after),
+        }
+        self.take()
+    }
+
+    /// The address of a dialed leg's host, or why there is none.
+    pub fn on_resolved(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        address: Result<SocketAddr, String>,
+    ) -> Vec<Action> {
+        match address {
+            Ok(address) => self.resolved(now, leg, address),
+            Err(why) => {
+                tracing::warn!(session = %self.session_id, error = %why, "{} unreachable", self.leg(leg).role.as_str());
+                self.fail_origin(now, 503, Outcome::Failed);
+            }
+        }
+        self.take()
+    }
+
+    /// A message of client transaction `key` could not be sent.
+    pub fn on_send_error(&mut self, now: Instant, key: &ClientKey) -> Vec<Action> {
+        if let Some(tx) = self.clients.get_mut(key) {
+            let actions = tx.machine.on_transport_error(now);
+            self.client_actions(now, key, actions, None);
+        }
+        self.take()
+    }
+
+    /// When [`Call::on_timer`] is due next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let servers = self.servers.values().filter_map(|t| t.machine.next_deadline());
+        let clients = self.clients.values().filter_map(|t| t.machine.next_deadline());
+        let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
+        let legs = self.legs.iter().filter_map(|l| l.deadline);
+        servers.chain(clients).chain(pending).chain(legs).chain(self.linger_until).min()
+    }
+
+    /// Over, and nothing left to absorb: the driver may drop the call.
+    pub fn is_done(&self, now: Instant) -> bool {
+        match (self.state, self.linger_until) {
+            (State::Ended, Some(t)) => {
+                now >= t
+                    || (self.servers.is_empty()
+                        && self.clients.is_empty()
+                        && self.pending_2xx.is_empty())
+            }
+            _ => false,
+        }
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> &mut Leg {
+        &mut self.legs[id.0]
+    }
+
+    /// The leg bridged to `leg`.
+    fn peer(&self, leg: LegId) -> LegId {
+        if self.bridge[0] == leg { self.bridge[1] } else { self.bridge[0] }
+    }
+
+    fn send(&mut self, leg: LegId, target: Target, message: Message, client: Option<ClientKey>) {
+        self.out.push(Action::Send { leg, target, message, client });
+    }
+
+    /// Our media address on a leg: the bind address and the one advertised in its SDP.
+    fn media_ip(&self, leg: LegId) -> (IpAddr, IpAddr) {
+        let leg = self.leg(leg);
+        let advertised = leg.dialog.local.ip();
+        let bind = match (leg.role, self.config.public_address) {
+            // A public address belongs to a NAT or load balancer in front: bind everywhere.
+            (Role::Carrier, Some(_)) => IpAddr::from([0, 0, 0, 0]),
+            _ => advertised,
+        };
+        (bind, advertised)
+    }
+
+    /// The call is over: its slot is freed now; it stays a while for retransmissions.
+    fn end(&mut self, now: Instant) {
+        if self.state == State::Ended {
+            return;
+        }
+        self.state = State::Ended;
+        self.linger_until = Some(now + self.config.linger);
+        for leg in &mut self.legs {
+            leg.deadline = None;
+        }
+        if self.relay != Relay::None {
+            self.relay = Relay::Stopped;
+        }
+        self.out.push(Action::End(Ended {
+            outcome: self.outcome.take(),
+            duration: now.saturating_duration_since(self.started),
+            reason: self.hangup_reason.clone(),
+        }));
+    }
+}
+
+/// The relay side that faces a role: carriers on A, the agent (or who takes its place) on B.
+fn relay_side(role: Role) -> RelaySide {
+    match role {
+        Role::Carrier => RelaySide::A,
+        Role::Agent | Role::Transfer => RelaySide::B,
+    }
+}
+
+/// What a dialed leg's final failure becomes toward the origin.
+fn map_failure(status: u16) -> (u16, Outcome) {
+    match status {
+        486 | 600 => (486, Outcome::Busy),
+        603 => (603, Outcome::Busy),
+        480 | 408 => (480, Outcome::NoAnswer),
+        487 => (487, Outcome::Cancelled),
+        401 | 407 | 500..=599 => (503, Outcome::Failed),
+        s @ 300..=499 => (s, Outcome::Failed),
+        _ => (503, Outcome::Failed),
+    }
+}
+
+/// Our side of a relayed SDP answer or offer: checked and rewritten, or why not.
+type SdpResult = Result<Option<bytes::Bytes>, u16>;
+
+/// The transport a dialed leg's URI asks for (`transport=` or `sips:`), UDP otherwise.
+pub fn uri_protocol(uri: &crate::sip::msg::SipUri) -> Protocol {
+    match uri.transport.as_deref() {
+        Some("tcp") => Protocol::Tcp,
+        Some("tls") => Protocol::Tls,
+        _ if uri.sips => Protocol::Tls,
+        _ => Protocol::Udp,
+    }
+}
