@@ -298,6 +298,8 @@ fn a_delayed_offer_gets_the_gateways_offer_in_the_200_and_media_flows_after_the_
     let (agent_side, agent_formats) = relay_of(&invite.text);
     assert_eq!(agent_formats, vec!["0", "101"], "{}", invite.text);
     assert_ne!(agent_side.port(), 0);
+    // An address to send to, not a hold (c=0.0.0.0, RFC 3264 §8.4).
+    assert_eq!(agent_side.ip().to_string(), "127.0.0.1", "{}", invite.text);
 }
 
 #[test]

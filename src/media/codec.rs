@@ -149,11 +149,13 @@ pub const GATEWAY_TELEPHONE_EVENT: u8 = 101;
 /// The offer the gateway makes itself, for an INVITE that came without one (a delayed offer,
 /// RFC 3261 §13.2.1): the trunk's codecs on their static payload types (RFC 3551 §6: PCMU 0,
 /// PCMA 8, G722 9) in the trunk's order, telephone-event 0-16, 20 ms packets, sendrecv. The
-/// connection address and port are placeholders that [`Sdp::rewrite_for_relay`] replaces.
+/// connection address (TEST-NET-1, RFC 5737) and port are placeholders that
+/// [`Sdp::rewrite_for_relay`] replaces; not `0.0.0.0`, which that rewrite keeps as a hold
+/// (RFC 3264 §8.4).
 /// `None` only if the trunk lists no codec (compile never lets that through).
 pub fn gateway_offer(allowed: &[Codec]) -> Option<(Sdp, Negotiated)> {
     let mut text = String::from(
-        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 9 RTP/AVP",
+        "v=0\r\no=- 0 0 IN IP4 192.0.2.0\r\ns=-\r\nc=IN IP4 192.0.2.0\r\nt=0 0\r\nm=audio 9 RTP/AVP",
     );
     let static_type = |c: Codec| match c {
         Codec::Pcmu => (0, "PCMU/8000"),

@@ -31,6 +31,8 @@ mod media;
 mod tx;
 
 #[cfg(test)]
+mod script;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -1,1 +1,462 @@
+//! Transcripts: scripted message sequences played against a [`Call`], with the actions it
+//! must answer. No sockets and no clock: time is an `Instant` the script moves, ids come from a
+//! fixed seed. The sipp suites under `tests/` stay the interop proof on the wire.
 
+use std::time::Duration;
+
+use crate::config::model::Codec;
+use crate::media::relay::{Leg as RelaySide, Silent};
+use crate::media::sdp::Direction;
+use crate::observe::metrics::Outcome;
+use crate::sip::msg::{DialogHeaders, Method, name};
+
+use super::script::*;
+use super::*;
+
+#[test]
+fn an_answered_call_relays_ringing_and_the_answer_with_the_sdp_on_the_relay() {
+    let (mut s, actions) =
+        start_with(Some(&offer_sdp(4000, "sendrecv")), Destination::Address(addr(AGENT)));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![100]);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Listen { call_id } if call_id == "agent-call@trunkline"))
+    );
+    let (a, b) = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartRelay { a, b, .. } => Some((*a, *b)),
+            _ => None,
+        })
+        .expect("the relay starts before the INVITE");
+    assert_eq!((a.to_string(), b.to_string()), ("198.51.100.1".into(), "127.0.0.1".into()));
+    assert!(requests_to(&actions, AGENT_LEG).is_empty(), "the INVITE waits for the relay");
+
+    let actions = s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B });
+    assert_eq!(
+        relay_updates(&actions),
+        vec![
+            RelayUpdate::Hold(true),
+            RelayUpdate::Remote { side: RelaySide::A, remote: Some(addr("192.0.2.10:4000")) },
+        ]
+    );
+    let invite = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(invite.method, Method::Invite);
+    assert_eq!(invite.uri, format!("sip:support@{AGENT}"));
+    assert_eq!(invite.headers.get("X-Trunkline-Agent-ID"), Some("support"));
+    assert_eq!(invite.max_forwards(), Some(69));
+    assert_eq!(invite.call_id(), Some("agent-call@trunkline"));
+    assert_eq!(media_of(&invite.body).0, addr(&format!("127.0.0.1:{RELAY_B}")));
+
+    let actions = s.agent_responds(&invite, 180, None);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![180]);
+    assert_eq!(s.call.leg(CARRIER_LEG).phase, Phase::Early);
+    assert_eq!(s.call.leg(AGENT_LEG).phase, Phase::Early);
+
+    s.at(1500);
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack]);
+    let ok = responses_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(ok.status, 200);
+    assert_eq!(media_of(&ok.body), (addr(&format!("198.51.100.1:{RELAY_A}")), Direction::SendRecv));
+    assert!(ok.headers.get(name::CONTACT).unwrap().contains(GATEWAY_A));
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Remote {
+        side: RelaySide::B,
+        remote: Some(addr("127.0.0.1:7078"))
+    }));
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Hold(false)));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Record(Record::Answered { setup, codec: Some(Codec::Pcmu) }) if *setup == Duration::from_millis(1500)
+    )));
+    assert_eq!(s.call.state(), State::Answered);
+    assert_eq!(s.call.leg(CARRIER_LEG).phase, Phase::Confirmed);
+    assert_eq!(s.call.leg(AGENT_LEG).phase, Phase::Confirmed);
+}
+
+#[test]
+fn a_cancel_that_crosses_the_agents_2xx_gets_the_agent_leg_acked_and_hung_up() {
+    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    s.agent_responds(&invite, 180, None);
+    let mut cancel = carrier_invite(None);
+    cancel.method = Method::Cancel;
+    cancel.headers.set(name::CSEQ, "1 CANCEL");
+    let actions = s.carrier_sends(cancel);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200, 487]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Cancelled));
+
+    // The agent answered before our CANCEL reached it.
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack, Method::Bye]);
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "the carrier, cancelled, hears nothing more");
+    // Its 2xx retransmitted: ACK again, no second BYE.
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack]);
+}
+
+#[test]
+fn a_cancel_before_any_provisional_waits_for_one_before_cancelling_the_agent() {
+    let (mut s, invite, _) = inviting(None);
+    let mut cancel = carrier_invite(None);
+    cancel.method = Method::Cancel;
+    cancel.headers.set(name::CSEQ, "1 CANCEL");
+    let actions = s.carrier_sends(cancel);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200, 487]);
+    assert!(
+        methods(&actions, AGENT_LEG).is_empty(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    let actions = s.agent_responds(&invite, 100, None);
+    assert!(methods(&actions, AGENT_LEG).is_empty());
+    let actions = s.agent_responds(&invite, 180, None);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+    assert!(sent(&actions, CARRIER_LEG).is_empty());
+    let actions = s.agent_responds(&invite, 487, None);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack], "the 487 is acknowledged");
+    assert_eq!(s.call.leg(AGENT_LEG).phase, Phase::Terminated);
+}
+
+#[test]
+fn a_cancel_for_another_invite_gets_481() {
+    let (mut s, _, _) = inviting(None);
+    let mut cancel = carrier_invite(None);
+    cancel.method = Method::Cancel;
+    cancel.headers.set(name::CSEQ, "1 CANCEL");
+    cancel.headers.set(name::VIA, format!("SIP/2.0/UDP {CARRIER};branch=z9hG4bKother"));
+    let actions = s.carrier_sends(cancel);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![481]);
+    assert_eq!(s.call.state(), State::Setup);
+}
+
+#[test]
+fn bye_from_the_carrier_after_the_answer_hangs_up_the_agent() {
+    let (mut s, _, ok) = answered();
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 2, "z9hG4bKbye"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    let bye = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(bye.method, Method::Bye);
+    assert!(bye.headers.get(name::TO).unwrap().contains("tag=agenttag"));
+    let e = ended(&actions).unwrap();
+    assert_eq!((e.outcome, e.reason), (Some(Outcome::Answered), None));
+}
+
+#[test]
+fn bye_from_the_agent_after_the_answer_hangs_up_the_carrier() {
+    let (mut s, invite, _) = answered();
+    let actions = s.agent_sends(in_dialog_from_agent(&invite, "BYE", 1, "z9hG4bKagentbye"));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    let bye = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(bye.method, Method::Bye);
+    assert_eq!(bye.uri, format!("sip:carrier@{CARRIER}"), "to the carrier's Contact");
+    assert!(bye.headers.get(name::FROM).unwrap().contains("tag="));
+    assert!(bye.headers.get(name::TO).unwrap().contains("tag=c1"));
+    assert!(ended(&actions).is_some());
+    // The carrier's 200 ends our BYE's transaction; the call is then done at once.
+    s.carrier_responds(&bye, 200, None);
+    let later = s.call.next_deadline().unwrap();
+    s.call.on_timer(later);
+    assert!(s.call.is_done(later + Duration::from_secs(33)));
+}
+
+#[test]
+fn bye_from_the_carrier_while_the_agent_rings_cancels_the_agent() {
+    let (mut s, invite, _) = inviting(None);
+    s.agent_responds(&invite, 180, None);
+    let mut bye = carrier_invite(None);
+    bye.method = Method::Bye;
+    bye.headers.set(name::CSEQ, "2 BYE");
+    bye.headers.set(name::VIA, format!("SIP/2.0/UDP {CARRIER};branch=z9hG4bKearlybye"));
+    let actions = s.carrier_sends(bye);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200, 487]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Cancelled));
+}
+
+#[test]
+fn bye_from_the_agent_while_it_rings_gives_the_carrier_480() {
+    let (mut s, invite, _) = inviting(None);
+    s.agent_responds(&invite, 180, None);
+    let actions = s.agent_sends(in_dialog_from_agent(&invite, "BYE", 1, "z9hG4bKagentearly"));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![480]);
+    assert!(methods(&actions, AGENT_LEG).is_empty(), "nothing more to the agent that left");
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Failed));
+}
+
+#[test]
+fn the_2xx_to_the_carrier_is_retransmitted_until_its_ack() {
+    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    let ok = responses_to(&actions, CARRIER_LEG).remove(0);
+    // T1, then 2·T1 later (RFC 3261 §13.3.1.4).
+    assert_eq!(statuses(&s.timer(500), CARRIER_LEG), vec![200]);
+    assert!(statuses(&s.timer(1000), CARRIER_LEG).is_empty());
+    assert_eq!(statuses(&s.timer(1500), CARRIER_LEG), vec![200]);
+    s.carrier_sends(ack_for(&ok, 1));
+    assert!(statuses(&s.timer(3500), CARRIER_LEG).is_empty(), "no more after the ACK");
+    assert!(statuses(&s.timer(40_000), CARRIER_LEG).is_empty());
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_2xx_never_acknowledged_ends_the_call_on_both_legs_after_64_t1() {
+    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    let mut actions = Vec::new();
+    let mut t = 0;
+    while t < 33_000 {
+        t += 250;
+        actions = s.timer(t);
+        if ended(&actions).is_some() {
+            break;
+        }
+    }
+    assert_eq!(t, 32_000, "gave up at 64·T1");
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+}
+
+#[test]
+fn a_reinvite_before_the_answer_is_glare_and_gets_491() {
+    let (mut s, invite, _) = inviting(None);
+    let actions = s.agent_responds(&invite, 180, None);
+    let ringing = responses_to(&actions, CARRIER_LEG).remove(0);
+    let reinvite = in_dialog_from_carrier(&ringing, "INVITE", 2, "z9hG4bKglare");
+    let actions = s.carrier_sends(reinvite);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![491]);
+    assert!(methods(&actions, AGENT_LEG).is_empty());
+    assert_eq!(s.call.state(), State::Setup);
+}
+
+#[test]
+fn a_reinvite_is_relayed_both_ways_with_the_sdp_on_the_relay_and_hold_suspends_the_timeout() {
+    let (mut s, invite, ok) = answered();
+    // The carrier puts the call on hold.
+    let hold = with_body(
+        in_dialog_from_carrier(&ok, "INVITE", 2, "z9hG4bKhold"),
+        Some(&offer_sdp(4002, "sendonly")),
+    );
+    let actions = s.carrier_sends(hold);
+    assert!(statuses(&actions, CARRIER_LEG).is_empty(), "answered when the agent answers");
+    let relayed = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(relayed.method, Method::Invite);
+    assert_eq!(relayed.uri, format!("sip:support@{AGENT}"), "to the agent's Contact");
+    assert_eq!(relayed.cseq().map(|(n, _)| n), Some(2));
+    assert_eq!(
+        media_of(&relayed.body),
+        (addr(&format!("127.0.0.1:{RELAY_B}")), Direction::SendOnly)
+    );
+    let updates = relay_updates(&actions);
+    assert!(updates.contains(&RelayUpdate::Hold(true)));
+    assert!(updates.contains(&RelayUpdate::Remote {
+        side: RelaySide::A,
+        remote: Some(addr("192.0.2.10:4002"))
+    }));
+
+    let actions = s.agent_responds(&relayed, 200, Some(&answer_sdp(7080, "recvonly")));
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack]);
+    let answer = responses_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        media_of(&answer.body),
+        (addr(&format!("198.51.100.1:{RELAY_A}")), Direction::RecvOnly)
+    );
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Remote {
+        side: RelaySide::B,
+        remote: Some(addr("127.0.0.1:7080"))
+    }));
+
+    // The agent resumes: its re-INVITE reaches the carrier.
+    let resume = with_body(
+        in_dialog_from_agent(&invite, "INVITE", 1, "z9hG4bKresume"),
+        Some(&answer_sdp(7082, "sendrecv").replace("RTP/AVP 0", "RTP/AVP 0 101")),
+    );
+    let actions = s.agent_sends(resume);
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Hold(false)));
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(to_carrier.method, Method::Invite);
+    assert_eq!(media_of(&to_carrier.body).0, addr(&format!("198.51.100.1:{RELAY_A}")));
+    let actions = s.carrier_responds(&to_carrier, 200, Some(&offer_sdp(4004, "sendrecv")));
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Ack]);
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+}
+
+#[test]
+fn a_reinvite_offering_no_allowed_codec_gets_488_and_nothing_is_relayed() {
+    let (mut s, _, ok) = answered();
+    let g729 = offer_sdp(4002, "sendrecv")
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000");
+    let actions = s.carrier_sends(with_body(
+        in_dialog_from_carrier(&ok, "INVITE", 2, "z9hG4bKg729"),
+        Some(&g729),
+    ));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![488]);
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+}
+
+#[test]
+fn an_agent_ringing_past_the_ring_timeout_is_cancelled_and_the_carrier_gets_480() {
+    let (mut s, invite, _) = inviting(None);
+    s.at(100);
+    s.agent_responds(&invite, 180, None);
+    assert!(sent(&s.timer(20_000), CARRIER_LEG).is_empty());
+    let actions = s.timer(20_100);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![480]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::NoAnswer));
+}
+
+#[test]
+fn an_agent_that_never_answers_gets_the_carrier_503_after_the_first_response_time() {
+    let (mut s, _, _) = inviting(None);
+    // UDP: our INVITE is retransmitted meanwhile.
+    assert_eq!(methods(&s.timer(500), AGENT_LEG), vec![Method::Invite]);
+    assert!(statuses(&s.timer(7_900), CARRIER_LEG).is_empty());
+    let actions = s.timer(8_000);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![503]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Failed));
+    // No retransmission to the agent after it was given up.
+    let later = s.timer(9_000);
+    assert!(methods(&later, AGENT_LEG).is_empty());
+}
+
+#[test]
+fn agent_failures_are_mapped_for_the_carrier() {
+    for (agent, carrier, outcome) in [
+        (486, 486, Outcome::Busy),
+        (600, 486, Outcome::Busy),
+        (500, 503, Outcome::Failed),
+        (407, 503, Outcome::Failed),
+        (404, 404, Outcome::Failed),
+        (408, 480, Outcome::NoAnswer),
+    ] {
+        let (mut s, invite, _) = inviting(None);
+        let actions = s.agent_responds(&invite, agent, None);
+        assert_eq!(statuses(&actions, CARRIER_LEG), vec![carrier], "agent {agent}");
+        assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack], "agent {agent}");
+        assert_eq!(ended(&actions).unwrap().outcome, Some(outcome), "agent {agent}");
+    }
+}
+
+#[test]
+fn an_answered_call_without_rtp_is_hung_up_with_the_reason_recorded() {
+    let (mut s, _, _) = answered();
+    let event =
+        MediaEvent::Timeout { silent: Silent::One(RelaySide::B), after: Duration::from_secs(30) };
+    let actions = s.call.on_media_event(s.now, event);
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    let e = ended(&actions).unwrap();
+    assert_eq!(e.reason.as_deref(), Some("media timeout: no RTP from agent for 30s"));
+    assert_eq!(e.outcome, Some(Outcome::Answered));
+}
+
+#[test]
+fn a_media_timeout_before_the_answer_changes_nothing() {
+    let (mut s, _, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    let event = MediaEvent::Timeout { silent: Silent::Both, after: Duration::from_secs(30) };
+    assert!(s.call.on_media_event(s.now, event).is_empty());
+    assert_eq!(s.call.state(), State::Setup);
+}
+
+#[test]
+fn no_relay_ports_refuses_the_call_with_the_relays_status() {
+    let (mut s, actions) =
+        start_with(Some(&offer_sdp(4000, "sendrecv")), Destination::Address(addr(AGENT)));
+    assert!(actions.iter().any(|a| matches!(a, Action::StartRelay { .. })));
+    let failed = MediaEvent::StartFailed { status: 503, reason: "no RTP ports left".into() };
+    let actions = s.call.on_media_event(s.now, failed);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![503]);
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert!(ended(&actions).is_some());
+}
+
+#[test]
+fn a_host_name_is_looked_up_and_a_failed_lookup_is_503() {
+    let host = Destination::Lookup { host: "agents.internal".into(), port: 5060 };
+    let (mut s, actions) = start_with(None, host);
+    let (leg, name) = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Resolve { leg, host, port } => Some((*leg, format!("{host}:{port}"))),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((leg, name.as_str()), (AGENT_LEG, "agents.internal:5060"));
+    let actions = s.call.on_resolved(s.now, leg, Err("agents.internal: no address".into()));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![503]);
+
+    let host = Destination::Lookup { host: "agents.internal".into(), port: 5060 };
+    let (mut s, _) = start_with(None, host);
+    let actions = s.call.on_resolved(s.now, AGENT_LEG, Ok(addr(AGENT)));
+    assert!(matches!(&actions[..], [Action::Listen { .. }, Action::StartRelay { .. }]));
+    let actions = s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B });
+    let invite = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(invite.method, Method::Invite);
+    assert!(invite.uri.contains(AGENT));
+}
+
+#[test]
+fn a_delayed_offer_gets_the_gateways_offer_in_the_2xx_and_an_ack_without_answer_ends_the_call() {
+    let (mut s, invite, _) = inviting(None);
+    assert_eq!(media_of(&invite.body).0, addr(&format!("127.0.0.1:{RELAY_B}")));
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    let ok = responses_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(media_of(&ok.body).0, addr(&format!("198.51.100.1:{RELAY_A}")));
+    let actions = s.carrier_sends(ack_for(&ok, 1));
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    let reason = ended(&actions).unwrap().reason.unwrap();
+    assert!(reason.contains("did not answer the gateway's offer"), "{reason}");
+}
+
+#[test]
+fn a_delayed_offers_answer_in_the_ack_tells_the_relay_where_the_carrier_is() {
+    let (mut s, invite, _) = inviting(None);
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    let ok = responses_to(&actions, CARRIER_LEG).remove(0);
+    // The answer holds what the 2xx offered (the agent's choice, PCMU without DTMF).
+    let answer = answer_sdp(4000, "sendrecv").replace("127.0.0.1", "192.0.2.10");
+    let actions = s.carrier_sends(with_body(ack_for(&ok, 1), Some(&answer)));
+    assert!(sent(&actions, AGENT_LEG).is_empty() && sent(&actions, CARRIER_LEG).is_empty());
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Remote {
+        side: RelaySide::A,
+        remote: Some(addr("192.0.2.10:4000"))
+    }));
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Hold(false)));
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn requests_outside_the_calls_dialogs_get_481_and_options_in_it_200() {
+    let (mut s, _, ok) = answered();
+    let mut stray = in_dialog_from_carrier(&ok, "BYE", 3, "z9hG4bKstray");
+    stray.headers.set(name::FROM, "<sip:+12025550123@192.0.2.10>;tag=someone-else");
+    assert_eq!(statuses(&s.carrier_sends(stray), CARRIER_LEG), vec![481]);
+    let options = in_dialog_from_carrier(&ok, "OPTIONS", 3, "z9hG4bKoptions");
+    assert_eq!(statuses(&s.carrier_sends(options), CARRIER_LEG), vec![200]);
+    let refer = in_dialog_from_carrier(&ok, "REFER", 4, "z9hG4bKrefer");
+    assert_eq!(statuses(&s.carrier_sends(refer), CARRIER_LEG), vec![501]);
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_retransmitted_invite_gets_the_last_response_again() {
+    let (mut s, invite, _) = inviting(None);
+    s.agent_responds(&invite, 180, None);
+    let actions = s.carrier_sends(carrier_invite(None));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![180]);
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+}
+
+#[test]
+fn the_call_is_done_after_the_linger_once_ended() {
+    let (mut s, invite, _) = inviting(None);
+    let actions = s.agent_responds(&invite, 486, None);
+    assert!(ended(&actions).is_some());
+    assert!(!s.call.is_done(s.now));
+    assert!(s.call.is_done(s.now + LINGER));
+}

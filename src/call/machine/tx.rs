@@ -1,16 +1,18 @@
 //! The transactions of a call: the sans-IO machines of `sip::transaction` with what the call
 //! needs beside them (the request, where responses go, why we sent it), keyed by the typed keys
-//! of `sip::transaction`, and the 2xx responses a UAS core retransmits until their ACK.
+//! of `sip::transaction`, and the 2xx responses a UAS core retransmits until their ACK; the
+//! call's plumbing to them (sending in a new transaction, responding, timers).
 
 use std::time::{Duration, Instant};
 
-use crate::sip::msg::{DialogHeaders, Request, Response};
+use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
 use crate::sip::transaction::{
     ClientAction, ClientInvite, ClientKey, ClientNonInvite, Reliability, ServerAction,
     ServerInvite, ServerKey, ServerNonInvite, Timers, client_key, server_key,
 };
-use crate::sip::transport::{Protocol, Target};
+use crate::sip::transport::{Protocol, Source, Target};
 
+use super::Call;
 use super::leg::LegId;
 
 pub fn reliability(protocol: Protocol) -> Reliability {
@@ -168,4 +170,218 @@ pub struct Pending2xx {
     pub next: Option<Instant>,
     pub interval: Duration,
     pub give_up: Instant,
+}
+
+impl Call {
+    /// Sends a request in a new client transaction.
+    pub(super) fn send_client(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        request: Request,
+        purpose: Purpose,
+    ) {
+        let target = self.leg(leg).dialog.target;
+        let Some(branch) = request.top_via().and_then(|v| v.branch) else { return };
+        let key = client_key(&branch, request.method.as_str());
+        let invite = request.method == Method::Invite;
+        let (machine, actions) =
+            ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
+        self.clients.insert(key.clone(), ClientTx { leg, request, target, machine, purpose });
+        self.client_actions(now, &key, actions, None);
+    }
+
+    pub(super) fn client_actions(
+        &mut self,
+        now: Instant,
+        key: &ClientKey,
+        actions: Vec<ClientAction>,
+        response: Option<&Response>,
+    ) {
+        for action in actions {
+            match action {
+                ClientAction::Send => {
+                    if let Some(tx) = self.clients.get(key) {
+                        let (leg, target) = (tx.leg, tx.target);
+                        let message = Message::Request(tx.request.clone());
+                        self.send(leg, target, message, Some(key.clone()));
+                    }
+                }
+                ClientAction::SendAck => {
+                    if let (Some(tx), Some(resp)) = (self.clients.get(key), response) {
+                        let ack = non_2xx_ack(&tx.request, resp);
+                        let (leg, target) = (tx.leg, tx.target);
+                        self.send(leg, target, Message::Request(ack), None);
+                    }
+                }
+                ClientAction::Deliver => {
+                    if let Some(resp) = response {
+                        self.on_client_response(now, key, resp);
+                    }
+                }
+                ClientAction::Timeout => self.on_client_failure(now, key, false),
+                ClientAction::TransportError => self.on_client_failure(now, key, true),
+                ClientAction::Terminated => {
+                    self.clients.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Responds in a server transaction; a 2xx to an INVITE is retransmitted until its ACK.
+    pub(super) fn respond(&mut self, now: Instant, key: &ServerKey, response: Response) {
+        let status = response.status;
+        let timers = self.config.timers;
+        let Some(tx) = self.servers.get_mut(key) else { return };
+        tx.last_response = Some(response.clone());
+        let actions = tx.machine.on_tu_response(now, status);
+        let is_invite = matches!(tx.machine, ServerMachine::Invite(_));
+        if is_invite && (200..300).contains(&status) {
+            // RFC 3261 §13.3.1.4: the UAS core retransmits 2xx until the ACK comes.
+            let unreliable = !tx.target.protocol.is_reliable();
+            let cseq = response.cseq().map(|(n, _)| n).unwrap_or_default();
+            self.pending_2xx.push(Pending2xx {
+                leg: tx.leg,
+                cseq,
+                response,
+                target: tx.target,
+                next: unreliable.then(|| now + timers.t1),
+                interval: timers.t1,
+                give_up: now + timers.t1 * 64,
+            });
+        }
+        self.server_actions(key, actions);
+    }
+
+    pub(super) fn server_actions(&mut self, key: &ServerKey, actions: Vec<ServerAction>) {
+        for action in actions {
+            match action {
+                ServerAction::SendLastResponse => {
+                    if let Some(tx) = self.servers.get(key)
+                        && let Some(response) = tx.last_response.clone()
+                    {
+                        let (leg, target) = (tx.leg, tx.target);
+                        self.send(leg, target, Message::Response(response), None);
+                    }
+                }
+                ServerAction::DeliverAck => {
+                    // An ACK for our 2xx that reused the INVITE's branch.
+                    if let Some(tx) = self.servers.get(key) {
+                        let (leg, cseq) =
+                            (tx.leg, tx.request.cseq().map(|(n, _)| n).unwrap_or_default());
+                        self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
+                    }
+                }
+                ServerAction::AckTimeout => tracing::debug!("no ACK for a final response"),
+                ServerAction::TransportError => tracing::debug!("could not send a response"),
+                ServerAction::Terminated => {
+                    self.servers.remove(key);
+                }
+            }
+        }
+    }
+
+    /// A standard response to the request of server transaction `key`, with our tag.
+    pub(super) fn response_for(&self, key: &ServerKey, status: u16) -> Option<Response> {
+        let tx = self.servers.get(key)?;
+        let tag = &self.leg(tx.leg).dialog.local_tag;
+        Some(Response::to_request(&tx.request, status, msg::reason_phrase(status), Some(tag)))
+    }
+
+    pub(super) fn respond_status(&mut self, now: Instant, key: &ServerKey, status: u16) {
+        if let Some(mut r) = self.response_for(key, status) {
+            r.headers.push(name::SERVER, self.config.user_agent.as_str());
+            self.respond(now, key, r);
+        }
+    }
+
+    /// A stateless answer to a request that has no transaction here.
+    pub(super) fn reply_stateless(&mut self, req: &Request, source: &Source, status: u16) {
+        let mut r = Response::to_request(req, status, msg::reason_phrase(status), None);
+        r.headers.push(name::SERVER, self.config.user_agent.as_str());
+        self.send(Call::ORIGIN, source.reply_target(), Message::Response(r), None);
+    }
+
+    /// Every timer that is due: transactions, 2xx retransmission, the dialed legs' deadlines.
+    pub(super) fn timers_due(&mut self, now: Instant) {
+        let due: Vec<ServerKey> = self
+            .servers
+            .iter()
+            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(tx) = self.servers.get_mut(&key) {
+                let actions = tx.machine.on_timeout(now);
+                self.server_actions(&key, actions);
+            }
+        }
+        let due: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(tx) = self.clients.get_mut(&key) {
+                let actions = tx.machine.on_timeout(now);
+                self.client_actions(now, &key, actions, None);
+            }
+        }
+        self.retransmit_2xx(now);
+        let due: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|l| l.deadline.is_some_and(|d| d <= now))
+            .map(|l| l.id)
+            .collect();
+        for leg in due {
+            self.leg_mut(leg).deadline = None;
+            self.dialed_deadline(now, leg);
+        }
+    }
+
+    pub(super) fn retransmit_2xx(&mut self, now: Instant) {
+        let mut give_up = false;
+        let mut resend = Vec::new();
+        let t2 = self.config.timers.t2;
+        for p in &mut self.pending_2xx {
+            if now >= p.give_up {
+                give_up = true;
+            } else if let Some(next) = p.next
+                && now >= next
+            {
+                resend.push((p.leg, p.target, p.response.clone()));
+                p.interval = (p.interval * 2).min(t2);
+                p.next = Some(now + p.interval);
+            }
+        }
+        for (leg, target, response) in resend {
+            self.send(leg, target, Message::Response(response), None);
+        }
+        if give_up {
+            self.pending_2xx.retain(|p| now < p.give_up);
+            tracing::warn!(session = %self.session_id, "no ACK for 2xx: ending the call");
+            self.hang_up_both(now);
+        }
+    }
+}
+
+/// The ACK of a non-2xx final response (RFC 3261 §17.1.1.3).
+fn non_2xx_ack(invite: &Request, resp: &Response) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    if let Some(via) = invite.headers.get(name::VIA) {
+        ack.headers.push(name::VIA, msg::split_list(via).first().copied().unwrap_or(via));
+    }
+    ack.headers.push(name::MAX_FORWARDS, "70");
+    ack.headers.copy_from(&invite.headers, name::ROUTE);
+    ack.headers.copy_from(&invite.headers, name::FROM);
+    match resp.headers.get(name::TO) {
+        Some(to) => ack.headers.push(name::TO, to),
+        None => ack.headers.copy_from(&invite.headers, name::TO),
+    }
+    ack.headers.copy_from(&invite.headers, name::CALL_ID);
+    let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+    ack.headers.push(name::CSEQ, format!("{n} ACK"));
+    ack
 }
