@@ -861,7 +861,7 @@ mod tests {
             digest: None,
             allowed_addresses: vec![],
             allowed_callers: vec![],
-            transports: [Transport::Udp, Transport::Tcp, Transport::Tls].into(),
+            transports: Transport::ALL.into(),
             codecs: vec![Codec::Pcmu],
             limits: Limits::default(),
         })
