@@ -153,15 +153,6 @@ pub enum IdentifiedBy {
     SourceAddress,
 }
 
-impl IdentifiedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentifiedBy::DigestUsername => "DigestUsername",
-            IdentifiedBy::SourceAddress => "SourceAddress",
-        }
-    }
-}
-
 /// Why the agent was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum AgentReason {
