@@ -11,11 +11,10 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use trunkline::api::Kind;
+use trunkline::api::{Kind, Transport};
 use trunkline::call::serve::{NodeAddressOptions, ServeOptions, SpecSource, serve};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
-use trunkline::config::model::Transport;
 use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
 use trunkline::operator::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
@@ -150,8 +149,8 @@ enum Command {
         #[arg(long, value_name = "NUMBER|URI")]
         to: String,
         /// The transport the INVITE arrives on.
-        #[arg(long, value_enum, default_value_t = TransportArg::Udp)]
-        transport: TransportArg,
+        #[arg(long, value_enum, default_value_t = TransportFlag(Transport::Udp))]
+        transport: TransportFlag,
         /// The digest username the INVITE carries (its response is assumed valid). Omit to see
         /// what happens to an INVITE without credentials.
         #[arg(long, value_name = "USERNAME")]
@@ -367,20 +366,26 @@ enum Output {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum TransportArg {
-    Udp,
-    Tcp,
-    Tls,
-}
+/// `--transport`: the one [`Transport`] type, spelled `udp`, `tcp` or `tls` on the command line
+/// (a newtype, as clap's `ValueEnum` cannot be implemented on the library's type here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TransportFlag(Transport);
 
-impl From<TransportArg> for Transport {
-    fn from(t: TransportArg) -> Transport {
-        match t {
-            TransportArg::Udp => Transport::Udp,
-            TransportArg::Tcp => Transport::Tcp,
-            TransportArg::Tls => Transport::Tls,
-        }
+impl ValueEnum for TransportFlag {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            TransportFlag(Transport::Udp),
+            TransportFlag(Transport::Tcp),
+            TransportFlag(Transport::Tls),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self.0 {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }))
     }
 }
 
@@ -408,7 +413,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let call = ExplainCall {
                 from: &from,
                 to: &to,
-                transport: transport.into(),
+                transport: transport.0,
                 user: user.as_deref(),
                 caller: &caller,
                 headers: &headers,

@@ -72,6 +72,16 @@ impl Transport {
             Transport::Tls => "TLS",
         }
     }
+
+    /// Parses `udp`, `UDP`, `tcp`, `tls`, in any case.
+    pub fn parse(s: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Streams carry their own retransmission: SIP timers A, E, G are off on them.
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
 }
 
 // An audio codec the gateway can relay. `telephone-event` (RFC 4733 DTMF) is always allowed and

@@ -23,8 +23,6 @@ use kube::CustomResourceExt;
 
 /// The API group of every trunkline resource.
 pub const GROUP: &str = "trunkline.dev";
-/// The one served and stored version.
-pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "trunkline.dev/v1alpha1";
 

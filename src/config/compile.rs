@@ -193,14 +193,6 @@ fn resolve_secret(
     }
 }
 
-fn transport_of(t: api::Transport) -> Transport {
-    match t {
-        api::Transport::Udp => Transport::Udp,
-        api::Transport::Tcp => Transport::Tcp,
-        api::Transport::Tls => Transport::Tls,
-    }
-}
-
 fn codecs_of(codecs: &[api::Codec]) -> Vec<Codec> {
     if codecs.is_empty() {
         return DEFAULT_CODECS.to_vec();
@@ -284,7 +276,7 @@ fn compile_outbound_trunk(
     if let Err(why) = check_host(&spec.host) {
         problems.fatal(Reason::InvalidHost, "spec.host", why);
     }
-    let transport = spec.transport.map_or(Transport::Udp, transport_of);
+    let transport = spec.transport.unwrap_or(Transport::Udp);
     let port = spec.port.unwrap_or(if transport == Transport::Tls { 5061 } else { 5060 });
     if port == 0 {
         problems.fatal(Reason::InvalidSpec, "spec.port", "port 0 is not a port".into());
@@ -608,9 +600,9 @@ fn compile_inbound_trunk(
     }
 
     let transports: BTreeSet<Transport> = if spec.transports.is_empty() {
-        [Transport::Udp, Transport::Tcp, Transport::Tls].into()
+        Transport::ALL.into()
     } else {
-        spec.transports.iter().copied().map(transport_of).collect()
+        spec.transports.iter().copied().collect()
     };
 
     if problems.is_fatal() {

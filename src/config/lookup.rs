@@ -153,15 +153,6 @@ pub enum IdentifiedBy {
     SourceAddress,
 }
 
-impl IdentifiedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentifiedBy::DigestUsername => "DigestUsername",
-            IdentifiedBy::SourceAddress => "SourceAddress",
-        }
-    }
-}
-
 /// Why the agent was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum AgentReason {
@@ -861,7 +852,7 @@ mod tests {
             digest: None,
             allowed_addresses: vec![],
             allowed_callers: vec![],
-            transports: [Transport::Udp, Transport::Tcp, Transport::Tls].into(),
+            transports: Transport::ALL.into(),
             codecs: vec![Codec::Pcmu],
             limits: Limits::default(),
         })

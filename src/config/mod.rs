@@ -15,6 +15,6 @@ pub mod specs;
 pub mod yaml;
 
 pub use compile::{Compiled, compile};
-pub use diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
+pub use diagnostic::{Reason, Severity, State, Verdict};
 pub use model::RoutingTable;
 pub use specs::{CompileOptions, Specs};

@@ -31,36 +31,8 @@ impl std::fmt::Display for ObjectName {
     }
 }
 
-/// A SIP transport, as the runtime knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Transport {
-    #[serde(rename = "UDP")]
-    Udp,
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "TLS")]
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-
-    /// Parses `udp`, `UDP`, `tcp`, `tls`.
-    pub fn parse(s: &str) -> Option<Transport> {
-        match s.to_ascii_uppercase().as_str() {
-            "UDP" => Some(Transport::Udp),
-            "TCP" => Some(Transport::Tcp),
-            "TLS" => Some(Transport::Tls),
-            _ => None,
-        }
-    }
-}
+/// A SIP transport: the CRD's enum, the one type every layer uses.
+pub use crate::api::Transport;
 
 /// An audio codec the relay supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -20,10 +20,9 @@
 //! Every schema is compiled once per kind: the jsonschema validator, and the CEL rules of each
 //! subtree that holds any (`spec.auth` of an InboundTrunk, `spec.host` and `spec.auth.digest` of
 //! an OutboundTrunk, the whole `spec` of a TransferDestination), so that CEL converts only those
-//! parts of an object and never walks the numbers of a trunk. Measured on 10,000 InboundTrunks
-//! with 10 numbers each (release build): about 13 µs an object in all, of which CEL 6 µs; CEL
-//! over the whole schema, compiled once, took 60 µs, and uncompiled (`Validator::validate`)
-//! 180 µs.
+//! parts of an object and never walks the numbers of a trunk: CEL over the whole schema costs
+//! several times more per object, and uncompiled (`Validator::validate`) more again (figures in
+//! docs/benchmarks.md, "`trunkline check` at scale").
 //!
 //! How kube-cel reports fields: `ValidationError::field_path` is the path of the schema node that
 //! carries the rule, dot-joined with `[i]` for list items and no leading dot (`spec.auth`,

@@ -426,9 +426,9 @@ impl Drop for Relay {
 /// relays still on them.
 ///
 /// Fewer, busier threads cost less per packet: every wake-up of an idle thread is a context
-/// switch, and a busy thread finds several sockets ready per wake-up. On the 2-core bench
-/// machine at 25,000 packets/s (`benches/rtp-relay.sh`), one media thread used about 8.5 µs of
-/// CPU per relayed packet, two threads and the shared 2-worker runtime 11-13 µs. So relays are
+/// switch, and a busy thread finds several sockets ready per wake-up: in `benches/rtp-relay.sh`
+/// one media thread used clearly less CPU per relayed packet than two threads or the shared
+/// multi-thread runtime (figures in docs/benchmarks.md, "How many media threads"). So relays are
 /// *packed*: a new call goes to the first thread holding fewer than
 /// [`MediaThreads::calls_per_thread`] calls, and only when every thread holds that many to the
 /// one with the fewest. Light load stays on one busy thread; heavy load uses every core.
@@ -446,8 +446,8 @@ struct MediaThread {
 }
 
 /// Calls a media thread takes before the next thread is used: 400 calls are 40,000 packets/s of
-/// 20 ms audio both ways, about half of what one thread relayed loss-free on the 2-core bench
-/// machine, so a thread is never packed to its limit.
+/// 20 ms audio both ways, well under what one thread relayed loss-free in `benches/rtp-relay.sh`
+/// (docs/benchmarks.md), so a thread is never packed to its limit.
 pub const CALLS_PER_THREAD: usize = 400;
 
 /// Counts a relay on its media thread while the relay task lives.

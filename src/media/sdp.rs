@@ -99,15 +99,6 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::SendRecv => "sendrecv",
-            Direction::SendOnly => "sendonly",
-            Direction::RecvOnly => "recvonly",
-            Direction::Inactive => "inactive",
-        }
-    }
-
     fn from_ezk(d: ezk_sdp_types::Direction) -> Direction {
         match d {
             ezk_sdp_types::Direction::SendRecv => Direction::SendRecv,
@@ -474,10 +465,6 @@ impl LegOrigin {
     /// read it as a signed 64-bit number accept it.
     pub fn new(session_id: u64) -> LegOrigin {
         LegOrigin { session_id: session_id & (i64::MAX as u64), version: 1, last: None }
-    }
-
-    pub fn session_id(&self) -> u64 {
-        self.session_id
     }
 
     /// The version of the last description stamped (1 for the first).

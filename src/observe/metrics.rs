@@ -44,8 +44,10 @@ use std::sync::{Mutex, PoisonError};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry,
 };
 
 /// The `trunk` label value to use when no trunk was identified (before identification, or when
@@ -65,15 +67,11 @@ pub enum Shape {
     Histogram,
 }
 
-/// Registers `collectors` in `registry` (a fresh one: the names must be distinct) and gives the
-/// name of every series they can export, whether or not a vec has a child yet. Used by the
-/// gateway's and the operator's metrics for their `metric_names()`.
-pub fn register_all(
-    registry: &Registry,
-    collectors: Vec<(Box<dyn Collector>, Shape)>,
-) -> BTreeSet<String> {
+/// The name of every series `collectors` can export, whether or not a vec has a child yet. Used
+/// by the gateway's and the operator's metrics for their `metric_names()`.
+pub fn series_names(collectors: &[(&dyn Collector, Shape)]) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for (collector, shape) in collectors {
+    for &(collector, shape) in collectors {
         for desc in collector.desc() {
             match shape {
                 Shape::Plain => {
@@ -86,21 +84,20 @@ pub fn register_all(
                 }
             }
         }
-        registry.register(collector).expect("metric names are distinct in a fresh registry");
     }
     names
 }
 
 /// `trunkline_build_info{version="<crate version>"} 1`: which release a process runs (for
 /// version-skew alerts and dashboards). Both the gateway and the operator export it.
-pub fn build_info() -> IntGauge {
-    let gauge = IntGauge::with_opts(
+pub fn build_info(registry: &Registry) -> prometheus::Result<IntGauge> {
+    let gauge = register_int_gauge_with_registry!(
         Opts::new("trunkline_build_info", "The trunkline release this process runs (value 1).")
             .const_label("version", env!("CARGO_PKG_VERSION")),
-    )
-    .expect("static metric definition is valid");
+        registry,
+    )?;
     gauge.set(1);
-    gauge
+    Ok(gauge)
 }
 
 /// The RTP port pool's metrics, kept current by `media::ports::PortAllocator`: pairs free and in
@@ -114,9 +111,10 @@ pub struct PortPoolMetrics {
 }
 
 impl PortPoolMetrics {
-    /// Handles registered nowhere: for a pool nobody scrapes (tests, benchmarks).
+    /// Handles in a registry nobody scrapes: for a pool in tests and benchmarks.
     pub fn unregistered() -> PortPoolMetrics {
-        let (pairs, exhaustions) = port_pool_collectors();
+        let (pairs, exhaustions) = port_pool_collectors(&Registry::new())
+            .expect("static metric definitions are valid and distinct in a fresh registry");
         PortPoolMetrics::of(&pairs, exhaustions)
     }
 
@@ -129,21 +127,19 @@ impl PortPoolMetrics {
     }
 }
 
-fn port_pool_collectors() -> (IntGaugeVec, IntCounter) {
-    let pairs = IntGaugeVec::new(
-        Opts::new(
-            "trunkline_rtp_port_pairs",
-            "RTP/RTCP port pairs of the --rtp-ports range, by state (free, used).",
-        ),
+fn port_pool_collectors(registry: &Registry) -> prometheus::Result<(IntGaugeVec, IntCounter)> {
+    let pairs = register_int_gauge_vec_with_registry!(
+        "trunkline_rtp_port_pairs",
+        "RTP/RTCP port pairs of the --rtp-ports range, by state (free, used).",
         &["state"],
-    )
-    .expect("static metric definition is valid");
-    let exhaustions = IntCounter::new(
+        registry,
+    )?;
+    let exhaustions = register_int_counter_with_registry!(
         "trunkline_rtp_port_exhaustions_total",
         "Calls refused (503) because no RTP port pair was free.",
-    )
-    .expect("static metric definition is valid");
-    (pairs, exhaustions)
+        registry,
+    )?;
+    Ok((pairs, exhaustions))
 }
 
 /// Which side started the call.
@@ -285,7 +281,7 @@ pub struct GatewayMetrics {
     rtp_lost: IntCounterVec,
     rtp_jitter: HistogramVec,
     port_pool: PortPoolMetrics,
-    /// Every series name the registry can export (see [`register_all`]).
+    /// Every series name the registry can export (see [`series_names`]).
     names: BTreeSet<String>,
 }
 
@@ -298,139 +294,125 @@ impl Default for GatewayMetrics {
 impl GatewayMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::register(Registry::new())
+            .expect("static metric definitions are valid and distinct in a fresh registry")
+    }
 
-        let rtp_packets = IntCounterVec::new(
-            Opts::new(
-                "trunkline_rtp_packets_total",
-                "RTP packets received by the relay from each side of ended calls, by trunk and leg (carrier or agent).",
-            ),
+    fn register(registry: Registry) -> prometheus::Result<Self> {
+        let r = &registry;
+        let build_info = build_info(r)?;
+        let rtp_packets = register_int_counter_vec_with_registry!(
+            "trunkline_rtp_packets_total",
+            "RTP packets received by the relay from each side of ended calls, by trunk and leg (carrier or agent).",
             &["trunk", "leg"],
-        )
-        .expect("static metric definition is valid");
-        let rtp_bytes = IntCounterVec::new(
-            Opts::new(
-                "trunkline_rtp_bytes_total",
-                "RTP bytes received by the relay, by trunk and leg.",
-            ),
+            r,
+        )?;
+        let rtp_bytes = register_int_counter_vec_with_registry!(
+            "trunkline_rtp_bytes_total",
+            "RTP bytes received by the relay, by trunk and leg.",
             &["trunk", "leg"],
-        )
-        .expect("static metric definition is valid");
-        let rtp_lost = IntCounterVec::new(
-            Opts::new(
-                "trunkline_rtp_lost_packets_total",
-                "RTP packets lost before reaching the relay (sequence gaps), by trunk and leg.",
-            ),
+            r,
+        )?;
+        let rtp_lost = register_int_counter_vec_with_registry!(
+            "trunkline_rtp_lost_packets_total",
+            "RTP packets lost before reaching the relay (sequence gaps), by trunk and leg.",
             &["trunk", "leg"],
-        )
-        .expect("static metric definition is valid");
-        let rtp_jitter = HistogramVec::new(
-            HistogramOpts::new(
-                "trunkline_rtp_jitter_seconds",
-                "Interarrival jitter (RFC 3550 A.8) of each call leg's RTP at its end.",
-            )
-            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
+            r,
+        )?;
+        let rtp_jitter = register_histogram_vec_with_registry!(
+            "trunkline_rtp_jitter_seconds",
+            "Interarrival jitter (RFC 3550 A.8) of each call leg's RTP at its end.",
             &["trunk", "leg"],
-        )
-        .expect("static metric definition is valid");
-        let calls = IntCounterVec::new(
-            Opts::new("trunkline_calls_total", "Calls ended, by trunk, direction and outcome."),
+            vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+            r,
+        )?;
+        let calls = register_int_counter_vec_with_registry!(
+            "trunkline_calls_total",
+            "Calls ended, by trunk, direction and outcome.",
             &["trunk", "direction", "outcome"],
-        )
-        .expect("static metric definition is valid");
-        let active = IntGaugeVec::new(
-            Opts::new("trunkline_active_calls", "Calls in progress, by trunk and direction."),
+            r,
+        )?;
+        let active = register_int_gauge_vec_with_registry!(
+            "trunkline_active_calls",
+            "Calls in progress, by trunk and direction.",
             &["trunk", "direction"],
-        )
-        .expect("static metric definition is valid");
-        let auth = IntCounterVec::new(
-            Opts::new(
-                "trunkline_auth_failures_total",
-                "Inbound requests that failed authentication, by reason.",
-            ),
+            r,
+        )?;
+        let auth = register_int_counter_vec_with_registry!(
+            "trunkline_auth_failures_total",
+            "Inbound requests that failed authentication, by reason.",
             &["reason"],
-        )
-        .expect("static metric definition is valid");
-        let refusals = IntCounterVec::new(
-            Opts::new(
-                "trunkline_inbound_refusals_total",
-                "Inbound INVITEs answered with a final error, by SIP status and refusing rule.",
-            ),
+            r,
+        )?;
+        let refusals = register_int_counter_vec_with_registry!(
+            "trunkline_inbound_refusals_total",
+            "Inbound INVITEs answered with a final error, by SIP status and refusing rule.",
             &["status", "rule"],
-        )
-        .expect("static metric definition is valid");
-        let setup = HistogramVec::new(
-            HistogramOpts::new(
-                "trunkline_call_setup_seconds",
-                "Time from the INVITE received to the final response from the other leg.",
-            )
-            .buckets(SETUP_BUCKETS.to_vec()),
+            r,
+        )?;
+        let setup = register_histogram_vec_with_registry!(
+            "trunkline_call_setup_seconds",
+            "Time from the INVITE received to the final response from the other leg.",
             &["trunk"],
-        )
-        .expect("static metric definition is valid");
-        let sip_messages = IntCounterVec::new(
-            Opts::new(
-                "trunkline_sip_messages_total",
-                "SIP messages received, by transport and kind (request, response, malformed).",
-            ),
+            SETUP_BUCKETS.to_vec(),
+            r,
+        )?;
+        let sip_messages = register_int_counter_vec_with_registry!(
+            "trunkline_sip_messages_total",
+            "SIP messages received, by transport and kind (request, response, malformed).",
             &["transport", "kind"],
-        )
-        .expect("static metric definition is valid");
-        let config_info = IntGaugeVec::new(
-            Opts::new("trunkline_config_info", "The hash of the routing table in use (value 1)."),
+            r,
+        )?;
+        let config_info = register_int_gauge_vec_with_registry!(
+            "trunkline_config_info",
+            "The hash of the routing table in use (value 1).",
             &["hash"],
-        )
-        .expect("static metric definition is valid");
-        let config_trunks = IntGauge::new(
+            r,
+        )?;
+        let config_trunks = register_int_gauge_with_registry!(
             "trunkline_config_trunks",
             "Accepted trunks (inbound and outbound) in the routing table in use.",
-        )
-        .expect("static metric definition is valid");
-        let config_numbers = IntGauge::new(
+            r,
+        )?;
+        let config_numbers = register_int_gauge_with_registry!(
             "trunkline_config_numbers",
             "Numbers routed by the routing table in use.",
-        )
-        .expect("static metric definition is valid");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "trunkline_config_reloads_total",
-                "Routing table reloads, by result (ok: swapped in, rejected: the old one kept).",
-            ),
+            r,
+        )?;
+        let reloads = register_int_counter_vec_with_registry!(
+            "trunkline_config_reloads_total",
+            "Routing table reloads, by result (ok: swapped in, rejected: the old one kept).",
             &["result"],
-        )
-        .expect("static metric definition is valid");
-
-        let (port_pairs, port_exhaustions) = port_pool_collectors();
-        let port_pool = PortPoolMetrics::of(&port_pairs, port_exhaustions.clone());
+            r,
+        )?;
+        let (port_pairs, port_exhaustions) = port_pool_collectors(r)?;
 
         use Shape::{Histogram as H, Plain as P};
-        let names = register_all(
-            &registry,
-            vec![
-                (Box::new(build_info()), P),
-                (Box::new(rtp_packets.clone()), P),
-                (Box::new(rtp_bytes.clone()), P),
-                (Box::new(rtp_lost.clone()), P),
-                (Box::new(rtp_jitter.clone()), H),
-                (Box::new(port_pairs), P),
-                (Box::new(port_exhaustions), P),
-                (Box::new(calls.clone()), P),
-                (Box::new(active.clone()), P),
-                (Box::new(auth.clone()), P),
-                (Box::new(refusals.clone()), P),
-                (Box::new(setup.clone()), H),
-                (Box::new(sip_messages.clone()), P),
-                (Box::new(config_info.clone()), P),
-                (Box::new(config_trunks.clone()), P),
-                (Box::new(config_numbers.clone()), P),
-                (Box::new(reloads.clone()), P),
-            ],
-        );
+        let names = series_names(&[
+            (&build_info, P),
+            (&rtp_packets, P),
+            (&rtp_bytes, P),
+            (&rtp_lost, P),
+            (&rtp_jitter, H),
+            (&port_pairs, P),
+            (&port_exhaustions, P),
+            (&calls, P),
+            (&active, P),
+            (&auth, P),
+            (&refusals, P),
+            (&setup, H),
+            (&sip_messages, P),
+            (&config_info, P),
+            (&config_trunks, P),
+            (&config_numbers, P),
+            (&reloads, P),
+        ]);
+        let port_pool = PortPoolMetrics::of(&port_pairs, port_exhaustions);
 
         let auth_failures =
             AuthFailure::ALL.iter().map(|r| auth.with_label_values(&[r.as_str()])).collect();
 
-        GatewayMetrics {
+        Ok(GatewayMetrics {
             registry,
             calls,
             active,
@@ -450,7 +432,7 @@ impl GatewayMetrics {
             rtp_jitter,
             port_pool,
             names,
-        }
+        })
     }
 
     /// The name of every series a gateway can export, histograms as their `_bucket`, `_sum` and

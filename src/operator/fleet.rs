@@ -169,12 +169,6 @@ pub fn gateway_pod_selector(settings: &OperatorSettings) -> String {
     format!("{FLEET_LABEL}={},app.kubernetes.io/component={COMPONENT}", settings.name)
 }
 
-/// The label selector of every object the operator owns for this fleet (the tracker's orphan
-/// search).
-pub fn owned_selector(fleet: &str) -> String {
-    format!("{FLEET_LABEL}={fleet},app.kubernetes.io/managed-by={MANAGED_BY}")
-}
-
 /// The labels every object of the fleet carries.
 pub fn object_labels(settings: &OperatorSettings) -> BTreeMap<String, String> {
     let mut labels = selector_labels(settings);

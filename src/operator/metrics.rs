@@ -31,14 +31,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder, register_histogram_vec_with_registry, register_histogram_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
 };
 
 use super::status::{OWNED_CONDITIONS, condition_status};
 use crate::api::Kind;
 use crate::config::diagnostic::ObjectKey;
-use crate::observe::metrics::{Shape, build_info, register_all};
+use crate::observe::metrics::{Shape, build_info, series_names};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// Upper bounds of the reconcile and compile histograms, in seconds.
@@ -59,7 +61,7 @@ pub struct OperatorMetrics {
     leader: IntGauge,
     fleet_applies: IntCounterVec,
     gateway_probes: IntCounterVec,
-    /// Every series name the registry can export (see `observe::metrics::register_all`).
+    /// Every series name the registry can export (see `observe::metrics::series_names`).
     names: BTreeSet<String>,
     /// The (condition, status) pairs each object is counted under in `objects`.
     ledger: Mutex<HashMap<ObjectKey, Vec<(&'static str, &'static str)>>>,
@@ -80,106 +82,94 @@ impl std::fmt::Debug for OperatorMetrics {
 impl OperatorMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_reconciles_total",
-                "Reconciles of trunkline objects, by kind and result (ok, or the category of the action that failed).",
-            ),
+        Self::register(Registry::new())
+            .expect("static metric definitions are valid and distinct in a fresh registry")
+    }
+
+    fn register(registry: Registry) -> prometheus::Result<Self> {
+        let r = &registry;
+        let build_info = build_info(r)?;
+        let reconciles = register_int_counter_vec_with_registry!(
+            "trunkline_operator_reconciles_total",
+            "Reconciles of trunkline objects, by kind and result (ok, or the category of the action that failed).",
             &["kind", "result"],
-        )
-        .expect("static metric definition is valid");
-        let reconcile_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "trunkline_operator_reconcile_seconds",
-                "Time one reconcile took, by kind.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+            r,
+        )?;
+        let reconcile_seconds = register_histogram_vec_with_registry!(
+            "trunkline_operator_reconcile_seconds",
+            "Time one reconcile took, by kind.",
             &["kind"],
-        )
-        .expect("static metric definition is valid");
-        let objects = IntGaugeVec::new(
-            Opts::new(
-                "trunkline_operator_objects",
-                "Objects by kind and by the status of each condition the operator writes.",
-            ),
+            DURATION_BUCKETS.to_vec(),
+            r,
+        )?;
+        let objects = register_int_gauge_vec_with_registry!(
+            "trunkline_operator_objects",
+            "Objects by kind and by the status of each condition the operator writes.",
             &["kind", "condition", "status"],
-        )
-        .expect("static metric definition is valid");
-        let status_writes = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_status_writes_total",
-                "Status subresource writes (server-side apply), by kind; unchanged statuses are not written.",
-            ),
+            r,
+        )?;
+        let status_writes = register_int_counter_vec_with_registry!(
+            "trunkline_operator_status_writes_total",
+            "Status subresource writes (server-side apply), by kind; unchanged statuses are not written.",
             &["kind"],
-        )
-        .expect("static metric definition is valid");
-        let compiles = IntCounter::new(
+            r,
+        )?;
+        let compiles = register_int_counter_with_registry!(
             "trunkline_operator_compiles_total",
             "Compiles of every object the operator watches (one per batch of changes).",
-        )
-        .expect("static metric definition is valid");
-        let compile_seconds = Histogram::with_opts(
-            HistogramOpts::new("trunkline_operator_compile_seconds", "Time one compile took.")
-                .buckets(DURATION_BUCKETS.to_vec()),
-        )
-        .expect("static metric definition is valid");
-        let generated_secrets = IntCounter::new(
+            r,
+        )?;
+        let compile_seconds = register_histogram_with_registry!(
+            "trunkline_operator_compile_seconds",
+            "Time one compile took.",
+            DURATION_BUCKETS.to_vec(),
+            r,
+        )?;
+        let generated_secrets = register_int_counter_with_registry!(
             "trunkline_operator_generated_secrets_total",
             "Secrets created with generated InboundTrunk credentials.",
-        )
-        .expect("static metric definition is valid");
-        let bundle_applies = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_bundle_applies_total",
-                "Writes of the gateway credentials Secret, by result (ok, error).",
-            ),
+            r,
+        )?;
+        let bundle_applies = register_int_counter_vec_with_registry!(
+            "trunkline_operator_bundle_applies_total",
+            "Writes of the gateway credentials Secret, by result (ok, error).",
             &["result"],
-        )
-        .expect("static metric definition is valid");
-
-        let leader = IntGauge::new(
+            r,
+        )?;
+        let leader = register_int_gauge_with_registry!(
             "trunkline_operator_leader",
             "1 while this replica holds the Lease and reconciles, else 0",
-        )
-        .expect("static metric definition is valid");
-        let fleet_applies = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_fleet_applies_total",
-                "Applies of the gateway fleet, by result (ok, or the action that failed)",
-            ),
+            r,
+        )?;
+        let fleet_applies = register_int_counter_vec_with_registry!(
+            "trunkline_operator_fleet_applies_total",
+            "Applies of the gateway fleet, by result (ok, or the action that failed)",
             &["result"],
-        )
-        .expect("static metric definition is valid");
-
-        let gateway_probes = IntCounterVec::new(
-            Opts::new(
-                "trunkline_operator_gateway_probes_total",
-                "Fetches of a gateway pod's GET /v1/status report, by result (ok, error).",
-            ),
+            r,
+        )?;
+        let gateway_probes = register_int_counter_vec_with_registry!(
+            "trunkline_operator_gateway_probes_total",
+            "Fetches of a gateway pod's GET /v1/status report, by result (ok, error).",
             &["result"],
-        )
-        .expect("static metric definition is valid");
+            r,
+        )?;
 
         use Shape::{Histogram as H, Plain as P};
-        let names = register_all(
-            &registry,
-            vec![
-                (Box::new(build_info()), P),
-                (Box::new(reconciles.clone()), P),
-                (Box::new(reconcile_seconds.clone()), H),
-                (Box::new(objects.clone()), P),
-                (Box::new(status_writes.clone()), P),
-                (Box::new(compiles.clone()), P),
-                (Box::new(compile_seconds.clone()), H),
-                (Box::new(generated_secrets.clone()), P),
-                (Box::new(bundle_applies.clone()), P),
-                (Box::new(leader.clone()), P),
-                (Box::new(fleet_applies.clone()), P),
-                (Box::new(gateway_probes.clone()), P),
-            ],
-        );
-        OperatorMetrics {
+        let names = series_names(&[
+            (&build_info, P),
+            (&reconciles, P),
+            (&reconcile_seconds, H),
+            (&objects, P),
+            (&status_writes, P),
+            (&compiles, P),
+            (&compile_seconds, H),
+            (&generated_secrets, P),
+            (&bundle_applies, P),
+            (&leader, P),
+            (&fleet_applies, P),
+            (&gateway_probes, P),
+        ]);
+        Ok(OperatorMetrics {
             registry,
             reconciles,
             reconcile_seconds,
@@ -194,7 +184,7 @@ impl OperatorMetrics {
             gateway_probes,
             names,
             ledger: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The name of every series an operator can export, histograms as their `_bucket`, `_sum`

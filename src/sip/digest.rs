@@ -354,23 +354,6 @@ impl DigestError {
             DigestError::WrongResponse | DigestError::NonceCountReplay => 403,
         }
     }
-
-    /// A stable label for metrics and events.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DigestError::TooLong { .. } => "too_long",
-            DigestError::NotDigest => "not_digest",
-            DigestError::Malformed(_) => "malformed",
-            DigestError::MissingParameter(_) => "missing_parameter",
-            DigestError::DuplicateParameter(_) => "duplicate_parameter",
-            DigestError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
-            DigestError::UnsupportedQop(_) => "unsupported_qop",
-            DigestError::BadNonce => "bad_nonce",
-            DigestError::RealmMismatch => "realm_mismatch",
-            DigestError::WrongResponse => "wrong_response",
-            DigestError::NonceCountReplay => "nonce_count_replay",
-        }
-    }
 }
 
 /// Issues challenges and verifies answers for one realm.
@@ -413,11 +396,6 @@ impl DigestServer {
     fn offers(&self, algorithm: Algorithm) -> bool {
         let sha = |a: Algorithm| matches!(a, Algorithm::Sha256 | Algorithm::Sha256Sess);
         self.algorithms.iter().any(|offered| sha(*offered) == sha(algorithm))
-    }
-
-    /// The realm of the challenges; pick the credentials that name it.
-    pub fn realm(&self) -> &str {
-        &self.realm
     }
 
     /// Header values for `Proxy-Authenticate` (one header each), one per offered algorithm in

@@ -116,13 +116,11 @@ pub mod name {
     pub const USER_AGENT: &str = "User-Agent";
     pub const SERVER: &str = "Server";
     pub const ALLOW: &str = "Allow";
-    pub const SUPPORTED: &str = "Supported";
     pub const REQUIRE: &str = "Require";
     pub const RETRY_AFTER: &str = "Retry-After";
     pub const PROXY_AUTHENTICATE: &str = "Proxy-Authenticate";
     pub const PROXY_AUTHORIZATION: &str = "Proxy-Authorization";
     pub const AUTHORIZATION: &str = "Authorization";
-    pub const WWW_AUTHENTICATE: &str = "WWW-Authenticate";
     pub const WARNING: &str = "Warning";
     pub const REASON: &str = "Reason";
 }
@@ -161,11 +159,6 @@ impl Headers {
         self.entries.push((name.to_string(), value.into()));
     }
 
-    /// Adds a header before the others (a new top `Via`).
-    pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
-        self.entries.insert(0, (name.to_string(), value.into()));
-    }
-
     /// Replaces every value of `name` with one.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         let value = value.into();
@@ -188,12 +181,6 @@ impl Headers {
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-    }
-
-    /// Removes the first value of `name` and returns it.
-    pub fn remove_first(&mut self, name: &str) -> Option<String> {
-        let i = self.entries.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        Some(self.entries.remove(i).1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -241,15 +228,6 @@ pub struct Response {
 pub enum Message {
     Request(Request),
     Response(Response),
-}
-
-impl Message {
-    pub fn headers(&self) -> &Headers {
-        match self {
-            Message::Request(r) => &r.headers,
-            Message::Response(r) => &r.headers,
-        }
-    }
 }
 
 /// Why a message was refused, and what a request gets for it.

@@ -28,28 +28,11 @@ use tokio_rustls::rustls;
 
 use super::msg::{self, Frame, MAX_MESSAGE_SIZE, Message, ParseError};
 
-/// A SIP transport protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Udp,
-    Tcp,
-    Tls,
-}
+pub use crate::api::Transport;
 
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Udp => "UDP",
-            Protocol::Tcp => "TCP",
-            Protocol::Tls => "TLS",
-        }
-    }
-
-    /// Streams carry their own retransmission: SIP timers A, E, G are off on them.
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Protocol::Udp)
-    }
-}
+/// The transport a message came on or goes out on: the one [`Transport`] type, under the name
+/// the call code uses.
+pub type Protocol = Transport;
 
 /// Which side of the gateway a listener faces (DESIGN §3: two trust zones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +46,7 @@ pub enum Zone {
 /// A listener address as given on the command line: `udp://IP:PORT`, `tcp://...`, `tls://...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenAddr {
-    pub protocol: Protocol,
+    pub protocol: Transport,
     pub addr: SocketAddr,
 }
 
@@ -74,12 +57,9 @@ impl std::str::FromStr for ListenAddr {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             format!("{s:?}: expected udp://IP:PORT, tcp://IP:PORT or tls://IP:PORT")
         })?;
-        let protocol = match scheme.to_ascii_lowercase().as_str() {
-            "udp" => Protocol::Udp,
-            "tcp" => Protocol::Tcp,
-            "tls" => Protocol::Tls,
-            other => return Err(format!("{s:?}: unknown transport {other:?} (udp, tcp or tls)")),
-        };
+        let protocol = Transport::parse(scheme).ok_or_else(|| {
+            format!("{s:?}: unknown transport {:?} (udp, tcp or tls)", scheme.to_ascii_lowercase())
+        })?;
         let addr =
             parse_socket_addr(rest).ok_or_else(|| format!("{s:?}: {rest:?} is not IP:PORT"))?;
         Ok(ListenAddr { protocol, addr })
@@ -128,7 +108,7 @@ pub type ConnId = u64;
 /// Where a message came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Source {
-    pub protocol: Protocol,
+    pub protocol: Transport,
     pub zone: Zone,
     pub remote: SocketAddr,
     /// The listener (UDP) or the local end of the connection.
@@ -152,7 +132,7 @@ impl Source {
 /// Where to send a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub protocol: Protocol,
+    pub protocol: Transport,
     pub zone: Zone,
     pub remote: SocketAddr,
     /// A connection to try first (streams).
@@ -260,7 +240,7 @@ fn read_server_config(cert: &PathBuf, key: &PathBuf) -> io::Result<rustls::Serve
 /// The sending half of an open stream connection.
 struct Connection {
     remote: SocketAddr,
-    protocol: Protocol,
+    protocol: Transport,
     zone: Zone,
     tx: mpsc::Sender<Vec<u8>>,
 }
@@ -295,7 +275,7 @@ impl Transports {
         tls: Option<Arc<TlsFiles>>,
     ) -> io::Result<SocketAddr> {
         match at.protocol {
-            Protocol::Udp => {
+            Transport::Udp => {
                 let socket = Arc::new(UdpSocket::bind(at.addr).await?);
                 let local = socket.local_addr()?;
                 if let Ok(mut udp) = self.udp.lock() {
@@ -304,10 +284,10 @@ impl Transports {
                 tokio::spawn(self.clone().udp_loop(socket, zone, local));
                 Ok(local)
             }
-            Protocol::Tcp | Protocol::Tls => {
+            Transport::Tcp | Transport::Tls => {
                 let acceptor = match (at.protocol, tls) {
-                    (Protocol::Tls, Some(files)) => Some(files),
-                    (Protocol::Tls, None) => {
+                    (Transport::Tls, Some(files)) => Some(files),
+                    (Transport::Tls, None) => {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidInput,
                             format!("{at} needs --tls-cert and --tls-key"),
@@ -341,7 +321,7 @@ impl Transports {
                 }
                 continue;
             }
-            let source = Source { protocol: Protocol::Udp, zone, remote, local, connection: None };
+            let source = Source { protocol: Transport::Udp, zone, remote, local, connection: None };
             self.sink.deliver(Incoming { message: msg::parse(data), source });
         }
     }
@@ -349,7 +329,7 @@ impl Transports {
     async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
-        protocol: Protocol,
+        protocol: Transport,
         zone: Zone,
         tls: Option<Arc<TlsFiles>>,
     ) {
@@ -399,11 +379,11 @@ impl Transports {
     /// Opens a connection to `remote` and serves it. Used to reach agents and carriers.
     async fn connect(
         self: &Arc<Self>,
-        protocol: Protocol,
+        protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
     ) -> io::Result<ConnId> {
-        if protocol == Protocol::Tls {
+        if protocol == Transport::Tls {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "sending over TLS to a peer is not supported yet (listeners only)",
@@ -427,7 +407,7 @@ impl Transports {
 
     fn register(
         &self,
-        protocol: Protocol,
+        protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
     ) -> (ConnId, mpsc::Receiver<Vec<u8>>) {
@@ -442,7 +422,7 @@ impl Transports {
     async fn run_connection<S>(
         self: Arc<Self>,
         stream: S,
-        protocol: Protocol,
+        protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
         local: SocketAddr,
@@ -459,7 +439,7 @@ impl Transports {
         stream: S,
         id: ConnId,
         mut outgoing: mpsc::Receiver<Vec<u8>>,
-        protocol: Protocol,
+        protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
         local: SocketAddr,
@@ -545,11 +525,11 @@ impl Transports {
     /// connection, else on an open connection to the peer, else a new one.
     pub async fn send(self: &Arc<Self>, target: &Target, bytes: Vec<u8>) -> io::Result<()> {
         match target.protocol {
-            Protocol::Udp => {
+            Transport::Udp => {
                 let socket = self.udp_socket(target.zone, target.remote)?;
                 socket.send_to(&bytes, target.remote).await.map(|_| ())
             }
-            Protocol::Tcp | Protocol::Tls => {
+            Transport::Tcp | Transport::Tls => {
                 let tx = self.connection_for(target);
                 let tx = match tx {
                     Some(tx) => tx,
@@ -619,7 +599,8 @@ mod tests {
     async fn tcp_transports(limits: Limits) -> (Arc<Transports>, Arc<Collect>, SocketAddr) {
         let sink = Arc::new(Collect(std::sync::Mutex::new(Vec::new())));
         let transports = Transports::new(sink.clone(), limits);
-        let at = ListenAddr { protocol: Protocol::Tcp, addr: "127.0.0.1:0".parse().expect("addr") };
+        let at =
+            ListenAddr { protocol: Transport::Tcp, addr: "127.0.0.1:0".parse().expect("addr") };
         let local = transports.listen(at, Zone::Carrier, None).await.expect("listen");
         (transports, sink, local)
     }
@@ -711,7 +692,7 @@ mod tests {
     #[test]
     fn listen_addresses_parse_with_their_transport() {
         let l: ListenAddr = "tls://127.0.0.1:5061".parse().expect("parses");
-        assert_eq!(l.protocol, Protocol::Tls);
+        assert_eq!(l.protocol, Transport::Tls);
         assert_eq!(l.to_string(), "tls://127.0.0.1:5061");
         assert!("sctp://127.0.0.1:1".parse::<ListenAddr>().is_err());
         assert!("udp://localhost:1".parse::<ListenAddr>().is_err());

@@ -54,11 +54,10 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 pub use context::{
-    Clock, CompileView, Context, Reconciled, Stores, Trigger, TriggerQueues, changed_objects,
-    system_clock,
+    Clock, CompileView, Context, Reconciled, Trigger, TriggerQueues, changed_objects, system_clock,
 };
 pub use index::Index;
-pub use reconcile::{RESYNC, error_policy, reconcile, retry_after};
+pub use reconcile::{error_policy, reconcile, retry_after};
 
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use crate::config::secret::BASIC_AUTH_TYPE;
