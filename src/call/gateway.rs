@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
-use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
+use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome, RefusalRule};
+use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable};
 use crate::config::source::watch::Snapshot;
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
@@ -271,38 +271,33 @@ impl Gateway {
         }
     }
 
+    /// A stateless refusal, counted under its rule.
     fn refuse(
         &self,
         request: &Request,
         source: &Source,
-        status: u16,
-        rule: &str,
+        rule: RefusalRule,
         extra: &[(&str, String)],
     ) {
-        self.metrics.invite_refused(status, rule);
-        self.reply_status(request, source, status, extra);
+        self.metrics.invite_refused(rule.status(), rule.as_str());
+        self.reply_status(request, source, rule.status(), extra);
     }
 
     fn handle_new_invite(self: &Arc<Self>, request: Request, source: Source) {
         if source.zone == Zone::Internal {
             // Outbound calls from the agent runtime arrive with the outbound-calls work.
-            return self.refuse(&request, &source, 403, "OutboundNotEnabled", &[]);
+            return self.refuse(&request, &source, RefusalRule::OutboundNotEnabled, &[]);
         }
         if self.draining.load(Ordering::Relaxed) {
-            return self.refuse(
-                &request,
-                &source,
-                503,
-                "Draining",
-                &[(name::RETRY_AFTER, "30".into())],
-            );
+            let retry = [(name::RETRY_AFTER, "30".to_string())];
+            return self.refuse(&request, &source, RefusalRule::Draining, &retry);
         }
         if request.to().is_some_and(|t| t.tag().is_some()) {
             // A re-INVITE for a dialog we do not have.
             return self.reply_status(&request, &source, 481, &[]);
         }
         if request.max_forwards() == Some(0) {
-            return self.refuse(&request, &source, 483, "TooManyHops", &[]);
+            return self.refuse(&request, &source, RefusalRule::TooManyHops, &[]);
         }
         // RFC 3261 §8.2.2.3: extensions the caller requires and we do not support (we support
         // none yet, not even 100rel) are named in Unsupported with a 420.
@@ -314,13 +309,8 @@ impl Gateway {
             .collect();
         if !required.is_empty() {
             let unsupported = required.join(", ");
-            return self.refuse(
-                &request,
-                &source,
-                420,
-                "BadExtension",
-                &[("Unsupported", unsupported)],
-            );
+            let unsupported = [("Unsupported", unsupported)];
+            return self.refuse(&request, &source, RefusalRule::BadExtension, &unsupported);
         }
         let table = self.snapshot.borrow().table.clone();
         let now_unix =
@@ -337,7 +327,8 @@ impl Gateway {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
                 self.metrics.auth_failure(AuthFailure::Malformed);
-                return self.refuse(&request, &source, e.status_code(), "BadCredentials", &[]);
+                tracing::debug!(error = %e, "unreadable credentials");
+                return self.refuse(&request, &source, RefusalRule::MalformedCredentials, &[]);
             }
         };
         if let Some(c) = &credentials {
@@ -350,16 +341,12 @@ impl Gateway {
                 }
                 Err(Verdict::Refused(failure)) => {
                     self.metrics.auth_failure(failure);
-                    return self.refuse(&request, &source, 403, "BadCredentials", &[]);
+                    return self.refuse(&request, &source, RefusalRule::BadCredentials, &[]);
                 }
             }
         }
 
-        let transport = match source.protocol {
-            Protocol::Udp => Transport::Udp,
-            Protocol::Tcp => Transport::Tcp,
-            Protocol::Tls => Transport::Tls,
-        };
+        let transport = source.protocol;
         let from = request.from().map(|f| f.uri).unwrap_or_default();
         let headers: Vec<(String, String)> =
             request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
@@ -388,20 +375,20 @@ impl Gateway {
                     detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
                     "INVITE refused"
                 );
-                return self.refuse(&request, &source, refusal.status, refusal.rule.as_str(), &[]);
+                return self.refuse(&request, &source, refusal.rule, &[]);
             }
         };
         // DESIGN §4: transport and codec policy before capacity. No common codec: 488, and
         // nothing reaches the agent.
         let offer = match media_offer(&request, &route.trunk.codecs) {
             Ok(offer) => offer,
-            Err((status, rule)) => {
-                let extra: Vec<(&str, String)> = if status == 415 {
+            Err(rule) => {
+                let extra: Vec<(&str, String)> = if rule == RefusalRule::UnsupportedBody {
                     vec![("Accept", "application/sdp".to_string())]
                 } else {
                     Vec::new()
                 };
-                return self.refuse(&request, &source, status, rule, &extra);
+                return self.refuse(&request, &source, rule, &extra);
             }
         };
         let trunk_key = format!("inbound:{}", route.trunk.name);
@@ -409,14 +396,8 @@ impl Gateway {
         {
             Ok(permit) => permit,
             Err(refused) => {
-                let retry = refused.retry_after.as_secs().max(1).to_string();
-                return self.refuse(
-                    &request,
-                    &source,
-                    503,
-                    refused.limit.as_str(),
-                    &[(name::RETRY_AFTER, retry)],
-                );
+                let retry = [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
+                return self.refuse(&request, &source, refused.limit.rule(), &retry);
             }
         };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
@@ -463,7 +444,7 @@ impl Gateway {
 fn media_offer(
     request: &Request,
     codecs: &[crate::config::model::Codec],
-) -> Result<Option<MediaOffer>, (u16, &'static str)> {
+) -> Result<Option<MediaOffer>, RefusalRule> {
     if request.body.is_empty() {
         return Ok(codec::gateway_offer(codecs).map(|(sdp, negotiated)| MediaOffer {
             sdp,
@@ -474,14 +455,14 @@ fn media_offer(
     let content_type = request.headers.get(name::CONTENT_TYPE).unwrap_or("application/sdp");
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/sdp") {
-        return Err((415, "UnsupportedBody"));
+        return Err(RefusalRule::UnsupportedBody);
     }
     let mut sdp = Sdp::parse(&request.body).map_err(|e| {
-        (e.status_code(), if e.status_code() == 488 { "NoUsableAudio" } else { "BadSdp" })
+        if e.status_code() == 488 { RefusalRule::NoUsableAudio } else { RefusalRule::BadSdp }
     })?;
     let negotiated = codec::filter_offer(&mut sdp, codecs).map_err(|e| {
         tracing::info!(error = %e, "no common codec");
-        (e.status_code(), "NoCommonCodec")
+        RefusalRule::NoCommonCodec
     })?;
     Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))
 }
@@ -498,8 +479,8 @@ fn trunk_password(trunk: &InboundTrunkRoute) -> Option<&str> {
     }
 }
 
-fn auth_failure_of(rule: lookup::RefusalRule) -> Option<AuthFailure> {
-    use lookup::RefusalRule as R;
+fn auth_failure_of(rule: RefusalRule) -> Option<AuthFailure> {
+    use RefusalRule as R;
     match rule {
         R::SourceNotAllowed => Some(AuthFailure::SourceNotAllowed),
         R::UnknownUser => Some(AuthFailure::UnknownUser),

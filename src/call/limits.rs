@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::model::Limits;
+use crate::config::refusal::RefusalRule;
 
 /// `Retry-After` for a call refused by the concurrency limit (or by a limit of 0).
 pub const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -53,19 +54,18 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// The CRD field's name in snake case: the `rule` label of
-    /// `trunkline_inbound_refusals_total`.
-    pub fn as_str(self) -> &'static str {
+    /// The refusal a call gets at this limit (its label: the CRD field's name in snake case).
+    pub fn rule(self) -> RefusalRule {
         match self {
-            LimitKind::ConcurrentCalls => "max_concurrent_calls",
-            LimitKind::CallsPerSecond => "max_calls_per_second",
+            LimitKind::ConcurrentCalls => RefusalRule::ConcurrencyLimit,
+            LimitKind::CallsPerSecond => RefusalRule::RateLimit,
         }
     }
 }
 
 impl std::fmt::Display for LimitKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.rule().as_str())
     }
 }
 

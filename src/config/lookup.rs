@@ -42,6 +42,7 @@ use serde::{Serialize, Serializer};
 
 use super::model::{AgentHeader, InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
 use super::number::{self, E164, NumberError};
+pub use super::refusal::RefusalRule;
 
 /// The prefix of trunkline's first-class headers (DESIGN §5).
 pub const DEFAULT_HEADER_PREFIX: &str = "X-Trunkline-";
@@ -198,64 +199,6 @@ impl Refusal {
     /// The standard SIP reason phrase for the status (RFC 3261 §21, RFC 3262, RFC 4412...).
     pub fn reason_phrase(&self) -> &'static str {
         reason_phrase(self.status)
-    }
-}
-
-/// The rule that refused a call. Stable strings for metrics labels and `explain`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum RefusalRule {
-    /// No trunk admits the source address, with or without digest.
-    SourceNotAllowed,
-    /// The verified digest username belongs to no trunk.
-    UnknownUser,
-    /// The digest trunk's address allowlist does not admit the source.
-    AddressNotAllowed,
-    /// The trunk does not allow the transport the INVITE came on.
-    TransportNotAllowed,
-    /// The Request-URI does not carry an E.164 number.
-    NumberInvalid,
-    /// The dialed number is not held by the trunk.
-    NumberNotOnTrunk,
-    /// The From number does not match the trunk's `allowedCallers`.
-    CallerNotAllowed,
-    /// Every trunk that would take the call waits for generated credentials.
-    CredentialsPending,
-    /// The trunk's destination is not a `sip:`/`sips:` URI (compile should have refused it).
-    DestinationInvalid,
-}
-
-impl RefusalRule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalRule::SourceNotAllowed => "SourceNotAllowed",
-            RefusalRule::UnknownUser => "UnknownUser",
-            RefusalRule::AddressNotAllowed => "AddressNotAllowed",
-            RefusalRule::TransportNotAllowed => "TransportNotAllowed",
-            RefusalRule::NumberInvalid => "NumberInvalid",
-            RefusalRule::NumberNotOnTrunk => "NumberNotOnTrunk",
-            RefusalRule::CallerNotAllowed => "CallerNotAllowed",
-            RefusalRule::CredentialsPending => "CredentialsPending",
-            RefusalRule::DestinationInvalid => "DestinationInvalid",
-        }
-    }
-
-    /// The SIP status this rule answers with.
-    pub fn status(self) -> u16 {
-        match self {
-            RefusalRule::SourceNotAllowed
-            | RefusalRule::UnknownUser
-            | RefusalRule::AddressNotAllowed
-            | RefusalRule::TransportNotAllowed
-            | RefusalRule::CallerNotAllowed => 403,
-            RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
-            RefusalRule::CredentialsPending | RefusalRule::DestinationInvalid => 503,
-        }
-    }
-}
-
-impl std::fmt::Display for RefusalRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

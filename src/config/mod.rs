@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod lookup;
 pub mod model;
 pub mod number;
+pub mod refusal;
 pub mod schema;
 pub mod secret;
 pub mod source;

@@ -1,0 +1,154 @@
+//! Why a new call is refused: one enum for every rule, with the SIP status it answers with and
+//! the stable label of `trunkline_inbound_refusals_total`. The matcher's rules (`lookup`: source,
+//! credentials, numbers, caller) and the front door's own (draining, hop count, extensions,
+//! malformed credentials, the media policy, admission limits) are all here, so that a refusal
+//! is named the same in the metrics, the logs and `explain`.
+
+use serde::Serialize;
+
+/// The rule that refused a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RefusalRule {
+    /// No trunk admits the source address, with or without digest.
+    SourceNotAllowed,
+    /// The verified digest username belongs to no trunk.
+    UnknownUser,
+    /// The digest trunk's address allowlist does not admit the source.
+    AddressNotAllowed,
+    /// The trunk does not allow the transport the INVITE came on.
+    TransportNotAllowed,
+    /// The Request-URI does not carry an E.164 number.
+    NumberInvalid,
+    /// The dialed number is not held by the trunk.
+    NumberNotOnTrunk,
+    /// The From number does not match the trunk's `allowedCallers`.
+    CallerNotAllowed,
+    /// Every trunk that would take the call waits for generated credentials.
+    CredentialsPending,
+    /// The trunk's destination is not a `sip:`/`sips:` URI (compile should have refused it).
+    DestinationInvalid,
+    /// A new INVITE on the agent-facing listener: outbound calls are not enabled.
+    OutboundNotEnabled,
+    /// The gateway is shutting down and takes no new calls.
+    Draining,
+    /// `Max-Forwards: 0` (RFC 3261 §16.3).
+    TooManyHops,
+    /// The caller requires an extension we do not support (RFC 3261 §8.2.2.3).
+    BadExtension,
+    /// An `Authorization`/`Proxy-Authorization` header that cannot be read.
+    MalformedCredentials,
+    /// Credentials that do not verify: a wrong password, an unknown user, a replay.
+    BadCredentials,
+    /// A body that is not SDP.
+    UnsupportedBody,
+    /// SDP that does not parse.
+    BadSdp,
+    /// SDP without a usable audio stream.
+    NoUsableAudio,
+    /// No codec of the offer is allowed on the trunk.
+    NoCommonCodec,
+    /// The trunk holds its `maxConcurrentCalls`.
+    ConcurrencyLimit,
+    /// The trunk is at its `maxCallsPerSecond`.
+    RateLimit,
+}
+
+impl RefusalRule {
+    /// The metrics label and the name `explain` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalRule::SourceNotAllowed => "SourceNotAllowed",
+            RefusalRule::UnknownUser => "UnknownUser",
+            RefusalRule::AddressNotAllowed => "AddressNotAllowed",
+            RefusalRule::TransportNotAllowed => "TransportNotAllowed",
+            RefusalRule::NumberInvalid => "NumberInvalid",
+            RefusalRule::NumberNotOnTrunk => "NumberNotOnTrunk",
+            RefusalRule::CallerNotAllowed => "CallerNotAllowed",
+            RefusalRule::CredentialsPending => "CredentialsPending",
+            RefusalRule::DestinationInvalid => "DestinationInvalid",
+            RefusalRule::OutboundNotEnabled => "OutboundNotEnabled",
+            RefusalRule::Draining => "Draining",
+            RefusalRule::TooManyHops => "TooManyHops",
+            RefusalRule::BadExtension => "BadExtension",
+            // One label for both: a dashboard counts credential failures, however they failed.
+            RefusalRule::MalformedCredentials | RefusalRule::BadCredentials => "BadCredentials",
+            RefusalRule::UnsupportedBody => "UnsupportedBody",
+            RefusalRule::BadSdp => "BadSdp",
+            RefusalRule::NoUsableAudio => "NoUsableAudio",
+            RefusalRule::NoCommonCodec => "NoCommonCodec",
+            // The CRD fields, in snake case, as the limits have always been labelled.
+            RefusalRule::ConcurrencyLimit => "max_concurrent_calls",
+            RefusalRule::RateLimit => "max_calls_per_second",
+        }
+    }
+
+    /// The SIP status this rule answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            RefusalRule::SourceNotAllowed
+            | RefusalRule::UnknownUser
+            | RefusalRule::AddressNotAllowed
+            | RefusalRule::TransportNotAllowed
+            | RefusalRule::CallerNotAllowed
+            | RefusalRule::OutboundNotEnabled
+            | RefusalRule::BadCredentials => 403,
+            RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
+            RefusalRule::MalformedCredentials | RefusalRule::BadSdp => 400,
+            RefusalRule::BadExtension => 420,
+            RefusalRule::UnsupportedBody => 415,
+            RefusalRule::TooManyHops => 483,
+            RefusalRule::NoUsableAudio | RefusalRule::NoCommonCodec => 488,
+            RefusalRule::CredentialsPending
+            | RefusalRule::DestinationInvalid
+            | RefusalRule::Draining
+            | RefusalRule::ConcurrencyLimit
+            | RefusalRule::RateLimit => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefusalRule as R;
+
+    #[test]
+    fn every_rule_has_a_sip_failure_status_and_a_label() {
+        use R::*;
+        let all = [
+            SourceNotAllowed,
+            UnknownUser,
+            AddressNotAllowed,
+            TransportNotAllowed,
+            NumberInvalid,
+            NumberNotOnTrunk,
+            CallerNotAllowed,
+            CredentialsPending,
+            DestinationInvalid,
+            OutboundNotEnabled,
+            Draining,
+            TooManyHops,
+            BadExtension,
+            MalformedCredentials,
+            BadCredentials,
+            UnsupportedBody,
+            BadSdp,
+            NoUsableAudio,
+            NoCommonCodec,
+            ConcurrencyLimit,
+            RateLimit,
+        ];
+        for rule in all {
+            assert!((400..700).contains(&rule.status()), "{rule:?}");
+            assert!(!rule.as_str().is_empty());
+        }
+        assert_eq!((TooManyHops.status(), TooManyHops.as_str()), (483, "TooManyHops"));
+        assert_eq!(MalformedCredentials.as_str(), BadCredentials.as_str());
+        assert_eq!(ConcurrencyLimit.as_str(), "max_concurrent_calls");
+    }
+}
