@@ -20,7 +20,7 @@ use super::driver::{self, Held};
 use super::gateway::{CallInput, Gateway};
 use super::limits::CallPermit;
 use super::machine::{
-    Call, CallConfig, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup, uri_protocol,
+    Call, CallConfig, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup,
 };
 
 /// An INVITE the front door admitted, with everything decided about it.
@@ -49,8 +49,7 @@ pub fn spawn(
         ..CallConfig::default()
     };
     let carrier_local = gw.local_address(Zone::Carrier, source.protocol).unwrap_or(source.local);
-    let agent = SipUri::parse(&route.destination);
-    let protocol = agent.as_ref().map(uri_protocol).unwrap_or(Protocol::Udp);
+    let protocol = route.trunk.destination.transport;
     let agent_local = gw
         .local_address(Zone::Internal, protocol)
         .or_else(|| gw.local_address(Zone::Internal, Protocol::Udp))
@@ -101,28 +100,20 @@ pub fn setup(
     Setup {
         session_id,
         origin: Origin { role: Role::Carrier, invite, source, local: carrier_local },
-        dial: Dial {
-            role: Role::Agent,
-            dialog,
-            destination: destination(route, protocol),
-            headers,
-        },
+        dial: Dial { role: Role::Agent, dialog, destination: destination(route), headers },
         offer,
         codecs: route.trunk.codecs.clone(),
     }
 }
 
-/// Where the agent runtime is: an address, a name to look up, or nothing usable.
-fn destination(route: &Route, protocol: Protocol) -> Destination {
-    let Some(uri) = SipUri::parse(&route.destination) else {
-        return Destination::Unusable("the destination is not a SIP URI".into());
-    };
-    let default_port = if protocol == Protocol::Tls { 5061 } else { 5060 };
-    let port = uri.port.unwrap_or(default_port);
-    let host = uri.host.trim_start_matches('[').trim_end_matches(']').to_string();
-    match host.parse::<IpAddr>() {
+/// Where the agent runtime is: an address, or a name to look up. The trunk's destination was
+/// parsed when its spec was compiled.
+fn destination(route: &Route) -> Destination {
+    let d = &route.trunk.destination;
+    let port = d.port_or_default();
+    match d.host.parse::<IpAddr>() {
         Ok(ip) => Destination::Address(SocketAddr::new(ip, port)),
-        Err(_) => Destination::Lookup { host, port },
+        Err(_) => Destination::Lookup { host: d.host.clone(), port },
     }
 }
 

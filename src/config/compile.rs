@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 
+use super::destination::{SipDestination, check_host};
 use super::diagnostic::{Diagnostic, NumberTally, ObjectKey, Reason, Severity, Verdict};
 use super::model::{
     AgentHeader, Codec, InboundDigest, InboundTrunkRoute, Limits, ObjectName, OutboundTrunkRoute,
@@ -337,35 +338,6 @@ fn compile_outbound_trunk(
     })
 }
 
-/// A host name or an IP address, nothing else (the schema has the same rule; compile keeps it
-/// for objects that came in under an older schema).
-fn check_host(host: &str) -> Result<(), String> {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let lower = host.to_ascii_lowercase();
-    if lower.starts_with("sip:") || lower.starts_with("sips:") {
-        return Err(format!(
-            "host {host:?} is a SIP URI: write only the host name ({:?}) and put a port in spec.port",
-            host.split_once(':').map_or(host, |(_, rest)| rest)
-        ));
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.len() <= 253 && host.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "host {host:?} is not a host name or an IP address (no scheme, port or path; the port goes in spec.port)"
-        ))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // InboundTrunk
 
@@ -576,8 +548,9 @@ fn compile_inbound_trunk(
         },
     };
 
-    if let Err(why) = check_sip_uri(&spec.destination.uri) {
-        problems.fatal(Reason::InvalidUri, "spec.destination.uri", why);
+    let destination = SipDestination::parse(&spec.destination.uri);
+    if let Err(why) = &destination {
+        problems.fatal(Reason::InvalidUri, "spec.destination.uri", why.clone());
     }
 
     let mut allowed_callers = Vec::new();
@@ -613,7 +586,7 @@ fn compile_inbound_trunk(
         generation: meta.generation,
         agents: numbers.values().cloned().collect(),
         numbers,
-        destination: spec.destination.uri.clone(),
+        destination: destination.ok()?,
         agent_header: match spec.agent_header.unwrap_or_default() {
             api::AgentHeaderPolicy::Allow => AgentHeader::Allow,
             api::AgentHeaderPolicy::Ignore => AgentHeader::Ignore,
@@ -689,52 +662,6 @@ fn describe_size(net: IpNet) -> String {
         Some(n) if n < 1_000_000_000_000 => format!("{n}"),
         _ => format!("2^{host_bits}"),
     }
-}
-
-/// A `sip:`/`sips:` URI with a host, an optional port and only known transports. Enough to
-/// refuse typos at compile time; the SIP layer parses it in full when it sends.
-fn check_sip_uri(uri: &str) -> Result<(), String> {
-    let rest = uri
-        .strip_prefix("sip:")
-        .or_else(|| uri.strip_prefix("sips:"))
-        .ok_or_else(|| format!("{uri:?} is not a sip: or sips: URI"))?;
-    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{uri:?} contains white space"));
-    }
-    let (before_params, params) = rest.split_once(';').unwrap_or((rest, ""));
-    let hostport = before_params.rsplit_once('@').map_or(before_params, |(_, h)| h);
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (addr, after) =
-            v6.split_once(']').ok_or_else(|| format!("{uri:?} has an unclosed IPv6 bracket"))?;
-        if addr.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("{uri:?}: {addr:?} is not an IPv6 address"));
-        }
-        (hostport, after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if !host.starts_with('[') {
-        check_host(host)
-            .map_err(|_| format!("{uri:?}: {host:?} is not a host name or an IP address"))?;
-    }
-    if let Some(p) = port {
-        match p.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => return Err(format!("{uri:?}: {p:?} is not a port")),
-        }
-    }
-    for param in params.split(';').filter(|p| !p.is_empty()) {
-        let lower = param.to_ascii_lowercase();
-        if let Some(t) = lower.strip_prefix("transport=")
-            && !matches!(t, "udp" | "tcp" | "tls")
-        {
-            return Err(format!("{uri:?}: transport {t:?} is not udp, tcp or tls"));
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,7 +773,7 @@ fn compile_transfer_target(
         }
         api::TransferType::Sip => {
             let sip = spec.sip.as_ref()?;
-            if let Err(why) = check_sip_uri(&sip.uri) {
+            if let Err(why) = SipDestination::parse(&sip.uri) {
                 problems.fatal(Reason::InvalidUri, "spec.sip.uri", why);
             }
             let credentials = match sip.auth.as_ref().map(|a| a.digest.secret_ref.as_ref()) {

@@ -311,20 +311,8 @@ fn decide(
     let (number, number_agent) = check_number(table, &trunk, attempt, dialed, steps)?;
     let caller = check_caller(&trunk, attempt.from, steps)?;
     let (agent, agent_reason) = choose_agent(&trunk, number_agent, attempt, options, steps);
-    let destination = match with_user(&trunk.destination, &agent) {
-        Ok(uri) => {
-            steps.pass(StepKind::Destination, format!("the call goes to {uri}"));
-            uri
-        }
-        Err(e) => {
-            return Err(steps.refuse(
-                StepKind::Destination,
-                RefusalRule::DestinationInvalid,
-                "the trunk's destination is not usable".to_string(),
-                format!("the destination {:?} of {} {e}", trunk.destination, trunk.name),
-            ));
-        }
-    };
+    let destination = trunk.destination.with_user(&agent);
+    steps.pass(StepKind::Destination, format!("the call goes to {destination}"));
     Ok(Route { trunk, identified_by, number, caller, agent, agent_reason, destination })
 }
 
@@ -722,37 +710,6 @@ fn number_part(uri: &str) -> Result<&str, &'static str> {
     }
 }
 
-/// Why a destination URI cannot take a user part.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UriError {
-    #[error("is not a sip: or sips: URI")]
-    NotSip,
-    #[error("has no host")]
-    NoHost,
-}
-
-/// `uri` with its user part set to `user` (added, or replacing the one it has): scheme, host
-/// (IPv6 in brackets), port, parameters and headers are kept as written.
-/// `with_user("sip:agents.svc:5070;transport=tcp", "support")` is
-/// `sip:support@agents.svc:5070;transport=tcp`. `user` is an agent id, URI-safe by the schema.
-pub fn with_user(uri: &str, user: &str) -> Result<String, UriError> {
-    let uri = uri.trim();
-    let (scheme, rest) = uri.split_once(':').ok_or(UriError::NotSip)?;
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
-        return Err(UriError::NotSip);
-    }
-    // The user part ends at the first `@` before any `?headers` (an `@` may appear there).
-    let headers_at = rest.find('?').unwrap_or(rest.len());
-    let host_and_more = match rest[..headers_at].find('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
-    };
-    if host_and_more.is_empty() || host_and_more.starts_with([';', '?', ':']) {
-        return Err(UriError::NoHost);
-    }
-    Ok(format!("{scheme}:{user}@{host_and_more}"))
-}
-
 fn serialize_trunk_name<S: Serializer>(
     trunk: &Arc<InboundTrunkRoute>,
     s: S,
@@ -773,6 +730,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::config::destination::SipDestination;
     use crate::config::model::{Codec, Limits, ObjectName};
     use crate::config::number::CallerPattern;
     use crate::config::secret::{BasicAuth, Password};
@@ -790,7 +748,7 @@ mod tests {
             generation: Some(1),
             numbers: BTreeMap::new(),
             agents: BTreeSet::new(),
-            destination: DEST.to_string(),
+            destination: SipDestination::parse(DEST).unwrap(),
             agent_header: AgentHeader::Allow,
             digest: None,
             allowed_addresses: vec![],
@@ -842,7 +800,7 @@ mod tests {
             self
         }
         fn destination(mut self, uri: &str) -> Self {
-            self.0.destination = uri.to_string();
+            self.0.destination = SipDestination::parse(uri).unwrap();
             self
         }
     }
@@ -1357,60 +1315,6 @@ mod tests {
         assert_eq!(route(&d).destination, "sips:support@[2001:db8::5]:5071");
     }
 
-    #[test]
-    fn a_destination_that_is_not_sip_is_503() {
-        let table = table(vec![acme().destination("http://agents")]);
-        let r = refusal(&invite().lookup(&table)).clone();
-        assert_eq!((r.status, r.rule), (503, RefusalRule::DestinationInvalid));
-    }
-
-    #[test]
-    fn with_user_adds_a_user_part() {
-        assert_eq!(
-            with_user(DEST, "support"),
-            Ok("sip:support@agents.voice.svc.cluster.local:5070;transport=tcp".to_string())
-        );
-        assert_eq!(with_user("sip:agents", "a"), Ok("sip:a@agents".to_string()));
-    }
-
-    #[test]
-    fn with_user_replaces_a_user_part_and_its_password() {
-        assert_eq!(with_user("sip:old@host:5060", "new"), Ok("sip:new@host:5060".to_string()));
-        assert_eq!(with_user("sip:old:pw@host", "new"), Ok("sip:new@host".to_string()));
-        assert_eq!(
-            with_user("sip:+1;user=phone@host;transport=udp", "new"),
-            Ok("sip:new@host;transport=udp".to_string())
-        );
-    }
-
-    #[test]
-    fn with_user_keeps_ipv6_hosts_params_and_headers() {
-        assert_eq!(
-            with_user("sip:[2001:db8::1]:5070;transport=tcp", "a"),
-            Ok("sip:a@[2001:db8::1]:5070;transport=tcp".to_string())
-        );
-        assert_eq!(with_user("sip:[::1]", "a"), Ok("sip:a@[::1]".to_string()));
-        assert_eq!(
-            with_user("sip:host?subject=x@y", "a"),
-            Ok("sip:a@host?subject=x@y".to_string())
-        );
-    }
-
-    #[test]
-    fn with_user_keeps_the_sips_scheme_as_written() {
-        assert_eq!(with_user("sips:host.example", "a"), Ok("sips:a@host.example".to_string()));
-        assert_eq!(with_user("SIP:host.example", "a"), Ok("SIP:a@host.example".to_string()));
-    }
-
-    #[test]
-    fn with_user_refuses_what_is_not_a_sip_uri() {
-        assert_eq!(with_user("tel:+14155550100", "a"), Err(UriError::NotSip));
-        assert_eq!(with_user("agents.svc", "a"), Err(UriError::NotSip));
-        assert_eq!(with_user("sip:", "a"), Err(UriError::NoHost));
-        assert_eq!(with_user("sip:user@", "a"), Err(UriError::NoHost));
-        assert_eq!(with_user("sip:;transport=tcp", "a"), Err(UriError::NoHost));
-    }
-
     // Output.
 
     #[test]
@@ -1468,7 +1372,6 @@ mod tests {
             RefusalRule::NumberNotOnTrunk,
             RefusalRule::CallerNotAllowed,
             RefusalRule::CredentialsPending,
-            RefusalRule::DestinationInvalid,
         ] {
             let json = serde_json::to_value(rule).expect("serialisable");
             assert_eq!(json, rule.as_str());

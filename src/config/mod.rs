@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compile;
+pub mod destination;
 pub mod diagnostic;
 pub mod lookup;
 pub mod model;

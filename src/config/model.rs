@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::destination::SipDestination;
 use super::number::{CallerPattern, E164};
 use super::secret::{BasicAuth, Password};
 
@@ -99,7 +100,7 @@ pub struct InboundTrunkRoute {
     /// Every agent id of this trunk: what the agent header may name.
     pub agents: BTreeSet<String>,
     /// SIP URI of the agent runtime.
-    pub destination: String,
+    pub destination: SipDestination,
     pub agent_header: AgentHeader,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<InboundDigest>,

@@ -82,10 +82,6 @@ impl Call {
             Destination::Lookup { host, port } => {
                 self.out.push(Action::Resolve { leg: dialed, host, port })
             }
-            Destination::Unusable(why) => {
-                let actions = self.on_resolved(now, dialed, Err(why));
-                self.out.extend(actions);
-            }
         }
     }
 

@@ -46,7 +46,7 @@ use crate::media::sdp::Sdp;
 use crate::observe::metrics::Outcome;
 use crate::sip::msg::{Message, Request};
 use crate::sip::transaction::{ClientKey, ServerKey, Timers};
-use crate::sip::transport::{Protocol, Source, Target};
+use crate::sip::transport::{Source, Target};
 
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegId, Phase, Role, Side};
@@ -110,8 +110,6 @@ pub enum Destination {
     Address(SocketAddr),
     /// A host name: the driver looks it up ([`Action::Resolve`]).
     Lookup { host: String, port: u16 },
-    /// Nothing to send to (a destination that is not a SIP URI): the call fails with 503.
-    Unusable(String),
 }
 
 /// The origin leg of a new call: the INVITE we answer, and our dialog state toward it.
@@ -500,13 +498,3 @@ fn map_failure(status: u16) -> (u16, Outcome) {
 
 /// Our side of a relayed SDP answer or offer: checked and rewritten, or why not.
 type SdpResult = Result<Option<bytes::Bytes>, u16>;
-
-/// The transport a dialed leg's URI asks for (`transport=` or `sips:`), UDP otherwise.
-pub fn uri_protocol(uri: &crate::sip::msg::SipUri) -> Protocol {
-    match uri.transport.as_deref() {
-        Some("tcp") => Protocol::Tcp,
-        Some("tls") => Protocol::Tls,
-        _ if uri.sips => Protocol::Tls,
-        _ => Protocol::Udp,
-    }
-}
