@@ -432,7 +432,7 @@ fn crds(out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for kind in Kind::ALL {
                 let path = dir.join(kind.crd_file_name());
-                std::fs::write(&path, trunkline::api::crd_yaml(kind)?)
+                std::fs::write(&path, trunkline::config::yaml::crd_yaml(kind)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
@@ -578,7 +578,7 @@ fn explain(
                         out,
                         "=> {} {} ({}): {}",
                         r.status,
-                        r.reason_phrase(),
+                        trunkline::sip::msg::reason_phrase(r.status),
                         r.rule,
                         r.message
                     );

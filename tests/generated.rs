@@ -1,6 +1,7 @@
 //! Generated artifacts stay in step with the code: `crds/` is what `trunkline crds` writes.
 
-use trunkline::api::{Kind, crd_yaml};
+use trunkline::api::Kind;
+use trunkline::config::yaml::crd_yaml;
 
 #[test]
 fn committed_crds_equal_what_the_code_generates() {
