@@ -39,8 +39,8 @@ use crate::media::codec::{self, Chosen};
 use crate::media::relay::{self as rtp, MediaTimeout, Relay, RelayConfig};
 use crate::media::sdp::{Direction as SdpDirection, LegOrigin, Sdp};
 
-use super::gateway::{ALLOW, CallInput, Gateway, MediaOffer};
 use super::limits::CallPermit;
+use super::services::{ALLOW, CallInput, CallServices, MediaOffer};
 
 /// No answer of any kind from the agent runtime within this time: it is unreachable.
 const AGENT_FIRST_RESPONSE: Duration = Duration::from_secs(8);
@@ -192,7 +192,7 @@ enum Phase {
 
 /// A call in progress.
 pub struct InboundCall {
-    gw: Arc<Gateway>,
+    gw: Arc<CallServices>,
     /// The table this call started with (later reloads do not change a call in progress).
     _table: Arc<RoutingTable>,
     route: Route,
@@ -254,7 +254,7 @@ pub struct Admitted {
 
 impl InboundCall {
     pub fn new(
-        gw: Arc<Gateway>,
+        gw: Arc<CallServices>,
         admitted: Admitted,
         (self_tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
     ) -> InboundCall {

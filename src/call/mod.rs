@@ -5,3 +5,4 @@ pub mod gateway;
 pub mod inbound;
 pub mod limits;
 pub mod serve;
+pub mod services;

@@ -34,7 +34,8 @@ use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
 
-use super::gateway::{Gateway, GatewayConfig, Listener};
+use super::gateway::Gateway;
+use super::services::{GatewayConfig, Listener};
 
 /// Where the gateway's specs come from.
 pub enum SpecSource {
