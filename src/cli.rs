@@ -16,12 +16,12 @@ use trunkline::call::serve::{NodeAddressOptions, ServeOptions, SpecSource, serve
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
-use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
-use trunkline::operator::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
 use trunkline::operator::run::OperatorOptions;
-use trunkline::operator::source::KubeSourceOptions;
 use trunkline::sip::transport::ListenAddr;
+use trunkline::source::folder::load_paths;
+use trunkline::source::kube::KubeSourceOptions;
+use trunkline::source::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
 
 /// SIP trunks as Kubernetes resources: an operator, a SIP/RTP gateway, and the offline tools for
 /// the git side of the workflow.

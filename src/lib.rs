@@ -1,7 +1,7 @@
 //! trunkline: SIP trunks as Kubernetes resources.
 //!
 //! ```text
-//!  specs (folder | API server) ──► config::source ──► config::compile ──► RoutingTable + verdicts
+//!  specs (folder | API server) ──► source ──► config::compile ──► RoutingTable + verdicts
 //!                                                                            │
 //!  carrier ⇄ sip::transport ⇄ sip::transaction ⇄ call (B2BUA) ⇄ agent runtime
 //!                                       config::lookup ┘   └ sip::digest, call::limits
@@ -21,3 +21,4 @@ pub mod media;
 pub mod observe;
 pub mod operator;
 pub mod sip;
+pub mod source;

@@ -48,8 +48,8 @@ fn every_crd_lists_the_trunkline_category_a_status_subresource_and_a_wide_reason
 
 #[test]
 fn every_example_validates_against_the_crd_schema_and_compiles_without_a_fatal_diagnostic() {
-    use trunkline::config::source::folder::load_paths;
     use trunkline::config::{CompileOptions, Severity, compile};
+    use trunkline::source::folder::load_paths;
 
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let loaded = load_paths(&[examples]);

@@ -14,9 +14,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Snapshot;
 use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
-use crate::config::source::watch::Snapshot;
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::digest::{Credentials, DigestServer, Verification};

@@ -9,11 +9,11 @@
 //! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
 //!   generated into the state folder, which also keeps the digest nonce key), then watches it.
 //!   A folder that cannot be served is an error before anything is bound.
-//! - [`SpecSource::Kube`] (`gateway`, in a pod): `operator::source` reflects the three kinds and
+//! - [`SpecSource::Kube`] (`gateway`, in a pod): `source::kube` reflects the three kinds and
 //!   the operator's credentials Secret, which also carries the nonce key every replica shares.
 //!   The admin endpoints come up first, with `/readyz` not ready until the first config; the
 //!   listeners open once it is there. With `--public-address-node`, the node's address is read
-//!   first (`operator::node`) and advertised as `--public-address` would be.
+//!   first (`source::node`) and advertised as `--public-address` would be.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,16 +23,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::CompileOptions;
-use crate::config::source::credentials::StateDir;
-use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
+use crate::config::Snapshot;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
-use crate::operator::node::{NodeAddressError, Retry, fetch_node_public_address};
-use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
+use crate::source::credentials::StateDir;
+use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
+use crate::source::node::{NodeAddressError, Retry, fetch_node_public_address};
+use crate::source::watch::{FolderSource, ReloadObserver, WatchError};
 
 use super::gateway::Gateway;
 use super::services::{GatewayConfig, Listener};
@@ -106,7 +107,7 @@ pub enum ServeError {
     #[error(transparent)]
     NodeAddress(#[from] NodeAddressError),
     #[error("state folder {path}")]
-    State { path: PathBuf, source: crate::config::source::credentials::StateError },
+    State { path: PathBuf, source: crate::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
     Tls(std::io::Error),
     #[error("cannot start the media threads")]
@@ -136,7 +137,7 @@ struct FirstConfig {
 
 enum SourceTask {
     Folder(tokio::task::JoinHandle<Result<(), WatchError>>),
-    Kube(crate::operator::source::Running),
+    Kube(crate::source::kube::Running),
 }
 
 impl SourceTask {

@@ -6,15 +6,17 @@ pub mod check;
 pub mod compile;
 pub mod diagnostic;
 pub mod lookup;
+pub mod manifest;
 pub mod model;
 pub mod number;
 pub mod schema;
 pub mod secret;
-pub mod source;
+pub mod snapshot;
 pub mod specs;
 pub mod yaml;
 
 pub use compile::{Compiled, compile};
 pub use diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 pub use model::RoutingTable;
+pub use snapshot::Snapshot;
 pub use specs::{CompileOptions, Specs};

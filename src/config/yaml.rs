@@ -4,7 +4,7 @@
 //! [`documents`] takes the text of a file that may hold several documents (`---`-separated, as
 //! `kubectl apply -f` reads them) and gives each document as a JSON value with the line where it
 //! starts, or the parse error with the line (in the file's numbering) where it failed. The folder
-//! source (`config::source::folder`) calls it; the CLI and golden tests call `from_yaml`/`to_yaml`.
+//! source (`source::folder`) calls it; the CLI and golden tests call `from_yaml`/`to_yaml`.
 //!
 //! The file is first cut at the document markers (`---` or `...` at column 0, followed by a blank
 //! or the end of the line: YAML 1.2 §9.1 forbids them inside any scalar, so this cut is exact), and

@@ -44,7 +44,7 @@ use tracing::{debug, error, info, warn};
 use super::credentials::{GeneratedCredentials, StateDir, StateError};
 use super::folder::{LoadProblem, Origin, load_paths};
 use crate::config::diagnostic::{ObjectKey, State, Verdict};
-use crate::config::{CompileOptions, RoutingTable, compile};
+use crate::config::{CompileOptions, Snapshot, compile};
 
 /// Quiet time after the last event of a burst before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -53,18 +53,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 /// How often missing paths are looked for, and the scan interval of the polling fallback.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A compiled config, as served. Immutable; the gateway holds it in an `Arc` and calls in
-/// progress keep the one they started with.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub table: Arc<RoutingTable>,
-    /// `RoutingTable::config_hash` of `table`.
-    pub hash: String,
-    /// One verdict per object compiled, sorted by kind, namespace and name.
-    pub verdicts: Vec<Verdict>,
-    pub loaded_at: SystemTime,
-}
 
 /// What [`FolderSource::load`] gives: the snapshot to start serving, and the credentials it
 /// generated (already announced; returned so the caller can show them elsewhere too).
@@ -604,6 +592,7 @@ impl FileWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RoutingTable;
     use crate::config::number::E164;
     use tokio::sync::watch;
 

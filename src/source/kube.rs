@@ -57,11 +57,12 @@ use tracing::{debug, error, info, warn};
 
 use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
+use crate::config::Snapshot;
 use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
 use crate::config::secret::SecretStore;
-use crate::config::source::watch::{Burst, ReloadObserver, Snapshot, sleep_until};
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{CompileOptions, Specs, compile};
+use crate::source::watch::{Burst, ReloadObserver, sleep_until};
 
 /// Quiet time after the last store event of a burst before a compile.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
