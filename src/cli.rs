@@ -12,12 +12,12 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use trunkline::api::Kind;
-use trunkline::call::serve::{NodeAddressOptions, ServeOptions, SpecSource, serve};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
 use trunkline::config::model::Transport;
 use trunkline::config::{CompileOptions, State, compile, yaml};
-use trunkline::operator::run::OperatorOptions;
+use trunkline::runtime::gateway::{NodeAddressOptions, ServeOptions, SpecSource, serve};
+use trunkline::runtime::operator::OperatorOptions;
 use trunkline::sip::transport::ListenAddr;
 use trunkline::source::folder::load_paths;
 use trunkline::source::kube::KubeSourceOptions;
@@ -638,7 +638,7 @@ fn run_operator(args: OperatorArgs, log_format: LogFormat) -> anyhow::Result<Exi
         // Renew a third of the way before expiry (at least a second).
         lease_grace: (args.lease_duration / 3).max(Duration::from_secs(1)),
     };
-    runtime.block_on(trunkline::operator::run::run_operator(options))?;
+    runtime.block_on(trunkline::runtime::operator::run_operator(options))?;
     Ok(ExitCode::SUCCESS)
 }
 

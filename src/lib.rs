@@ -20,5 +20,6 @@ pub mod config;
 pub mod media;
 pub mod observe;
 pub mod operator;
+pub mod runtime;
 pub mod sip;
 pub mod source;

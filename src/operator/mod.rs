@@ -22,15 +22,16 @@
 //! - `fleet`: `render_fleet(settings)`, pure; `tracker`: applies owned objects, deletes orphans.
 //! - `status`, `credentials`, `programmed`, `controller`: the reconcilers; `credentials` writes
 //!   the gateway credentials Secret that `source::bundle` renders and gateways read back.
-//! - `leader`: the Lease that lets one operator replica write at a time.
+//! - `lead`: what the leader does (the fleet loop and the controllers); `leader`: the Lease that
+//!   lets one operator replica write at a time. The process around them is `runtime::operator`.
 
 pub mod controller;
 pub mod credentials;
 pub mod fleet;
+pub mod lead;
 pub mod leader;
 pub mod metrics;
 pub mod programmed;
-pub mod run;
 pub mod settings;
 pub mod status;
 pub mod tracker;

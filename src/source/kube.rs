@@ -17,7 +17,7 @@
 //!
 //! Takes a [`kube::Client`] and [`KubeSourceOptions`]; gives, through [`KubeSource::spawn`], a
 //! [`Running`] source whose [`Running::ready`] resolves with the first snapshot's channel and the
-//! bundle's digest nonce key. `call::serve` calls it for `trunkline gateway`.
+//! bundle's digest nonce key. `runtime::gateway` calls it for `trunkline gateway`.
 //!
 //! **When the first snapshot is published.** Only when every store has completed its first
 //! list and the bundle Secret exists with a usable nonce key: the bundle holds the credentials

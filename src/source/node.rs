@@ -15,7 +15,7 @@
 //! Addresses of a type that do not parse as IPs are passed over. [`node_public_address`] is the
 //! pure choice; [`fetch_node_public_address`] GETs the Node with retries (backoff, bounded in
 //! time: the kubelet restarts a pod that gives up, and it stays not ready meanwhile) and logs the
-//! choice at INFO. Called by `call::serve` before the listeners open.
+//! choice at INFO. Called by `runtime::gateway` before the listeners open.
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::call::gateway::Gateway;
+use crate::call::services::{GatewayConfig, Listener};
 use crate::config::CompileOptions;
 use crate::config::Snapshot;
 use crate::media::ports::PortAllocator;
@@ -34,9 +37,6 @@ use crate::source::credentials::StateDir;
 use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
 use crate::source::node::{NodeAddressError, Retry, fetch_node_public_address};
 use crate::source::watch::{FolderSource, ReloadObserver, WatchError};
-
-use super::gateway::Gateway;
-use super::services::{GatewayConfig, Listener};
 
 /// Where the gateway's specs come from.
 pub enum SpecSource {
@@ -151,6 +151,15 @@ impl SourceTask {
 
 /// Runs the gateway until SIGTERM/Ctrl-C and the drain that follows.
 pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), ServeError> {
+    serve_until(source, options, super::shutdown_on_signal()).await
+}
+
+/// Runs the gateway until `shutdown` is cancelled and the drain that follows.
+pub async fn serve_until(
+    source: SpecSource,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let listen = if options.listen.is_empty() {
         default_listeners(Zone::Carrier)
     } else {
@@ -168,19 +177,19 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     let reload_metrics = metrics.clone();
     let observer = ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok)));
     let compile_options = CompileOptions { region: options.region.clone() };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Cancelled after the drain: stops the admin endpoints and the spec source.
+    let stop = CancellationToken::new();
 
     let mut public_address = options.public_address;
     let (first, admin_task) = match source {
         SpecSource::Folder { paths, state_dir } => {
             let endpoint = carrier_endpoint(&listen, public_address);
-            let first =
-                load_folder(paths, state_dir, compile_options, endpoint, observer, &stop_rx)?;
+            let first = load_folder(paths, state_dir, compile_options, endpoint, observer, &stop)?;
             (first, None)
         }
         SpecSource::Kube { client, options: kube_options, node_address } => {
             // Up before the first config, so that probes see a live pod that is not ready.
-            let admin_task = start_admin(&options, &metrics, &health, &report, &stop_rx).await?;
+            let admin_task = start_admin(&options, &metrics, &health, &report, &stop).await?;
             if let Some(node) = node_address {
                 let fetch = fetch_node_public_address(
                     client.clone(),
@@ -199,9 +208,9 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
                             return Err(e.into());
                         }
                     },
-                    () = shutdown_signal() => {
+                    () = shutdown.cancelled() => {
                         tracing::info!("stopping before the node's address was read");
-                        let _ = stop_tx.send(true);
+                        stop.cancel();
                         let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
                         return Ok(());
                     }
@@ -209,13 +218,13 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
             }
             let mut running = KubeSource::new(client, kube_options, compile_options)
                 .with_reload_observer(observer)
-                .spawn(stopped(stop_rx.clone()));
+                .spawn(stop.clone().cancelled_owned());
             tracing::info!("waiting for the first config from the API server");
             let ready = tokio::select! {
                 ready = running.ready() => ready,
-                () = shutdown_signal() => {
+                () = shutdown.cancelled() => {
                     tracing::info!("stopping before the first config");
-                    let _ = stop_tx.send(true);
+                    stop.cancel();
                     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
                     running.abort();
                     return Ok(());
@@ -285,7 +294,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
 
     let admin_task = match admin_task {
         Some(task) => task,
-        None => start_admin(&options, &metrics, &health, &report, &stop_rx).await?,
+        None => start_admin(&options, &metrics, &health, &report, &stop).await?,
     };
 
     // Config reloads: the source publishes snapshots; the gateway reads the latest.
@@ -303,7 +312,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     health.set_ready(true);
     tracing::info!(rtp_ports = ?options.rtp_ports, "trunkline is serving");
 
-    shutdown_signal().await;
+    shutdown.cancelled().await;
     tracing::info!(timeout = ?options.drain_timeout, calls = gateway.active_calls(), "draining: new calls get 503");
     gateway.drain();
     let deadline = tokio::time::Instant::now() + options.drain_timeout;
@@ -311,7 +320,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!(calls_left = gateway.active_calls(), "stopping");
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     first.source_task.abort();
     metrics_task.abort();
@@ -325,7 +334,7 @@ fn load_folder(
     compile_options: CompileOptions,
     endpoint: Option<String>,
     observer: ReloadObserver,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<FirstConfig, ServeError> {
     let state = StateDir::open(&state_dir)
         .map_err(|source| ServeError::State { path: state_dir.clone(), source })?;
@@ -339,7 +348,7 @@ fn load_folder(
     let source = source.with_reload_observer(observer);
     let first = source.load()?;
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first.snapshot));
-    let task = tokio::spawn(source.watch(snapshot_tx, stopped(stop_rx.clone())));
+    let task = tokio::spawn(source.watch(snapshot_tx, stop.clone().cancelled_owned()));
     Ok(FirstConfig { snapshots, nonce_key, source_task: SourceTask::Folder(task) })
 }
 
@@ -371,13 +380,13 @@ fn advertised_address(listen: &[ListenAddr], public_address: Option<IpAddr>) -> 
     public_address.or_else(|| listen.first().map(|l| l.addr.ip()).filter(|ip| !ip.is_unspecified()))
 }
 
-/// Binds the admin endpoints and serves them until `stop_rx` says stop.
+/// Binds the admin endpoints and serves them until `stop` is cancelled.
 async fn start_admin(
     options: &ServeOptions,
     metrics: &Arc<GatewayMetrics>,
     health: &Arc<Health>,
     report: &Arc<GatewayReport>,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
     let admin = tokio::net::TcpListener::bind(options.admin)
         .await
@@ -388,7 +397,7 @@ async fn start_admin(
         metrics.clone(),
         health.clone(),
         Some(report.clone()),
-        stopped(stop_rx.clone()),
+        stop.clone().cancelled_owned(),
     )))
 }
 
@@ -396,37 +405,4 @@ async fn start_admin(
 fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Snapshot) {
     report.set_config_hash(&snapshot.hash);
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
-}
-
-/// Completes once `rx` says `true` (or its sender is gone): the stop signal handed to the
-/// admin server and the spec watch.
-pub async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C: how the kubelet and a terminal stop a process.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
