@@ -17,6 +17,8 @@
 pub mod api;
 pub mod call;
 pub mod config;
+#[cfg(test)]
+mod fixtures;
 pub mod media;
 pub mod observe;
 pub mod operator;
