@@ -258,19 +258,13 @@ fn load_trunkline_object(
         }),
     };
     if let Err((field, message)) = added {
-        let diagnostic = Diagnostic {
-            object: key.clone(),
-            field,
-            severity: Severity::Fatal,
-            reason: Reason::InvalidSpec,
-            message,
-        };
-        into.refused.push(Verdict::refused_by_schema(key, generation, vec![diagnostic]));
+        into.refused.push(Verdict::refused_invalid_spec(key, generation, field, message));
     }
 }
 
-/// Deserialises a trunkline object; on failure, the field path and the error.
-fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+/// Deserialises a trunkline object; on failure, the field path (empty for the whole object)
+/// and the error. The API-server source (`source::kube`) deserialises its objects with it too.
+pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -330,7 +324,7 @@ fn load_secret(file: &Path, line: usize, value: &mut Value, into: &mut Loaded) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::State;
     use crate::config::secret::SecretEntry;
@@ -341,7 +335,9 @@ mod tests {
         loaded
     }
 
-    const TRUNK: &str = "\
+    /// An InboundTrunk with digest credentials from a named Secret (the folder source's tests
+    /// use it too).
+    pub(crate) const TRUNK: &str = "\
 apiVersion: trunkline.dev/v1alpha1
 kind: InboundTrunk
 metadata: {name: acme-in, namespace: voice}

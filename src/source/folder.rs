@@ -107,18 +107,7 @@ fn load_file(file: &Path, into: &mut Loaded) {
 mod tests {
     use super::*;
     use crate::config::Reason;
-
-    const TRUNK: &str = "\
-apiVersion: trunkline.dev/v1alpha1
-kind: InboundTrunk
-metadata: {name: acme-in, namespace: voice}
-spec:
-  numbers:
-    - {number: \"+14155550100\", agent: support}
-  destination: {uri: \"sip:agents.voice.svc.cluster.local:5070\"}
-  auth:
-    digest: {secretRef: {name: acme-in-credentials}}
-";
+    use crate::config::manifest::tests::TRUNK;
 
     /// A folder under the system temp dir, removed when dropped.
     struct TempDir(PathBuf);

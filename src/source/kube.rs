@@ -56,13 +56,16 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
+use super::debounce::{Burst, sleep_until};
+use super::log_verdict;
+use super::watch::ReloadObserver;
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use crate::config::Snapshot;
-use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
+use crate::config::diagnostic::{ObjectKey, State, Verdict};
+use crate::config::manifest;
 use crate::config::secret::SecretStore;
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{CompileOptions, Specs, compile};
-use crate::source::watch::{Burst, ReloadObserver, sleep_until};
 
 /// Quiet time after the last store event of a burst before a compile.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -534,7 +537,7 @@ impl Engine {
         let mut now = BTreeMap::new();
         for verdict in &snapshot.verdicts {
             if self.logged.verdicts.get(&verdict.object) != Some(verdict) {
-                log_verdict(verdict);
+                log_verdict(verdict, None);
             }
             now.insert(verdict.object.clone(), verdict.clone());
         }
@@ -556,29 +559,6 @@ impl Engine {
                 snapshot.hash,
             );
         }
-    }
-}
-
-/// One `warn!` per diagnostic of a verdict, one `debug!` for an object without any (as the
-/// folder source logs them).
-fn log_verdict(verdict: &Verdict) {
-    if verdict.diagnostics.is_empty() {
-        if verdict.state == State::Accepted {
-            debug!(object = %verdict.object, "accepted");
-        } else {
-            warn!(object = %verdict.object, state = verdict.state.as_str(), "not accepted");
-        }
-    }
-    for d in &verdict.diagnostics {
-        warn!(
-            object = %verdict.object,
-            state = verdict.state.as_str(),
-            severity = d.severity.as_str(),
-            field = d.field,
-            reason = %d.reason,
-            "{}",
-            d.message
-        );
     }
 }
 
@@ -635,25 +615,16 @@ where
     let key =
         ObjectKey::new(kind, namespace.clone(), object.metadata.name.clone().unwrap_or_default());
     let refuse = |field: String, message: String| {
-        let diagnostic = Diagnostic {
-            object: key.clone(),
-            field,
-            severity: Severity::Fatal,
-            reason: Reason::InvalidSpec,
-            message,
-        };
-        Box::new(Verdict::refused_by_schema(
+        Box::new(Verdict::refused_invalid_spec(
             key.clone(),
             object.metadata.generation,
-            vec![diagnostic],
+            field,
+            message,
         ))
     };
     let value = serde_json::to_value(object).map_err(|e| refuse(String::new(), e.to_string()))?;
-    let mut typed: T = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        refuse(field, e.into_inner().to_string())
-    })?;
+    let mut typed: T =
+        manifest::typed(&value).map_err(|(field, message)| refuse(field, message))?;
     typed.meta_mut().namespace = Some(namespace);
     Ok(typed)
 }
@@ -672,6 +643,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::config::diagnostic::Reason;
     use crate::config::model::InboundDigest;
     use crate::config::number::E164;
     use crate::fixtures::{
