@@ -12,15 +12,15 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use trunkline::api::{Kind, Transport};
-use trunkline::call::serve::{NodeAddressOptions, ServeOptions, SpecSource, serve};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
-use trunkline::config::source::folder::load_paths;
 use trunkline::config::{CompileOptions, State, compile, yaml};
-use trunkline::operator::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
-use trunkline::operator::run::OperatorOptions;
-use trunkline::operator::source::KubeSourceOptions;
+use trunkline::runtime::gateway::{NodeAddressOptions, ServeOptions, SpecSource, serve};
+use trunkline::runtime::operator::OperatorOptions;
 use trunkline::sip::transport::ListenAddr;
+use trunkline::source::folder::load_paths;
+use trunkline::source::kube::KubeSourceOptions;
+use trunkline::source::node::{DEFAULT_ADDRESS_ANNOTATION, Retry};
 
 /// SIP trunks as Kubernetes resources: an operator, a SIP/RTP gateway, and the offline tools for
 /// the git side of the workflow.
@@ -437,7 +437,7 @@ fn crds(out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for kind in Kind::ALL {
                 let path = dir.join(kind.crd_file_name());
-                std::fs::write(&path, trunkline::api::crd_yaml(kind)?)
+                std::fs::write(&path, trunkline::config::yaml::crd_yaml(kind)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
@@ -583,7 +583,7 @@ fn explain(
                         out,
                         "=> {} {} ({}): {}",
                         r.status,
-                        r.reason_phrase(),
+                        trunkline::sip::msg::reason_phrase(r.status),
                         r.rule,
                         r.message
                     );
@@ -643,7 +643,7 @@ fn run_operator(args: OperatorArgs, log_format: LogFormat) -> anyhow::Result<Exi
         // Renew a third of the way before expiry (at least a second).
         lease_grace: (args.lease_duration / 3).max(Duration::from_secs(1)),
     };
-    runtime.block_on(trunkline::operator::run::run_operator(options))?;
+    runtime.block_on(trunkline::runtime::operator::run_operator(options))?;
     Ok(ExitCode::SUCCESS)
 }
 

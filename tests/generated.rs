@@ -1,6 +1,7 @@
 //! Generated artifacts stay in step with the code: `crds/` is what `trunkline crds` writes.
 
-use trunkline::api::{Kind, crd_yaml};
+use trunkline::api::Kind;
+use trunkline::config::yaml::crd_yaml;
 
 #[test]
 fn committed_crds_equal_what_the_code_generates() {
@@ -47,8 +48,8 @@ fn every_crd_lists_the_trunkline_category_a_status_subresource_and_a_wide_reason
 
 #[test]
 fn every_example_validates_against_the_crd_schema_and_compiles_without_a_fatal_diagnostic() {
-    use trunkline::config::source::folder::load_paths;
     use trunkline::config::{CompileOptions, Severity, compile};
+    use trunkline::source::folder::load_paths;
 
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let loaded = load_paths(&[examples]);

@@ -9,7 +9,7 @@ mod golden;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use trunkline::config::source::folder::{LoadProblem, Loaded, load_str};
+use trunkline::config::manifest::{LoadProblem, Loaded, load_str};
 use trunkline::config::{CompileOptions, RoutingTable, Verdict, compile, yaml};
 
 #[derive(Serialize)]

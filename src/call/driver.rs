@@ -18,9 +18,9 @@ use crate::media::relay::{Leg as RelaySide, MediaTimeout, Relay, RelayConfig};
 use crate::observe::metrics::{ActiveCallGuard, Direction};
 use crate::sip::msg::Message;
 
-use super::gateway::{CallInput, Gateway};
 use super::limits::CallPermit;
 use super::machine::{Action, Call, Ended, MediaEvent, Record, RelayUpdate};
+use super::services::{CallInput, CallServices};
 
 /// How long a name lookup of a dialed leg's host may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,7 +39,7 @@ pub struct Held {
 type MediaTimeoutFuture = Pin<Box<dyn Future<Output = MediaTimeout> + Send>>;
 
 struct Driver {
-    gw: Arc<Gateway>,
+    gw: Arc<CallServices>,
     call: Call,
     rx: mpsc::Receiver<CallInput>,
     tx: mpsc::Sender<CallInput>,
@@ -56,7 +56,7 @@ struct Driver {
 
 /// Runs a call to its end. `first`: the actions [`Call::start`] returned.
 pub async fn run(
-    gw: Arc<Gateway>,
+    gw: Arc<CallServices>,
     call: Call,
     first: Vec<Action>,
     held: Held,

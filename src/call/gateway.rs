@@ -8,94 +8,40 @@
 //!
 //! Called by the transports (as their [`Sink`]); `trunkline run` builds it.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Snapshot;
 use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome, RefusalRule};
 use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable};
-use crate::config::source::watch::Snapshot;
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::digest::{Credentials, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
-use crate::sip::transport::{Incoming, Protocol, Sink, Source, Target, Transports, Zone};
+use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 
 use crate::media::codec;
 use crate::media::ports::PortAllocator;
-use crate::media::relay::{MediaThreads, Relay, RelayConfig};
+use crate::media::relay::MediaThreads;
 use crate::media::sdp::Sdp;
 
 use super::inbound::{self, Admitted};
 use super::limits::Admission;
-
-/// What the gateway is told at start.
-#[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    /// The address advertised in Via, Contact and (later) SDP instead of the listener's own.
-    pub public_address: Option<IpAddr>,
-    /// Prefix of trunkline's own headers.
-    pub header_prefix: String,
-    /// How long an agent may ring before the call is given up (480 to the carrier).
-    pub agent_timeout: Duration,
-    /// The `Server`/`User-Agent` value.
-    pub user_agent: String,
-    /// No RTP from a leg of an answered call for this long ends the call.
-    pub media_timeout: Duration,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            public_address: None,
-            header_prefix: lookup::DEFAULT_HEADER_PREFIX.to_string(),
-            agent_timeout: Duration::from_secs(60),
-            user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
-            media_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Where the gateway listens, for Via/Contact/Record-Route.
-#[derive(Clone, Copy, Debug)]
-pub struct Listener {
-    pub zone: Zone,
-    pub protocol: Protocol,
-    pub addr: SocketAddr,
-}
-
-/// Messages for a call task.
-#[derive(Debug)]
-pub enum CallInput {
-    Request(Request, Source),
-    Response(Response, Source),
-}
+use super::services::{ALLOW, CallInput, CallServices, GatewayConfig, Listener, MediaOffer};
 
 /// The gateway: routing of messages to calls, and the decision on new INVITEs.
 pub struct Gateway {
-    pub(super) config: GatewayConfig,
+    /// What the gateway shares with its call tasks.
+    services: Arc<CallServices>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub(super) transports: OnceLock<Arc<Transports>>,
-    pub(super) listeners: Mutex<Vec<Listener>>,
-    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
     digest: DigestServer,
     admission: Arc<Admission>,
-    pub(super) metrics: Arc<GatewayMetrics>,
-    /// RTP ports of the relays (`--rtp-ports`).
-    pub(super) ports: Arc<PortAllocator>,
-    /// Threads the relays run on, apart from signalling; `None`: the caller's runtime.
-    media: OnceLock<Arc<MediaThreads>>,
     health: Arc<Health>,
     draining: AtomicBool,
-    /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
-    active: AtomicUsize,
 }
-
-pub use super::machine::{ALLOW, MediaOffer};
 
 impl Gateway {
     pub fn new(
@@ -107,50 +53,28 @@ impl Gateway {
         ports: Arc<PortAllocator>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
-            config,
+            services: CallServices::new(config, metrics, ports),
             snapshot,
-            transports: OnceLock::new(),
-            listeners: Mutex::new(Vec::new()),
-            calls: Mutex::new(HashMap::new()),
             digest,
             admission: Admission::new(),
-            metrics,
-            ports,
-            media: OnceLock::new(),
             health,
             draining: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
         })
     }
 
     /// Connects the transports (they need the gateway as their sink, so this comes after).
     pub fn attach(&self, transports: Arc<Transports>) {
-        let _ = self.transports.set(transports);
+        self.services.attach(transports);
     }
 
     /// Runs the RTP relays of new calls on these threads (media does not queue behind
     /// signalling, and a relay does not pay the multi-thread scheduler's wake-ups).
     pub fn use_media_threads(&self, threads: Arc<MediaThreads>) {
-        let _ = self.media.set(threads);
-    }
-
-    /// Starts a relay for a call, on the media threads when there are some.
-    pub(super) fn start_relay(
-        &self,
-        ip_a: IpAddr,
-        ip_b: IpAddr,
-        config: RelayConfig,
-    ) -> Result<Relay, crate::media::relay::StartError> {
-        match self.media.get() {
-            Some(threads) => threads.start_relay(&self.ports, ip_a, ip_b, config),
-            None => Relay::start(&self.ports, ip_a, ip_b, config),
-        }
+        self.services.use_media_threads(threads);
     }
 
     pub fn add_listener(&self, listener: Listener) {
-        if let Ok(mut l) = self.listeners.lock() {
-            l.push(listener);
-        }
+        self.services.add_listener(listener);
     }
 
     /// Stop taking calls: new INVITEs get 503, calls in progress go on.
@@ -161,66 +85,12 @@ impl Gateway {
 
     /// Calls in progress (admitted and not yet ended).
     pub fn active_calls(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
-    }
-
-    /// A call task is done with its call (it may still linger for retransmissions).
-    pub(super) fn call_ended(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// The address to put in our Via/Contact toward `zone` over `protocol`.
-    pub(super) fn local_address(&self, zone: Zone, protocol: Protocol) -> Option<SocketAddr> {
-        let listeners = self.listeners.lock().ok()?;
-        let found = listeners
-            .iter()
-            .find(|l| l.zone == zone && l.protocol == protocol)
-            .or_else(|| listeners.iter().find(|l| l.protocol == protocol))
-            .or_else(|| listeners.iter().find(|l| l.zone == zone))?;
-        let mut addr = found.addr;
-        match self.config.public_address {
-            Some(ip) if zone == Zone::Carrier => addr.set_ip(ip),
-            _ if addr.ip().is_unspecified() => addr.set_ip(if addr.is_ipv4() {
-                IpAddr::from([127, 0, 0, 1])
-            } else {
-                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
-            }),
-            _ => {}
-        }
-        Some(addr)
-    }
-
-    pub(super) fn register_call(&self, call_id: &str, tx: mpsc::Sender<CallInput>) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(call_id.to_string(), tx);
-        }
-    }
-
-    pub(super) fn unregister_call(&self, call_id: &str) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.remove(call_id);
-        }
-    }
-
-    fn call_for(&self, call_id: &str) -> Option<mpsc::Sender<CallInput>> {
-        self.calls.lock().ok()?.get(call_id).cloned()
-    }
-
-    /// Sends without waiting (stateless answers, ACKs).
-    pub(super) fn send_detached(&self, target: Target, bytes: Vec<u8>) {
-        if let Some(t) = self.transports.get() {
-            let t = t.clone();
-            tokio::spawn(async move {
-                if let Err(e) = t.send(&target, bytes).await {
-                    tracing::debug!(remote = %target.remote, error = %e, "send failed");
-                }
-            });
-        }
+        self.services.active_calls()
     }
 
     fn reply(&self, source: &Source, mut response: Response) {
-        response.headers.push(name::SERVER, self.config.user_agent.as_str());
-        self.send_detached(source.reply_target(), response.to_bytes());
+        response.headers.push(name::SERVER, self.services.config.user_agent.as_str());
+        self.services.send_detached(source.reply_target(), response.to_bytes());
     }
 
     fn reply_status(
@@ -279,7 +149,7 @@ impl Gateway {
         rule: RefusalRule,
         extra: &[(&str, String)],
     ) {
-        self.metrics.invite_refused(rule.status(), rule.as_str());
+        self.services.metrics.invite_refused(rule.status(), rule.as_str());
         self.reply_status(request, source, rule.status(), extra);
     }
 
@@ -326,7 +196,7 @@ impl Gateway {
             None => None,
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
-                self.metrics.auth_failure(AuthFailure::Malformed);
+                self.services.metrics.auth_failure(AuthFailure::Malformed);
                 tracing::debug!(error = %e, "unreadable credentials");
                 return self.refuse(&request, &source, RefusalRule::MalformedCredentials, &[]);
             }
@@ -335,12 +205,12 @@ impl Gateway {
             match self.verify(&table, c, now_unix) {
                 Ok(()) => {}
                 Err(Verdict::Stale) => {
-                    self.metrics.auth_failure(AuthFailure::StaleNonce);
+                    self.services.metrics.auth_failure(AuthFailure::StaleNonce);
                     let challenges = self.digest.challenge(now_unix, true);
                     return self.challenge(&request, &source, challenges);
                 }
                 Err(Verdict::Refused(failure)) => {
-                    self.metrics.auth_failure(failure);
+                    self.services.metrics.auth_failure(failure);
                     return self.refuse(&request, &source, RefusalRule::BadCredentials, &[]);
                 }
             }
@@ -358,7 +228,7 @@ impl Gateway {
             from: &from,
             headers: &headers,
         };
-        let options = LookupOptions { header_prefix: self.config.header_prefix.clone() };
+        let options = LookupOptions { header_prefix: self.services.config.header_prefix.clone() };
         let decision = lookup::lookup(&table, &attempt, &options);
         let route = match decision.outcome {
             Outcome::Route(route) => route,
@@ -368,7 +238,7 @@ impl Gateway {
             }
             Outcome::Refuse(refusal) => {
                 if let Some(failure) = auth_failure_of(refusal.rule) {
-                    self.metrics.auth_failure(failure);
+                    self.services.metrics.auth_failure(failure);
                 }
                 tracing::info!(
                     source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
@@ -401,11 +271,11 @@ impl Gateway {
             }
         };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
-        self.active.fetch_add(1, Ordering::SeqCst);
+        self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
-        self.register_call(&call_id, tx.clone());
+        self.services.register_call(&call_id, tx.clone());
         let admitted = Admitted { invite: request, source, route, permit, table, offer };
-        inbound::spawn(self.clone(), admitted, (tx, rx));
+        inbound::spawn(self.services.clone(), admitted, (tx, rx));
     }
 
     fn verify(&self, table: &RoutingTable, c: &Credentials, now_unix: u64) -> Result<(), Verdict> {
@@ -429,7 +299,7 @@ impl Gateway {
     }
 
     fn challenge(&self, request: &Request, source: &Source, challenges: Vec<String>) {
-        self.metrics.invite_refused(407, "Challenge");
+        self.services.metrics.invite_refused(407, "Challenge");
         let extra: Vec<(&str, String)> =
             challenges.into_iter().map(|c| (name::PROXY_AUTHENTICATE, c)).collect();
         self.reply_status(request, source, 407, &extra);
@@ -523,7 +393,7 @@ impl Gateway {
         let transport = source.protocol.as_str();
         match message {
             Err(e) => {
-                this.metrics.sip_message(transport, "malformed");
+                this.services.metrics.sip_message(transport, "malformed");
                 tracing::debug!(remote = %source.remote, status = e.status, detail = e.detail, "malformed message");
                 if let Some(partial) = e.partial
                     && partial.method != Method::Ack
@@ -539,8 +409,8 @@ impl Gateway {
                 }
             }
             Ok(Message::Request(request)) => {
-                this.metrics.sip_message(transport, "request");
-                let call = request.call_id().and_then(|c| this.call_for(c));
+                this.services.metrics.sip_message(transport, "request");
+                let call = request.call_id().and_then(|c| this.services.call_for(c));
                 match call {
                     Some(tx) => {
                         if tx.try_send(CallInput::Request(request, source)).is_err() {
@@ -553,8 +423,8 @@ impl Gateway {
                 }
             }
             Ok(Message::Response(response)) => {
-                this.metrics.sip_message(transport, "response");
-                if let Some(tx) = response.call_id().and_then(|c| this.call_for(c)) {
+                this.services.metrics.sip_message(transport, "response");
+                if let Some(tx) = response.call_id().and_then(|c| this.services.call_for(c)) {
                     let _ = tx.try_send(CallInput::Response(response, source));
                 }
             }

@@ -17,11 +17,11 @@ use crate::sip::msg::{DialogHeaders, NameAddr, Request, SipUri};
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, Held};
-use super::gateway::{CallInput, Gateway};
 use super::limits::CallPermit;
 use super::machine::{
     Call, CallConfig, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup,
 };
+use super::services::{CallInput, CallServices};
 
 /// An INVITE the front door admitted, with everything decided about it.
 pub struct Admitted {
@@ -36,7 +36,7 @@ pub struct Admitted {
 
 /// Starts the call's task.
 pub fn spawn(
-    gw: Arc<Gateway>,
+    gw: Arc<CallServices>,
     admitted: Admitted,
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {

@@ -1,9 +1,11 @@
-//! The B2BUA: the SIP core that matches messages to transactions and calls, the inbound call
-//! flow (DESIGN §4), admission limits, and the gateway that `trunkline run` assembles.
+//! The B2BUA: the front door that matches messages to calls and decides on new INVITEs
+//! (`gateway`), the inbound call flow (DESIGN §4, `inbound`), what the two share (`services`) and
+//! the admission limits (`limits`). No sockets are opened and no spec source is read here: the
+//! process that wires the gateway to its transports, relay and spec source is `runtime::gateway`.
 
 pub mod driver;
 pub mod gateway;
 pub mod inbound;
 pub mod limits;
 pub mod machine;
-pub mod serve;
+pub mod services;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::compile::compile;
 use super::diagnostic::{Severity, State, Verdict};
-use super::source::folder::{LoadProblem, Loaded};
+use super::manifest::{LoadProblem, Loaded};
 use super::specs::CompileOptions;
 
 /// One object's verdict and where it was written.

@@ -306,6 +306,24 @@ impl Verdict {
         verdict
     }
 
+    /// The verdict of an object that does not deserialise into its type: one fatal
+    /// `InvalidSpec` diagnostic on `field` (empty for the whole object).
+    pub fn refused_invalid_spec(
+        object: ObjectKey,
+        generation: Option<i64>,
+        field: String,
+        message: String,
+    ) -> Verdict {
+        let diagnostic = Diagnostic {
+            object: object.clone(),
+            field,
+            severity: Severity::Fatal,
+            reason: Reason::InvalidSpec,
+            message,
+        };
+        Verdict::refused_by_schema(object, generation, vec![diagnostic])
+    }
+
     pub fn condition(&self, type_: ConditionType) -> Option<&ConditionVerdict> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

@@ -195,78 +195,6 @@ pub struct Refusal {
     pub message: String,
 }
 
-impl Refusal {
-    /// The standard SIP reason phrase for the status (RFC 3261 §21, RFC 3262, RFC 4412...).
-    pub fn reason_phrase(&self) -> &'static str {
-        reason_phrase(self.status)
-    }
-}
-
-/// The standard reason phrase of a SIP status code; a generic phrase of its class for codes
-/// without one.
-pub fn reason_phrase(status: u16) -> &'static str {
-    known_reason_phrase(status).unwrap_or(match status {
-        100..=199 => "Session Progress",
-        200..=299 => "OK",
-        300..=399 => "Redirection",
-        400..=499 => "Request Failure",
-        500..=599 => "Server Failure",
-        _ => "Global Failure",
-    })
-}
-
-fn known_reason_phrase(status: u16) -> Option<&'static str> {
-    Some(match status {
-        100 => "Trying",
-        180 => "Ringing",
-        181 => "Call Is Being Forwarded",
-        182 => "Queued",
-        183 => "Session Progress",
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        410 => "Gone",
-        413 => "Request Entity Too Large",
-        414 => "Request-URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Unsupported URI Scheme",
-        420 => "Bad Extension",
-        421 => "Extension Required",
-        423 => "Interval Too Brief",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        482 => "Loop Detected",
-        483 => "Too Many Hops",
-        484 => "Address Incomplete",
-        485 => "Ambiguous",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        491 => "Request Pending",
-        493 => "Undecipherable",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Server Time-out",
-        505 => "Version Not Supported",
-        513 => "Message Too Large",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        604 => "Does Not Exist Anywhere",
-        606 => "Not Acceptable",
-        _ => return None,
-    })
-}
-
 /// Decides an inbound INVITE against the table. See the module docs for the order of checks.
 pub fn lookup(table: &RoutingTable, attempt: &CallAttempt, options: &LookupOptions) -> Decision {
     let mut steps = Steps::default();
@@ -1028,7 +956,6 @@ mod tests {
         let d = invite().lookup(&table);
         let r = refusal(&d);
         assert_eq!((r.status, r.rule), (503, RefusalRule::CredentialsPending));
-        assert_eq!(r.reason_phrase(), "Service Unavailable");
         assert!(last_detail(&d).contains("voice/new-in (Secret new-in-credentials)"));
     }
 
@@ -1185,7 +1112,6 @@ mod tests {
         assert_eq!(r.message, "+14155550200 is not on this trunk");
         assert!(!r.message.contains("secret-tenant"));
         assert!(last_detail(&d).contains("voice/secret-tenant-in"), "{}", last_detail(&d));
-        assert_eq!(r.reason_phrase(), "Not Found");
     }
 
     #[test]
@@ -1345,20 +1271,6 @@ mod tests {
         assert_eq!(json["outcome"]["action"], "refuse");
         assert_eq!(json["outcome"]["rule"], "UnknownUser");
         assert_eq!(json["outcome"]["status"], 403);
-    }
-
-    #[test]
-    fn reason_phrases_are_the_standard_ones() {
-        let phrase = |status| {
-            Refusal { status, rule: RefusalRule::NumberInvalid, message: String::new() }
-                .reason_phrase()
-        };
-        assert_eq!(phrase(403), "Forbidden");
-        assert_eq!(phrase(404), "Not Found");
-        assert_eq!(phrase(407), "Proxy Authentication Required");
-        assert_eq!(phrase(488), "Not Acceptable Here");
-        assert_eq!(phrase(503), "Service Unavailable");
-        assert_eq!(phrase(499), "Request Failure");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Validates one raw object (a `serde_json::Value` as read from YAML) against the CRD schema of its
 //! kind, the schema the code generates (`Kind::crd()`), so that `trunkline check` refuses what
 //! `kubectl apply` would refuse. It gives a list of [`SchemaViolation`]s (field path, message,
-//! reason); empty means the object is valid. The folder source (`config::source::folder`) calls
+//! reason); empty means the object is valid. The folder source (`source::folder`) calls
 //! [`validate`] before it deserialises an object into its typed struct.
 //!
 //! Three layers, each as the API server does it:

@@ -4,7 +4,7 @@
 //! **Generated credentials** ([`render_generated_credentials`], [`create_generated_credentials`]):
 //! a `kubernetes.io/basic-auth` Secret named `generated_credentials_secret_name(trunk)` in the
 //! trunk's namespace, with a random username and a 192-bit random password drawn by the same
-//! generator `trunkline run` uses for its state folder (`config::source::credentials`), so both
+//! generator `trunkline run` uses for its state folder (`source::credentials`), so both
 //! hand out credentials of the same shape. It is owned by the trunk (`controller: true`: deleting
 //! the trunk deletes it) and labelled as the operator's. It is created with a plain POST and never
 //! updated: an existing Secret of that name (409 AlreadyExists) is left exactly as it is, since the
@@ -29,14 +29,14 @@ use rand::Rng;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::bundle::{NONCE_KEY_LEN, read_bundle, render_bundle};
 use super::tracker::operator_owner_reference;
 use super::{FIELD_MANAGER, MANAGED_BY};
 use crate::api::InboundTrunk;
 use crate::config::secret::{BASIC_AUTH_TYPE, generated_credentials_secret_name};
-use crate::config::source::credentials::{TRUNK_ANNOTATION, generate_password, generate_username};
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{Compiled, Specs};
+use crate::source::bundle::{NONCE_KEY_LEN, read_bundle, render_bundle};
+use crate::source::credentials::{TRUNK_ANNOTATION, generate_password, generate_username};
 
 /// `app.kubernetes.io/managed-by`.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

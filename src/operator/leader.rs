@@ -209,11 +209,7 @@ mod tests {
     #[tokio::test]
     async fn bad_timings_are_refused_before_any_request() {
         // A client that would fail any request: the timings are checked first.
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = Client::new(service, "default");
+        let (client, _handle) = crate::fixtures::mock_client();
         let settings = LeaseSettings {
             name: "trunkline-operator".into(),
             namespace: "trunkline".into(),

@@ -40,6 +40,7 @@ use prometheus::{
 use super::status::{OWNED_CONDITIONS, condition_status};
 use crate::api::Kind;
 use crate::config::diagnostic::ObjectKey;
+use crate::observe::admin::MetricsPage;
 use crate::observe::metrics::{Shape, build_info, series_names};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -76,6 +77,13 @@ impl Default for OperatorMetrics {
 impl std::fmt::Debug for OperatorMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OperatorMetrics").finish_non_exhaustive()
+    }
+}
+
+/// What the operator's `/metrics` serves.
+impl MetricsPage for OperatorMetrics {
+    fn render(&self) -> String {
+        OperatorMetrics::render(self)
     }
 }
 

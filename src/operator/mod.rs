@@ -1,5 +1,6 @@
-//! The Kubernetes side of trunkline: `trunkline operator` and the API-server spec source of
-//! `trunkline gateway`. This is the only module that talks to the API server (STYLE.md).
+//! The Kubernetes side of trunkline: `trunkline operator`. This is the only module that writes
+//! to the API server (STYLE.md); the gateway's reads (`source::kube`, `source::node`) live with
+//! the other spec sources.
 //!
 //! ```text
 //!  API server ──watch──► controller (reflector stores of the three kinds + Secrets + gateway pods)
@@ -7,10 +8,10 @@
 //!                          ├─► status of every object (server-side apply on /status, only when
 //!                          │   it changed), events on transitions         (status, controller)
 //!                          ├─► generated credentials Secrets               (credentials)
-//!                          ├─► the one credentials Secret the gateways read (bundle)
+//!                          ├─► the one credentials Secret the gateways read (source::bundle)
 //!                          └─► the gateway fleet: Deployment|DaemonSet, RBAC, Services, PDB
 //!                              (fleet renders, tracker applies and deletes orphans)
-//!  gateway pod ──watch──► source: the three kinds + the bundle Secret → compile → table swap;
+//!  gateway pod ──watch──► source::kube: the three kinds + the bundle Secret → compile → swap;
 //!                          it writes nothing: GET /v1/status on its admin port says which
 //!                          config it serves and which address it advertises
 //!  operator prober ──GET <podIP>:<adminPort>/v1/status──► reports ──► Programmed (programmed),
@@ -19,23 +20,19 @@
 //!
 //! - `settings`: what the operator is told (flags or a config file the Helm chart fills).
 //! - `fleet`: `render_fleet(settings)`, pure; `tracker`: applies owned objects, deletes orphans.
-//! - `bundle`: the gateway credentials Secret, written by the operator and read by gateways.
-//! - `status`, `credentials`, `programmed`, `controller`: the reconcilers.
-//! - `source`: the gateway's spec source (reflectors → snapshots).
-//! - `node`: the address a gateway advertises, read from its own Node.
-//! - `leader`: the Lease that lets one operator replica write at a time.
+//! - `status`, `credentials`, `programmed`, `controller`: the reconcilers; `credentials` writes
+//!   the gateway credentials Secret that `source::bundle` renders and gateways read back.
+//! - `lead`: what the leader does (the fleet loop and the controllers); `leader`: the Lease that
+//!   lets one operator replica write at a time. The process around them is `runtime::operator`.
 
-pub mod bundle;
 pub mod controller;
 pub mod credentials;
 pub mod fleet;
+pub mod lead;
 pub mod leader;
 pub mod metrics;
-pub mod node;
 pub mod programmed;
-pub mod run;
 pub mod settings;
-pub mod source;
 pub mod status;
 pub mod tracker;
 

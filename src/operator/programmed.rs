@@ -513,9 +513,9 @@ mod tests {
     }
 
     /// The objects of a YAML text, as the folder source loads them.
-    fn load(yaml: &str) -> crate::config::source::Loaded {
-        let mut loaded = crate::config::source::Loaded::default();
-        crate::config::source::load_str(std::path::Path::new("t.yaml"), yaml, &mut loaded);
+    fn load(yaml: &str) -> crate::config::manifest::Loaded {
+        let mut loaded = crate::config::manifest::Loaded::default();
+        crate::config::manifest::load_str(std::path::Path::new("t.yaml"), yaml, &mut loaded);
         loaded
     }
 

@@ -391,29 +391,14 @@ fn is_immutable_selector(status: &kube::core::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{self, Recorded, mock_client};
     use crate::operator::fleet::render_fleet;
-    use http::{Method, Request, Response, StatusCode};
+    use http::{Method, Response, StatusCode};
     use kube::client::Body;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::pin::pin;
     use std::time::Duration;
-
-    /// One request the tracker made, as the API server saw it.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        method: Method,
-        path: String,
-        query: BTreeMap<String, String>,
-        body: Option<Value>,
-    }
-
-    impl Seen {
-        fn line(&self) -> String {
-            format!("{} {}", self.method, self.path)
-        }
-    }
 
     /// The immutable-selector refusal is answered once per test process (one test uses it).
     static IMMUTABLE_REFUSED: std::sync::atomic::AtomicBool =
@@ -442,13 +427,13 @@ mod tests {
         }
     }
 
-    fn respond(seen: &Seen, existing: &Existing, fail_apply_of: Option<&str>) -> Response<Body> {
-        let json_response = |status: StatusCode, value: Value| {
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&value).unwrap()))
-                .unwrap()
-        };
+    fn respond(
+        seen: &Recorded,
+        existing: &Existing,
+        fail_apply_of: Option<&str>,
+    ) -> Response<Body> {
+        let json_response =
+            |status: StatusCode, value: Value| fixtures::json_response(status.as_u16(), &value);
         match seen.method {
             Method::PATCH => {
                 if fail_apply_of.is_some_and(|p| p == format!("{}#immutable", seen.path))
@@ -472,7 +457,7 @@ mod tests {
                     );
                 }
                 // The API server answers an apply with the object it stored.
-                json_response(StatusCode::OK, seen.body.clone().unwrap())
+                json_response(StatusCode::OK, seen.body.clone())
             }
             Method::GET => {
                 // A single object: the owner Deployment, or a cluster-wide RBAC object.
@@ -540,26 +525,12 @@ mod tests {
         settings: &OperatorSettings,
         existing: Existing,
         fail_apply_of: Option<&'static str>,
-    ) -> (Result<FleetReport, TrackerError>, Vec<Seen>) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(async move {
-            let mut handle = pin!(handle);
-            let mut seen = Vec::new();
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.unwrap();
-                let request = Seen {
-                    method: parts.method.clone(),
-                    path: parts.uri.path().to_string(),
-                    query: form_pairs(parts.uri.query().unwrap_or_default()),
-                    body: (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap()),
-                };
-                send.send_response(respond(&request, &existing, fail_apply_of));
-                seen.push(request);
-            }
-            seen
+    ) -> (Result<FleetReport, TrackerError>, Vec<Recorded>) {
+        let (client, handle) = mock_client();
+        let server = fixtures::serve(handle, move |request, send| {
+            send.send_response(respond(request, &existing, fail_apply_of));
         });
-        let tracker = FleetTracker::new(Client::new(service, "default"), settings);
+        let tracker = FleetTracker::new(client, settings);
         let result =
             tokio::time::timeout(Duration::from_secs(10), tracker.apply(render_fleet(settings)))
                 .await
@@ -572,22 +543,6 @@ mod tests {
         (result, seen)
     }
 
-    fn form_pairs(query: &str) -> BTreeMap<String, String> {
-        query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect()
-    }
-
-    /// Percent-decoding for the few characters a label selector uses.
-    fn decode(s: &str) -> String {
-        s.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/").replace('+', " ")
-    }
-
     fn id(kind: &'static str, name: &str) -> ObjectId {
         ObjectId { kind, name: name.to_string() }
     }
@@ -597,7 +552,7 @@ mod tests {
         let s = OperatorSettings::default();
         let (result, seen) = run(&s, Existing::new(), None).await;
         let report = result.unwrap();
-        let patches: Vec<&Seen> = seen.iter().filter(|r| r.method == Method::PATCH).collect();
+        let patches: Vec<&Recorded> = seen.iter().filter(|r| r.method == Method::PATCH).collect();
         let paths: Vec<&str> = patches.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -613,17 +568,9 @@ mod tests {
         );
         let rendered = render_fleet(&s);
         for (patch, object) in patches.iter().zip(&rendered) {
-            assert_eq!(
-                patch.query.get("fieldManager").map(String::as_str),
-                Some("trunkline-operator")
-            );
-            assert_eq!(
-                patch.query.get("force").map(String::as_str),
-                Some("true"),
-                "{}",
-                patch.path
-            );
-            let body = patch.body.as_ref().unwrap();
+            assert_eq!(patch.param("fieldManager").as_deref(), Some("trunkline-operator"));
+            assert_eq!(patch.param("force").as_deref(), Some("true"), "{}", patch.path);
+            let body = &patch.body;
             assert_eq!(body["kind"], object.kind());
             assert_eq!(body["metadata"]["name"], object.name());
             assert_eq!(body["metadata"]["labels"][FLEET_LABEL], "trunkline");
@@ -643,23 +590,20 @@ mod tests {
     #[tokio::test]
     async fn stamping_restores_labels_and_namespace_the_renderer_lost() {
         let s = OperatorSettings::default();
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(async move {
-            let mut handle = pin!(handle);
-            let (request, send) = handle.next_request().await.unwrap();
-            let body: Value =
-                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap())
-                    .unwrap();
-            send.send_response(Response::new(Body::from(serde_json::to_vec(&body).unwrap())));
-            body
+        let (client, handle) = mock_client();
+        // The apply is answered with what was sent; the orphan search that follows gets no
+        // list and fails, which is fine here.
+        let server = fixtures::serve(handle, |request, send| {
+            send.send_response(fixtures::ok(&request.body));
         });
         let mut object = render_fleet(&s).remove(0);
         object.meta_mut().labels = None;
         object.meta_mut().namespace = Some("elsewhere".into());
-        let tracker = FleetTracker::new(Client::new(service, "default"), &s);
-        // Only the apply is answered; the orphan search that follows fails, which is fine here.
+        let tracker = FleetTracker::new(client, &s);
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.apply(vec![object])).await;
-        let body = server.await.unwrap();
+        drop(tracker);
+        let seen = server.await.unwrap();
+        let body = &seen[0].body;
         assert_eq!(body["metadata"]["namespace"], "trunkline");
         assert_eq!(body["metadata"]["labels"][FLEET_LABEL], "trunkline");
         assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], MANAGED_BY);
@@ -669,7 +613,7 @@ mod tests {
     async fn orphans_are_listed_by_the_fleet_labels_for_every_managed_kind() {
         let (result, seen) = run(&OperatorSettings::default(), Existing::new(), None).await;
         result.unwrap();
-        let gets: Vec<&Seen> = seen.iter().filter(|r| r.method == Method::GET).collect();
+        let gets: Vec<&Recorded> = seen.iter().filter(|r| r.method == Method::GET).collect();
         let paths: Vec<&str> = gets.iter().map(|r| r.path.as_str()).collect();
         let mut expected: Vec<&str> = MANAGED_KINDS.iter().map(|k| list_path(k)).collect();
         // Then the cluster-wide RBAC older operators made, by name.
@@ -679,7 +623,7 @@ mod tests {
         for list in &gets[..MANAGED_KINDS.len()] {
             // Every object the operator made in the namespace: a renamed fleet's too.
             assert_eq!(
-                list.query.get("labelSelector").map(String::as_str),
+                list.param("labelSelector").as_deref(),
                 Some("app.kubernetes.io/managed-by=trunkline-operator"),
                 "{}",
                 list.path
@@ -700,7 +644,7 @@ mod tests {
         let (result, seen) = run(&s, existing, None).await;
         let report = result.unwrap();
         let deletes: Vec<String> =
-            seen.iter().filter(|r| r.method == Method::DELETE).map(Seen::line).collect();
+            seen.iter().filter(|r| r.method == Method::DELETE).map(Recorded::line).collect();
         assert_eq!(
             deletes,
             [
@@ -714,7 +658,7 @@ mod tests {
         );
         // Deleted in the background, so the Deployment's pods go with it.
         let delete = seen.iter().find(|r| r.method == Method::DELETE).unwrap();
-        assert_eq!(delete.body.as_ref().unwrap()["propagationPolicy"], "Background");
+        assert_eq!(delete.body["propagationPolicy"], "Background");
         // Every delete comes after every apply.
         let last_patch = seen.iter().rposition(|r| r.method == Method::PATCH).unwrap();
         let first_delete = seen.iter().position(|r| r.method == Method::DELETE).unwrap();
@@ -739,7 +683,7 @@ mod tests {
         let (result, seen) = run(&OperatorSettings::default(), existing, None).await;
         let report = result.unwrap();
         let deletes: Vec<String> =
-            seen.iter().filter(|r| r.method == Method::DELETE).map(Seen::line).collect();
+            seen.iter().filter(|r| r.method == Method::DELETE).map(Recorded::line).collect();
         // Another fleet's objects (another operator's, same namespace) stay.
         assert_eq!(
             deletes,
@@ -778,7 +722,7 @@ mod tests {
             "GET /apis/apps/v1/namespaces/trunkline/deployments/trunkline-operator"
         );
         for patch in seen.iter().filter(|r| r.method == Method::PATCH) {
-            let owners = &patch.body.as_ref().unwrap()["metadata"]["ownerReferences"];
+            let owners = &patch.body["metadata"]["ownerReferences"];
             assert_eq!(
                 owners,
                 &json!([{"apiVersion": "apps/v1", "kind": "Deployment",
@@ -804,7 +748,7 @@ mod tests {
         )
         .await;
         result.unwrap();
-        let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+        let lines: Vec<String> = seen.iter().map(Recorded::line).collect();
         let at = lines
             .iter()
             .position(|l| {
@@ -820,7 +764,7 @@ mod tests {
             ]
         );
         // Foreground: the old pods are gone before the new Deployment's come up.
-        assert_eq!(seen[at + 1].body.as_ref().unwrap()["propagationPolicy"], "Foreground");
+        assert_eq!(seen[at + 1].body["propagationPolicy"], "Foreground");
     }
 
     #[tokio::test]

@@ -812,14 +812,36 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// A reason phrase for a status code (RFC 3261 §21).
+/// The standard reason phrase of a status code (RFC 3261 §21 and later RFCs, as the codec knows
+/// them); a generic phrase of its class for codes without one.
 pub fn reason_phrase(status: u16) -> &'static str {
-    crate::config::lookup::reason_phrase(status)
+    let code = ezk_sip_types::StatusCode::from(status);
+    code.text().unwrap_or(match code.kind() {
+        ezk_sip_types::CodeKind::Provisional => "Session Progress",
+        ezk_sip_types::CodeKind::Success => "OK",
+        ezk_sip_types::CodeKind::Redirection => "Redirection",
+        ezk_sip_types::CodeKind::RequestFailure => "Request Failure",
+        ezk_sip_types::CodeKind::ServerFailure => "Server Failure",
+        ezk_sip_types::CodeKind::GlobalFailure | ezk_sip_types::CodeKind::Custom => {
+            "Global Failure"
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_phrases_are_the_standard_ones() {
+        let phrase = reason_phrase;
+        assert_eq!(phrase(403), "Forbidden");
+        assert_eq!(phrase(404), "Not Found");
+        assert_eq!(phrase(407), "Proxy Authentication Required");
+        assert_eq!(phrase(488), "Not Acceptable Here");
+        assert_eq!(phrase(503), "Service Unavailable");
+        assert_eq!(phrase(499), "Request Failure");
+    }
 
     const INVITE: &str = "INVITE sip:+14155550100@gw.example;user=phone SIP/2.0\r\n\
 Via: SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK776asdhds;rport\r\n\

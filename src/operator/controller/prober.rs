@@ -19,7 +19,7 @@
 //! trunks' status, which carriers build their allowlists from, so a gateway (an internet-facing
 //! process) must not be able to put an address of its choosing there. The operator works out
 //! the address each pod's gateway must advertise from the fleet's settings ([`AddressPolicy`]):
-//! the pod's IP, the fixed `publicAddress`, or what `operator::node::node_public_address` picks
+//! the pod's IP, the fixed `publicAddress`, or what `source::node::node_public_address` picks
 //! from the pod's Node (read by the operator itself, once a round per node). A report with any
 //! other address keeps its config hash but loses its address, with a warning.
 
@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 
 use super::context::Context;
 use crate::observe::admin::GatewayStatus;
-use crate::operator::node::node_public_address;
+use crate::source::node::node_public_address;
 
 /// How often every gateway pod is probed while nothing changes.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);

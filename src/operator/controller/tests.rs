@@ -1,7 +1,8 @@
-//! Reconcile scenarios against kube's mock service (`tower-test`). The stores are filled through
-//! the index, as the watchers would; the compile step and the reconciles are called directly; a
-//! small API server behind the mock answers every request and records it, and each scenario
-//! asserts the exact requests made (method, path, query, body) and nothing more.
+//! Reconcile scenarios against the crate's fake API server (`crate::fixtures`, kube's mock
+//! service). The stores are filled through the index, as the watchers would; the compile step
+//! and the reconciles are called directly; the state below answers every request and records
+//! it, and each scenario asserts the exact requests made (method, path, query, body) and nothing
+//! more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -9,11 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
@@ -23,6 +21,7 @@ use super::index::Index;
 use super::reconcile::reconcile;
 use super::*;
 use crate::api::{InboundTrunk, OutboundTrunk, TransferDestination};
+use crate::fixtures::{self, Recorded, Responder, json_response, mock_client, status_body};
 use crate::observe::admin::GatewayStatus;
 use crate::operator::controller::prober::PodReport;
 use crate::operator::metrics::OperatorMetrics;
@@ -30,25 +29,10 @@ use crate::operator::metrics::OperatorMetrics;
 // ---------------------------------------------------------------------------------------------
 // The API server behind the mock service.
 
-/// One request as the API server saw it.
-#[derive(Clone, Debug)]
-struct Recorded {
-    method: String,
-    path: String,
-    query: BTreeSet<String>,
-    body: Value,
-}
-
-impl Recorded {
-    fn is(&self, method: &str, path: &str) -> bool {
-        self.method == method && self.path == path
-    }
-
-    /// A server-side apply by the operator's field manager, forced.
-    fn is_forced_apply(&self) -> bool {
-        self.query.iter().any(|q| q.starts_with("fieldManager=trunkline-operator"))
-            && self.query.contains("force=true")
-    }
+/// A server-side apply by the operator's field manager, forced.
+fn is_forced_apply(r: &Recorded) -> bool {
+    r.query.iter().any(|q| q.starts_with("fieldManager=trunkline-operator"))
+        && r.query.iter().any(|q| q == "force=true")
 }
 
 #[derive(Default)]
@@ -58,11 +42,6 @@ struct ServerState {
     resource_version: u64,
     /// Answer the next request to this (method, path) with this HTTP status.
     fail: Option<(String, String, u16)>,
-}
-
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
 }
 
 impl ServerState {
@@ -129,7 +108,7 @@ fn in_collection(collection: &str, object_path: &str) -> bool {
 
 impl ServerState {
     /// A LIST of a collection, honouring the one field selector the operator uses.
-    fn list(&self, collection: &str, query: &BTreeSet<String>) -> Value {
+    fn list(&self, collection: &str, query: &[String]) -> Value {
         let basic_auth_only = query.iter().any(|q| q.starts_with("fieldSelector=type"));
         let items: Vec<Value> = self
             .objects
@@ -142,56 +121,33 @@ impl ServerState {
     }
 }
 
-type MockHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Responder = tower_test::mock::SendResponse<Response<Body>>;
-
-fn respond(send: Responder, code: u16, body: Vec<u8>) {
-    send.send_response(
-        Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap(),
-    );
-}
-
 /// Watches waiting for an answer, by collection path: a test answers one with scripted events
 /// (the watch then ends and the watcher opens the next one), the others stay open and quiet.
 type HeldWatches = Arc<Mutex<Vec<(String, Responder)>>>;
 
-async fn serve(mut handle: MockHandle, state: Arc<Mutex<ServerState>>, held: HeldWatches) {
-    while let Some((request, send)) = handle.next_request().await {
-        let method = request.method().to_string();
-        let path = request.uri().path().to_string();
-        let query: BTreeSet<String> = request
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|q| !q.is_empty())
-            .map(str::to_string)
-            .collect();
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        let is_collection =
-            path.ends_with('s') && !state.lock().unwrap().objects.contains_key(&path);
-        if method == "GET" && query.contains("watch=true") {
-            held.lock().unwrap().push((path, send));
-            continue;
+/// Serves the mock service from `state`: LISTs from its objects, WATCHes held in `held`, every
+/// other request answered by [`ServerState::answer`] and recorded.
+fn serve(handle: fixtures::MockHandle, state: Arc<Mutex<ServerState>>, held: HeldWatches) {
+    fixtures::serve(handle, move |request, send| {
+        if request.is_watch() {
+            held.lock().unwrap().push((request.path.clone(), send));
+            return;
         }
-        let (code, answer) = {
-            let mut s = state.lock().unwrap();
-            if method == "GET" && is_collection && query.iter().any(|q| q.starts_with("limit=")) {
-                (200, s.list(&path, &query))
-            } else {
-                let answer = s.answer(&method, &path, &body);
-                s.requests.push(Recorded { method, path, query, body });
-                answer
-            }
+        let mut s = state.lock().unwrap();
+        let (method, path) = (request.method.as_str(), request.path.as_str());
+        let is_collection = path.ends_with('s') && !s.objects.contains_key(path);
+        let (code, answer) = if method == "GET"
+            && is_collection
+            && request.query.iter().any(|q| q.starts_with("limit="))
+        {
+            (200, s.list(path, &request.query))
+        } else {
+            let answer = s.answer(method, path, &request.body);
+            s.requests.push(request.clone());
+            answer
         };
-        respond(send, code, serde_json::to_vec(&answer).unwrap());
-    }
+        send.send_response(json_response(code, &answer));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,10 +208,9 @@ impl Harness {
     }
 
     fn with_config(config: ControllerConfig) -> Harness {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+        let (client, handle) = mock_client();
         let server = Arc::new(Mutex::new(ServerState::default()));
-        tokio::spawn(serve(handle, Arc::clone(&server), HeldWatches::default()));
+        serve(handle, Arc::clone(&server), HeldWatches::default());
         let seconds = Arc::new(AtomicI64::new(0));
         let clock_seconds = Arc::clone(&seconds);
         let clock: Clock = Arc::new(move || {
@@ -471,8 +426,8 @@ async fn a_valid_trunk_becomes_accepted_and_resolved_in_one_status_patch() {
     assert_eq!(requests.len(), 4, "{requests:#?}");
     let patch = &requests[0];
     assert!(patch.is("PATCH", &format!("{}/status", path_of("InboundTrunk", "acme-in"))));
-    assert!(patch.is_forced_apply(), "{:?}", patch.query);
-    assert!(patch.query.contains("fieldManager=trunkline-operator%2Fmain"), "{:?}", patch.query);
+    assert!(is_forced_apply(patch), "{:?}", patch.query);
+    assert_eq!(patch.param("fieldManager").as_deref(), Some("trunkline-operator/main"));
     let at = time(10);
     assert_eq!(
         patch.body,
@@ -679,7 +634,7 @@ async fn generated_credentials_are_created_once_and_not_again_while_the_secret_e
     let requests = h.requests();
     let create = &requests[0];
     assert!(create.is("POST", "/api/v1/namespaces/voice/secrets"), "{create:?}");
-    assert!(create.query.contains("fieldManager=trunkline-operator"));
+    assert_eq!(create.param("fieldManager").as_deref(), Some("trunkline-operator"));
     let secret = &create.body;
     assert_eq!(secret["type"], "kubernetes.io/basic-auth");
     assert_eq!(secret["metadata"]["name"], "acme-in-trunkline-credentials");
@@ -840,7 +795,7 @@ async fn an_outbound_trunk_leaves_the_gateways_reachable_condition_to_them_and_g
     let requests = h.requests();
     let patch = status_patches(&requests)[0];
     assert!(patch.is("PATCH", &format!("{}/status", path_of("OutboundTrunk", "carrier-out"))));
-    assert!(patch.is_forced_apply());
+    assert!(is_forced_apply(patch));
     let status = &patch.body["status"];
     // The apply names only the operator's conditions: `conditions` is a list map keyed by type,
     // so a `Reachable` written by another field manager stays as it wrote it.
@@ -1071,7 +1026,7 @@ async fn the_bundle_carries_the_credentials_is_applied_only_on_change_and_never_
     assert!(requests[0].is("GET", BUNDLE), "the nonce key is looked for first");
     let apply = &requests[1];
     assert!(apply.is("PATCH", BUNDLE));
-    assert!(apply.is_forced_apply());
+    assert!(is_forced_apply(apply));
     let body = &apply.body;
     assert_eq!((body["apiVersion"].as_str(), body["kind"].as_str()), (Some("v1"), Some("Secret")));
     assert_eq!(body["type"], "Opaque");
@@ -1137,12 +1092,8 @@ fn run_controllers_is_a_send_future_the_lead_can_spawn() {
     fn assert_send<T: Send + 'static>(_: &T) {}
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let future = run_controllers(
-            Client::new(service, "default"),
-            config(),
-            Arc::new(OperatorMetrics::new()),
-        );
+        let (client, _handle) = mock_client();
+        let future = run_controllers(client, config(), Arc::new(OperatorMetrics::new()));
         assert_send(&future);
     });
 }
@@ -1183,10 +1134,10 @@ async fn eventually(
 
 #[tokio::test]
 async fn run_controllers_lists_watches_and_writes_status_and_bundle() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (client, handle) = mock_client();
     let server = Arc::new(Mutex::new(ServerState::default()));
     let held = HeldWatches::default();
-    tokio::spawn(serve(handle, Arc::clone(&server), Arc::clone(&held)));
+    serve(handle, Arc::clone(&server), Arc::clone(&held));
     {
         let mut s = server.lock().unwrap();
         let secret = s.stamp(basic_auth("acme-creds", "acme-user", "pw-e2e"));
@@ -1205,15 +1156,11 @@ async fn run_controllers_lists_watches_and_writes_status_and_bundle() {
         s.objects.insert(path_of("Secret", "acme-creds-opaque"), opaque);
     }
     let metrics = Arc::new(OperatorMetrics::new());
-    let running = tokio::spawn(run_controllers(
-        Client::new(service, "default"),
-        config(),
-        Arc::clone(&metrics),
-    ));
+    let running = tokio::spawn(run_controllers(client, config(), Arc::clone(&metrics)));
 
     let status_path = format!("{}/status", path_of("InboundTrunk", "acme-in"));
     let patch = eventually(&server, "the trunk's status", |r| r.is("PATCH", &status_path)).await;
-    assert!(patch.is_forced_apply());
+    assert!(is_forced_apply(&patch));
     assert_eq!(condition(&patch.body["status"], "Accepted")["status"], "True");
     assert_eq!(condition(&patch.body["status"], "ResolvedRefs")["status"], "True");
     let bundle = eventually(&server, "the bundle", |r| r.is("PATCH", BUNDLE)).await;
@@ -1249,8 +1196,7 @@ async fn run_controllers_lists_watches_and_writes_status_and_bundle() {
             .unwrap();
         held.remove(i).1
     };
-    let event = json!({"type": "ADDED", "object": late});
-    respond(responder, 200, format!("{event}\n").into_bytes());
+    responder.send_response(fixtures::watch_event("ADDED", &late));
     let late_status = format!("{}/status", path_of("InboundTrunk", "late-in"));
     let patch =
         eventually(&server, "the newer trunk's status", |r| r.is("PATCH", &late_status)).await;

@@ -393,8 +393,8 @@ fn write_private_file(file: &Path, bytes: &[u8]) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::manifest::{Loaded, load_str};
     use crate::config::secret::BasicAuth;
-    use crate::config::source::folder::{Loaded, load_str};
     use crate::config::{CompileOptions, compile};
 
     /// A folder under the system temp dir, removed when dropped.

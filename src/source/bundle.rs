@@ -186,8 +186,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::source::{Loaded, load_paths, load_str};
     use crate::config::{CompileOptions, compile};
+    use crate::source::folder::{Loaded, load_paths, load_str};
 
     fn examples() -> Specs {
         let loaded = load_paths(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")]);

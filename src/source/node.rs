@@ -15,7 +15,7 @@
 //! Addresses of a type that do not parse as IPs are passed over. [`node_public_address`] is the
 //! pure choice; [`fetch_node_public_address`] GETs the Node with retries (backoff, bounded in
 //! time: the kubelet restarts a pod that gives up, and it stays not ready meanwhile) and logs the
-//! choice at INFO. Called by `call::serve` before the listeners open.
+//! choice at INFO. Called by `runtime::gateway` before the listeners open.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -170,15 +170,14 @@ pub async fn fetch_node_public_address(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::pin::pin;
 
-    use http::{Request, Response, StatusCode};
+    use http::{Method, Response};
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use kube::client::Body;
-    use serde_json::json;
 
     use super::*;
+    use crate::fixtures::{self, mock_client, ok, status_response};
 
     const KEY: &str = DEFAULT_ADDRESS_ANNOTATION;
 
@@ -266,20 +265,8 @@ mod tests {
         assert_eq!(node_public_address(&n, "other.example/key").expect("").0, ip("fd00::4"));
     }
 
-    fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&body).expect("json")))
-            .expect("a response")
-    }
-
     fn server_error() -> Response<Body> {
-        json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "etcd is away", "reason": "InternalError", "code": 500}),
-        )
+        status_response(500, "InternalError", "etcd is away")
     }
 
     /// Runs the fetch against a mock API server answering each GET with the next of `answers`
@@ -288,19 +275,12 @@ mod tests {
         answers: Vec<Response<Body>>,
         retry: Retry,
     ) -> (Result<IpAddr, NodeAddressError>, Vec<String>) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(async move {
-            let mut handle = pin!(handle);
-            let mut answers = answers.into_iter();
-            let mut paths = Vec::new();
-            while let Some((request, send)) = handle.next_request().await {
-                assert_eq!(request.method(), http::Method::GET);
-                paths.push(request.uri().path().to_string());
-                send.send_response(answers.next().unwrap_or_else(server_error));
-            }
-            paths
+        let (client, handle) = mock_client();
+        let mut answers = answers.into_iter();
+        let server = fixtures::serve(handle, move |request, send| {
+            assert_eq!(request.method, Method::GET);
+            send.send_response(answers.next().unwrap_or_else(server_error));
         });
-        let client = Client::new(service, "default");
         let result = tokio::time::timeout(
             Duration::from_secs(10),
             fetch_node_public_address(client, "edge-1", KEY, retry),
@@ -311,7 +291,7 @@ mod tests {
             .await
             .expect("the mock server stops")
             .expect("the mock server did not panic");
-        (result, paths)
+        (result, paths.into_iter().map(|r| r.path).collect())
     }
 
     const QUICK: Retry = Retry {
@@ -323,11 +303,7 @@ mod tests {
     #[tokio::test]
     async fn the_node_is_read_again_after_a_failure_and_its_address_taken() {
         let found = serde_json::to_value(node(None, CLOUD)).expect("json");
-        let (result, paths) = fetch(
-            vec![server_error(), server_error(), json_response(StatusCode::OK, found)],
-            QUICK,
-        )
-        .await;
+        let (result, paths) = fetch(vec![server_error(), server_error(), ok(&found)], QUICK).await;
         assert_eq!(result.expect("an address"), ip("203.0.113.5"));
         assert_eq!(paths, vec!["/api/v1/nodes/edge-1"; 3]);
     }
@@ -349,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_annotation_is_an_error_without_retrying() {
         let found = serde_json::to_value(node(Some("nope"), CLOUD)).expect("json");
-        let (result, paths) = fetch(vec![json_response(StatusCode::OK, found)], QUICK).await;
+        let (result, paths) = fetch(vec![ok(&found)], QUICK).await;
         assert!(matches!(result, Err(NodeAddressError::BadAnnotation { .. })));
         assert_eq!(paths.len(), 1);
     }

@@ -1,5 +1,4 @@
-//! `trunkline operator`: the assembly. Reads the settings file, serves the admin endpoints on
-//! every replica, joins the leader election, and while this replica holds the Lease runs:
+//! What the operator's leader does, for as long as it holds the Lease ([`lead`]):
 //!
 //! - the fleet loop: renders the gateway fleet from the settings and applies it through the
 //!   tracker (owned objects applied, orphans deleted) at start and every [`FLEET_RESYNC`] (drift
@@ -10,207 +9,38 @@
 //!   change the other addresses in trunk status without a restart: the controllers' prober
 //!   follows them.
 //!
-//! A replica that loses the Lease stops both at once (`leader::run_while_leader`). `/readyz` is
-//! 200 once the API server answered, on standby replicas too (a rollout of two replicas must not
-//! wait for the one that cannot lead); `/healthz` is 200 while the process runs.
+//! The process around it (settings, admin endpoints, the election, the stop signal) is
+//! `runtime::operator`, which runs [`lead`] under `leader::run_while_leader`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kube::{Api, Client};
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::IntCounterVec;
 use tokio::sync::watch;
 
 use super::controller::prober::AddressPolicy;
 use super::controller::{ControllerConfig, run_controllers};
 use super::fleet::{carrier_service_name, render_fleet};
-use super::leader::{self, LeaseSettings};
 use super::metrics::OperatorMetrics;
-use super::settings::{OperatorSettings, SettingsError};
+use super::settings::OperatorSettings;
 use super::status::sip_endpoint;
 use super::tracker::FleetTracker;
-use crate::call::serve::{shutdown_signal, stopped};
-use crate::observe::admin::{Health, MetricsPage, serve_admin};
 
 /// How often the fleet is applied again while nothing fails.
 pub const FLEET_RESYNC: Duration = Duration::from_secs(60);
 /// First and longest wait before applying the fleet again after a failure.
 const FLEET_RETRY: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
 
-/// Everything `trunkline operator` is told on its command line.
-#[derive(Clone, Debug)]
-pub struct OperatorOptions {
-    /// The settings file; `None`: the defaults.
-    pub config: Option<PathBuf>,
-    pub admin: SocketAddr,
-    /// The Lease; default `<fleet>-operator`.
-    pub lease_name: Option<String>,
-    /// Where the Lease lives (the operator's own namespace); default: the fleet's namespace.
-    pub lease_namespace: Option<String>,
-    /// This replica, in the Lease; default: the host name.
-    pub identity: Option<String>,
-    /// Watch the three kinds and Secrets in this namespace only.
-    pub watch_namespace: Option<String>,
-    pub lease_duration: Duration,
-    pub lease_grace: Duration,
-}
-
-/// Why the operator could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum OperatorError {
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error("settings: {field}: {message}")]
-    InvalidDefaults { field: String, message: String },
-    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG)")]
-    Client(#[source] kube::Error),
-    #[error("cannot listen on {addr}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Leader(#[from] leader::LeaderError),
-    #[error(
-        "--watch-namespace {flag} and the settings' watchNamespace {settings} differ: the \
-         gateways would serve trunks the operator does not validate"
-    )]
-    WatchNamespaceConflict { flag: String, settings: String },
-}
-
-/// The one namespace the operator watches and passes on to the gateways: `--watch-namespace`
-/// or the settings' `watchNamespace` (the chart sets both alike); both set and different is
-/// refused.
-fn watch_namespace(
-    flag: Option<&str>,
-    settings: Option<&str>,
-) -> Result<Option<String>, OperatorError> {
-    match (flag, settings) {
-        (Some(flag), Some(settings)) if flag != settings => {
-            Err(OperatorError::WatchNamespaceConflict {
-                flag: flag.to_string(),
-                settings: settings.to_string(),
-            })
-        }
-        (flag, settings) => Ok(flag.or(settings).map(str::to_string)),
-    }
-}
-
-impl MetricsPage for OperatorMetrics {
-    fn render(&self) -> String {
-        OperatorMetrics::render(self)
-    }
-}
-
-/// The assembly's own metrics, registered in the operator's registry.
-#[derive(Clone)]
-struct AssemblyMetrics {
-    leader: IntGauge,
-    fleet_applies: IntCounterVec,
-}
-
-impl AssemblyMetrics {
-    fn register(metrics: &OperatorMetrics) -> AssemblyMetrics {
-        // Registered with the others (OperatorMetrics::metric_names lists them).
-        AssemblyMetrics {
-            leader: metrics.leader().clone(),
-            fleet_applies: metrics.fleet_applies().clone(),
-        }
-    }
-}
-
-/// Runs the operator until SIGTERM/Ctrl-C.
-pub async fn run_operator(options: OperatorOptions) -> Result<(), OperatorError> {
-    let settings = match &options.config {
-        Some(path) => OperatorSettings::load(path)?,
-        None => {
-            let s = OperatorSettings::default();
-            s.validate().map_err(|e| OperatorError::InvalidDefaults {
-                field: e.field.clone(),
-                message: e.message.clone(),
-            })?;
-            s
-        }
-    };
-    let mut settings = settings;
-    settings.watch_namespace =
-        watch_namespace(options.watch_namespace.as_deref(), settings.watch_namespace.as_deref())?;
-    let settings = Arc::new(settings);
-    let client = Client::try_default().await.map_err(OperatorError::Client)?;
-
-    let metrics = Arc::new(OperatorMetrics::new());
-    let assembly = AssemblyMetrics::register(&metrics);
-    let health = Health::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = tokio::net::TcpListener::bind(options.admin)
-        .await
-        .map_err(|source| OperatorError::Listen { addr: options.admin, source })?;
-    let admin_task = tokio::spawn(serve_admin(
-        admin,
-        metrics.clone(),
-        health.clone(),
-        None,
-        stopped(stop_rx.clone()),
-    ));
-    let ready_task = tokio::spawn(mark_ready_when_connected(client.clone(), health.clone()));
-
-    let lease = LeaseSettings {
-        name: options.lease_name.clone().unwrap_or_else(|| format!("{}-operator", settings.name)),
-        namespace: options.lease_namespace.clone().unwrap_or_else(|| settings.namespace.clone()),
-        identity: options.identity.clone().unwrap_or_else(default_identity),
-        duration: options.lease_duration,
-        grace: options.lease_grace,
-    };
-    tracing::info!(
-        fleet = %settings.name,
-        namespace = %settings.namespace,
-        lease = %format!("{}/{}", lease.namespace, lease.name),
-        identity = %lease.identity,
-        "trunkline operator starting"
-    );
-    let election = leader::elect(client.clone(), &lease).await?;
-
-    let work = {
-        let (client, settings, metrics) = (client.clone(), settings.clone(), metrics.clone());
-        let (assembly, watch_namespace) = (assembly.clone(), settings.watch_namespace.clone());
-        move || {
-            lead(
-                client.clone(),
-                settings.clone(),
-                metrics.clone(),
-                assembly.clone(),
-                watch_namespace.clone(),
-            )
-        }
-    };
-    let leader_gauge = assembly.leader.clone();
-    leader::run_while_leader(
-        election.is_leader,
-        work,
-        move |leading| leader_gauge.set(i64::from(leading)),
-        shutdown_signal(),
-    )
-    .await;
-    tracing::info!("stopping");
-    // The election's receiver is gone: its task ends (and gives the Lease up).
-    let _ = tokio::time::timeout(Duration::from_secs(5), election.task).await;
-    let _ = stop_tx.send(true);
-    ready_task.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
-    Ok(())
-}
-
-/// What the leader does: the fleet loop and the controllers, until aborted.
-async fn lead(
-    client: Client,
-    settings: Arc<OperatorSettings>,
-    metrics: Arc<OperatorMetrics>,
-    assembly: AssemblyMetrics,
-    watch_namespace: Option<String>,
-) {
+/// What the leader does: the fleet loop and the controllers, until aborted. The controllers
+/// watch `settings.watch_namespace` (all namespaces when `None`).
+pub async fn lead(client: Client, settings: Arc<OperatorSettings>, metrics: Arc<OperatorMetrics>) {
     let (endpoint_tx, endpoint_rx) = watch::channel(static_endpoint(&settings));
+    let fleet_applies = metrics.fleet_applies().clone();
+    let watch_namespace = settings.watch_namespace.clone();
     tokio::select! {
-        _ = fleet_loop(client.clone(), settings.clone(), endpoint_tx, assembly) => {}
+        _ = fleet_loop(client.clone(), settings.clone(), endpoint_tx, fleet_applies) => {}
         _ = controllers_loop(client, settings, metrics, endpoint_rx, watch_namespace) => {}
     }
 }
@@ -273,7 +103,7 @@ async fn fleet_loop(
     client: Client,
     settings: Arc<OperatorSettings>,
     endpoint: watch::Sender<Option<String>>,
-    metrics: AssemblyMetrics,
+    fleet_applies: IntCounterVec,
 ) {
     let tracker = FleetTracker::new(client.clone(), &settings);
     let services: Api<Service> = Api::namespaced(client, &settings.namespace);
@@ -281,7 +111,7 @@ async fn fleet_loop(
     loop {
         let wait = match tracker.apply(render_fleet(&settings)).await {
             Ok(report) => {
-                metrics.fleet_applies.with_label_values(&["ok"]).inc();
+                fleet_applies.with_label_values(&["ok"]).inc();
                 if !report.deleted.is_empty() {
                     let deleted: Vec<String> =
                         report.deleted.iter().map(|o| o.to_string()).collect();
@@ -292,7 +122,7 @@ async fn fleet_loop(
                 FLEET_RESYNC
             }
             Err(e) => {
-                metrics.fleet_applies.with_label_values(&[e.category()]).inc();
+                fleet_applies.with_label_values(&[e.category()]).inc();
                 tracing::warn!(error = %e, retry_in = ?retry, "applying the gateway fleet failed");
                 let wait = retry;
                 retry = (retry * 2).min(FLEET_RETRY.1);
@@ -328,32 +158,6 @@ pub fn load_balancer_endpoint(service: &Service, port: u16) -> Option<String> {
     let ingress = service.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?;
     let host = ingress.ip.as_deref().or(ingress.hostname.as_deref())?;
     Some(sip_endpoint(host, port))
-}
-
-/// Ready once the API server answered: from then on this replica can lead.
-async fn mark_ready_when_connected(client: Client, health: Arc<Health>) {
-    let mut wait = Duration::from_millis(500);
-    loop {
-        match client.apiserver_version().await {
-            Ok(version) => {
-                tracing::info!(version = %version.git_version, "connected to the API server");
-                health.set_ready(true);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?wait, "the API server does not answer");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
-
-fn default_identity() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("trunkline-operator-{}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -419,18 +223,5 @@ mod tests {
         assert_eq!(c.carrier_endpoint.as_deref(), Some("sip:198.51.100.7:5060"));
         assert_eq!(c.watch_namespace.as_deref(), Some("voice"));
         assert_eq!((c.sip_port, c.admin_port), (5060, 9090));
-    }
-
-    #[test]
-    fn the_watched_namespace_is_the_flags_or_the_settings_and_never_two() {
-        assert_eq!(watch_namespace(None, None).unwrap(), None);
-        assert_eq!(watch_namespace(Some("voice"), None).unwrap().as_deref(), Some("voice"));
-        assert_eq!(watch_namespace(None, Some("voice")).unwrap().as_deref(), Some("voice"));
-        assert_eq!(
-            watch_namespace(Some("voice"), Some("voice")).unwrap().as_deref(),
-            Some("voice")
-        );
-        let error = watch_namespace(Some("voice"), Some("other")).unwrap_err();
-        assert!(error.to_string().contains("--watch-namespace voice"), "{error}");
     }
 }

@@ -9,11 +9,11 @@
 //! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
 //!   generated into the state folder, which also keeps the digest nonce key), then watches it.
 //!   A folder that cannot be served is an error before anything is bound.
-//! - [`SpecSource::Kube`] (`gateway`, in a pod): `operator::source` reflects the three kinds and
+//! - [`SpecSource::Kube`] (`gateway`, in a pod): `source::kube` reflects the three kinds and
 //!   the operator's credentials Secret, which also carries the nonce key every replica shares.
 //!   The admin endpoints come up first, with `/readyz` not ready until the first config; the
 //!   listeners open once it is there. With `--public-address-node`, the node's address is read
-//!   first (`operator::node`) and advertised as `--public-address` would be.
+//!   first (`source::node`) and advertised as `--public-address` would be.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,20 +21,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::call::gateway::Gateway;
+use crate::call::services::{GatewayConfig, Listener};
 use crate::config::CompileOptions;
-use crate::config::source::credentials::StateDir;
-use crate::config::source::watch::{FolderSource, ReloadObserver, Snapshot, WatchError};
+use crate::config::Snapshot;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
-use crate::operator::node::{NodeAddressError, Retry, fetch_node_public_address};
-use crate::operator::source::{KubeSource, KubeSourceOptions, SourceError};
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
-
-use super::gateway::{Gateway, GatewayConfig, Listener};
+use crate::source::credentials::StateDir;
+use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
+use crate::source::node::{NodeAddressError, Retry, fetch_node_public_address};
+use crate::source::watch::{FolderSource, ReloadObserver, WatchError};
 
 /// Where the gateway's specs come from.
 pub enum SpecSource {
@@ -105,7 +107,7 @@ pub enum ServeError {
     #[error(transparent)]
     NodeAddress(#[from] NodeAddressError),
     #[error("state folder {path}")]
-    State { path: PathBuf, source: crate::config::source::credentials::StateError },
+    State { path: PathBuf, source: crate::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
     Tls(std::io::Error),
     #[error("cannot start the media threads")]
@@ -135,7 +137,7 @@ struct FirstConfig {
 
 enum SourceTask {
     Folder(tokio::task::JoinHandle<Result<(), WatchError>>),
-    Kube(crate::operator::source::Running),
+    Kube(crate::source::kube::Running),
 }
 
 impl SourceTask {
@@ -149,6 +151,15 @@ impl SourceTask {
 
 /// Runs the gateway until SIGTERM/Ctrl-C and the drain that follows.
 pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), ServeError> {
+    serve_until(source, options, super::shutdown_on_signal()).await
+}
+
+/// Runs the gateway until `shutdown` is cancelled and the drain that follows.
+pub async fn serve_until(
+    source: SpecSource,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let listen = if options.listen.is_empty() {
         default_listeners(Zone::Carrier)
     } else {
@@ -166,19 +177,19 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     let reload_metrics = metrics.clone();
     let observer = ReloadObserver(Arc::new(move |ok| reload_metrics.config_reload(ok)));
     let compile_options = CompileOptions { region: options.region.clone() };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Cancelled after the drain: stops the admin endpoints and the spec source.
+    let stop = CancellationToken::new();
 
     let mut public_address = options.public_address;
     let (first, admin_task) = match source {
         SpecSource::Folder { paths, state_dir } => {
             let endpoint = carrier_endpoint(&listen, public_address);
-            let first =
-                load_folder(paths, state_dir, compile_options, endpoint, observer, &stop_rx)?;
+            let first = load_folder(paths, state_dir, compile_options, endpoint, observer, &stop)?;
             (first, None)
         }
         SpecSource::Kube { client, options: kube_options, node_address } => {
             // Up before the first config, so that probes see a live pod that is not ready.
-            let admin_task = start_admin(&options, &metrics, &health, &report, &stop_rx).await?;
+            let admin_task = start_admin(&options, &metrics, &health, &report, &stop).await?;
             if let Some(node) = node_address {
                 let fetch = fetch_node_public_address(
                     client.clone(),
@@ -197,9 +208,9 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
                             return Err(e.into());
                         }
                     },
-                    () = shutdown_signal() => {
+                    () = shutdown.cancelled() => {
                         tracing::info!("stopping before the node's address was read");
-                        let _ = stop_tx.send(true);
+                        stop.cancel();
                         let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
                         return Ok(());
                     }
@@ -207,13 +218,13 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
             }
             let mut running = KubeSource::new(client, kube_options, compile_options)
                 .with_reload_observer(observer)
-                .spawn(stopped(stop_rx.clone()));
+                .spawn(stop.clone().cancelled_owned());
             tracing::info!("waiting for the first config from the API server");
             let ready = tokio::select! {
                 ready = running.ready() => ready,
-                () = shutdown_signal() => {
+                () = shutdown.cancelled() => {
                     tracing::info!("stopping before the first config");
-                    let _ = stop_tx.send(true);
+                    stop.cancel();
                     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
                     running.abort();
                     return Ok(());
@@ -283,7 +294,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
 
     let admin_task = match admin_task {
         Some(task) => task,
-        None => start_admin(&options, &metrics, &health, &report, &stop_rx).await?,
+        None => start_admin(&options, &metrics, &health, &report, &stop).await?,
     };
 
     // Config reloads: the source publishes snapshots; the gateway reads the latest.
@@ -301,7 +312,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
     health.set_ready(true);
     tracing::info!(rtp_ports = ?options.rtp_ports, "trunkline is serving");
 
-    shutdown_signal().await;
+    shutdown.cancelled().await;
     tracing::info!(timeout = ?options.drain_timeout, calls = gateway.active_calls(), "draining: new calls get 503");
     gateway.drain();
     let deadline = tokio::time::Instant::now() + options.drain_timeout;
@@ -309,7 +320,7 @@ pub async fn serve(source: SpecSource, options: ServeOptions) -> Result<(), Serv
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!(calls_left = gateway.active_calls(), "stopping");
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     first.source_task.abort();
     metrics_task.abort();
@@ -323,7 +334,7 @@ fn load_folder(
     compile_options: CompileOptions,
     endpoint: Option<String>,
     observer: ReloadObserver,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<FirstConfig, ServeError> {
     let state = StateDir::open(&state_dir)
         .map_err(|source| ServeError::State { path: state_dir.clone(), source })?;
@@ -337,7 +348,7 @@ fn load_folder(
     let source = source.with_reload_observer(observer);
     let first = source.load()?;
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first.snapshot));
-    let task = tokio::spawn(source.watch(snapshot_tx, stopped(stop_rx.clone())));
+    let task = tokio::spawn(source.watch(snapshot_tx, stop.clone().cancelled_owned()));
     Ok(FirstConfig { snapshots, nonce_key, source_task: SourceTask::Folder(task) })
 }
 
@@ -369,13 +380,13 @@ fn advertised_address(listen: &[ListenAddr], public_address: Option<IpAddr>) -> 
     public_address.or_else(|| listen.first().map(|l| l.addr.ip()).filter(|ip| !ip.is_unspecified()))
 }
 
-/// Binds the admin endpoints and serves them until `stop_rx` says stop.
+/// Binds the admin endpoints and serves them until `stop` is cancelled.
 async fn start_admin(
     options: &ServeOptions,
     metrics: &Arc<GatewayMetrics>,
     health: &Arc<Health>,
     report: &Arc<GatewayReport>,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
     let admin = tokio::net::TcpListener::bind(options.admin)
         .await
@@ -386,7 +397,7 @@ async fn start_admin(
         metrics.clone(),
         health.clone(),
         Some(report.clone()),
-        stopped(stop_rx.clone()),
+        stop.clone().cancelled_owned(),
     )))
 }
 
@@ -394,37 +405,4 @@ async fn start_admin(
 fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Snapshot) {
     report.set_config_hash(&snapshot.hash);
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
-}
-
-/// Completes once `rx` says `true` (or its sender is gone): the stop signal handed to the
-/// admin server and the spec watch.
-pub async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C: how the kubelet and a terminal stop a process.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

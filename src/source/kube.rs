@@ -17,7 +17,7 @@
 //!
 //! Takes a [`kube::Client`] and [`KubeSourceOptions`]; gives, through [`KubeSource::spawn`], a
 //! [`Running`] source whose [`Running::ready`] resolves with the first snapshot's channel and the
-//! bundle's digest nonce key. `call::serve` calls it for `trunkline gateway`.
+//! bundle's digest nonce key. `runtime::gateway` calls it for `trunkline gateway`.
 //!
 //! **When the first snapshot is published.** Only when every store has completed its first
 //! list and the bundle Secret exists with a usable nonce key: the bundle holds the credentials
@@ -56,10 +56,14 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
+use super::debounce::{Burst, sleep_until};
+use super::log_verdict;
+use super::watch::ReloadObserver;
 use crate::api::{InboundTrunk, Kind, OutboundTrunk, TransferDestination};
-use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, State, Verdict};
+use crate::config::Snapshot;
+use crate::config::diagnostic::{ObjectKey, State, Verdict};
+use crate::config::manifest;
 use crate::config::secret::SecretStore;
-use crate::config::source::watch::{Burst, ReloadObserver, Snapshot, sleep_until};
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{CompileOptions, Specs, compile};
 
@@ -533,7 +537,7 @@ impl Engine {
         let mut now = BTreeMap::new();
         for verdict in &snapshot.verdicts {
             if self.logged.verdicts.get(&verdict.object) != Some(verdict) {
-                log_verdict(verdict);
+                log_verdict(verdict, None);
             }
             now.insert(verdict.object.clone(), verdict.clone());
         }
@@ -555,29 +559,6 @@ impl Engine {
                 snapshot.hash,
             );
         }
-    }
-}
-
-/// One `warn!` per diagnostic of a verdict, one `debug!` for an object without any (as the
-/// folder source logs them).
-fn log_verdict(verdict: &Verdict) {
-    if verdict.diagnostics.is_empty() {
-        if verdict.state == State::Accepted {
-            debug!(object = %verdict.object, "accepted");
-        } else {
-            warn!(object = %verdict.object, state = verdict.state.as_str(), "not accepted");
-        }
-    }
-    for d in &verdict.diagnostics {
-        warn!(
-            object = %verdict.object,
-            state = verdict.state.as_str(),
-            severity = d.severity.as_str(),
-            field = d.field,
-            reason = %d.reason,
-            "{}",
-            d.message
-        );
     }
 }
 
@@ -634,25 +615,16 @@ where
     let key =
         ObjectKey::new(kind, namespace.clone(), object.metadata.name.clone().unwrap_or_default());
     let refuse = |field: String, message: String| {
-        let diagnostic = Diagnostic {
-            object: key.clone(),
-            field,
-            severity: Severity::Fatal,
-            reason: Reason::InvalidSpec,
-            message,
-        };
-        Box::new(Verdict::refused_by_schema(
+        Box::new(Verdict::refused_invalid_spec(
             key.clone(),
             object.metadata.generation,
-            vec![diagnostic],
+            field,
+            message,
         ))
     };
     let value = serde_json::to_value(object).map_err(|e| refuse(String::new(), e.to_string()))?;
-    let mut typed: T = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        refuse(field, e.into_inner().to_string())
-    })?;
+    let mut typed: T =
+        manifest::typed(&value).map_err(|(field, message)| refuse(field, message))?;
     typed.meta_mut().namespace = Some(namespace);
     Ok(typed)
 }
@@ -667,15 +639,16 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use http::{Request, Response, StatusCode};
     use k8s_openapi::ByteString;
-    use kube::client::Body;
     use serde_json::{Value, json};
-    use tower_test::mock::{Handle, SendResponse};
 
     use super::*;
+    use crate::config::diagnostic::Reason;
     use crate::config::model::InboundDigest;
     use crate::config::number::E164;
+    use crate::fixtures::{
+        self, Recorded, Responder, mock_client, ok, status_response, watch_event,
+    };
 
     const NAMESPACE: &str = "trunkline";
     const BUNDLE: &str = "gw-creds";
@@ -718,17 +691,17 @@ mod tests {
     struct ApiServer {
         lists: BTreeMap<Res, Vec<Value>>,
         /// WATCH requests waiting for an event, per resource.
-        waiting: BTreeMap<Res, VecDeque<SendResponse<Response<Body>>>>,
+        waiting: BTreeMap<Res, VecDeque<Responder>>,
         /// What the next WATCH of a resource gets, when no WATCH was waiting.
         queued: BTreeMap<Res, VecDeque<Cmd>>,
-        requests: Arc<Mutex<Vec<String>>>,
+        /// Every request, as `METHOD /path?query`.
+        requests: Vec<String>,
     }
 
-    /// The test's side: the source's client, commands and every request.
+    /// The test's side: the source's client and the server's state.
     struct Fake {
         client: Client,
-        cmds: mpsc::UnboundedSender<Cmd>,
-        requests: Arc<Mutex<Vec<String>>>,
+        server: Arc<Mutex<ApiServer>>,
     }
 
     impl Fake {
@@ -738,22 +711,23 @@ mod tests {
                 .with_env_filter("trunkline=debug")
                 .with_test_writer()
                 .try_init();
-            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let (cmds, cmds_rx) = mpsc::unbounded_channel();
-            let requests = Arc::new(Mutex::new(Vec::new()));
+            let (client, handle) = mock_client();
             let mut lists = BTreeMap::new();
             lists.insert(Res::Inbound, inbound);
             lists.insert(Res::Outbound, Vec::new());
             lists.insert(Res::Transfers, Vec::new());
             lists.insert(Res::Secrets, bundle.into_iter().collect());
-            let server = ApiServer {
+            let server = Arc::new(Mutex::new(ApiServer {
                 lists,
                 waiting: BTreeMap::new(),
                 queued: BTreeMap::new(),
-                requests: requests.clone(),
-            };
-            tokio::spawn(server.run(handle, cmds_rx));
-            Fake { client: Client::new(service, "default"), cmds, requests }
+                requests: Vec::new(),
+            }));
+            let serving = server.clone();
+            fixtures::serve(handle, move |request, send| {
+                serving.lock().unwrap().answer(request, send);
+            });
+            Fake { client, server }
         }
 
         fn source(&self) -> Running {
@@ -767,31 +741,19 @@ mod tests {
         }
 
         fn event(&self, res: Res, type_: &'static str, object: Value) {
-            self.cmds.send(Cmd::Event(res, type_, object)).unwrap();
+            self.command(Cmd::Event(res, type_, object));
+        }
+
+        fn command(&self, cmd: Cmd) {
+            self.server.lock().unwrap().command(cmd);
         }
 
         fn requests(&self) -> Vec<String> {
-            self.requests.lock().unwrap().clone()
+            self.server.lock().unwrap().requests.clone()
         }
     }
 
     impl ApiServer {
-        async fn run(
-            mut self,
-            mut handle: Handle<Request<Body>, Response<Body>>,
-            mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        ) {
-            loop {
-                tokio::select! {
-                    request = handle.next_request() => match request {
-                        Some((request, send)) => self.answer(request, send).await,
-                        None => return,
-                    },
-                    Some(cmd) = cmds.recv() => self.command(cmd),
-                }
-            }
-        }
-
         fn command(&mut self, cmd: Cmd) {
             let res = match &cmd {
                 Cmd::Event(res, ..) | Cmd::FailWatch(res) => *res,
@@ -802,16 +764,14 @@ mod tests {
             }
         }
 
-        async fn answer(&mut self, request: Request<Body>, send: SendResponse<Response<Body>>) {
-            let method = request.method().clone();
-            let path = request.uri().path().to_string();
-            let query = request.uri().query().unwrap_or_default().to_string();
-            self.requests.lock().unwrap().push(format!("{method} {path}?{query}"));
-            let Some(res) = Res::of(&path).filter(|_| method == http::Method::GET) else {
-                send.send_response(status(404, "not scripted"));
+        fn answer(&mut self, request: &Recorded, send: Responder) {
+            self.requests.push(request.line_with_query());
+            let Some(res) = Res::of(&request.path).filter(|_| request.method == http::Method::GET)
+            else {
+                send.send_response(status_response(404, "NotFound", "not scripted"));
                 return;
             };
-            if query.contains("watch=true") {
+            if request.is_watch() {
                 match self.queued.get_mut(&res).and_then(VecDeque::pop_front) {
                     Some(cmd) => answer_watch(send, cmd),
                     None => self.waiting.entry(res).or_default().push_back(send),
@@ -828,31 +788,15 @@ mod tests {
         }
     }
 
-    fn answer_watch(send: SendResponse<Response<Body>>, cmd: Cmd) {
+    fn answer_watch(send: Responder, cmd: Cmd) {
         match cmd {
-            Cmd::Event(_, type_, object) => {
-                let line = format!("{}\n", json!({"type": type_, "object": object}));
-                send.send_response(
-                    Response::builder().body(Body::from(line.into_bytes())).unwrap(),
-                );
-            }
-            Cmd::FailWatch(_) => send.send_response(status(500, "the API server is restarting")),
+            Cmd::Event(_, type_, object) => send.send_response(watch_event(type_, &object)),
+            Cmd::FailWatch(_) => send.send_response(status_response(
+                500,
+                "InternalError",
+                "the API server is restarting",
+            )),
         }
-    }
-
-    fn ok(value: &Value) -> Response<Body> {
-        Response::builder().body(Body::from(serde_json::to_vec(value).unwrap())).unwrap()
-    }
-
-    fn status(code: u16, message: &str) -> Response<Body> {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "message": message, "reason": "InternalError", "code": code,
-        });
-        Response::builder()
-            .status(StatusCode::from_u16(code).unwrap())
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap()
     }
 
     /// An InboundTrunk in namespace `voice` with digest credentials from Secret `secret`.
@@ -1069,8 +1013,8 @@ mod tests {
         let Ready { mut snapshots, .. } = ready(&mut running).await;
         let first = snapshots.borrow_and_update().clone();
 
-        fake.cmds.send(Cmd::FailWatch(Res::Inbound)).unwrap();
-        fake.cmds.send(Cmd::FailWatch(Res::Secrets)).unwrap();
+        fake.command(Cmd::FailWatch(Res::Inbound));
+        fake.command(Cmd::FailWatch(Res::Secrets));
         assert!(tokio::time::timeout(QUIET, snapshots.changed()).await.is_err());
         assert_eq!(snapshots.borrow().hash, first.hash);
 

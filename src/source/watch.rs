@@ -42,9 +42,11 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::credentials::{GeneratedCredentials, StateDir, StateError};
+use super::debounce::{Burst, sleep_until};
 use super::folder::{LoadProblem, Origin, load_paths};
+use super::log_verdict;
 use crate::config::diagnostic::{ObjectKey, State, Verdict};
-use crate::config::{CompileOptions, RoutingTable, compile};
+use crate::config::{CompileOptions, Snapshot, compile};
 
 /// Quiet time after the last event of a burst before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -53,18 +55,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 /// How often missing paths are looked for, and the scan interval of the polling fallback.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A compiled config, as served. Immutable; the gateway holds it in an `Arc` and calls in
-/// progress keep the one they started with.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub table: Arc<RoutingTable>,
-    /// `RoutingTable::config_hash` of `table`.
-    pub hash: String,
-    /// One verdict per object compiled, sorted by kind, namespace and name.
-    pub verdicts: Vec<Verdict>,
-    pub loaded_at: SystemTime,
-}
 
 /// What [`FolderSource::load`] gives: the snapshot to start serving, and the credentials it
 /// generated (already announced; returned so the caller can show them elsewhere too).
@@ -384,31 +374,6 @@ fn log_rejection(rejection: &Rejection) {
     }
 }
 
-/// One `warn!` per diagnostic of a verdict (lints of an accepted object included: they are
-/// there for a person to read), one `debug!` for an object without any.
-fn log_verdict(verdict: &Verdict, origin: Option<&Origin>) {
-    let location = origin.map(ToString::to_string).unwrap_or_default();
-    if verdict.diagnostics.is_empty() {
-        if verdict.state == State::Accepted {
-            debug!(location, object = %verdict.object, "accepted");
-        } else {
-            warn!(location, object = %verdict.object, state = verdict.state.as_str(), "not accepted");
-        }
-    }
-    for d in &verdict.diagnostics {
-        warn!(
-            location,
-            object = %verdict.object,
-            state = verdict.state.as_str(),
-            severity = d.severity.as_str(),
-            field = d.field,
-            reason = %d.reason,
-            "{}",
-            d.message
-        );
-    }
-}
-
 type SnapshotSender = tokio::sync::watch::Sender<Arc<Snapshot>>;
 
 /// What the watch loop has logged, so that each verdict and problem is logged when it changes,
@@ -418,42 +383,6 @@ struct Logged {
     verdicts: Vec<Verdict>,
     /// The problems of the last load, while the specs stay rejected.
     rejection: Option<Rejection>,
-}
-
-/// A burst of change events and when to act on it: `quiet` after its last event, and at most
-/// `longest` after its first (for sources that never stop changing). The folder source and the
-/// gateway's API-server source debounce with it.
-#[derive(Clone, Copy, Debug)]
-pub struct Burst {
-    first: Instant,
-    last: Instant,
-    quiet: Duration,
-    longest: Duration,
-}
-
-impl Burst {
-    /// A burst whose first event is now.
-    pub fn new(quiet: Duration, longest: Duration) -> Burst {
-        let now = Instant::now();
-        Burst { first: now, last: now, quiet, longest }
-    }
-
-    /// Another event now.
-    pub fn extend(&mut self) {
-        self.last = Instant::now();
-    }
-
-    pub fn due(&self) -> Instant {
-        (self.last + self.quiet).min(self.first + self.longest)
-    }
-}
-
-/// Sleeps until `due`; never completes for `None` (no burst pending), for `select!` arms.
-pub async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The spec paths, absolute (event paths are compared with them).
@@ -604,6 +533,7 @@ impl FileWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RoutingTable;
     use crate::config::number::E164;
     use tokio::sync::watch;
 

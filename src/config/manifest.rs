@@ -1,6 +1,6 @@
-//! Specs from files: every `*.yaml`/`*.yml` file under the paths given (recursive, in sorted
-//! order; a path may also be one file), each file possibly holding several documents. `trunkline
-//! check` and `run` call [`load_paths`]; golden tests call [`load_str`] on a text.
+//! Specs from the text of manifests: each text possibly holding several documents, as `kubectl
+//! apply -f` reads them. Pure: the folder source (`source::folder`) reads the files and calls
+//! [`load_str`] on each; golden tests and `check` call it on a text too.
 //!
 //! What it gives ([`Loaded`]): the trunkline objects that pass their schema (`config::schema`) and
 //! deserialise, in `specs`; the basic-auth Secrets, in `specs.secrets`; a refused [`Verdict`] for
@@ -9,11 +9,10 @@
 //! file); a notice for every other Kubernetes object, which is skipped; and where each object was
 //! written ([`Origin`]).
 //!
-//! Hidden files and folders (names starting with `.`) are skipped: a ConfigMap mounted as a
-//! volume holds every file twice, once under `..data/`. Secret values never reach a message: a
-//! Secret that does not deserialise is reported by field path only.
+//! Secret values never reach a message: a Secret that does not deserialise is reported by field
+//! path only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -21,11 +20,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, Verdict};
+use super::schema;
+use super::specs::{DEFAULT_NAMESPACE, Specs};
+use super::yaml::{self, Document};
 use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
-use crate::config::diagnostic::{Diagnostic, ObjectKey, Reason, Severity, Verdict};
-use crate::config::schema;
-use crate::config::specs::{DEFAULT_NAMESPACE, Specs};
-use crate::config::yaml::{self, Document};
 
 /// Everything read from a set of files.
 #[derive(Clone, Debug, Default)]
@@ -92,7 +91,8 @@ impl std::fmt::Display for LoadProblem {
 }
 
 impl LoadProblem {
-    fn invalid(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+    /// A problem with no object: a file, a document or a YAML syntax error.
+    pub fn invalid(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
         LoadProblem {
             file: file.to_path_buf(),
             line,
@@ -101,99 +101,6 @@ impl LoadProblem {
             reason: Reason::InvalidSpec,
             message: message.into(),
         }
-    }
-}
-
-/// Loads every YAML file under `paths`.
-pub fn load_paths(paths: &[PathBuf]) -> Loaded {
-    let mut loaded = Loaded::default();
-    for path in paths {
-        let mut files = Vec::new();
-        let mut visited = BTreeSet::new();
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {
-                collect_yaml_files(path, &mut files, &mut visited, &mut loaded.problems)
-            }
-            // A file named on the command line is read whatever its extension.
-            Ok(_) => files.push(path.clone()),
-            Err(e) => loaded.problems.push(LoadProblem::invalid(path, None, io_message(&e))),
-        }
-        for file in files {
-            load_file(&file, &mut loaded);
-        }
-    }
-    loaded
-}
-
-/// The YAML files under `dir`, sorted, skipping hidden entries and folders already seen
-/// (symbolic link loops).
-fn collect_yaml_files(
-    dir: &Path,
-    files: &mut Vec<PathBuf>,
-    visited: &mut BTreeSet<PathBuf>,
-    problems: &mut Vec<LoadProblem>,
-) {
-    if let Ok(canonical) = std::fs::canonicalize(dir)
-        && !visited.insert(canonical)
-    {
-        return;
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            problems.push(LoadProblem::invalid(dir, None, io_message(&e)));
-            return;
-        }
-    };
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(entry) => paths.push(entry.path()),
-            Err(e) => problems.push(LoadProblem::invalid(dir, None, io_message(&e))),
-        }
-    }
-    paths.sort();
-    for path in paths {
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        // `metadata` follows symbolic links, as a ConfigMap volume's files are links.
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect_yaml_files(&path, files, visited, problems),
-            Ok(_) if is_yaml(&path) => files.push(path),
-            Ok(_) => {}
-            Err(e) => problems.push(LoadProblem::invalid(&path, None, io_message(&e))),
-        }
-    }
-}
-
-fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-}
-
-fn io_message(error: &std::io::Error) -> String {
-    match error.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => format!("cannot read: {error}"),
-    }
-}
-
-fn load_file(file: &Path, into: &mut Loaded) {
-    match std::fs::read(file) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => load_str(file, &text, into),
-            Err(e) => into.problems.push(LoadProblem::invalid(
-                file,
-                None,
-                format!(
-                    "is not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            )),
-        },
-        Err(e) => into.problems.push(LoadProblem::invalid(file, None, io_message(&e))),
     }
 }
 
@@ -351,19 +258,13 @@ fn load_trunkline_object(
         }),
     };
     if let Err((field, message)) = added {
-        let diagnostic = Diagnostic {
-            object: key.clone(),
-            field,
-            severity: Severity::Fatal,
-            reason: Reason::InvalidSpec,
-            message,
-        };
-        into.refused.push(Verdict::refused_by_schema(key, generation, vec![diagnostic]));
+        into.refused.push(Verdict::refused_invalid_spec(key, generation, field, message));
     }
 }
 
-/// Deserialises a trunkline object; on failure, the field path and the error.
-fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+/// Deserialises a trunkline object; on failure, the field path (empty for the whole object)
+/// and the error. The API-server source (`source::kube`) deserialises its objects with it too.
+pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -423,7 +324,7 @@ fn load_secret(file: &Path, line: usize, value: &mut Value, into: &mut Loaded) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::State;
     use crate::config::secret::SecretEntry;
@@ -434,7 +335,9 @@ mod tests {
         loaded
     }
 
-    const TRUNK: &str = "\
+    /// An InboundTrunk with digest credentials from a named Secret (the folder source's tests
+    /// use it too).
+    pub(crate) const TRUNK: &str = "\
 apiVersion: trunkline.dev/v1alpha1
 kind: InboundTrunk
 metadata: {name: acme-in, namespace: voice}
@@ -445,32 +348,6 @@ spec:
   auth:
     digest: {secretRef: {name: acme-in-credentials}}
 ";
-
-    /// A folder under the system temp dir, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> TempDir {
-            let dir = std::env::temp_dir()
-                .join(format!("trunkline-folder-{test}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn write(&self, name: &str, text: &str) -> PathBuf {
-            let path = self.0.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-            path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn a_multi_document_file_gives_a_secret_and_a_trunk() {
@@ -582,23 +459,6 @@ spec:
     }
 
     #[test]
-    fn the_same_object_twice_keeps_the_first() {
-        let dir = TempDir::new("duplicate");
-        dir.write("a.yaml", TRUNK);
-        dir.write("b/c.yml", &TRUNK.replace("support", "billing"));
-        let loaded = load_paths(std::slice::from_ref(&dir.0));
-        assert_eq!(loaded.files, 2);
-        assert_eq!(loaded.specs.inbound.len(), 1);
-        assert_eq!(loaded.specs.inbound[0].spec.numbers[0].agent, "support");
-        assert_eq!(loaded.problems.len(), 1, "{:#?}", loaded.problems);
-        let problem = &loaded.problems[0];
-        assert_eq!(problem.reason, Reason::DuplicateObject);
-        assert_eq!(problem.file, dir.0.join("b/c.yml"));
-        let first = dir.0.join("a.yaml").display().to_string();
-        assert!(problem.message.contains(&format!("{first}:1")), "{problem}");
-    }
-
-    #[test]
     fn a_schema_violation_refuses_the_object_with_its_field() {
         let text = TRUNK.replace("+14155550100", "+1415555OIOO");
         let loaded = load(&text);
@@ -621,40 +481,6 @@ spec:
         let error = typed::<InboundTrunk>(&value).unwrap_err();
         assert_eq!(error.0, "spec.numbers[0].number");
         assert!(error.1.contains("expected a string"), "{error:?}");
-    }
-
-    #[test]
-    fn the_namespace_defaults_and_files_load_in_sorted_order() {
-        let dir = TempDir::new("order");
-        dir.write(
-            "b.yaml",
-            &TRUNK.replace("acme-in,", "second,").replace(", namespace: voice", ""),
-        );
-        dir.write("a.yaml", TRUNK);
-        dir.write("notes.txt", "not yaml");
-        dir.write("..data/a.yaml", TRUNK);
-        let loaded = load_paths(std::slice::from_ref(&dir.0));
-        assert!(loaded.problems.is_empty(), "{:#?}", loaded.problems);
-        assert_eq!(loaded.files, 2);
-        let names: Vec<(Option<&str>, Option<&str>)> = loaded
-            .specs
-            .inbound
-            .iter()
-            .map(|t| (t.metadata.namespace.as_deref(), t.metadata.name.as_deref()))
-            .collect();
-        assert_eq!(names, [(Some("voice"), Some("acme-in")), (Some("default"), Some("second"))]);
-    }
-
-    #[test]
-    fn a_missing_path_and_a_non_utf8_file_are_problems() {
-        let dir = TempDir::new("unreadable");
-        let binary = dir.write("bad.yaml", "");
-        std::fs::write(&binary, [0x61, 0x3a, 0x20, 0xff, 0xfe]).unwrap();
-        let missing = dir.0.join("nope");
-        let loaded = load_paths(&[missing.clone(), dir.0.clone()]);
-        let files: Vec<&Path> = loaded.problems.iter().map(|p| p.file.as_path()).collect();
-        assert_eq!(files, [missing.as_path(), binary.as_path()], "{:#?}", loaded.problems);
-        assert_eq!(loaded.problems[0].message, "no such file or directory");
     }
 
     #[test]

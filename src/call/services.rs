@@ -1,0 +1,192 @@
+//! What the gateway's front door and its call tasks share: the configuration, the transports and
+//! listeners (for sending and for our own Via/Contact), the table of call tasks by Call-ID, the
+//! relays' ports and threads, the metrics, and the count of calls in progress. The front door
+//! (`gateway`) builds it and hands it to each call task (`inbound`), so neither of the two
+//! imports the other's internals: `gateway` → `inbound` → `services`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::lookup;
+use crate::media::ports::PortAllocator;
+use crate::media::relay::{MediaThreads, Relay, RelayConfig};
+use crate::observe::metrics::GatewayMetrics;
+use crate::sip::msg::{Request, Response};
+use crate::sip::transport::{Protocol, Source, Target, Transports, Zone};
+
+/// What the gateway is told at start.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The address advertised in Via, Contact and (later) SDP instead of the listener's own.
+    pub public_address: Option<IpAddr>,
+    /// Prefix of trunkline's own headers.
+    pub header_prefix: String,
+    /// How long an agent may ring before the call is given up (480 to the carrier).
+    pub agent_timeout: Duration,
+    /// The `Server`/`User-Agent` value.
+    pub user_agent: String,
+    /// No RTP from a leg of an answered call for this long ends the call.
+    pub media_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            public_address: None,
+            header_prefix: lookup::DEFAULT_HEADER_PREFIX.to_string(),
+            agent_timeout: Duration::from_secs(60),
+            user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
+            media_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the gateway listens, for Via/Contact/Record-Route.
+#[derive(Clone, Copy, Debug)]
+pub struct Listener {
+    pub zone: Zone,
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+/// Messages for a call task.
+#[derive(Debug)]
+pub enum CallInput {
+    Request(Request, Source),
+    Response(Response, Source),
+}
+
+pub use super::machine::{ALLOW, MediaOffer};
+
+/// The gateway's shared state, as its call tasks see it.
+pub struct CallServices {
+    pub(super) config: GatewayConfig,
+    pub(super) transports: OnceLock<Arc<Transports>>,
+    listeners: Mutex<Vec<Listener>>,
+    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+    pub(super) metrics: Arc<GatewayMetrics>,
+    /// RTP ports of the relays (`--rtp-ports`).
+    ports: Arc<PortAllocator>,
+    /// Threads the relays run on, apart from signalling; `None`: the caller's runtime.
+    media: OnceLock<Arc<MediaThreads>>,
+    /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
+    active: AtomicUsize,
+}
+
+impl CallServices {
+    pub(super) fn new(
+        config: GatewayConfig,
+        metrics: Arc<GatewayMetrics>,
+        ports: Arc<PortAllocator>,
+    ) -> Arc<CallServices> {
+        Arc::new(CallServices {
+            config,
+            transports: OnceLock::new(),
+            listeners: Mutex::new(Vec::new()),
+            calls: Mutex::new(HashMap::new()),
+            metrics,
+            ports,
+            media: OnceLock::new(),
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// Connects the transports (they need the gateway as their sink, so this comes after).
+    pub(super) fn attach(&self, transports: Arc<Transports>) {
+        let _ = self.transports.set(transports);
+    }
+
+    /// Runs the RTP relays of new calls on these threads (media does not queue behind
+    /// signalling, and a relay does not pay the multi-thread scheduler's wake-ups).
+    pub(super) fn use_media_threads(&self, threads: Arc<MediaThreads>) {
+        let _ = self.media.set(threads);
+    }
+
+    /// Starts a relay for a call, on the media threads when there are some.
+    pub(super) fn start_relay(
+        &self,
+        ip_a: IpAddr,
+        ip_b: IpAddr,
+        config: RelayConfig,
+    ) -> Result<Relay, crate::media::relay::StartError> {
+        match self.media.get() {
+            Some(threads) => threads.start_relay(&self.ports, ip_a, ip_b, config),
+            None => Relay::start(&self.ports, ip_a, ip_b, config),
+        }
+    }
+
+    pub(super) fn add_listener(&self, listener: Listener) {
+        if let Ok(mut l) = self.listeners.lock() {
+            l.push(listener);
+        }
+    }
+
+    /// Calls in progress (admitted and not yet ended).
+    pub(super) fn active_calls(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// A call was admitted; its task will call [`CallServices::call_ended`].
+    pub(super) fn call_started(&self) {
+        self.active.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A call task is done with its call (it may still linger for retransmissions).
+    pub(super) fn call_ended(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The address to put in our Via/Contact toward `zone` over `protocol`.
+    pub(super) fn local_address(&self, zone: Zone, protocol: Protocol) -> Option<SocketAddr> {
+        let listeners = self.listeners.lock().ok()?;
+        let found = listeners
+            .iter()
+            .find(|l| l.zone == zone && l.protocol == protocol)
+            .or_else(|| listeners.iter().find(|l| l.protocol == protocol))
+            .or_else(|| listeners.iter().find(|l| l.zone == zone))?;
+        let mut addr = found.addr;
+        match self.config.public_address {
+            Some(ip) if zone == Zone::Carrier => addr.set_ip(ip),
+            _ if addr.ip().is_unspecified() => addr.set_ip(if addr.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            }),
+            _ => {}
+        }
+        Some(addr)
+    }
+
+    pub(super) fn register_call(&self, call_id: &str, tx: mpsc::Sender<CallInput>) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(call_id.to_string(), tx);
+        }
+    }
+
+    pub(super) fn unregister_call(&self, call_id: &str) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.remove(call_id);
+        }
+    }
+
+    pub(super) fn call_for(&self, call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+        self.calls.lock().ok()?.get(call_id).cloned()
+    }
+
+    /// Sends without waiting (stateless answers, ACKs).
+    pub(super) fn send_detached(&self, target: Target, bytes: Vec<u8>) {
+        if let Some(t) = self.transports.get() {
+            let t = t.clone();
+            tokio::spawn(async move {
+                if let Err(e) = t.send(&target, bytes).await {
+                    tracing::debug!(remote = %target.remote, error = %e, "send failed");
+                }
+            });
+        }
+    }
+}
