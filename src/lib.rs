@@ -16,7 +16,8 @@
 //! - `runtime`: the assembly of each process (`run`/`gateway`, `operator`) and its shutdown.
 //!   Only the binary calls it.
 //! - `operator`: the controllers; the only writer to the API server.
-//! - `call`: the B2BUA: per-message dispatch, the inbound call, admission limits.
+//! - `call`: the B2BUA: the front door (per-message dispatch, admission), the sans-IO call
+//!   machine with its legs and the task that drives it, admission limits.
 //! - `source`: where specs come from (folder, watched folder, API server, state folder).
 //! - `sip`, `media`: protocol code (messages, transports, transactions, digest; SDP, codecs,
 //!   RTP relay).
