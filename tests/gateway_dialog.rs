@@ -49,3 +49,32 @@ fn an_invite_requiring_an_extension_we_lack_gets_420_naming_it() {
     assert!(status_codes(&answers).contains(&420), "{answers:?}");
     assert!(answers.iter().any(|a| a.contains("Unsupported: 100rel")), "{answers:?}");
 }
+
+#[test]
+fn an_invite_without_an_rfc_3261_branch_gets_400_and_no_call() {
+    use support::net::{RawUdp, status_codes};
+    let agent_port = free_port();
+    let specs = Specs::new().with(
+        Trunk::new("local-in")
+            .number(NUMBER, "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(agent_port),
+    );
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let agent = std::net::UdpSocket::bind(("127.0.0.1", agent_port)).unwrap();
+    agent.set_nonblocking(true).unwrap();
+    let socket = RawUdp::bind();
+    let me = socket.local_addr();
+    // An RFC 2543 peer: its branch lacks the z9hG4bK cookie.
+    let invite = format!(
+        "INVITE sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=2543a\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=a1\r\nTo: <sip:{NUMBER}@{gw}>\r\n\
+         Call-ID: rfc2543@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        gw = gateway.udp()
+    );
+    socket.send(gateway.udp(), invite.as_bytes());
+    let answers = socket.receive_for(std::time::Duration::from_secs(2));
+    assert_eq!(status_codes(&answers), [400].into(), "{answers:?}");
+    let mut buf = [0u8; 2048];
+    assert!(agent.recv(&mut buf).is_err(), "nothing reaches the agent");
+}

@@ -21,6 +21,7 @@ use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::digest::{Credentials, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
+use crate::sip::transaction::MAGIC_COOKIE;
 use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 
 use crate::media::codec;
@@ -165,6 +166,11 @@ impl Gateway {
         if request.to().is_some_and(|t| t.tag().is_some()) {
             // A re-INVITE for a dialog we do not have.
             return self.reply_status(&request, &source, 481, &[]);
+        }
+        let branch = request.top_via().and_then(|v| v.branch);
+        if !branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE)) {
+            // RFC 2543 transaction matching is not implemented (sip::transaction::server_key).
+            return self.refuse(&request, &source, RefusalRule::NoRfc3261Branch, &[]);
         }
         if request.max_forwards() == Some(0) {
             return self.refuse(&request, &source, RefusalRule::TooManyHops, &[]);

@@ -54,7 +54,7 @@ pub fn spawn(
         .local_address(Zone::Internal, protocol)
         .or_else(|| gw.local_address(Zone::Internal, Protocol::Udp))
         .unwrap_or(carrier_local);
-    let mut ids = Ids::from_os();
+    let mut ids = Ids::random();
     let setup = setup(
         &mut ids,
         &gw.config.header_prefix,

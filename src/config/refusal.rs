@@ -31,6 +31,9 @@ pub enum RefusalRule {
     Draining,
     /// `Max-Forwards: 0` (RFC 3261 §16.3).
     TooManyHops,
+    /// A top Via branch without the RFC 3261 magic cookie: an RFC 2543 peer, whose transaction
+    /// matching (by Call-ID, CSeq and tags) the gateway does not implement.
+    NoRfc3261Branch,
     /// The caller requires an extension we do not support (RFC 3261 §8.2.2.3).
     BadExtension,
     /// An `Authorization`/`Proxy-Authorization` header that cannot be read.
@@ -66,6 +69,7 @@ impl RefusalRule {
             RefusalRule::OutboundNotEnabled => "OutboundNotEnabled",
             RefusalRule::Draining => "Draining",
             RefusalRule::TooManyHops => "TooManyHops",
+            RefusalRule::NoRfc3261Branch => "NoRfc3261Branch",
             RefusalRule::BadExtension => "BadExtension",
             // One label for both: a dashboard counts credential failures, however they failed.
             RefusalRule::MalformedCredentials | RefusalRule::BadCredentials => "BadCredentials",
@@ -90,7 +94,9 @@ impl RefusalRule {
             | RefusalRule::OutboundNotEnabled
             | RefusalRule::BadCredentials => 403,
             RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
-            RefusalRule::MalformedCredentials | RefusalRule::BadSdp => 400,
+            RefusalRule::MalformedCredentials
+            | RefusalRule::BadSdp
+            | RefusalRule::NoRfc3261Branch => 400,
             RefusalRule::BadExtension => 420,
             RefusalRule::UnsupportedBody => 415,
             RefusalRule::TooManyHops => 483,
@@ -135,6 +141,7 @@ mod tests {
             OutboundNotEnabled,
             Draining,
             TooManyHops,
+            NoRfc3261Branch,
             BadExtension,
             MalformedCredentials,
             BadCredentials,

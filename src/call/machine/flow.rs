@@ -64,7 +64,8 @@ impl Call {
         let origin = self.leg(Call::ORIGIN);
         let (LegInvite::Server(key), Some(invite)) = (&origin.invite, &origin.invite_request)
         else {
-            // No RFC 3261 branch: no transaction to answer in (the front door refuses these).
+            // No RFC 3261 branch: no transaction to answer in. The front door refuses these
+            // (400); a call made without one ends at once.
             self.end(now);
             return;
         };
@@ -107,9 +108,9 @@ impl Call {
     pub(super) fn send_invite(&mut self, now: Instant, leg: LegId) {
         let ua = self.config.user_agent.clone();
         let branch = self.ids.branch();
-        let origin_invite = self.leg(Call::ORIGIN).invite_request.clone();
         let mut r = self.leg_mut(leg).dialog.request(Method::Invite, &branch, &ua);
-        if let Some(invite) = &origin_invite {
+        let origin_invite = self.leg(Call::ORIGIN).invite_request.as_ref();
+        if let Some(invite) = origin_invite {
             let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
             r.headers.set(name::MAX_FORWARDS, hops.to_string());
         }
@@ -117,7 +118,7 @@ impl Call {
             r.headers.push(n, v.as_str());
         }
         r.headers.push(name::ALLOW, ALLOW);
-        match (&self.offer, &origin_invite) {
+        match (&self.offer, origin_invite) {
             (Some(offer), _) => {
                 r.headers.push(name::CONTENT_TYPE, "application/sdp");
                 r.body = offer.sdp.to_bytes().into();

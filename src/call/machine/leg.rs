@@ -202,14 +202,15 @@ impl Leg {
 }
 
 /// The random identifiers a call makes: tags, Call-IDs, branches, session ids. Seeded once per
-/// call (from the OS generator in production, from a fixed seed in transcript tests, so that
+/// call (from the thread's generator in production, from a fixed seed in transcript tests, so that
 /// a test run is the same every time).
 #[derive(Debug)]
 pub struct Ids(StdRng);
 
 impl Ids {
-    pub fn from_os() -> Ids {
-        Ids(StdRng::from_os_rng())
+    /// Seeded from the thread's generator (itself seeded from the OS), without a system call.
+    pub fn random() -> Ids {
+        Ids(StdRng::from_rng(&mut rand::rng()))
     }
 
     pub fn seeded(seed: u64) -> Ids {
