@@ -3,6 +3,7 @@
 //! of `sip::transaction`, and the 2xx responses a UAS core retransmits until their ACK; the
 //! call's plumbing to them (sending in a new transaction, responding, timers).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
@@ -159,6 +160,18 @@ impl ClientMachine {
     }
 }
 
+/// The keys of the transactions whose next deadline has come.
+fn due<K: Clone, T>(
+    map: &HashMap<K, T>,
+    now: Instant,
+    deadline: impl Fn(&T) -> Option<Instant>,
+) -> Vec<K> {
+    map.iter()
+        .filter(|(_, t)| deadline(t).is_some_and(|d| d <= now))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// A 2xx we sent on an INVITE and retransmit until its ACK (RFC 3261 §13.3.1.4).
 #[derive(Debug)]
 pub struct Pending2xx {
@@ -304,25 +317,13 @@ impl Call {
 
     /// Every timer that is due: transactions, 2xx retransmission, the dialed legs' deadlines.
     pub(super) fn timers_due(&mut self, now: Instant) {
-        let due: Vec<ServerKey> = self
-            .servers
-            .iter()
-            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        for key in due(&self.servers, now, |t| t.machine.next_deadline()) {
             if let Some(tx) = self.servers.get_mut(&key) {
                 let actions = tx.machine.on_timeout(now);
                 self.server_actions(&key, actions);
             }
         }
-        let due: Vec<ClientKey> = self
-            .clients
-            .iter()
-            .filter(|(_, t)| t.machine.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        for key in due(&self.clients, now, |t| t.machine.next_deadline()) {
             if let Some(tx) = self.clients.get_mut(&key) {
                 let actions = tx.machine.on_timeout(now);
                 self.client_actions(now, &key, actions, None);
