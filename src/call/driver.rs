@@ -133,11 +133,8 @@ impl Driver {
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
             let more = match action {
-                Action::Send { target, message, client, .. } => {
-                    let bytes = match message {
-                        Message::Request(r) => r.to_bytes(),
-                        Message::Response(r) => r.to_bytes(),
-                    };
+                Action::Send { target, bytes, client, .. } => {
+                    let bytes = bytes.to_vec();
                     let sent = match self.gw.transports.get() {
                         Some(t) => t.send(&target, bytes).await,
                         None => Err(std::io::Error::other("transports not attached")),

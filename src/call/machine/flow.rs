@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::observe::metrics::Outcome;
-use crate::sip::msg::{self, DialogHeaders, Message, Method, NameAddr, Request, Response, name};
+use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, name};
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
 
@@ -220,7 +220,7 @@ impl Call {
         let mut ack = d.request(Method::Ack, &branch, &ua);
         ack.headers.set(name::CSEQ, format!("{cseq} ACK"));
         let target = d.target;
-        self.send(leg, target, Message::Request(ack), None);
+        self.send(leg, target, ack.to_bytes().into(), None);
     }
 
     /// Records the peer's Contact and Record-Route from a 2xx (RFC 3261 §12.1.2).

@@ -39,6 +39,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::config::model::Codec;
 use crate::media::codec::{Chosen, Negotiated};
 use crate::media::relay::{Leg as RelaySide, Silent};
@@ -149,9 +151,10 @@ pub struct Setup {
 /// What the driver does for a call, in the order given.
 #[derive(Debug)]
 pub enum Action {
-    /// Send a message on a leg. `client`: the transaction it belongs to, to report a failed
-    /// send to ([`Call::on_send_error`]).
-    Send { leg: LegId, target: Target, message: Message, client: Option<ClientKey> },
+    /// Send a message (serialised once; retransmissions are the same bytes) on a leg.
+    /// `client`: the transaction it belongs to, to report a failed send to
+    /// ([`Call::on_send_error`]).
+    Send { leg: LegId, target: Target, bytes: Bytes, client: Option<ClientKey> },
     /// Messages with this Call-ID belong to this call from now on.
     Listen { call_id: String },
     /// Look up the address of a dialed leg's host; answer with [`Call::on_resolved`].
@@ -438,8 +441,8 @@ impl Call {
         if self.bridge[0] == leg { self.bridge[1] } else { self.bridge[0] }
     }
 
-    fn send(&mut self, leg: LegId, target: Target, message: Message, client: Option<ClientKey>) {
-        self.out.push(Action::Send { leg, target, message, client });
+    fn send(&mut self, leg: LegId, target: Target, bytes: Bytes, client: Option<ClientKey>) {
+        self.out.push(Action::Send { leg, target, bytes, client });
     }
 
     /// Our media address on a leg: the bind address and the one advertised in its SDP.

@@ -226,11 +226,14 @@ impl Script {
     }
 }
 
+/// What the call sent to `leg`, parsed back from the bytes it would put on the wire.
 pub(super) fn sent(actions: &[Action], leg: LegId) -> Vec<Message> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send { leg: l, message, .. } if *l == leg => Some(message.clone()),
+            Action::Send { leg: l, bytes, .. } if *l == leg => {
+                Some(msg::parse(bytes).expect("the call sends what it can parse"))
+            }
             _ => None,
         })
         .collect()

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
+use bytes::Bytes;
+
+use crate::sip::msg::{self, DialogHeaders, Method, Request, Response, name};
 use crate::sip::transaction::{
     ClientAction, ClientInvite, ClientKey, ClientNonInvite, Reliability, ServerAction,
     ServerInvite, ServerKey, ServerNonInvite, Timers, client_key, server_key,
@@ -40,7 +42,8 @@ pub struct ServerTx {
     pub request: Request,
     pub target: Target,
     pub machine: ServerMachine,
-    pub last_response: Option<Response>,
+    /// The last response sent, as sent (retransmitted on a retransmitted request).
+    pub last_response: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,8 @@ pub enum Purpose {
 pub struct ClientTx {
     pub leg: LegId,
     pub request: Request,
+    /// The request as sent (and retransmitted).
+    pub bytes: Bytes,
     pub target: Target,
     pub machine: ClientMachine,
     pub purpose: Purpose,
@@ -177,7 +182,8 @@ fn due<K: Clone, T>(
 pub struct Pending2xx {
     pub leg: LegId,
     pub cseq: u32,
-    pub response: Response,
+    /// The 2xx as sent.
+    pub bytes: Bytes,
     pub target: Target,
     /// Next retransmission (`None` on reliable transports).
     pub next: Option<Instant>,
@@ -200,7 +206,9 @@ impl Call {
         let invite = request.method == Method::Invite;
         let (machine, actions) =
             ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
-        self.clients.insert(key.clone(), ClientTx { leg, request, target, machine, purpose });
+        let bytes = request.to_bytes().into();
+        let tx = ClientTx { leg, request, bytes, target, machine, purpose };
+        self.clients.insert(key.clone(), tx);
         self.client_actions(now, &key, actions, None);
     }
 
@@ -216,15 +224,15 @@ impl Call {
                 ClientAction::Send => {
                     if let Some(tx) = self.clients.get(key) {
                         let (leg, target) = (tx.leg, tx.target);
-                        let message = Message::Request(tx.request.clone());
-                        self.send(leg, target, message, Some(key.clone()));
+                        let bytes = tx.bytes.clone();
+                        self.send(leg, target, bytes, Some(key.clone()));
                     }
                 }
                 ClientAction::SendAck => {
                     if let (Some(tx), Some(resp)) = (self.clients.get(key), response) {
                         let ack = non_2xx_ack(&tx.request, resp);
                         let (leg, target) = (tx.leg, tx.target);
-                        self.send(leg, target, Message::Request(ack), None);
+                        self.send(leg, target, ack.to_bytes().into(), None);
                     }
                 }
                 ClientAction::Deliver => {
@@ -246,7 +254,8 @@ impl Call {
         let status = response.status;
         let timers = self.config.timers;
         let Some(tx) = self.servers.get_mut(key) else { return };
-        tx.last_response = Some(response.clone());
+        let bytes = Bytes::from(response.to_bytes());
+        tx.last_response = Some(bytes.clone());
         let actions = tx.machine.on_tu_response(now, status);
         let is_invite = matches!(tx.machine, ServerMachine::Invite(_));
         if is_invite && (200..300).contains(&status) {
@@ -256,7 +265,7 @@ impl Call {
             self.pending_2xx.push(Pending2xx {
                 leg: tx.leg,
                 cseq,
-                response,
+                bytes,
                 target: tx.target,
                 next: unreliable.then(|| now + timers.t1),
                 interval: timers.t1,
@@ -271,10 +280,10 @@ impl Call {
             match action {
                 ServerAction::SendLastResponse => {
                     if let Some(tx) = self.servers.get(key)
-                        && let Some(response) = tx.last_response.clone()
+                        && let Some(bytes) = tx.last_response.clone()
                     {
                         let (leg, target) = (tx.leg, tx.target);
-                        self.send(leg, target, Message::Response(response), None);
+                        self.send(leg, target, bytes, None);
                     }
                 }
                 ServerAction::DeliverAck => {
@@ -312,7 +321,7 @@ impl Call {
     pub(super) fn reply_stateless(&mut self, req: &Request, source: &Source, status: u16) {
         let mut r = Response::to_request(req, status, msg::reason_phrase(status), None);
         r.headers.push(name::SERVER, self.config.user_agent.as_str());
-        self.send(Call::ORIGIN, source.reply_target(), Message::Response(r), None);
+        self.send(Call::ORIGIN, source.reply_target(), r.to_bytes().into(), None);
     }
 
     /// Every timer that is due: transactions, 2xx retransmission, the dialed legs' deadlines.
@@ -352,13 +361,13 @@ impl Call {
             } else if let Some(next) = p.next
                 && now >= next
             {
-                resend.push((p.leg, p.target, p.response.clone()));
+                resend.push((p.leg, p.target, p.bytes.clone()));
                 p.interval = (p.interval * 2).min(t2);
                 p.next = Some(now + p.interval);
             }
         }
-        for (leg, target, response) in resend {
-            self.send(leg, target, Message::Response(response), None);
+        for (leg, target, bytes) in resend {
+            self.send(leg, target, bytes, None);
         }
         if give_up {
             self.pending_2xx.retain(|p| now < p.give_up);
