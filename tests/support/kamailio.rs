@@ -18,6 +18,16 @@ use super::net::{self, LOCALHOST, TempDir};
 /// How long `start` waits for Kamailio to bind its UDP port.
 pub const READY_WITHIN: Duration = Duration::from_secs(10);
 
+/// How many times Kamailio is started with fresh ports when another process took one.
+const BIND_ATTEMPTS: usize = 3;
+
+/// Why Kamailio did not start.
+enum Failed {
+    /// A port chosen free was bound by someone else first.
+    PortTaken,
+    Other(String),
+}
+
 pub struct TlsFront {
     child: Child,
     log: PathBuf,
@@ -29,6 +39,25 @@ impl TlsFront {
     /// Starts Kamailio relaying what arrives on a free 127.0.0.1 UDP port to `gateway_tls` over
     /// TLS (the gateway's certificate is not verified).
     pub fn start(gateway_tls: SocketAddr) -> TlsFront {
+        // The ports are free when chosen, but another test may bind one before Kamailio does:
+        // that race gets new ports, any other failure is the test's.
+        for _ in 0..BIND_ATTEMPTS - 1 {
+            match TlsFront::try_start(gateway_tls) {
+                Ok(front) => return front,
+                Err(Failed::PortTaken) => continue,
+                Err(Failed::Other(why)) => panic!("{why}"),
+            }
+        }
+        match TlsFront::try_start(gateway_tls) {
+            Ok(front) => front,
+            Err(Failed::PortTaken) => {
+                panic!("kamailio found its ports taken {BIND_ATTEMPTS} times")
+            }
+            Err(Failed::Other(why)) => panic!("{why}"),
+        }
+    }
+
+    fn try_start(gateway_tls: SocketAddr) -> Result<TlsFront, Failed> {
         let dir = TempDir::new("kamailio");
         let udp_port = net::free_port();
         let tls_port = net::free_port();
@@ -77,13 +106,21 @@ impl TlsFront {
         let deadline = Instant::now() + READY_WITHIN;
         while !net::wait_bound(LOCALHOST, udp_port, false, Duration::from_millis(200)) {
             if let Ok(Some(status)) = front.child.try_wait() {
-                panic!("kamailio exited ({status}) before it was ready");
+                if front.log_text().contains("Address already in use") {
+                    return Err(Failed::PortTaken);
+                }
+                return Err(Failed::Other(format!(
+                    "kamailio exited ({status}) before it was ready:\n{}",
+                    front.log_text()
+                )));
             }
             if Instant::now() >= deadline {
-                panic!("kamailio did not bind 127.0.0.1:{udp_port} within {READY_WITHIN:?}");
+                return Err(Failed::Other(format!(
+                    "kamailio did not bind 127.0.0.1:{udp_port} within {READY_WITHIN:?}"
+                )));
             }
         }
-        front
+        Ok(front)
     }
 
     /// Where sipp sends its calls (UDP).
