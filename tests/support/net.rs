@@ -52,12 +52,41 @@ impl Drop for TempDir {
     }
 }
 
+/// The block test ports come from: below the kernel's ephemeral range (32768-60999 by default,
+/// where `bind(0)` and outgoing sockets of every other process land) and below the gateways' RTP
+/// ports (20000-30000 by default). A port taken from the ephemeral range could be given by the
+/// kernel to another test process between our check and the peer's bind; here nobody gets one
+/// without asking.
+const PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// A claim older than this is from a test run that is over.
+const CLAIM_LIFETIME: Duration = Duration::from_secs(20 * 60);
+
 /// Ports handed out by this process, never handed out twice (tests of one binary run in threads).
 static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
+/// Claims `port` for this test: not handed out before by this process, and not claimed by
+/// another test process (nextest runs tests in parallel processes) in the last
+/// [`CLAIM_LIFETIME`]: a file per port under the temp dir, created exclusively.
 fn claim(port: u16) -> bool {
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     if handed.contains(&port) {
+        return false;
+    }
+    let dir = std::env::temp_dir().join("trunkline-tests").join("ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(port.to_string());
+    let fresh = std::fs::OpenOptions::new().write(true).create_new(true).open(&file).is_ok();
+    let stale = !fresh
+        && std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > CLAIM_LIFETIME);
+    if stale && std::fs::write(&file, b"").is_err() {
+        return false;
+    }
+    if !(fresh || stale) {
         return false;
     }
     handed.push(port);
@@ -72,34 +101,32 @@ fn tcp_free(port: u16) -> bool {
     TcpListener::bind((LOCALHOST, port)).is_ok()
 }
 
-/// A 127.0.0.1 port that is free for both UDP and TCP right now (bound with port 0, checked on the
-/// other protocol, released). SIP listens on both with one number, and so does sipp with `-t t1`.
+/// Ports of [`PORTS`] in an order that differs between processes, so that parallel tests do not
+/// all try the same ones first.
+fn candidates() -> impl Iterator<Item = u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let len = u32::from(PORTS.end - PORTS.start);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let start = (std::process::id().wrapping_mul(7919) ^ nanos)
+        .wrapping_add(NEXT.fetch_add(97, Ordering::Relaxed))
+        % len;
+    (0..len).map(move |i| PORTS.start + ((start + i) % len) as u16)
+}
+
+/// A 127.0.0.1 port that is free for both UDP and TCP right now and claimed for this test. SIP
+/// listens on both with one number, and so does sipp with `-t t1`.
 pub fn free_port() -> u16 {
-    for _ in 0..200 {
-        let port = TcpListener::bind((LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if udp_free(port) && claim(port) {
-            return port;
-        }
-    }
-    panic!("no free 127.0.0.1 port for UDP and TCP after 200 tries");
+    candidates()
+        .find(|&port| udp_free(port) && tcp_free(port) && claim(port))
+        .expect("no free 127.0.0.1 port for UDP and TCP in the test block")
 }
 
 /// A UDP port P with P+2 also free: sipp's media port (`-mp`) binds both (audio and video).
 pub fn free_media_port() -> u16 {
-    for _ in 0..200 {
-        let port = UdpSocket::bind((LOCALHOST, 0))
-            .and_then(|s| s.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if port < u16::MAX - 2 && udp_free(port) && udp_free(port + 2) && claim(port) {
-            let _ = claim(port + 2);
-            return port;
-        }
-    }
-    panic!("no free 127.0.0.1 UDP port pair after 200 tries");
+    candidates()
+        .filter(|&port| port + 2 < PORTS.end)
+        .find(|&port| udp_free(port) && udp_free(port + 2) && claim(port) && claim(port + 2))
+        .expect("no free 127.0.0.1 UDP port pair in the test block")
 }
 
 /// Waits until something (a sipp we started) has bound `port` on `ip`, seen as our own bind
