@@ -103,12 +103,12 @@ impl Algorithm {
             .find(|a| a.as_str().eq_ignore_ascii_case(token))
     }
 
-    fn is_sess(self) -> bool {
+    pub(super) fn is_sess(self) -> bool {
         matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
     }
 
     /// `H(p1:p2:...)` as lowercase hex (RFC 7616 §3.4.1).
-    fn h(self, parts: &[&str]) -> String {
+    pub(super) fn h(self, parts: &[&str]) -> String {
         match self {
             Algorithm::Md5 | Algorithm::Md5Sess => hex_of::<md5::Md5>(parts),
             Algorithm::Sha256 | Algorithm::Sha256Sess => hex_of::<Sha256>(parts),
@@ -581,7 +581,7 @@ impl fmt::Debug for ReplayGuard {
 }
 
 /// A quoted-string (RFC 3261 §25.1) holding `value`.
-fn quote(value: &str) -> String {
+pub(super) fn quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
     for c in value.chars() {
@@ -601,7 +601,9 @@ fn clip(value: &str) -> String {
 
 /// Splits `Digest name=value, ...` (RFC 3261 §25.1 `credentials`, RFC 7235 §2.1 auth-params)
 /// into lower-cased names and unescaped values, in order.
-fn parse_digest_params(header_value: &str) -> Result<Vec<(String, String)>, DigestError> {
+pub(super) fn parse_digest_params(
+    header_value: &str,
+) -> Result<Vec<(String, String)>, DigestError> {
     if header_value.len() > MAX_HEADER_LEN {
         return Err(DigestError::TooLong { len: header_value.len() });
     }
