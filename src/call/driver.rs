@@ -84,6 +84,7 @@ pub async fn run(
             break;
         }
         let deadline = d.call.next_deadline();
+        let wake = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
         let actions = tokio::select! {
             timeout = wait_media(&mut d.media_timeout) => {
                 d.media_timeout = None;
@@ -99,7 +100,9 @@ pub async fn run(
                 }
                 None => break,
             },
-            _ = sleep_until(deadline) => d.call.on_timer(Instant::now()),
+            () = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                d.call.on_timer(Instant::now())
+            }
         };
         d.perform(actions).await;
     }
@@ -115,14 +118,6 @@ pub async fn run(
 async fn wait_media(timeout: &mut Option<MediaTimeoutFuture>) -> MediaTimeout {
     match timeout {
         Some(t) => t.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`; forever without one.
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
     }
 }

@@ -18,9 +18,7 @@ use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, Held};
 use super::limits::CallPermit;
-use super::machine::{
-    Call, CallConfig, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup,
-};
+use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
 use super::services::{CallInput, CallServices};
 
 /// An INVITE the front door admitted, with everything decided about it.
@@ -41,13 +39,6 @@ pub fn spawn(
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
     let Admitted { invite, source, route, permit, table, offer } = admitted;
-    let config = CallConfig {
-        user_agent: gw.config.user_agent.clone(),
-        ring_timeout: gw.config.agent_timeout,
-        media_timeout: gw.config.media_timeout,
-        public_address: gw.config.public_address,
-        ..CallConfig::default()
-    };
     let carrier_local = gw.local_address(Zone::Carrier, source.protocol).unwrap_or(source.local);
     let protocol = route.trunk.destination.transport;
     let agent_local = gw
@@ -60,11 +51,11 @@ pub fn spawn(
         &gw.config.header_prefix,
         invite,
         source,
-        (carrier_local, agent_local, protocol),
+        (carrier_local, agent_local),
         &route,
         offer,
     );
-    let (call, first) = Call::start(Instant::now(), config, ids, setup);
+    let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
     let active = gw.metrics.call_started(&route.trunk.name.to_string(), Direction::Inbound);
     let held = Held { permit, active, route, table, direction: Direction::Inbound };
     tokio::spawn(driver::run(gw, call, first, held, channel));
@@ -76,10 +67,11 @@ pub fn setup(
     prefix: &str,
     invite: Request,
     source: Source,
-    (carrier_local, agent_local, protocol): (SocketAddr, SocketAddr, Protocol),
+    (carrier_local, agent_local): (SocketAddr, SocketAddr),
     route: &Route,
     offer: Option<MediaOffer>,
 ) -> Setup {
+    let protocol = route.trunk.destination.transport;
     let session_id = ids.token(16);
     let from = invite.from();
     let display = from.as_ref().and_then(|f| f.display.clone());

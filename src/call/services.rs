@@ -61,11 +61,14 @@ pub enum CallInput {
     Response(Response, Source),
 }
 
+use super::machine::CallConfig;
 pub use super::machine::{ALLOW, MediaOffer};
 
 /// The gateway's shared state, as its call tasks see it.
 pub struct CallServices {
     pub(super) config: GatewayConfig,
+    /// What every call is started with, derived once from `config`.
+    pub(super) call_config: CallConfig,
     pub(super) transports: OnceLock<Arc<Transports>>,
     listeners: Mutex<Vec<Listener>>,
     calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
@@ -84,8 +87,16 @@ impl CallServices {
         metrics: Arc<GatewayMetrics>,
         ports: Arc<PortAllocator>,
     ) -> Arc<CallServices> {
+        let call_config = CallConfig {
+            user_agent: config.user_agent.clone(),
+            ring_timeout: config.agent_timeout,
+            media_timeout: config.media_timeout,
+            public_address: config.public_address,
+            ..CallConfig::default()
+        };
         Arc::new(CallServices {
             config,
+            call_config,
             transports: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),

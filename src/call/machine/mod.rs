@@ -342,10 +342,6 @@ impl Call {
         &self.legs[id.0]
     }
 
-    pub fn legs(&self) -> &[Leg] {
-        &self.legs
-    }
-
     /// The Call-IDs of the call's legs (the driver routes messages by them).
     pub fn call_ids(&self) -> impl Iterator<Item = &str> {
         self.legs.iter().map(|l| l.dialog.call_id.as_str())
