@@ -306,6 +306,30 @@ struct ServeArgs {
     /// Seconds a digest nonce stays valid (then `stale=true`); `300` or `300s`.
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
     nonce_ttl: Duration,
+    /// Networks (CIDRs, comma-separated or repeated) the agent-facing listener takes new calls
+    /// from (outbound calls, SIP or HTTP); a new INVITE from anywhere else gets 403.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128", value_name = "CIDR")]
+    agent_networks: Vec<ipnet::IpNet>,
+    /// File holding `USERNAME:PASSWORD` on its first line: the agent runtime's outbound INVITEs
+    /// must then answer a digest challenge with them (read again when the file changes).
+    #[arg(long, value_name = "FILE")]
+    agent_credentials: Option<PathBuf>,
+    /// PEM bundle of CA certificates trusted for TLS toward carriers and agent runtimes, beside
+    /// the system's roots.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Address of the call API (`POST /v1/calls`...); it is served only with
+    /// `--api-token-file`.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9091", value_parser = parse_admin)]
+    api: SocketAddr,
+    /// File holding the bearer token of the call API (read again when the file changes); without
+    /// it there is no API listener.
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// SIP URI of the agent runtime that calls started by the API are bridged to, unless the
+    /// request names its own `agentUri`.
+    #[arg(long, value_name = "URI")]
+    agent_uri: Option<String>,
 }
 
 impl ServeArgs {
@@ -325,6 +349,12 @@ impl ServeArgs {
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,
             digest_algorithms: self.digest_algorithms,
+            agent_networks: self.agent_networks,
+            agent_credentials: self.agent_credentials,
+            tls_ca: self.tls_ca,
+            api: self.api,
+            api_token_file: self.api_token_file,
+            agent_uri: self.agent_uri,
         }
     }
 }

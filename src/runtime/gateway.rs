@@ -95,6 +95,17 @@ pub struct ServeOptions {
     pub nonce_ttl: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
+    /// Networks the agent-facing listener takes new calls (outbound) from.
+    pub agent_networks: Vec<ipnet::IpNet>,
+    /// `USERNAME:PASSWORD` the agent runtime must answer a digest challenge with.
+    pub agent_credentials: Option<PathBuf>,
+    /// CA bundle trusted for TLS toward carriers and agents, beside the system roots.
+    pub tls_ca: Option<PathBuf>,
+    /// The call API's address (served only with `api_token_file`).
+    pub api: SocketAddr,
+    pub api_token_file: Option<PathBuf>,
+    /// Where API-started calls are bridged to, unless the request names an `agentUri`.
+    pub agent_uri: Option<String>,
 }
 
 /// Why the gateway could not start.
