@@ -186,6 +186,11 @@ impl Driver {
                     self.gw.metrics.setup_latency(&trunk, setup.as_secs_f64());
                     Vec::new()
                 }
+                Action::Record(Record::AuthRefused { role, .. }) => {
+                    let trunk = self.route.trunk.name.to_string();
+                    self.gw.metrics.peer_auth_refused(&trunk, role.as_str());
+                    Vec::new()
+                }
                 Action::End(ended) => {
                     self.ended(ended);
                     Vec::new()

@@ -92,7 +92,13 @@ pub fn setup(
     Setup {
         session_id,
         origin: Origin { role: Role::Carrier, invite, source, local: carrier_local },
-        dial: Dial { role: Role::Agent, dialog, destination: destination(route), headers },
+        dial: Dial {
+            role: Role::Agent,
+            dialog,
+            destination: destination(route),
+            headers,
+            credentials: None,
+        },
         offer,
         codecs: route.trunk.codecs.clone(),
     }

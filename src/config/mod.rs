@@ -10,6 +10,7 @@ pub mod lookup;
 pub mod manifest;
 pub mod model;
 pub mod number;
+pub mod outbound;
 pub mod refusal;
 pub mod schema;
 pub mod secret;

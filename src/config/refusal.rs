@@ -52,6 +52,25 @@ pub enum RefusalRule {
     ConcurrencyLimit,
     /// The trunk is at its `maxCallsPerSecond`.
     RateLimit,
+    /// A new INVITE on the carrier-facing listener naming an outbound trunk: the carrier side
+    /// can never make the gateway dial out.
+    OutboundFromCarrier,
+    /// A new call on the agent-facing listener from outside `--agent-networks`.
+    AgentNetworkNotAllowed,
+    /// An outbound INVITE that names no OutboundTrunk.
+    TrunkNotNamed,
+    /// The named OutboundTrunk does not exist (in this gateway's region).
+    UnknownTrunk,
+    /// The name matches OutboundTrunks in more than one namespace, or the header and the
+    /// Request-URI name different trunks.
+    AmbiguousTrunk,
+    /// The trunk's `agents` allowlist does not hold the call's agent (or the call names none).
+    AgentNotAllowed,
+    /// The caller id the agent asked for is neither the trunk's `callerId` nor in
+    /// `allowedCallerIds`.
+    CallerIdNotAllowed,
+    /// The number to dial is not a number (E.164, `tel:`, `;user=phone`).
+    DialedNumberInvalid,
 }
 
 impl RefusalRule {
@@ -80,6 +99,14 @@ impl RefusalRule {
             // The CRD fields, in snake case, as the limits have always been labelled.
             RefusalRule::ConcurrencyLimit => "max_concurrent_calls",
             RefusalRule::RateLimit => "max_calls_per_second",
+            RefusalRule::OutboundFromCarrier => "OutboundFromCarrier",
+            RefusalRule::AgentNetworkNotAllowed => "AgentNetworkNotAllowed",
+            RefusalRule::TrunkNotNamed => "TrunkNotNamed",
+            RefusalRule::UnknownTrunk => "UnknownTrunk",
+            RefusalRule::AmbiguousTrunk => "AmbiguousTrunk",
+            RefusalRule::AgentNotAllowed => "AgentNotAllowed",
+            RefusalRule::CallerIdNotAllowed => "CallerIdNotAllowed",
+            RefusalRule::DialedNumberInvalid => "DialedNumberInvalid",
         }
     }
 
@@ -92,11 +119,21 @@ impl RefusalRule {
             | RefusalRule::TransportNotAllowed
             | RefusalRule::CallerNotAllowed
             | RefusalRule::OutboundNotEnabled
-            | RefusalRule::BadCredentials => 403,
+            | RefusalRule::BadCredentials
+            | RefusalRule::OutboundFromCarrier
+            | RefusalRule::AgentNetworkNotAllowed
+            | RefusalRule::AgentNotAllowed
+            | RefusalRule::CallerIdNotAllowed => 403,
+            RefusalRule::UnknownTrunk => 404,
+            // RFC 3261 §21.4.23: the request was ambiguous.
+            RefusalRule::AmbiguousTrunk => 485,
+            // RFC 3261 §21.4.22: the number is not one.
+            RefusalRule::DialedNumberInvalid => 484,
             RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
             RefusalRule::MalformedCredentials
             | RefusalRule::BadSdp
-            | RefusalRule::NoRfc3261Branch => 400,
+            | RefusalRule::NoRfc3261Branch
+            | RefusalRule::TrunkNotNamed => 400,
             RefusalRule::BadExtension => 420,
             RefusalRule::UnsupportedBody => 415,
             RefusalRule::TooManyHops => 483,

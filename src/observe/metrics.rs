@@ -14,6 +14,8 @@
 //! | `trunkline_active_calls` | gauge | `trunk`, `direction` |
 //! | `trunkline_auth_failures_total` | counter | `reason` |
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
+//! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
+//! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
@@ -267,6 +269,8 @@ pub struct GatewayMetrics {
     /// exported from the start (at 0) so `rate()` works on the first failure.
     auth_failures: Vec<IntCounter>,
     refusals: IntCounterVec,
+    outbound_refusals: IntCounterVec,
+    peer_auth: IntCounterVec,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
     config_info: IntGaugeVec,
@@ -350,6 +354,18 @@ impl GatewayMetrics {
             &["status", "rule"],
             r,
         )?;
+        let outbound_refusals = register_int_counter_vec_with_registry!(
+            "trunkline_outbound_refusals_total",
+            "Outbound calls (agent INVITEs and API requests) refused, by SIP status and refusing rule.",
+            &["status", "rule"],
+            r,
+        )?;
+        let peer_auth = register_int_counter_vec_with_registry!(
+            "trunkline_peer_auth_failures_total",
+            "Calls a dialed peer refused at authentication: our digest answer challenged again, a challenge to a trunk without credentials, or one that cannot be answered.",
+            &["trunk", "peer"],
+            r,
+        )?;
         let setup = register_histogram_vec_with_registry!(
             "trunkline_call_setup_seconds",
             "Time from the INVITE received to the final response from the other leg.",
@@ -418,6 +434,8 @@ impl GatewayMetrics {
             active,
             auth_failures,
             refusals,
+            outbound_refusals,
+            peer_auth,
             setup,
             sip_messages,
             config_info,
@@ -499,6 +517,18 @@ impl GatewayMetrics {
     /// step, e.g. `unknown_number`, `no_common_codec`, `max_concurrent_calls`).
     pub fn invite_refused(&self, status: u16, rule: &str) {
         self.refusals.with_label_values(&[status.to_string().as_str(), rule]).inc();
+    }
+
+    /// Counts one outbound call (an agent's INVITE or an API request) refused with `status` by
+    /// `rule`.
+    pub fn outbound_refused(&self, status: u16, rule: &str) {
+        self.outbound_refusals.with_label_values(&[status.to_string().as_str(), rule]).inc();
+    }
+
+    /// Counts one call a dialed peer (`carrier`, `agent`, `transfer`) refused at
+    /// authentication. `trunk`: as in [`Self::call_finished`].
+    pub fn peer_auth_refused(&self, trunk: &str, peer: &str) {
+        self.peer_auth.with_label_values(&[trunk, peer]).inc();
     }
 
     /// Observes a call's setup time: INVITE received → final response from the other leg.

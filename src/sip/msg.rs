@@ -121,6 +121,7 @@ pub mod name {
     pub const PROXY_AUTHENTICATE: &str = "Proxy-Authenticate";
     pub const PROXY_AUTHORIZATION: &str = "Proxy-Authorization";
     pub const AUTHORIZATION: &str = "Authorization";
+    pub const WWW_AUTHENTICATE: &str = "WWW-Authenticate";
     pub const WARNING: &str = "Warning";
     pub const REASON: &str = "Reason";
 }

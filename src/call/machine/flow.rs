@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::observe::metrics::Outcome;
+use crate::sip::digest_client;
 use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, name};
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
@@ -55,6 +56,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         invite: key.map(LegInvite::Server).unwrap_or(LegInvite::None),
         invite_request: Some(invite),
         deadline: None,
+        auth: Default::default(),
     }
 }
 
@@ -118,6 +120,9 @@ impl Call {
             r.headers.push(n, v.as_str());
         }
         r.headers.push(name::ALLOW, ALLOW);
+        if let Some((header, value)) = &self.leg(leg).auth.header {
+            r.headers.push(header, value.as_str());
+        }
         match (&self.offer, origin_invite) {
             (Some(offer), _) => {
                 r.headers.push(name::CONTENT_TYPE, "application/sdp");
@@ -345,6 +350,23 @@ impl Call {
             }
             return;
         }
+        if matches!(status, 401 | 407) && phase.is_pending() && self.state == State::Setup {
+            match self.answer_challenge(now, leg, resp) {
+                Ok(()) => return,
+                Err(reason) => {
+                    let role = self.leg(leg).role;
+                    tracing::warn!(session = %self.session_id, peer_status = status, "{} refused the call: {reason}", role.as_str());
+                    self.out.push(Action::Record(Record::AuthRefused { role, reason }));
+                    if self.leg(leg).auth.credentials.is_some() {
+                        // Our credentials are wrong (or the peer's challenge cannot be met):
+                        // the agent is told it may not call there, not that it is down.
+                        self.leg_mut(leg).phase = Phase::Terminated;
+                        self.fail_origin(now, 403, Outcome::Failed);
+                        return;
+                    }
+                }
+            }
+        }
         let was_wanted = phase.is_pending();
         self.leg_mut(leg).phase = Phase::Terminated;
         if !was_wanted || self.state != State::Setup {
@@ -353,6 +375,56 @@ impl Call {
         let (mapped, outcome) = map_failure(status);
         tracing::info!(session = %self.session_id, peer_status = status, status = mapped, "{} refused the call", self.leg(leg).role.as_str());
         self.fail_origin(now, mapped, outcome);
+    }
+
+    /// A dialed peer's digest challenge (RFC 3261 §22.2): answered once with the leg's
+    /// credentials, the INVITE sent again in the same dialog (CSeq + 1, a new branch, RFC 3261
+    /// §8.1.3.5). A second challenge after our answer means the credentials are wrong, unless it
+    /// says `stale=true` (the answer was right, its nonce expired): that one is answered once
+    /// more. `Err`: why the challenge is not answered.
+    fn answer_challenge(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        resp: &Response,
+    ) -> Result<(), String> {
+        let (challenge_header, answer_header) = if resp.status == 401 {
+            (name::WWW_AUTHENTICATE, name::AUTHORIZATION)
+        } else {
+            (name::PROXY_AUTHENTICATE, name::PROXY_AUTHORIZATION)
+        };
+        let l = self.leg(leg);
+        let (answered, uri) = (l.auth.answered, l.dialog.remote_target.clone());
+        let Some(credentials) = l.auth.credentials.clone() else {
+            return Err("challenged for credentials, and none are configured (an address-\
+                        authenticated trunk the carrier does not trust by address)"
+                .to_string());
+        };
+        let challenge = digest_client::pick(resp.headers.get_all(challenge_header))
+            .map_err(|e| format!("cannot answer its challenge: {e}"))?;
+        let limit = if challenge.stale { 2 } else { 1 };
+        if answered >= limit {
+            return Err(format!(
+                "it challenged our answer again: wrong credentials for username {:?}",
+                credentials.username
+            ));
+        }
+        let cnonce = self.ids.token(16);
+        let answer = challenge.answer(
+            &credentials.username,
+            credentials.password.expose(),
+            "INVITE",
+            &uri,
+            1,
+            &cnonce,
+        );
+        let l = self.leg_mut(leg);
+        l.auth.answered += 1;
+        l.auth.header = Some((answer_header, answer));
+        // The challenge's To tag made no dialog (RFC 3261 §12.1.2).
+        l.dialog.remote_tag = None;
+        self.send_invite(now, leg);
+        Ok(())
     }
 
     /// A provisional response of the dialed leg, passed to the origin (with its early media).

@@ -178,6 +178,20 @@ pub struct Leg {
     pub invite_request: Option<Request>,
     /// UAC: no answer of any kind by then (the peer is not there), or ringing too long.
     pub deadline: Option<Instant>,
+    /// UAC: the digest credentials this leg answers its peer's 401/407 with.
+    pub auth: LegAuth,
+}
+
+/// A dialed leg's digest toward its peer (a carrier's 401/407, RFC 3261 §22.2).
+#[derive(Debug, Default)]
+pub struct LegAuth {
+    /// `None`: the peer trusts our address; a challenge then fails the leg.
+    pub credentials: Option<crate::config::secret::BasicAuth>,
+    /// Challenges answered on this leg.
+    pub answered: u8,
+    /// The last answer (`Authorization` or `Proxy-Authorization` and its value), sent with
+    /// the INVITE again.
+    pub header: Option<(&'static str, String)>,
 }
 
 impl Leg {

@@ -51,7 +51,7 @@ use crate::sip::transaction::{ClientKey, ServerKey, Timers};
 use crate::sip::transport::{Source, Target};
 
 use leg::LegInvite;
-pub use leg::{Dialog, Ids, Leg, LegId, Phase, Role, Side};
+pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Phase, Role, Side};
 use tx::{ClientTx, Pending2xx, ServerTx};
 
 /// No answer of any kind from a dialed peer within this time: it is unreachable.
@@ -135,6 +135,9 @@ pub struct Dial {
     /// Headers of the INVITE beside the dialog's own (the session headers, the `X-*` headers
     /// that travel).
     pub headers: Vec<(String, String)>,
+    /// Digest credentials for the peer's challenges (a carrier's 401/407); `None`: the peer
+    /// trusts our address.
+    pub credentials: Option<crate::config::secret::BasicAuth>,
 }
 
 /// Everything decided about a call before it starts.
@@ -185,6 +188,9 @@ pub enum RelayUpdate {
 pub enum Record {
     /// The dialed leg answered and the origin got its 2xx.
     Answered { setup: Duration, codec: Option<Codec> },
+    /// A dialed peer refused our digest answer (it challenged again), or challenged a leg that
+    /// has no credentials, or sent a challenge we cannot answer.
+    AuthRefused { role: Role, reason: String },
 }
 
 /// How a call ended.
@@ -301,6 +307,7 @@ impl Call {
             invite: LegInvite::None,
             invite_request: None,
             deadline: None,
+            auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
         };
         let mut call = Call {
             config,

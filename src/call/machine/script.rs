@@ -93,6 +93,15 @@ pub(super) fn leg_source(leg: LegId) -> Source {
 }
 
 pub(super) fn start_with(sdp: Option<&str>, destination: Destination) -> (Script, Vec<Action>) {
+    start_with_credentials(sdp, destination, None)
+}
+
+/// A call whose dialed leg answers challenges with `credentials`.
+pub(super) fn start_with_credentials(
+    sdp: Option<&str>,
+    destination: Destination,
+    credentials: Option<crate::config::secret::BasicAuth>,
+) -> (Script, Vec<Action>) {
     let invite = carrier_invite(sdp);
     let codecs = vec![Codec::Pcmu];
     let offer = match sdp {
@@ -141,6 +150,7 @@ pub(super) fn start_with(sdp: Option<&str>, destination: Destination) -> (Script
             dialog,
             destination,
             headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
+            credentials,
         },
         offer,
         codecs,
@@ -202,6 +212,21 @@ impl Script {
             r.headers.push(name::CONTENT_TYPE, "application/sdp");
             r.body = sdp.as_bytes().to_vec().into();
         }
+        self.deliver(AGENT_LEG, Message::Response(r))
+    }
+
+    /// The dialed peer challenges our INVITE: 401 with `WWW-Authenticate`, 407 with
+    /// `Proxy-Authenticate`.
+    pub(super) fn agent_challenges(
+        &mut self,
+        to: &Request,
+        status: u16,
+        challenge: &str,
+    ) -> Vec<Action> {
+        let mut r =
+            Response::to_request(to, status, msg::reason_phrase(status), Some("challenger"));
+        let header = if status == 401 { name::WWW_AUTHENTICATE } else { name::PROXY_AUTHENTICATE };
+        r.headers.push(header, challenge);
         self.deliver(AGENT_LEG, Message::Response(r))
     }
 

@@ -460,3 +460,104 @@ fn the_call_is_done_after_the_linger_once_ended() {
     assert!(!s.call.is_done(s.now));
     assert!(s.call.is_done(s.now + LINGER));
 }
+
+fn credentials(password: &str) -> crate::config::secret::BasicAuth {
+    crate::config::secret::BasicAuth {
+        username: "acct-7".into(),
+        password: crate::config::secret::Password::new(password),
+    }
+}
+
+/// The dialed INVITE of a call whose dialed leg has credentials (no SDP: no relay to wait for).
+fn inviting_with_credentials() -> (Script, Request) {
+    let (s, actions) = start_with_credentials(
+        None,
+        Destination::Address(addr(AGENT)),
+        Some(credentials("s3cret")),
+    );
+    let (mut s, actions) = {
+        let mut s = s;
+        let more = if actions.iter().any(|a| matches!(a, Action::StartRelay { .. })) {
+            s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B })
+        } else {
+            actions
+        };
+        (s, more)
+    };
+    s.at(0);
+    let invite = requests_to(&actions, AGENT_LEG).remove(0);
+    (s, invite)
+}
+
+#[test]
+fn a_challenge_is_answered_once_with_the_legs_credentials_in_the_same_dialog() {
+    use crate::sip::digest::{Credentials, DigestServer, NonceKey, Verification};
+    let server =
+        DigestServer::new("carrier", NonceKey::from_bytes([9; 32]), Duration::from_secs(60));
+    let (mut s, invite) = inviting_with_credentials();
+    assert!(invite.headers.get(name::AUTHORIZATION).is_none(), "no credentials until asked");
+    let challenge = server.challenge(1_000, false).remove(0);
+    let actions = s.agent_challenges(&invite, 401, &challenge);
+    // The 401 is ACKed by its transaction and the INVITE goes again, answered.
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack, Method::Invite]);
+    assert!(responses_to(&actions, CARRIER_LEG).is_empty(), "the origin hears nothing of it");
+    let again = requests_to(&actions, AGENT_LEG).remove(1);
+    assert_eq!(again.call_id(), invite.call_id());
+    assert_eq!(again.from().unwrap().tag(), invite.from().unwrap().tag());
+    assert_eq!(again.to().unwrap().tag(), None, "the challenge's To tag made no dialog");
+    assert_eq!(again.cseq().unwrap().0, invite.cseq().unwrap().0 + 1);
+    assert_ne!(again.top_via().unwrap().branch, invite.top_via().unwrap().branch);
+    let answer = Credentials::parse(again.headers.get(name::AUTHORIZATION).unwrap()).unwrap();
+    assert_eq!(answer.username, "acct-7");
+    assert_eq!(answer.uri, invite.uri);
+    assert_eq!(server.verify(&answer, "INVITE", "s3cret", 1_001), Verification::Valid);
+    assert!(!format!("{:?}", s.call.leg(AGENT_LEG)).contains("s3cret"), "no password in Debug");
+
+    // The answered INVITE is the one that completes the call.
+    let actions = s.agent_responds(&again, 200, None);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_second_challenge_after_our_answer_refuses_the_call_with_403_and_says_why() {
+    let (mut s, invite) = inviting_with_credentials();
+    let challenge = "Digest realm=\"carrier\", nonce=\"n1\", qop=\"auth\"";
+    let actions = s.agent_challenges(&invite, 407, challenge);
+    let again = requests_to(&actions, AGENT_LEG).remove(1);
+    assert!(
+        again.headers.get(name::PROXY_AUTHORIZATION).is_some(),
+        "407 is answered by Proxy-Authorization"
+    );
+    let actions =
+        s.agent_challenges(&again, 407, "Digest realm=\"carrier\", nonce=\"n2\", qop=\"auth\"");
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack], "no third INVITE");
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![403]);
+    let refused = actions.iter().find_map(|a| match a {
+        Action::Record(Record::AuthRefused { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(refused.unwrap().contains("wrong credentials for username \"acct-7\""));
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Failed));
+}
+
+#[test]
+fn a_stale_nonce_is_answered_once_more_and_no_more() {
+    let (mut s, invite) = inviting_with_credentials();
+    let actions = s.agent_challenges(&invite, 401, "Digest realm=\"c\", nonce=\"n1\"");
+    let second = requests_to(&actions, AGENT_LEG).remove(1);
+    let stale = "Digest realm=\"c\", nonce=\"n2\", stale=true";
+    let actions = s.agent_challenges(&second, 401, stale);
+    let third = requests_to(&actions, AGENT_LEG).remove(1);
+    assert!(third.headers.get(name::AUTHORIZATION).unwrap().contains("nonce=\"n2\""));
+    let actions = s.agent_challenges(&third, 401, "Digest realm=\"c\", nonce=\"n3\", stale=true");
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![403]);
+}
+
+#[test]
+fn a_challenge_to_a_leg_without_credentials_is_a_failure_of_the_peer_as_before() {
+    let (mut s, invite, _) = inviting(None);
+    let actions = s.agent_challenges(&invite, 401, "Digest realm=\"c\", nonce=\"n1\"");
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![503]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Record(Record::AuthRefused { .. }))));
+}
