@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::RoutingTable;
-use crate::config::lookup::Route;
 use crate::media::relay::{Leg as RelaySide, MediaTimeout, Relay, RelayConfig};
 use crate::observe::metrics::{ActiveCallGuard, Direction};
 use crate::sip::msg::Message;
@@ -26,14 +25,25 @@ use super::services::{CallInput, CallServices};
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
-/// active calls, the route it was admitted on and the table it started with (later reloads do
-/// not change a call in progress).
+/// active calls, what it is labelled with in metrics and logs, and the table it started with
+/// (later reloads do not change a call in progress).
 pub struct Held {
     pub permit: CallPermit,
     pub active: ActiveCallGuard,
-    pub route: Route,
+    pub labels: CallLabels,
     pub table: Arc<RoutingTable>,
+}
+
+/// What a call is known by in metrics and logs, the same in both directions.
+#[derive(Clone, Debug)]
+pub struct CallLabels {
     pub direction: Direction,
+    /// `namespace/name` of the trunk the call was admitted on.
+    pub trunk: String,
+    /// The dialed number (E.164).
+    pub number: String,
+    /// The agent; empty when an outbound call names none.
+    pub agent: String,
 }
 
 type MediaTimeoutFuture = Pin<Box<dyn Future<Output = MediaTimeout> + Send>>;
@@ -47,8 +57,7 @@ struct Driver {
     media_timeout: Option<MediaTimeoutFuture>,
     permit: Option<CallPermit>,
     active: Option<ActiveCallGuard>,
-    route: Route,
-    direction: Direction,
+    labels: CallLabels,
     _table: Arc<RoutingTable>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
@@ -62,7 +71,7 @@ pub async fn run(
     held: Held,
     (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Held { permit, active, route, table, direction } = held;
+    let Held { permit, active, labels, table } = held;
     let call_ids = call.call_ids().take(1).map(str::to_string).collect();
     let mut d = Driver {
         gw,
@@ -73,8 +82,7 @@ pub async fn run(
         media_timeout: None,
         permit: Some(permit),
         active: Some(active),
-        route,
-        direction,
+        labels,
         _table: table,
         call_ids,
     };
@@ -182,13 +190,11 @@ impl Driver {
                     Vec::new()
                 }
                 Action::Record(Record::Answered { setup, .. }) => {
-                    let trunk = self.route.trunk.name.to_string();
-                    self.gw.metrics.setup_latency(&trunk, setup.as_secs_f64());
+                    self.gw.metrics.setup_latency(&self.labels.trunk, setup.as_secs_f64());
                     Vec::new()
                 }
                 Action::Record(Record::AuthRefused { role, .. }) => {
-                    let trunk = self.route.trunk.name.to_string();
-                    self.gw.metrics.peer_auth_refused(&trunk, role.as_str());
+                    self.gw.metrics.peer_auth_refused(&self.labels.trunk, role.as_str());
                     Vec::new()
                 }
                 Action::End(ended) => {
@@ -207,13 +213,14 @@ impl Driver {
         self.active = None;
         self.media_timeout = None;
         self.gw.call_ended();
-        let trunk = self.route.trunk.name.to_string();
+        let trunk = self.labels.trunk.clone();
         let session = self.call.session_id().to_string();
+        let direction = self.labels.direction.as_str();
         if let Some(outcome) = ended.outcome {
-            self.gw.metrics.call_finished(&trunk, self.direction, outcome);
+            self.gw.metrics.call_finished(&trunk, self.labels.direction, outcome);
             tracing::info!(
-                session = %session, trunk = %self.route.trunk.name, agent = %self.route.agent,
-                number = %self.route.number, outcome = ?outcome,
+                session = %session, direction, trunk = %trunk, agent = %self.labels.agent,
+                number = %self.labels.number, outcome = ?outcome,
                 seconds = ended.duration.as_secs_f64(), "call ended"
             );
         }
@@ -234,7 +241,7 @@ impl Driver {
                 );
             }
             tracing::info!(
-                session = %session,
+                session = %session, direction,
                 carrier_packets = stats.a.rtp_in.packets, carrier_lost = stats.a.rtp_in.lost,
                 carrier_jitter_ms = stats.a.rtp_in.jitter_ms,
                 agent_packets = stats.b.rtp_in.packets, agent_lost = stats.b.rtp_in.lost,

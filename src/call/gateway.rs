@@ -31,7 +31,9 @@ use crate::media::sdp::Sdp;
 
 use super::inbound::{self, Admitted};
 use super::limits::Admission;
+use super::outbound as outbound_call;
 use super::services::{ALLOW, CallInput, CallServices, GatewayConfig, Listener, MediaOffer};
+use crate::config::outbound::{self, OutboundAttempt};
 
 /// The gateway: routing of messages to calls, and the decision on new INVITEs.
 pub struct Gateway {
@@ -154,14 +156,34 @@ impl Gateway {
         self.reply_status(request, source, rule.status(), extra);
     }
 
-    fn handle_new_invite(self: &Arc<Self>, request: Request, source: Source) {
-        if source.zone == Zone::Internal {
-            // Outbound calls from the agent runtime arrive with the outbound-calls work.
-            return self.refuse(&request, &source, RefusalRule::OutboundNotEnabled, &[]);
+    /// A refusal of a new call in `zone`, counted under its rule and direction. Outbound
+    /// refusals carry a `Warning` with the reason (the agent runtime is ours to help).
+    fn refuse_in(
+        &self,
+        zone: Zone,
+        request: &Request,
+        source: &Source,
+        rule: RefusalRule,
+        warning: Option<&str>,
+        extra: &[(&str, String)],
+    ) {
+        match zone {
+            Zone::Carrier => self.refuse(request, source, rule, extra),
+            Zone::Internal => {
+                self.services.metrics.outbound_refused(rule.status(), rule.as_str());
+                let mut extra = extra.to_vec();
+                let text = warning.unwrap_or(rule.as_str()).replace(['"', '\\'], "'");
+                extra.push((name::WARNING, format!("399 trunkline \"{}: {text}\"", rule.as_str())));
+                self.reply_status(request, source, rule.status(), &extra);
+            }
         }
+    }
+
+    fn handle_new_invite(self: &Arc<Self>, request: Request, source: Source) {
+        let zone = source.zone;
         if self.draining.load(Ordering::Relaxed) {
             let retry = [(name::RETRY_AFTER, "30".to_string())];
-            return self.refuse(&request, &source, RefusalRule::Draining, &retry);
+            return self.refuse_in(zone, &request, &source, RefusalRule::Draining, None, &retry);
         }
         if request.to().is_some_and(|t| t.tag().is_some()) {
             // A re-INVITE for a dialog we do not have.
@@ -170,10 +192,11 @@ impl Gateway {
         let branch = request.top_via().and_then(|v| v.branch);
         if !branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE)) {
             // RFC 2543 transaction matching is not implemented (sip::transaction::server_key).
-            return self.refuse(&request, &source, RefusalRule::NoRfc3261Branch, &[]);
+            let rule = RefusalRule::NoRfc3261Branch;
+            return self.refuse_in(zone, &request, &source, rule, None, &[]);
         }
         if request.max_forwards() == Some(0) {
-            return self.refuse(&request, &source, RefusalRule::TooManyHops, &[]);
+            return self.refuse_in(zone, &request, &source, RefusalRule::TooManyHops, None, &[]);
         }
         // RFC 3261 §8.2.2.3: extensions the caller requires and we do not support (we support
         // none yet, not even 100rel) are named in Unsupported with a 420.
@@ -186,11 +209,23 @@ impl Gateway {
         if !required.is_empty() {
             let unsupported = required.join(", ");
             let unsupported = [("Unsupported", unsupported)];
-            return self.refuse(&request, &source, RefusalRule::BadExtension, &unsupported);
+            let rule = RefusalRule::BadExtension;
+            return self.refuse_in(zone, &request, &source, rule, None, &unsupported);
         }
         let table = self.snapshot.borrow().table.clone();
         let now_unix =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if zone == Zone::Internal {
+            return self.handle_outbound_invite(request, source, table, now_unix);
+        }
+        // DESIGN §3: the carrier side can never originate. An INVITE naming an outbound trunk
+        // there is refused before anything else is said about it.
+        let trunk_header =
+            format!("{}{}", self.services.config.header_prefix, outbound::TRUNK_HEADER);
+        if request.headers.get(&trunk_header).is_some() {
+            tracing::info!(source = %source.remote, "an INVITE on the carrier side named an outbound trunk: refused");
+            return self.refuse(&request, &source, RefusalRule::OutboundFromCarrier, &[]);
+        }
 
         // Credentials are checked before anything about numbers is said, so that a known
         // username without its password learns nothing.
@@ -282,6 +317,123 @@ impl Gateway {
         self.services.register_call(&call_id, tx.clone());
         let admitted = Admitted { invite: request, source, route, permit, table, offer };
         inbound::spawn(self.services.clone(), admitted, (tx, rx));
+    }
+
+    /// A new INVITE from the agent runtime: an outbound call (DESIGN §4). Checked in order:
+    /// the agent networks, the agent runtime's digest when configured, the outbound matcher
+    /// (`config::outbound`: trunk, agent, number, caller id), the trunk's codecs (488: nothing
+    /// is sent to the carrier), the trunk's limits (503 + Retry-After).
+    fn handle_outbound_invite(
+        self: &Arc<Self>,
+        request: Request,
+        source: Source,
+        table: Arc<RoutingTable>,
+        now_unix: u64,
+    ) {
+        let zone = Zone::Internal;
+        let config = &self.services.config;
+        let ip = source.remote.ip();
+        if !config.agent_networks.iter().any(|n| n.contains(&ip)) {
+            tracing::info!(source = %source.remote, "a new call on the agent-facing listener from outside --agent-networks: refused");
+            let rule = RefusalRule::AgentNetworkNotAllowed;
+            return self.refuse_in(zone, &request, &source, rule, None, &[]);
+        }
+        if let Some(agent) = config.agent_credentials.as_ref().and_then(|a| a.current()) {
+            let answer = request.headers.get(name::PROXY_AUTHORIZATION).map(Credentials::parse);
+            match answer {
+                None => {
+                    let challenges = self.digest.challenge(now_unix, false);
+                    return self.challenge_in(zone, &request, &source, challenges);
+                }
+                Some(Err(_)) => {
+                    let rule = RefusalRule::MalformedCredentials;
+                    return self.refuse_in(zone, &request, &source, rule, None, &[]);
+                }
+                Some(Ok(c)) => {
+                    let verified = if c.username == agent.username {
+                        self.digest.verify(&c, "INVITE", agent.password.expose(), now_unix)
+                    } else {
+                        Verification::Invalid(crate::sip::digest::DigestError::Malformed(
+                            "unknown username".into(),
+                        ))
+                    };
+                    match verified {
+                        Verification::Valid => {}
+                        Verification::Stale => {
+                            let challenges = self.digest.challenge(now_unix, true);
+                            return self.challenge_in(zone, &request, &source, challenges);
+                        }
+                        Verification::Invalid(e) => {
+                            tracing::info!(source = %source.remote, error = %e, "agent digest refused");
+                            let rule = RefusalRule::BadCredentials;
+                            return self.refuse_in(zone, &request, &source, rule, None, &[]);
+                        }
+                    }
+                }
+            }
+        }
+        let from = request.from().map(|f| f.uri).unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt =
+            OutboundAttempt::from_invite(&request.uri, &from, &headers, &config.header_prefix);
+        let decision = outbound::decide(&table, &attempt);
+        let route = match decision.outcome {
+            Ok(route) => route,
+            Err(refusal) => {
+                tracing::info!(
+                    source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
+                    detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
+                    "outbound INVITE refused"
+                );
+                let warning = Some(refusal.message.as_str());
+                return self.refuse_in(zone, &request, &source, refusal.rule, warning, &[]);
+            }
+        };
+        let offer = match media_offer(&request, &route.trunk.codecs) {
+            Ok(offer) => offer,
+            Err(rule) => {
+                let extra: Vec<(&str, String)> = if rule == RefusalRule::UnsupportedBody {
+                    vec![("Accept", "application/sdp".to_string())]
+                } else {
+                    Vec::new()
+                };
+                return self.refuse_in(zone, &request, &source, rule, None, &extra);
+            }
+        };
+        let trunk_key = format!("outbound:{}", route.trunk.name);
+        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+        {
+            Ok(permit) => permit,
+            Err(refused) => {
+                let retry = [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
+                let rule = refused.limit.rule();
+                return self.refuse_in(zone, &request, &source, rule, None, &retry);
+            }
+        };
+        let Some(call_id) = request.call_id().map(str::to_string) else { return };
+        self.services.call_started();
+        let (tx, rx) = mpsc::channel(64);
+        self.services.register_call(&call_id, tx.clone());
+        let admitted =
+            outbound_call::Admitted { invite: request, source, route, permit, table, offer };
+        outbound_call::spawn(self.services.clone(), admitted, (tx, rx));
+    }
+
+    fn challenge_in(
+        &self,
+        zone: Zone,
+        request: &Request,
+        source: &Source,
+        challenges: Vec<String>,
+    ) {
+        if zone == Zone::Carrier {
+            return self.challenge(request, source, challenges);
+        }
+        self.services.metrics.outbound_refused(407, "Challenge");
+        let extra: Vec<(&str, String)> =
+            challenges.into_iter().map(|c| (name::PROXY_AUTHENTICATE, c)).collect();
+        self.reply_status(request, source, 407, &extra);
     }
 
     fn verify(&self, table: &RoutingTable, c: &Credentials, now_unix: u64) -> Result<(), Verdict> {

@@ -16,7 +16,7 @@ use crate::observe::metrics::Direction;
 use crate::sip::msg::{DialogHeaders, NameAddr, Request, SipUri};
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
-use super::driver::{self, Held};
+use super::driver::{self, CallLabels, Held};
 use super::limits::CallPermit;
 use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
 use super::services::{CallInput, CallServices};
@@ -56,8 +56,14 @@ pub fn spawn(
         offer,
     );
     let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
-    let active = gw.metrics.call_started(&route.trunk.name.to_string(), Direction::Inbound);
-    let held = Held { permit, active, route, table, direction: Direction::Inbound };
+    let labels = CallLabels {
+        direction: Direction::Inbound,
+        trunk: route.trunk.name.to_string(),
+        number: route.number.to_string(),
+        agent: route.agent.clone(),
+    };
+    let active = gw.metrics.call_started(&labels.trunk, labels.direction);
+    let held = Held { permit, active, labels, table };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 

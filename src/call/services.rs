@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     pub user_agent: String,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
+    /// Networks the agent-facing listener takes new calls from (`--agent-networks`).
+    pub agent_networks: Vec<ipnet::IpNet>,
+    /// The agent runtime's digest credentials, when its INVITEs must answer a challenge.
+    pub agent_credentials: Option<Arc<super::agent_auth::AgentCredentials>>,
 }
 
 impl Default for GatewayConfig {
@@ -42,6 +46,11 @@ impl Default for GatewayConfig {
             agent_timeout: Duration::from_secs(60),
             user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
             media_timeout: Duration::from_secs(30),
+            agent_networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            agent_credentials: None,
         }
     }
 }

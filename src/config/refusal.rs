@@ -25,8 +25,6 @@ pub enum RefusalRule {
     CallerNotAllowed,
     /// Every trunk that would take the call waits for generated credentials.
     CredentialsPending,
-    /// A new INVITE on the agent-facing listener: outbound calls are not enabled.
-    OutboundNotEnabled,
     /// The gateway is shutting down and takes no new calls.
     Draining,
     /// `Max-Forwards: 0` (RFC 3261 §16.3).
@@ -85,7 +83,6 @@ impl RefusalRule {
             RefusalRule::NumberNotOnTrunk => "NumberNotOnTrunk",
             RefusalRule::CallerNotAllowed => "CallerNotAllowed",
             RefusalRule::CredentialsPending => "CredentialsPending",
-            RefusalRule::OutboundNotEnabled => "OutboundNotEnabled",
             RefusalRule::Draining => "Draining",
             RefusalRule::TooManyHops => "TooManyHops",
             RefusalRule::NoRfc3261Branch => "NoRfc3261Branch",
@@ -118,7 +115,6 @@ impl RefusalRule {
             | RefusalRule::AddressNotAllowed
             | RefusalRule::TransportNotAllowed
             | RefusalRule::CallerNotAllowed
-            | RefusalRule::OutboundNotEnabled
             | RefusalRule::BadCredentials
             | RefusalRule::OutboundFromCarrier
             | RefusalRule::AgentNetworkNotAllowed
@@ -167,7 +163,14 @@ mod tests {
     fn the_front_doors_refusals_keep_the_status_and_label_they_had_as_literals() {
         use R::*;
         for (rule, status, label) in [
-            (OutboundNotEnabled, 403, "OutboundNotEnabled"),
+            (OutboundFromCarrier, 403, "OutboundFromCarrier"),
+            (AgentNetworkNotAllowed, 403, "AgentNetworkNotAllowed"),
+            (TrunkNotNamed, 400, "TrunkNotNamed"),
+            (UnknownTrunk, 404, "UnknownTrunk"),
+            (AmbiguousTrunk, 485, "AmbiguousTrunk"),
+            (AgentNotAllowed, 403, "AgentNotAllowed"),
+            (CallerIdNotAllowed, 403, "CallerIdNotAllowed"),
+            (DialedNumberInvalid, 484, "DialedNumberInvalid"),
             (Draining, 503, "Draining"),
             (TooManyHops, 483, "TooManyHops"),
             (NoRfc3261Branch, 400, "NoRfc3261Branch"),

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::agent_auth::{AgentCredentials, AgentCredentialsError};
 use crate::call::gateway::Gateway;
 use crate::call::services::{GatewayConfig, Listener};
 use crate::config::CompileOptions;
@@ -121,6 +122,8 @@ pub enum ServeError {
     State { path: PathBuf, source: crate::source::credentials::StateError },
     #[error("TLS certificate: {0}")]
     Tls(std::io::Error),
+    #[error("--agent-credentials {0}")]
+    AgentCredentials(#[from] AgentCredentialsError),
     #[error("cannot start the media threads")]
     MediaThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -259,11 +262,17 @@ pub async fn serve_until(
     let snapshot_rx = first.snapshots.clone();
     record_config(&metrics, &report, &snapshot_rx.borrow());
 
+    let agent_credentials = match &options.agent_credentials {
+        Some(path) => Some(Arc::new(AgentCredentials::load(path)?)),
+        None => None,
+    };
     let config = GatewayConfig {
         public_address,
         header_prefix: options.header_prefix.clone(),
         agent_timeout: options.agent_timeout,
         media_timeout: options.media_timeout,
+        agent_networks: options.agent_networks.clone(),
+        agent_credentials,
         ..GatewayConfig::default()
     };
     let digest = DigestServer::new(

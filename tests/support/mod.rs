@@ -34,4 +34,4 @@ pub mod specs;
 
 pub use gateway::{Gateway, GatewayOptions};
 pub use net::{TempDir, free_port};
-pub use specs::{AgentHeader, Specs, Trunk};
+pub use specs::{AgentHeader, Outbound, Specs, Trunk};

@@ -251,3 +251,160 @@ impl Specs {
         std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
     }
 }
+
+/// One OutboundTrunk, plus its credentials Secret when it answers the carrier's digest.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    namespace: String,
+    name: String,
+    host: String,
+    port: u16,
+    transport: Option<String>,
+    digest: Option<(String, String)>,
+    caller_id: String,
+    allowed_caller_ids: Vec<String>,
+    leading_plus: Option<bool>,
+    agents: Vec<String>,
+    codecs: Vec<String>,
+    limits: Option<(u32, u32)>,
+    health_check: Option<Value>,
+}
+
+impl Outbound {
+    /// A trunk to a carrier at 127.0.0.1:`port` over UDP, presenting +14155550100, probing off.
+    pub fn new(name: &str, port: u16) -> Outbound {
+        Outbound {
+            namespace: NAMESPACE.to_string(),
+            name: name.to_string(),
+            host: "127.0.0.1".to_string(),
+            port,
+            transport: None,
+            digest: None,
+            caller_id: "+14155550100".to_string(),
+            allowed_caller_ids: Vec::new(),
+            leading_plus: None,
+            agents: Vec::new(),
+            codecs: Vec::new(),
+            limits: None,
+            health_check: Some(json!({"enabled": false})),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Outbound {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    pub fn host(mut self, host: &str) -> Outbound {
+        self.host = host.to_string();
+        self
+    }
+
+    pub fn transport(mut self, transport: &str) -> Outbound {
+        self.transport = Some(transport.to_string());
+        self
+    }
+
+    pub fn digest(mut self, username: &str, password: &str) -> Outbound {
+        self.digest = Some((username.to_string(), password.to_string()));
+        self
+    }
+
+    pub fn allow_caller_id(mut self, number: &str) -> Outbound {
+        self.allowed_caller_ids.push(number.to_string());
+        self
+    }
+
+    pub fn leading_plus(mut self, leading_plus: bool) -> Outbound {
+        self.leading_plus = Some(leading_plus);
+        self
+    }
+
+    pub fn agent(mut self, agent: &str) -> Outbound {
+        self.agents.push(agent.to_string());
+        self
+    }
+
+    pub fn codecs(mut self, codecs: &[&str]) -> Outbound {
+        self.codecs = codecs.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    pub fn limits(mut self, max_concurrent_calls: u32, max_calls_per_second: u32) -> Outbound {
+        self.limits = Some((max_concurrent_calls, max_calls_per_second));
+        self
+    }
+
+    /// OPTIONS every `seconds` (probing is off unless this is called).
+    pub fn health_check(mut self, seconds: u32) -> Outbound {
+        self.health_check = Some(json!({"enabled": true, "intervalSeconds": seconds}));
+        self
+    }
+
+    /// The file's text: the trunk, then its Secret when it has credentials.
+    pub fn to_yaml(&self) -> String {
+        let mut spec = serde_json::Map::new();
+        spec.insert("host".into(), json!(self.host));
+        spec.insert("port".into(), json!(self.port));
+        if let Some(t) = &self.transport {
+            spec.insert("transport".into(), json!(t));
+        }
+        let secret = format!("{}-credentials", self.name);
+        if self.digest.is_some() {
+            spec.insert("auth".into(), json!({"digest": {"secretRef": {"name": secret}}}));
+        }
+        spec.insert("callerId".into(), json!(self.caller_id));
+        if !self.allowed_caller_ids.is_empty() {
+            spec.insert("allowedCallerIds".into(), json!(self.allowed_caller_ids));
+        }
+        if let Some(plus) = self.leading_plus {
+            spec.insert("numberFormat".into(), json!({"leadingPlus": plus}));
+        }
+        if !self.agents.is_empty() {
+            spec.insert("agents".into(), json!(self.agents));
+        }
+        if !self.codecs.is_empty() {
+            spec.insert("codecs".into(), json!(self.codecs));
+        }
+        if let Some((calls, rate)) = self.limits {
+            spec.insert(
+                "limits".into(),
+                json!({"maxConcurrentCalls": calls, "maxCallsPerSecond": rate}),
+            );
+        }
+        if let Some(h) = &self.health_check {
+            spec.insert("healthCheck".into(), h.clone());
+        }
+        let trunk = json!({
+            "apiVersion": "trunkline.dev/v1alpha1",
+            "kind": "OutboundTrunk",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": Value::Object(spec),
+        });
+        let mut text = serde_yaml::to_string(&trunk).expect("a JSON value is YAML");
+        if let Some((username, password)) = &self.digest {
+            let secret = json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": secret, "namespace": self.namespace},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"username": username, "password": password},
+            });
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(&secret).expect("a JSON value is YAML"));
+        }
+        text
+    }
+}
+
+impl Specs {
+    /// Adds (or replaces) an OutboundTrunk's file `out-<name>.yaml`.
+    pub fn with_outbound(self, trunk: Outbound) -> Specs {
+        self.write(&format!("out-{}-{}.yaml", trunk.namespace, trunk.name), &trunk.to_yaml());
+        self
+    }
+}

@@ -1,0 +1,260 @@
+//! An outbound call, set up (DESIGN §4): the agent runtime's INVITE is the origin leg (we are
+//! its UAS), the carrier the dialed leg (we are its UAC). The same call machine as an inbound
+//! call, started from the other side; what differs is decided here, once:
+//!
+//! - the carrier's Request-URI and To are `sip:NUMBER@host:port` with the number written per the
+//!   trunk's `numberFormat` (`config::outbound`);
+//! - From and `P-Asserted-Identity` carry the caller id the trunk allows (its `callerId`, or the
+//!   one the agent asked for when it is listed), at our carrier-facing address;
+//! - Via and Contact are ours on the carrier-facing listener (`--public-address` when set), with
+//!   a fresh Call-ID and tags: nothing of the agent's dialog reaches the carrier (topology
+//!   hiding), and of its headers only the `X-*` ones that are not trunkline's own;
+//! - the leg answers the carrier's digest challenges with the trunk's credentials.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::config::RoutingTable;
+use crate::config::outbound::{OutboundRoute, carrier_user};
+use crate::observe::metrics::Direction;
+use crate::sip::msg::{NameAddr, Request};
+use crate::sip::transport::{Protocol, Source, Target, Zone};
+
+use super::driver::{self, CallLabels, Held};
+use super::limits::CallPermit;
+use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
+use super::services::{CallInput, CallServices};
+
+/// The header `P-Asserted-Identity` (RFC 3325).
+pub const P_ASSERTED_IDENTITY: &str = "P-Asserted-Identity";
+
+/// An agent's INVITE the front door admitted, with everything decided about it.
+pub struct Admitted {
+    pub invite: Request,
+    pub source: Source,
+    pub route: OutboundRoute,
+    pub permit: CallPermit,
+    /// The routing table the call started with.
+    pub table: Arc<RoutingTable>,
+    pub offer: Option<MediaOffer>,
+}
+
+/// Our addresses on the two legs of an outbound call: toward the agent (where its INVITE came
+/// in) and toward the carrier (the carrier-facing listener of the trunk's transport).
+pub fn local_addresses(
+    gw: &CallServices,
+    source: &Source,
+    transport: Protocol,
+) -> (SocketAddr, SocketAddr) {
+    let agent_local = gw.local_address(Zone::Internal, source.protocol).unwrap_or(source.local);
+    let carrier_local = gw
+        .local_address(Zone::Carrier, transport)
+        .or_else(|| gw.local_address(Zone::Carrier, Protocol::Udp))
+        .unwrap_or(agent_local);
+    (agent_local, carrier_local)
+}
+
+/// Starts the call's task.
+pub fn spawn(
+    gw: Arc<CallServices>,
+    admitted: Admitted,
+    channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
+) {
+    let Admitted { invite, source, route, permit, table, offer } = admitted;
+    let locals = local_addresses(&gw, &source, route.trunk.transport);
+    let mut ids = Ids::random();
+    let setup = setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
+    let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
+    let labels = CallLabels {
+        direction: Direction::Outbound,
+        trunk: route.trunk.name.to_string(),
+        number: route.number.to_string(),
+        agent: route.agent.clone().unwrap_or_default(),
+    };
+    let active = gw.metrics.call_started(&labels.trunk, labels.direction);
+    let held = Held { permit, active, labels, table };
+    tokio::spawn(driver::run(gw, call, first, held, channel));
+}
+
+/// The call's set-up: pure, from the admitted INVITE and its route. `explain --outbound` shows
+/// what it gives.
+pub fn setup(
+    ids: &mut Ids,
+    prefix: &str,
+    invite: Request,
+    source: Source,
+    (agent_local, carrier_local): (SocketAddr, SocketAddr),
+    route: &OutboundRoute,
+    offer: Option<MediaOffer>,
+) -> Setup {
+    let trunk = &route.trunk;
+    let session_id = ids.token(16);
+    let carrier_uri = route.carrier_uri();
+    let caller = identity(&carrier_user(trunk, &route.caller_id), carrier_local.ip());
+    let dialog = Dialog {
+        call_id: format!("{}@trunkline", ids.token(20)),
+        local_tag: ids.token(10),
+        remote_tag: None,
+        local_uri: NameAddr { display: None, uri: caller.clone(), params: vec![] },
+        remote_uri: NameAddr { display: None, uri: carrier_uri.clone(), params: vec![] },
+        remote_target: carrier_uri,
+        route_set: Vec::new(),
+        local_cseq: 0,
+        target: Target {
+            protocol: trunk.transport,
+            zone: Zone::Carrier,
+            remote: carrier_local,
+            connection: None,
+        },
+        local: carrier_local,
+    };
+    let mut headers = vec![(P_ASSERTED_IDENTITY.to_string(), format!("<{caller}>"))];
+    headers.extend(agent_x_headers(prefix, &invite));
+    Setup {
+        session_id,
+        origin: Origin { role: Role::Agent, invite, source, local: agent_local },
+        dial: Dial {
+            role: Role::Carrier,
+            dialog,
+            destination: destination(&trunk.host, trunk.port),
+            headers,
+            credentials: trunk.credentials.clone(),
+        },
+        offer,
+        codecs: trunk.codecs.clone(),
+    }
+}
+
+/// `sip:USER@host` at our carrier-facing address.
+fn identity(user: &str, ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("sip:{user}@{v4}"),
+        IpAddr::V6(v6) => format!("sip:{user}@[{v6}]"),
+    }
+}
+
+/// Where the carrier is: an address, or a name to look up.
+fn destination(host: &str, port: u16) -> Destination {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Destination::Address(SocketAddr::new(ip, port)),
+        Err(_) => Destination::Lookup { host: host.to_string(), port },
+    }
+}
+
+/// The `X-*` headers the agent sets for the carrier: all of its `X-*` headers except
+/// trunkline's own (`X-Trunkline-...`, which instruct the gateway).
+fn agent_x_headers(prefix: &str, invite: &Request) -> Vec<(String, String)> {
+    let prefix = prefix.to_ascii_lowercase();
+    invite
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            let lower = n.to_ascii_lowercase();
+            lower.starts_with("x-") && !lower.starts_with(&prefix)
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::{Limits, ObjectName, OutboundTrunkRoute};
+    use crate::config::number::E164;
+    use crate::config::outbound::{OutboundAttempt, decide};
+    use crate::config::secret::{BasicAuth, Password};
+    use crate::sip::msg::{self, DialogHeaders, Message, name};
+    use crate::sip::transport::Protocol;
+
+    use super::super::machine::Action;
+
+    fn trunk() -> OutboundTrunkRoute {
+        OutboundTrunkRoute {
+            name: ObjectName::new("voice", "carrier-out"),
+            generation: None,
+            host: "192.0.2.50".into(),
+            port: 5060,
+            transport: Protocol::Udp,
+            credentials: Some(BasicAuth {
+                username: "acct".into(),
+                password: Password::new("pw-not-shown"),
+            }),
+            caller_id: E164::parse_canonical("+14155550100").unwrap(),
+            allowed_caller_ids: Default::default(),
+            leading_plus: false,
+            health_check_interval_seconds: None,
+            limits: Limits::default(),
+            agents: Default::default(),
+            codecs: vec![],
+        }
+    }
+
+    fn agent_invite() -> Request {
+        let text = "INVITE sip:+14155550142@127.0.0.1:5080 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:7000;branch=z9hG4bKagent1\r\nMax-Forwards: 70\r\n\
+            From: \"Bot\" <sip:bot@10.0.0.9>;tag=a1\r\nTo: <sip:+14155550142@127.0.0.1>\r\n\
+            Call-ID: agent-secret-call-id@10.0.0.9\r\nCSeq: 1 INVITE\r\n\
+            Contact: <sip:bot@10.0.0.9:7000>\r\nX-Trunkline-Outbound-Trunk: carrier-out\r\n\
+            X-Trunkline-Agent-ID: support\r\nX-Campaign: spring\r\nSubject: internal\r\n\
+            Content-Length: 0\r\n\r\n";
+        match msg::parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            Message::Response(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_carrier_gets_our_dialog_the_trunks_identity_and_only_the_agents_x_headers() {
+        let table = RoutingTable::new(vec![], vec![trunk()], vec![]);
+        let invite = agent_invite();
+        let from = invite.from().unwrap().uri;
+        let headers: Vec<(String, String)> =
+            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
+        let route = decide(&table, &attempt).outcome.unwrap();
+        let source = Source {
+            protocol: Protocol::Udp,
+            zone: Zone::Internal,
+            remote: "127.0.0.1:7000".parse().unwrap(),
+            local: "127.0.0.1:5080".parse().unwrap(),
+            connection: None,
+        };
+        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
+        let mut ids = Ids::seeded(1);
+        let setup = setup(&mut ids, "X-Trunkline-", invite, source, locals, &route, None);
+        let (_call, actions) =
+            Call::start(Instant::now(), Default::default(), Ids::seeded(2), setup);
+        let sent: Vec<Request> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { bytes, target, .. } if target.zone == Zone::Carrier => {
+                    assert_eq!(target.remote, "192.0.2.50:5060".parse().unwrap());
+                    match msg::parse(bytes).unwrap() {
+                        Message::Request(r) => Some(r),
+                        Message::Response(_) => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        let carrier = &sent[0];
+        assert_eq!(carrier.uri, "sip:14155550142@192.0.2.50:5060", "numberFormat: no plus");
+        assert_eq!(carrier.to().unwrap().uri, "sip:14155550142@192.0.2.50:5060");
+        assert_eq!(carrier.from().unwrap().uri, "sip:14155550100@203.0.113.5");
+        assert_eq!(carrier.from().unwrap().display, None, "the agent's display name stays");
+        assert_eq!(carrier.headers.get(P_ASSERTED_IDENTITY), Some("<sip:14155550100@203.0.113.5>"));
+        assert!(carrier.headers.get(name::VIA).unwrap().contains("203.0.113.5:5060"));
+        assert!(carrier.headers.get(name::CONTACT).unwrap().contains("203.0.113.5:5060"));
+        assert_ne!(carrier.call_id(), Some("agent-secret-call-id@10.0.0.9"));
+        assert_eq!(carrier.headers.get("X-Campaign"), Some("spring"));
+        for gone in ["X-Trunkline-Outbound-Trunk", "X-Trunkline-Agent-ID", "Subject"] {
+            assert_eq!(carrier.headers.get(gone), None, "{gone}");
+        }
+        let text = String::from_utf8(carrier.to_bytes()).unwrap();
+        assert!(!text.contains("10.0.0.9"), "nothing of the agent's dialog: {text}");
+        assert!(!text.contains("pw-not-shown"));
+    }
+}
