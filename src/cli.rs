@@ -747,6 +747,11 @@ mod tests {
             "hostNetwork: false\npublicAddressFrom: Pod\n",
             "publicAddress: 203.0.113.9\nreplicas: 1\nhostNetwork: false\nrtpPorts: 40000-40099\n",
             "tls: {secretName: sip-tls}\ndigestAlgorithms: [SHA-256]\nrealm: acme\n",
+            // Outbound calls: the call API, a CA toward carriers, the agent runtime's digest.
+            "api: {enabled: true, port: 9443}\nagentUri: 'sip:agents.voice.svc:5070;transport=tcp'\n\
+             agentNetworks: [10.42.0.0/16, 'fd00:42::/64']\n",
+            "hostNetwork: false\npublicAddressFrom: Pod\napi: {enabled: true, tokenSecret: t}\n\
+             tls: {caSecret: carrier-ca}\nagentCredentialsSecret: agent-creds\n",
         ];
         for text in topologies {
             let settings = OperatorSettings::parse(text, std::path::Path::new("t.yaml")).unwrap();
@@ -769,6 +774,30 @@ mod tests {
                 }
                 assert_eq!(options.realm, settings.realm, "{text:?}");
                 assert_eq!(parsed.watch_namespace, settings.watch_namespace, "{text:?}");
+                // New calls from the agent side: the settings' networks, never the CLI's
+                // loopback-only default.
+                let networks: Vec<ipnet::IpNet> =
+                    settings.agent_networks.iter().map(|n| n.0).collect();
+                assert_eq!(options.agent_networks, networks, "{text:?}");
+                assert_eq!(options.agent_uri, settings.agent_uri, "{text:?}");
+                if settings.api.enabled {
+                    // The API listens where the agent-facing listener does.
+                    assert_eq!(options.api.ip().to_string(), internal_ip, "{text:?}");
+                    assert_eq!(options.api.port(), settings.api.port, "{text:?}");
+                    assert_eq!(
+                        options.api_token_file.as_deref(),
+                        Some(std::path::Path::new("/etc/trunkline/api/token")),
+                        "{text:?}"
+                    );
+                } else {
+                    assert_eq!(options.api_token_file, None, "{text:?}: no token, no API");
+                }
+                assert_eq!(options.tls_ca.is_some(), settings.tls.ca_secret.is_some(), "{text:?}");
+                assert_eq!(
+                    options.agent_credentials.is_some(),
+                    settings.agent_credentials_secret.is_some(),
+                    "{text:?}"
+                );
             }
         }
     }

@@ -57,6 +57,9 @@ fn the_named_cases_exist_and_render_objects() {
         "pod-addresses",
         "fixed-single-gateway-host-ports",
         "owned-json-logs-one-namespace",
+        "api-enabled-generated-token",
+        "tls-ca-named-api-token-pod-network",
+        "agent-credentials",
     ] {
         let input = golden_dir().join(format!("{case}.in.yaml"));
         let text = std::fs::read_to_string(&input).expect("the case exists");

@@ -16,6 +16,14 @@
 //! (32 random bytes) only when that Secret is absent or holds no valid key, so a restart of the
 //! operator never invalidates the nonces the gateways issued.
 //!
+//! **The call API's token** ([`render_api_token_secret`], [`create_api_token_secret`]): with
+//! `api.enabled` and no `api.tokenSecret`, an `Opaque` Secret `<fleet>-api-token` in the fleet's
+//! namespace whose key `token` is a 192-bit random token from the same generator, owned by the
+//! operator's Deployment (it goes with `helm uninstall`). Created with a plain POST before the
+//! fleet is applied (the gateways mount it) and never updated: the agent runtime holds that
+//! token, so an existing Secret is kept; deleting it rotates the token (the operator creates a
+//! new one within a resync, and the gateways re-read the mounted file).
+//!
 //! Nothing here logs or returns a Secret's data: errors carry names and the API server's answer.
 
 use std::collections::BTreeMap;
@@ -29,8 +37,9 @@ use rand::Rng;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+use super::settings::OperatorSettings;
 use super::tracker::operator_owner_reference;
-use super::{FIELD_MANAGER, MANAGED_BY};
+use super::{FIELD_MANAGER, FLEET_LABEL, MANAGED_BY};
 use crate::api::InboundTrunk;
 use crate::config::secret::{BASIC_AUTH_TYPE, generated_credentials_secret_name};
 use crate::config::specs::DEFAULT_NAMESPACE;
@@ -68,6 +77,13 @@ pub enum CredentialsError {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot create Secret {namespace}/{name} with the generated call API token: {source}")]
+    CreateApiToken {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(
         "cannot read Deployment {namespace}/{name}, the owner of the gateway credentials Secret: {source}"
     )]
@@ -87,6 +103,7 @@ impl CredentialsError {
             CredentialsError::ReadBundle { .. } => "read_bundle",
             CredentialsError::ApplyBundle { .. } => "apply_bundle",
             CredentialsError::ReadOwner { .. } => "read_owner",
+            CredentialsError::CreateApiToken { .. } => "create_api_token",
         }
     }
 }
@@ -163,6 +180,73 @@ pub async fn create_generated_credentials(
             name,
             source,
         }),
+    }
+}
+
+/// The key of the call API's token in its Secret (the gateways read `<mount>/token`).
+pub const API_TOKEN_KEY: &str = "token";
+
+/// A new API token Secret with a fresh random token, when the settings ask the operator to
+/// generate one (`api.enabled` without `api.tokenSecret`); `owner` is the operator's Deployment.
+pub fn render_api_token_secret(
+    settings: &OperatorSettings,
+    owner: Option<OwnerReference>,
+) -> Option<Secret> {
+    let name = settings.generated_api_token_secret()?;
+    let token = generate_password();
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                (FLEET_LABEL.to_string(), settings.name.clone()),
+            ])),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            API_TOKEN_KEY.to_string(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// Creates the generated API token Secret (POST) when the settings call for one; an existing
+/// Secret of that name is kept as it is. `None`: the settings need none (API off, or a Secret
+/// of the user's named). The token is never logged or returned.
+pub async fn create_api_token_secret(
+    client: &Client,
+    settings: &OperatorSettings,
+) -> Result<Option<SecretCreation>, CredentialsError> {
+    let Some(name) = settings.generated_api_token_secret() else { return Ok(None) };
+    let namespace = settings.namespace.clone();
+    let owner = match &settings.operator_deployment {
+        None => None,
+        Some(owner) => {
+            operator_owner_reference(client, &namespace, owner).await.map_err(|source| {
+                CredentialsError::ReadOwner {
+                    namespace: namespace.clone(),
+                    name: owner.clone(),
+                    source,
+                }
+            })?
+        }
+    };
+    let Some(secret) = render_api_token_secret(settings, owner) else { return Ok(None) };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), dry_run: false };
+    match api.create(&params, &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %format!("{namespace}/{name}"), "generated the call API token Secret");
+            Ok(Some(SecretCreation::Created))
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            Ok(Some(SecretCreation::AlreadyExists))
+        }
+        Err(source) => Err(CredentialsError::CreateApiToken { namespace, name, source }),
     }
 }
 
@@ -385,5 +469,125 @@ mod tests {
             e.to_string().starts_with("cannot apply the gateway credentials Secret trunkline/gw")
         );
         assert_eq!(e.category(), "apply_bundle");
+    }
+
+    fn settings(text: &str) -> OperatorSettings {
+        OperatorSettings::parse(text, std::path::Path::new("operator.yaml")).unwrap()
+    }
+
+    /// Runs `create_api_token_secret` against a scripted API server: `create` answers the
+    /// POST of the Secret. Gives the outcome and every request made.
+    async fn create_token(
+        settings: &OperatorSettings,
+        create: fn() -> http::Response<kube::client::Body>,
+    ) -> (Result<Option<SecretCreation>, CredentialsError>, Vec<crate::fixtures::Recorded>) {
+        use crate::fixtures;
+        use std::time::Duration;
+        let (client, handle) = fixtures::mock_client();
+        let server = fixtures::serve(handle, move |request, send| {
+            let response = if request.method == http::Method::GET {
+                fixtures::ok(&serde_json::json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "trunkline-operator", "namespace": "voice", "uid": "op-uid"},
+                }))
+            } else {
+                create()
+            };
+            send.send_response(response);
+        });
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            create_api_token_secret(&client, settings),
+        )
+        .await
+        .expect("the request finished");
+        drop(client);
+        let seen = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the mock server stopped")
+            .unwrap();
+        (result, seen)
+    }
+
+    fn created() -> http::Response<kube::client::Body> {
+        crate::fixtures::json_response(
+            201,
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "trunkline-api-token", "namespace": "voice"},
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_enabled_api_without_a_secret_gets_a_random_token_owned_by_the_operator() {
+        let s = settings(
+            "namespace: voice\noperatorDeployment: trunkline-operator\napi: {enabled: true}\n",
+        );
+        let (result, seen) = create_token(&s, created).await;
+        assert_eq!(result.unwrap(), Some(SecretCreation::Created));
+        let lines: Vec<String> = seen.iter().map(|r| r.line()).collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /apis/apps/v1/namespaces/voice/deployments/trunkline-operator",
+                "POST /api/v1/namespaces/voice/secrets",
+            ]
+        );
+        let body = &seen[1].body;
+        assert_eq!(body["metadata"]["name"], "trunkline-api-token");
+        assert_eq!(body["type"], "Opaque");
+        assert_eq!(body["metadata"]["labels"][FLEET_LABEL], "trunkline");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "op-uid");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        let secret: Secret = serde_json::from_value(body.clone()).unwrap();
+        let token = secret.data.unwrap()[API_TOKEN_KEY].0.clone();
+        let token = String::from_utf8(token).unwrap();
+        // 192 bits in the URL-safe base64 alphabet: nothing an HTTP header would mangle.
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        // A fresh one every time.
+        let (_, again) = create_token(&s, created).await;
+        assert_ne!(again[1].body["data"]["token"], body["data"]["token"]);
+    }
+
+    #[tokio::test]
+    async fn an_existing_token_secret_is_kept_as_it_is() {
+        let s = settings("namespace: voice\napi: {enabled: true}\n");
+        let (result, seen) = create_token(&s, || {
+            crate::fixtures::status_response(409, "AlreadyExists", "secrets exists")
+        })
+        .await;
+        assert_eq!(result.unwrap(), Some(SecretCreation::AlreadyExists));
+        // One POST: never a PUT or PATCH over the token the agent runtime holds. No owner
+        // named, so no Deployment read.
+        let lines: Vec<String> = seen.iter().map(|r| r.line()).collect();
+        assert_eq!(lines, ["POST /api/v1/namespaces/voice/secrets"]);
+    }
+
+    #[tokio::test]
+    async fn no_token_is_generated_when_the_api_is_off_or_names_its_secret() {
+        for text in ["api: {enabled: false}\n", "api: {enabled: true, tokenSecret: mine}\n"] {
+            let (result, seen) = create_token(&settings(text), created).await;
+            assert_eq!(result.unwrap(), None, "{text:?}");
+            assert!(seen.is_empty(), "{text:?}: {seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_creation_names_the_secret_and_never_the_token() {
+        let s = settings("namespace: voice\napi: {enabled: true}\n");
+        let (result, seen) = create_token(&s, || {
+            crate::fixtures::status_response(403, "Forbidden", "secrets is forbidden")
+        })
+        .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.category(), "create_api_token");
+        let text = error.to_string();
+        assert!(text.contains("voice/trunkline-api-token"), "{text}");
+        let sent: Secret = serde_json::from_value(seen[0].body.clone()).unwrap();
+        let token = String::from_utf8(sent.data.unwrap()[API_TOKEN_KEY].0.clone()).unwrap();
+        assert!(!text.contains(&token), "{text}");
+        assert!(!format!("{error:?}").contains(&token));
     }
 }

@@ -11,7 +11,7 @@
 //! | ServiceAccount | `<name>-gateway` | the gateways' identity |
 //! | Role + RoleBinding | `<name>-gateway` | read the one credentials Secret (by name), nothing else: a gateway writes nothing to the API server (it reports on its admin endpoint) |
 //! | Service | `<name>-carrier` | carrier-facing SIP: UDP+TCP `sipPort`, TCP `tls.port` with TLS |
-//! | Service | `<name>-internal` | agent-facing SIP (ClusterIP): UDP+TCP `internalPort` |
+//! | Service | `<name>-internal` | agent-facing SIP (ClusterIP): UDP+TCP `internalPort`, TCP `api.port` with the call API |
 //! | Deployment or DaemonSet | `<name>-gateway` | the gateway pods |
 //! | PodDisruptionBudget | `<name>-gateway` | Deployment mode, when enabled |
 //!
@@ -32,6 +32,15 @@
 //! The RTP ports are listed as `containerPorts` only when the range is small (at most
 //! [`MAX_LISTED_RTP_PORTS`]): they are informational there (with `hostNetwork` they also make
 //! the scheduler reserve them as host ports), and a large list only bloats the pod spec.
+//!
+//! **Secrets as files.** The other Secrets a gateway uses are volumes, read-only, mode 0440
+//! (the pod's group), each with only the keys the gateway reads: the TLS certificate
+//! (`tls.secretName`, [`TLS_MOUNT_PATH`]), the CA bundle toward carriers and agents
+//! (`tls.caSecret`'s `ca.crt`, [`TLS_CA_MOUNT_PATH`]), the call API's bearer token
+//! (`api`'s `token`, [`API_TOKEN_MOUNT_PATH`]) and the agent runtime's digest credentials
+//! (`agentCredentialsSecret`'s `username` and `password`, [`AGENT_CREDENTIALS_MOUNT_PATH`]).
+//! The kubelet reads them, not the gateway's ServiceAccount, so the gateways' Role keeps its one
+//! Secret; a rotated Secret reaches the files without a restart (no `subPath`).
 
 use std::collections::BTreeMap;
 
@@ -41,9 +50,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl,
+    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl,
     TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -64,6 +73,19 @@ pub const GATEWAY_UID: i64 = 65532;
 
 /// Where the TLS Secret is mounted in the gateway container.
 pub const TLS_MOUNT_PATH: &str = "/etc/trunkline/tls";
+
+/// Where `tls.caSecret` (its `ca.crt`) is mounted: `--tls-ca <this>/ca.crt`.
+pub const TLS_CA_MOUNT_PATH: &str = "/etc/trunkline/tls-ca";
+
+/// Where the call API's token Secret (its `token`) is mounted: `--api-token-file <this>/token`.
+pub const API_TOKEN_MOUNT_PATH: &str = "/etc/trunkline/api";
+
+/// Where `agentCredentialsSecret` (its `username` and `password`) is mounted: the directory form
+/// of `--agent-credentials`.
+pub const AGENT_CREDENTIALS_MOUNT_PATH: &str = "/etc/trunkline/agent-credentials";
+
+/// The mode of every Secret file: readable by the owner and the pod's group (`fsGroup`) only.
+pub const SECRET_FILE_MODE: i32 = 0o440;
 
 /// `app.kubernetes.io/name` of every fleet object.
 pub const APP_NAME: &str = "trunkline";
@@ -158,7 +180,7 @@ pub fn carrier_service_name(settings: &OperatorSettings) -> String {
 }
 
 /// Name of the agent-facing Service: agents reach the gateways at
-/// `<name>-internal.<namespace>.svc:<internalPort>`.
+/// `<name>-internal.<namespace>.svc:<internalPort>` (and the call API at `:<api.port>`).
 pub fn internal_service_name(settings: &OperatorSettings) -> String {
     format!("{}-internal", settings.name)
 }
@@ -318,15 +340,19 @@ fn render_internal_service(settings: &OperatorSettings) -> Service {
     let service = &settings.internal_service;
     let mut metadata = meta(settings, internal_service_name(settings), true);
     metadata.annotations = non_empty(&service.annotations);
+    let mut ports = vec![
+        service_port("internal-udp", "UDP", settings.internal_port),
+        service_port("internal-tcp", "TCP", settings.internal_port),
+    ];
+    if settings.api.enabled {
+        ports.push(service_port("api", "TCP", settings.api.port));
+    }
     Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_string()),
             selector: Some(selector_labels(settings)),
-            ports: Some(vec![
-                service_port("internal-udp", "UDP", settings.internal_port),
-                service_port("internal-tcp", "TCP", settings.internal_port),
-            ]),
+            ports: Some(ports),
             session_affinity: Some(service.session_affinity.as_str().to_string()),
             ..Default::default()
         }),
@@ -422,6 +448,23 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
     flag("--internal-listen", format!("udp://{internal_ip}:{}", settings.internal_port));
     flag("--internal-listen", format!("tcp://{internal_ip}:{}", settings.internal_port));
     flag("--admin", format!("{internal_ip}:{}", settings.admin_port));
+    // New calls from the agent side (SIP and API) only from these networks: on the host network
+    // the gateway's own check is the only one (no NetworkPolicy applies there).
+    let networks: Vec<String> = settings.agent_networks.iter().map(|n| n.to_string()).collect();
+    flag("--agent-networks", networks.join(","));
+    if settings.api.enabled {
+        flag("--api", format!("{internal_ip}:{}", settings.api.port));
+        flag("--api-token-file", format!("{API_TOKEN_MOUNT_PATH}/token"));
+    }
+    if let Some(uri) = &settings.agent_uri {
+        flag("--agent-uri", uri.clone());
+    }
+    if settings.agent_credentials_secret.is_some() {
+        flag("--agent-credentials", AGENT_CREDENTIALS_MOUNT_PATH.to_string());
+    }
+    if settings.tls.ca_secret.is_some() {
+        flag("--tls-ca", format!("{TLS_CA_MOUNT_PATH}/ca.crt"));
+    }
     flag("--rtp-ports", settings.rtp_ports.to_string());
     match settings.address_source() {
         AddressSource::Node => {
@@ -482,6 +525,9 @@ fn container_ports(settings: &OperatorSettings) -> Vec<ContainerPort> {
     ports.push(container_port(Some("internal-udp"), "UDP", settings.internal_port));
     ports.push(container_port(Some("internal-tcp"), "TCP", settings.internal_port));
     ports.push(container_port(Some("admin"), "TCP", settings.admin_port));
+    if settings.api.enabled {
+        ports.push(container_port(Some("api"), "TCP", settings.api.port));
+    }
     // Otherwise only a small RTP range is listed (module docs: Services have no ranges, and a
     // long list only bloats the pod spec); the gateway binds the whole range either way.
     if host_ports || settings.rtp_ports.len() <= MAX_LISTED_RTP_PORTS {
@@ -535,10 +581,10 @@ fn render_container(settings: &OperatorSettings) -> Container {
         mount_path: "/tmp".to_string(),
         ..Default::default()
     }];
-    if settings.tls_enabled() {
+    for secret in secret_files(settings) {
         mounts.push(VolumeMount {
-            name: "tls".to_string(),
-            mount_path: TLS_MOUNT_PATH.to_string(),
+            name: secret.volume.to_string(),
+            mount_path: secret.mount_path.to_string(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -587,14 +633,27 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
         }),
         ..Default::default()
     }];
-    if let Some(secret) = &settings.tls.secret_name {
+    for secret in secret_files(settings) {
         volumes.push(Volume {
-            name: "tls".to_string(),
+            name: secret.volume.to_string(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
+                secret_name: Some(secret.secret),
+                // Only the keys the gateway reads: a Secret made for something else (a
+                // cert-manager Secret with its tls.key beside ca.crt) gives nothing more. A
+                // missing key keeps the pod from starting, with the key named in its events.
+                items: secret.keys.map(|keys| {
+                    keys.iter()
+                        .map(|key| KeyToPath {
+                            key: key.to_string(),
+                            path: key.to_string(),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
                 // Readable by the pod's group (fsGroup) only. No subPath: the kubelet then
-                // swaps renewed certificates in, and the gateway re-reads them.
-                default_mode: Some(0o440),
+                // swaps renewed certificates and rotated Secrets in, and the gateway re-reads
+                // them.
+                default_mode: Some(SECRET_FILE_MODE),
                 ..Default::default()
             }),
             ..Default::default()
@@ -670,6 +729,53 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
             ..Default::default()
         }),
     }
+}
+
+/// A Secret mounted into the gateway container as files.
+struct SecretFiles {
+    volume: &'static str,
+    secret: String,
+    mount_path: &'static str,
+    /// The keys mounted; `None`: every key (the TLS Secret, as it always was).
+    keys: Option<&'static [&'static str]>,
+}
+
+/// The Secrets the gateway reads as files, in a fixed order (see the module docs).
+fn secret_files(settings: &OperatorSettings) -> Vec<SecretFiles> {
+    let mut files = Vec::new();
+    if let Some(secret) = &settings.tls.secret_name {
+        files.push(SecretFiles {
+            volume: "tls",
+            secret: secret.clone(),
+            mount_path: TLS_MOUNT_PATH,
+            keys: None,
+        });
+    }
+    if let Some(secret) = &settings.tls.ca_secret {
+        files.push(SecretFiles {
+            volume: "tls-ca",
+            secret: secret.clone(),
+            mount_path: TLS_CA_MOUNT_PATH,
+            keys: Some(&["ca.crt"]),
+        });
+    }
+    if let Some(secret) = settings.api_token_secret() {
+        files.push(SecretFiles {
+            volume: "api-token",
+            secret,
+            mount_path: API_TOKEN_MOUNT_PATH,
+            keys: Some(&["token"]),
+        });
+    }
+    if let Some(secret) = &settings.agent_credentials_secret {
+        files.push(SecretFiles {
+            volume: "agent-credentials",
+            secret: secret.clone(),
+            mount_path: AGENT_CREDENTIALS_MOUNT_PATH,
+            keys: Some(&["username", "password"]),
+        });
+    }
+    files
 }
 
 /// The default affinity of a Deployment: one gateway per node, so a node failure takes down
@@ -893,6 +999,8 @@ mod tests {
             ("rtpPorts: 1000-1099\n", true),
             ("sipPort: 5060\nmode: DaemonSet\n", false),
             ("sipPort: 506\nmode: DaemonSet\n", true),
+            ("api: {enabled: true, port: 443}\n", true),
+            ("api: {port: 443}\n", false), // no API: nothing binds it
         ];
         for (text, privileged) in cases {
             let objects = render_fleet(&settings(text));
@@ -929,6 +1037,7 @@ mod tests {
              --listen tls://0.0.0.0:5061 --tls-cert /etc/trunkline/tls/tls.crt \
              --tls-key /etc/trunkline/tls/tls.key --internal-listen udp://$(POD_IP):5080 \
              --internal-listen tcp://$(POD_IP):5080 --admin $(POD_IP):9090 \
+             --agent-networks 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.0/8,::1/128 \
              --rtp-ports 30000-30999 --public-address 198.51.100.7 --region eu \
              --watch-namespace voice --credentials-secret bundle --drain-timeout 45 \
              --realm acme --digest-algorithms SHA-256,MD5 --nonce-ttl 120 --agent-timeout 20 \
@@ -943,6 +1052,137 @@ mod tests {
         assert_eq!((tls.mount_path.as_str(), tls.read_only), (TLS_MOUNT_PATH, Some(true)));
         let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").unwrap();
         assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("sip-tls"));
+    }
+
+    /// The value of `flag` in the gateway's arguments, if it is there.
+    fn arg(settings: &OperatorSettings, flag: &str) -> Option<String> {
+        let args = gateway_args(settings);
+        args.windows(2).find(|pair| pair[0] == flag).map(|pair| pair[1].clone())
+    }
+
+    fn volume<'a>(objects: &'a [FleetObject], name: &str) -> Option<&'a Volume> {
+        workload_pod(objects).volumes.as_ref().unwrap().iter().find(|v| v.name == name)
+    }
+
+    fn mount<'a>(objects: &'a [FleetObject], name: &str) -> Option<&'a VolumeMount> {
+        container(objects).volume_mounts.as_ref().unwrap().iter().find(|m| m.name == name)
+    }
+
+    /// The Secret, keys and mode of a Secret volume.
+    fn secret_of(volume: &Volume) -> (String, Vec<String>, Option<i32>) {
+        let secret = volume.secret.as_ref().unwrap();
+        let keys = secret.items.iter().flatten().map(|i| i.key.clone()).collect();
+        (secret.secret_name.clone().unwrap(), keys, secret.default_mode)
+    }
+
+    fn service_ports(object: &FleetObject) -> Vec<(String, String, i32)> {
+        let FleetObject::Service(service) = object else { panic!("not a service") };
+        let ports = service.spec.as_ref().unwrap().ports.as_ref().unwrap();
+        ports
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.protocol.clone().unwrap(), p.port))
+            .collect()
+    }
+
+    #[test]
+    fn the_agent_networks_reach_the_gateway_as_one_flag() {
+        assert_eq!(
+            arg(&OperatorSettings::default(), "--agent-networks").as_deref(),
+            Some("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.0/8,::1/128")
+        );
+        let s = settings("agentNetworks: [10.42.0.0/16, 'fd00:42::/64']\n");
+        assert_eq!(arg(&s, "--agent-networks").as_deref(), Some("10.42.0.0/16,fd00:42::/64"));
+    }
+
+    #[test]
+    fn without_the_outbound_settings_no_outbound_flag_or_secret_is_rendered() {
+        let s = OperatorSettings::default();
+        for flag in ["--api", "--api-token-file", "--agent-uri", "--agent-credentials", "--tls-ca"]
+        {
+            assert_eq!(arg(&s, flag), None, "{flag}");
+        }
+        let objects = render_fleet(&s);
+        let pod = workload_pod(&objects);
+        let volumes: Vec<&str> = pod.volumes.as_ref().unwrap().iter().map(|v| &*v.name).collect();
+        assert_eq!(volumes, ["tmp"]);
+        assert!(all_container_ports(container(&objects)).iter().all(|p| *p != 9091));
+        assert_eq!(service_ports(&objects[4]).len(), 2, "internal SIP over UDP and TCP only");
+    }
+
+    #[test]
+    fn the_call_api_listens_where_the_agent_listener_does_with_its_token_mounted() {
+        let s = settings("api: {enabled: true, port: 9443}\n");
+        // On the host network: the pod's (node's internal) address, like the agent listener.
+        assert_eq!(arg(&s, "--api").as_deref(), Some("$(POD_IP):9443"));
+        assert_eq!(arg(&s, "--api-token-file").as_deref(), Some("/etc/trunkline/api/token"));
+        let objects = render_fleet(&s);
+        let (secret, keys, mode) = secret_of(volume(&objects, "api-token").unwrap());
+        // No Secret named: the one the operator generates.
+        assert_eq!(secret, "trunkline-api-token");
+        assert_eq!((keys, mode), (vec!["token".to_string()], Some(0o440)));
+        let m = mount(&objects, "api-token").unwrap();
+        assert_eq!((m.mount_path.as_str(), m.read_only), (API_TOKEN_MOUNT_PATH, Some(true)));
+        let ports = container(&objects).ports.clone().unwrap();
+        let api = ports.iter().find(|p| p.name.as_deref() == Some("api")).unwrap();
+        assert_eq!((api.protocol.as_deref(), api.container_port), (Some("TCP"), 9443));
+        // The agent-facing Service carries it; the carrier-facing one never does.
+        assert_eq!(service_ports(&objects[4])[2], ("api".into(), "TCP".into(), 9443));
+        assert!(service_ports(&objects[3]).iter().all(|p| p.2 != 9443));
+        // In the pod network: every address of the pod (the pod's network is its own).
+        let pod = settings(
+            "api: {enabled: true, tokenSecret: my-token}\nhostNetwork: false\n\
+             publicAddressFrom: Pod\n",
+        );
+        assert_eq!(arg(&pod, "--api").as_deref(), Some("0.0.0.0:9091"));
+        let objects = render_fleet(&pod);
+        assert_eq!(secret_of(volume(&objects, "api-token").unwrap()).0, "my-token");
+    }
+
+    #[test]
+    fn the_ca_bundle_and_the_agent_credentials_are_mounted_read_only_with_only_their_keys() {
+        let s = settings(
+            "tls: {caSecret: carrier-ca}\nagentCredentialsSecret: agent-creds\n\
+             agentUri: 'sip:agents.voice.svc:5070;transport=tcp'\n",
+        );
+        assert_eq!(arg(&s, "--tls-ca").as_deref(), Some("/etc/trunkline/tls-ca/ca.crt"));
+        assert_eq!(arg(&s, "--agent-credentials").as_deref(), Some(AGENT_CREDENTIALS_MOUNT_PATH));
+        assert_eq!(
+            arg(&s, "--agent-uri").as_deref(),
+            Some("sip:agents.voice.svc:5070;transport=tcp")
+        );
+        let objects = render_fleet(&s);
+        assert_eq!(
+            secret_of(volume(&objects, "tls-ca").unwrap()),
+            ("carrier-ca".to_string(), vec!["ca.crt".to_string()], Some(0o440))
+        );
+        assert_eq!(
+            secret_of(volume(&objects, "agent-credentials").unwrap()),
+            ("agent-creds".to_string(), strings(&["username", "password"]), Some(0o440))
+        );
+        for (name, path) in
+            [("tls-ca", TLS_CA_MOUNT_PATH), ("agent-credentials", AGENT_CREDENTIALS_MOUNT_PATH)]
+        {
+            let m = mount(&objects, name).unwrap();
+            assert_eq!((m.mount_path.as_str(), m.read_only), (path, Some(true)), "{name}");
+            assert_eq!(m.sub_path, None, "{name}: a subPath would freeze a rotated Secret");
+        }
+        // A CA alone opens no TLS listener and mounts no certificate.
+        assert!(volume(&objects, "tls").is_none());
+        assert!(!gateway_args(&s).iter().any(|a| a.starts_with("tls://")));
+    }
+
+    #[test]
+    fn the_role_reads_only_the_credentials_secret_whatever_else_is_mounted() {
+        let s = settings(
+            "tls: {secretName: sip-tls, caSecret: carrier-ca}\n\
+             agentCredentialsSecret: agent-creds\napi: {enabled: true}\n",
+        );
+        let objects = render_fleet(&s);
+        let FleetObject::Role(role) = &objects[1] else { panic!("not a role") };
+        let rules = role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        let names = rules[0].resource_names.clone().unwrap();
+        assert_eq!(names, ["trunkline-gateway-credentials"]);
     }
 
     #[test]

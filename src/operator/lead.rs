@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::controller::prober::AddressPolicy;
 use super::controller::{ControllerConfig, run_controllers};
+use super::credentials::create_api_token_secret;
 use super::fleet::{carrier_service_name, render_fleet};
 use super::metrics::OperatorMetrics;
 use super::settings::OperatorSettings;
@@ -106,10 +107,19 @@ async fn fleet_loop(
     fleet_applies: IntCounterVec,
 ) {
     let tracker = FleetTracker::new(client.clone(), &settings);
-    let services: Api<Service> = Api::namespaced(client, &settings.namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &settings.namespace);
     let mut retry = FLEET_RETRY.0;
     loop {
-        let wait = match tracker.apply(render_fleet(&settings)).await {
+        // The gateways mount the generated API token: it exists before they are rolled out, or
+        // the fleet stays as it was until it can be made.
+        let applied = match create_api_token_secret(&client, &settings).await {
+            Ok(_) => tracker
+                .apply(render_fleet(&settings))
+                .await
+                .map_err(|e| (e.category(), e.to_string())),
+            Err(e) => Err((e.category(), e.to_string())),
+        };
+        let wait = match applied {
             Ok(report) => {
                 fleet_applies.with_label_values(&["ok"]).inc();
                 if !report.deleted.is_empty() {
@@ -121,8 +131,8 @@ async fn fleet_loop(
                 retry = FLEET_RETRY.0;
                 FLEET_RESYNC
             }
-            Err(e) => {
-                fleet_applies.with_label_values(&[e.category()]).inc();
+            Err((category, e)) => {
+                fleet_applies.with_label_values(&[category]).inc();
                 tracing::warn!(error = %e, retry_in = ?retry, "applying the gateway fleet failed");
                 let wait = retry;
                 retry = (retry * 2).min(FLEET_RETRY.1);

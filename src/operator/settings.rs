@@ -16,8 +16,16 @@
 //! replicas: 2                     # Deployment mode only
 //! hostNetwork: true               # pods on the node's network: SIP and RTP on the node's IPs
 //! sipPort: 5060                   # carrier-facing SIP, UDP and TCP
-//! tls: {port: 5061, secretName: null}   # carrier-facing SIP over TLS, on when secretName is set
+//! tls:
+//!   port: 5061                    # carrier-facing SIP over TLS, on when secretName is set
+//!   secretName: null              # kubernetes.io/tls Secret: tls.crt, tls.key
+//!   caSecret: null                # Secret with ca.crt: CAs trusted toward carriers and agents
 //! internalPort: 5080              # agent-facing SIP, UDP and TCP
+//! agentNetworks: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fd00::/8, 127.0.0.0/8, ::1/128]
+//!                                 # sources the agent-facing listener takes new calls from
+//! agentCredentialsSecret: null    # kubernetes.io/basic-auth Secret the agent runtime answers
+//! agentUri: null                  # SIP URI of the agent runtime for calls started by the API
+//! api: {enabled: false, port: 9091, tokenSecret: null}   # the call API (POST /v1/calls)
 //! adminPort: 9090                 # /metrics, /healthz, /readyz (HTTP)
 //! rtpPorts: 20000-20999           # UDP ports of the RTP relays, LOW-HIGH
 //! publicAddressFrom: Node         # Node | Pod | Fixed: what each gateway advertises (see below)
@@ -56,6 +64,14 @@
 //! mediaTimeoutSeconds: 30         # RTP silence on an answered call before it is hung up
 //! ```
 //!
+//! **Outbound calls.** The agent-facing listener (`internalPort`) and the call API (`api`) take
+//! new calls only from `agentNetworks` (the gateway's `--agent-networks`); on the host network
+//! that is the only guard, since NetworkPolicies do not apply to host-network pods. Secrets the
+//! gateway needs for them (`api.tokenSecret`, `tls.caSecret`, `agentCredentialsSecret`) are
+//! mounted into its pods as read-only files: its Role still reads one Secret only. With
+//! `api.enabled` and no `tokenSecret`, the operator generates `<name>-api-token` (key `token`,
+//! [`OperatorSettings::api_token_secret`]) once, and never changes it: delete it to rotate.
+//!
 //! **The media path.** A carrier sends RTP to the address a gateway writes in its SDP, so that
 //! address must reach the very pod that holds the call: Services carry SIP only (see
 //! `fleet`). [`OperatorSettings::media_path`] checks the combination and refuses one that cannot
@@ -88,6 +104,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::FLEET_LABEL;
+use crate::config::destination::SipDestination;
 use crate::config::yaml;
 
 /// The image registry and repository of the default gateway image; the tag is the crate's
@@ -148,6 +165,24 @@ pub struct OperatorSettings {
     /// Agent-facing (internal) SIP port, UDP and TCP: the agent runtime sends outbound calls
     /// and transfers here. Default 5080.
     pub internal_port: u16,
+    /// The networks (CIDRs) the agent-facing listener and the call API take new calls from
+    /// (the gateway's `--agent-networks`); a new INVITE from anywhere else gets 403. On the host
+    /// network this is the guard of those ports (NetworkPolicies do not apply there). Default
+    /// the private ranges a cluster's pods and nodes use, and loopback: `10.0.0.0/8`,
+    /// `172.16.0.0/12`, `192.168.0.0/16`, `fd00::/8`, `127.0.0.0/8`, `::1/128`.
+    pub agent_networks: Vec<Cidr>,
+    /// A `kubernetes.io/basic-auth` Secret in the fleet's namespace (keys `username`,
+    /// `password`): the agent runtime's new INVITEs must answer a digest challenge with them.
+    /// Mounted read-only into the gateways (`--agent-credentials`). Default none: no digest.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub agent_credentials_secret: Option<String>,
+    /// SIP URI of the agent runtime that calls started through the call API are bridged to,
+    /// unless the request names its own (`--agent-uri`), e.g.
+    /// `sip:agents.voice.svc.cluster.local:5070;transport=tcp`. Default none.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub agent_uri: Option<String>,
+    /// The call API (`POST /v1/calls`, bearer token). Default off.
+    pub api: ApiSettings,
     /// HTTP port of `/metrics`, `/healthz` and `/readyz` (the probes use it). Default 9090.
     pub admin_port: u16,
     /// UDP port range of the RTP relays, `LOW-HIGH` inclusive, `LOW` even (RTP on even ports,
@@ -357,13 +392,89 @@ pub struct TlsSettings {
     /// are picked up without a restart. Default none: no TLS listener.
     #[serde(deserialize_with = "string_or_empty")]
     pub secret_name: Option<String>,
+    /// A Secret in the fleet's namespace whose key `ca.crt` is a PEM bundle of CA certificates
+    /// trusted, beside the system's roots, for TLS toward carriers and agent runtimes
+    /// (`--tls-ca`); only that key is mounted. Default none: the system's roots only.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub ca_secret: Option<String>,
 }
 
 impl Default for TlsSettings {
     fn default() -> Self {
-        TlsSettings { port: 5061, secret_name: None }
+        TlsSettings { port: 5061, secret_name: None, ca_secret: None }
     }
 }
+
+/// The gateways' call API: `POST /v1/calls`, `GET`/`DELETE /v1/calls/{id}`, with a bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Serve it: on `port` of each gateway (the pod's address on the host network) and of the
+    /// agent-facing Service. Default false.
+    pub enabled: bool,
+    /// Its TCP port. Default 9091.
+    pub port: u16,
+    /// A Secret in the fleet's namespace whose key `token` is the bearer token, mounted
+    /// read-only into the gateways (`--api-token-file`). Default none: the operator generates
+    /// `<name>-api-token` with a random token.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub token_secret: Option<String>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { enabled: false, port: 9091, token_secret: None }
+    }
+}
+
+/// An IP network written `ADDRESS/PREFIX` (`10.0.0.0/8`, `fd00::/8`), with no host bits set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let net: ipnet::IpNet = s.trim().parse().map_err(|_| {
+            format!("{s:?} is not a CIDR: expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 (one address: 10.1.2.3/32)")
+        })?;
+        if net.trunc() != net {
+            return Err(format!(
+                "{s:?} has host bits set: the network is {}, one address is {}/{}",
+                net.trunc(),
+                net.addr(),
+                net.max_prefix_len()
+            ));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The default `agentNetworks`: the private ranges pods and nodes of a cluster use, and
+/// loopback.
+pub const DEFAULT_AGENT_NETWORKS: [&str; 6] =
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8", "::1/128"];
+
+/// The suffix of the API token Secret the operator generates: `<name>-api-token`.
+pub const API_TOKEN_SECRET_SUFFIX: &str = "-api-token";
 
 /// The carrier-facing Service.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -602,6 +713,13 @@ impl Default for OperatorSettings {
             sip_port: 5060,
             tls: TlsSettings::default(),
             internal_port: 5080,
+            agent_networks: DEFAULT_AGENT_NETWORKS
+                .iter()
+                .map(|n| n.parse().expect("the default agent networks are CIDRs"))
+                .collect(),
+            agent_credentials_secret: None,
+            agent_uri: None,
+            api: ApiSettings::default(),
             admin_port: 9090,
             rtp_ports: PortRange { low: 20000, high: 20999 },
             public_address_from: None,
@@ -777,6 +895,7 @@ impl OperatorSettings {
         }
         self.validate_ports()?;
         self.media_path()?;
+        self.validate_outbound()?;
         if let Some(namespace) = &self.watch_namespace
             && !is_dns_label(namespace, 63)
         {
@@ -988,6 +1107,47 @@ impl OperatorSettings {
         Ok(())
     }
 
+    /// What outbound calls need: agent networks, the Secrets the gateways mount for them, the
+    /// agent runtime's URI.
+    fn validate_outbound(&self) -> Result<(), Invalid> {
+        if self.agent_networks.is_empty() {
+            return Err(invalid(
+                "agentNetworks",
+                "at least one network (CIDR) the agent runtime calls from, e.g. 10.0.0.0/8: \
+                 with none, no agent could place a call",
+            ));
+        }
+        for (i, network) in self.agent_networks.iter().enumerate() {
+            if self.agent_networks[..i].contains(network) {
+                return Err(invalid(
+                    format!("agentNetworks[{i}]"),
+                    format!("{network} is listed twice"),
+                ));
+            }
+        }
+        let secrets = [
+            ("tls.caSecret", &self.tls.ca_secret),
+            ("agentCredentialsSecret", &self.agent_credentials_secret),
+            ("api.tokenSecret", &self.api.token_secret),
+        ];
+        for (field, secret) in secrets {
+            if let Some(secret) = secret
+                && !is_dns_subdomain(secret)
+            {
+                return Err(invalid(field, format!("{secret:?} is not a Secret name")));
+            }
+        }
+        if let Some(uri) = &self.agent_uri
+            && let Err(message) = SipDestination::parse(uri)
+        {
+            return Err(invalid(
+                "agentUri",
+                format!("{message} (expected e.g. sip:agents.voice.svc.cluster.local:5070)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_pod_labels(&self) -> Result<(), Invalid> {
         for (key, value) in &self.pod_labels {
             let field = format!("podLabels.{key}");
@@ -1021,6 +1181,9 @@ impl OperatorSettings {
         }
         ports.push(("internalPort", self.internal_port));
         ports.push(("adminPort", self.admin_port));
+        if self.api.enabled {
+            ports.push(("api.port", self.api.port));
+        }
         for (i, (field, port)) in ports.iter().enumerate() {
             if *port == 0 {
                 return Err(invalid(*field, "port 0 is not a port"));
@@ -1046,6 +1209,25 @@ impl OperatorSettings {
         self.tls.secret_name.is_some()
     }
 
+    /// The Secret holding the call API's bearer token (key `token`), when the API is enabled:
+    /// `api.tokenSecret`, else the one the operator generates, `<name>-api-token`.
+    pub fn api_token_secret(&self) -> Option<String> {
+        if !self.api.enabled {
+            return None;
+        }
+        Some(
+            self.api
+                .token_secret
+                .clone()
+                .unwrap_or_else(|| format!("{}{API_TOKEN_SECRET_SUFFIX}", self.name)),
+        )
+    }
+
+    /// The API token Secret the operator must generate: the API is enabled and names none.
+    pub fn generated_api_token_secret(&self) -> Option<String> {
+        if self.api.token_secret.is_some() { None } else { self.api_token_secret() }
+    }
+
     /// `terminationGracePeriodSeconds` of the gateway pods: the drain plus a margin.
     pub fn termination_grace_seconds(&self) -> i64 {
         i64::from(self.drain_seconds) + i64::from(DRAIN_MARGIN_SECONDS)
@@ -1057,6 +1239,9 @@ impl OperatorSettings {
             vec![self.sip_port, self.internal_port, self.admin_port, self.rtp_ports.low];
         if self.tls_enabled() {
             ports.push(self.tls.port);
+        }
+        if self.api.enabled {
+            ports.push(self.api.port);
         }
         ports.sort_unstable();
         ports
@@ -1380,6 +1565,96 @@ logLevel: trunkline=debug,info
             "podDisruptionBudget.maxUnavailable"
         );
         assert_eq!(field_error("replicas: -1\n").0, "replicas");
+    }
+
+    #[test]
+    fn the_defaults_take_new_calls_from_the_private_ranges_and_serve_no_api() {
+        let s = OperatorSettings::default();
+        let networks: Vec<String> = s.agent_networks.iter().map(Cidr::to_string).collect();
+        assert_eq!(networks, DEFAULT_AGENT_NETWORKS);
+        assert!(!s.api.enabled);
+        assert_eq!(s.api.port, 9091);
+        assert_eq!(s.api_token_secret(), None);
+        assert_eq!(s.generated_api_token_secret(), None);
+        assert_eq!((&s.agent_uri, &s.agent_credentials_secret), (&None, &None));
+        assert_eq!(s.tls.ca_secret, None);
+    }
+
+    #[test]
+    fn the_outbound_settings_are_read_field_by_field() {
+        let s = parse(
+            "name: edge\nagentNetworks: [10.42.0.0/16, 'fd00:42::/64']\n\
+             agentCredentialsSecret: agent-creds\n\
+             agentUri: 'sip:agents.voice.svc:5070;transport=tcp'\n\
+             tls: {caSecret: carrier-ca}\napi: {enabled: true, port: 9443}\n",
+        )
+        .unwrap();
+        let networks: Vec<String> = s.agent_networks.iter().map(Cidr::to_string).collect();
+        assert_eq!(networks, ["10.42.0.0/16", "fd00:42::/64"]);
+        assert_eq!(s.agent_credentials_secret.as_deref(), Some("agent-creds"));
+        assert_eq!(s.agent_uri.as_deref(), Some("sip:agents.voice.svc:5070;transport=tcp"));
+        assert_eq!(s.tls.ca_secret.as_deref(), Some("carrier-ca"));
+        assert!(!s.tls_enabled(), "a CA for the client side is no TLS listener");
+        assert_eq!(s.api.port, 9443);
+        // No Secret named: the operator generates one after the fleet's name.
+        assert_eq!(s.api_token_secret().as_deref(), Some("edge-api-token"));
+        assert_eq!(s.generated_api_token_secret().as_deref(), Some("edge-api-token"));
+        let named = parse("api: {enabled: true, tokenSecret: my-token}\n").unwrap();
+        assert_eq!(named.api_token_secret().as_deref(), Some("my-token"));
+        assert_eq!(named.generated_api_token_secret(), None);
+        // A Secret named for a disabled API is neither mounted nor generated.
+        let off = parse("api: {tokenSecret: my-token}\n").unwrap();
+        assert_eq!(off.api_token_secret(), None);
+        assert_eq!(off.generated_api_token_secret(), None);
+        // Helm's empty strings mean "not set".
+        let empty = parse(
+            "agentUri: ''\nagentCredentialsSecret: ''\ntls: {caSecret: ''}\napi: {tokenSecret: ''}\n",
+        )
+        .unwrap();
+        assert_eq!(empty, OperatorSettings::default());
+    }
+
+    #[test]
+    fn a_bad_agent_network_is_refused_naming_its_index() {
+        let cases = [
+            ("agentNetworks: [10.0.0.0/8, not-a-network]\n", "agentNetworks[1]", "not a CIDR"),
+            ("agentNetworks: [10.0.0.0/33]\n", "agentNetworks[0]", "not a CIDR"),
+            ("agentNetworks: [10.1.2.3]\n", "agentNetworks[0]", "10.1.2.3/32"),
+            ("agentNetworks: [192.168.1.5/16]\n", "agentNetworks[0]", "host bits"),
+            ("agentNetworks: [10.0.0.0/8, 10.0.0.0/8]\n", "agentNetworks[1]", "twice"),
+            ("agentNetworks: []\n", "agentNetworks", "at least one"),
+            ("agentNetworks: 10.0.0.0/8\n", "agentNetworks", "sequence"),
+        ];
+        for (text, field, words) in cases {
+            let (f, message) = field_error(text);
+            assert_eq!(f, field, "{text:?}: {message}");
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
+        // IPv6 and a whole family are networks too.
+        assert!(parse("agentNetworks: ['::/0', 0.0.0.0/0, 'fd00::/8']\n").is_ok());
+    }
+
+    #[test]
+    fn outbound_secrets_the_api_port_and_the_agent_uri_are_checked() {
+        let cases = [
+            ("tls: {caSecret: Bad_CA}\n", "tls.caSecret", "not a Secret name"),
+            ("agentCredentialsSecret: 'a b'\n", "agentCredentialsSecret", "not a Secret name"),
+            ("api: {enabled: true, tokenSecret: Token!}\n", "api.tokenSecret", "not a Secret name"),
+            ("api: {enabled: true, port: 9090}\n", "api.port", "already adminPort"),
+            ("api: {enabled: true, port: 5080}\n", "api.port", "already internalPort"),
+            ("api: {enabled: true, port: 0}\n", "api.port", "port 0"),
+            ("api: {enable: true}\n", "api.enable", "unknown field"),
+            ("agentUri: agents.voice.svc\n", "agentUri", "not a sip: or sips: URI"),
+            ("agentUri: 'sip:'\n", "agentUri", "no host"),
+            ("agentUri: 'sip:agents;transport=sctp'\n", "agentUri", "transport"),
+        ];
+        for (text, field, words) in cases {
+            let (f, message) = field_error(text);
+            assert_eq!(f, field, "{text:?}: {message}");
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
+        // A disabled API binds nothing, so its port collides with nothing.
+        assert!(parse("api: {port: 9090}\n").is_ok());
     }
 
     #[test]

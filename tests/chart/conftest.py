@@ -78,6 +78,22 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "outbound-api-pod-network": {
+        "gateway": {
+            "hostNetwork": False, "publicAddressFrom": "Pod",
+            "agentNetworks": ["10.42.0.0/16", "fd00:42::/64"],
+            "api": {"enabled": True, "port": 9443},
+            "agentUri": "sip:agents.voice.svc.cluster.local:5070;transport=tcp",
+            "agentCredentialsSecret": "agent-runtime-credentials",
+            "tls": {"caSecret": "carrier-ca"},
+        },
+        "networkPolicy": {
+            "enabled": True,
+            "agents": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agents"}}}
+            ],
+        },
+    },
     "private-registry-single-namespace": {
         "imagePullSecrets": ["registry-credentials"],
         "operator": {

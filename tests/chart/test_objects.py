@@ -45,6 +45,19 @@ def test_every_value_set_renders_distinct_objects(renderings):
         assert len(kinds) == len(set(kinds)), f"{name}: an object is rendered twice: {kinds}"
 
 
+def test_watching_the_release_namespace_renders_one_operator_role_with_every_rule():
+    """operator.watchNamespace equal to the release namespace once rendered two Roles of one
+    name there (the second replacing the first): now one Role holds both sets of rules."""
+    r = Rendering({"operator": {"watchNamespace": NAMESPACE}})
+    kinds = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in r.objects]
+    assert len(kinds) == len(set(kinds)), kinds
+    role = next(o for o in r.all("Role") if o["metadata"]["name"] == OPERATOR)
+    granted = permissions(role)
+    assert ("", "secrets", "*", "create") in granted
+    assert ("trunkline.dev", "inboundtrunks/status", "*", "patch") in granted
+    assert ("apps", "deployments", "*", "patch") in granted
+
+
 # --- The operator's pod ---------------------------------------------------------------------
 
 
@@ -417,7 +430,8 @@ def test_the_operator_may_apply_and_delete_every_fleet_object_it_renders():
 # The keys of operator::settings::OperatorSettings and of its nested structs.
 SETTINGS_KEYS = {
     "name", "namespace", "image", "imagePullPolicy", "imagePullSecrets", "mode", "replicas",
-    "hostNetwork", "sipPort", "tls", "internalPort", "adminPort", "rtpPorts",
+    "hostNetwork", "sipPort", "tls", "internalPort", "agentNetworks", "agentCredentialsSecret",
+    "agentUri", "api", "adminPort", "rtpPorts",
     "publicAddressFrom", "publicAddress", "nodeAddressAnnotation", "egressAddresses", "region",
     "watchNamespace", "operatorDeployment", "credentialsSecret", "carrierService",
     "internalService", "drainSeconds", "resources", "nodeSelector", "tolerations", "affinity",
@@ -426,14 +440,16 @@ SETTINGS_KEYS = {
     "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds",
 }
 NESTED_SETTINGS_KEYS = {
-    "tls": {"port", "secretName"},
+    "tls": {"port", "secretName", "caSecret"},
+    "api": {"enabled", "port", "tokenSecret"},
     "carrierService": {"type", "annotations", "loadBalancerSourceRanges",
                        "externalTrafficPolicy", "sessionAffinity"},
     "internalService": {"annotations", "sessionAffinity"},
     "podDisruptionBudget": {"enabled", "maxUnavailable"},
 }
 RUST_STRUCT_OF = {
-    None: "OperatorSettings", "tls": "TlsSettings", "carrierService": "CarrierServiceSettings",
+    None: "OperatorSettings", "tls": "TlsSettings", "api": "ApiSettings",
+    "carrierService": "CarrierServiceSettings",
     "internalService": "InternalServiceSettings", "podDisruptionBudget": "PodDisruptionBudgetSettings",
 }
 
@@ -501,7 +517,12 @@ def test_the_default_settings_are_the_documented_fleet(default):
     assert settings["nodeAddressAnnotation"] == "trunkline.dev/public-address"
     assert (settings["sipPort"], settings["internalPort"], settings["adminPort"]) == (
         5060, 5080, 9090)
-    assert settings["tls"] == {"port": 5061, "secretName": ""}
+    assert settings["tls"] == {"port": 5061, "secretName": "", "caSecret": ""}
+    # New calls from the agent side: the cluster's private ranges and loopback; no call API.
+    assert settings["agentNetworks"] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8", "::1/128"]
+    assert settings["api"] == {"enabled": False, "port": 9091, "tokenSecret": ""}
+    assert (settings["agentUri"], settings["agentCredentialsSecret"]) == ("", "")
     assert settings["rtpPorts"] == "20000-20999"
     assert settings["carrierService"]["type"] == "LoadBalancer"
     assert settings["carrierService"]["externalTrafficPolicy"] == "Local"
@@ -534,7 +555,7 @@ def test_a_load_balancer_with_source_ranges_and_tls_reaches_the_settings(renderi
         "loadBalancerSourceRanges": ["203.0.113.0/24", "2001:db8::/32"],
         "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
     }
-    assert settings["tls"] == {"port": 5061, "secretName": "sip-tls"}
+    assert settings["tls"] == {"port": 5061, "secretName": "sip-tls", "caSecret": ""}
     assert settings["publicAddress"] == "198.51.100.7"
     assert settings["publicAddressFrom"] == "Fixed" and settings["replicas"] == 1
     assert "WARNING" not in r.notes and "TIP" not in r.notes
@@ -657,6 +678,75 @@ def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):
     }]
 
 
+def test_the_agents_reach_the_call_api_port_beside_internal_sip_when_it_is_on(renderings):
+    r = renderings["outbound-api-pod-network"]
+    ingress = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"]
+    carriers, agents = ingress[0], ingress[1]
+    assert agents == {
+        "from": VALUE_SETS["outbound-api-pod-network"]["networkPolicy"]["agents"],
+        "ports": [{"protocol": "UDP", "port": 5080}, {"protocol": "TCP", "port": 5080},
+                  {"protocol": "TCP", "port": 9443}],
+    }
+    # Carriers never reach it.
+    assert all(p["port"] != 9443 for p in carriers["ports"])
+    assert all(p["port"] != 9443 for rule in ingress[2:] for p in rule["ports"])
+    # ... and the outbound values reach the operator's settings as they were given.
+    settings = r.settings()
+    gateway = VALUE_SETS["outbound-api-pod-network"]["gateway"]
+    assert settings["agentNetworks"] == gateway["agentNetworks"]
+    assert settings["api"] == {"enabled": True, "port": 9443, "tokenSecret": ""}
+    assert settings["tls"]["caSecret"] == "carrier-ca"
+    assert settings["agentCredentialsSecret"] == "agent-runtime-credentials"
+    assert settings["agentUri"] == gateway["agentUri"]
+
+
+def test_without_the_call_api_the_agents_reach_internal_sip_only():
+    r = Rendering({"networkPolicy": {"enabled": True}, "gateway": {"api": {"port": 9443}}})
+    agents = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"][1]
+    assert agents["ports"] == [{"protocol": "UDP", "port": 5080}, {"protocol": "TCP", "port": 5080}]
+
+
+def test_the_policy_admits_the_api_port_the_fleet_renders():
+    """The chart's NetworkPolicy opens, for the agents, the `api` port that operator::fleet's
+    golden renderings put on the gateway container (tests/golden/fleet), when present."""
+    cases = sorted((REPO / "tests" / "golden" / "fleet").glob("*.in.yaml"))
+    checked = 0
+    for case in cases:
+        settings = yaml.safe_load(case.read_text()) or {}
+        api = settings.get("api") or {}
+        if not api.get("enabled"):
+            continue
+        out = case.with_name(case.name.replace(".in.yaml", ".out.yaml"))
+        workload = next(d for d in yaml.safe_load_all(out.read_text())
+                        if isinstance(d, dict) and d.get("kind") in ("Deployment", "DaemonSet"))
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        (port,) = [p for p in container["ports"] if p.get("name") == "api"]
+        r = Rendering({"networkPolicy": {"enabled": True},
+                       "gateway": {"api": {"enabled": True, "port": port["containerPort"]}}})
+        agents = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"][1]
+        assert {"protocol": port["protocol"], "port": port["containerPort"]} in agents["ports"]
+        checked += 1
+    if not cases:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    assert checked, "a golden fleet with the call API on"
+
+
+@pytest.mark.parametrize("values", [{}, {"operator": {"watchNamespace": "trunks"}},
+                                    {"operator": {"watchNamespace": NAMESPACE}}],
+                         ids=["cluster-wide", "other-namespace", "own-namespace"])
+def test_the_operator_may_create_the_generated_api_token_in_its_namespace(values):
+    """With gateway.api.enabled and no tokenSecret, the operator POSTs `<fleet>-api-token` in the
+    release namespace (and never updates it): `create` on Secrets there, whatever it watches."""
+    r = Rendering({**values, "gateway": {"api": {"enabled": True}}})
+    granted = permissions(r.one("ClusterRole", OPERATOR))
+    for role in r.all("Role"):
+        if role["metadata"]["namespace"] == NAMESPACE and role["metadata"]["name"] == OPERATOR:
+            granted |= permissions(role)
+    assert holds(granted, ("", "secrets", f"{RELEASE}-api-token", "create"))
+    # Its owner reference names the operator's Deployment, which it may read.
+    assert holds(granted, ("apps", "deployments", f"{RELEASE}-operator", "get"))
+
+
 def test_without_tls_or_carrier_peers_the_policy_opens_sip_and_rtp_to_every_source():
     r = Rendering({"networkPolicy": {"enabled": True}})
     carriers = r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"][0]
@@ -703,6 +793,16 @@ def test_the_notes_say_what_to_do_next(default):
     assert "loadBalancerSourceRanges is empty" in notes
     assert "kubectl apply --server-side --force-conflicts -f charts/trunkline/crds/" in notes
     assert "helm uninstall" in notes and "owner references" in notes
+
+
+def test_the_notes_say_where_the_call_api_is_and_how_to_read_its_token(renderings):
+    notes = renderings["outbound-api-pod-network"].notes
+    assert f"http://{RELEASE}-internal.{NAMESPACE}.svc:9443/v1/calls" in notes
+    assert f"get secret {RELEASE}-api-token -o jsonpath='{{.data.token}}'" in notes
+    assert "from gateway.agentNetworks only (10.42.0.0/16, fd00:42::/64)" in notes
+    assert "/v1/calls" not in renderings["defaults"].notes
+    named = Rendering({"gateway": {"api": {"enabled": True, "tokenSecret": "call-api"}}}).notes
+    assert "get secret call-api -o" in named
 
 
 def test_a_release_in_another_namespace_uses_it_everywhere():

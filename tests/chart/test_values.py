@@ -170,6 +170,13 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.tls.port": (5071, {}),
     "gateway.tls.secretName": ("sip-tls", {}),
     "gateway.internalPort": (5090, {}),
+    "gateway.tls.caSecret": ("carrier-ca", {}),
+    "gateway.agentNetworks": (["10.42.0.0/16", "fd00:42::/64"], {}),
+    "gateway.agentCredentialsSecret": ("agent-runtime-credentials", {}),
+    "gateway.agentUri": ("sip:agents.voice.svc.cluster.local:5070;transport=tcp", {}),
+    "gateway.api.enabled": (True, {}),
+    "gateway.api.port": (9443, {"gateway": {"api": {"enabled": True}}}),
+    "gateway.api.tokenSecret": ("call-api-token", {"gateway": {"api": {"enabled": True}}}),
     "gateway.adminPort": (9091, {}),
     "gateway.rtpPorts": ("30000-30099", {}),
     "gateway.publicAddress": ("2001:db8::7", {"gateway": {"replicas": 1}}),
@@ -281,6 +288,20 @@ SCHEMA_REJECTS = [
     ({"gateway": {"mediaTimeoutSeconds": 0}}, "/gateway/mediaTimeoutSeconds"),
     ({"gateway": {"logFormat": "yaml"}}, "/gateway/logFormat"),
     ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+    # Outbound calls: agent networks are CIDRs, and at least one.
+    ({"gateway": {"agentNetworks": ["10.0.0.0/33"]}}, "/gateway/agentNetworks/0"),
+    ({"gateway": {"agentNetworks": ["10.1.2.3"]}}, "/gateway/agentNetworks/0"),
+    ({"gateway": {"agentNetworks": ["10.0.0.0/8", "pods"]}}, "/gateway/agentNetworks/1"),
+    ({"gateway": {"agentNetworks": []}}, "/gateway/agentNetworks"),
+    ({"gateway": {"agentNetworks": "10.0.0.0/8"}}, "/gateway/agentNetworks"),
+    ({"gateway": {"agentNetworks": ["10.0.0.0/8", "10.0.0.0/8"]}}, "/gateway/agentNetworks"),
+    ({"gateway": {"agentUri": "agents.voice.svc:5070"}}, "/gateway/agentUri"),
+    ({"gateway": {"agentCredentialsSecret": "Agent_Creds"}}, "/gateway/agentCredentialsSecret"),
+    ({"gateway": {"tls": {"caSecret": "CA"}}}, "/gateway/tls/caSecret"),
+    ({"gateway": {"api": {"enable": True}}}, "additional properties 'enable' not allowed"),
+    ({"gateway": {"api": {"port": 0}}}, "/gateway/api/port"),
+    ({"gateway": {"api": {"enabled": "yes"}}}, "/gateway/api/enabled"),
+    ({"gateway": {"api": {"tokenSecret": "Token!"}}}, "/gateway/api/tokenSecret"),
     ({"gateway": {"topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone",
                                                  "whenUnsatisfiable": "DoNotSchedule"}]}},
      "/gateway/topologySpreadConstraints/0/maxSkew"),
@@ -302,6 +323,12 @@ CHART_REJECTS = [
      "gateway.internalPort: port 5080 is already gateway.tls.port"),
     ({"gateway": {"internalPort": 20010}},
      "gateway.internalPort: port 20010 is inside gateway.rtpPorts 20000-20999"),
+    ({"gateway": {"api": {"enabled": True, "port": 9090}}},
+     "gateway.api.port: port 9090 is already gateway.adminPort"),
+    ({"gateway": {"api": {"enabled": True, "port": 5080}}},
+     "gateway.api.port: port 5080 is already gateway.internalPort"),
+    ({"gateway": {"agentNetworks": ["10.0.0.0/8", "192.168.1.5/16"]}},
+     'gateway.agentNetworks[1]: "192.168.1.5/16" has host bits set'),
     ({"gateway": {"rtpPorts": "20001-20999"}}, "LOW must be even and below HIGH"),
     ({"gateway": {"rtpPorts": "20000-20000"}}, "LOW must be even and below HIGH"),
     ({"operator": {"serviceAccount": {"create": False}}}, "operator.serviceAccount.name is required"),
@@ -344,3 +371,16 @@ def test_ipv4_and_ipv6_addresses_pass_the_schema(address):
 @pytest.mark.parametrize("cidr", ["203.0.113.0/24", "0.0.0.0/0", "2001:db8::/32", "::/0"])
 def test_ipv4_and_ipv6_source_ranges_pass_the_schema(cidr):
     render({"gateway": {"carrierService": {"loadBalancerSourceRanges": [cidr]}}})
+
+
+def test_a_disabled_api_binds_no_port_so_its_port_collides_with_nothing():
+    render({"gateway": {"api": {"port": 9090}}})
+
+
+@pytest.mark.parametrize("cidr", ["10.42.0.0/16", "0.0.0.0/0", "10.1.2.3/32", "fd00::/8",
+                                  "2001:db8::/32", "::1/128", "::/0"])
+def test_ipv4_and_ipv6_agent_networks_pass_the_schema_and_reach_the_settings(cidr):
+    rendered = render({"gateway": {"agentNetworks": [cidr]}})
+    settings = yaml.safe_load(yaml.safe_load(rendered["trunkline/templates/configmap.yaml"])[
+        "data"]["operator.yaml"])
+    assert settings["agentNetworks"] == [cidr]
