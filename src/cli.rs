@@ -310,8 +310,9 @@ struct ServeArgs {
     /// from (outbound calls, SIP or HTTP); a new INVITE from anywhere else gets 403.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128", value_name = "CIDR")]
     agent_networks: Vec<ipnet::IpNet>,
-    /// File holding `USERNAME:PASSWORD` on its first line: the agent runtime's outbound INVITEs
-    /// must then answer a digest challenge with them (read again when the file changes).
+    /// The agent runtime's digest credentials: a file holding `USERNAME:PASSWORD` on its first
+    /// line, or a directory with `username` and `password` files (a mounted basic-auth Secret).
+    /// Its outbound INVITEs must then answer a challenge with them (read again on change).
     #[arg(long, value_name = "FILE")]
     agent_credentials: Option<PathBuf>,
     /// PEM bundle of CA certificates trusted for TLS toward carriers and agent runtimes, beside
