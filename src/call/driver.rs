@@ -1,8 +1,8 @@
 //! The task that runs one [`Call`] over the world: it feeds the call the messages the gateway
 //! routes to it (by Call-ID), the clock and the relay's reports, and carries out the call's
-//! actions — sends on the transports, name lookups (`sip::resolve`, cached), the RTP relay,
-//! metrics and logs, and the call's slot. Everything the call decides is in `call::machine`;
-//! this file decides nothing.
+//! actions — sends on the transports, name lookups (`sip::resolve`, cached; the name found is
+//! given to the transports for TLS), the RTP relay, metrics and logs, and the call's slot.
+//! Everything the call decides is in `call::machine`; this file decides nothing.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -146,6 +146,10 @@ impl Driver {
                 }
                 Action::Resolve { leg, host, port } => {
                     let address = self.gw.resolver.lookup(&host, port).await;
+                    if let (Ok(address), Some(t)) = (&address, self.gw.transports.get()) {
+                        // A TLS connection to it checks the certificate against this name.
+                        t.name_peer(*address, &host);
+                    }
                     self.call.on_resolved(Instant::now(), leg, address)
                 }
                 Action::StartRelay { a, b, media_timeout } => {
