@@ -124,11 +124,13 @@ impl Client {
         for cert in CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
             roots.add(cert.expect("CA PEM")).expect("CA is a trust anchor");
         }
+        Client::with(TlsClient::with_roots(roots).expect("client config"), limits)
+    }
+
+    fn with(client: TlsClient, limits: Limits) -> Client {
         let failures = Arc::new(Mutex::new(Vec::new()));
         let seen = failures.clone();
-        let client = TlsClient::with_roots(roots)
-            .expect("client config")
-            .on_failure(move |reason| seen.lock().expect("lock").push(reason));
+        let client = client.on_failure(move |reason| seen.lock().expect("lock").push(reason));
         let (tx, delivered) = mpsc::unbounded_channel();
         let transports = Transports::new(Arc::new(Collect(tx)), limits);
         transports.use_tls_client(Arc::new(client));
@@ -262,4 +264,28 @@ async fn a_peer_that_never_answers_the_handshake_times_out_within_the_connect_ti
     assert!(err.to_string().contains("timed out"), "{err}");
     assert_eq!(client.failures(), vec![TlsFailure::Timeout]);
     hold.abort();
+}
+
+#[tokio::test]
+async fn a_changed_tls_ca_file_is_used_for_the_next_connection_without_a_restart() {
+    let old = TestCa::new("the CA of last year");
+    let new = TestCa::new("the CA of this year");
+    let mut peer = Peer::start(&new.issue(&["carrier.test"])).await;
+    let dir = support::TempDir::new("tls-ca");
+    let file = old.write(dir.path(), "ca.pem");
+    let client =
+        Client::with(TlsClient::load(Some(&file)).expect("load --tls-ca"), Limits::default());
+    client.transports.name_peer(peer.addr, "carrier.test");
+    let err = client.send(peer.addr, options("x")).await.expect_err("not trusted yet");
+    assert!(err.to_string().contains("unknown CA"), "{err}");
+
+    std::fs::write(&file, new.pem()).expect("rewrite the CA file");
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch the CA file");
+    client.send(peer.addr, options("after")).await.expect("trusted after the change");
+    assert!(peer.next().await.is_some_and(|m| m.contains("Call-ID: after")));
 }

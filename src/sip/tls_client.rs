@@ -1,8 +1,8 @@
 //! The transports' TLS client (RFC 3261 §26.2.1, RFC 5922 §7): what the gateway checks when it
 //! opens a TLS connection to a carrier or an agent runtime.
 //!
-//! Takes: the trusted roots (the system's, read once at start with `rustls-native-certs`, plus
-//! an optional PEM bundle, `--tls-ca`), the host name each peer address is reached by
+//! Takes: the trusted roots (the system's, read with `rustls-native-certs`, plus an optional PEM
+//! bundle, `--tls-ca`, read again when the file changes), the host name each peer address is reached by
 //! ([`TlsClient::name_peer`], called by the call driver after it resolves a destination), and an
 //! optional hook that counts failures (the gateway's `trunkline_tls_client_failures_total`).
 //! Gives: [`TlsClient::handshake`], which `sip::transport` runs on a new TCP connection before
@@ -127,58 +127,71 @@ type FailureHook = Arc<dyn Fn(TlsFailure) + Send + Sync>;
 /// The TLS client configuration and the names peers are reached by. Shared by every connection
 /// the transports open.
 pub struct TlsClient {
-    connector: TlsConnector,
+    /// `--tls-ca`, read again when it changes (a renewed Secret is picked up without a
+    /// restart); `None`: the roots never change.
+    ca: Option<PathBuf>,
+    /// The connector in use, and the stamp of the CA bundle it was built from.
+    current: Mutex<(Option<FileStamp>, TlsConnector)>,
     names: Mutex<HashMap<SocketAddr, String>>,
     on_failure: Option<FailureHook>,
+}
+
+/// What tells a changed file: its modification time and length.
+type FileStamp = (std::time::SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 impl TlsClient {
     /// The system's roots (a store that cannot be read is a warning: the CA bundle may be all
     /// that is needed) plus the certificates of `extra_ca`, a PEM bundle that must be readable
-    /// and hold at least one certificate.
+    /// and hold at least one certificate. The bundle is read again when it changes; a change
+    /// that cannot be used is logged and the previous roots are kept.
     pub fn load(extra_ca: Option<&Path>) -> Result<TlsClient, TlsClientError> {
-        let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::warn!(error = %e, "a system store of CA certificates could not be read");
+        let stamp = extra_ca.and_then(stamp);
+        let roots = load_roots(extra_ca)?;
+        let mut client = TlsClient::with_roots(roots)?;
+        client.ca = extra_ca.map(Path::to_path_buf);
+        if let Ok(mut current) = client.current.lock() {
+            current.0 = stamp;
         }
-        let (_, ignored) = roots.add_parsable_certificates(native.certs);
-        if ignored > 0 {
-            tracing::debug!(ignored, "system CA certificates that cannot be trust anchors");
-        }
-        let system = roots.len();
-        if let Some(path) = extra_ca {
-            for (index, cert) in read_ca_bundle(path)?.into_iter().enumerate() {
-                roots.add(cert).map_err(|e| TlsClientError::BadCa {
-                    path: path.to_path_buf(),
-                    index: index + 1,
-                    reason: e.to_string(),
-                })?;
-            }
-        }
-        if roots.is_empty() {
-            tracing::warn!(
-                "no trusted CA certificate (no system roots, no --tls-ca): every TLS connection \
-                 to a carrier or an agent runtime will fail"
-            );
-        }
-        tracing::debug!(system, total = roots.len(), "TLS client roots loaded");
-        TlsClient::with_roots(roots)
+        Ok(client)
     }
 
     /// A client that trusts exactly `roots`.
     pub fn with_roots(roots: RootCertStore) -> Result<TlsClient, TlsClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsClientError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(TlsClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            ca: None,
+            current: Mutex::new((None, connector(roots)?)),
             names: Mutex::new(HashMap::new()),
             on_failure: None,
         })
+    }
+
+    /// The connector to use now: rebuilt first when the CA bundle changed since the last use.
+    fn connector(&self) -> io::Result<TlsConnector> {
+        let mut current =
+            self.current.lock().map_err(|_| io::Error::other("TLS client lock poisoned"))?;
+        if let Some(path) = &self.ca {
+            let now = stamp(path);
+            if now != current.0 {
+                // Whatever happens, this version of the file is not read again.
+                current.0 = now;
+                match load_roots(Some(path)).and_then(connector) {
+                    Ok(fresh) => {
+                        tracing::info!(ca = %path.display(), "--tls-ca reloaded");
+                        current.1 = fresh;
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "--tls-ca changed and cannot be used; keeping the previous CA certificates"
+                    ),
+                }
+            }
+        }
+        Ok(current.1.clone())
     }
 
     /// Calls `hook` once for each failed handshake, with its reason (to count it).
@@ -226,7 +239,7 @@ impl TlsClient {
             )
         })?;
         let failure =
-            match tokio::time::timeout_at(deadline, self.connector.connect(server_name, stream))
+            match tokio::time::timeout_at(deadline, self.connector()?.connect(server_name, stream))
                 .await
             {
                 Ok(Ok(tls)) => return Ok(tls),
@@ -250,6 +263,47 @@ impl TlsClient {
         };
         Err(io::Error::new(kind, message))
     }
+}
+
+/// The system's roots plus those of `extra_ca`.
+fn load_roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "a system store of CA certificates could not be read");
+    }
+    let (_, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::debug!(ignored, "system CA certificates that cannot be trust anchors");
+    }
+    let system = roots.len();
+    if let Some(path) = extra_ca {
+        for (index, cert) in read_ca_bundle(path)?.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| TlsClientError::BadCa {
+                path: path.to_path_buf(),
+                index: index + 1,
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no trusted CA certificate (no system roots, no --tls-ca): every TLS connection \
+             to a carrier or an agent runtime will fail"
+        );
+    }
+    tracing::debug!(system, total = roots.len(), "TLS client roots loaded");
+    Ok(roots)
+}
+
+fn connector(roots: RootCertStore) -> Result<TlsConnector, TlsClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsClientError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The certificates of a PEM bundle; an unreadable file, a PEM error or no certificate at all
