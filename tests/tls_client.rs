@@ -267,6 +267,53 @@ async fn a_peer_that_never_answers_the_handshake_times_out_within_the_connect_ti
 }
 
 #[tokio::test]
+async fn messages_sent_at_once_to_a_new_peer_share_one_connection() {
+    let ca = TestCa::new("trunkline test CA");
+    let mut peer = Peer::start(&ca.issue(&["carrier.test"])).await;
+    let client = Client::trusting(&ca, Limits::default());
+    client.transports.name_peer(peer.addr, "carrier.test");
+    let (a, b, c) = tokio::join!(
+        client.send(peer.addr, options("a")),
+        client.send(peer.addr, options("b")),
+        client.send(peer.addr, options("c")),
+    );
+    a.and(b).and(c).expect("all three sent");
+    for _ in 0..3 {
+        assert!(peer.next().await.is_some(), "the peer got fewer than three messages");
+    }
+    assert_eq!(peer.accepted.load(Ordering::SeqCst), 1, "one handshake for the three");
+}
+
+#[tokio::test]
+async fn messages_waiting_for_a_handshake_that_times_out_fail_with_it_not_one_after_another() {
+    let ca = TestCa::new("trunkline test CA");
+    let silent =
+        TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], free_port()))).await.expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let limits = Limits { connect_timeout: Duration::from_millis(400), ..Limits::default() };
+    let client = Client::trusting(&ca, limits);
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        client.send(addr, options("a")),
+        client.send(addr, options("b")),
+        client.send(addr, options("c")),
+    );
+    for r in [a, b, c] {
+        let err = r.expect_err("no handshake");
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(1000), "took {:?}", started.elapsed());
+    assert_eq!(client.failures(), vec![TlsFailure::Timeout], "one attempt, counted once");
+    hold.abort();
+}
+
+#[tokio::test]
 async fn a_changed_tls_ca_file_is_used_for_the_next_connection_without_a_restart() {
     let old = TestCa::new("the CA of last year");
     let new = TestCa::new("the CA of this year");

@@ -263,7 +263,15 @@ pub struct Transports {
     /// The client of TLS connections we open; without one, sending over TLS to a peer with no
     /// open connection fails.
     tls_client: OnceLock<Arc<TlsClient>>,
+    /// One connection attempt at a time per peer: messages that find no connection wait for
+    /// the one being opened instead of opening their own (a burst of calls to one agent
+    /// runtime makes one TLS handshake, not one each).
+    connecting: Mutex<HashMap<(SocketAddr, Transport, Zone), Arc<ConnectGate>>>,
 }
+
+/// The turn to connect to one peer, and how the last attempt failed (messages that waited for
+/// it fail the same way instead of trying again one after the other).
+type ConnectGate = tokio::sync::Mutex<Option<(tokio::time::Instant, io::ErrorKind, String)>>;
 
 impl Transports {
     pub fn new(sink: Arc<dyn Sink>, limits: Limits) -> Arc<Transports> {
@@ -275,6 +283,7 @@ impl Transports {
             limits,
             sink,
             tls_client: OnceLock::new(),
+            connecting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -575,20 +584,61 @@ impl Transports {
                 socket.send_to(&bytes, target.remote).await.map(|_| ())
             }
             Transport::Tcp | Transport::Tls => {
-                let tx = self.connection_for(target);
-                let tx = match tx {
+                let tx = match self.connection_for(target) {
                     Some(tx) => tx,
-                    None => {
-                        let id = self.connect(target.protocol, target.zone, target.remote).await?;
-                        self.connection_tx(id)
-                            .ok_or_else(|| io::Error::other("connection closed at once"))?
-                    }
+                    None => self.open_connection(target).await?,
                 };
                 tx.send(bytes)
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
             }
         }
+    }
+
+    /// A connection to the target's peer: the one another message opened meanwhile, else a
+    /// new one (one attempt at a time per peer; a message that waited for an attempt that
+    /// failed gets its error).
+    async fn open_connection(
+        self: &Arc<Self>,
+        target: &Target,
+    ) -> io::Result<mpsc::Sender<Vec<u8>>> {
+        let key = (target.remote, target.protocol, target.zone);
+        let gate = {
+            let mut gates =
+                self.connecting.lock().map_err(|_| io::Error::other("transport lock poisoned"))?;
+            gates.entry(key).or_default().clone()
+        };
+        let asked = tokio::time::Instant::now();
+        let opened = {
+            let mut failed = gate.lock().await;
+            match (self.connection_for(target), &*failed) {
+                (Some(tx), _) => Ok(tx),
+                (None, Some((at, kind, message))) if *at >= asked => {
+                    Err(io::Error::new(*kind, message.clone()))
+                }
+                (None, _) => {
+                    let opened =
+                        match self.connect(target.protocol, target.zone, target.remote).await {
+                            Ok(id) => self
+                                .connection_tx(id)
+                                .ok_or_else(|| io::Error::other("connection closed at once")),
+                            Err(e) => Err(e),
+                        };
+                    *failed = opened
+                        .as_ref()
+                        .err()
+                        .map(|e| (tokio::time::Instant::now(), e.kind(), e.to_string()));
+                    opened
+                }
+            }
+        };
+        if let Ok(mut gates) = self.connecting.lock() {
+            // Nobody else holds or waits on this gate: forget it (the map stays small).
+            if Arc::strong_count(&gate) == 2 {
+                gates.remove(&key);
+            }
+        }
+        opened
     }
 
     fn udp_socket(&self, zone: Zone, remote: SocketAddr) -> io::Result<Arc<UdpSocket>> {
