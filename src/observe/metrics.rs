@@ -527,6 +527,14 @@ impl GatewayMetrics {
         self.sip_messages.with_label_values(&[transport, kind]).inc();
     }
 
+    /// Exports `trunkline_tls_client_failures_total` at 0 for each of `reasons` (every value
+    /// of `sip::tls_client::TlsFailure`), so that `rate()` works from the first failure.
+    pub fn export_tls_client_failures(&self, reasons: &[&str]) {
+        for reason in reasons {
+            let _ = self.tls_client_failures.with_label_values(&[*reason]);
+        }
+    }
+
     /// Counts one failed TLS handshake toward a carrier or an agent runtime; `reason` is a fixed
     /// name (`sip::tls_client::TlsFailure::as_str`).
     pub fn tls_client_failure(&self, reason: &str) {
@@ -644,6 +652,16 @@ mod tests {
             let line = format!(r#"trunkline_auth_failures_total{{reason="{}"}} {n}"#, r.as_str());
             assert!(text.contains(&line), "missing {line}");
         }
+    }
+
+    #[test]
+    fn tls_client_failures_are_exported_at_zero_and_counted_by_reason() {
+        let m = GatewayMetrics::new();
+        m.export_tls_client_failures(&["unknown_ca", "timeout"]);
+        m.tls_client_failure("unknown_ca");
+        let text = m.render();
+        assert!(text.contains(r#"trunkline_tls_client_failures_total{reason="unknown_ca"} 1"#));
+        assert!(text.contains(r#"trunkline_tls_client_failures_total{reason="timeout"} 0"#));
     }
 
     #[test]

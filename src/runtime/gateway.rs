@@ -32,7 +32,7 @@ use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
-use crate::sip::tls_client::{TlsClient, TlsClientError};
+use crate::sip::tls_client::{TlsClient, TlsClientError, TlsFailure};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
 use crate::source::credentials::StateDir;
 use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
@@ -291,6 +291,7 @@ pub async fn serve_until(
     gateway.use_media_threads(Arc::new(media));
     let transports = Transports::new(gateway.sink(), transport::Limits::default());
     gateway.attach(transports.clone());
+    metrics.export_tls_client_failures(&TlsFailure::ALL.map(TlsFailure::as_str));
     let tls_metrics = metrics.clone();
     transports.use_tls_client(Arc::new(
         tls_client.on_failure(move |reason| tls_metrics.tls_client_failure(reason.as_str())),
