@@ -1,11 +1,11 @@
 //! The task that runs one [`Call`] over the world: it feeds the call the messages the gateway
 //! routes to it (by Call-ID), the clock and the relay's reports, and carries out the call's
-//! actions — sends on the transports, name lookups, the RTP relay, metrics and logs, and the
-//! call's slot. Everything the call decides is in `call::machine`; this file decides nothing.
+//! actions — sends on the transports, name lookups (`sip::resolve`, cached; the name found is
+//! given to the transports for TLS), the RTP relay, metrics and logs, and the call's slot.
+//! Everything the call decides is in `call::machine`; this file decides nothing.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,6 @@ use crate::sip::msg::Message;
 use super::limits::CallPermit;
 use super::machine::{Action, Call, Ended, MediaEvent, Record, RelayUpdate};
 use super::services::{CallInput, CallServices};
-
-/// How long a name lookup of a dialed leg's host may take.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
 /// active calls, what it is labelled with in metrics and logs, and the table it started with
@@ -156,7 +153,11 @@ impl Driver {
                     Vec::new()
                 }
                 Action::Resolve { leg, host, port } => {
-                    let address = resolve(&host, port).await;
+                    let address = self.gw.resolver.lookup(&host, port).await;
+                    if let (Ok(address), Some(t)) = (&address, self.gw.transports.get()) {
+                        // A TLS connection to it checks the certificate against this name.
+                        t.name_peer(*address, &host);
+                    }
                     self.call.on_resolved(Instant::now(), leg, address)
                 }
                 Action::StartRelay { a, b, media_timeout } => {
@@ -250,15 +251,5 @@ impl Driver {
                 "call media"
             );
         });
-    }
-}
-
-/// The address of a host name, in at most [`LOOKUP_TIMEOUT`].
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)));
-    match lookup.await {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
-        Ok(Err(e)) => Err(format!("{host}: {e}")),
-        Err(_) => Err(format!("{host}: DNS lookup timed out")),
     }
 }

@@ -17,6 +17,7 @@ use crate::media::ports::PortAllocator;
 use crate::media::relay::{MediaThreads, Relay, RelayConfig};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::msg::{Request, Response};
+use crate::sip::resolve::Resolver;
 use crate::sip::transport::{Protocol, Source, Target, Transports, Zone};
 
 /// What the gateway is told at start.
@@ -88,6 +89,8 @@ pub struct CallServices {
     media: OnceLock<Arc<MediaThreads>>,
     /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
     active: AtomicUsize,
+    /// Host names of dialed legs to addresses, with a short cache shared by every call.
+    pub(super) resolver: Resolver,
 }
 
 impl CallServices {
@@ -113,6 +116,7 @@ impl CallServices {
             ports,
             media: OnceLock::new(),
             active: AtomicUsize::new(0),
+            resolver: Resolver::system(),
         })
     }
 

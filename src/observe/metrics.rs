@@ -18,6 +18,7 @@
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
+//! | `trunkline_tls_client_failures_total` | counter | `reason` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
 //! | `trunkline_rtp_jitter_seconds` | histogram | `trunk`, `leg` |
 //! | `trunkline_rtp_port_pairs` | gauge | `state` (`free`, `used`) |
@@ -39,6 +40,9 @@
 //! - `leg` is `carrier` or `agent`; `state` is `free` or `used`; `version` is the crate's.
 //! - `transport` is `udp`, `tcp` or `tls`; `kind` is `request`, `response` or `malformed`; `rule`
 //!   is a fixed rule name of the refusing step; `status` a SIP status code.
+//! - `reason` of `trunkline_tls_client_failures_total` is a fixed name of what failed in a TLS
+//!   handshake we started (`sip::tls_client::TlsFailure`: `unknown_ca`, `name_mismatch`,
+//!   `expired`, `bad_certificate`, `timeout`, `handshake`); never the peer's name or address.
 //! - No source IP, username, Call-ID or credential ever becomes a label (unbounded, and private).
 
 use std::collections::BTreeSet;
@@ -273,6 +277,7 @@ pub struct GatewayMetrics {
     peer_auth: IntCounterVec,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
+    tls_client_failures: IntCounterVec,
     config_info: IntGaugeVec,
     /// The hash label currently exported by `config_info` (exactly one series at a time).
     config_hash: Mutex<Option<String>>,
@@ -395,6 +400,12 @@ impl GatewayMetrics {
             "Numbers routed by the routing table in use.",
             r,
         )?;
+        let tls_client_failures = register_int_counter_vec_with_registry!(
+            "trunkline_tls_client_failures_total",
+            "TLS handshakes with carriers and agent runtimes that failed, by reason.",
+            &["reason"],
+            r,
+        )?;
         let reloads = register_int_counter_vec_with_registry!(
             "trunkline_config_reloads_total",
             "Routing table reloads, by result (ok: swapped in, rejected: the old one kept).",
@@ -418,6 +429,7 @@ impl GatewayMetrics {
             (&refusals, P),
             (&setup, H),
             (&sip_messages, P),
+            (&tls_client_failures, P),
             (&config_info, P),
             (&config_trunks, P),
             (&config_numbers, P),
@@ -438,6 +450,7 @@ impl GatewayMetrics {
             peer_auth,
             setup,
             sip_messages,
+            tls_client_failures,
             config_info,
             config_hash: Mutex::new(None),
             config_trunks,
@@ -542,6 +555,20 @@ impl GatewayMetrics {
     /// `response` or `malformed` (could not be parsed or failed the message checks).
     pub fn sip_message(&self, transport: &str, kind: &str) {
         self.sip_messages.with_label_values(&[transport, kind]).inc();
+    }
+
+    /// Exports `trunkline_tls_client_failures_total` at 0 for each of `reasons` (every value
+    /// of `sip::tls_client::TlsFailure`), so that `rate()` works from the first failure.
+    pub fn export_tls_client_failures(&self, reasons: &[&str]) {
+        for reason in reasons {
+            let _ = self.tls_client_failures.with_label_values(&[*reason]);
+        }
+    }
+
+    /// Counts one failed TLS handshake toward a carrier or an agent runtime; `reason` is a fixed
+    /// name (`sip::tls_client::TlsFailure::as_str`).
+    pub fn tls_client_failure(&self, reason: &str) {
+        self.tls_client_failures.with_label_values(&[reason]).inc();
     }
 
     /// Publishes the routing table in use: `trunkline_config_info{hash}` = 1 with the previous
@@ -655,6 +682,16 @@ mod tests {
             let line = format!(r#"trunkline_auth_failures_total{{reason="{}"}} {n}"#, r.as_str());
             assert!(text.contains(&line), "missing {line}");
         }
+    }
+
+    #[test]
+    fn tls_client_failures_are_exported_at_zero_and_counted_by_reason() {
+        let m = GatewayMetrics::new();
+        m.export_tls_client_failures(&["unknown_ca", "timeout"]);
+        m.tls_client_failure("unknown_ca");
+        let text = m.render();
+        assert!(text.contains(r#"trunkline_tls_client_failures_total{reason="unknown_ca"} 1"#));
+        assert!(text.contains(r#"trunkline_tls_client_failures_total{reason="timeout"} 0"#));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
+use crate::sip::tls_client::{TlsClient, TlsClientError, TlsFailure};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
 use crate::source::credentials::StateDir;
 use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
@@ -124,6 +125,8 @@ pub enum ServeError {
     Tls(std::io::Error),
     #[error("--agent-credentials {0}")]
     AgentCredentials(#[from] AgentCredentialsError),
+    #[error(transparent)]
+    TlsClient(#[from] TlsClientError),
     #[error("cannot start the media threads")]
     MediaThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -184,6 +187,9 @@ pub async fn serve_until(
     } else {
         options.internal_listen.clone()
     };
+    // The system roots and --tls-ca: a bundle that cannot be used stops the start here, before
+    // anything is bound.
+    let tls_client = TlsClient::load(options.tls_ca.as_deref())?;
     let metrics = Arc::new(GatewayMetrics::new());
     let health = Health::new();
     let report =
@@ -294,6 +300,11 @@ pub async fn serve_until(
     gateway.use_media_threads(Arc::new(media));
     let transports = Transports::new(gateway.sink(), transport::Limits::default());
     gateway.attach(transports.clone());
+    metrics.export_tls_client_failures(&TlsFailure::ALL.map(TlsFailure::as_str));
+    let tls_metrics = metrics.clone();
+    transports.use_tls_client(Arc::new(
+        tls_client.on_failure(move |reason| tls_metrics.tls_client_failure(reason.as_str())),
+    ));
 
     let tls = match &options.tls {
         Some((cert, key)) => {

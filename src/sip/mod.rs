@@ -1,10 +1,13 @@
 //! The SIP layer: the message facade over `ezk-sip-types` with the gateway's own message-level
-//! checks (`msg`), transports (UDP, TCP, TLS), transaction state machines (RFC 3261 §17) and
+//! checks (`msg`), transports (UDP, TCP, TLS; `tls_client` for the TLS connections we open),
+//! name resolution with a short cache (`resolve`), transaction state machines (RFC 3261 §17) and
 //! digest authentication (RFC 3261 §22, RFC 7616): the server side (`digest`) and the answers
 //! to a carrier's challenges (`digest_client`). Pure parts (messages,
 //! transactions, digest) are kept apart from sockets.
 pub mod digest;
 pub mod digest_client;
 pub mod msg;
+pub mod resolve;
+pub mod tls_client;
 pub mod transaction;
 pub mod transport;

@@ -9,6 +9,12 @@
 //! go back on the connection the request came on, requests to a peer go on an open connection
 //! to it when there is one (RFC 3261 §18.1.1 / §18.2.2).
 //!
+//! Connections the gateway opens itself (to a carrier or an agent runtime) are TCP, or TLS
+//! through [`TlsClient`] (server name and certificate check: see `sip::tls_client`); connect and
+//! handshake together take at most [`Limits::connect_timeout`]. Once open they are served like
+//! accepted ones: later messages to the peer reuse them and the peer's requests on them are
+//! delivered to the [`Sink`].
+//!
 //! Called by the gateway (`call::gateway`), which owns the listeners, and by the B2BUA, which
 //! sends.
 
@@ -17,7 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use super::msg::{self, Frame, MAX_MESSAGE_SIZE, Message, ParseError};
+use super::tls_client::TlsClient;
 
 pub use crate::api::Transport;
 
@@ -253,7 +260,18 @@ pub struct Transports {
     open: Arc<AtomicUsize>,
     limits: Limits,
     sink: Arc<dyn Sink>,
+    /// The client of TLS connections we open; without one, sending over TLS to a peer with no
+    /// open connection fails.
+    tls_client: OnceLock<Arc<TlsClient>>,
+    /// One connection attempt at a time per peer: messages that find no connection wait for
+    /// the one being opened instead of opening their own (a burst of calls to one agent
+    /// runtime makes one TLS handshake, not one each).
+    connecting: Mutex<HashMap<(SocketAddr, Transport, Zone), Arc<ConnectGate>>>,
 }
+
+/// The turn to connect to one peer, and how the last attempt failed (messages that waited for
+/// it fail the same way instead of trying again one after the other).
+type ConnectGate = tokio::sync::Mutex<Option<(tokio::time::Instant, io::ErrorKind, String)>>;
 
 impl Transports {
     pub fn new(sink: Arc<dyn Sink>, limits: Limits) -> Arc<Transports> {
@@ -264,7 +282,23 @@ impl Transports {
             open: Arc::new(AtomicUsize::new(0)),
             limits,
             sink,
+            tls_client: OnceLock::new(),
+            connecting: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Opens TLS connections to peers with `client` (set once; later calls are ignored).
+    pub fn use_tls_client(&self, client: Arc<TlsClient>) {
+        let _ = self.tls_client.set(client);
+    }
+
+    /// `remote` is reached by the host name `host`: a TLS connection opened to it checks the
+    /// certificate against that name (and sends it as SNI). The call driver calls this after it
+    /// resolves a destination; an address never named is checked as an IP address.
+    pub fn name_peer(&self, remote: SocketAddr, host: &str) {
+        if let Some(client) = self.tls_client.get() {
+            client.name_peer(remote, host);
+        }
     }
 
     /// Binds a listener and starts serving it. Returns the bound address (port 0 resolved).
@@ -376,33 +410,53 @@ impl Transports {
         }
     }
 
-    /// Opens a connection to `remote` and serves it. Used to reach agents and carriers.
+    /// Opens a connection to `remote` (TCP, or TLS through the [`TlsClient`]) and serves it.
+    /// Used to reach agents and carriers.
     async fn connect(
         self: &Arc<Self>,
         protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
     ) -> io::Result<ConnId> {
-        if protocol == Transport::Tls {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "sending over TLS to a peer is not supported yet (listeners only)",
-            ));
-        }
+        let tls = match protocol {
+            Transport::Tls => Some(self.tls_client.get().cloned().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot open TLS to {remote}: no TLS client configured"),
+                )
+            })?),
+            _ => None,
+        };
         if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
             return Err(io::Error::other("connection limit reached"));
         }
-        let stream = tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(remote))
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(remote))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, format!("connect to {remote} timed out"))
+            })?
+            .map_err(|e| io::Error::new(e.kind(), format!("connect to {remote}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
-        let (id, rx) = self.register(protocol, zone, remote);
         let this = self.clone();
-        tokio::spawn(async move {
-            this.serve_connection(stream, id, rx, protocol, zone, remote, local).await
-        });
-        Ok(id)
+        match tls {
+            None => {
+                let (id, rx) = self.register(protocol, zone, remote);
+                tokio::spawn(async move {
+                    this.serve_connection(stream, id, rx, protocol, zone, remote, local).await
+                });
+                Ok(id)
+            }
+            Some(client) => {
+                let stream = client.handshake(stream, remote, deadline).await?;
+                let (id, rx) = self.register(protocol, zone, remote);
+                tokio::spawn(async move {
+                    this.serve_connection(stream, id, rx, protocol, zone, remote, local).await
+                });
+                Ok(id)
+            }
+        }
     }
 
     fn register(
@@ -530,20 +584,61 @@ impl Transports {
                 socket.send_to(&bytes, target.remote).await.map(|_| ())
             }
             Transport::Tcp | Transport::Tls => {
-                let tx = self.connection_for(target);
-                let tx = match tx {
+                let tx = match self.connection_for(target) {
                     Some(tx) => tx,
-                    None => {
-                        let id = self.connect(target.protocol, target.zone, target.remote).await?;
-                        self.connection_tx(id)
-                            .ok_or_else(|| io::Error::other("connection closed at once"))?
-                    }
+                    None => self.open_connection(target).await?,
                 };
                 tx.send(bytes)
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
             }
         }
+    }
+
+    /// A connection to the target's peer: the one another message opened meanwhile, else a
+    /// new one (one attempt at a time per peer; a message that waited for an attempt that
+    /// failed gets its error).
+    async fn open_connection(
+        self: &Arc<Self>,
+        target: &Target,
+    ) -> io::Result<mpsc::Sender<Vec<u8>>> {
+        let key = (target.remote, target.protocol, target.zone);
+        let gate = {
+            let mut gates =
+                self.connecting.lock().map_err(|_| io::Error::other("transport lock poisoned"))?;
+            gates.entry(key).or_default().clone()
+        };
+        let asked = tokio::time::Instant::now();
+        let opened = {
+            let mut failed = gate.lock().await;
+            match (self.connection_for(target), &*failed) {
+                (Some(tx), _) => Ok(tx),
+                (None, Some((at, kind, message))) if *at >= asked => {
+                    Err(io::Error::new(*kind, message.clone()))
+                }
+                (None, _) => {
+                    let opened =
+                        match self.connect(target.protocol, target.zone, target.remote).await {
+                            Ok(id) => self
+                                .connection_tx(id)
+                                .ok_or_else(|| io::Error::other("connection closed at once")),
+                            Err(e) => Err(e),
+                        };
+                    *failed = opened
+                        .as_ref()
+                        .err()
+                        .map(|e| (tokio::time::Instant::now(), e.kind(), e.to_string()));
+                    opened
+                }
+            }
+        };
+        if let Ok(mut gates) = self.connecting.lock() {
+            // Nobody else holds or waits on this gate: forget it (the map stays small).
+            if Arc::strong_count(&gate) == 2 {
+                gates.remove(&key);
+            }
+        }
+        opened
     }
 
     fn udp_socket(&self, zone: Zone, remote: SocketAddr) -> io::Result<Arc<UdpSocket>> {

@@ -1,11 +1,17 @@
-//! Kamailio as a TLS front for sipp, whose Debian build has no TLS: sipp sends its calls over UDP
-//! to Kamailio, which relays them over TLS to the gateway's `tls://` listener (and relays the
-//! responses back). Debian packages `kamailio` and `kamailio-tls-modules`.
+//! Kamailio as a TLS front for sipp, whose Debian build has no TLS. Debian packages `kamailio`
+//! and `kamailio-tls-modules`. Two ways round:
 //!
-//! The front does not record-route: requests inside the dialog (ACK, BYE from sipp) are relayed
-//! to their Request-URI, which is the gateway's Contact (`;transport=tls`). The gateway's own
-//! requests inside the dialog (a BYE from the agent side) go straight to sipp's Contact, over
-//! UDP: use this front for calls the carrier hangs up.
+//! - [`TlsFront::start`] (carrier side): sipp sends its calls over UDP to Kamailio, which relays
+//!   them over TLS to the gateway's `tls://` listener (and relays the responses back).
+//! - [`TlsFront::start_agent_side`] (agent side): Kamailio listens on TLS with a certificate the
+//!   test gives (signed by a test CA) and relays what the gateway sends it over UDP to sipp as
+//!   the agent runtime; the gateway is the TLS client.
+//!
+//! The front does not record-route: requests inside the dialog are relayed to their
+//! Request-URI, which is the Contact of the side that did not send them. On the carrier side the
+//! gateway's own requests inside the dialog (a BYE from the agent side) go straight to sipp's
+//! Contact, over UDP; on the agent side sipp's Contact is UDP and the gateway still sends on the
+//! TLS connection it opened. Use either front for calls the carrier hangs up.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -13,6 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ca::ServerCert;
 use super::net::{self, LOCALHOST, TempDir};
 
 /// How long `start` waits for Kamailio to bind its UDP port.
@@ -32,23 +39,47 @@ pub struct TlsFront {
     child: Child,
     log: PathBuf,
     udp_port: u16,
+    tls_port: u16,
     _dir: TempDir,
+}
+
+/// Where the front relays new requests.
+#[derive(Clone, Copy)]
+enum Relay {
+    /// From sipp (UDP) to the gateway's TLS listener.
+    ToGatewayOverTls(SocketAddr),
+    /// From the gateway (TLS) to sipp as the agent runtime (UDP).
+    ToAgentOverUdp(SocketAddr),
 }
 
 impl TlsFront {
     /// Starts Kamailio relaying what arrives on a free 127.0.0.1 UDP port to `gateway_tls` over
     /// TLS (the gateway's certificate is not verified).
     pub fn start(gateway_tls: SocketAddr) -> TlsFront {
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let own = rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
+        let cert =
+            ServerCert { cert_pem: own.cert.pem(), key_pem: own.signing_key.serialize_pem() };
+        TlsFront::start_relay(Relay::ToGatewayOverTls(gateway_tls), &cert)
+    }
+
+    /// Starts Kamailio listening on a free 127.0.0.1 TLS port ([`TlsFront::tls`]) with `cert`,
+    /// relaying the new requests that arrive there to sipp at `agent` over UDP.
+    pub fn start_agent_side(cert: &ServerCert, agent: SocketAddr) -> TlsFront {
+        TlsFront::start_relay(Relay::ToAgentOverUdp(agent), cert)
+    }
+
+    fn start_relay(relay: Relay, cert: &ServerCert) -> TlsFront {
         // The ports are free when chosen, but another test may bind one before Kamailio does:
         // that race gets new ports, any other failure is the test's.
         for _ in 0..BIND_ATTEMPTS - 1 {
-            match TlsFront::try_start(gateway_tls) {
+            match TlsFront::try_start(relay, cert) {
                 Ok(front) => return front,
                 Err(Failed::PortTaken) => continue,
                 Err(Failed::Other(why)) => panic!("{why}"),
             }
         }
-        match TlsFront::try_start(gateway_tls) {
+        match TlsFront::try_start(relay, cert) {
             Ok(front) => front,
             Err(Failed::PortTaken) => {
                 panic!("kamailio found its ports taken {BIND_ATTEMPTS} times")
@@ -57,15 +88,13 @@ impl TlsFront {
         }
     }
 
-    fn try_start(gateway_tls: SocketAddr) -> Result<TlsFront, Failed> {
+    fn try_start(relay: Relay, own: &ServerCert) -> Result<TlsFront, Failed> {
         let dir = TempDir::new("kamailio");
         let udp_port = net::free_port();
         let tls_port = net::free_port();
-        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let own = rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
         let (cert, key) = (dir.join("kamailio.crt"), dir.join("kamailio.key"));
-        std::fs::write(&cert, own.cert.pem()).expect("write the test certificate");
-        std::fs::write(&key, own.signing_key.serialize_pem()).expect("write the test key");
+        std::fs::write(&cert, &own.cert_pem).expect("write the test certificate");
+        std::fs::write(&key, &own.key_pem).expect("write the test key");
         let tls_cfg = dir.join("tls.cfg");
         std::fs::write(
             &tls_cfg,
@@ -80,7 +109,7 @@ impl TlsFront {
         )
         .expect("write tls.cfg");
         let cfg = dir.join("kamailio.cfg");
-        std::fs::write(&cfg, config(udp_port, tls_port, gateway_tls, &tls_cfg))
+        std::fs::write(&cfg, config(udp_port, tls_port, relay, &tls_cfg))
             .expect("write kamailio.cfg");
         let run = dir.join("run");
         std::fs::create_dir_all(&run).expect("create kamailio's runtime dir");
@@ -102,9 +131,11 @@ impl TlsFront {
                      kamailio-tls-modules` (tests/run.sh does)"
                 )
             });
-        let mut front = TlsFront { child, log, udp_port, _dir: dir };
+        let mut front = TlsFront { child, log, udp_port, tls_port, _dir: dir };
         let deadline = Instant::now() + READY_WITHIN;
-        while !net::wait_bound(LOCALHOST, udp_port, false, Duration::from_millis(200)) {
+        while !(net::wait_bound(LOCALHOST, udp_port, false, Duration::from_millis(200))
+            && net::wait_bound(LOCALHOST, tls_port, true, Duration::from_millis(200)))
+        {
             if let Ok(Some(status)) = front.child.try_wait() {
                 if front.log_text().contains("Address already in use") {
                     return Err(Failed::PortTaken);
@@ -116,7 +147,8 @@ impl TlsFront {
             }
             if Instant::now() >= deadline {
                 return Err(Failed::Other(format!(
-                    "kamailio did not bind 127.0.0.1:{udp_port} within {READY_WITHIN:?}"
+                    "kamailio did not bind 127.0.0.1:{udp_port} (UDP) and 127.0.0.1:{tls_port} \
+                     (TLS) within {READY_WITHIN:?}"
                 )));
             }
         }
@@ -126,6 +158,11 @@ impl TlsFront {
     /// Where sipp sends its calls (UDP).
     pub fn udp(&self) -> SocketAddr {
         SocketAddr::from((LOCALHOST, self.udp_port))
+    }
+
+    /// Where Kamailio takes TLS connections.
+    pub fn tls(&self) -> SocketAddr {
+        SocketAddr::from((LOCALHOST, self.tls_port))
     }
 
     pub fn log_text(&self) -> String {
@@ -163,9 +200,14 @@ fn path(p: &std::path::Path) -> String {
     p.to_str().expect("temp paths are UTF-8").to_string()
 }
 
-/// The relay: new requests to the gateway over TLS, in-dialog requests to their Request-URI,
-/// CANCEL and ACK matched to their transactions. Logs every message it sends (`onsend_route`).
-fn config(udp_port: u16, tls_port: u16, gateway: SocketAddr, tls_cfg: &std::path::Path) -> String {
+/// The relay: new requests to their side (the gateway over TLS, or the agent over UDP),
+/// in-dialog requests to their Request-URI, CANCEL and ACK matched to their transactions. Logs
+/// every message it sends (`onsend_route`).
+fn config(udp_port: u16, tls_port: u16, relay: Relay, tls_cfg: &std::path::Path) -> String {
+    let next_hop = match relay {
+        Relay::ToGatewayOverTls(gateway) => format!("sip:{gateway};transport=tls"),
+        Relay::ToAgentOverUdp(agent) => format!("sip:{agent};transport=udp"),
+    };
     format!(
         r#"#!KAMAILIO
 debug=2
@@ -192,7 +234,7 @@ request_route {{
 	if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
 	if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
 	if (has_totag()) {{ t_relay(); exit; }}
-	$du = "sip:{gateway};transport=tls";
+	$du = "{next_hop}";
 	t_relay();
 }}
 

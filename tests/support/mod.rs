@@ -11,6 +11,7 @@
 //!   scenarios live in `tests/sipp/` (their headers say what each one checks);
 //! - [`kamailio`]: a TLS front for sipp (Debian's sipp has no TLS);
 //! - [`linphone`]: linphonec as a carrier that answers SHA-256 digest challenges;
+//! - [`ca`]: a test CA that signs the certificates of TLS peers (`--tls-ca`);
 //! - [`digest`]: recomputes a client's digest answer, to prove what it sent.
 //!
 //! A test file uses it with `mod support;`. Whatever a test leaves behind is killed or removed on
@@ -23,6 +24,7 @@
 #![allow(clippy::panic, clippy::unwrap_used)]
 
 pub mod apiserver;
+pub mod ca;
 pub mod digest;
 pub mod gateway;
 pub mod kamailio;
