@@ -5,6 +5,10 @@
 //! new INVITEs get 503 and `/readyz` says draining while calls in progress go on, until they end
 //! or the drain deadline passes.
 //!
+//! With `--api-token-file`, the call API (`observe::api`, `POST /v1/calls`...) listens on
+//! `--api`, driven by the gateway's `call_control()`; it stays up through the drain like the admin
+//! endpoints. A token file that cannot be read is an error before anything is bound.
+//!
 //! The two sources:
 //! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
 //!   generated into the state folder, which also keeps the digest nonce key), then watches it.
@@ -30,6 +34,7 @@ use crate::config::Snapshot;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
+use crate::observe::api::{TokenFile, TokenFileError, serve_api};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
@@ -125,6 +130,9 @@ pub enum ServeError {
     MediaThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Listen { addr: String, source: std::io::Error },
+    /// `--api-token-file` cannot be read (or holds no usable token).
+    #[error(transparent)]
+    ApiToken(#[from] TokenFileError),
 }
 
 fn default_listeners(zone: Zone) -> Vec<ListenAddr> {
@@ -180,6 +188,11 @@ pub async fn serve_until(
         default_listeners(Zone::Internal)
     } else {
         options.internal_listen.clone()
+    };
+    // The call API's token is read before anything is bound: a bad file stops the start.
+    let api_token = match &options.api_token_file {
+        Some(path) => Some(TokenFile::open(path)?),
+        None => None,
     };
     let metrics = Arc::new(GatewayMetrics::new());
     let health = Health::new();
@@ -307,6 +320,23 @@ pub async fn serve_until(
         Some(task) => task,
         None => start_admin(&options, &metrics, &health, &report, &stop).await?,
     };
+    // The call API (only with a token file); like the admin endpoints it stays up through the
+    // drain, so that calls in progress can still be read and hung up (new ones get `draining`).
+    let api_task = match api_token {
+        Some(token) => {
+            let api = tokio::net::TcpListener::bind(options.api)
+                .await
+                .map_err(|source| ServeError::Listen { addr: options.api.to_string(), source })?;
+            tracing::info!("call API on http://{}", api.local_addr().unwrap_or(options.api));
+            Some(tokio::spawn(serve_api(
+                api,
+                gateway.call_control(),
+                token,
+                stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     // Config reloads: the source publishes snapshots; the gateway reads the latest.
     let metrics_task = {
@@ -333,6 +363,9 @@ pub async fn serve_until(
     tracing::info!(calls_left = gateway.active_calls(), "stopping");
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Some(api_task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    }
     first.source_task.abort();
     metrics_task.abort();
     Ok(())
