@@ -327,7 +327,6 @@ pub async fn serve_until(
             let api = tokio::net::TcpListener::bind(options.api)
                 .await
                 .map_err(|source| ServeError::Listen { addr: options.api.to_string(), source })?;
-            tracing::info!("call API on http://{}", api.local_addr().unwrap_or(options.api));
             Some(tokio::spawn(serve_api(
                 api,
                 gateway.call_control(),
