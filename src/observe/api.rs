@@ -10,6 +10,9 @@
 //! - `GET /v1/openapi.json`: the OpenAPI 3.0 document of all this ([`openapi_document`]); no
 //!   token needed.
 //!
+//! Only clients from the agent networks (`--agent-networks`, the agent-facing trust zone of
+//! DESIGN §3) are answered; any other source gets 403 `forbidden` on every path.
+//!
 //! Every `/v1/calls` route needs `Authorization: Bearer <token>`, the token being the content of
 //! a [`TokenFile`] (re-read when the file changes, so a rotated Secret works without a restart;
 //! compared in constant time; never logged). A missing, malformed or wrong token gets 401
@@ -30,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,12 +42,13 @@ use std::time::SystemTime;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
+use ipnet::IpNet;
 use schemars::JsonSchema;
 use schemars::generate::{Contract, SchemaSettings};
 use serde::{Deserialize, Serialize};
@@ -187,12 +192,14 @@ pub struct ApiError {
     pub retry_after_seconds: Option<u32>,
 }
 
+// No doc comment on a variant: schemars would then describe the enum as `oneOf` of constants.
 /// The stable codes of [`ApiError`], snake_case in JSON. Their usual status is
-/// [`ErrorCode::status`].
+/// [`ErrorCode::status`]; `forbidden` is a client outside the agent networks.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Unauthorized,
+    Forbidden,
     BadRequest,
     NotFound,
     MethodNotAllowed,
@@ -210,8 +217,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -231,6 +239,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -248,7 +257,7 @@ impl ErrorCode {
         }
     }
 
-    /// The usual HTTP status of the code: 401, 400, 404, 405; 422 for a request that is well
+    /// The usual HTTP status of the code: 401, 403 (`forbidden`), 400, 404, 405; 422 for a request that is well
     /// formed but names something the routing table does not allow (trunk, number, agent URI,
     /// codecs); 403 for what the trunk's policy forbids (agent, caller id); 429 over the trunk's
     /// limits; 503 while draining or when calls cannot be placed; 500.
@@ -263,7 +272,9 @@ impl ErrorCode {
             | ErrorCode::BadNumber
             | ErrorCode::NoAgentUri
             | ErrorCode::NoCommonCodec => 422,
-            ErrorCode::AgentNotAllowed | ErrorCode::CallerIdNotAllowed => 403,
+            ErrorCode::Forbidden | ErrorCode::AgentNotAllowed | ErrorCode::CallerIdNotAllowed => {
+                403
+            }
             ErrorCode::LimitReached => 429,
             ErrorCode::Draining | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
@@ -726,21 +737,25 @@ fn hmac_tag(key: &[u8; 32], token: &[u8]) -> [u8; 32] {
 struct ApiState {
     control: Arc<dyn CallControl>,
     token: Arc<TokenFile>,
+    /// The networks clients may come from.
+    sources: Arc<[IpNet]>,
     openapi: Bytes,
 }
 
-/// Serves the call API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+/// Serves the call API on `listener` to clients from `sources` (the agent networks; none: no
+/// client) until `shutdown` completes, then lets requests in flight finish.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     control: Arc<dyn CallControl>,
     token: Arc<TokenFile>,
+    sources: Vec<IpNet>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, token_file = %token.path().display(), "call API listening");
+        tracing::info!(%addr, token_file = %token.path().display(), ?sources, "call API listening");
     }
-    axum::serve(listener, router(control, token)).with_graceful_shutdown(shutdown).await
+    let app = router(control, token, sources).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// The routes of the API, as the OpenAPI document lists them (a test checks both agree).
@@ -750,8 +765,9 @@ pub const ROUTES: [(&str, &[Method]); 3] = [
     ("/v1/openapi.json", &[Method::GET]),
 ];
 
-/// The API's router (what [`serve_api`] serves).
-pub fn router(control: Arc<dyn CallControl>, token: Arc<TokenFile>) -> Router {
+/// The API's router (what [`serve_api`] serves). It needs the client's address
+/// (`into_make_service_with_connect_info::<SocketAddr>`): without it every request is refused.
+pub fn router(control: Arc<dyn CallControl>, token: Arc<TokenFile>, sources: Vec<IpNet>) -> Router {
     let openapi = match serde_json::to_vec_pretty(&openapi_document()) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
@@ -759,7 +775,7 @@ pub fn router(control: Arc<dyn CallControl>, token: Arc<TokenFile>) -> Router {
             Bytes::from_static(b"{}")
         }
     };
-    let state = ApiState { control, token, openapi };
+    let state = ApiState { control, token, sources: sources.into(), openapi };
     Router::new()
         .route("/v1/calls", post(create_call))
         .route("/v1/calls/{id}", get(show_call).delete(hang_up_call))
@@ -768,7 +784,29 @@ pub fn router(control: Arc<dyn CallControl>, token: Arc<TokenFile>) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), require_agent_network))
         .with_state(state)
+}
+
+/// Answers only clients from the agent networks (before the token is looked at).
+async fn require_agent_network(
+    State(s): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer =
+        request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
+    match peer {
+        Some(ip) if s.sources.iter().any(|net| net.contains(&ip)) => next.run(request).await,
+        _ => {
+            tracing::debug!(peer = ?peer, "call API: a client outside the agent networks");
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "this address may not use the call API (the gateway's --agent-networks)",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Lets a request through only with the token in force.
@@ -960,6 +998,7 @@ pub fn openapi_document() -> serde_json::Value {
         "the request is malformed: not JSON, an unknown field, a field out of bounds",
     );
     let internal = error(&[ErrorCode::Internal], "a fault of the gateway");
+    let forbidden = error(&[ErrorCode::Forbidden], "the client is outside the agent networks");
 
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     json!({
@@ -999,8 +1038,10 @@ pub fn openapi_document() -> serde_json::Value {
                         },
                         "400": bad_request,
                         "401": unauthorized,
-                        "403": error(&[ErrorCode::AgentNotAllowed, ErrorCode::CallerIdNotAllowed],
-                            "the trunk does not allow this agent or caller id"),
+                        "403": error(&[ErrorCode::Forbidden, ErrorCode::AgentNotAllowed,
+                            ErrorCode::CallerIdNotAllowed],
+                            "the client is outside the agent networks, or the trunk does not allow \
+                             this agent or caller id"),
                         "413": error(&[ErrorCode::BadRequest], "the body is larger than 16 KiB"),
                         "415": error(&[ErrorCode::BadRequest], "the body is not application/json"),
                         "422": error(&[ErrorCode::UnknownTrunk, ErrorCode::AmbiguousTrunk,
@@ -1023,6 +1064,7 @@ pub fn openapi_document() -> serde_json::Value {
                         "200": view("The call."),
                         "400": bad_request,
                         "401": unauthorized,
+                        "403": forbidden,
                         "404": error(&[ErrorCode::NotFound], "no such call (or it ended long ago)"),
                         "500": internal,
                     }
@@ -1035,6 +1077,7 @@ pub fn openapi_document() -> serde_json::Value {
                         "200": view("The call as it is after asking: `ended`, or ending."),
                         "400": bad_request,
                         "401": unauthorized,
+                        "403": forbidden,
                         "404": error(&[ErrorCode::NotFound], "no such call (or it ended long ago)"),
                         "500": internal,
                         "503": error_retry(&[ErrorCode::Unavailable], "the call cannot be reached now"),
@@ -1046,10 +1089,13 @@ pub fn openapi_document() -> serde_json::Value {
                     "operationId": "getOpenApi",
                     "summary": "This document",
                     "security": [],
-                    "responses": {"200": {
-                        "description": "The OpenAPI 3.0 document of the call API.",
-                        "content": {JSON: {"schema": {"type": "object"}}}
-                    }}
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI 3.0 document of the call API.",
+                            "content": {JSON: {"schema": {"type": "object"}}}
+                        },
+                        "403": forbidden,
+                    }
                 }
             }
         },

@@ -6,8 +6,8 @@
 //! or the drain deadline passes.
 //!
 //! With `--api-token-file`, the call API (`observe::api`, `POST /v1/calls`...) listens on
-//! `--api`, driven by the gateway's `call_control()`; it stays up through the drain like the admin
-//! endpoints. A token file that cannot be read is an error before anything is bound.
+//! `--api`, driven by the gateway's `call_control()`, for clients from `--agent-networks`; it
+//! stays up through the drain like the admin endpoints. A token file that cannot be read is an error before anything is bound.
 //!
 //! The two sources:
 //! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
@@ -331,6 +331,7 @@ pub async fn serve_until(
                 api,
                 gateway.call_control(),
                 token,
+                options.agent_networks.clone(),
                 stop.clone().cancelled_owned(),
             )))
         }

@@ -21,7 +21,7 @@ DEADLINE = 120
 SEED = 20261203
 
 
-def test_every_answer_conforms_to_the_openapi_document(gateway: Gateway) -> None:
+def test_every_answer_conforms_to_the_openapi_document(gateway: Gateway, tmp_path: Path) -> None:
     """schemathesis generates valid and invalid requests for every operation of
     /v1/openapi.json (examples, coverage, fuzzing, and stateful runs following the document's
     links) and checks every answer: the status is documented, the content type, headers and body
@@ -39,7 +39,8 @@ def test_every_answer_conforms_to_the_openapi_document(gateway: Gateway) -> None
         "--workers", "1", "--request-timeout", "5", "--generation-database", "none",
         "--no-color", "--output-truncate", "false",
     ]
-    run = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=DEADLINE,
+    # cwd: schemathesis keeps a cache folder (.schemathesis) there, out of the source tree.
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE,
                          env={**os.environ, "TRUNKLINE_API_TOKEN": gateway.token})
     print(run.stdout[-20000:], run.stderr[-5000:])
     assert run.returncode == 0, f"schemathesis found problems:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
@@ -97,5 +98,20 @@ def test_without_a_token_file_there_is_no_listener(tmp_path: Path) -> None:
         with socket.socket() as s:
             s.settimeout(2)
             assert s.connect_ex(("127.0.0.1", api_port)) != 0, "nothing listens on --api"
+    finally:
+        stop(process)
+
+
+def test_a_client_outside_the_agent_networks_is_refused(tmp_path: Path) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text("a-token\n")
+    api_port = free_port()
+    extra = ["--api-token-file", str(token_file), "--agent-networks", "10.0.0.0/8"]
+    process, log, admin = start_gateway(tmp_path, extra, api_port)
+    try:
+        wait_ready(process, admin, log)
+        status, _, body = http("GET", f"http://127.0.0.1:{api_port}/v1/calls/x",
+                               {"Authorization": "Bearer a-token"})
+        assert (status, error_of(body)[0]) == (403, "forbidden")
     finally:
         stop(process)

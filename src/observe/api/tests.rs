@@ -112,6 +112,11 @@ impl Drop for TestDir {
 }
 
 async fn start() -> Running {
+    start_for(vec!["127.0.0.0/8".parse().unwrap()]).await
+}
+
+/// The API for clients from `sources`.
+async fn start_for(sources: Vec<IpNet>) -> Running {
     let dir = TestDir::new();
     let token_path = dir.0.join("token");
     std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
@@ -120,7 +125,7 @@ async fn start() -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_api(listener, calls.clone(), token, async {
+    let task = tokio::spawn(serve_api(listener, calls.clone(), token, sources, async {
         let _ = stopped.await;
     }));
     Running { addr, calls, token_path, _dir: dir, stop: Some(stop), task: Some(task) }
@@ -247,6 +252,27 @@ async fn unknown_calls_are_404_for_get_and_delete() {
         assert_eq!(a.status, 404, "{path}: {a:?}");
         assert_eq!(a.error(), ("not_found".into(), "no such call".into()));
     }
+}
+
+#[tokio::test]
+async fn a_client_outside_the_agent_networks_is_403_forbidden_on_every_path() {
+    let r = start_for(vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]).await;
+    let paths = [
+        ("POST", "/v1/calls"),
+        ("GET", "/v1/calls/call-1"),
+        ("DELETE", "/v1/calls/call-1"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/elsewhere"),
+    ];
+    for (method, path) in paths {
+        let a = send(r.addr, method, path, &[BEARER, JSON_TYPE], GOOD_CALL.as_bytes()).await;
+        assert_eq!(a.status, 403, "{method} {path}: {a:?}");
+        assert_eq!(a.error().0, "forbidden");
+    }
+    assert!(r.calls.originated().is_empty());
+    let nobody = start_for(Vec::new()).await;
+    let a = send(nobody.addr, "GET", "/v1/openapi.json", &[], b"").await;
+    assert_eq!(a.status, 403, "no agent network: no client");
 }
 
 #[tokio::test]
