@@ -75,3 +75,7 @@ if [ ! -x "$chart_venv/bin/python" ] || [ "$(cat "$chart_venv/pins.txt" 2>/dev/n
   printf '%s' "$chart_pins" >"$chart_venv/pins.txt"
 fi
 PYTHONDONTWRITEBYTECODE=1 "$chart_venv/bin/python" -m pytest -p no:cacheprovider -q tests/chart
+
+# The call API (tests/api/): the built binary against its own OpenAPI document with schemathesis
+# (PyPI, pinned, in target/api-venv), and the API's wiring.
+tests/api/run.sh

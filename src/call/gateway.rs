@@ -589,3 +589,42 @@ impl Gateway {
         }
     }
 }
+
+// PLACEHOLDER (o12-api): replaced by the lead's outbound call side. It lets the call API's
+// listener run (and its schemathesis test pass) before calls can be placed: every new call is
+// refused with 503 `unavailable`, and no call exists.
+impl Gateway {
+    /// What the call API (`observe::api`) drives.
+    pub fn call_control(self: &Arc<Self>) -> Arc<dyn crate::observe::api::CallControl> {
+        Arc::new(NoOutboundCalls)
+    }
+}
+
+/// PLACEHOLDER (o12-api): the call API's side before outbound calls exist.
+struct NoOutboundCalls;
+
+impl crate::observe::api::CallControl for NoOutboundCalls {
+    fn originate(
+        &self,
+        _request: crate::observe::api::NewCall,
+    ) -> Result<crate::observe::api::CallView, crate::observe::api::ApiError> {
+        Err(crate::observe::api::ApiError::new(
+            crate::observe::api::ErrorCode::Unavailable,
+            "outbound calls are not available in this build",
+        ))
+    }
+
+    fn get(&self, _id: &str) -> Option<crate::observe::api::CallView> {
+        None
+    }
+
+    fn hang_up(
+        &self,
+        id: &str,
+    ) -> Result<crate::observe::api::CallView, crate::observe::api::ApiError> {
+        Err(crate::observe::api::ApiError::new(
+            crate::observe::api::ErrorCode::NotFound,
+            format!("no call {id}"),
+        ))
+    }
+}

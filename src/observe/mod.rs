@@ -1,5 +1,6 @@
-//! Observability: Prometheus metrics (one registry, typed metric structs) and the admin HTTP
-//! endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! Observability: Prometheus metrics (one registry, typed metric structs), the admin HTTP
+//! endpoints (`/metrics`, `/healthz`, `/readyz`) and the call API (`/v1/calls`).
 
 pub mod admin;
+pub mod api;
 pub mod metrics;

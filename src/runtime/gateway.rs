@@ -5,6 +5,10 @@
 //! new INVITEs get 503 and `/readyz` says draining while calls in progress go on, until they end
 //! or the drain deadline passes.
 //!
+//! With `--api-token-file`, the call API (`observe::api`, `POST /v1/calls`...) listens on
+//! `--api`, driven by the gateway's `call_control()`, for clients from `--agent-networks`; it
+//! stays up through the drain like the admin endpoints. A token file that cannot be read is an error before anything is bound.
+//!
 //! The two sources:
 //! - [`SpecSource::Folder`] (`run`): loads and compiles the spec folder (with credentials
 //!   generated into the state folder, which also keeps the digest nonce key), then watches it.
@@ -31,6 +35,7 @@ use crate::config::Snapshot;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::observe::admin::{GatewayReport, Health, serve_admin};
+use crate::observe::api::{TokenFile, TokenFileError, serve_api};
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::tls_client::{TlsClient, TlsClientError, TlsFailure};
@@ -131,6 +136,9 @@ pub enum ServeError {
     MediaThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Listen { addr: String, source: std::io::Error },
+    /// `--api-token-file` cannot be read (or holds no usable token).
+    #[error(transparent)]
+    ApiToken(#[from] TokenFileError),
 }
 
 fn default_listeners(zone: Zone) -> Vec<ListenAddr> {
@@ -190,6 +198,11 @@ pub async fn serve_until(
     // The system roots and --tls-ca: a bundle that cannot be used stops the start here, before
     // anything is bound.
     let tls_client = TlsClient::load(options.tls_ca.as_deref())?;
+    // The call API's token is read before anything is bound: a bad file stops the start.
+    let api_token = match &options.api_token_file {
+        Some(path) => Some(TokenFile::open(path)?),
+        None => None,
+    };
     let metrics = Arc::new(GatewayMetrics::new());
     let health = Health::new();
     let report =
@@ -327,6 +340,23 @@ pub async fn serve_until(
         Some(task) => task,
         None => start_admin(&options, &metrics, &health, &report, &stop).await?,
     };
+    // The call API (only with a token file); like the admin endpoints it stays up through the
+    // drain, so that calls in progress can still be read and hung up (new ones get `draining`).
+    let api_task = match api_token {
+        Some(token) => {
+            let api = tokio::net::TcpListener::bind(options.api)
+                .await
+                .map_err(|source| ServeError::Listen { addr: options.api.to_string(), source })?;
+            Some(tokio::spawn(serve_api(
+                api,
+                gateway.call_control(),
+                token,
+                options.agent_networks.clone(),
+                stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     // Config reloads: the source publishes snapshots; the gateway reads the latest.
     let metrics_task = {
@@ -353,6 +383,9 @@ pub async fn serve_until(
     tracing::info!(calls_left = gateway.active_calls(), "stopping");
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Some(api_task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    }
     first.source_task.abort();
     metrics_task.abort();
     Ok(())
