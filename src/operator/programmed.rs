@@ -491,6 +491,7 @@ mod tests {
             ready: true,
             config_hash: Some("abc".into()),
             advertised_address: Some("198.51.100.7".parse().unwrap()),
+            outbound: Default::default(),
         };
         assert_eq!(
             GatewayPod::from_pod(&p, Some(&report)),

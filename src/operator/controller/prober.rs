@@ -354,6 +354,7 @@ mod tests {
             ready: true,
             config_hash: Some(hash.into()),
             advertised_address: None,
+            outbound: Default::default(),
         }
     }
 

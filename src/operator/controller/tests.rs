@@ -287,6 +287,7 @@ impl Harness {
             ready,
             config_hash: Some(hash.into()),
             advertised_address: address.map(|a| a.parse().unwrap()),
+            outbound: BTreeMap::new(),
         };
         self.ctx.reports.insert(name, PodReport { uid: format!("uid-{name}"), status });
         let pod: Pod = from(json!({
@@ -879,6 +880,7 @@ async fn the_addresses_in_status_follow_the_gateways_reports_and_pods() {
             ready: true,
             config_hash: Some(view.hash.clone()),
             advertised_address: Some(address.parse().unwrap()),
+            outbound: BTreeMap::new(),
         },
     };
     let reports = |address: &str| {
