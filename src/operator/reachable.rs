@@ -96,6 +96,16 @@ pub enum Probing {
     NotServed,
 }
 
+/// Longest piece of a pod's `detail` put in the condition's message, in characters.
+pub const MAX_DETAIL_CHARS: usize = 120;
+
+/// A report's `detail` as it may go into a condition message: printable, short. The report
+/// comes over the network from a process that faces the internet: its text is not trusted to
+/// be either.
+fn sanitized(detail: &str) -> String {
+    detail.chars().filter(|c| !c.is_control()).take(MAX_DETAIL_CHARS).collect()
+}
+
 /// Decides `Reachable` for one fleet from what its ready pods report on the trunk (pod name,
 /// report), in any order.
 pub fn decide_reachable(
@@ -114,9 +124,9 @@ pub fn decide_reachable(
         }
         Probing::On => {}
     }
-    let mut decided: Vec<(&str, bool, &str)> = reports
+    let mut decided: Vec<(&str, bool, String)> = reports
         .iter()
-        .filter_map(|(pod, h)| h.reachable.map(|r| (pod.as_str(), r, h.detail.as_str())))
+        .filter_map(|(pod, h)| h.reachable.map(|r| (pod.as_str(), r, sanitized(&h.detail))))
         .collect();
     decided.sort_by(|a, b| a.0.cmp(b.0));
     let down: Vec<String> = decided
@@ -209,6 +219,18 @@ mod tests {
                 (ConditionStatus::Unknown, ReachableReason::NotProbed)
             );
         }
+    }
+
+    #[test]
+    fn a_reported_detail_is_cut_and_stripped_of_control_characters() {
+        let long = format!("timeout\r\n{}", "x".repeat(500));
+        let d = decide_reachable(Probing::On, &reports(&[("gw-0", Some(false), long.as_str())]));
+        assert!(!d.message.contains('\n') && !d.message.contains('\r'), "{}", d.message);
+        assert!(
+            d.message.ends_with(&format!("gw-0 (timeout{})", "x".repeat(113))),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
