@@ -80,6 +80,12 @@ impl Gateway {
         self.services.add_listener(listener);
     }
 
+    /// What the gateway shares with its call tasks (the OPTIONS prober, `health`, sends
+    /// through it).
+    pub(super) fn services(&self) -> &Arc<CallServices> {
+        &self.services
+    }
+
     /// Stop taking calls: new INVITEs get 503, calls in progress go on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);

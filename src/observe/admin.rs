@@ -11,8 +11,9 @@
 //!   getting new calls while it finishes the ones it has.
 //! - `GET /v1/status` (gateways only; 404 on the operator): 200, `application/json`, the
 //!   [`GatewayStatus`] of this pod — crate version, readiness (as `/readyz`), the hash of the
-//!   routing table it serves and the address it advertises toward carriers. The operator's
-//!   prober reads it to decide `Programmed` and the addresses in trunk status: the gateways
+//!   routing table it serves, the address it advertises toward carriers and the reachability of
+//!   each OutboundTrunk it probes with OPTIONS ([`OutboundHealth`]). The operator's prober reads
+//!   it to decide `Programmed`, `Reachable` and the addresses in trunk status: the gateways
 //!   report by answering, and never write to the API server.
 //! - Any other path: 404.
 //!
@@ -24,6 +25,7 @@
 //! `trunkline gateway` call [`serve_admin`]; the gateway flips [`Health`] as it loads its table,
 //! opens its listeners and receives SIGTERM, and sets the report's config hash on each new table.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +128,33 @@ pub struct GatewayStatus {
     /// give (a wildcard listener without `--public-address`).
     #[serde(default)]
     pub advertised_address: Option<IpAddr>,
+    /// The OutboundTrunks this gateway probes with OPTIONS, by `namespace/name`, with what it
+    /// found. Only trunks with probing on are here; an entry changes only when its trunk flips
+    /// (not on every probe), so the operator's reconciles follow flips, not probe rounds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outbound: BTreeMap<String, OutboundHealth>,
+}
+
+/// What one gateway knows of one OutboundTrunk from its OPTIONS probes (`call::health`).
+/// Every field is set when the state flips and stays until the next flip.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundHealth {
+    /// `true`: the carrier answered the last probe (any status below 500 but 408); `false`: the
+    /// last 3 probes in a row got no usable answer; `null`: not decided yet (no answer and fewer
+    /// than 3 misses since probing started).
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// Unix seconds of the flip to the current state (of the start of probing while `null`).
+    #[serde(default)]
+    pub since: u64,
+    /// What decided the current state: `200 OK`, `timeout`, `503 Service Unavailable`,
+    /// `send error: ...`. Empty while `reachable` is `null`.
+    #[serde(default)]
+    pub detail: String,
+    /// The status code of the answer that decided the current state, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
 }
 
 /// The gateway's side of [`GatewayStatus`]: readiness from [`Health`], the advertised address
@@ -136,6 +165,7 @@ pub struct GatewayReport {
     health: Arc<Health>,
     advertised_address: RwLock<Option<IpAddr>>,
     config_hash: RwLock<Option<String>>,
+    outbound: RwLock<BTreeMap<String, OutboundHealth>>,
 }
 
 impl GatewayReport {
@@ -144,7 +174,21 @@ impl GatewayReport {
             health,
             advertised_address: RwLock::new(advertised_address),
             config_hash: RwLock::new(None),
+            outbound: RwLock::new(BTreeMap::new()),
         })
+    }
+
+    /// The probe state of one OutboundTrunk (`namespace/name`), set on every flip.
+    pub fn set_outbound(&self, trunk: &str, health: OutboundHealth) {
+        self.outbound
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(trunk.to_string(), health);
+    }
+
+    /// The trunk is no longer probed (removed, or its probing turned off).
+    pub fn remove_outbound(&self, trunk: &str) {
+        self.outbound.write().unwrap_or_else(PoisonError::into_inner).remove(trunk);
     }
 
     /// The address the gateway advertises, once it is known (`--public-address-node` reads
@@ -168,6 +212,7 @@ impl GatewayReport {
                 .advertised_address
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
+            outbound: self.outbound.read().unwrap_or_else(PoisonError::into_inner).clone(),
         }
     }
 }
@@ -353,10 +398,37 @@ mod tests {
                 ready: true,
                 config_hash: Some("abc123".into()),
                 advertised_address: Some("198.51.100.7".parse().expect("ip")),
+                outbound: BTreeMap::new(),
             }
         );
         r.health.set_draining();
         assert!(!r.report.status().ready, "draining is not ready, as /readyz says");
+    }
+
+    #[tokio::test]
+    async fn the_status_report_carries_each_probed_trunk_until_it_goes() {
+        let r = start().await;
+        let down = OutboundHealth {
+            reachable: Some(false),
+            since: 1_700_000_000,
+            detail: "timeout".into(),
+            last_status: None,
+        };
+        r.report.set_outbound("voice/carrier-out", down.clone());
+        r.report.set_outbound("voice/backup", OutboundHealth::default());
+        let body = request(r.addr, "GET", "/v1/status").await.2;
+        assert!(
+            body.contains(
+                r#""outbound":{"voice/backup":{"reachable":null,"since":0,"detail":""},"voice/carrier-out":{"reachable":false,"since":1700000000,"detail":"timeout"}}"#
+            ),
+            "{body}"
+        );
+        let parsed: GatewayStatus = serde_json::from_str(&body).expect("a report");
+        assert_eq!(parsed.outbound.get("voice/carrier-out"), Some(&down));
+        r.report.remove_outbound("voice/carrier-out");
+        r.report.remove_outbound("voice/backup");
+        let body = request(r.addr, "GET", "/v1/status").await.2;
+        assert!(!body.contains("outbound"), "no probed trunk, no field: {body}");
     }
 
     #[tokio::test]
@@ -384,6 +456,11 @@ mod tests {
         assert!(parsed.ready && parsed.config_hash.is_none());
         assert_eq!(parsed.advertised_address, Some("2001:db8::1".parse().expect("ip")));
         assert!(serde_json::from_str::<GatewayStatus>(r#"{"ready":"yes"}"#).is_err());
+        let newer: GatewayStatus = serde_json::from_str(
+            r#"{"outbound":{"ns/t":{"reachable":true,"since":5,"detail":"200 OK","lastStatus":200,"rtt":0.1}}}"#,
+        )
+        .expect("a newer gateway's report");
+        assert_eq!(newer.outbound["ns/t"].last_status, Some(200));
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
 //! | `trunkline_config_trunks`, `trunkline_config_numbers` | gauge | |
 //! | `trunkline_config_reloads_total` | counter | `result` |
+//! | `trunkline_outbound_reachable` | gauge (1/0) | `trunk` |
 //! | `trunkline_build_info` | gauge (always 1) | `version` |
 //!
 //! [`GatewayMetrics::metric_names`] lists every series name the gateway can export (a vec with no
@@ -36,7 +37,9 @@
 //! - `trunk` is the `namespace/name` of an *accepted* trunk. Callers pass [`UNKNOWN_TRUNK`]
 //!   (`"unknown"`) when no trunk was identified: never a source address, a username, a number or
 //!   anything else taken from the network. Series of trunks removed from the config stay until
-//!   the process restarts (bounded by the trunks it has ever served).
+//!   the process restarts (bounded by the trunks it has ever served), except
+//!   `trunkline_outbound_reachable`, whose series goes with its trunk (a stale 0 would page
+//!   someone about a carrier no longer used).
 //! - `leg` is `carrier` or `agent`; `state` is `free` or `used`; `version` is the crate's.
 //! - `transport` is `udp`, `tcp` or `tls`; `kind` is `request`, `response` or `malformed`; `rule`
 //!   is a fixed rule name of the refusing step; `status` a SIP status code.
@@ -285,6 +288,7 @@ pub struct GatewayMetrics {
     config_numbers: IntGauge,
     reload_ok: IntCounter,
     reload_rejected: IntCounter,
+    outbound_reachable: IntGaugeVec,
     rtp_packets: IntCounterVec,
     rtp_bytes: IntCounterVec,
     rtp_lost: IntCounterVec,
@@ -412,6 +416,12 @@ impl GatewayMetrics {
             &["result"],
             r,
         )?;
+        let outbound_reachable = register_int_gauge_vec_with_registry!(
+            "trunkline_outbound_reachable",
+            "Whether the OutboundTrunk's carrier answers SIP OPTIONS from this gateway (1) or missed the last 3 probes (0); no series until the first answer or the third miss, nor for trunks not probed.",
+            &["trunk"],
+            r,
+        )?;
         let (port_pairs, port_exhaustions) = port_pool_collectors(r)?;
 
         use Shape::{Histogram as H, Plain as P};
@@ -434,6 +444,7 @@ impl GatewayMetrics {
             (&config_trunks, P),
             (&config_numbers, P),
             (&reloads, P),
+            (&outbound_reachable, P),
         ]);
         let port_pool = PortPoolMetrics::of(&port_pairs, port_exhaustions);
 
@@ -457,6 +468,7 @@ impl GatewayMetrics {
             config_numbers,
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_rejected: reloads.with_label_values(&["rejected"]),
+            outbound_reachable,
             rtp_packets,
             rtp_bytes,
             rtp_lost,
@@ -595,6 +607,18 @@ impl GatewayMetrics {
         if ok { &self.reload_ok } else { &self.reload_rejected }.inc();
     }
 
+    /// Publishes an OutboundTrunk's reachability (`trunk`: its `namespace/name`), on each flip.
+    pub fn set_outbound_reachable(&self, trunk: &str, reachable: bool) {
+        self.outbound_reachable.with_label_values(&[trunk]).set(i64::from(reachable));
+    }
+
+    /// Drops the trunk's series: it is no longer probed (removed, probing off, or its state
+    /// unknown again after its target changed).
+    pub fn forget_outbound(&self, trunk: &str) {
+        // Absent when the trunk never got to a state: nothing to remove.
+        let _ = self.outbound_reachable.remove_label_values(&[trunk]);
+    }
+
     /// Every metric of the registry in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -717,6 +741,24 @@ mod tests {
         assert!(text.contains(r#"trunkline_sip_messages_total{kind="request",transport="udp"} 1"#));
         assert!(
             text.contains(r#"trunkline_sip_messages_total{kind="malformed",transport="tls"} 1"#)
+        );
+    }
+
+    #[test]
+    fn outbound_reachability_is_one_series_per_probed_trunk_gone_with_the_trunk() {
+        let m = GatewayMetrics::new();
+        m.set_outbound_reachable("voice/carrier-out", true);
+        m.set_outbound_reachable("voice/backup", false);
+        let text = m.render();
+        assert!(text.contains(r#"trunkline_outbound_reachable{trunk="voice/carrier-out"} 1"#));
+        assert!(text.contains(r#"trunkline_outbound_reachable{trunk="voice/backup"} 0"#));
+        m.set_outbound_reachable("voice/backup", true);
+        m.forget_outbound("voice/carrier-out");
+        m.forget_outbound("voice/never-probed");
+        let text = m.render();
+        assert_eq!(
+            lines_of(&text, "trunkline_outbound_reachable{"),
+            vec![r#"trunkline_outbound_reachable{trunk="voice/backup"} 1"#]
         );
     }
 

@@ -315,7 +315,7 @@ mod tests {
     use super::*;
 
     fn conditions(accepted: &str, programmed: &str) -> Vec<Condition> {
-        [("Accepted", accepted), ("Programmed", programmed), ("Reachable", "True")]
+        [("Accepted", accepted), ("Programmed", programmed), ("Ready", "True")]
             .into_iter()
             .map(|(t, s)| Condition {
                 type_: t.into(),
@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(sample(&text, accepted), Some(2.0), "{text}");
         assert_eq!(sample(&text, programmed_true), Some(1.0));
         assert_eq!(sample(&text, programmed_false), Some(1.0));
-        assert!(!text.contains("Reachable"), "only the operator's conditions are counted");
+        assert!(
+            !text.contains(r#"condition="Ready""#),
+            "only the operator's conditions are counted"
+        );
         m.object_deleted(&b);
         let text = m.render();
         assert_eq!(sample(&text, accepted), Some(1.0));

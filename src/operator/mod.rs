@@ -15,7 +15,7 @@
 //!                          it writes nothing: GET /v1/status on its admin port says which
 //!                          config it serves and which address it advertises
 //!  operator prober ──GET <podIP>:<adminPort>/v1/status──► reports ──► Programmed (programmed),
-//!                          trunk endpoints and source addresses (status)
+//!                          Reachable (reachable), trunk endpoints and source addresses (status)
 //! ```
 //!
 //! - `settings`: what the operator is told (flags or a config file the Helm chart fills).
@@ -32,6 +32,7 @@ pub mod lead;
 pub mod leader;
 pub mod metrics;
 pub mod programmed;
+pub mod reachable;
 pub mod settings;
 pub mod status;
 pub mod tracker;

@@ -14,7 +14,7 @@
 //! [`ProgrammedDecision`] that `status` turns into the `Programmed` condition. Pure; the
 //! controller calls it on every reconcile.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use std::net::IpAddr;
@@ -25,7 +25,7 @@ use super::FLEET_LABEL;
 use crate::api::Kind;
 use crate::config::RoutingTable;
 use crate::config::diagnostic::{ConditionType, ObjectKey, Reason, State, Verdict};
-use crate::observe::admin::GatewayStatus;
+use crate::observe::admin::{GatewayStatus, OutboundHealth};
 
 /// The condition type.
 pub const PROGRAMMED: &str = "Programmed";
@@ -109,6 +109,8 @@ pub struct GatewayPod {
     pub config_hash: Option<String>,
     /// The address it advertises toward carriers, from its last report.
     pub advertised_address: Option<IpAddr>,
+    /// Its OPTIONS probes of OutboundTrunks (`namespace/name`), from its last report.
+    pub outbound: BTreeMap<String, OutboundHealth>,
 }
 
 impl GatewayPod {
@@ -130,6 +132,7 @@ impl GatewayPod {
                 .filter(|h| !h.is_empty())
                 .cloned(),
             advertised_address: report.and_then(|r| r.advertised_address),
+            outbound: report.map(|r| r.outbound.clone()).unwrap_or_default(),
         }
     }
 }
@@ -323,6 +326,7 @@ mod tests {
             ready,
             config_hash: hash.map(str::to_string),
             advertised_address: None,
+            outbound: BTreeMap::new(),
         }
     }
 
@@ -491,14 +495,19 @@ mod tests {
             ready: true,
             config_hash: Some("abc".into()),
             advertised_address: Some("198.51.100.7".parse().unwrap()),
+            outbound: BTreeMap::from([(
+                "voice/carrier-out".to_string(),
+                OutboundHealth { reachable: Some(false), ..OutboundHealth::default() },
+            )]),
         };
         assert_eq!(
             GatewayPod::from_pod(&p, Some(&report)),
             GatewayPod {
                 advertised_address: Some("198.51.100.7".parse().unwrap()),
+                outbound: report.outbound.clone(),
                 ..pod("gw-0", true, Some("abc"))
             },
-            "ready, with its reported hash and address"
+            "ready, with its reported hash, address and probes"
         );
         assert_eq!(GatewayPod::from_pod(&p, None), pod("gw-0", true, None), "no report");
         p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));

@@ -6,9 +6,11 @@
 //!   `observedGeneration`; `lastTransitionTime` is kept from the current status when the
 //!   condition's status did not change, and is `now` otherwise (the caller passes the time: no
 //!   clock here).
-//! - Any other condition already there (an OutboundTrunk's `Reachable`) is kept untouched, and
-//!   the order of the current list is kept, so that an unchanged status compares equal
-//!   ([`changed`]) and is not written again.
+//! - An OutboundTrunk's `Reachable` comes from the gateways' OPTIONS reports
+//!   (`reachable::decide_reachable` per fleet, summed up over the fleets by
+//!   [`aggregate_reachable`]), with the same rule for `lastTransitionTime`.
+//! - Any other condition already there is kept untouched, and the order of the current list is
+//!   kept, so that an unchanged status compares equal ([`changed`]) and is not written again.
 //! - Per kind (DESIGN §2): InboundTrunk `endpoints` (every SIP address a carrier may use: the
 //!   load balancer's or `publicAddress` first, then each ready gateway's advertised address) and
 //!   `endpoint` (the first of them), `credentialsSecret`, `numbers`; OutboundTrunk
@@ -33,7 +35,9 @@
 //!   True when at least one fleet serves the object and every fleet that serves it (reason other
 //!   than `NotServedHere`) says True; an entry written for an older generation counts as
 //!   Pending. Addresses are the union, in fleet-name order. With one fleet the top level equals
-//!   that fleet's entry, as before fleets existed.
+//!   that fleet's entry, as before fleets existed. An OutboundTrunk's entry also holds the
+//!   fleet's `Reachable`; the top level is False when any fleet says False, True when every
+//!   fleet that decided says True, else Unknown (`NotProbed`).
 //! - A fleet that is removed leaves its entry behind (nobody owns deleting it): remove it by
 //!   hand (`kubectl edit --subresource=status`) if it holds the aggregate back.
 //!
@@ -43,20 +47,23 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use std::collections::BTreeMap;
+
 use super::programmed::{GatewayPod, PROGRAMMED, ProgrammedDecision, ProgrammedReason};
+pub use super::reachable::REACHABLE;
+use super::reachable::{
+    ConditionStatus, Probing, ReachableDecision, ReachableReason, decide_reachable,
+};
 use crate::api::{
     FleetStatus, InboundTrunkStatus, NumberCounts, OutboundTrunkStatus, TransferDestinationStatus,
 };
 use crate::config::diagnostic::Verdict;
-
-/// An OutboundTrunk's health-check condition. The operator does not decide it and keeps it as
-/// it is (gateways never write to the API server: reachability will come through their
-/// status reports).
-pub const REACHABLE: &str = "Reachable";
+use crate::observe::admin::OutboundHealth;
 
 /// The condition types the operator owns. A current condition of one of these types that the
-/// operator no longer decides is dropped; any other type is kept as it is.
-pub const OWNED_CONDITIONS: [&str; 3] = ["Accepted", "ResolvedRefs", PROGRAMMED];
+/// operator no longer decides is dropped; any other type is kept as it is. `Reachable` is
+/// decided for OutboundTrunks only (from the gateways' reports).
+pub const OWNED_CONDITIONS: [&str; 4] = ["Accepted", "ResolvedRefs", PROGRAMMED, REACHABLE];
 
 /// Longest condition message the API server accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -72,6 +79,9 @@ pub struct FleetFacts {
     pub endpoints: Vec<String>,
     /// The addresses calls leave from, for carriers' allowlists.
     pub source_addresses: Vec<String>,
+    /// What the ready gateway pods report of their OPTIONS probes, by OutboundTrunk
+    /// (`namespace/name`): (pod name, report), by pod name.
+    pub outbound: BTreeMap<String, Vec<(String, OutboundHealth)>>,
 }
 
 impl FleetFacts {
@@ -103,11 +113,21 @@ impl FleetFacts {
         } else {
             egress.to_vec()
         };
+        let mut outbound: BTreeMap<String, Vec<(String, OutboundHealth)>> = BTreeMap::new();
+        for pod in pods.iter().filter(|p| p.ready) {
+            for (trunk, health) in &pod.outbound {
+                outbound.entry(trunk.clone()).or_default().push((pod.name.clone(), health.clone()));
+            }
+        }
+        for reports in outbound.values_mut() {
+            reports.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         FleetFacts {
             name: name.to_string(),
             region: region.map(str::to_string),
             endpoints,
             source_addresses,
+            outbound,
         }
     }
 }
@@ -147,14 +167,13 @@ fn bounded(message: &str) -> String {
 /// One condition as decided, with the transition time kept when its status did not change.
 fn condition(
     type_: &str,
-    status: bool,
+    status: &str,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     current: &[Condition],
     now: &Time,
 ) -> Condition {
-    let status = status_text(status);
     let last_transition_time = match current.iter().find(|c| c.type_ == type_) {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => now.clone(),
@@ -234,11 +253,13 @@ fn generation_text(generation: Option<i64>) -> String {
     }
 }
 
-/// The conditions an object should have: the verdict's, `Programmed`, and every condition of
-/// another type from `current`, in the order of `current` (new ones appended).
+/// The conditions an object should have: the verdict's, `Programmed`, `Reachable` when given,
+/// and every condition of another type from `current`, in the order of `current` (new ones
+/// appended).
 pub fn desired_conditions(
     verdict: &Verdict,
     programmed: &AggregateProgrammed,
+    reachable: Option<&ReachableDecision>,
     current: &[Condition],
     now: &Time,
 ) -> Vec<Condition> {
@@ -249,7 +270,7 @@ pub fn desired_conditions(
         .map(|c| {
             condition(
                 c.type_.as_str(),
-                c.status,
+                status_text(c.status),
                 c.reason.as_str(),
                 &c.message,
                 generation,
@@ -260,13 +281,16 @@ pub fn desired_conditions(
         .collect();
     decided.push(condition(
         PROGRAMMED,
-        programmed.status,
+        status_text(programmed.status),
         &programmed.reason,
         &programmed.message,
         generation,
         current,
         now,
     ));
+    if let Some(r) = reachable {
+        decided.push(reachable_condition(r, generation, current, now));
+    }
 
     let mut out = Vec::with_capacity(decided.len() + current.len());
     for c in current {
@@ -280,8 +304,49 @@ pub fn desired_conditions(
     out
 }
 
+fn reachable_condition(
+    r: &ReachableDecision,
+    generation: Option<i64>,
+    current: &[Condition],
+    now: &Time,
+) -> Condition {
+    condition(REACHABLE, r.status.as_str(), r.reason.as_str(), &r.message, generation, current, now)
+}
+
 fn served_here(programmed: &ProgrammedDecision) -> bool {
     programmed.reason != ProgrammedReason::NotServedHere
+}
+
+/// Sums up the fleets' `Reachable` (module docs): False when some fleet says False (its reason),
+/// True when every fleet that decided says True and one did, else Unknown `NotProbed`. The
+/// message is the one deciding fleet's, or `name: message` of each entry with a `Reachable`
+/// joined with `; `, in fleet-name order. Entries without a `Reachable` (other kinds, older
+/// operators) are left out. The order of `fleets` does not matter.
+pub fn aggregate_reachable(fleets: &[FleetStatus]) -> ReachableDecision {
+    let entries: Vec<(&str, &Condition)> = by_name(fleets)
+        .into_iter()
+        .filter_map(|f| {
+            f.conditions.iter().find(|c| c.type_ == REACHABLE).map(|c| (f.name.as_str(), c))
+        })
+        .collect();
+    let status_of = |c: &Condition| ConditionStatus::parse(&c.status);
+    let down = entries.iter().find(|(_, c)| status_of(c) == ConditionStatus::False);
+    let up = entries.iter().any(|(_, c)| status_of(c) == ConditionStatus::True);
+    let (status, reason) = match (down, up) {
+        (Some(_), _) => (ConditionStatus::False, ReachableReason::Unreachable),
+        (None, true) => (ConditionStatus::True, ReachableReason::Reachable),
+        (None, false) => (ConditionStatus::Unknown, ReachableReason::NotProbed),
+    };
+    let message = match entries.as_slice() {
+        [] => "no gateway fleet has reported on it yet".to_string(),
+        [(_, c)] => c.message.clone(),
+        _ => entries
+            .iter()
+            .map(|(name, c)| format!("{name}: {}", c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    ReachableDecision { status, reason, message }
 }
 
 /// Which addresses go into a fleet entry.
@@ -297,6 +362,7 @@ enum Addresses {
 fn fleet_entries(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
+    reachable: Option<&ReachableDecision>,
     current: &[FleetStatus],
     fleet: &FleetFacts,
     addresses: Addresses,
@@ -308,18 +374,22 @@ fn fleet_entries(
         .map(|f| f.conditions.as_slice())
         .unwrap_or_default();
     let served = served_here(programmed);
+    let mut conditions = vec![condition(
+        PROGRAMMED,
+        status_text(programmed.status),
+        programmed.reason.as_str(),
+        &programmed.message,
+        verdict.generation,
+        own_current,
+        now,
+    )];
+    if let Some(r) = reachable {
+        conditions.push(reachable_condition(r, verdict.generation, own_current, now));
+    }
     let own = FleetStatus {
         name: fleet.name.clone(),
         region: fleet.region.clone(),
-        conditions: vec![condition(
-            PROGRAMMED,
-            programmed.status,
-            programmed.reason.as_str(),
-            &programmed.message,
-            verdict.generation,
-            own_current,
-            now,
-        )],
+        conditions,
         endpoints: match addresses {
             Addresses::Endpoints if served => fleet.endpoints.clone(),
             _ => Vec::new(),
@@ -371,12 +441,12 @@ pub fn desired_inbound_status(
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
     let fleets =
-        fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::Endpoints, now);
+        fleet_entries(verdict, programmed, None, current_fleets, fleet, Addresses::Endpoints, now);
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
     let endpoints = union(&fleets, |f| &f.endpoints);
     InboundTrunkStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        conditions: desired_conditions(verdict, &aggregate, None, current_conditions, now),
         endpoint: endpoints.first().cloned(),
         endpoints,
         credentials_secret: verdict.credentials_secret.clone(),
@@ -387,22 +457,51 @@ pub fn desired_inbound_status(
     }
 }
 
-/// The status an OutboundTrunk should have. `Reachable` is not the operator's and stays as it
-/// is.
+/// The status an OutboundTrunk should have. `health_check_enabled`: its spec's
+/// `healthCheck.enabled` (probing is on by default).
 pub fn desired_outbound_status(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
     current: Option<&OutboundTrunkStatus>,
     fleet: &FleetFacts,
+    health_check_enabled: bool,
     now: &Time,
 ) -> OutboundTrunkStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
-    let fleets = fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::Sources, now);
+    let probing = if matches!(
+        programmed.reason,
+        ProgrammedReason::NotServedHere | ProgrammedReason::Refused(_)
+    ) {
+        Probing::NotServed
+    } else if health_check_enabled {
+        Probing::On
+    } else {
+        Probing::Disabled
+    };
+    let trunk = format!("{}/{}", verdict.object.namespace, verdict.object.name);
+    let reports = fleet.outbound.get(&trunk).map(Vec::as_slice).unwrap_or_default();
+    let own_reachable = decide_reachable(probing, reports);
+    let fleets = fleet_entries(
+        verdict,
+        programmed,
+        Some(&own_reachable),
+        current_fleets,
+        fleet,
+        Addresses::Sources,
+        now,
+    );
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
+    let reachable = aggregate_reachable(&fleets);
     OutboundTrunkStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        conditions: desired_conditions(
+            verdict,
+            &aggregate,
+            Some(&reachable),
+            current_conditions,
+            now,
+        ),
         source_addresses: union(&fleets, |f| &f.source_addresses),
         fleets,
     }
@@ -418,11 +517,12 @@ pub fn desired_transfer_status(
 ) -> TransferDestinationStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
-    let fleets = fleet_entries(verdict, programmed, current_fleets, fleet, Addresses::None, now);
+    let fleets =
+        fleet_entries(verdict, programmed, None, current_fleets, fleet, Addresses::None, now);
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
     TransferDestinationStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, &aggregate, current_conditions, now),
+        conditions: desired_conditions(verdict, &aggregate, None, current_conditions, now),
         fleets,
     }
 }
@@ -508,6 +608,7 @@ mod tests {
             region: None,
             endpoints: vec!["sip:203.0.113.10:5060".into()],
             source_addresses: vec!["198.51.100.7".into()],
+            outbound: BTreeMap::new(),
         }
     }
 
@@ -521,6 +622,7 @@ mod tests {
             ready: true,
             config_hash: None,
             advertised_address: address.map(|a| a.parse().unwrap()),
+            outbound: BTreeMap::new(),
         }
     }
 
@@ -612,13 +714,45 @@ mod tests {
         assert!(transitions(&first.conditions, &second.conditions).is_empty());
     }
 
+    /// This fleet, with what its ready pods report of voice/acme-in's probes.
+    fn probed(reports: &[(&str, Option<bool>, &str)]) -> FleetFacts {
+        let reports = reports
+            .iter()
+            .map(|(pod, reachable, detail)| {
+                let health = OutboundHealth {
+                    reachable: *reachable,
+                    since: 1,
+                    detail: detail.to_string(),
+                    last_status: None,
+                };
+                (pod.to_string(), health)
+            })
+            .collect();
+        FleetFacts { outbound: BTreeMap::from([("voice/acme-in".to_string(), reports)]), ..fleet() }
+    }
+
+    fn outbound(
+        facts: &FleetFacts,
+        current: Option<&OutboundTrunkStatus>,
+        second: i64,
+    ) -> OutboundTrunkStatus {
+        desired_outbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            current,
+            facts,
+            true,
+            &at(second),
+        )
+    }
+
     #[test]
-    fn reachable_is_kept_untouched_in_its_place() {
+    fn reachable_keeps_its_place_and_its_transition_time_until_it_flips() {
         let reachable = Condition {
             type_: REACHABLE.into(),
             status: "False".into(),
-            reason: "NoAnswer".into(),
-            message: "OPTIONS timed out".into(),
+            reason: "Unreachable".into(),
+            message: "an older message".into(),
             observed_generation: Some(1),
             last_transition_time: at(-30),
         };
@@ -628,26 +762,118 @@ mod tests {
             source_addresses: Vec::new(),
             fleets: Vec::new(),
         };
-        let s = desired_outbound_status(
-            &accepted(2),
-            &programmed(false, ProgrammedReason::Pending),
-            Some(&current),
+        let down = probed(&[("gw-0", Some(false), "timeout")]);
+        let s = outbound(&down, Some(&current), 0);
+        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Reachable", "Accepted", "ResolvedRefs", "Programmed"]);
+        let r = &s.conditions[0];
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", "Unreachable"));
+        assert_eq!(r.last_transition_time, at(-30), "still False: the time stays");
+        assert_eq!(
+            r.message,
+            "the carrier missed the last 3 OPTIONS probes from 1 of 1 gateway pods: gw-0 (timeout)"
+        );
+        assert_eq!(
+            s.fleets[0].conditions[1],
+            Condition { last_transition_time: at(0), ..r.clone() }
+        );
+        assert_eq!(s.source_addresses, ["198.51.100.7"]);
+        // Written again with the same inputs: equal, including the order.
+        assert_eq!(outbound(&down, Some(&s), 9), s);
+        // The pod gets an answer: True from now, an event's worth of transition.
+        let up = outbound(&probed(&[("gw-0", Some(true), "200 OK")]), Some(&s), 20);
+        let r = find(&up.conditions, REACHABLE);
+        assert_eq!((r.status.as_str(), r.last_transition_time.clone()), ("True", at(20)));
+        let t = transitions(&s.conditions, &up.conditions);
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].type_.as_str(), t[0].reason.as_str()), ("Reachable", "Reachable"));
+    }
+
+    #[test]
+    fn two_pods_that_disagree_or_alternate_give_one_stable_condition() {
+        let first = outbound(
+            &probed(&[("gw-0", Some(true), "200 OK"), ("gw-1", Some(false), "timeout")]),
+            None,
+            0,
+        );
+        let r = find(&first.conditions, REACHABLE).clone();
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", "Unreachable"));
+        // The same reports on the next probe rounds: nothing to write.
+        let facts = probed(&[("gw-0", Some(true), "200 OK"), ("gw-1", Some(false), "timeout")]);
+        assert!(!changed(Some(&first), &outbound(&facts, Some(&first), 5)));
+        // They swap: still False from the first time on, no transition (only the message moves).
+        let swapped = outbound(
+            &probed(&[
+                ("gw-0", Some(false), "503 Service Unavailable"),
+                ("gw-1", Some(true), "200 OK"),
+            ]),
+            Some(&first),
+            10,
+        );
+        let r = find(&swapped.conditions, REACHABLE);
+        assert_eq!((r.status.as_str(), r.last_transition_time.clone()), ("False", at(0)));
+        assert!(r.message.ends_with("gw-0 (503 Service Unavailable)"), "{}", r.message);
+        assert!(transitions(&first.conditions, &swapped.conditions).is_empty());
+        // A pod that has not decided yet (it just started) changes nothing.
+        let joined = outbound(
+            &probed(&[
+                ("gw-0", Some(false), "503 Service Unavailable"),
+                ("gw-1", Some(true), "200 OK"),
+                ("gw-2", None, ""),
+            ]),
+            Some(&swapped),
+            15,
+        );
+        assert!(!changed(Some(&swapped), &joined));
+    }
+
+    #[test]
+    fn reachable_is_unknown_when_not_probed() {
+        let off = desired_outbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            None,
+            &probed(&[("gw-0", Some(false), "timeout")]),
+            false,
+            &at(0),
+        );
+        let r = find(&off.conditions, REACHABLE);
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("Unknown", "NotProbed"));
+        assert_eq!(r.message, "healthCheck is disabled: no OPTIONS probes");
+        let nobody = outbound(&fleet(), None, 0);
+        assert_eq!(find(&nobody.conditions, REACHABLE).status, "Unknown");
+        // Inbound trunks and transfer destinations have no Reachable.
+        let inbound = desired_inbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            None,
             &fleet(),
             &at(0),
         );
-        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, ["Reachable", "Accepted", "ResolvedRefs", "Programmed"]);
-        assert_eq!(s.conditions[0], reachable);
-        assert_eq!(s.source_addresses, ["198.51.100.7"]);
-        // Written again with the same inputs: equal, including the order.
-        let again = desired_outbound_status(
-            &accepted(2),
-            &programmed(false, ProgrammedReason::Pending),
-            Some(&s),
-            &fleet(),
-            &at(9),
-        );
-        assert_eq!(again, s);
+        assert!(inbound.conditions.iter().all(|c| c.type_ != REACHABLE));
+    }
+
+    #[test]
+    fn fleets_sum_up_to_false_when_one_is_false_and_true_when_every_decided_one_is() {
+        let entry = |name: &str, status: &str, message: &str| FleetStatus {
+            name: name.into(),
+            conditions: vec![Condition {
+                type_: REACHABLE.into(),
+                status: status.into(),
+                reason: "r".into(),
+                message: message.into(),
+                observed_generation: Some(1),
+                last_transition_time: at(0),
+            }],
+            ..FleetStatus::default()
+        };
+        let a = aggregate_reachable(&[entry("us", "True", "up"), entry("eu", "False", "down")]);
+        assert_eq!((a.status, a.reason), (ConditionStatus::False, ReachableReason::Unreachable));
+        assert_eq!(a.message, "eu: down; us: up");
+        let a = aggregate_reachable(&[entry("us", "True", "up"), entry("eu", "Unknown", "off")]);
+        assert_eq!((a.status, a.reason), (ConditionStatus::True, ReachableReason::Reachable));
+        let a = aggregate_reachable(&[entry("us", "Unknown", "x"), FleetStatus::default()]);
+        assert_eq!((a.status, a.message.as_str()), (ConditionStatus::Unknown, "x"));
     }
 
     #[test]
@@ -667,7 +893,7 @@ mod tests {
             reason: "Programmed".into(),
             message: String::new(),
         };
-        let conditions = desired_conditions(&verdict, &aggregate, &[stale], &at(1));
+        let conditions = desired_conditions(&verdict, &aggregate, None, &[stale], &at(1));
         let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Accepted", "Programmed"]);
     }
@@ -678,7 +904,8 @@ mod tests {
         let inbound = desired_inbound_status(&accepted(1), &not_here, None, &fleet(), &at(0));
         assert_eq!(inbound.endpoint, None);
         assert!(inbound.endpoints.is_empty() && inbound.fleets[0].endpoints.is_empty());
-        let outbound = desired_outbound_status(&accepted(1), &not_here, None, &fleet(), &at(0));
+        let outbound =
+            desired_outbound_status(&accepted(1), &not_here, None, &fleet(), true, &at(0));
         assert!(outbound.source_addresses.is_empty());
         assert_eq!(find(&outbound.conditions, "Programmed").reason, "NotServedHere");
     }

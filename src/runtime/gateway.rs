@@ -1,7 +1,8 @@
 //! `trunkline run` and `trunkline gateway`: assembles the gateway. Gets its first config from a
 //! [`SpecSource`], binds the carrier-facing and internal listeners and the admin endpoints, lets
 //! the source publish new configs (a good change is swapped in, a bad one keeps the last good
-//! table; calls in progress keep the table they started with), and drains on SIGTERM or Ctrl-C:
+//! table; calls in progress keep the table they started with), starts the OPTIONS probes of the
+//! OutboundTrunks (`call::health`), and drains on SIGTERM or Ctrl-C:
 //! new INVITEs get 503 and `/readyz` says draining while calls in progress go on, until they end
 //! or the drain deadline passes.
 //!
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::agent_auth::{AgentCredentials, AgentCredentialsError};
 use crate::call::gateway::Gateway;
+use crate::call::health as probes;
 use crate::call::services::{GatewayConfig, Listener};
 use crate::config::CompileOptions;
 use crate::config::Snapshot;
@@ -325,6 +327,7 @@ pub async fn serve_until(
         }
         None => None,
     };
+    let mut carrier_listeners = Vec::new();
     for (zone, addrs) in [(Zone::Carrier, &listen), (Zone::Internal, &internal)] {
         for at in addrs {
             let bound = transports
@@ -332,6 +335,9 @@ pub async fn serve_until(
                 .await
                 .map_err(|source| ServeError::Listen { addr: at.to_string(), source })?;
             gateway.add_listener(Listener { zone, protocol: at.protocol, addr: bound });
+            if zone == Zone::Carrier {
+                carrier_listeners.push((at.protocol, bound));
+            }
             tracing::info!(zone = ?zone, "listening on {}", ListenAddr { protocol: at.protocol, addr: bound });
         }
     }
@@ -370,6 +376,14 @@ pub async fn serve_until(
         })
     };
 
+    if matches!(first.source_task, SourceTask::Folder(_)) {
+        // `run` has no status to write them to: the carrier's allowlist is told here.
+        let table = snapshot_rx.borrow().table.clone();
+        probes::announce_source_addresses(&table, public_address, &carrier_listeners).await;
+    }
+    // OPTIONS to every OutboundTrunk, following reloads; stopped with the admin endpoints.
+    let prober = probes::spawn(&gateway, snapshot_rx.clone(), report.clone(), stop.clone());
+
     health.set_ready(true);
     tracing::info!(rtp_ports = ?options.rtp_ports, "trunkline is serving");
 
@@ -386,6 +400,7 @@ pub async fn serve_until(
     if let Some(api_task) = api_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(2), prober).await;
     first.source_task.abort();
     metrics_task.abort();
     Ok(())

@@ -1,6 +1,8 @@
 //! The prober: the operator's side of the gateways' reports. Gateways never write to the API
 //! server; each answers `GET /v1/status` on its admin port (`observe::admin::GatewayStatus`:
-//! the hash of the config it serves, the address it advertises, its readiness).
+//! the hash of the config it serves, the address it advertises, its readiness, and what its
+//! OPTIONS probes found of each OutboundTrunk, for `Reachable`: that part changes only when a
+//! trunk flips, so probe rounds do not reconcile anything).
 //!
 //! For every pod in the gateway pod store that has a `status.podIP`, the prober fetches
 //! `http://<podIP>:<adminPort>/v1/status` (an IPv6 pod IP in brackets) at most
@@ -354,6 +356,7 @@ mod tests {
             ready: true,
             config_hash: Some(hash.into()),
             advertised_address: None,
+            outbound: Default::default(),
         }
     }
 

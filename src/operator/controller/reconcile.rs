@@ -184,8 +184,7 @@ async fn write_status<K: Reconciled>(
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = serde_json::to_value(status)
         .map_err(|source| ReconcileError::SerializeStatus { kind: K::KIND, source })?;
-    // Only the conditions the operator owns are applied: another manager's (a `Reachable`)
-    // stay theirs, since `conditions` is a list map keyed by type. Of `fleets` (a list map
+    // Only the conditions the operator owns are applied: another manager's stay theirs, since `conditions` is a list map keyed by type. Of `fleets` (a list map
     // keyed by name) only this fleet's entry: the other fleets' operators own theirs.
     if let Some(conditions) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
         conditions.retain(|c| {
@@ -209,9 +208,10 @@ async fn write_status<K: Reconciled>(
 }
 
 /// The event of one condition transition: the reason of the condition, its message. `Normal`
-/// when things are fine or progressing, `Warning` when an object is refused or not served.
+/// when things are fine, progressing or unknown (`Reachable` not probed), `Warning` when an
+/// object is refused or not served, or its carrier is unreachable.
 pub fn transition_event(t: &Transition) -> Event {
-    let fine = t.status == "True" || t.reason == "Pending";
+    let fine = t.status != "False" || t.reason == "Pending";
     Event {
         type_: if fine { EventType::Normal } else { EventType::Warning },
         reason: t.reason.clone(),
@@ -324,7 +324,8 @@ impl Reconciled for OutboundTrunk {
         fleet: &FleetFacts,
         now: &Time,
     ) -> Self::Status {
-        desired_outbound_status(verdict, programmed, current, fleet, now)
+        let health_check = self.spec.health_check.as_ref().is_none_or(|h| h.enabled);
+        desired_outbound_status(verdict, programmed, current, fleet, health_check, now)
     }
     fn store(stores: &Stores) -> &Store<Self> {
         &stores.outbound

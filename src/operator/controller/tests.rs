@@ -287,6 +287,7 @@ impl Harness {
             ready,
             config_hash: Some(hash.into()),
             advertised_address: address.map(|a| a.parse().unwrap()),
+            outbound: BTreeMap::new(),
         };
         self.ctx.reports.insert(name, PodReport { uid: format!("uid-{name}"), status });
         let pod: Pod = from(json!({
@@ -775,42 +776,164 @@ async fn an_object_of_another_region_is_not_served_here_and_gets_no_endpoint() {
     assert_eq!(status.get("endpoint"), None);
 }
 
-#[tokio::test]
-async fn an_outbound_trunk_leaves_the_gateways_reachable_condition_to_them_and_gets_source_addresses()
- {
-    let mut h = Harness::new();
-    let reachable = json!({"type": "Reachable", "status": "False", "reason": "NoAnswer",
-                           "message": "OPTIONS timed out", "observedGeneration": 1,
-                           "lastTransitionTime": time(-300)});
-    h.put(json!({
+/// A ready gateway pod's report: `hash`, and its probe of voice/carrier-out (`reachable`,
+/// `detail`).
+fn probing_report(name: &str, hash: &str, reachable: Option<bool>, detail: &str) -> PodReport {
+    let health = crate::observe::admin::OutboundHealth {
+        reachable,
+        since: 1_700_000_000,
+        detail: detail.into(),
+        last_status: None,
+    };
+    PodReport {
+        uid: format!("uid-{name}"),
+        status: GatewayStatus {
+            version: "0.1.0".into(),
+            ready: true,
+            config_hash: Some(hash.into()),
+            advertised_address: None,
+            outbound: BTreeMap::from([("voice/carrier-out".to_string(), health)]),
+        },
+    }
+}
+
+fn carrier_out() -> Value {
+    json!({
         "apiVersion": "trunkline.dev/v1alpha1", "kind": "OutboundTrunk",
         "metadata": {"name": "carrier-out", "namespace": "voice", "uid": "u", "generation": 1,
                      "creationTimestamp": time(0)},
-        "spec": {"host": "sip.carrier.example", "callerId": "+14155550100"},
-        "status": {"conditions": [reachable.clone()]},
-    }));
-    h.compile().await;
+        "spec": {"host": "sip.carrier.example", "callerId": "+14155550100",
+                 "healthCheck": {"intervalSeconds": 30}},
+    })
+}
+
+#[tokio::test]
+async fn reachable_comes_from_the_gateways_probes_and_is_written_only_when_it_flips() {
+    let mut h = Harness::new();
+    h.put(carrier_out());
+    let view = h.compile().await;
+    h.pod("gw-0", true, &view.hash);
+    h.pod("gw-1", true, &view.hash);
+    // What the prober does each round: replace the reports, reconcile all when they changed.
+    let round = |h: &mut Harness, reports: [PodReport; 2]| {
+        let all: BTreeMap<String, PodReport> =
+            ["gw-0", "gw-1"].into_iter().map(str::to_string).zip(reports).collect();
+        let changed = h.ctx.reports.replace(all);
+        let _ = h.ctx.note_fleet();
+        (changed, h.triggered())
+    };
+    let hash = view.hash.clone();
+    let report = |name: &str, reachable: bool, detail: &str| {
+        probing_report(name, &hash, Some(reachable), detail)
+    };
+
+    // The two pods disagree: gw-0 gets answers, gw-1 missed its last 3 probes.
+    h.at(10);
+    let (changed, triggered) =
+        round(&mut h, [report("gw-0", true, "200 OK"), report("gw-1", false, "timeout")]);
+    assert!(changed);
+    assert!(triggered.contains("OutboundTrunk/*"), "{triggered:?}");
     h.requests();
     h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
     let requests = h.requests();
-    let patch = status_patches(&requests)[0];
-    assert!(patch.is("PATCH", &format!("{}/status", path_of("OutboundTrunk", "carrier-out"))));
-    assert!(is_forced_apply(patch));
-    let status = &patch.body["status"];
-    // The apply names only the operator's conditions: `conditions` is a list map keyed by type,
-    // so a `Reachable` written by another field manager stays as it wrote it.
+    let patches = status_patches(&requests);
+    assert_eq!(patches.len(), 1);
+    assert!(is_forced_apply(patches[0]));
+    let status = &patches[0].body["status"];
     let types: Vec<&str> = status["conditions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["Accepted", "ResolvedRefs", "Programmed"]);
+    assert_eq!(types, ["Accepted", "ResolvedRefs", "Programmed", "Reachable"]);
+    let reachable = condition(status, "Reachable");
+    assert_eq!(
+        (reachable["status"].as_str(), reachable["reason"].as_str()),
+        (Some("False"), Some("Unreachable"))
+    );
+    assert_eq!(
+        reachable["message"],
+        "the carrier missed the last 3 OPTIONS probes from 1 of 2 gateway pods: gw-1 (timeout)"
+    );
+    assert_eq!(reachable["lastTransitionTime"], time(10));
+    assert_eq!(condition(&status["fleets"][0], "Reachable")["status"], "False");
     assert_eq!(status["sourceAddresses"], json!(["198.51.100.7"]));
-    assert_eq!(patch.body["kind"], "OutboundTrunk");
+    let warnings: Vec<_> = events(&requests).into_iter().filter(|e| e.0 == "Warning").collect();
+    assert_eq!(warnings, [("Warning".into(), "Unreachable".into(), "carrier-out".into())]);
+    h.watch_back("OutboundTrunk", "carrier-out");
+    h.triggered();
+
+    // Later probe rounds with the same results: no reconcile, and a reconcile anyway writes
+    // nothing (no status churn).
+    for second in [40, 70, 100] {
+        h.at(second);
+        let (changed, triggered) =
+            round(&mut h, [report("gw-0", true, "200 OK"), report("gw-1", false, "timeout")]);
+        assert!(!changed, "the same reports");
+        assert!(triggered.is_empty(), "{triggered:?}");
+        h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+        assert!(h.requests().is_empty(), "nothing written at {second}");
+    }
+
+    // They swap (gw-1 recovered, gw-0 lost it): still False since 10, no event.
+    h.at(130);
+    let (changed, _) = round(
+        &mut h,
+        [report("gw-0", false, "503 Service Unavailable"), report("gw-1", true, "200 OK")],
+    );
+    assert!(changed);
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let reachable = condition(&status_patches(&requests)[0].body["status"], "Reachable").clone();
+    assert_eq!(
+        (reachable["status"].as_str(), reachable["lastTransitionTime"].as_str()),
+        (Some("False"), Some(time(10).as_str()))
+    );
+    assert!(reachable["message"].as_str().unwrap().ends_with("gw-0 (503 Service Unavailable)"));
+    assert!(events(&requests).is_empty(), "the same status and reason: no event");
+    h.watch_back("OutboundTrunk", "carrier-out");
+    h.triggered();
+
+    // Both get answers: True from now on, one event.
+    h.at(160);
+    round(&mut h, [report("gw-0", true, "200 OK"), report("gw-1", true, "200 OK")]);
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let reachable = condition(&status_patches(&requests)[0].body["status"], "Reachable").clone();
+    assert_eq!(
+        (reachable["status"].as_str(), reachable["lastTransitionTime"].as_str()),
+        (Some("True"), Some(time(160).as_str()))
+    );
+    assert_eq!(
+        reachable["message"],
+        "the carrier answers OPTIONS from all 2 gateway pods that probe it"
+    );
+    assert_eq!(events(&requests), [("Normal".into(), "Reachable".into(), "carrier-out".into())]);
+}
+
+#[tokio::test]
+async fn an_outbound_trunk_without_probes_is_not_probed_and_gets_source_addresses() {
+    let mut h = Harness::new();
+    let mut trunk = carrier_out();
+    trunk["spec"]["healthCheck"] = json!({"enabled": false});
+    h.put(trunk);
+    let view = h.compile().await;
+    h.pod("gw-0", true, &view.hash);
+    h.requests();
+    h.reconcile::<OutboundTrunk>("carrier-out").await.unwrap();
+    let requests = h.requests();
+    let status = &status_patches(&requests)[0].body["status"];
+    let reachable = condition(status, "Reachable");
+    assert_eq!(
+        (reachable["status"].as_str(), reachable["reason"].as_str()),
+        (Some("Unknown"), Some("NotProbed"))
+    );
+    assert_eq!(status["sourceAddresses"], json!(["198.51.100.7"]));
     assert!(
-        events(&requests).iter().all(|(_, reason, _)| reason != "NoAnswer"),
-        "no event for Reachable"
+        events(&requests).iter().all(|(type_, _, _)| type_ == "Normal"),
+        "not probing is no warning: {:?}",
+        events(&requests)
     );
 }
 
@@ -879,6 +1002,7 @@ async fn the_addresses_in_status_follow_the_gateways_reports_and_pods() {
             ready: true,
             config_hash: Some(view.hash.clone()),
             advertised_address: Some(address.parse().unwrap()),
+            outbound: BTreeMap::new(),
         },
     };
     let reports = |address: &str| {

@@ -1,0 +1,772 @@
+//! OPTIONS health of the OutboundTrunks (DESIGN §2, `healthCheck`): every gateway sends an
+//! out-of-dialog `OPTIONS sip:HOST:PORT` to each OutboundTrunk of its table every
+//! `healthCheck.intervalSeconds`, from its carrier-facing listener, and keeps one
+//! [`Reachability`] per trunk: any final answer below 500 except 408 (a 401, 403, 404 or 405 too:
+//! a carrier that refuses OPTIONS is alive) makes it reachable; [`MISSES_TO_UNREACHABLE`]
+//! misses in a row (a 5xx, a 408, no answer, a failed send, a name that does not resolve) make
+//! it unreachable. On each flip, and only then: `trunkline_outbound_reachable{trunk}` (1/0), a
+//! log line (`info` on recovery, `warn` with the reason when it goes), and the trunk's entry in
+//! the gateway's status report (`observe::admin::OutboundHealth`), from which the operator
+//! writes the `Reachable` condition.
+//!
+//! **Schedule.** The first probe of a trunk goes within [`FIRST_PROBE_WITHIN`] of its arrival
+//! (start, reload), at a random moment; then one every interval ± [`JITTER`] (uniform), so
+//! that N pods and M trunks started together drift apart instead of beating in step. Probes of
+//! one trunk never overlap: the next is scheduled from the start of the previous one and waits
+//! for it to finish.
+//!
+//! **One probe** is a non-INVITE client transaction (`sip::transaction::ClientNonInvite`, RFC
+//! 3261 §17.1.2): retransmitted on UDP by timer E, ended by timer F (64·T1 = 32 s). A probe
+//! also has its own deadline, [`probe_timeout`]: half the interval when that is shorter than
+//! timer F. A probe must be over before the next is due (the next comes at least
+//! 0.85 × interval later), and a carrier that takes half the interval to answer an OPTIONS is
+//! not one to send calls to. With the default 30 s interval a probe waits 15 s (UDP copies at
+//! 0, 0.5, 1.5, 3.5, 7.5 and 11.5 s); with the 5 s minimum, 2.5 s (copies at 0, 0.5, 1.5 s).
+//! Each probe has a fresh Call-ID, branch and From tag; its Call-ID is registered with the
+//! front door (`CallServices::register_call`) for its life, so the answer comes back here as
+//! a call's would, and is unregistered when the probe ends, however it ends.
+//!
+//! **Follows the table.** [`spawn`] watches the snapshots: a trunk added or with probing turned
+//! on starts its task; one removed, turned off or whose target (host, port, transport) or
+//! interval changed stops its task and drops its metric series and report entry (a changed
+//! target starts again from "unknown": what was known was about another address).
+//!
+//! **Names** are resolved per probe by the calls' caching resolver (`sip::resolve`, in
+//! `CallServices`), and a TLS probe checks the carrier's certificate against the trunk's host.
+//!
+//! Called by `runtime::gateway` once the listeners are bound; also [`announce_source_addresses`]
+//! in `trunkline run`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Snapshot;
+use crate::config::model::{ObjectName, OutboundTrunkRoute, RoutingTable};
+use crate::observe::admin::{GatewayReport, OutboundHealth};
+use crate::sip::msg::{self, DialogHeaders, Method, Request, Response, name};
+use crate::sip::transaction::{ClientAction, ClientNonInvite, Reliability, T1_DEFAULT, Timers};
+use crate::sip::transport::{Protocol, Target, Zone};
+
+use super::gateway::Gateway;
+use super::machine::Ids;
+use super::services::{CallInput, CallServices};
+
+/// Misses in a row that make a trunk unreachable.
+pub const MISSES_TO_UNREACHABLE: u32 = 3;
+/// The interval between two probes of a trunk varies by this fraction either way.
+pub const JITTER: f64 = 0.15;
+/// The first probe of a new trunk goes within this long.
+pub const FIRST_PROBE_WITHIN: Duration = Duration::from_secs(1);
+/// How long a name lookup of a carrier's host may take.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timer F of the probe's transaction with RFC 3261's T1 (64·T1 = 32 s).
+pub const TIMER_F: Duration = T1_DEFAULT.saturating_mul(64);
+
+/// How one probe ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A final response with this status.
+    Answered(u16),
+    /// No final response before the probe's deadline or timer F.
+    Timeout,
+    /// The request could not be sent (no listener, connection refused, TLS not available...).
+    SendError(String),
+    /// The carrier's host name gives no address.
+    Unresolved(String),
+}
+
+impl ProbeOutcome {
+    /// Does the carrier live? Any final answer below 500 except 408 says so: a 401, 403, 404 or
+    /// 405 to an OPTIONS comes from a live SIP server. 408 and 5xx (a 503 from an overloaded
+    /// carrier or a proxy that could not reach it) are misses, as is no answer at all.
+    pub fn is_answer(&self) -> bool {
+        matches!(self, ProbeOutcome::Answered(status) if (200..500).contains(status) && *status != 408)
+    }
+
+    /// For logs and the status report: `200 OK`, `503 Service Unavailable`, `timeout`,
+    /// `send error: ...`, `no address: ...`.
+    pub fn detail(&self) -> String {
+        match self {
+            ProbeOutcome::Answered(status) => format!("{status} {}", msg::reason_phrase(*status)),
+            ProbeOutcome::Timeout => "timeout".to_string(),
+            ProbeOutcome::SendError(e) => format!("send error: {e}"),
+            ProbeOutcome::Unresolved(e) => format!("no address: {e}"),
+        }
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            ProbeOutcome::Answered(status) => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What a trunk's probes have shown so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No answer yet and fewer than [`MISSES_TO_UNREACHABLE`] misses since probing started.
+    Unknown,
+    Reachable,
+    Unreachable,
+}
+
+/// The reachability rule of one trunk: pure, fed the outcome of each probe.
+#[derive(Clone, Debug)]
+pub struct Reachability {
+    state: State,
+    /// Misses in a row since the last answer.
+    misses: u32,
+}
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Reachability::new()
+    }
+}
+
+impl Reachability {
+    /// Unknown, no miss yet.
+    pub fn new() -> Reachability {
+        Reachability { state: State::Unknown, misses: 0 }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Counts one probe; the new state when this probe flips it, else `None`. One answer makes
+    /// the trunk reachable; [`MISSES_TO_UNREACHABLE`] misses in a row make it unreachable.
+    pub fn record(&mut self, outcome: &ProbeOutcome) -> Option<State> {
+        let next = if outcome.is_answer() {
+            self.misses = 0;
+            State::Reachable
+        } else {
+            self.misses = self.misses.saturating_add(1);
+            if self.misses >= MISSES_TO_UNREACHABLE { State::Unreachable } else { self.state }
+        };
+        if next == self.state {
+            return None;
+        }
+        self.state = next;
+        Some(next)
+    }
+}
+
+/// The wait from one probe's start to the next: `interval` scaled by `1 ± JITTER`, `unit` (in
+/// `[0, 1)`) choosing where in that range.
+pub fn next_interval(interval: Duration, unit: f64) -> Duration {
+    let unit = unit.clamp(0.0, 1.0);
+    interval.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
+}
+
+/// How long one probe may take: timer F, or half the interval when that is shorter (module
+/// docs).
+pub fn probe_timeout(interval: Duration) -> Duration {
+    TIMER_F.min(interval / 2)
+}
+
+/// What a trunk's probes go to. A change of any of it restarts the trunk's probing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub trunk: ObjectName,
+    pub host: String,
+    pub port: u16,
+    pub transport: Protocol,
+    pub interval: Duration,
+}
+
+impl ProbeTarget {
+    /// The target of a trunk with probing on; `None` when its probing is off.
+    pub fn of(route: &OutboundTrunkRoute) -> Option<ProbeTarget> {
+        let seconds = route.health_check_interval_seconds.filter(|s| *s > 0)?;
+        Some(ProbeTarget {
+            trunk: route.name.clone(),
+            host: route.host.clone(),
+            port: route.port,
+            transport: route.transport,
+            interval: Duration::from_secs(u64::from(seconds)),
+        })
+    }
+
+    /// `sip:HOST:PORT`, an IPv6 host in brackets, `;transport=tcp|tls` unless UDP.
+    pub fn uri(&self) -> String {
+        let host = match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.host.clone(),
+        };
+        format!("sip:{host}:{}{}", self.port, transport_param(self.transport))
+    }
+}
+
+fn transport_param(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Udp => "",
+        Protocol::Tcp => ";transport=tcp",
+        Protocol::Tls => ";transport=tls",
+    }
+}
+
+/// The identifiers of one probe: fresh for every probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeIds {
+    pub call_id: String,
+    pub branch: String,
+    pub tag: String,
+}
+
+impl ProbeIds {
+    pub fn new(ids: &mut Ids) -> ProbeIds {
+        ProbeIds {
+            call_id: format!("{}@trunkline", ids.token(20)),
+            branch: ids.branch(),
+            tag: ids.token(10),
+        }
+    }
+}
+
+/// The OPTIONS of one probe (RFC 3261 §11.1), sent from `local` (our carrier-facing address).
+pub fn options_request(
+    target: &ProbeTarget,
+    local: SocketAddr,
+    ids: &ProbeIds,
+    user_agent: &str,
+) -> Request {
+    let uri = target.uri();
+    let protocol = target.transport;
+    let mut r = Request::new(Method::Options, uri.clone());
+    r.headers.push(
+        name::VIA,
+        format!("SIP/2.0/{} {local};branch={};rport", protocol.as_str(), ids.branch),
+    );
+    r.headers.push(name::MAX_FORWARDS, "70");
+    r.headers.push(name::FROM, format!("<sip:trunkline@{local}>;tag={}", ids.tag));
+    r.headers.push(name::TO, format!("<{uri}>"));
+    r.headers.push(name::CALL_ID, ids.call_id.as_str());
+    r.headers.push(name::CSEQ, "1 OPTIONS");
+    r.headers.push(name::CONTACT, format!("<sip:trunkline@{local}{}>", transport_param(protocol)));
+    r.headers.push("Accept", "application/sdp");
+    r.headers.push(name::USER_AGENT, user_agent);
+    r
+}
+
+/// Is `response` the answer to the probe with `ids` (its Via branch and CSeq method)?
+fn answers(response: &Response, ids: &ProbeIds) -> bool {
+    let branch = response.top_via().and_then(|v| v.branch);
+    let method = response.cseq().map(|(_, m)| m);
+    branch.as_deref() == Some(ids.branch.as_str()) && method == Some(Method::Options)
+}
+
+/// The address of the carrier's host for the start-up announcement (no gateway yet): an IP as
+/// it is, a name through the system resolver within [`LOOKUP_TIMEOUT`].
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)));
+    match lookup.await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
+        Ok(Err(e)) => Err(format!("{host}: {e}")),
+        Err(_) => Err(format!("{host}: DNS lookup timed out")),
+    }
+}
+
+/// Unregisters a probe's Call-ID when the probe ends, however it ends (a cancelled probe
+/// included).
+struct Registration<'a> {
+    services: &'a CallServices,
+    call_id: String,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.services.unregister_call(&self.call_id);
+    }
+}
+
+/// Sends one OPTIONS to `target` and waits for its final answer, at most `timeout`.
+pub(super) async fn probe_once(
+    services: &CallServices,
+    target: &ProbeTarget,
+    timeout: Duration,
+) -> ProbeOutcome {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let lookup = services.resolver.lookup(&target.host, target.port);
+    let remote = match tokio::time::timeout_at(deadline, lookup).await {
+        Ok(Ok(remote)) => remote,
+        Ok(Err(e)) => return ProbeOutcome::Unresolved(e),
+        Err(_) => return ProbeOutcome::Timeout,
+    };
+    let Some(local) = services.local_address(Zone::Carrier, target.transport) else {
+        return ProbeOutcome::SendError("no carrier-facing listener".to_string());
+    };
+    let Some(transports) = services.transports.get().cloned() else {
+        return ProbeOutcome::SendError("transports not attached".to_string());
+    };
+    let ids = ProbeIds::new(&mut Ids::random());
+    let bytes = options_request(target, local, &ids, &services.config.user_agent).to_bytes();
+    let send_to =
+        Target { protocol: target.transport, zone: Zone::Carrier, remote, connection: None };
+    // A TLS connection to it checks the certificate against the trunk's host name.
+    transports.name_peer(remote, &target.host);
+
+    let (tx, mut rx) = mpsc::channel::<CallInput>(8);
+    services.register_call(&ids.call_id, tx);
+    let _registration = Registration { services, call_id: ids.call_id.clone() };
+
+    let reliability = match target.transport {
+        Protocol::Udp => Reliability::Unreliable,
+        Protocol::Tcp | Protocol::Tls => Reliability::Reliable,
+    };
+    let (mut transaction, mut actions) =
+        ClientNonInvite::new(Instant::now(), reliability, Timers::RFC3261);
+    let mut answer: Option<u16> = None;
+    loop {
+        let mut more = Vec::new();
+        for action in actions.drain(..) {
+            match action {
+                ClientAction::Send => {
+                    let sent =
+                        tokio::time::timeout_at(deadline, transports.send(&send_to, bytes.clone()))
+                            .await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            more.extend(transaction.on_transport_error(Instant::now()));
+                            if more.contains(&ClientAction::TransportError) {
+                                return ProbeOutcome::SendError(e.to_string());
+                            }
+                        }
+                        Err(_) => return ProbeOutcome::Timeout,
+                    }
+                }
+                ClientAction::Deliver => {
+                    if let Some(status) = answer.filter(|s| *s >= 200) {
+                        return ProbeOutcome::Answered(status);
+                    }
+                }
+                ClientAction::Timeout => return ProbeOutcome::Timeout,
+                ClientAction::TransportError => {
+                    return ProbeOutcome::SendError("transport error".to_string());
+                }
+                ClientAction::SendAck | ClientAction::Terminated => {}
+            }
+        }
+        actions = more;
+        if !actions.is_empty() {
+            continue;
+        }
+        if transaction.is_terminated() {
+            return ProbeOutcome::Timeout;
+        }
+        let wake = transaction
+            .next_deadline()
+            .map(tokio::time::Instant::from_std)
+            .map_or(deadline, |at| at.min(deadline));
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(CallInput::Response(response, _)) if answers(&response, &ids) => {
+                    answer = Some(response.status);
+                    actions = transaction.on_response(Instant::now(), response.status);
+                }
+                Some(_) => {}
+                None => return ProbeOutcome::SendError("the gateway stopped".to_string()),
+            },
+            () = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return ProbeOutcome::Timeout;
+                }
+                actions = transaction.on_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// Where a trunk's state goes on each flip.
+struct Publish {
+    services: Arc<CallServices>,
+    report: Arc<GatewayReport>,
+}
+
+impl Publish {
+    fn started(&self, target: &ProbeTarget) {
+        let health =
+            OutboundHealth { reachable: None, since: unix_now(), ..OutboundHealth::default() };
+        self.report.set_outbound(&target.trunk.to_string(), health);
+    }
+
+    fn flipped(&self, target: &ProbeTarget, state: State, outcome: &ProbeOutcome, was: State) {
+        let trunk = target.trunk.to_string();
+        let detail = outcome.detail();
+        let reachable = state == State::Reachable;
+        self.services.metrics.set_outbound_reachable(&trunk, reachable);
+        self.report.set_outbound(
+            &trunk,
+            OutboundHealth {
+                reachable: Some(reachable),
+                since: unix_now(),
+                detail: detail.clone(),
+                last_status: outcome.status(),
+            },
+        );
+        let uri = target.uri();
+        if reachable {
+            let again = if was == State::Unreachable { " again" } else { "" };
+            tracing::info!(
+                %trunk, target = %uri, answer = %detail,
+                "OutboundTrunk {trunk} is reachable{again}: the carrier answers OPTIONS ({detail})"
+            );
+        } else {
+            tracing::warn!(
+                %trunk, target = %uri, reason = %detail,
+                "OutboundTrunk {trunk} is unreachable: {MISSES_TO_UNREACHABLE} OPTIONS probes in a \
+                 row failed, the last with {detail}"
+            );
+        }
+    }
+
+    fn stopped(&self, target: &ProbeTarget) {
+        let trunk = target.trunk.to_string();
+        self.services.metrics.forget_outbound(&trunk);
+        self.report.remove_outbound(&trunk);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Probes one trunk until `stop`.
+async fn probe_trunk(publish: Arc<Publish>, target: ProbeTarget, stop: CancellationToken) {
+    publish.started(&target);
+    let first = FIRST_PROBE_WITHIN.mul_f64(rand::rng().random::<f64>());
+    tracing::debug!(
+        trunk = %target.trunk, target = %target.uri(), interval = ?target.interval,
+        "OPTIONS probes start"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(first) => {}
+        () = stop.cancelled() => return,
+    }
+    let timeout = probe_timeout(target.interval);
+    let mut reachability = Reachability::new();
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::select! {
+            outcome = probe_once(&publish.services, &target, timeout) => outcome,
+            () = stop.cancelled() => return,
+        };
+        let was = reachability.state();
+        match reachability.record(&outcome) {
+            Some(state) => publish.flipped(&target, state, &outcome, was),
+            None => tracing::debug!(
+                trunk = %target.trunk, outcome = %outcome.detail(), state = ?was, "OPTIONS probe"
+            ),
+        }
+        let next = started + next_interval(target.interval, rand::rng().random::<f64>());
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One trunk's probing task.
+struct Running {
+    target: ProbeTarget,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Starts the prober: it probes every OutboundTrunk of the table `snapshots` holds, follows its
+/// changes, and stops (every trunk's series and report entry dropped) when `stop` is cancelled.
+pub fn spawn(
+    gateway: &Gateway,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    report: Arc<GatewayReport>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let publish = Arc::new(Publish { services: gateway.services().clone(), report });
+    tokio::spawn(async move {
+        let mut running: HashMap<ObjectName, Running> = HashMap::new();
+        loop {
+            let table = snapshots.borrow_and_update().table.clone();
+            follow(&publish, &mut running, &table, &stop).await;
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: the gateway keeps its last table, and so do we.
+                        stop.cancelled().await;
+                        break;
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        for (_, r) in running.drain() {
+            end(&publish, r).await;
+        }
+    })
+}
+
+/// Brings the running tasks in line with `table`.
+async fn follow(
+    publish: &Arc<Publish>,
+    running: &mut HashMap<ObjectName, Running>,
+    table: &RoutingTable,
+    stop: &CancellationToken,
+) {
+    let wanted: HashMap<ObjectName, ProbeTarget> = table
+        .outbound
+        .values()
+        .filter_map(|route| ProbeTarget::of(route))
+        .map(|t| (t.trunk.clone(), t))
+        .collect();
+    let stale: Vec<ObjectName> = running
+        .iter()
+        .filter(|(name, r)| wanted.get(*name) != Some(&r.target))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stale {
+        if let Some(r) = running.remove(&name) {
+            end(publish, r).await;
+        }
+    }
+    for (name, target) in wanted {
+        if running.contains_key(&name) {
+            continue;
+        }
+        let token = stop.child_token();
+        let task = tokio::spawn(probe_trunk(publish.clone(), target.clone(), token.clone()));
+        running.insert(name, Running { target, stop: token, task });
+    }
+}
+
+/// Stops one trunk's task, then drops what it published (after the task is over, so that it
+/// cannot publish again behind us).
+async fn end(publish: &Publish, running: Running) {
+    running.stop.cancel();
+    let _ = running.task.await;
+    publish.stopped(&running.target);
+}
+
+/// `trunkline run`: logs, for each OutboundTrunk of `table`, the address its calls and probes
+/// leave from, for the carrier's allowlist: `public_address` when there is one (the address
+/// carriers see through NAT), else the carrier-facing listener's IP of the trunk's transport,
+/// else (a wildcard listener) the address this machine would use toward the carrier.
+pub async fn announce_source_addresses(
+    table: &RoutingTable,
+    public_address: Option<IpAddr>,
+    carrier_listeners: &[(Protocol, SocketAddr)],
+) {
+    for route in table.outbound.values() {
+        let listener = carrier_listeners
+            .iter()
+            .find(|(p, _)| *p == route.transport)
+            .or_else(|| carrier_listeners.first())
+            .map(|(_, a)| *a);
+        let source = match (public_address, listener) {
+            (Some(ip), _) => Ok(ip),
+            (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(addr.ip()),
+            _ => route_address(&route.host, route.port).await,
+        };
+        match source {
+            Ok(ip) => tracing::info!(
+                trunk = %route.name, source = %ip,
+                "OutboundTrunk {}: calls to {} leave from {ip}: the carrier's allowlist needs it",
+                route.name, route.host
+            ),
+            Err(e) => tracing::info!(
+                trunk = %route.name,
+                "OutboundTrunk {}: calls to {} leave from this machine's address toward it \
+                 ({e}; --public-address names it)",
+                route.name, route.host
+            ),
+        }
+    }
+}
+
+/// The local address the kernel picks toward `host` (a UDP socket connected to it: nothing is
+/// sent).
+async fn route_address(host: &str, port: u16) -> Result<IpAddr, String> {
+    let remote = resolve(host, port).await?;
+    let any: SocketAddr = if remote.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await.map_err(|e| e.to_string())?;
+    socket.connect(remote).await.map_err(|e| format!("no route to {remote}: {e}"))?;
+    socket.local_addr().map(|a| a.ip()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn misses(r: &mut Reachability, outcome: &ProbeOutcome, n: u32) -> Vec<Option<State>> {
+        (0..n).map(|_| r.record(outcome)).collect()
+    }
+
+    #[test]
+    fn three_misses_in_a_row_make_a_trunk_unreachable_and_one_answer_brings_it_back() {
+        let mut r = Reachability::new();
+        assert_eq!(r.state(), State::Unknown);
+        assert_eq!(misses(&mut r, &ProbeOutcome::Timeout, 2), [None, None]);
+        assert_eq!(r.state(), State::Unknown, "two misses decide nothing yet");
+        assert_eq!(r.record(&ProbeOutcome::Answered(503)), Some(State::Unreachable));
+        assert_eq!(r.record(&ProbeOutcome::Timeout), None, "no flip while it stays down");
+        assert_eq!(r.record(&ProbeOutcome::Answered(200)), Some(State::Reachable));
+        assert_eq!(r.record(&ProbeOutcome::Answered(200)), None, "no flip on every answer");
+    }
+
+    #[test]
+    fn misses_must_be_in_a_row() {
+        let mut r = Reachability::new();
+        assert_eq!(r.record(&ProbeOutcome::Answered(200)), Some(State::Reachable));
+        for _ in 0..3 {
+            assert_eq!(misses(&mut r, &ProbeOutcome::Timeout, 2), [None, None]);
+            assert_eq!(r.record(&ProbeOutcome::Answered(404)), None);
+        }
+        assert_eq!(r.state(), State::Reachable);
+        let send_error = ProbeOutcome::SendError("connection refused".into());
+        assert_eq!(misses(&mut r, &send_error, 3), [None, None, Some(State::Unreachable)]);
+    }
+
+    #[test]
+    fn answers_below_500_but_408_are_reachable_and_the_rest_are_misses() {
+        for status in [200, 202, 302, 401, 403, 404, 405, 407, 420, 480, 486, 499] {
+            assert!(ProbeOutcome::Answered(status).is_answer(), "{status}");
+        }
+        for status in [408, 500, 502, 503, 504, 600, 603, 100, 180] {
+            assert!(!ProbeOutcome::Answered(status).is_answer(), "{status}");
+        }
+        assert!(!ProbeOutcome::Timeout.is_answer());
+        assert!(!ProbeOutcome::Unresolved("x".into()).is_answer());
+        let mut r = Reachability::new();
+        let flips = misses(&mut r, &ProbeOutcome::Answered(408), 3);
+        assert_eq!(flips, [None, None, Some(State::Unreachable)], "408 is a miss");
+        assert_eq!(r.record(&ProbeOutcome::Answered(403)), Some(State::Reachable));
+    }
+
+    #[test]
+    fn details_name_the_answer_or_what_failed() {
+        assert_eq!(ProbeOutcome::Answered(503).detail(), "503 Service Unavailable");
+        assert_eq!(ProbeOutcome::Answered(200).detail(), "200 OK");
+        assert_eq!(ProbeOutcome::Timeout.detail(), "timeout");
+        assert_eq!(
+            ProbeOutcome::SendError("connection refused".into()).detail(),
+            "send error: connection refused"
+        );
+    }
+
+    #[test]
+    fn intervals_vary_by_fifteen_percent_either_way() {
+        let thirty = Duration::from_secs(30);
+        assert_eq!(next_interval(thirty, 0.0), Duration::from_millis(25_500));
+        assert_eq!(next_interval(thirty, 0.5), thirty);
+        assert_eq!(next_interval(thirty, 1.0), Duration::from_millis(34_500));
+        assert_eq!(next_interval(thirty, 7.0), Duration::from_millis(34_500), "clamped");
+    }
+
+    #[test]
+    fn a_probe_ends_before_the_next_is_due() {
+        assert_eq!(TIMER_F, Duration::from_secs(32));
+        assert_eq!(probe_timeout(Duration::from_secs(5)), Duration::from_millis(2500));
+        assert_eq!(probe_timeout(Duration::from_secs(30)), Duration::from_secs(15));
+        assert_eq!(probe_timeout(Duration::from_secs(3600)), TIMER_F);
+        for seconds in [5, 30, 64, 3600] {
+            let interval = Duration::from_secs(seconds);
+            assert!(probe_timeout(interval) < next_interval(interval, 0.0));
+        }
+    }
+
+    fn target(host: &str, transport: Protocol) -> ProbeTarget {
+        ProbeTarget {
+            trunk: ObjectName::new("voice", "carrier-out"),
+            host: host.into(),
+            port: 5060,
+            transport,
+            interval: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_options_request_names_the_carrier_and_comes_from_our_carrier_side() {
+        let ids = ProbeIds {
+            call_id: "c1@trunkline".into(),
+            branch: "z9hG4bKb1".into(),
+            tag: "t1".into(),
+        };
+        let local: SocketAddr = "203.0.113.10:5060".parse().unwrap();
+        let r = options_request(&target("sip.carrier.example", Protocol::Udp), local, &ids, "ua/1");
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert_eq!(
+            text,
+            "OPTIONS sip:sip.carrier.example:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKb1;rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:trunkline@203.0.113.10:5060>;tag=t1\r\n\
+             To: <sip:sip.carrier.example:5060>\r\n\
+             Call-ID: c1@trunkline\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Contact: <sip:trunkline@203.0.113.10:5060>\r\n\
+             Accept: application/sdp\r\n\
+             User-Agent: ua/1\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        // It parses as the carrier will parse it.
+        assert!(matches!(msg::parse(text.as_bytes()), Ok(msg::Message::Request(_))));
+        let tls = target("2001:db8::5", Protocol::Tls);
+        assert_eq!(tls.uri(), "sip:[2001:db8::5]:5060;transport=tls");
+    }
+
+    #[test]
+    fn a_response_is_the_probes_only_with_its_branch_and_method() {
+        let ids = ProbeIds { call_id: "c1".into(), branch: "z9hG4bKb1".into(), tag: "t".into() };
+        let response = |branch: &str, method: &str| {
+            let text = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+                 From: <sip:a@b>;tag=t\r\nTo: <sip:c@d>;tag=x\r\nCall-ID: c1\r\n\
+                 CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+            );
+            match msg::parse(text.as_bytes()) {
+                Ok(msg::Message::Response(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(answers(&response("z9hG4bKb1", "OPTIONS"), &ids));
+        assert!(!answers(&response("z9hG4bKother", "OPTIONS"), &ids));
+        assert!(!answers(&response("z9hG4bKb1", "INVITE"), &ids));
+    }
+
+    #[test]
+    fn probing_follows_the_trunks_setting() {
+        let route = |interval: Option<u32>| OutboundTrunkRoute {
+            name: ObjectName::new("voice", "out"),
+            generation: None,
+            host: "192.0.2.7".into(),
+            port: 5070,
+            transport: Protocol::Tcp,
+            credentials: None,
+            caller_id: crate::config::number::E164::parse_canonical("+14155550100").unwrap(),
+            allowed_caller_ids: Default::default(),
+            leading_plus: true,
+            health_check_interval_seconds: interval,
+            limits: Default::default(),
+            agents: Default::default(),
+            codecs: Vec::new(),
+        };
+        assert_eq!(ProbeTarget::of(&route(None)), None);
+        let t = ProbeTarget::of(&route(Some(5))).unwrap();
+        assert_eq!(t.interval, Duration::from_secs(5));
+        assert_eq!(t.uri(), "sip:192.0.2.7:5070;transport=tcp");
+    }
+}
