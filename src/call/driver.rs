@@ -19,6 +19,7 @@ use crate::sip::msg::Message;
 
 use super::limits::CallPermit;
 use super::machine::{Action, Call, Ended, MediaEvent, Record, RelayUpdate};
+use super::placed::PlacedCall;
 use super::services::{CallInput, CallServices};
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
@@ -29,6 +30,8 @@ pub struct Held {
     pub active: ActiveCallGuard,
     pub labels: CallLabels,
     pub table: Arc<RoutingTable>,
+    /// A call placed through the call API: its view, refreshed after every step.
+    pub watch: Option<Arc<PlacedCall>>,
 }
 
 /// What a call is known by in metrics and logs, the same in both directions.
@@ -55,6 +58,7 @@ struct Driver {
     permit: Option<CallPermit>,
     active: Option<ActiveCallGuard>,
     labels: CallLabels,
+    watch: Option<Arc<PlacedCall>>,
     _table: Arc<RoutingTable>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
@@ -68,7 +72,7 @@ pub async fn run(
     held: Held,
     (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Held { permit, active, labels, table } = held;
+    let Held { permit, active, labels, table, watch } = held;
     let call_ids = call.call_ids().take(1).map(str::to_string).collect();
     let mut d = Driver {
         gw,
@@ -80,10 +84,12 @@ pub async fn run(
         permit: Some(permit),
         active: Some(active),
         labels,
+        watch,
         _table: table,
         call_ids,
     };
     d.perform(first).await;
+    d.observe();
     loop {
         if d.call.is_done(Instant::now()) {
             break;
@@ -103,6 +109,7 @@ pub async fn run(
                 Some(CallInput::Response(r, source)) => {
                     d.call.on_message(Instant::now(), Message::Response(r), source)
                 }
+                Some(CallInput::HangUp) => d.call.hang_up(Instant::now(), "hung up through the call API"),
                 None => break,
             },
             () = tokio::time::sleep_until(wake), if deadline.is_some() => {
@@ -110,6 +117,7 @@ pub async fn run(
             }
         };
         d.perform(actions).await;
+        d.observe();
     }
     if d.permit.is_some() {
         // The task stopped before the call said it ended (its channel closed): free the slot.
@@ -128,6 +136,13 @@ async fn wait_media(timeout: &mut Option<MediaTimeoutFuture>) -> MediaTimeout {
 }
 
 impl Driver {
+    /// A placed call's view follows the call.
+    fn observe(&self) {
+        if let Some(watch) = &self.watch {
+            watch.observe(&self.call);
+        }
+    }
+
     /// Carries out actions in order; what the call answers to them is carried out after.
     async fn perform(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
@@ -210,6 +225,10 @@ impl Driver {
     /// The call is over: its slot and gauge go, its outcome is counted, the relay stops (its
     /// ports go back to the pool once the relay task ends).
     fn ended(&mut self, ended: Ended) {
+        if let Some(watch) = &self.watch {
+            watch.observe(&self.call);
+            watch.ended(&ended);
+        }
         self.permit = None;
         self.active = None;
         self.media_timeout = None;

@@ -29,11 +29,18 @@ use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
 use crate::media::sdp::Sdp;
 
+use super::driver::{self, CallLabels, Held};
 use super::inbound::{self, Admitted};
 use super::limits::Admission;
+use super::machine::{Call, Ids};
 use super::outbound as outbound_call;
+use super::placed::{self, PlacedCall};
 use super::services::{ALLOW, CallInput, CallServices, GatewayConfig, Listener, MediaOffer};
+use crate::config::destination::SipDestination;
 use crate::config::outbound::{self, OutboundAttempt};
+use crate::observe::api::{ApiError, CallControl, CallState, CallView, ErrorCode, NewCall};
+use crate::observe::metrics::Direction;
+use crate::sip::transport::Protocol;
 
 /// The gateway: routing of messages to calls, and the decision on new INVITEs.
 pub struct Gateway {
@@ -596,41 +603,161 @@ impl Gateway {
     }
 }
 
-// PLACEHOLDER (o12-api): replaced by the lead's outbound call side. It lets the call API's
-// listener run (and its schemathesis test pass) before calls can be placed: every new call is
-// refused with 503 `unavailable`, and no call exists.
+/// The call API's side of the gateway (`observe::api::CallControl`): calls placed by
+/// `POST /v1/calls` go through the same checks as an agent's INVITE (`config::outbound`, the
+/// trunk's codecs and limits), then `call::placed` dials the carrier and, on its answer, the
+/// agent runtime.
+struct PlacedCallControl(Arc<Gateway>);
+
 impl Gateway {
     /// What the call API (`observe::api`) drives.
-    pub fn call_control(self: &Arc<Self>) -> Arc<dyn crate::observe::api::CallControl> {
-        Arc::new(NoOutboundCalls)
+    pub fn call_control(self: &Arc<Self>) -> Arc<dyn CallControl> {
+        Arc::new(PlacedCallControl(self.clone()))
+    }
+
+    /// `POST /v1/calls`: checked, admitted and started, or refused with a stable code.
+    fn place(self: &Arc<Self>, request: NewCall) -> Result<CallView, ApiError> {
+        let refused = |rule: RefusalRule, error: ApiError| {
+            self.services.metrics.outbound_refused(rule.status(), rule.as_str());
+            Err(error)
+        };
+        if self.draining.load(Ordering::Relaxed) {
+            let error = ApiError::new(ErrorCode::Draining, "the gateway is shutting down")
+                .with_retry_after(30);
+            return refused(RefusalRule::Draining, error);
+        }
+        let config = &self.services.config;
+        let table = self.snapshot.borrow().table.clone();
+        let attempt = OutboundAttempt {
+            trunk_header: Some(request.trunk.as_str()),
+            trunk_param: None,
+            to: &request.to,
+            agent: Some(request.agent.as_str()),
+            caller_id: request.caller_id.as_deref(),
+        };
+        let decision = outbound::decide(&table, &attempt);
+        let route = match decision.outcome {
+            Ok(route) => route,
+            Err(refusal) => {
+                let code = match refusal.rule {
+                    RefusalRule::UnknownTrunk => ErrorCode::UnknownTrunk,
+                    RefusalRule::AmbiguousTrunk => ErrorCode::AmbiguousTrunk,
+                    RefusalRule::AgentNotAllowed => ErrorCode::AgentNotAllowed,
+                    RefusalRule::CallerIdNotAllowed => ErrorCode::CallerIdNotAllowed,
+                    RefusalRule::DialedNumberInvalid => ErrorCode::BadNumber,
+                    _ => ErrorCode::BadRequest,
+                };
+                let error = ApiError::new(code, refusal.message.clone());
+                return refused(refusal.rule, error);
+            }
+        };
+        let Some(agent_uri) = request.agent_uri.clone().or_else(|| config.agent_uri.clone()) else {
+            let error = ApiError::new(
+                ErrorCode::NoAgentUri,
+                "name the agent runtime: agentUri, or the gateway's --agent-uri",
+            );
+            return refused(RefusalRule::TrunkNotNamed, error);
+        };
+        let agent = match SipDestination::parse(&agent_uri) {
+            Ok(agent) => agent,
+            Err(e) => return Err(ApiError::new(ErrorCode::BadRequest, format!("agentUri: {e}"))),
+        };
+        let Some((sdp, negotiated)) = codec::gateway_offer(&route.trunk.codecs) else {
+            let error = ApiError::new(ErrorCode::NoCommonCodec, "the trunk allows no codec");
+            return refused(RefusalRule::NoCommonCodec, error);
+        };
+        let offer = MediaOffer { sdp, negotiated, delayed: false };
+        let trunk_key = format!("outbound:{}", route.trunk.name);
+        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+        {
+            Ok(permit) => permit,
+            Err(over) => {
+                let seconds = u32::try_from(over.retry_after.as_secs().max(1)).unwrap_or(1);
+                let error = ApiError::new(
+                    ErrorCode::LimitReached,
+                    format!("the trunk is at its {}", over.limit.rule().as_str()),
+                )
+                .with_retry_after(seconds);
+                return refused(over.limit.rule(), error);
+            }
+        };
+        let services = &self.services;
+        let agent_local = services
+            .local_address(Zone::Internal, agent.transport)
+            .or_else(|| services.local_address(Zone::Internal, Protocol::Udp));
+        let carrier_local = services
+            .local_address(Zone::Carrier, route.trunk.transport)
+            .or_else(|| services.local_address(Zone::Carrier, Protocol::Udp));
+        let (Some(agent_local), Some(carrier_local)) = (agent_local, carrier_local) else {
+            return Err(ApiError::new(ErrorCode::Unavailable, "the gateway has no listeners yet"));
+        };
+        let mut ids = Ids::random();
+        let placed = placed::setup(
+            &mut ids,
+            &config.header_prefix,
+            &request,
+            &route,
+            &agent,
+            (agent_local, carrier_local),
+            offer,
+        );
+        let id = placed.session_id.clone();
+        let view = CallView {
+            id: id.clone(),
+            state: CallState::Dialing,
+            direction: Direction::Outbound.as_str().to_string(),
+            trunk: route.trunk.name.to_string(),
+            to: route.number.to_string(),
+            caller_id: route.caller_id.to_string(),
+            agent: request.agent.clone(),
+            legs: Vec::new(),
+            created_at: placed::now_rfc3339(),
+            answered_at: None,
+            ended_at: None,
+            outcome: None,
+            reason: None,
+        };
+        let mut call_config = services.call_config.clone();
+        if let Some(seconds) = request.ring_timeout_seconds {
+            call_config.ring_timeout = std::time::Duration::from_secs(u64::from(seconds));
+        }
+        let (call, first) = Call::place(Instant::now(), call_config, ids, placed);
+        let (tx, rx) = mpsc::channel(64);
+        let watch = Arc::new(PlacedCall::new(view, tx.clone()));
+        watch.observe(&call);
+        services.placed.insert(&id, watch.clone());
+        services.call_started();
+        let labels = CallLabels {
+            direction: Direction::Outbound,
+            trunk: route.trunk.name.to_string(),
+            number: route.number.to_string(),
+            agent: request.agent.clone(),
+        };
+        let active = services.metrics.call_started(&labels.trunk, labels.direction);
+        tracing::info!(session = %id, trunk = %labels.trunk, number = %labels.number, agent = %labels.agent, "placing a call for the call API");
+        let held = Held { permit, active, labels, table, watch: Some(watch.clone()) };
+        tokio::spawn(driver::run(services.clone(), call, first, held, (tx, rx)));
+        Ok(watch.view())
     }
 }
 
-/// PLACEHOLDER (o12-api): the call API's side before outbound calls exist.
-struct NoOutboundCalls;
-
-impl crate::observe::api::CallControl for NoOutboundCalls {
-    fn originate(
-        &self,
-        _request: crate::observe::api::NewCall,
-    ) -> Result<crate::observe::api::CallView, crate::observe::api::ApiError> {
-        Err(crate::observe::api::ApiError::new(
-            crate::observe::api::ErrorCode::Unavailable,
-            "outbound calls are not available in this build",
-        ))
+impl CallControl for PlacedCallControl {
+    fn originate(&self, request: NewCall) -> Result<CallView, ApiError> {
+        self.0.place(request)
     }
 
-    fn get(&self, _id: &str) -> Option<crate::observe::api::CallView> {
-        None
+    fn get(&self, id: &str) -> Option<CallView> {
+        self.0.services.placed.get(id).map(|c| c.view())
     }
 
-    fn hang_up(
-        &self,
-        id: &str,
-    ) -> Result<crate::observe::api::CallView, crate::observe::api::ApiError> {
-        Err(crate::observe::api::ApiError::new(
-            crate::observe::api::ErrorCode::NotFound,
-            format!("no call {id}"),
-        ))
+    fn hang_up(&self, id: &str) -> Result<CallView, ApiError> {
+        let call = self
+            .0
+            .services
+            .placed
+            .get(id)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no call {id}")))?;
+        call.hang_up();
+        Ok(call.view())
     }
 }

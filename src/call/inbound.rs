@@ -63,7 +63,7 @@ pub fn spawn(
         agent: route.agent.clone(),
     };
     let active = gw.metrics.call_started(&labels.trunk, labels.direction);
-    let held = Held { permit, active, labels, table };
+    let held = Held { permit, active, labels, table, watch: None };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 

@@ -14,4 +14,5 @@ pub mod inbound;
 pub mod limits;
 pub mod machine;
 pub mod outbound;
+pub mod placed;
 pub mod services;

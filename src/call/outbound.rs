@@ -75,7 +75,7 @@ pub fn spawn(
         agent: route.agent.clone().unwrap_or_default(),
     };
     let active = gw.metrics.call_started(&labels.trunk, labels.direction);
-    let held = Held { permit, active, labels, table };
+    let held = Held { permit, active, labels, table, watch: None };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 
@@ -90,8 +90,27 @@ pub fn setup(
     route: &OutboundRoute,
     offer: Option<MediaOffer>,
 ) -> Setup {
-    let trunk = &route.trunk;
     let session_id = ids.token(16);
+    let dial = carrier_dial(ids, route, carrier_local, agent_x_headers(prefix, &invite));
+    Setup {
+        session_id,
+        origin: Origin { role: Role::Agent, invite, source, local: agent_local },
+        dial,
+        offer,
+        codecs: route.trunk.codecs.clone(),
+    }
+}
+
+/// The carrier leg of an outbound call (SIP or API): our dialog toward `sip:NUMBER@host:port`
+/// with the caller id in From and `P-Asserted-Identity` at our carrier-facing address, the
+/// `X-*` headers that travel, and the trunk's credentials.
+pub fn carrier_dial(
+    ids: &mut Ids,
+    route: &OutboundRoute,
+    carrier_local: SocketAddr,
+    x_headers: Vec<(String, String)>,
+) -> Dial {
+    let trunk = &route.trunk;
     let carrier_uri = route.carrier_uri();
     let caller = identity(&carrier_user(trunk, &route.caller_id), carrier_local.ip());
     let dialog = Dialog {
@@ -112,19 +131,13 @@ pub fn setup(
         local: carrier_local,
     };
     let mut headers = vec![(P_ASSERTED_IDENTITY.to_string(), format!("<{caller}>"))];
-    headers.extend(agent_x_headers(prefix, &invite));
-    Setup {
-        session_id,
-        origin: Origin { role: Role::Agent, invite, source, local: agent_local },
-        dial: Dial {
-            role: Role::Carrier,
-            dialog,
-            destination: destination(&trunk.host, trunk.port),
-            headers,
-            credentials: trunk.credentials.clone(),
-        },
-        offer,
-        codecs: trunk.codecs.clone(),
+    headers.extend(x_headers);
+    Dial {
+        role: Role::Carrier,
+        dialog,
+        destination: destination(&trunk.host, trunk.port),
+        headers,
+        credentials: trunk.credentials.clone(),
     }
 }
 
@@ -136,8 +149,8 @@ fn identity(user: &str, ip: IpAddr) -> String {
     }
 }
 
-/// Where the carrier is: an address, or a name to look up.
-fn destination(host: &str, port: u16) -> Destination {
+/// Where a host is: an address, or a name to look up.
+pub(super) fn destination(host: &str, port: u16) -> Destination {
     match host.parse::<IpAddr>() {
         Ok(ip) => Destination::Address(SocketAddr::new(ip, port)),
         Err(_) => Destination::Lookup { host: host.to_string(), port },

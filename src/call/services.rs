@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub agent_networks: Vec<ipnet::IpNet>,
     /// The agent runtime's digest credentials, when its INVITEs must answer a challenge.
     pub agent_credentials: Option<Arc<super::agent_auth::AgentCredentials>>,
+    /// Where calls placed through the call API are bridged to, unless a request names its own.
+    pub agent_uri: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +54,7 @@ impl Default for GatewayConfig {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             agent_credentials: None,
+            agent_uri: None,
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct Listener {
 pub enum CallInput {
     Request(Request, Source),
     Response(Response, Source),
+    /// End the call (the call API's `DELETE`).
+    HangUp,
 }
 
 use super::machine::CallConfig;
@@ -91,6 +96,8 @@ pub struct CallServices {
     active: AtomicUsize,
     /// Host names of dialed legs to addresses, with a short cache shared by every call.
     pub(super) resolver: Resolver,
+    /// Calls placed through the call API, by id.
+    pub(super) placed: super::placed::PlacedCalls,
 }
 
 impl CallServices {
@@ -117,6 +124,7 @@ impl CallServices {
             media: OnceLock::new(),
             active: AtomicUsize::new(0),
             resolver: Resolver::system(),
+            placed: Default::default(),
         })
     }
 

@@ -294,6 +294,7 @@ pub async fn serve_until(
         media_timeout: options.media_timeout,
         agent_networks: options.agent_networks.clone(),
         agent_credentials,
+        agent_uri: options.agent_uri.clone(),
         ..GatewayConfig::default()
     };
     let digest = DigestServer::new(

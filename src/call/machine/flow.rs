@@ -57,6 +57,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         invite_request: Some(invite),
         deadline: None,
         auth: Default::default(),
+        invite_headers: Vec::new(),
     }
 }
 
@@ -97,7 +98,7 @@ impl Call {
         self.leg_mut(leg).dialog.target.remote = address;
         let call_id = self.leg(leg).dialog.call_id.clone();
         self.out.push(Action::Listen { call_id });
-        if self.offer.is_some() {
+        if self.offer.is_some() && self.relay == Relay::None {
             let (a, b) = self.relay_binds();
             self.relay = Relay::Starting;
             self.out.push(Action::StartRelay { a, b, media_timeout: self.config.media_timeout });
@@ -116,7 +117,7 @@ impl Call {
             let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
             r.headers.set(name::MAX_FORWARDS, hops.to_string());
         }
-        for (n, v) in &self.dial_headers {
+        for (n, v) in &self.leg(leg).invite_headers {
             r.headers.push(n, v.as_str());
         }
         r.headers.push(name::ALLOW, ALLOW);
@@ -154,6 +155,17 @@ impl Call {
         }
         self.outcome.get_or_insert(outcome);
         self.give_up_dialed(now);
+        // A call the gateway placed may have an answered leg while another is still being
+        // dialed: it is hung up with the call.
+        let answered: Vec<LegId> = self
+            .legs
+            .iter()
+            .filter(|l| l.side == Side::Uac && l.phase == Phase::Confirmed)
+            .map(|l| l.id)
+            .collect();
+        for leg in answered {
+            self.bye(now, leg);
+        }
         self.end(now);
     }
 
@@ -455,6 +467,9 @@ impl Call {
 
     /// The dialed leg answered: its SDP checked, the origin gets the 2xx, the call is up.
     fn answered(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        if self.then.is_some() && leg == self.bridge[0] {
+            return self.first_answered(now, leg, resp);
+        }
         let body = match self.answer_from(leg, resp) {
             Ok(body) => body,
             Err(status) => {
@@ -482,6 +497,37 @@ impl Call {
             }
             self.leg_mut(Call::ORIGIN).phase = Phase::Confirmed;
             self.respond(now, &key, out);
+        }
+    }
+
+    /// A placed call's first leg (the carrier) answered: its answer checked, media not owed
+    /// yet (held), and the second leg (the agent runtime) dialed with an offer of the codec the
+    /// first chose, on the relay's other side.
+    fn first_answered(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        self.leg_mut(leg).phase = Phase::Confirmed;
+        if let Err(status) = self.answer_from(leg, resp) {
+            self.bye(now, leg);
+            return self.fail_origin(now, status, Outcome::Failed);
+        }
+        self.out.push(Action::UpdateRelay(super::RelayUpdate::Hold(true)));
+        let Some(destination) = self.then.take() else { return };
+        let second = self.bridge[1];
+        let codec = self.chosen.as_ref().map(|c| c.codec);
+        let offer = codec.and_then(|c| crate::media::codec::gateway_offer(&[c]));
+        let (Some((mut sdp, negotiated)), Some(port)) =
+            (offer, self.relay.port(self.leg(second).media))
+        else {
+            tracing::warn!(session = %self.session_id, "no codec in the answer to offer the second leg");
+            return self.fail_origin(now, 488, Outcome::Failed);
+        };
+        let (_, advertised) = self.media_ip(second);
+        sdp.rewrite_for_relay(&mut self.legs[second.0].origin, advertised, port);
+        self.offer = Some(super::MediaOffer { sdp, negotiated, delayed: false });
+        match destination {
+            Destination::Address(address) => self.resolved(now, second, address),
+            Destination::Lookup { host, port } => {
+                self.out.push(Action::Resolve { leg: second, host, port })
+            }
         }
     }
 
@@ -560,7 +606,13 @@ impl Call {
                 self.bye(now, peer);
                 self.end(now);
             }
-            State::Setup if leg == Call::ORIGIN => self.fail_origin(now, 487, Outcome::Cancelled),
+            State::Setup if leg == Call::ORIGIN => {
+                if self.leg(leg).side == Side::Uac {
+                    // A placed call's first leg hung up while the second was dialed.
+                    self.leg_mut(leg).phase = Phase::Terminated;
+                }
+                self.fail_origin(now, 487, Outcome::Cancelled)
+            }
             State::Setup => {
                 // The dialed peer gave up before answering: its leg is over, the origin gets 480.
                 self.leg_mut(leg).phase = Phase::Terminated;

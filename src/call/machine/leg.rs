@@ -17,6 +17,14 @@ use crate::sip::transport::{Protocol, Target};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LegId(pub(super) usize);
 
+impl LegId {
+    /// The first leg of a call: the origin of a call that came in, the first dialed of one the
+    /// gateway places.
+    pub const FIRST: LegId = LegId(0);
+    /// The second leg: the one the call dialed, or the second of one the gateway places.
+    pub const SECOND: LegId = LegId(1);
+}
+
 /// Who is on the other end of a leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -180,6 +188,9 @@ pub struct Leg {
     pub deadline: Option<Instant>,
     /// UAC: the digest credentials this leg answers its peer's 401/407 with.
     pub auth: LegAuth,
+    /// UAC: headers of our INVITE beside the dialog's own (session headers, the `X-*` headers
+    /// that travel to this peer).
+    pub invite_headers: Vec<(String, String)>,
 }
 
 /// A dialed leg's digest toward its peer (a carrier's 401/407, RFC 3261 §22.2).

@@ -34,12 +34,15 @@ impl Call {
         self.relay = Relay::Running { a, b };
         self.out.push(Action::UpdateRelay(RelayUpdate::Hold(true)));
         let [origin, dialed] = self.bridge;
+        // A call the gateway places dials its first leg first; its offer is the gateway's own.
+        let placed = self.then.is_some();
+        let dialed = if placed { origin } else { dialed };
         let (_, advertised) = self.media_ip(dialed);
         let origin_side = self.leg(origin).media;
         let dialed_side = self.leg(dialed).media;
         let Some(port) = self.relay.port(dialed_side) else { return };
         let Some(offer) = &mut self.offer else { return };
-        if !offer.delayed {
+        if !offer.delayed && !placed {
             // (A delayed offer's address is a placeholder: the origin's comes with its ACK.)
             let remote = offer.sdp.audio_endpoint();
             self.out.push(Action::UpdateRelay(RelayUpdate::Remote { side: origin_side, remote }));

@@ -151,6 +151,21 @@ pub struct Setup {
     pub codecs: Vec<Codec>,
 }
 
+/// A call the gateway places itself (the call API, third-party call control as in RFC 3725
+/// flow I): it dials `first` (the carrier) with the gateway's offer on the relay; when that
+/// answers, it dials `then` (the agent runtime) offering the codec `first` chose, on the
+/// relay's other side, and bridges the two. No re-INVITE is needed: the relay's ports are the
+/// ones the first leg was offered.
+#[derive(Debug)]
+pub struct Placed {
+    pub session_id: String,
+    pub first: Dial,
+    pub then: Dial,
+    /// The gateway's offer to `first` (`media::codec::gateway_offer` of the trunk's codecs).
+    pub offer: MediaOffer,
+    pub codecs: Vec<Codec>,
+}
+
 /// What the driver does for a call, in the order given.
 #[derive(Debug)]
 pub enum Action {
@@ -261,8 +276,8 @@ pub struct Call {
     servers: HashMap<ServerKey, ServerTx>,
     clients: HashMap<ClientKey, ClientTx>,
     pending_2xx: Vec<Pending2xx>,
-    /// Headers of the dialed leg's INVITE beside the dialog's own.
-    dial_headers: Vec<(String, String)>,
+    /// A call the gateway places: where its second leg goes, until the first answers.
+    then: Option<Destination>,
     codecs: Vec<Codec>,
     /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
     offer: Option<MediaOffer>,
@@ -308,6 +323,7 @@ impl Call {
             invite_request: None,
             deadline: None,
             auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
+            invite_headers: dial.headers,
         };
         let mut call = Call {
             config,
@@ -318,7 +334,7 @@ impl Call {
             servers: HashMap::new(),
             clients: HashMap::new(),
             pending_2xx: Vec::new(),
-            dial_headers: dial.headers,
+            then: None,
             codecs,
             offer,
             late_offer: None,
@@ -335,6 +351,86 @@ impl Call {
         call.begin(now, dial.destination);
         let actions = call.take();
         (call, actions)
+    }
+
+    /// A call the gateway places (see [`Placed`]): the first leg is looked up (or, with an
+    /// address, the relay starts and it is invited).
+    pub fn place(
+        now: Instant,
+        config: CallConfig,
+        ids: Ids,
+        placed: Placed,
+    ) -> (Call, Vec<Action>) {
+        let Placed { session_id, first, then, offer, codecs } = placed;
+        let leg = |id: usize, dial: Dial, ids: &mut Ids| {
+            let leg = Leg {
+                id: LegId(id),
+                role: dial.role,
+                side: Side::Uac,
+                phase: Phase::Resolving,
+                media: relay_side(dial.role),
+                origin: ids.origin(),
+                dialog: dial.dialog,
+                invite: LegInvite::None,
+                invite_request: None,
+                deadline: None,
+                auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
+                invite_headers: dial.headers,
+            };
+            (leg, dial.destination)
+        };
+        let mut ids = ids;
+        let (first, first_destination) = leg(0, first, &mut ids);
+        let (then, then_destination) = leg(1, then, &mut ids);
+        let legs = vec![first, then];
+        let mut call = Call {
+            config,
+            ids,
+            session_id,
+            legs,
+            bridge: [LegId(0), LegId(1)],
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            pending_2xx: Vec::new(),
+            then: Some(then_destination),
+            codecs,
+            offer: Some(offer),
+            late_offer: None,
+            chosen: None,
+            relay: Relay::None,
+            reoffers: HashMap::new(),
+            state: State::Setup,
+            started: now,
+            linger_until: None,
+            outcome: None,
+            hangup_reason: None,
+            out: Vec::new(),
+        };
+        match first_destination {
+            Destination::Address(address) => call.resolved(now, LegId(0), address),
+            Destination::Lookup { host, port } => {
+                call.out.push(Action::Resolve { leg: LegId(0), host, port })
+            }
+        }
+        let actions = call.take();
+        (call, actions)
+    }
+
+    /// Ends the call from outside (the call API's `DELETE`): an answered call gets BYE on both
+    /// legs; one being set up has its pending legs cancelled and its answered ones hung up.
+    pub fn hang_up(&mut self, now: Instant, reason: &str) -> Vec<Action> {
+        match self.state {
+            State::Answered => {
+                self.hangup_reason = Some(reason.to_string());
+                self.hang_up_both(now);
+            }
+            State::Setup => {
+                self.hangup_reason = Some(reason.to_string());
+                self.fail_origin(now, 487, Outcome::Cancelled);
+            }
+            State::Ended => {}
+        }
+        self.take()
     }
 
     pub fn session_id(&self) -> &str {

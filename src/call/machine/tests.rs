@@ -561,3 +561,189 @@ fn a_challenge_to_a_leg_without_credentials_is_a_failure_of_the_peer_as_before()
     assert_eq!(statuses(&actions, CARRIER_LEG), vec![503]);
     assert!(actions.iter().any(|a| matches!(a, Action::Record(Record::AuthRefused { .. }))));
 }
+
+/// A call the gateway places: carrier first (leg 0), then the agent (leg 1).
+fn placed() -> (Script, Request) {
+    let codecs = vec![Codec::Pcmu, Codec::Pcma];
+    let (sdp, negotiated) = crate::media::codec::gateway_offer(&codecs).unwrap();
+    let dialog = |call_id: &str, local: &str, remote: &str, zone| Dialog {
+        call_id: call_id.into(),
+        local_tag: "gw".into(),
+        remote_tag: None,
+        local_uri: NameAddrOf(format!("sip:+14155550100@{local}")).into(),
+        remote_uri: NameAddrOf(remote.to_string()).into(),
+        remote_target: remote.into(),
+        route_set: vec![],
+        local_cseq: 0,
+        target: crate::sip::transport::Target {
+            protocol: crate::sip::transport::Protocol::Udp,
+            zone,
+            remote: addr(local),
+            connection: None,
+        },
+        local: addr(local),
+    };
+    use crate::sip::transport::Zone;
+    let first = Dial {
+        role: Role::Carrier,
+        dialog: dialog(
+            "carrier-leg@gw",
+            GATEWAY_A,
+            &format!("sip:+14155550142@{CARRIER}"),
+            Zone::Carrier,
+        ),
+        destination: Destination::Address(addr(CARRIER)),
+        headers: vec![],
+        credentials: None,
+    };
+    let then = Dial {
+        role: Role::Agent,
+        dialog: dialog("agent-leg@gw", GATEWAY_B, &format!("sip:support@{AGENT}"), Zone::Internal),
+        destination: Destination::Address(addr(AGENT)),
+        headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
+        credentials: None,
+    };
+    let placed = Placed {
+        session_id: "api-1".into(),
+        first,
+        then,
+        offer: MediaOffer { sdp, negotiated, delayed: false },
+        codecs,
+    };
+    let t0 = std::time::Instant::now();
+    let (call, actions) = Call::place(t0, CallConfig::default(), Ids::seeded(3), placed);
+    assert!(actions.iter().any(|a| matches!(a, Action::StartRelay { .. })), "the relay first");
+    assert!(requests_to(&actions, CARRIER_LEG).is_empty(), "the INVITE waits for the relay");
+    let mut s = Script { call, t0, now: t0 };
+    let actions = s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B });
+    let invite = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert!(requests_to(&actions, AGENT_LEG).is_empty(), "the agent waits for the carrier");
+    (s, invite)
+}
+
+struct NameAddrOf(String);
+
+impl From<NameAddrOf> for crate::sip::msg::NameAddr {
+    fn from(uri: NameAddrOf) -> Self {
+        crate::sip::msg::NameAddr { display: None, uri: uri.0, params: vec![] }
+    }
+}
+
+fn respond_tagged(
+    s: &mut Script,
+    leg: LegId,
+    to: &Request,
+    status: u16,
+    sdp: Option<&str>,
+) -> Vec<Action> {
+    let mut r = crate::sip::msg::Response::to_request(
+        to,
+        status,
+        crate::sip::msg::reason_phrase(status),
+        Some("peertag"),
+    );
+    r.headers.push(
+        name::CONTACT,
+        format!("<sip:peer@{}>", if leg == CARRIER_LEG { CARRIER } else { AGENT }),
+    );
+    if let Some(sdp) = sdp {
+        r.headers.push(name::CONTENT_TYPE, "application/sdp");
+        r.body = sdp.as_bytes().to_vec().into();
+    }
+    s.deliver(leg, crate::sip::msg::Message::Response(r))
+}
+
+fn pcma_answer(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 7 7 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
+    )
+}
+
+#[test]
+fn a_placed_call_dials_the_carrier_then_the_agent_with_the_codec_the_carrier_chose() {
+    let (mut s, invite) = placed();
+    assert_eq!(invite.uri, format!("sip:+14155550142@{CARRIER}"));
+    let (media, _) = media_of(&invite.body);
+    assert_eq!(media, addr(&format!("198.51.100.1:{RELAY_A}")), "the carrier is offered side A");
+    let body = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(body.contains("RTP/AVP 0 8"), "the trunk's codecs: {body}");
+
+    let actions = respond_tagged(&mut s, CARRIER_LEG, &invite, 180, None);
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert_eq!(s.call.leg(CARRIER_LEG).phase, Phase::Early);
+    s.at(2000);
+    let actions = respond_tagged(&mut s, CARRIER_LEG, &invite, 200, Some(&pcma_answer(5004)));
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Ack]);
+    assert_eq!(
+        relay_updates(&actions),
+        vec![
+            RelayUpdate::Remote { side: RelaySide::A, remote: Some(addr("192.0.2.10:5004")) },
+            RelayUpdate::Hold(false),
+            RelayUpdate::Hold(true),
+        ],
+        "the carrier's media is known; none is owed until the agent answers"
+    );
+    let agent_invite = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(agent_invite.headers.get("X-Trunkline-Agent-ID"), Some("support"));
+    let offer = String::from_utf8_lossy(&agent_invite.body).to_string();
+    assert!(offer.contains("m=audio 30002 RTP/AVP 8 "), "PCMA alone, on side B: {offer}");
+    assert!(!offer.contains("PCMU"), "{offer}");
+    assert_eq!(s.call.state(), State::Setup);
+
+    let actions = respond_tagged(
+        &mut s,
+        AGENT_LEG,
+        &agent_invite,
+        200,
+        Some(&pcma_answer(7078).replace("192.0.2.10", "127.0.0.1")),
+    );
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Ack]);
+    assert_eq!(s.call.state(), State::Answered);
+    assert!(relay_updates(&actions).contains(&RelayUpdate::Hold(false)));
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "no re-INVITE toward the carrier");
+
+    // The API hangs it up: BYE on both legs.
+    let actions = s.call.hang_up(s.now, "hung up through the call API");
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    assert_eq!(ended(&actions).unwrap().reason.as_deref(), Some("hung up through the call API"));
+}
+
+#[test]
+fn a_placed_call_whose_agent_is_busy_hangs_up_the_carrier() {
+    let (mut s, invite) = placed();
+    let actions = respond_tagged(&mut s, CARRIER_LEG, &invite, 200, Some(&pcma_answer(5004)));
+    let agent_invite = requests_to(&actions, AGENT_LEG).remove(0);
+    let actions = respond_tagged(&mut s, AGENT_LEG, &agent_invite, 486, None);
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Busy));
+}
+
+#[test]
+fn a_placed_call_hung_up_while_the_carrier_rings_is_cancelled() {
+    let (mut s, invite) = placed();
+    respond_tagged(&mut s, CARRIER_LEG, &invite, 180, None);
+    let actions = s.call.hang_up(s.now, "hung up through the call API");
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Cancel]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Cancelled));
+    assert!(sent(&actions, AGENT_LEG).is_empty(), "the agent was never called");
+}
+
+#[test]
+fn a_placed_call_whose_carrier_hangs_up_before_the_agent_answers_cancels_the_agent() {
+    let (mut s, invite) = placed();
+    let actions = respond_tagged(&mut s, CARRIER_LEG, &invite, 200, Some(&pcma_answer(5004)));
+    let agent_invite = requests_to(&actions, AGENT_LEG).remove(0);
+    respond_tagged(&mut s, AGENT_LEG, &agent_invite, 180, None);
+    let bye = request(&format!(
+        "BYE sip:+14155550100@{GATEWAY_A} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:+14155550142@{CARRIER}>;tag=peertag\r\n\
+         To: <sip:+14155550100@{GATEWAY_A}>;tag=gw\r\nCall-ID: carrier-leg@gw\r\nCSeq: 1 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    ));
+    let actions = s.carrier_sends(bye);
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert_eq!(methods(&actions, CARRIER_LEG), Vec::<Method>::new(), "no BYE back to the carrier");
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+}
