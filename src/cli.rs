@@ -11,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::explain::PublicAddress;
 use trunkline::api::{Kind, Transport};
 use trunkline::config::check::CheckReport;
 use trunkline::config::lookup::{self, CallAttempt, LookupOptions, Outcome};
@@ -136,41 +137,69 @@ enum Command {
     },
     /// Explain what the gateway would do with a call: runs compile and the gateway's own matcher
     /// offline and prints the decision chain, ending in the SIP answer. Exit status: 0 when the
-    /// call would reach an agent, 1 when it would be refused or challenged.
-    Explain {
-        /// The spec folder (or files) the gateway serves.
-        #[arg(long = "specs", required = true, value_name = "PATH")]
-        specs: Vec<PathBuf>,
-        /// The carrier's source address, `IP` or `IP:PORT`.
-        #[arg(long, value_name = "IP[:PORT]")]
-        from: String,
-        /// The dialed number as the carrier sends it (`+14155550100`, `0014155550100`,
-        /// `tel:+1-415-555-0100`) or a whole Request-URI (`sip:+14155550100@gw;user=phone`).
-        #[arg(long, value_name = "NUMBER|URI")]
-        to: String,
-        /// The transport the INVITE arrives on.
-        #[arg(long, value_enum, default_value_t = TransportFlag(Transport::Udp))]
-        transport: TransportFlag,
-        /// The digest username the INVITE carries (its response is assumed valid). Omit to see
-        /// what happens to an INVITE without credentials.
-        #[arg(long, value_name = "USERNAME")]
-        user: Option<String>,
-        /// The caller's number or From URI.
-        #[arg(long, value_name = "NUMBER|URI", default_value = "")]
-        caller: String,
-        /// A header of the INVITE, `Name: value`; repeatable.
-        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
-        headers: Vec<String>,
-        /// Compile as the fleet of this region would.
-        #[arg(long, value_name = "REGION")]
-        region: Option<String>,
-        /// Prefix of trunkline's own headers.
-        #[arg(long, default_value = lookup::DEFAULT_HEADER_PREFIX)]
-        header_prefix: String,
-        /// `text` for people, `json` for tools.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
+    /// call would reach an agent, 1 when it would be refused or challenged. With `--outbound`:
+    /// an agent's call out through an OutboundTrunk, and the first lines of the INVITE the
+    /// carrier would get; 0 when it would go out, 1 when the agent would be refused.
+    Explain(Box<ExplainArgs>),
+}
+
+/// Flags of `trunkline explain` (inbound calls by default, `--outbound` for an agent's call out).
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The spec folder (or files) the gateway serves.
+    #[arg(long = "specs", required = true, value_name = "PATH")]
+    specs: Vec<PathBuf>,
+    /// The carrier's source address, `IP` or `IP:PORT` (inbound calls).
+    #[arg(long, value_name = "IP[:PORT]", required_unless_present = "outbound")]
+    from: Option<String>,
+    /// The dialed number as the carrier sends it (`+14155550100`, `0014155550100`,
+    /// `tel:+1-415-555-0100`) or a whole Request-URI (`sip:+14155550100@gw;user=phone`).
+    /// With `--outbound`: the number the agent dials (the user of its Request-URI), or its whole
+    /// Request-URI (`sip:+14155550142@gw;trunk=carrier-out`).
+    #[arg(long, value_name = "NUMBER|URI")]
+    to: String,
+    /// The transport the INVITE arrives on (inbound calls).
+    #[arg(long, value_enum, default_value_t = TransportFlag(Transport::Udp), conflicts_with = "outbound")]
+    transport: TransportFlag,
+    /// The digest username the INVITE carries (its response is assumed valid). Omit to see
+    /// what happens to an INVITE without credentials (inbound calls).
+    #[arg(long, value_name = "USERNAME", conflicts_with = "outbound")]
+    user: Option<String>,
+    /// The caller's number or From URI (inbound calls; `--caller-id` with `--outbound`).
+    #[arg(long, value_name = "NUMBER|URI", default_value = "", conflicts_with = "outbound")]
+    caller: String,
+    /// A header of the INVITE, `Name: value`; repeatable. With `--outbound`, a header of the
+    /// agent's INVITE (its `X-*` headers reach the carrier).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Explain an outbound call: the agent runtime's INVITE to the agent-facing listener,
+    /// naming the trunk, the number and the agent.
+    #[arg(long)]
+    outbound: bool,
+    /// The OutboundTrunk the agent names (its trunk header), `NAME` or `namespace/NAME`.
+    #[arg(long, value_name = "NAME", requires = "outbound")]
+    trunk: Option<String>,
+    /// The agent id the agent's INVITE carries (its agent id header).
+    #[arg(long, value_name = "ID", requires = "outbound")]
+    agent: Option<String>,
+    /// The caller id the agent asks for (the From user of its INVITE); omit for the trunk's
+    /// `callerId`.
+    #[arg(long, value_name = "NUMBER", requires = "outbound")]
+    caller_id: Option<String>,
+    /// The gateway's carrier-facing address, shown in the carrier's INVITE (Via, Contact,
+    /// From, P-Asserted-Identity): the gateway's `--public-address` or listener, `IP` or
+    /// `IP:PORT` (port default 5060, 5061 for a TLS trunk). Omitted: a placeholder.
+    #[arg(long, value_name = "IP[:PORT]", requires = "outbound", value_parser = parse_public_address)]
+    public_address: Option<PublicAddress>,
+    /// Compile as the fleet of this region would.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Prefix of trunkline's own headers.
+    #[arg(long, default_value = lookup::DEFAULT_HEADER_PREFIX)]
+    header_prefix: String,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// Flags of `trunkline run`.
@@ -381,6 +410,17 @@ fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     trunkline::sip::transport::parse_socket_addr(s).ok_or_else(|| format!("{s:?} is not IP:PORT"))
 }
 
+/// `explain --public-address`: `IP`, `[IPv6]`, or `IP:PORT`.
+fn parse_public_address(s: &str) -> Result<PublicAddress, String> {
+    let trimmed = s.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+        return Ok(PublicAddress { ip, port: None });
+    }
+    trunkline::sip::transport::parse_socket_addr(s.trim())
+        .map(|a| PublicAddress { ip: a.ip(), port: Some(a.port()) })
+        .ok_or_else(|| format!("{s:?} is not IP or IP:PORT"))
+}
+
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 20000-30000")?;
     let lo: u16 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a port"))?;
@@ -428,19 +468,38 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Operator(args) => run_operator(*args, log_format),
         Command::Crds { out } => crds(out),
         Command::Check { paths, strict, region, output } => check(&paths, strict, region, output),
-        Command::Explain {
-            specs,
-            from,
-            to,
-            transport,
-            user,
-            caller,
-            headers,
-            region,
-            header_prefix,
-            output,
-        } => {
+        Command::Explain(args) => {
+            let ExplainArgs {
+                specs,
+                from,
+                to,
+                transport,
+                user,
+                caller,
+                headers,
+                outbound,
+                trunk,
+                agent,
+                caller_id,
+                public_address,
+                region,
+                header_prefix,
+                output,
+            } = *args;
             let headers = parse_headers(&headers)?;
+            if outbound {
+                let query = crate::explain::OutboundQuery {
+                    trunk: trunk.as_deref(),
+                    to: &to,
+                    agent: agent.as_deref(),
+                    caller_id: caller_id.as_deref(),
+                    headers: &headers,
+                    header_prefix: &header_prefix,
+                    public_address,
+                };
+                return crate::explain::run(&specs, region, &query, output == Output::Json);
+            }
+            let from = from.context("--from is required")?;
             let call = ExplainCall {
                 from: &from,
                 to: &to,
@@ -909,6 +968,48 @@ mod tests {
             assert_eq!(cli.log_format, LogFormat::Json, "{args:?}");
         }
         assert!(Cli::try_parse_from(["trunkline", "crds", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn explain_outbound_takes_its_own_flags_and_a_public_address_with_or_without_port() {
+        let Command::Explain(args) = parse(&[
+            "explain",
+            "--specs",
+            "examples",
+            "--outbound",
+            "--trunk",
+            "voice/carrier-out",
+            "--to",
+            "+14155550142",
+            "--agent",
+            "support",
+            "--caller-id",
+            "+14155550101",
+            "--public-address",
+            "203.0.113.5",
+        ]) else {
+            panic!("not explain")
+        };
+        assert!(args.outbound);
+        assert_eq!(args.from, None, "--from is for inbound calls");
+        assert_eq!(args.trunk.as_deref(), Some("voice/carrier-out"));
+        assert_eq!(args.agent.as_deref(), Some("support"));
+        assert_eq!(args.caller_id.as_deref(), Some("+14155550101"));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(args.public_address, Some(PublicAddress { ip: ip("203.0.113.5"), port: None }));
+        for (text, ip_text, port) in [
+            ("203.0.113.5:5070", "203.0.113.5", Some(5070)),
+            ("2001:db8::5", "2001:db8::5", None),
+            ("[2001:db8::5]", "2001:db8::5", None),
+            ("[2001:db8::5]:5070", "2001:db8::5", Some(5070)),
+        ] {
+            assert_eq!(
+                parse_public_address(text),
+                Ok(PublicAddress { ip: ip(ip_text), port }),
+                "{text}"
+            );
+        }
+        assert!(parse_public_address("gw.example").is_err());
     }
 
     #[test]

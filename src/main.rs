@@ -1,8 +1,10 @@
-//! The `trunkline` binary: parses the command line and hands over to `cli`.
+//! The `trunkline` binary: parses the command line and hands over to `cli` (and `cli` to
+//! `explain` for `explain --outbound`).
 
 use std::process::ExitCode;
 
 mod cli;
+mod explain;
 
 fn main() -> ExitCode {
     let args = cli::Cli::from_env();

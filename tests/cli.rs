@@ -310,3 +310,274 @@ fn log_format_json_writes_every_log_line_as_a_json_object() {
         "no serving line in {messages:?}"
     );
 }
+
+/// `explain --outbound --specs examples/ ARGS...`.
+fn explain_outbound(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["--outbound"];
+    all.extend_from_slice(args);
+    explain(&all)
+}
+
+/// The lines of the carrier's INVITE in `explain --outbound` text: those indented under "the
+/// carrier gets".
+fn carrier_invite(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("the carrier gets"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+fn header<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}: ");
+    lines.iter().find_map(|l| l.strip_prefix(&prefix))
+}
+
+#[test]
+fn explain_outbound_shows_the_chain_the_trunk_and_the_invite_the_carrier_would_get() {
+    let (code, text) = explain_outbound(&[
+        "--trunk",
+        "carrier-out",
+        "--to",
+        "+1-415-555-0142",
+        "--agent",
+        "support",
+        "-H",
+        "X-Campaign: spring",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for step in [
+        " 1. trunk       ok   OutboundTrunk voice/carrier-out",
+        " 2. agent       ok   ",
+        " 3. number      ok   dials +14155550142",
+        " 4. caller      ok   presents the trunk's callerId +14155550100",
+        " 5. destination ok   the call goes to sip:+14155550142@sip.carrier.example:5060",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+    assert!(
+        text.contains(
+            "answers 401/407 with the credentials of Secret voice/carrier-out-credentials \
+             (username \"trunkline-voice\")"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("codecs     PCMU, PCMA"), "{text}");
+    assert!(text.contains("maxConcurrentCalls 50, maxCallsPerSecond 5"), "{text}");
+    assert!(text.contains("agents     any agent"), "{text}");
+    assert!(text.contains("over UDP"), "{text}");
+
+    let invite = carrier_invite(&text);
+    // numberFormat.leadingPlus: true, and the host name as the trunk names it.
+    assert_eq!(
+        invite.first().map(String::as_str),
+        Some("INVITE sip:+14155550142@sip.carrier.example:5060 SIP/2.0"),
+        "{text}"
+    );
+    let from = header(&invite, "From").unwrap_or_else(|| panic!("no From in\n{text}"));
+    assert!(from.starts_with("<sip:+14155550100@<carrier-facing address>>;tag="), "{from}");
+    assert_eq!(
+        header(&invite, "P-Asserted-Identity"),
+        Some("<sip:+14155550100@<carrier-facing address>>"),
+        "{text}"
+    );
+    assert_eq!(header(&invite, "X-Campaign"), Some("spring"), "the agent's X-* headers travel");
+    for gone in ["X-Trunkline-Outbound-Trunk", "X-Trunkline-Agent-ID", "Content-Length"] {
+        assert_eq!(header(&invite, gone), None, "{gone} in\n{text}");
+    }
+    assert!(text.contains("(body: the agent's SDP offer cut down to PCMU, PCMA"), "{text}");
+    assert!(!text.contains("dev-only-carrier-password"), "the password leaked:\n{text}");
+}
+
+#[test]
+fn explain_outbound_writes_the_number_and_our_address_as_the_trunk_and_flags_say() {
+    // wholesale-out: numberFormat.leadingPlus false, an IP over TLS on 5061, billing only.
+    let (code, text) = explain_outbound(&[
+        "--trunk",
+        "voice/wholesale-out",
+        "--to",
+        "0014155550142",
+        "--agent",
+        "billing",
+        "--public-address",
+        "203.0.113.5",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let invite = carrier_invite(&text);
+    assert_eq!(
+        invite.first().map(String::as_str),
+        Some("INVITE sip:14155550142@198.51.100.20:5061;transport=tls SIP/2.0"),
+        "{text}"
+    );
+    assert!(
+        header(&invite, "From").is_some_and(|f| f.starts_with("<sip:14155550150@203.0.113.5>")),
+        "{text}"
+    );
+    assert_eq!(header(&invite, "P-Asserted-Identity"), Some("<sip:14155550150@203.0.113.5>"));
+    assert!(
+        header(&invite, "Via").is_some_and(|v| v.starts_with("SIP/2.0/TLS 203.0.113.5:5061;")),
+        "{text}"
+    );
+    assert!(text.contains("no digest: the carrier must allowlist"), "{text}");
+    assert!(text.contains("agents     only billing"), "{text}");
+    assert!(!text.contains("<carrier-facing address>"), "{text}");
+
+    // The caller id an agent asks for, when the trunk allows it, in From and PAI.
+    let (code, text) = explain_outbound(&[
+        "--trunk",
+        "carrier-out",
+        "--to",
+        "+14155550142",
+        "--caller-id",
+        "+14155550101",
+        "--public-address",
+        "203.0.113.5:5070",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let invite = carrier_invite(&text);
+    assert!(text.contains("presents +14155550101, which the agent asked for"), "{text}");
+    assert!(
+        header(&invite, "From").is_some_and(|f| f.starts_with("<sip:+14155550101@203.0.113.5>")),
+        "{text}"
+    );
+    assert_eq!(header(&invite, "P-Asserted-Identity"), Some("<sip:+14155550101@203.0.113.5>"));
+    assert!(header(&invite, "Contact").is_some_and(|c| c.contains("203.0.113.5:5070")), "{text}");
+}
+
+#[test]
+fn explain_outbound_refusals_name_the_step_the_status_and_the_rule() {
+    let same_name = "tests/fixtures/explain-outbound";
+    let cases: [(&[&str], &str, &str); 6] = [
+        (&["--trunk", "nope"], " 1. trunk       FAIL", "=> 404 Not Found (UnknownTrunk)"),
+        (
+            &["--trunk", "carrier-out", "--specs", same_name],
+            " 1. trunk       FAIL \"carrier-out\" names sales/carrier-out, voice/carrier-out",
+            "=> 485 Ambiguous (AmbiguousTrunk)",
+        ),
+        (
+            &["--trunk", "wholesale-out", "--agent", "support"],
+            " 2. agent       FAIL agent \"support\" is not in the agents allowlist",
+            "=> 403 Forbidden (AgentNotAllowed)",
+        ),
+        (
+            &["--trunk", "carrier-out", "--caller-id", "+14155550199"],
+            " 4. caller      FAIL the agent asked for caller id +14155550199",
+            "=> 403 Forbidden (CallerIdNotAllowed)",
+        ),
+        (&[], " 1. trunk       FAIL", "=> 400 Bad Request (TrunkNotNamed)"),
+        (
+            &["--trunk", "carrier-out", "--to", "support"],
+            " 3. number      FAIL",
+            "=> 484 Address Incomplete (DialedNumberInvalid)",
+        ),
+    ];
+    for (args, step, answer) in cases {
+        let mut all = args.to_vec();
+        if !all.contains(&"--to") {
+            all.extend(["--to", "+14155550142"]);
+        }
+        let (code, text) = explain_outbound(&all);
+        assert_eq!(code, Some(1), "{args:?}: a refusal exits 1\n{text}");
+        assert!(text.contains(step), "{args:?}: missing {step:?} in\n{text}");
+        assert!(text.contains(answer), "{args:?}: missing {answer:?} in\n{text}");
+        assert!(carrier_invite(&text).is_empty(), "{args:?}: nothing goes out\n{text}");
+    }
+}
+
+#[test]
+fn explain_outbound_says_why_a_trunk_in_the_specs_is_not_served() {
+    let (code, text) = explain_outbound(&[
+        "--specs",
+        "tests/fixtures/explain-outbound",
+        "--trunk",
+        "broken-out",
+        "--to",
+        "+14155550142",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("OutboundTrunk sales/broken-out is in the specs but refused"), "{text}");
+    assert!(text.contains("(SecretNotFound)"), "{text}");
+    let (code, text) = explain_outbound(&[
+        "--region",
+        "eu",
+        "--trunk",
+        "wholesale-out",
+        "--agent",
+        "billing",
+        "--to",
+        "+14155550142",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("voice/wholesale-out is not served in region eu"), "{text}");
+}
+
+#[test]
+fn explain_outbound_json_gives_the_decision_and_the_invite_lines() {
+    let (code, text) = explain_outbound(&[
+        "--trunk",
+        "carrier-out",
+        "--to",
+        "+14155550142",
+        "--agent",
+        "support",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(json["outcome"]["action"], "route", "{json:#}");
+    assert_eq!(json["outcome"]["trunk"], "voice/carrier-out", "{json:#}");
+    assert_eq!(json["outcome"]["callerId"], "+14155550100", "{json:#}");
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(5), "{json:#}");
+    assert_eq!(json["trunk"]["digest"]["secret"], "voice/carrier-out-credentials", "{json:#}");
+    assert_eq!(json["trunk"]["digest"]["username"], "trunkline-voice", "{json:#}");
+    assert_eq!(
+        json["carrierInvite"]["lines"][0],
+        "INVITE sip:+14155550142@sip.carrier.example:5060 SIP/2.0",
+        "{json:#}"
+    );
+    assert!(!text.contains("dev-only-carrier-password"), "the password leaked:\n{text}");
+    assert!(!text.contains("redacted"), "the password is not even mentioned:\n{text}");
+
+    let (code, text) = explain_outbound(&[
+        "--trunk",
+        "wholesale-out",
+        "--to",
+        "+14155550142",
+        "--agent",
+        "support",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(json["outcome"]["action"], "refuse", "{json:#}");
+    assert_eq!(json["outcome"]["status"], 403, "{json:#}");
+    assert_eq!(json["outcome"]["rule"], "AgentNotAllowed", "{json:#}");
+    assert_eq!(json["carrierInvite"], serde_json::Value::Null, "{json:#}");
+}
+
+#[test]
+fn explain_outbound_takes_no_inbound_flags_and_inbound_still_needs_from() {
+    let (code, text) =
+        explain(&["--outbound", "--trunk", "carrier-out", "--to", "1", "--user", "u"]);
+    assert_eq!(code, Some(2), "--user is an inbound flag: {text}");
+    let (code, text) = explain(&["--to", "+14155550100"]);
+    assert_eq!(code, Some(2), "inbound explain needs --from: {text}");
+    let (code, text) = explain(&["--from", "203.0.113.9", "--to", "+1415", "--trunk", "x"]);
+    assert_eq!(code, Some(2), "--trunk is an outbound flag: {text}");
+    // A number that cannot be written in a Request-URI is the user's error, named.
+    let out = trunkline(&[
+        "explain",
+        "--specs",
+        "examples/",
+        "--outbound",
+        "--trunk",
+        "carrier-out",
+        "--to",
+        "+1 415",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to"), "{out:?}");
+}

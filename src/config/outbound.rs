@@ -154,19 +154,25 @@ pub fn carrier_user(trunk: &OutboundTrunkRoute, number: &E164) -> String {
 pub struct OutboundDecision {
     pub steps: Vec<Step>,
     pub outcome: Result<OutboundRoute, Refusal>,
+    /// The trunk the request named, once found: also when a later check refused the call, so
+    /// that `explain --outbound` can describe it. Not serialised (the route names it).
+    #[serde(skip)]
+    pub trunk: Option<Arc<OutboundTrunkRoute>>,
 }
 
 /// Decides an agent's request to call out. See the module docs for the order of checks.
 pub fn decide(table: &RoutingTable, attempt: &OutboundAttempt) -> OutboundDecision {
     let mut steps = Vec::new();
-    let outcome = decide_steps(table, attempt, &mut steps);
-    OutboundDecision { steps, outcome }
+    let mut trunk = None;
+    let outcome = decide_steps(table, attempt, &mut steps, &mut trunk);
+    OutboundDecision { steps, outcome, trunk }
 }
 
 fn decide_steps(
     table: &RoutingTable,
     attempt: &OutboundAttempt,
     steps: &mut Vec<Step>,
+    found_trunk: &mut Option<Arc<OutboundTrunkRoute>>,
 ) -> Result<OutboundRoute, Refusal> {
     let pass = |steps: &mut Vec<Step>, check, detail: String| {
         steps.push(Step { check, passed: true, detail })
@@ -230,6 +236,7 @@ fn decide_steps(
         }
     };
     pass(steps, StepKind::Trunk, format!("OutboundTrunk {} (named {named:?})", trunk.name));
+    *found_trunk = Some(Arc::clone(&trunk));
 
     // 2. The agent.
     let agent = attempt.agent.map(str::to_string);
@@ -451,6 +458,21 @@ mod tests {
         assert_eq!(rule(&decide(&t, &a)), Some(RefusalRule::AgentNotAllowed));
         a.agent = Some("support");
         assert_eq!(decide(&t, &a).outcome.unwrap().agent.as_deref(), Some("support"));
+    }
+
+    #[test]
+    fn a_decision_keeps_the_trunk_it_found_even_when_a_later_check_refuses() {
+        let mut listed = trunk("voice", "out");
+        listed.agents = ["support".to_string()].into();
+        let t = table(vec![listed, trunk("sales", "out")]);
+        let mut a = attempt("voice/out", "+14155550142");
+        a.agent = Some("sales");
+        let refused = decide(&t, &a);
+        assert_eq!(rule(&refused), Some(RefusalRule::AgentNotAllowed));
+        assert_eq!(refused.trunk.map(|t| t.name.to_string()).as_deref(), Some("voice/out"));
+        // Found by nothing: no trunk to describe.
+        assert_eq!(decide(&t, &attempt("out", "+14155550142")).trunk, None);
+        assert_eq!(decide(&t, &attempt("nope", "+14155550142")).trunk, None);
     }
 
     #[test]
