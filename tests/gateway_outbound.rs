@@ -176,8 +176,9 @@ fn refusals_name_their_rule_and_the_carrier_hears_nothing() {
     }
     let mut buf = [0u8; 4096];
     assert!(carrier.recv_from(&mut buf).is_err(), "the carrier got a message");
-    // A caller id from the list, the agent on the list, a common codec: it goes out.
-    let allowed = Invite { from_user: "+14155550101", ..pcma };
+    // A caller id from the list, the agent on the list, a common codec, a tel: Request-URI:
+    // it goes out.
+    let allowed = Invite { from_user: "+14155550101", to: "tel:+1-415-555-0142", ..pcma };
     agent.send_invite(&allowed);
     let (n, _) = carrier.recv_from(&mut buf).expect("the allowed call reaches the carrier");
     let text = String::from_utf8_lossy(&buf[..n]);
@@ -301,13 +302,16 @@ impl Agent {
         if let Some(a) = invite.agent {
             headers.push_str(&format!("X-Trunkline-Agent-ID: {a}\r\n"));
         }
+        let ruri = if invite.to.starts_with("tel:") {
+            invite.to.to_string()
+        } else {
+            format!("sip:{}@{}", invite.to, self.gateway)
+        };
         let text = format!(
-            "INVITE sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinv{n};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{from}@{me}>;tag=bot{n}\r\nTo: <sip:{to}@{gw}>\r\n\
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinv{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}@{me}>;tag=bot{n}\r\nTo: <{ruri}>\r\n\
              Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:bot@{me}>\r\n{headers}\
              Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
-            to = invite.to,
-            gw = self.gateway,
             n = self.call.get(),
             from = invite.from_user,
             cid = self.call_id(),

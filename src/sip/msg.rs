@@ -256,7 +256,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     }
     let bytes = Bytes::copy_from_slice(buf);
     let mut parser = PullParser::new(&bytes, 0);
-    let mut start: Option<MessageLine> = None;
+    let mut start: Option<Start> = None;
     let mut version_error = false;
     let mut headers = Headers::new();
     let mut bad_header = false;
@@ -266,11 +266,14 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             .map_err(|_| ParseError::new(400, "message head is not UTF-8"))?;
         if start.is_none() {
             match MessageLine::parse(&bytes)(line) {
-                Ok((rest, l)) if rest.trim().is_empty() => start = Some(l),
-                _ => {
-                    version_error = looks_like_other_version(line);
-                    break;
-                }
+                Ok((rest, l)) if rest.trim().is_empty() => start = Some(Start::Line(l)),
+                _ => match tel_request_line(line) {
+                    Some((method, uri)) => start = Some(Start::Tel { method, uri }),
+                    None => {
+                        version_error = looks_like_other_version(line);
+                        break;
+                    }
+                },
             }
             continue;
         }
@@ -294,14 +297,17 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     let head_end = parser.head_end();
     let body = frame_body(&bytes, head_end, &headers);
 
-    match start {
-        MessageLine::Request(line) => {
-            let mut request = Request {
-                method: Method::parse(&line.method.to_string()),
-                uri: line.uri.default_print_ctx().to_string(),
-                headers,
-                body: Bytes::new(),
-            };
+    let (request_line, response_line) = match start {
+        Start::Line(MessageLine::Request(line)) => {
+            (Some((line.method.to_string(), line.uri.default_print_ctx().to_string())), None)
+        }
+        Start::Tel { method, uri } => (Some((method, uri)), None),
+        Start::Line(MessageLine::Response(line)) => (None, Some(line)),
+    };
+    match (request_line, response_line) {
+        (Some((method, uri)), _) => {
+            let mut request =
+                Request { method: Method::parse(&method), uri, headers, body: Bytes::new() };
             let checked = match body {
                 Ok(body) => {
                     request.body = body;
@@ -321,7 +327,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
                 }
             }
         }
-        MessageLine::Response(line) => {
+        (None, Some(line)) => {
             let status = line.code.into_u16();
             if !(100..=699).contains(&status) {
                 return Err(ParseError::new(400, "status code out of range"));
@@ -338,7 +344,31 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             check_common(&response.headers).map_err(|d| ParseError::new(400, d))?;
             Ok(Message::Response(response))
         }
+        (None, None) => Err(ParseError::new(400, "bad start line")),
     }
+}
+
+/// The start line of a message: what the SIP grammar reads, or a request to a `tel:` URI
+/// (RFC 3966, allowed as a Request-URI by RFC 3261 §19.1.6), which it does not.
+enum Start {
+    Line(MessageLine),
+    Tel { method: String, uri: String },
+}
+
+/// `METHOD tel:NUMBER[;params] SIP/2.0`: the method (a token) and the URI, or `None`.
+fn tel_request_line(line: &str) -> Option<(String, String)> {
+    let mut parts = line.trim_end().split(' ');
+    let (method, uri, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
+    let scheme = uri.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("tel:"));
+    let uri_ok = uri.len() > 4 && uri.chars().all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
+    let ok = parts.next().is_none()
+        && !method.is_empty()
+        && method.chars().all(token)
+        && scheme
+        && uri_ok
+        && version == "SIP/2.0";
+    ok.then(|| (method.to_string(), uri.to_string()))
 }
 
 fn looks_like_other_version(line: &str) -> bool {
@@ -832,6 +862,21 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_to_a_tel_uri_parses_and_a_broken_one_is_400() {
+        let text = "INVITE tel:+1-415-555-0142;phone-context=+1 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:7000;branch=z9hG4bKtel1\r\nMax-Forwards: 70\r\n\
+            From: <sip:bot@127.0.0.1>;tag=1\r\nTo: <tel:+1-415-555-0142>\r\nCall-ID: tel-1\r\n\
+            CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Message::Request(r)) = parse(text.as_bytes()) else { panic!("not parsed") };
+        assert_eq!(r.method, Method::Invite);
+        assert_eq!(r.uri, "tel:+1-415-555-0142;phone-context=+1");
+        for bad in ["INVITE tel: SIP/2.0", "INVITE tel:<+1> SIP/2.0", "INVITE tel:+1 SIP/3.0 x"] {
+            let text = text.replacen("INVITE tel:+1-415-555-0142;phone-context=+1 SIP/2.0", bad, 1);
+            assert!(parse(text.as_bytes()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn reason_phrases_are_the_standard_ones() {
