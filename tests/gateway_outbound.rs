@@ -205,6 +205,21 @@ fn the_agent_networks_and_the_trunks_limits_are_enforced() {
     assert!(header(&answer, "Warning").unwrap_or_default().contains("AgentNetworkNotAllowed"));
     drop(outside);
 
+    // With --agent-credentials, the agent runtime must answer a challenge first.
+    let dir = support::TempDir::new("agent-credentials");
+    let credentials = dir.join("agent");
+    std::fs::write(&credentials, "bot:bot-password\n").expect("write the credentials");
+    let guarded = Gateway::start(
+        specs.path(),
+        GatewayOptions::default().arg("--agent-credentials").arg(&credentials.to_string_lossy()),
+    );
+    let answer = Agent::new(guarded.internal()).invite(&Invite::to("carrier-out"));
+    assert_eq!(status_of(&answer), 407, "{answer}");
+    assert!(header(&answer, "Proxy-Authenticate").is_some_and(|c| c.starts_with("Digest ")));
+    let mut buf = [0u8; 4096];
+    assert!(carrier.recv_from(&mut buf).is_err(), "the carrier got a message");
+    drop(guarded);
+
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
     let agent = Agent::new(gateway.internal());
     agent.send_invite(&Invite::to("carrier-out"));
