@@ -123,6 +123,11 @@ impl PlacedCall {
     /// Refreshes the view from the call, after a step of its task.
     pub fn observe(&self, call: &Call) {
         let Ok(mut view) = self.view.lock() else { return };
+        if view.state == CallState::Ended {
+            // Final: the legs' last words were said by `ended` (a leg still cancelling is
+            // failed, not dialing).
+            return;
+        }
         let now = now_rfc3339();
         let carrier = call.leg(LegId::FIRST);
         for (i, role) in [(0, LegRole::Carrier), (1, LegRole::Agent)] {

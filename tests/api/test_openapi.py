@@ -34,7 +34,9 @@ def test_every_answer_conforms_to_the_openapi_document(gateway: Gateway, tmp_pat
         "--checks", "all",
         # A body that fits the schema is not always a call that can be placed (the trunk must
         # exist and allow the agent), so valid-looking data is not expected to get 2xx.
-        "--exclude-checks", "positive_data_acceptance",
+        # DELETE hangs a call up; the ended call stays readable (its outcome is what a client
+        # wants next), so GET after DELETE is 200 by design, not the 404 use_after_free expects.
+        "--exclude-checks", "positive_data_acceptance,use_after_free",
         "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
         "--workers", "1", "--request-timeout", "5", "--generation-database", "none",
         "--no-color", "--output-truncate", "false",
