@@ -652,11 +652,10 @@ impl Gateway {
             }
         };
         let Some(agent_uri) = request.agent_uri.clone().or_else(|| config.agent_uri.clone()) else {
-            let error = ApiError::new(
+            return Err(ApiError::new(
                 ErrorCode::NoAgentUri,
                 "name the agent runtime: agentUri, or the gateway's --agent-uri",
-            );
-            return refused(RefusalRule::TrunkNotNamed, error);
+            ));
         };
         let agent = match SipDestination::parse(&agent_uri) {
             Ok(agent) => agent,
