@@ -307,11 +307,7 @@ impl Gateway {
         let offer = match media_offer(&request, &route.trunk.codecs) {
             Ok(offer) => offer,
             Err(rule) => {
-                let extra: Vec<(&str, String)> = if rule == RefusalRule::UnsupportedBody {
-                    vec![("Accept", "application/sdp".to_string())]
-                } else {
-                    Vec::new()
-                };
+                let extra = media_refusal_headers(rule);
                 return self.refuse(&request, &source, rule, &extra);
             }
         };
@@ -406,11 +402,7 @@ impl Gateway {
         let offer = match media_offer(&request, &route.trunk.codecs) {
             Ok(offer) => offer,
             Err(rule) => {
-                let extra: Vec<(&str, String)> = if rule == RefusalRule::UnsupportedBody {
-                    vec![("Accept", "application/sdp".to_string())]
-                } else {
-                    Vec::new()
-                };
+                let extra = media_refusal_headers(rule);
                 return self.refuse_in(zone, &request, &source, rule, None, &extra);
             }
         };
@@ -506,6 +498,16 @@ fn media_offer(
         RefusalRule::NoCommonCodec
     })?;
     Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))
+}
+
+/// What a media refusal tells the caller beside its status: a body that is not SDP gets the
+/// type that is (RFC 3261 §21.4.13).
+fn media_refusal_headers(rule: RefusalRule) -> Vec<(&'static str, String)> {
+    if rule == RefusalRule::UnsupportedBody {
+        vec![("Accept", "application/sdp".to_string())]
+    } else {
+        Vec::new()
+    }
 }
 
 enum Verdict {

@@ -311,25 +311,54 @@ impl Call {
     ) -> (Call, Vec<Action>) {
         let Setup { session_id, origin, dial, offer, codecs } = setup;
         let origin_leg = flow::origin_leg(&mut ids, origin);
-        let dialed = Leg {
-            id: LegId(1),
-            role: dial.role,
-            side: Side::Uac,
-            phase: Phase::Resolving,
-            media: relay_side(dial.role),
-            origin: ids.origin(),
-            dialog: dial.dialog,
-            invite: LegInvite::None,
-            invite_request: None,
-            deadline: None,
-            auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
-            invite_headers: dial.headers,
-        };
-        let mut call = Call {
+        let (dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
+        let mut call =
+            Call::assemble(now, config, ids, session_id, [origin_leg, dialed], offer, codecs);
+        call.begin(now, destination);
+        let actions = call.take();
+        (call, actions)
+    }
+
+    /// A call the gateway places (see [`Placed`]): the first leg is looked up (or, with an
+    /// address, the relay starts and it is invited).
+    pub fn place(
+        now: Instant,
+        config: CallConfig,
+        ids: Ids,
+        placed: Placed,
+    ) -> (Call, Vec<Action>) {
+        let Placed { session_id, first, then, offer, codecs } = placed;
+        let mut ids = ids;
+        let (first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
+        let (then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
+        let mut call =
+            Call::assemble(now, config, ids, session_id, [first, then], Some(offer), codecs);
+        call.then = Some(then_destination);
+        match first_destination {
+            Destination::Address(address) => call.resolved(now, LegId(0), address),
+            Destination::Lookup { host, port } => {
+                call.out.push(Action::Resolve { leg: LegId(0), host, port })
+            }
+        }
+        let actions = call.take();
+        (call, actions)
+    }
+
+    /// A call in `Setup` with its two legs bridged, before anything is sent.
+    fn assemble(
+        now: Instant,
+        config: CallConfig,
+        ids: Ids,
+        session_id: String,
+        legs: [Leg; 2],
+        offer: Option<MediaOffer>,
+        codecs: Vec<Codec>,
+    ) -> Call {
+        Call {
             config,
             ids,
             session_id,
-            legs: vec![origin_leg, dialed],
+            legs: legs.into(),
             bridge: [LegId(0), LegId(1)],
             servers: HashMap::new(),
             clients: HashMap::new(),
@@ -347,73 +376,7 @@ impl Call {
             outcome: None,
             hangup_reason: None,
             out: Vec::new(),
-        };
-        call.begin(now, dial.destination);
-        let actions = call.take();
-        (call, actions)
-    }
-
-    /// A call the gateway places (see [`Placed`]): the first leg is looked up (or, with an
-    /// address, the relay starts and it is invited).
-    pub fn place(
-        now: Instant,
-        config: CallConfig,
-        ids: Ids,
-        placed: Placed,
-    ) -> (Call, Vec<Action>) {
-        let Placed { session_id, first, then, offer, codecs } = placed;
-        let leg = |id: usize, dial: Dial, ids: &mut Ids| {
-            let leg = Leg {
-                id: LegId(id),
-                role: dial.role,
-                side: Side::Uac,
-                phase: Phase::Resolving,
-                media: relay_side(dial.role),
-                origin: ids.origin(),
-                dialog: dial.dialog,
-                invite: LegInvite::None,
-                invite_request: None,
-                deadline: None,
-                auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
-                invite_headers: dial.headers,
-            };
-            (leg, dial.destination)
-        };
-        let mut ids = ids;
-        let (first, first_destination) = leg(0, first, &mut ids);
-        let (then, then_destination) = leg(1, then, &mut ids);
-        let legs = vec![first, then];
-        let mut call = Call {
-            config,
-            ids,
-            session_id,
-            legs,
-            bridge: [LegId(0), LegId(1)],
-            servers: HashMap::new(),
-            clients: HashMap::new(),
-            pending_2xx: Vec::new(),
-            then: Some(then_destination),
-            codecs,
-            offer: Some(offer),
-            late_offer: None,
-            chosen: None,
-            relay: Relay::None,
-            reoffers: HashMap::new(),
-            state: State::Setup,
-            started: now,
-            linger_until: None,
-            outcome: None,
-            hangup_reason: None,
-            out: Vec::new(),
-        };
-        match first_destination {
-            Destination::Address(address) => call.resolved(now, LegId(0), address),
-            Destination::Lookup { host, port } => {
-                call.out.push(Action::Resolve { leg: LegId(0), host, port })
-            }
         }
-        let actions = call.take();
-        (call, actions)
     }
 
     /// Ends the call from outside (the call API's `DELETE`): an answered call gets BYE on both
@@ -575,6 +538,25 @@ impl Call {
             reason: self.hangup_reason.clone(),
         }));
     }
+}
+
+/// A leg we dial (we are its UAC), not yet looked up, and where it goes.
+fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
+    let leg = Leg {
+        id,
+        role: dial.role,
+        side: Side::Uac,
+        phase: Phase::Resolving,
+        media: relay_side(dial.role),
+        origin: ids.origin(),
+        dialog: dial.dialog,
+        invite: LegInvite::None,
+        invite_request: None,
+        deadline: None,
+        auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
+        invite_headers: dial.headers,
+    };
+    (leg, dial.destination)
 }
 
 /// The relay side that faces a role: carriers on A, the agent (or who takes its place) on B.
