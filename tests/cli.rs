@@ -50,10 +50,11 @@ fn check_accepts_every_example_and_prints_a_verdict_per_object() {
         "TransferDestination voice/end-call: accepted",
         "InboundTrunk voice/local-lab: accepted (1 number)",
         "InboundTrunk voice/local-lab-digest: accepted (1 number)",
+        "OutboundTrunk voice/lab-out: accepted",
     ] {
         assert!(text.contains(object), "missing {object:?} in\n{text}");
     }
-    assert!(text.contains("10 objects: 10 accepted, 0 degraded, 0 refused"), "{text}");
+    assert!(text.contains("11 objects: 11 accepted, 0 degraded, 0 refused"), "{text}");
     // Every line names the file and line the object came from.
     assert!(text.contains("examples/inbound-acme.yaml:3: InboundTrunk voice/acme-in"), "{text}");
 }
