@@ -33,7 +33,7 @@
 #
 # usage: benches/inbound-cps.sh [--quick] [options]     (--help lists them)
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 BENCH=inbound-cps
 HERE=$ROOT/benches/inbound-cps

@@ -39,7 +39,7 @@
 #
 # usage: benches/outbound-cps.sh [--quick] [options]     (--help lists them)
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 BENCH=outbound-cps
 HERE=$ROOT/benches/outbound-cps

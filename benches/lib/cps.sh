@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared machinery of the calls-per-second benchmarks (benches/inbound-cps.sh,
 # benches/outbound-cps.sh); sourced by them, not run. It holds what they do alike: options, the
 # benchmark's own niced scheduler autogroup, installing what is missing, the output folder,
@@ -153,7 +154,7 @@ cps_prepare() {
   STEPS=$OUT/steps.tsv
   : > "$STEPS"
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-  SUT_PID= UAS_PID= MEASURE_PID=
+  SUT_PID='' UAS_PID='' MEASURE_PID=''
   trap cps_cleanup EXIT
   trap 'exit 130' INT TERM
 }
