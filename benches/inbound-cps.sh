@@ -33,137 +33,21 @@
 #
 # usage: benches/inbound-cps.sh [--quick] [options]     (--help lists them)
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
+BENCH=inbound-cps
 HERE=$ROOT/benches/inbound-cps
+source "$ROOT/benches/lib/cps.sh"   # options, processes, steps, search, summary
 
-REPS=3
-START=200
-MAXRATE=20000
-COARSE_DUR=5
-DUR=10
-RESOLUTION=0.05
-FAIL_MAX=1.0
-NOISE_MAX=25
-NOISE_RETRIES=1
-QUIET_WAIT=5
-MAX_MINUTES=20
-BASE_PORT=7060    # below the kernel's ephemeral range and away from the other benches' blocks
-RTP_PORTS=20000-31999   # trunkline's relay ports: 4 per call (2 RTP/RTCP pairs) while it lasts
-KAM_CHILDREN=2
-KAM_SHM_MB=2048   # Kamailio shared memory (tm transactions); only what is used is touched
-BUILD=1
-SYSTEMS="trunkline kamailio"
-OUT=
+cps_defaults
 NUMBER=15551230001
 AUTH_USER=carrier
 AUTH_PASS=s3cret-carrier
 
-usage() {
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
-  cat <<EOF
-options:
-  --quick             one run, 3 s / 5 s steps, 10 % resolution (about 5 minutes)
-  --runs N            repetitions per system (default $REPS)
-  --start R           first rate of the doubling phase (default $START)
-  --max R             highest rate tried (default $MAXRATE)
-  --coarse-dur S      length of a doubling step (default $COARSE_DUR)
-  --dur S             length of a confirming / bisecting step (default $DUR)
-  --resolution F      stop bisecting when hi-lo <= F*lo (default $RESOLUTION)
-  --fail-max PCT      a step passes with fewer failed calls than this (default $FAIL_MAX)
-  --noise-max PCT     unrelated CPU (% of a core) above which a failed step is repeated
-                      (default $NOISE_MAX; repeated at most $NOISE_RETRIES time(s))
-  --quiet-wait S      before each step, wait up to S s for the machine to be < 20 % busy
-  --max-minutes M     time budget of the searches, shared out among them: a search
-                      stops bisecting when its share is used up (default $MAX_MINUTES)
-  --base-port P       UDP ports P..P+20, P+1000, P+1100 and TCP P+30 on 127.0.0.1 (default $BASE_PORT)
-  --rtp-ports LO-HI   trunkline's --rtp-ports (default $RTP_PORTS; pairs others hold are skipped)
-  --only SYSTEM       trunkline or kamailio
-  --kamailio-children N   Kamailio UDP workers (default $KAM_CHILDREN: one per core)
-  --kamailio-shm MB   Kamailio shared memory (default $KAM_SHM_MB)
-  --no-build          use target/release/trunkline as it is
-  --outdir DIR        where logs and results go
-environment: BENCH_NICE (default -10): nice of the benchmark's scheduler autogroup; 0 = off
-EOF
-}
-
-ARGS=("$@")
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --quick) REPS=1; COARSE_DUR=3; DUR=5; RESOLUTION=0.10; QUIET_WAIT=5; MAX_MINUTES=6 ;;
-    --runs) REPS=$2; shift ;;
-    --start) START=$2; shift ;;
-    --max) MAXRATE=$2; shift ;;
-    --coarse-dur) COARSE_DUR=$2; shift ;;
-    --dur) DUR=$2; shift ;;
-    --resolution) RESOLUTION=$2; shift ;;
-    --fail-max) FAIL_MAX=$2; shift ;;
-    --noise-max) NOISE_MAX=$2; shift ;;
-    --quiet-wait) QUIET_WAIT=$2; shift ;;
-    --max-minutes) MAX_MINUTES=$2; shift ;;
-    --base-port) BASE_PORT=$2; shift ;;
-    --rtp-ports) RTP_PORTS=$2; shift ;;
-    --only) SYSTEMS=$2; shift ;;
-    --kamailio-children) KAM_CHILDREN=$2; shift ;;
-    --kamailio-shm) KAM_SHM_MB=$2; shift ;;
-    --no-build) BUILD=0 ;;
-    --outdir) OUT=$2; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
-  esac
-  shift
-done
-
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# --- run in our own scheduler autogroup, niced, so other work on a shared machine (builds)
-# disturbs the measurement less (with CONFIG_SCHED_AUTOGROUP, per-process nice does not act
-# across sessions; an autogroup's nice does).
-if [ "${BENCH_NICE:--10}" != 0 ] && [ -z "${INBOUND_CPS_CHILD:-}" ] && [ -w /proc/self/autogroup ] \
-   && command -v setsid >/dev/null; then
-  export INBOUND_CPS_CHILD=1
-  setsid bash "$0" "${ARGS[@]}" &
-  child=$!
-  trap 'kill -TERM $child 2>/dev/null' INT TERM
-  wait $child; rc=$?
-  while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done
-  exit $rc
-fi
-[ -n "${INBOUND_CPS_CHILD:-}" ] && { echo "${BENCH_NICE:--10}" > /proc/self/autogroup 2>/dev/null || log "note: could not renice the autogroup"; }
-
-# --- what the benchmark needs
-need=()
-command -v sipp >/dev/null || need+=(sip-tester)
-command -v kamailio >/dev/null || need+=(kamailio)
-command -v python3 >/dev/null || need+=(python3)
-command -v ss >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  [ "$(id -u)" = 0 ] || die "missing ${need[*]}: run as root or install them (apt-get install ${need[*]})"
-  # keep the package's own kamailio service from starting: the benchmark starts its own
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-  fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-  rc=$?
-  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ $rc = 0 ] || die "apt-get install ${need[*]} failed"
-fi
-
-BIN=$ROOT/target/release/trunkline
-if [ "$BUILD" = 1 ]; then
-  log "cargo build --release"
-  cargo build --release --quiet || die "cargo build --release failed"
-fi
-[ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
-
-OUT=${OUT:-$ROOT/benches/out/inbound-cps/$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
-STEPS=$OUT/steps.tsv
-: > "$STEPS"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cps_parse_args "$@"
+cps_enter_autogroup "$@"
+cps_install
+cps_prepare
 
 # --- ports (all on 127.0.0.1)
 GW_PORT=$BASE_PORT                 # trunkline carrier side
@@ -174,56 +58,9 @@ UAS_PORT=$((BASE_PORT + 20))
 ADMIN_PORT=$((BASE_PORT + 30))     # trunkline admin (TCP)
 UAC_MEDIA=$((BASE_PORT + 1000))
 UAS_MEDIA=$((BASE_PORT + 1100))
-ports_free() {  # the ports of a step are free (checked before each step: others may take them)
-  local p holder waited
-  for ((waited = 0; waited <= 10; waited++)); do
-    holder=
-    for p in $GW_PORT $KAM_PORT $GW_INTERNAL $UAC_PORT $UAS_PORT $UAC_MEDIA $UAS_MEDIA; do
-      ss -Hlun "sport = :$p" | grep -q . && { holder="UDP $p: $(ss -Hlunp "sport = :$p" | grep -o 'users:.*' | head -1)"; break; }
-    done
-    [ -z "$holder" ] && ss -Hltn "sport = :$ADMIN_PORT" | grep -q . && holder="TCP $ADMIN_PORT"
-    [ -z "$holder" ] && return 0
-    sleep 1
-  done
-  die "port in use by another program ($holder); pick other ports with --base-port"
-}
+PORTS_UDP="$GW_PORT $KAM_PORT $GW_INTERNAL $UAC_PORT $UAS_PORT $UAC_MEDIA $UAS_MEDIA"
+PORTS_TCP=$ADMIN_PORT
 ports_free
-
-# --- processes: everything started here is stopped on exit
-SUT_PID= UAS_PID= MEASURE_PID=
-stop_pid() {  # TERM, wait up to $2 s (default 5), then KILL
-  local pid=$1 t=${2:-5} i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-  kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
-cleanup() {
-  trap '' INT TERM
-  stop_pid "$MEASURE_PID" 8; MEASURE_PID=   # it stops its sipp UAC
-  stop_pid "$UAS_PID"; UAS_PID=
-  stop_pid "$SUT_PID" 10; SUT_PID=
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_udp() {  # wait_udp PID PORT...: until the process listens on all ports (5 s)
-  local pid=$1 i p ok; shift
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    ok=1
-    for p in "$@"; do ss -Hlun "sport = :$p" | grep -q . || ok=0; done
-    [ $ok = 1 ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
 
 # --- the trunkline side: a specs folder and a state folder of its own
 SPECS=$OUT/specs
@@ -260,7 +97,7 @@ sed -e "s#@CHILDREN@#$KAM_CHILDREN#g; s#@LISTEN_IP@#127.0.0.1#g; s#@LISTEN_PORT@
 kamailio -c -f "$OUT/kamailio.cfg" > "$OUT/kamailio-check.txt" 2>&1 \
   || { tail -20 "$OUT/kamailio-check.txt" >&2; die "kamailio refused $OUT/kamailio.cfg"; }
 
-start_sut() {  # start_sut SYSTEM: a fresh SUT, SUT_PID and SUT_TARGET set
+start_sut() {  # start_sut SYSTEM: a fresh SUT; SUT_PID, SUT_TARGET and SUT_PORTS set
   case "$1" in
     trunkline)
       RUST_LOG=warn "$BIN" run --specs "$SPECS" --listen "udp://127.0.0.1:$GW_PORT" \
@@ -269,7 +106,7 @@ start_sut() {  # start_sut SYSTEM: a fresh SUT, SUT_PID and SUT_TARGET set
         >> "$OUT/trunkline.log" 2>&1 &
       SUT_PID=$!
       SUT_TARGET=127.0.0.1:$GW_PORT
-      INTERNAL=$GW_INTERNAL
+      SUT_PORTS="sut=$GW_PORT,sut_internal=$GW_INTERNAL"
       wait_udp "$SUT_PID" "$GW_PORT" "$GW_INTERNAL" && sleep 0.2 && kill -0 "$SUT_PID" 2>/dev/null \
         || { tail -20 "$OUT/trunkline.log" >&2; die "trunkline did not start"; }
       ;;
@@ -278,170 +115,20 @@ start_sut() {  # start_sut SYSTEM: a fresh SUT, SUT_PID and SUT_TARGET set
         >> "$OUT/kamailio.log" 2>&1 &
       SUT_PID=$!
       SUT_TARGET=127.0.0.1:$KAM_PORT
-      INTERNAL=
+      SUT_PORTS="sut=$KAM_PORT"
       wait_udp "$SUT_PID" "$KAM_PORT" && sleep 0.3 && kill -0 "$SUT_PID" 2>/dev/null \
         || { tail -20 "$OUT/kamailio.log" >&2; die "kamailio did not start"; }   # (0.3 s: the workers fork)
       ;;
   esac
 }
 
-start_uas() {  # start_uas TAG
-  sipp -sf "$HERE/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -mp "$UAS_MEDIA" -nostdin \
-    -buff_size 4194304 -timeout "$((DUR + 120))s" -trace_err -error_file "$OUT/$1.uas.err" \
-    -max_log_size 5000000 > "$OUT/$1.uas.out" 2>&1 &
-  UAS_PID=$!
-  wait_udp "$UAS_PID" "$UAS_PORT" || { tail -20 "$OUT/$1.uas.out" >&2; die "the sipp UAS did not start"; }
+# --- the sipp peers: the agent runtime answers (UAS); the carrier calls with digest (UAC)
+UAS_XML=$HERE/uas.xml
+uac_args() {
+  UAC_ARGS=(-sf "$HERE/uac.xml" -s "$NUMBER" -au "$AUTH_USER" -ap "$AUTH_PASS"
+            -auth_uri "sip:$NUMBER@$SUT_TARGET")
 }
 
-machine_busy() {  # % of the whole machine busy over 1 s
-  python3 - <<'PY'
-import time
-def rd():
-    v = [int(x) for x in open('/proc/stat').readline().split()[1:]]
-    return sum(v[:8]), v[3] + v[4]
-a = rd(); time.sleep(1); b = rd()
-print(int(100 * (1 - (b[1] - a[1]) / max(b[0] - a[0], 1))))
-PY
-}
-
-wait_quiet() {  # up to QUIET_WAIT s for the machine to be < 20 % busy
-  local waited=0 b
-  while :; do
-    b=$(machine_busy)
-    [ "$b" -lt 20 ] && return 0
-    [ "$waited" -ge "$QUIET_WAIT" ] && { log "note: machine still ${b}% busy with other work"; return 0; }
-    waited=$((waited + 1))
-  done
-}
-
-# run_step SYSTEM REP RATE DUR: one measured step; 0 = pass
-run_step() {
-  local sys=$1 rep=$2 rate=$3 dur=$4 calls tag tmo rc
-  calls=$((rate * dur))
-  tmo=$((dur + 20))
-  tag=$sys-run$rep-r$rate-d$dur-$(date +%H%M%S)
-  wait_quiet
-  ports_free
-  start_sut "$sys"
-  start_uas "$tag"
-  ( cd "$OUT" && exec python3 "$HERE/measure.py" step --system "$sys" --rep "$rep" --rate "$rate" \
-      --dur "$dur" --calls "$calls" --fail-max "$FAIL_MAX" --noise-max "$NOISE_MAX" \
-      --sut-pid "$SUT_PID" --uas-pid "$UAS_PID" --csv "$OUT/$tag.uac.csv" --timeout "$tmo" \
-      --steps "$STEPS" --sipp-log "$OUT/$tag.uac.out" --sut-log "$OUT/$sys.log" --ports "sut=${SUT_TARGET##*:},${INTERNAL:+sut_internal=$INTERNAL,}uac=$UAC_PORT,uas=$UAS_PORT" -- \
-      sipp "$SUT_TARGET" -sf "$HERE/uac.xml" -i 127.0.0.1 -p "$UAC_PORT" -mp "$UAC_MEDIA" \
-        -s "$NUMBER" -au "$AUTH_USER" -ap "$AUTH_PASS" -auth_uri "sip:$NUMBER@$SUT_TARGET" \
-        -r "$rate" -m "$calls" -l 200000 -nostdin -buff_size 4194304 \
-        -recv_timeout 5s -timeout "$((dur + 15))s" \
-        -trace_stat -fd 1 -stf "$OUT/$tag.uac.csv" \
-        -trace_err -error_file "$OUT/$tag.uac.err" -max_log_size 5000000 \
-        -trace_screen -screen_file "$OUT/$tag.uac.screen" ) \
-    > "$OUT/last_step.txt" 2> "$OUT/$tag.measure.err" &
-  MEASURE_PID=$!
-  wait "$MEASURE_PID"; rc=$?
-  MEASURE_PID=
-  stop_pid "$UAS_PID"; UAS_PID=
-  stop_pid "$SUT_PID" 10; SUT_PID=
-  LAST_LINE="$sys run=$rep $(cat "$OUT/last_step.txt")"
-  return $rc
-}
-
-T_END=$(( $(date +%s) + MAX_MINUTES * 60 ))
-SEARCH_END=$T_END
-out_of_time() { [ "$(date +%s)" -ge "$SEARCH_END" ]; }
-
-step() {  # step SYSTEM REP RATE DUR: a failed step disturbed by other work is repeated
-  local try rc
-  for ((try = 0; try <= NOISE_RETRIES; try++)); do
-    run_step "$@"; rc=$?
-    case "$LAST_LINE" in
-      *FAIL+NOISY*) [ $try -lt "$NOISE_RETRIES" ] && { log "$LAST_LINE (noisy: repeating)"; continue; } ;;
-    esac
-    break
-  done
-  log "$LAST_LINE"
-  return $rc
-}
-
-search() {  # search SYSTEM REP -> BEST: the highest passing rate
-  local sys=$1 rep=$2 lo=0 hi=0 r=$START mid
-  # doubling phase (short steps); below --start when even that fails
-  while :; do
-    if step "$sys" "$rep" "$r" "$COARSE_DUR"; then
-      lo=$r
-      [ "$r" -ge "$MAXRATE" ] || [ "$hi" -gt 0 ] && break
-      r=$((r * 2)); [ "$r" -gt "$MAXRATE" ] && r=$MAXRATE
-    else
-      hi=$r
-      [ "$lo" -gt 0 ] && break
-      r=$((r / 2)); [ "$r" -lt 10 ] && break
-    fi
-  done
-  # confirm at full length; go down while it does not hold
-  while [ "$lo" -gt 0 ]; do
-    step "$sys" "$rep" "$lo" "$DUR" && break
-    hi=$lo; lo=$((lo / 2)); [ "$lo" -lt 10 ] && lo=0
-  done
-  # bisect at full length
-  while [ "$lo" -gt 0 ] && [ "$hi" -gt 0 ] \
-        && { ! out_of_time || { log "$sys run $rep: time share used up, stopping at $lo..$hi"; false; }; } \
-        && python3 -c "import sys; sys.exit(0 if $hi - $lo > max(10, $RESOLUTION * $lo) else 1)"; do
-    mid=$(( (lo + hi) / 2 / 10 * 10 ))
-    [ "$mid" -le "$lo" ] && break
-    if step "$sys" "$rep" "$mid" "$DUR"; then lo=$mid; else hi=$mid; fi
-  done
-  BEST=$lo
-}
-
-# --- record the setup
-GIT_REV=$(git describe --always --dirty 2>/dev/null || echo unknown)
-{
-  echo "# $(date -Is) inbound-cps: runs=$REPS start=$START coarse_dur=${COARSE_DUR}s dur=${DUR}s resolution=$RESOLUTION fail_max=$FAIL_MAX% kamailio_children=$KAM_CHILDREN autogroup_nice=${BENCH_NICE:--10}"
-  echo "# trunkline: $GIT_REV ($("$BIN" --version 2>/dev/null | head -1))"
-  echo "# kamailio: $(kamailio -v 2>/dev/null | head -1 | sed 's/^version: //')"
-  echo "# sipp: $(sipp -v 2>/dev/null | grep -m1 SIPp | sed 's/^ *//')"
-  echo "# machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-  echo "# output: $OUT"
-} | tee "$OUT/summary.md" >&2
-
-# --- one call through each system first: the set-up works, or stop here
-for sys in $SYSTEMS; do
-  tag=$sys-single-call
-  start_sut "$sys"
-  start_uas "$tag"
-  ( cd "$OUT" && timeout -k 2 20 sipp "$SUT_TARGET" -sf "$HERE/uac.xml" -i 127.0.0.1 -p "$UAC_PORT" \
-      -mp "$UAC_MEDIA" -s "$NUMBER" -au "$AUTH_USER" -ap "$AUTH_PASS" -auth_uri "sip:$NUMBER@$SUT_TARGET" \
-      -m 1 -r 1 -nostdin -recv_timeout 5s -timeout 15s -trace_err -error_file "$OUT/$tag.uac.err" \
-      -trace_msg -message_file "$OUT/$tag.uac.msg" ) > "$OUT/$tag.uac.out" 2>&1
-  rc=$?
-  stop_pid "$UAS_PID"; UAS_PID=
-  stop_pid "$SUT_PID" 10; SUT_PID=
-  if [ $rc != 0 ]; then
-    log "a single call through $sys failed (sipp exit $rc); messages: $OUT/$tag.uac.msg"
-    tail -30 "$OUT/$tag.uac.err" >&2 2>/dev/null
-    die "single-call check through $sys failed"
-  fi
-  log "single call through $sys: ok"
-done
-
-# --- the searches, systems alternating; each gets an equal share of the time left
-n_sys=$(echo $SYSTEMS | wc -w)
-left=$((REPS * n_sys))
-for ((rep = 1; rep <= REPS; rep++)); do
-  for sys in $SYSTEMS; do
-    now=$(date +%s)
-    SEARCH_END=$(( now + (T_END > now ? T_END - now : 0) / left ))
-    left=$((left - 1))
-    log "== $sys, run $rep of $REPS"
-    search "$sys" "$rep"
-    log "== $sys, run $rep: $BEST calls/s"
-  done
-done
-
-find "$OUT" -maxdepth 1 -name '*.err' -empty -delete 2>/dev/null
-log "steps: $STEPS"
-{
-  echo
-  echo "Every step (tab-separated): $STEPS"
-  echo
-  python3 "$HERE/measure.py" summary --steps "$STEPS" --dur "$DUR" --coarse-dur "$COARSE_DUR"
-} | tee -a "$OUT/summary.md"
+cps_record_setup
+cps_single_calls
+cps_run

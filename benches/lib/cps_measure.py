@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Helpers of benches/inbound-cps.sh (standard library only).
+"""Helpers of the calls/s benchmarks, benches/inbound-cps.sh and benches/outbound-cps.sh
+(through benches/lib/cps.sh; standard library only).
 
-  measure.py step --system S --rep N --rate R --dur D --calls C --fail-max PCT --noise-max PCT
-                  --sut-pid PID --uas-pid PID --csv FILE --timeout SECS --steps FILE
-                  [--ports NAME=PORT,...] [--sipp-log FILE] [--sut-log FILE] -- SIPP...
+  cps_measure.py step --system S --rep N --rate R --dur D --calls C --fail-max PCT --noise-max PCT
+                      --sut-pid PID --uas-pid PID --csv FILE --timeout SECS --steps FILE
+                      [--ports NAME=PORT,...] [--sipp-log FILE] [--sut-log FILE] -- SIPP...
       Runs one load step: samples CPU (/proc), runs the sipp UAC command (killed after
       --timeout s), samples again, reads sipp's statistics CSV, appends one tab-separated
       row to --steps and prints it as key=value. Exit 0 when the step passed.
 
-  measure.py summary --steps FILE
+  cps_measure.py summary --steps FILE --dur S --coarse-dur S
       Per system and repetition: the highest passing rate (full-length steps only) and the
       CPU per call; medians over repetitions; the markdown table; the RESULT line (last).
 
@@ -17,8 +18,9 @@ the process tree (Kamailio forks workers); the UAC's from its rusage once it has
 "other" is the machine's busy time (from /proc/stat idle) minus everything this benchmark
 runs (SUT, UAC, UAS, kernel threads such as ksoftirqd doing loopback delivery, this
 helper): unrelated work on the shared machine, in % of one core. "drops": datagrams the
-kernel dropped per listed socket (a full receive buffer), from /proc/net/udp. "sut_log":
-the SUT's WARN/ERROR lines logged during the step, by message (the three most frequent).
+kernel dropped per listed socket (a full receive buffer), from /proc/net/udp; the sockets whose
+name starts with "sut" are the system under test's. "sut_log": the SUT's WARN/ERROR lines
+logged during the step, by message (the three most frequent).
 """
 import argparse
 import os
@@ -332,7 +334,7 @@ def cmd_summary(a):
             if b:
                 r = b[1]
                 d = dict(x.split(":") for x in r["drops"].split(",") if ":" in x)
-                sut_drops = int(d.get("sut", 0)) + int(d.get("sut_internal", 0))
+                sut_drops = sum(int(v) for k, v in d.items() if k.startswith("sut"))
                 out.append(f"| {sysname} | {rep} | {b[0]:,} | {r['fail_pct']}% | {r['setup_ms']} | "
                            f"{int(r['retrans']):,} | {sut_drops:,} / {int(d.get('uac', 0)):,} | "
                            f"{r['cpu_sut']} | {r['cpu_ms_per_call']} |")

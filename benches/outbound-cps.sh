@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Benchmark: outbound calls per second through the gateway, next to Kamailio in the same run.
+#
+#   sipp UAC (agent runtime: INVITE naming the trunk and the agent, 0-1 s calls,
+#             benches/outbound-cps/uac.xml)
+#     -> system under test on 127.0.0.1
+#          trunkline: `trunkline run` on a specs folder written here (one OutboundTrunk to the
+#                     carrier with auth.digest.secretRef to a basic-auth Secret, health check
+#                     off), the INVITE on its agent-facing listener; a B2BUA with an RTP relay
+#                     that answers the carrier's digest challenge
+#          kamailio:  a stateful proxy that answers the carrier's 401 with its uac module
+#                     (uac_auth() in a failure route; benches/outbound-cps/kamailio.cfg.in)
+#     -> sipp UAS (carrier: 401 to every INVITE, the answer checked with sipp's verifyauth,
+#        then 180, 200 with SDP; benches/outbound-cps/uas.xml)
+#
+# Each step runs RATE calls/s for DUR s (sipp -m RATE*DUR, bounded by a timeout), with a fresh
+# SUT and UAS. Search per system: from --start double the rate with short steps until one
+# fails, confirm the last passing rate with a full-length step, then bisect with full-length
+# steps to --resolution. A step passes with < --fail-max % calls not completed (any failure:
+# a 4xx/5xx, a timeout, a lost message) and >= 95 % of the asked rate achieved by sipp.
+# A failed step during which unrelated processes used > --noise-max % of a core is repeated
+# once. The systems alternate: run 1 trunkline, run 1 kamailio, run 2 trunkline, ...; medians
+# of the runs. The searches share a time budget (--max-minutes): a search whose share is used
+# up stops bisecting and reports its last passing rate. CPU per call: the SUT's utime+stime
+# over the step / calls, at the highest rate of the doubling phase that both systems passed
+# in that run with retransmissions < 1 % of the calls (the same load for both), and at each
+# system's best rate. Per step the UDP drops of each socket (SUT, UAC, UAS) are recorded.
+# The machinery is shared with benches/inbound-cps.sh: benches/lib/cps.sh, cps_measure.py.
+#
+# Everything runs on 127.0.0.1; the load generators share the machine's cores with the SUT.
+# The script installs what it misses (Debian: sip-tester, kamailio, python3, iproute2),
+# builds the release binary, and stops everything it started on exit.
+# Ports on 127.0.0.1 (--base-port, --rtp-ports): SIP 7260-7290, sipp media 8260 and 8360,
+# trunkline's RTP relays 20000-31999; checked free before each step.
+# Output: benches/out/outbound-cps/<time>/ (steps.tsv, per-step sipp logs, summary.md).
+# The last line printed:
+#   RESULT trunkline_cps=... kamailio_cps=... ratio=... trunkline_cpu_ms_per_call=...
+#          kamailio_cpu_ms_per_call=... cpu_ratio=... cpu_at_cps=... ...
+#
+# usage: benches/outbound-cps.sh [--quick] [options]     (--help lists them)
+set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+BENCH=outbound-cps
+HERE=$ROOT/benches/outbound-cps
+source "$ROOT/benches/lib/cps.sh"   # options, processes, steps, search, summary
+
+cps_defaults
+BASE_PORT=7260    # away from inbound-cps.sh's block, so that both can run on one machine
+NUMBER=+15551230001
+CALLER_ID=+15550100200
+TRUNK=bench-out
+AGENT=bench
+AUTH_USER=bench-acct
+AUTH_PASS=s3cret-carrier
+CARRIER_REALM=carrier.example   # the realm of uas.xml's challenge (Kamailio's credential needs it)
+
+cps_parse_args "$@"
+cps_enter_autogroup "$@"
+cps_install
+cps_prepare
+
+# --- ports (all on 127.0.0.1)
+GW_PORT=$BASE_PORT                 # trunkline carrier side: its calls to the carrier leave here
+KAM_PORT=$((BASE_PORT + 1))        # kamailio
+GW_INTERNAL=$((BASE_PORT + 2))     # trunkline agent side: the agent's INVITEs come here
+UAC_PORT=$((BASE_PORT + 10))       # the agent runtime
+UAS_PORT=$((BASE_PORT + 20))       # the carrier
+ADMIN_PORT=$((BASE_PORT + 30))     # trunkline admin (TCP)
+UAC_MEDIA=$((BASE_PORT + 1000))
+UAS_MEDIA=$((BASE_PORT + 1100))
+PORTS_UDP="$GW_PORT $KAM_PORT $GW_INTERNAL $UAC_PORT $UAS_PORT $UAC_MEDIA $UAS_MEDIA"
+PORTS_TCP=$ADMIN_PORT
+ports_free
+
+# --- the trunkline side: a specs folder and a state folder of its own
+SPECS=$OUT/specs
+mkdir -p "$SPECS" "$OUT/state" && chmod 700 "$OUT/state"
+cat > "$SPECS/bench.yaml" <<EOF
+# written by benches/outbound-cps.sh
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-out-credentials, namespace: bench}
+type: kubernetes.io/basic-auth
+stringData: {username: $AUTH_USER, password: $AUTH_PASS}
+---
+apiVersion: trunkline.dev/v1alpha1
+kind: OutboundTrunk
+metadata: {name: $TRUNK, namespace: bench}
+spec:
+  host: 127.0.0.1
+  port: $UAS_PORT
+  transport: UDP
+  auth:
+    digest:
+      secretRef: {name: bench-out-credentials}
+  callerId: "$CALLER_ID"
+  codecs: [PCMU, PCMA]
+  healthCheck: {enabled: false}
+EOF
+"$BIN" check "$SPECS" > "$OUT/check.txt" 2>&1 || { cat "$OUT/check.txt" >&2; die "trunkline check refused the bench specs"; }
+
+sed -e "s#@CHILDREN@#$KAM_CHILDREN#g; s#@CALLER_ID@#$CALLER_ID#g; s#@LISTEN_IP@#127.0.0.1#g; \
+        s#@LISTEN_PORT@#$KAM_PORT#g; s#@CARRIER_IP@#127.0.0.1#g; s#@CARRIER_PORT@#$UAS_PORT#g; \
+        s#@CARRIER_REALM@#$CARRIER_REALM#g; s#@USER@#$AUTH_USER#g; s#@PASSWORD@#$AUTH_PASS#g; \
+        s#@TRUNK@#$TRUNK#g" \
+    "$HERE/kamailio.cfg.in" > "$OUT/kamailio.cfg"
+kamailio -c -f "$OUT/kamailio.cfg" > "$OUT/kamailio-check.txt" 2>&1 \
+  || { tail -20 "$OUT/kamailio-check.txt" >&2; die "kamailio refused $OUT/kamailio.cfg"; }
+
+start_sut() {  # start_sut SYSTEM: a fresh SUT; SUT_PID, SUT_TARGET and SUT_PORTS set
+  case "$1" in
+    trunkline)
+      RUST_LOG=warn "$BIN" run --specs "$SPECS" --listen "udp://127.0.0.1:$GW_PORT" \
+        --internal-listen "udp://127.0.0.1:$GW_INTERNAL" --admin "127.0.0.1:$ADMIN_PORT" \
+        --agent-networks 127.0.0.0/8 --state-dir "$OUT/state" --drain-timeout 1 \
+        --rtp-ports "$RTP_PORTS" >> "$OUT/trunkline.log" 2>&1 &
+      SUT_PID=$!
+      SUT_TARGET=127.0.0.1:$GW_INTERNAL
+      SUT_PORTS="sut=$GW_INTERNAL,sut_carrier=$GW_PORT"
+      wait_udp "$SUT_PID" "$GW_PORT" "$GW_INTERNAL" && sleep 0.2 && kill -0 "$SUT_PID" 2>/dev/null \
+        || { tail -20 "$OUT/trunkline.log" >&2; die "trunkline did not start"; }
+      ;;
+    kamailio)
+      kamailio -f "$OUT/kamailio.cfg" -DD -E -m "$KAM_SHM_MB" -M 16 -P "$OUT/kamailio.pid" \
+        >> "$OUT/kamailio.log" 2>&1 &
+      SUT_PID=$!
+      SUT_TARGET=127.0.0.1:$KAM_PORT
+      SUT_PORTS="sut=$KAM_PORT"
+      wait_udp "$SUT_PID" "$KAM_PORT" && sleep 0.3 && kill -0 "$SUT_PID" 2>/dev/null \
+        || { tail -20 "$OUT/kamailio.log" >&2; die "kamailio did not start"; }   # (0.3 s: the workers fork)
+      ;;
+  esac
+}
+
+# --- the sipp peers: the carrier challenges and answers (UAS); the agent runtime dials (UAC)
+UAS_XML=$HERE/uas.xml
+UAS_ARGS=(-key auth_user "$AUTH_USER" -key auth_pass "$AUTH_PASS")
+uac_args() {
+  UAC_ARGS=(-sf "$HERE/uac.xml" -s "$NUMBER" -key trunk "$TRUNK" -key agent "$AGENT")
+}
+
+cps_record_setup
+cps_single_calls
+cps_run
