@@ -5,6 +5,8 @@
 //! name, checked the certificate against it and trusted `--tls-ca`; with another CA the agent
 //! gets 503, and the log and the metric say why.
 //!
+//! Also a carrier that challenges with 407 (Kamailio's `auth` module in front of sipp).
+//!
 //! Peers: sipp, Kamailio (`kamailio`, `kamailio-tls-modules`); tests/run.sh installs them.
 
 mod support;
@@ -97,4 +99,49 @@ fn an_outbound_call_to_a_tls_carrier_with_a_certificate_from_another_ca_gets_503
     let failures = r#"trunkline_tls_client_failures_total{reason="unknown_ca"}"#;
     assert!(gateway.wait_metric(failures, 1.0, Duration::from_secs(3)), "not counted");
     assert!(gateway.log_text().contains("unknown CA"), "the reason is not in the log");
+}
+
+/// A carrier that challenges with 407 (Proxy-Authenticate) rather than 401, verified by a real
+/// challenger (Kamailio's `auth` module; sipp's `verifyauth` reads only `Authorization`).
+#[test]
+fn a_carrier_challenging_with_407_is_answered_and_verified_by_kamailio() {
+    let carrier_port = free_port();
+    let front = TlsFront::start_digest_proxy(
+        SocketAddr::from(([127, 0, 0, 1], carrier_port)),
+        "acct-7",
+        "carrier-pw",
+    );
+    let trunk = Outbound::new("carrier-tls", front.udp().port()).digest("acct-7", "carrier-pw");
+    let specs = Specs::new().with_outbound(trunk);
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let carrier = uas("agent_answer.xml", carrier_port, &["-timeout", "15"]);
+    uac("agent_outbound_call.xml", gateway.internal(), &agent_args(&["-d", "300"]))
+        .assert_success();
+    carrier.wait().assert_success();
+    let log = front.log_text();
+    assert!(log.contains("challenging "), "kamailio never challenged:\n{log}");
+    assert!(log.contains("verified the answer of acct-7"), "no answer verified:\n{log}");
+}
+
+#[test]
+fn a_wrong_password_against_a_407_carrier_is_403_to_the_agent() {
+    let carrier_port = free_port();
+    let front = TlsFront::start_digest_proxy(
+        SocketAddr::from(([127, 0, 0, 1], carrier_port)),
+        "acct-7",
+        "carrier-pw",
+    );
+    let trunk = Outbound::new("carrier-tls", front.udp().port()).digest("acct-7", "wrong");
+    let specs = Specs::new().with_outbound(trunk);
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let carrier = uas("agent_answer.xml", carrier_port, &["-timeout", "5"]);
+    let agent = uac("agent_outbound_call.xml", gateway.internal(), &agent_args(&[]));
+    assert_eq!(agent.received_codes().last().copied(), Some(403), "{}", agent.report());
+    let carrier = carrier.kill();
+    assert!(
+        !carrier.messages().iter().any(|m| m.text.starts_with("INVITE")),
+        "the call got through"
+    );
+    let refused = r#"trunkline_peer_auth_failures_total{peer="carrier",trunk="voice/carrier-tls"}"#;
+    assert!(gateway.wait_metric(refused, 1.0, Duration::from_secs(3)), "not counted");
 }

@@ -50,6 +50,9 @@ enum Relay {
     ToGatewayOverTls(SocketAddr),
     /// From the gateway (TLS) to sipp as the agent runtime (UDP).
     ToAgentOverUdp(SocketAddr),
+    /// A carrier that challenges new INVITEs with 407 (Kamailio's `auth` module) and relays
+    /// those whose answer verifies with `username`/`password` to sipp at the address (UDP).
+    CarrierBehindProxyAuth { carrier: SocketAddr, username: &'static str, password: &'static str },
 }
 
 impl TlsFront {
@@ -67,6 +70,22 @@ impl TlsFront {
     /// relaying the new requests that arrive there to sipp at `agent` over UDP.
     pub fn start_agent_side(cert: &ServerCert, agent: SocketAddr) -> TlsFront {
         TlsFront::start_relay(Relay::ToAgentOverUdp(agent), cert)
+    }
+
+    /// Starts Kamailio as a carrier's edge that challenges every new INVITE with 407
+    /// (`proxy_challenge`, MD5, qop=auth), verifies the answer (`pv_proxy_authenticate`) with
+    /// `username`/`password` (403 when it is someone else's, a new 407 when it is wrong), and
+    /// relays the call to sipp at `carrier` over UDP. Calls arrive on [`TlsFront::udp`].
+    pub fn start_digest_proxy(
+        carrier: SocketAddr,
+        username: &'static str,
+        password: &'static str,
+    ) -> TlsFront {
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let own = rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
+        let cert =
+            ServerCert { cert_pem: own.cert.pem(), key_pem: own.signing_key.serialize_pem() };
+        TlsFront::start_relay(Relay::CarrierBehindProxyAuth { carrier, username, password }, &cert)
     }
 
     fn start_relay(relay: Relay, cert: &ServerCert) -> TlsFront {
@@ -207,6 +226,21 @@ fn config(udp_port: u16, tls_port: u16, relay: Relay, tls_cfg: &std::path::Path)
     let next_hop = match relay {
         Relay::ToGatewayOverTls(gateway) => format!("sip:{gateway};transport=tls"),
         Relay::ToAgentOverUdp(agent) => format!("sip:{agent};transport=udp"),
+        Relay::CarrierBehindProxyAuth { carrier, .. } => format!("sip:{carrier};transport=udp"),
+    };
+    let (auth_module, auth_check) = match relay {
+        Relay::CarrierBehindProxyAuth { username, password, .. } => (
+            "loadmodule \"auth.so\"\nmodparam(\"auth\", \"nonce_expire\", 60)\n".to_string(),
+            format!(
+                "if (is_method(\"INVITE\")) {{\n\
+                 \t\tif (!pv_proxy_authenticate(\"carrier.example\", \"{password}\", \"0\")) {{ \
+                 xlog(\"L_NOTICE\", \"challenging $ci\\n\"); proxy_challenge(\"carrier.example\", \"1\"); exit; }}\n\
+                 \t\tif ($au != \"{username}\") {{ sl_send_reply(\"403\", \"Forbidden\"); exit; }}\n\
+                 \t\txlog(\"L_NOTICE\", \"verified the answer of $au\\n\");\n\
+                 \t\tconsume_credentials();\n\t}}"
+            ),
+        ),
+        _ => (String::new(), String::new()),
     };
     format!(
         r#"#!KAMAILIO
@@ -228,12 +262,13 @@ loadmodule "maxfwd.so"
 loadmodule "siputils.so"
 loadmodule "textops.so"
 loadmodule "xlog.so"
-modparam("tls", "config", "{tls_cfg}")
+{auth_module}modparam("tls", "config", "{tls_cfg}")
 
 request_route {{
 	if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
 	if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
 	if (has_totag()) {{ t_relay(); exit; }}
+	{auth_check}
 	$du = "{next_hop}";
 	t_relay();
 }}
