@@ -194,6 +194,16 @@ impl Gateway {
 
     fn handle_new_invite(self: &Arc<Self>, request: Request, source: Source) {
         let zone = source.zone;
+        // The agent-facing listener takes new calls from the agent networks only; anyone else
+        // learns nothing more (not even that the gateway is draining).
+        let ip = source.remote.ip().to_canonical();
+        if zone == Zone::Internal
+            && !self.services.config.agent_networks.iter().any(|n| n.contains(&ip))
+        {
+            tracing::debug!(source = %source.remote, "a new call on the agent-facing listener from outside --agent-networks: refused");
+            let rule = RefusalRule::AgentNetworkNotAllowed;
+            return self.refuse_in(zone, &request, &source, rule, None, &[]);
+        }
         if self.draining.load(Ordering::Relaxed) {
             let retry = [(name::RETRY_AFTER, "30".to_string())];
             return self.refuse_in(zone, &request, &source, RefusalRule::Draining, None, &retry);
@@ -341,12 +351,6 @@ impl Gateway {
     ) {
         let zone = Zone::Internal;
         let config = &self.services.config;
-        let ip = source.remote.ip();
-        if !config.agent_networks.iter().any(|n| n.contains(&ip)) {
-            tracing::info!(source = %source.remote, "a new call on the agent-facing listener from outside --agent-networks: refused");
-            let rule = RefusalRule::AgentNetworkNotAllowed;
-            return self.refuse_in(zone, &request, &source, rule, None, &[]);
-        }
         if let Some(agent) = config.agent_credentials.as_ref().and_then(|a| a.current()) {
             let answer = request.headers.get(name::PROXY_AUTHORIZATION).map(Credentials::parse);
             match answer {
