@@ -16,6 +16,7 @@ pub mod schema;
 pub mod secret;
 pub mod snapshot;
 pub mod specs;
+pub mod transfer;
 pub mod yaml;
 
 pub use compile::{Compiled, compile};

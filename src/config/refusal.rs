@@ -69,6 +69,16 @@ pub enum RefusalRule {
     CallerIdNotAllowed,
     /// The number to dial is not a number (E.164, `tel:`, `;user=phone`).
     DialedNumberInvalid,
+    /// A transfer names no TransferDestination of the call's namespace.
+    TransferUnknownDestination,
+    /// A transfer names a TransferDestination of another namespace.
+    TransferOtherNamespace,
+    /// A transfer names a number or URI that is no destination's: it is never dialed.
+    TransferNotADestination,
+    /// The destination's `agents` list does not hold the call's agent.
+    TransferAgentNotAllowed,
+    /// A number that several destinations the agent may use share.
+    TransferAmbiguous,
 }
 
 impl RefusalRule {
@@ -104,6 +114,11 @@ impl RefusalRule {
             RefusalRule::AgentNotAllowed => "AgentNotAllowed",
             RefusalRule::CallerIdNotAllowed => "CallerIdNotAllowed",
             RefusalRule::DialedNumberInvalid => "DialedNumberInvalid",
+            RefusalRule::TransferUnknownDestination => "TransferUnknownDestination",
+            RefusalRule::TransferOtherNamespace => "TransferOtherNamespace",
+            RefusalRule::TransferNotADestination => "TransferNotADestination",
+            RefusalRule::TransferAgentNotAllowed => "TransferAgentNotAllowed",
+            RefusalRule::TransferAmbiguous => "TransferAmbiguous",
         }
     }
 
@@ -119,10 +134,14 @@ impl RefusalRule {
             | RefusalRule::OutboundFromCarrier
             | RefusalRule::AgentNetworkNotAllowed
             | RefusalRule::AgentNotAllowed
-            | RefusalRule::CallerIdNotAllowed => 403,
+            | RefusalRule::CallerIdNotAllowed
+            | RefusalRule::TransferUnknownDestination
+            | RefusalRule::TransferOtherNamespace
+            | RefusalRule::TransferNotADestination
+            | RefusalRule::TransferAgentNotAllowed => 403,
             RefusalRule::UnknownTrunk => 404,
             // RFC 3261 §21.4.23: the request was ambiguous.
-            RefusalRule::AmbiguousTrunk => 485,
+            RefusalRule::AmbiguousTrunk | RefusalRule::TransferAmbiguous => 485,
             // RFC 3261 §21.4.22: the number is not one.
             RefusalRule::DialedNumberInvalid => 484,
             RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
@@ -171,6 +190,11 @@ mod tests {
             (AgentNotAllowed, 403, "AgentNotAllowed"),
             (CallerIdNotAllowed, 403, "CallerIdNotAllowed"),
             (DialedNumberInvalid, 484, "DialedNumberInvalid"),
+            (TransferUnknownDestination, 403, "TransferUnknownDestination"),
+            (TransferOtherNamespace, 403, "TransferOtherNamespace"),
+            (TransferNotADestination, 403, "TransferNotADestination"),
+            (TransferAgentNotAllowed, 403, "TransferAgentNotAllowed"),
+            (TransferAmbiguous, 485, "TransferAmbiguous"),
             (Draining, 503, "Draining"),
             (TooManyHops, 483, "TooManyHops"),
             (NoRfc3261Branch, 400, "NoRfc3261Branch"),
