@@ -213,6 +213,14 @@ impl Driver {
                     self.gw.metrics.peer_auth_refused(&self.labels.trunk, role.as_str());
                     Vec::new()
                 }
+                Action::Record(Record::Transfer(t)) => {
+                    self.gw.metrics.transfer(&t.destination, t.mode, t.outcome);
+                    tracing::info!(
+                        session = %self.call.session_id(), destination = %t.destination,
+                        mode = t.mode, outcome = t.outcome, "transfer"
+                    );
+                    Vec::new()
+                }
                 Action::End(ended) => {
                     self.ended(ended);
                     Vec::new()

@@ -706,6 +706,10 @@ impl Gateway {
             (agent_local, carrier_local),
             offer,
         );
+        let mut placed = placed;
+        let context =
+            services.transfer_context(&table, &route.trunk.name.namespace, &request.agent);
+        placed.transfer = Some(context);
         let id = placed.session_id.clone();
         let view = CallView {
             id: id.clone(),

@@ -55,6 +55,9 @@ pub fn spawn(
         &route,
         offer,
     );
+    let mut setup = setup;
+    let context = gw.transfer_context(&table, &route.trunk.name.namespace, &route.agent);
+    setup.transfer = Some(context);
     let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Inbound,
@@ -107,6 +110,7 @@ pub fn setup(
         },
         offer,
         codecs: route.trunk.codecs.clone(),
+        transfer: None,
     }
 }
 

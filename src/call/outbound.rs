@@ -66,7 +66,10 @@ pub fn spawn(
     let Admitted { invite, source, route, permit, table, offer } = admitted;
     let locals = local_addresses(&gw, &source, route.trunk.transport);
     let mut ids = Ids::random();
-    let setup = setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
+    let mut setup =
+        setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
+    let agent = route.agent.clone().unwrap_or_default();
+    setup.transfer = Some(gw.transfer_context(&table, &route.trunk.name.namespace, &agent));
     let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Outbound,
@@ -98,6 +101,7 @@ pub fn setup(
         dial,
         offer,
         codecs: route.trunk.codecs.clone(),
+        transfer: None,
     }
 }
 

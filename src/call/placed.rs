@@ -88,7 +88,7 @@ pub fn setup(
         headers,
         credentials: None,
     };
-    Placed { session_id, first, then, offer, codecs: route.trunk.codecs.clone() }
+    Placed { session_id, first, then, offer, codecs: route.trunk.codecs.clone(), transfer: None }
 }
 
 fn host(addr: SocketAddr) -> String {

@@ -168,6 +168,22 @@ impl CallServices {
         self.active.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// What a call on a trunk of `namespace` for `agent` decides its transfers with: the
+    /// table it started with.
+    pub(super) fn transfer_context(
+        &self,
+        table: &Arc<crate::config::RoutingTable>,
+        namespace: &str,
+        agent: &str,
+    ) -> super::machine::TransferContext {
+        super::machine::TransferContext {
+            table: table.clone(),
+            namespace: namespace.to_string(),
+            agent: agent.to_string(),
+            bye_header: format!("{}Transfer-To", self.config.header_prefix),
+        }
+    }
+
     /// A call task is done with its call (it may still linger for retransmissions).
     pub(super) fn call_ended(&self) {
         self.active.fetch_sub(1, Ordering::SeqCst);

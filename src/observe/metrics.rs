@@ -16,6 +16,7 @@
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
+//! | `trunkline_transfers_total` | counter | `destination`, `mode`, `outcome` |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
 //! | `trunkline_tls_client_failures_total` | counter | `reason` |
@@ -278,6 +279,7 @@ pub struct GatewayMetrics {
     refusals: IntCounterVec,
     outbound_refusals: IntCounterVec,
     peer_auth: IntCounterVec,
+    transfers: IntCounterVec,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
     tls_client_failures: IntCounterVec,
@@ -375,6 +377,12 @@ impl GatewayMetrics {
             &["trunk", "peer"],
             r,
         )?;
+        let transfers = register_int_counter_vec_with_registry!(
+            "trunkline_transfers_total",
+            "Transfers the agents asked for, by destination (namespace/name, or `unknown` when the request named none), mode (Bridge, Refer, Hangup, none) and outcome.",
+            &["destination", "mode", "outcome"],
+            r,
+        )?;
         let setup = register_histogram_vec_with_registry!(
             "trunkline_call_setup_seconds",
             "Time from the INVITE received to the final response from the other leg.",
@@ -459,6 +467,7 @@ impl GatewayMetrics {
             refusals,
             outbound_refusals,
             peer_auth,
+            transfers,
             setup,
             sip_messages,
             tls_client_failures,
@@ -554,6 +563,17 @@ impl GatewayMetrics {
     /// authentication. `trunk`: as in [`Self::call_finished`].
     pub fn peer_auth_refused(&self, trunk: &str, peer: &str) {
         self.peer_auth.with_label_values(&[trunk, peer]).inc();
+    }
+
+    /// Counts one transfer. `destination` is `namespace/name`; a request that named no
+    /// destination is counted as `unknown` (what it named is in the log, not in a label).
+    pub fn transfer(&self, destination: &str, mode: &str, outcome: &str) {
+        let destination = if destination.contains('/') && !destination.contains(':') {
+            destination
+        } else {
+            "unknown"
+        };
+        self.transfers.with_label_values(&[destination, mode, outcome]).inc();
     }
 
     /// Observes a call's setup time: INVITE received → final response from the other leg.

@@ -212,11 +212,19 @@ impl Call {
 
     /// BYE on one leg, which is over.
     pub(super) fn bye(&mut self, now: Instant, leg: LegId) {
+        self.bye_with(now, leg, None);
+    }
+
+    /// BYE on one leg, with a `Reason` header (RFC 3326) when given.
+    pub(super) fn bye_with(&mut self, now: Instant, leg: LegId, reason: Option<&str>) {
         let ua = self.config.user_agent.clone();
         let branch = self.ids.branch();
         let l = self.leg_mut(leg);
         l.phase = Phase::Terminated;
-        let bye = l.dialog.request(Method::Bye, &branch, &ua);
+        let mut bye = l.dialog.request(Method::Bye, &branch, &ua);
+        if let Some(reason) = reason {
+            bye.headers.push("Reason", reason);
+        }
         self.send_client(now, leg, bye, Purpose::Own);
     }
 
@@ -566,12 +574,13 @@ impl Call {
         };
         self.open_server(now, &key, leg, req.clone(), &source);
         match req.method {
-            Method::Bye => self.on_bye(now, &key, leg),
+            Method::Bye => self.on_bye(now, &key, leg, &req),
             Method::Options => self.respond_status(now, &key, 200),
             Method::Invite | Method::Update | Method::Info => {
                 self.on_in_dialog(now, &key, leg, &req)
             }
             Method::Prack => self.respond_status(now, &key, 481),
+            Method::Refer => self.on_refer(now, &key, leg, &req),
             _ => self.respond_status(now, &key, 501),
         }
     }
@@ -596,8 +605,11 @@ impl Call {
         }
     }
 
-    fn on_bye(&mut self, now: Instant, key: &ServerKey, leg: LegId) {
+    fn on_bye(&mut self, now: Instant, key: &ServerKey, leg: LegId, req: &Request) {
         self.respond_status(now, key, 200);
+        if self.bye_transfer(now, leg, req) {
+            return;
+        }
         match self.state {
             State::Answered => {
                 tracing::debug!(session = %self.session_id, side = self.leg(leg).role.as_str(), "hang-up");

@@ -28,6 +28,7 @@ mod dialog;
 mod flow;
 pub mod leg;
 mod media;
+mod transfer;
 mod tx;
 
 #[cfg(test)]
@@ -52,6 +53,7 @@ use crate::sip::transport::{Source, Target};
 
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Phase, Role, Side};
+pub use transfer::{TransferContext, TransferRecord};
 use tx::{ClientTx, Pending2xx, ServerTx};
 
 /// No answer of any kind from a dialed peer within this time: it is unreachable.
@@ -149,6 +151,8 @@ pub struct Setup {
     pub offer: Option<MediaOffer>,
     /// The codecs of the trunk, for offers inside the call.
     pub codecs: Vec<Codec>,
+    /// What the call's transfers are decided with (`None`: the agent cannot transfer).
+    pub transfer: Option<TransferContext>,
 }
 
 /// A call the gateway places itself (the call API, third-party call control as in RFC 3725
@@ -164,6 +168,7 @@ pub struct Placed {
     /// The gateway's offer to `first` (`media::codec::gateway_offer` of the trunk's codecs).
     pub offer: MediaOffer,
     pub codecs: Vec<Codec>,
+    pub transfer: Option<TransferContext>,
 }
 
 /// What the driver does for a call, in the order given.
@@ -206,6 +211,8 @@ pub enum Record {
     /// A dialed peer refused our digest answer (it challenged again), or challenged a leg that
     /// has no credentials, or sent a challenge we cannot answer.
     AuthRefused { role: Role, reason: String },
+    /// The agent asked for a transfer: where, how, and what came of it.
+    Transfer(TransferRecord),
 }
 
 /// How a call ended.
@@ -278,6 +285,8 @@ pub struct Call {
     pending_2xx: Vec<Pending2xx>,
     /// A call the gateway places: where its second leg goes, until the first answers.
     then: Option<Destination>,
+    /// What the agent's transfers are decided with.
+    transfer: Option<TransferContext>,
     codecs: Vec<Codec>,
     /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
     offer: Option<MediaOffer>,
@@ -309,11 +318,12 @@ impl Call {
         mut ids: Ids,
         setup: Setup,
     ) -> (Call, Vec<Action>) {
-        let Setup { session_id, origin, dial, offer, codecs } = setup;
+        let Setup { session_id, origin, dial, offer, codecs, transfer } = setup;
         let origin_leg = flow::origin_leg(&mut ids, origin);
         let (dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
         let mut call =
             Call::assemble(now, config, ids, session_id, [origin_leg, dialed], offer, codecs);
+        call.transfer = transfer;
         call.begin(now, destination);
         let actions = call.take();
         (call, actions)
@@ -327,13 +337,14 @@ impl Call {
         ids: Ids,
         placed: Placed,
     ) -> (Call, Vec<Action>) {
-        let Placed { session_id, first, then, offer, codecs } = placed;
+        let Placed { session_id, first, then, offer, codecs, transfer } = placed;
         let mut ids = ids;
         let (first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
         let (then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
         let mut call =
             Call::assemble(now, config, ids, session_id, [first, then], Some(offer), codecs);
         call.then = Some(then_destination);
+        call.transfer = transfer;
         match first_destination {
             Destination::Address(address) => call.resolved(now, LegId(0), address),
             Destination::Lookup { host, port } => {
@@ -364,6 +375,7 @@ impl Call {
             clients: HashMap::new(),
             pending_2xx: Vec::new(),
             then: None,
+            transfer: None,
             codecs,
             offer,
             late_offer: None,

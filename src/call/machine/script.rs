@@ -154,6 +154,7 @@ pub(super) fn start_with_credentials(
         },
         offer,
         codecs,
+        transfer: Some(transfer_context()),
     };
     let t0 = Instant::now();
     let config = CallConfig { ring_timeout: Duration::from_secs(20), ..CallConfig::default() };
@@ -351,4 +352,41 @@ pub(super) fn in_dialog_from_agent(
          Call-ID: agent-call@trunkline\r\nCSeq: {cseq} {method}\r\n\
          Contact: <sip:support@{AGENT}>\r\nContent-Length: 0\r\n\r\n"
     ))
+}
+
+/// The destinations the agent `support` of namespace `voice` may transfer to: `end-call`
+/// (Hangup), `sales-desk` (Phone, only for `billing`), `pbx` (Sip).
+pub(super) fn transfer_context() -> TransferContext {
+    use crate::config::model::{ObjectName, TransferMode, TransferRoute, TransferTarget};
+    let route = |name: &str, target, agents: &[&str]| TransferRoute {
+        name: ObjectName::new("voice", name),
+        generation: None,
+        target,
+        mode: TransferMode::Bridge,
+        agents: agents.iter().map(|a| a.to_string()).collect(),
+    };
+    let number = crate::config::number::E164::parse_canonical("+14155550199").unwrap();
+    let table = crate::config::RoutingTable::new(
+        vec![],
+        vec![],
+        vec![
+            route("end-call", TransferTarget::Hangup, &[]),
+            route(
+                "sales-desk",
+                TransferTarget::Phone { number, outbound_trunk: ObjectName::new("voice", "out") },
+                &["billing"],
+            ),
+            route(
+                "pbx",
+                TransferTarget::Sip { uri: "sip:op@pbx.example".into(), credentials: None },
+                &[],
+            ),
+        ],
+    );
+    TransferContext {
+        table: std::sync::Arc::new(table),
+        namespace: "voice".into(),
+        agent: "support".into(),
+        bye_header: "X-Trunkline-Transfer-To".into(),
+    }
 }

@@ -438,8 +438,9 @@ fn requests_outside_the_calls_dialogs_get_481_and_options_in_it_200() {
     assert_eq!(statuses(&s.carrier_sends(stray), CARRIER_LEG), vec![481]);
     let options = in_dialog_from_carrier(&ok, "OPTIONS", 3, "z9hG4bKoptions");
     assert_eq!(statuses(&s.carrier_sends(options), CARRIER_LEG), vec![200]);
+    // The carrier side can never transfer (see the transfer tests).
     let refer = in_dialog_from_carrier(&ok, "REFER", 4, "z9hG4bKrefer");
-    assert_eq!(statuses(&s.carrier_sends(refer), CARRIER_LEG), vec![501]);
+    assert_eq!(statuses(&s.carrier_sends(refer), CARRIER_LEG), vec![403]);
     assert_eq!(s.call.state(), State::Answered);
 }
 
@@ -609,6 +610,7 @@ fn placed() -> (Script, Request) {
         then,
         offer: MediaOffer { sdp, negotiated, delayed: false },
         codecs,
+        transfer: None,
     };
     let t0 = std::time::Instant::now();
     let (call, actions) = Call::place(t0, CallConfig::default(), Ids::seeded(3), placed);
@@ -746,4 +748,103 @@ fn a_placed_call_whose_carrier_hangs_up_before_the_agent_answers_cancels_the_age
     assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
     assert_eq!(methods(&actions, CARRIER_LEG), Vec::<Method>::new(), "no BYE back to the carrier");
     assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Cancel]);
+}
+
+fn refer(invite: &Request, refer_to: &str, cseq: u32) -> Request {
+    let mut r = in_dialog_from_agent(invite, "REFER", cseq, &format!("z9hG4bKrefer{cseq}"));
+    r.headers.push("Refer-To", refer_to);
+    r
+}
+
+fn transfers(actions: &[Action]) -> Vec<TransferRecord> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(Record::Transfer(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refer_to_a_hangup_destination_is_accepted_notified_and_ends_both_legs() {
+    let (mut s, invite, _) = answered();
+    let actions = s.agent_sends(refer(&invite, "<sip:end-call@gateway.invalid>", 2));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![202]);
+    let notify = requests_to(&actions, AGENT_LEG)
+        .into_iter()
+        .find(|r| r.method == Method::Notify)
+        .expect("a NOTIFY to the agent");
+    assert_eq!(notify.headers.get("Event"), Some("refer"));
+    assert!(notify.headers.get("Subscription-State").unwrap().starts_with("terminated"));
+    assert_eq!(notify.headers.get(name::CONTENT_TYPE), Some("message/sipfrag;version=2.0"));
+    assert_eq!(&notify.body[..], b"SIP/2.0 200 OK\r\n");
+    let bye = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(bye.method, Method::Bye);
+    assert!(bye.headers.get("Reason").unwrap().starts_with("SIP;cause=200"));
+    assert!(methods(&actions, AGENT_LEG).contains(&Method::Bye));
+    // The NOTIFY comes before the agent's BYE.
+    let agent_methods = methods(&actions, AGENT_LEG);
+    let at = |m: Method| agent_methods.iter().position(|x| *x == m).unwrap();
+    assert!(at(Method::Notify) < at(Method::Bye));
+    assert_eq!(
+        transfers(&actions),
+        vec![TransferRecord {
+            destination: "voice/end-call".into(),
+            mode: "Hangup",
+            outcome: "completed"
+        }]
+    );
+    assert_eq!(s.call.state(), State::Ended);
+}
+
+#[test]
+fn a_transfer_the_agent_may_not_make_is_403_naming_the_rule_and_the_call_stays_up() {
+    let (mut s, invite, _) = answered();
+    for (n, (target, status, rule)) in [
+        ("<sip:sales-desk@x>", 403, "TransferAgentNotAllowed"),
+        ("<tel:+19005550100>", 403, "TransferNotADestination"),
+        ("<sip:nobody@x>", 403, "TransferNotADestination"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let actions = s.agent_sends(refer(&invite, target, 2 + n as u32));
+        let answer = responses_to(&actions, AGENT_LEG).remove(0);
+        assert_eq!(answer.status, status, "{target}");
+        assert!(answer.headers.get(name::WARNING).unwrap().contains(rule), "{target}");
+        assert!(sent(&actions, CARRIER_LEG).is_empty(), "{target}: the caller heard something");
+    }
+    // A Phone or Sip destination is not built yet: said plainly, and the call goes on.
+    let actions = s.agent_sends(refer(&invite, "<sip:pbx@x>", 9));
+    let answer = responses_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(answer.status, 501);
+    assert!(answer.headers.get(name::WARNING).unwrap().contains("TransferNotBuilt"));
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn the_carrier_side_can_never_transfer() {
+    let (mut s, _, ok) = answered();
+    let mut r = in_dialog_from_carrier(&ok, "REFER", 2, "z9hG4bKcarrierrefer");
+    r.headers.push("Refer-To", "<sip:end-call@x>");
+    let actions = s.carrier_sends(r);
+    let answer = responses_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(answer.status, 403);
+    assert!(answer.headers.get(name::WARNING).unwrap().contains("TransferFromCarrier"));
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_bye_naming_a_hangup_destination_ends_the_callers_leg_with_a_reason() {
+    let (mut s, invite, _) = answered();
+    let mut bye = in_dialog_from_agent(&invite, "BYE", 2, "z9hG4bKbyexfer");
+    bye.headers.push("X-Trunkline-Transfer-To", "end-call");
+    let actions = s.agent_sends(bye);
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(to_carrier.method, Method::Bye);
+    assert!(to_carrier.headers.get("Reason").is_some());
+    assert!(!methods(&actions, AGENT_LEG).contains(&Method::Bye), "the agent left already");
+    assert_eq!(s.call.state(), State::Ended);
 }

@@ -1,0 +1,63 @@
+//! Transfers (issue 13) on the wire, as far as they are built: the built `trunkline run`
+//! between sipp as the carrier and sipp as the agent runtime on 127.0.0.1. The agent REFERs the
+//! call to a Hangup destination: 202, NOTIFY with `message/sipfrag` 200, then both legs end.
+
+mod support;
+
+use std::time::Duration;
+
+use support::sipp::{uac, uas};
+use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
+
+const NUMBER: &str = "+14155550100";
+
+const DESTINATIONS: &str = "apiVersion: trunkline.dev/v1alpha1
+kind: TransferDestination
+metadata: {name: end-call, namespace: voice}
+spec: {type: Hangup}
+";
+
+#[test]
+fn an_agents_refer_to_a_hangup_destination_ends_the_call_with_progress_to_the_agent() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(
+        Trunk::new("local-in")
+            .number(NUMBER, "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(agent_port),
+    );
+    specs.write("transfers.yaml", DESTINATIONS);
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let agent = uas(
+        "agent_answer_then_refer.xml",
+        agent_port,
+        &["-d", "300", "-key", "transfer_to", "end-call", "-timeout", "15"],
+    );
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
+    agent.wait().assert_success();
+    let counted = r#"trunkline_transfers_total{destination="voice/end-call",mode="Hangup",outcome="completed"}"#;
+    assert!(gateway.wait_metric(counted, 1.0, Duration::from_secs(3)), "not counted");
+}
+
+#[test]
+fn an_agents_refer_to_a_number_that_is_no_destination_is_403_and_the_call_goes_on() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(
+        Trunk::new("local-in")
+            .number(NUMBER, "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(agent_port),
+    );
+    specs.write("transfers.yaml", DESTINATIONS);
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let agent = uas(
+        "agent_refer_refused.xml",
+        agent_port,
+        &["-d", "300", "-key", "transfer_to", "+19005550100", "-timeout", "15"],
+    );
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
+    agent.wait().assert_success();
+    let refused =
+        r#"trunkline_transfers_total{destination="unknown",mode="none",outcome="refused"}"#;
+    assert!(gateway.wait_metric(refused, 1.0, Duration::from_secs(3)), "not counted");
+}
