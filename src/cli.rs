@@ -139,48 +139,60 @@ enum Command {
     /// offline and prints the decision chain, ending in the SIP answer. Exit status: 0 when the
     /// call would reach an agent, 1 when it would be refused or challenged. With `--outbound`:
     /// an agent's call out through an OutboundTrunk, and the first lines of the INVITE the
-    /// carrier would get; 0 when it would go out, 1 when the agent would be refused.
+    /// carrier would get; 0 when it would go out, 1 when the agent would be refused. With
+    /// `--transfer`: an agent's REFER on a call, the destination it names and what would be
+    /// dialed; 0 when the transfer would be carried out, 1 when it would be refused.
     Explain(Box<ExplainArgs>),
 }
 
-/// Flags of `trunkline explain` (inbound calls by default, `--outbound` for an agent's call out).
+/// Flags of `trunkline explain` (inbound calls by default, `--outbound` for an agent's call out,
+/// `--transfer` for an agent's transfer).
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("agent_side").args(["outbound", "transfer"])))]
 struct ExplainArgs {
     /// The spec folder (or files) the gateway serves.
     #[arg(long = "specs", required = true, value_name = "PATH")]
     specs: Vec<PathBuf>,
     /// The carrier's source address, `IP` or `IP:PORT` (inbound calls).
-    #[arg(long, value_name = "IP[:PORT]", required_unless_present = "outbound")]
+    #[arg(long, value_name = "IP[:PORT]", required_unless_present = "agent_side")]
     from: Option<String>,
     /// The dialed number as the carrier sends it (`+14155550100`, `0014155550100`,
     /// `tel:+1-415-555-0100`) or a whole Request-URI (`sip:+14155550100@gw;user=phone`).
     /// With `--outbound`: the number the agent dials (the user of its Request-URI), or its whole
-    /// Request-URI (`sip:+14155550142@gw;trunk=carrier-out`).
+    /// Request-URI (`sip:+14155550142@gw;trunk=carrier-out`). With `--transfer`: what the agent
+    /// puts in Refer-To: a destination's name (`sales-desk`, `<sip:sales-desk@any-host>`), its
+    /// number (`tel:+14155550199`) or its SIP URI.
     #[arg(long, value_name = "NUMBER|URI")]
     to: String,
     /// The transport the INVITE arrives on (inbound calls).
-    #[arg(long, value_enum, default_value_t = TransportFlag(Transport::Udp), conflicts_with = "outbound")]
+    #[arg(long, value_enum, default_value_t = TransportFlag(Transport::Udp), conflicts_with = "agent_side")]
     transport: TransportFlag,
     /// The digest username the INVITE carries (its response is assumed valid). Omit to see
     /// what happens to an INVITE without credentials (inbound calls).
-    #[arg(long, value_name = "USERNAME", conflicts_with = "outbound")]
+    #[arg(long, value_name = "USERNAME", conflicts_with = "agent_side")]
     user: Option<String>,
     /// The caller's number or From URI (inbound calls; `--caller-id` with `--outbound`).
-    #[arg(long, value_name = "NUMBER|URI", default_value = "", conflicts_with = "outbound")]
+    #[arg(long, value_name = "NUMBER|URI", default_value = "", conflicts_with = "agent_side")]
     caller: String,
     /// A header of the INVITE, `Name: value`; repeatable. With `--outbound`, a header of the
     /// agent's INVITE (its `X-*` headers reach the carrier).
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", conflicts_with = "transfer")]
     headers: Vec<String>,
     /// Explain an outbound call: the agent runtime's INVITE to the agent-facing listener,
     /// naming the trunk, the number and the agent.
     #[arg(long)]
     outbound: bool,
-    /// The OutboundTrunk the agent names (its trunk header), `NAME` or `namespace/NAME`.
-    #[arg(long, value_name = "NAME", requires = "outbound")]
+    /// Explain a transfer: an agent's REFER on a call of `--trunk`, naming `--to`.
+    #[arg(long)]
+    transfer: bool,
+    /// The OutboundTrunk the agent names (its trunk header), `NAME` or `namespace/NAME`. With
+    /// `--transfer`: the call's trunk (an InboundTrunk or an OutboundTrunk), whose namespace
+    /// holds the destinations.
+    #[arg(long, value_name = "NAME", requires = "agent_side")]
     trunk: Option<String>,
-    /// The agent id the agent's INVITE carries (its agent id header).
-    #[arg(long, value_name = "ID", requires = "outbound")]
+    /// The agent id the agent's INVITE carries (its agent id header). With `--transfer`: the
+    /// call's agent.
+    #[arg(long, value_name = "ID", requires = "agent_side")]
     agent: Option<String>,
     /// The caller id the agent asks for (the From user of its INVITE); omit for the trunk's
     /// `callerId`.
@@ -478,6 +490,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 caller,
                 headers,
                 outbound,
+                transfer,
                 trunk,
                 agent,
                 caller_id,
@@ -487,6 +500,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output,
             } = *args;
             let headers = parse_headers(&headers)?;
+            if transfer {
+                let query = crate::explain::transfer::TransferQuery {
+                    trunk: trunk
+                        .as_deref()
+                        .context("--transfer needs --trunk: the call's trunk")?,
+                    agent: agent
+                        .as_deref()
+                        .context("--transfer needs --agent: the call's agent")?,
+                    to: &to,
+                };
+                let json = output == Output::Json;
+                return crate::explain::transfer::run(&specs, region, &query, json);
+            }
             if outbound {
                 let query = crate::explain::OutboundQuery {
                     trunk: trunk.as_deref(),

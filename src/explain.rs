@@ -19,6 +19,10 @@
 //! Credentials: the trunk's digest is described by its Secret's name and username. The password
 //! is in no line printed (the first INVITE carries no `Authorization`; the answer to a challenge
 //! is never shown).
+//!
+//! `explain --transfer` is in [`transfer`]; it shares the trunk description.
+
+pub mod transfer;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -437,7 +441,7 @@ impl OutboundExplanation {
             );
         }
         if let Some(trunk) = &self.decision.trunk {
-            self.render_trunk(&mut out, trunk);
+            render_trunk(&mut out, &format!("trunk {}", trunk.name), trunk, self.secret.as_deref());
         }
         match &self.decision.outcome {
             Ok(route) => {
@@ -482,53 +486,6 @@ impl OutboundExplanation {
         out
     }
 
-    fn render_trunk(&self, out: &mut String, t: &OutboundTrunkRoute) {
-        let _ = writeln!(out, "trunk {}:", t.name);
-        let _ = writeln!(out, "    carrier    {}", carrier_text(t));
-        let auth = match (&t.credentials, &self.secret) {
-            (Some(c), secret) => format!(
-                "answers 401/407 with the credentials of Secret {} (username {:?})",
-                secret.as_deref().unwrap_or("(named in the trunk)"),
-                c.username
-            ),
-            (None, _) => "no digest: the carrier must allowlist the gateway's addresses \
-                          (status.sourceAddresses)"
-                .to_string(),
-        };
-        let _ = writeln!(out, "    auth       {auth}");
-        let others = if t.allowed_caller_ids.is_empty() {
-            "agents may ask for no other".to_string()
-        } else {
-            let ids: Vec<String> = t.allowed_caller_ids.iter().map(E164::to_string).collect();
-            format!("agents may ask for {}", ids.join(", "))
-        };
-        let _ = writeln!(out, "    caller id  {} (callerId); {others}", t.caller_id);
-        let format = if t.leading_plus {
-            "written with the leading + (numberFormat.leadingPlus: true)"
-        } else {
-            "written without the leading + (numberFormat.leadingPlus: false)"
-        };
-        let _ = writeln!(out, "    numbers    {format}");
-        let _ = writeln!(
-            out,
-            "    codecs     {} (telephone-event always allowed)",
-            codec_list(&t.codecs)
-        );
-        let _ = writeln!(out, "    limits     {}", limits_text(&t.limits));
-        let agents = if t.agents.is_empty() {
-            "any agent (no agents allowlist)".to_string()
-        } else {
-            let listed: Vec<&str> = t.agents.iter().map(String::as_str).collect();
-            format!("only {}", listed.join(", "))
-        };
-        let _ = writeln!(out, "    agents     {agents}");
-        let health = match t.health_check_interval_seconds {
-            Some(s) => format!("OPTIONS every {s} s"),
-            None => "no OPTIONS probes".to_string(),
-        };
-        let _ = writeln!(out, "    health     {health}");
-    }
-
     /// The JSON for tools: the decision (steps and outcome, as inbound explain writes them), the
     /// trunk and the carrier's INVITE.
     pub fn to_json(&self) -> JsonExplanation<'_> {
@@ -549,6 +506,52 @@ impl OutboundExplanation {
             notes: &self.notes,
         }
     }
+}
+
+/// An OutboundTrunk's policy under `heading` (`trunk NAME`): carrier, auth (by Secret and
+/// username, never the password), caller id, number format, codecs, limits, agents, health.
+fn render_trunk(out: &mut String, heading: &str, t: &OutboundTrunkRoute, secret: Option<&str>) {
+    let _ = writeln!(out, "{heading}:");
+    let _ = writeln!(out, "    carrier    {}", carrier_text(t));
+    let auth = match (&t.credentials, secret) {
+        (Some(c), secret) => format!(
+            "answers 401/407 with the credentials of Secret {} (username {:?})",
+            secret.unwrap_or("(named in the trunk)"),
+            c.username
+        ),
+        (None, _) => "no digest: the carrier must allowlist the gateway's addresses \
+                      (status.sourceAddresses)"
+            .to_string(),
+    };
+    let _ = writeln!(out, "    auth       {auth}");
+    let others = if t.allowed_caller_ids.is_empty() {
+        "agents may ask for no other".to_string()
+    } else {
+        let ids: Vec<String> = t.allowed_caller_ids.iter().map(E164::to_string).collect();
+        format!("agents may ask for {}", ids.join(", "))
+    };
+    let _ = writeln!(out, "    caller id  {} (callerId); {others}", t.caller_id);
+    let format = if t.leading_plus {
+        "written with the leading + (numberFormat.leadingPlus: true)"
+    } else {
+        "written without the leading + (numberFormat.leadingPlus: false)"
+    };
+    let _ = writeln!(out, "    numbers    {format}");
+    let _ =
+        writeln!(out, "    codecs     {} (telephone-event always allowed)", codec_list(&t.codecs));
+    let _ = writeln!(out, "    limits     {}", limits_text(&t.limits));
+    let agents = if t.agents.is_empty() {
+        "any agent (no agents allowlist)".to_string()
+    } else {
+        let listed: Vec<&str> = t.agents.iter().map(String::as_str).collect();
+        format!("only {}", listed.join(", "))
+    };
+    let _ = writeln!(out, "    agents     {agents}");
+    let health = match t.health_check_interval_seconds {
+        Some(s) => format!("OPTIONS every {s} s"),
+        None => "no OPTIONS probes".to_string(),
+    };
+    let _ = writeln!(out, "    health     {health}");
 }
 
 fn limits_text(limits: &Limits) -> String {

@@ -582,3 +582,306 @@ fn explain_outbound_takes_no_inbound_flags_and_inbound_still_needs_from() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--to"), "{out:?}");
 }
+
+/// `explain --transfer --specs examples/ --specs tests/fixtures/explain-transfer ARGS...`.
+fn explain_transfer(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["--specs", "tests/fixtures/explain-transfer", "--transfer"];
+    all.extend_from_slice(args);
+    explain(&all)
+}
+
+#[test]
+fn explain_transfer_by_name_shows_the_number_and_the_trunk_it_is_dialed_through() {
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "support",
+        "--to",
+        "<sip:sales-desk@agents.example>",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "call:  a call on InboundTrunk voice/acme-in with agent \"support\"",
+        " 1. destination ok   \"<sip:sales-desk@agents.example>\" names TransferDestination \
+         voice/sales-desk (by Name)",
+        " 2. agent       ok   ",
+        "    type       Phone: +14155550199 through OutboundTrunk voice/carrier-out",
+        "    mode       Bridge: the gateway dials the destination itself",
+        "trunk voice/carrier-out (accepted and served):",
+        "    carrier    sip.carrier.example:5060 over UDP",
+        "    caller id  +14155550100 (callerId)",
+        "    codecs     PCMU, PCMA",
+        "answers 401/407 with the credentials of Secret voice/carrier-out-credentials \
+         (username \"trunkline-voice\")",
+        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE \
+         sip:+14155550199@sip.carrier.example:5060 through voice/carrier-out (caller id +14155550100)",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("Warning"), "{text}");
+}
+
+#[test]
+fn explain_transfer_by_number_works_on_a_call_of_an_outbound_trunk() {
+    for to in ["tel:+1-415-555-0199", "sip:+14155550199@gw.example;user=phone"] {
+        let (code, text) =
+            explain_transfer(&["--trunk", "voice/carrier-out", "--agent", "billing", "--to", to]);
+        assert_eq!(code, Some(0), "{to}: {text}");
+        assert!(text.contains("call:  a call on OutboundTrunk voice/carrier-out"), "{text}");
+        assert!(text.contains("names TransferDestination voice/sales-desk (by Number)"), "{text}");
+        assert!(text.contains("then INVITE sip:+14155550199@sip.carrier.example:5060"), "{text}");
+    }
+    // The trunk's number format: sales-out writes the leading +; the destination's namespace.
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "sales/sales-out",
+        "--agent",
+        "x",
+        "--to",
+        "tel:+14155550181",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("INVITE sip:+14155550181@192.0.2.70:5060 through sales/sales-out"));
+}
+
+#[test]
+fn explain_transfer_by_uri_shows_the_sip_target_its_digest_and_the_mode() {
+    // Bridge: the gateway calls the URI itself, over TLS for sips:, answering a digest.
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "support",
+        "--to",
+        "<SIPS:desk-7@192.0.2.80;transport=tls>",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "names TransferDestination voice/helpdesk (by Uri)",
+        "    type       Sip: sips:desk-7@192.0.2.80 (192.0.2.80:5061 over TLS)",
+        "    auth       answers 401/407 with the credentials of Secret voice/helpdesk-creds \
+         (username \"helpdesk-user\")",
+        "    agents     only support",
+        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE sips:desk-7@192.0.2.80",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // Refer: the carrier is asked to place the call; the destination's Secret is not used.
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "support",
+        "--to",
+        "sip:operator@pbx.example.com",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("names TransferDestination voice/pbx-operator (by Uri)"), "{text}");
+    assert!(text.contains("    mode       Refer: the gateway passes a REFER"), "{text}");
+    assert!(text.contains("is not used in Refer mode"), "{text}");
+    assert!(
+        text.contains("then REFER to the caller's side, Refer-To <sip:operator@pbx.example.com>"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_transfer_to_a_hangup_destination_hangs_up_both_legs() {
+    let (code, text) =
+        explain_transfer(&["--trunk", "acme-in", "--agent", "billing", "--to", "end-call"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("    type       Hangup: the gateway ends the call on both legs"));
+    assert!(text.contains("=> 202 Accepted and NOTIFY 200 to the agent, then BYE"), "{text}");
+    assert!(text.contains("both legs are hung up"), "{text}");
+}
+
+#[test]
+fn explain_transfer_refusals_name_the_status_the_rule_and_the_warning_the_agent_gets() {
+    let cases = [
+        ("nobody", "support", " 1. destination FAIL", "TransferUnknownDestination"),
+        (
+            "sales-team",
+            "support",
+            "is in another namespace (sales/sales-team)",
+            "TransferOtherNamespace",
+        ),
+        (
+            "tel:+19005550100",
+            "support",
+            "+19005550100 is the number of no TransferDestination in namespace voice",
+            "TransferNotADestination",
+        ),
+        (
+            "<sip:pbx-operator@agents.example>",
+            "billing",
+            " 2. agent       FAIL agent \"billing\" is not in the agents list of voice/pbx-operator",
+            "TransferAgentNotAllowed",
+        ),
+    ];
+    for (to, agent, step, rule) in cases {
+        let (code, text) = explain_transfer(&["--trunk", "acme-in", "--agent", agent, "--to", to]);
+        assert_eq!(code, Some(1), "{to}: a refusal exits 1\n{text}");
+        assert!(text.contains(step), "{to}: missing {step:?} in\n{text}");
+        let answer = format!("=> 403 Forbidden ({rule}): ");
+        assert!(text.contains(&answer), "{to}: missing {answer:?} in\n{text}");
+        let warning = format!("   Warning: 399 trunkline \"{rule}: ");
+        assert!(text.contains(&warning), "{to}: missing {warning:?} in\n{text}");
+        assert!(text.contains("nothing is dialed"), "{text}");
+        assert!(!text.contains("=> 202"), "{to}: nothing is accepted\n{text}");
+    }
+    // The destination the agent may not use is still described.
+    let (_, text) =
+        explain_transfer(&["--trunk", "acme-in", "--agent", "billing", "--to", "pbx-operator"]);
+    assert!(text.contains("    agents     only reception, support"), "{text}");
+}
+
+#[test]
+fn explain_transfer_says_why_a_destination_in_the_specs_is_not_served() {
+    let (code, text) = explain_transfer(&[
+        "--region",
+        "eu",
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "billing",
+        "--to",
+        "wholesale-desk",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("(TransferUnknownDestination)"), "{text}");
+    assert!(
+        text.contains(
+            "note: TransferDestination voice/wholesale-desk is in the specs but not served (its \
+             OutboundTrunk voice/wholesale-out is not served in region eu)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_transfer_json_gives_the_decision_the_destination_and_the_warning() {
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "support",
+        "--to",
+        "sales-desk",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(json["direction"], "transfer", "{json:#}");
+    assert_eq!(json["request"]["trunk"]["name"], "voice/acme-in", "{json:#}");
+    assert_eq!(json["outcome"]["action"], "transfer", "{json:#}");
+    assert_eq!(json["outcome"]["destination"], "voice/sales-desk", "{json:#}");
+    assert_eq!(json["outcome"]["matchedBy"], "Name", "{json:#}");
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(2), "{json:#}");
+    let d = &json["destination"];
+    assert_eq!(d["type"], "Phone", "{json:#}");
+    assert_eq!(d["mode"], "Bridge", "{json:#}");
+    assert_eq!(d["number"], "+14155550199", "{json:#}");
+    assert_eq!(d["outboundTrunk"]["name"], "voice/carrier-out", "{json:#}");
+    assert_eq!(d["outboundTrunk"]["served"], true, "{json:#}");
+    assert_eq!(d["outboundTrunk"]["callerId"], "+14155550100", "{json:#}");
+    assert_eq!(d["outboundTrunk"]["digest"]["secret"], "voice/carrier-out-credentials");
+    assert_eq!(
+        d["outboundTrunk"]["requestUri"], "sip:+14155550199@sip.carrier.example:5060",
+        "{json:#}"
+    );
+
+    let (code, text) = explain_transfer(&[
+        "--trunk",
+        "acme-in",
+        "--agent",
+        "billing",
+        "--to",
+        "pbx-operator",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(json["outcome"]["action"], "refuse", "{json:#}");
+    assert_eq!(json["outcome"]["status"], 403, "{json:#}");
+    assert_eq!(json["outcome"]["rule"], "TransferAgentNotAllowed", "{json:#}");
+    assert_eq!(
+        json["outcome"]["warning"],
+        "399 trunkline \"TransferAgentNotAllowed: this agent may not use this destination\"",
+        "{json:#}"
+    );
+    assert_eq!(json["destination"]["digest"]["username"], "transfer", "{json:#}");
+}
+
+#[test]
+fn explain_transfer_never_prints_a_password() {
+    let cases: [&[&str]; 4] = [
+        &["--to", "sales-desk"],
+        &["--to", "sips:desk-7@192.0.2.80"],
+        &["--to", "pbx-operator"],
+        &["--to", "pbx-operator", "--agent", "billing"],
+    ];
+    for args in cases {
+        for output in ["text", "json"] {
+            let mut all = vec!["--trunk", "acme-in", "--output", output];
+            all.extend_from_slice(args);
+            if !all.contains(&"--agent") {
+                all.extend(["--agent", "support"]);
+            }
+            let (code, text) = explain_transfer(&all);
+            assert!(matches!(code, Some(0 | 1)), "{all:?}: {text}");
+            assert!(text.contains("username"), "{all:?}: the credentials are named\n{text}");
+            assert!(!text.contains("dev-only-"), "{all:?}: a password leaked\n{text}");
+            assert!(!text.contains("redacted"), "{all:?}: not even mentioned\n{text}");
+        }
+    }
+}
+
+#[test]
+fn explain_transfer_flag_errors_exit_2_and_say_what_is_wrong() {
+    let run = |args: &[&str]| {
+        let mut all = vec!["explain", "--specs", "examples/"];
+        all.extend_from_slice(args);
+        let out = trunkline(&all);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let t = ["--transfer", "--to", "sales-desk"];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            [&t[..], &["--trunk", "nope", "--agent", "a"]].concat(),
+            "no InboundTrunk or OutboundTrunk",
+        ),
+        (
+            [&t[..], &["--trunk", "carrier-out", "--agent", "a"]].concat(),
+            "names trunks in several namespaces (sales/carrier-out, voice/carrier-out): write \
+             namespace/NAME",
+        ),
+        ([&t[..], &["--trunk", "acme-in"]].concat(), "--transfer needs --agent"),
+        ([&t[..], &["--agent", "a"]].concat(), "--transfer needs --trunk"),
+        ([&t[..], &["--trunk", "acme-in", "--agent", "a", "--outbound"]].concat(), "--outbound"),
+        ([&t[..], &["--trunk", "acme-in", "--agent", "a", "-H", "X-A: 1"]].concat(), "--header"),
+    ];
+    for (mut args, says) in cases {
+        if args.contains(&"carrier-out") {
+            args.extend(["--specs", "tests/fixtures/explain-outbound"]);
+        }
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: missing {says:?} in {stderr}");
+    }
+    // With namespace/NAME the same name is one trunk.
+    let (code, stderr) = run(&[
+        "--specs",
+        "tests/fixtures/explain-outbound",
+        "--transfer",
+        "--trunk",
+        "voice/carrier-out",
+        "--agent",
+        "a",
+        "--to",
+        "sales-desk",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -63,14 +63,28 @@ fn serialize_name<S: serde::Serializer>(d: &Arc<TransferRoute>, s: S) -> Result<
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TransferDecision {
     pub steps: Vec<Step>,
+    /// The destination the request names, also when the agent may not use it (for explain).
+    #[serde(serialize_with = "serialize_opt_name", skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Arc<TransferRoute>>,
     pub outcome: Result<TransferChoice, Refusal>,
+}
+
+fn serialize_opt_name<S: serde::Serializer>(
+    d: &Option<Arc<TransferRoute>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&d.name),
+        None => s.serialize_none(),
+    }
 }
 
 /// Decides an agent's transfer request. See the module docs.
 pub fn decide(table: &RoutingTable, attempt: &TransferAttempt) -> TransferDecision {
     let mut steps = Vec::new();
-    let outcome = decide_steps(table, attempt, &mut steps);
-    TransferDecision { steps, outcome }
+    let mut destination = None;
+    let outcome = decide_steps(table, attempt, &mut steps, &mut destination);
+    TransferDecision { steps, destination, outcome }
 }
 
 /// The parts of a transfer target: scheme (lowercase, `None` for a bare name), user, host.
@@ -112,6 +126,7 @@ fn decide_steps(
     table: &RoutingTable,
     attempt: &TransferAttempt,
     steps: &mut Vec<Step>,
+    found: &mut Option<Arc<TransferRoute>>,
 ) -> Result<TransferChoice, Refusal> {
     let refuse = |steps: &mut Vec<Step>, check, rule: RefusalRule, message: &str, detail| {
         steps.push(Step { check, passed: false, detail });
@@ -226,6 +241,8 @@ fn decide_steps(
             attempt.target, destination.name
         ),
     });
+
+    *found = Some(Arc::clone(&destination));
 
     // 4. The agent.
     if !allows(&destination, attempt.agent) {
@@ -346,10 +363,14 @@ mod tests {
             rule(&try_("tel:+14155550197", "support")),
             Some(RefusalRule::TransferNotADestination)
         );
+        let refused = try_("sales-desk", "billing");
+        assert_eq!(rule(&refused), Some(RefusalRule::TransferAgentNotAllowed));
         assert_eq!(
-            rule(&try_("sales-desk", "billing")),
-            Some(RefusalRule::TransferAgentNotAllowed)
+            refused.destination.map(|d| d.name.to_string()).as_deref(),
+            Some("voice/sales-desk"),
+            "the destination is kept for explain when the agent may not use it"
         );
+        assert_eq!(try_("sales-only", "support").destination, None, "none named: none kept");
         assert_eq!(
             name(&try_("night-desk", "billing")),
             "voice/night-desk",
