@@ -485,8 +485,15 @@ impl TransferExplanation {
                         format!("REFER to the caller's side, Refer-To <{uri}>")
                     }
                 };
-                let _ =
-                    writeln!(out, "=> 202 Accepted to the agent, NOTIFY 100 Trying, then {then}");
+                // What this gateway answers today, then what the destination will get.
+                let _ = writeln!(
+                    out,
+                    "=> 501 Not Implemented (TransferNotBuilt): this gateway does not carry out transfers to Phone and Sip destinations yet; the caller stays with the agent"
+                );
+                let _ = writeln!(
+                    out,
+                    "   once built: 202 Accepted to the agent, NOTIFY 100 Trying, then {then}"
+                );
             }
             Err(r) => {
                 let _ = writeln!(
