@@ -61,3 +61,42 @@ fn an_agents_refer_to_a_number_that_is_no_destination_is_403_and_the_call_goes_o
         r#"trunkline_transfers_total{destination="unknown",mode="none",outcome="refused"}"#;
     assert!(gateway.wait_metric(refused, 1.0, Duration::from_secs(3)), "not counted");
 }
+
+#[test]
+fn a_refer_mode_transfer_is_passed_to_the_carrier_and_its_notify_reaches_the_agent() {
+    let agent_port = free_port();
+    let specs = Specs::new()
+        .with(
+            Trunk::new("local-in")
+                .number(NUMBER, "support")
+                .allow_address("127.0.0.1/32")
+                .destination_udp(agent_port),
+        )
+        .with_outbound(support::Outbound::new("carrier-out", free_port()));
+    specs.write(
+        "transfers.yaml",
+        "apiVersion: trunkline.dev/v1alpha1
+kind: TransferDestination
+metadata: {name: front-desk, namespace: voice}
+spec:
+  type: Phone
+  phone: {number: \"+14155550188\", outboundTrunkRef: {name: carrier-out}}
+  mode: Refer
+",
+    );
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let agent = uas(
+        "agent_refer_mode.xml",
+        agent_port,
+        &["-d", "300", "-key", "transfer_to", "front-desk", "-timeout", "15"],
+    );
+    let carrier = uac(
+        "carrier_accept_refer.xml",
+        gateway.udp(),
+        &["-s", NUMBER, "-key", "refer_to_user", "+14155550188", "-timeout", "15"],
+    );
+    carrier.assert_success();
+    agent.wait().assert_success();
+    let counted = r#"trunkline_transfers_total{destination="voice/front-desk",mode="Refer",outcome="completed"}"#;
+    assert!(gateway.wait_metric(counted, 1.0, Duration::from_secs(3)), "not counted");
+}

@@ -485,15 +485,24 @@ impl TransferExplanation {
                         format!("REFER to the caller's side, Refer-To <{uri}>")
                     }
                 };
-                // What this gateway answers today, then what the destination will get.
-                let _ = writeln!(
-                    out,
-                    "=> 501 Not Implemented (TransferNotBuilt): this gateway does not carry out transfers to Phone and Sip destinations yet; the caller stays with the agent"
-                );
-                let _ = writeln!(
-                    out,
-                    "   once built: 202 Accepted to the agent, NOTIFY 100 Trying, then {then}"
-                );
+                if d.mode == TransferMode::Refer {
+                    let _ = writeln!(
+                        out,
+                        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then {then}; the caller's \
+                         side's NOTIFYs are relayed to the agent, and on its 200 both legs end"
+                    );
+                } else {
+                    // What this gateway answers today, then what the destination will get.
+                    let _ = writeln!(
+                        out,
+                        "=> 501 Not Implemented (TransferNotBuilt): this gateway does not carry out \
+                         bridged transfers yet; the caller stays with the agent"
+                    );
+                    let _ = writeln!(
+                        out,
+                        "   once built: 202 Accepted to the agent, NOTIFY 100 Trying, then {then}"
+                    );
+                }
             }
             Err(r) => {
                 let _ = writeln!(

@@ -292,6 +292,7 @@ impl Call {
         match purpose {
             Purpose::Invite => self.on_invite_response(now, leg, resp),
             Purpose::Relay(server) => self.relay_response(now, leg, &method, &server, resp),
+            Purpose::TransferRefer => self.on_refer_answer(now, resp.status),
             Purpose::Own => {}
         }
     }
@@ -315,6 +316,7 @@ impl Call {
             Purpose::Relay(server) => {
                 self.respond_status(now, &server, if transport { 503 } else { 408 })
             }
+            Purpose::TransferRefer => self.on_refer_answer(now, if transport { 503 } else { 408 }),
             Purpose::Own => {}
         }
     }
@@ -581,6 +583,7 @@ impl Call {
             }
             Method::Prack => self.respond_status(now, &key, 481),
             Method::Refer => self.on_refer(now, &key, leg, &req),
+            Method::Notify => self.on_notify(now, &key, leg, &req),
             _ => self.respond_status(now, &key, 501),
         }
     }

@@ -287,6 +287,8 @@ pub struct Call {
     then: Option<Destination>,
     /// What the agent's transfers are decided with.
     transfer: Option<TransferContext>,
+    /// A transfer passed on to the caller's side, until it ends.
+    referring: Option<transfer::Referring>,
     codecs: Vec<Codec>,
     /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
     offer: Option<MediaOffer>,
@@ -376,6 +378,7 @@ impl Call {
             pending_2xx: Vec::new(),
             then: None,
             transfer: None,
+            referring: None,
             codecs,
             offer,
             late_offer: None,

@@ -355,7 +355,8 @@ pub(super) fn in_dialog_from_agent(
 }
 
 /// The destinations the agent `support` of namespace `voice` may transfer to: `end-call`
-/// (Hangup), `sales-desk` (Phone, only for `billing`), `pbx` (Sip).
+/// (Hangup), `sales-desk` (Phone, only for `billing`), `pbx` (Sip), `front-desk` (Phone, mode
+/// Refer).
 pub(super) fn transfer_context() -> TransferContext {
     use crate::config::model::{ObjectName, TransferMode, TransferRoute, TransferTarget};
     let route = |name: &str, target, agents: &[&str]| TransferRoute {
@@ -381,6 +382,18 @@ pub(super) fn transfer_context() -> TransferContext {
                 TransferTarget::Sip { uri: "sip:op@pbx.example".into(), credentials: None },
                 &[],
             ),
+            TransferRoute {
+                mode: TransferMode::Refer,
+                ..route(
+                    "front-desk",
+                    TransferTarget::Phone {
+                        number: crate::config::number::E164::parse_canonical("+14155550188")
+                            .unwrap(),
+                        outbound_trunk: ObjectName::new("voice", "out"),
+                    },
+                    &[],
+                )
+            },
         ],
     );
     TransferContext {

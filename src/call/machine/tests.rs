@@ -848,3 +848,95 @@ fn a_bye_naming_a_hangup_destination_ends_the_callers_leg_with_a_reason() {
     assert!(!methods(&actions, AGENT_LEG).contains(&Method::Bye), "the agent left already");
     assert_eq!(s.call.state(), State::Ended);
 }
+
+fn carrier_notify(
+    ok: &crate::sip::msg::Response,
+    cseq: u32,
+    sipfrag: &str,
+    state: &str,
+) -> Request {
+    let mut r = in_dialog_from_carrier(ok, "NOTIFY", cseq, &format!("z9hG4bKnotify{cseq}"));
+    r.headers.push("Event", "refer");
+    r.headers.push("Subscription-State", state);
+    r.headers.set(name::CONTENT_TYPE, "message/sipfrag;version=2.0");
+    r.body = format!("{sipfrag}\r\n").into_bytes().into();
+    r
+}
+
+fn notifies_to_agent(actions: &[Action]) -> Vec<(String, String)> {
+    requests_to(actions, AGENT_LEG)
+        .into_iter()
+        .filter(|r| r.method == Method::Notify)
+        .map(|r| {
+            let state = r.headers.get("Subscription-State").unwrap_or_default().to_string();
+            (String::from_utf8_lossy(&r.body).trim().to_string(), state)
+        })
+        .collect()
+}
+
+#[test]
+fn a_refer_mode_transfer_is_passed_to_the_caller_and_its_progress_relayed_to_the_agent() {
+    let (mut s, invite, ok) = answered();
+    let mut agent_refer = refer(&invite, "<sip:front-desk@x>", 2);
+    agent_refer.headers.push("Referred-By", "<sip:support@agents>");
+    agent_refer.headers.push("X-Trunkline-Agent-ID", "forged");
+    agent_refer.headers.push("X-Ticket", "T-42");
+    let actions = s.agent_sends(agent_refer);
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![202]);
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 100 Trying".into(), "active;expires=60".into())]
+    );
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(to_carrier.method, Method::Refer);
+    assert_eq!(
+        to_carrier.headers.get("Refer-To"),
+        Some("<sip:+14155550188@192.0.2.10:5060;user=phone>")
+    );
+    assert_eq!(to_carrier.headers.get("Referred-By"), Some("<sip:support@agents>"));
+    assert_eq!(to_carrier.headers.get("X-Ticket"), Some("T-42"));
+    assert_eq!(to_carrier.headers.get("X-Trunkline-Agent-ID"), None);
+
+    assert!(sent(&s.carrier_responds(&to_carrier, 202, None), AGENT_LEG).is_empty());
+    let actions =
+        s.carrier_sends(carrier_notify(&ok, 2, "SIP/2.0 180 Ringing", "active;expires=60"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 180 Ringing".into(), "active;expires=60".into())]
+    );
+    assert_eq!(s.call.state(), State::Answered);
+
+    let actions =
+        s.carrier_sends(carrier_notify(&ok, 3, "SIP/2.0 200 OK", "terminated;reason=noresource"));
+    assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 200 OK");
+    assert!(notifies_to_agent(&actions)[0].1.starts_with("terminated"));
+    assert!(methods(&actions, AGENT_LEG).contains(&Method::Bye));
+    assert!(methods(&actions, CARRIER_LEG).contains(&Method::Bye));
+    assert_eq!(s.call.state(), State::Ended);
+    assert_eq!(transfers(&actions)[0].outcome, "completed");
+}
+
+#[test]
+fn a_refer_the_caller_refuses_or_that_fails_leaves_the_caller_with_the_agent() {
+    let (mut s, invite, ok) = answered();
+    let actions = s.agent_sends(refer(&invite, "<sip:front-desk@x>", 2));
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    let actions = s.carrier_responds(&to_carrier, 603, None);
+    assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 603 Decline");
+    assert!(notifies_to_agent(&actions)[0].1.starts_with("terminated"));
+    assert_eq!(s.call.state(), State::Answered);
+    assert_eq!(transfers(&actions)[0].outcome, "failed");
+
+    // Again, accepted this time, and the destination is busy.
+    let actions = s.agent_sends(refer(&invite, "<sip:front-desk@x>", 3));
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    s.carrier_responds(&to_carrier, 202, None);
+    let actions = s.carrier_sends(carrier_notify(&ok, 2, "SIP/2.0 486 Busy Here", "terminated"));
+    assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 486 Busy Here");
+    assert!(methods(&actions, CARRIER_LEG).is_empty(), "no BYE to the caller");
+    assert_eq!(s.call.state(), State::Answered);
+    // No transfer pending any more: a stray NOTIFY has no subscription.
+    let actions = s.carrier_sends(carrier_notify(&ok, 3, "SIP/2.0 200 OK", "terminated"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![481]);
+}

@@ -99,6 +99,8 @@ pub enum Purpose {
     Relay(ServerKey),
     /// Our own BYE or CANCEL.
     Own,
+    /// A transfer passed on to the caller's side (Refer mode): its answer is the agent's news.
+    TransferRefer,
 }
 
 /// A request we sent.
