@@ -260,6 +260,26 @@ fn decide_steps(
         passed: true,
         detail: format!("{} allows {who}, agent {:?} included", destination.name, attempt.agent),
     });
+    // A bridged Phone transfer dials out through an OutboundTrunk: that trunk's agents
+    // allowlist applies too, as it does to the agent's own outbound calls. (Refer mode asks the
+    // caller's side to place the call; the trunk is not used.)
+    if let (TransferTarget::Phone { outbound_trunk, .. }, super::model::TransferMode::Bridge) =
+        (&destination.target, destination.mode)
+        && let Some(trunk) = table.outbound.get(outbound_trunk)
+        && !trunk.agents.is_empty()
+        && !trunk.agents.contains(attempt.agent)
+    {
+        return Err(refuse(
+            steps,
+            StepKind::Agent,
+            RefusalRule::TransferAgentNotAllowed,
+            "this agent may not use this destination",
+            format!(
+                "{} dials through OutboundTrunk {}, whose agents allowlist does not hold agent {:?}",
+                destination.name, trunk.name, attempt.agent
+            ),
+        ));
+    }
     Ok(TransferChoice { destination, matched_by })
 }
 
@@ -375,6 +395,43 @@ mod tests {
             name(&try_("night-desk", "billing")),
             "voice/night-desk",
             "no list: every agent"
+        );
+    }
+
+    #[test]
+    fn a_bridged_phone_transfer_follows_the_agents_allowlist_of_its_outbound_trunk() {
+        use crate::config::model::{Limits, OutboundTrunkRoute};
+        let trunk = OutboundTrunkRoute {
+            name: ObjectName::new("voice", "carrier-out"),
+            generation: None,
+            host: "sip.carrier.example".into(),
+            port: 5060,
+            transport: crate::api::Transport::Udp,
+            credentials: None,
+            caller_id: E164::parse_canonical("+14155550100").unwrap(),
+            allowed_caller_ids: Default::default(),
+            leading_plus: true,
+            health_check_interval_seconds: None,
+            limits: Limits::default(),
+            agents: ["billing".to_string()].into(),
+            codecs: vec![],
+        };
+        let mut referred = phone("voice", "referred", "+14155550177", &[]);
+        referred.mode = TransferMode::Refer;
+        let t = RoutingTable::new(
+            vec![],
+            vec![trunk],
+            vec![phone("voice", "desk", "+14155550199", &[]), referred],
+        );
+        let by = |target, agent| decide(&t, &TransferAttempt { namespace: "voice", agent, target });
+        assert_eq!(name(&by("desk", "billing")), "voice/desk");
+        let refused = by("desk", "support");
+        assert_eq!(rule(&refused), Some(RefusalRule::TransferAgentNotAllowed));
+        assert!(refused.steps.last().unwrap().detail.contains("voice/carrier-out"));
+        assert_eq!(
+            name(&by("referred", "support")),
+            "voice/referred",
+            "Refer mode: the trunk is not used"
         );
     }
 
