@@ -650,12 +650,7 @@ fn explain(
                 compiled.table.number_count(),
                 if compiled.table.number_count() == 1 { "" } else { "s" },
             );
-            if refused > 0 || problems > 0 {
-                let _ = write!(
-                    out,
-                    " ({refused} of {objects} objects refused, {problems} file errors: run `trunkline check` for details)"
-                );
-            }
+            out.push_str(&crate::explain::refused_note(refused, objects, problems));
             out.push('\n');
             let _ = writeln!(
                 out,

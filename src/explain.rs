@@ -146,19 +146,24 @@ pub fn run(
         let trunks = compiled.table.outbound.len();
         let mut out =
             format!("specs: {trunks} outbound trunk{}", if trunks == 1 { "" } else { "s" });
-        if refused > 0 || !loaded.problems.is_empty() {
-            let _ = write!(
-                out,
-                " ({refused} of {} objects refused, {} file errors: run `trunkline check` for details)",
-                verdicts.len(),
-                loaded.problems.len()
-            );
-        }
+        out.push_str(&refused_note(refused, verdicts.len(), loaded.problems.len()));
         out.push('\n');
         out.push_str(&explanation.render_text(query));
         print!("{out}");
     }
     Ok(if routed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What the first line of every explain adds when the specs are not all served: how many
+/// objects were refused and files could not be read (empty when none).
+pub fn refused_note(refused: usize, objects: usize, problems: usize) -> String {
+    if refused == 0 && problems == 0 {
+        return String::new();
+    }
+    format!(
+        " ({refused} of {objects} objects refused, {problems} file errors: run `trunkline check` \
+         for details)"
+    )
 }
 
 /// Decides the agent's request against `table` and, when it would go out, writes the carrier's

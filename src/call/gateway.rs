@@ -185,8 +185,8 @@ impl Gateway {
             Zone::Internal => {
                 self.services.metrics.outbound_refused(rule.status(), rule.as_str());
                 let mut extra = extra.to_vec();
-                let text = warning.unwrap_or(rule.as_str()).replace(['"', '\\'], "'");
-                extra.push((name::WARNING, format!("399 trunkline \"{}: {text}\"", rule.as_str())));
+                let text = warning.unwrap_or(rule.as_str());
+                extra.push((name::WARNING, crate::config::refusal::warning(rule.as_str(), text)));
                 self.reply_status(request, source, rule.status(), &extra);
             }
         }

@@ -161,6 +161,13 @@ impl RefusalRule {
     }
 }
 
+/// The `Warning` header value (RFC 3261 §20.43, code 399) that names a refusal's rule and says
+/// why: `399 trunkline "RULE: text"`. Quotes and backslashes in `text` become `'`, so the
+/// quoted string stays one.
+pub fn warning(rule: &str, text: &str) -> String {
+    format!("399 trunkline \"{rule}: {}\"", text.replace(['"', '\\'], "'"))
+}
+
 /// Written as its label, as `explain --output json` shows it.
 impl Serialize for RefusalRule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -119,14 +119,7 @@ pub fn run(
         let refused = verdicts.iter().filter(|v| v.state == State::Refused).count();
         let n = compiled.table.transfers.len();
         let mut out = format!("specs: {n} transfer destination{}", if n == 1 { "" } else { "s" });
-        if refused > 0 || !loaded.problems.is_empty() {
-            let _ = write!(
-                out,
-                " ({refused} of {} objects refused, {} file errors: run `trunkline check` for details)",
-                verdicts.len(),
-                loaded.problems.len()
-            );
-        }
+        out.push_str(&super::refused_note(refused, verdicts.len(), loaded.problems.len()));
         out.push('\n');
         out.push_str(&explanation.render_text());
         print!("{out}");
@@ -403,7 +396,7 @@ fn type_name(d: &TransferRoute) -> &'static str {
 /// The `Warning` the agent's refused REFER gets, as the gateway writes it toward an agent
 /// (`399 trunkline "RULE: message"`).
 fn warning(r: &Refusal) -> String {
-    format!("399 trunkline \"{}: {}\"", r.rule, r.message.replace(['"', '\\'], "'"))
+    trunkline::config::refusal::warning(r.rule.as_str(), &r.message)
 }
 
 /// A Sip target's host, port and transport: `host:port over UDP`.

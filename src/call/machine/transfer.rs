@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::config::RoutingTable;
 use crate::config::model::{TransferMode, TransferTarget};
+use crate::config::refusal;
 use crate::config::transfer::{self, TransferAttempt};
 use crate::sip::msg::{Method, Request, name};
 use crate::sip::transaction::ServerKey;
@@ -68,9 +69,7 @@ pub struct TransferRecord {
 impl Call {
     /// A REFER in one of the call's dialogs.
     pub(super) fn on_refer(&mut self, now: Instant, key: &ServerKey, leg: LegId, req: &Request) {
-        let warn = |rule: &str, text: &str| {
-            (name::WARNING, format!("399 trunkline \"{rule}: {}\"", text.replace('"', "'")))
-        };
+        let warn = |rule: &str, text: &str| (name::WARNING, refusal::warning(rule, text));
         if self.leg(leg).role != Role::Agent {
             // DESIGN §4: the carrier side can never make the gateway dial anything.
             return self.respond_with(
