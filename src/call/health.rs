@@ -64,8 +64,6 @@ pub const MISSES_TO_UNREACHABLE: u32 = 3;
 pub const JITTER: f64 = 0.15;
 /// The first probe of a new trunk goes within this long.
 pub const FIRST_PROBE_WITHIN: Duration = Duration::from_secs(1);
-/// How long a name lookup of a carrier's host may take.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timer F of the probe's transaction with RFC 3261's T1 (64·T1 = 32 s).
 pub const TIMER_F: Duration = T1_DEFAULT.saturating_mul(64);
 
@@ -262,20 +260,6 @@ fn answers(response: &Response, ids: &ProbeIds) -> bool {
     let branch = response.top_via().and_then(|v| v.branch);
     let method = response.cseq().map(|(_, m)| m);
     branch.as_deref() == Some(ids.branch.as_str()) && method == Some(Method::Options)
-}
-
-/// The address of the carrier's host for the start-up announcement (no gateway yet): an IP as
-/// it is, a name through the system resolver within [`LOOKUP_TIMEOUT`].
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)));
-    match lookup.await {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
-        Ok(Err(e)) => Err(format!("{host}: {e}")),
-        Err(_) => Err(format!("{host}: DNS lookup timed out")),
-    }
 }
 
 /// Unregisters a probe's Call-ID when the probe ends, however it ends (a cancelled probe
@@ -566,6 +550,8 @@ pub async fn announce_source_addresses(
     public_address: Option<IpAddr>,
     carrier_listeners: &[(Protocol, SocketAddr)],
 ) {
+    // The calls' resolver (A/AAAA within its bound); no gateway exists yet to share one with.
+    let resolver = crate::sip::resolve::Resolver::system();
     for route in table.outbound.values() {
         let listener = carrier_listeners
             .iter()
@@ -575,7 +561,7 @@ pub async fn announce_source_addresses(
         let source = match (public_address, listener) {
             (Some(ip), _) => Ok(ip),
             (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(addr.ip()),
-            _ => route_address(&route.host, route.port).await,
+            _ => route_address(&resolver, &route.host, route.port).await,
         };
         match source {
             Ok(ip) => tracing::info!(
@@ -595,8 +581,12 @@ pub async fn announce_source_addresses(
 
 /// The local address the kernel picks toward `host` (a UDP socket connected to it: nothing is
 /// sent).
-async fn route_address(host: &str, port: u16) -> Result<IpAddr, String> {
-    let remote = resolve(host, port).await?;
+async fn route_address(
+    resolver: &crate::sip::resolve::Resolver,
+    host: &str,
+    port: u16,
+) -> Result<IpAddr, String> {
+    let remote = resolver.lookup(host, port).await?;
     let any: SocketAddr = if remote.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
