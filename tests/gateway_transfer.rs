@@ -17,17 +17,23 @@ metadata: {name: end-call, namespace: voice}
 spec: {type: Hangup}
 ";
 
-#[test]
-fn an_agents_refer_to_a_hangup_destination_ends_the_call_with_progress_to_the_agent() {
-    let agent_port = free_port();
+/// The gateway with an address-only inbound trunk whose calls go to an agent on `agent_port`,
+/// and `destinations` (YAML) beside it.
+fn start(agent_port: u16, destinations: &str) -> (Gateway, Specs) {
     let specs = Specs::new().with(
         Trunk::new("local-in")
             .number(NUMBER, "support")
             .allow_address("127.0.0.1/32")
             .destination_udp(agent_port),
     );
-    specs.write("transfers.yaml", DESTINATIONS);
-    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    specs.write("transfers.yaml", destinations);
+    (Gateway::start(specs.path(), GatewayOptions::default()), specs)
+}
+
+#[test]
+fn an_agents_refer_to_a_hangup_destination_ends_the_call_with_progress_to_the_agent() {
+    let agent_port = free_port();
+    let (gateway, _specs) = start(agent_port, DESTINATIONS);
     let agent = uas(
         "agent_answer_then_refer.xml",
         agent_port,
@@ -42,14 +48,7 @@ fn an_agents_refer_to_a_hangup_destination_ends_the_call_with_progress_to_the_ag
 #[test]
 fn an_agents_refer_to_a_number_that_is_no_destination_is_403_and_the_call_goes_on() {
     let agent_port = free_port();
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
-    specs.write("transfers.yaml", DESTINATIONS);
-    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let (gateway, _specs) = start(agent_port, DESTINATIONS);
     let agent = uas(
         "agent_refer_refused.xml",
         agent_port,
