@@ -49,9 +49,37 @@
 //! only when several packets of one flow are queued at once, which at 50 packets/s per flow
 //! happens only under overload).
 //!
+//! **Spare side** (a bridged transfer, DESIGN §4). The gateway dials a third party (the
+//! transfer leg) while the caller keeps talking to the agent; on its answer the transfer leg
+//! takes side B's place, with no re-INVITE toward the caller (side A's ports never change):
+//!
+//! ```text
+//!  while it rings                               after Relay::promote_spare
+//!  carrier ⇄ [A] ─ task ─ [B] ⇄ agent           carrier ⇄ [A] ─ task ─ [B = the spare's ports]
+//!                          ▲                                             ⇅
+//!  transfer peer ──► [spare rtp/rtcp]                                  transfer peer
+//!   (nothing is sent to it)                     the agent's old B ports are closed
+//! ```
+//!
+//! [`Relay::add_spare`] binds a third port pair, on its own IP (side B faces the agent network,
+//! the transfer leg often the carrier network), in the relay's task; what goes into the transfer
+//! leg's offer is the address it returns. While the spare exists, what its peer sends (RTP and
+//! RTCP, validated and latched by the rules below, [`Relay::update_spare_remote`] as
+//! [`Relay::update_remote`] is for a side) goes out of side B's socket of the same kind to
+//! side B's remote: the agent hears the ringback, the caller never does, and nothing is sent to
+//! the spare's peer. A⇄B is unchanged and the spare never counts for the media timeout.
+//! [`Relay::promote_spare`] makes the spare side B: B's old sockets close and their ports go back
+//! to the pool, B's figures so far are kept as [`RelayStats::replaced`], B's counters start from
+//! zero and the media timeout gives B a full `media_timeout` from then. B's remote is the one
+//! given, as [`Relay::update_remote`] would set it: the same address as the spare's last SDP
+//! address keeps what the spare latched during early media (the peer behind a NAT is reached at
+//! once, and the hijack guard stays up), another address starts latching over (the answer
+//! moved the media, as a re-INVITE does). [`Relay::drop_spare`] (a failed transfer) closes
+//! the spare; nothing changed for A and B.
+//!
 //! **Stop.** [`Relay::stop`] ends the task and returns the final stats; dropping the [`Relay`]
-//! ends it too. Either way the sockets close and then the port pairs return to the pool, also
-//! when the task panics.
+//! ends it too. Either way the sockets close and then the port pairs return to the pool (the
+//! spare's too), also when the task panics.
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
@@ -218,6 +246,9 @@ pub struct LegStats {
 pub struct RelayStats {
     pub a: LegStats,
     pub b: LegStats,
+    /// Side B's figures when a spare last took its place ([`Relay::promote_spare`]): the
+    /// agent's, with `b` the transfer peer's from then on. `None` if never promoted.
+    pub replaced: Option<LegStats>,
 }
 
 impl RelayStats {
@@ -257,6 +288,11 @@ impl StartError {
 enum Command {
     UpdateRemote(Leg, Option<SocketAddr>),
     Hold(bool),
+    /// A new spare, replacing any other.
+    AddSpare(Box<SpareSockets>),
+    UpdateSpareRemote(Option<SocketAddr>),
+    PromoteSpare(Option<SocketAddr>),
+    DropSpare,
     Stop,
 }
 
@@ -264,6 +300,10 @@ enum Command {
 pub struct Relay {
     local: [SocketAddr; 2],
     local_rtcp: [SocketAddr; 2],
+    /// The spare's RTP and RTCP addresses, while it exists.
+    spare: Option<(SocketAddr, SocketAddr)>,
+    /// The runtime the task runs on: the spare's sockets are registered with it.
+    runtime: Handle,
     commands: mpsc::UnboundedSender<Command>,
     timeout: watch::Receiver<Option<MediaTimeout>>,
     shared: Arc<Shared>,
@@ -336,9 +376,12 @@ impl Relay {
                 let _entered = runtime.enter();
                 Box::pin(tokio::time::sleep_until((now + config.media_timeout).into()))
             },
+            spare: None,
             state: State {
                 config,
                 legs: [LegState::new(), LegState::new()],
+                spare: None,
+                replaced: None,
                 hold: false,
                 reported: false,
                 shared: Arc::clone(&shared),
@@ -346,7 +389,16 @@ impl Relay {
             },
         };
         let task = runtime.spawn(task.run());
-        Ok(Relay { local, local_rtcp, commands, timeout, shared, task: Some(task) })
+        Ok(Relay {
+            local,
+            local_rtcp,
+            spare: None,
+            runtime: runtime.clone(),
+            commands,
+            timeout,
+            shared,
+            task: Some(task),
+        })
     }
 
     /// Our RTP address on this leg: what goes into the SDP sent to that leg's peer.
@@ -369,6 +421,61 @@ impl Relay {
     /// On hold the peers may stop sending: the media timeout is suspended until resumed.
     pub fn set_hold(&self, hold: bool) {
         let _ = self.commands.send(Command::Hold(hold));
+    }
+
+    /// Binds a spare port pair on `ip` (from `allocator`) in this relay's task; returns our RTP
+    /// address on it (what the transfer leg's SDP offer announces). A spare already there is
+    /// dropped first, so after an error there is none. Errors as [`Relay::start`] (no ports,
+    /// bind failure); A and B are unaffected either way. See the module docs.
+    pub fn add_spare(
+        &mut self,
+        allocator: &PortAllocator,
+        ip: IpAddr,
+    ) -> Result<SocketAddr, StartError> {
+        self.drop_spare();
+        let pair = allocator.allocate(ip)?;
+        let local = local_addr(&pair.rtp)?;
+        let local_rtcp = local_addr(&pair.rtcp)?;
+        let PortPair { rtp, rtcp, lease } = pair;
+        let sockets = {
+            // Registered with the relay's own runtime (a media thread, maybe not the caller's).
+            let _entered = self.runtime.enter();
+            [register(rtp)?, register(rtcp)?]
+        };
+        let spare = SpareSockets { sockets, ipv6: [local.is_ipv6(), local_rtcp.is_ipv6()], lease };
+        // A task that is gone (it only ends when stopped) drops the sockets and frees the pair.
+        let _ = self.commands.send(Command::AddSpare(Box::new(spare)));
+        self.spare = Some((local, local_rtcp));
+        Ok(local)
+    }
+
+    /// The RTP address in the SDP of the spare's peer (a 183 or 200 answer; `None` for
+    /// `0.0.0.0`), as [`Relay::update_remote`] is for a side. Nothing without a spare.
+    pub fn update_spare_remote(&self, remote: Option<SocketAddr>) {
+        if self.spare.is_some() {
+            let _ = self.commands.send(Command::UpdateSpareRemote(remote));
+        }
+    }
+
+    /// The spare becomes side B, its remote `remote` (see the module docs for the latch): B's
+    /// old sockets close and their ports go back to the pool; `local(Leg::B)` and
+    /// `local_rtcp(Leg::B)` are the spare's from now on; B's figures so far go to
+    /// [`RelayStats::replaced`] and its counters start from zero; the media timeout gives B a
+    /// full `media_timeout` from now. Without a spare it does nothing and returns false.
+    pub fn promote_spare(&mut self, remote: Option<SocketAddr>) -> bool {
+        let Some((local, local_rtcp)) = self.spare.take() else { return false };
+        self.local[Leg::B.index()] = local;
+        self.local_rtcp[Leg::B.index()] = local_rtcp;
+        let _ = self.commands.send(Command::PromoteSpare(remote));
+        true
+    }
+
+    /// The spare is not wanted (the transfer failed): its sockets close and its ports go back
+    /// to the pool as soon as the task sees the command. Nothing without a spare.
+    pub fn drop_spare(&mut self) {
+        if self.spare.take().is_some() {
+            let _ = self.commands.send(Command::DropSpare);
+        }
     }
 
     /// Resolves once when a leg has sent no RTP for the media timeout; never resolves if that
@@ -555,12 +662,14 @@ fn register(socket: UdpSocket) -> Result<TokioUdpSocket, StartError> {
     TokioUdpSocket::from_std(socket).map_err(StartError::Register)
 }
 
-/// The task that owns the sockets. Fields drop in order: sockets, then the port leases.
+/// The task that owns the sockets. Fields drop in order: sockets, then the port leases (the
+/// spare's the same way, within [`SpareSockets`]).
 struct Task {
     sockets: [TokioUdpSocket; 4],
     /// Whether each socket is IPv6 (which `recvmmsg` headers to use).
     ipv6: [bool; 4],
     leases: [PortLease; 2],
+    spare: Option<SpareSockets>,
     /// This relay counted on its media thread, until the task ends.
     _load: Option<ThreadLoad>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -572,9 +681,10 @@ impl Task {
     async fn run(mut self) -> RelayStats {
         poll_fn(|cx| self.poll(cx)).await;
         let stats = self.state.stats();
-        let Task { sockets, leases, .. } = self;
+        let Task { sockets, leases, spare, .. } = self;
         drop(sockets);
         drop(leases);
+        drop(spare);
         stats
     }
 
@@ -582,44 +692,55 @@ impl Task {
         loop {
             match self.commands.poll_recv(cx) {
                 Poll::Ready(Some(Command::Stop)) | Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Ready(Some(command)) => self.state.apply(command, Instant::now()),
+                Poll::Ready(Some(command)) => self.apply(command, Instant::now()),
                 Poll::Pending => break,
             }
         }
         let now = Instant::now();
-        let Task { sockets, ipv6, state, .. } = self;
+        let Task { sockets, ipv6, spare, state, .. } = self;
         for (index, &(leg, kind)) in SOCKETS.iter().enumerate() {
-            let socket = &sockets[index];
             let out = &sockets[socket_index(leg.other(), kind)];
-            for read in 1.. {
-                // Ready, or Pending with the task's waker registered for the next datagram.
-                match socket.poll_recv_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(err)) => {
-                        tracing::warn!(error = %err, leg = leg.as_str(), "RTP socket failed");
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-                if read > MAX_READS_PER_WAKE {
-                    // More keeps coming: let other tasks run, then come back.
-                    cx.waker().wake_by_ref();
-                    break;
-                }
-                // A batch shorter than asked observed an empty queue: it is reported to tokio
-                // as `WouldBlock`, which clears the readiness unless a new readiness event came
-                // in meanwhile; the next poll_recv_ready then registers the waker (or says
-                // ready again if a datagram arrived since).
-                let _ = socket.try_io(Interest::READABLE, || {
-                    match state.relay_batch(socket, ipv6[index], out, leg, kind, now) {
-                        Batch::Full => Ok(()),
-                        Batch::Drained => Err(io::ErrorKind::WouldBlock.into()),
-                    }
-                });
+            drain(cx, &sockets[index], ipv6[index], out, Origin::Leg(leg), kind, state, now);
+        }
+        if let Some(spare) = spare {
+            // What the transfer peer sends goes to side B's peer (the agent hears ringback).
+            for (index, kind) in [Kind::Rtp, Kind::Rtcp].into_iter().enumerate() {
+                let out = &sockets[socket_index(Leg::B, kind)];
+                let socket = &spare.sockets[index];
+                drain(cx, socket, spare.ipv6[index], out, Origin::Spare, kind, state, now);
             }
         }
         self.poll_timer(cx);
         Poll::Pending
+    }
+
+    /// Commands that change the sockets are the task's; the others the state's.
+    fn apply(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::AddSpare(spare) => {
+                // Replaces (closes) any spare there was.
+                self.spare = Some(*spare);
+                self.state.spare = Some(LegState::new());
+            }
+            Command::DropSpare => {
+                self.spare = None;
+                self.state.spare = None;
+            }
+            Command::PromoteSpare(remote) => {
+                let Some(SpareSockets { sockets: [rtp, rtcp], ipv6, lease }) = self.spare.take()
+                else {
+                    return;
+                };
+                // B's old sockets close, then their pair goes back to the pool.
+                let b = Leg::B.index() * 2;
+                self.sockets[b] = rtp;
+                self.sockets[b + 1] = rtcp;
+                self.ipv6[b..b + 2].copy_from_slice(&ipv6);
+                self.leases[Leg::B.index()] = lease;
+                self.state.promote_spare(remote, now);
+            }
+            command => self.state.apply(command, now),
+        }
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) {
@@ -631,6 +752,71 @@ impl Task {
                 }
                 Err(next) => self.sleep.as_mut().reset(next.into()),
             }
+        }
+    }
+}
+
+/// Reads what is queued on `socket` (up to [`MAX_READS_PER_WAKE`] batches) and relays it out
+/// of `out`; registers the task's waker for the next datagram.
+#[allow(clippy::too_many_arguments)]
+fn drain(
+    cx: &mut Context<'_>,
+    socket: &TokioUdpSocket,
+    ipv6: bool,
+    out: &TokioUdpSocket,
+    origin: Origin,
+    kind: Kind,
+    state: &mut State,
+    now: Instant,
+) {
+    for read in 1.. {
+        // Ready, or Pending with the task's waker registered for the next datagram.
+        match socket.poll_recv_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(err)) => {
+                tracing::warn!(error = %err, leg = origin.as_str(), "RTP socket failed");
+                break;
+            }
+            Poll::Pending => break,
+        }
+        if read > MAX_READS_PER_WAKE {
+            // More keeps coming: let other tasks run, then come back.
+            cx.waker().wake_by_ref();
+            break;
+        }
+        // A batch shorter than asked observed an empty queue: it is reported to tokio as
+        // `WouldBlock`, which clears the readiness unless a new readiness event came in
+        // meanwhile; the next poll_recv_ready then registers the waker (or says ready again if
+        // a datagram arrived since).
+        let _ = socket.try_io(Interest::READABLE, || {
+            match state.relay_batch(socket, ipv6, out, origin, kind, now) {
+                Batch::Full => Ok(()),
+                Batch::Drained => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+    }
+}
+
+/// The spare's sockets (RTP, RTCP) and its place in the pool. Fields drop in order: the sockets
+/// close before the pair is free again.
+struct SpareSockets {
+    sockets: [TokioUdpSocket; 2],
+    ipv6: [bool; 2],
+    lease: PortLease,
+}
+
+/// Where a batch was read: a side's socket or the spare's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Leg(Leg),
+    Spare,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Leg(leg) => leg.as_str(),
+            Origin::Spare => "transfer",
         }
     }
 }
@@ -723,6 +909,30 @@ impl LegState {
         }
     }
 
+    /// The SDP address of this leg's peer (see the module docs, latching rule 4); whether it
+    /// changed anything.
+    fn set_sdp(&mut self, remote: Option<SocketAddr>, now: Instant) -> bool {
+        if self.sdp == remote {
+            return false;
+        }
+        self.sdp = remote;
+        self.rtp = Latch::new(remote);
+        self.rtcp = Latch::new(remote.map(rtcp_of));
+        self.active = remote.map(|_| now);
+        true
+    }
+
+    fn stats(&self) -> LegStats {
+        LegStats {
+            remote: self.rtp.remote,
+            rtp_in: self.rtp_in.snapshot(),
+            rtp_out: self.rtp_out.snapshot(),
+            rtcp_in: self.rtcp_in.snapshot(),
+            rtcp_out: self.rtcp_out.snapshot(),
+            dropped: self.dropped,
+        }
+    }
+
     fn latch(&self, kind: Kind) -> &Latch {
         match kind {
             Kind::Rtp => &self.rtp,
@@ -741,6 +951,11 @@ impl LegState {
 struct State {
     config: RelayConfig,
     legs: [LegState; 2],
+    /// The spare's peer, while a spare exists: latches, what it sent (`active` unused: the
+    /// spare never counts for the media timeout).
+    spare: Option<LegState>,
+    /// Side B's figures at the last promotion.
+    replaced: Option<LegStats>,
     hold: bool,
     /// The timeout has been reported (it is reported once).
     reported: bool,
@@ -752,15 +967,14 @@ impl State {
     fn apply(&mut self, command: Command, now: Instant) {
         match command {
             Command::UpdateRemote(leg, remote) => {
-                let state = &mut self.legs[leg.index()];
-                if state.sdp == remote {
-                    return;
+                if self.legs[leg.index()].set_sdp(remote, now) {
+                    self.shared.set_remote(leg, remote);
                 }
-                state.sdp = remote;
-                state.rtp = Latch::new(remote);
-                state.rtcp = Latch::new(remote.map(rtcp_of));
-                state.active = remote.map(|_| now);
-                self.shared.set_remote(leg, remote);
+            }
+            Command::UpdateSpareRemote(remote) => {
+                if let Some(spare) = &mut self.spare {
+                    spare.set_sdp(remote, now);
+                }
             }
             Command::Hold(hold) => {
                 if self.hold && !hold {
@@ -770,17 +984,34 @@ impl State {
                 }
                 self.hold = hold;
             }
+            // The task's own (they change its sockets).
+            Command::AddSpare(_) | Command::PromoteSpare(_) | Command::DropSpare => {}
             Command::Stop => {}
         }
     }
 
-    /// Reads one batch from `socket` (leg `leg`, `kind`) and relays what may pass out of `out`.
+    /// The spare's peer becomes side B's (the task has swapped the sockets): B's figures so far
+    /// are kept as `replaced`, its counters start from zero, its remote is `remote` (the spare's
+    /// latch kept when that is the spare's SDP address already), and it gets a full media
+    /// timeout from `now`.
+    fn promote_spare(&mut self, remote: Option<SocketAddr>, now: Instant) {
+        let Some(spare) = self.spare.take() else { return };
+        let b = &mut self.legs[Leg::B.index()];
+        self.replaced = Some(b.stats());
+        *b = LegState { sdp: spare.sdp, rtp: spare.rtp, rtcp: spare.rtcp, ..LegState::new() };
+        b.set_sdp(remote, now);
+        b.active = (b.sdp.is_some() || b.rtp.latched).then_some(now);
+        self.shared.replace(Leg::B, b, self.replaced);
+    }
+
+    /// Reads one batch from `socket` (`kind`, of a side or the spare) and relays what may pass
+    /// out of `out`: a side's to the other side, the spare's to side B.
     fn relay_batch(
         &mut self,
         socket: &TokioUdpSocket,
         ipv6: bool,
         out: &TokioUdpSocket,
-        leg: Leg,
+        origin: Origin,
         kind: Kind,
         now: Instant,
     ) -> Batch {
@@ -792,15 +1023,20 @@ impl State {
                 Err(Errno::EAGAIN) => return Batch::Drained,
                 Err(Errno::EINTR) => return Batch::Full,
                 Err(err) => {
-                    tracing::debug!(error = %err, leg = leg.as_str(), "RTP receive failed");
+                    tracing::debug!(error = %err, leg = origin.as_str(), "RTP receive failed");
                     return Batch::Drained;
                 }
             };
-            let config = self.config;
-            let [a, b] = &mut self.legs;
-            let (from, to) = match leg {
-                Leg::A => (a, b),
-                Leg::B => (b, a),
+            let State { config, legs: [a, b], spare, shared, .. } = self;
+            let config = *config;
+            let (from, to) = match origin {
+                Origin::Leg(Leg::A) => (a, b),
+                Origin::Leg(Leg::B) => (b, a),
+                Origin::Spare => match spare {
+                    Some(spare) => (spare, b),
+                    // The spare's sockets and state come and go together.
+                    None => return Batch::Drained,
+                },
             };
             let destination = to.latch(kind).remote.map(SockAddr::from);
             let out = SockRef::from(out);
@@ -844,10 +1080,17 @@ impl State {
                     Err(_) => from.dropped.send_failed += 1,
                 }
             }
-            if latched && kind == Kind::Rtp {
-                self.shared.set_remote(leg, from.rtp.remote);
+            match origin {
+                Origin::Leg(leg) => {
+                    if latched && kind == Kind::Rtp {
+                        shared.set_remote(leg, from.rtp.remote);
+                    }
+                    shared.publish_in(leg, from, kind);
+                    shared.publish_out(leg.other(), to, kind);
+                }
+                // The spare's own figures are not published; what it sent to B's peer is.
+                Origin::Spare => shared.publish_out(Leg::B, to, kind),
             }
-            self.shared.publish(leg, from, to, kind);
             if received == BATCH { Batch::Full } else { Batch::Drained }
         });
         // No buffers only while the thread exits.
@@ -880,15 +1123,7 @@ impl State {
     }
 
     fn stats(&self) -> RelayStats {
-        let leg = |state: &LegState| LegStats {
-            remote: state.rtp.remote,
-            rtp_in: state.rtp_in.snapshot(),
-            rtp_out: state.rtp_out.snapshot(),
-            rtcp_in: state.rtcp_in.snapshot(),
-            rtcp_out: state.rtcp_out.snapshot(),
-            dropped: state.dropped,
-        };
-        RelayStats { a: leg(&self.legs[0]), b: leg(&self.legs[1]) }
+        RelayStats { a: self.legs[0].stats(), b: self.legs[1].stats(), replaced: self.replaced }
     }
 }
 
@@ -977,6 +1212,8 @@ struct Shared {
     legs: [SharedLeg; 2],
     /// Changes only when a remote is set or latched.
     remotes: Mutex<[Option<SocketAddr>; 2]>,
+    /// Changes only when a spare is promoted.
+    replaced: Mutex<Option<LegStats>>,
 }
 
 #[derive(Default)]
@@ -1035,34 +1272,47 @@ impl SharedStream {
 
 impl Shared {
     fn new(base: Instant) -> Shared {
-        Shared { base, legs: Default::default(), remotes: Mutex::new([None; 2]) }
+        Shared {
+            base,
+            legs: Default::default(),
+            remotes: Mutex::new([None; 2]),
+            replaced: Mutex::new(None),
+        }
     }
 
-    /// After a batch from `leg`: what it sent in, what went out to the other leg, the drops.
-    fn publish(&self, leg: Leg, from: &LegState, to: &LegState, kind: Kind) {
-        let shared_from = &self.legs[leg.index()];
-        let shared_to = &self.legs[leg.other().index()];
-        match kind {
-            Kind::Rtp => {
-                shared_from.rtp_in.store(&from.rtp_in.snapshot(), self.base);
-                shared_to.rtp_out.store(&to.rtp_out.snapshot(), self.base);
-                // muxed RTCP
-                shared_from.rtcp_in.store(&from.rtcp_in.snapshot(), self.base);
-            }
-            Kind::Rtcp => {
-                shared_from.rtcp_in.store(&from.rtcp_in.snapshot(), self.base);
-                shared_to.rtcp_out.store(&to.rtcp_out.snapshot(), self.base);
-            }
+    /// After a batch from `leg`: what it sent in and the drops.
+    fn publish_in(&self, leg: Leg, from: &LegState, kind: Kind) {
+        let shared = &self.legs[leg.index()];
+        if kind == Kind::Rtp {
+            shared.rtp_in.store(&from.rtp_in.snapshot(), self.base);
         }
+        // RTCP, or muxed RTCP on the RTP port.
+        shared.rtcp_in.store(&from.rtcp_in.snapshot(), self.base);
         let d = from.dropped;
-        for (cell, value) in shared_from.dropped.iter().zip([
-            d.foreign,
-            d.no_destination,
-            d.malformed,
-            d.send_failed,
-        ]) {
+        for (cell, value) in
+            shared.dropped.iter().zip([d.foreign, d.no_destination, d.malformed, d.send_failed])
+        {
             cell.store(value, Ordering::Relaxed);
         }
+    }
+
+    /// After a batch relayed to `leg`: what went out to it.
+    fn publish_out(&self, leg: Leg, to: &LegState, kind: Kind) {
+        let shared = &self.legs[leg.index()];
+        match kind {
+            Kind::Rtp => shared.rtp_out.store(&to.rtp_out.snapshot(), self.base),
+            Kind::Rtcp => shared.rtcp_out.store(&to.rtcp_out.snapshot(), self.base),
+        }
+    }
+
+    /// A spare took `leg`'s place: its figures start again from `state`'s, and the old ones
+    /// are `replaced`.
+    fn replace(&self, leg: Leg, state: &LegState, replaced: Option<LegStats>) {
+        *self.replaced.lock().unwrap_or_else(PoisonError::into_inner) = replaced;
+        self.publish_in(leg, state, Kind::Rtp);
+        self.publish_out(leg, state, Kind::Rtp);
+        self.publish_out(leg, state, Kind::Rtcp);
+        self.set_remote(leg, state.rtp.remote);
     }
 
     fn set_remote(&self, leg: Leg, remote: Option<SocketAddr>) {
@@ -1071,7 +1321,10 @@ impl Shared {
 
     fn load(&self) -> RelayStats {
         let remotes = *self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut stats = RelayStats::default();
+        let mut stats = RelayStats {
+            replaced: *self.replaced.lock().unwrap_or_else(PoisonError::into_inner),
+            ..RelayStats::default()
+        };
         for leg in [Leg::A, Leg::B] {
             let shared = &self.legs[leg.index()];
             let [foreign, no_destination, malformed, send_failed] =
@@ -1508,6 +1761,280 @@ mod tests {
         assert_eq!(pool.available(), 3);
     }
 
+    /// The RTCP address of a relay port whose RTP address is `rtp`.
+    fn rtcp_port(rtp: SocketAddr) -> SocketAddr {
+        SocketAddr::new(rtp.ip(), rtp.port() + 1)
+    }
+
+    /// Waits (bounded) until the pool holds `expected` free pairs.
+    async fn pool_holds(pool: &PortAllocator, expected: usize) {
+        let deadline = Instant::now() + WAIT;
+        while pool.available() != expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(pool.available(), expected);
+    }
+
+    #[tokio::test]
+    async fn while_a_spare_rings_the_agent_hears_it_and_the_caller_does_not() {
+        let pool = test_pool(5);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, carrier_rtcp) = peer_pair().await;
+        let (agent, agent_rtcp) = peer_pair().await;
+        let (transfer, transfer_rtcp) = peer_pair().await;
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        assert_ne!(spare, relay.local(Leg::B));
+        assert_eq!(relay.local(Leg::B).ip(), LOCALHOST);
+        assert_eq!(pool.available(), pool.capacity() - 3);
+        relay.update_spare_remote(Some(addr(&transfer)));
+
+        // The call goes on both ways.
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await, (rtp(1, 0), relay.local(Leg::B)));
+        send(&agent, &rtp(500, 0), relay.local(Leg::B)).await;
+        assert_eq!(receive(&carrier).await, (rtp(500, 0), relay.local(Leg::A)));
+
+        // Ringback from the transfer peer reaches the agent from side B's ports, RTP and RTCP.
+        send(&transfer, &rtp(9000, 0), spare).await;
+        assert_eq!(receive(&agent).await, (rtp(9000, 0), relay.local(Leg::B)));
+        send(&transfer_rtcp, &rtcp(), rtcp_port(spare)).await;
+        assert_eq!(receive(&agent_rtcp).await, (rtcp(), relay.local_rtcp(Leg::B)));
+        nothing_arrives(&carrier).await;
+        nothing_arrives(&carrier_rtcp).await;
+
+        // Nothing of the call goes to the transfer peer.
+        send(&carrier, &rtp(2, 160), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await.0, rtp(2, 160));
+        send(&carrier_rtcp, &rtcp(), relay.local_rtcp(Leg::A)).await;
+        assert_eq!(receive(&agent_rtcp).await.0, rtcp());
+        nothing_arrives(&transfer).await;
+        nothing_arrives(&transfer_rtcp).await;
+
+        let stats = relay.stop().await;
+        // The agent got the caller's two packets and the ringback; it sent one.
+        assert_eq!((stats.b.rtp_out.packets, stats.b.rtcp_out.packets), (3, 2));
+        assert_eq!((stats.b.rtp_in.packets, stats.a.rtp_out.packets), (1, 1));
+        assert_eq!((stats.a.rtcp_out.packets, stats.replaced), (0, None));
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_promoted_spare_takes_the_agents_place_and_the_agents_port_closes() {
+        let pool = test_pool(5);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, carrier_rtcp) = peer_pair().await;
+        let agent = peer().await;
+        let (transfer, transfer_rtcp) = peer_pair().await;
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        // The transfer leg faces another network than the agent: another local address.
+        let other_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let spare = relay.add_spare(&pool, other_ip).expect("a spare");
+        assert_eq!(spare.ip(), other_ip);
+        relay.update_spare_remote(Some(addr(&transfer)));
+        send(&agent, &rtp(500, 0), relay.local(Leg::B)).await;
+        assert_eq!(receive(&carrier).await.0, rtp(500, 0));
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await.0, rtp(1, 0));
+        send(&transfer, &rtp(9000, 0), spare).await;
+        assert_eq!(receive(&agent).await.0, rtp(9000, 0));
+
+        let (caller_port, agent_port) = (relay.local(Leg::A), relay.local(Leg::B));
+        assert!(relay.promote_spare(Some(addr(&transfer))));
+        assert_eq!((relay.local(Leg::B), relay.local_rtcp(Leg::B)), (spare, rtcp_port(spare)));
+        // No re-INVITE toward the caller: its side keeps its ports.
+        assert_eq!(relay.local(Leg::A), caller_port);
+
+        // The caller and the transfer peer hear each other, from the same ports as before.
+        send(&carrier, &rtp(2, 160), relay.local(Leg::A)).await;
+        assert_eq!(receive(&transfer).await, (rtp(2, 160), spare));
+        send(&transfer, &rtp(9001, 160), spare).await;
+        assert_eq!(receive(&carrier).await, (rtp(9001, 160), relay.local(Leg::A)));
+        send(&carrier_rtcp, &rtcp(), relay.local_rtcp(Leg::A)).await;
+        assert_eq!(receive(&transfer_rtcp).await, (rtcp(), rtcp_port(spare)));
+        send(&transfer_rtcp, &rtcp(), rtcp_port(spare)).await;
+        assert_eq!(receive(&carrier_rtcp).await, (rtcp(), relay.local_rtcp(Leg::A)));
+
+        // The agent is cut off: its old port relays nothing, and it hears nothing more.
+        send(&agent, &rtp(501, 160), agent_port).await;
+        nothing_arrives(&carrier).await;
+        nothing_arrives(&agent).await;
+        // Its pair is back in the pool: the caller's and the spare's are in use.
+        pool_holds(&pool, pool.capacity() - 2).await;
+
+        let live = eventually(&relay, |s| s.replaced.is_some() && s.b.rtp_in.packets == 1).await;
+        let stats = relay.stop().await;
+        assert_eq!(live.replaced, stats.replaced);
+        let agent_figures = stats.replaced.expect("the agent's figures");
+        assert_eq!(agent_figures.remote, Some(addr(&agent)));
+        // The agent sent one packet and heard the caller's and the ringback.
+        assert_eq!((agent_figures.rtp_in.packets, agent_figures.rtp_out.packets), (1, 2));
+        // The transfer peer's counters started at the promotion: its ringback is not in them.
+        assert_eq!(stats.b.remote, Some(addr(&transfer)));
+        assert_eq!((stats.b.rtp_in.packets, stats.b.rtp_out.packets), (1, 1));
+        assert_eq!((stats.b.rtcp_in.packets, stats.b.rtcp_out.packets), (1, 1));
+        assert_eq!(stats.b.dropped, Dropped::default());
+        // Side A's go on: the agent's one, then the transfer peer's one.
+        assert_eq!((stats.a.rtp_in.packets, stats.a.rtp_out.packets), (2, 2));
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_spare_latched_while_ringing_keeps_its_latch_when_promoted_to_the_same_address() {
+        let pool = test_pool(5);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, agent) = (peer().await, peer().await);
+        // The transfer peer's SDP says X, but it sends from Y (behind a NAT); Z is an intruder.
+        let (sdp_x, real_y, intruder) = (peer().await, peer().await, peer().await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(addr(&sdp_x)));
+        send(&real_y, &rtp(1, 0), spare).await;
+        assert_eq!(receive(&agent).await.0, rtp(1, 0));
+        // Latched: the hijack guard holds while it rings.
+        send(&intruder, &rtp(66, 0), spare).await;
+        nothing_arrives(&agent).await;
+
+        relay.promote_spare(Some(addr(&sdp_x)));
+        send(&carrier, &rtp(2, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&real_y).await, (rtp(2, 0), spare));
+        nothing_arrives(&sdp_x).await;
+        send(&intruder, &rtp(67, 0), spare).await;
+        nothing_arrives(&carrier).await;
+        let stats = eventually(&relay, |s| s.b.dropped.foreign == 1).await;
+        assert_eq!(stats.b.remote, Some(addr(&real_y)));
+    }
+
+    #[tokio::test]
+    async fn a_spare_promoted_to_another_address_latches_over_again() {
+        let pool = test_pool(5);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, agent) = (peer().await, peer().await);
+        let (early, answered, latecomer) = (peer().await, peer().await, peer().await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(addr(&early)));
+        send(&early, &rtp(1, 0), spare).await;
+        assert_eq!(receive(&agent).await.0, rtp(1, 0));
+
+        // The 200's SDP moved the media: replies go there, and the next source latches.
+        relay.promote_spare(Some(addr(&answered)));
+        send(&carrier, &rtp(2, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&answered).await.0, rtp(2, 0));
+        nothing_arrives(&early).await;
+        send(&latecomer, &rtp(3, 0), spare).await;
+        assert_eq!(receive(&carrier).await.0, rtp(3, 0));
+        send(&carrier, &rtp(4, 160), relay.local(Leg::A)).await;
+        assert_eq!(receive(&latecomer).await.0, rtp(4, 160));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_spare_gives_its_ports_back_and_the_call_goes_on() {
+        let pool = test_pool(4);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, agent, transfer) = (peer().await, peer().await, peer().await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(addr(&transfer)));
+        assert_eq!(pool.available(), 1);
+
+        relay.drop_spare();
+        pool_holds(&pool, 2).await;
+        // No spare: promoting does nothing, the ports of the call stay.
+        let agent_port = relay.local(Leg::B);
+        assert!(!relay.promote_spare(Some(addr(&transfer))));
+        assert_eq!(relay.local(Leg::B), agent_port);
+        send(&transfer, &rtp(9000, 0), spare).await;
+        nothing_arrives(&agent).await;
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await, (rtp(1, 0), agent_port));
+        send(&agent, &rtp(500, 0), agent_port).await;
+        assert_eq!(receive(&carrier).await.0, rtp(500, 0));
+        nothing_arrives(&transfer).await;
+
+        // A second spare replaces the first one, whose ports come back; dropping the relay
+        // frees every pair.
+        relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.add_spare(&pool, LOCALHOST).expect("another spare");
+        pool_holds(&pool, 1).await;
+        drop(relay);
+        pool_holds(&pool, pool.capacity()).await;
+    }
+
+    #[tokio::test]
+    async fn a_spare_without_ports_is_refused_and_the_call_goes_on() {
+        let pool = test_pool(2);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, agent) = (peer().await, peer().await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let agent_port = relay.local(Leg::B);
+
+        let err = relay.add_spare(&pool, LOCALHOST).expect_err("no ports left");
+        assert!(matches!(err, StartError::Ports(PortsError::Exhausted { .. })), "{err}");
+        assert!(!relay.promote_spare(None));
+        assert_eq!(relay.local(Leg::B), agent_port);
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await, (rtp(1, 0), agent_port));
+        send(&agent, &rtp(500, 0), agent_port).await;
+        assert_eq!(receive(&carrier).await, (rtp(500, 0), relay.local(Leg::A)));
+        relay.stop().await;
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_silent_spare_never_times_out_the_call_but_a_silent_promoted_peer_does() {
+        let pool = test_pool(5);
+        let config =
+            RelayConfig { media_timeout: Duration::from_millis(300), ..Default::default() };
+        let mut relay = start(&pool, config);
+        let (carrier, agent, transfer) = (peer().await, peer().await, peer().await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(addr(&transfer)));
+        let timeout = relay.timeout();
+        tokio::pin!(timeout);
+
+        // Caller and agent talk for two timeouts while the spare says nothing: no timeout.
+        let ringing = Instant::now();
+        let mut seq = 0u16;
+        while ringing.elapsed() < Duration::from_millis(700) {
+            tokio::select! {
+                fired = &mut timeout => panic!("timed out while the spare rang: {fired:?}"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    send(&carrier, &rtp(seq, u32::from(seq) * 160), relay.local(Leg::A)).await;
+                    send(&agent, &rtp(seq, u32::from(seq) * 160), relay.local(Leg::B)).await;
+                    seq += 1;
+                }
+            }
+        }
+
+        // Promoted, the transfer peer never sends: after a full timeout, side B is silent.
+        let promoted = Instant::now();
+        assert!(relay.promote_spare(Some(addr(&transfer))));
+        let fired = loop {
+            tokio::select! {
+                fired = &mut timeout => break fired,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    send(&carrier, &rtp(seq, u32::from(seq) * 160), relay.local(Leg::A)).await;
+                    seq += 1;
+                    assert!(promoted.elapsed() < WAIT, "no timeout");
+                }
+            }
+        };
+        assert_eq!(
+            fired,
+            MediaTimeout { silent: Silent::One(Leg::B), after: config.media_timeout }
+        );
+        assert!(promoted.elapsed() >= config.media_timeout, "{:?}", promoted.elapsed());
+    }
+
     /// Waits until the threads hold these many relays (an aborted task is dropped a moment
     /// later, on its thread).
     async fn eventually_calls(media: &MediaThreads, expected: Vec<usize>) {
@@ -1567,6 +2094,34 @@ mod tests {
         tokio::task::spawn_blocking(move || drop(media)).await.expect("threads stop");
         assert_eq!(pool.available(), pool.capacity());
         drop(relays);
+    }
+
+    #[test]
+    fn a_spare_is_registered_with_the_relays_own_runtime_not_the_callers() {
+        let pool = test_pool(5);
+        let media = MediaThreads::start(1).expect("media threads");
+        let mut relay = media
+            .start_relay(&pool, LOCALHOST, LOCALHOST, RelayConfig::default())
+            .expect("relay starts");
+        let agent = UdpSocket::bind((LOCALHOST, 0)).expect("bind the agent");
+        agent.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        let transfer = UdpSocket::bind((LOCALHOST, 0)).expect("bind the transfer peer");
+        relay.update_remote(Leg::B, Some(agent.local_addr().expect("addr")));
+        // No runtime on this thread: the spare's sockets go to the media thread's.
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(transfer.local_addr().expect("addr")));
+        transfer.send_to(&rtp(1, 0), spare).expect("send");
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let (len, from) = agent.recv_from(&mut buf).expect("the ringback reaches the agent");
+        assert_eq!((&buf[..len], from), (&rtp(1, 0)[..], relay.local(Leg::B)));
+
+        // Once the relay's runtime is gone, a spare is an error, not a panic, and the pair it
+        // took goes back.
+        drop(media);
+        let err = relay.add_spare(&pool, LOCALHOST).expect_err("the relay's runtime is gone");
+        assert!(matches!(err, StartError::Register(_)), "{err}");
+        drop(relay);
+        assert_eq!(pool.available(), pool.capacity());
     }
 
     #[test]
