@@ -331,6 +331,10 @@ struct ServeArgs {
     /// `60s`.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
     agent_timeout: Duration,
+    /// Seconds a bridged transfer's destination may ring before the transfer fails (the agent
+    /// hears 480 and keeps the caller); `30` or `30s`.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    transfer_timeout: Duration,
     /// Seconds without RTP from either side of an answered call (not on hold) before the
     /// gateway hangs it up, with the reason logged; `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -387,6 +391,7 @@ impl ServeArgs {
             region: self.region,
             realm: self.realm,
             agent_timeout: self.agent_timeout,
+            transfer_timeout: self.transfer_timeout.max(Duration::from_secs(1)),
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,

@@ -18,9 +18,10 @@ use crate::observe::metrics::{ActiveCallGuard, Direction};
 use crate::sip::msg::Message;
 
 use super::limits::CallPermit;
-use super::machine::{Action, Call, Ended, MediaEvent, Record, RelayUpdate};
+use super::machine::{Action, Call, Ended, Ids, MediaEvent, Record, RelayUpdate};
 use super::placed::PlacedCall;
 use super::services::{CallInput, CallServices};
+use super::transfer;
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
 /// active calls, what it is labelled with in metrics and logs, and the table it started with
@@ -59,7 +60,11 @@ struct Driver {
     active: Option<ActiveCallGuard>,
     labels: CallLabels,
     watch: Option<Arc<PlacedCall>>,
-    _table: Arc<RoutingTable>,
+    /// The table the call started with: its transfers are decided and dialed with it.
+    table: Arc<RoutingTable>,
+    /// A bridged transfer's slot on its destination's trunk, while the transfer is tried and,
+    /// once it succeeded, until the call ends.
+    transfer_permit: Option<CallPermit>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
 }
@@ -85,7 +90,8 @@ pub async fn run(
         active: Some(active),
         labels,
         watch,
-        _table: table,
+        table,
+        transfer_permit: None,
         call_ids,
     };
     d.perform(first).await;
@@ -195,15 +201,42 @@ impl Driver {
                     self.call.on_media_event(Instant::now(), event)
                 }
                 Action::UpdateRelay(update) => {
-                    if let Some(relay) = &self.relay {
+                    if let Some(relay) = &mut self.relay {
                         match update {
                             RelayUpdate::Remote { side, remote } => {
                                 relay.update_remote(side, remote)
                             }
                             RelayUpdate::Hold(hold) => relay.set_hold(hold),
+                            RelayUpdate::SpareRemote(remote) => relay.update_spare_remote(remote),
+                            RelayUpdate::PromoteSpare(remote) => {
+                                relay.promote_spare(remote);
+                            }
+                            RelayUpdate::DropSpare => relay.drop_spare(),
                         }
                     }
                     Vec::new()
+                }
+                Action::PrepareTransfer(request) => {
+                    let mut ids = Ids::random();
+                    let prepared = transfer::prepare(&self.gw, &self.table, &mut ids, &request);
+                    let dial = prepared.map(|p| {
+                        self.transfer_permit = p.permit;
+                        p.dial
+                    });
+                    if let Err((status, why)) = &dial {
+                        tracing::info!(session = %self.call.session_id(), destination = %request.destination.name, status, why = %why, "transfer leg not dialed");
+                    }
+                    self.call.on_transfer_dial(Instant::now(), dial)
+                }
+                Action::StartTransferMedia { bind } => {
+                    let event = match &mut self.relay {
+                        Some(relay) => match self.gw.add_transfer_ports(relay, bind) {
+                            Ok(local) => MediaEvent::TransferMediaStarted { port: local.port() },
+                            Err(e) => MediaEvent::TransferMediaFailed { reason: e.to_string() },
+                        },
+                        None => MediaEvent::TransferMediaFailed { reason: "no relay".into() },
+                    };
+                    self.call.on_media_event(Instant::now(), event)
                 }
                 Action::Record(Record::Answered { setup, .. }) => {
                     self.gw.metrics.setup_latency(&self.labels.trunk, setup.as_secs_f64());
@@ -214,10 +247,15 @@ impl Driver {
                     Vec::new()
                 }
                 Action::Record(Record::Transfer(t)) => {
+                    if t.outcome != "completed" {
+                        // A failed transfer gives its trunk slot back.
+                        self.transfer_permit = None;
+                    }
                     self.gw.metrics.transfer(&t.destination, t.mode, t.outcome);
                     tracing::info!(
                         session = %self.call.session_id(), destination = %t.destination,
-                        mode = t.mode, outcome = t.outcome, "transfer"
+                        mode = t.mode, outcome = t.outcome, status = t.status,
+                        seconds = t.settled.saturating_sub(t.asked).as_secs_f64(), "transfer"
                     );
                     Vec::new()
                 }
@@ -238,6 +276,7 @@ impl Driver {
             watch.ended(&ended);
         }
         self.permit = None;
+        self.transfer_permit = None;
         self.active = None;
         self.media_timeout = None;
         self.gw.call_ended();
@@ -268,12 +307,17 @@ impl Driver {
                     rtp_in.jitter_ms / 1000.0,
                 );
             }
+            // After a bridged transfer, side B is the destination's and the agent's figures
+            // are the ones side B had before.
+            let agent = stats.replaced.unwrap_or(stats.b);
+            let transfer = stats.replaced.map(|_| stats.b.rtp_in.packets);
             tracing::info!(
                 session = %session, direction,
                 carrier_packets = stats.a.rtp_in.packets, carrier_lost = stats.a.rtp_in.lost,
                 carrier_jitter_ms = stats.a.rtp_in.jitter_ms,
-                agent_packets = stats.b.rtp_in.packets, agent_lost = stats.b.rtp_in.lost,
-                agent_jitter_ms = stats.b.rtp_in.jitter_ms,
+                agent_packets = agent.rtp_in.packets, agent_lost = agent.rtp_in.lost,
+                agent_jitter_ms = agent.rtp_in.jitter_ms,
+                transfer_packets = transfer,
                 reason = reason.as_deref().unwrap_or("hang-up"),
                 "call media"
             );

@@ -31,7 +31,6 @@ use crate::media::sdp::Sdp;
 
 use super::driver::{self, CallLabels, Held};
 use super::inbound::{self, Admitted};
-use super::limits::Admission;
 use super::machine::{Call, Ids};
 use super::outbound as outbound_call;
 use super::placed::{self, PlacedCall};
@@ -48,7 +47,6 @@ pub struct Gateway {
     services: Arc<CallServices>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     digest: DigestServer,
-    admission: Arc<Admission>,
     health: Arc<Health>,
     draining: AtomicBool,
 }
@@ -66,7 +64,6 @@ impl Gateway {
             services: CallServices::new(config, metrics, ports),
             snapshot,
             digest,
-            admission: Admission::new(),
             health,
             draining: AtomicBool::new(false),
         })
@@ -322,14 +319,16 @@ impl Gateway {
             }
         };
         let trunk_key = format!("inbound:{}", route.trunk.name);
-        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
-        {
-            Ok(permit) => permit,
-            Err(refused) => {
-                let retry = [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
-                return self.refuse(&request, &source, refused.limit.rule(), &retry);
-            }
-        };
+        let permit =
+            match self.services.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+            {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    let retry =
+                        [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
+                    return self.refuse(&request, &source, refused.limit.rule(), &retry);
+                }
+            };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
@@ -411,15 +410,17 @@ impl Gateway {
             }
         };
         let trunk_key = format!("outbound:{}", route.trunk.name);
-        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
-        {
-            Ok(permit) => permit,
-            Err(refused) => {
-                let retry = [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
-                let rule = refused.limit.rule();
-                return self.refuse_in(zone, &request, &source, rule, None, &retry);
-            }
-        };
+        let permit =
+            match self.services.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+            {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    let retry =
+                        [(name::RETRY_AFTER, refused.retry_after.as_secs().max(1).to_string())];
+                    let rule = refused.limit.rule();
+                    return self.refuse_in(zone, &request, &source, rule, None, &retry);
+                }
+            };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
@@ -673,19 +674,20 @@ impl Gateway {
         };
         let offer = MediaOffer { sdp, negotiated, delayed: false };
         let trunk_key = format!("outbound:{}", route.trunk.name);
-        let permit = match self.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
-        {
-            Ok(permit) => permit,
-            Err(over) => {
-                let seconds = u32::try_from(over.retry_after.as_secs().max(1)).unwrap_or(1);
-                let error = ApiError::new(
-                    ErrorCode::LimitReached,
-                    format!("the trunk is at its {}", over.limit.rule().as_str()),
-                )
-                .with_retry_after(seconds);
-                return refused(over.limit.rule(), error);
-            }
-        };
+        let permit =
+            match self.services.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
+            {
+                Ok(permit) => permit,
+                Err(over) => {
+                    let seconds = u32::try_from(over.retry_after.as_secs().max(1)).unwrap_or(1);
+                    let error = ApiError::new(
+                        ErrorCode::LimitReached,
+                        format!("the trunk is at its {}", over.limit.rule().as_str()),
+                    )
+                    .with_retry_after(seconds);
+                    return refused(over.limit.rule(), error);
+                }
+            };
         let services = &self.services;
         let agent_local = services
             .local_address(Zone::Internal, agent.transport)

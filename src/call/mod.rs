@@ -16,3 +16,4 @@ pub mod machine;
 pub mod outbound;
 pub mod placed;
 pub mod services;
+pub mod transfer;

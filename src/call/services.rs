@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub header_prefix: String,
     /// How long an agent may ring before the call is given up (480 to the carrier).
     pub agent_timeout: Duration,
+    /// How long a bridged transfer's destination may ring before the transfer fails.
+    pub transfer_timeout: Duration,
     /// The `Server`/`User-Agent` value.
     pub user_agent: String,
     /// No RTP from a leg of an answered call for this long ends the call.
@@ -47,6 +49,7 @@ impl Default for GatewayConfig {
             public_address: None,
             header_prefix: lookup::DEFAULT_HEADER_PREFIX.to_string(),
             agent_timeout: Duration::from_secs(60),
+            transfer_timeout: super::machine::TRANSFER_RING,
             user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
             media_timeout: Duration::from_secs(30),
             agent_networks: ["127.0.0.0/8", "::1/128"]
@@ -98,6 +101,8 @@ pub struct CallServices {
     pub(super) resolver: Resolver,
     /// Calls placed through the call API, by id.
     pub(super) placed: super::placed::PlacedCalls,
+    /// Each trunk's limits, for new calls and for the legs of bridged transfers.
+    pub(super) admission: Arc<super::limits::Admission>,
 }
 
 impl CallServices {
@@ -109,6 +114,7 @@ impl CallServices {
         let call_config = CallConfig {
             user_agent: config.user_agent.clone(),
             ring_timeout: config.agent_timeout,
+            transfer_timeout: config.transfer_timeout,
             media_timeout: config.media_timeout,
             public_address: config.public_address,
             ..CallConfig::default()
@@ -125,6 +131,7 @@ impl CallServices {
             active: AtomicUsize::new(0),
             resolver: Resolver::system(),
             placed: Default::default(),
+            admission: super::limits::Admission::new(),
         })
     }
 
@@ -137,6 +144,15 @@ impl CallServices {
     /// signalling, and a relay does not pay the multi-thread scheduler's wake-ups).
     pub(super) fn use_media_threads(&self, threads: Arc<MediaThreads>) {
         let _ = self.media.set(threads);
+    }
+
+    /// Spare relay ports for a bridged transfer's leg, bound on `ip`, in the call's relay.
+    pub(super) fn add_transfer_ports(
+        &self,
+        relay: &mut Relay,
+        ip: IpAddr,
+    ) -> Result<SocketAddr, crate::media::relay::StartError> {
+        relay.add_spare(&self.ports, ip)
     }
 
     /// Starts a relay for a call, on the media threads when there are some.

@@ -98,6 +98,8 @@ pub struct ServeOptions {
     pub region: Option<String>,
     pub realm: String,
     pub agent_timeout: Duration,
+    /// How long a bridged transfer's destination may ring.
+    pub transfer_timeout: Duration,
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
@@ -291,6 +293,7 @@ pub async fn serve_until(
         public_address,
         header_prefix: options.header_prefix.clone(),
         agent_timeout: options.agent_timeout,
+        transfer_timeout: options.transfer_timeout,
         media_timeout: options.media_timeout,
         agent_networks: options.agent_networks.clone(),
         agent_credentials,

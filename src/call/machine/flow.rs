@@ -112,7 +112,14 @@ impl Call {
         let ua = self.config.user_agent.clone();
         let branch = self.ids.branch();
         let mut r = self.leg_mut(leg).dialog.request(Method::Invite, &branch, &ua);
-        let origin_invite = self.leg(Call::ORIGIN).invite_request.as_ref();
+        // A transfer's leg is offered its own ports; nothing of the origin's INVITE goes there.
+        let transfer = self.is_bridging(leg);
+        let offer = match &self.bridging {
+            Some(b) if transfer => b.offer.as_ref(),
+            _ => self.offer.as_ref(),
+        };
+        let origin_invite =
+            if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_ref() };
         if let Some(invite) = origin_invite {
             let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
             r.headers.set(name::MAX_FORWARDS, hops.to_string());
@@ -124,7 +131,7 @@ impl Call {
         if let Some((header, value)) = &self.leg(leg).auth.header {
             r.headers.push(header, value.as_str());
         }
-        match (&self.offer, origin_invite) {
+        match (offer, origin_invite) {
             (Some(offer), _) => {
                 r.headers.push(name::CONTENT_TYPE, "application/sdp");
                 r.body = offer.sdp.to_bytes().into();
@@ -179,11 +186,20 @@ impl Call {
             .map(|l| l.id)
             .collect();
         for leg in pending {
-            match self.leg(leg).phase {
-                Phase::Resolving => self.leg_mut(leg).phase = Phase::Terminated,
-                Phase::Early => self.send_cancel(now, leg),
-                _ => self.leg_mut(leg).phase = Phase::Cancelling { sent: false },
+            self.give_up_leg(now, leg);
+        }
+    }
+
+    /// One dialed leg is no longer wanted (see [`Call::give_up_dialed`]); nothing if it is not
+    /// pending.
+    pub(super) fn give_up_leg(&mut self, now: Instant, leg: LegId) {
+        match self.leg(leg).phase {
+            Phase::Resolving => self.leg_mut(leg).phase = Phase::Terminated,
+            Phase::Early => self.send_cancel(now, leg),
+            Phase::Inviting | Phase::Trying => {
+                self.leg_mut(leg).phase = Phase::Cancelling { sent: false }
             }
+            _ => {}
         }
     }
 
@@ -301,6 +317,15 @@ impl Call {
         let Some(tx) = self.clients.get(key) else { return };
         let (leg, purpose) = (tx.leg, tx.purpose.clone());
         match purpose {
+            Purpose::Invite if self.is_bridging(leg) => {
+                self.leg_mut(leg).phase = Phase::Terminated;
+                let (status, why) = if transport {
+                    (503, "the destination cannot be reached")
+                } else {
+                    (408, "no response from the destination")
+                };
+                self.bridge_failed(now, status, why);
+            }
             Purpose::Invite => {
                 let phase = self.leg(leg).phase;
                 if phase.is_pending() || matches!(phase, Phase::Cancelling { .. }) {
@@ -323,6 +348,9 @@ impl Call {
 
     /// The dialed leg's answers to our INVITE.
     fn on_invite_response(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        if self.is_bridging(leg) {
+            return self.on_transfer_response(now, leg, resp);
+        }
         let status = resp.status;
         let phase = self.leg(leg).phase;
         let ring_deadline = now + self.config.ring_timeout;
@@ -404,7 +432,7 @@ impl Call {
     /// §8.1.3.5). A second challenge after our answer means the credentials are wrong, unless it
     /// says `stale=true` (the answer was right, its nonce expired): that one is answered once
     /// more. `Err`: why the challenge is not answered.
-    fn answer_challenge(
+    pub(super) fn answer_challenge(
         &mut self,
         now: Instant,
         leg: LegId,
@@ -574,6 +602,11 @@ impl Call {
         let Some(leg) = self.leg_of(&req) else {
             return self.reply_stateless(&req, &source, 481);
         };
+        let bridged = self.bridge.contains(&leg) || self.is_bridging(leg);
+        if !bridged && req.method != Method::Bye {
+            // A leg the call has left (an agent after its transfer): its dialog is over.
+            return self.reply_stateless(&req, &source, 481);
+        }
         self.open_server(now, &key, leg, req.clone(), &source);
         match req.method {
             Method::Bye => self.on_bye(now, &key, leg, &req),
@@ -610,6 +643,18 @@ impl Call {
 
     fn on_bye(&mut self, now: Instant, key: &ServerKey, leg: LegId, req: &Request) {
         self.respond_status(now, key, 200);
+        if !self.bridge.contains(&leg) {
+            // A leg the call has left (the agent after a transfer, which we sent BYE too), or
+            // a transfer leg before it answered: only that leg is over.
+            self.leg_mut(leg).phase = Phase::Terminated;
+            if self.is_bridging(leg) {
+                self.bridge_failed(now, 480, "the destination hung up before answering");
+            }
+            return;
+        }
+        if self.state == State::Answered && self.agent_left_bridging(leg) {
+            return;
+        }
         if self.bye_transfer(now, leg, req) {
             return;
         }
@@ -677,6 +722,9 @@ impl Call {
     /// A dialed leg's deadline: ringing too long (480, the leg cancelled), or not even a 100
     /// Trying (the peer is not there: 503).
     pub(super) fn dialed_deadline(&mut self, now: Instant, leg: LegId) {
+        if self.is_bridging(leg) {
+            return self.transfer_deadline(now, leg);
+        }
         match self.leg(leg).phase {
             Phase::Early => {
                 self.send_cancel(now, leg);

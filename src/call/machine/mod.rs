@@ -24,6 +24,7 @@
 //!   rewritten to the relay, and their responses passed back; glare answered 491; OPTIONS in
 //!   the dialog answered here; the media timeout and hold.
 
+mod bridge;
 mod dialog;
 mod flow;
 pub mod leg;
@@ -51,6 +52,7 @@ use crate::sip::msg::{Message, Request};
 use crate::sip::transaction::{ClientKey, ServerKey, Timers};
 use crate::sip::transport::{Source, Target};
 
+pub use bridge::TransferRequest;
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
@@ -58,6 +60,9 @@ use tx::{ClientTx, Pending2xx, ServerTx};
 
 /// No answer of any kind from a dialed peer within this time: it is unreachable.
 pub const FIRST_RESPONSE: Duration = Duration::from_secs(8);
+/// How long a bridged transfer's destination may ring: a little under the 30-35 s after which
+/// most phones and PBXs send the call to voicemail, so the agent hears "no answer" instead.
+pub const TRANSFER_RING: Duration = Duration::from_secs(30);
 /// After the call ends, how long it stays to absorb retransmissions (64·T1).
 pub const LINGER: Duration = Duration::from_secs(32);
 
@@ -71,6 +76,8 @@ pub struct CallConfig {
     pub user_agent: String,
     /// How long a dialed leg may ring before it is given up.
     pub ring_timeout: Duration,
+    /// How long a bridged transfer's destination may ring before the transfer fails.
+    pub transfer_timeout: Duration,
     /// How long a dialed peer has to answer at all (even 100 Trying).
     pub first_response: Duration,
     /// No RTP from a leg of an answered call for this long ends the call (the relay watches).
@@ -87,6 +94,7 @@ impl Default for CallConfig {
         CallConfig {
             user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
             ring_timeout: Duration::from_secs(60),
+            transfer_timeout: TRANSFER_RING,
             first_response: FIRST_RESPONSE,
             media_timeout: Duration::from_secs(30),
             public_address: None,
@@ -187,6 +195,13 @@ pub enum Action {
     StartRelay { a: IpAddr, b: IpAddr, media_timeout: Duration },
     /// Change the relay.
     UpdateRelay(RelayUpdate),
+    /// A bridged transfer: build the leg to its destination (the destination's trunk, its
+    /// limits, our addresses); answer with [`Call::on_transfer_dial`].
+    PrepareTransfer(TransferRequest),
+    /// A bridged transfer's leg needs its own relay ports (a spare beside side B), bound on
+    /// `bind`; answer with [`Call::on_media_event`] (`TransferMediaStarted` or
+    /// `TransferMediaFailed`).
+    StartTransferMedia { bind: IpAddr },
     /// Something to count and log.
     Record(Record),
     /// The call is over (once): free its slot and stop the relay. The call stays for
@@ -201,6 +216,13 @@ pub enum RelayUpdate {
     Remote { side: RelaySide, remote: Option<SocketAddr> },
     /// Hold (no media is owed: the media timeout is suspended) or not.
     Hold(bool),
+    /// Where the transfer leg's peer wants media (its early or final SDP answer).
+    SpareRemote(Option<SocketAddr>),
+    /// The transfer leg answered: its ports take side B's place, with this remote; side B's
+    /// old ports (the agent's) close.
+    PromoteSpare(Option<SocketAddr>),
+    /// The transfer failed: its ports go back.
+    DropSpare,
 }
 
 /// A fact about the call for metrics, logs and (later) the session record.
@@ -234,6 +256,10 @@ pub enum MediaEvent {
     StartFailed { status: u16, reason: String },
     /// No RTP for `after` from the silent side(s) of an answered call.
     Timeout { silent: Silent, after: Duration },
+    /// The transfer leg's ports are bound; our RTP port on them.
+    TransferMediaStarted { port: u16 },
+    /// No ports for the transfer leg: the transfer fails, the call goes on.
+    TransferMediaFailed { reason: String },
 }
 
 /// Where the whole call is.
@@ -289,6 +315,10 @@ pub struct Call {
     transfer: Option<TransferContext>,
     /// A transfer passed on to the caller's side, until it ends.
     referring: Option<transfer::Referring>,
+    /// A bridged transfer in progress: the leg the gateway dials, until it answers or fails.
+    bridging: Option<bridge::Bridging>,
+    /// Every transfer the agent asked for, in order (for the session record).
+    transfers: Vec<TransferRecord>,
     codecs: Vec<Codec>,
     /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
     offer: Option<MediaOffer>,
@@ -379,6 +409,8 @@ impl Call {
             then: None,
             transfer: None,
             referring: None,
+            bridging: None,
+            transfers: Vec::new(),
             codecs,
             offer,
             late_offer: None,
@@ -423,6 +455,11 @@ impl Call {
         &self.legs[id.0]
     }
 
+    /// The transfers the agent asked for so far, in order.
+    pub fn transfers(&self) -> &[TransferRecord] {
+        &self.transfers
+    }
+
     /// The Call-IDs of the call's legs (the driver routes messages by them).
     pub fn call_ids(&self) -> impl Iterator<Item = &str> {
         self.legs.iter().map(|l| l.dialog.call_id.as_str())
@@ -453,6 +490,11 @@ impl Call {
                 self.fail_origin(now, status, Outcome::Failed);
             }
             MediaEvent::Timeout { silent, after } => self.media_timeout(now, silent, after),
+            MediaEvent::TransferMediaStarted { port } => self.transfer_media_started(now, port),
+            MediaEvent::TransferMediaFailed { reason } => {
+                tracing::warn!(session = %self.session_id, error = %reason, "no RTP ports for the transfer leg");
+                self.bridge_failed(now, 503, "no RTP ports for the transfer leg");
+            }
         }
         self.take()
     }
@@ -464,6 +506,10 @@ impl Call {
         leg: LegId,
         address: Result<SocketAddr, String>,
     ) -> Vec<Action> {
+        if self.is_bridging(leg) {
+            self.transfer_resolved(now, leg, address);
+            return self.take();
+        }
         match address {
             Ok(address) => self.resolved(now, leg, address),
             Err(why) => {
@@ -528,7 +574,8 @@ impl Call {
         let advertised = leg.dialog.local.ip();
         let bind = match (leg.role, self.config.public_address) {
             // A public address belongs to a NAT or load balancer in front: bind everywhere.
-            (Role::Carrier, Some(_)) => IpAddr::from([0, 0, 0, 0]),
+            // A transfer leg faces the outside too (the carrier-facing listener).
+            (Role::Carrier | Role::Transfer, Some(_)) => IpAddr::from([0, 0, 0, 0]),
             _ => advertised,
         };
         (bind, advertised)
@@ -539,6 +586,12 @@ impl Call {
         if self.state == State::Ended {
             return;
         }
+        // A transfer still being dialed is given up with the call.
+        if let Some(b) = self.bridging.take() {
+            let (dest, asked) = (b.destination, b.asked);
+            self.record_transfer(now, &dest, "Bridge", "abandoned", None, asked);
+        }
+        self.give_up_dialed(now);
         self.state = State::Ended;
         self.linger_until = Some(now + self.config.linger);
         for leg in &mut self.legs {

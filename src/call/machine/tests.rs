@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::config::model::Codec;
 use crate::media::relay::{Leg as RelaySide, Silent};
-use crate::media::sdp::Direction;
+use crate::media::sdp::{Direction, Sdp};
 use crate::observe::metrics::Outcome;
-use crate::sip::msg::{DialogHeaders, Method, name};
+use crate::sip::msg::{self, DialogHeaders, Message, Method, NameAddr, Response, name};
+use crate::sip::transport::{Protocol, Target, Zone};
 
 use super::script::*;
 use super::*;
@@ -787,14 +788,15 @@ fn a_refer_to_a_hangup_destination_is_accepted_notified_and_ends_both_legs() {
     let agent_methods = methods(&actions, AGENT_LEG);
     let at = |m: Method| agent_methods.iter().position(|x| *x == m).unwrap();
     assert!(at(Method::Notify) < at(Method::Bye));
+    let records = transfers(&actions);
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
     assert_eq!(
-        transfers(&actions),
-        vec![TransferRecord {
-            destination: "voice/end-call".into(),
-            mode: "Hangup",
-            outcome: "completed"
-        }]
+        (record.destination.as_str(), record.mode, record.outcome),
+        ("voice/end-call", "Hangup", "completed")
     );
+    assert_eq!(record.status, Some(200));
+    assert_eq!(s.call.transfers(), &records[..], "the call keeps it for its record");
     assert_eq!(s.call.state(), State::Ended);
 }
 
@@ -815,12 +817,9 @@ fn a_transfer_the_agent_may_not_make_is_403_naming_the_rule_and_the_call_stays_u
         assert!(answer.headers.get(name::WARNING).unwrap().contains(rule), "{target}");
         assert!(sent(&actions, CARRIER_LEG).is_empty(), "{target}: the caller heard something");
     }
-    // A Phone or Sip destination is not built yet: said plainly, and the call goes on.
-    let actions = s.agent_sends(refer(&invite, "<sip:pbx@x>", 9));
-    let answer = responses_to(&actions, AGENT_LEG).remove(0);
-    assert_eq!(answer.status, 501);
-    assert!(answer.headers.get(name::WARNING).unwrap().contains("TransferNotBuilt"));
     assert_eq!(s.call.state(), State::Answered);
+    let refused = s.call.transfers().iter().map(|t| (t.outcome, t.status)).collect::<Vec<_>>();
+    assert_eq!(refused, vec![("refused", Some(403)); 3]);
 }
 
 #[test]
@@ -939,4 +938,342 @@ fn a_refer_the_caller_refuses_or_that_fails_leaves_the_caller_with_the_agent() {
     // No transfer pending any more: a stray NOTIFY has no subscription.
     let actions = s.carrier_sends(carrier_notify(&ok, 3, "SIP/2.0 200 OK", "terminated"));
     assert_eq!(statuses(&actions, CARRIER_LEG), vec![481]);
+}
+
+// Bridged transfers: the agent transfers to `pbx` (Sip, mode Bridge); the driver's part (the
+// leg, its ports) is played by the test.
+
+const TRANSFER_LEG: LegId = LegId(2);
+const DESTINATION: &str = "192.0.2.30:5060";
+const SPARE: u16 = 30004;
+
+/// The leg the driver would build for `pbx`: from the carrier-facing address.
+fn transfer_dial(credentials: Option<crate::config::secret::BasicAuth>) -> Dial {
+    let uri = "sip:op@pbx.example".to_string();
+    Dial {
+        role: Role::Transfer,
+        dialog: Dialog {
+            call_id: "transfer-call@trunkline".into(),
+            local_tag: "gwt".into(),
+            remote_tag: None,
+            local_uri: NameAddr {
+                display: None,
+                uri: "sip:+12025550123@198.51.100.1".into(),
+                params: vec![],
+            },
+            remote_uri: NameAddr { display: None, uri: uri.clone(), params: vec![] },
+            remote_target: uri,
+            route_set: vec![],
+            local_cseq: 0,
+            target: Target {
+                protocol: Protocol::Udp,
+                zone: Zone::Carrier,
+                remote: addr(GATEWAY_A),
+                connection: None,
+            },
+            local: addr(GATEWAY_A),
+        },
+        destination: Destination::Address(addr(DESTINATION)),
+        headers: vec![("Diversion".into(), "<sip:+14155550100@198.51.100.1>".into())],
+        credentials,
+    }
+}
+
+/// The destination answers our INVITE.
+fn transfer_responds(s: &mut Script, to: &Request, status: u16, sdp: Option<&str>) -> Vec<Action> {
+    let mut r = Response::to_request(to, status, msg::reason_phrase(status), Some("desk"));
+    r.headers.push(name::CONTACT, format!("<sip:op@{DESTINATION}>"));
+    if let Some(sdp) = sdp {
+        r.headers.push(name::CONTENT_TYPE, "application/sdp");
+        r.body = sdp.as_bytes().to_vec().into();
+    }
+    s.call.on_message(s.now, Message::Response(r), source(DESTINATION, GATEWAY_A, Zone::Carrier))
+}
+
+fn destination_sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 3 3 IN IP4 192.0.2.30\r\ns=-\r\nc=IN IP4 192.0.2.30\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    )
+}
+
+fn prepare_requests(actions: &[Action]) -> Vec<TransferRequest> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PrepareTransfer(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An answered call whose agent asked (with `ask`) for `pbx`; the leg is built, its ports
+/// bound, its INVITE sent. Returns that INVITE and everything the steps produced.
+fn bridging_with(
+    ask: impl FnOnce(&mut Script, &Request) -> Vec<Action>,
+    credentials: Option<crate::config::secret::BasicAuth>,
+) -> (Script, Request, Response, Request, Vec<Action>) {
+    let (mut s, invite, ok) = answered();
+    let mut actions = ask(&mut s, &invite);
+    assert_eq!(prepare_requests(&actions).len(), 1, "the driver is asked for the leg");
+    let more = s.call.on_transfer_dial(s.now, Ok(transfer_dial(credentials)));
+    assert!(
+        more.iter().any(
+            |a| matches!(a, Action::Listen { call_id } if call_id == "transfer-call@trunkline")
+        )
+    );
+    let bind = more.iter().find_map(|a| match a {
+        Action::StartTransferMedia { bind } => Some(*bind),
+        _ => None,
+    });
+    assert_eq!(bind, Some(addr(GATEWAY_A).ip()), "the spare ports face the carrier side");
+    actions.extend(more);
+    let more = s.call.on_media_event(s.now, MediaEvent::TransferMediaStarted { port: SPARE });
+    let to_destination = requests_to(&more, TRANSFER_LEG).remove(0);
+    actions.extend(more);
+    (s, invite, ok, to_destination, actions)
+}
+
+fn bridging() -> (Script, Request, Response, Request, Vec<Action>) {
+    bridging_with(|s, invite| s.agent_sends(refer(invite, "<sip:pbx@x>", 2)), None)
+}
+
+#[test]
+fn a_bridged_transfer_dials_the_destination_with_the_codec_in_use_while_the_caller_stays() {
+    let (mut s, invite, _ok) = answered();
+    let mut ask = refer(&invite, "<sip:pbx@x>", 2);
+    ask.headers.push("Referred-By", "<sip:support@agents>");
+    ask.headers.push("X-Ticket", "T-42");
+    ask.headers.push("X-Trunkline-Agent-ID", "forged");
+    let actions = s.agent_sends(ask);
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![202]);
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 100 Trying".into(), "active;expires=60".into())]
+    );
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "the caller hears nothing of it");
+    let request = prepare_requests(&actions).remove(0);
+    assert_eq!(request.destination.name.to_string(), "voice/pbx");
+    assert_eq!(
+        (request.caller.as_str(), request.diverter.as_str()),
+        ("+12025550123", "+14155550100")
+    );
+    assert_eq!(request.codec, Codec::Pcmu);
+    let travelling: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(travelling, vec!["Referred-By", "X-Ticket"]);
+
+    let (_, _, _, to_destination, _) = bridging();
+    assert_eq!(to_destination.method, Method::Invite);
+    assert_eq!(to_destination.uri, "sip:op@pbx.example");
+    assert_eq!(to_destination.call_id(), Some("transfer-call@trunkline"));
+    assert_eq!(to_destination.headers.get("Diversion"), Some("<sip:+14155550100@198.51.100.1>"));
+    let (media, direction) = media_of(&to_destination.body);
+    assert_eq!(media, addr("198.51.100.1:30004"), "offered on the spare ports");
+    assert_eq!(direction, Direction::SendRecv);
+    let sdp = Sdp::parse(&to_destination.body).unwrap();
+    assert_eq!(sdp.audio().unwrap().formats()[0], 0, "PCMU, the codec in use, first");
+}
+
+#[test]
+fn the_destinations_answer_moves_the_caller_to_it_and_ends_the_agents_leg() {
+    let (mut s, invite, ok, to_destination, _) = bridging();
+    let actions = transfer_responds(&mut s, &to_destination, 180, None);
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 180 Ringing".into(), "active;expires=60".into())]
+    );
+    assert!(sent(&actions, CARRIER_LEG).is_empty());
+    let actions = transfer_responds(&mut s, &to_destination, 183, Some(&destination_sdp(41000)));
+    assert_eq!(
+        relay_updates(&actions),
+        vec![RelayUpdate::SpareRemote(Some(addr("192.0.2.30:41000")))],
+        "ringback goes to the agent"
+    );
+    assert!(notifies_to_agent(&actions).is_empty(), "one NOTIFY for the ringing");
+
+    s.at(4000);
+    let actions = transfer_responds(&mut s, &to_destination, 200, Some(&destination_sdp(41000)));
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Ack]);
+    let updates = relay_updates(&actions);
+    assert!(updates.contains(&RelayUpdate::PromoteSpare(Some(addr("192.0.2.30:41000")))));
+    assert!(updates.contains(&RelayUpdate::Hold(false)));
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 200 OK".into(), "terminated;reason=noresource".into())]
+    );
+    let agent_methods = methods(&actions, AGENT_LEG);
+    assert_eq!(agent_methods, vec![Method::Notify, Method::Bye]);
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "no re-INVITE to the caller");
+    let record = transfers(&actions).remove(0);
+    assert_eq!((record.mode, record.outcome, record.status), ("Bridge", "completed", Some(200)));
+    assert_eq!(record.settled - record.asked, Duration::from_secs(4));
+    assert_eq!(s.call.state(), State::Answered);
+
+    // The agent hangs up too, as agents do after NOTIFY 200: its leg only.
+    let actions = s.agent_sends(in_dialog_from_agent(&invite, "BYE", 5, "z9hG4bKagentbye"));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    assert!(sent(&actions, CARRIER_LEG).is_empty() && sent(&actions, TRANSFER_LEG).is_empty());
+    assert_eq!(s.call.state(), State::Answered);
+
+    // The caller's re-INVITE now goes to the destination, with the spare port as ours.
+    let mut reinvite = in_dialog_from_carrier(&ok, "INVITE", 2, "z9hG4bKreinv");
+    reinvite = with_body(reinvite, Some(&offer_sdp(4000, "sendonly")));
+    let actions = s.carrier_sends(reinvite);
+    let relayed = requests_to(&actions, TRANSFER_LEG).remove(0);
+    assert_eq!(relayed.method, Method::Invite);
+    assert_eq!(relayed.call_id(), Some("transfer-call@trunkline"));
+    assert_eq!(media_of(&relayed.body).0, addr("198.51.100.1:30004"));
+
+    // The caller hangs up: the destination gets BYE.
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 3, "z9hG4bKcarrierbye"));
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Bye]);
+    assert_eq!(s.call.state(), State::Ended);
+}
+
+#[test]
+fn a_busy_destination_leaves_the_caller_with_the_agent_who_may_try_again() {
+    let (mut s, invite, _ok, to_destination, _) = bridging();
+    let actions = transfer_responds(&mut s, &to_destination, 486, None);
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Ack]);
+    assert_eq!(relay_updates(&actions), vec![RelayUpdate::DropSpare]);
+    assert_eq!(
+        notifies_to_agent(&actions),
+        vec![("SIP/2.0 486 Busy Here".into(), "terminated;reason=noresource".into())]
+    );
+    assert!(sent(&actions, CARRIER_LEG).is_empty());
+    assert!(!methods(&actions, AGENT_LEG).contains(&Method::Bye));
+    let record = transfers(&actions).remove(0);
+    assert_eq!((record.outcome, record.status), ("failed", Some(486)));
+    assert_eq!(s.call.state(), State::Answered);
+
+    // Another try: a new leg.
+    let actions = s.agent_sends(refer(&invite, "<sip:pbx@x>", 3));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![202]);
+    assert_eq!(prepare_requests(&actions).len(), 1);
+    let actions = s.call.on_transfer_dial(s.now, Err((503, "limits".into())));
+    assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 503 Service Unavailable");
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_destination_that_does_not_answer_in_time_is_cancelled_and_the_agent_hears_480() {
+    let (mut s, _invite, _ok, to_destination, _) = bridging();
+    s.at(1000);
+    transfer_responds(&mut s, &to_destination, 180, None);
+    let deadline = s.call.leg(TRANSFER_LEG).deadline.unwrap();
+    assert_eq!(deadline - s.t0, Duration::from_secs(31), "the transfer timeout, from the ringing");
+    let actions = s.timer(31_000);
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Cancel]);
+    // (The NOTIFYs the script's agent never answered are retransmitted too.)
+    let last = notifies_to_agent(&actions).pop().unwrap();
+    assert_eq!(last.0, "SIP/2.0 480 Temporarily Unavailable");
+    assert!(last.1.starts_with("terminated"));
+    assert_eq!(s.call.state(), State::Answered);
+    // Its 487 is absorbed.
+    let actions = transfer_responds(&mut s, &to_destination, 487, None);
+    assert!(notifies_to_agent(&actions).is_empty());
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_second_transfer_while_one_is_dialed_is_491() {
+    let (mut s, invite, _ok, _to_destination, _) = bridging();
+    let actions = s.agent_sends(refer(&invite, "<sip:end-call@x>", 3));
+    let answer = responses_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!(answer.status, 491);
+    assert!(answer.headers.get(name::WARNING).unwrap().contains("TransferInProgress"));
+}
+
+#[test]
+fn the_caller_hanging_up_while_the_destination_rings_cancels_it() {
+    let (mut s, _invite, ok, to_destination, _) = bridging();
+    transfer_responds(&mut s, &to_destination, 180, None);
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 2, "z9hG4bKcarrierbye"));
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Cancel]);
+    assert!(methods(&actions, AGENT_LEG).contains(&Method::Bye));
+    assert_eq!(transfers(&actions)[0].outcome, "abandoned");
+    assert_eq!(s.call.state(), State::Ended);
+}
+
+#[test]
+fn an_agent_that_leaves_during_the_transfer_leaves_the_caller_to_the_destination() {
+    // The destination answers: the caller talks to it; nobody NOTIFYs or BYEs the agent.
+    let (mut s, invite, _ok, to_destination, _) = bridging();
+    let actions = s.agent_sends(in_dialog_from_agent(&invite, "BYE", 3, "z9hG4bKagentbye"));
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "the caller stays");
+    assert_eq!(
+        relay_updates(&actions),
+        vec![RelayUpdate::Hold(true)],
+        "no media is owed meanwhile"
+    );
+    let actions = transfer_responds(&mut s, &to_destination, 200, Some(&destination_sdp(41000)));
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert_eq!(transfers(&actions)[0].outcome, "completed");
+    assert_eq!(s.call.state(), State::Answered);
+
+    // It fails: the caller is hung up, saying why.
+    let (mut s, invite, _ok, to_destination, _) = bridging();
+    s.agent_sends(in_dialog_from_agent(&invite, "BYE", 3, "z9hG4bKagentbye"));
+    let actions = transfer_responds(&mut s, &to_destination, 486, None);
+    let bye = requests_to(&actions, CARRIER_LEG).remove(0);
+    assert_eq!(bye.method, Method::Bye);
+    assert_eq!(bye.headers.get("Reason"), Some("SIP;cause=486;text=\"transfer failed\""));
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert_eq!(s.call.state(), State::Ended);
+}
+
+#[test]
+fn a_bye_naming_a_bridged_destination_transfers_without_progress_reports() {
+    let ask = |s: &mut Script, invite: &Request| {
+        let mut bye = in_dialog_from_agent(invite, "BYE", 2, "z9hG4bKbyexfer");
+        bye.headers.push("X-Trunkline-Transfer-To", "pbx");
+        s.agent_sends(bye)
+    };
+    let (mut s, _invite, _ok, to_destination, actions) = bridging_with(ask, None);
+    assert_eq!(statuses(&actions, AGENT_LEG), vec![200]);
+    assert!(notifies_to_agent(&actions).is_empty());
+    assert!(sent(&actions, CARRIER_LEG).is_empty());
+    let actions = transfer_responds(&mut s, &to_destination, 200, Some(&destination_sdp(41000)));
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert!(
+        relay_updates(&actions)
+            .contains(&RelayUpdate::PromoteSpare(Some(addr("192.0.2.30:41000"))))
+    );
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_destination_that_challenges_gets_the_destinations_credentials_once() {
+    let ask = |s: &mut Script, invite: &Request| s.agent_sends(refer(invite, "<sip:pbx@x>", 2));
+    let (mut s, _invite, _ok, to_destination, _) =
+        bridging_with(ask, Some(credentials("desk-secret")));
+    let mut challenge =
+        Response::to_request(&to_destination, 401, "Unauthorized", Some("challenger"));
+    challenge
+        .headers
+        .push(name::WWW_AUTHENTICATE, "Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"");
+    let actions = s.call.on_message(
+        s.now,
+        Message::Response(challenge),
+        source(DESTINATION, GATEWAY_A, Zone::Carrier),
+    );
+    let again = requests_to(&actions, TRANSFER_LEG)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .unwrap();
+    assert!(again.headers.get(name::AUTHORIZATION).unwrap().contains("username="));
+    assert_eq!(media_of(&again.body).0, addr("198.51.100.1:30004"), "the same offer again");
+    // Challenged again: our credentials are wrong; the agent hears 403, the caller stays.
+    let mut challenge = Response::to_request(&again, 401, "Unauthorized", Some("challenger"));
+    challenge
+        .headers
+        .push(name::WWW_AUTHENTICATE, "Digest realm=\"pbx\", nonce=\"n2\", qop=\"auth\"");
+    let actions = s.call.on_message(
+        s.now,
+        Message::Response(challenge),
+        source(DESTINATION, GATEWAY_A, Zone::Carrier),
+    );
+    assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 403 Forbidden");
+    assert_eq!(s.call.state(), State::Answered);
 }

@@ -1,0 +1,248 @@
+//! The leg a bridged transfer dials (issue 13), built when the call machine asks
+//! ([`Action::PrepareTransfer`](super::machine::Action::PrepareTransfer)); the machine decides
+//! what the leg does on the wire, this decides where it goes and as whom:
+//!
+//! - **`Phone`**: through the destination's `outboundTrunkRef`, with that trunk's rules, as an
+//!   outbound call's carrier leg is built (`outbound::carrier_dial`): its host, port, transport
+//!   and number format, its digest credentials, its limits (the leg takes one of the trunk's
+//!   call slots, kept until the call ends; none left: the transfer fails with 503), its codecs
+//!   (the codec in use must be one of them, or 488). The caller id is the caller's own number
+//!   when the trunk lists it (`callerId` or `allowedCallerIds`), else the trunk's `callerId`;
+//!   `Diversion` (RFC 5806) names our number on the caller's leg, which is how carriers learn
+//!   that a forwarded call presents a number that is not the trunk's.
+//! - **`Sip`**: straight to the URI: its host and port (5060, or 5061 for `sips:` and
+//!   `;transport=tls`), TLS for `sips:`, TCP or TLS by `;transport=`, the digest credentials of
+//!   the destination's Secret; the caller's number in From (a PBX shows who is calling) and the
+//!   same `Diversion`.
+//!
+//! Either way the leg leaves from the carrier-facing listener: a transfer destination is
+//! outside, like a carrier.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::RoutingTable;
+use crate::config::model::TransferTarget;
+use crate::config::number;
+use crate::config::outbound::{OutboundRoute, carrier_user};
+use crate::sip::msg::NameAddr;
+use crate::sip::transport::{Protocol, Target, Zone};
+
+use super::limits::CallPermit;
+use super::machine::{Dial, Dialog, Ids, Role, TransferRequest};
+use super::outbound;
+use super::services::CallServices;
+
+/// A transfer leg, ready to dial, and the trunk slot it holds.
+#[derive(Debug)]
+pub struct Prepared {
+    pub dial: Dial,
+    /// A `Phone` destination's call slot on its trunk, held until the call ends.
+    pub permit: Option<CallPermit>,
+}
+
+/// Why a transfer leg cannot be dialed: the status the agent hears, and why (for the log).
+pub type Failure = (u16, String);
+
+/// Builds the leg of a bridged transfer (see the module docs).
+pub fn prepare(
+    gw: &CallServices,
+    table: &RoutingTable,
+    ids: &mut Ids,
+    request: &TransferRequest,
+) -> Result<Prepared, Failure> {
+    let local = |protocol| {
+        gw.local_address(Zone::Carrier, protocol)
+            .or_else(|| gw.local_address(Zone::Carrier, Protocol::Udp))
+    };
+    match &request.destination.target {
+        TransferTarget::Phone { number, outbound_trunk } => {
+            let Some(trunk) = table.outbound.get(outbound_trunk) else {
+                return Err((503, format!("its OutboundTrunk {outbound_trunk} is not accepted")));
+            };
+            if !trunk.codecs.contains(&request.codec) {
+                return Err((
+                    488,
+                    format!(
+                        "{} does not allow {}, the codec in use",
+                        trunk.name,
+                        request.codec.as_str()
+                    ),
+                ));
+            }
+            let key = format!("outbound:{}", trunk.name);
+            let permit =
+                gw.admission.try_admit(&key, trunk.limits, Instant::now()).map_err(|refused| {
+                    (503, format!("{}: {}", trunk.name, refused.limit.rule().as_str()))
+                })?;
+            let local = local(trunk.transport).ok_or((503, "no carrier-facing listener".into()))?;
+            let dial = phone_dial(ids, trunk.clone(), number.clone(), request, local);
+            Ok(Prepared { dial, permit: Some(permit) })
+        }
+        TransferTarget::Sip { uri, credentials } => {
+            let (host, port, protocol) =
+                sip_target(uri).ok_or_else(|| (503, format!("cannot dial {uri}")))?;
+            let local = local(protocol).ok_or((503, "no carrier-facing listener".into()))?;
+            let caller = if request.caller.is_empty() { "anonymous" } else { &request.caller };
+            let mut headers = diversion(&request.diverter, local.ip());
+            headers.extend(request.headers.iter().cloned());
+            let dialog = dialog(ids, identity(caller, local.ip()), uri.clone(), protocol, local);
+            let dial = Dial {
+                role: Role::Transfer,
+                dialog,
+                destination: outbound::destination(&host, port),
+                headers,
+                credentials: credentials.clone(),
+            };
+            Ok(Prepared { dial, permit: None })
+        }
+        TransferTarget::Hangup => Err((500, "a hang-up is not dialed".into())),
+    }
+}
+
+/// A `Phone` destination's leg: the carrier leg of an outbound call through its trunk, from
+/// the caller's number when the trunk allows it.
+fn phone_dial(
+    ids: &mut Ids,
+    trunk: Arc<crate::config::model::OutboundTrunkRoute>,
+    number: number::E164,
+    request: &TransferRequest,
+    local: SocketAddr,
+) -> Dial {
+    let caller_id = number::normalize(&request.caller)
+        .ok()
+        .filter(|n| *n == trunk.caller_id || trunk.allowed_caller_ids.contains(n))
+        .unwrap_or_else(|| trunk.caller_id.clone());
+    let diverter = match number::normalize(&request.diverter) {
+        Ok(n) => carrier_user(&trunk, &n),
+        Err(_) => request.diverter.clone(),
+    };
+    let route = OutboundRoute { trunk, number, caller_id, agent: None };
+    let mut headers = diversion(&diverter, local.ip());
+    headers.extend(request.headers.iter().cloned());
+    let mut dial = outbound::carrier_dial(ids, &route, local, headers);
+    dial.role = Role::Transfer;
+    dial
+}
+
+/// `Diversion: <sip:NUMBER@our-address>;reason=deflection;counter=1` (RFC 5806: the agent
+/// deflected the call), or nothing without a number.
+fn diversion(diverter: &str, ip: IpAddr) -> Vec<(String, String)> {
+    if diverter.is_empty() {
+        return Vec::new();
+    }
+    let value = format!("<{}>;reason=deflection;counter=1", identity(diverter, ip));
+    vec![("Diversion".to_string(), value)]
+}
+
+fn identity(user: &str, ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("sip:{user}@{v4}"),
+        IpAddr::V6(v6) => format!("sip:{user}@[{v6}]"),
+    }
+}
+
+fn dialog(
+    ids: &mut Ids,
+    from: String,
+    to: String,
+    protocol: Protocol,
+    local: SocketAddr,
+) -> Dialog {
+    Dialog {
+        call_id: format!("{}@trunkline", ids.token(20)),
+        local_tag: ids.token(10),
+        remote_tag: None,
+        local_uri: NameAddr { display: None, uri: from, params: vec![] },
+        remote_uri: NameAddr { display: None, uri: to.clone(), params: vec![] },
+        remote_target: to,
+        route_set: Vec::new(),
+        local_cseq: 0,
+        target: Target { protocol, zone: Zone::Carrier, remote: local, connection: None },
+        local,
+    }
+}
+
+/// Where a SIP URI goes: host, port and transport (RFC 3263 without NAPTR/SRV: the port is
+/// the URI's, else 5060, or 5061 for TLS; TLS for `sips:`, else `;transport=`, else UDP).
+pub fn sip_target(uri: &str) -> Option<(String, u16, Protocol)> {
+    let (scheme, rest) = uri.trim().split_once(':')?;
+    let secure = match scheme.to_ascii_lowercase().as_str() {
+        "sip" => false,
+        "sips" => true,
+        _ => return None,
+    };
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let mut parts = rest.split(';');
+    let hostport = parts.next()?;
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    let transport = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case("transport"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let protocol = match (secure, transport.as_deref()) {
+        (true, _) | (false, Some("tls")) => Protocol::Tls,
+        (false, Some("tcp")) => Protocol::Tcp,
+        (false, None | Some("udp")) => Protocol::Udp,
+        (false, Some(_)) => return None,
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let default = if protocol == Protocol::Tls { 5061 } else { 5060 };
+    let port = match port {
+        Some(p) => p.parse().ok().filter(|p| *p != 0)?,
+        None => default,
+    };
+    Some((host.to_string(), port, protocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_sip_uri_goes() {
+        let t = |u: &str| sip_target(u);
+        assert_eq!(
+            t("sip:sales@pbx.example.com"),
+            Some(("pbx.example.com".into(), 5060, Protocol::Udp))
+        );
+        assert_eq!(
+            t("sips:sales@pbx.example.com"),
+            Some(("pbx.example.com".into(), 5061, Protocol::Tls))
+        );
+        assert_eq!(
+            t("sip:desk@192.0.2.7:5070;transport=TCP"),
+            Some(("192.0.2.7".into(), 5070, Protocol::Tcp))
+        );
+        assert_eq!(t("sip:desk@pbx;transport=tls"), Some(("pbx".into(), 5061, Protocol::Tls)));
+        assert_eq!(t("sip:[2001:db8::7]:5080"), Some(("2001:db8::7".into(), 5080, Protocol::Udp)));
+        assert_eq!(t("sip:desk@pbx;transport=sctp"), None, "a transport we do not speak");
+        assert_eq!(t("tel:+14155550100"), None);
+        assert_eq!(t("sip:desk@pbx:0"), None);
+        assert_eq!(t("sip:desk@:5060"), None);
+    }
+
+    #[test]
+    fn diversion_names_our_number_at_our_address() {
+        assert_eq!(
+            diversion("+14155550100", "203.0.113.5".parse().unwrap()),
+            vec![(
+                "Diversion".to_string(),
+                "<sip:+14155550100@203.0.113.5>;reason=deflection;counter=1".to_string()
+            )]
+        );
+        assert!(diversion("", "203.0.113.5".parse().unwrap()).is_empty());
+    }
+}
