@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::carrier::{Carrier, body_of, echo_through, line_after, relay_of};
 use support::sipp::{uac, uas};
 use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 
@@ -49,94 +50,6 @@ fn an_offer_of_g729_alone_is_refused_with_488_and_the_agent_hears_nothing() {
     );
 }
 
-/// A hand-driven carrier over UDP: what sipp cannot do here is send and check RTP itself.
-struct Carrier {
-    sip: std::net::UdpSocket,
-    media: std::net::UdpSocket,
-    gateway: std::net::SocketAddr,
-}
-
-impl Carrier {
-    fn new(gateway: std::net::SocketAddr) -> Carrier {
-        let sip = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind SIP");
-        let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind media");
-        sip.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
-        media.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
-        Carrier { sip, media, gateway }
-    }
-
-    fn send(&self, text: &str) {
-        self.sip.send_to(text.as_bytes(), self.gateway).expect("send");
-    }
-
-    /// Waits for a response whose status line starts with `status`, at most `within`.
-    fn response(&self, status: &str, within: std::time::Duration) -> Option<String> {
-        let deadline = std::time::Instant::now() + within;
-        let mut buf = vec![0u8; 65_536];
-        while std::time::Instant::now() < deadline {
-            if let Ok((n, _)) = self.sip.recv_from(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if text.starts_with(&format!("SIP/2.0 {status}")) {
-                    return Some(text);
-                }
-            }
-        }
-        None
-    }
-
-    fn request(&self, method: &str, branch: &str, cseq: u32, to: &str, body: &str) -> String {
-        let me = self.sip.local_addr().expect("addr");
-        let content = if body.is_empty() {
-            String::new()
-        } else {
-            "Content-Type: application/sdp\r\n".into()
-        };
-        format!(
-            "{method} sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=rtp-test\r\nTo: {to}\r\n\
-             Call-ID: rtp-test@{me}\r\nCSeq: {cseq} {method}\r\nContact: <sip:carrier@{me}>\r\n\
-             {content}Content-Length: {}\r\n\r\n{body}",
-            body.len(),
-            gw = self.gateway,
-        )
-    }
-}
-
-/// The value of the first line of `message` starting with `prefix`.
-fn line_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
-    message.lines().find_map(|l| l.strip_prefix(prefix)).map(str::trim)
-}
-
-fn rtp_packet(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    // 160 bytes of G.711 payload that says which packet it is.
-    p.extend((0..160u16).map(|i| (seq.wrapping_mul(7).wrapping_add(i) & 0xff) as u8));
-    p
-}
-
-/// Sends `count` RTP packets from the carrier's media socket to `relay`, 20 ms apart, through
-/// an agent that echoes them; checks each that comes back (from the relay's port, payload
-/// intact) and returns how many did.
-fn echo_through(carrier: &Carrier, relay: std::net::SocketAddr, count: u16) -> usize {
-    let mut echoed = 0;
-    let mut buf = vec![0u8; 2048];
-    for seq in 0..count {
-        carrier.media.send_to(&rtp_packet(seq), relay).expect("send RTP");
-        if let Ok((n, from)) = carrier.media.recv_from(&mut buf) {
-            assert_eq!(from, relay, "RTP must come back from the relay's port");
-            let back = &buf[..n];
-            let back_seq = u16::from_be_bytes([back[2], back[3]]);
-            assert_eq!(back, &rtp_packet(back_seq)[..], "payload changed on the way");
-            echoed += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    echoed
-}
-
 #[test]
 fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
     let agent_port = free_port();
@@ -146,7 +59,7 @@ fn rtp_crosses_the_relay_both_ways_with_the_payload_intact() {
     );
     // The agent runtime echoes every RTP packet back to where it came from.
     let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
-    let carrier = Carrier::new(gateway.udp());
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
     let media_port = carrier.media.local_addr().expect("addr").port();
     let offer = format!(
         "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
@@ -239,22 +152,6 @@ fn a_g722_call_on_a_g722_trunk_offers_and_answers_g722() {
     agent.wait().assert_success();
 }
 
-/// The SDP of a SIP message: everything after the blank line.
-fn body_of(message: &str) -> &str {
-    message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default()
-}
-
-/// The relay's address and the formats in the SDP of a message (the gateway's answer or offer).
-fn relay_of(ok: &str) -> (std::net::SocketAddr, Vec<String>) {
-    let sdp = body_of(ok);
-    let ip = line_after(sdp, "c=IN IP4").expect("c= in the 200's SDP");
-    let m = line_after(sdp, "m=audio").expect("m=audio in the 200's SDP");
-    let mut fields = m.split_whitespace();
-    let port = fields.next().and_then(|p| p.parse::<u16>().ok()).expect("m= port");
-    let formats = fields.skip(1).map(str::to_string).collect();
-    (format!("{ip}:{port}").parse().expect("relay address"), formats)
-}
-
 #[test]
 fn a_delayed_offer_gets_the_gateways_offer_in_the_200_and_media_flows_after_the_ack_answers() {
     let agent_port = free_port();
@@ -263,7 +160,7 @@ fn a_delayed_offer_gets_the_gateways_offer_in_the_200_and_media_flows_after_the_
         GatewayOptions::default(),
     );
     let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
-    let carrier = Carrier::new(gateway.udp());
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
     let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
     // RFC 3261 §13.2.1: an INVITE without a body; the offer is owed in the 2xx.
     carrier.send(&carrier.request("INVITE", "dinv1", 1, &to, ""));
@@ -310,7 +207,7 @@ fn a_delayed_offer_whose_ack_brings_no_answer_is_hung_up_on_both_legs() {
         GatewayOptions::default(),
     );
     let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "15"]);
-    let carrier = Carrier::new(gateway.udp());
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
     let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
     carrier.send(&carrier.request("INVITE", "ninv1", 1, &to, ""));
     let ok = carrier

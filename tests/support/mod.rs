@@ -11,6 +11,7 @@
 //!   scenarios live in `tests/sipp/` (their headers say what each one checks);
 //! - [`kamailio`]: a TLS front for sipp (Debian's sipp has no TLS);
 //! - [`linphone`]: linphonec as a carrier that answers SHA-256 digest challenges;
+//! - [`carrier`]: a carrier driven by hand over UDP that sends and checks RTP itself;
 //! - [`ca`]: a test CA that signs the certificates of TLS peers (`--tls-ca`);
 //! - [`digest`]: recomputes a client's digest answer, to prove what it sent.
 //!
@@ -25,6 +26,7 @@
 
 pub mod apiserver;
 pub mod ca;
+pub mod carrier;
 pub mod digest;
 pub mod gateway;
 pub mod kamailio;
