@@ -614,9 +614,10 @@ fn explain_transfer_by_name_shows_the_number_and_the_trunk_it_is_dialed_through(
         "    codecs     PCMU, PCMA",
         "answers 401/407 with the credentials of Secret voice/carrier-out-credentials \
          (username \"trunkline-voice\")",
-        "=> 501 Not Implemented (TransferNotBuilt)",
-        "   once built: 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE \
-         sip:+14155550199@sip.carrier.example:5060 through voice/carrier-out (caller id +14155550100)",
+        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE \
+         sip:+14155550199@sip.carrier.example:5060 through voice/carrier-out (caller id +14155550100, \
+         or the caller's own number when the trunk lists it; Diversion naming the number called)",
+        "on its 200 the caller's media moves to it (no re-INVITE to the caller) and the agent gets BYE",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -664,7 +665,7 @@ fn explain_transfer_by_uri_shows_the_sip_target_its_digest_and_the_mode() {
         "    auth       answers 401/407 with the credentials of Secret voice/helpdesk-creds \
          (username \"helpdesk-user\")",
         "    agents     only support",
-        "once built: 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE sips:desk-7@192.0.2.80",
+        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then INVITE sips:desk-7@192.0.2.80",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

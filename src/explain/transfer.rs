@@ -462,7 +462,8 @@ impl TransferExplanation {
                     }
                     (Some(Dial::Phone { route: Some(route), .. }), TransferMode::Bridge) => {
                         format!(
-                            "INVITE {} through {} (caller id {}), {offer}",
+                            "INVITE {} through {} (caller id {}, or the caller's own number when \
+                             the trunk lists it; Diversion naming the number called), {offer}",
                             route.carrier_uri(),
                             route.trunk.name,
                             route.caller_id
@@ -485,15 +486,13 @@ impl TransferExplanation {
                          side's NOTIFYs are relayed to the agent, and on its 200 both legs end"
                     );
                 } else {
-                    // What this gateway answers today, then what the destination will get.
                     let _ = writeln!(
                         out,
-                        "=> 501 Not Implemented (TransferNotBuilt): this gateway does not carry out \
-                         bridged transfers yet; the caller stays with the agent"
-                    );
-                    let _ = writeln!(
-                        out,
-                        "   once built: 202 Accepted to the agent, NOTIFY 100 Trying, then {then}"
+                        "=> 202 Accepted to the agent, NOTIFY 100 Trying, then {then}; its 18x and \
+                         final status reach the agent in NOTIFYs; on its 200 the caller's media \
+                         moves to it (no re-INVITE to the caller) and the agent gets BYE; busy, \
+                         refused or no answer within --transfer-timeout: the caller stays with \
+                         the agent"
                     );
                 }
             }

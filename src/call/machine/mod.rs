@@ -535,7 +535,9 @@ impl Call {
         let clients = self.clients.values().filter_map(|t| t.machine.next_deadline());
         let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
         let legs = self.legs.iter().filter_map(|l| l.deadline);
-        servers.chain(clients).chain(pending).chain(legs).chain(self.linger_until).min()
+        let referring = self.referring_until();
+        let all = servers.chain(clients).chain(pending).chain(legs).chain(referring);
+        all.chain(self.linger_until).min()
     }
 
     /// Over, and nothing left to absorb: the driver may drop the call.
@@ -549,6 +551,12 @@ impl Call {
             }
             _ => false,
         }
+    }
+
+    /// When a transfer passed on to the caller's side expires, while the call is up.
+    fn referring_until(&self) -> Option<Instant> {
+        let up = self.state == State::Answered;
+        self.referring.as_ref().filter(|_| up).map(|r| r.until)
     }
 
     fn take(&mut self) -> Vec<Action> {

@@ -1277,3 +1277,28 @@ fn a_destination_that_challenges_gets_the_destinations_credentials_once() {
     assert_eq!(notifies_to_agent(&actions)[0].0, "SIP/2.0 403 Forbidden");
     assert_eq!(s.call.state(), State::Answered);
 }
+
+#[test]
+fn a_refer_mode_transfer_without_a_final_notify_fails_with_408_and_the_call_stays() {
+    let (mut s, invite, ok) = answered();
+    let actions = s.agent_sends(refer(&invite, "<sip:front-desk@x>", 2));
+    let to_carrier = requests_to(&actions, CARRIER_LEG).remove(0);
+    s.carrier_responds(&to_carrier, 202, None);
+    s.at(1000);
+    s.carrier_sends(carrier_notify(&ok, 2, "SIP/2.0 180 Ringing", "active;expires=60"));
+    // The transfer timeout (30 s) and the grace for the caller's side's own set-up (30 s).
+    let actions = s.timer(59_000);
+    assert!(transfers(&actions).is_empty(), "not yet");
+    let actions = s.timer(60_000);
+    let last = notifies_to_agent(&actions).pop().expect("a NOTIFY to the agent");
+    assert_eq!(last.0, "SIP/2.0 408 Request Timeout");
+    assert!(last.1.starts_with("terminated"));
+    assert_eq!(
+        (transfers(&actions)[0].outcome, transfers(&actions)[0].status),
+        ("failed", Some(408))
+    );
+    assert_eq!(s.call.state(), State::Answered);
+    // A late NOTIFY has no subscription any more.
+    let actions = s.carrier_sends(carrier_notify(&ok, 3, "SIP/2.0 200 OK", "terminated"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![481]);
+}

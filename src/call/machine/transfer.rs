@@ -51,7 +51,13 @@ pub(super) struct Referring {
     pub caller: LegId,
     pub destination: String,
     pub asked: Instant,
+    /// No final NOTIFY by then: the transfer failed (408 to the agent), the call goes on.
+    pub until: Instant,
 }
+
+/// How much longer than a bridged transfer's ring time the caller's side has to report the end
+/// of a transfer passed on to it (it sets its own destination up, then that rings).
+const REFER_GRACE: Duration = Duration::from_secs(30);
 
 /// The host (and port) of a SIP URI: what follows `@` (or the scheme) up to parameters.
 fn host_of(uri: &str) -> String {
@@ -199,7 +205,8 @@ impl Call {
             out.headers.push(n, v.as_str());
         }
         tracing::info!(session = %self.session_id, %destination, %refer_to, "transfer passed on to the caller's side (REFER)");
-        self.referring = Some(Referring { agent, caller, destination, asked: now });
+        let until = now + self.config.transfer_timeout + REFER_GRACE;
+        self.referring = Some(Referring { agent, caller, destination, asked: now, until });
         self.send_client(now, caller, out, Purpose::TransferRefer);
     }
 
@@ -255,6 +262,14 @@ impl Call {
             let status = if status >= 300 { status } else { 503 };
             self.refer_failed(now, &r, status);
         }
+    }
+
+    /// The caller's side never said how the transfer passed on to it ended: the agent hears
+    /// 408 and keeps the caller (or, if it left, the caller is hung up).
+    pub(super) fn refer_expired(&mut self, now: Instant) {
+        let Some(r) = self.referring.take() else { return };
+        tracing::info!(session = %self.session_id, destination = %r.destination, "the caller's side sent no final NOTIFY in time");
+        self.refer_failed(now, &r, 408);
     }
 
     /// A transfer passed on to the caller's side failed with `status`: the agent hears it and

@@ -351,6 +351,9 @@ impl Call {
             self.leg_mut(leg).deadline = None;
             self.dialed_deadline(now, leg);
         }
+        if self.referring_until().is_some_and(|until| until <= now) {
+            self.refer_expired(now);
+        }
     }
 
     pub(super) fn retransmit_2xx(&mut self, now: Instant) {
