@@ -1,10 +1,10 @@
 //! The B2BUA: the front door that matches messages to calls and decides on new INVITEs
 //! (`gateway`), the set-up of inbound and outbound calls (DESIGN §4, `inbound`, `outbound`), the
 //! call state machine (`machine`) and the task that runs it (`driver`), what they share
-//! (`services`), the admission limits (`limits`), the agent runtime's own credentials
-//! (`agent_auth`) and the OPTIONS probes of outbound trunks (`health`). No sockets are opened
-//! and no spec source is read here: the process that wires the gateway to its transports,
-//! relay and spec source is `runtime::gateway`.
+//! (`services`), the admission limits (`limits`), the legs of bridged transfers (`transfer`),
+//! the agent runtime's own credentials (`agent_auth`) and the OPTIONS probes of outbound trunks
+//! (`health`). No sockets are opened and no spec source is read here: the process that wires
+//! the gateway to its transports, relay and spec source is `runtime::gateway`.
 
 pub mod agent_auth;
 pub mod driver;

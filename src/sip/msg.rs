@@ -846,6 +846,12 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 /// The standard reason phrase of a status code (RFC 3261 §21 and later RFCs, as the codec knows
 /// them); a generic phrase of its class for codes without one.
 pub fn reason_phrase(status: u16) -> &'static str {
+    // Codes of later RFCs that ezk's table lacks: REFER's (RFC 3515) and SUBSCRIBE's (RFC 6665).
+    match status {
+        202 => return "Accepted",
+        489 => return "Bad Event",
+        _ => {}
+    }
     let code = ezk_sip_types::StatusCode::from(status);
     code.text().unwrap_or(match code.kind() {
         ezk_sip_types::CodeKind::Provisional => "Session Progress",
@@ -887,6 +893,7 @@ mod tests {
         assert_eq!(phrase(488), "Not Acceptable Here");
         assert_eq!(phrase(503), "Service Unavailable");
         assert_eq!(phrase(499), "Request Failure");
+        assert_eq!(phrase(202), "Accepted", "REFER's answer (RFC 3515)");
     }
 
     const INVITE: &str = "INVITE sip:+14155550100@gw.example;user=phone SIP/2.0\r\n\
