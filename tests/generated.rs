@@ -57,7 +57,7 @@ fn every_example_validates_against_the_crd_schema_and_compiles_without_a_fatal_d
     assert!(loaded.refused.is_empty(), "{:#?}", loaded.refused);
     assert!(loaded.files >= 6, "only {} example files were read", loaded.files);
     let compiled = compile(&loaded.specs, &CompileOptions::default());
-    assert_eq!(compiled.verdicts.len(), 11);
+    assert_eq!(compiled.verdicts.len(), 12);
     for verdict in &compiled.verdicts {
         let fatal: Vec<_> =
             verdict.diagnostics.iter().filter(|d| d.severity != Severity::Warning).collect();

@@ -492,6 +492,7 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
     flag("--nonce-ttl", settings.nonce_ttl_seconds.to_string());
     flag("--agent-timeout", settings.agent_timeout_seconds.to_string());
     flag("--media-timeout", settings.media_timeout_seconds.to_string());
+    flag("--transfer-timeout", settings.transfer_timeout_seconds.to_string());
     flag("--log-format", settings.log_format.as_str().to_string());
     args
 }
@@ -1029,7 +1030,7 @@ mod tests {
              credentialsSecret: bundle\ndrainSeconds: 45\nrtpPorts: 30000-30999\n\
              watchNamespace: voice\nrealm: acme\ndigestAlgorithms: [SHA-256, MD5]\n\
              nonceTtlSeconds: 120\nagentTimeoutSeconds: 20\nmediaTimeoutSeconds: 10\n\
-             logFormat: json\n",
+             transferTimeoutSeconds: 25\nlogFormat: json\n",
         );
         assert_eq!(
             gateway_args(&s).join(" "),
@@ -1041,7 +1042,7 @@ mod tests {
              --rtp-ports 30000-30999 --public-address 198.51.100.7 --region eu \
              --watch-namespace voice --credentials-secret bundle --drain-timeout 45 \
              --realm acme --digest-algorithms SHA-256,MD5 --nonce-ttl 120 --agent-timeout 20 \
-             --media-timeout 10 --log-format json"
+             --media-timeout 10 --transfer-timeout 25 --log-format json"
         );
         let objects = render_fleet(&s);
         let pod = workload_pod(&objects);

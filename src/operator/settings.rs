@@ -62,6 +62,7 @@
 //! nonceTtlSeconds: 300            # how long a digest nonce stays valid
 //! agentTimeoutSeconds: 60         # how long an agent may ring (480 to the carrier after)
 //! mediaTimeoutSeconds: 30         # RTP silence on an answered call before it is hung up
+//! transferTimeoutSeconds: 30      # how long a bridged transfer's destination may ring
 //! ```
 //!
 //! **Outbound calls.** The agent-facing listener (`internalPort`) and the call API (`api`) take
@@ -269,6 +270,9 @@ pub struct OperatorSettings {
     /// Seconds without RTP on an answered call (not on hold) before both legs are hung up.
     /// Default 30.
     pub media_timeout_seconds: u32,
+    /// Seconds a bridged transfer's destination may ring before the transfer fails (the agent
+    /// keeps the caller). Default 30.
+    pub transfer_timeout_seconds: u32,
 }
 
 /// What a gateway advertises to carriers (Via, Contact, SDP): the address their signalling
@@ -749,6 +753,7 @@ impl Default for OperatorSettings {
             nonce_ttl_seconds: 300,
             agent_timeout_seconds: 60,
             media_timeout_seconds: 30,
+            transfer_timeout_seconds: 30,
         }
     }
 }
@@ -1099,6 +1104,7 @@ impl OperatorSettings {
             ("nonceTtlSeconds", self.nonce_ttl_seconds),
             ("agentTimeoutSeconds", self.agent_timeout_seconds),
             ("mediaTimeoutSeconds", self.media_timeout_seconds),
+            ("transferTimeoutSeconds", self.transfer_timeout_seconds),
         ] {
             if seconds == 0 {
                 return Err(invalid(field, "must be 1 or more"));
@@ -1345,6 +1351,7 @@ digestAlgorithms: [SHA-256]
 nonceTtlSeconds: 60
 agentTimeoutSeconds: 15
 mediaTimeoutSeconds: 5
+transferTimeoutSeconds: 25
 carrierService:
   type: NodePort
   externalTrafficPolicy: Cluster
@@ -1370,8 +1377,13 @@ logLevel: trunkline=debug,info
         assert_eq!(s.realm, "acme");
         assert_eq!(s.digest_algorithms, [DigestAlgorithm::Sha256]);
         assert_eq!(
-            (s.nonce_ttl_seconds, s.agent_timeout_seconds, s.media_timeout_seconds),
-            (60, 15, 5)
+            (
+                s.nonce_ttl_seconds,
+                s.agent_timeout_seconds,
+                s.media_timeout_seconds,
+                s.transfer_timeout_seconds
+            ),
+            (60, 15, 5, 25)
         );
         assert_eq!(s.egress_addresses.len(), 2);
         assert_eq!(s.region.as_deref(), Some("eu"));
@@ -1455,6 +1467,7 @@ logLevel: trunkline=debug,info
             ("digestAlgorithms: [MD5-sess]\n", "digestAlgorithms[0]"),
             ("nonceTtlSeconds: 0\n", "nonceTtlSeconds"),
             ("mediaTimeoutSeconds: 0\n", "mediaTimeoutSeconds"),
+            ("transferTimeoutSeconds: 0\n", "transferTimeoutSeconds"),
             ("podLabels: {trunkline.dev/fleet: x}\n", "podLabels.trunkline.dev/fleet"),
             (
                 "podLabels: {app.kubernetes.io/instance: x}\n",

@@ -437,7 +437,7 @@ SETTINGS_KEYS = {
     "internalService", "drainSeconds", "resources", "nodeSelector", "tolerations", "affinity",
     "podAnnotations", "podLabels", "topologySpreadConstraints", "priorityClassName",
     "podDisruptionBudget", "logLevel", "logFormat", "realm", "digestAlgorithms",
-    "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds",
+    "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds", "transferTimeoutSeconds",
 }
 NESTED_SETTINGS_KEYS = {
     "tls": {"port", "secretName", "caSecret"},

@@ -209,6 +209,7 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.nonceTtlSeconds": (120, {}),
     "gateway.agentTimeoutSeconds": (20, {}),
     "gateway.mediaTimeoutSeconds": (10, {}),
+    "gateway.transferTimeoutSeconds": (25, {}),
     "metrics.serviceMonitor.enabled": (True, {}),
     "metrics.serviceMonitor.interval": ("15s", MONITORS),
     "metrics.serviceMonitor.scrapeTimeout": ("5s", MONITORS),
@@ -286,6 +287,7 @@ SCHEMA_REJECTS = [
     ({"gateway": {"digestAlgorithms": ["MD5-sess"]}}, "/gateway/digestAlgorithms/0"),
     ({"gateway": {"realm": 'a"b'}}, "/gateway/realm"),
     ({"gateway": {"mediaTimeoutSeconds": 0}}, "/gateway/mediaTimeoutSeconds"),
+    ({"gateway": {"transferTimeoutSeconds": 0}}, "/gateway/transferTimeoutSeconds"),
     ({"gateway": {"logFormat": "yaml"}}, "/gateway/logFormat"),
     ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
     # Outbound calls: agent networks are CIDRs, and at least one.
