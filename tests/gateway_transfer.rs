@@ -7,8 +7,10 @@
 
 mod support;
 
+use std::net::UdpSocket;
 use std::time::Duration;
 
+use support::net::{RawUdp, status_codes};
 use support::sipp::{SippResult, uac, uas};
 use support::{Gateway, GatewayOptions, Outbound, Specs, Trunk, free_port};
 
@@ -210,6 +212,28 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
         let (n, v) = line.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// A UDP socket on a destination's port that must hear nothing: nothing was dialed.
+struct Silent(UdpSocket);
+
+impl Silent {
+    fn bind(port: u16) -> Silent {
+        let socket = UdpSocket::bind(("127.0.0.1", port)).expect("bind the destination's port");
+        Silent(socket)
+    }
+
+    #[track_caller]
+    fn assert_nothing_within(&self, window: Duration) {
+        self.0.set_read_timeout(Some(window)).expect("set a read timeout");
+        let mut buf = [0u8; 4096];
+        let heard = self
+            .0
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, from)| format!("from {from}:\n{}", String::from_utf8_lossy(&buf[..n])));
+        assert!(heard.is_none(), "the destination was dialed {}", heard.unwrap_or_default());
+    }
 }
 
 fn transfers(destination: &str, outcome: &str) -> String {
@@ -433,4 +457,109 @@ spec:
         1.0,
         Duration::from_secs(3)
     ));
+}
+
+// ---- Refusals on the wire ----
+
+/// The agent REFERs to `desk`, which it may not use: 403 with `rule` in the Warning; the call
+/// stays up (the agent hangs up itself, the carrier gets the BYE) and nothing is dialed.
+fn refused_by_rule(destinations: &str, desk: &Silent, rule: &str) -> Gateway {
+    let agent_port = free_port();
+    let (gateway, specs) = start(agent_port, destinations);
+    let agent = uas(
+        "agent_refer_refused_rule.xml",
+        agent_port,
+        &["-d", "300", "-key", "transfer_to", "desk", "-key", "rule", rule, "-timeout", "15"],
+    );
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"]).assert_success();
+    agent.wait().assert_success();
+    desk.assert_nothing_within(Duration::from_millis(300));
+    let refused =
+        r#"trunkline_transfers_total{destination="unknown",mode="none",outcome="refused"}"#;
+    assert!(gateway.wait_metric(refused, 1.0, Duration::from_secs(3)), "not counted");
+    drop(specs);
+    gateway
+}
+
+#[test]
+#[ignore = "gateway bug: config::transfer::decide answers TransferNotADestination for             <sip:NAME@host> when NAME exists only in another namespace; TransferOtherNamespace             (and TransferUnknownDestination) are reached only by bare names"]
+fn a_refer_to_a_destination_of_another_namespace_is_403_transfer_other_namespace() {
+    let desk_port = free_port();
+    let desk = Silent::bind(desk_port);
+    let destinations = sip_destination("other", "desk", desk_port, None, &[]);
+    refused_by_rule(&destinations, &desk, "TransferOtherNamespace");
+}
+
+#[test]
+fn a_refer_to_a_destination_whose_agents_list_lacks_the_calls_agent_is_403() {
+    let desk_port = free_port();
+    let desk = Silent::bind(desk_port);
+    let destinations = sip_destination("voice", "desk", desk_port, None, &["billing"]);
+    refused_by_rule(&destinations, &desk, "TransferAgentNotAllowed");
+}
+
+#[test]
+fn a_refer_from_the_carrier_is_403_transfer_from_carrier_and_nothing_is_dialed() {
+    let (agent_port, desk_port) = (free_port(), free_port());
+    let desk = Silent::bind(desk_port);
+    let (gateway, _specs) =
+        start(agent_port, &sip_destination("voice", "desk", desk_port, None, &[]));
+    let agent = uas("agent_answer.xml", agent_port, &["-timeout", "15"]);
+    uac(
+        "carrier_refer_refused.xml",
+        gateway.udp(),
+        &["-s", NUMBER, "-d", "300", "-key", "transfer_to", "desk", "-timeout", "15"],
+    )
+    .assert_success();
+    agent.wait().assert_success();
+    desk.assert_nothing_within(Duration::from_millis(300));
+}
+
+/// A REFER in a dialog the gateway does not have (a To tag, an unknown Call-ID) naming `desk`,
+/// sent to `gw` from `socket`: every datagram that came back within 1 s.
+fn refer_outside_any_dialog(socket: &RawUdp, gw: std::net::SocketAddr) -> Vec<String> {
+    let me = socket.local_addr();
+    let port = gw.port();
+    let refer = format!(
+        "REFER sip:trunkline@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-refer-{port}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:agent@{me}>;tag=a1\r\n\
+         To: <sip:trunkline@{gw}>;tag=no-such-dialog\r\nCall-ID: no-such-call-{port}@test\r\n\
+         CSeq: 7 REFER\r\nContact: <sip:agent@{me}>\r\nRefer-To: <sip:desk@{gw}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    socket.send(gw, refer.as_bytes());
+    socket.receive_for(Duration::from_secs(1))
+}
+
+#[test]
+fn a_refer_outside_any_dialog_is_refused_on_either_listener_and_nothing_is_dialed() {
+    let desk_port = free_port();
+    let desk = Silent::bind(desk_port);
+    let (gateway, _specs) =
+        start(free_port(), &sip_destination("voice", "desk", desk_port, None, &[]));
+    let socket = RawUdp::bind();
+    for (listener, gw) in [("carrier-facing", gateway.udp()), ("agent-facing", gateway.internal())]
+    {
+        let answers = refer_outside_any_dialog(&socket, gw);
+        let codes = status_codes(&answers);
+        assert!(
+            codes.len() == 1 && codes.iter().all(|c| (400..500).contains(c)),
+            "{listener}: one 4xx refusal expected: {answers:?}"
+        );
+    }
+    desk.assert_nothing_within(Duration::from_millis(300));
+}
+
+#[test]
+#[ignore = "gateway bug: a REFER with a To tag that matches no dialog gets 405 Method Not Allowed \
+            (with an Allow that omits REFER), not 481 (RFC 3261 §12.2.2)"]
+fn a_refer_outside_any_dialog_is_481_on_either_listener() {
+    let (gateway, _specs) =
+        start(free_port(), &sip_destination("voice", "desk", free_port(), None, &[]));
+    let socket = RawUdp::bind();
+    for (listener, gw) in [("carrier-facing", gateway.udp()), ("agent-facing", gateway.internal())]
+    {
+        let answers = refer_outside_any_dialog(&socket, gw);
+        assert_eq!(status_codes(&answers), [481].into(), "{listener}: {answers:?}");
+    }
 }
