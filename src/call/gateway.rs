@@ -138,11 +138,23 @@ impl Gateway {
                 );
             }
             Method::Invite => self.handle_new_invite(request, source),
+            // A To tag names a dialog, and none of ours has it (RFC 3261 §12.2.2).
+            Method::Refer | Method::Notify if request.to().is_some_and(|t| t.tag().is_some()) => {
+                self.reply_status(&request, &source, 481, &[])
+            }
+            Method::Refer => {
+                // Transfers are asked inside a call (DESIGN §4): a REFER outside one names
+                // nothing to transfer, and the gateway dials nothing for it.
+                let warning = crate::config::refusal::warning(
+                    "TransferOutsideCall",
+                    "REFER inside a call's dialog",
+                );
+                self.reply_status(&request, &source, 403, &[(name::WARNING, warning)]);
+            }
             Method::Register
             | Method::Subscribe
             | Method::Publish
             | Method::Message
-            | Method::Refer
             | Method::Notify => {
                 self.reply_status(&request, &source, 405, &[(name::ALLOW, ALLOW.to_string())]);
             }

@@ -135,6 +135,28 @@ fn decide_steps(
     let ns = attempt.namespace;
     let target = parse_target(attempt.target);
     let in_namespace = || table.transfers.values().filter(move |d| d.name.namespace == ns);
+    // Destinations of other namespaces with the name the request's user part says.
+    let elsewhere = |user: &str| -> Vec<String> {
+        table
+            .transfers
+            .values()
+            .filter(|d| !user.is_empty() && d.name.name == user && d.name.namespace != ns)
+            .map(|d| d.name.to_string())
+            .collect()
+    };
+    let other_namespace = |steps: &mut Vec<Step>, names: Vec<String>| {
+        refuse(
+            steps,
+            StepKind::Destination,
+            RefusalRule::TransferOtherNamespace,
+            "no such transfer destination",
+            format!(
+                "{:?} is in another namespace ({}); a call on a trunk of {ns} may use {ns}'s only",
+                target.user,
+                names.join(", ")
+            ),
+        )
+    };
 
     // 1. By name.
     let by_name = (!target.user.is_empty())
@@ -190,6 +212,11 @@ fn decide_steps(
         {
             Some(d) => (Arc::clone(d), MatchedBy::Uri),
             None => {
+                // `<sip:NAME@host>` whose NAME is a destination of another namespace.
+                let names = elsewhere(target.user);
+                if !names.is_empty() {
+                    return Err(other_namespace(steps, names));
+                }
                 return Err(refuse(
                     steps,
                     StepKind::Destination,
@@ -204,33 +231,16 @@ fn decide_steps(
             }
         }
     } else {
-        let elsewhere: Vec<String> = table
-            .transfers
-            .values()
-            .filter(|d| d.name.name == target.user && d.name.namespace != ns)
-            .map(|d| d.name.to_string())
-            .collect();
-        let (rule, detail) = if elsewhere.is_empty() {
-            (
-                RefusalRule::TransferUnknownDestination,
-                format!("no TransferDestination {:?} in namespace {ns}", target.user),
-            )
-        } else {
-            (
-                RefusalRule::TransferOtherNamespace,
-                format!(
-                    "{:?} is in another namespace ({}); a call on a trunk of {ns} may use {ns}'s only",
-                    target.user,
-                    elsewhere.join(", ")
-                ),
-            )
-        };
+        let names = elsewhere(target.user);
+        if !names.is_empty() {
+            return Err(other_namespace(steps, names));
+        }
         return Err(refuse(
             steps,
             StepKind::Destination,
-            rule,
+            RefusalRule::TransferUnknownDestination,
             "no such transfer destination",
-            detail,
+            format!("no TransferDestination {:?} in namespace {ns}", target.user),
         ));
     };
     steps.push(Step {
@@ -379,6 +389,18 @@ mod tests {
     #[test]
     fn a_destination_of_another_namespace_or_that_excludes_the_agent_is_refused() {
         assert_eq!(rule(&try_("sales-only", "support")), Some(RefusalRule::TransferOtherNamespace));
+        // The same name as the user part of a SIP URI, as a REFER writes it.
+        for uri in ["<sip:sales-only@127.0.0.1>", "sip:sales-only@agents.example;transport=tcp"] {
+            assert_eq!(
+                rule(&try_(uri, "support")),
+                Some(RefusalRule::TransferOtherNamespace),
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            rule(&try_("no-such-desk", "support")),
+            Some(RefusalRule::TransferUnknownDestination)
+        );
         assert_eq!(
             rule(&try_("tel:+14155550197", "support")),
             Some(RefusalRule::TransferNotADestination)

@@ -67,7 +67,7 @@ pub const TRANSFER_RING: Duration = Duration::from_secs(30);
 pub const LINGER: Duration = Duration::from_secs(32);
 
 /// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REFER, NOTIFY";
 
 /// What a call is told at its start and keeps.
 #[derive(Clone, Debug)]
