@@ -54,7 +54,7 @@ fn check_accepts_every_example_and_prints_a_verdict_per_object() {
     ] {
         assert!(text.contains(object), "missing {object:?} in\n{text}");
     }
-    assert!(text.contains("11 objects: 11 accepted, 0 degraded, 0 refused"), "{text}");
+    assert!(text.contains("12 objects: 12 accepted, 0 degraded, 0 refused"), "{text}");
     // Every line names the file and line the object came from.
     assert!(text.contains("examples/inbound-acme.yaml:3: InboundTrunk voice/acme-in"), "{text}");
 }

@@ -130,9 +130,15 @@ impl PlacedCall {
         }
         let now = now_rfc3339();
         let carrier = call.leg(LegId::FIRST);
-        for (i, role) in [(0, LegRole::Carrier), (1, LegRole::Agent)] {
-            let leg = call.leg(if i == 0 { LegId::FIRST } else { LegId::SECOND });
-            let before = view.legs.iter().find(|l| l.role == role).map(|l| l.state);
+        for (i, leg) in call.legs().enumerate() {
+            let role = match (i, leg.role) {
+                (0, _) => LegRole::Carrier,
+                (_, Role::Transfer) => LegRole::Transfer,
+                _ => LegRole::Agent,
+            };
+            let call_id = leg.dialog.call_id.as_str();
+            let before = view.legs.get(i).filter(|l| l.call_id.as_deref() == Some(call_id));
+            let before = before.map(|l| l.state);
             let state = match leg.phase {
                 Phase::Resolving if before.is_none() && i == 1 => continue,
                 Phase::Resolving | Phase::Inviting | Phase::Trying | Phase::Cancelling { .. } => {
@@ -145,8 +151,8 @@ impl PlacedCall {
                     _ => LegState::Failed,
                 },
             };
-            let call_id = Some(leg.dialog.call_id.clone());
-            match view.legs.iter_mut().find(|l| l.role == role) {
+            let call_id = Some(call_id.to_string());
+            match view.legs.get_mut(i) {
                 Some(l) => {
                     l.state = state;
                     l.call_id = call_id;

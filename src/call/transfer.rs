@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::RoutingTable;
+use crate::config::destination::SipDestination;
 use crate::config::model::TransferTarget;
 use crate::config::number;
 use crate::config::outbound::{OutboundRoute, carrier_user};
@@ -81,8 +82,10 @@ pub fn prepare(
             Ok(Prepared { dial, permit: Some(permit) })
         }
         TransferTarget::Sip { uri, credentials } => {
+            // Checked when the spec was compiled; parsed again here, once per transfer.
+            let target = SipDestination::parse(uri).map_err(|why| (503, why))?;
             let (host, port, protocol) =
-                sip_target(uri).ok_or_else(|| (503, format!("cannot dial {uri}")))?;
+                (target.host.clone(), target.port_or_default(), target.transport);
             let local = local(protocol).ok_or((503, "no carrier-facing listener".into()))?;
             let caller = if request.caller.is_empty() { "anonymous" } else { &request.caller };
             let mut headers = diversion(&request.diverter, local.ip());
@@ -164,75 +167,9 @@ fn dialog(
     }
 }
 
-/// Where a SIP URI goes: host, port and transport (RFC 3263 without NAPTR/SRV: the port is
-/// the URI's, else 5060, or 5061 for TLS; TLS for `sips:`, else `;transport=`, else UDP).
-pub fn sip_target(uri: &str) -> Option<(String, u16, Protocol)> {
-    let (scheme, rest) = uri.trim().split_once(':')?;
-    let secure = match scheme.to_ascii_lowercase().as_str() {
-        "sip" => false,
-        "sips" => true,
-        _ => return None,
-    };
-    let rest = rest.split('?').next().unwrap_or(rest);
-    let mut parts = rest.split(';');
-    let hostport = parts.next()?;
-    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
-    let transport = parts
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.eq_ignore_ascii_case("transport"))
-        .map(|(_, v)| v.to_ascii_lowercase());
-    let protocol = match (secure, transport.as_deref()) {
-        (true, _) | (false, Some("tls")) => Protocol::Tls,
-        (false, Some("tcp")) => Protocol::Tcp,
-        (false, None | Some("udp")) => Protocol::Udp,
-        (false, Some(_)) => return None,
-    };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let default = if protocol == Protocol::Tls { 5061 } else { 5060 };
-    let port = match port {
-        Some(p) => p.parse().ok().filter(|p| *p != 0)?,
-        None => default,
-    };
-    Some((host.to_string(), port, protocol))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn where_a_sip_uri_goes() {
-        let t = |u: &str| sip_target(u);
-        assert_eq!(
-            t("sip:sales@pbx.example.com"),
-            Some(("pbx.example.com".into(), 5060, Protocol::Udp))
-        );
-        assert_eq!(
-            t("sips:sales@pbx.example.com"),
-            Some(("pbx.example.com".into(), 5061, Protocol::Tls))
-        );
-        assert_eq!(
-            t("sip:desk@192.0.2.7:5070;transport=TCP"),
-            Some(("192.0.2.7".into(), 5070, Protocol::Tcp))
-        );
-        assert_eq!(t("sip:desk@pbx;transport=tls"), Some(("pbx".into(), 5061, Protocol::Tls)));
-        assert_eq!(t("sip:[2001:db8::7]:5080"), Some(("2001:db8::7".into(), 5080, Protocol::Udp)));
-        assert_eq!(t("sip:desk@pbx;transport=sctp"), None, "a transport we do not speak");
-        assert_eq!(t("tel:+14155550100"), None);
-        assert_eq!(t("sip:desk@pbx:0"), None);
-        assert_eq!(t("sip:desk@:5060"), None);
-    }
 
     #[test]
     fn diversion_names_our_number_at_our_address() {

@@ -165,6 +165,8 @@ pub struct LegView {
 pub enum LegRole {
     Carrier,
     Agent,
+    /// A bridged transfer's destination, dialed when the agent transferred the call.
+    Transfer,
 }
 
 /// `dialing`, `ringing`, `answered`, `ended` (after an answer) or `failed` (never answered).

@@ -237,11 +237,7 @@ impl Call {
         }
         self.leg_mut(leg).deadline = None;
         if (200..300).contains(&status) {
-            self.leg_mut(leg).dialog.remote_tag =
-                resp.to().and_then(|t| t.tag().map(str::to_string));
-            self.learn_target(leg, resp);
-            let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
-            self.ack_2xx(leg, cseq);
+            self.confirm_2xx(leg, resp);
             self.leg_mut(leg).phase = Phase::Confirmed;
             return match self.transfer_answer(resp) {
                 Some(answer) => self.bridge_completed(now, leg, &answer),

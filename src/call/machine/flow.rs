@@ -264,6 +264,15 @@ impl Call {
         self.send(leg, target, ack.to_bytes().into(), None);
     }
 
+    /// A dialed leg's 2xx to our INVITE: its dialog (the peer's tag, Contact, Record-Route)
+    /// and our ACK.
+    pub(super) fn confirm_2xx(&mut self, leg: LegId, resp: &Response) {
+        self.leg_mut(leg).dialog.remote_tag = resp.to().and_then(|t| t.tag().map(str::to_string));
+        self.learn_target(leg, resp);
+        let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
+        self.ack_2xx(leg, cseq);
+    }
+
     /// Records the peer's Contact and Record-Route from a 2xx (RFC 3261 §12.1.2).
     pub(super) fn learn_target(&mut self, leg: LegId, resp: &Response) {
         let contact = resp.contact_uri();
@@ -381,11 +390,7 @@ impl Call {
         }
         self.leg_mut(leg).deadline = None;
         if (200..300).contains(&status) {
-            self.leg_mut(leg).dialog.remote_tag =
-                resp.to().and_then(|t| t.tag().map(str::to_string));
-            self.learn_target(leg, resp);
-            let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
-            self.ack_2xx(leg, cseq);
+            self.confirm_2xx(leg, resp);
             match phase {
                 Phase::Confirmed | Phase::Terminated => {} // a retransmission: ACKed again
                 Phase::Cancelling { .. } => {

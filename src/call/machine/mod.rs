@@ -455,6 +455,11 @@ impl Call {
         &self.legs[id.0]
     }
 
+    /// Every leg, in the order the call made them.
+    pub fn legs(&self) -> impl Iterator<Item = &Leg> {
+        self.legs.iter()
+    }
+
     /// The transfers the agent asked for so far, in order.
     pub fn transfers(&self) -> &[TransferRecord] {
         &self.transfers
