@@ -231,8 +231,12 @@ impl Call {
         self.bye_with(now, leg, None);
     }
 
-    /// BYE on one leg, with a `Reason` header (RFC 3326) when given.
+    /// BYE on one leg, with a `Reason` header (RFC 3326) when given; nothing for a leg that is
+    /// over already (an agent that left during a transfer has no dialog to end).
     pub(super) fn bye_with(&mut self, now: Instant, leg: LegId, reason: Option<&str>) {
+        if self.leg(leg).phase == Phase::Terminated {
+            return;
+        }
         let ua = self.config.user_agent.clone();
         let branch = self.ids.branch();
         let l = self.leg_mut(leg);

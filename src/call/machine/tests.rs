@@ -1302,3 +1302,14 @@ fn a_refer_mode_transfer_without_a_final_notify_fails_with_408_and_the_call_stay
     let actions = s.carrier_sends(carrier_notify(&ok, 3, "SIP/2.0 200 OK", "terminated"));
     assert_eq!(statuses(&actions, CARRIER_LEG), vec![481]);
 }
+
+#[test]
+fn the_caller_hanging_up_after_the_agent_left_a_transfer_sends_no_second_bye_to_the_agent() {
+    let (mut s, invite, ok, _to_destination, _) = bridging();
+    s.agent_sends(in_dialog_from_agent(&invite, "BYE", 3, "z9hG4bKagentbye"));
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 2, "z9hG4bKcarrierbye"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert!(sent(&actions, AGENT_LEG).is_empty(), "the agent's dialog is over already");
+    assert_eq!(transfers(&actions)[0].outcome, "abandoned");
+    assert_eq!(s.call.state(), State::Ended);
+}
