@@ -641,9 +641,21 @@ fn explain(
     let options = LookupOptions { header_prefix: header_prefix.to_string() };
     let decision = lookup::lookup(&compiled.table, &attempt, &options);
     let routed = matches!(decision.outcome, Outcome::Route(_));
+    // What the agent would get of the -H headers (call::headers, as the gateway applies it).
+    let contract = trunkline::call::headers::apply(
+        header_prefix,
+        call.headers,
+        trunkline::call::headers::Limits::default(),
+    );
 
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&decision)?),
+        Output::Json => {
+            let mut json = serde_json::to_value(&decision)?;
+            if let (true, Some(object)) = (routed, json.as_object_mut()) {
+                object.insert("headerContract".into(), serde_json::to_value(&contract)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&json)?)
+        }
         Output::Text => {
             let mut out = String::new();
             let objects = compiled.verdicts.len() + refused_at_load;
@@ -687,6 +699,15 @@ fn explain(
                         r.agent_reason.as_str().to_ascii_lowercase(),
                         r.trunk.name
                     );
+                    for (name, value) in &contract.headers {
+                        let _ = writeln!(out, "   passes {name}: {value}");
+                    }
+                    for name in &contract.removed {
+                        let _ = writeln!(out, "   removes {name} (the gateway sets its own)");
+                    }
+                    for w in &contract.warnings {
+                        let _ = writeln!(out, "   warning {}: {}", w.header, w.message);
+                    }
                 }
                 Outcome::Challenge(_) => {
                     let _ = writeln!(

@@ -146,6 +146,37 @@ fn explain(args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[test]
+fn explain_shows_what_the_agent_would_get_of_the_callers_headers() {
+    let base = ["--from", "203.0.113.9", "--to", "+14155550101", "--user", "acme"];
+    let headers = [
+        "-H",
+        "X-Trunkline-Agent-Language: EN-us, zz-1234567890, fr",
+        "-H",
+        r#"X-Trunkline-Session-Custom-Data: {"a":1,"b":[1]}"#,
+        "-H",
+        "X-Trunkline-Trunk: forged",
+    ];
+    let args: Vec<&str> = base.iter().chain(headers.iter()).copied().collect();
+    let (code, text) = explain(&args);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "   passes X-Trunkline-Agent-Language: en-US,fr",
+        r#"   passes X-Trunkline-Session-Custom-Data: {"a":1}"#,
+        "   removes X-Trunkline-Trunk (the gateway sets its own)",
+        r#"   warning X-Trunkline-Agent-Language: not language tags, dropped: "zz-1234567890""#,
+        r#"   warning X-Trunkline-Session-Custom-Data: fields dropped (only strings, numbers and booleans pass): "b" (an array)"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let mut json_args = args.clone();
+    json_args.extend(["--output", "json"]);
+    let (_, json) = explain(&json_args);
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(value["headerContract"]["languages"], serde_json::json!(["en-US", "fr"]));
+    assert_eq!(value["headerContract"]["sessionCustomData"], serde_json::json!({"a": 1}));
+}
+
+#[test]
 fn explain_routes_an_authenticated_call_to_the_numbers_agent() {
     let (code, text) =
         explain(&["--from", "203.0.113.9:5060", "--to", "+14155550101", "--user", "acme"]);

@@ -97,7 +97,7 @@ pub fn setup(
         target: Target { protocol, zone: Zone::Internal, remote: agent_local, connection: None },
         local: agent_local,
     };
-    let headers = agent_headers(prefix, &invite, route, &session_id);
+    let headers = agent_headers(prefix, &invite, route, &session_id, &caller);
     Setup {
         session_id,
         origin: Origin { role: Role::Carrier, invite, source, local: carrier_local },
@@ -125,30 +125,31 @@ fn destination(route: &Route) -> Destination {
     }
 }
 
-/// trunkline's session headers, then the caller's `X-*` headers except copies of ours.
+/// trunkline's session headers, then the caller's `X-*` headers under the header contract
+/// (`call::headers`: copies of ours removed, first-class headers validated and normalised).
+/// What the contract dropped is logged (the session record will carry it).
 fn agent_headers(
     prefix: &str,
     invite: &Request,
     route: &Route,
     session_id: &str,
+    caller: &str,
 ) -> Vec<(String, String)> {
-    let own = ["Agent-ID", "Trunk", "Number", "Session-ID"];
     let mut headers = vec![
         (format!("{prefix}Agent-ID"), route.agent.clone()),
         (format!("{prefix}Trunk"), route.trunk.name.to_string()),
         (format!("{prefix}Number"), route.number.as_str().to_string()),
         (format!("{prefix}Session-ID"), session_id.to_string()),
+        (format!("{prefix}Direction"), "inbound".to_string()),
+        (format!("{prefix}Caller"), caller.to_string()),
     ];
-    for (n, v) in invite.headers.iter() {
-        let lower = n.to_ascii_lowercase();
-        if !lower.starts_with("x-") {
-            continue;
-        }
-        let ours = own.iter().any(|o| lower == format!("{prefix}{o}").to_ascii_lowercase());
-        if !ours {
-            headers.push((n.to_string(), v.to_string()));
-        }
+    let incoming: Vec<(String, String)> =
+        invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    let contract = super::headers::apply(prefix, &incoming, super::headers::Limits::default());
+    for w in &contract.warnings {
+        tracing::info!(session = %session_id, header = %w.header, warning = %w.message, "caller header changed");
     }
+    headers.extend(contract.headers);
     headers
 }
 

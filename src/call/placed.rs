@@ -57,8 +57,17 @@ pub fn setup(
         (format!("{prefix}Trunk"), route.trunk.name.to_string()),
         (format!("{prefix}Number"), route.number.as_str().to_string()),
         (format!("{prefix}Session-ID"), session_id.clone()),
+        (format!("{prefix}Direction"), "outbound".to_string()),
     ];
-    headers.extend(x_headers);
+    let asked: Vec<(String, String)> =
+        request.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    // The agent runtime gets them under the header contract (first-class headers validated
+    // and normalised, copies of the gateway's own removed).
+    let contract = super::headers::apply(prefix, &asked, super::headers::Limits::default());
+    for w in &contract.warnings {
+        tracing::info!(session = %session_id, header = %w.header, warning = %w.message, "API header changed");
+    }
+    headers.extend(contract.headers);
     let agent_uri = agent.with_user(&request.agent);
     let dialog = Dialog {
         call_id: format!("{}@trunkline", ids.token(20)),
