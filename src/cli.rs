@@ -335,6 +335,13 @@ struct ServeArgs {
     /// hears 480 and keeps the caller); `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     transfer_timeout: Duration,
+    /// Where session records go: a JSON-lines file (rotated to PATH.1 by size), or `-` for
+    /// stdout. One record per admitted call, written when it ends. None: no records.
+    #[arg(long, value_name = "PATH")]
+    records_file: Option<String>,
+    /// Size at which the records file is rotated, in bytes.
+    #[arg(long, value_name = "BYTES", default_value = "104857600")]
+    records_max_bytes: u64,
     /// Seconds without RTP from either side of an answered call (not on hold) before the
     /// gateway hangs it up, with the reason logged; `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -392,6 +399,8 @@ impl ServeArgs {
             realm: self.realm,
             agent_timeout: self.agent_timeout,
             transfer_timeout: self.transfer_timeout.max(Duration::from_secs(1)),
+            records_file: self.records_file,
+            records_max_bytes: self.records_max_bytes,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,

@@ -4,6 +4,10 @@
 
 mod support;
 
+use std::time::Duration;
+
+use support::net::TempDir;
+use support::records::wait_records;
 use support::sipp::{uac, uas};
 use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 
@@ -26,7 +30,10 @@ fn the_agent_gets_the_callers_first_class_headers_normalised_and_only_the_gatewa
             .allow_address("127.0.0.1/32")
             .destination_udp(agent_port),
     );
-    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let dir = TempDir::new("records");
+    let file = dir.join("records.jsonl");
+    let options = GatewayOptions::default().arg("--records-file").arg(file.to_str().expect("path"));
+    let gateway = Gateway::start(specs.path(), options);
     let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "15"]);
     uac("carrier_call_contract.xml", gateway.udp(), &["-s", NUMBER, "-d", "200", "-timeout", "15"])
         .assert_success();
@@ -59,4 +66,29 @@ fn the_agent_gets_the_callers_first_class_headers_normalised_and_only_the_gatewa
     let log = gateway.log_text();
     assert!(log.contains("\"address\" (an object)"), "{log}");
     assert!(log.contains("xx-123456789"), "{log}");
+
+    // The session record: typed custom data, the two warnings, the headers without `X-`.
+    let record = wait_records(&file, 1, Duration::from_secs(5)).remove(0);
+    assert_eq!(record["direction"], "inbound");
+    assert_eq!(record["trunk"], "voice/local-in");
+    assert_eq!(record["outcome"], "answered");
+    assert_eq!(record["numbers"]["to"], NUMBER);
+    assert_eq!(record["numbers"]["fromE164"], "+12025550123");
+    assert_eq!(record["agent"], "support");
+    assert_eq!(record["agentReason"], "number");
+    assert_eq!(
+        record["contactCustomData"],
+        serde_json::json!({"name": "Ada", "visits": 3, "vip": true})
+    );
+    assert_eq!(record["languages"], serde_json::json!(["en-US", "fr"]));
+    assert_eq!(record["instructionIds"], serde_json::json!(["a1", "b2"]));
+    assert_eq!(record["warnings"].as_array().map(Vec::len), Some(2), "{record:#}");
+    assert_eq!(record["headers"]["Foo"], "foo-value-1");
+    assert_eq!(record["headers"].get("Trunkline-Trunk"), None, "the forgery is not recorded");
+    assert_eq!(record["codec"], "PCMU");
+    assert_eq!(record["legs"].as_array().map(Vec::len), Some(2));
+    assert!(record["answeredAt"].is_string() && record["endedAt"].is_string());
+    let rtp: Vec<&str> =
+        record["rtp"].as_array().into_iter().flatten().filter_map(|e| e["leg"].as_str()).collect();
+    assert_eq!(rtp, ["carrier", "agent"]);
 }

@@ -8,7 +8,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use support::carrier::{Carrier, echo_through, line_after, relay_of};
+use support::net::TempDir;
+use support::records::wait_records;
 use support::sipp::{SippResult, uas};
 use support::{Gateway, GatewayOptions, Outbound, Specs, Trunk, free_port};
 
@@ -17,7 +21,7 @@ const DESK: &str = "+14155550199";
 
 /// The gateway: calls to NUMBER go to the agent on `agent_port`; the destination `sales-desk`
 /// is DESK through the OutboundTrunk `carrier-out`, whose carrier is at `desk_port`.
-fn start(agent_port: u16, desk_port: u16) -> (Gateway, Specs) {
+fn start(agent_port: u16, desk_port: u16) -> (Gateway, Specs, TempDir) {
     let specs = Specs::new()
         .with(
             Trunk::new("local-in")
@@ -38,7 +42,11 @@ spec:
 "
         ),
     );
-    (Gateway::start(specs.path(), GatewayOptions::default()), specs)
+    // Session records go to records.jsonl in the returned directory.
+    let dir = TempDir::new("records");
+    let file = dir.join("records.jsonl");
+    let options = GatewayOptions::default().arg("--records-file").arg(file.to_str().expect("path"));
+    (Gateway::start(specs.path(), options), specs, dir)
 }
 
 /// The carrier's call is answered: its dialog's To (with the tag) and the relay's address.
@@ -76,7 +84,7 @@ fn message(run: &SippResult, start: &str) -> String {
 #[test]
 fn a_phone_destination_that_answers_takes_the_callers_rtp_both_ways_and_the_agent_leaves() {
     let (agent_port, desk_port) = (free_port(), free_port());
-    let (gateway, _specs) = start(agent_port, desk_port);
+    let (gateway, _specs, records) = start(agent_port, desk_port);
     // The person's phone echoes RTP; the agent does not.
     let desk = uas("destination_answer.xml", desk_port, &["-rtp_echo", "-timeout", "25"]);
     let agent = uas(
@@ -108,12 +116,39 @@ fn a_phone_destination_that_answers_takes_the_callers_rtp_both_ways_and_the_agen
     let diversion = line_after(&invite, "Diversion:").expect("Diversion");
     assert!(diversion.starts_with(&format!("<sip:{NUMBER}@")), "Diversion: {diversion}");
     assert!(!invite.contains("rtp-test@"), "the caller's Call-ID reached the destination");
+
+    // The session record says what happened: three legs, the transfer, RTP per leg.
+    let file = records.join("records.jsonl");
+    let record = wait_records(&file, 1, Duration::from_secs(5)).remove(0);
+    let roles: Vec<&str> = record["legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["carrier", "agent", "transfer"], "{record:#}");
+    let transfer = &record["transfers"][0];
+    assert_eq!(
+        (&transfer["destination"], &transfer["mode"], &transfer["outcome"], &transfer["status"]),
+        (&json!("voice/sales-desk"), &json!("Bridge"), &json!("completed"), &json!(200))
+    );
+    let rtp: Vec<(&str, u64)> = record["rtp"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["leg"].as_str()?, e["packets"].as_u64()?)))
+        .collect();
+    assert_eq!(
+        rtp.iter().map(|(leg, _)| *leg).collect::<Vec<_>>(),
+        ["carrier", "agent", "transfer"]
+    );
+    assert!(rtp[2].1 >= 45, "the destination's echo: {rtp:?}");
 }
 
 #[test]
 fn a_busy_destination_leaves_the_caller_talking_to_the_agent() {
     let (agent_port, desk_port) = (free_port(), free_port());
-    let (gateway, _specs) = start(agent_port, desk_port);
+    let (gateway, _specs, _records) = start(agent_port, desk_port);
     let desk = uas("agent_busy.xml", desk_port, &["-timeout", "20"]);
     // The agent echoes RTP; the destination is busy.
     let agent = uas(

@@ -64,3 +64,20 @@ fn every_example_validates_against_the_crd_schema_and_compiles_without_a_fatal_d
         assert!(fatal.is_empty(), "{}: {fatal:#?}", verdict.object);
     }
 }
+
+#[test]
+fn the_committed_session_record_schema_is_the_one_the_code_writes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/schemas/session-record-v1.json");
+    let generated = trunkline::observe::record::schema_json();
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("docs/schemas");
+        std::fs::write(&path, &generated).expect("write the schema");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "stale {}: run `UPDATE_SCHEMA=1 cargo test --test generated` and commit the result",
+        path.display()
+    );
+}

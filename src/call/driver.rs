@@ -20,8 +20,10 @@ use crate::sip::msg::Message;
 use super::limits::CallPermit;
 use super::machine::{Action, Call, Ended, Ids, MediaEvent, Record, RelayUpdate};
 use super::placed::PlacedCall;
+use super::record;
 use super::services::{CallInput, CallServices};
 use super::transfer;
+use crate::observe::record::SessionRecord;
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
 /// active calls, what it is labelled with in metrics and logs, and the table it started with
@@ -33,6 +35,8 @@ pub struct Held {
     pub table: Arc<RoutingTable>,
     /// A call placed through the call API: its view, refreshed after every step.
     pub watch: Option<Arc<PlacedCall>>,
+    /// The call's session record as known at admission; written when the call ends.
+    pub record: SessionRecord,
 }
 
 /// What a call is known by in metrics and logs, the same in both directions.
@@ -65,6 +69,8 @@ struct Driver {
     /// A bridged transfer's slot on its destination's trunk, while the transfer is tried and,
     /// once it succeeded, until the call ends.
     transfer_permit: Option<CallPermit>,
+    /// The session record, until it is written at the end.
+    record: Option<SessionRecord>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
 }
@@ -77,7 +83,7 @@ pub async fn run(
     held: Held,
     (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Held { permit, active, labels, table, watch } = held;
+    let Held { permit, active, labels, table, watch, record } = held;
     let call_ids = call.call_ids().take(1).map(str::to_string).collect();
     let mut d = Driver {
         gw,
@@ -92,6 +98,7 @@ pub async fn run(
         watch,
         table,
         transfer_permit: None,
+        record: Some(record),
         call_ids,
     };
     d.perform(first).await;
@@ -238,7 +245,10 @@ impl Driver {
                     };
                     self.call.on_media_event(Instant::now(), event)
                 }
-                Action::Record(Record::Answered { setup, .. }) => {
+                Action::Record(Record::Answered { setup, codec }) => {
+                    if let Some(r) = &mut self.record {
+                        record::answered(r, setup, codec.map(|c| c.as_str()));
+                    }
                     self.gw.metrics.setup_latency(&self.labels.trunk, setup.as_secs_f64());
                     Vec::new()
                 }
@@ -275,6 +285,10 @@ impl Driver {
             watch.observe(&self.call);
             watch.ended(&ended);
         }
+        let mut session_record = self.record.take().filter(|_| self.gw.config.records.is_some());
+        if let Some(r) = &mut session_record {
+            record::ended(r, &self.call, &ended);
+        }
         self.permit = None;
         self.transfer_permit = None;
         self.active = None;
@@ -291,11 +305,23 @@ impl Driver {
                 seconds = ended.duration.as_secs_f64(), "call ended"
             );
         }
-        let Some(relay) = self.relay.take() else { return };
+        let records = self.gw.config.records.clone();
+        let write = move |r: Option<SessionRecord>| {
+            if let (Some(sink), Some(r)) = (records, r)
+                && let Err(e) = sink.write(&r)
+            {
+                tracing::warn!(session = %r.session_id, error = %e, "session record not written");
+            }
+        };
+        let Some(relay) = self.relay.take() else { return write(session_record) };
         let metrics = self.gw.metrics.clone();
         let reason = ended.reason;
         tokio::spawn(async move {
             let stats = relay.stop().await;
+            if let Some(r) = &mut session_record {
+                record::rtp(r, &stats);
+            }
+            write(session_record);
             for side in [RelaySide::A, RelaySide::B] {
                 let rtp_in = stats.leg(side).rtp_in;
                 metrics.rtp_leg_finished(

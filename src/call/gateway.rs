@@ -244,11 +244,14 @@ impl Gateway {
             let rule = RefusalRule::BadExtension;
             return self.refuse_in(zone, &request, &source, rule, None, &unsupported);
         }
-        let table = self.snapshot.borrow().table.clone();
+        let (table, config) = {
+            let snapshot = self.snapshot.borrow();
+            (snapshot.table.clone(), snapshot.hash.clone())
+        };
         let now_unix =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         if zone == Zone::Internal {
-            return self.handle_outbound_invite(request, source, table, now_unix);
+            return self.handle_outbound_invite(request, source, (table, config), now_unix);
         }
         // DESIGN §3: the carrier side can never originate. An INVITE naming an outbound trunk
         // there is refused before anything else is said about it.
@@ -345,7 +348,7 @@ impl Gateway {
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
         self.services.register_call(&call_id, tx.clone());
-        let admitted = Admitted { invite: request, source, route, permit, table, offer };
+        let admitted = Admitted { invite: request, source, route, permit, table, offer, config };
         inbound::spawn(self.services.clone(), admitted, (tx, rx));
     }
 
@@ -357,7 +360,7 @@ impl Gateway {
         self: &Arc<Self>,
         request: Request,
         source: Source,
-        table: Arc<RoutingTable>,
+        (table, config_hash): (Arc<RoutingTable>, String),
         now_unix: u64,
     ) {
         let zone = Zone::Internal;
@@ -437,8 +440,15 @@ impl Gateway {
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
         self.services.register_call(&call_id, tx.clone());
-        let admitted =
-            outbound_call::Admitted { invite: request, source, route, permit, table, offer };
+        let admitted = outbound_call::Admitted {
+            invite: request,
+            source,
+            route,
+            permit,
+            table,
+            offer,
+            config: config_hash,
+        };
         outbound_call::spawn(self.services.clone(), admitted, (tx, rx));
     }
 
@@ -646,7 +656,10 @@ impl Gateway {
             return refused(RefusalRule::Draining, error);
         }
         let config = &self.services.config;
-        let table = self.snapshot.borrow().table.clone();
+        let (table, config_hash) = {
+            let snapshot = self.snapshot.borrow();
+            (snapshot.table.clone(), snapshot.hash.clone())
+        };
         let attempt = OutboundAttempt {
             trunk_header: Some(request.trunk.as_str()),
             trunk_param: None,
@@ -711,7 +724,7 @@ impl Gateway {
             return Err(ApiError::new(ErrorCode::Unavailable, "the gateway has no listeners yet"));
         };
         let mut ids = Ids::random();
-        let placed = placed::setup(
+        let (placed, contract) = placed::setup(
             &mut ids,
             &config.header_prefix,
             &request,
@@ -758,7 +771,24 @@ impl Gateway {
         };
         let active = services.metrics.call_started(&labels.trunk, labels.direction);
         tracing::info!(session = %id, trunk = %labels.trunk, number = %labels.number, agent = %labels.agent, "placing a call for the call API");
-        let held = Held { permit, active, labels, table, watch: Some(watch.clone()) };
+        let seed = super::record::Seed {
+            gateway: &config.gateway_name,
+            config: Some(config_hash),
+            session_id: &id,
+            direction: Direction::Outbound,
+            trunk: labels.trunk.clone(),
+            numbers: crate::observe::record::Numbers {
+                from: route.caller_id.to_string(),
+                from_e164: Some(route.caller_id.to_string()),
+                to: route.number.to_string(),
+            },
+            agent: Some(request.agent.clone()),
+            agent_reason: Some("named"),
+            transport: route.trunk.transport.as_str(),
+            source: None,
+        };
+        let record = super::record::seed(seed, Some(&contract));
+        let held = Held { permit, active, labels, table, watch: Some(watch.clone()), record };
         tokio::spawn(driver::run(services.clone(), call, first, held, (tx, rx)));
         Ok(watch.view())
     }

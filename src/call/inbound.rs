@@ -17,6 +17,7 @@ use crate::sip::msg::{DialogHeaders, NameAddr, Request, SipUri};
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, CallLabels, Held};
+use super::headers::Contract;
 use super::limits::CallPermit;
 use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
 use super::services::{CallInput, CallServices};
@@ -30,6 +31,8 @@ pub struct Admitted {
     /// The routing table the call started with.
     pub table: Arc<RoutingTable>,
     pub offer: Option<MediaOffer>,
+    /// The hash of the configuration the call started with, for its session record.
+    pub config: String,
 }
 
 /// Starts the call's task.
@@ -38,7 +41,10 @@ pub fn spawn(
     admitted: Admitted,
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Admitted { invite, source, route, permit, table, offer } = admitted;
+    let Admitted { invite, source, route, permit, table, offer, config } = admitted;
+    let transport = source.protocol.as_str();
+    let from = invite.from().map(|f| super::machine::user_of(&f.uri)).unwrap_or_default();
+    let record_source = source;
     let carrier_local = gw.local_address(Zone::Carrier, source.protocol).unwrap_or(source.local);
     let protocol = route.trunk.destination.transport;
     let agent_local = gw
@@ -46,7 +52,7 @@ pub fn spawn(
         .or_else(|| gw.local_address(Zone::Internal, Protocol::Udp))
         .unwrap_or(carrier_local);
     let mut ids = Ids::random();
-    let setup = setup(
+    let (setup, contract) = setup(
         &mut ids,
         &gw.config.header_prefix,
         invite,
@@ -58,6 +64,7 @@ pub fn spawn(
     let mut setup = setup;
     let context = gw.transfer_context(&table, &route.trunk.name.namespace, &route.agent);
     setup.transfer = Some(context);
+    let session_id = setup.session_id.clone();
     let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Inbound,
@@ -66,7 +73,27 @@ pub fn spawn(
         agent: route.agent.clone(),
     };
     let active = gw.metrics.call_started(&labels.trunk, labels.direction);
-    let held = Held { permit, active, labels, table, watch: None };
+    let seed = super::record::Seed {
+        gateway: &gw.config.gateway_name,
+        config: Some(config),
+        session_id: &session_id,
+        direction: Direction::Inbound,
+        trunk: labels.trunk.clone(),
+        numbers: crate::observe::record::Numbers {
+            from,
+            from_e164: route.caller.as_ref().map(|n| n.to_string()),
+            to: route.number.to_string(),
+        },
+        agent: Some(route.agent.clone()),
+        agent_reason: Some(match route.agent_reason {
+            crate::config::lookup::AgentReason::Number => "number",
+            crate::config::lookup::AgentReason::Header => "header",
+        }),
+        transport,
+        source: Some(&record_source),
+    };
+    let record = super::record::seed(seed, Some(&contract));
+    let held = Held { permit, active, labels, table, watch: None, record };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 
@@ -79,7 +106,7 @@ pub fn setup(
     (carrier_local, agent_local): (SocketAddr, SocketAddr),
     route: &Route,
     offer: Option<MediaOffer>,
-) -> Setup {
+) -> (Setup, Contract) {
     let protocol = route.trunk.destination.transport;
     let session_id = ids.token(16);
     let from = invite.from();
@@ -97,8 +124,8 @@ pub fn setup(
         target: Target { protocol, zone: Zone::Internal, remote: agent_local, connection: None },
         local: agent_local,
     };
-    let headers = agent_headers(prefix, &invite, route, &session_id, &caller);
-    Setup {
+    let (headers, contract) = agent_headers(prefix, &invite, route, &session_id, &caller);
+    let setup = Setup {
         session_id,
         origin: Origin { role: Role::Carrier, invite, source, local: carrier_local },
         dial: Dial {
@@ -111,7 +138,8 @@ pub fn setup(
         offer,
         codecs: route.trunk.codecs.clone(),
         transfer: None,
-    }
+    };
+    (setup, contract)
 }
 
 /// Where the agent runtime is: an address, or a name to look up. The trunk's destination was
@@ -134,7 +162,7 @@ fn agent_headers(
     route: &Route,
     session_id: &str,
     caller: &str,
-) -> Vec<(String, String)> {
+) -> (Vec<(String, String)>, Contract) {
     let mut headers = vec![
         (format!("{prefix}Agent-ID"), route.agent.clone()),
         (format!("{prefix}Trunk"), route.trunk.name.to_string()),
@@ -149,8 +177,8 @@ fn agent_headers(
     for w in &contract.warnings {
         tracing::info!(session = %session_id, header = %w.header, warning = %w.message, "caller header changed");
     }
-    headers.extend(contract.headers);
-    headers
+    headers.extend(contract.headers.iter().cloned());
+    (headers, contract)
 }
 
 /// The user part for the From of the agent leg: the caller's number or name, URI-safe.

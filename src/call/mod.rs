@@ -16,5 +16,6 @@ pub mod limits;
 pub mod machine;
 pub mod outbound;
 pub mod placed;
+pub mod record;
 pub mod services;
 pub mod transfer;

@@ -40,6 +40,8 @@ pub struct Admitted {
     /// The routing table the call started with.
     pub table: Arc<RoutingTable>,
     pub offer: Option<MediaOffer>,
+    /// The hash of the configuration the call started with, for its session record.
+    pub config: String,
 }
 
 /// Our addresses on the two legs of an outbound call: toward the agent (where its INVITE came
@@ -63,7 +65,13 @@ pub fn spawn(
     admitted: Admitted,
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Admitted { invite, source, route, permit, table, offer } = admitted;
+    let Admitted { invite, source, route, permit, table, offer, config } = admitted;
+    // The record keeps what the agent asked for, under the same contract as an agent leg.
+    let asked: Vec<(String, String)> =
+        invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    let prefix = &gw.config.header_prefix;
+    let contract = super::headers::apply(prefix, &asked, super::headers::Limits::default());
+    let (transport, record_source) = (source.protocol.as_str(), source);
     let locals = local_addresses(&gw, &source, route.trunk.transport);
     let mut ids = Ids::random();
     let mut setup =
@@ -78,7 +86,24 @@ pub fn spawn(
         agent: route.agent.clone().unwrap_or_default(),
     };
     let active = gw.metrics.call_started(&labels.trunk, labels.direction);
-    let held = Held { permit, active, labels, table, watch: None };
+    let seed = super::record::Seed {
+        gateway: &gw.config.gateway_name,
+        config: Some(config),
+        session_id: call.session_id(),
+        direction: Direction::Outbound,
+        trunk: labels.trunk.clone(),
+        numbers: crate::observe::record::Numbers {
+            from: route.caller_id.to_string(),
+            from_e164: Some(route.caller_id.to_string()),
+            to: route.number.to_string(),
+        },
+        agent: route.agent.clone(),
+        agent_reason: route.agent.as_ref().map(|_| "named"),
+        transport,
+        source: Some(&record_source),
+    };
+    let record = super::record::seed(seed, Some(&contract));
+    let held = Held { permit, active, labels, table, watch: None, record };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 

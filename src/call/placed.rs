@@ -41,7 +41,7 @@ pub fn setup(
     agent: &SipDestination,
     (agent_local, carrier_local): (SocketAddr, SocketAddr),
     offer: MediaOffer,
-) -> Placed {
+) -> (Placed, super::headers::Contract) {
     let session_id = ids.token(16);
     // X-* headers of the request travel on both legs; trunkline's own are the gateway's to set.
     let own = prefix.to_ascii_lowercase();
@@ -67,7 +67,7 @@ pub fn setup(
     for w in &contract.warnings {
         tracing::info!(session = %session_id, header = %w.header, warning = %w.message, "API header changed");
     }
-    headers.extend(contract.headers);
+    headers.extend(contract.headers.iter().cloned());
     let agent_uri = agent.with_user(&request.agent);
     let dialog = Dialog {
         call_id: format!("{}@trunkline", ids.token(20)),
@@ -97,7 +97,15 @@ pub fn setup(
         headers,
         credentials: None,
     };
-    Placed { session_id, first, then, offer, codecs: route.trunk.codecs.clone(), transfer: None }
+    let placed = Placed {
+        session_id,
+        first,
+        then,
+        offer,
+        codecs: route.trunk.codecs.clone(),
+        transfer: None,
+    };
+    (placed, contract)
 }
 
 fn host(addr: SocketAddr) -> String {

@@ -41,6 +41,10 @@ pub struct GatewayConfig {
     pub agent_credentials: Option<Arc<super::agent_auth::AgentCredentials>>,
     /// Where calls placed through the call API are bridged to, unless a request names its own.
     pub agent_uri: Option<String>,
+    /// Where session records go (`--records-file`); none: no records.
+    pub records: Option<Arc<crate::observe::record::RecordFile>>,
+    /// This gateway's name in records (the pod's, or the host's).
+    pub gateway_name: String,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +62,8 @@ impl Default for GatewayConfig {
                 .collect(),
             agent_credentials: None,
             agent_uri: None,
+            records: None,
+            gateway_name: "trunkline".to_string(),
         }
     }
 }

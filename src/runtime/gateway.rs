@@ -100,6 +100,9 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     /// How long a bridged transfer's destination may ring.
     pub transfer_timeout: Duration,
+    /// Where session records go (`-`: stdout), and the size that rotates the file.
+    pub records_file: Option<String>,
+    pub records_max_bytes: u64,
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
@@ -143,6 +146,8 @@ pub enum ServeError {
     /// `--api-token-file` cannot be read (or holds no usable token).
     #[error(transparent)]
     ApiToken(#[from] TokenFileError),
+    #[error("--records-file {path}")]
+    Records { path: String, source: std::io::Error },
 }
 
 fn default_listeners(zone: Zone) -> Vec<ListenAddr> {
@@ -289,7 +294,21 @@ pub async fn serve_until(
         Some(path) => Some(Arc::new(AgentCredentials::load(path)?)),
         None => None,
     };
+    let records = match &options.records_file {
+        Some(path) => Some(Arc::new(
+            crate::observe::record::RecordFile::open(path, options.records_max_bytes)
+                .map_err(|source| ServeError::Records { path: path.clone(), source })?,
+        )),
+        None => None,
+    };
+    // The pod's name in a cluster (the Deployment sets POD_NAME), else the host's.
+    let gateway_name = ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "trunkline".to_string());
     let config = GatewayConfig {
+        records,
+        gateway_name,
         public_address,
         header_prefix: options.header_prefix.clone(),
         agent_timeout: options.agent_timeout,

@@ -12,6 +12,7 @@
 //! - [`kamailio`]: a TLS front for sipp (Debian's sipp has no TLS);
 //! - [`linphone`]: linphonec as a carrier that answers SHA-256 digest challenges;
 //! - [`carrier`]: a carrier driven by hand over UDP that sends and checks RTP itself;
+//! - [`records`]: the session records a gateway wrote, checked against their JSON Schema;
 //! - [`ca`]: a test CA that signs the certificates of TLS peers (`--tls-ca`);
 //! - [`digest`]: recomputes a client's digest answer, to prove what it sent.
 //!
@@ -33,6 +34,7 @@ pub mod kamailio;
 pub mod linphone;
 pub mod net;
 pub mod process;
+pub mod records;
 pub mod sipp;
 pub mod specs;
 

@@ -73,7 +73,7 @@ pub(super) struct Bridging {
 }
 
 /// The user part of a SIP or tel URI (`sip:+14155550100@host;user=phone` → `+14155550100`).
-pub(super) fn user_of(uri: &str) -> String {
+pub fn user_of(uri: &str) -> String {
     let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
     let user = match rest.split_once('@') {
         Some((user, _)) => user,

@@ -52,7 +52,7 @@ use crate::sip::msg::{Message, Request};
 use crate::sip::transaction::{ClientKey, ServerKey, Timers};
 use crate::sip::transport::{Source, Target};
 
-pub use bridge::TransferRequest;
+pub use bridge::{TransferRequest, user_of};
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
