@@ -1,0 +1,449 @@
+//! A bounded, durable on-disk queue of session records: what the webhook sink reads from, so
+//! that a slow or dead webhook, or a restart of the gateway, loses no record.
+//!
+//! Takes: records (one JSON object each, no newline inside) under their record id, from the
+//! record writer ([`Spool::push`], then [`Spool::sync`] once per batch window). Gives: the oldest
+//! records not yet delivered ([`Spool::peek`]), which the webhook sender removes once delivered
+//! ([`Spool::ack`]). Synchronous and std only: callers run it on a blocking thread (or
+//! `tokio::task::spawn_blocking`), one owner at a time.
+//!
+//! # On disk
+//!
+//! ```text
+//! DIR/lock                   held (flock) while a Spool is open: a second process is refused
+//! DIR/cursor                 "SEGMENT OFFSET\n": the first record not yet acknowledged
+//! DIR/seg-0000000001.jsonl   append-only segments, rolled at about 1 MiB
+//! DIR/seg-0000000002.jsonl
+//! ```
+//!
+//! Each record is one line: `{"id":"<record id>","record":<the record>}\n`. JSON lines rather
+//! than a length-prefixed binary form because an operator can read (and replay) a spool with
+//! `cat`/`jq` in a crisis, and a torn line is still easy to tell: records hold no newline, so a
+//! line without its final newline, or one that does not parse, is torn. A record is appended with one `write` to the
+//! segment; [`Spool::sync`] makes everything pushed so far durable (fsync of every segment
+//! written since the last sync, and of the directory when a segment was created).
+//!
+//! The acknowledgement cursor is written atomically (write to `cursor.tmp`, fsync, rename to
+//! `cursor`, fsync the directory), then the segments wholly before it are deleted. A segment
+//! is never appended to by a later process: every [`Spool::open`] starts writing a new segment,
+//! numbered after every existing segment and after the cursor's, so the bytes after a torn
+//! line are never records and a cursor never points into bytes written by another run.
+//!
+//! # Guarantees
+//!
+//! - **Never lose a synced record.** A record for which `sync` returned `Ok` is returned by
+//!   every later [`Spool::open`] until it is acknowledged. After SIGTERM or a process crash
+//!   (SIGKILL) no record whose `push` returned `Ok` is lost, since its bytes are in the kernel
+//!   (what the caller still held in memory, at most its batch window, is); after a power loss
+//!   or kernel crash the records pushed since the last `sync` (one batch window) may be lost.
+//! - **At least once.** A crash after delivery and before `ack` returns the record again; the
+//!   record id is the idempotency key the receiver uses to drop the duplicate.
+//! - **A torn last line** (a crash in the middle of a write) is skipped, not an error, and
+//!   counted ([`Spool::skipped`]) so the caller can log it.
+//!
+//! # The bound
+//!
+//! `max_bytes` bounds the bytes of records waiting ([`Spool::bytes`]: the length of their lines
+//! on disk). A push that would take the spool over it is refused with [`PushError::SpoolFull`]:
+//! the record is not taken, the caller counts it (a metric and a log line) and keeps writing
+//! its other sinks; pushes are accepted again as soon as acknowledgements make room. The disk
+//! holds at most `max_bytes` plus the acknowledged part of the oldest segment (under one
+//! segment, 1 MiB) plus the lock and cursor files. A spool found holding more than `max_bytes`
+//! (the bound was lowered between runs) keeps every record and refuses pushes until it drains;
+//! a single record whose line is longer than `max_bytes` is always refused.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Where a segment is rolled: the next record that would take it past this starts a new one.
+const SEGMENT_BYTES: u64 = 1 << 20;
+
+const CURSOR: &str = "cursor";
+const CURSOR_TMP: &str = "cursor.tmp";
+const LOCK: &str = "lock";
+const SEGMENT_PREFIX: &str = "seg-";
+const SEGMENT_SUFFIX: &str = ".jsonl";
+const LINE_PREFIX: &[u8] = b"{\"id\":";
+const RECORD_KEY: &[u8] = b",\"record\":";
+
+/// Why [`Spool::push`] did not take a record.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The spool holds `max_bytes` already: the record was not taken.
+    #[error("the spool is full ({waiting} bytes waiting, bound {max_bytes}): record not spooled")]
+    SpoolFull { waiting: u64, max_bytes: u64 },
+    /// The record is not one JSON object on one line (a fault of the caller).
+    #[error("a record must be one JSON object with no newline inside")]
+    NotARecord,
+    /// Writing the segment failed.
+    #[error("writing to the spool failed: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// A record waiting, as the index holds it: where its line is.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    segment: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    number: u64,
+    file: File,
+    len: u64,
+}
+
+/// The spool: see the module docs.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Records waiting, oldest first.
+    waiting: VecDeque<Entry>,
+    bytes: u64,
+    active: Option<Active>,
+    /// The number the next segment gets.
+    next_segment: u64,
+    /// No segment numbered below this is on disk (or it is deleted again at the next open).
+    oldest_segment: u64,
+    /// Segments written since the last sync, other than the active one.
+    unsynced: Vec<File>,
+    dir_unsynced: bool,
+    skipped: usize,
+    /// Held for the life of the spool: released (by the kernel) when it is dropped.
+    _lock: File,
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory; records left by an earlier process (SIGTERM or
+    /// SIGKILL) are found again. A torn last line (a crash mid-write) is skipped, not an error.
+    /// A directory already open in another `Spool` (this process or another) is refused with
+    /// `ErrorKind::WouldBlock`.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
+        Self::open_with(dir, max_bytes, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("spool directory {} is in use by another spool", dir.display()),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let cursor = read_cursor(dir)?;
+        let mut segments = list_segments(dir)?;
+        segments.sort_unstable();
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_bytes,
+            waiting: VecDeque::new(),
+            bytes: 0,
+            active: None,
+            next_segment: 1,
+            oldest_segment: 1,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+            skipped: 0,
+            _lock: lock,
+        };
+        let (cursor_segment, cursor_offset) = cursor.unwrap_or((0, 0));
+        spool.next_segment = cursor_segment.max(segments.last().copied().unwrap_or(0)) + 1;
+        spool.oldest_segment = spool.next_segment;
+        for number in segments {
+            if number < cursor_segment {
+                // Wholly acknowledged; its deletion was not done (or not durable) last time.
+                remove_if_present(&spool.segment_path(number))?;
+                continue;
+            }
+            let from = if number == cursor_segment { cursor_offset } else { 0 };
+            if spool.load_segment(number, from)? == 0 {
+                // Nothing waiting in it (all acknowledged, or only a torn line), and segments
+                // of an earlier run are never appended to: its space is reclaimed now.
+                remove_if_present(&spool.segment_path(number))?;
+            } else {
+                spool.oldest_segment = spool.oldest_segment.min(number);
+            }
+        }
+        Ok(spool)
+    }
+
+    /// Appends one record (one JSON object, no newline inside) under its id. `Err(SpoolFull)`
+    /// when the spool holds `max_bytes` already: the record is not taken (the caller counts it).
+    /// The record is durable only after the next [`Spool::sync`].
+    pub fn push(&mut self, id: &str, record: &[u8]) -> Result<(), PushError> {
+        if !is_one_object(record) {
+            return Err(PushError::NotARecord);
+        }
+        let line = encode_line(id, record);
+        let len = line.len() as u64;
+        if self.bytes.saturating_add(len) > self.max_bytes {
+            return Err(PushError::SpoolFull { waiting: self.bytes, max_bytes: self.max_bytes });
+        }
+        let roll = match &self.active {
+            None => true,
+            Some(active) => active.len > 0 && active.len + len > self.segment_bytes,
+        };
+        if roll {
+            self.roll()?;
+        }
+        let active = self.active.as_mut().expect("roll() leaves an active segment");
+        if let Err(e) = active.file.write_all(&line) {
+            // A partial write is a torn line: start a new segment so that no record follows
+            // it; the records already in this one are still synced by the next sync.
+            if let Some(torn) = self.active.take() {
+                self.unsynced.push(torn.file);
+            }
+            return Err(e.into());
+        }
+        self.waiting.push_back(Entry { segment: active.number, offset: active.len, len });
+        active.len += len;
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Makes everything pushed so far durable (fsync of the segments written, and of the
+    /// directory when a segment was created). The writer calls it once per batch window.
+    pub fn sync(&mut self) -> io::Result<()> {
+        for file in &self.unsynced {
+            file.sync_data()?;
+        }
+        self.unsynced.clear();
+        if let Some(active) = &self.active {
+            active.file.sync_data()?;
+        }
+        if self.dir_unsynced {
+            sync_dir(&self.dir)?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Up to `n` records not yet acknowledged, oldest first, as (id, bytes).
+    pub fn peek(&self, n: usize) -> io::Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(n.min(self.waiting.len()));
+        let mut open: Option<(u64, File)> = None;
+        for entry in self.waiting.iter().take(n) {
+            if open.as_ref().map(|(number, _)| *number) != Some(entry.segment) {
+                open = Some((entry.segment, File::open(self.segment_path(entry.segment))?));
+            }
+            let (_, file) = open.as_ref().expect("the entry's segment was opened above");
+            let len = usize::try_from(entry.len).map_err(|_| corrupt("a record too large"))?;
+            let mut line = vec![0; len];
+            file.read_exact_at(&mut line, entry.offset)?;
+            let (id, record) = decode_line(&line).ok_or_else(|| {
+                corrupt(&format!(
+                    "segment {} changed under the spool at offset {}",
+                    entry.segment, entry.offset
+                ))
+            })?;
+            out.push((id, record.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The oldest `n` peeked records were delivered: they are removed, durably (a later
+    /// [`Spool::open`] does not return them); a segment's space is reclaimed when all of its
+    /// records are acknowledged. `n` larger than [`Spool::len`] is `ErrorKind::InvalidInput`.
+    pub fn ack(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if n > self.waiting.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ack of {n} records when {} are waiting", self.waiting.len()),
+            ));
+        }
+        let acked: u64 = self.waiting.iter().take(n).map(|e| e.len).sum();
+        let cursor = match self.waiting.get(n) {
+            Some(next) => (next.segment, next.offset),
+            None => match &self.active {
+                Some(active) => (active.number, active.len),
+                // Nothing written by this process: everything loaded is acknowledged.
+                None => (self.next_segment, 0),
+            },
+        };
+        write_cursor(&self.dir, cursor)?;
+        self.waiting.drain(..n);
+        self.bytes -= acked;
+        // The cursor is durable: a deletion lost in a crash is done again at the next open.
+        while self.oldest_segment < cursor.0 {
+            remove_if_present(&self.segment_path(self.oldest_segment))?;
+            self.oldest_segment += 1;
+        }
+        Ok(())
+    }
+
+    /// Records waiting (pushed or found at open, not acknowledged).
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether no record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Bytes waiting: what counts against `max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Lines skipped at open because they were torn (a crash mid-write) or unreadable.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    fn segment_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{SEGMENT_PREFIX}{number:010}{SEGMENT_SUFFIX}"))
+    }
+
+    /// Starts a new segment; the previous one is synced at the next [`Spool::sync`].
+    fn roll(&mut self) -> io::Result<()> {
+        let number = self.next_segment;
+        let file =
+            OpenOptions::new().create_new(true).append(true).open(self.segment_path(number))?;
+        self.next_segment += 1;
+        self.dir_unsynced = true;
+        if self.waiting.is_empty() {
+            // Every record written so far is acknowledged (the cursor on disk says so), the
+            // segment just left included: nothing before the new one is needed.
+            while self.oldest_segment < number {
+                remove_if_present(&self.segment_path(self.oldest_segment))?;
+                self.oldest_segment += 1;
+            }
+        }
+        if let Some(previous) = self.active.replace(Active { number, file, len: 0 }) {
+            self.unsynced.push(previous.file);
+        }
+        Ok(())
+    }
+
+    /// Indexes the complete records of a segment from `from` on and says how many it found;
+    /// torn or unreadable lines are skipped.
+    fn load_segment(&mut self, number: u64, from: u64) -> io::Result<usize> {
+        let file = File::open(self.segment_path(number))?;
+        let mut reader = BufReader::new(file);
+        let mut offset = 0u64;
+        let mut line = Vec::new();
+        let mut found = 0;
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line)? as u64;
+            if read == 0 {
+                return Ok(found);
+            }
+            if offset >= from {
+                if decode_line(&line).is_some() {
+                    self.waiting.push_back(Entry { segment: number, offset, len: read });
+                    self.bytes += read;
+                    found += 1;
+                } else {
+                    self.skipped += 1;
+                }
+            }
+            offset += read;
+        }
+    }
+}
+
+/// Whether `record` is one JSON object on one line.
+fn is_one_object(record: &[u8]) -> bool {
+    record.first() == Some(&b'{')
+        && !record.contains(&b'\n')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok()
+}
+
+fn encode_line(id: &str, record: &[u8]) -> Vec<u8> {
+    let id = serde_json::Value::String(id.to_owned()).to_string();
+    let mut line =
+        Vec::with_capacity(LINE_PREFIX.len() + id.len() + RECORD_KEY.len() + record.len() + 2);
+    line.extend_from_slice(LINE_PREFIX);
+    line.extend_from_slice(id.as_bytes());
+    line.extend_from_slice(RECORD_KEY);
+    line.extend_from_slice(record);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The id and record of a complete line (with its newline), or `None` for a torn or foreign
+/// one.
+fn decode_line(line: &[u8]) -> Option<(String, &[u8])> {
+    let body = line.strip_suffix(b"\n")?.strip_prefix(LINE_PREFIX)?;
+    let mut ids = serde_json::Deserializer::from_slice(body).into_iter::<String>();
+    let id = ids.next()?.ok()?;
+    let rest = body.get(ids.byte_offset()..)?.strip_prefix(RECORD_KEY)?;
+    let record = rest.strip_suffix(b"}")?;
+    is_one_object(record).then_some((id, record))
+}
+
+fn read_cursor(dir: &Path) -> io::Result<Option<(u64, u64)>> {
+    let text = match fs::read_to_string(dir.join(CURSOR)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next(), fields.next()) {
+        (Some(Ok(segment)), Some(Ok(offset)), None) => Ok(Some((segment, offset))),
+        // Written by rename only, so never torn: anything else is not ours to guess at.
+        _ => Err(corrupt(&format!("{} is not \"SEGMENT OFFSET\"", dir.join(CURSOR).display()))),
+    }
+}
+
+fn write_cursor(dir: &Path, (segment, offset): (u64, u64)) -> io::Result<()> {
+    let tmp = dir.join(CURSOR_TMP);
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{segment} {offset}\n").as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(CURSOR))?;
+    sync_dir(dir)
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SEGMENT_PREFIX))
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        numbers.extend(number);
+    }
+    Ok(numbers)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("spool: {what}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+use super::*;
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A directory under the system's temp dir, unique to this process and call, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("trunkline-spool-{test}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn record(i: usize) -> Vec<u8> {
+    format!(r#"{{"recordId":"r{i}","answered":true,"codec":"PCMU","n":{i}}}"#).into_bytes()
+}
+
+fn all(spool: &Spool) -> Vec<(String, Vec<u8>)> {
+    spool.peek(usize::MAX).expect("peek")
+}
+
+fn ids(records: &[(String, Vec<u8>)]) -> Vec<String> {
+    records.iter().map(|(id, _)| id.clone()).collect()
+}
+
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut numbers = list_segments(dir).expect("list segments");
+    numbers.sort_unstable();
+    numbers
+}
+
+#[test]
+fn records_come_out_in_push_order_and_leave_when_acked() {
+    let dir = TempDir::new("order");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    assert!(spool.is_empty());
+    for i in 0..5 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    assert_eq!(spool.len(), 5);
+    let first = spool.peek(2).expect("peek");
+    assert_eq!(first, vec![("id-0".to_owned(), record(0)), ("id-1".to_owned(), record(1))]);
+    // Peeking does not consume.
+    assert_eq!(spool.peek(2).expect("peek"), first);
+    spool.ack(2).expect("ack");
+    assert_eq!(ids(&all(&spool)), ["id-2", "id-3", "id-4"]);
+    assert_eq!(spool.len(), 3);
+    spool.ack(3).expect("ack");
+    assert!(spool.is_empty());
+    assert_eq!(spool.bytes(), 0);
+    assert!(spool.peek(10).expect("peek").is_empty());
+}
+
+#[test]
+fn ids_and_records_come_back_byte_for_byte() {
+    let dir = TempDir::new("bytes");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    let id = "quote\" backslash\\ tab\t é 🎧";
+    let body = br#"{ "spaced" : [1, 2.5e3, "\u00e9\n"], "nested": {"a": null} }"#;
+    spool.push(id, body).expect("push");
+    spool.sync().expect("sync");
+    drop(spool);
+    let spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    assert_eq!(all(&spool), vec![(id.to_owned(), body.to_vec())]);
+}
+
+#[test]
+fn reopening_returns_exactly_the_records_not_acked() {
+    let dir = TempDir::new("reopen");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    for i in 0..6 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    spool.sync().expect("sync");
+    spool.ack(4).expect("ack");
+    let bytes = spool.bytes();
+    drop(spool);
+
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    assert_eq!(all(&spool), vec![("id-4".to_owned(), record(4)), ("id-5".to_owned(), record(5))]);
+    assert_eq!(spool.bytes(), bytes);
+    assert_eq!(spool.skipped(), 0);
+
+    // What this run pushes comes after what it found, and survives the next reopen too.
+    spool.push("id-6", &record(6)).expect("push");
+    spool.ack(1).expect("ack");
+    drop(spool);
+    let spool = Spool::open(&dir.0, 1 << 20).expect("reopen again");
+    assert_eq!(ids(&all(&spool)), ["id-5", "id-6"]);
+}
+
+#[test]
+fn everything_acked_before_a_restart_stays_acked() {
+    let dir = TempDir::new("all-acked");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    spool.push("a", &record(0)).expect("push");
+    drop(spool);
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    // Acknowledge what was found, before this run has written anything.
+    spool.ack(1).expect("ack");
+    drop(spool);
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    assert!(spool.is_empty());
+    spool.push("b", &record(1)).expect("push");
+    drop(spool);
+    let spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    assert_eq!(ids(&all(&spool)), ["b"]);
+}
+
+#[test]
+fn a_torn_last_line_is_skipped_and_the_records_before_it_kept() {
+    let dir = TempDir::new("torn");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    for i in 0..3 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    spool.sync().expect("sync");
+    drop(spool);
+    // A crash in the middle of the next write: half a line, no newline.
+    let segment = dir.0.join(format!("seg-{:010}.jsonl", segments(&dir.0)[0]));
+    let line = encode_line("id-3", &record(3));
+    let mut file = OpenOptions::new().append(true).open(&segment).expect("open segment");
+    file.write_all(&line[..line.len() / 2]).expect("tear");
+    drop(file);
+
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("reopen");
+    assert_eq!(ids(&all(&spool)), ["id-0", "id-1", "id-2"]);
+    assert_eq!(spool.skipped(), 1);
+    // New records are not glued to the torn bytes.
+    spool.push("id-4", &record(4)).expect("push");
+    drop(spool);
+    let spool = Spool::open(&dir.0, 1 << 20).expect("reopen again");
+    assert_eq!(ids(&all(&spool)), ["id-0", "id-1", "id-2", "id-4"]);
+    assert_eq!(all(&spool)[3].1, record(4));
+}
+
+#[test]
+fn a_full_spool_refuses_records_and_takes_them_again_after_an_ack() {
+    let dir = TempDir::new("full");
+    let line = encode_line("id-0", &record(0)).len() as u64;
+    let mut spool = Spool::open(&dir.0, 3 * line).expect("open");
+    for i in 0..3 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    assert_eq!(spool.bytes(), 3 * line);
+    match spool.push("id-3", &record(3)) {
+        Err(PushError::SpoolFull { waiting, max_bytes }) => {
+            assert_eq!((waiting, max_bytes), (3 * line, 3 * line));
+        }
+        other => panic!("expected SpoolFull, got {other:?}"),
+    }
+    assert_eq!(ids(&all(&spool)), ["id-0", "id-1", "id-2"], "the refused record is not taken");
+    spool.ack(1).expect("ack");
+    spool.push("id-3", &record(3)).expect("room again after the ack");
+    assert_eq!(ids(&all(&spool)), ["id-1", "id-2", "id-3"]);
+    assert!(spool.bytes() <= 3 * line);
+}
+
+#[test]
+fn a_segment_is_deleted_once_all_its_records_are_acked() {
+    let dir = TempDir::new("reclaim");
+    let line = encode_line("id-0", &record(0)).len() as u64;
+    // Two records per segment.
+    let mut spool = Spool::open_with(&dir.0, 1 << 20, 2 * line).expect("open");
+    for i in 0..6 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    assert_eq!(segments(&dir.0), [1, 2, 3]);
+    spool.ack(1).expect("ack");
+    assert_eq!(segments(&dir.0), [1, 2, 3], "segment 1 still holds a record");
+    spool.ack(2).expect("ack");
+    assert_eq!(segments(&dir.0), [2, 3]);
+    spool.ack(3).expect("ack");
+    // The segment being written stays until it is rolled.
+    assert_eq!(segments(&dir.0), [3]);
+    spool.push("id-6", &record(6)).expect("push");
+    spool.push("id-7", &record(7)).expect("push");
+    spool.ack(1).expect("ack");
+    assert_eq!(segments(&dir.0), [4]);
+    drop(spool);
+    let spool = Spool::open_with(&dir.0, 1 << 20, 2 * line).expect("reopen");
+    assert_eq!(ids(&all(&spool)), ["id-7"]);
+}
+
+#[test]
+fn many_records_across_many_segments_survive_restarts_in_order() {
+    let dir = TempDir::new("many");
+    let mut spool = Spool::open_with(&dir.0, 1 << 20, 1000).expect("open");
+    for i in 0..500 {
+        spool.push(&format!("id-{i}"), &record(i)).expect("push");
+    }
+    spool.sync().expect("sync");
+    assert!(segments(&dir.0).len() > 20, "records spread over many segments");
+    spool.ack(123).expect("ack");
+    drop(spool);
+    let mut spool = Spool::open_with(&dir.0, 1 << 20, 1000).expect("reopen");
+    let expected: Vec<_> = (123..500).map(|i| (format!("id-{i}"), record(i))).collect();
+    assert_eq!(all(&spool), expected);
+    // Drain in batches as the webhook sender would.
+    let mut delivered = Vec::new();
+    while !spool.is_empty() {
+        let batch = spool.peek(50).expect("peek");
+        delivered.extend(batch.iter().cloned());
+        spool.ack(batch.len()).expect("ack");
+    }
+    assert_eq!(delivered, expected);
+    assert!(segments(&dir.0).len() <= 1);
+}
+
+#[test]
+fn a_second_spool_on_the_same_directory_is_refused() {
+    let dir = TempDir::new("lock");
+    let spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    let second = Spool::open(&dir.0, 1 << 20).expect_err("the directory is in use");
+    assert_eq!(second.kind(), io::ErrorKind::WouldBlock);
+    drop(spool);
+    Spool::open(&dir.0, 1 << 20).expect("free again once the first is dropped");
+}
+
+#[test]
+fn what_is_not_one_json_object_is_refused() {
+    let dir = TempDir::new("not-a-record");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    for bad in [&b""[..], b"[1]", b"\"text\"", b"{\"a\":1", b"{\n\"a\":1}", b"{}{}", b"{} x"] {
+        assert!(
+            matches!(spool.push("id", bad), Err(PushError::NotARecord)),
+            "{:?} was taken",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(spool.is_empty());
+}
+
+#[test]
+fn an_ack_of_more_than_is_waiting_is_an_error_and_changes_nothing() {
+    let dir = TempDir::new("over-ack");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    spool.push("a", &record(0)).expect("push");
+    let err = spool.ack(2).expect_err("only one waiting");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(ids(&all(&spool)), ["a"]);
+}
+
+#[test]
+fn a_cursor_that_is_not_ours_is_refused_at_open() {
+    let dir = TempDir::new("bad-cursor");
+    fs::create_dir_all(&dir.0).expect("mkdir");
+    fs::write(dir.0.join(CURSOR), "three 4\n").expect("write");
+    let err = Spool::open(&dir.0, 1 << 20).expect_err("bad cursor");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push(usize),
+    Ack(usize),
+    Sync,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0usize..200).prop_map(Op::Push),
+        2 => (0usize..8).prop_map(Op::Ack),
+        1 => Just(Op::Sync),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random pushes, acks and restarts against a VecDeque: the spool returns exactly the
+    /// records the model holds, in order, and never holds more than its bound.
+    #[test]
+    fn the_spool_behaves_like_a_bounded_queue_across_restarts(
+        ops in proptest::collection::vec(op(), 1..80),
+        max_bytes in 200u64..4000,
+        segment_bytes in 100u64..600,
+    ) {
+        let dir = TempDir::new("prop");
+        let mut spool = Spool::open_with(&dir.0, max_bytes, segment_bytes).expect("open");
+        let mut model: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+        let mut next = 0;
+        for op in ops {
+            match op {
+                Op::Push(padding) => {
+                    let id = format!("id-{next}");
+                    let body = format!(r#"{{"n":{next},"pad":"{}"}}"#, "x".repeat(padding));
+                    next += 1;
+                    match spool.push(&id, body.as_bytes()) {
+                        Ok(()) => model.push_back((id, body.into_bytes())),
+                        Err(PushError::SpoolFull { waiting, .. }) => {
+                            prop_assert_eq!(waiting, spool.bytes());
+                            let line = encode_line(&id, body.as_bytes()).len() as u64;
+                            prop_assert!(waiting + line > max_bytes);
+                        }
+                        Err(e) => prop_assert!(false, "push failed: {e}"),
+                    }
+                }
+                Op::Ack(n) => {
+                    let n = n.min(model.len());
+                    spool.ack(n).expect("ack");
+                    model.drain(..n);
+                }
+                Op::Sync => spool.sync().expect("sync"),
+                Op::Reopen => {
+                    drop(spool);
+                    spool = Spool::open_with(&dir.0, max_bytes, segment_bytes).expect("reopen");
+                    prop_assert_eq!(spool.skipped(), 0);
+                }
+            }
+            prop_assert!(spool.bytes() <= max_bytes);
+            prop_assert_eq!(spool.len(), model.len());
+            prop_assert_eq!(all(&spool), Vec::from(model.clone()));
+        }
+        // Only the segments holding waiting records, plus the one being written, are left.
+        let mut holding: Vec<u64> = spool.waiting.iter().map(|e| e.segment).collect();
+        holding.extend(spool.active.as_ref().map(|a| a.number));
+        holding.sort_unstable();
+        holding.dedup();
+        prop_assert_eq!(segments(&dir.0), holding);
+    }
+}
