@@ -342,6 +342,20 @@ struct ServeArgs {
     /// Size at which the records file is rotated, in bytes.
     #[arg(long, value_name = "BYTES", default_value = "104857600")]
     records_max_bytes: u64,
+    /// POST every session record to this `http://` URL (through the on-disk spool: nothing is
+    /// lost while it is down; retried with backoff; `Idempotency-Key` is the record id).
+    #[arg(long, value_name = "URL")]
+    records_webhook: Option<String>,
+    /// A file holding the key of the webhook's `X-Trunkline-Signature: sha256=HMAC` header.
+    #[arg(long, value_name = "FILE")]
+    records_webhook_key_file: Option<PathBuf>,
+    /// The spool directory records wait in for the webhook (one gateway per directory).
+    #[arg(long, value_name = "DIR", default_value = "trunkline-records-spool")]
+    records_spool: PathBuf,
+    /// Bytes the spool holds at most; a full spool refuses new records (logged; the
+    /// --records-file sink still gets them).
+    #[arg(long, value_name = "BYTES", default_value = "1073741824")]
+    records_spool_max_bytes: u64,
     /// Seconds without RTP from either side of an answered call (not on hold) before the
     /// gateway hangs it up, with the reason logged; `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -401,6 +415,10 @@ impl ServeArgs {
             transfer_timeout: self.transfer_timeout.max(Duration::from_secs(1)),
             records_file: self.records_file,
             records_max_bytes: self.records_max_bytes,
+            records_webhook: self.records_webhook,
+            records_webhook_key_file: self.records_webhook_key_file,
+            records_spool: self.records_spool,
+            records_spool_max_bytes: self.records_spool_max_bytes,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,

@@ -285,7 +285,8 @@ impl Driver {
             watch.observe(&self.call);
             watch.ended(&ended);
         }
-        let mut session_record = self.record.take().filter(|_| self.gw.config.records.is_some());
+        let wanted = self.gw.config.records.is_some() || self.gw.config.outbox.is_some();
+        let mut session_record = self.record.take().filter(|_| wanted);
         if let Some(r) = &mut session_record {
             record::ended(r, &self.call, &ended);
         }
@@ -305,12 +306,16 @@ impl Driver {
                 seconds = ended.duration.as_secs_f64(), "call ended"
             );
         }
-        let records = self.gw.config.records.clone();
+        let (records, outbox) = (self.gw.config.records.clone(), self.gw.config.outbox.clone());
         let write = move |r: Option<SessionRecord>| {
-            if let (Some(sink), Some(r)) = (records, r)
+            let Some(r) = r else { return };
+            if let Some(sink) = records
                 && let Err(e) = sink.write(&r)
             {
                 tracing::warn!(session = %r.session_id, error = %e, "session record not written");
+            }
+            if let Some(outbox) = outbox {
+                outbox.send(&r);
             }
         };
         let Some(relay) = self.relay.take() else { return write(session_record) };

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub records: Option<Arc<crate::observe::record::RecordFile>>,
     /// This gateway's name in records (the pod's, or the host's).
     pub gateway_name: String,
+    /// Where session records wait for the webhook (`--records-webhook`); none: no webhook.
+    pub outbox: Option<Arc<crate::observe::record::Outbox>>,
 }
 
 impl Default for GatewayConfig {
@@ -64,6 +66,7 @@ impl Default for GatewayConfig {
             agent_uri: None,
             records: None,
             gateway_name: "trunkline".to_string(),
+            outbox: None,
         }
     }
 }

@@ -8,3 +8,4 @@ pub mod api;
 pub mod metrics;
 pub mod record;
 pub mod spool;
+pub mod webhook;

@@ -231,6 +231,39 @@ impl std::fmt::Debug for RecordFile {
     }
 }
 
+/// Records on their way to the webhook: the spool they wait in and the delivery loop's bell.
+pub struct Outbox {
+    pub spool: std::sync::Arc<Mutex<super::spool::Spool>>,
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbox")
+    }
+}
+
+impl Outbox {
+    /// Puts a record in the spool (on a blocking thread) and wakes the delivery loop. A full
+    /// spool refuses it: logged; the file sink still has it.
+    pub fn send(&self, record: &SessionRecord) {
+        let Ok(bytes) = serde_json::to_vec(record) else { return };
+        let (spool, wake, id) = (self.spool.clone(), self.wake.clone(), record.record_id.clone());
+        tokio::task::spawn_blocking(move || {
+            let pushed = match spool.lock() {
+                Ok(mut spool) => spool.push(&id, &bytes).map_err(|e| e.to_string()),
+                Err(_) => Err("spool lock poisoned".to_string()),
+            };
+            match pushed {
+                Ok(()) => wake.notify_one(),
+                Err(e) => {
+                    tracing::warn!(record = %id, error = %e, "session record not spooled for the webhook")
+                }
+            }
+        });
+    }
+}
+
 fn append(path: &std::path::Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }

@@ -103,6 +103,12 @@ pub struct ServeOptions {
     /// Where session records go (`-`: stdout), and the size that rotates the file.
     pub records_file: Option<String>,
     pub records_max_bytes: u64,
+    /// The webhook records are POSTed to, the file with its HMAC key, the spool directory and
+    /// its bound.
+    pub records_webhook: Option<String>,
+    pub records_webhook_key_file: Option<PathBuf>,
+    pub records_spool: PathBuf,
+    pub records_spool_max_bytes: u64,
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
@@ -148,6 +154,8 @@ pub enum ServeError {
     ApiToken(#[from] TokenFileError),
     #[error("--records-file {path}")]
     Records { path: String, source: std::io::Error },
+    #[error("session records' webhook: {0}")]
+    Webhook(String),
 }
 
 fn default_listeners(zone: Zone) -> Vec<ListenAddr> {
@@ -306,8 +314,74 @@ pub async fn serve_until(
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
         .unwrap_or_else(|| "trunkline".to_string());
+    // The webhook: its spool opened (records a crash left are found again) and its delivery
+    // loop started; records are pushed by the call tasks as calls end.
+    let outbox = match &options.records_webhook {
+        None => None,
+        Some(url) => {
+            let key = match &options.records_webhook_key_file {
+                Some(path) => {
+                    Some(std::fs::read(path).map(|k| k.trim_ascii().to_vec()).map_err(|e| {
+                        ServeError::Webhook(format!(
+                            "--records-webhook-key-file {}: {e}",
+                            path.display()
+                        ))
+                    })?)
+                }
+                None => None,
+            };
+            let hook =
+                crate::observe::webhook::Webhook::parse(url, key).map_err(ServeError::Webhook)?;
+            let spool = crate::observe::spool::Spool::open(
+                &options.records_spool,
+                options.records_spool_max_bytes,
+            )
+            .map_err(|e| {
+                ServeError::Webhook(format!(
+                    "--records-spool {}: {e}",
+                    options.records_spool.display()
+                ))
+            })?;
+            if spool.skipped() > 0 {
+                tracing::warn!(
+                    skipped = spool.skipped(),
+                    "torn records skipped in the spool (a crash mid-write)"
+                );
+            }
+            tracing::info!(waiting = spool.len(), webhook = ?hook, "session records go to the webhook");
+            let outbox = Arc::new(crate::observe::record::Outbox {
+                spool: Arc::new(std::sync::Mutex::new(spool)),
+                wake: Arc::new(tokio::sync::Notify::new()),
+            });
+            tokio::spawn(crate::observe::webhook::deliver(
+                outbox.spool.clone(),
+                hook,
+                outbox.wake.clone(),
+                Arc::new(LogReport),
+            ));
+            // Durable in batches: one fsync per 200 ms window with records in it.
+            let spool = outbox.spool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    let s = spool.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(mut spool) = s.lock()
+                            && let Err(e) = spool.sync()
+                        {
+                            tracing::error!(error = %e, "the records spool cannot be synced");
+                        }
+                    })
+                    .await;
+                }
+            });
+            Some(outbox)
+        }
+    };
     let config = GatewayConfig {
         records,
+        outbox,
         gateway_name,
         public_address,
         header_prefix: options.header_prefix.clone(),
@@ -507,4 +581,15 @@ async fn start_admin(
 fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Snapshot) {
     report.set_config_hash(&snapshot.hash);
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
+}
+
+/// The webhook's deliveries, in the log (metrics come with the records' metrics).
+struct LogReport;
+
+impl crate::observe::webhook::Report for LogReport {
+    fn delivered(&self) {
+        tracing::debug!("session record delivered to the webhook");
+    }
+
+    fn failed(&self, _error: &str) {}
 }

@@ -1,0 +1,211 @@
+//! Session records to a webhook (issue 14, item 3) on the wire: the built `trunkline run` with
+//! `--records-webhook` takes calls from sipp while the receiver (a small HTTP server in the
+//! test) is down, then refuses with 500, then takes them; every record arrives, signed, each
+//! id at least once and the set complete. Records spooled by a gateway that was stopped (SIGTERM)
+//! or killed (SIGKILL) before delivering them are delivered by the next one on the same spool.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use support::net::TempDir;
+use support::sipp::{uac, uas};
+use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
+
+const NUMBER: &str = "+14155550100";
+const KEY: &str = "webhook-test-key";
+
+/// What the receiver got: record id → (times, body), and whether every signature was right.
+#[derive(Default)]
+struct Received {
+    records: BTreeMap<String, (usize, String)>,
+    bad_signatures: usize,
+    requests: usize,
+}
+
+/// An HTTP/1.1 receiver on `port`: answers 500 to the first `refuse` requests, then 200.
+fn receiver(port: u16, refuse: usize) -> Arc<Mutex<Received>> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+    let received = Arc::new(Mutex::new(Received::default()));
+    let shared = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut headers = BTreeMap::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = h.split_once(':') {
+                    headers.insert(n.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let len: usize =
+                headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let status = {
+                let mut r = shared.lock().expect("lock");
+                r.requests += 1;
+                if r.requests <= refuse {
+                    "500 Internal Server Error"
+                } else {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).expect("key");
+                    mac.update(&body);
+                    let hex: String =
+                        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                    if headers.get("x-trunkline-signature") != Some(&format!("sha256={hex}")) {
+                        r.bad_signatures += 1;
+                    }
+                    let id = headers.get("idempotency-key").cloned().unwrap_or_default();
+                    let entry = r.records.entry(id).or_default();
+                    entry.0 += 1;
+                    entry.1 = String::from_utf8_lossy(&body).into_owned();
+                    "200 OK"
+                }
+            };
+            let mut out = stream;
+            let _ =
+                write!(out, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    received
+}
+
+/// Waits (bounded) until the receiver holds `count` distinct records.
+fn wait_for(received: &Arc<Mutex<Received>>, count: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if received.lock().expect("lock").records.len() >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+struct Setup {
+    specs: Specs,
+    dir: TempDir,
+    agent_port: u16,
+    hook_port: u16,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let agent_port = free_port();
+        let specs = Specs::new().with(
+            Trunk::new("local-in")
+                .number(NUMBER, "support")
+                .allow_address("127.0.0.1/32")
+                .destination_udp(agent_port),
+        );
+        let dir = TempDir::new("webhook");
+        std::fs::write(dir.join("key"), format!("{KEY}\n")).expect("key file");
+        Setup { specs, dir, agent_port, hook_port: free_port() }
+    }
+
+    fn gateway(&self) -> Gateway {
+        let url = format!("http://127.0.0.1:{}/records", self.hook_port);
+        let key = self.dir.join("key");
+        let spool = self.dir.join("spool");
+        let options = GatewayOptions::default()
+            .arg("--records-webhook")
+            .arg(&url)
+            .arg("--records-webhook-key-file")
+            .arg(key.to_str().expect("path"))
+            .arg("--records-spool")
+            .arg(spool.to_str().expect("path"));
+        Gateway::start(self.specs.path(), options)
+    }
+
+    fn calls(&self, gateway: &Gateway, count: usize) {
+        let n = count.to_string();
+        let agent = uas("agent_answer.xml", self.agent_port, &["-m", &n, "-timeout", "20"]);
+        uac(
+            "carrier_call.xml",
+            gateway.udp(),
+            &["-s", NUMBER, "-m", &n, "-d", "100", "-timeout", "20"],
+        )
+        .assert_success();
+        agent.wait().assert_success();
+    }
+}
+
+#[test]
+fn every_record_reaches_a_webhook_that_was_down_then_failing_signed_and_once_or_more() {
+    let setup = Setup::new();
+    let gateway = setup.gateway();
+    // Down: nothing listens on the webhook's port while the calls are made.
+    setup.calls(&gateway, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let received = receiver(setup.hook_port, 1);
+    assert!(
+        wait_for(&received, 3, Duration::from_secs(30)),
+        "records missing: {:?}",
+        received.lock().expect("lock").records.keys()
+    );
+    let r = received.lock().expect("lock");
+    assert_eq!(r.bad_signatures, 0);
+    assert!(r.requests > r.records.len(), "the receiver's 500 was not retried: {}", r.requests);
+    let log = gateway.log_text();
+    assert!(log.contains("Connection refused"), "the webhook was never found down:\n{log}");
+    for (id, (_, body)) in &r.records {
+        let record: serde_json::Value = serde_json::from_str(body).expect("a JSON record");
+        assert_eq!(record["recordId"].as_str(), Some(id.as_str()));
+        assert_eq!(record["trunk"], "voice/local-in");
+        assert_eq!(record["outcome"], "answered");
+    }
+    assert!(!gateway.log_text().contains(KEY), "the webhook key is in the log");
+}
+
+fn kill(gateway: &Gateway) {
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -KILL {}", gateway.pid())])
+        .stdin(Stdio::null())
+        .status();
+}
+
+#[test]
+fn records_spooled_before_a_sigterm_or_a_sigkill_are_delivered_after_the_restart() {
+    for sigkill in [false, true] {
+        let setup = Setup::new();
+        let mut first = setup.gateway();
+        setup.calls(&first, 2);
+        // The records are in the spool (the webhook is down); give the batch window its time.
+        std::thread::sleep(Duration::from_millis(600));
+        if sigkill {
+            kill(&first);
+        } else {
+            first.sigterm();
+        }
+        assert!(
+            first.wait_exit(Duration::from_secs(10)).is_some(),
+            "the first gateway did not exit"
+        );
+        drop(first);
+        let received = receiver(setup.hook_port, 0);
+        let _second = setup.gateway();
+        assert!(
+            wait_for(&received, 2, Duration::from_secs(20)),
+            "sigkill={sigkill}: records lost across the restart: {:?}",
+            received.lock().expect("lock").records.keys()
+        );
+    }
+}
