@@ -86,6 +86,7 @@ fn the_agent_gets_the_callers_first_class_headers_normalised_and_only_the_gatewa
     assert_eq!(record["headers"]["Foo"], "foo-value-1");
     assert_eq!(record["headers"].get("Trunkline-Trunk"), None, "the forgery is not recorded");
     assert_eq!(record["codec"], "PCMU");
+    assert_eq!(record["hangupSide"], "carrier", "carrier_call.xml hangs up");
     assert_eq!(record["legs"].as_array().map(Vec::len), Some(2));
     assert!(record["answeredAt"].is_string() && record["endedAt"].is_string());
     let rtp: Vec<&str> =

@@ -127,6 +127,7 @@ fn a_phone_destination_that_answers_takes_the_callers_rtp_both_ways_and_the_agen
         .filter_map(|l| l["role"].as_str())
         .collect();
     assert_eq!(roles, ["carrier", "agent", "transfer"], "{record:#}");
+    assert_eq!(record["hangupSide"], "carrier", "the caller's BYE ended it");
     let transfer = &record["transfers"][0];
     assert_eq!(
         (&transfer["destination"], &transfer["mode"], &transfer["outcome"], &transfer["status"]),

@@ -134,7 +134,7 @@ pub async fn run(
     }
     if d.permit.is_some() {
         // The task stopped before the call said it ended (its channel closed): free the slot.
-        d.ended(Ended { outcome: None, duration: Duration::ZERO, reason: None });
+        d.ended(Ended { outcome: None, duration: Duration::ZERO, reason: None, hung_up_by: None });
     }
     for call_id in &d.call_ids {
         d.gw.unregister_call(call_id);

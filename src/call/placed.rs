@@ -306,6 +306,7 @@ mod tests {
             outcome: Some(Outcome::Busy),
             duration: Duration::from_secs(3),
             reason: None,
+            hung_up_by: None,
         });
         let v = placed.view();
         assert_eq!(v.state, CallState::Ended);

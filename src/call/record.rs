@@ -78,6 +78,11 @@ pub fn ended(r: &mut SessionRecord, call: &Call, ended: &Ended) {
         r.outcome = ended.outcome.map(|o| o.as_str().to_string());
     }
     r.hangup_reason = ended.reason.clone();
+    r.hangup_side = match (ended.hung_up_by, r.answered_at.is_some()) {
+        (Some(role), _) => Some(role.as_str().to_string()),
+        (None, true) => Some("gateway".to_string()),
+        (None, false) => None,
+    };
     r.legs = call
         .legs()
         .map(|l| LegRecord { role: l.role.as_str().to_string(), call_id: l.dialog.call_id.clone() })

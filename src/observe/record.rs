@@ -94,6 +94,10 @@ pub struct SessionRecord {
     /// Why the gateway ended the call (media timeout, a transfer, ...); none for a hang-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hangup_reason: Option<String>,
+    /// Who ended the answered call: `carrier`, `agent`, `transfer` (the leg whose BYE did), or
+    /// `gateway` (a timeout, a transfer, the call API); none for a call never answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hangup_side: Option<String>,
     /// The transfers the agent asked for, in order.
     pub transfers: Vec<TransferEntry>,
     /// RTP figures per leg of the relay.

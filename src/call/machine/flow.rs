@@ -670,6 +670,7 @@ impl Call {
         match self.state {
             State::Answered => {
                 tracing::debug!(session = %self.session_id, side = self.leg(leg).role.as_str(), "hang-up");
+                self.hung_up_by = Some(self.leg(leg).role);
                 self.leg_mut(leg).phase = Phase::Terminated;
                 let peer = self.peer(leg);
                 self.bye(now, peer);

@@ -245,6 +245,9 @@ pub struct Ended {
     pub duration: Duration,
     /// Why the gateway ended it (media timeout, a bad answer...), `None` for a hang-up.
     pub reason: Option<String>,
+    /// Who ended an answered call: the role of the leg whose BYE ended it, or `None` when the
+    /// gateway did (a timeout, a transfer, the call API) or the call was never answered.
+    pub hung_up_by: Option<Role>,
 }
 
 /// What the relay reports.
@@ -335,6 +338,8 @@ pub struct Call {
     outcome: Option<Outcome>,
     /// Why the call ended, when the gateway ended it.
     hangup_reason: Option<String>,
+    /// The role of the leg whose BYE ended the answered call.
+    hung_up_by: Option<Role>,
     out: Vec<Action>,
 }
 
@@ -422,6 +427,7 @@ impl Call {
             linger_until: None,
             outcome: None,
             hangup_reason: None,
+            hung_up_by: None,
             out: Vec::new(),
         }
     }
@@ -617,6 +623,7 @@ impl Call {
             outcome: self.outcome.take(),
             duration: now.saturating_duration_since(self.started),
             reason: self.hangup_reason.clone(),
+            hung_up_by: self.hung_up_by,
         }));
     }
 }

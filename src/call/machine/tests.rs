@@ -141,6 +141,7 @@ fn bye_from_the_carrier_after_the_answer_hangs_up_the_agent() {
     assert!(bye.headers.get(name::TO).unwrap().contains("tag=agenttag"));
     let e = ended(&actions).unwrap();
     assert_eq!((e.outcome, e.reason), (Some(Outcome::Answered), None));
+    assert_eq!(e.hung_up_by, Some(Role::Carrier), "the carrier hung up");
 }
 
 #[test]
