@@ -92,4 +92,6 @@ fn the_agent_gets_the_callers_first_class_headers_normalised_and_only_the_gatewa
     let rtp: Vec<&str> =
         record["rtp"].as_array().into_iter().flatten().filter_map(|e| e["leg"].as_str()).collect();
     assert_eq!(rtp, ["carrier", "agent"]);
+    let written = r#"trunkline_session_records_total{result="written",sink="file"}"#;
+    assert!(gateway.wait_metric(written, 1.0, Duration::from_secs(3)), "{written} not counted");
 }

@@ -173,6 +173,15 @@ fn every_record_reaches_a_webhook_that_was_down_then_failing_signed_and_once_or_
         assert_eq!(record["outcome"], "answered");
     }
     assert!(!gateway.log_text().contains(KEY), "the webhook key is in the log");
+    for (result, at_least) in [("spooled", 3.0), ("delivered", 3.0), ("failed", 1.0)] {
+        let sample =
+            format!(r#"trunkline_session_records_total{{result="{result}",sink="webhook"}}"#);
+        assert!(
+            gateway.wait_metric(&sample, at_least, Duration::from_secs(3)),
+            "{sample}: {:?}",
+            gateway.metric(&sample)
+        );
+    }
 }
 
 fn kill(gateway: &Gateway) {

@@ -307,12 +307,17 @@ impl Driver {
             );
         }
         let (records, outbox) = (self.gw.config.records.clone(), self.gw.config.outbox.clone());
+        let record_metrics = self.gw.metrics.clone();
         let write = move |r: Option<SessionRecord>| {
             let Some(r) = r else { return };
-            if let Some(sink) = records
-                && let Err(e) = sink.write(&r)
-            {
-                tracing::warn!(session = %r.session_id, error = %e, "session record not written");
+            if let Some(sink) = records {
+                match sink.write(&r) {
+                    Ok(()) => record_metrics.session_record("file", "written"),
+                    Err(e) => {
+                        record_metrics.session_record("file", "failed");
+                        tracing::warn!(session = %r.session_id, error = %e, "session record not written");
+                    }
+                }
             }
             if let Some(outbox) = outbox {
                 outbox.send(&r);

@@ -17,6 +17,7 @@
 //! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_transfers_total` | counter | `destination`, `mode`, `outcome` |
+//! | `trunkline_session_records_total` | counter | `sink` (`file`, `webhook`), `result` (`written`, `failed`; `spooled`, `refused`, `delivered`, `failed`) |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
 //! | `trunkline_tls_client_failures_total` | counter | `reason` |
@@ -280,6 +281,7 @@ pub struct GatewayMetrics {
     outbound_refusals: IntCounterVec,
     peer_auth: IntCounterVec,
     transfers: IntCounterVec,
+    records: IntCounterVec,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
     tls_client_failures: IntCounterVec,
@@ -383,6 +385,12 @@ impl GatewayMetrics {
             &["destination", "mode", "outcome"],
             r,
         )?;
+        let records = register_int_counter_vec_with_registry!(
+            "trunkline_session_records_total",
+            "Session records by sink (file, webhook) and result: written or failed (file); spooled, refused (spool full or unwritable), delivered or failed (a POST that will be retried) for the webhook.",
+            &["sink", "result"],
+            r,
+        )?;
         let setup = register_histogram_vec_with_registry!(
             "trunkline_call_setup_seconds",
             "Time from the INVITE received to the final response from the other leg.",
@@ -468,6 +476,7 @@ impl GatewayMetrics {
             outbound_refusals,
             peer_auth,
             transfers,
+            records,
             setup,
             sip_messages,
             tls_client_failures,
@@ -574,6 +583,11 @@ impl GatewayMetrics {
             "unknown"
         };
         self.transfers.with_label_values(&[destination, mode, outcome]).inc();
+    }
+
+    /// Counts a session record at a sink (`file`, `webhook`) with its result.
+    pub fn session_record(&self, sink: &str, result: &str) {
+        self.records.with_label_values(&[sink, result]).inc();
     }
 
     /// Observes a call's setup time: INVITE received → final response from the other leg.

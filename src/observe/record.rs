@@ -239,6 +239,7 @@ impl std::fmt::Debug for RecordFile {
 pub struct Outbox {
     pub spool: std::sync::Arc<Mutex<super::spool::Spool>>,
     pub wake: std::sync::Arc<tokio::sync::Notify>,
+    pub metrics: std::sync::Arc<super::metrics::GatewayMetrics>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -253,14 +254,19 @@ impl Outbox {
     pub fn send(&self, record: &SessionRecord) {
         let Ok(bytes) = serde_json::to_vec(record) else { return };
         let (spool, wake, id) = (self.spool.clone(), self.wake.clone(), record.record_id.clone());
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let pushed = match spool.lock() {
                 Ok(mut spool) => spool.push(&id, &bytes).map_err(|e| e.to_string()),
                 Err(_) => Err("spool lock poisoned".to_string()),
             };
             match pushed {
-                Ok(()) => wake.notify_one(),
+                Ok(()) => {
+                    metrics.session_record("webhook", "spooled");
+                    wake.notify_one()
+                }
                 Err(e) => {
+                    metrics.session_record("webhook", "refused");
                     tracing::warn!(record = %id, error = %e, "session record not spooled for the webhook")
                 }
             }

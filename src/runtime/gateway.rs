@@ -352,12 +352,13 @@ pub async fn serve_until(
             let outbox = Arc::new(crate::observe::record::Outbox {
                 spool: Arc::new(std::sync::Mutex::new(spool)),
                 wake: Arc::new(tokio::sync::Notify::new()),
+                metrics: metrics.clone(),
             });
             tokio::spawn(crate::observe::webhook::deliver(
                 outbox.spool.clone(),
                 hook,
                 outbox.wake.clone(),
-                Arc::new(LogReport),
+                Arc::new(MetricsReport(metrics.clone())),
             ));
             // Durable in batches: one fsync per 200 ms window with records in it.
             let spool = outbox.spool.clone();
@@ -583,13 +584,15 @@ fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Sn
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
 }
 
-/// The webhook's deliveries, in the log (metrics come with the records' metrics).
-struct LogReport;
+/// The webhook's deliveries, counted in `trunkline_session_records_total{sink="webhook"}`.
+struct MetricsReport(Arc<GatewayMetrics>);
 
-impl crate::observe::webhook::Report for LogReport {
+impl crate::observe::webhook::Report for MetricsReport {
     fn delivered(&self) {
-        tracing::debug!("session record delivered to the webhook");
+        self.0.session_record("webhook", "delivered");
     }
 
-    fn failed(&self, _error: &str) {}
+    fn failed(&self, _error: &str) {
+        self.0.session_record("webhook", "failed");
+    }
 }
