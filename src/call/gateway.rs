@@ -777,11 +777,7 @@ impl Gateway {
             session_id: &id,
             direction: Direction::Outbound,
             trunk: labels.trunk.clone(),
-            numbers: crate::observe::record::Numbers {
-                from: route.caller_id.to_string(),
-                from_e164: Some(route.caller_id.to_string()),
-                to: route.number.to_string(),
-            },
+            numbers: super::record::outbound_numbers(&route),
             agent: Some(request.agent.clone()),
             agent_reason: Some("named"),
             transport: route.trunk.transport.as_str(),

@@ -92,11 +92,7 @@ pub fn spawn(
         session_id: call.session_id(),
         direction: Direction::Outbound,
         trunk: labels.trunk.clone(),
-        numbers: crate::observe::record::Numbers {
-            from: route.caller_id.to_string(),
-            from_e164: Some(route.caller_id.to_string()),
-            to: route.number.to_string(),
-        },
+        numbers: super::record::outbound_numbers(&route),
         agent: route.agent.clone(),
         agent_reason: route.agent.as_ref().map(|_| "named"),
         transport,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::config::outbound::OutboundRoute;
 use crate::media::relay::RelayStats;
 use crate::observe::metrics::Direction;
 use crate::observe::record::{
@@ -61,6 +62,15 @@ pub fn seed(seed: Seed, contract: Option<&Contract>) -> SessionRecord {
             .collect();
     }
     r
+}
+
+/// An outbound call's numbers: the caller id presented and the number dialed.
+pub fn outbound_numbers(route: &OutboundRoute) -> Numbers {
+    Numbers {
+        from: route.caller_id.to_string(),
+        from_e164: Some(route.caller_id.to_string()),
+        to: route.number.to_string(),
+    }
 }
 
 /// The answer: when, after how long, with which codec.
