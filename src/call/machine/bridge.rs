@@ -294,12 +294,11 @@ impl Call {
         self.out.push(Action::UpdateRelay(RelayUpdate::Hold(
             answer.direction() != Direction::SendRecv,
         )));
-        if self.leg(b.agent).phase != Phase::Terminated {
-            if b.notify {
-                self.notify_refer(now, b.agent, "SIP/2.0 200 OK", true);
-            }
-            self.bye(now, b.agent);
+        // (Neither goes to an agent that has left: both skip a leg that is over.)
+        if b.notify {
+            self.notify_refer(now, b.agent, "SIP/2.0 200 OK", true);
         }
+        self.bye(now, b.agent);
         tracing::info!(session = %self.session_id, destination = %b.destination, "bridged transfer completed: the caller talks to the destination");
         self.hangup_reason = None;
         self.record_transfer(now, &b.destination, "Bridge", "completed", Some(200), b.asked);
@@ -338,10 +337,8 @@ impl Call {
     ) {
         self.hangup_reason =
             Some(format!("transfer to {destination} failed ({status}) after the agent left"));
-        if self.leg(caller).phase != Phase::Terminated {
-            let reason = format!("SIP;cause={status};text=\"transfer failed\"");
-            self.bye_with(now, caller, Some(&reason));
-        }
+        let reason = format!("SIP;cause={status};text=\"transfer failed\"");
+        self.bye_with(now, caller, Some(&reason));
         self.end(now);
     }
 
@@ -379,8 +376,9 @@ impl Call {
     /// A NOTIFY of the bridged transfer's progress to the agent, if it listens.
     fn notify_agent(&mut self, now: Instant, line: &str, last: bool) {
         let Some(b) = self.bridging.as_ref() else { return };
-        let agent = b.agent;
-        if b.notify && self.leg(agent).phase != Phase::Terminated {
+        // `notify_refer` skips an agent that has left.
+        if b.notify {
+            let agent = b.agent;
             self.notify_refer(now, agent, line, last);
         }
     }

@@ -251,9 +251,7 @@ impl Call {
             self.record_transfer(now, &r.destination, "Refer", "completed", Some(status), r.asked);
             self.hangup_reason = Some(format!("transferred to {} (referred)", r.destination));
             for l in [r.agent, r.caller] {
-                if self.leg(l).phase != Phase::Terminated {
-                    self.bye(now, l);
-                }
+                self.bye(now, l);
             }
             self.end(now);
         } else {
@@ -342,9 +340,6 @@ impl Call {
         self.hangup_reason = Some(format!("transferred to {destination} (hang-up)"));
         let reason = "SIP;cause=200;text=\"call completed by the agent\"";
         for leg in self.bridge {
-            if self.leg(leg).phase == Phase::Terminated {
-                continue;
-            }
             let extra = if self.leg(leg).role == Role::Agent { None } else { Some(reason) };
             self.bye_with(now, leg, extra);
         }
