@@ -335,13 +335,28 @@ struct ServeArgs {
     /// hears 480 and keeps the caller); `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     transfer_timeout: Duration,
-    /// Where session records go: a JSON-lines file (rotated to PATH.1 by size), or `-` for
-    /// stdout. One record per admitted call, written when it ends. None: no records.
+    /// Where session records go: a JSON-lines file (rotated to PATH.1 .. PATH.N by size and
+    /// age), or `-` for stdout. One record per admitted call, written when it ends. None: no
+    /// records.
     #[arg(long, value_name = "PATH")]
     records_file: Option<String>,
     /// Size at which the records file is rotated, in bytes.
     #[arg(long, value_name = "BYTES", default_value = "104857600")]
     records_max_bytes: u64,
+    /// Age at which the records file is rotated (from when this process started writing it);
+    /// `0`: by size only. `86400` or `86400s`.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
+    records_max_age: Duration,
+    /// Rotated records files kept (PATH.1 newest .. PATH.N oldest); older ones are deleted.
+    #[arg(long, value_name = "N", default_value = "5")]
+    records_keep: u32,
+    /// Also write an `answered` record (kind `answered`, its own record id) to the records file
+    /// as soon as a call is answered; the final record follows when it ends.
+    #[arg(long)]
+    records_file_answered: bool,
+    /// Also send the `answered` record of each call to the webhook.
+    #[arg(long)]
+    records_webhook_answered: bool,
     /// POST every session record to this `http://` URL (through the on-disk spool: nothing is
     /// lost while it is down; retried with backoff; `Idempotency-Key` is the record id).
     #[arg(long, value_name = "URL")]
@@ -414,7 +429,13 @@ impl ServeArgs {
             agent_timeout: self.agent_timeout,
             transfer_timeout: self.transfer_timeout.max(Duration::from_secs(1)),
             records_file: self.records_file,
-            records_max_bytes: self.records_max_bytes,
+            records_rotation: trunkline::observe::record::Rotation {
+                max_bytes: self.records_max_bytes,
+                max_age: Some(self.records_max_age).filter(|a| !a.is_zero()),
+                keep: self.records_keep,
+            },
+            records_file_answered: self.records_file_answered,
+            records_webhook_answered: self.records_webhook_answered,
             records_webhook: self.records_webhook,
             records_webhook_key_file: self.records_webhook_key_file,
             records_spool: self.records_spool,

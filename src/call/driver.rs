@@ -23,7 +23,8 @@ use super::placed::PlacedCall;
 use super::record;
 use super::services::{CallInput, CallServices};
 use super::transfer;
-use crate::observe::record::SessionRecord;
+use crate::observe::metrics::GatewayMetrics;
+use crate::observe::record::{KIND_ANSWERED, Outbox, RecordFile, SessionRecord};
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
 /// active calls, what it is labelled with in metrics and logs, and the table it started with
@@ -248,6 +249,14 @@ impl Driver {
                 Action::Record(Record::Answered { setup, codec }) => {
                     if let Some(r) = &mut self.record {
                         record::answered(r, setup, codec.map(|c| c.as_str()));
+                        let config = &self.gw.config;
+                        let wanted = config.records.as_ref().is_some_and(|f| f.answered)
+                            || config.outbox.as_ref().is_some_and(|o| o.answered);
+                        if wanted {
+                            let first = record::at_answer(r, &self.call);
+                            let sinks = (config.records.clone(), config.outbox.clone());
+                            deliver_record(sinks, &self.gw.metrics, &first);
+                        }
                     }
                     self.gw.metrics.setup_latency(&self.labels.trunk, setup.as_secs_f64());
                     Vec::new()
@@ -306,21 +315,11 @@ impl Driver {
                 seconds = ended.duration.as_secs_f64(), "call ended"
             );
         }
-        let (records, outbox) = (self.gw.config.records.clone(), self.gw.config.outbox.clone());
+        let sinks = (self.gw.config.records.clone(), self.gw.config.outbox.clone());
         let record_metrics = self.gw.metrics.clone();
         let write = move |r: Option<SessionRecord>| {
-            let Some(r) = r else { return };
-            if let Some(sink) = records {
-                match sink.write(&r) {
-                    Ok(()) => record_metrics.session_record("file", "written"),
-                    Err(e) => {
-                        record_metrics.session_record("file", "failed");
-                        tracing::warn!(session = %r.session_id, error = %e, "session record not written");
-                    }
-                }
-            }
-            if let Some(outbox) = outbox {
-                outbox.send(&r);
+            if let Some(r) = r {
+                deliver_record(sinks, &record_metrics, &r);
             }
         };
         let Some(relay) = self.relay.take() else { return write(session_record) };
@@ -358,5 +357,28 @@ impl Driver {
                 "call media"
             );
         });
+    }
+}
+
+/// Hands a record to the sinks that take its kind: every sink takes the final record, only the
+/// ones that asked for it (`--records-file-answered`, `--records-webhook-answered`) the
+/// answered one.
+fn deliver_record(
+    (file, outbox): (Option<Arc<RecordFile>>, Option<Arc<Outbox>>),
+    metrics: &GatewayMetrics,
+    r: &SessionRecord,
+) {
+    let answered = r.kind == KIND_ANSWERED;
+    if let Some(sink) = file.filter(|f| !answered || f.answered) {
+        match sink.write(r) {
+            Ok(()) => metrics.session_record("file", "written"),
+            Err(e) => {
+                metrics.session_record("file", "failed");
+                tracing::warn!(session = %r.session_id, kind = %r.kind, error = %e, "session record not written");
+            }
+        }
+    }
+    if let Some(outbox) = outbox.filter(|o| !answered || o.answered) {
+        outbox.send(r);
     }
 }

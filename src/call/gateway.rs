@@ -777,7 +777,11 @@ impl Gateway {
             session_id: &id,
             direction: Direction::Outbound,
             trunk: labels.trunk.clone(),
-            numbers: super::record::outbound_numbers(&route),
+            numbers: super::record::outbound_numbers(
+                &route,
+                request.caller_id.as_deref().unwrap_or_default(),
+                &request.to,
+            ),
             agent: Some(request.agent.clone()),
             agent_reason: Some("named"),
             transport: route.trunk.transport.as_str(),

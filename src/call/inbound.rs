@@ -44,6 +44,7 @@ pub fn spawn(
     let Admitted { invite, source, route, permit, table, offer, config } = admitted;
     let transport = source.protocol.as_str();
     let from = invite.from().map(|f| super::machine::user_of(&f.uri)).unwrap_or_default();
+    let dialed = super::machine::user_of(&invite.uri);
     let record_source = source;
     let carrier_local = gw.local_address(Zone::Carrier, source.protocol).unwrap_or(source.local);
     let protocol = route.trunk.destination.transport;
@@ -82,7 +83,8 @@ pub fn spawn(
         numbers: crate::observe::record::Numbers {
             from,
             from_e164: route.caller.as_ref().map(|n| n.to_string()),
-            to: route.number.to_string(),
+            to: dialed,
+            to_e164: route.number.to_string(),
         },
         agent: Some(route.agent.clone()),
         agent_reason: Some(match route.agent_reason {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::config::RoutingTable;
 use crate::config::outbound::{OutboundRoute, carrier_user};
 use crate::observe::metrics::Direction;
-use crate::sip::msg::{NameAddr, Request};
+use crate::sip::msg::{DialogHeaders, NameAddr, Request};
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, CallLabels, Held};
@@ -66,6 +66,11 @@ pub fn spawn(
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
     let Admitted { invite, source, route, permit, table, offer, config } = admitted;
+    let numbers = super::record::outbound_numbers(
+        &route,
+        &invite.from().map(|f| super::machine::user_of(&f.uri)).unwrap_or_default(),
+        &super::machine::user_of(&invite.uri),
+    );
     // The record keeps what the agent asked for, under the same contract as an agent leg.
     let asked: Vec<(String, String)> =
         invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
@@ -92,7 +97,7 @@ pub fn spawn(
         session_id: call.session_id(),
         direction: Direction::Outbound,
         trunk: labels.trunk.clone(),
-        numbers: super::record::outbound_numbers(&route),
+        numbers,
         agent: route.agent.clone(),
         agent_reason: route.agent.as_ref().map(|_| "named"),
         transport,

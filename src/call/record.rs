@@ -8,7 +8,8 @@ use crate::config::outbound::OutboundRoute;
 use crate::media::relay::RelayStats;
 use crate::observe::metrics::Direction;
 use crate::observe::record::{
-    LegRecord, Numbers, RecordWarning, RtpEntry, SCHEMA, SessionRecord, TransferEntry,
+    KIND_ANSWERED, KIND_FINAL, LegRecord, Numbers, RecordWarning, RtpEntry, SCHEMA, SessionRecord,
+    TransferEntry,
 };
 use crate::sip::transport::Source;
 
@@ -33,8 +34,8 @@ pub struct Seed<'a> {
 pub fn seed(seed: Seed, contract: Option<&Contract>) -> SessionRecord {
     let mut r = SessionRecord {
         schema: SCHEMA.to_string(),
-        record_id: format!("{}-final", seed.session_id),
-        kind: "final".to_string(),
+        record_id: format!("{}-{KIND_FINAL}", seed.session_id),
+        kind: KIND_FINAL.to_string(),
         session_id: seed.session_id.to_string(),
         direction: seed.direction.as_str().to_string(),
         trunk: seed.trunk,
@@ -64,12 +65,14 @@ pub fn seed(seed: Seed, contract: Option<&Contract>) -> SessionRecord {
     r
 }
 
-/// An outbound call's numbers: the caller id presented and the number dialed.
-pub fn outbound_numbers(route: &OutboundRoute) -> Numbers {
+/// An outbound call's numbers: what the agent (or the API request) asked for, the caller id
+/// presented and the number dialed.
+pub fn outbound_numbers(route: &OutboundRoute, from: &str, to: &str) -> Numbers {
     Numbers {
-        from: route.caller_id.to_string(),
+        from: from.to_string(),
         from_e164: Some(route.caller_id.to_string()),
-        to: route.number.to_string(),
+        to: to.to_string(),
+        to_e164: route.number.to_string(),
     }
 }
 
@@ -78,6 +81,17 @@ pub fn answered(r: &mut SessionRecord, setup: Duration, codec: Option<&str>) {
     r.answered_at = Some(jiff::Timestamp::now().to_string());
     r.setup_ms = Some(millis(setup));
     r.codec = codec.map(str::to_string);
+}
+
+/// The first record, at the answer, for the sinks that want one: what is known so far, with
+/// its own kind and record id (the final record keeps `SESSION-final`).
+pub fn at_answer(r: &SessionRecord, call: &Call) -> SessionRecord {
+    SessionRecord {
+        kind: KIND_ANSWERED.to_string(),
+        record_id: format!("{}-{KIND_ANSWERED}", r.session_id),
+        legs: legs(call),
+        ..r.clone()
+    }
 }
 
 /// The end: times, outcome, why, the legs and the transfers.
@@ -93,10 +107,7 @@ pub fn ended(r: &mut SessionRecord, call: &Call, ended: &Ended) {
         (None, true) => Some("gateway".to_string()),
         (None, false) => None,
     };
-    r.legs = call
-        .legs()
-        .map(|l| LegRecord { role: l.role.as_str().to_string(), call_id: l.dialog.call_id.clone() })
-        .collect();
+    r.legs = legs(call);
     r.transfers = call
         .transfers()
         .iter()
@@ -129,6 +140,12 @@ pub fn rtp(r: &mut SessionRecord, stats: &RelayStats) {
         }
         None => r.rtp.push(entry(Role::Agent.as_str(), &stats.b)),
     }
+}
+
+fn legs(call: &Call) -> Vec<LegRecord> {
+    call.legs()
+        .map(|l| LegRecord { role: l.role.as_str().to_string(), call_id: l.dialog.call_id.clone() })
+        .collect()
 }
 
 fn millis(d: Duration) -> u64 {

@@ -12,10 +12,19 @@
 //! challenges, 503 limits) are not calls: they are counted in metrics and logged, and leave no
 //! record (a flood of them must not become a flood of records).
 //!
-//! The file sink appends one line per record and rotates by size: when the file would pass
-//! `max_bytes`, it is renamed to `PATH.1` (an older `.1` is replaced) and a new file started.
-//! A record is written with one `write` of the whole line, so a reader never sees half of one
-//! unless the process dies mid-write.
+//! Each sink gets the `final` record of every call; a sink that asks for it
+//! (`--records-file-answered`, `--records-webhook-answered`) also gets an `answered` record as
+//! soon as the call is answered, flagged by its `kind` and with its own `recordId`
+//! (`SESSION-answered`, the final one is `SESSION-final`): a dashboard of live calls, or a CRM
+//! that opens the contact's page while the caller talks. The final record repeats every field of
+//! the answered one and completes it; a call never answered has only the final record.
+//!
+//! The file sink appends one line per record and rotates (`PATH` → `PATH.1` → .. →
+//! `PATH.KEEP`, the oldest deleted, as logrotate does) when the file would pass
+//! `--records-max-bytes` or has been written for `--records-max-age`. A record is written with
+//! one `write` of the whole line, so a reader never sees half of one unless the process dies
+//! mid-write. The file is a local trace, not a queue: what must reach another system goes
+//! through the webhook's spool, which never drops a record it took.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,6 +38,11 @@ use serde_json::{Map, Value};
 
 /// The `schema` field of every record of this version.
 pub const SCHEMA: &str = "trunkline.dev/session-record/v1";
+
+/// The `kind` of the record written when the call is over.
+pub const KIND_FINAL: &str = "final";
+/// The `kind` of the first record, written at the answer for the sinks that want it.
+pub const KIND_ANSWERED: &str = "answered";
 
 /// One call, as the team's systems learn it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -112,12 +126,19 @@ pub struct SessionRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Numbers {
-    /// The caller as received (the From user), and normalised to E.164 when it is a number.
+    /// The caller as received: the From user of the first leg's INVITE (the carrier's on an
+    /// inbound call, the agent's on an outbound one), or the call API's `callerId`; empty when
+    /// none was given.
     pub from: String,
+    /// The caller in E.164: inbound, the From user when it is a number; outbound, the caller id
+    /// presented to the carrier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_e164: Option<String>,
-    /// The number dialed, normalised to E.164.
+    /// The number dialed as received: the Request-URI's user (`tel:` number), or the call
+    /// API's `to`.
     pub to: String,
+    /// The number dialed in E.164, as the trunk's numbers hold it.
+    pub to_e164: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -174,29 +195,58 @@ pub fn schema_json() -> String {
     text
 }
 
-/// Where records go: a JSON-lines file rotated by size, or stdout.
+/// When the records file is rotated, and how many rotated files are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The size a file may reach (at least 1 KiB).
+    pub max_bytes: u64,
+    /// The age a file may reach, from when this process started it (or found it); `None`:
+    /// rotated by size only.
+    pub max_age: Option<std::time::Duration>,
+    /// Rotated files kept (`PATH.1` newest .. `PATH.KEEP` oldest); older ones are deleted.
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Rotation {
+        Rotation { max_bytes: 100 << 20, max_age: None, keep: 5 }
+    }
+}
+
+/// Where records go: a JSON-lines file rotated by size and age, or stdout.
 pub struct RecordFile {
     target: Target,
-    max_bytes: u64,
+    rotation: Rotation,
+    /// Whether this sink also gets the `answered` record of each call.
+    pub answered: bool,
 }
 
 enum Target {
     Stdout,
-    File { path: PathBuf, file: Mutex<Option<(File, u64)>> },
+    File { path: PathBuf, file: Mutex<Option<Current>> },
+}
+
+/// The file being written: its size and when it was started.
+struct Current {
+    file: File,
+    bytes: u64,
+    started: std::time::Instant,
 }
 
 impl RecordFile {
     /// `-` is stdout; any other path is opened for appending (created if missing).
-    pub fn open(path: &str, max_bytes: u64) -> io::Result<RecordFile> {
+    pub fn open(path: &str, rotation: Rotation, answered: bool) -> io::Result<RecordFile> {
         let target = if path == "-" {
             Target::Stdout
         } else {
             let path = PathBuf::from(path);
             let file = append(&path)?;
-            let len = file.metadata()?.len();
-            Target::File { path, file: Mutex::new(Some((file, len))) }
+            let bytes = file.metadata()?.len();
+            let current = Current { file, bytes, started: std::time::Instant::now() };
+            Target::File { path, file: Mutex::new(Some(current)) }
         };
-        Ok(RecordFile { target, max_bytes: max_bytes.max(1024) })
+        let rotation = Rotation { max_bytes: rotation.max_bytes.max(1024), ..rotation };
+        Ok(RecordFile { target, rotation, answered })
     }
 
     /// Writes one record as one line.
@@ -207,23 +257,54 @@ impl RecordFile {
             Target::Stdout => io::stdout().lock().write_all(&line),
             Target::File { path, file } => {
                 let mut guard = file.lock().map_err(|_| io::Error::other("poisoned"))?;
-                let size = guard.as_ref().map_or(0, |(_, n)| *n);
-                if size > 0 && size + line.len() as u64 > self.max_bytes {
-                    *guard = None;
-                    let mut rotated = path.clone().into_os_string();
-                    rotated.push(".1");
-                    std::fs::rename(path, &rotated)?;
+                if let Some(current) = guard.as_ref() {
+                    let full = current.bytes > 0
+                        && current.bytes + line.len() as u64 > self.rotation.max_bytes;
+                    let old = current.bytes > 0
+                        && self
+                            .rotation
+                            .max_age
+                            .is_some_and(|age| current.started.elapsed() >= age);
+                    if full || old {
+                        *guard = None;
+                        rotate(path, self.rotation.keep)?;
+                    }
                 }
                 if guard.is_none() {
-                    *guard = Some((append(path)?, 0));
+                    let file = append(path)?;
+                    *guard = Some(Current { file, bytes: 0, started: std::time::Instant::now() });
                 }
-                let Some((f, n)) = guard.as_mut() else { return Ok(()) };
-                f.write_all(&line)?;
-                *n += line.len() as u64;
+                let Some(current) = guard.as_mut() else { return Ok(()) };
+                current.file.write_all(&line)?;
+                current.bytes += line.len() as u64;
                 Ok(())
             }
         }
     }
+}
+
+/// `PATH.N-1` → `PATH.N` .. `PATH` → `PATH.1`; what would become `PATH.KEEP+1` is deleted (with
+/// `keep` 0 the file itself is).
+fn rotate(path: &std::path::Path, keep: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    match std::fs::remove_file(numbered(keep)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    for n in (1..keep).rev() {
+        match std::fs::rename(numbered(n), numbered(n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, numbered(1))
 }
 
 impl std::fmt::Debug for RecordFile {
@@ -240,6 +321,8 @@ pub struct Outbox {
     pub spool: std::sync::Arc<Mutex<super::spool::Spool>>,
     pub wake: std::sync::Arc<tokio::sync::Notify>,
     pub metrics: std::sync::Arc<super::metrics::GatewayMetrics>,
+    /// Whether the webhook also gets the `answered` record of each call.
+    pub answered: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -297,27 +380,65 @@ mod tests {
         }
     }
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("trunkline-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn ids_in(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<SessionRecord>(l).unwrap().record_id)
+            .collect()
+    }
+
     #[test]
     fn records_are_lines_and_the_file_rotates_by_size() {
-        let dir = std::env::temp_dir().join(format!("trunkline-records-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("records-size");
         let path = dir.join("records.jsonl");
-        let sink = RecordFile::open(path.to_str().unwrap(), 1024).unwrap();
+        let rotation = Rotation { max_bytes: 1024, max_age: None, keep: 1 };
+        let sink = RecordFile::open(path.to_str().unwrap(), rotation, false).unwrap();
         for n in 0..10 {
             sink.write(&record(n)).unwrap();
         }
         let current = std::fs::read_to_string(&path).unwrap();
         let rotated = std::fs::read_to_string(dir.join("records.jsonl.1")).unwrap();
         assert!(current.len() <= 1024 && rotated.len() <= 1024);
-        let ids: Vec<String> = rotated
-            .lines()
-            .chain(current.lines())
-            .map(|l| serde_json::from_str::<SessionRecord>(l).unwrap().record_id)
-            .collect();
+        assert!(!dir.join("records.jsonl.2").exists(), "keep 1: one rotated file");
+        let mut ids = ids_in(&dir.join("records.jsonl.1"));
+        ids.extend(ids_in(&path));
         // The newest records are all there, in order; only older rotations are gone.
-        let last = ids.last().unwrap().clone();
-        assert_eq!(last, "s9-final");
+        assert_eq!(ids.last().unwrap(), "s9-final");
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_rotates_by_age_and_keeps_the_newest_files() {
+        let dir = temp_dir("records-age");
+        let path = dir.join("records.jsonl");
+        // Every file is "too old" as soon as it holds a record: one record per file.
+        let rotation =
+            Rotation { max_bytes: 1 << 20, max_age: Some(std::time::Duration::ZERO), keep: 2 };
+        let sink = RecordFile::open(path.to_str().unwrap(), rotation, false).unwrap();
+        for n in 0..5 {
+            sink.write(&record(n)).unwrap();
+        }
+        assert_eq!(ids_in(&path), ["s4-final"]);
+        assert_eq!(ids_in(&dir.join("records.jsonl.1")), ["s3-final"]);
+        assert_eq!(ids_in(&dir.join("records.jsonl.2")), ["s2-final"]);
+        assert!(!dir.join("records.jsonl.3").exists(), "older files beyond keep are deleted");
+        // Without an age, the same writes stay in one file.
+        let path = dir.join("other.jsonl");
+        let rotation = Rotation { max_age: None, ..rotation };
+        let sink = RecordFile::open(path.to_str().unwrap(), rotation, false).unwrap();
+        for n in 0..5 {
+            sink.write(&record(n)).unwrap();
+        }
+        assert_eq!(ids_in(&path).len(), 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -100,9 +100,12 @@ pub struct ServeOptions {
     pub agent_timeout: Duration,
     /// How long a bridged transfer's destination may ring.
     pub transfer_timeout: Duration,
-    /// Where session records go (`-`: stdout), and the size that rotates the file.
+    /// Where session records go (`-`: stdout), and when the file rotates.
     pub records_file: Option<String>,
-    pub records_max_bytes: u64,
+    pub records_rotation: crate::observe::record::Rotation,
+    /// Which sinks also get the `answered` record of each call.
+    pub records_file_answered: bool,
+    pub records_webhook_answered: bool,
     /// The webhook records are POSTed to, the file with its HMAC key, the spool directory and
     /// its bound.
     pub records_webhook: Option<String>,
@@ -304,8 +307,12 @@ pub async fn serve_until(
     };
     let records = match &options.records_file {
         Some(path) => Some(Arc::new(
-            crate::observe::record::RecordFile::open(path, options.records_max_bytes)
-                .map_err(|source| ServeError::Records { path: path.clone(), source })?,
+            crate::observe::record::RecordFile::open(
+                path,
+                options.records_rotation,
+                options.records_file_answered,
+            )
+            .map_err(|source| ServeError::Records { path: path.clone(), source })?,
         )),
         None => None,
     };
@@ -353,6 +360,7 @@ pub async fn serve_until(
                 spool: Arc::new(std::sync::Mutex::new(spool)),
                 wake: Arc::new(tokio::sync::Notify::new()),
                 metrics: metrics.clone(),
+                answered: options.records_webhook_answered,
             });
             tokio::spawn(crate::observe::webhook::deliver(
                 outbox.spool.clone(),
