@@ -12,10 +12,7 @@ const NUMBER: &str = "+14155550100";
 #[test]
 fn hold_and_resume_reinvites_from_the_carrier_reach_the_agent_and_their_answers_come_back() {
     let agent_port = free_port();
-    let trunk = Trunk::new("local-in")
-        .number(NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port);
+    let trunk = Trunk::local(NUMBER, agent_port);
     let specs = Specs::new().with(trunk);
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
     // The agent checks the first re-INVITE carries a=sendonly and answers a=recvonly, then the
@@ -54,12 +51,7 @@ fn an_invite_requiring_an_extension_we_lack_gets_420_naming_it() {
 fn an_invite_without_an_rfc_3261_branch_gets_400_and_no_call() {
     use support::net::{RawUdp, status_codes};
     let agent_port = free_port();
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
+    let specs = Specs::new().with(Trunk::local(NUMBER, agent_port));
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
     let agent = std::net::UdpSocket::bind(("127.0.0.1", agent_port)).unwrap();
     agent.set_nonblocking(true).unwrap();

@@ -24,12 +24,7 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn the_agent_gets_the_callers_first_class_headers_normalised_and_only_the_gateways_own() {
     let agent_port = free_port();
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
+    let specs = Specs::new().with(Trunk::local(NUMBER, agent_port));
     let dir = TempDir::new("records");
     let file = dir.join("records.jsonl");
     let options = GatewayOptions::default().arg("--records-file").arg(file.to_str().expect("path"));

@@ -477,10 +477,7 @@ fn call_until_success(gateway: &Gateway, number: &str, within: Duration) -> Sipp
 #[test]
 fn number_added_to_the_folder_while_running_works_on_the_next_call() {
     let agent_port = free_port();
-    let before = Trunk::new("local-in")
-        .number(SUPPORT_NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port);
+    let before = Trunk::local(SUPPORT_NUMBER, agent_port);
     let specs = Specs::new().with(before.clone());
     let gateway = start(&specs);
 
@@ -496,10 +493,7 @@ fn number_added_to_the_folder_while_running_works_on_the_next_call() {
 #[test]
 fn bad_edit_keeps_the_last_good_specs_serving() {
     let agent_port = free_port();
-    let good = Trunk::new("local-in")
-        .number(SUPPORT_NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port);
+    let good = Trunk::local(SUPPORT_NUMBER, agent_port);
     let specs = Specs::new().with(good.clone());
     let mut gateway = start(&specs);
     // Three calls reach the agent: before the bad edit, after it, after the fix.

@@ -14,10 +14,7 @@ use support::{Gateway, GatewayOptions, Specs, TempDir, Trunk, free_port};
 const NUMBER: &str = "+14155550100";
 
 fn address_trunk(agent_port: u16) -> Trunk {
-    Trunk::new("local-in")
-        .number(NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port)
+    Trunk::local(NUMBER, agent_port)
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes; whether it held.

@@ -11,11 +11,7 @@ use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 const NUMBER: &str = "+14155550100";
 
 fn pcmu_only_trunk(agent_port: u16) -> Trunk {
-    Trunk::new("local-in")
-        .number(NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port)
-        .codecs(&["PCMU"])
+    Trunk::local(NUMBER, agent_port).codecs(&["PCMU"])
 }
 
 #[test]
@@ -140,11 +136,7 @@ fn a_call_that_finds_no_rtp_ports_left_gets_503_and_the_next_one_gets_them_back(
 #[test]
 fn a_g722_call_on_a_g722_trunk_offers_and_answers_g722() {
     let agent_port = free_port();
-    let trunk = Trunk::new("local-in")
-        .number(NUMBER, "support")
-        .allow_address("127.0.0.1/32")
-        .destination_udp(agent_port)
-        .codecs(&["G722"]);
+    let trunk = Trunk::local(NUMBER, agent_port).codecs(&["G722"]);
     let gateway = Gateway::start(Specs::new().with(trunk).path(), GatewayOptions::default());
     let agent = uas("agent_answer_g722.xml", agent_port, &["-m", "1", "-timeout", "15"]);
     uac("carrier_offer_g722.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "15"])

@@ -32,12 +32,7 @@ fn kinds(records: &[Value]) -> Vec<(String, String)> {
 #[test]
 fn an_answered_call_leaves_a_first_and_a_final_record_a_refused_one_a_final_and_a_404_none() {
     let agent_port = free_port();
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
+    let specs = Specs::new().with(Trunk::local(NUMBER, agent_port));
     let dir = TempDir::new("records");
     let file = dir.join("records.jsonl");
     let options = GatewayOptions::default()

@@ -27,12 +27,7 @@ spec: {type: Hangup}
 /// The gateway with an address-only inbound trunk whose calls go to an agent on `agent_port`,
 /// and `destinations` (YAML) beside it.
 fn start(agent_port: u16, destinations: &str) -> (Gateway, Specs) {
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
+    let specs = Specs::new().with(Trunk::local(NUMBER, agent_port));
     specs.write("transfers.yaml", destinations);
     (Gateway::start(specs.path(), GatewayOptions::default()), specs)
 }
@@ -72,12 +67,7 @@ fn an_agents_refer_to_a_number_that_is_no_destination_is_403_and_the_call_goes_o
 fn a_refer_mode_transfer_is_passed_to_the_carrier_and_its_notify_reaches_the_agent() {
     let agent_port = free_port();
     let specs = Specs::new()
-        .with(
-            Trunk::new("local-in")
-                .number(NUMBER, "support")
-                .allow_address("127.0.0.1/32")
-                .destination_udp(agent_port),
-        )
+        .with(Trunk::local(NUMBER, agent_port))
         .with_outbound(support::Outbound::new("carrier-out", free_port()));
     specs.write(
         "transfers.yaml",
@@ -329,12 +319,7 @@ fn a_sip_destination_that_refuses_our_credentials_is_notify_403_and_the_caller_s
 #[test]
 fn a_destination_that_does_not_answer_within_the_transfer_timeout_is_cancelled_and_notify_480() {
     let (agent_port, desk_port) = (free_port(), free_port());
-    let specs = Specs::new().with(
-        Trunk::new("local-in")
-            .number(NUMBER, "support")
-            .allow_address("127.0.0.1/32")
-            .destination_udp(agent_port),
-    );
+    let specs = Specs::new().with(Trunk::local(NUMBER, agent_port));
     specs.write("transfers.yaml", &sip_destination("voice", "desk", desk_port, None, &[]));
     let options = GatewayOptions::default().arg("--transfer-timeout").arg("2");
     let gateway = Gateway::start(specs.path(), options);

@@ -23,12 +23,7 @@ const DESK: &str = "+14155550199";
 /// is DESK through the OutboundTrunk `carrier-out`, whose carrier is at `desk_port`.
 fn start(agent_port: u16, desk_port: u16) -> (Gateway, Specs, TempDir) {
     let specs = Specs::new()
-        .with(
-            Trunk::new("local-in")
-                .number(NUMBER, "support")
-                .allow_address("127.0.0.1/32")
-                .destination_udp(agent_port),
-        )
+        .with(Trunk::local(NUMBER, agent_port))
         .with_outbound(Outbound::new("carrier-out", desk_port));
     specs.write(
         "transfers.yaml",

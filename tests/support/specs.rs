@@ -59,6 +59,15 @@ impl Trunk {
         }
     }
 
+    /// The trunk most tests use: `local-in`, `number` answered by agent `support` at
+    /// 127.0.0.1:`agent_port` over UDP, callers allowed from 127.0.0.1.
+    pub fn local(number: &str, agent_port: u16) -> Trunk {
+        Trunk::new("local-in")
+            .number(number, "support")
+            .allow_address("127.0.0.1/32")
+            .destination_udp(agent_port)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
