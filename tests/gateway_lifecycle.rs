@@ -71,6 +71,37 @@ fn sigterm_refuses_new_calls_with_503_and_lets_the_call_in_progress_finish_and_t
     assert!(exited, "the gateway did not exit after its last call ended");
 }
 
+#[test]
+fn a_call_still_up_when_the_drain_times_out_is_hung_up_on_both_legs_and_recorded() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let dir = TempDir::new("records");
+    let file = dir.join("records.jsonl");
+    let options = GatewayOptions::default()
+        .arg("--drain-timeout")
+        .arg("1")
+        .arg("--records-file")
+        .arg(file.to_str().expect("path"));
+    let mut gateway = Gateway::start(specs.path(), options);
+    // Both peers wait for the gateway's BYE: neither hangs up by itself.
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "20"]);
+    let udp = gateway.udp();
+    let carrier = std::thread::spawn(move || {
+        uac("carrier_wait_bye.xml", udp, &["-s", NUMBER, "-timeout", "20"])
+    });
+    let active = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
+    assert!(gateway.wait_metric(active, 1.0, Duration::from_secs(5)), "the call never came up");
+
+    gateway.sigterm();
+    carrier.join().expect("the call thread").assert_success();
+    agent.wait().assert_success();
+    assert!(gateway.wait_exit(Duration::from_secs(10)).is_some(), "the gateway did not exit");
+    let record = support::records::wait_records(&file, 1, Duration::from_secs(1)).remove(0);
+    assert_eq!(record["outcome"], "answered", "{record:#}");
+    assert_eq!(record["hangupSide"], "gateway", "{record:#}");
+    assert_eq!(record["hangupReason"], "the gateway stopped: drain timeout", "{record:#}");
+}
+
 /// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
 fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
     let path = state.join(&format!("credentials/voice/{trunk}.yaml"));

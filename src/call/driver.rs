@@ -24,7 +24,7 @@ use super::record;
 use super::services::{CallInput, CallServices};
 use super::transfer;
 use crate::observe::metrics::GatewayMetrics;
-use crate::observe::record::{KIND_ANSWERED, Outbox, RecordFile, SessionRecord};
+use crate::observe::record::{InFlight, KIND_ANSWERED, Outbox, RecordFile, SessionRecord};
 
 /// What the call holds for its life beside the machine: the admission slot, the gauge of
 /// active calls, what it is labelled with in metrics and logs, and the table it started with
@@ -123,7 +123,7 @@ pub async fn run(
                 Some(CallInput::Response(r, source)) => {
                     d.call.on_message(Instant::now(), Message::Response(r), source)
                 }
-                Some(CallInput::HangUp) => d.call.hang_up(Instant::now(), "hung up through the call API"),
+                Some(CallInput::HangUp(reason)) => d.call.hang_up(Instant::now(), reason),
                 None => break,
             },
             () = tokio::time::sleep_until(wake), if deadline.is_some() => {
@@ -255,7 +255,8 @@ impl Driver {
                         if wanted {
                             let first = record::at_answer(r, &self.call);
                             let sinks = (config.records.clone(), config.outbox.clone());
-                            deliver_record(sinks, &self.gw.metrics, &first);
+                            let in_flight = InFlight::new(&self.gw.records_in_flight);
+                            deliver_record(sinks, &self.gw.metrics, &first, in_flight);
                         }
                     }
                     self.gw.metrics.setup_latency(&self.labels.trunk, setup.as_secs_f64());
@@ -317,9 +318,10 @@ impl Driver {
         }
         let sinks = (self.gw.config.records.clone(), self.gw.config.outbox.clone());
         let record_metrics = self.gw.metrics.clone();
+        let in_flight = session_record.as_ref().map(|_| InFlight::new(&self.gw.records_in_flight));
         let write = move |r: Option<SessionRecord>| {
-            if let Some(r) = r {
-                deliver_record(sinks, &record_metrics, &r);
+            if let (Some(r), Some(in_flight)) = (r, in_flight) {
+                deliver_record(sinks, &record_metrics, &r, in_flight);
             }
         };
         let Some(relay) = self.relay.take() else { return write(session_record) };
@@ -367,6 +369,7 @@ fn deliver_record(
     (file, outbox): (Option<Arc<RecordFile>>, Option<Arc<Outbox>>),
     metrics: &GatewayMetrics,
     r: &SessionRecord,
+    in_flight: InFlight,
 ) {
     let answered = r.kind == KIND_ANSWERED;
     if let Some(sink) = file.filter(|f| !answered || f.answered) {
@@ -379,6 +382,6 @@ fn deliver_record(
         }
     }
     if let Some(outbox) = outbox.filter(|o| !answered || o.answered) {
-        outbox.send(r);
+        outbox.send(r, in_flight);
     }
 }

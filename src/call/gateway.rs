@@ -96,6 +96,30 @@ impl Gateway {
         self.health.set_draining();
     }
 
+    /// Hangs up every call in progress, with `reason` on their records (the end of a drain
+    /// that ran out of time); returns how many calls were asked.
+    pub fn hang_up_all(&self, reason: &'static str) -> usize {
+        self.services.hang_up_all(reason)
+    }
+
+    /// Session records of ended calls not yet written to their file or put in the spool.
+    pub fn records_in_flight(&self) -> usize {
+        self.services.records_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Makes every record in the webhook's spool durable (fsync), on a blocking thread: the
+    /// last step of a stop, after the last call's record was spooled.
+    pub async fn sync_records(&self) -> std::io::Result<()> {
+        let Some(outbox) = self.services.config.outbox.clone() else { return Ok(()) };
+        let spool = outbox.spool.clone();
+        tokio::task::spawn_blocking(move || match spool.lock() {
+            Ok(mut spool) => spool.sync(),
+            Err(_) => Err(std::io::Error::other("the spool's lock is poisoned")),
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Calls in progress (admitted and not yet ended).
     pub fn active_calls(&self) -> usize {
         self.services.active_calls()

@@ -134,7 +134,7 @@ impl PlacedCall {
 
     /// Asks the call's task to hang up (a task that is gone has ended already).
     pub fn hang_up(&self) {
-        let _ = self.tx.try_send(CallInput::HangUp);
+        let _ = self.tx.try_send(CallInput::HangUp("hung up through the call API"));
     }
 
     /// Refreshes the view from the call, after a step of its task.

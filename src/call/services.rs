@@ -84,8 +84,9 @@ pub struct Listener {
 pub enum CallInput {
     Request(Request, Source),
     Response(Response, Source),
-    /// End the call (the call API's `DELETE`).
-    HangUp,
+    /// End the call (the call API's `DELETE`, the end of a drain), with the reason its record
+    /// and log give.
+    HangUp(&'static str),
 }
 
 use super::machine::CallConfig;
@@ -106,6 +107,8 @@ pub struct CallServices {
     media: OnceLock<Arc<MediaThreads>>,
     /// Calls admitted and not yet ended (a call lingering for retransmissions is not counted).
     active: AtomicUsize,
+    /// Session records handed to their sinks and not yet written or spooled.
+    pub(super) records_in_flight: Arc<AtomicUsize>,
     /// Host names of dialed legs to addresses, with a short cache shared by every call.
     pub(super) resolver: Resolver,
     /// Calls placed through the call API, by id.
@@ -138,6 +141,7 @@ impl CallServices {
             ports,
             media: OnceLock::new(),
             active: AtomicUsize::new(0),
+            records_in_flight: Arc::new(AtomicUsize::new(0)),
             resolver: Resolver::system(),
             placed: Default::default(),
             admission: super::limits::Admission::new(),
@@ -207,6 +211,22 @@ impl CallServices {
             agent: agent.to_string(),
             bye_header: format!("{}Transfer-To", self.config.header_prefix),
         }
+    }
+
+    /// Asks every call in progress to hang up (BYE on both legs, or the caller's INVITE
+    /// answered 487); returns how many calls were asked.
+    pub(super) fn hang_up_all(&self, reason: &'static str) -> usize {
+        let Ok(calls) = self.calls.lock() else { return 0 };
+        let mut asked: Vec<&mpsc::Sender<CallInput>> = Vec::new();
+        for tx in calls.values() {
+            // A call is in the map once per leg: ask each task once.
+            if !asked.iter().any(|a| a.same_channel(tx))
+                && tx.try_send(CallInput::HangUp(reason)).is_ok()
+            {
+                asked.push(tx);
+            }
+        }
+        asked.len()
     }
 
     /// A call task is done with its call (it may still linger for retransmissions).

@@ -316,6 +316,23 @@ impl std::fmt::Debug for RecordFile {
     }
 }
 
+/// A record on its way to its sinks, counted while it lives, so that a stopping gateway can
+/// wait until the records of the calls it ended are written and spooled.
+pub struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn new(counter: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Records on their way to the webhook: the spool they wait in and the delivery loop's bell.
 pub struct Outbox {
     pub spool: std::sync::Arc<Mutex<super::spool::Spool>>,
@@ -334,11 +351,12 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// Puts a record in the spool (on a blocking thread) and wakes the delivery loop. A full
     /// spool refuses it: logged; the file sink still has it.
-    pub fn send(&self, record: &SessionRecord) {
+    pub fn send(&self, record: &SessionRecord, in_flight: InFlight) {
         let Ok(bytes) = serde_json::to_vec(record) else { return };
         let (spool, wake, id) = (self.spool.clone(), self.wake.clone(), record.record_id.clone());
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            let _in_flight = in_flight;
             let pushed = match spool.lock() {
                 Ok(mut spool) => spool.push(&id, &bytes).map_err(|e| e.to_string()),
                 Err(_) => Err("spool lock poisoned".to_string()),

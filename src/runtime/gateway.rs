@@ -4,7 +4,8 @@
 //! table; calls in progress keep the table they started with), starts the OPTIONS probes of the
 //! OutboundTrunks (`call::health`), and drains on SIGTERM or Ctrl-C:
 //! new INVITEs get 503 and `/readyz` says draining while calls in progress go on, until they end
-//! or the drain deadline passes.
+//! or the drain deadline passes; then the calls left are hung up (BYE on both legs) and the
+//! process exits once their session records are written and the spool synced.
 //!
 //! With `--api-token-file`, the call API (`observe::api`, `POST /v1/calls`...) listens on
 //! `--api`, driven by the gateway's `call_control()`, for clients from `--agent-networks`; it
@@ -500,7 +501,29 @@ pub async fn serve_until(
     while gateway.active_calls() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tracing::info!(calls_left = gateway.active_calls(), "stopping");
+    // Calls still up at the deadline are hung up (BYE on both legs) rather than cut off, so
+    // that their peers know and their session records are written before the process ends.
+    if gateway.active_calls() > 0 {
+        let asked = gateway.hang_up_all("the gateway stopped: drain timeout");
+        tracing::warn!(calls = asked, "drain timeout: hanging up the calls left");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while gateway.active_calls() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The records of the calls that just ended: written, spooled, and the spool synced.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while gateway.records_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(e) = gateway.sync_records().await {
+        tracing::error!(error = %e, "the records spool cannot be synced at stop");
+    }
+    tracing::info!(
+        calls_left = gateway.active_calls(),
+        records_left = gateway.records_in_flight(),
+        "stopping"
+    );
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if let Some(api_task) = api_task {
