@@ -7,14 +7,12 @@
 // Test helpers fail with the reason (STYLE.md allows panics in tests; clippy only knows #[test]).
 #![allow(clippy::panic, clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 
-use promql_parser::label::MatchOp;
-use promql_parser::parser::{self, Expr, VectorSelector};
-use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_yaml::Value;
-use trunkline::observe::metrics::GatewayMetrics;
-use trunkline::operator::metrics::OperatorMetrics;
+use support::promql::{exported, selected, unknown};
 
 const RULES: &str = include_str!("../charts/trunkline/files/prometheus-rules.yaml");
 const VALUES: &str = include_str!("../charts/trunkline/values.yaml");
@@ -80,60 +78,18 @@ fn rules(text: &str) -> Vec<(String, String)> {
     found
 }
 
-/// The metric names an expression selects; an error for a selector that names none.
-struct Selected(BTreeSet<String>);
-
-impl Selected {
-    fn add(&mut self, selector: &VectorSelector) -> Result<(), String> {
-        let by_matcher = selector
-            .matchers
-            .matchers
-            .iter()
-            .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
-            .map(|m| m.value.clone());
-        match selector.name.clone().or(by_matcher) {
-            Some(name) => {
-                self.0.insert(name);
-                Ok(())
-            }
-            None => Err(format!("a selector without a metric name: {selector}")),
-        }
-    }
-}
-
-impl ExprVisitor for Selected {
-    type Error = String;
-
-    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
-        match expr {
-            Expr::VectorSelector(selector) => self.add(selector)?,
-            Expr::MatrixSelector(matrix) => self.add(&matrix.vs)?,
-            _ => {}
-        }
-        Ok(true)
-    }
-}
-
-fn exported() -> BTreeSet<String> {
-    GatewayMetrics::metric_names().into_iter().chain(OperatorMetrics::metric_names()).collect()
-}
-
 /// Every (alert, metric) of `text` that no binary exports; an error when an expr does not parse.
 fn unknown_metrics(text: &str) -> Result<Vec<(String, String)>, String> {
     let exported = exported();
-    let mut unknown = Vec::new();
+    let mut found = Vec::new();
     for (alert, expr) in rules(text) {
-        let parsed = parser::parse(&expr).map_err(|e| format!("{alert}: {e}\n{expr}"))?;
-        let mut selected = Selected(BTreeSet::new());
-        walk_expr(&mut selected, &parsed).map_err(|e| format!("{alert}: {e}"))?;
-        assert!(!selected.0.is_empty(), "{alert} selects no metric: {expr}");
-        for metric in selected.0 {
-            if !exported.contains(&metric) {
-                unknown.push((alert.clone(), metric));
-            }
+        let metrics = selected(&expr).map_err(|e| format!("{alert}: {e}"))?;
+        assert!(!metrics.is_empty(), "{alert} selects no metric: {expr}");
+        for metric in unknown(&metrics, &exported) {
+            found.push((alert.clone(), metric.clone()));
         }
     }
-    Ok(unknown)
+    Ok(found)
 }
 
 #[test]
@@ -145,10 +101,8 @@ fn every_alert_parses_and_selects_only_metrics_the_binaries_export() {
 
 #[test]
 fn the_alerts_cover_both_binaries_and_the_new_rtp_pool_metrics() {
-    let mut selected = Selected(BTreeSet::new());
-    for (_, expr) in rules(RULES) {
-        walk_expr(&mut selected, &parser::parse(&expr).unwrap()).unwrap();
-    }
+    let used: BTreeSet<String> =
+        rules(RULES).iter().flat_map(|(_, expr)| selected(expr).unwrap()).collect();
     for metric in [
         "trunkline_operator_leader",
         "trunkline_operator_objects",
@@ -160,7 +114,7 @@ fn the_alerts_cover_both_binaries_and_the_new_rtp_pool_metrics() {
         "trunkline_rtp_port_pairs",
         "trunkline_rtp_port_exhaustions_total",
     ] {
-        assert!(selected.0.contains(metric), "no alert uses {metric}");
+        assert!(used.contains(metric), "no alert uses {metric}");
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Takes: events from the SIP transports (`sip_message`), the inbound flow (`auth_failure`,
 //! `invite_refused`, `setup_latency`), the B2BUA (`call_started`, `call_finished`) and the config
-//! loop (`set_config`, `config_reload`). Gives: the text exposition that `observe::admin` serves
+//! loop (`set_config`, `config_reload`), the webhook's spool (`records_spool`). Gives: the text exposition that `observe::admin` serves
 //! at `GET /metrics` ([`GatewayMetrics::render`]). `trunkline run` builds one and shares it as an
 //! `Arc<GatewayMetrics>`.
 //!
@@ -18,6 +18,8 @@
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_transfers_total` | counter | `destination`, `mode`, `outcome` |
 //! | `trunkline_session_records_total` | counter | `sink` (`file`, `webhook`), `result` (`written`, `failed`; `spooled`, `refused`, `delivered`, `failed`) |
+//! | `trunkline_session_records_spool_records`, `trunkline_session_records_spool_bytes` | gauge | |
+//! | `trunkline_session_records_spool_max_bytes` | gauge | |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
 //! | `trunkline_tls_client_failures_total` | counter | `reason` |
@@ -28,11 +30,23 @@
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
 //! | `trunkline_config_trunks`, `trunkline_config_numbers` | gauge | |
 //! | `trunkline_config_reloads_total` | counter | `result` |
+//! | `trunkline_config_applied_timestamp_seconds` | gauge | |
 //! | `trunkline_outbound_reachable` | gauge (1/0) | `trunk` |
 //! | `trunkline_build_info` | gauge (always 1) | `version` |
 //!
 //! [`GatewayMetrics::metric_names`] lists every series name the gateway can export (a vec with no
 //! child yet included), so that alert rules and dashboards can be checked against it in tests.
+//!
+//! **Which config, and since when.** DESIGN §5's "config generation" is three series:
+//! `trunkline_config_info{hash}` names the table in use (the same hash on every gateway that
+//! runs the same specs, so a dashboard can count gateways per config and an alert can see
+//! skew); `trunkline_config_reloads_total{result}` counts the tables swapped in after the first
+//! (and the edits refused); `trunkline_config_applied_timestamp_seconds` says when the table in
+//! use was swapped in (the Unix time, as Prometheus's own
+//! `prometheus_config_last_reload_success_timestamp_seconds`), which a dashboard shows as the
+//! age of each gateway's config. There is no per-process generation number: it would be
+//! `1 + reloads_total{result="ok"}`, and restarts reset it, so two gateways' numbers could not be
+//! compared; the hash can.
 //!
 //! **Label cardinality.** Every label value is either a fixed string from an enum in this module
 //! or bounded by the configuration:
@@ -52,13 +66,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
-    register_int_gauge_with_registry,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, register_gauge_with_registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
 };
 
 /// The `trunk` label value to use when no trunk was identified (before identification, or when
@@ -282,6 +297,9 @@ pub struct GatewayMetrics {
     peer_auth: IntCounterVec,
     transfers: IntCounterVec,
     records: IntCounterVec,
+    spool_records: IntGauge,
+    spool_bytes: IntGauge,
+    spool_max_bytes: IntGauge,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
     tls_client_failures: IntCounterVec,
@@ -290,6 +308,7 @@ pub struct GatewayMetrics {
     config_hash: Mutex<Option<String>>,
     config_trunks: IntGauge,
     config_numbers: IntGauge,
+    config_applied: Gauge,
     reload_ok: IntCounter,
     reload_rejected: IntCounter,
     outbound_reachable: IntGaugeVec,
@@ -391,6 +410,21 @@ impl GatewayMetrics {
             &["sink", "result"],
             r,
         )?;
+        let spool_records = register_int_gauge_with_registry!(
+            "trunkline_session_records_spool_records",
+            "Session records waiting in the webhook's spool (not yet delivered).",
+            r,
+        )?;
+        let spool_bytes = register_int_gauge_with_registry!(
+            "trunkline_session_records_spool_bytes",
+            "Bytes of the session records waiting in the webhook's spool.",
+            r,
+        )?;
+        let spool_max_bytes = register_int_gauge_with_registry!(
+            "trunkline_session_records_spool_max_bytes",
+            "The bound of the webhook's spool (--records-spool-max-bytes): records that would pass it are refused.",
+            r,
+        )?;
         let setup = register_histogram_vec_with_registry!(
             "trunkline_call_setup_seconds",
             "Time from the INVITE received to the final response from the other leg.",
@@ -418,6 +452,11 @@ impl GatewayMetrics {
         let config_numbers = register_int_gauge_with_registry!(
             "trunkline_config_numbers",
             "Numbers routed by the routing table in use.",
+            r,
+        )?;
+        let config_applied = register_gauge_with_registry!(
+            "trunkline_config_applied_timestamp_seconds",
+            "When the routing table in use was swapped in (Unix time): at the start, then at each reload that changed it.",
             r,
         )?;
         let tls_client_failures = register_int_counter_vec_with_registry!(
@@ -453,12 +492,20 @@ impl GatewayMetrics {
             (&active, P),
             (&auth, P),
             (&refusals, P),
+            (&outbound_refusals, P),
+            (&peer_auth, P),
+            (&transfers, P),
+            (&records, P),
+            (&spool_records, P),
+            (&spool_bytes, P),
+            (&spool_max_bytes, P),
             (&setup, H),
             (&sip_messages, P),
             (&tls_client_failures, P),
             (&config_info, P),
             (&config_trunks, P),
             (&config_numbers, P),
+            (&config_applied, P),
             (&reloads, P),
             (&outbound_reachable, P),
         ]);
@@ -477,6 +524,9 @@ impl GatewayMetrics {
             peer_auth,
             transfers,
             records,
+            spool_records,
+            spool_bytes,
+            spool_max_bytes,
             setup,
             sip_messages,
             tls_client_failures,
@@ -484,6 +534,7 @@ impl GatewayMetrics {
             config_hash: Mutex::new(None),
             config_trunks,
             config_numbers,
+            config_applied,
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_rejected: reloads.with_label_values(&["rejected"]),
             outbound_reachable,
@@ -590,6 +641,18 @@ impl GatewayMetrics {
         self.records.with_label_values(&[sink, result]).inc();
     }
 
+    /// Publishes what waits in the webhook's spool: `records` not yet delivered, `bytes` of
+    /// them (`observe::spool::Spool::len`, `Spool::bytes`). Called by the spool's sync ticker.
+    pub fn records_spool(&self, records: usize, bytes: u64) {
+        self.spool_records.set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.spool_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes the spool's bound (`--records-spool-max-bytes`), once when it is opened.
+    pub fn records_spool_bound(&self, max_bytes: u64) {
+        self.spool_max_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    }
+
     /// Observes a call's setup time: INVITE received → final response from the other leg.
     /// `trunk`: as in [`Self::call_finished`].
     pub fn setup_latency(&self, trunk: &str, seconds: f64) {
@@ -618,8 +681,13 @@ impl GatewayMetrics {
     }
 
     /// Publishes the routing table in use: `trunkline_config_info{hash}` = 1 with the previous
-    /// hash's series removed, and the trunk and number counts.
+    /// hash's series removed, the trunk and number counts, and (when the hash changed) the time
+    /// it was swapped in.
     pub fn set_config(&self, hash: &str, trunks: usize, numbers: usize) {
+        self.set_config_at(hash, trunks, numbers, SystemTime::now());
+    }
+
+    fn set_config_at(&self, hash: &str, trunks: usize, numbers: usize, now: SystemTime) {
         {
             let mut current = self.config_hash.lock().unwrap_or_else(PoisonError::into_inner);
             if current.as_deref() != Some(hash) {
@@ -628,6 +696,8 @@ impl GatewayMetrics {
                     let _ = self.config_info.remove_label_values(&[old.as_str()]);
                 }
                 *current = Some(hash.to_owned());
+                let unix = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                self.config_applied.set(unix);
             }
             self.config_info.with_label_values(&[hash]).set(1);
         }
@@ -833,15 +903,77 @@ mod tests {
             assert!(names.contains(name), "{name} missing from {names:?}");
         }
         assert!(!names.contains("trunkline_rtp_jitter_seconds"), "a histogram has no bare series");
+        // Every method that gives a vec a child, so that each series the page can show is
+        // rendered once: a collector left out of `series_names` fails here.
         let m = GatewayMetrics::new();
         m.call_finished("ns/t", Direction::Inbound, Outcome::Answered);
+        let _active = m.call_started("ns/t", Direction::Inbound);
+        m.auth_failure(AuthFailure::Replay);
+        m.invite_refused(404, "NumberNotOnTrunk");
+        m.outbound_refused(403, "AgentNotAllowed");
+        m.peer_auth_refused("ns/t", "carrier");
+        m.transfer("ns/desk", "Bridge", "completed");
+        m.session_record("file", "written");
+        m.records_spool(1, 100);
+        m.records_spool_bound(1000);
         m.setup_latency("ns/t", 0.1);
+        m.sip_message("udp", "request");
+        m.tls_client_failure("timeout");
         m.rtp_leg_finished("ns/t", "agent", 1, 1, 0, 0.0);
         m.set_config("h", 1, 1);
-        for line in m.render().lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap_or_default();
-            assert!(names.contains(name), "{name} is rendered but not in metric_names()");
+        m.config_reload(true);
+        m.set_outbound_reachable("ns/out", true);
+        m.port_pool().exhaustions.inc();
+        let text = m.render();
+        let rendered: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default())
+            .collect();
+        for name in &rendered {
+            assert!(names.contains(*name), "{name} is rendered but not in metric_names()");
         }
+        for name in &names {
+            assert!(
+                rendered.contains(name.as_str()),
+                "{name} is in metric_names() but never rendered"
+            );
+        }
+    }
+
+    #[test]
+    fn the_spool_gauges_follow_what_waits_and_the_bound() {
+        let m = GatewayMetrics::new();
+        let text = m.render();
+        assert!(text.contains("trunkline_session_records_spool_records 0"), "{text}");
+        m.records_spool_bound(64 << 20);
+        m.records_spool(3, 1500);
+        let text = m.render();
+        assert!(text.contains("trunkline_session_records_spool_records 3"), "{text}");
+        assert!(text.contains("trunkline_session_records_spool_bytes 1500"), "{text}");
+        assert!(text.contains("trunkline_session_records_spool_max_bytes 67108864"), "{text}");
+        m.records_spool(0, 0);
+        assert!(m.render().contains("trunkline_session_records_spool_bytes 0"));
+    }
+
+    #[test]
+    fn the_applied_time_moves_only_when_another_table_is_swapped_in() {
+        let m = GatewayMetrics::new();
+        let at = |s: u64| UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let applied = |m: &GatewayMetrics| {
+            let text = m.render();
+            lines_of(&text, "trunkline_config_applied_timestamp_seconds ")
+                .first()
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        m.set_config_at("aaaa", 1, 1, at(1_700_000_000));
+        assert_eq!(applied(&m), Some(1_700_000_000.0));
+        m.set_config_at("aaaa", 1, 2, at(1_700_000_100));
+        assert_eq!(applied(&m), Some(1_700_000_000.0), "the same table again is no new config");
+        m.set_config_at("bbbb", 1, 2, at(1_700_000_200));
+        assert_eq!(applied(&m), Some(1_700_000_200.0));
+        m.set_config("cccc", 1, 2);
+        assert!(applied(&m).is_some_and(|t| t > 1_700_000_200.0), "set_config uses the clock");
     }
 
     #[test]

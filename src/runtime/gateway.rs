@@ -357,6 +357,8 @@ pub async fn serve_until(
                 );
             }
             tracing::info!(waiting = spool.len(), webhook = ?hook, "session records go to the webhook");
+            metrics.records_spool_bound(options.records_spool_max_bytes);
+            metrics.records_spool(spool.len(), spool.bytes());
             let outbox = Arc::new(crate::observe::record::Outbox {
                 spool: Arc::new(std::sync::Mutex::new(spool)),
                 wake: Arc::new(tokio::sync::Notify::new()),
@@ -369,18 +371,21 @@ pub async fn serve_until(
                 outbox.wake.clone(),
                 Arc::new(MetricsReport(metrics.clone())),
             ));
-            // Durable in batches: one fsync per 200 ms window with records in it.
+            // Durable in batches: one fsync per 200 ms window with records in it; what waits
+            // is published at the same pace.
             let spool = outbox.spool.clone();
+            let spool_metrics = metrics.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(200));
                 loop {
                     tick.tick().await;
-                    let s = spool.clone();
+                    let (s, m) = (spool.clone(), spool_metrics.clone());
                     let _ = tokio::task::spawn_blocking(move || {
-                        if let Ok(mut spool) = s.lock()
-                            && let Err(e) = spool.sync()
-                        {
-                            tracing::error!(error = %e, "the records spool cannot be synced");
+                        if let Ok(mut spool) = s.lock() {
+                            if let Err(e) = spool.sync() {
+                                tracing::error!(error = %e, "the records spool cannot be synced");
+                            }
+                            m.records_spool(spool.len(), spool.bytes());
                         }
                     })
                     .await;

@@ -63,7 +63,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
-        }
+        },
+        "grafanaDashboard": {"enabled": True},
     },
     "networkpolicy": {
         "gateway": {"tls": {"secretName": "sip-tls"}, "rtpPorts": "30000-30999"},
@@ -156,7 +157,7 @@ class Rendering:
 
     def settings(self) -> dict[str, Any]:
         """The operator's settings file, parsed."""
-        config_map = self.one("ConfigMap")
+        (config_map,) = [c for c in self.all("ConfigMap") if "operator.yaml" in c.get("data", {})]
         return yaml.safe_load(config_map["data"]["operator.yaml"])
 
     def operator_container(self) -> dict[str, Any]:

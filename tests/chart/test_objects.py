@@ -3,6 +3,7 @@ monitors and the NetworkPolicies, for the defaults and for the value sets of con
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -638,6 +639,49 @@ def test_the_prometheus_rule_takes_its_thresholds_from_the_values():
     assert alerts["TrunklineAuthFailureSpike"]["expr"].endswith("> 3")
     assert alerts["TrunklineRtpLossHigh"]["expr"].endswith("> 0.07")
     assert alerts["TrunklineRtpPortsNearlyExhausted"]["expr"].endswith("> 0.75")
+
+
+DASHBOARD_FILE = CHART / "files" / "grafana-dashboard.json"
+
+
+def dashboards(rendering: Rendering) -> list[dict[str, Any]]:
+    return [c for c in rendering.all("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_the_grafana_dashboard_is_off_by_default(default):
+    assert not dashboards(default)
+
+
+def test_the_grafana_dashboard_is_a_configmap_the_sidecar_picks_up(renderings):
+    (config_map,) = dashboards(renderings["servicemonitor"])
+    assert config_map["metadata"]["name"] == f"{RELEASE}-dashboard"
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    # kube-prometheus-stack's sidecar selects grafana_dashboard: "1" (a string, as labels are).
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert "annotations" not in config_map["metadata"]
+    (name,) = config_map["data"]
+    assert name.endswith(".json")
+    shipped = json.loads(config_map["data"][name])
+    assert shipped == json.loads(DASHBOARD_FILE.read_text()), "the dashboard changed on the way"
+    assert shipped["uid"] == "trunkline-overview" and shipped["panels"]
+    # Helm left Grafana's and Prometheus's own templates alone.
+    assert "{{direction}} {{outcome}}" in config_map["data"][name]
+
+
+def test_the_grafana_dashboard_takes_its_labels_annotations_and_namespace_from_the_values():
+    (config_map,) = dashboards(Rendering({"grafanaDashboard": {
+        "enabled": True, "labels": {"dashboards": "voice"},
+        "annotations": {"grafana_folder": "Voice"}, "namespace": "monitoring"}}))
+    metadata = config_map["metadata"]
+    assert metadata["namespace"] == "monitoring"
+    assert metadata["labels"]["dashboards"] == "voice"
+    # Helm merges maps: the default label stays unless set to null.
+    assert metadata["labels"]["grafana_dashboard"] == "1"
+    (config_map,) = dashboards(Rendering({"grafanaDashboard": {
+        "enabled": True, "labels": {"grafana_dashboard": None, "dashboards": "voice"}}}))
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    assert metadata["annotations"] == {"grafana_folder": "Voice"}
 
 
 def test_carriers_reach_only_the_sip_and_rtp_ports_of_the_gateways(renderings):

@@ -122,6 +122,7 @@ PEERS = [{"ipBlock": {"cidr": "192.0.2.0/24"}}]
 MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
 RULES = {"metrics": {"prometheusRule": {"enabled": True}}}
 POLICIES = {"networkPolicy": {"enabled": True}}
+DASHBOARD = {"grafanaDashboard": {"enabled": True}}
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
     "nodeSelectorTerms": [{"matchExpressions": [
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}}
@@ -221,6 +222,10 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "metrics.prometheusRule.authFailuresPerSecond": (2, RULES),
     "metrics.prometheusRule.rtpLossRatio": (0.05, RULES),
     "metrics.prometheusRule.rtpPortsUsedRatio": (0.95, RULES),
+    "grafanaDashboard.enabled": (True, {}),
+    "grafanaDashboard.labels": ({"dashboards": "voice"}, DASHBOARD),
+    "grafanaDashboard.annotations": ({"grafana_folder": "Voice"}, DASHBOARD),
+    "grafanaDashboard.namespace": ("monitoring", DASHBOARD),
     "networkPolicy.enabled": (True, {}),
     "networkPolicy.carriers": (PEERS, POLICIES),
     "networkPolicy.agents": (PEERS, POLICIES),
@@ -279,6 +284,10 @@ SCHEMA_REJECTS = [
     ({"metrics": {"prometheusRule": {"rtpLossRatio": 2}}}, "/metrics/prometheusRule/rtpLossRatio"),
     ({"metrics": {"prometheusRule": {"refusalsPerSecond": "1"}}},
      "/metrics/prometheusRule/refusalsPerSecond"),
+    ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+     "/grafanaDashboard/labels/grafana_dashboard"),
+    ({"grafanaDashboard": {"namespace": "Monitoring"}}, "/grafanaDashboard/namespace"),
+    ({"grafanaDashboard": {"enable": True}}, "additional properties 'enable' not allowed"),
     ({"networkPolicy": {"carriers": [{"cidr": "203.0.113.0/24"}]}},
      "/networkPolicy/carriers/0"),
     ({"imagePullSecrets": [{"name": "registry"}]}, "/imagePullSecrets/0"),

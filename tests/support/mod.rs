@@ -13,6 +13,7 @@
 //! - [`linphone`]: linphonec as a carrier that answers SHA-256 digest challenges;
 //! - [`carrier`]: a carrier driven by hand over UDP that sends and checks RTP itself;
 //! - [`records`]: the session records a gateway wrote, checked against their JSON Schema;
+//! - [`promql`]: the metric names a PromQL query selects, and those the binaries export;
 //! - [`ca`]: a test CA that signs the certificates of TLS peers (`--tls-ca`);
 //! - [`digest`]: recomputes a client's digest answer, to prove what it sent.
 //!
@@ -34,6 +35,7 @@ pub mod kamailio;
 pub mod linphone;
 pub mod net;
 pub mod process;
+pub mod promql;
 pub mod records;
 pub mod sipp;
 pub mod specs;
