@@ -611,7 +611,8 @@ def test_the_prometheus_rule_has_every_alert_with_a_severity_and_annotations(ren
             "TrunklineObjectsNotProgrammed", "TrunklineGatewayConfigSkew",
             "TrunklineInboundRefusalSpike", "TrunklineAuthFailureSpike", "TrunklineRtpLossHigh",
             "TrunklineRtpPortsExhausted", "TrunklineRtpPortsNearlyExhausted",
-            "TrunklineGatewayReportsUnreachable"} <= set(names)
+            "TrunklineGatewayReportsUnreachable", "TrunklineRecordsSpoolFilling",
+            "TrunklineRecordsRefused"} <= set(names)
     for alert in alerts:
         name = alert["alert"]
         assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}, name

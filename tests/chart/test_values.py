@@ -222,6 +222,7 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "metrics.prometheusRule.authFailuresPerSecond": (2, RULES),
     "metrics.prometheusRule.rtpLossRatio": (0.05, RULES),
     "metrics.prometheusRule.rtpPortsUsedRatio": (0.95, RULES),
+    "metrics.prometheusRule.recordsSpoolUsedRatio": (0.75, RULES),
     "grafanaDashboard.enabled": (True, {}),
     "grafanaDashboard.labels": ({"dashboards": "voice"}, DASHBOARD),
     "grafanaDashboard.annotations": ({"grafana_folder": "Voice"}, DASHBOARD),
