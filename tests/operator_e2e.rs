@@ -727,6 +727,14 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     let ok =
         sample(&page, r#"trunkline_operator_reconciles_total{kind="InboundTrunk",result="ok"}"#);
     assert!(ok.is_some_and(|n| n >= 3.0), "{page}");
+    // Each reconcile's latency is observed: as many observations as reconciles of the kind.
+    let timed = sample(&page, r#"trunkline_operator_reconcile_seconds_count{kind="InboundTrunk"}"#);
+    let all: f64 = page
+        .lines()
+        .filter(|l| l.starts_with(r#"trunkline_operator_reconciles_total{kind="InboundTrunk","#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(timed.is_some_and(|n| n >= 3.0 && n == all), "{timed:?} of {all}: {page}");
     assert!(sample(&page, r#"trunkline_operator_fleet_applies_total{result="ok"}"#) >= Some(1.0));
     assert_eq!(sample(&page, "trunkline_operator_generated_secrets_total"), Some(2.0), "{page}");
     assert!(matches!(net::http_get(admin, "/readyz"), Some((200, _))));
