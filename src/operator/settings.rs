@@ -2093,6 +2093,7 @@ logLevel: trunkline=debug,info
             ),
             ("records: {webhook: {url: 'https://'}}\n", "records.webhook.url", "https://"),
             ("records: {webhook: {url: 'http:///in'}}\n", "records.webhook.url", "http:///in"),
+            ("records: {webhook: {url: 'https://:8443/in'}}\n", "records.webhook.url", "no host"),
             (
                 "records: {webhook: {url: 'https://user:pw@r.example/'}}\n",
                 "records.webhook.url",

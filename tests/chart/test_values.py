@@ -328,6 +328,8 @@ SCHEMA_REJECTS = [
      "/gateway/records/webhook/url"),
     ({"gateway": {"records": {"webhook": {"url": "https://records.example.com/a b"}}}},
      "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"url": "https://:8443/in"}}}},
+     "/gateway/records/webhook/url"),
     ({"gateway": {"records": {"webhook": {"keySecret": {"name": "Records_Key"}}}}},
      "/gateway/records/webhook/keySecret/name"),
     ({"gateway": {"records": {"webhook": {"keySecret": {"key": "a/b"}}}}},
