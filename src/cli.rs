@@ -907,6 +907,8 @@ mod tests {
              agentNetworks: [10.42.0.0/16, 'fd00:42::/64']\n",
             "hostNetwork: false\npublicAddressFrom: Pod\napi: {enabled: true, tokenSecret: t}\n\
              tls: {caSecret: carrier-ca}\nagentCredentialsSecret: agent-creds\n",
+            // Session records: stdout, a signed webhook and its spool on an emptyDir.
+            "records: {webhook: {url: 'http://records.voice.svc/in', keySecret: {name: k}}}\n",
         ];
         for text in topologies {
             let settings = OperatorSettings::parse(text, std::path::Path::new("t.yaml")).unwrap();

@@ -60,6 +60,8 @@ fn the_named_cases_exist_and_render_objects() {
         "api-enabled-generated-token",
         "tls-ca-named-api-token-pod-network",
         "agent-credentials",
+        "records-webhook-empty-dir",
+        "records-https-ca-shared-claim",
     ] {
         let input = golden_dir().join(format!("{case}.in.yaml"));
         let text = std::fs::read_to_string(&input).expect("the case exists");

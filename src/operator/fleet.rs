@@ -40,7 +40,17 @@
 //! (`api`'s `token`, [`API_TOKEN_MOUNT_PATH`]) and the agent runtime's digest credentials
 //! (`agentCredentialsSecret`'s `username` and `password`, [`AGENT_CREDENTIALS_MOUNT_PATH`]).
 //! The kubelet reads them, not the gateway's ServiceAccount, so the gateways' Role keeps its one
-//! Secret; a rotated Secret reaches the files without a restart (no `subPath`).
+//! Secret; a rotated Secret reaches the files without a restart (no `subPath`). The records'
+//! webhook Secrets are mounted the same way, each with its one key under a fixed file name
+//! (`records.webhook.keySecret` as [`RECORDS_WEBHOOK_KEY_MOUNT_PATH`]`/key`,
+//! `records.webhook.caSecret` as [`RECORDS_WEBHOOK_CA_MOUNT_PATH`]`/ca.crt`).
+//!
+//! **Session records** ([`records_args`]): `records.stdout` is `--records-file -`. A webhook
+//! adds `--records-webhook` and its spool, on a volume since the root filesystem is read-only,
+//! at [`RECORDS_SPOOL_MOUNT_PATH`]: an emptyDir (`sizeLimit` from `records.spool.maxBytes`) that
+//! is the spool itself, or the fleet's shared claim, in which each pod spools into its own
+//! directory `$(POD_NAME)` and adopts the spools of pods that are gone
+//! (`--records-spool-adopt`). `settings` says what each gives.
 
 use std::collections::BTreeMap;
 
@@ -50,10 +60,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl,
-    TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
+    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Sysctl, TopologySpreadConstraint, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -62,7 +73,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use super::settings::{AddressSource, FleetMode, MediaPath, OperatorSettings, ServiceType};
+use super::settings::{
+    AddressSource, FleetMode, MediaPath, OperatorSettings, ServiceType, SpoolVolume,
+    WEBHOOK_CA_SECRET_KEY, WEBHOOK_KEY_SECRET_KEY,
+};
 use super::{FLEET_LABEL, MANAGED_BY};
 
 /// RTP ranges up to this many ports are listed as container ports (see the module docs).
@@ -83,6 +97,24 @@ pub const API_TOKEN_MOUNT_PATH: &str = "/etc/trunkline/api";
 /// Where `agentCredentialsSecret` (its `username` and `password`) is mounted: the directory form
 /// of `--agent-credentials`.
 pub const AGENT_CREDENTIALS_MOUNT_PATH: &str = "/etc/trunkline/agent-credentials";
+
+/// Where `records.webhook.keySecret` is mounted, its key as the file `key`:
+/// `--records-webhook-key-file <this>/key`.
+pub const RECORDS_WEBHOOK_KEY_MOUNT_PATH: &str = "/etc/trunkline/records-webhook-key";
+
+/// Where `records.webhook.caSecret` is mounted, its key as the file `ca.crt`:
+/// `--records-webhook-ca-file <this>/ca.crt`.
+pub const RECORDS_WEBHOOK_CA_MOUNT_PATH: &str = "/etc/trunkline/records-webhook-ca";
+
+/// Where the records' spool volume is mounted: the spool itself (emptyDir), or the parent of
+/// every gateway's spool (a shared claim).
+pub const RECORDS_SPOOL_MOUNT_PATH: &str = "/var/lib/trunkline/records";
+
+/// The volume of the records' spool.
+pub const RECORDS_SPOOL_VOLUME: &str = "records-spool";
+
+/// The pod's name in the container's arguments (`metadata.name` through the downward API).
+pub const POD_NAME_REF: &str = "$(POD_NAME)";
 
 /// The mode of every Secret file: readable by the owner and the pod's group (`fsGroup`) only.
 pub const SECRET_FILE_MODE: i32 = 0o440;
@@ -494,7 +526,61 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
     flag("--media-timeout", settings.media_timeout_seconds.to_string());
     flag("--transfer-timeout", settings.transfer_timeout_seconds.to_string());
     flag("--log-format", settings.log_format.as_str().to_string());
+    args.extend(records_args(settings));
     args
+}
+
+/// The session-record flags of the gateway container (see the module docs): none when
+/// `records.stdout` is off and no webhook is set.
+pub fn records_args(settings: &OperatorSettings) -> Vec<String> {
+    let records = &settings.records;
+    let mut args = Vec::new();
+    if records.stdout {
+        args.extend(strings(&["--records-file", "-"]));
+    }
+    let Some(url) = &records.webhook.url else { return args };
+    args.extend(["--records-webhook".to_string(), url.clone()]);
+    if records.webhook.key_secret.name.is_some() {
+        args.push("--records-webhook-key-file".to_string());
+        args.push(format!("{RECORDS_WEBHOOK_KEY_MOUNT_PATH}/key"));
+    }
+    if records.webhook.ca_secret.name.is_some() {
+        args.push("--records-webhook-ca-file".to_string());
+        args.push(format!("{RECORDS_WEBHOOK_CA_MOUNT_PATH}/ca.crt"));
+    }
+    args.push("--records-spool".to_string());
+    match records.spool.volume {
+        SpoolVolume::EmptyDir => args.push(RECORDS_SPOOL_MOUNT_PATH.to_string()),
+        SpoolVolume::PersistentVolumeClaim { .. } => {
+            args.push(format!("{RECORDS_SPOOL_MOUNT_PATH}/{POD_NAME_REF}"));
+            args.push("--records-spool-adopt".to_string());
+        }
+    }
+    args.push("--records-spool-max-bytes".to_string());
+    args.push(records.spool.max_bytes.to_string());
+    args
+}
+
+/// The records' spool volume, when a webhook needs one.
+fn records_spool_volume(settings: &OperatorSettings) -> Option<Volume> {
+    settings.records.webhook.url.as_ref()?;
+    let spool = &settings.records.spool;
+    let mut volume = Volume { name: RECORDS_SPOOL_VOLUME.to_string(), ..Default::default() };
+    match &spool.volume {
+        SpoolVolume::EmptyDir => {
+            volume.empty_dir = Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(format!("{}Mi", spool.empty_dir_size_limit() >> 20))),
+                ..Default::default()
+            });
+        }
+        SpoolVolume::PersistentVolumeClaim { claim_name } => {
+            volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    Some(volume)
 }
 
 fn container_port(name: Option<&str>, protocol: &str, port: u16) -> ContainerPort {
@@ -590,6 +676,15 @@ fn render_container(settings: &OperatorSettings) -> Container {
             ..Default::default()
         });
     }
+    if records_spool_volume(settings).is_some() {
+        // The whole volume (no subPath): with a shared claim the gateway must see the other
+        // pods' spools to adopt them.
+        mounts.push(VolumeMount {
+            name: RECORDS_SPOOL_VOLUME.to_string(),
+            mount_path: RECORDS_SPOOL_MOUNT_PATH.to_string(),
+            ..Default::default()
+        });
+    }
     Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(settings.image.clone()),
@@ -642,13 +737,10 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
                 // Only the keys the gateway reads: a Secret made for something else (a
                 // cert-manager Secret with its tls.key beside ca.crt) gives nothing more. A
                 // missing key keeps the pod from starting, with the key named in its events.
-                items: secret.keys.map(|keys| {
-                    keys.iter()
-                        .map(|key| KeyToPath {
-                            key: key.to_string(),
-                            path: key.to_string(),
-                            ..Default::default()
-                        })
+                items: secret.items.map(|items| {
+                    items
+                        .into_iter()
+                        .map(|(key, path)| KeyToPath { key, path, ..Default::default() })
                         .collect()
                 }),
                 // Readable by the pod's group (fsGroup) only. No subPath: the kubelet then
@@ -660,6 +752,13 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
             ..Default::default()
         });
     }
+    volumes.extend(records_spool_volume(settings));
+    // A shared claim may be large: the kubelet changes its ownership to fsGroup only when its
+    // root does not have it already, not file by file at every start.
+    let shared_spool = volumes
+        .iter()
+        .any(|v| v.name == RECORDS_SPOOL_VOLUME && v.persistent_volume_claim.is_some());
+    let fs_group_change_policy = shared_spool.then(|| "OnRootMismatch".to_string());
     // A non-root process gets NET_BIND_SERVICE only from a file capability on the binary; in
     // the pod's own network namespace this sysctl lets it bind the low port without one. With
     // hostNetwork the sysctl would be the node's, so it is not set (the image must carry the
@@ -712,6 +811,7 @@ fn render_pod_template(settings: &OperatorSettings) -> PodTemplateSpec {
                 run_as_user: Some(GATEWAY_UID),
                 run_as_group: Some(GATEWAY_UID),
                 fs_group: Some(GATEWAY_UID),
+                fs_group_change_policy,
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".to_string(),
                     ..Default::default()
@@ -737,8 +837,14 @@ struct SecretFiles {
     volume: &'static str,
     secret: String,
     mount_path: &'static str,
-    /// The keys mounted; `None`: every key (the TLS Secret, as it always was).
-    keys: Option<&'static [&'static str]>,
+    /// The keys mounted and the file each becomes; `None`: every key under its own name (the
+    /// TLS Secret, as it always was).
+    items: Option<Vec<(String, String)>>,
+}
+
+/// Each key mounted under its own name.
+fn same_names(keys: &[&str]) -> Option<Vec<(String, String)>> {
+    Some(keys.iter().map(|k| (k.to_string(), k.to_string())).collect())
 }
 
 /// The Secrets the gateway reads as files, in a fixed order (see the module docs).
@@ -749,7 +855,7 @@ fn secret_files(settings: &OperatorSettings) -> Vec<SecretFiles> {
             volume: "tls",
             secret: secret.clone(),
             mount_path: TLS_MOUNT_PATH,
-            keys: None,
+            items: None,
         });
     }
     if let Some(secret) = &settings.tls.ca_secret {
@@ -757,7 +863,7 @@ fn secret_files(settings: &OperatorSettings) -> Vec<SecretFiles> {
             volume: "tls-ca",
             secret: secret.clone(),
             mount_path: TLS_CA_MOUNT_PATH,
-            keys: Some(&["ca.crt"]),
+            items: same_names(&["ca.crt"]),
         });
     }
     if let Some(secret) = settings.api_token_secret() {
@@ -765,7 +871,7 @@ fn secret_files(settings: &OperatorSettings) -> Vec<SecretFiles> {
             volume: "api-token",
             secret,
             mount_path: API_TOKEN_MOUNT_PATH,
-            keys: Some(&["token"]),
+            items: same_names(&["token"]),
         });
     }
     if let Some(secret) = &settings.agent_credentials_secret {
@@ -773,8 +879,28 @@ fn secret_files(settings: &OperatorSettings) -> Vec<SecretFiles> {
             volume: "agent-credentials",
             secret: secret.clone(),
             mount_path: AGENT_CREDENTIALS_MOUNT_PATH,
-            keys: Some(&["username", "password"]),
+            items: same_names(&["username", "password"]),
         });
+    }
+    // Only with a webhook: a Secret named for none is refused by the settings anyway.
+    let webhook = &settings.records.webhook;
+    if webhook.url.is_some() {
+        if let Some((secret, key)) = webhook.key_secret.resolve(WEBHOOK_KEY_SECRET_KEY) {
+            files.push(SecretFiles {
+                volume: "records-webhook-key",
+                secret,
+                mount_path: RECORDS_WEBHOOK_KEY_MOUNT_PATH,
+                items: Some(vec![(key, "key".to_string())]),
+            });
+        }
+        if let Some((secret, key)) = webhook.ca_secret.resolve(WEBHOOK_CA_SECRET_KEY) {
+            files.push(SecretFiles {
+                volume: "records-webhook-ca",
+                secret,
+                mount_path: RECORDS_WEBHOOK_CA_MOUNT_PATH,
+                items: Some(vec![(key, "ca.crt".to_string())]),
+            });
+        }
     }
     files
 }
@@ -1042,7 +1168,7 @@ mod tests {
              --rtp-ports 30000-30999 --public-address 198.51.100.7 --region eu \
              --watch-namespace voice --credentials-secret bundle --drain-timeout 45 \
              --realm acme --digest-algorithms SHA-256,MD5 --nonce-ttl 120 --agent-timeout 20 \
-             --media-timeout 10 --transfer-timeout 25 --log-format json"
+             --media-timeout 10 --transfer-timeout 25 --log-format json --records-file -"
         );
         let objects = render_fleet(&s);
         let pod = workload_pod(&objects);
@@ -1405,6 +1531,180 @@ mod tests {
         let ports: Vec<(Option<String>, i32)> =
             spec.ports.as_ref().unwrap().iter().map(|p| (p.protocol.clone(), p.port)).collect();
         assert_eq!(ports, [(Some("UDP".into()), 5090), (Some("TCP".into()), 5090)]);
+    }
+
+    fn flags_from(args: &[String], first: &str) -> Vec<String> {
+        let start = args.iter().position(|a| a == first).expect("the flag is there");
+        args[start..].to_vec()
+    }
+
+    #[test]
+    fn by_default_records_go_to_stdout_with_no_spool_or_webhook_secret() {
+        let s = OperatorSettings::default();
+        let args = gateway_args(&s);
+        // Last, after the other flags.
+        assert_eq!(flags_from(&args, "--records-file"), ["--records-file", "-"]);
+        assert_eq!(records_args(&s), ["--records-file", "-"]);
+        let objects = render_fleet(&s);
+        assert!(volume(&objects, RECORDS_SPOOL_VOLUME).is_none());
+        assert!(mount(&objects, RECORDS_SPOOL_VOLUME).is_none());
+        assert!(
+            workload_pod(&objects)
+                .security_context
+                .clone()
+                .unwrap()
+                .fs_group_change_policy
+                .is_none()
+        );
+        // Off: no record flag at all.
+        let off = settings("records: {stdout: false}\n");
+        assert!(records_args(&off).is_empty());
+        assert!(!gateway_args(&off).iter().any(|a| a.starts_with("--records")));
+    }
+
+    #[test]
+    fn a_webhook_spools_on_an_empty_dir_sized_from_max_bytes() {
+        let s = settings(
+            "records:\n  webhook: {url: 'http://records.voice.svc:8080/in'}\n  \
+             spool: {maxBytes: 268435456}\n",
+        );
+        assert_eq!(
+            records_args(&s).join(" "),
+            "--records-file - --records-webhook http://records.voice.svc:8080/in \
+             --records-spool /var/lib/trunkline/records --records-spool-max-bytes 268435456"
+        );
+        let objects = render_fleet(&s);
+        let v = volume(&objects, RECORDS_SPOOL_VOLUME).unwrap();
+        // 256 MiB of records and the 64 MiB margin.
+        let size = v.empty_dir.as_ref().unwrap().size_limit.clone().unwrap();
+        assert_eq!(size, Quantity("320Mi".to_string()));
+        assert!(v.persistent_volume_claim.is_none());
+        let m = mount(&objects, RECORDS_SPOOL_VOLUME).unwrap();
+        assert_eq!(m.mount_path, RECORDS_SPOOL_MOUNT_PATH);
+        // Written by the gateway: not read-only, the whole volume.
+        assert_eq!((m.read_only, m.sub_path.as_deref()), (None, None));
+        // The root filesystem stays read-only: the spool is on the volume.
+        let c = container(&objects);
+        assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        let spool = arg(&s, "--records-spool").unwrap();
+        assert!(spool.starts_with(&m.mount_path), "{spool}");
+        // No key, no CA: no Secret mounted for them, and no signature flag.
+        assert!(volume(&objects, "records-webhook-key").is_none());
+        assert!(volume(&objects, "records-webhook-ca").is_none());
+        assert_eq!(arg(&s, "--records-webhook-key-file"), None);
+        assert!(!gateway_args(&s).contains(&"--records-spool-adopt".to_string()));
+    }
+
+    #[test]
+    fn the_webhook_key_and_ca_are_files_with_one_key_each_never_values() {
+        let s = settings(
+            "records:\n  stdout: false\n  webhook:\n    url: https://records.example.com/v1\n\
+             \x20   keySecret: {name: records-hmac, key: hmac-sha256}\n\
+             \x20   caSecret: {name: records-ca}\n",
+        );
+        assert_eq!(
+            arg(&s, "--records-webhook-key-file").as_deref(),
+            Some("/etc/trunkline/records-webhook-key/key")
+        );
+        assert_eq!(
+            arg(&s, "--records-webhook-ca-file").as_deref(),
+            Some("/etc/trunkline/records-webhook-ca/ca.crt")
+        );
+        assert_eq!(arg(&s, "--records-file"), None);
+        let objects = render_fleet(&s);
+        for (name, secret, key, file, path) in [
+            (
+                "records-webhook-key",
+                "records-hmac",
+                "hmac-sha256",
+                "key",
+                RECORDS_WEBHOOK_KEY_MOUNT_PATH,
+            ),
+            ("records-webhook-ca", "records-ca", "ca.crt", "ca.crt", RECORDS_WEBHOOK_CA_MOUNT_PATH),
+        ] {
+            let source = volume(&objects, name).unwrap().secret.clone().unwrap();
+            assert_eq!(source.secret_name.as_deref(), Some(secret), "{name}");
+            let items: Vec<(String, String)> =
+                source.items.unwrap().into_iter().map(|i| (i.key, i.path)).collect();
+            assert_eq!(items, [(key.to_string(), file.to_string())], "{name}");
+            assert_eq!(source.default_mode, Some(SECRET_FILE_MODE), "{name}");
+            let m = mount(&objects, name).unwrap();
+            assert_eq!((m.mount_path.as_str(), m.read_only), (path, Some(true)), "{name}");
+            assert_eq!(m.sub_path, None, "{name}: a subPath would freeze a rotated Secret");
+        }
+        // Never in the environment, never read through the API: the Role keeps its one Secret.
+        let c = container(&objects);
+        assert!(
+            c.env
+                .iter()
+                .flatten()
+                .all(|e| e.value_from.as_ref().is_none_or(|v| v.secret_key_ref.is_none()))
+        );
+        assert!(c.env_from.is_none());
+        let FleetObject::Role(role) = &objects[1] else { panic!("not a role") };
+        let names = role.rules.as_ref().unwrap()[0].resource_names.clone().unwrap();
+        assert_eq!(names, ["trunkline-gateway-credentials"]);
+        assert!(!gateway_args(&s).iter().any(|a| a.contains("records-hmac")));
+    }
+
+    #[test]
+    fn a_shared_claim_gives_each_pod_its_own_spool_and_adopts_the_others() {
+        let s = settings(
+            "mode: DaemonSet\nrecords:\n  webhook: {url: 'http://records.voice.svc/in'}\n  \
+             spool: {volume: {persistentVolumeClaim: {claimName: records-spools}}}\n",
+        );
+        let args = gateway_args(&s);
+        assert_eq!(
+            flags_from(&args, "--records-spool"),
+            [
+                "--records-spool",
+                "/var/lib/trunkline/records/$(POD_NAME)",
+                "--records-spool-adopt",
+                "--records-spool-max-bytes",
+                "1073741824"
+            ]
+        );
+        let objects = render_fleet(&s);
+        let v = volume(&objects, RECORDS_SPOOL_VOLUME).unwrap();
+        assert_eq!(v.persistent_volume_claim.as_ref().unwrap().claim_name, "records-spools");
+        assert_eq!(v.persistent_volume_claim.as_ref().unwrap().read_only, None);
+        assert!(v.empty_dir.is_none());
+        // The whole claim is mounted (the gateway must see the other pods' spools), and the
+        // pod name in the flag comes from the downward API.
+        let m = mount(&objects, RECORDS_SPOOL_VOLUME).unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.sub_path.as_deref(), m.sub_path_expr.as_deref()),
+            (RECORDS_SPOOL_MOUNT_PATH, None, None)
+        );
+        let env = container(&objects).env.clone().unwrap();
+        let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
+        assert_eq!(
+            pod_name.value_from.clone().unwrap().field_ref.unwrap().field_path,
+            "metadata.name"
+        );
+        let psc = workload_pod(&objects).security_context.clone().unwrap();
+        assert_eq!(psc.fs_group, Some(GATEWAY_UID));
+        assert_eq!(psc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+    }
+
+    #[test]
+    fn without_a_webhook_the_spool_settings_render_nothing() {
+        let s = settings(
+            "records: {spool: {maxBytes: 2097152, volume: {persistentVolumeClaim: {claimName: s}}}}\n",
+        );
+        assert_eq!(records_args(&s), ["--records-file", "-"]);
+        let objects = render_fleet(&s);
+        let names: Vec<String> =
+            workload_pod(&objects).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+        assert_eq!(names, ["tmp"]);
+        assert!(
+            workload_pod(&objects)
+                .security_context
+                .clone()
+                .unwrap()
+                .fs_group_change_policy
+                .is_none()
+        );
     }
 
     #[test]

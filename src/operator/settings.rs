@@ -63,6 +63,15 @@
 //! agentTimeoutSeconds: 60         # how long an agent may ring (480 to the carrier after)
 //! mediaTimeoutSeconds: 30         # RTP silence on an answered call before it is hung up
 //! transferTimeoutSeconds: 30      # how long a bridged transfer's destination may ring
+//! records:                        # session records, one JSON object per admitted call
+//!   stdout: true                  # JSON lines on the gateways' stdout, beside their logs
+//!   webhook:
+//!     url: null                   # http:// or https:// receiver; none: no webhook, no spool
+//!     keySecret: {name: null, key: key}      # the HMAC-SHA256 key of the signature header
+//!     caSecret: {name: null, key: ca.crt}    # a private CA of an https:// receiver
+//!   spool:
+//!     maxBytes: 1073741824        # bytes of records waiting for the webhook, at least 1 MiB
+//!     volume: {emptyDir: {}}      # or {persistentVolumeClaim: {claimName: NAME}}
 //! ```
 //!
 //! **Outbound calls.** The agent-facing listener (`internalPort`) and the call API (`api`) take
@@ -83,6 +92,36 @@
 //! | `Node` (default) | its node's address: annotation `nodeAddressAnnotation`, else ExternalIP, else InternalIP | `hostNetwork: true` |
 //! | `Pod` | its pod IP | pod IPs that carriers can route to (VPC-native / BGP-announced pod networks) |
 //! | `Fixed` | `publicAddress` | one gateway (`Deployment`, `replicas` ≤ 1); without `hostNetwork` the SIP and RTP ports become host ports of its node |
+//!
+//! **Session records.** Each gateway writes a record of every call it admitted (DESIGN §5,
+//! `observe::record`) to the sinks `records` turns on; [`RecordsSettings`] says what each
+//! field gives, `fleet` renders the flags, volumes and mounts:
+//!
+//! - `stdout` (default on): `--records-file -`. The gateways' log lines go to stdout too, so a
+//!   collector tells the two apart by the record's first key: every record line starts with
+//!   `{"schema":"trunkline.dev/session-record/v1"`, which no log line does (text lines are not
+//!   JSON, JSON lines start with `{"timestamp"`). Stdout rather than a file on a volume because
+//!   the log agents clusters already run (Fluent Bit, Vector, Alloy, the clouds' agents) read
+//!   container stdout from the node, with the kubelet rotating it; a file would need a sidecar
+//!   to ship it. Stdout is the best-effort copy (the kubelet's rotation can outrun a slow
+//!   collector): the webhook is the durable one.
+//! - `webhook.url`: `--records-webhook`, through the on-disk spool (`--records-spool`,
+//!   `--records-spool-max-bytes`), with `keySecret` (`--records-webhook-key-file`) and, for an
+//!   `https://` receiver with a private CA, `caSecret` (`--records-webhook-ca-file`). Both
+//!   Secrets are mounted as read-only files holding the one key each (never an environment
+//!   variable or a flag value), like the other Secrets above: neither the gateways' Role nor the
+//!   operator's RBAC reads them. The URL itself is in the pod spec: no credential in it.
+//! - `spool.volume`: the gateway's root filesystem is read-only, so the spool is on a volume.
+//!   An `emptyDir` (the default) is the pod's own: it keeps the records waiting across a restart
+//!   of the gateway container (a crash, an OOM kill, SIGKILL), not across the pod's deletion (a
+//!   rollout, a node drain, a scale-down), when whatever the webhook has not taken by the end
+//!   of the drain is lost. Its `sizeLimit` is `maxBytes` plus [`SPOOL_SIZE_MARGIN_BYTES`]
+//!   (the spool's own overshoot is under one 1 MiB segment; going over the limit would evict
+//!   the pod and its spool with it). A `persistentVolumeClaim` (ReadWriteMany, one claim the
+//!   whole fleet mounts) keeps them across the pod's deletion: each gateway spools into
+//!   `<claim>/<pod name>` and, with `--records-spool-adopt`, takes over the spools of pods that
+//!   are gone, so a new pod delivers what a deleted one left. The claim's root must be
+//!   writable by uid/gid 65532 (NFS-backed claims ignore `fsGroup`).
 //!
 //! The file is read through `config::yaml` (the one YAML facade) into a JSON value and then into
 //! the struct with `serde_path_to_error`, so that an error names the file and the field path
@@ -273,6 +312,9 @@ pub struct OperatorSettings {
     /// Seconds a bridged transfer's destination may ring before the transfer fails (the agent
     /// keeps the caller). Default 30.
     pub transfer_timeout_seconds: u32,
+    /// The gateways' session records: stdout, a webhook and its spool (see the module docs).
+    /// Default: JSON lines on stdout, no webhook.
+    pub records: RecordsSettings,
 }
 
 /// What a gateway advertises to carriers (Via, Contact, SDP): the address their signalling
@@ -428,6 +470,174 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings { enabled: false, port: 9091, token_secret: None }
+    }
+}
+
+/// The smallest `records.spool.maxBytes`: one spool segment (`observe::spool`).
+pub const MIN_SPOOL_BYTES: u64 = 1 << 20;
+
+/// What the spool's volume holds beyond `records.spool.maxBytes`: the acknowledged part of the
+/// oldest segment (under 1 MiB), the lock and cursor files, block rounding of the segments. An
+/// emptyDir's `sizeLimit` is `maxBytes` plus this, with room to spare: a pod over its
+/// `sizeLimit` is evicted, and its spool is lost with it.
+pub const SPOOL_SIZE_MARGIN_BYTES: u64 = 64 << 20;
+
+/// The key of `records.webhook.keySecret` when none is named.
+pub const WEBHOOK_KEY_SECRET_KEY: &str = "key";
+
+/// The key of `records.webhook.caSecret` when none is named.
+pub const WEBHOOK_CA_SECRET_KEY: &str = "ca.crt";
+
+/// The gateways' session records (`--records-*`); see the module docs for what each sink
+/// gives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RecordsSettings {
+    /// Write every record as one JSON line on the gateway's stdout (`--records-file -`), beside
+    /// its log lines; a record line starts with `{"schema":"trunkline.dev/session-record/v1"`.
+    /// Default true.
+    pub stdout: bool,
+    /// POST every record to a receiver, through the spool. Default: no webhook.
+    pub webhook: WebhookSettings,
+    /// The on-disk spool records wait in for the webhook (used only with a webhook).
+    pub spool: SpoolSettings,
+}
+
+impl Default for RecordsSettings {
+    fn default() -> Self {
+        RecordsSettings {
+            stdout: true,
+            webhook: WebhookSettings::default(),
+            spool: SpoolSettings::default(),
+        }
+    }
+}
+
+/// The records' webhook.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// The receiver, `http://HOST[:PORT][/PATH]` or `https://...`
+    /// (`--records-webhook`), e.g. `https://records.example.com/v1/calls`. It is in the pod
+    /// spec: put no credential in it. Default none: no webhook.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub url: Option<String>,
+    /// A Secret in the fleet's namespace whose key (default `key`) holds the HMAC-SHA256 key of
+    /// the `X-Trunkline-Signature` header, mounted read-only (`--records-webhook-key-file`).
+    /// Default none: records are not signed.
+    pub key_secret: SecretKeyRef,
+    /// A Secret in the fleet's namespace whose key (default `ca.crt`) is a PEM bundle of the CAs
+    /// an `https://` receiver's certificate may chain to, beside the system's roots
+    /// (`--records-webhook-ca-file`). Default none.
+    pub ca_secret: SecretKeyRef,
+}
+
+/// One key of a Secret in the fleet's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SecretKeyRef {
+    /// The Secret. Default none.
+    #[serde(deserialize_with = "string_or_empty")]
+    pub name: Option<String>,
+    /// The key in it. Default: the field's own (`key` for the HMAC key, `ca.crt` for a CA).
+    #[serde(deserialize_with = "string_or_empty")]
+    pub key: Option<String>,
+}
+
+impl SecretKeyRef {
+    /// The Secret and the key to mount, when a Secret is named.
+    pub fn resolve(&self, default_key: &str) -> Option<(String, String)> {
+        let name = self.name.clone()?;
+        Some((name, self.key.clone().unwrap_or_else(|| default_key.to_string())))
+    }
+}
+
+/// The spool of the records' webhook.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Bytes of records the spool holds at most (`--records-spool-max-bytes`); a full spool
+    /// refuses new records (a log line and `trunkline_session_records_total{result="refused"}`;
+    /// stdout still gets them). At least 1 MiB. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Where the spool is: `{emptyDir: {}}` (default) or `{persistentVolumeClaim: {claimName:
+    /// NAME}}`, a ReadWriteMany claim the fleet shares (see the module docs).
+    pub volume: SpoolVolume,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings { max_bytes: 1 << 30, volume: SpoolVolume::EmptyDir }
+    }
+}
+
+impl SpoolSettings {
+    /// The `sizeLimit` of an emptyDir spool, in bytes: `maxBytes` plus
+    /// [`SPOOL_SIZE_MARGIN_BYTES`], rounded up to a whole MiB.
+    pub fn empty_dir_size_limit(&self) -> u64 {
+        let bytes = self.max_bytes.saturating_add(SPOOL_SIZE_MARGIN_BYTES);
+        bytes.div_ceil(1 << 20).saturating_mul(1 << 20)
+    }
+}
+
+/// The volume of the records' spool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "SpoolVolumeFields", into = "SpoolVolumeFields")]
+pub enum SpoolVolume {
+    /// The pod's own emptyDir: survives a container restart, not the pod's deletion.
+    #[default]
+    EmptyDir,
+    /// A claim every gateway of the fleet mounts (ReadWriteMany), one subdirectory per pod.
+    PersistentVolumeClaim { claim_name: String },
+}
+
+/// [`SpoolVolume`] as written: the Kubernetes volume source fields.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpoolVolumeFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    empty_dir: Option<EmptyDirFields>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    persistent_volume_claim: Option<ClaimFields>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyDirFields {}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClaimFields {
+    #[serde(default)]
+    claim_name: String,
+}
+
+impl TryFrom<SpoolVolumeFields> for SpoolVolume {
+    type Error = String;
+
+    fn try_from(fields: SpoolVolumeFields) -> Result<Self, Self::Error> {
+        match (fields.empty_dir, fields.persistent_volume_claim) {
+            (Some(_), Some(_)) => Err("emptyDir or persistentVolumeClaim, not both".to_string()),
+            (_, Some(claim)) => Ok(SpoolVolume::PersistentVolumeClaim {
+                claim_name: claim.claim_name.trim().to_string(),
+            }),
+            (_, None) => Ok(SpoolVolume::EmptyDir),
+        }
+    }
+}
+
+impl From<SpoolVolume> for SpoolVolumeFields {
+    fn from(volume: SpoolVolume) -> Self {
+        match volume {
+            SpoolVolume::EmptyDir => SpoolVolumeFields {
+                empty_dir: Some(EmptyDirFields {}),
+                persistent_volume_claim: None,
+            },
+            SpoolVolume::PersistentVolumeClaim { claim_name } => SpoolVolumeFields {
+                empty_dir: None,
+                persistent_volume_claim: Some(ClaimFields { claim_name }),
+            },
+        }
     }
 }
 
@@ -754,6 +964,7 @@ impl Default for OperatorSettings {
             agent_timeout_seconds: 60,
             media_timeout_seconds: 30,
             transfer_timeout_seconds: 30,
+            records: RecordsSettings::default(),
         }
     }
 }
@@ -927,6 +1138,7 @@ impl OperatorSettings {
             ));
         }
         self.validate_gateway_flags()?;
+        self.validate_records()?;
         self.validate_pod_labels()?;
         for (i, constraint) in self.topology_spread_constraints.iter().enumerate() {
             if constraint.max_skew < 1 {
@@ -1154,6 +1366,67 @@ impl OperatorSettings {
         Ok(())
     }
 
+    /// The records' webhook, its Secrets and the spool.
+    fn validate_records(&self) -> Result<(), Invalid> {
+        let webhook = &self.records.webhook;
+        let scheme = match &webhook.url {
+            Some(url) => Some(webhook_scheme(url).map_err(|m| invalid("records.webhook.url", m))?),
+            None => None,
+        };
+        for (field, secret) in [
+            ("records.webhook.keySecret", &webhook.key_secret),
+            ("records.webhook.caSecret", &webhook.ca_secret),
+        ] {
+            if let Some(name) = &secret.name {
+                if !is_dns_subdomain(name) {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        format!("{name:?} is not a Secret name"),
+                    ));
+                }
+                if scheme.is_none() {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        "a Secret for no webhook: set records.webhook.url, or leave the name empty",
+                    ));
+                }
+            }
+            if let Some(key) = &secret.key
+                && !is_secret_key(key)
+            {
+                return Err(invalid(
+                    format!("{field}.key"),
+                    format!("{key:?} is not a Secret key (letters, digits, '-', '_' and '.')"),
+                ));
+            }
+        }
+        if webhook.ca_secret.name.is_some() && scheme == Some("http") {
+            return Err(invalid(
+                "records.webhook.caSecret.name",
+                "a CA is used only toward an https:// webhook, and records.webhook.url is http://",
+            ));
+        }
+        let spool = &self.records.spool;
+        if spool.max_bytes < MIN_SPOOL_BYTES {
+            return Err(invalid(
+                "records.spool.maxBytes",
+                format!(
+                    "{} bytes: at least {MIN_SPOOL_BYTES} (1 MiB, one spool segment)",
+                    spool.max_bytes
+                ),
+            ));
+        }
+        if let SpoolVolume::PersistentVolumeClaim { claim_name } = &spool.volume
+            && !is_dns_subdomain(claim_name)
+        {
+            return Err(invalid(
+                "records.spool.volume.persistentVolumeClaim.claimName",
+                format!("{claim_name:?} is not a PersistentVolumeClaim name"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_pod_labels(&self) -> Result<(), Invalid> {
         for (key, value) in &self.pod_labels {
             let field = format!("podLabels.{key}");
@@ -1252,6 +1525,50 @@ impl OperatorSettings {
         ports.sort_unstable();
         ports
     }
+}
+
+/// The scheme (`http` or `https`) of a webhook URL a gateway can POST to, or what is wrong
+/// with it: an absolute `http://` or `https://` URL with a host, no user info (credentials in
+/// the URL would be in the pod spec), no fragment, no whitespace.
+fn webhook_scheme(url: &str) -> Result<&'static str, String> {
+    let example = "(expected e.g. https://records.example.com/v1/calls)";
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.contains('#') {
+        return Err(format!(
+            "{url:?}: a URL has no whitespace, control character or '#' {example}"
+        ));
+    }
+    let scheme = if url.starts_with("http://") {
+        "http"
+    } else if url.starts_with("https://") {
+        "https"
+    } else {
+        return Err(format!("{url:?}: neither http:// nor https:// {example}"));
+    };
+    let uri: hyper::Uri =
+        url.parse().map_err(|e| format!("{url:?} is not a URL: {e} {example}"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{url:?} has no host {example}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{scheme}://...@{}: no credentials in the URL (it is in the pod spec): the receiver \
+             checks the X-Trunkline-Signature made with records.webhook.keySecret",
+            authority.host()
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{url:?} has no host {example}"));
+    }
+    Ok(scheme)
+}
+
+/// A key of a Secret's `data`: letters, digits, `-`, `_` and `.`, at most 253, not `.` or `..`.
+fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A Kubernetes qualified name (label or annotation key): an optional DNS-subdomain prefix and
@@ -1668,6 +1985,190 @@ logLevel: trunkline=debug,info
         }
         // A disabled API binds nothing, so its port collides with nothing.
         assert!(parse("api: {port: 9090}\n").is_ok());
+    }
+
+    #[test]
+    fn records_go_to_stdout_without_a_webhook_by_default() {
+        let s = OperatorSettings::default();
+        assert!(s.records.stdout);
+        assert_eq!(s.records.webhook, WebhookSettings::default());
+        assert_eq!(s.records.webhook.url, None);
+        assert_eq!(s.records.spool.max_bytes, 1 << 30);
+        assert_eq!(s.records.spool.volume, SpoolVolume::EmptyDir);
+        // 1 GiB plus the 64 MiB margin.
+        assert_eq!(s.records.spool.empty_dir_size_limit(), 1088 << 20);
+    }
+
+    #[test]
+    fn the_records_settings_are_read_field_by_field() {
+        let s = parse(
+            "records:\n  stdout: false\n  webhook:\n    url: https://records.example.com/v1/calls\n\
+             \x20   keySecret: {name: records-hmac, key: hmac}\n\
+             \x20   caSecret: {name: records-ca}\n\
+             \x20 spool: {maxBytes: 2097152, volume: {persistentVolumeClaim: {claimName: spools}}}\n",
+        )
+        .unwrap();
+        let records = &s.records;
+        assert!(!records.stdout);
+        assert_eq!(records.webhook.url.as_deref(), Some("https://records.example.com/v1/calls"));
+        assert_eq!(
+            records.webhook.key_secret.resolve(WEBHOOK_KEY_SECRET_KEY),
+            Some(("records-hmac".to_string(), "hmac".to_string()))
+        );
+        // No key named: the field's own default.
+        assert_eq!(
+            records.webhook.ca_secret.resolve(WEBHOOK_CA_SECRET_KEY),
+            Some(("records-ca".to_string(), "ca.crt".to_string()))
+        );
+        assert_eq!(records.spool.max_bytes, 2 << 20);
+        assert_eq!(
+            records.spool.volume,
+            SpoolVolume::PersistentVolumeClaim { claim_name: "spools".to_string() }
+        );
+        // The minimum spool, rounded up to whole MiB with its margin.
+        assert_eq!(records.spool.empty_dir_size_limit(), 66 << 20);
+        let odd = SpoolSettings { max_bytes: (1 << 20) + 1, volume: SpoolVolume::EmptyDir };
+        assert_eq!(odd.empty_dir_size_limit(), 66 << 20);
+    }
+
+    #[test]
+    fn helm_values_for_records_parse_as_the_chart_writes_them() {
+        // What charts/trunkline/templates/configmap.yaml writes: empty strings for unset names
+        // and URL, the keys always there, the emptyDir as an empty map.
+        let s = parse(
+            "records:\n  stdout: true\n  webhook:\n    url: ''\n\
+             \x20   keySecret: {name: '', key: key}\n    caSecret: {name: '', key: ca.crt}\n\
+             \x20 spool: {maxBytes: 1073741824, volume: {emptyDir: {}}}\n",
+        )
+        .unwrap();
+        assert_eq!(s.records.webhook.url, None);
+        assert_eq!(s.records.webhook.key_secret.resolve(WEBHOOK_KEY_SECRET_KEY), None);
+        assert_eq!(s.records.spool, SpoolSettings::default());
+        // An empty volume is the default emptyDir (Helm drops a key set to null).
+        let s = parse("records: {spool: {volume: {}}}\n").unwrap();
+        assert_eq!(s.records.spool.volume, SpoolVolume::EmptyDir);
+        // Written back in the same shape.
+        let text = yaml::to_yaml(&SpoolSettings::default()).unwrap();
+        assert!(text.contains("emptyDir: {}"), "{text}");
+    }
+
+    #[test]
+    fn both_webhook_schemes_are_accepted() {
+        for url in [
+            "http://records.voice.svc:8080/v1/calls",
+            "https://records.example.com",
+            "https://[2001:db8::7]:8443/in?source=trunkline",
+            "http://10.0.0.7/",
+        ] {
+            let s = parse(&format!("records: {{webhook: {{url: '{url}'}}}}\n"))
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(s.records.webhook.url.as_deref(), Some(url));
+        }
+        // A CA for an https:// receiver; a key for either.
+        assert!(
+            parse(
+                "records: {webhook: {url: 'https://r.example', caSecret: {name: ca}, \
+                 keySecret: {name: k}}}\n"
+            )
+            .is_ok()
+        );
+        assert!(
+            parse("records: {webhook: {url: 'http://r.example', keySecret: {name: k}}}\n").is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_records_settings_are_refused_naming_the_field() {
+        // (settings, field, words the message must have)
+        let cases = [
+            (
+                "records: {webhook: {url: 'ftp://r.example/'}}\n",
+                "records.webhook.url",
+                "neither http:// nor https://",
+            ),
+            (
+                "records: {webhook: {url: 'records.example.com/in'}}\n",
+                "records.webhook.url",
+                "neither http:// nor https://",
+            ),
+            ("records: {webhook: {url: 'https://'}}\n", "records.webhook.url", "https://"),
+            ("records: {webhook: {url: 'http:///in'}}\n", "records.webhook.url", "http:///in"),
+            ("records: {webhook: {url: 'https://:8443/in'}}\n", "records.webhook.url", "no host"),
+            (
+                "records: {webhook: {url: 'https://user:pw@r.example/'}}\n",
+                "records.webhook.url",
+                "no credentials",
+            ),
+            (
+                "records: {webhook: {url: 'https://r.example/a b'}}\n",
+                "records.webhook.url",
+                "whitespace",
+            ),
+            ("records: {webhook: {url: 'https://r.example/#x'}}\n", "records.webhook.url", "'#'"),
+            (
+                "records: {webhook: {keySecret: {name: records-hmac}}}\n",
+                "records.webhook.keySecret.name",
+                "set records.webhook.url",
+            ),
+            (
+                "records: {webhook: {caSecret: {name: records-ca}}}\n",
+                "records.webhook.caSecret.name",
+                "set records.webhook.url",
+            ),
+            (
+                "records: {webhook: {url: 'http://r.example', caSecret: {name: records-ca}}}\n",
+                "records.webhook.caSecret.name",
+                "only toward an https:// webhook",
+            ),
+            (
+                "records: {webhook: {url: 'https://r.example', keySecret: {name: Records_Key}}}\n",
+                "records.webhook.keySecret.name",
+                "not a Secret name",
+            ),
+            (
+                "records: {webhook: {url: 'https://r.example', keySecret: {name: k, key: 'a/b'}}}\n",
+                "records.webhook.keySecret.key",
+                "not a Secret key",
+            ),
+            (
+                "records: {webhook: {url: 'https://r.example', caSecret: {name: c, key: '..'}}}\n",
+                "records.webhook.caSecret.key",
+                "not a Secret key",
+            ),
+            (
+                "records: {spool: {maxBytes: 1048575}}\n",
+                "records.spool.maxBytes",
+                "at least 1048576",
+            ),
+            ("records: {spool: {maxBytes: -1}}\n", "records.spool.maxBytes", "invalid value"),
+            (
+                "records: {spool: {volume: {emptyDir: {}, persistentVolumeClaim: {claimName: s}}}}\n",
+                "records.spool.volume",
+                "not both",
+            ),
+            (
+                "records: {spool: {volume: {persistentVolumeClaim: {claimName: ''}}}}\n",
+                "records.spool.volume.persistentVolumeClaim.claimName",
+                "not a PersistentVolumeClaim name",
+            ),
+            (
+                "records: {spool: {volume: {hostPath: {path: /var/spool}}}}\n",
+                "records.spool.volume.hostPath",
+                "unknown field",
+            ),
+            (
+                "records: {spool: {volume: {emptyDir: {medium: Memory}}}}\n",
+                "records.spool.volume.emptyDir.medium",
+                "unknown field",
+            ),
+            ("records: {stdout: yes}\n", "records.stdout", "boolean"),
+            ("records: {file: /var/log/records}\n", "records.file", "unknown field"),
+        ];
+        for (text, field, words) in cases {
+            let (f, message) = field_error(text);
+            assert_eq!(f, field, "{text:?}: {message}");
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
     }
 
     #[test]

@@ -95,6 +95,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "records-webhook-shared-claim": {
+        "gateway": {
+            "records": {
+                "webhook": {
+                    "url": "https://records.example.com/v1/calls",
+                    "keySecret": {"name": "records-hmac", "key": "hmac"},
+                    "caSecret": {"name": "records-ca"},
+                },
+                "spool": {"maxBytes": 268435456,
+                          "volume": {"persistentVolumeClaim": {"claimName": "trunkline-records"}}},
+            },
+        },
+    },
     "private-registry-single-namespace": {
         "imagePullSecrets": ["registry-credentials"],
         "operator": {

@@ -3,6 +3,7 @@ monitors and the NetworkPolicies, for the defaults and for the value sets of con
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -12,6 +13,17 @@ import pytest
 import yaml
 
 from conftest import CHART, NAMESPACE, REPO, RELEASE, VALUE_SETS, Rendering, render
+
+
+def merge_values(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """`b` over `a`, map by map, as Helm merges values files."""
+    out = copy.deepcopy(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_values(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 OPERATOR = f"{RELEASE}-operator"
 GATEWAY_READER = f"{RELEASE}-gateway-reader"
@@ -439,6 +451,7 @@ SETTINGS_KEYS = {
     "podAnnotations", "podLabels", "topologySpreadConstraints", "priorityClassName",
     "podDisruptionBudget", "logLevel", "logFormat", "realm", "digestAlgorithms",
     "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds", "transferTimeoutSeconds",
+    "records",
 }
 NESTED_SETTINGS_KEYS = {
     "tls": {"port", "secretName", "caSecret"},
@@ -447,11 +460,20 @@ NESTED_SETTINGS_KEYS = {
                        "externalTrafficPolicy", "sessionAffinity"},
     "internalService": {"annotations", "sessionAffinity"},
     "podDisruptionBudget": {"enabled", "maxUnavailable"},
+    "records": {"stdout", "webhook", "spool"},
 }
 RUST_STRUCT_OF = {
     None: "OperatorSettings", "tls": "TlsSettings", "api": "ApiSettings",
     "carrierService": "CarrierServiceSettings",
     "internalService": "InternalServiceSettings", "podDisruptionBudget": "PodDisruptionBudgetSettings",
+    "records": "RecordsSettings",
+}
+# The settings a level further down (records), with their struct in settings.rs.
+DEEP_SETTINGS_KEYS = {
+    ("records", "webhook"): ("WebhookSettings", {"url", "keySecret", "caSecret"}),
+    ("records", "webhook", "keySecret"): ("SecretKeyRef", {"name", "key"}),
+    ("records", "webhook", "caSecret"): ("SecretKeyRef", {"name", "key"}),
+    ("records", "spool"): ("SpoolSettings", {"maxBytes", "volume"}),
 }
 
 
@@ -479,6 +501,24 @@ def test_the_settings_keys_are_the_operators_own():
     assert rust_struct_keys(source, RUST_STRUCT_OF[None]) == SETTINGS_KEYS
     for key, nested in NESTED_SETTINGS_KEYS.items():
         assert rust_struct_keys(source, RUST_STRUCT_OF[key]) == nested, key
+    for path, (struct, keys) in DEEP_SETTINGS_KEYS.items():
+        assert rust_struct_keys(source, struct) == keys, path
+
+
+def dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def records_settings(records: dict[str, Any]) -> dict[str, Any]:
+    """The `records` the chart writes for the merged `gateway.records` values: a named claim
+    replaces the default emptyDir (Helm merges maps, so both are in the values)."""
+    out = copy.deepcopy(records)
+    claim = out["spool"]["volume"].get("persistentVolumeClaim")
+    if claim:
+        out["spool"]["volume"] = {"persistentVolumeClaim": claim}
+    return out
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -492,13 +532,17 @@ def test_the_settings_file_holds_the_gateway_values(renderings, name):
     assert set(settings) == expected_keys
     for key, keys in NESTED_SETTINGS_KEYS.items():
         assert set(settings[key]) == keys, key
+    for path, (_, keys) in DEEP_SETTINGS_KEYS.items():
+        assert set(dig(settings, path)) == keys, path
+    assert settings["records"] == records_settings(gateway["records"])
     assert settings["name"] == fleet
     assert settings["namespace"] == NAMESPACE
     assert settings["credentialsSecret"] == (
         gateway["credentialsSecret"] or f"{fleet}-gateway-credentials")
     for key in SETTINGS_KEYS - {"name", "namespace", "image", "imagePullPolicy",
                                 "imagePullSecrets", "credentialsSecret", "affinity",
-                                "publicAddressFrom", "watchNamespace", "operatorDeployment"}:
+                                "publicAddressFrom", "watchNamespace", "operatorDeployment",
+                                "records"}:
         assert settings[key] == gateway[key], key
     # Computed: the address source in force, the operator's namespace and Deployment.
     assert settings["publicAddressFrom"] == (
@@ -532,6 +576,63 @@ def test_the_default_settings_are_the_documented_fleet(default):
     assert settings["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     assert settings["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
+    # Session records as JSON lines on stdout; no webhook, so no spool is rendered.
+    assert settings["records"] == {
+        "stdout": True,
+        "webhook": {"url": "", "keySecret": {"name": "", "key": "key"},
+                    "caSecret": {"name": "", "key": "ca.crt"}},
+        "spool": {"maxBytes": 1073741824, "volume": {"emptyDir": {}}},
+    }
+
+
+def test_a_named_claim_replaces_the_default_empty_dir_in_the_settings(renderings):
+    records = renderings["records-webhook-shared-claim"].settings()["records"]
+    assert records["spool"] == {
+        "maxBytes": 268435456, "volume": {"persistentVolumeClaim": {"claimName": "trunkline-records"}}}
+    assert records["webhook"] == {
+        "url": "https://records.example.com/v1/calls",
+        "keySecret": {"name": "records-hmac", "key": "hmac"},
+        "caSecret": {"name": "records-ca", "key": "ca.crt"}}
+    # Setting the emptyDir to null (Helm's way to delete a default) gives the same settings.
+    explicit = Rendering(merge_values(VALUE_SETS["records-webhook-shared-claim"], {
+        "gateway": {"records": {"spool": {"volume": {"emptyDir": None}}}}}))
+    assert explicit.settings()["records"] == records
+
+
+def test_the_records_secrets_add_nothing_to_the_operators_rbac(default, renderings):
+    """The kubelet mounts the webhook's key and CA into the gateways: the operator never reads
+    them, so naming them grants it nothing (and the gateways' reader role neither)."""
+    r = renderings["records-webhook-shared-claim"]
+    for kind in ("ClusterRole", "Role"):
+        assert [o["rules"] for o in r.all(kind)] == [o["rules"] for o in default.all(kind)], kind
+    text = yaml.safe_dump([o for o in r.objects if o["kind"] in ("ClusterRole", "Role")])
+    assert "records-hmac" not in text and "records-ca" not in text
+
+
+def test_the_fleet_renders_records_as_the_settings_say():
+    """The operator's golden renderings of the records cases (tests/golden/fleet): the spool on
+    its volume, the webhook's Secrets as files, no Secret in the gateways' Role."""
+    golden = REPO / "tests" / "golden" / "fleet"
+    if not (golden / "records-webhook-empty-dir.out.yaml").exists():
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    for case, volume in [("records-webhook-empty-dir", {"emptyDir": {"sizeLimit": "320Mi"}}),
+                         ("records-https-ca-shared-claim",
+                          {"persistentVolumeClaim": {"claimName": "trunkline-records-spools"}})]:
+        objects = list(yaml.safe_load_all((golden / f"{case}.out.yaml").read_text()))
+        (workload,) = [o for o in objects if o and o["kind"] in ("Deployment", "DaemonSet")]
+        pod = workload["spec"]["template"]["spec"]
+        (spool,) = [v for v in pod["volumes"] if v["name"] == "records-spool"]
+        assert {k: v for k, v in spool.items() if k != "name"} == volume, case
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["records-spool"]["mountPath"] == "/var/lib/trunkline/records"
+        assert mounts["records-webhook-key"]["readOnly"] is True
+        args = container["args"]
+        assert args[args.index("--records-spool") + 1].startswith("/var/lib/trunkline/records")
+        assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+        (role,) = [o for o in objects if o and o["kind"] == "Role"]
+        assert role_secret_name(role) == "trunkline-gateway-credentials"
 
 
 def test_daemonset_mode_on_the_host_network_reaches_the_settings(renderings):

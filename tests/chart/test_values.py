@@ -123,6 +123,7 @@ MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
 RULES = {"metrics": {"prometheusRule": {"enabled": True}}}
 POLICIES = {"networkPolicy": {"enabled": True}}
 DASHBOARD = {"grafanaDashboard": {"enabled": True}}
+WEBHOOK = {"gateway": {"records": {"webhook": {"url": "https://records.example.com/v1/calls"}}}}
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
     "nodeSelectorTerms": [{"matchExpressions": [
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}}
@@ -211,6 +212,14 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.agentTimeoutSeconds": (20, {}),
     "gateway.mediaTimeoutSeconds": (10, {}),
     "gateway.transferTimeoutSeconds": (25, {}),
+    "gateway.records.stdout": (False, {}),
+    "gateway.records.webhook.url": ("http://records.voice.svc:8080/in", {}),
+    "gateway.records.webhook.keySecret.name": ("records-hmac", WEBHOOK),
+    "gateway.records.webhook.keySecret.key": ("hmac", WEBHOOK),
+    "gateway.records.webhook.caSecret.name": ("records-ca", WEBHOOK),
+    "gateway.records.webhook.caSecret.key": ("bundle.pem", WEBHOOK),
+    "gateway.records.spool.maxBytes": (268435456, WEBHOOK),
+    "gateway.records.spool.volume": ({"persistentVolumeClaim": {"claimName": "spools"}}, WEBHOOK),
     "metrics.serviceMonitor.enabled": (True, {}),
     "metrics.serviceMonitor.interval": ("15s", MONITORS),
     "metrics.serviceMonitor.scrapeTimeout": ("5s", MONITORS),
@@ -317,6 +326,39 @@ SCHEMA_REJECTS = [
     ({"gateway": {"topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone",
                                                  "whenUnsatisfiable": "DoNotSchedule"}]}},
      "/gateway/topologySpreadConstraints/0/maxSkew"),
+    # Session records: a webhook the gateway can POST to, Secret names and keys, a spool of at
+    # least 1 MiB on an emptyDir or a claim, nothing else.
+    ({"gateway": {"records": {"stdout": "yes"}}}, "/gateway/records/stdout"),
+    ({"gateway": {"records": {"file": "/var/log/records"}}}, "additional properties 'file' not allowed"),
+    ({"gateway": {"records": {"webhook": {"url": "ftp://records.example.com/"}}}},
+     "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"url": "records.example.com/in"}}}},
+     "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"url": "https://user:password@records.example.com/"}}}},
+     "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"url": "https://records.example.com/a b"}}}},
+     "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"url": "https://:8443/in"}}}},
+     "/gateway/records/webhook/url"),
+    ({"gateway": {"records": {"webhook": {"keySecret": {"name": "Records_Key"}}}}},
+     "/gateway/records/webhook/keySecret/name"),
+    ({"gateway": {"records": {"webhook": {"keySecret": {"key": "a/b"}}}}},
+     "/gateway/records/webhook/keySecret/key"),
+    ({"gateway": {"records": {"webhook": {"caSecret": {"key": ".."}}}}},
+     "/gateway/records/webhook/caSecret/key"),
+    ({"gateway": {"records": {"webhook": {"caSecret": {"secretName": "ca"}}}}},
+     "additional properties 'secretName' not allowed"),
+    ({"gateway": {"records": {"spool": {"maxBytes": 1048575}}}}, "/gateway/records/spool/maxBytes"),
+    ({"gateway": {"records": {"spool": {"maxBytes": "1Gi"}}}}, "/gateway/records/spool/maxBytes"),
+    ({"gateway": {"records": {"spool": {"volume": {"hostPath": {"path": "/var/spool"}}}}}},
+     "/gateway/records/spool/volume"),
+    ({"gateway": {"records": {"spool": {"volume": {"emptyDir": {"medium": "Memory"}}}}}},
+     "/gateway/records/spool/volume/emptyDir"),
+    ({"gateway": {"records": {"spool": {"volume": {"persistentVolumeClaim": {}}}}}},
+     "/gateway/records/spool/volume/persistentVolumeClaim"),
+    ({"gateway": {"records": {"spool": {"volume": {"persistentVolumeClaim": {
+        "claimName": "Spools"}}}}}},
+     "/gateway/records/spool/volume/persistentVolumeClaim/claimName"),
 ]
 
 
@@ -355,6 +397,15 @@ CHART_REJECTS = [
      "gateway.publicAddress: publicAddressFrom: Fixed needs the address"),
     ({"gateway": {"publicAddressFrom": "Pod", "publicAddress": "203.0.113.10"}},
      "gateway.publicAddress: one fixed address is advertised only with publicAddressFrom: Fixed"),
+    # Session records: a Secret for a webhook that is not there, a CA no TLS would use.
+    ({"gateway": {"records": {"webhook": {"keySecret": {"name": "records-hmac"}}}}},
+     "gateway.records.webhook.keySecret.name: a Secret for no webhook: set "
+     "gateway.records.webhook.url"),
+    ({"gateway": {"records": {"webhook": {"caSecret": {"name": "records-ca"}}}}},
+     "gateway.records.webhook.caSecret.name: a Secret for no webhook"),
+    ({"gateway": {"records": {"webhook": {"url": "http://records.voice.svc/in",
+                                          "caSecret": {"name": "records-ca"}}}}},
+     "gateway.records.webhook.caSecret.name: a CA is used only toward an https:// webhook"),
 ]
 
 
@@ -396,3 +447,13 @@ def test_ipv4_and_ipv6_agent_networks_pass_the_schema_and_reach_the_settings(cid
     settings = yaml.safe_load(yaml.safe_load(rendered["trunkline/templates/configmap.yaml"])[
         "data"]["operator.yaml"])
     assert settings["agentNetworks"] == [cidr]
+
+
+@pytest.mark.parametrize("url", ["http://records.voice.svc:8080/v1/calls",
+                                 "https://records.example.com", "https://[2001:db8::7]:8443/in",
+                                 "https://records.example.com/in?source=trunkline"])
+def test_http_and_https_webhooks_pass_the_schema_and_reach_the_settings(url):
+    rendered = render({"gateway": {"records": {"webhook": {"url": url}}}})
+    settings = yaml.safe_load(yaml.safe_load(rendered["trunkline/templates/configmap.yaml"])[
+        "data"]["operator.yaml"])
+    assert settings["records"]["webhook"]["url"] == url
