@@ -342,10 +342,15 @@ struct ServeArgs {
     /// Size at which the records file is rotated, in bytes.
     #[arg(long, value_name = "BYTES", default_value = "104857600")]
     records_max_bytes: u64,
-    /// POST every session record to this `http://` URL (through the on-disk spool: nothing is
-    /// lost while it is down; retried with backoff; `Idempotency-Key` is the record id).
+    /// POST every session record to this `http://` or `https://` URL (through the on-disk
+    /// spool: nothing is lost while it is down; retried with backoff; `Idempotency-Key` is the
+    /// record id). HTTPS checks the certificate against the URL's host (a name or an IP).
     #[arg(long, value_name = "URL")]
     records_webhook: Option<String>,
+    /// PEM bundle of CA certificates trusted for an `https://` --records-webhook, beside the
+    /// system's roots (a receiver with a private CA); read again when the file changes.
+    #[arg(long, value_name = "FILE")]
+    records_webhook_ca_file: Option<PathBuf>,
     /// A file holding the key of the webhook's `X-Trunkline-Signature: sha256=HMAC` header.
     #[arg(long, value_name = "FILE")]
     records_webhook_key_file: Option<PathBuf>,
@@ -419,6 +424,7 @@ impl ServeArgs {
             records_webhook_key_file: self.records_webhook_key_file,
             records_spool: self.records_spool,
             records_spool_max_bytes: self.records_spool_max_bytes,
+            records_webhook_ca_file: self.records_webhook_ca_file,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,
