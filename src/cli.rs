@@ -357,6 +357,12 @@ struct ServeArgs {
     /// The spool directory records wait in for the webhook (one gateway per directory).
     #[arg(long, value_name = "DIR", default_value = "trunkline-records-spool")]
     records_spool: PathBuf,
+    /// Take over the spools of gone gateways (with --records-webhook): the parent of
+    /// --records-spool holds the spools of the fleet (one directory each, on a shared volume);
+    /// at start and every 30 s, those whose lock is free have their records moved into this
+    /// one (as far as its bound allows), then are removed.
+    #[arg(long)]
+    records_spool_adopt: bool,
     /// Bytes the spool holds at most; a full spool refuses new records (logged; the
     /// --records-file sink still gets them).
     #[arg(long, value_name = "BYTES", default_value = "1073741824")]
@@ -425,6 +431,7 @@ impl ServeArgs {
             records_spool: self.records_spool,
             records_spool_max_bytes: self.records_spool_max_bytes,
             records_webhook_ca_file: self.records_webhook_ca_file,
+            records_spool_adopt: self.records_spool_adopt,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,

@@ -6,7 +6,9 @@
 //!
 //! Over HTTPS (`https://127.0.0.1:P`, the receiver's certificate from a CA made for the test and
 //! given with `--records-webhook-ca-file`): a certificate for another name delivers nothing and
-//! the records wait in the spool; once the receiver shows the right one, they arrive.
+//! the records wait in the spool; once the receiver shows the right one, they arrive. And a
+//! gateway with `--records-spool-adopt` delivers what a gone gateway left in a spool beside its
+//! own, never what a live one holds.
 
 mod support;
 
@@ -26,6 +28,7 @@ use support::ca::TestCa;
 use support::net::TempDir;
 use support::sipp::{uac, uas};
 use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
+use trunkline::observe::spool::Spool;
 
 const NUMBER: &str = "+14155550100";
 const KEY: &str = "webhook-test-key";
@@ -300,4 +303,54 @@ fn records_reach_an_https_webhook_only_once_its_certificate_names_the_urls_host(
         assert_eq!(record["recordId"].as_str(), Some(id.as_str()));
     }
     assert!(!gateway.log_text().contains(KEY), "the webhook key is in the log");
+}
+
+#[test]
+fn a_gateway_with_spool_adopt_delivers_what_a_gone_gateway_left_beside_its_spool() {
+    let setup = Setup::new();
+    let spools = setup.dir.join("spools");
+    // A gone gateway's spool: records synced, then the spool closed (the pod deleted).
+    let gone = spools.join("trunkline-gateway-a");
+    let mut left = BTreeMap::new();
+    {
+        let mut spool = Spool::open(&gone, 1 << 20).expect("the gone gateway's spool");
+        for i in 0..3 {
+            let id = format!("gone-{i}");
+            let body = serde_json::json!({"recordId": id, "kind": "final", "n": i}).to_string();
+            spool.push(&id, body.as_bytes()).expect("push");
+            left.insert(id, body);
+        }
+        spool.sync().expect("sync");
+    }
+    // A live gateway's spool: its lock is held for the whole test, so it is never adopted.
+    let live_dir = spools.join("trunkline-gateway-b");
+    let mut live = Spool::open(&live_dir, 1 << 20).expect("the live gateway's spool");
+    live.push("live-0", br#"{"recordId":"live-0"}"#).expect("push");
+    live.sync().expect("sync");
+
+    let received = receiver(setup.hook_port, 0);
+    let url = format!("http://127.0.0.1:{}/records", setup.hook_port);
+    let gateway =
+        setup.gateway_with(&url, &spools.join("trunkline-gateway-c"), &["--records-spool-adopt"]);
+    assert!(
+        wait_for(&received, 3, Duration::from_secs(20)),
+        "the gone gateway's records were not delivered: {:?}\n{}",
+        received.lock().expect("lock").records.keys(),
+        gateway.log_text()
+    );
+    // Give a wrong extra delivery (the live spool's record) its chance to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = received.lock().expect("lock");
+    let got: BTreeMap<String, String> =
+        r.records.iter().map(|(id, (_, body))| (id.clone(), body.clone())).collect();
+    assert_eq!(got, left, "not exactly the gone gateway's records, byte for byte");
+    assert_eq!(r.bad_signatures, 0);
+    assert!(!gone.exists(), "the adopted spool's directory is still there");
+    assert_eq!(live.len(), 1);
+    assert!(live_dir.join("lock").exists());
+    let log = gateway.log_text();
+    assert!(
+        log.contains("adopted session records") && log.contains("trunkline-gateway-a"),
+        "the adoption is not logged with its directory:\n{log}"
+    );
 }

@@ -333,18 +333,10 @@ impl Spool {
     /// spool's bound allows, and removes `dir` once it is empty (see "# Handover").
     /// [`Adoption::Skipped`] when another spool holds its lock, or it is not there.
     pub fn adopt_from(&mut self, dir: &Path) -> io::Result<Adoption> {
-        let Some(mut handover) = Handover::open(dir)? else { return Ok(Adoption::Skipped) };
-        let mut records = 0;
-        loop {
-            let moved = handover.move_into(self, HANDOVER_BATCH)?;
-            records += moved.records;
-            if moved.full || handover.is_empty() {
-                break;
-            }
+        match Handover::open(dir)? {
+            None => Ok(Adoption::Skipped),
+            Some(handover) => handover.run(|h| h.move_into(self, HANDOVER_BATCH)),
         }
-        let left = handover.len();
-        let removed = handover.finish()?;
-        Ok(Adoption::Taken { records, left, removed })
     }
 
     /// This spool's directory.
@@ -518,6 +510,26 @@ impl Handover {
         to.sync()?;
         self.from.ack(records)?;
         Ok(Moved { records, full })
+    }
+
+    /// Moves everything, one `batch` after another (each a [`Handover::move_into`], so that a
+    /// caller sharing its spool can lock it per batch), until nothing is left or a batch finds
+    /// the receiving spool full; then [`Handover::finish`].
+    pub fn run(
+        mut self,
+        mut batch: impl FnMut(&mut Handover) -> io::Result<Moved>,
+    ) -> io::Result<Adoption> {
+        let mut records = 0;
+        loop {
+            let moved = batch(&mut self)?;
+            records += moved.records;
+            if moved.full || moved.records == 0 || self.is_empty() {
+                break;
+            }
+        }
+        let left = self.len();
+        let removed = self.finish()?;
+        Ok(Adoption::Taken { records, left, removed })
     }
 
     /// Ends the handover: when no record is left and the directory holds only spool files,

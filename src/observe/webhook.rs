@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::client::TlsStream;
 
-use super::spool::Spool;
+use super::spool::{Adoption, HANDOVER_BATCH, Handover, Spool, sibling_spools};
 
 /// Records taken from the spool per round.
 const BATCH: usize = 16;
@@ -274,6 +274,70 @@ pub async fn deliver(
             }
         }
     }
+}
+
+/// How often `--records-spool-adopt` looks for spools left by gone gateways.
+pub const ADOPT_EVERY: Duration = Duration::from_secs(30);
+
+/// `--records-spool-adopt`: at once and then every `every`, takes over the records of the
+/// spools beside this one whose gateway is gone (the spool's "# Handover"), logging how many
+/// from which directory, and wakes the delivery loop when it took any.
+pub async fn adopt(spool: Arc<Mutex<Spool>>, wake: Arc<Notify>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = spool.clone();
+        let taken = tokio::task::spawn_blocking(move || adopt_round(&s)).await.unwrap_or(0);
+        if taken > 0 {
+            wake.notify_one();
+        }
+    }
+}
+
+/// One round over the sibling spools; `spool` is locked one batch at a time, so records of
+/// calls ending meanwhile wait at most one batch. Says how many records it took.
+fn adopt_round(spool: &Mutex<Spool>) -> usize {
+    let Ok(own) = spool.lock().map(|s| s.dir().to_path_buf()) else { return 0 };
+    let siblings = match sibling_spools(&own) {
+        Ok(siblings) => siblings,
+        Err(e) => {
+            tracing::warn!(spool = %own.display(), error = %e, "cannot look for spools to adopt beside this one");
+            return 0;
+        }
+    };
+    let mut taken = 0;
+    for dir in siblings {
+        let adopted = Handover::open(&dir).and_then(|handover| {
+            let Some(handover) = handover else { return Ok(Adoption::Skipped) };
+            if handover.skipped() > 0 {
+                tracing::warn!(from = %dir.display(), skipped = handover.skipped(), "torn records skipped in an adopted spool (a crash mid-write)");
+            }
+            handover.run(|h| {
+                let mut own = spool.lock().map_err(|_| io::Error::other("spool lock poisoned"))?;
+                h.move_into(&mut own, HANDOVER_BATCH)
+            })
+        });
+        match adopted {
+            Ok(Adoption::Skipped) => {
+                tracing::debug!(from = %dir.display(), "spool in use by a live gateway: not adopted");
+            }
+            Ok(Adoption::Taken { records, left, removed }) => {
+                taken += records;
+                if records > 0 || removed {
+                    tracing::info!(from = %dir.display(), records, removed, "adopted session records from a gone gateway's spool");
+                }
+                if left > 0 {
+                    tracing::warn!(from = %dir.display(), left, "this gateway's spool is full: records left in the adopted spool for a later round");
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(from = %dir.display(), error = %e, "adopting a gone gateway's spool failed; tried again next round");
+            }
+        }
+    }
+    taken
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub struct ServeOptions {
     pub records_spool_max_bytes: u64,
     /// CA bundle trusted for an `https://` webhook, beside the system roots.
     pub records_webhook_ca_file: Option<PathBuf>,
+    /// Take over the spools left beside `records_spool` by gateways that are gone.
+    pub records_spool_adopt: bool,
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
@@ -373,6 +375,13 @@ pub async fn serve_until(
                 outbox.wake.clone(),
                 Arc::new(MetricsReport(metrics.clone())),
             ));
+            if options.records_spool_adopt {
+                tokio::spawn(crate::observe::webhook::adopt(
+                    outbox.spool.clone(),
+                    outbox.wake.clone(),
+                    crate::observe::webhook::ADOPT_EVERY,
+                ));
+            }
             // Durable in batches: one fsync per 200 ms window with records in it.
             let spool = outbox.spool.clone();
             tokio::spawn(async move {
