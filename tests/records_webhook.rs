@@ -354,3 +354,31 @@ fn a_gateway_with_spool_adopt_delivers_what_a_gone_gateway_left_beside_its_spool
         "the adoption is not logged with its directory:\n{log}"
     );
 }
+
+#[test]
+fn a_webhook_ca_file_that_cannot_be_used_stops_the_start_naming_the_flag() {
+    let setup = Setup::new();
+    let missing = setup.dir.join("no-such-ca.pem");
+    let missing = missing.to_str().expect("path");
+    let https = format!("https://127.0.0.1:{}/records", setup.hook_port);
+    let http = format!("http://127.0.0.1:{}/records", setup.hook_port);
+    for (url, expect) in
+        [(&https, "cannot read the CA bundle"), (&http, "is for an https:// webhook")]
+    {
+        let dir = TempDir::new("webhook-ca");
+        let options = GatewayOptions::default()
+            .arg("--records-spool")
+            .arg(dir.join("spool").to_str().expect("path"))
+            .arg("--records-webhook")
+            .arg(url)
+            .arg("--records-webhook-ca-file")
+            .arg(missing);
+        let log = Gateway::start_refused(setup.specs.path(), options);
+        assert!(
+            log.contains("--records-webhook-ca-file")
+                && log.contains(missing)
+                && log.contains(expect),
+            "{url}: the error does not name the flag, the file and the reason:\n{log}"
+        );
+    }
+}
