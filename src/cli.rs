@@ -357,16 +357,27 @@ struct ServeArgs {
     /// Also send the `answered` record of each call to the webhook.
     #[arg(long)]
     records_webhook_answered: bool,
-    /// POST every session record to this `http://` URL (through the on-disk spool: nothing is
-    /// lost while it is down; retried with backoff; `Idempotency-Key` is the record id).
+    /// POST every session record to this `http://` or `https://` URL (through the on-disk
+    /// spool: nothing is lost while it is down; retried with backoff; `Idempotency-Key` is the
+    /// record id). HTTPS checks the certificate against the URL's host (a name or an IP).
     #[arg(long, value_name = "URL")]
     records_webhook: Option<String>,
+    /// PEM bundle of CA certificates trusted for an `https://` --records-webhook, beside the
+    /// system's roots (a receiver with a private CA); read again when the file changes.
+    #[arg(long, value_name = "FILE")]
+    records_webhook_ca_file: Option<PathBuf>,
     /// A file holding the key of the webhook's `X-Trunkline-Signature: sha256=HMAC` header.
     #[arg(long, value_name = "FILE")]
     records_webhook_key_file: Option<PathBuf>,
     /// The spool directory records wait in for the webhook (one gateway per directory).
     #[arg(long, value_name = "DIR", default_value = "trunkline-records-spool")]
     records_spool: PathBuf,
+    /// Take over the spools of gone gateways (with --records-webhook): the parent of
+    /// --records-spool holds the spools of the fleet (one directory each, on a shared volume);
+    /// at start and every 30 s, those whose lock is free have their records moved into this
+    /// one (as far as its bound allows), then are removed.
+    #[arg(long)]
+    records_spool_adopt: bool,
     /// Bytes the spool holds at most; a full spool refuses new records (logged; the
     /// --records-file sink still gets them).
     #[arg(long, value_name = "BYTES", default_value = "1073741824")]
@@ -440,6 +451,8 @@ impl ServeArgs {
             records_webhook_key_file: self.records_webhook_key_file,
             records_spool: self.records_spool,
             records_spool_max_bytes: self.records_spool_max_bytes,
+            records_webhook_ca_file: self.records_webhook_ca_file,
+            records_spool_adopt: self.records_spool_adopt,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             nonce_ttl: self.nonce_ttl,

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use support::ca::TestCa;
 use support::kamailio::TlsFront;
-use support::process::TrunklineProcess;
 use support::sipp::{uac, uas};
 use support::{Gateway, GatewayOptions, Specs, TempDir, Trunk, free_port};
 
@@ -116,29 +115,11 @@ fn a_call_to_an_agent_runtime_whose_certificate_is_from_another_ca_gets_503() {
 fn an_unreadable_tls_ca_stops_the_start_with_an_error_naming_the_file() {
     let dir = TempDir::new("tls-agent");
     let missing = dir.join("no-such-ca.pem");
+    let missing = missing.to_str().expect("temp paths are UTF-8");
     let specs = Specs::new().with(tls_trunk(free_port()));
-    let path = |p: &std::path::Path| p.to_str().expect("temp paths are UTF-8").to_string();
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--specs".into(),
-        path(specs.path()),
-        "--state-dir".into(),
-        path(dir.path()),
-        "--listen".into(),
-        format!("udp://127.0.0.1:{}", free_port()),
-        "--internal-listen".into(),
-        format!("udp://127.0.0.1:{}", free_port()),
-        "--admin".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--tls-ca".into(),
-        path(&missing),
-    ];
-    let mut process = TrunklineProcess::spawn("run", &dir.join("run.log"), &args, |_| {});
-    let status = process.wait_exit(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "trunkline did not stop on an unreadable --tls-ca: {status:?}"
+    let log = Gateway::start_refused(
+        specs.path(),
+        GatewayOptions::default().arg("--tls-ca").arg(missing),
     );
-    let log = process.log_text();
-    assert!(log.contains(&path(&missing)), "the error does not name the file:\n{log}");
+    assert!(log.contains(missing), "the error does not name the file:\n{log}");
 }

@@ -51,15 +51,44 @@
 //! segment, 1 MiB) plus the lock and cursor files. A spool found holding more than `max_bytes`
 //! (the bound was lowered between runs) keeps every record and refuses pushes until it drains;
 //! a single record whose line is longer than `max_bytes` is always refused.
+//!
+//! # Handover
+//!
+//! In a cluster the gateways of a fleet may keep their spools on one shared volume, each in
+//! its own directory (the pod's name) under one parent. A pod deleted while its webhook was
+//! down leaves records in a directory no one opens again; a gateway started with
+//! `--records-spool-adopt` takes them over ([`sibling_spools`], [`Spool::adopt_from`], or
+//! [`Handover`] step by step):
+//!
+//! - **Which directories.** The siblings of this spool's directory that are spools: a `lock`
+//!   file and nothing but spool files (`lock`, `cursor`, `cursor.tmp`, `seg-*.jsonl`); links
+//!   and any directory holding anything else are never touched.
+//! - **Who takes one.** Its lock decides, tried without waiting: a live gateway holds its own
+//!   (skipped), and of two gateways adopting at once only one gets it. A lock file that was
+//!   removed or replaced between opening and locking it (a handover that just ended) is
+//!   treated as gone; [`Spool::open`] checks the same, so a gateway restarting into a
+//!   directory being handed over either waits for nothing (refused, `WouldBlock`) or gets a
+//!   fresh spool, never a lock on a removed file.
+//! - **How records move.** In batches, oldest first: each record is pushed into this spool,
+//!   this spool is synced, then the batch is acknowledged in the adopted one. At least once: a
+//!   crash between the sync and the acknowledgement delivers those records twice (the record
+//!   id is the idempotency key).
+//! - **The bound holds.** When this spool refuses a record as full, adoption stops; the rest
+//!   stays where it is, and the directory too, for a later round.
+//! - **The directory goes** once nothing is left in it: its spool files are removed, then the
+//!   directory (only if empty: anything else put there keeps it).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Where a segment is rolled: the next record that would take it past this starts a new one.
 const SEGMENT_BYTES: u64 = 1 << 20;
+/// Records moved per batch of a handover (one sync of this spool and one acknowledgement in
+/// the adopted one each).
+pub const HANDOVER_BATCH: usize = 256;
 
 const CURSOR: &str = "cursor";
 const CURSOR_TMP: &str = "cursor.tmp";
@@ -131,19 +160,30 @@ impl Spool {
     }
 
     fn open_with(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<Spool> {
-        fs::create_dir_all(dir)?;
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!("spool directory {} is in use by another spool", dir.display()),
-                ));
+        // A lock file removed by a handover between our open and our lock is opened again.
+        for _ in 0..3 {
+            fs::create_dir_all(dir)?;
+            let lock =
+                OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+            match take_lock(dir, &lock)? {
+                Locked::Ours => return Spool::load(dir, max_bytes, segment_bytes, lock),
+                Locked::Held => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("spool directory {} is in use by another spool", dir.display()),
+                    ));
+                }
+                Locked::Gone => continue,
             }
-            Err(fs::TryLockError::Error(e)) => return Err(e),
         }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("spool directory {} keeps being removed under us", dir.display()),
+        ))
+    }
+
+    /// Indexes what the locked directory holds.
+    fn load(dir: &Path, max_bytes: u64, segment_bytes: u64, lock: File) -> io::Result<Spool> {
         let cursor = read_cursor(dir)?;
         let mut segments = list_segments(dir)?;
         segments.sort_unstable();
@@ -289,6 +329,21 @@ impl Spool {
         Ok(())
     }
 
+    /// Takes over the records of another (gone) gateway's spool in `dir`, as far as this
+    /// spool's bound allows, and removes `dir` once it is empty (see "# Handover").
+    /// [`Adoption::Skipped`] when another spool holds its lock, or it is not there.
+    pub fn adopt_from(&mut self, dir: &Path) -> io::Result<Adoption> {
+        match Handover::open(dir)? {
+            None => Ok(Adoption::Skipped),
+            Some(handover) => handover.run(|h| h.move_into(self, HANDOVER_BATCH)),
+        }
+    }
+
+    /// This spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Records waiting (pushed or found at open, not acknowledged).
     pub fn len(&self) -> usize {
         self.waiting.len()
@@ -362,6 +417,213 @@ impl Spool {
     }
 }
 
+/// What [`Spool::adopt_from`] did with a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// Another spool holds its lock (a live gateway, or another gateway adopting it), or it is
+    /// gone: nothing taken.
+    Skipped,
+    /// `records` moved into this spool; `left` stayed (this spool is full); `removed`: the
+    /// directory was emptied and removed.
+    Taken { records: usize, left: usize, removed: bool },
+}
+
+/// One batch of [`Handover::move_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub records: usize,
+    /// The receiving spool refused a record as full: stop, leave the rest for later.
+    pub full: bool,
+}
+
+/// Another gateway's spool, locked by this process to take its records (see "# Handover").
+/// Dropping it releases the lock and leaves what was not moved.
+#[derive(Debug)]
+pub struct Handover {
+    from: Spool,
+}
+
+impl Handover {
+    /// Locks the spool in `dir`, without waiting and without creating anything: `Ok(None)`
+    /// when another spool holds it, or it (or its lock file) is not there.
+    pub fn open(dir: &Path) -> io::Result<Option<Handover>> {
+        let lock = match OpenOptions::new().write(true).open(dir.join(LOCK)) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match take_lock(dir, &lock)? {
+            Locked::Ours => {
+                // Never pushed to: the bound does not matter, nor the segment size.
+                let from = Spool::load(dir, u64::MAX, SEGMENT_BYTES, lock)?;
+                Ok(Some(Handover { from }))
+            }
+            Locked::Held | Locked::Gone => Ok(None),
+        }
+    }
+
+    /// The directory handed over.
+    pub fn dir(&self) -> &Path {
+        &self.from.dir
+    }
+
+    /// Records still in it.
+    pub fn len(&self) -> usize {
+        self.from.len()
+    }
+
+    /// Whether every record was moved.
+    pub fn is_empty(&self) -> bool {
+        self.from.is_empty()
+    }
+
+    /// Torn lines skipped when it was opened (a crash of its gateway mid-write).
+    pub fn skipped(&self) -> usize {
+        self.from.skipped()
+    }
+
+    /// Moves up to `max` records, oldest first, into `to`: pushed, `to` synced, then
+    /// acknowledged here. Stops early, `full`, at the first record `to` refuses as full. A
+    /// failed write or sync of `to` is an error and acknowledges nothing of the batch (what was
+    /// pushed is delivered twice at worst).
+    pub fn move_into(&mut self, to: &mut Spool, max: usize) -> io::Result<Moved> {
+        let batch = self.from.peek(max)?;
+        let mut records = 0;
+        let mut full = false;
+        for (id, record) in &batch {
+            match to.push(id, record) {
+                Ok(()) => records += 1,
+                Err(PushError::SpoolFull { .. }) => {
+                    full = true;
+                    break;
+                }
+                Err(PushError::NotARecord) => {
+                    // `peek` returns only whole records: this cannot happen; never lose it.
+                    return Err(corrupt(&format!(
+                        "record {id} in {} is not one object",
+                        self.dir().display()
+                    )));
+                }
+                Err(PushError::Write(e)) => return Err(e),
+            }
+        }
+        to.sync()?;
+        self.from.ack(records)?;
+        Ok(Moved { records, full })
+    }
+
+    /// Moves everything, one `batch` after another (each a [`Handover::move_into`], so that a
+    /// caller sharing its spool can lock it per batch), until nothing is left or a batch finds
+    /// the receiving spool full; then [`Handover::finish`].
+    pub fn run(
+        mut self,
+        mut batch: impl FnMut(&mut Handover) -> io::Result<Moved>,
+    ) -> io::Result<Adoption> {
+        let mut records = 0;
+        loop {
+            let moved = batch(&mut self)?;
+            records += moved.records;
+            if moved.full || moved.records == 0 || self.is_empty() {
+                break;
+            }
+        }
+        let left = self.len();
+        let removed = self.finish()?;
+        Ok(Adoption::Taken { records, left, removed })
+    }
+
+    /// Ends the handover: when no record is left and the directory holds only spool files,
+    /// they are removed and then the directory, while its lock is still held; says whether it
+    /// was removed. Otherwise the directory is left as it is.
+    pub fn finish(self) -> io::Result<bool> {
+        let dir = self.from.dir.clone();
+        if !self.from.is_empty() || !holds_only_spool_files(&dir)? {
+            return Ok(false);
+        }
+        for entry in fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            if name != LOCK {
+                remove_if_present(&dir.join(name))?;
+            }
+        }
+        // The lock file last: a gateway that opened it before now finds it replaced or gone.
+        remove_if_present(&dir.join(LOCK))?;
+        let removed = match fs::remove_dir(&dir) {
+            Ok(()) => true,
+            // Something was put there meanwhile: it stays, and so does the directory.
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => false,
+            Err(e) => return Err(e),
+        };
+        drop(self);
+        Ok(removed)
+    }
+}
+
+/// The spools beside `own` (the directories under its parent holding a `lock` file and
+/// nothing but spool files; links are never followed), sorted, `own` excluded: what a
+/// gateway with `--records-spool-adopt` tries to take over.
+pub fn sibling_spools(own: &Path) -> io::Result<Vec<PathBuf>> {
+    let own = fs::canonicalize(own)?;
+    let Some(parent) = own.parent() else { return Ok(Vec::new()) };
+    let mut found = Vec::new();
+    for entry in fs::read_dir(parent)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path == own || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        // A directory removed meanwhile (another gateway's handover) is simply not a spool.
+        if path.join(LOCK).is_file() && holds_only_spool_files(&path).unwrap_or(false) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether every entry of `dir` is a file a spool writes.
+fn holds_only_spool_files(dir: &Path) -> io::Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let ours = name == LOCK
+            || name == CURSOR
+            || name == CURSOR_TMP
+            || name.to_str().and_then(segment_number).is_some();
+        if !ours || !entry.file_type()?.is_file() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// What trying a spool's lock found.
+enum Locked {
+    /// This process holds it now.
+    Ours,
+    /// Another spool holds it.
+    Held,
+    /// The lock file was removed or replaced (a handover ended) after it was opened.
+    Gone,
+}
+
+/// Tries `lock` (opened from `dir/lock`) without waiting, and checks that it is still the
+/// file at `dir/lock`.
+fn take_lock(dir: &Path, lock: &File) -> io::Result<Locked> {
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(Locked::Held),
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    let held = lock.metadata()?;
+    match fs::metadata(dir.join(LOCK)) {
+        Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => Ok(Locked::Ours),
+        Ok(_) => Ok(Locked::Gone),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Locked::Gone),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether `record` is one JSON object on one line.
 fn is_one_object(record: &[u8]) -> bool {
     record.first() == Some(&b'{')
@@ -419,15 +681,17 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut numbers = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let number = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SEGMENT_PREFIX))
-            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok());
-        numbers.extend(number);
+        numbers.extend(name.to_str().and_then(segment_number));
     }
     Ok(numbers)
+}
+
+/// The number of a segment's file name (`seg-0000000001.jsonl`).
+fn segment_number(name: &str) -> Option<u64> {
+    name.strip_prefix(SEGMENT_PREFIX)
+        .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok())
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

@@ -113,6 +113,10 @@ pub struct ServeOptions {
     pub records_webhook_key_file: Option<PathBuf>,
     pub records_spool: PathBuf,
     pub records_spool_max_bytes: u64,
+    /// CA bundle trusted for an `https://` webhook, beside the system roots.
+    pub records_webhook_ca_file: Option<PathBuf>,
+    /// Take over the spools left beside `records_spool` by gateways that are gone.
+    pub records_spool_adopt: bool,
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
@@ -338,8 +342,19 @@ pub async fn serve_until(
                 }
                 None => None,
             };
-            let hook =
+            let mut hook =
                 crate::observe::webhook::Webhook::parse(url, key).map_err(ServeError::Webhook)?;
+            // HTTPS through the transports' TLS client: the system roots and the CA file.
+            let ca_file = options.records_webhook_ca_file.as_deref();
+            if hook.is_https() {
+                let tls = TlsClient::load_for("--records-webhook-ca-file", ca_file)?;
+                hook = hook.with_tls(Arc::new(WebhookTls(tls)));
+            } else if let Some(path) = ca_file {
+                return Err(ServeError::Webhook(format!(
+                    "--records-webhook-ca-file {} is for an https:// webhook, not {url}",
+                    path.display()
+                )));
+            }
             let spool = crate::observe::spool::Spool::open(
                 &options.records_spool,
                 options.records_spool_max_bytes,
@@ -371,6 +386,13 @@ pub async fn serve_until(
                 outbox.wake.clone(),
                 Arc::new(MetricsReport(metrics.clone())),
             ));
+            if options.records_spool_adopt {
+                tokio::spawn(crate::observe::webhook::adopt(
+                    outbox.spool.clone(),
+                    outbox.wake.clone(),
+                    crate::observe::webhook::ADOPT_EVERY,
+                ));
+            }
             // Durable in batches: one fsync per 200 ms window with records in it; what waits
             // is published at the same pace.
             let spool = outbox.spool.clone();
@@ -618,6 +640,24 @@ async fn start_admin(
 fn record_config(metrics: &GatewayMetrics, report: &GatewayReport, snapshot: &Snapshot) {
     report.set_config_hash(&snapshot.hash);
     metrics.set_config(&snapshot.hash, snapshot.table.inbound.len(), snapshot.table.number_count());
+}
+
+/// The webhook's TLS sessions, through the transports' TLS client (`observe` does not import
+/// `sip`); failures are the webhook's to log, not counted as SIP TLS failures.
+struct WebhookTls(TlsClient);
+
+impl crate::observe::webhook::TlsConnect for WebhookTls {
+    fn connect<'a>(
+        &'a self,
+        stream: tokio::net::TcpStream,
+        host: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> futures::future::BoxFuture<
+        'a,
+        std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    > {
+        Box::pin(async move { Ok(self.0.connect(stream, host, deadline).await?) })
+    }
 }
 
 /// The webhook's deliveries, counted in `trunkline_session_records_total{sink="webhook"}`.

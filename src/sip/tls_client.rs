@@ -12,6 +12,11 @@
 //! name; an address with no known name is checked against the certificate's IP addresses
 //! (`subjectAltName` iPAddress). A failed handshake is an `io::Error` that names the peer and
 //! what failed ([`TlsFailure`]), a `warn` line, and one count of its reason.
+//!
+//! The same client serves the session records' webhook (`--records-webhook https://...`):
+//! [`TlsClient::load_for`] names its CA flag (`--records-webhook-ca-file`) in its errors, and
+//! [`TlsClient::connect`] runs a handshake toward a name given by the caller (the URL's host),
+//! neither logged nor counted: the caller reports it as its own failure.
 
 use std::collections::HashMap;
 use std::io;
@@ -71,19 +76,22 @@ impl TlsFailure {
         }
     }
 
-    /// What a reader of the log needs to act on it.
-    fn explain(self) -> &'static str {
+    /// What a reader of the log needs to act on it; `ca_flag` is the flag that adds CAs.
+    fn explain(self, ca_flag: &str) -> String {
         match self {
-            TlsFailure::UnknownCa => {
-                "unknown CA: the certificate is not signed by a trusted CA (system roots or --tls-ca)"
-            }
+            TlsFailure::UnknownCa => format!(
+                "unknown CA: the certificate is not signed by a trusted CA (system roots or {ca_flag})"
+            ),
             TlsFailure::NameMismatch => {
                 "name mismatch: the certificate is not valid for the name the peer was reached by"
+                    .to_string()
             }
-            TlsFailure::Expired => "expired: the certificate has expired or is not valid yet",
-            TlsFailure::BadCertificate => "bad certificate",
-            TlsFailure::Timeout => "the handshake timed out",
-            TlsFailure::Handshake => "handshake error",
+            TlsFailure::Expired => {
+                "expired: the certificate has expired or is not valid yet".to_string()
+            }
+            TlsFailure::BadCertificate => "bad certificate".to_string(),
+            TlsFailure::Timeout => "the handshake timed out".to_string(),
+            TlsFailure::Handshake => "handshake error".to_string(),
         }
     }
 
@@ -112,12 +120,13 @@ impl TlsFailure {
 /// Why the TLS client could not be built (a start-up error).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsClientError {
-    #[error("--tls-ca {path}: cannot read the CA bundle: {source}")]
-    ReadCa { path: PathBuf, source: io::Error },
-    #[error("--tls-ca {path}: no certificate in the bundle (expected PEM CERTIFICATE blocks)")]
-    EmptyCa { path: PathBuf },
-    #[error("--tls-ca {path}: certificate {index} cannot be a trust anchor: {reason}")]
-    BadCa { path: PathBuf, index: usize, reason: String },
+    /// `flag` is the option that named the bundle (`--tls-ca`, `--records-webhook-ca-file`).
+    #[error("{flag} {path}: cannot read the CA bundle: {source}")]
+    ReadCa { flag: &'static str, path: PathBuf, source: io::Error },
+    #[error("{flag} {path}: no certificate in the bundle (expected PEM CERTIFICATE blocks)")]
+    EmptyCa { flag: &'static str, path: PathBuf },
+    #[error("{flag} {path}: certificate {index} cannot be a trust anchor: {reason}")]
+    BadCa { flag: &'static str, path: PathBuf, index: usize, reason: String },
     #[error("TLS client configuration: {0}")]
     Config(String),
 }
@@ -127,6 +136,8 @@ type FailureHook = Arc<dyn Fn(TlsFailure) + Send + Sync>;
 /// The TLS client configuration and the names peers are reached by. Shared by every connection
 /// the transports open.
 pub struct TlsClient {
+    /// The option that names the CA bundle, for errors and logs.
+    flag: &'static str,
     /// `--tls-ca`, read again when it changes (a renewed Secret is picked up without a
     /// restart); `None`: the roots never change.
     ca: Option<PathBuf>,
@@ -150,9 +161,18 @@ impl TlsClient {
     /// and hold at least one certificate. The bundle is read again when it changes; a change
     /// that cannot be used is logged and the previous roots are kept.
     pub fn load(extra_ca: Option<&Path>) -> Result<TlsClient, TlsClientError> {
+        TlsClient::load_for("--tls-ca", extra_ca)
+    }
+
+    /// [`TlsClient::load`] for a bundle given by the option `flag` (named in errors and logs).
+    pub fn load_for(
+        flag: &'static str,
+        extra_ca: Option<&Path>,
+    ) -> Result<TlsClient, TlsClientError> {
         let stamp = extra_ca.and_then(stamp);
-        let roots = load_roots(extra_ca)?;
+        let roots = load_roots(flag, extra_ca)?;
         let mut client = TlsClient::with_roots(roots)?;
+        client.flag = flag;
         client.ca = extra_ca.map(Path::to_path_buf);
         if let Ok(mut current) = client.current.lock() {
             current.0 = stamp;
@@ -163,6 +183,7 @@ impl TlsClient {
     /// A client that trusts exactly `roots`.
     pub fn with_roots(roots: RootCertStore) -> Result<TlsClient, TlsClientError> {
         Ok(TlsClient {
+            flag: "--tls-ca",
             ca: None,
             current: Mutex::new((None, connector(roots)?)),
             names: Mutex::new(HashMap::new()),
@@ -179,14 +200,15 @@ impl TlsClient {
             if now != current.0 {
                 // Whatever happens, this version of the file is not read again.
                 current.0 = now;
-                match load_roots(Some(path)).and_then(connector) {
+                match load_roots(self.flag, Some(path)).and_then(connector) {
                     Ok(fresh) => {
-                        tracing::info!(ca = %path.display(), "--tls-ca reloaded");
+                        tracing::info!(ca = %path.display(), "{} reloaded", self.flag);
                         current.1 = fresh;
                     }
                     Err(e) => tracing::warn!(
                         error = %e,
-                        "--tls-ca changed and cannot be used; keeping the previous CA certificates"
+                        "{} changed and cannot be used; keeping the previous CA certificates",
+                        self.flag
                     ),
                 }
             }
@@ -232,41 +254,84 @@ impl TlsClient {
         deadline: tokio::time::Instant,
     ) -> io::Result<TlsStream<TcpStream>> {
         let name = self.server_name(remote);
-        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("TLS to {remote}: {name:?} is not a valid server name"),
-            )
-        })?;
-        let failure =
-            match tokio::time::timeout_at(deadline, self.connector()?.connect(server_name, stream))
-                .await
-            {
-                Ok(Ok(tls)) => return Ok(tls),
-                Ok(Err(e)) => (TlsFailure::of(&e), Some(e)),
-                Err(_) => (TlsFailure::Timeout, None),
-            };
-        let (reason, error) = failure;
-        let detail = error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
-        let message =
-            format!("TLS handshake with {name} ({remote}) failed: {}{detail}", reason.explain());
-        tracing::warn!(peer = %remote, server_name = %name, reason = reason.as_str(), "{message}");
-        if let Some(hook) = &self.on_failure {
-            hook(reason);
-        }
-        let kind = match reason {
-            TlsFailure::Timeout => io::ErrorKind::TimedOut,
-            TlsFailure::Handshake => {
-                error.as_ref().map_or(io::ErrorKind::InvalidData, io::Error::kind)
+        match self.connect(stream, &name, deadline).await {
+            Ok(tls) => Ok(tls),
+            Err(failed) => {
+                let reason = failed.reason;
+                tracing::warn!(peer = %remote, server_name = %name, reason = reason.as_str(), "{failed}");
+                if let Some(hook) = &self.on_failure {
+                    hook(reason);
+                }
+                Err(failed.into())
             }
-            _ => io::ErrorKind::InvalidData,
+        }
+    }
+
+    /// Runs the client handshake on `stream` toward `name` (a host name, or an IP address
+    /// checked against the certificate's iPAddress names), until `deadline` at the latest: SNI
+    /// and the certificate check use `name`. A failure names the peer and what failed; it is
+    /// neither logged nor counted here.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<TlsStream<TcpStream>, HandshakeFailed> {
+        let peer = stream.peer_addr().ok();
+        let failed = |reason: TlsFailure, error: Option<io::Error>| {
+            let detail = error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+            let at = peer.map(|p| format!(" ({p})")).unwrap_or_default();
+            let message = format!(
+                "TLS handshake with {name}{at} failed: {}{detail}",
+                reason.explain(self.flag)
+            );
+            let kind = match reason {
+                TlsFailure::Timeout => io::ErrorKind::TimedOut,
+                TlsFailure::Handshake => {
+                    error.as_ref().map_or(io::ErrorKind::InvalidData, io::Error::kind)
+                }
+                _ => io::ErrorKind::InvalidData,
+            };
+            HandshakeFailed { reason, kind, message }
         };
-        Err(io::Error::new(kind, message))
+        let Ok(server_name) = ServerName::try_from(name.to_string()) else {
+            let at = peer.map(|p| format!("TLS to {p}: ")).unwrap_or_default();
+            return Err(HandshakeFailed {
+                reason: TlsFailure::Handshake,
+                kind: io::ErrorKind::InvalidInput,
+                message: format!("{at}{name:?} is not a valid server name"),
+            });
+        };
+        let connector = self.connector().map_err(|e| failed(TlsFailure::Handshake, Some(e)))?;
+        match tokio::time::timeout_at(deadline, connector.connect(server_name, stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(failed(TlsFailure::of(&e), Some(e))),
+            Err(_) => Err(failed(TlsFailure::Timeout, None)),
+        }
     }
 }
 
-/// The system's roots plus those of `extra_ca`.
-fn load_roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> {
+/// A failed [`TlsClient::connect`]: why (the metric's reason) and a message naming the peer
+/// and what failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HandshakeFailed {
+    pub reason: TlsFailure,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl From<HandshakeFailed> for io::Error {
+    fn from(failed: HandshakeFailed) -> io::Error {
+        io::Error::new(failed.kind, failed.message)
+    }
+}
+
+/// The system's roots plus those of `extra_ca` (given by the option `flag`).
+fn load_roots(
+    flag: &'static str,
+    extra_ca: Option<&Path>,
+) -> Result<RootCertStore, TlsClientError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -278,8 +343,9 @@ fn load_roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> 
     }
     let system = roots.len();
     if let Some(path) = extra_ca {
-        for (index, cert) in read_ca_bundle(path)?.into_iter().enumerate() {
+        for (index, cert) in read_ca_bundle(flag, path)?.into_iter().enumerate() {
             roots.add(cert).map_err(|e| TlsClientError::BadCa {
+                flag,
                 path: path.to_path_buf(),
                 index: index + 1,
                 reason: e.to_string(),
@@ -288,8 +354,8 @@ fn load_roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> 
     }
     if roots.is_empty() {
         tracing::warn!(
-            "no trusted CA certificate (no system roots, no --tls-ca): every TLS connection \
-             to a carrier or an agent runtime will fail"
+            "no trusted CA certificate (no system roots, no {flag}): every TLS connection \
+             checked with these roots will fail"
         );
     }
     tracing::debug!(system, total = roots.len(), "TLS client roots loaded");
@@ -309,20 +375,25 @@ fn connector(roots: RootCertStore) -> Result<TlsConnector, TlsClientError> {
 /// The certificates of a PEM bundle; an unreadable file, a PEM error or no certificate at all
 /// is an error naming the file.
 fn read_ca_bundle(
+    flag: &'static str,
     path: &Path,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let text = std::fs::read(path)
-        .map_err(|source| TlsClientError::ReadCa { path: path.to_path_buf(), source })?;
+    let text = std::fs::read(path).map_err(|source| TlsClientError::ReadCa {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsClientError::ReadCa {
+            flag,
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
         })?;
     if certs.is_empty() {
-        return Err(TlsClientError::EmptyCa { path: path.to_path_buf() });
+        return Err(TlsClientError::EmptyCa { flag, path: path.to_path_buf() });
     }
     Ok(certs)
 }
@@ -348,6 +419,18 @@ mod tests {
         assert!(matches!(err, TlsClientError::EmptyCa { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bundle_given_by_another_flag_is_named_by_that_flag() {
+        let err = TlsClient::load_for(
+            "--records-webhook-ca-file",
+            Some(Path::new("/nonexistent/ca.pem")),
+        )
+        .err()
+        .expect("error");
+        let text = err.to_string();
+        assert!(text.starts_with("--records-webhook-ca-file /nonexistent/ca.pem"), "{text}");
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! A certificate authority made for one test (rcgen): its certificate as PEM (what the gateway
 //! is given with `--tls-ca`), and server certificates it signs, for TLS peers of the gateway
-//! (a rustls server in the test, Kamailio).
+//! (a rustls server in the test, Kamailio, an HTTPS webhook receiver).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -17,6 +22,26 @@ pub struct TestCa {
 pub struct ServerCert {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl ServerCert {
+    /// A rustls server configuration (ring) presenting this certificate.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        Arc::new(config)
+    }
 }
 
 impl TestCa {

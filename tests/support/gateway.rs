@@ -63,6 +63,26 @@ impl Gateway {
     /// Starts `trunkline run` on `specs_dir` and waits until `/readyz` says 200 (at most 10 s).
     /// Panics with the gateway's log when it exits or does not get ready in time.
     pub fn start(specs_dir: &Path, options: GatewayOptions) -> Gateway {
+        let (mut gateway, args) = Gateway::spawn(specs_dir, options);
+        gateway.wait_ready(&args);
+        gateway
+    }
+
+    /// Starts `trunkline run` like [`Gateway::start`] with options it must refuse: waits (at
+    /// most 10 s) for it to exit, asserts it failed, and returns its log.
+    pub fn start_refused(specs_dir: &Path, options: GatewayOptions) -> String {
+        let (mut gateway, args) = Gateway::spawn(specs_dir, options);
+        let status = gateway.process.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "trunkline run did not stop with an error: {status:?}\ncommand: trunkline {}",
+            args.join(" ")
+        );
+        gateway.log_text()
+    }
+
+    /// Spawns `trunkline run` and returns at once, with the command's arguments.
+    fn spawn(specs_dir: &Path, options: GatewayOptions) -> (Gateway, Vec<String>) {
         let run_dir = TempDir::new("gateway");
         let state_dir = TempDir::new("gateway-state");
         let log = run_dir.join("gateway.log");
@@ -106,7 +126,7 @@ impl Gateway {
         args.extend(options.args.iter().cloned());
 
         let process = TrunklineProcess::spawn("run", &log, &args, |_| {});
-        let mut gateway = Gateway {
+        let gateway = Gateway {
             process,
             port,
             tls_port,
@@ -116,8 +136,7 @@ impl Gateway {
             state_dir,
             _run_dir: run_dir,
         };
-        gateway.wait_ready(&args);
-        gateway
+        (gateway, args)
     }
 
     /// Polls `/readyz`; panics (the log is printed by drop) when the process exits or the

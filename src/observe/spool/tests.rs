@@ -333,3 +333,177 @@ proptest! {
         prop_assert_eq!(segments(&dir.0), holding);
     }
 }
+
+// Handover: a gateway takes over the spool a gone gateway left beside its own.
+
+/// A spool in `dir` holding `ids` (pushed, synced), then closed: what a deleted pod leaves.
+fn left_behind(dir: &Path, ids: &[&str]) {
+    let mut spool = Spool::open(dir, 1 << 20).expect("open");
+    for (i, id) in ids.iter().enumerate() {
+        spool.push(id, &record(i)).expect("push");
+    }
+    spool.sync().expect("sync");
+}
+
+#[test]
+fn a_gone_gateways_records_move_into_this_spool_in_order_and_its_directory_goes() {
+    let parent = TempDir::new("adopt");
+    let gone = parent.0.join("pod-a");
+    let mut old = Spool::open(&gone, 1 << 20).expect("open");
+    for i in 0..5 {
+        old.push(&format!("a{i}"), &record(i)).expect("push");
+    }
+    old.sync().expect("sync");
+    // Delivered before the pod went: not adopted.
+    old.ack(1).expect("ack");
+    drop(old);
+
+    let own = parent.0.join("pod-b");
+    let mut spool = Spool::open(&own, 1 << 20).expect("open");
+    spool.push("b0", &record(0)).expect("push");
+    let adopted = spool.adopt_from(&gone).expect("adopt");
+    assert_eq!(adopted, Adoption::Taken { records: 4, left: 0, removed: true });
+    assert!(!gone.exists(), "the adopted directory is still there");
+    assert_eq!(ids(&all(&spool)), ["b0", "a1", "a2", "a3", "a4"]);
+    assert_eq!(all(&spool)[1].1, record(1));
+    // Durable: the adopted records are this spool's after a restart.
+    drop(spool);
+    let spool = Spool::open(&own, 1 << 20).expect("reopen");
+    assert_eq!(ids(&all(&spool)), ["b0", "a1", "a2", "a3", "a4"]);
+}
+
+#[test]
+fn a_spool_whose_lock_is_held_is_skipped_and_left_as_it_is() {
+    let parent = TempDir::new("adopt-held");
+    let live_dir = parent.0.join("pod-live");
+    let mut live = Spool::open(&live_dir, 1 << 20).expect("open");
+    live.push("l0", &record(0)).expect("push");
+    live.sync().expect("sync");
+    let mut spool = Spool::open(&parent.0.join("pod-b"), 1 << 20).expect("open");
+    assert_eq!(spool.adopt_from(&live_dir).expect("adopt"), Adoption::Skipped);
+    assert!(spool.is_empty());
+    assert_eq!(ids(&all(&live)), ["l0"]);
+    // This spool's own directory is never adopted either: it holds that lock itself.
+    let own = spool.dir().to_path_buf();
+    assert_eq!(spool.adopt_from(&own).expect("adopt"), Adoption::Skipped);
+}
+
+#[test]
+fn of_two_gateways_adopting_one_directory_only_one_takes_it() {
+    let parent = TempDir::new("adopt-race");
+    let gone = parent.0.join("pod-a");
+    left_behind(&gone, &["a0", "a1"]);
+    let first = Handover::open(&gone).expect("open").expect("the first gets the lock");
+    assert_eq!(first.len(), 2);
+    assert!(Handover::open(&gone).expect("open").is_none(), "the second got the lock too");
+    let mut spool = Spool::open(&parent.0.join("pod-c"), 1 << 20).expect("open");
+    assert_eq!(spool.adopt_from(&gone).expect("adopt"), Adoption::Skipped);
+    drop(first);
+    assert_eq!(
+        spool.adopt_from(&gone).expect("adopt"),
+        Adoption::Taken { records: 2, left: 0, removed: true }
+    );
+}
+
+#[test]
+fn a_full_spool_adopts_what_fits_and_leaves_the_rest_for_the_next_round() {
+    let parent = TempDir::new("adopt-full");
+    let gone = parent.0.join("pod-a");
+    left_behind(&gone, &["a0", "a1", "a2", "a3", "a4"]);
+    let line = encode_line("a0", &record(0)).len() as u64;
+    let mut spool = Spool::open(&parent.0.join("pod-b"), 3 * line).expect("open");
+    spool.push("b0", &record(0)).expect("push");
+
+    let adopted = spool.adopt_from(&gone).expect("adopt");
+    assert_eq!(adopted, Adoption::Taken { records: 2, left: 3, removed: false });
+    assert_eq!(ids(&all(&spool)), ["b0", "a0", "a1"]);
+    assert!(gone.join("lock").exists(), "the directory with records left was removed");
+    // What is left is exactly what was not taken, durably.
+    let rest = Handover::open(&gone).expect("open").expect("free");
+    assert_eq!(ids(&rest.from.peek(10).expect("peek")), ["a2", "a3", "a4"]);
+    drop(rest);
+
+    // Deliveries make room: the next round takes the rest, and the directory goes.
+    spool.ack(3).expect("ack");
+    let adopted = spool.adopt_from(&gone).expect("adopt");
+    assert_eq!(adopted, Adoption::Taken { records: 3, left: 0, removed: true });
+    assert_eq!(ids(&all(&spool)), ["a2", "a3", "a4"]);
+    assert!(!gone.exists());
+}
+
+#[test]
+fn a_handover_moves_in_batches_and_a_full_batch_says_so() {
+    let parent = TempDir::new("adopt-batch");
+    let gone = parent.0.join("pod-a");
+    left_behind(&gone, &["a0", "a1", "a2"]);
+    let line = encode_line("a0", &record(0)).len() as u64;
+    let mut spool = Spool::open(&parent.0.join("pod-b"), 2 * line).expect("open");
+    let mut handover = Handover::open(&gone).expect("open").expect("free");
+    assert_eq!(handover.move_into(&mut spool, 1).expect("move"), Moved { records: 1, full: false });
+    assert_eq!(handover.move_into(&mut spool, 5).expect("move"), Moved { records: 1, full: true });
+    assert_eq!(handover.len(), 1);
+    // Not empty: finishing keeps the directory and its record.
+    assert!(!handover.finish().expect("finish"));
+    let rest = Handover::open(&gone).expect("open").expect("free");
+    assert_eq!(ids(&rest.from.peek(10).expect("peek")), ["a2"]);
+}
+
+#[test]
+fn a_directory_holding_anything_but_spool_files_is_never_removed() {
+    let parent = TempDir::new("adopt-foreign");
+    let gone = parent.0.join("pod-a");
+    left_behind(&gone, &["a0"]);
+    fs::write(gone.join("notes.txt"), "not the spool's").expect("write");
+    assert!(sibling_spools(&parent.0.join("pod-b")).is_err(), "pod-b does not exist yet");
+    let mut spool = Spool::open(&parent.0.join("pod-b"), 1 << 20).expect("open");
+    assert!(sibling_spools(spool.dir()).expect("siblings").is_empty());
+    // Even when asked directly, the records move but the directory and the file stay.
+    let adopted = spool.adopt_from(&gone).expect("adopt");
+    assert_eq!(adopted, Adoption::Taken { records: 1, left: 0, removed: false });
+    assert_eq!(fs::read_to_string(gone.join("notes.txt")).expect("read"), "not the spool's");
+}
+
+#[test]
+fn only_spool_directories_beside_this_one_are_siblings() {
+    let parent = TempDir::new("siblings");
+    let spool = Spool::open(&parent.0.join("pod-own"), 1 << 20).expect("open");
+    left_behind(&parent.0.join("pod-a"), &["a0"]);
+    left_behind(&parent.0.join("pod-c"), &[]);
+    fs::create_dir_all(parent.0.join("no-lock")).expect("dir");
+    fs::write(parent.0.join("no-lock/seg-0000000001.jsonl"), "").expect("write");
+    fs::create_dir_all(parent.0.join("other-app")).expect("dir");
+    fs::write(parent.0.join("other-app/lock"), "").expect("write");
+    fs::write(parent.0.join("other-app/data.db"), "").expect("write");
+    fs::write(parent.0.join("lock"), "").expect("a plain file");
+    std::os::unix::fs::symlink(parent.0.join("pod-a"), parent.0.join("link-to-a")).expect("link");
+
+    let found = sibling_spools(spool.dir()).expect("siblings");
+    let names: Vec<_> =
+        found.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["pod-a", "pod-c"]);
+}
+
+#[test]
+fn adopting_a_directory_that_is_gone_is_skipped_and_creates_nothing() {
+    let parent = TempDir::new("adopt-gone");
+    let mut spool = Spool::open(&parent.0.join("pod-b"), 1 << 20).expect("open");
+    let nowhere = parent.0.join("pod-x");
+    assert_eq!(spool.adopt_from(&nowhere).expect("adopt"), Adoption::Skipped);
+    assert!(!nowhere.exists());
+}
+
+#[test]
+fn a_lock_file_removed_after_it_was_opened_is_not_a_lock() {
+    let dir = TempDir::new("lock-gone");
+    fs::create_dir_all(&dir.0).expect("dir");
+    fs::write(dir.0.join(LOCK), "").expect("lock file");
+    let opened = OpenOptions::new().write(true).open(dir.0.join(LOCK)).expect("open");
+    // A handover ends meanwhile: the lock file is removed, then a new spool is made there.
+    fs::remove_file(dir.0.join(LOCK)).expect("remove");
+    assert!(matches!(take_lock(&dir.0, &opened).expect("lock"), Locked::Gone));
+    let spool = Spool::open(&dir.0, 1 << 20).expect("a fresh spool");
+    let reopened = OpenOptions::new().write(true).open(dir.0.join(LOCK)).expect("open");
+    assert!(matches!(take_lock(&dir.0, &reopened).expect("lock"), Locked::Held));
+    drop(spool);
+    assert!(matches!(take_lock(&dir.0, &reopened).expect("lock"), Locked::Ours));
+}
