@@ -907,7 +907,7 @@ mod tests {
 
     #[test]
     fn every_fleet_topologys_rendered_command_line_parses_as_kubernetes_expands_it() {
-        use trunkline::operator::fleet::{NODE_NAME_REF, POD_IP_REF, gateway_args};
+        use trunkline::operator::fleet::{NODE_NAME_REF, POD_IP_REF, POD_NAME_REF, gateway_args};
         use trunkline::operator::settings::OperatorSettings;
         let topologies = [
             "",
@@ -922,6 +922,9 @@ mod tests {
              tls: {caSecret: carrier-ca}\nagentCredentialsSecret: agent-creds\n",
             // Session records: stdout, a signed webhook and its spool on an emptyDir.
             "records: {webhook: {url: 'http://records.voice.svc/in', keySecret: {name: k}}}\n",
+            // HTTPS with a private CA, the spools on a claim the fleet shares (one per pod).
+            "mode: DaemonSet\nrecords: {webhook: {url: 'https://records.example.com/in', \
+             caSecret: {name: ca}}, spool: {volume: {persistentVolumeClaim: {claimName: s}}}}\n",
         ];
         for text in topologies {
             let settings = OperatorSettings::parse(text, std::path::Path::new("t.yaml")).unwrap();
@@ -929,7 +932,11 @@ mod tests {
             for pod_ip in ["10.0.0.7", "fd00::7"] {
                 let args: Vec<String> = gateway_args(&settings)
                     .iter()
-                    .map(|a| a.replace(POD_IP_REF, pod_ip).replace(NODE_NAME_REF, "node-1"))
+                    .map(|a| {
+                        a.replace(POD_IP_REF, pod_ip)
+                            .replace(NODE_NAME_REF, "node-1")
+                            .replace(POD_NAME_REF, "gw-0")
+                    })
                     .collect();
                 let argv: Vec<&str> = args.iter().map(String::as_str).collect();
                 let Command::Gateway(parsed) = parse(&argv) else { panic!("not the gateway") };
@@ -963,6 +970,17 @@ mod tests {
                     assert_eq!(options.api_token_file, None, "{text:?}: no token, no API");
                 }
                 assert_eq!(options.tls_ca.is_some(), settings.tls.ca_secret.is_some(), "{text:?}");
+                let webhook = &settings.records.webhook;
+                assert_eq!(options.records_webhook, webhook.url, "{text:?}");
+                assert_eq!(
+                    options.records_webhook_ca_file.is_some(),
+                    webhook.ca_secret.name.is_some(),
+                    "{text:?}"
+                );
+                if options.records_spool_adopt {
+                    // Each pod its own directory, the gone ones' beside it.
+                    assert!(options.records_spool.ends_with("gw-0"), "{text:?}");
+                }
                 assert_eq!(
                     options.agent_credentials.is_some(),
                     settings.agent_credentials_secret.is_some(),

@@ -461,6 +461,14 @@ mod tests {
     }
 
     #[test]
+    fn a_record_line_starts_with_its_schema_so_a_log_collector_can_route_it() {
+        // In the fleet records share stdout with the logs; collectors route on this prefix
+        // (charts/trunkline/README.md). Keep `schema` the first field.
+        let line = serde_json::to_string(&record(1)).unwrap();
+        assert!(line.starts_with(&format!("{{\"schema\":\"{SCHEMA}\"")), "{line}");
+    }
+
+    #[test]
     fn the_schema_validates_a_record_and_refuses_a_broken_one() {
         let schema: Value = serde_json::from_str(&schema_json()).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
