@@ -41,6 +41,16 @@
 //! - **A torn last line** (a crash in the middle of a write) is skipped, not an error, and
 //!   counted ([`Spool::skipped`]) so the caller can log it.
 //!
+//! # A disk that fails
+//!
+//! A failed fsync is final for the spool: after one, Linux may have dropped the dirty pages
+//! and marked them clean, so a second fsync that succeeds proves nothing (PostgreSQL's
+//! "fsyncgate"). The spool keeps what it knows ([`Spool::broken`] says why) and refuses every
+//! later push with [`PushError::Broken`]; records already waiting are still delivered and
+//! acknowledged. The gateway counts each refusal (`refused`, which pages through
+//! TrunklineRecordsRefused), logs the cause once, and keeps serving calls and its records
+//! file; a restart opens the spool again from what is on disk.
+//!
 //! # The bound
 //!
 //! `max_bytes` bounds the bytes of records waiting ([`Spool::bytes`]: the length of their lines
@@ -110,6 +120,9 @@ pub enum PushError {
     /// Writing the segment failed.
     #[error("writing to the spool failed: {0}")]
     Write(#[from] io::Error),
+    /// An fsync failed earlier: the spool takes no more records (see "A disk that fails").
+    #[error("the spool takes no more records since an fsync failed: {0}")]
+    Broken(String),
 }
 
 /// A record waiting, as the index holds it: where its line is.
@@ -146,6 +159,11 @@ pub struct Spool {
     unsynced: Vec<File>,
     dir_unsynced: bool,
     skipped: usize,
+    /// Why the spool takes no more records: the first failed fsync.
+    broken: Option<String>,
+    /// Tests: the next sync fails as a failing disk's would.
+    #[cfg(test)]
+    fail_next_sync: bool,
     /// Held for the life of the spool: released (by the kernel) when it is dropped.
     _lock: File,
 }
@@ -199,6 +217,9 @@ impl Spool {
             unsynced: Vec::new(),
             dir_unsynced: false,
             skipped: 0,
+            broken: None,
+            #[cfg(test)]
+            fail_next_sync: false,
             _lock: lock,
         };
         let (cursor_segment, cursor_offset) = cursor.unwrap_or((0, 0));
@@ -226,6 +247,9 @@ impl Spool {
     /// when the spool holds `max_bytes` already: the record is not taken (the caller counts it).
     /// The record is durable only after the next [`Spool::sync`].
     pub fn push(&mut self, id: &str, record: &[u8]) -> Result<(), PushError> {
+        if let Some(why) = &self.broken {
+            return Err(PushError::Broken(why.clone()));
+        }
         if !is_one_object(record) {
             return Err(PushError::NotARecord);
         }
@@ -257,8 +281,30 @@ impl Spool {
     }
 
     /// Makes everything pushed so far durable (fsync of the segments written, and of the
-    /// directory when a segment was created). The writer calls it once per batch window.
+    /// directory when a segment was created). The writer calls it once per batch window. A
+    /// failure breaks the spool for good (see "A disk that fails"); later calls return the
+    /// same error without trying again.
     pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
+        }
+        let result = self.sync_all();
+        if let Err(e) = &result {
+            self.broken = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Why the spool takes no more records, once an fsync failed.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         for file in &self.unsynced {
             file.sync_data()?;
         }
@@ -505,6 +551,7 @@ impl Handover {
                     )));
                 }
                 Err(PushError::Write(e)) => return Err(e),
+                Err(PushError::Broken(why)) => return Err(io::Error::other(why)),
             }
         }
         to.sync()?;

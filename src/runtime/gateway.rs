@@ -404,8 +404,12 @@ pub async fn serve_until(
                     let (s, m) = (spool.clone(), spool_metrics.clone());
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Ok(mut spool) = s.lock() {
-                            if let Err(e) = spool.sync() {
-                                tracing::error!(error = %e, "the records spool cannot be synced");
+                            // A failed fsync breaks the spool for good: said once.
+                            let was_broken = spool.broken().is_some();
+                            if let Err(e) = spool.sync()
+                                && !was_broken
+                            {
+                                tracing::error!(error = %e, "the records spool cannot be synced: it takes no more records until the gateway restarts (the records file still gets them)");
                             }
                             m.records_spool(spool.len(), spool.bytes());
                         }

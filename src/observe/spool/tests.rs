@@ -507,3 +507,28 @@ fn a_lock_file_removed_after_it_was_opened_is_not_a_lock() {
     drop(spool);
     assert!(matches!(take_lock(&dir.0, &reopened).expect("lock"), Locked::Ours));
 }
+
+#[test]
+fn a_failed_fsync_breaks_the_spool_for_pushes_but_what_waits_is_still_delivered() {
+    let dir = TempDir::new("broken");
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open");
+    spool.push("r1", &record(1)).expect("push");
+    spool.sync().expect("sync");
+    spool.push("r2", &record(2)).expect("push");
+    spool.fail_next_sync = true;
+    let error = spool.sync().expect_err("the disk failed");
+    assert_eq!(error.raw_os_error(), Some(5));
+    assert!(spool.broken().is_some_and(|why| why.contains("os error 5")), "{:?}", spool.broken());
+    // A later sync does not pretend: the same failure, without trying again.
+    assert!(spool.sync().is_err());
+    assert!(matches!(spool.push("r3", &record(3)), Err(PushError::Broken(_))));
+    // What was taken before is still there to deliver and acknowledge.
+    assert_eq!(ids(&all(&spool)), ["r1", "r2"]);
+    spool.ack(2).expect("ack");
+    assert!(spool.is_empty());
+    drop(spool);
+    // A restart opens it again from the disk (here intact): it takes records again.
+    let mut spool = Spool::open(&dir.0, 1 << 20).expect("open again");
+    assert!(spool.broken().is_none());
+    spool.push("r4", &record(4)).expect("push after the restart");
+}
