@@ -537,9 +537,15 @@ pub fn records_args(settings: &OperatorSettings) -> Vec<String> {
     let mut args = Vec::new();
     if records.stdout {
         args.extend(strings(&["--records-file", "-"]));
+        if records.answered {
+            args.push("--records-file-answered".to_string());
+        }
     }
     let Some(url) = &records.webhook.url else { return args };
     args.extend(["--records-webhook".to_string(), url.clone()]);
+    if records.answered {
+        args.push("--records-webhook-answered".to_string());
+    }
     if records.webhook.key_secret.name.is_some() {
         args.push("--records-webhook-key-file".to_string());
         args.push(format!("{RECORDS_WEBHOOK_KEY_MOUNT_PATH}/key"));
@@ -1560,6 +1566,13 @@ mod tests {
         let off = settings("records: {stdout: false}\n");
         assert!(records_args(&off).is_empty());
         assert!(!gateway_args(&off).iter().any(|a| a.starts_with("--records")));
+        // Answered records: to each sink there is.
+        let answered = settings("records: {answered: true}\n");
+        assert_eq!(records_args(&answered), ["--records-file", "-", "--records-file-answered"]);
+        let both = settings("records: {answered: true, webhook: {url: 'http://r.voice.svc/in'}}\n");
+        let args = records_args(&both);
+        assert!(args.iter().any(|a| a == "--records-file-answered"), "{args:?}");
+        assert!(args.iter().any(|a| a == "--records-webhook-answered"), "{args:?}");
     }
 
     #[test]

@@ -65,6 +65,7 @@
 //! transferTimeoutSeconds: 30      # how long a bridged transfer's destination may ring
 //! records:                        # session records, one JSON object per admitted call
 //!   stdout: true                  # JSON lines on the gateways' stdout, beside their logs
+//!   answered: false               # also a first record at each answer (kind answered)
 //!   webhook:
 //!     url: null                   # http:// or https:// receiver; none: no webhook, no spool
 //!     keySecret: {name: null, key: key}      # the HMAC-SHA256 key of the signature header
@@ -105,6 +106,9 @@
 //!   container stdout from the node, with the kubelet rotating it; a file would need a sidecar
 //!   to ship it. Stdout is the best-effort copy (the kubelet's rotation can outrun a slow
 //!   collector): the webhook is the durable one.
+//! - `answered` (default off): `--records-file-answered` with stdout and
+//!   `--records-webhook-answered` with a webhook: each sink also gets a record at the answer,
+//!   `"kind": "answered"`, before the final one (a live view, a CRM that opens the contact).
 //! - `webhook.url`: `--records-webhook`, through the on-disk spool (`--records-spool`,
 //!   `--records-spool-max-bytes`), with `keySecret` (`--records-webhook-key-file`) and, for an
 //!   `https://` receiver with a private CA, `caSecret` (`--records-webhook-ca-file`). Both
@@ -497,6 +501,9 @@ pub struct RecordsSettings {
     /// its log lines; a record line starts with `{"schema":"trunkline.dev/session-record/v1"`.
     /// Default true.
     pub stdout: bool,
+    /// Also a first record at each answer (`kind: answered`, its own record id) to each sink.
+    /// Default false.
+    pub answered: bool,
     /// POST every record to a receiver, through the spool. Default: no webhook.
     pub webhook: WebhookSettings,
     /// The on-disk spool records wait in for the webhook (used only with a webhook).
@@ -507,6 +514,7 @@ impl Default for RecordsSettings {
     fn default() -> Self {
         RecordsSettings {
             stdout: true,
+            answered: false,
             webhook: WebhookSettings::default(),
             spool: SpoolSettings::default(),
         }
@@ -1991,6 +1999,7 @@ logLevel: trunkline=debug,info
     fn records_go_to_stdout_without_a_webhook_by_default() {
         let s = OperatorSettings::default();
         assert!(s.records.stdout);
+        assert!(!s.records.answered);
         assert_eq!(s.records.webhook, WebhookSettings::default());
         assert_eq!(s.records.webhook.url, None);
         assert_eq!(s.records.spool.max_bytes, 1 << 30);
@@ -2162,6 +2171,7 @@ logLevel: trunkline=debug,info
                 "unknown field",
             ),
             ("records: {stdout: yes}\n", "records.stdout", "boolean"),
+            ("records: {answered: 1}\n", "records.answered", "boolean"),
             ("records: {file: /var/log/records}\n", "records.file", "unknown field"),
         ];
         for (text, field, words) in cases {

@@ -460,7 +460,7 @@ NESTED_SETTINGS_KEYS = {
                        "externalTrafficPolicy", "sessionAffinity"},
     "internalService": {"annotations", "sessionAffinity"},
     "podDisruptionBudget": {"enabled", "maxUnavailable"},
-    "records": {"stdout", "webhook", "spool"},
+    "records": {"stdout", "answered", "webhook", "spool"},
 }
 RUST_STRUCT_OF = {
     None: "OperatorSettings", "tls": "TlsSettings", "api": "ApiSettings",
@@ -579,6 +579,7 @@ def test_the_default_settings_are_the_documented_fleet(default):
     # Session records as JSON lines on stdout; no webhook, so no spool is rendered.
     assert settings["records"] == {
         "stdout": True,
+        "answered": False,
         "webhook": {"url": "", "keySecret": {"name": "", "key": "key"},
                     "caSecret": {"name": "", "key": "ca.crt"}},
         "spool": {"maxBytes": 1073741824, "volume": {"emptyDir": {}}},

@@ -213,6 +213,7 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.mediaTimeoutSeconds": (10, {}),
     "gateway.transferTimeoutSeconds": (25, {}),
     "gateway.records.stdout": (False, {}),
+    "gateway.records.answered": (True, {}),
     "gateway.records.webhook.url": ("http://records.voice.svc:8080/in", {}),
     "gateway.records.webhook.keySecret.name": ("records-hmac", WEBHOOK),
     "gateway.records.webhook.keySecret.key": ("hmac", WEBHOOK),
