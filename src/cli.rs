@@ -386,6 +386,15 @@ struct ServeArgs {
     /// gateway hangs it up, with the reason logged; `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     media_timeout: Duration,
+    /// Seconds a call may stay on hold with the media timeout suspended; after that the media
+    /// timeout applies again (a caller holding forever would keep relay ports forever). `0`:
+    /// the whole hold.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_seconds)]
+    max_hold: Duration,
+    /// Seconds an answered call may last before the gateway hangs up both legs; a ceiling for
+    /// the trunks' `limits.maxCallDurationSeconds`. `0`: no ceiling.
+    #[arg(long, value_name = "SECS", default_value = "14400", value_parser = parse_seconds)]
+    max_call_duration: Duration,
     /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile);
     /// `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -455,6 +464,8 @@ impl ServeArgs {
             records_spool_adopt: self.records_spool_adopt,
             drain_timeout: self.drain_timeout,
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
+            max_hold: Some(self.max_hold).filter(|d| !d.is_zero()),
+            max_call_duration: Some(self.max_call_duration).filter(|d| !d.is_zero()),
             nonce_ttl: self.nonce_ttl,
             digest_algorithms: self.digest_algorithms,
             agent_networks: self.agent_networks,

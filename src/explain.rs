@@ -567,6 +567,9 @@ fn limits_text(limits: &Limits) -> String {
     if let Some(n) = limits.max_calls_per_second {
         parts.push(format!("maxCallsPerSecond {n}"));
     }
+    if let Some(n) = limits.max_call_duration_seconds {
+        parts.push(format!("maxCallDurationSeconds {n}"));
+    }
     if parts.is_empty() {
         "none".to_string()
     } else {

@@ -102,6 +102,30 @@ fn a_call_still_up_when_the_drain_times_out_is_hung_up_on_both_legs_and_recorded
     assert_eq!(record["hangupReason"], "the gateway stopped: drain timeout", "{record:#}");
 }
 
+#[test]
+fn an_answered_call_is_hung_up_at_the_maximum_call_duration() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let dir = TempDir::new("records");
+    let file = dir.join("records.jsonl");
+    let options = GatewayOptions::default()
+        .arg("--max-call-duration")
+        .arg("1")
+        .arg("--records-file")
+        .arg(file.to_str().expect("path"));
+    let gateway = Gateway::start(specs.path(), options);
+    // Both peers wait for the gateway's BYE: neither hangs up by itself.
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "20"]);
+    let started = Instant::now();
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "20"]).assert_success();
+    agent.wait().assert_success();
+    assert!(started.elapsed() < Duration::from_secs(10), "hung up after {:?}", started.elapsed());
+    let record = support::records::wait_records(&file, 1, Duration::from_secs(5)).remove(0);
+    assert_eq!(record["hangupReason"], "maximum call duration reached (1 s)", "{record:#}");
+    assert_eq!(record["hangupSide"], "gateway", "{record:#}");
+    assert!(record["durationMs"].as_u64().is_some_and(|ms| ms >= 1000), "{record:#}");
+}
+
 /// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
 fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
     let path = state.join(&format!("credentials/voice/{trunk}.yaml"));

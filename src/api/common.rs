@@ -137,6 +137,13 @@ pub struct CallLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100_000))]
     pub max_calls_per_second: Option<u32>,
+    /// Longest an answered call on this trunk may last, in seconds: then the gateway hangs up
+    /// both legs (the record says `maximum call duration reached`). The gateway's own ceiling
+    /// (`--max-call-duration`, 4 hours by default) applies when it is shorter. Omit for the
+    /// gateway's ceiling only. Example: `3600`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604_800))]
+    pub max_call_duration_seconds: Option<u32>,
 }
 
 /// What one gateway fleet (one `trunkline operator`, often one region) says about an object. Each

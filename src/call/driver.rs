@@ -189,8 +189,8 @@ impl Driver {
                     }
                     self.call.on_resolved(Instant::now(), leg, address)
                 }
-                Action::StartRelay { a, b, media_timeout } => {
-                    let config = RelayConfig { media_timeout, ..RelayConfig::default() };
+                Action::StartRelay { a, b, media_timeout, max_hold } => {
+                    let config = RelayConfig { media_timeout, max_hold, ..RelayConfig::default() };
                     let event = match self.gw.start_relay(a, b, config) {
                         Ok(relay) => {
                             let event = MediaEvent::Started {

@@ -275,11 +275,11 @@ mod tests {
     const T: &str = "default/carrier";
 
     fn concurrent(n: u32) -> Limits {
-        Limits { max_concurrent_calls: Some(n), max_calls_per_second: None }
+        Limits { max_concurrent_calls: Some(n), ..Limits::default() }
     }
 
     fn per_second(n: u32) -> Limits {
-        Limits { max_concurrent_calls: None, max_calls_per_second: Some(n) }
+        Limits { max_calls_per_second: Some(n), ..Limits::default() }
     }
 
     fn ms(n: u64) -> Duration {
@@ -392,7 +392,11 @@ mod tests {
     fn a_refused_call_takes_neither_a_slot_nor_a_token() {
         let a = Admission::new();
         let t0 = Instant::now();
-        let both = Limits { max_concurrent_calls: Some(1), max_calls_per_second: Some(1) };
+        let both = Limits {
+            max_concurrent_calls: Some(1),
+            max_calls_per_second: Some(1),
+            ..Limits::default()
+        };
         let held = a.try_admit(T, both, t0).expect("first");
         let r = a.try_admit(T, both, t0 + Duration::from_secs(2)).expect_err("slot taken");
         assert_eq!(r.limit, LimitKind::ConcurrentCalls);

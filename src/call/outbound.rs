@@ -128,6 +128,7 @@ pub fn setup(
         offer,
         codecs: route.trunk.codecs.clone(),
         transfer: None,
+        max_duration: route.trunk.limits.max_call_duration(),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub user_agent: String,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
+    /// How long hold suspends the media timeout; `None`: the whole hold.
+    pub max_hold: Option<Duration>,
+    /// The ceiling on an answered call's length; `None`: none.
+    pub max_call_duration: Option<Duration>,
     /// Networks the agent-facing listener takes new calls from (`--agent-networks`).
     pub agent_networks: Vec<ipnet::IpNet>,
     /// The agent runtime's digest credentials, when its INVITEs must answer a challenge.
@@ -58,6 +62,8 @@ impl Default for GatewayConfig {
             transfer_timeout: super::machine::TRANSFER_RING,
             user_agent: format!("trunkline/{}", env!("CARGO_PKG_VERSION")),
             media_timeout: Duration::from_secs(30),
+            max_hold: None,
+            max_call_duration: None,
             agent_networks: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|n| n.parse().ok())
@@ -128,6 +134,8 @@ impl CallServices {
             ring_timeout: config.agent_timeout,
             transfer_timeout: config.transfer_timeout,
             media_timeout: config.media_timeout,
+            max_hold: config.max_hold,
+            max_call_duration: config.max_call_duration,
             public_address: config.public_address,
             ..CallConfig::default()
         };

@@ -216,6 +216,7 @@ fn limits_of(l: Option<&api::CallLimits>) -> Limits {
     l.map(|l| Limits {
         max_concurrent_calls: l.max_concurrent_calls,
         max_calls_per_second: l.max_calls_per_second,
+        max_call_duration_seconds: l.max_call_duration_seconds,
     })
     .unwrap_or_default()
 }

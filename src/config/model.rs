@@ -64,6 +64,16 @@ pub struct Limits {
     pub max_concurrent_calls: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_calls_per_second: Option<u32>,
+    /// Seconds an answered call may last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_call_duration_seconds: Option<u32>,
+}
+
+impl Limits {
+    /// How long an answered call may last, when the trunk says.
+    pub fn max_call_duration(&self) -> Option<std::time::Duration> {
+        self.max_call_duration_seconds.map(|s| std::time::Duration::from_secs(s.into()))
+    }
 }
 
 /// Whether the agent header may pick the agent.

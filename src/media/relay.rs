@@ -31,7 +31,10 @@
 //! then on, when it has sent no RTP for `media_timeout`, [`Relay::timeout`] resolves with a
 //! [`MediaTimeout`] naming the silent leg (or both), once. RTCP does not count as media. While
 //! the call is on hold ([`Relay::set_hold`]: `sendonly`, `recvonly`, `inactive`) the timeout is
-//! suspended; on resume every leg gets a full `media_timeout` again.
+//! suspended; on resume every leg gets a full `media_timeout` again. Suspended for at most
+//! `max_hold` (`--max-hold`): a call held longer owes media again from then on, so a caller
+//! who holds forever cannot keep the relay's ports forever (the silence then ends the call
+//! after `media_timeout`).
 //!
 //! **Stats** per leg and direction (`media::stats`): RTP in (packets, bytes, loss, jitter) and
 //! out, RTCP in and out, and dropped packets by reason. The task owns them and publishes a copy
@@ -171,6 +174,8 @@ pub struct RelayConfig {
     pub latch_after: u32,
     /// How long the latched source must have been silent before another may take over.
     pub latch_silence: Duration,
+    /// How long hold suspends the media timeout; `None`: as long as the hold lasts.
+    pub max_hold: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -180,6 +185,7 @@ impl Default for RelayConfig {
             clock_rate: 8000,
             latch_after: 3,
             latch_silence: Duration::from_secs(1),
+            max_hold: None,
         }
     }
 }
@@ -382,7 +388,7 @@ impl Relay {
                 legs: [LegState::new(), LegState::new()],
                 spare: None,
                 replaced: None,
-                hold: false,
+                hold: None,
                 reported: false,
                 shared: Arc::clone(&shared),
                 timeout: timeout_tx,
@@ -956,7 +962,9 @@ struct State {
     spare: Option<LegState>,
     /// Side B's figures at the last promotion.
     replaced: Option<LegStats>,
-    hold: bool,
+    /// On hold since then (the first hold of a continuous one: a hold re-INVITE during the
+    /// hold does not start it again).
+    hold: Option<Instant>,
     /// The timeout has been reported (it is reported once).
     reported: bool,
     shared: Arc<Shared>,
@@ -977,12 +985,16 @@ impl State {
                 }
             }
             Command::Hold(hold) => {
-                if self.hold && !hold {
+                if self.hold.is_some() && !hold {
                     for state in &mut self.legs {
                         state.active = state.active.map(|_| now);
                     }
                 }
-                self.hold = hold;
+                self.hold = match (hold, self.hold) {
+                    (true, Some(since)) => Some(since),
+                    (true, None) => Some(now),
+                    (false, _) => None,
+                };
             }
             // The task's own (they change its sockets).
             Command::AddSpare(_) | Command::PromoteSpare(_) | Command::DropSpare => {}
@@ -1101,13 +1113,19 @@ impl State {
     /// again.
     fn check_timeout(&self, now: Instant) -> Result<MediaTimeout, Instant> {
         let timeout = self.config.media_timeout;
-        if self.hold {
-            return Err(now + timeout);
+        // Media is owed from here on: the start, or the end of the longest hold allowed.
+        let mut owed_from = None;
+        if let Some(held) = self.hold {
+            match self.config.max_hold.map(|max| held + max) {
+                Some(end) if now >= end => owed_from = Some(end),
+                Some(end) => return Err(end.min(now + timeout)),
+                None => return Err(now + timeout),
+            }
         }
+        let active =
+            |leg: Leg| self.legs[leg.index()].active.map(|a| a.max(owed_from.unwrap_or(a)));
         let silent = |leg: Leg| {
-            self.legs[leg.index()]
-                .active
-                .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
+            active(leg).is_some_and(|since| now.saturating_duration_since(since) >= timeout)
         };
         let silent = match (silent(Leg::A), silent(Leg::B)) {
             (true, true) => Silent::Both,
@@ -1115,7 +1133,7 @@ impl State {
             (false, true) => Silent::One(Leg::B),
             (false, false) => {
                 // Not silent: each expected leg's deadline is after now.
-                let next = self.legs.iter().filter_map(|leg| leg.active).min();
+                let next = [Leg::A, Leg::B].into_iter().filter_map(active).min();
                 return Err(next.unwrap_or(now) + timeout);
             }
         };
@@ -1678,6 +1696,28 @@ mod tests {
         let fired = tokio::time::timeout(WAIT, relay.timeout()).await.expect("a timeout");
         assert_eq!(fired.silent, Silent::Both);
         assert!(resumed.elapsed() >= Duration::from_millis(140));
+    }
+
+    #[tokio::test]
+    async fn a_hold_longer_than_max_hold_owes_media_again_and_times_out() {
+        let pool = test_pool(5);
+        let config = RelayConfig {
+            media_timeout: Duration::from_millis(150),
+            max_hold: Some(Duration::from_millis(300)),
+            ..Default::default()
+        };
+        let relay = start(&pool, config);
+        relay.update_remote(Leg::A, Some(SocketAddr::new(LOCALHOST, 9)));
+        relay.update_remote(Leg::B, Some(SocketAddr::new(LOCALHOST, 9)));
+        let held = Instant::now();
+        relay.set_hold(true);
+        // A hold re-INVITE during the hold does not start the allowance again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        relay.set_hold(true);
+        let fired = tokio::time::timeout(WAIT, relay.timeout()).await.expect("a timeout");
+        assert_eq!(fired.silent, Silent::Both);
+        // Not before the hold allowance plus a whole media timeout.
+        assert!(held.elapsed() >= Duration::from_millis(440), "{:?}", held.elapsed());
     }
 
     #[tokio::test]

@@ -120,6 +120,10 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
+    /// How long hold suspends the media timeout; `None`: the whole hold.
+    pub max_hold: Option<Duration>,
+    /// The ceiling on an answered call's length; `None`: none.
+    pub max_call_duration: Option<Duration>,
     pub nonce_ttl: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
@@ -429,6 +433,8 @@ pub async fn serve_until(
         agent_timeout: options.agent_timeout,
         transfer_timeout: options.transfer_timeout,
         media_timeout: options.media_timeout,
+        max_hold: options.max_hold,
+        max_call_duration: options.max_call_duration,
         agent_networks: options.agent_networks.clone(),
         agent_credentials,
         agent_uri: options.agent_uri.clone(),

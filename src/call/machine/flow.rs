@@ -101,7 +101,8 @@ impl Call {
         if self.offer.is_some() && self.relay == Relay::None {
             let (a, b) = self.relay_binds();
             self.relay = Relay::Starting;
-            self.out.push(Action::StartRelay { a, b, media_timeout: self.config.media_timeout });
+            let (media_timeout, max_hold) = (self.config.media_timeout, self.config.max_hold);
+            self.out.push(Action::StartRelay { a, b, media_timeout, max_hold });
         } else {
             self.send_invite(now, leg);
         }
@@ -530,6 +531,7 @@ impl Call {
         self.leg_mut(leg).phase = Phase::Confirmed;
         self.state = State::Answered;
         self.outcome = Some(Outcome::Answered);
+        self.ends_at = self.max_duration.map(|d| now + d);
         let codec = self.chosen.as_ref().map(|c| c.codec);
         let setup = now.saturating_duration_since(self.started);
         self.out.push(Action::Record(Record::Answered { setup, codec }));

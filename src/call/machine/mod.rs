@@ -82,6 +82,11 @@ pub struct CallConfig {
     pub first_response: Duration,
     /// No RTP from a leg of an answered call for this long ends the call (the relay watches).
     pub media_timeout: Duration,
+    /// How long hold suspends the media timeout (`--max-hold`); `None`: the whole hold.
+    pub max_hold: Option<Duration>,
+    /// The longest an answered call may last (`--max-call-duration`), a ceiling for the
+    /// trunks' own `limits.maxCallDurationSeconds`; `None`: no ceiling.
+    pub max_call_duration: Option<Duration>,
     /// The carrier-facing address is a NAT's or load balancer's: relay ports facing carriers
     /// bind every local address.
     pub public_address: Option<IpAddr>,
@@ -97,6 +102,8 @@ impl Default for CallConfig {
             transfer_timeout: TRANSFER_RING,
             first_response: FIRST_RESPONSE,
             media_timeout: Duration::from_secs(30),
+            max_hold: None,
+            max_call_duration: None,
             public_address: None,
             timers: Timers::default(),
             linger: LINGER,
@@ -161,6 +168,9 @@ pub struct Setup {
     pub codecs: Vec<Codec>,
     /// What the call's transfers are decided with (`None`: the agent cannot transfer).
     pub transfer: Option<TransferContext>,
+    /// The trunk's `limits.maxCallDurationSeconds`: the call is hung up that long after its
+    /// answer (or at the gateway's ceiling, whichever is shorter).
+    pub max_duration: Option<Duration>,
 }
 
 /// A call the gateway places itself (the call API, third-party call control as in RFC 3725
@@ -177,6 +187,8 @@ pub struct Placed {
     pub offer: MediaOffer,
     pub codecs: Vec<Codec>,
     pub transfer: Option<TransferContext>,
+    /// As [`Setup::max_duration`].
+    pub max_duration: Option<Duration>,
 }
 
 /// What the driver does for a call, in the order given.
@@ -192,7 +204,7 @@ pub enum Action {
     Resolve { leg: LegId, host: String, port: u16 },
     /// Start the RTP relay, its side A bound on `a`, side B on `b`; answer with
     /// [`Call::on_media_event`] (`Started` or `StartFailed`).
-    StartRelay { a: IpAddr, b: IpAddr, media_timeout: Duration },
+    StartRelay { a: IpAddr, b: IpAddr, media_timeout: Duration, max_hold: Option<Duration> },
     /// Change the relay.
     UpdateRelay(RelayUpdate),
     /// A bridged transfer: build the leg to its destination (the destination's trunk, its
@@ -334,6 +346,10 @@ pub struct Call {
     reoffers: HashMap<ServerKey, Negotiated>,
     state: State,
     started: Instant,
+    /// The trunk's and the gateway's limit on the answered call's length, the shorter.
+    max_duration: Option<Duration>,
+    /// When the answered call reaches it.
+    ends_at: Option<Instant>,
     linger_until: Option<Instant>,
     outcome: Option<Outcome>,
     /// Why the call ended, when the gateway ended it.
@@ -355,12 +371,13 @@ impl Call {
         mut ids: Ids,
         setup: Setup,
     ) -> (Call, Vec<Action>) {
-        let Setup { session_id, origin, dial, offer, codecs, transfer } = setup;
+        let Setup { session_id, origin, dial, offer, codecs, transfer, max_duration } = setup;
         let origin_leg = flow::origin_leg(&mut ids, origin);
         let (dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
         let mut call =
             Call::assemble(now, config, ids, session_id, [origin_leg, dialed], offer, codecs);
         call.transfer = transfer;
+        call.max_duration = shorter(call.config.max_call_duration, max_duration);
         call.begin(now, destination);
         let actions = call.take();
         (call, actions)
@@ -374,7 +391,7 @@ impl Call {
         ids: Ids,
         placed: Placed,
     ) -> (Call, Vec<Action>) {
-        let Placed { session_id, first, then, offer, codecs, transfer } = placed;
+        let Placed { session_id, first, then, offer, codecs, transfer, max_duration } = placed;
         let mut ids = ids;
         let (first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
         let (then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
@@ -382,6 +399,7 @@ impl Call {
             Call::assemble(now, config, ids, session_id, [first, then], Some(offer), codecs);
         call.then = Some(then_destination);
         call.transfer = transfer;
+        call.max_duration = shorter(call.config.max_call_duration, max_duration);
         match first_destination {
             Destination::Address(address) => call.resolved(now, LegId(0), address),
             Destination::Lookup { host, port } => {
@@ -424,6 +442,8 @@ impl Call {
             reoffers: HashMap::new(),
             state: State::Setup,
             started: now,
+            max_duration: None,
+            ends_at: None,
             linger_until: None,
             outcome: None,
             hangup_reason: None,
@@ -547,7 +567,8 @@ impl Call {
         let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
         let legs = self.legs.iter().filter_map(|l| l.deadline);
         let referring = self.referring_until();
-        let all = servers.chain(clients).chain(pending).chain(legs).chain(referring);
+        let ends = self.ends_at.filter(|_| self.state == State::Answered);
+        let all = servers.chain(clients).chain(pending).chain(legs).chain(referring).chain(ends);
         all.chain(self.linger_until).min()
     }
 
@@ -568,6 +589,14 @@ impl Call {
     fn referring_until(&self) -> Option<Instant> {
         let up = self.state == State::Answered;
         self.referring.as_ref().filter(|_| up).map(|r| r.until)
+    }
+
+    /// The answered call reached its maximum duration: hung up on both legs.
+    pub(super) fn duration_reached(&mut self, now: Instant) {
+        let Some(max) = self.max_duration else { return };
+        tracing::info!(session = %self.session_id, seconds = max.as_secs(), "maximum call duration reached");
+        self.hangup_reason = Some(format!("maximum call duration reached ({} s)", max.as_secs()));
+        self.hang_up_both(now);
     }
 
     fn take(&mut self) -> Vec<Action> {
@@ -670,3 +699,11 @@ fn map_failure(status: u16) -> (u16, Outcome) {
 
 /// Our side of a relayed SDP answer or offer: checked and rewritten, or why not.
 type SdpResult = Result<Option<bytes::Bytes>, u16>;
+
+/// The shorter of two optional limits (`None` is no limit).
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -102,6 +102,16 @@ pub(super) fn start_with_credentials(
     destination: Destination,
     credentials: Option<crate::config::secret::BasicAuth>,
 ) -> (Script, Vec<Action>) {
+    start_limited(sdp, destination, credentials, None)
+}
+
+/// As [`start_with_credentials`], on a trunk whose calls may last `max_duration`.
+pub(super) fn start_limited(
+    sdp: Option<&str>,
+    destination: Destination,
+    credentials: Option<crate::config::secret::BasicAuth>,
+    max_duration: Option<Duration>,
+) -> (Script, Vec<Action>) {
     let invite = carrier_invite(sdp);
     let codecs = vec![Codec::Pcmu];
     let offer = match sdp {
@@ -155,6 +165,7 @@ pub(super) fn start_with_credentials(
         offer,
         codecs,
         transfer: Some(transfer_context()),
+        max_duration,
     };
     let t0 = Instant::now();
     let config = CallConfig { ring_timeout: Duration::from_secs(20), ..CallConfig::default() };
@@ -164,7 +175,15 @@ pub(super) fn start_with_credentials(
 
 /// A call whose INVITE has reached the agent (relay started when there is an offer).
 pub(super) fn inviting(sdp: Option<&str>) -> (Script, Request, Vec<Action>) {
-    let (mut s, mut actions) = start_with(sdp, Destination::Address(addr(AGENT)));
+    inviting_limited(sdp, None)
+}
+
+fn inviting_limited(
+    sdp: Option<&str>,
+    max_duration: Option<Duration>,
+) -> (Script, Request, Vec<Action>) {
+    let (mut s, mut actions) =
+        start_limited(sdp, Destination::Address(addr(AGENT)), None, max_duration);
     if actions.iter().any(|a| matches!(a, Action::StartRelay { .. })) {
         actions
             .extend(s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B }));
@@ -175,7 +194,12 @@ pub(super) fn inviting(sdp: Option<&str>) -> (Script, Request, Vec<Action>) {
 
 /// A call the agent answered and the carrier acknowledged.
 pub(super) fn answered() -> (Script, Request, Response) {
-    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    answered_limited(None)
+}
+
+/// As [`answered`], on a trunk whose calls may last `max_duration`.
+pub(super) fn answered_limited(max_duration: Option<Duration>) -> (Script, Request, Response) {
+    let (mut s, invite, _) = inviting_limited(Some(&offer_sdp(4000, "sendrecv")), max_duration);
     s.agent_responds(&invite, 180, None);
     let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
     let ok = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200).unwrap();

@@ -357,6 +357,36 @@ fn an_answered_call_without_rtp_is_hung_up_with_the_reason_recorded() {
 }
 
 #[test]
+fn an_answered_call_is_hung_up_on_both_legs_at_its_trunks_maximum_duration() {
+    let (mut s, _, _) = answered_limited(Some(Duration::from_secs(60)));
+    // The driver is woken by then at the latest (transaction timers may come earlier).
+    assert!(s.call.next_deadline().is_some_and(|d| d <= s.t0 + Duration::from_secs(60)));
+    s.timer(40_000);
+    let actions = s.timer(59_999);
+    assert!(methods(&actions, CARRIER_LEG).is_empty() && ended(&actions).is_none());
+    let actions = s.timer(60_000);
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    let e = ended(&actions).unwrap();
+    assert_eq!(e.reason.as_deref(), Some("maximum call duration reached (60 s)"));
+    assert_eq!((e.outcome, e.hung_up_by), (Some(Outcome::Answered), None));
+}
+
+#[test]
+fn the_gateways_ceiling_and_the_trunks_limit_the_shorter_wins() {
+    let secs = |n| Some(Duration::from_secs(n));
+    assert_eq!(shorter(secs(14_400), secs(60)), secs(60));
+    assert_eq!(shorter(secs(30), secs(60)), secs(30));
+    assert_eq!(shorter(None, secs(60)), secs(60));
+    assert_eq!(shorter(secs(14_400), None), secs(14_400));
+    assert_eq!(shorter(None, None), None);
+    // Without a limit an answered call has no deadline of its own once its transactions end.
+    let (mut s, _, _) = answered();
+    s.timer(40_000);
+    assert_eq!(s.call.next_deadline(), None);
+}
+
+#[test]
 fn a_media_timeout_before_the_answer_changes_nothing() {
     let (mut s, _, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
     let event = MediaEvent::Timeout { silent: Silent::Both, after: Duration::from_secs(30) };
@@ -613,6 +643,7 @@ fn placed() -> (Script, Request) {
         offer: MediaOffer { sdp, negotiated, delayed: false },
         codecs,
         transfer: None,
+        max_duration: None,
     };
     let t0 = std::time::Instant::now();
     let (call, actions) = Call::place(t0, CallConfig::default(), Ids::seeded(3), placed);

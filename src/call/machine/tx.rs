@@ -354,6 +354,9 @@ impl Call {
         if self.referring_until().is_some_and(|until| until <= now) {
             self.refer_expired(now);
         }
+        if self.state == super::State::Answered && self.ends_at.is_some_and(|end| end <= now) {
+            self.duration_reached(now);
+        }
     }
 
     pub(super) fn retransmit_2xx(&mut self, now: Instant) {
