@@ -395,6 +395,11 @@ struct ServeArgs {
     /// the trunks' `limits.maxCallDurationSeconds`. `0`: no ceiling.
     #[arg(long, value_name = "SECS", default_value = "14400", value_parser = parse_seconds)]
     max_call_duration: Duration,
+    /// The smallest session interval (RFC 4028 `Min-SE`) accepted from a peer that asks for
+    /// session timers: a smaller `Session-Expires` gets 422. RFC 4028 says at least 90; lower
+    /// only for tests.
+    #[arg(long, value_name = "SECS", default_value = "90", value_parser = clap::value_parser!(u32).range(1..))]
+    min_session_expires: u32,
     /// Seconds to let calls finish after SIGTERM before exiting (new calls get 503 meanwhile);
     /// `30` or `30s`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -466,6 +471,7 @@ impl ServeArgs {
             media_timeout: self.media_timeout.max(Duration::from_secs(1)),
             max_hold: Some(self.max_hold).filter(|d| !d.is_zero()),
             max_call_duration: Some(self.max_call_duration).filter(|d| !d.is_zero()),
+            min_session_expires: self.min_session_expires,
             nonce_ttl: self.nonce_ttl,
             digest_algorithms: self.digest_algorithms,
             agent_networks: self.agent_networks,

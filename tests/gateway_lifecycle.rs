@@ -126,6 +126,43 @@ fn an_answered_call_is_hung_up_at_the_maximum_call_duration() {
     assert!(record["durationMs"].as_u64().is_some_and(|ms| ms >= 1000), "{record:#}");
 }
 
+#[test]
+fn a_carrier_that_asks_for_a_session_timer_and_never_refreshes_is_hung_up() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    // RFC 4028's 90 s minimum lowered so the session is over in 2 s (3 - min(32, 3/3)).
+    let options = GatewayOptions::default().arg("--min-session-expires").arg("1");
+    let gateway = Gateway::start(specs.path(), options);
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-timeout", "20"]);
+    let started = Instant::now();
+    uac("carrier_session_timer.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "20"])
+        .assert_success();
+    agent.wait().assert_success();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
+    let log = gateway.log_text();
+    assert!(log.contains("session timer expired"), "{log}");
+
+    // A session interval below Min-SE is 422 with the gateway's Min-SE (RFC 4028 §8.1).
+    let strict = Gateway::start(
+        Specs::new().with(address_trunk(free_port())).path(),
+        GatewayOptions::default(),
+    );
+    let raw = support::net::RawUdp::bind();
+    let invite = format!(
+        "INVITE sip:{NUMBER}@{0} SIP/2.0\r\nVia: SIP/2.0/UDP {1};branch=z9hG4bK-se-1\r\n\
+         From: <sip:+12025550123@127.0.0.1>;tag=a\r\nTo: <sip:{NUMBER}@{0}>\r\n\
+         Call-ID: se-too-small\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{1}>\r\n\
+         Max-Forwards: 70\r\nSupported: timer\r\nSession-Expires: 30\r\n\
+         Content-Length: 0\r\n\r\n",
+        strict.udp(),
+        raw.local_addr()
+    );
+    let got = raw.exchange(strict.udp(), invite.as_bytes(), 422, Duration::from_secs(5));
+    let answer = got.iter().find(|m| m.starts_with("SIP/2.0 422 ")).expect("a 422");
+    assert!(answer.contains("Min-SE: 90"), "{answer}");
+}
+
 /// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
 fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
     let path = state.join(&format!("credentials/voice/{trunk}.yaml"));

@@ -21,6 +21,7 @@ use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::digest::{Credentials, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
+use crate::sip::session_timer;
 use crate::sip::transaction::MAGIC_COOKIE;
 use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 
@@ -255,18 +256,25 @@ impl Gateway {
             return self.refuse_in(zone, &request, &source, RefusalRule::TooManyHops, None, &[]);
         }
         // RFC 3261 §8.2.2.3: extensions the caller requires and we do not support (we support
-        // none yet, not even 100rel) are named in Unsupported with a 420.
+        // `timer`, RFC 4028, and no other, not even 100rel) are named in Unsupported with a 420.
         let required: Vec<&str> = request
             .headers
             .get_all(name::REQUIRE)
             .chain(request.headers.get_all("Proxy-Require"))
             .flat_map(msg::split_list)
+            .filter(|o| !o.eq_ignore_ascii_case("timer"))
             .collect();
         if !required.is_empty() {
             let unsupported = required.join(", ");
             let unsupported = [("Unsupported", unsupported)];
             let rule = RefusalRule::BadExtension;
             return self.refuse_in(zone, &request, &source, rule, None, &unsupported);
+        }
+        // RFC 4028 §8.1: a session interval below ours is 422 with our Min-SE.
+        let min_se = self.services.call_config.min_session_expires;
+        if let session_timer::Ask::TooSmall { min } = session_timer::ask(&request.headers, min_se) {
+            let extra = [(session_timer::MIN_SE, min.to_string())];
+            return self.reply_status(&request, &source, 422, &extra);
         }
         let (table, config) = {
             let snapshot = self.snapshot.borrow();

@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub max_hold: Option<Duration>,
     /// The ceiling on an answered call's length; `None`: none.
     pub max_call_duration: Option<Duration>,
+    /// The smallest session interval accepted (`Min-SE`).
+    pub min_session_expires: u32,
     /// Networks the agent-facing listener takes new calls from (`--agent-networks`).
     pub agent_networks: Vec<ipnet::IpNet>,
     /// The agent runtime's digest credentials, when its INVITEs must answer a challenge.
@@ -64,6 +66,7 @@ impl Default for GatewayConfig {
             media_timeout: Duration::from_secs(30),
             max_hold: None,
             max_call_duration: None,
+            min_session_expires: crate::sip::session_timer::RFC_MIN_SE,
             agent_networks: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|n| n.parse().ok())
@@ -136,6 +139,7 @@ impl CallServices {
             media_timeout: config.media_timeout,
             max_hold: config.max_hold,
             max_call_duration: config.max_call_duration,
+            min_session_expires: config.min_session_expires,
             public_address: config.public_address,
             ..CallConfig::default()
         };

@@ -124,6 +124,8 @@ pub struct ServeOptions {
     pub max_hold: Option<Duration>,
     /// The ceiling on an answered call's length; `None`: none.
     pub max_call_duration: Option<Duration>,
+    /// The smallest session interval (RFC 4028 `Min-SE`) accepted.
+    pub min_session_expires: u32,
     pub nonce_ttl: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
@@ -435,6 +437,7 @@ pub async fn serve_until(
         media_timeout: options.media_timeout,
         max_hold: options.max_hold,
         max_call_duration: options.max_call_duration,
+        min_session_expires: options.min_session_expires,
         agent_networks: options.agent_networks.clone(),
         agent_credentials,
         agent_uri: options.agent_uri.clone(),

@@ -8,6 +8,7 @@ pub mod digest;
 pub mod digest_client;
 pub mod msg;
 pub mod resolve;
+pub mod session_timer;
 pub mod tls_client;
 pub mod transaction;
 pub mod transport;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::observe::metrics::Outcome;
 use crate::sip::digest_client;
 use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, name};
+use crate::sip::session_timer;
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
 
@@ -536,8 +537,15 @@ impl Call {
         let setup = now.saturating_duration_since(self.started);
         self.out.push(Action::Record(Record::Answered { setup, codec }));
         let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
+        if let Some(request) = &self.leg(Call::ORIGIN).invite_request
+            && let session_timer::Ask::Refreshed { interval } =
+                session_timer::ask(&request.headers, self.config.min_session_expires)
+        {
+            self.session = Some((interval, now + session_timer::expiry(interval)));
+        }
         if let Some(mut out) = self.response_for(&key, 200) {
             self.origin_dialog_headers(&mut out);
+            self.session_refreshed(now, &mut out);
             out.headers.push(name::ALLOW, super::ALLOW);
             out.headers.push(name::SERVER, self.config.user_agent.as_str());
             if let Some(body) = body {

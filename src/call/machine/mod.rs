@@ -84,6 +84,8 @@ pub struct CallConfig {
     pub media_timeout: Duration,
     /// How long hold suspends the media timeout (`--max-hold`); `None`: the whole hold.
     pub max_hold: Option<Duration>,
+    /// The smallest session interval accepted (`Min-SE`, RFC 4028; 90 s by the RFC).
+    pub min_session_expires: u32,
     /// The longest an answered call may last (`--max-call-duration`), a ceiling for the
     /// trunks' own `limits.maxCallDurationSeconds`; `None`: no ceiling.
     pub max_call_duration: Option<Duration>,
@@ -103,6 +105,7 @@ impl Default for CallConfig {
             first_response: FIRST_RESPONSE,
             media_timeout: Duration::from_secs(30),
             max_hold: None,
+            min_session_expires: crate::sip::session_timer::RFC_MIN_SE,
             max_call_duration: None,
             public_address: None,
             timers: Timers::default(),
@@ -350,6 +353,9 @@ pub struct Call {
     max_duration: Option<Duration>,
     /// When the answered call reaches it.
     ends_at: Option<Instant>,
+    /// The origin's session timer (RFC 4028), refreshed by the origin: the interval in
+    /// seconds and when the session is over without another refresh.
+    session: Option<(u32, Instant)>,
     linger_until: Option<Instant>,
     outcome: Option<Outcome>,
     /// Why the call ended, when the gateway ended it.
@@ -444,6 +450,7 @@ impl Call {
             started: now,
             max_duration: None,
             ends_at: None,
+            session: None,
             linger_until: None,
             outcome: None,
             hangup_reason: None,
@@ -567,7 +574,8 @@ impl Call {
         let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
         let legs = self.legs.iter().filter_map(|l| l.deadline);
         let referring = self.referring_until();
-        let ends = self.ends_at.filter(|_| self.state == State::Answered);
+        let ends = self.ends_at.into_iter().chain(self.session.map(|(_, at)| at));
+        let ends = ends.filter(|_| self.state == State::Answered);
         let all = servers.chain(clients).chain(pending).chain(legs).chain(referring).chain(ends);
         all.chain(self.linger_until).min()
     }
@@ -597,6 +605,26 @@ impl Call {
         tracing::info!(session = %self.session_id, seconds = max.as_secs(), "maximum call duration reached");
         self.hangup_reason = Some(format!("maximum call duration reached ({} s)", max.as_secs()));
         self.hang_up_both(now);
+    }
+
+    /// The origin did not refresh its session in time (RFC 4028 §10): hung up on both legs.
+    pub(super) fn session_expired(&mut self, now: Instant) {
+        let Some((interval, _)) = self.session.take() else { return };
+        tracing::info!(session = %self.session_id, interval, "session timer expired: no refresh");
+        self.hangup_reason = Some(format!("session timer expired: no refresh in {interval} s"));
+        self.hang_up_both(now);
+    }
+
+    /// A 2xx toward the origin that answers its INVITE or a refresh: the session timer's
+    /// headers, and the session runs for another interval.
+    pub(super) fn session_refreshed(&mut self, now: Instant, out: &mut crate::sip::msg::Response) {
+        let Some((interval, _)) = self.session else { return };
+        out.headers.push(
+            crate::sip::session_timer::SESSION_EXPIRES,
+            crate::sip::session_timer::answer(interval),
+        );
+        out.headers.push(crate::sip::msg::name::REQUIRE, "timer");
+        self.session = Some((interval, now + crate::sip::session_timer::expiry(interval)));
     }
 
     fn take(&mut self) -> Vec<Action> {

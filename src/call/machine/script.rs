@@ -102,7 +102,7 @@ pub(super) fn start_with_credentials(
     destination: Destination,
     credentials: Option<crate::config::secret::BasicAuth>,
 ) -> (Script, Vec<Action>) {
-    start_limited(sdp, destination, credentials, None)
+    start_limited(sdp, destination, credentials, None, &[])
 }
 
 /// As [`start_with_credentials`], on a trunk whose calls may last `max_duration`.
@@ -111,8 +111,12 @@ pub(super) fn start_limited(
     destination: Destination,
     credentials: Option<crate::config::secret::BasicAuth>,
     max_duration: Option<Duration>,
+    extra: &[(&str, &str)],
 ) -> (Script, Vec<Action>) {
-    let invite = carrier_invite(sdp);
+    let mut invite = carrier_invite(sdp);
+    for (n, v) in extra {
+        invite.headers.push(n, *v);
+    }
     let codecs = vec![Codec::Pcmu];
     let offer = match sdp {
         Some(text) => {
@@ -175,15 +179,16 @@ pub(super) fn start_limited(
 
 /// A call whose INVITE has reached the agent (relay started when there is an offer).
 pub(super) fn inviting(sdp: Option<&str>) -> (Script, Request, Vec<Action>) {
-    inviting_limited(sdp, None)
+    inviting_limited(sdp, None, &[])
 }
 
 fn inviting_limited(
     sdp: Option<&str>,
     max_duration: Option<Duration>,
+    extra: &[(&str, &str)],
 ) -> (Script, Request, Vec<Action>) {
     let (mut s, mut actions) =
-        start_limited(sdp, Destination::Address(addr(AGENT)), None, max_duration);
+        start_limited(sdp, Destination::Address(addr(AGENT)), None, max_duration, extra);
     if actions.iter().any(|a| matches!(a, Action::StartRelay { .. })) {
         actions
             .extend(s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B }));
@@ -199,7 +204,16 @@ pub(super) fn answered() -> (Script, Request, Response) {
 
 /// As [`answered`], on a trunk whose calls may last `max_duration`.
 pub(super) fn answered_limited(max_duration: Option<Duration>) -> (Script, Request, Response) {
-    let (mut s, invite, _) = inviting_limited(Some(&offer_sdp(4000, "sendrecv")), max_duration);
+    answered_asking(max_duration, &[])
+}
+
+/// As [`answered_limited`], the carrier's INVITE with `extra` headers too.
+pub(super) fn answered_asking(
+    max_duration: Option<Duration>,
+    extra: &[(&str, &str)],
+) -> (Script, Request, Response) {
+    let (mut s, invite, _) =
+        inviting_limited(Some(&offer_sdp(4000, "sendrecv")), max_duration, extra);
     s.agent_responds(&invite, 180, None);
     let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
     let ok = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200).unwrap();

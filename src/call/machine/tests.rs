@@ -386,6 +386,42 @@ fn the_gateways_ceiling_and_the_trunks_limit_the_shorter_wins() {
     assert_eq!(s.call.next_deadline(), None);
 }
 
+const ASKS_TIMER: &[(&str, &str)] = &[("Supported", "timer"), ("Session-Expires", "90")];
+
+#[test]
+fn a_carrier_asking_for_session_timers_refreshes_and_one_that_stops_is_hung_up() {
+    let (mut s, _, ok) = answered_asking(None, ASKS_TIMER);
+    // The 2xx names the carrier as refresher and requires the extension (RFC 4028 §9).
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+    // A refresh (UPDATE) at 40 s, relayed and accepted: the session runs another interval.
+    s.at(40_000);
+    let update = in_dialog_from_carrier(&ok, "UPDATE", 2, "z9hG4bKrefresh1");
+    let actions = s.carrier_sends(update);
+    let relayed = requests_to(&actions, AGENT_LEG).into_iter().next().expect("relayed UPDATE");
+    let actions = s.agent_responds(&relayed, 200, None);
+    let answer = responses_to(&actions, CARRIER_LEG).into_iter().next().expect("the 200");
+    assert_eq!(answer.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    // Without the refresh the session would have ended at 60 s (90 - 30).
+    let actions = s.timer(61_000);
+    assert!(ended(&actions).is_none(), "refreshed at 40 s: over at 100 s, not 60 s");
+    let actions = s.timer(99_999);
+    assert!(ended(&actions).is_none());
+    let actions = s.timer(100_000);
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    let e = ended(&actions).unwrap();
+    assert_eq!(e.reason.as_deref(), Some("session timer expired: no refresh in 90 s"));
+}
+
+#[test]
+fn no_session_timer_without_the_carriers_support() {
+    let (mut s, _, ok) = answered_asking(None, &[("Session-Expires", "90")]);
+    assert_eq!(ok.headers.get("Session-Expires"), None);
+    assert_eq!(ok.headers.get("Require"), None);
+    assert!(ended(&s.timer(600_000)).is_none());
+}
+
 #[test]
 fn a_media_timeout_before_the_answer_changes_nothing() {
     let (mut s, _, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));

@@ -1,0 +1,132 @@
+//! Session timers (RFC 4028) as the UAS of a call's first leg: what the INVITE asks for, the
+//! answer the gateway gives, and when a session nobody refreshed is over. Pure: the call
+//! machine keeps the deadline and the front door sends the 422.
+//!
+//! The gateway never originates refreshes: toward a peer that supports `timer` it answers
+//! `Session-Expires: N;refresher=uac` with `Require: timer` (RFC 4028 §9 lets the UAS pick the
+//! UAC as refresher when the UAC supports the extension), so the peer refreshes with a
+//! re-INVITE or UPDATE, which the call relays as any other; without a refresh by
+//! `N - min(32, N/3)` (§10) both legs are hung up. A peer that does not support `timer` gets no
+//! session timer (the media timeout and the maximum call duration still end a call whose peer
+//! vanished).
+
+use std::time::Duration;
+
+use super::msg::Headers;
+
+/// `Session-Expires` and its compact form `x`.
+pub const SESSION_EXPIRES: &str = "Session-Expires";
+/// `Min-SE`.
+pub const MIN_SE: &str = "Min-SE";
+/// `Supported` and its compact form `k`.
+pub const SUPPORTED: &str = "Supported";
+/// RFC 4028's own minimum for `Min-SE` (§4): 90 seconds.
+pub const RFC_MIN_SE: u32 = 90;
+
+/// What the INVITE's session timer headers ask of the UAS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// No session timer (no `Session-Expires`, or the UAC does not support `timer`).
+    None,
+    /// `Session-Expires` below our `Min-SE`: answer 422 with `Min-SE: min`.
+    TooSmall { min: u32 },
+    /// A session timer of `interval` seconds, refreshed by the UAC.
+    Refreshed { interval: u32 },
+}
+
+/// What an INVITE (initial or refresh) asks for, with `min_se` the smallest interval accepted
+/// (the larger of ours and the request's own `Min-SE`).
+pub fn ask(headers: &Headers, min_se: u32) -> Ask {
+    let Some(expires) = header(headers, SESSION_EXPIRES, "x").and_then(parse_delta) else {
+        return Ask::None;
+    };
+    let theirs = header(headers, MIN_SE, MIN_SE).and_then(parse_delta).unwrap_or(0);
+    let min = min_se.max(theirs);
+    if expires < min {
+        return Ask::TooSmall { min };
+    }
+    let supported = headers
+        .get_all(SUPPORTED)
+        .chain(headers.get_all("k"))
+        .flat_map(|v| v.split(','))
+        .any(|o| o.trim().eq_ignore_ascii_case("timer"));
+    if supported { Ask::Refreshed { interval: expires } } else { Ask::None }
+}
+
+/// The `Session-Expires` of the 2xx toward a UAC that refreshes.
+pub fn answer(interval: u32) -> String {
+    format!("{interval};refresher=uac")
+}
+
+/// When a session of `interval` seconds refreshed at `t` is over without another refresh:
+/// `interval - min(32, interval / 3)` after it (RFC 4028 §10).
+pub fn expiry(interval: u32) -> Duration {
+    Duration::from_secs(u64::from(interval - (interval / 3).min(32)))
+}
+
+fn header<'a>(headers: &'a Headers, long: &str, compact: &str) -> Option<&'a str> {
+    headers.get(long).or_else(|| headers.get(compact))
+}
+
+/// `delta-seconds *(;param)`: the delta, when it is one (at most 2^32-1, RFC 4028 §4).
+fn parse_delta(value: &str) -> Option<u32> {
+    let delta = value.split(';').next()?.trim();
+    if delta.is_empty() || !delta.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    delta.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::new();
+        for (n, v) in list {
+            h.push(n, *v);
+        }
+        h
+    }
+
+    #[test]
+    fn a_uac_that_supports_timer_refreshes_at_the_interval_it_asked() {
+        let h =
+            headers(&[("Supported", "100rel, timer"), ("Session-Expires", "1800;refresher=uac")]);
+        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 1800 });
+        // Compact forms, and refresher=uas asked for: the gateway still picks uac (§9).
+        let h = headers(&[("k", "timer"), ("x", "600;refresher=uas")]);
+        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 600 });
+        assert_eq!(answer(600), "600;refresher=uac");
+    }
+
+    #[test]
+    fn too_small_an_interval_is_422_with_the_larger_min_se() {
+        let h = headers(&[("Supported", "timer"), ("Session-Expires", "60")]);
+        assert_eq!(ask(&h, 90), Ask::TooSmall { min: 90 });
+        let h = headers(&[("Supported", "timer"), ("Session-Expires", "100"), ("Min-SE", "120")]);
+        assert_eq!(ask(&h, 90), Ask::TooSmall { min: 120 });
+        // Even without `Supported: timer` the interval is checked (§8.1: a proxy may have
+        // inserted it).
+        let h = headers(&[("Session-Expires", "30")]);
+        assert_eq!(ask(&h, 90), Ask::TooSmall { min: 90 });
+    }
+
+    #[test]
+    fn no_timer_without_session_expires_or_support_or_with_garbage() {
+        assert_eq!(ask(&headers(&[("Supported", "timer")]), 90), Ask::None);
+        assert_eq!(ask(&headers(&[("Session-Expires", "1800")]), 90), Ask::None);
+        for bad in ["", "abc", "-5", "1e3", "99999999999999999999", " ;refresher=uac"] {
+            let h = headers(&[("Supported", "timer"), ("Session-Expires", bad)]);
+            assert_eq!(ask(&h, 90), Ask::None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_session_ends_a_third_before_the_interval_at_most_32_seconds_before() {
+        assert_eq!(expiry(90), Duration::from_secs(60));
+        assert_eq!(expiry(1800), Duration::from_secs(1768));
+        assert_eq!(expiry(3), Duration::from_secs(2));
+        assert_eq!(expiry(1), Duration::from_secs(1));
+    }
+}
