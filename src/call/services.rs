@@ -129,6 +129,7 @@ impl CallServices {
             transfer_timeout: config.transfer_timeout,
             media_timeout: config.media_timeout,
             public_address: config.public_address,
+            agent_networks: config.agent_networks.clone(),
             ..CallConfig::default()
         };
         Arc::new(CallServices {

@@ -165,9 +165,12 @@ fn bye_from_the_agent_after_the_answer_hangs_up_the_carrier() {
 #[test]
 fn bye_from_the_carrier_while_the_agent_rings_cancels_the_agent() {
     let (mut s, invite, _) = inviting(None);
-    s.agent_responds(&invite, 180, None);
+    let actions = s.agent_responds(&invite, 180, None);
+    // The early dialog our 180 made (RFC 3261 §15): its To tag is ours.
+    let ringing = responses_to(&actions, CARRIER_LEG).remove(0);
     let mut bye = carrier_invite(None);
     bye.method = Method::Bye;
+    bye.headers.set(name::TO, ringing.headers.get(name::TO).unwrap());
     bye.headers.set(name::CSEQ, "2 BYE");
     bye.headers.set(name::VIA, format!("SIP/2.0/UDP {CARRIER};branch=z9hG4bKearlybye"));
     let actions = s.carrier_sends(bye);
