@@ -1,10 +1,13 @@
 //! The gateway's front door: every message the transports receive comes here. Messages of a
-//! call in progress go to that call's task (found by Call-ID); a new INVITE is decided here,
-//! statelessly until it is admitted (DESIGN §4): draining, authentication (407 challenge, 403),
-//! the matcher (`config::lookup`: trunk, address, transport, number, caller, agent), admission
-//! limits (503 + Retry-After). Only an admitted INVITE gets a call task and a transaction, so a
-//! flood of unauthenticated INVITEs costs a hash and a stateless answer each, as in Kamailio's
-//! `sl_send_reply`. OPTIONS outside a dialog are answered here (carriers' keep-alives).
+//! call in progress go to that call's task (found by Call-ID), which takes a request only if it
+//! is one of its dialogs' (both tags, CSeq order, the leg's zone and peer address: see
+//! `machine::Leg::owns` and `Leg::signals_from`) and answers the rest 481; a new INVITE is
+//! decided here, statelessly until it is admitted (DESIGN §4): draining, authentication (407
+//! challenge, 403), the matcher (`config::lookup`: trunk, address, transport, number, caller,
+//! agent), admission limits (503 + Retry-After). Only an admitted INVITE gets a call task and a
+//! transaction, so a flood of unauthenticated INVITEs costs a hash and a stateless answer each,
+//! as in Kamailio's `sl_send_reply`. OPTIONS outside a dialog are answered here (carriers'
+//! keep-alives).
 //!
 //! Called by the transports (as their [`Sink`]); `trunkline run` builds it.
 

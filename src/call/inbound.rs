@@ -129,7 +129,14 @@ pub fn setup(
     let (headers, contract) = agent_headers(prefix, &invite, route, &session_id, &caller);
     let setup = Setup {
         session_id,
-        origin: Origin { role: Role::Carrier, invite, source, local: carrier_local },
+        origin: Origin {
+            role: Role::Carrier,
+            invite,
+            source,
+            local: carrier_local,
+            // A carrier with several edge nodes may end the call from another one of them.
+            trusted: route.trunk.allowed_addresses.clone(),
+        },
         dial: Dial {
             role: Role::Agent,
             dialog,

@@ -123,7 +123,8 @@ pub fn setup(
     let dial = carrier_dial(ids, route, carrier_local, agent_x_headers(prefix, &invite));
     Setup {
         session_id,
-        origin: Origin { role: Role::Agent, invite, source, local: agent_local },
+        // The agent networks are trusted for every agent leg (`CallConfig::agent_networks`).
+        origin: Origin { role: Role::Agent, invite, source, local: agent_local, trusted: vec![] },
         dial,
         offer,
         codecs: route.trunk.codecs.clone(),

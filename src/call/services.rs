@@ -141,6 +141,7 @@ impl CallServices {
             max_call_duration: config.max_call_duration,
             min_session_expires: config.min_session_expires,
             public_address: config.public_address,
+            agent_networks: config.agent_networks.clone(),
             ..CallConfig::default()
         };
         Arc::new(CallServices {

@@ -168,14 +168,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// A UDP socket on 127.0.0.1 for hand-made SIP datagrams.
+/// A UDP socket on 127.0.0.1 (or another loopback address) for hand-made SIP datagrams.
 pub struct RawUdp {
     socket: UdpSocket,
 }
 
 impl RawUdp {
     pub fn bind() -> RawUdp {
-        let socket = UdpSocket::bind((LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        RawUdp::bind_ip(LOCALHOST)
+    }
+
+    /// A socket on another loopback address (`127.0.0.2`...): a second host as the gateway
+    /// sees it (a spoofer beside the carrier at 127.0.0.1).
+    pub fn bind_ip(ip: Ipv4Addr) -> RawUdp {
+        assert!(ip.is_loopback(), "test sockets stay on 127.0.0.0/8, not {ip}");
+        let socket = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         RawUdp { socket }
     }
 

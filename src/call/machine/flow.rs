@@ -11,13 +11,15 @@ use crate::sip::session_timer;
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
 
-use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Phase, Side};
+use ipnet::IpNet;
+
+use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Mismatch, Phase, Role, Side};
 use super::tx::{Purpose, ServerMachine, ServerTx, key_of_request, key_of_response, reliability};
 use super::{ALLOW, Action, Call, Destination, Origin, Record, Relay, State, map_failure};
 
 /// The origin leg, from the INVITE that starts the call.
 pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
-    let Origin { role, invite, source, local } = origin;
+    let Origin { role, invite, source, local, trusted } = origin;
     let from = invite.from().unwrap_or_else(|| NameAddr {
         display: None,
         uri: "sip:anonymous@anonymous.invalid".into(),
@@ -46,6 +48,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         local,
     };
     let key = key_of_request(&invite);
+    let remote_cseq = invite.cseq().map(|(n, _)| n);
     Leg {
         id: Call::ORIGIN,
         role,
@@ -59,6 +62,8 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         deadline: None,
         auth: Default::default(),
         invite_headers: Vec::new(),
+        remote_cseq,
+        trusted,
     }
 }
 
@@ -588,15 +593,44 @@ impl Call {
         }
     }
 
-    /// Which leg a request belongs to, if its dialog identifiers are one of this call's.
-    fn leg_of(&self, req: &Request) -> Option<LegId> {
-        let call_id = req.call_id()?;
+    /// Which leg an in-dialog request belongs to (RFC 3261 §12.2.2): the leg whose Call-ID and
+    /// tags it carries ([`Leg::owns`]), if it comes from that leg's zone and peer
+    /// ([`Call::check_source`]).
+    fn match_dialog(&self, req: &Request, source: &Source) -> Result<LegId, Mismatch> {
+        let call_id = req.call_id().ok_or(Mismatch::NoDialog)?;
         let from_tag = req.from().and_then(|f| f.tag().map(str::to_string));
         let to_tag = req.to().and_then(|t| t.tag().map(str::to_string));
-        self.legs
+        let leg = self
+            .legs
             .iter()
             .find(|l| l.owns(call_id, from_tag.as_deref(), to_tag.as_deref()))
-            .map(|l| l.id)
+            .ok_or(Mismatch::NoDialog)?;
+        self.check_source(leg.id, source)?;
+        Ok(leg.id)
+    }
+
+    /// Whether `source` is where `leg`'s peer signals from ([`Leg::signals_from`]); an agent
+    /// leg's peer may also use any address of the agent networks.
+    fn check_source(&self, leg: LegId, source: &Source) -> Result<(), Mismatch> {
+        let l = self.leg(leg);
+        let agents: &[IpNet] =
+            if l.role == Role::Agent { &self.config.agent_networks } else { &[] };
+        l.signals_from(source, agents)
+    }
+
+    /// A request that is not the call's, answered as `mismatch` says (an ACK gets nothing)
+    /// and without any other effect.
+    fn refuse_request(&mut self, req: &Request, source: &Source, mismatch: Mismatch) {
+        tracing::debug!(
+            session = %self.session_id,
+            method = %req.method,
+            remote = %source.remote,
+            reason = mismatch.as_str(),
+            "an in-dialog request refused"
+        );
+        if req.method != Method::Ack {
+            self.reply_stateless(req, source, mismatch.status_code());
+        }
     }
 
     pub(super) fn on_request(&mut self, now: Instant, req: Request, source: Source) {
@@ -607,24 +641,34 @@ impl Call {
             return;
         };
         if req.method == Method::Ack {
-            return self.on_ack(now, &key, &req);
+            return self.on_ack(now, &key, &req, &source);
         }
-        if let Some(tx) = self.servers.get_mut(&key) {
-            // A retransmission.
-            let actions = tx.machine.on_retransmission(now);
-            self.server_actions(&key, actions);
+        if let Some(leg) = self.servers.get(&key).map(|t| t.leg) {
+            // A retransmission, from the peer of the leg its transaction is on.
+            if let Err(mismatch) = self.check_source(leg, &source) {
+                return self.refuse_request(&req, &source, mismatch);
+            }
+            if let Some(tx) = self.servers.get_mut(&key) {
+                let actions = tx.machine.on_retransmission(now);
+                self.server_actions(&key, actions);
+            }
             return;
         }
         if req.method == Method::Cancel {
             return self.on_cancel(now, key, req, source);
         }
-        let Some(leg) = self.leg_of(&req) else {
-            return self.reply_stateless(&req, &source, 481);
+        let leg = match self.match_dialog(&req, &source) {
+            Ok(leg) => leg,
+            Err(mismatch) => return self.refuse_request(&req, &source, mismatch),
         };
         let bridged = self.bridge.contains(&leg) || self.is_bridging(leg);
         if !bridged && req.method != Method::Bye {
             // A leg the call has left (an agent after its transfer): its dialog is over.
             return self.reply_stateless(&req, &source, 481);
+        }
+        let cseq = req.cseq().map(|(n, _)| n).unwrap_or_default();
+        if let Err(mismatch) = self.leg_mut(leg).take_cseq(cseq) {
+            return self.refuse_request(&req, &source, mismatch);
         }
         self.open_server(now, &key, leg, req.clone(), &source);
         match req.method {
@@ -640,17 +684,43 @@ impl Call {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, key: &ServerKey, req: &Request) {
-        if let Some(tx) = self.servers.get_mut(key)
-            && let ServerMachine::Invite(m) = &mut tx.machine
-        {
-            // ACK of a non-2xx final response: same branch as the INVITE.
-            let actions = m.on_ack(now);
-            self.server_actions(key, actions);
+    /// An ACK: of a final response in its INVITE's transaction, or of a 2xx in the dialog.
+    /// Either way it must carry our To tag and come from the leg's peer; one that does not is
+    /// absorbed with no effect and no answer (RFC 3261 §17.2.3, §13.3.1.4): it neither stops
+    /// our 2xx retransmissions nor brings an SDP answer.
+    fn on_ack(&mut self, now: Instant, key: &ServerKey, req: &Request, source: &Source) {
+        let invite_tx = self
+            .servers
+            .get(key)
+            .filter(|t| matches!(t.machine, ServerMachine::Invite(_)))
+            .map(|t| t.leg);
+        if let Some(leg) = invite_tx {
+            // Same branch as the INVITE: the ACK of a non-2xx, or of a 2xx by a peer that
+            // reuses the branch.
+            let call_id = req.call_id().unwrap_or_default();
+            let from_tag = req.from().and_then(|f| f.tag().map(str::to_string));
+            let to_tag = req.to().and_then(|t| t.tag().map(str::to_string));
+            let mismatch = if !self.leg(leg).owns(call_id, from_tag.as_deref(), to_tag.as_deref()) {
+                Err(Mismatch::NoDialog)
+            } else {
+                self.check_source(leg, source)
+            };
+            if let Err(mismatch) = mismatch {
+                return self.refuse_request(req, source, mismatch);
+            }
+            if let Some(tx) = self.servers.get_mut(key)
+                && let ServerMachine::Invite(m) = &mut tx.machine
+            {
+                let actions = m.on_ack(now);
+                self.server_actions(key, actions);
+            }
             return;
         }
         // ACK of a 2xx: a new branch, matched by dialog and CSeq.
-        let Some(leg) = self.leg_of(req) else { return };
+        let leg = match self.match_dialog(req, source) {
+            Ok(leg) => leg,
+            Err(mismatch) => return self.refuse_request(req, source, mismatch),
+        };
         let cseq = req.cseq().map(|(n, _)| n).unwrap_or_default();
         self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
         let invite_cseq =
@@ -713,6 +783,9 @@ impl Call {
         };
         if !cancels_origin {
             return self.reply_stateless(&req, &source, 481);
+        }
+        if let Err(mismatch) = self.check_source(Call::ORIGIN, &source) {
+            return self.refuse_request(&req, &source, mismatch);
         }
         self.open_server(now, &key, Call::ORIGIN, req, &source);
         self.respond_status(now, &key, 200);

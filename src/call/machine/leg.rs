@@ -1,17 +1,19 @@
 //! The legs of a call: who is on each one (its [`Role`]), who started it ([`Side`]), where its
 //! INVITE is ([`Phase`]) and the dialog state needed to send requests in it ([`Dialog`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
+
+use ipnet::IpNet;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::media::relay::Leg as RelaySide;
 use crate::media::sdp::LegOrigin;
-use crate::sip::msg::{Method, NameAddr, Request, name};
+use crate::sip::msg::{Method, NameAddr, Request, SipUri, name};
 use crate::sip::transaction::{ClientKey, MAGIC_COOKIE, ServerKey};
-use crate::sip::transport::{Protocol, Target};
+use crate::sip::transport::{Protocol, Source, Target};
 
 /// A leg of a call: an index into the call's legs, stable for the call's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,6 +193,12 @@ pub struct Leg {
     /// UAC: headers of our INVITE beside the dialog's own (session headers, the `X-*` headers
     /// that travel to this peer).
     pub invite_headers: Vec<(String, String)>,
+    /// The CSeq of the peer's last request in the dialog (RFC 3261 §12.2.2): the INVITE's on a
+    /// UAS leg, none on a UAC leg until the peer sends a request.
+    pub remote_cseq: Option<u32>,
+    /// Networks the peer may also send its in-dialog requests from (see
+    /// [`Leg::signals_from`]).
+    pub trusted: Vec<IpNet>,
 }
 
 /// A dialed leg's digest toward its peer (a carrier's 401/407, RFC 3261 §22.2).
@@ -206,24 +214,132 @@ pub struct LegAuth {
 }
 
 impl Leg {
-    /// Whether a request's dialog identifiers (Call-ID, tags) are this leg's.
+    /// Whether a request's dialog identifiers are this leg's (RFC 3261 §12.2.2): its Call-ID,
+    /// the peer's tag in From and ours in To. Both tags are required: a request without our To
+    /// tag names no dialog (its sender never saw our answer), and a peer whose tag we do not
+    /// know has no dialog with us yet.
     pub fn owns(&self, call_id: &str, from_tag: Option<&str>, to_tag: Option<&str>) -> bool {
         let d = &self.dialog;
-        if call_id != d.call_id {
-            return false;
+        call_id == d.call_id
+            && from_tag.is_some()
+            && from_tag == d.remote_tag.as_deref()
+            && to_tag == Some(d.local_tag.as_str())
+    }
+
+    /// Whether `source` is where this leg's peer signals from: the leg's trust zone (the
+    /// listener it faces), a transport at least as strong as the leg's (a datagram, whose
+    /// source can be forged, never speaks for a TCP or TLS leg), and an address of the peer
+    /// ([`Leg::peer_addresses`]) or of `trusted` (the networks the peer may also send from:
+    /// an inbound trunk's `allowedAddresses`, the agent networks). On TCP and TLS the address
+    /// was proven by the handshake, so a new connection from the peer's address (a carrier
+    /// that reconnected) is the peer too.
+    pub fn signals_from(&self, source: &Source, trusted: &[IpNet]) -> Result<(), Mismatch> {
+        let target = &self.dialog.target;
+        if source.zone != target.zone {
+            return Err(Mismatch::WrongZone);
         }
-        match self.side {
-            // The peer's requests carry its From tag; ours in To once we sent one.
-            Side::Uas => {
-                from_tag == d.remote_tag.as_deref()
-                    && (to_tag.is_none() || to_tag == Some(d.local_tag.as_str()))
-            }
-            Side::Uac => {
-                (d.remote_tag.is_none() || from_tag == d.remote_tag.as_deref())
-                    && to_tag == Some(d.local_tag.as_str())
+        if strength(source.protocol) < strength(target.protocol) {
+            return Err(Mismatch::WeakerTransport);
+        }
+        if source.connection.is_some() && source.connection == target.connection {
+            return Ok(());
+        }
+        let ip = source.remote.ip().to_canonical();
+        let known = self.peer_addresses().any(|a| a == ip);
+        if known || trusted.iter().chain(&self.trusted).any(|n| n.contains(&ip)) {
+            Ok(())
+        } else {
+            Err(Mismatch::WrongSource)
+        }
+    }
+
+    /// The addresses the peer of this leg signals from, as the leg knows them: where its
+    /// messages go (the source of a UAS leg's INVITE, the resolved address of a UAC leg), and
+    /// for a UAC leg the IP addresses in the Contact and first Record-Route of the peer's
+    /// answer (a carrier's edge that sends the BYE from the address it put there). A UAS leg's
+    /// INVITE Contact and Record-Route are not taken: whoever forged the INVITE wrote them.
+    pub fn peer_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let d = &self.dialog;
+        let learned = match self.side {
+            Side::Uac => Some(
+                std::iter::once(d.remote_target.as_str())
+                    .chain(d.route_set.first().map(String::as_str))
+                    .filter_map(ip_of_uri),
+            ),
+            Side::Uas => None,
+        };
+        std::iter::once(d.target.remote.ip().to_canonical()).chain(learned.into_iter().flatten())
+    }
+
+    /// Whether a new request's CSeq `cseq` is in order (RFC 3261 §12.2.2: a request with a
+    /// lower CSeq than the last one from the peer is out of order; an equal one with a new
+    /// branch is not a retransmission, so it is refused too). Records it when it is.
+    pub fn take_cseq(&mut self, cseq: u32) -> Result<(), Mismatch> {
+        match self.remote_cseq {
+            Some(last) if cseq <= last => Err(Mismatch::OutOfOrder),
+            _ => {
+                self.remote_cseq = Some(cseq);
+                Ok(())
             }
         }
     }
+}
+
+/// Why an in-dialog request was not taken by the call. Each is answered as RFC 3261 §12.2.2
+/// says, and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// No leg has its Call-ID and both tags.
+    NoDialog,
+    /// It came on the other zone's listener than the leg's (the carrier-facing one for an agent
+    /// leg, or the reverse).
+    WrongZone,
+    /// Over UDP for a TCP or TLS leg.
+    WeakerTransport,
+    /// Not from the leg's peer: another address, outside the networks it may send from.
+    WrongSource,
+    /// Its CSeq is not above the last one of the peer.
+    OutOfOrder,
+}
+
+impl Mismatch {
+    /// The answer: 500 for a CSeq out of order, 481 for the rest. A request from the wrong
+    /// zone or source gets 481 and not 403: for its sender there is no such dialog, and a 403
+    /// would tell a prober that the Call-ID and tags it tried are right.
+    pub fn status_code(self) -> u16 {
+        match self {
+            Mismatch::OutOfOrder => 500,
+            _ => 481,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mismatch::NoDialog => "no such dialog",
+            Mismatch::WrongZone => "the other zone's listener",
+            Mismatch::WeakerTransport => "a weaker transport than the leg's",
+            Mismatch::WrongSource => "not the leg's peer address",
+            Mismatch::OutOfOrder => "CSeq out of order",
+        }
+    }
+}
+
+/// UDP < TCP < TLS: what a request's transport proves about its source.
+fn strength(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Udp => 0,
+        Protocol::Tcp => 1,
+        Protocol::Tls => 2,
+    }
+}
+
+/// The IP address of a URI's host (`sip:x@192.0.2.1:5060`, `<sip:[2001:db8::1];lr>`), when it
+/// is one.
+fn ip_of_uri(uri: &str) -> Option<IpAddr> {
+    let uri = NameAddr::parse(uri).map(|n| n.uri).unwrap_or_else(|| uri.to_string());
+    let host = SipUri::parse(&uri)?.host;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// The random identifiers a call makes: tags, Call-IDs, branches, session ids. Seeded once per

@@ -23,6 +23,13 @@
 //! - BYE from either side; re-INVITE, UPDATE and INFO passed to the other leg with their SDP
 //!   rewritten to the relay, and their responses passed back; glare answered 491; OPTIONS in
 //!   the dialog answered here; the media timeout and hold.
+//!
+//! What it takes as a request of a dialog (RFC 3261 §12.2.2; the front door routes by Call-ID
+//! only): the leg's Call-ID with the peer's tag in From and ours in To ([`Leg::owns`]), a CSeq
+//! above the peer's last one (else 500), from the leg's zone, over a transport at least as
+//! strong as the leg's, from the leg's peer address or the networks it may also use
+//! ([`Leg::signals_from`]). Anything else gets 481 and changes nothing; an ACK that is not the
+//! dialog's is absorbed without an answer, so our 2xx goes on until its real ACK or 64·T1.
 
 mod bridge;
 mod dialog;
@@ -33,6 +40,8 @@ mod transfer;
 mod tx;
 
 #[cfg(test)]
+mod dialog_tests;
+#[cfg(test)]
 mod script;
 #[cfg(test)]
 mod tests;
@@ -42,6 +51,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ipnet::IpNet;
 
 use crate::config::model::Codec;
 use crate::media::codec::{Chosen, Negotiated};
@@ -54,7 +64,7 @@ use crate::sip::transport::{Source, Target};
 
 pub use bridge::{TransferRequest, user_of};
 use leg::LegInvite;
-pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Phase, Role, Side};
+pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Mismatch, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
 use tx::{ClientTx, Pending2xx, ServerTx};
 
@@ -94,6 +104,10 @@ pub struct CallConfig {
     pub public_address: Option<IpAddr>,
     pub timers: Timers,
     pub linger: Duration,
+    /// The agent runtime's networks (`--agent-networks`): an agent leg's peer may send its
+    /// in-dialog requests from any address in them (the pods behind a Service answer from their
+    /// own addresses, not the one we sent to).
+    pub agent_networks: Vec<IpNet>,
 }
 
 impl Default for CallConfig {
@@ -110,6 +124,7 @@ impl Default for CallConfig {
             public_address: None,
             timers: Timers::default(),
             linger: LINGER,
+            agent_networks: Vec::new(),
         }
     }
 }
@@ -142,6 +157,10 @@ pub struct Origin {
     pub source: Source,
     /// Our address on this leg (Via, Contact, SDP).
     pub local: SocketAddr,
+    /// Networks the origin's peer may also send its in-dialog requests from, beside its
+    /// INVITE's source address: an inbound trunk's `allowedAddresses` (a carrier with several
+    /// edge nodes whose BYE comes from another one).
+    pub trusted: Vec<IpNet>,
 }
 
 /// The leg a new call dials.
@@ -700,6 +719,8 @@ fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
         deadline: None,
         auth: LegAuth { credentials: dial.credentials, ..LegAuth::default() },
         invite_headers: dial.headers,
+        remote_cseq: None,
+        trusted: Vec::new(),
     };
     (leg, dial.destination)
 }

@@ -102,21 +102,18 @@ pub(super) fn start_with_credentials(
     destination: Destination,
     credentials: Option<crate::config::secret::BasicAuth>,
 ) -> (Script, Vec<Action>) {
-    start_limited(sdp, destination, credentials, None, &[])
+    start_adjusted(sdp, destination, credentials, |_, _| {})
 }
 
-/// As [`start_with_credentials`], on a trunk whose calls may last `max_duration`.
-pub(super) fn start_limited(
+/// A call as [`start_with_credentials`] makes it, with `adjust` changing its set-up and
+/// configuration before it starts.
+pub(super) fn start_adjusted(
     sdp: Option<&str>,
     destination: Destination,
     credentials: Option<crate::config::secret::BasicAuth>,
-    max_duration: Option<Duration>,
-    extra: &[(&str, &str)],
+    adjust: impl FnOnce(&mut Setup, &mut CallConfig),
 ) -> (Script, Vec<Action>) {
-    let mut invite = carrier_invite(sdp);
-    for (n, v) in extra {
-        invite.headers.push(n, *v);
-    }
+    let invite = carrier_invite(sdp);
     let codecs = vec![Codec::Pcmu];
     let offer = match sdp {
         Some(text) => {
@@ -158,6 +155,7 @@ pub(super) fn start_limited(
             invite,
             source: leg_source(CARRIER_LEG),
             local: addr(GATEWAY_A),
+            trusted: vec![],
         },
         dial: Dial {
             role: Role::Agent,
@@ -169,26 +167,27 @@ pub(super) fn start_limited(
         offer,
         codecs,
         transfer: Some(transfer_context()),
-        max_duration,
+        max_duration: None,
     };
     let t0 = Instant::now();
-    let config = CallConfig { ring_timeout: Duration::from_secs(20), ..CallConfig::default() };
+    let mut config = CallConfig { ring_timeout: Duration::from_secs(20), ..CallConfig::default() };
+    let mut setup = setup;
+    adjust(&mut setup, &mut config);
     let (call, actions) = Call::start(t0, config, Ids::seeded(7), setup);
     (Script { call, t0, now: t0 }, actions)
 }
 
 /// A call whose INVITE has reached the agent (relay started when there is an offer).
 pub(super) fn inviting(sdp: Option<&str>) -> (Script, Request, Vec<Action>) {
-    inviting_limited(sdp, None, &[])
+    inviting_adjusted(sdp, |_, _| {})
 }
 
-fn inviting_limited(
+/// [`inviting`], with the set-up and configuration changed by `adjust`.
+pub(super) fn inviting_adjusted(
     sdp: Option<&str>,
-    max_duration: Option<Duration>,
-    extra: &[(&str, &str)],
+    adjust: impl FnOnce(&mut Setup, &mut CallConfig),
 ) -> (Script, Request, Vec<Action>) {
-    let (mut s, mut actions) =
-        start_limited(sdp, Destination::Address(addr(AGENT)), None, max_duration, extra);
+    let (mut s, mut actions) = start_adjusted(sdp, Destination::Address(addr(AGENT)), None, adjust);
     if actions.iter().any(|a| matches!(a, Action::StartRelay { .. })) {
         actions
             .extend(s.call.on_media_event(s.now, MediaEvent::Started { a: RELAY_A, b: RELAY_B }));
@@ -199,21 +198,14 @@ fn inviting_limited(
 
 /// A call the agent answered and the carrier acknowledged.
 pub(super) fn answered() -> (Script, Request, Response) {
-    answered_limited(None)
+    answered_adjusted(|_, _| {})
 }
 
-/// As [`answered`], on a trunk whose calls may last `max_duration`.
-pub(super) fn answered_limited(max_duration: Option<Duration>) -> (Script, Request, Response) {
-    answered_asking(max_duration, &[])
-}
-
-/// As [`answered_limited`], the carrier's INVITE with `extra` headers too.
-pub(super) fn answered_asking(
-    max_duration: Option<Duration>,
-    extra: &[(&str, &str)],
+/// [`answered`], with the set-up and configuration changed by `adjust`.
+pub(super) fn answered_adjusted(
+    adjust: impl FnOnce(&mut Setup, &mut CallConfig),
 ) -> (Script, Request, Response) {
-    let (mut s, invite, _) =
-        inviting_limited(Some(&offer_sdp(4000, "sendrecv")), max_duration, extra);
+    let (mut s, invite, _) = inviting_adjusted(Some(&offer_sdp(4000, "sendrecv")), adjust);
     s.agent_responds(&invite, 180, None);
     let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
     let ok = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200).unwrap();

@@ -165,9 +165,12 @@ fn bye_from_the_agent_after_the_answer_hangs_up_the_carrier() {
 #[test]
 fn bye_from_the_carrier_while_the_agent_rings_cancels_the_agent() {
     let (mut s, invite, _) = inviting(None);
-    s.agent_responds(&invite, 180, None);
+    let actions = s.agent_responds(&invite, 180, None);
+    // The early dialog our 180 made (RFC 3261 §15): its To tag is ours.
+    let ringing = responses_to(&actions, CARRIER_LEG).remove(0);
     let mut bye = carrier_invite(None);
     bye.method = Method::Bye;
+    bye.headers.set(name::TO, ringing.headers.get(name::TO).unwrap());
     bye.headers.set(name::CSEQ, "2 BYE");
     bye.headers.set(name::VIA, format!("SIP/2.0/UDP {CARRIER};branch=z9hG4bKearlybye"));
     let actions = s.carrier_sends(bye);
@@ -358,7 +361,8 @@ fn an_answered_call_without_rtp_is_hung_up_with_the_reason_recorded() {
 
 #[test]
 fn an_answered_call_is_hung_up_on_both_legs_at_its_trunks_maximum_duration() {
-    let (mut s, _, _) = answered_limited(Some(Duration::from_secs(60)));
+    let (mut s, _, _) =
+        answered_adjusted(|setup, _| setup.max_duration = Some(Duration::from_secs(60)));
     // The driver is woken by then at the latest (transaction timers may come earlier).
     assert!(s.call.next_deadline().is_some_and(|d| d <= s.t0 + Duration::from_secs(60)));
     s.timer(40_000);
@@ -388,9 +392,16 @@ fn the_gateways_ceiling_and_the_trunks_limit_the_shorter_wins() {
 
 const ASKS_TIMER: &[(&str, &str)] = &[("Supported", "timer"), ("Session-Expires", "90")];
 
+/// The carrier's INVITE with `headers` too.
+fn asking(setup: &mut Setup, headers: &[(&str, &str)]) {
+    for (n, v) in headers {
+        setup.origin.invite.headers.push(n, *v);
+    }
+}
+
 #[test]
 fn a_carrier_asking_for_session_timers_refreshes_and_one_that_stops_is_hung_up() {
-    let (mut s, _, ok) = answered_asking(None, ASKS_TIMER);
+    let (mut s, _, ok) = answered_adjusted(|setup, _| asking(setup, ASKS_TIMER));
     // The 2xx names the carrier as refresher and requires the extension (RFC 4028 §9).
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.headers.get("Require"), Some("timer"));
@@ -416,7 +427,7 @@ fn a_carrier_asking_for_session_timers_refreshes_and_one_that_stops_is_hung_up()
 
 #[test]
 fn no_session_timer_without_the_carriers_support() {
-    let (mut s, _, ok) = answered_asking(None, &[("Session-Expires", "90")]);
+    let (mut s, _, ok) = answered_adjusted(|setup, _| asking(setup, &[("Session-Expires", "90")]));
     assert_eq!(ok.headers.get("Session-Expires"), None);
     assert_eq!(ok.headers.get("Require"), None);
     assert!(ended(&s.timer(600_000)).is_none());
