@@ -551,13 +551,11 @@ impl Transports {
         if let Some(hook) = self.events.get() {
             hook(event);
         }
-        let (protocol, reason, warn) = match event {
-            StreamEvent::Refused { protocol, reason } => (protocol, reason.as_str(), true),
-            StreamEvent::Closed { protocol, reason } => {
-                (protocol, reason.as_str(), reason.is_peer_fault())
-            }
+        let (reason, warn) = match event {
+            StreamEvent::Refused { reason, .. } => (reason.as_str(), true),
+            StreamEvent::Closed { reason, .. } => (reason.as_str(), reason.is_peer_fault()),
         };
-        let transport = protocol.as_str();
+        let transport = event.transport();
         if !warn {
             tracing::debug!(%remote, transport, reason, "stream connection closed");
             return;
