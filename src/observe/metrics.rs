@@ -983,6 +983,8 @@ mod tests {
         m.setup_latency("ns/t", 0.1);
         m.sip_message("udp", "request");
         m.tls_client_failure("timeout");
+        m.sip_connection_refused("tcp", "address_limit");
+        m.sip_connection_closed("tls", "write_timeout");
         m.rtp_leg_finished("ns/t", "agent", 1, 1, 0, 0.0);
         m.set_config("h", 1, 1);
         m.config_reload(true);
