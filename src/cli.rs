@@ -437,6 +437,30 @@ struct ServeArgs {
     /// request names its own `agentUri`.
     #[arg(long, value_name = "URI")]
     agent_uri: Option<String>,
+    /// TCP and TLS connections open at once (accepted ones, TLS handshakes included, and those
+    /// the gateway opens); more are closed at accept.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// TCP and TLS connections accepted from one address (an IPv6 address counts by its /64),
+    /// TLS handshakes included; more from that address are closed at accept, while other
+    /// addresses still connect.
+    #[arg(long, value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
+    /// Seconds a message on TCP or TLS may take from its first byte to the end of its body; a
+    /// peer that is slower (one byte now and then) is disconnected. `10` or `10s`.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    message_timeout: Duration,
+    /// Seconds a TCP or TLS connection may stay silent between messages (RFC 5626 keep-alives
+    /// count as traffic). `300` or `300s`.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    connection_idle_timeout: Duration,
+    /// Seconds an accepted TLS connection's handshake may take. `5` or `5s`.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    tls_handshake_timeout: Duration,
+    /// Seconds a write on a TCP or TLS connection may wait for the peer to read; a peer that
+    /// does not read is disconnected. `10` or `10s`.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    write_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -480,6 +504,15 @@ impl ServeArgs {
             api: self.api,
             api_token_file: self.api_token_file,
             agent_uri: self.agent_uri,
+            stream_limits: trunkline::sip::transport::Limits {
+                max_connections: self.max_connections as usize,
+                max_connections_per_address: self.max_connections_per_address as usize,
+                idle_timeout: self.connection_idle_timeout.max(Duration::from_secs(1)),
+                message_timeout: self.message_timeout.max(Duration::from_secs(1)),
+                handshake_timeout: self.tls_handshake_timeout.max(Duration::from_secs(1)),
+                write_timeout: self.write_timeout.max(Duration::from_secs(1)),
+                ..trunkline::sip::transport::Limits::default()
+            },
         }
     }
 }
@@ -1048,6 +1081,42 @@ mod tests {
             Cli::try_parse_from(["trunkline", "run", "--specs", "x", "--drain-timeout", "3m"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_stream_limits_have_safe_defaults_and_take_their_flags() {
+        use trunkline::sip::transport::Limits;
+        let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };
+        assert_eq!(args.serve.into_options().stream_limits, Limits::default());
+        let Command::Run(args) = parse(&[
+            "run",
+            "--specs",
+            "x",
+            "--max-connections",
+            "50",
+            "--max-connections-per-address",
+            "4",
+            "--message-timeout",
+            "3s",
+            "--connection-idle-timeout",
+            "60",
+            "--tls-handshake-timeout",
+            "2",
+            "--write-timeout",
+            "0",
+        ]) else {
+            panic!("not run")
+        };
+        let limits = args.serve.into_options().stream_limits;
+        assert_eq!(limits.max_connections, 50);
+        assert_eq!(limits.max_connections_per_address, 4);
+        assert_eq!(limits.message_timeout, Duration::from_secs(3));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(limits.write_timeout, Duration::from_secs(1), "at least a second");
+        for zero in ["--max-connections", "--max-connections-per-address"] {
+            assert!(Cli::try_parse_from(["trunkline", "run", "--specs", "x", zero, "0"]).is_err());
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
 //! | `trunkline_tls_client_failures_total` | counter | `reason` |
+//! | `trunkline_sip_connections_refused_total`, `trunkline_sip_connections_closed_total` | counter | `transport`, `reason` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
 //! | `trunkline_rtp_jitter_seconds` | histogram | `trunk`, `leg` |
 //! | `trunkline_rtp_port_pairs` | gauge | `state` (`free`, `used`) |
@@ -62,6 +63,9 @@
 //! - `reason` of `trunkline_tls_client_failures_total` is a fixed name of what failed in a TLS
 //!   handshake we started (`sip::tls_client::TlsFailure`: `unknown_ca`, `name_mismatch`,
 //!   `expired`, `bad_certificate`, `timeout`, `handshake`); never the peer's name or address.
+//! - `reason` of the stream connection counters is a fixed name from `sip::transport`
+//!   (`Refusal`: `global_limit`, `address_limit`; `CloseReason`: `peer_closed`,
+//!   `idle_timeout`, `message_timeout`, `handshake_timeout`, ...); `transport` is `tcp` or `tls`.
 //! - No source IP, username, Call-ID or credential ever becomes a label (unbounded, and private).
 
 use std::collections::BTreeSet;
@@ -303,6 +307,8 @@ pub struct GatewayMetrics {
     setup: HistogramVec,
     sip_messages: IntCounterVec,
     tls_client_failures: IntCounterVec,
+    connections_refused: IntCounterVec,
+    connections_closed: IntCounterVec,
     config_info: IntGaugeVec,
     /// The hash label currently exported by `config_info` (exactly one series at a time).
     config_hash: Mutex<Option<String>>,
@@ -465,6 +471,18 @@ impl GatewayMetrics {
             &["reason"],
             r,
         )?;
+        let connections_refused = register_int_counter_vec_with_registry!(
+            "trunkline_sip_connections_refused_total",
+            "TCP and TLS connections closed at accept, by transport and reason (global_limit: --max-connections are open; address_limit: --max-connections-per-address are open from that address).",
+            &["transport", "reason"],
+            r,
+        )?;
+        let connections_closed = register_int_counter_vec_with_registry!(
+            "trunkline_sip_connections_closed_total",
+            "TCP and TLS connections closed, by transport and reason (peer_closed, idle_timeout, message_timeout, handshake_timeout, handshake_failed, write_timeout, too_large, unframeable, error).",
+            &["transport", "reason"],
+            r,
+        )?;
         let reloads = register_int_counter_vec_with_registry!(
             "trunkline_config_reloads_total",
             "Routing table reloads, by result (ok: swapped in, rejected: the old one kept).",
@@ -502,6 +520,8 @@ impl GatewayMetrics {
             (&setup, H),
             (&sip_messages, P),
             (&tls_client_failures, P),
+            (&connections_refused, P),
+            (&connections_closed, P),
             (&config_info, P),
             (&config_trunks, P),
             (&config_numbers, P),
@@ -530,6 +550,8 @@ impl GatewayMetrics {
             setup,
             sip_messages,
             tls_client_failures,
+            connections_refused,
+            connections_closed,
             config_info,
             config_hash: Mutex::new(None),
             config_trunks,
@@ -680,6 +702,31 @@ impl GatewayMetrics {
         self.tls_client_failures.with_label_values(&[reason]).inc();
     }
 
+    /// Exports the stream connection counters at 0 for each transport and reason (every value
+    /// of `sip::transport::Refusal` and `CloseReason`), so that `rate()` works from the first.
+    pub fn export_sip_connections(&self, transports: &[&str], refused: &[&str], closed: &[&str]) {
+        for transport in transports {
+            for reason in refused {
+                let _ = self.connections_refused.with_label_values(&[*transport, *reason]);
+            }
+            for reason in closed {
+                let _ = self.connections_closed.with_label_values(&[*transport, *reason]);
+            }
+        }
+    }
+
+    /// Counts one TCP or TLS connection closed at accept; `reason` is a fixed name
+    /// (`sip::transport::Refusal::as_str`).
+    pub fn sip_connection_refused(&self, transport: &str, reason: &str) {
+        self.connections_refused.with_label_values(&[transport, reason]).inc();
+    }
+
+    /// Counts one TCP or TLS connection closed; `reason` is a fixed name
+    /// (`sip::transport::CloseReason::as_str`).
+    pub fn sip_connection_closed(&self, transport: &str, reason: &str) {
+        self.connections_closed.with_label_values(&[transport, reason]).inc();
+    }
+
     /// Publishes the routing table in use: `trunkline_config_info{hash}` = 1 with the previous
     /// hash's series removed, the trunk and number counts, and (when the hash changed) the time
     /// it was swapped in.
@@ -823,6 +870,23 @@ mod tests {
     }
 
     #[test]
+    fn stream_connections_are_exported_at_zero_and_counted_by_transport_and_reason() {
+        let m = GatewayMetrics::new();
+        m.export_sip_connections(&["tcp", "tls"], &["address_limit"], &["message_timeout"]);
+        m.sip_connection_refused("tcp", "address_limit");
+        m.sip_connection_closed("tls", "message_timeout");
+        let text = m.render();
+        for line in [
+            r#"trunkline_sip_connections_refused_total{reason="address_limit",transport="tcp"} 1"#,
+            r#"trunkline_sip_connections_refused_total{reason="address_limit",transport="tls"} 0"#,
+            r#"trunkline_sip_connections_closed_total{reason="message_timeout",transport="tls"} 1"#,
+            r#"trunkline_sip_connections_closed_total{reason="message_timeout",transport="tcp"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
     fn refusals_setup_latency_and_sip_messages_are_rendered() {
         let m = GatewayMetrics::new();
         m.invite_refused(404, "unknown_number");
@@ -919,6 +983,8 @@ mod tests {
         m.setup_latency("ns/t", 0.1);
         m.sip_message("udp", "request");
         m.tls_client_failure("timeout");
+        m.sip_connection_refused("tcp", "address_limit");
+        m.sip_connection_closed("tls", "write_timeout");
         m.rtp_leg_finished("ns/t", "agent", 1, 1, 0, 0.0);
         m.set_config("h", 1, 1);
         m.config_reload(true);

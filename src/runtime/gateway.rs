@@ -140,6 +140,8 @@ pub struct ServeOptions {
     pub api_token_file: Option<PathBuf>,
     /// Where API-started calls are bridged to, unless the request names an `agentUri`.
     pub agent_uri: Option<String>,
+    /// What a TCP or TLS peer can hold: connection caps and deadlines.
+    pub stream_limits: transport::Limits,
 }
 
 /// Why the gateway could not start.
@@ -460,8 +462,22 @@ pub async fn serve_until(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let media = MediaThreads::start(cores).map_err(ServeError::MediaThreads)?;
     gateway.use_media_threads(Arc::new(media));
-    let transports = Transports::new(gateway.sink(), transport::Limits::default());
+    let transports = Transports::new(gateway.sink(), options.stream_limits);
     gateway.attach(transports.clone());
+    metrics.export_sip_connections(
+        &transport::StreamEvent::TRANSPORTS,
+        &transport::Refusal::ALL.map(transport::Refusal::as_str),
+        &transport::CloseReason::ALL.map(transport::CloseReason::as_str),
+    );
+    let stream_metrics = metrics.clone();
+    transports.on_stream_event(move |event| match event {
+        transport::StreamEvent::Refused { reason, .. } => {
+            stream_metrics.sip_connection_refused(event.transport(), reason.as_str())
+        }
+        transport::StreamEvent::Closed { reason, .. } => {
+            stream_metrics.sip_connection_closed(event.transport(), reason.as_str())
+        }
+    });
     metrics.export_tls_client_failures(&TlsFailure::ALL.map(TlsFailure::as_str));
     let tls_metrics = metrics.clone();
     transports.use_tls_client(Arc::new(

@@ -3,9 +3,10 @@
 //! name resolution with a short cache (`resolve`), transaction state machines (RFC 3261 §17) and
 //! digest authentication (RFC 3261 §22, RFC 7616): the server side (`digest`) and the answers
 //! to a carrier's challenges (`digest_client`). Pure parts (messages,
-//! transactions, digest) are kept apart from sockets.
+//! transactions, digest, stream framing in `framer`) are kept apart from sockets.
 pub mod digest;
 pub mod digest_client;
+pub mod framer;
 pub mod msg;
 pub mod resolve;
 pub mod session_timer;

@@ -2,25 +2,44 @@
 //! received datagram or stream frame is parsed here (so parsing runs on every core) and handed
 //! to one [`Sink`] with where it came from; sending goes through [`Transports::send`].
 //!
-//! Streams are framed by `Content-Length` (`msg::frame`); a connection is closed when it sends a
-//! message over [`MAX_MESSAGE_SIZE`](super::msg::MAX_MESSAGE_SIZE), when it cannot be framed,
-//! or after [`Limits::idle_timeout`] without a byte. At most [`Limits::max_connections`]
-//! connections are open at once; more are refused at accept. Connections are reused: responses
-//! go back on the connection the request came on, requests to a peer go on an open connection
-//! to it when there is one (RFC 3261 §18.1.1 / §18.2.2).
+//! Streams are framed by `Content-Length` (`sip::framer`, incrementally: each read's bytes are
+//! looked at once). Connections are reused: responses go back on the connection the request
+//! came on, requests to a peer go on an open connection to it when there is one (RFC 3261
+//! §18.1.1 / §18.2.2).
+//!
+//! **What a peer can hold** ([`Limits`]; an internet-facing port is scanned and flooded):
+//! - a connection slot: at most [`Limits::max_connections`] stream connections at once, and at
+//!   most [`Limits::max_connections_per_address`] from one address (an IPv6 peer by its /64,
+//!   which one host usually holds whole). A TLS connection takes its slot at accept, before its
+//!   handshake. Over either cap, a new connection is closed at accept.
+//! - time: a TLS handshake must finish within [`Limits::handshake_timeout`]; a message, from
+//!   its first byte to the end of its body, within [`Limits::message_timeout`] (a peer that
+//!   sends a byte now and then cannot keep a slot); between messages a connection may stay
+//!   silent for [`Limits::idle_timeout`] (RFC 5626 keep-alives count).
+//! - memory and a task: a write that the peer does not read within [`Limits::write_timeout`]
+//!   closes the connection (and fails the sends queued on it), so a peer that never reads
+//!   cannot hold our buffers or the call that sends to it.
+//! - a message over [`MAX_MESSAGE_SIZE`](super::msg::MAX_MESSAGE_SIZE) or one that cannot be
+//!   framed is answered (513, or 400) and the connection closed.
+//!
+//! Every refusal and every close is reported by reason ([`StreamEvent`], to the hook of
+//! [`Transports::on_stream_event`]: the gateway's metrics) with fixed names; the refusals and
+//! the closes a peer caused are logged at `warn` at most [`LOG_BURST`] lines per
+//! [`LOG_WINDOW`], the rest summed up in the next line.
 //!
 //! Connections the gateway opens itself (to a carrier or an agent runtime) are TCP, or TLS
 //! through [`TlsClient`] (server name and certificate check: see `sip::tls_client`); connect and
-//! handshake together take at most [`Limits::connect_timeout`]. Once open they are served like
-//! accepted ones: later messages to the peer reuse them and the peer's requests on them are
-//! delivered to the [`Sink`].
+//! handshake together take at most [`Limits::connect_timeout`]. They count against
+//! [`Limits::max_connections`] (not the per-address cap: the gateway chooses them). Once open
+//! they are served like accepted ones: later messages to the peer reuse them and the peer's
+//! requests on them are delivered to the [`Sink`].
 //!
 //! Called by the gateway (`call::gateway`), which owns the listeners, and by the B2BUA, which
 //! sends.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,7 +51,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use super::msg::{self, Frame, MAX_MESSAGE_SIZE, Message, ParseError};
+use super::framer::{Framed, Framer};
+use super::msg::{self, MAX_MESSAGE_SIZE, Message, ParseError};
 use super::tls_client::TlsClient;
 
 pub use crate::api::Transport;
@@ -91,11 +111,23 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
-/// Bounds on what peers can make the transports hold.
-#[derive(Clone, Copy, Debug)]
+/// Bounds on what peers can make the transports hold (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Stream connections open at once, accepted (handshakes included) and opened by us.
     pub max_connections: usize,
+    /// Accepted stream connections (handshakes included) from one address, an IPv6 one by
+    /// its /64.
+    pub max_connections_per_address: usize,
+    /// Silence allowed between messages.
     pub idle_timeout: Duration,
+    /// The longest a message may take to arrive, from its first byte to the end of its body.
+    pub message_timeout: Duration,
+    /// The longest an accepted TLS connection's handshake may take.
+    pub handshake_timeout: Duration,
+    /// The longest one write may wait for the peer to read.
+    pub write_timeout: Duration,
+    /// Connect and handshake of a connection we open.
     pub connect_timeout: Duration,
 }
 
@@ -103,9 +135,219 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_connections_per_address: 100,
             idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// Why a stream connection was refused at accept: the `reason` label of
+/// `trunkline_sip_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// [`Limits::max_connections`] are open.
+    GlobalLimit,
+    /// [`Limits::max_connections_per_address`] are open from the peer's address.
+    AddressLimit,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 2] = [Refusal::GlobalLimit, Refusal::AddressLimit];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::GlobalLimit => "global_limit",
+            Refusal::AddressLimit => "address_limit",
+        }
+    }
+}
+
+/// Why a stream connection was closed: the `reason` label of
+/// `trunkline_sip_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed it (or reset it).
+    PeerClosed,
+    /// Silent between messages for [`Limits::idle_timeout`].
+    IdleTimeout,
+    /// A message did not arrive whole within [`Limits::message_timeout`].
+    MessageTimeout,
+    /// A TLS handshake did not finish within [`Limits::handshake_timeout`].
+    HandshakeTimeout,
+    /// A TLS handshake failed (not TLS, no common cipher, an alert...).
+    HandshakeFailed,
+    /// The peer did not read what we wrote within [`Limits::write_timeout`].
+    WriteTimeout,
+    /// A message over `MAX_MESSAGE_SIZE` (answered 513).
+    TooLarge,
+    /// A stream that cannot be framed (answered 400).
+    Unframeable,
+    /// A read or write failed.
+    Error,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::MessageTimeout,
+        CloseReason::HandshakeTimeout,
+        CloseReason::HandshakeFailed,
+        CloseReason::WriteTimeout,
+        CloseReason::TooLarge,
+        CloseReason::Unframeable,
+        CloseReason::Error,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MessageTimeout => "message_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::HandshakeFailed => "handshake_failed",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::Unframeable => "unframeable",
+            CloseReason::Error => "error",
+        }
+    }
+
+    /// Whether the peer made us close it (logged at `warn`, rate-limited); the others are the
+    /// ordinary end of a connection (`debug`).
+    fn is_peer_fault(self) -> bool {
+        !matches!(self, CloseReason::PeerClosed | CloseReason::IdleTimeout | CloseReason::Error)
+    }
+}
+
+/// What happened to a stream connection, for the hook of [`Transports::on_stream_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A connection was closed at accept.
+    Refused { protocol: Transport, reason: Refusal },
+    /// A connection (accepted or opened by us) was closed.
+    Closed { protocol: Transport, reason: CloseReason },
+}
+
+impl StreamEvent {
+    /// The `transport` label values of stream events.
+    pub const TRANSPORTS: [&'static str; 2] = ["tcp", "tls"];
+
+    /// The `transport` label: `tcp` or `tls`.
+    pub fn transport(&self) -> &'static str {
+        let (StreamEvent::Refused { protocol, .. } | StreamEvent::Closed { protocol, .. }) = self;
+        match protocol {
+            Transport::Tls => "tls",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// At most this many `warn` lines about refused or cut connections per [`LOG_WINDOW`].
+pub const LOG_BURST: u32 = 5;
+/// The window of [`LOG_BURST`].
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// A rate limit on log lines: [`LOG_BURST`] per [`LOG_WINDOW`]; the first line of a later
+/// window says how many were left out (a flood must not flood the log). Pure: time is passed in.
+#[derive(Debug)]
+struct LogBudget {
+    window_start: Option<tokio::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget { window_start: None, logged: 0, suppressed: 0 }
+    }
+
+    /// `Some(n)`: log this event, saying that `n` were left out before it; `None`: leave it out.
+    fn admit(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        if self.window_start.is_none_or(|start| now.duration_since(start) >= LOG_WINDOW) {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= LOG_BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The key of the per-address cap: an IPv4 address (IPv4-mapped IPv6 included), or the /64 of
+/// an IPv6 address.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// The connection slots: how many are open, in all and per address.
+struct Slots {
+    limits: Limits,
+    open: AtomicUsize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One taken slot, given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    address: Option<IpAddr>,
+}
+
+impl Slots {
+    /// A slot for a connection accepted from `remote` (both caps), or for one we open
+    /// (`remote` = `None`: the global cap only).
+    fn take(self: &Arc<Self>, remote: Option<IpAddr>) -> Result<Slot, Refusal> {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
+            return Err(Refusal::GlobalLimit);
+        }
+        let address = remote.map(address_key);
+        if let Some(key) = address {
+            let count = by_address.entry(key).or_insert(0);
+            if *count >= self.limits.max_connections_per_address {
+                if *count == 0 {
+                    by_address.remove(&key);
+                }
+                return Err(Refusal::AddressLimit);
+            }
+            *count += 1;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot { slots: self.clone(), address })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_address = self.slots.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = self.address
+            && let Some(count) = by_address.get_mut(&key)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_address.remove(&key);
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -257,9 +499,13 @@ pub struct Transports {
     udp: Mutex<Vec<(Zone, Arc<UdpSocket>)>>,
     connections: Mutex<HashMap<ConnId, Connection>>,
     next_conn: AtomicU64,
-    open: Arc<AtomicUsize>,
+    slots: Arc<Slots>,
     limits: Limits,
     sink: Arc<dyn Sink>,
+    /// Told of every refused and closed stream connection (the gateway's metrics).
+    events: OnceLock<Box<dyn Fn(StreamEvent) + Send + Sync>>,
+    /// The rate limit of the `warn` lines about refused and cut connections.
+    log: Mutex<LogBudget>,
     /// The client of TLS connections we open; without one, sending over TLS to a peer with no
     /// open connection fails.
     tls_client: OnceLock<Arc<TlsClient>>,
@@ -279,12 +525,53 @@ impl Transports {
             udp: Mutex::new(Vec::new()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
-            open: Arc::new(AtomicUsize::new(0)),
+            slots: Arc::new(Slots {
+                limits,
+                open: AtomicUsize::new(0),
+                by_address: Mutex::new(HashMap::new()),
+            }),
             limits,
             sink,
+            events: OnceLock::new(),
+            log: Mutex::new(LogBudget::new()),
             tls_client: OnceLock::new(),
             connecting: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Tells `hook` of every refused and closed stream connection (set once; later calls are
+    /// ignored).
+    pub fn on_stream_event(&self, hook: impl Fn(StreamEvent) + Send + Sync + 'static) {
+        let _ = self.events.set(Box::new(hook));
+    }
+
+    /// Reports `event` to the hook and logs it: refusals and the closes a peer caused at
+    /// `warn` (rate-limited, see [`LOG_BURST`]), the others at `debug`.
+    fn report(&self, event: StreamEvent, remote: SocketAddr) {
+        if let Some(hook) = self.events.get() {
+            hook(event);
+        }
+        let (reason, warn) = match event {
+            StreamEvent::Refused { reason, .. } => (reason.as_str(), true),
+            StreamEvent::Closed { reason, .. } => (reason.as_str(), reason.is_peer_fault()),
+        };
+        let transport = event.transport();
+        if !warn {
+            tracing::debug!(%remote, transport, reason, "stream connection closed");
+            return;
+        }
+        let admitted =
+            self.log.lock().map_or(Some(0), |mut log| log.admit(tokio::time::Instant::now()));
+        let Some(left_out) = admitted else { return };
+        let what = match event {
+            StreamEvent::Refused { .. } => "stream connection refused",
+            StreamEvent::Closed { .. } => "stream connection cut",
+        };
+        if left_out > 0 {
+            tracing::warn!(%remote, transport, reason, left_out, "{what} (and {left_out} more refused or cut connections not logged, see trunkline_sip_connections_refused_total and trunkline_sip_connections_closed_total)");
+        } else {
+            tracing::warn!(%remote, transport, reason, "{what}");
+        }
     }
 
     /// Opens TLS connections to peers with `client` (set once; later calls are ignored).
@@ -376,34 +663,46 @@ impl Transports {
                     continue;
                 }
             };
-            if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
-                tracing::warn!(%remote, limit = self.limits.max_connections, "connection refused: limit reached");
-                drop(stream);
-                continue;
-            }
+            let slot = match self.slots.take(Some(remote.ip())) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    drop(stream);
+                    self.report(StreamEvent::Refused { protocol, reason }, remote);
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(remote);
             let this = self.clone();
             match &tls {
                 None => {
                     tokio::spawn(async move {
-                        this.run_connection(stream, protocol, zone, remote, local).await
+                        this.run_connection(stream, slot, protocol, zone, remote, local).await
                     });
                 }
                 Some(files) => {
                     let acceptor = TlsAcceptor::from(files.config());
-                    let handshake_timeout = self.limits.connect_timeout;
+                    let handshake_timeout = self.limits.handshake_timeout;
+                    // The slot is held through the handshake: a peer that opens connections
+                    // and never finishes them is bounded by the caps like any other.
                     tokio::spawn(async move {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls)) => {
-                                this.run_connection(tls, protocol, zone, remote, local).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                        }
+                        let reason =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(tls)) => {
+                                    return this
+                                        .run_connection(tls, slot, protocol, zone, remote, local)
+                                        .await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                    CloseReason::HandshakeFailed
+                                }
+                                Err(_) => CloseReason::HandshakeTimeout,
+                            };
+                        drop(slot);
+                        this.report(StreamEvent::Closed { protocol, reason }, remote);
                     });
                 }
             }
@@ -427,9 +726,12 @@ impl Transports {
             })?),
             _ => None,
         };
-        if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
-            return Err(io::Error::other("connection limit reached"));
-        }
+        let slot = self.slots.take(None).map_err(|_| {
+            io::Error::other(format!(
+                "cannot open a connection to {remote}: {} connections are open (--max-connections)",
+                self.limits.max_connections
+            ))
+        })?;
         let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(remote))
             .await
@@ -444,7 +746,7 @@ impl Transports {
             None => {
                 let (id, rx) = self.register(protocol, zone, remote);
                 tokio::spawn(async move {
-                    this.serve_connection(stream, id, rx, protocol, zone, remote, local).await
+                    this.serve_connection(stream, slot, id, rx, protocol, zone, remote, local).await
                 });
                 Ok(id)
             }
@@ -452,7 +754,7 @@ impl Transports {
                 let stream = client.handshake(stream, remote, deadline).await?;
                 let (id, rx) = self.register(protocol, zone, remote);
                 tokio::spawn(async move {
-                    this.serve_connection(stream, id, rx, protocol, zone, remote, local).await
+                    this.serve_connection(stream, slot, id, rx, protocol, zone, remote, local).await
                 });
                 Ok(id)
             }
@@ -476,6 +778,7 @@ impl Transports {
     async fn run_connection<S>(
         self: Arc<Self>,
         stream: S,
+        slot: Slot,
         protocol: Transport,
         zone: Zone,
         remote: SocketAddr,
@@ -484,13 +787,17 @@ impl Transports {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (id, rx) = self.register(protocol, zone, remote);
-        self.serve_connection(stream, id, rx, protocol, zone, remote, local).await;
+        self.serve_connection(stream, slot, id, rx, protocol, zone, remote, local).await;
     }
 
+    /// Reads, frames and delivers what the peer sends and writes what is queued for it, until
+    /// the peer closes or a limit closes it (see the module docs). `slot` is given back at the
+    /// end.
     #[allow(clippy::too_many_arguments)]
     async fn serve_connection<S>(
         self: Arc<Self>,
         stream: S,
+        slot: Slot,
         id: ConnId,
         mut outgoing: mpsc::Receiver<Vec<u8>>,
         protocol: Transport,
@@ -500,79 +807,117 @@ impl Transports {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.open.fetch_add(1, Ordering::Relaxed);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let source = Source { protocol, zone, remote, local, connection: Some(id) };
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut framer = Framer::new(MAX_MESSAGE_SIZE);
         let mut chunk = vec![0u8; 16 * 1024];
-        let idle = self.limits.idle_timeout;
-        loop {
+        let limits = self.limits;
+        let mut last_activity = tokio::time::Instant::now();
+        // When the first byte of the message being received arrived.
+        let mut message_started: Option<tokio::time::Instant> = None;
+        let reason = loop {
+            let deadline = match message_started {
+                Some(started) => started + limits.message_timeout,
+                None => last_activity + limits.idle_timeout,
+            };
             tokio::select! {
-                read = tokio::time::timeout(idle, reader.read(&mut chunk)) => {
+                read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => {
                     let n = match read {
-                        Ok(Ok(0)) | Err(_) => break,
+                        Err(_) if message_started.is_some() => break CloseReason::MessageTimeout,
+                        Err(_) => break CloseReason::IdleTimeout,
+                        Ok(Ok(0)) => break CloseReason::PeerClosed,
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "read failed");
-                            break;
+                            break match e.kind() {
+                                io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                                    CloseReason::PeerClosed
+                                }
+                                _ => CloseReason::Error,
+                            };
                         }
                         Ok(Ok(n)) => n,
                     };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if !self.drain_frames(&mut buf, &source, &mut writer).await {
-                        break;
-                    }
+                    let now = tokio::time::Instant::now();
+                    last_activity = now;
+                    framer.push(&chunk[..n]);
+                    let delivered = match self.drain_frames(&mut framer, &source, &mut writer).await
+                    {
+                        Ok(delivered) => delivered,
+                        Err(reason) => break reason,
+                    };
+                    message_started = match (framer.in_message(), message_started) {
+                        (false, _) => None,
+                        // Still the message whose first byte came earlier.
+                        (true, Some(started)) if !delivered => Some(started),
+                        // The first byte of a new message came in this read.
+                        (true, _) => Some(now),
+                    };
                 }
                 out = outgoing.recv() => {
-                    let Some(bytes) = out else { break };
-                    if writer.write_all(&bytes).await.is_err() {
-                        break;
+                    let Some(bytes) = out else { break CloseReason::Error };
+                    match tokio::time::timeout(limits.write_timeout, writer.write_all(&bytes)).await
+                    {
+                        Ok(Ok(())) => last_activity = tokio::time::Instant::now(),
+                        Ok(Err(_)) => break CloseReason::Error,
+                        Err(_) => break CloseReason::WriteTimeout,
                     }
                 }
             }
-        }
+        };
         if let Ok(mut conns) = self.connections.lock() {
             conns.remove(&id);
         }
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        let _ = writer.shutdown().await;
+        // What is still queued will not be sent: its senders learn it now (their `send` fails).
+        drop(outgoing);
+        drop(slot);
+        self.report(StreamEvent::Closed { protocol, reason }, remote);
+        if reason != CloseReason::WriteTimeout {
+            let _ = tokio::time::timeout(limits.write_timeout, writer.shutdown()).await;
+        }
     }
 
-    /// Cuts every whole message from the front of `buf`. Returns false when the connection
-    /// must be closed.
+    /// Delivers every whole message the framer has, answering keep-alive pings. Returns whether
+    /// a message was delivered, or why the connection must be closed.
     async fn drain_frames<W: AsyncWrite + Unpin>(
         &self,
-        buf: &mut Vec<u8>,
+        framer: &mut Framer,
         source: &Source,
         writer: &mut W,
-    ) -> bool {
-        loop {
-            match msg::frame(buf, MAX_MESSAGE_SIZE) {
-                Frame::Incomplete => return true,
-                Frame::KeepAlive(n) => {
-                    if buf.get(..n) == Some(b"\r\n\r\n") && writer.write_all(b"\r\n").await.is_err()
-                    {
-                        return false;
+    ) -> Result<bool, CloseReason> {
+        let mut delivered = false;
+        while let Some(item) = framer.next_frame() {
+            match item {
+                Framed::Ping => {
+                    let pong = writer.write_all(b"\r\n");
+                    match tokio::time::timeout(self.limits.write_timeout, pong).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(CloseReason::Error),
+                        Err(_) => return Err(CloseReason::WriteTimeout),
                     }
-                    buf.drain(..n);
                 }
-                Frame::Message(n) => {
-                    let message = msg::parse(&buf[..n]);
-                    buf.drain(..n);
+                Framed::Message(bytes) => {
+                    let message = msg::parse(&bytes);
                     self.sink.deliver(Incoming { message, source: *source });
+                    delivered = true;
                 }
-                Frame::Invalid(status, detail) => {
+                Framed::Invalid { status, detail } => {
                     // Answer what can be answered, then close: the stream cannot be re-synced.
-                    let partial = match msg::parse(buf) {
+                    let partial = match msg::parse(framer.pending()) {
                         Ok(Message::Request(r)) => Some(Box::new(r)),
                         Ok(Message::Response(_)) => None,
                         Err(e) => e.partial,
                     };
                     let error = ParseError { status, detail, partial };
                     self.sink.deliver(Incoming { message: Err(error), source: *source });
-                    return false;
+                    return Err(if status == 513 {
+                        CloseReason::TooLarge
+                    } else {
+                        CloseReason::Unframeable
+                    });
                 }
             }
         }
+        Ok(delivered)
     }
 
     /// Sends `bytes` to `target`: UDP from a socket of the target's zone; streams on the given
@@ -588,9 +933,18 @@ impl Transports {
                     Some(tx) => tx,
                     None => self.open_connection(target).await?,
                 };
-                tx.send(bytes)
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+                // A full queue means the peer is not reading: wait at most the write timeout
+                // (by then the connection has written something or been closed).
+                match tokio::time::timeout(self.limits.write_timeout, tx.send(bytes)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => {
+                        Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+                    }
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{} does not read what is sent to it", target.remote),
+                    )),
+                }
             }
         }
     }
@@ -669,9 +1023,9 @@ impl Transports {
             .map(|c| c.tx.clone())
     }
 
-    /// Stream connections open now.
+    /// Stream connections open now, TLS handshakes in progress included.
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.slots.open.load(Ordering::Relaxed)
     }
 }
 
@@ -782,6 +1136,209 @@ mod tests {
             .expect("in time")
             .expect("read");
         assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"));
+    }
+
+    /// The events the transports report.
+    fn record_events(t: &Transports) -> Arc<std::sync::Mutex<Vec<StreamEvent>>> {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        t.on_stream_event(move |e| seen.lock().expect("lock").push(e));
+        events
+    }
+
+    async fn wait_for_event(events: &std::sync::Mutex<Vec<StreamEvent>>, e: StreamEvent) -> bool {
+        for _ in 0..300 {
+            if events.lock().expect("lock").contains(&e) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// A TCP connection to `addr` from `from` (any port).
+    async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((from, 0))).expect("bind a loopback address");
+        socket.connect(addr).await.expect("connect")
+    }
+
+    /// Whether the peer closed `stream` within `within` (EOF or reset; anything it sent
+    /// before is read and dropped).
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_address_over_its_cap_is_refused_while_another_still_connects() {
+        let limits = Limits { max_connections_per_address: 2, ..Limits::default() };
+        let (t, sink, addr) = tcp_transports(limits).await;
+        let events = record_events(&t);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = connect_from([127, 0, 0, 2], addr).await;
+            c.write_all(OPTIONS.as_bytes()).await.expect("write");
+            held.push(c);
+        }
+        assert!(delivered(&sink, 2).await, "the first two are served");
+        let mut third = connect_from([127, 0, 0, 2], addr).await;
+        assert!(closed_within(&mut third, Duration::from_secs(2)).await, "the third is refused");
+        let refused =
+            StreamEvent::Refused { protocol: Transport::Tcp, reason: Refusal::AddressLimit };
+        assert!(wait_for_event(&events, refused).await);
+        let mut other = connect_from([127, 0, 0, 3], addr).await;
+        other.write_all(OPTIONS.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 3).await, "another address is served");
+        assert_eq!(t.open_connections(), 3);
+        // A slot given back is free again.
+        drop(held.pop());
+        let closed =
+            StreamEvent::Closed { protocol: Transport::Tcp, reason: CloseReason::PeerClosed };
+        assert!(wait_for_event(&events, closed).await);
+        let mut again = connect_from([127, 0, 0, 2], addr).await;
+        again.write_all(OPTIONS.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 4).await, "a freed slot takes a new connection");
+    }
+
+    #[tokio::test]
+    async fn a_message_trickled_byte_by_byte_is_cut_at_the_message_deadline() {
+        let limits = Limits { message_timeout: Duration::from_millis(600), ..Limits::default() };
+        let (t, sink, addr) = tcp_transports(limits).await;
+        let events = record_events(&t);
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let mut cut = None;
+        for b in OPTIONS.as_bytes() {
+            // Each byte well within the idle timeout: only a deadline on the whole message
+            // stops this.
+            if stream.write_all(&[*b]).await.is_err() {
+                cut = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let closed = StreamEvent::Closed {
+                protocol: Transport::Tcp,
+                reason: CloseReason::MessageTimeout,
+            };
+            if events.lock().expect("lock").contains(&closed) {
+                cut = Some(started.elapsed());
+                break;
+            }
+        }
+        let cut = cut.expect("the trickle was never cut");
+        assert!(cut >= Duration::from_millis(550) && cut < Duration::from_secs(2), "{cut:?}");
+        assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
+        assert!(sink.0.lock().expect("lock").is_empty(), "nothing was delivered");
+        assert_eq!(t.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn keep_alives_and_whole_messages_do_not_run_into_the_message_deadline() {
+        let limits = Limits { message_timeout: Duration::from_millis(400), ..Limits::default() };
+        let (t, sink, addr) = tcp_transports(limits).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        for i in 0..6 {
+            stream.write_all(b"\r\n\r\n").await.expect("ping");
+            let mut pong = [0u8; 2];
+            tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut pong))
+                .await
+                .expect("a pong in time")
+                .expect("pong");
+            assert_eq!(&pong, b"\r\n");
+            stream.write_all(OPTIONS.as_bytes()).await.expect("write");
+            assert!(delivered(&sink, i + 1).await);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(t.open_connections(), 1, "1 s of traffic, each message whole at once");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_is_cut_at_the_write_timeout_and_sends_to_it_fail() {
+        let limits = Limits { write_timeout: Duration::from_millis(500), ..Limits::default() };
+        let (t, sink, addr) = tcp_transports(limits).await;
+        let events = record_events(&t);
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream.write_all(OPTIONS.as_bytes()).await.expect("write");
+        assert!(delivered(&sink, 1).await);
+        let target = sink.0.lock().expect("lock")[0].source.reply_target();
+        // The peer never reads: sends succeed until the kernel's buffers and the queue are
+        // full, then the connection is cut and they fail.
+        let big = vec![b'x'; 60_000];
+        let started = tokio::time::Instant::now();
+        let failed = loop {
+            match tokio::time::timeout(Duration::from_secs(5), t.send(&target, big.clone())).await {
+                Ok(Ok(())) if started.elapsed() < Duration::from_secs(20) => {}
+                Ok(Ok(())) => panic!("sends kept succeeding for 20 s"),
+                Ok(Err(e)) => break e,
+                Err(_) => panic!("a send waited more than 5 s"),
+            }
+        };
+        assert!(
+            matches!(failed.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::TimedOut),
+            "{failed}"
+        );
+        let cut =
+            StreamEvent::Closed { protocol: Transport::Tcp, reason: CloseReason::WriteTimeout };
+        assert!(wait_for_event(&events, cut).await, "{:?}", events.lock().expect("lock"));
+        assert_eq!(t.open_connections(), 0);
+        drop(stream);
+    }
+
+    #[test]
+    fn the_log_takes_a_burst_per_window_and_counts_what_it_left_out() {
+        let mut log = LogBudget::new();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..LOG_BURST {
+            assert_eq!(log.admit(t0), Some(0));
+        }
+        for _ in 0..7 {
+            assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(log.admit(t0 + LOG_WINDOW), Some(7), "the next window says what was left out");
+        assert_eq!(log.admit(t0 + LOG_WINDOW), Some(0));
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_capped_by_its_64_and_a_mapped_ipv4_one_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2::7".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::7".parse().expect("ip");
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
+        assert_eq!(address_key(mapped), "192.0.2.9".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn slots_count_both_caps_and_are_given_back_on_drop() {
+        let limits =
+            Limits { max_connections: 3, max_connections_per_address: 2, ..Limits::default() };
+        let slots = Arc::new(Slots {
+            limits,
+            open: AtomicUsize::new(0),
+            by_address: Mutex::new(HashMap::new()),
+        });
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let first = slots.take(Some(a)).expect("first");
+        let _second = slots.take(Some(a)).expect("second");
+        assert_eq!(slots.take(Some(a)).err(), Some(Refusal::AddressLimit));
+        let _other = slots.take(Some(b)).expect("another address");
+        assert_eq!(slots.take(Some(b)).err(), Some(Refusal::GlobalLimit));
+        assert_eq!(slots.take(None).err(), Some(Refusal::GlobalLimit), "ours count too");
+        drop(first);
+        let _again = slots.take(Some(a)).expect("a slot given back");
+        assert_eq!(slots.open.load(Ordering::Relaxed), 3);
     }
 
     #[test]
