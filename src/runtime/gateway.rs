@@ -121,6 +121,12 @@ pub struct ServeOptions {
     /// No RTP from a leg of an answered call for this long ends the call.
     pub media_timeout: Duration,
     pub nonce_ttl: Duration,
+    /// Wrong answers a digest nonce takes before it is refused whatever the answer.
+    pub nonce_guesses: u32,
+    /// The per-source protection of the carrier-facing listener (issue 15 item 3).
+    pub guard: crate::call::guard::GuardSettings,
+    /// At most one refusal log line per reason per this interval.
+    pub refusal_log_interval: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
     /// Networks the agent-facing listener takes new calls (outbound) from.
@@ -432,6 +438,8 @@ pub async fn serve_until(
         agent_networks: options.agent_networks.clone(),
         agent_credentials,
         agent_uri: options.agent_uri.clone(),
+        guard: options.guard.clone(),
+        refusal_log_interval: options.refusal_log_interval,
         ..GatewayConfig::default()
     };
     let digest = DigestServer::new(
@@ -439,7 +447,8 @@ pub async fn serve_until(
         NonceKey::from_bytes(first.nonce_key),
         options.nonce_ttl,
     )
-    .with_algorithms(&options.digest_algorithms);
+    .with_algorithms(&options.digest_algorithms)
+    .with_guess_limit(options.nonce_guesses);
     let ports = Arc::new(PortAllocator::with_metrics(
         options.rtp_ports.0,
         options.rtp_ports.1,
