@@ -8,8 +8,9 @@
 //! (time is passed in), no socket, no logging; one mutex around the state.
 //!
 //! ```text
-//!  request ──► locked out? ──► source's bucket ──► known-good? ──no──► global bucket ──► admit
-//!      (Drop::LockedOut, unless known-good)  (SourceRate)     │yes: skips it         (GlobalRate)
+//!  request ──► known-good? ──yes──────────────────────────────────────────────► admit
+//!                 │no──► locked out? ──► source's bucket ──► global bucket ──► admit
+//!                        (LockedOut)      (SourceRate)        (GlobalRate)
 //!  credentials for a username under attack, from a source not known-good ──► username bucket
 //!  digest answer refused ──► auth_failed: N in the window ─► source locked out for the back-off
 //!  call routed (digest verified, or an allowlisted address) ──► trust: known-good source
@@ -20,8 +21,14 @@
 //!   continuously. Over the bucket the request is dropped without an answer: an answer is what a
 //!   flood wants from us (reflection, CPU), and a real peer retransmits over UDP.
 //! - **A global bucket** for the new requests of every source that is not known-good, so that a
-//!   flood spread over many addresses cannot take more than that rate of the front door. Known-
-//!   good sources skip it: a carrier's calls go on during a distributed flood.
+//!   flood spread over many addresses cannot take more than that rate of the front door. A
+//!   source spends its own bucket first, so one flooding address never spends the global
+//!   tokens the others share.
+//! - **Known-good sources skip the buckets** (their trunk's `maxCallsPerSecond` still applies
+//!   after routing): a carrier's calls go on during a flood, and a carrier's SBC sending twice
+//!   its call rate in INVITEs (the challenge, then the answer) is not held to a per-address
+//!   default. Over UDP a source address can be spoofed; a flood that spoofs a carrier's address
+//!   skips these limits and meets the trunk's (and its answers go to the carrier).
 //! - **The source table is bounded**: an LRU of at most [`GuardSettings::max_sources`]
 //!   addresses (the least recently seen is forgotten; a forgotten source starts again with full
 //!   buckets, as a new one, which the global cap still bounds). Lockouts and known-good sources
@@ -305,8 +312,10 @@ impl Guard {
         let source = source.to_canonical();
         let s = &self.settings;
         let mut inner = self.lock();
-        let trusted = inner.is_trusted(now, source);
-        if !trusted && inner.is_locked(now, source) {
+        if inner.is_trusted(now, source) {
+            return Ok(());
+        }
+        if inner.is_locked(now, source) {
             return Err(Drop::LockedOut);
         }
         // The source's own bucket first: a flood from one address spends its own tokens, never
@@ -320,7 +329,7 @@ impl Guard {
         if !bucket.take(now) {
             return Err(Drop::SourceRate(kind));
         }
-        if !trusted && !inner.global.take(now) {
+        if !inner.global.take(now) {
             return Err(Drop::GlobalRate);
         }
         Ok(())

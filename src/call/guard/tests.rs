@@ -90,6 +90,15 @@ fn the_global_cap_bounds_many_sources_but_a_known_good_source_skips_it() {
 }
 
 #[test]
+fn a_known_good_source_skips_its_own_buckets() {
+    let guard = Guard::new(settings());
+    let now = Instant::now();
+    guard.trust(now, ip(1));
+    assert_eq!(admitted(&guard, now, ip(1), RequestKind::Invite, 1000), 1000);
+    assert_eq!(admitted(&guard, now, ip(1), RequestKind::Options, 1000), 1000);
+}
+
+#[test]
 fn one_flooding_source_does_not_spend_the_tokens_the_others_share() {
     let guard = Guard::new(GuardSettings { global_rate: 20, ..settings() });
     let now = Instant::now();
