@@ -115,7 +115,7 @@ sipp -sf "$ROOT/benches/inbound-cps/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -mp "$U
   -bg -trace_err -error_file "$OUT/uas-errors.log" > "$OUT/uas.out" 2>&1 &
 sleep 0.5
 sipp 127.0.0.1:"$GW_PORT" -sf "$ROOT/benches/inbound-cps/uac.xml" -s "$NUMBER" \
-  -au "$AUTH_USER" -ap "$AUTH_PASS" -auth_uri "sip:$NUMBER@127.0.0.1:$GW_PORT" \
+  -au "$AUTH_USER" -ap "$AUTH_PASS" -auth_uri "$NUMBER@127.0.0.1:$GW_PORT" \
   -i 127.0.0.1 -p "$UAC_PORT" -mp "$UAC_MEDIA" -r "$RATE" -m "$CALLS" -l $((RATE * 5)) \
   -timeout $((CARRIER_SECS + 30)) -timeout_error -trace_stat -stf "$OUT/uac-stat.csv" -fd 1 \
   -trace_err -error_file "$OUT/uac-errors.log" -bg > "$OUT/uac.out" 2>&1
