@@ -36,7 +36,7 @@ use crate::media::relay::MediaThreads;
 use crate::media::sdp::Sdp;
 
 use super::driver::{self, CallLabels, Held};
-use super::guard::{Drop, Guard, LogLimiter, RequestKind};
+use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
 use super::inbound::{self, Admitted};
 use super::machine::{Call, Ids};
 use super::outbound as outbound_call;
@@ -73,7 +73,7 @@ impl Gateway {
     ) -> Arc<Gateway> {
         let guard = Guard::new(config.guard.clone());
         let log = LogLimiter::new(config.refusal_log_interval);
-        metrics.export_guard_drops(&Drop::ALL.map(Drop::as_str));
+        metrics.export_guard_drops(&Dropped::ALL.map(Dropped::as_str));
         Arc::new(Gateway {
             services: CallServices::new(config, metrics, ports),
             snapshot,
@@ -103,7 +103,7 @@ impl Gateway {
         }
     }
 
-    fn dropped(&self, now: Instant, source: &Source, drop: Drop) {
+    fn dropped(&self, now: Instant, source: &Source, drop: Dropped) {
         self.services.metrics.guard_dropped(drop.as_str());
         if let Some(suppressed) = self.log.allow(now, drop.as_str()) {
             tracing::info!(

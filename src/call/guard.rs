@@ -4,7 +4,7 @@
 //! Takes: the source address, the kind of request and the time, from the front door
 //! (`call::gateway`) for every new out-of-dialog request and every unreadable message on the
 //! carrier-facing listener; then the outcome of each digest answer. Gives: admit or
-//! [`Drop`] (the request is dropped unanswered, counted by reason). Pure and sans-IO: no clock
+//! [`Dropped`] (the request is dropped unanswered, counted by reason). Pure and sans-IO: no clock
 //! (time is passed in), no socket, no logging; one mutex around the state.
 //!
 //! ```text
@@ -80,7 +80,7 @@ pub enum RequestKind {
 /// Why a request was dropped unanswered: the `reason` label of
 /// `trunkline_guard_dropped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum Dropped {
     /// The source is over its bucket for this kind.
     SourceRate(RequestKind),
     /// The sources that are not known-good are over the global cap together.
@@ -91,30 +91,30 @@ pub enum Drop {
     UsernameThrottled,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 6] = [
-        Drop::SourceRate(RequestKind::Invite),
-        Drop::SourceRate(RequestKind::Options),
-        Drop::SourceRate(RequestKind::Other),
-        Drop::GlobalRate,
-        Drop::LockedOut,
-        Drop::UsernameThrottled,
+impl Dropped {
+    pub const ALL: [Dropped; 6] = [
+        Dropped::SourceRate(RequestKind::Invite),
+        Dropped::SourceRate(RequestKind::Options),
+        Dropped::SourceRate(RequestKind::Other),
+        Dropped::GlobalRate,
+        Dropped::LockedOut,
+        Dropped::UsernameThrottled,
     ];
 
     /// The metric label and the name in the log.
     pub fn as_str(self) -> &'static str {
         match self {
-            Drop::SourceRate(RequestKind::Invite) => "source_invite_rate",
-            Drop::SourceRate(RequestKind::Options) => "source_options_rate",
-            Drop::SourceRate(RequestKind::Other) => "source_request_rate",
-            Drop::GlobalRate => "global_rate",
-            Drop::LockedOut => "locked_out",
-            Drop::UsernameThrottled => "username_throttled",
+            Dropped::SourceRate(RequestKind::Invite) => "source_invite_rate",
+            Dropped::SourceRate(RequestKind::Options) => "source_options_rate",
+            Dropped::SourceRate(RequestKind::Other) => "source_request_rate",
+            Dropped::GlobalRate => "global_rate",
+            Dropped::LockedOut => "locked_out",
+            Dropped::UsernameThrottled => "username_throttled",
         }
     }
 }
 
-impl std::fmt::Display for Drop {
+impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -308,7 +308,7 @@ impl Guard {
     }
 
     /// A new request of `kind` from `source` at `now`: admitted (a token taken), or dropped.
-    pub fn admit(&self, now: Instant, source: IpAddr, kind: RequestKind) -> Result<(), Drop> {
+    pub fn admit(&self, now: Instant, source: IpAddr, kind: RequestKind) -> Result<(), Dropped> {
         let source = source.to_canonical();
         let s = &self.settings;
         let mut inner = self.lock();
@@ -316,7 +316,7 @@ impl Guard {
             return Ok(());
         }
         if inner.is_locked(now, source) {
-            return Err(Drop::LockedOut);
+            return Err(Dropped::LockedOut);
         }
         // The source's own bucket first: a flood from one address spends its own tokens, never
         // the global ones that the other sources share.
@@ -327,17 +327,22 @@ impl Guard {
             RequestKind::Other => &mut state.other,
         };
         if !bucket.take(now) {
-            return Err(Drop::SourceRate(kind));
+            return Err(Dropped::SourceRate(kind));
         }
         if !inner.global.take(now) {
-            return Err(Drop::GlobalRate);
+            return Err(Dropped::GlobalRate);
         }
         Ok(())
     }
 
     /// Digest credentials for `username` (a username of the routing table) from `source`: to be
     /// verified, or dropped because the username is under attack and `source` is not known-good.
-    pub fn admit_answer(&self, now: Instant, source: IpAddr, username: &str) -> Result<(), Drop> {
+    pub fn admit_answer(
+        &self,
+        now: Instant,
+        source: IpAddr,
+        username: &str,
+    ) -> Result<(), Dropped> {
         let source = source.to_canonical();
         let s = &self.settings;
         let mut inner = self.lock();
@@ -348,7 +353,7 @@ impl Guard {
         if user.failures.count(now, s.auth_window) < s.username_failures {
             return Ok(());
         }
-        if user.bucket.take(now) { Ok(()) } else { Err(Drop::UsernameThrottled) }
+        if user.bucket.take(now) { Ok(()) } else { Err(Dropped::UsernameThrottled) }
     }
 
     /// A digest answer from `source` was refused (wrong, replayed, malformed, for an unknown

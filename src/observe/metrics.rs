@@ -15,7 +15,7 @@
 //! | `trunkline_auth_failures_total` | counter | `reason` |
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
-//! | `trunkline_guard_dropped_total` | counter | `reason` (`call::guard::Drop`: `source_invite_rate`, `source_options_rate`, `source_request_rate`, `global_rate`, `locked_out`, `username_throttled`) |
+//! | `trunkline_guard_dropped_total` | counter | `reason` (`call::guard::Dropped`: `source_invite_rate`, `source_options_rate`, `source_request_rate`, `global_rate`, `locked_out`, `username_throttled`) |
 //! | `trunkline_guard_lockouts_total` | counter | |
 //! | `trunkline_guard_sources` | gauge | |
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
@@ -658,7 +658,7 @@ impl GatewayMetrics {
     /// Counts one call a dialed peer (`carrier`, `agent`, `transfer`) refused at
     /// authentication. `trunk`: as in [`Self::call_finished`].
     /// Exports `trunkline_guard_dropped_total` at 0 for each of these reasons (the fixed labels
-    /// of `call::guard::Drop`), so that `rate()` works from the first drop.
+    /// of `call::guard::Dropped`), so that `rate()` works from the first drop.
     pub fn export_guard_drops(&self, reasons: &[&str]) {
         for reason in reasons {
             self.guard_dropped.with_label_values(&[reason]);

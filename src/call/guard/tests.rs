@@ -34,7 +34,7 @@ fn a_source_over_its_invite_bucket_is_dropped_and_another_source_is_not() {
     assert_eq!(admitted(&guard, now, ip(2), RequestKind::Invite, 100), 10);
     assert_eq!(
         guard.admit(now, ip(2), RequestKind::Invite),
-        Err(Drop::SourceRate(RequestKind::Invite))
+        Err(Dropped::SourceRate(RequestKind::Invite))
     );
     assert_eq!(admitted(&guard, now, ip(3), RequestKind::Invite, 10), 10);
 }
@@ -59,11 +59,11 @@ fn invites_options_and_other_requests_have_their_own_buckets() {
     assert_eq!(admitted(&guard, now, ip(2), RequestKind::Invite, 100), 10);
     assert_eq!(
         guard.admit(now, ip(2), RequestKind::Options),
-        Err(Drop::SourceRate(RequestKind::Options))
+        Err(Dropped::SourceRate(RequestKind::Options))
     );
     assert_eq!(
         guard.admit(now, ip(2), RequestKind::Other),
-        Err(Drop::SourceRate(RequestKind::Other))
+        Err(Dropped::SourceRate(RequestKind::Other))
     );
 }
 
@@ -84,7 +84,7 @@ fn the_global_cap_bounds_many_sources_but_a_known_good_source_skips_it() {
     assert_eq!(spread, 20, "two seconds of the global rate");
     assert_eq!(
         guard.admit(now, IpAddr::from([10, 0, 1, 1]), RequestKind::Invite),
-        Err(Drop::GlobalRate)
+        Err(Dropped::GlobalRate)
     );
     assert_eq!(admitted(&guard, now, ip(1), RequestKind::Invite, 10), 10, "the carrier goes on");
 }
@@ -114,10 +114,10 @@ fn failures_up_to_the_threshold_lock_the_source_out_for_the_back_off_then_let_it
     assert_eq!(guard.auth_failed(now, ip(5), None), None);
     let lockout = guard.auth_failed(now, ip(5), None).expect("the third failure locks it out");
     assert_eq!(lockout, Lockout { source: ip(5), until: now + Duration::from_secs(300) });
-    assert_eq!(guard.admit(now, ip(5), RequestKind::Invite), Err(Drop::LockedOut));
-    assert_eq!(guard.admit(now, ip(5), RequestKind::Options), Err(Drop::LockedOut));
+    assert_eq!(guard.admit(now, ip(5), RequestKind::Invite), Err(Dropped::LockedOut));
+    assert_eq!(guard.admit(now, ip(5), RequestKind::Options), Err(Dropped::LockedOut));
     let almost = now + Duration::from_secs(299);
-    assert_eq!(guard.admit(almost, ip(5), RequestKind::Invite), Err(Drop::LockedOut));
+    assert_eq!(guard.admit(almost, ip(5), RequestKind::Invite), Err(Dropped::LockedOut));
     assert!(guard.admit(now, ip(6), RequestKind::Invite).is_ok(), "others are not locked out");
     let after = now + Duration::from_secs(300);
     assert!(guard.admit(after, ip(5), RequestKind::Invite).is_ok());
@@ -172,7 +172,7 @@ fn guessing_one_username_from_many_addresses_is_slowed_but_its_known_good_source
         .filter(|i| guard.admit_answer(now, IpAddr::from([10, 0, 1, *i]), "acme").is_ok())
         .count();
     assert_eq!(passed, 2);
-    assert_eq!(guard.admit_answer(now, ip(3), "acme"), Err(Drop::UsernameThrottled));
+    assert_eq!(guard.admit_answer(now, ip(3), "acme"), Err(Dropped::UsernameThrottled));
     for _ in 0..100 {
         assert!(guard.admit_answer(now, ip(1), "acme").is_ok(), "the carrier is never slowed");
     }
@@ -219,7 +219,7 @@ fn a_locked_out_source_cannot_free_itself_by_turning_the_source_table_over() {
         let _ =
             guard.admit(now, IpAddr::from((0x0a00_0000 + i).to_be_bytes()), RequestKind::Invite);
     }
-    assert_eq!(guard.admit(now, ip(5), RequestKind::Invite), Err(Drop::LockedOut));
+    assert_eq!(guard.admit(now, ip(5), RequestKind::Invite), Err(Dropped::LockedOut));
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn ipv4_mapped_ipv6_sources_are_the_ipv4_address() {
         guard.auth_failed(now, ip(5), None);
     }
     let mapped: IpAddr = "::ffff:127.0.0.5".parse().unwrap();
-    assert_eq!(guard.admit(now, mapped, RequestKind::Invite), Err(Drop::LockedOut));
+    assert_eq!(guard.admit(now, mapped, RequestKind::Invite), Err(Dropped::LockedOut));
 }
 
 #[test]
@@ -248,6 +248,6 @@ fn the_log_limiter_lets_one_line_per_reason_per_interval_and_counts_the_rest() {
 
 #[test]
 fn drop_labels_are_distinct_and_fixed() {
-    let labels: std::collections::BTreeSet<_> = Drop::ALL.iter().map(|d| d.as_str()).collect();
-    assert_eq!(labels.len(), Drop::ALL.len());
+    let labels: std::collections::BTreeSet<_> = Dropped::ALL.iter().map(|d| d.as_str()).collect();
+    assert_eq!(labels.len(), Dropped::ALL.len());
 }
