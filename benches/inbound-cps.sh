@@ -126,7 +126,7 @@ start_sut() {  # start_sut SYSTEM: a fresh SUT; SUT_PID, SUT_TARGET and SUT_PORT
 UAS_XML=$HERE/uas.xml
 uac_args() {
   UAC_ARGS=(-sf "$HERE/uac.xml" -s "$NUMBER" -au "$AUTH_USER" -ap "$AUTH_PASS"
-            -auth_uri "sip:$NUMBER@$SUT_TARGET")
+            -auth_uri "$NUMBER@$SUT_TARGET")  # sipp prepends sip: (the digest uri is the Request-URI)
 }
 
 cps_record_setup

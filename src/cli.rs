@@ -412,6 +412,53 @@ struct ServeArgs {
     /// Seconds a digest nonce stays valid (then `stale=true`); `300` or `300s`.
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
     nonce_ttl: Duration,
+    /// Wrong answers one digest nonce takes; after them every answer with it is refused (403)
+    /// and the carrier must ask for a new challenge.
+    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    nonce_guesses: u32,
+    /// New INVITEs per second one source address may send to the carrier-facing listener
+    /// (bursts of twice that pass); over it they are dropped unanswered. 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value = "50")]
+    source_invite_rate: u32,
+    /// OPTIONS per second one source address may send outside a dialog (bursts of twice that).
+    #[arg(long, value_name = "PER_SECOND", default_value = "10")]
+    source_options_rate: u32,
+    /// Other out-of-dialog requests (REGISTER, BYE for no call...) and unreadable messages per
+    /// second one source address gets an answer to (bursts of twice that).
+    #[arg(long, value_name = "PER_SECOND", default_value = "10")]
+    source_request_rate: u32,
+    /// New out-of-dialog requests per second from all sources together that are not known-good
+    /// (known-good: a call of theirs was routed in the last 24 h). 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value = "2000")]
+    global_request_rate: u32,
+    /// Source addresses the per-source limits track at most (the least recently seen is
+    /// forgotten first).
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = clap::value_parser!(u64).range(1..))]
+    max_sources: u64,
+    /// Refused digest answers from one address within --auth-failure-window that lock it out
+    /// (its requests dropped unanswered for --auth-lockout). Known-good sources are never locked
+    /// out. 0: no lockout.
+    #[arg(long, value_name = "N", default_value = "5")]
+    auth_failures: u32,
+    /// The window refused digest answers are counted in; `60` or `60s`.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    auth_failure_window: Duration,
+    /// How long a locked-out address is ignored; `300` or `300s`.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    auth_lockout: Duration,
+    /// Refused answers for one username within --auth-failure-window, from any addresses, that
+    /// put it under attack: then answers for it from addresses that are not known-good are
+    /// verified at most at --username-attempt-rate. 0: never.
+    #[arg(long, value_name = "N", default_value = "20")]
+    username_failures: u32,
+    /// Answers per second verified for a username under attack from addresses that are not
+    /// known-good (the rest are dropped unanswered).
+    #[arg(long, value_name = "PER_SECOND", default_value = "1")]
+    username_attempt_rate: u32,
+    /// At most one log line per refusal reason per this many seconds (with the count of the
+    /// lines left out); `10` or `10s`.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    refusal_log_interval: Duration,
     /// Networks (CIDRs, comma-separated or repeated) the agent-facing listener takes new calls
     /// from (outbound calls, SIP or HTTP); a new INVITE from anywhere else gets 403.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128", value_name = "CIDR")]
@@ -497,6 +544,20 @@ impl ServeArgs {
             max_call_duration: Some(self.max_call_duration).filter(|d| !d.is_zero()),
             min_session_expires: self.min_session_expires,
             nonce_ttl: self.nonce_ttl,
+            nonce_guesses: self.nonce_guesses,
+            guard: trunkline::call::guard::GuardSettings {
+                invite_rate: self.source_invite_rate,
+                options_rate: self.source_options_rate,
+                other_rate: self.source_request_rate,
+                global_rate: self.global_request_rate,
+                max_sources: usize::try_from(self.max_sources).unwrap_or(usize::MAX),
+                auth_failures: self.auth_failures,
+                auth_window: self.auth_failure_window,
+                auth_lockout: self.auth_lockout,
+                username_failures: self.username_failures,
+                username_rate: self.username_attempt_rate,
+            },
+            refusal_log_interval: self.refusal_log_interval,
             digest_algorithms: self.digest_algorithms,
             agent_networks: self.agent_networks,
             agent_credentials: self.agent_credentials,

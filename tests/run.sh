@@ -41,6 +41,8 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
 command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
+# SIPVicious (svwar, svcrack) attacks the gateway in tests/scanners.rs.
+command -v svcrack >/dev/null 2>&1 || missing+=(sipvicious)
 dpkg-query -W -f='${Status}' kamailio-tls-modules 2>/dev/null | grep -q "ok installed" ||
   missing+=(kamailio-tls-modules)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -9,6 +9,12 @@
 //! as in Kamailio's `sl_send_reply`. OPTIONS outside a dialog are answered here (carriers'
 //! keep-alives).
 //!
+//! Before any of that, on the carrier-facing listener, the per-source protection
+//! (`call::guard`) decides whether a new out-of-dialog request (or an unreadable message) is
+//! answered at all: over its source's bucket, over the global cap, or from a source locked out
+//! after refused digest answers, it is dropped unanswered and counted. Refusals are logged at
+//! most once per reason per `--refusal-log-interval`, with the count of the lines left out.
+//!
 //! Called by the transports (as their [`Sink`]); `trunkline run` builds it.
 
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome, RefusalRu
 use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable};
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
-use crate::sip::digest::{Credentials, DigestServer, Verification};
+use crate::sip::digest::{Credentials, DigestError, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
 use crate::sip::session_timer;
 use crate::sip::transaction::MAGIC_COOKIE;
@@ -34,6 +40,7 @@ use crate::media::relay::MediaThreads;
 use crate::media::sdp::Sdp;
 
 use super::driver::{self, CallLabels, Held};
+use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
 use super::inbound::{self, Admitted};
 use super::machine::{Call, Ids};
 use super::outbound as outbound_call;
@@ -53,6 +60,10 @@ pub struct Gateway {
     digest: DigestServer,
     health: Arc<Health>,
     draining: AtomicBool,
+    /// The per-source protection of the carrier-facing listener.
+    guard: Guard,
+    /// Rate-limits the refusal log lines.
+    log: LogLimiter,
 }
 
 impl Gateway {
@@ -64,13 +75,67 @@ impl Gateway {
         health: Arc<Health>,
         ports: Arc<PortAllocator>,
     ) -> Arc<Gateway> {
+        let guard = Guard::new(config.guard.clone());
+        let log = LogLimiter::new(config.refusal_log_interval);
+        metrics.export_guard_drops(&Dropped::ALL.map(Dropped::as_str));
         Arc::new(Gateway {
             services: CallServices::new(config, metrics, ports),
             snapshot,
             digest,
             health,
             draining: AtomicBool::new(false),
+            guard,
+            log,
         })
+    }
+
+    /// Whether a new request (or an unreadable message) of `kind` from `source` gets an answer:
+    /// always on the agent-facing listener; on the carrier-facing one, what `call::guard` says.
+    fn admitted(&self, source: &Source, kind: RequestKind) -> bool {
+        if source.zone != Zone::Carrier {
+            return true;
+        }
+        let now = Instant::now();
+        let verdict = self.guard.admit(now, source.remote.ip(), kind);
+        self.services.metrics.guard_sources(self.guard.tracked_sources());
+        match verdict {
+            Ok(()) => true,
+            Err(drop) => {
+                self.dropped(now, source, drop);
+                false
+            }
+        }
+    }
+
+    fn dropped(&self, now: Instant, source: &Source, drop: Dropped) {
+        self.services.metrics.guard_dropped(drop.as_str());
+        if let Some(suppressed) = self.log.allow(now, drop.as_str()) {
+            tracing::info!(
+                source = %source.remote, reason = drop.as_str(), suppressed,
+                "request dropped unanswered by the per-source protection (one line per reason per --refusal-log-interval; suppressed: lines left out since the last)"
+            );
+        }
+    }
+
+    /// A refused digest answer from `source` (`username` when the routing table has it): counted
+    /// towards its lockout, and the lockout logged and counted when this one starts it.
+    fn auth_failed(&self, source: &Source, username: Option<&str>) {
+        let now = Instant::now();
+        if let Some(lockout) = self.guard.auth_failed(now, source.remote.ip(), username) {
+            self.services.metrics.guard_lockout();
+            if let Some(suppressed) = self.log.allow(now, "lockout") {
+                tracing::warn!(
+                    source = %lockout.source,
+                    seconds = self.guard.settings().auth_lockout.as_secs(), suppressed,
+                    "source locked out after too many refused digest answers: its requests are dropped unanswered"
+                );
+            }
+        }
+    }
+
+    /// Whether a refusal line for `rule` may be written now; gives the count left out before it.
+    fn log_refusal(&self, rule: &'static str) -> Option<u64> {
+        self.log.allow(Instant::now(), rule)
     }
 
     /// Connects the transports (they need the gateway as their sink, so this comes after).
@@ -154,6 +219,15 @@ impl Gateway {
     }
 
     fn handle_new_request(self: &Arc<Self>, request: Request, source: Source) {
+        let kind = match request.method {
+            Method::Invite => RequestKind::Invite,
+            Method::Options => RequestKind::Options,
+            _ => RequestKind::Other,
+        };
+        // An ACK is never answered: it costs nothing to take.
+        if request.method != Method::Ack && !self.admitted(&source, kind) {
+            return;
+        }
         match request.method {
             Method::Ack => {} // the ACK of a stateless non-2xx answer, or of a call long gone
             Method::Options => {
@@ -293,7 +367,9 @@ impl Gateway {
         let trunk_header =
             format!("{}{}", self.services.config.header_prefix, outbound::TRUNK_HEADER);
         if request.headers.get(&trunk_header).is_some() {
-            tracing::info!(source = %source.remote, "an INVITE on the carrier side named an outbound trunk: refused");
+            if let Some(suppressed) = self.log_refusal(RefusalRule::OutboundFromCarrier.as_str()) {
+                tracing::info!(source = %source.remote, suppressed, "an INVITE on the carrier side named an outbound trunk: refused");
+            }
             return self.refuse(&request, &source, RefusalRule::OutboundFromCarrier, &[]);
         }
 
@@ -309,11 +385,35 @@ impl Gateway {
             Some(Err(e)) => {
                 self.services.metrics.auth_failure(AuthFailure::Malformed);
                 tracing::debug!(error = %e, "unreadable credentials");
+                self.auth_failed(&source, None);
                 return self.refuse(&request, &source, RefusalRule::MalformedCredentials, &[]);
             }
         };
         if let Some(c) = &credentials {
-            match self.verify(&table, c, now_unix) {
+            // Only usernames of the table are tracked for spread guessing (a bounded set).
+            let known = table.trunk_by_digest_user(&c.username).map(|_| c.username.as_str());
+            if let Some(username) = known {
+                let now = Instant::now();
+                if let Err(drop) = self.guard.admit_answer(now, source.remote.ip(), username) {
+                    return self.dropped(now, &source, drop);
+                }
+            }
+            // RFC 3261 §22.4: the answer is bound to the Request-URI; one made for another
+            // request (another number) is refused, and counts as a failed answer.
+            if !c.uri_matches(&request.uri) {
+                self.services.metrics.auth_failure(AuthFailure::UriMismatch);
+                self.auth_failed(&source, known);
+                let rule = RefusalRule::DigestUriMismatch;
+                if let Some(suppressed) = self.log_refusal(rule.as_str()) {
+                    tracing::info!(source = %source.remote, username = %c.username, suppressed, "digest uri is not the Request-URI: refused");
+                }
+                let warning = crate::config::refusal::warning(
+                    rule.as_str(),
+                    "the digest uri must be the Request-URI",
+                );
+                return self.refuse(&request, &source, rule, &[(name::WARNING, warning)]);
+            }
+            match self.verify(&table, c, now_unix, &source) {
                 Ok(()) => {}
                 Err(Verdict::Stale) => {
                     self.services.metrics.auth_failure(AuthFailure::StaleNonce);
@@ -322,6 +422,7 @@ impl Gateway {
                 }
                 Err(Verdict::Refused(failure)) => {
                     self.services.metrics.auth_failure(failure);
+                    self.auth_failed(&source, known);
                     return self.refuse(&request, &source, RefusalRule::BadCredentials, &[]);
                 }
             }
@@ -342,7 +443,11 @@ impl Gateway {
         let options = LookupOptions { header_prefix: self.services.config.header_prefix.clone() };
         let decision = lookup::lookup(&table, &attempt, &options);
         let route = match decision.outcome {
-            Outcome::Route(route) => route,
+            Outcome::Route(route) => {
+                // A verified digest, or an address a trunk allowlists: a known-good source.
+                self.guard.trust(Instant::now(), source.remote.ip());
+                route
+            }
             Outcome::Challenge(_) => {
                 let challenges = self.digest.challenge(now_unix, false);
                 return self.challenge(&request, &source, challenges);
@@ -351,11 +456,13 @@ impl Gateway {
                 if let Some(failure) = auth_failure_of(refusal.rule) {
                     self.services.metrics.auth_failure(failure);
                 }
-                tracing::info!(
-                    source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
-                    detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
-                    "INVITE refused"
-                );
+                if let Some(suppressed) = self.log_refusal(refusal.rule.as_str()) {
+                    tracing::info!(
+                        source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
+                        detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
+                        suppressed, "INVITE refused"
+                    );
+                }
                 return self.refuse(&request, &source, refusal.rule, &[]);
             }
         };
@@ -503,7 +610,13 @@ impl Gateway {
         self.reply_status(request, source, 407, &extra);
     }
 
-    fn verify(&self, table: &RoutingTable, c: &Credentials, now_unix: u64) -> Result<(), Verdict> {
+    fn verify(
+        &self,
+        table: &RoutingTable,
+        c: &Credentials,
+        now_unix: u64,
+        source: &Source,
+    ) -> Result<(), Verdict> {
         let Some(trunk) = table.trunk_by_digest_user(&c.username) else {
             return Err(Verdict::Refused(AuthFailure::UnknownUser));
         };
@@ -514,9 +627,12 @@ impl Gateway {
             Verification::Valid => Ok(()),
             Verification::Stale => Err(Verdict::Stale),
             Verification::Invalid(e) => {
-                tracing::info!(username = %c.username, error = %e, "digest refused");
+                if let Some(suppressed) = self.log_refusal(RefusalRule::BadCredentials.as_str()) {
+                    tracing::info!(source = %source.remote, username = %c.username, error = %e, suppressed, "digest refused");
+                }
                 Err(Verdict::Refused(match e {
-                    crate::sip::digest::DigestError::NonceCountReplay => AuthFailure::Replay,
+                    DigestError::NonceCountReplay => AuthFailure::Replay,
+                    DigestError::TooManyGuesses(_) => AuthFailure::NonceGuessLimit,
                     _ => AuthFailure::BadCredentials,
                 }))
             }
@@ -632,6 +748,7 @@ impl Gateway {
                 tracing::debug!(remote = %source.remote, status = e.status, detail = e.detail, "malformed message");
                 if let Some(partial) = e.partial
                     && partial.method != Method::Ack
+                    && this.admitted(&source, RequestKind::Other)
                 {
                     let mut response = Response::to_request(
                         &partial,

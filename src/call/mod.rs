@@ -9,6 +9,7 @@
 pub mod agent_auth;
 pub mod driver;
 pub mod gateway;
+pub mod guard;
 pub mod headers;
 pub mod health;
 pub mod inbound;

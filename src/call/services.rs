@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     pub gateway_name: String,
     /// Where session records wait for the webhook (`--records-webhook`); none: no webhook.
     pub outbox: Option<Arc<crate::observe::record::Outbox>>,
+    /// The per-source protection's thresholds (`--source-invite-rate`, `--auth-failures`...).
+    pub guard: super::guard::GuardSettings,
+    /// At most one refusal log line per reason per this interval (`--refusal-log-interval`).
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +80,8 @@ impl Default for GatewayConfig {
             records: None,
             gateway_name: "trunkline".to_string(),
             outbox: None,
+            guard: super::guard::GuardSettings::default(),
+            refusal_log_interval: Duration::from_secs(10),
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum RefusalRule {
     MalformedCredentials,
     /// Credentials that do not verify: a wrong password, an unknown user, a replay.
     BadCredentials,
+    /// Digest credentials whose `uri` is not the Request-URI (RFC 3261 §22.4): an answer made
+    /// for another request.
+    DigestUriMismatch,
     /// A body that is not SDP.
     UnsupportedBody,
     /// SDP that does not parse.
@@ -99,6 +102,7 @@ impl RefusalRule {
             RefusalRule::BadExtension => "BadExtension",
             // One label for both: a dashboard counts credential failures, however they failed.
             RefusalRule::MalformedCredentials | RefusalRule::BadCredentials => "BadCredentials",
+            RefusalRule::DigestUriMismatch => "DigestUriMismatch",
             RefusalRule::UnsupportedBody => "UnsupportedBody",
             RefusalRule::BadSdp => "BadSdp",
             RefusalRule::NoUsableAudio => "NoUsableAudio",
@@ -131,6 +135,7 @@ impl RefusalRule {
             | RefusalRule::TransportNotAllowed
             | RefusalRule::CallerNotAllowed
             | RefusalRule::BadCredentials
+            | RefusalRule::DigestUriMismatch
             | RefusalRule::OutboundFromCarrier
             | RefusalRule::AgentNetworkNotAllowed
             | RefusalRule::AgentNotAllowed
@@ -208,6 +213,7 @@ mod tests {
             (BadExtension, 420, "BadExtension"),
             (MalformedCredentials, 400, "BadCredentials"),
             (BadCredentials, 403, "BadCredentials"),
+            (DigestUriMismatch, 403, "DigestUriMismatch"),
             (UnsupportedBody, 415, "UnsupportedBody"),
             (BadSdp, 400, "BadSdp"),
             (NoUsableAudio, 488, "NoUsableAudio"),

@@ -15,6 +15,9 @@
 //! | `trunkline_auth_failures_total` | counter | `reason` |
 //! | `trunkline_inbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
+//! | `trunkline_guard_dropped_total` | counter | `reason` (`call::guard::Dropped`: `source_invite_rate`, `source_options_rate`, `source_request_rate`, `global_rate`, `locked_out`, `username_throttled`) |
+//! | `trunkline_guard_lockouts_total` | counter | |
+//! | `trunkline_guard_sources` | gauge | |
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_transfers_total` | counter | `destination`, `mode`, `outcome` |
 //! | `trunkline_session_records_total` | counter | `sink` (`file`, `webhook`), `result` (`written`, `failed`; `spooled`, `refused`, `delivered`, `failed`) |
@@ -256,10 +259,14 @@ pub enum AuthFailure {
     Malformed,
     /// The trunk's credentials are still being generated; it cannot take calls yet.
     CredentialsPending,
+    /// The digest `uri` is not the Request-URI.
+    UriMismatch,
+    /// The nonce already took its wrong answers (the per-nonce guess limit).
+    NonceGuessLimit,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 8] = [
+    pub const ALL: [AuthFailure; 10] = [
         AuthFailure::BadCredentials,
         AuthFailure::UnknownUser,
         AuthFailure::AddressNotAllowed,
@@ -268,6 +275,8 @@ impl AuthFailure {
         AuthFailure::Replay,
         AuthFailure::Malformed,
         AuthFailure::CredentialsPending,
+        AuthFailure::UriMismatch,
+        AuthFailure::NonceGuessLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -280,6 +289,8 @@ impl AuthFailure {
             AuthFailure::Replay => "replay",
             AuthFailure::Malformed => "malformed",
             AuthFailure::CredentialsPending => "credentials_pending",
+            AuthFailure::UriMismatch => "uri_mismatch",
+            AuthFailure::NonceGuessLimit => "nonce_guess_limit",
         }
     }
 
@@ -298,6 +309,9 @@ pub struct GatewayMetrics {
     auth_failures: Vec<IntCounter>,
     refusals: IntCounterVec,
     outbound_refusals: IntCounterVec,
+    guard_dropped: IntCounterVec,
+    guard_lockouts: IntCounter,
+    guard_sources: IntGauge,
     peer_auth: IntCounterVec,
     transfers: IntCounterVec,
     records: IntCounterVec,
@@ -396,6 +410,22 @@ impl GatewayMetrics {
             "trunkline_outbound_refusals_total",
             "Outbound calls (agent INVITEs and API requests) refused, by SIP status and refusing rule.",
             &["status", "rule"],
+            r,
+        )?;
+        let guard_dropped = register_int_counter_vec_with_registry!(
+            "trunkline_guard_dropped_total",
+            "New requests and unreadable messages on the carrier-facing listener dropped unanswered by the per-source protection, by reason.",
+            &["reason"],
+            r,
+        )?;
+        let guard_lockouts = register_int_counter_with_registry!(
+            "trunkline_guard_lockouts_total",
+            "Source addresses locked out after too many refused digest answers (--auth-failures).",
+            r,
+        )?;
+        let guard_sources = register_int_gauge_with_registry!(
+            "trunkline_guard_sources",
+            "Source addresses the per-source protection tracks (at most --max-sources).",
             r,
         )?;
         let peer_auth = register_int_counter_vec_with_registry!(
@@ -511,6 +541,9 @@ impl GatewayMetrics {
             (&auth, P),
             (&refusals, P),
             (&outbound_refusals, P),
+            (&guard_dropped, P),
+            (&guard_lockouts, P),
+            (&guard_sources, P),
             (&peer_auth, P),
             (&transfers, P),
             (&records, P),
@@ -541,6 +574,9 @@ impl GatewayMetrics {
             auth_failures,
             refusals,
             outbound_refusals,
+            guard_dropped,
+            guard_lockouts,
+            guard_sources,
             peer_auth,
             transfers,
             records,
@@ -643,6 +679,29 @@ impl GatewayMetrics {
 
     /// Counts one call a dialed peer (`carrier`, `agent`, `transfer`) refused at
     /// authentication. `trunk`: as in [`Self::call_finished`].
+    /// Exports `trunkline_guard_dropped_total` at 0 for each of these reasons (the fixed labels
+    /// of `call::guard::Dropped`), so that `rate()` works from the first drop.
+    pub fn export_guard_drops(&self, reasons: &[&str]) {
+        for reason in reasons {
+            self.guard_dropped.with_label_values(&[reason]);
+        }
+    }
+
+    /// A request dropped unanswered by the per-source protection; `reason` is a fixed label.
+    pub fn guard_dropped(&self, reason: &str) {
+        self.guard_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// A source locked out after too many refused digest answers.
+    pub fn guard_lockout(&self) {
+        self.guard_lockouts.inc();
+    }
+
+    /// How many sources the per-source protection tracks.
+    pub fn guard_sources(&self, sources: usize) {
+        self.guard_sources.set(i64::try_from(sources).unwrap_or(i64::MAX));
+    }
+
     pub fn peer_auth_refused(&self, trunk: &str, peer: &str) {
         self.peer_auth.with_label_values(&[trunk, peer]).inc();
     }
@@ -975,6 +1034,7 @@ mod tests {
         m.auth_failure(AuthFailure::Replay);
         m.invite_refused(404, "NumberNotOnTrunk");
         m.outbound_refused(403, "AgentNotAllowed");
+        m.guard_dropped("locked_out");
         m.peer_auth_refused("ns/t", "carrier");
         m.transfer("ns/desk", "Bridge", "completed");
         m.session_record("file", "written");

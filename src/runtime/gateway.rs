@@ -127,6 +127,12 @@ pub struct ServeOptions {
     /// The smallest session interval (RFC 4028 `Min-SE`) accepted.
     pub min_session_expires: u32,
     pub nonce_ttl: Duration,
+    /// Wrong answers a digest nonce takes before it is refused whatever the answer.
+    pub nonce_guesses: u32,
+    /// The per-source protection of the carrier-facing listener (issue 15 item 3).
+    pub guard: crate::call::guard::GuardSettings,
+    /// At most one refusal log line per reason per this interval.
+    pub refusal_log_interval: Duration,
     /// Offered digest algorithms, in challenge order.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
     /// Networks the agent-facing listener takes new calls (outbound) from.
@@ -443,6 +449,8 @@ pub async fn serve_until(
         agent_networks: options.agent_networks.clone(),
         agent_credentials,
         agent_uri: options.agent_uri.clone(),
+        guard: options.guard.clone(),
+        refusal_log_interval: options.refusal_log_interval,
         ..GatewayConfig::default()
     };
     let digest = DigestServer::new(
@@ -450,7 +458,8 @@ pub async fn serve_until(
         NonceKey::from_bytes(first.nonce_key),
         options.nonce_ttl,
     )
-    .with_algorithms(&options.digest_algorithms);
+    .with_algorithms(&options.digest_algorithms)
+    .with_guess_limit(options.nonce_guesses);
     let ports = Arc::new(PortAllocator::with_metrics(
         options.rtp_ports.0,
         options.rtp_ports.1,

@@ -34,6 +34,13 @@
 //!   bounded: entries go when their nonce goes stale, and the table holds at most
 //!   [`REPLAY_CAP`] nonces (the oldest issued is evicted first).
 //!
+//! - **Guesses per nonce**: a nonce takes at most [`DEFAULT_NONCE_GUESSES`] wrong answers
+//!   ([`DigestServer::with_guess_limit`]); after them every answer with it is refused unchecked
+//!   ([`DigestError::TooManyGuesses`]), so a guesser needs a new challenge every few tries (and
+//!   challenges are what the front door's per-source limits count). Bounded as the replay table.
+//! - **uri**: [`Credentials::uri_matches`] says whether the digest `uri` is the Request-URI
+//!   (the front door refuses the answer with 403 when it is not).
+//!
 //! Known limits:
 //! - Replay detection is **per replica**. Nonces are stateless and valid on every replica that
 //!   has the key, so a response replayed to a *different* replica within the ttl is not caught.
@@ -43,9 +50,10 @@
 //! - `nc` must grow strictly per nonce: a client that sends two requests with the same nonce out
 //!   of order gets the late one rejected. Call [`DigestServer::verify`] once per server
 //!   transaction, not per retransmitted datagram (the transaction layer absorbs those).
-//! - The caller compares [`Credentials::uri`] with the Request-URI (RFC 3261 §22.4 leaves the
-//!   rules to URI equality, which lives with the message facade) and, when a request carries
-//!   several credentials, picks the one whose realm is [`DigestServer::realm`].
+//! - The caller compares [`Credentials::uri`] with the Request-URI
+//!   ([`Credentials::uri_matches`]: the same text, or the same scheme, user, host, port and
+//!   transport; other URI parameters are not compared) and, when a request carries several
+//!   credentials, picks the one whose realm is [`DigestServer::realm`].
 //! - Not supported (never offered): `qop=auth-int`, `userhash`, `username*` (RFC 7616 §3.4.4),
 //!   SHA-512-256.
 //!
@@ -67,6 +75,10 @@ pub const MAX_HEADER_LEN: usize = 4096;
 
 /// The most nonces one replica remembers for replay detection (about 40 bytes each).
 pub const REPLAY_CAP: usize = 100_000;
+
+/// Wrong answers one nonce takes by default before it is refused whatever the answer
+/// ([`DigestServer::with_guess_limit`]).
+pub const DEFAULT_NONCE_GUESSES: u32 = 3;
 
 /// Bytes of HMAC kept in a nonce.
 const TAG_LEN: usize = 16;
@@ -285,6 +297,28 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Whether the digest `uri` names the request's Request-URI (RFC 3261 §22.4: the response
+    /// is bound to it, so an answer captured for one request cannot serve another): the same
+    /// text, or the same SIP URI (scheme, user, host in any case, port, transport) written
+    /// differently.
+    pub fn uri_matches(&self, request_uri: &str) -> bool {
+        if self.uri == request_uri {
+            return true;
+        }
+        match (super::msg::SipUri::parse(&self.uri), super::msg::SipUri::parse(request_uri)) {
+            (Some(a), Some(b)) => {
+                a.sips == b.sips
+                    && a.user == b.user
+                    && a.host.eq_ignore_ascii_case(&b.host)
+                    && a.port == b.port
+                    && a.transport == b.transport
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `nc-value = 8LHEX` (RFC 7616 §3.4); upper case is accepted too.
 fn parse_nc(text: &str) -> Result<u32, DigestError> {
     let malformed = || DigestError::Malformed("nc must be 8 hex digits".into());
@@ -333,6 +367,10 @@ pub enum DigestError {
     WrongResponse,
     #[error("nonce count was already used with this nonce")]
     NonceCountReplay,
+    #[error("the nonce took its {0} wrong answers; ask for a new challenge")]
+    TooManyGuesses(u32),
+    #[error("the digest uri is not the Request-URI")]
+    UriMismatch,
 }
 
 impl DigestError {
@@ -351,7 +389,10 @@ impl DigestError {
             // A nonce from a rotated key or a restarted replica, or credentials meant for
             // another proxy's realm (RFC 3261 §22.3): challenge again.
             DigestError::BadNonce | DigestError::RealmMismatch => 407,
-            DigestError::WrongResponse | DigestError::NonceCountReplay => 403,
+            DigestError::WrongResponse
+            | DigestError::NonceCountReplay
+            | DigestError::TooManyGuesses(_)
+            | DigestError::UriMismatch => 403,
         }
     }
 }
@@ -363,6 +404,8 @@ pub struct DigestServer {
     key: NonceKey,
     nonce_ttl: Duration,
     replay: ReplayGuard,
+    /// Wrong answers per nonce.
+    guesses: GuessCounter,
     /// The algorithms offered, in the order of the challenges.
     algorithms: Vec<Algorithm>,
 }
@@ -377,8 +420,19 @@ impl DigestServer {
             key,
             nonce_ttl,
             replay: ReplayGuard::new(REPLAY_CAP),
+            guesses: GuessCounter::new(REPLAY_CAP, DEFAULT_NONCE_GUESSES),
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         }
+    }
+
+    /// A nonce takes at most `limit` wrong answers: after them every answer with it, right or
+    /// wrong, is refused with [`DigestError::TooManyGuesses`] (unchecked), so that guessing
+    /// needs a new challenge every `limit` tries. 0 keeps [`DEFAULT_NONCE_GUESSES`].
+    pub fn with_guess_limit(mut self, limit: u32) -> Self {
+        if limit > 0 {
+            self.guesses = GuessCounter::new(REPLAY_CAP, limit);
+        }
+        self
     }
 
     /// Offers these algorithms, one challenge each in this order (plain `MD5` and `SHA-256`;
@@ -460,9 +514,13 @@ impl DigestServer {
             return Err(DigestError::MissingParameter("cnonce"));
         }
 
+        if self.guesses.exhausted(&id) {
+            return Err(DigestError::TooManyGuesses(self.guesses.limit));
+        }
         let expected = expected_response(credentials, method, password);
         let received = credentials.response.to_ascii_lowercase();
         if !constant_time_eq(expected.as_bytes(), received.as_bytes()) {
+            self.guesses.wrong(id, now_unix, self.nonce_ttl.as_secs());
             return Err(DigestError::WrongResponse);
         }
         if now_unix.saturating_sub(issued) > self.nonce_ttl.as_secs() {
@@ -577,6 +635,62 @@ impl ReplayGuard {
 impl fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayGuard").field("cap", &self.cap).field("nonces", &self.len()).finish()
+    }
+}
+
+/// Wrong answers per nonce (the per-nonce guess limit). Only nonces this key signed get here,
+/// so the table holds what our challenges handed out; bounded like [`ReplayGuard`]: stale
+/// nonces go first, then the oldest issued.
+struct GuessCounter {
+    cap: usize,
+    limit: u32,
+    wrong: Mutex<BTreeMap<[u8; ID_LEN], u32>>,
+}
+
+impl GuessCounter {
+    fn new(cap: usize, limit: u32) -> Self {
+        GuessCounter { cap: cap.max(1), limit: limit.max(1), wrong: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn exhausted(&self, id: &[u8; ID_LEN]) -> bool {
+        let wrong = self.wrong.lock().unwrap_or_else(PoisonError::into_inner);
+        wrong.get(id).is_some_and(|n| *n >= self.limit)
+    }
+
+    fn wrong(&self, id: [u8; ID_LEN], now_unix: u64, ttl_secs: u64) {
+        // The map is consistent after every statement, so a poisoned lock is still usable.
+        let mut wrong = self.wrong.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = wrong.get_mut(&id) {
+            *count = count.saturating_add(1);
+            return;
+        }
+        loop {
+            let len = wrong.len();
+            let Some(entry) = wrong.first_entry() else {
+                break;
+            };
+            let mut issued = [0u8; 8];
+            issued.copy_from_slice(&entry.key()[..8]);
+            let expired = u64::from_be_bytes(issued).saturating_add(ttl_secs) < now_unix;
+            if !expired && len < self.cap {
+                break;
+            }
+            entry.remove();
+        }
+        wrong.insert(id, 1);
+    }
+
+    fn len(&self) -> usize {
+        self.wrong.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl fmt::Debug for GuessCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuessCounter")
+            .field("limit", &self.limit)
+            .field("nonces", &self.len())
+            .finish()
     }
 }
 
@@ -1046,6 +1160,66 @@ mod tests {
             server.verify(&right.credentials(), "INVITE", PASSWORD, NOW),
             Verification::Valid
         );
+    }
+
+    #[test]
+    fn a_nonce_takes_three_wrong_answers_then_refuses_even_the_right_one() {
+        let server = server();
+        let challenge = first_challenge(&server, NOW);
+        for guess in ["guess1", "guess2", "guess3"] {
+            let wrong = Answer { password: guess, ..Answer::new(&challenge) };
+            assert_eq!(
+                server.verify(&wrong.credentials(), "INVITE", PASSWORD, NOW),
+                Verification::Invalid(DigestError::WrongResponse),
+                "{guess}"
+            );
+        }
+        let right = Answer::new(&challenge);
+        let refused = server.verify(&right.credentials(), "INVITE", PASSWORD, NOW);
+        assert_eq!(refused, Verification::Invalid(DigestError::TooManyGuesses(3)));
+        assert_eq!(DigestError::TooManyGuesses(3).status_code(), 403);
+        // A new challenge's nonce is not touched by the old one's guesses.
+        let fresh = first_challenge(&server, NOW);
+        assert_eq!(
+            server.verify(&Answer::new(&fresh).credentials(), "INVITE", PASSWORD, NOW),
+            Verification::Valid
+        );
+    }
+
+    #[test]
+    fn the_guess_limit_is_configurable() {
+        let server = server().with_guess_limit(1);
+        let challenge = first_challenge(&server, NOW);
+        let wrong = Answer { password: "guess", ..Answer::new(&challenge) };
+        let _ = server.verify(&wrong.credentials(), "INVITE", PASSWORD, NOW);
+        assert_eq!(
+            server.verify(&Answer::new(&challenge).credentials(), "INVITE", PASSWORD, NOW),
+            Verification::Invalid(DigestError::TooManyGuesses(1))
+        );
+    }
+
+    #[test]
+    fn the_guess_table_stays_within_its_cap_and_forgets_stale_nonces() {
+        let guesses = GuessCounter::new(1000, 3);
+        for n in 0..5000 {
+            guesses.wrong(id(NOW, n), NOW, 300);
+        }
+        assert_eq!(guesses.len(), 1000);
+        guesses.wrong(id(NOW + 1000, 0), NOW + 1000, 300);
+        assert_eq!(guesses.len(), 1, "the stale ones went");
+    }
+
+    #[test]
+    fn the_digest_uri_must_name_the_request_uri() {
+        let answer = |uri: &str| Credentials { uri: uri.into(), ..rfc7616_example("MD5", "x") };
+        let request_uri = "sip:+14155550100@gw.example.net;user=phone";
+        assert!(answer(request_uri).uri_matches(request_uri));
+        assert!(answer("sip:+14155550100@GW.example.net;user=phone").uri_matches(request_uri));
+        assert!(!answer("sip:+14155550101@gw.example.net;user=phone").uri_matches(request_uri));
+        assert!(!answer("sip:+14155550100@other.example.net").uri_matches(request_uri));
+        assert!(!answer("sip:+14155550100@gw.example.net:5070").uri_matches(request_uri));
+        assert!(!answer("sips:+14155550100@gw.example.net").uri_matches(request_uri));
+        assert!(!answer("not a uri").uri_matches(request_uri));
     }
 
     #[test]
