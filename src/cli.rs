@@ -1053,13 +1053,14 @@ mod tests {
                 let Command::Gateway(parsed) = parse(&argv) else { panic!("not the gateway") };
                 let options = parsed.serve.into_options();
                 let internal_ip = options.internal_listen[0].addr.ip().to_string();
-                if settings.host_network {
-                    // The agent-facing and admin listeners on the pod's (node's) address only.
-                    assert_eq!(internal_ip, pod_ip, "{text:?}");
-                    assert_eq!(options.admin.ip().to_string(), pod_ip, "{text:?}");
-                } else {
-                    assert_eq!(internal_ip, "0.0.0.0", "{text:?}");
+                // Zones: every agent-facing listener and the admin endpoints on the pod's
+                // address only (the node's primary one on the host network), never on every
+                // address; carriers on every address.
+                for listen in &options.internal_listen {
+                    assert_eq!(listen.addr.ip().to_string(), pod_ip, "{text:?}");
                 }
+                assert_eq!(options.admin.ip().to_string(), pod_ip, "{text:?}");
+                assert!(options.listen.iter().all(|l| l.addr.ip().is_unspecified()), "{text:?}");
                 assert_eq!(options.realm, settings.realm, "{text:?}");
                 assert_eq!(parsed.watch_namespace, settings.watch_namespace, "{text:?}");
                 // New calls from the agent side: the settings' networks, never the CLI's

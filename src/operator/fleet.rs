@@ -33,6 +33,20 @@
 //! [`MAX_LISTED_RTP_PORTS`]): they are informational there (with `hostNetwork` they also make
 //! the scheduler reserve them as host ports), and a large list only bloats the pod spec.
 //!
+//! **Zones.** The carrier-facing listeners (SIP, TLS) bind every address of the pod (`0.0.0.0`):
+//! carriers reach a node on any of its addresses. The agent-facing listener (`--internal-listen`),
+//! the call API (`--api`) and the admin endpoints (`--admin`: metrics, probes, the report the
+//! operator reads) bind `$(POD_IP)` only, the pod's `status.podIP` through the downward API
+//! ([`POD_IP_REF`]), in every topology: off the host network that is the pod's primary (CNI)
+//! address, so a secondary interface (Multus, a public VLAN) and loopback never carry them; on
+//! the host network it is the node's primary address as the kubelet reports it (its
+//! `--node-ip`, by default the first InternalIP): a cloud node's private VPC address, never the
+//! public address that is NATed to it. A bare-metal node whose primary address is public must be
+//! given its private one with the kubelet's `--node-ip` (the operator cannot tell the two
+//! apart): NetworkPolicies do not apply to host-network pods, so `agentNetworks` and the node's
+//! firewall are the guards there. The kubelet's probes, the `-internal` Service and the operator's
+//! prober all reach the pod at that address.
+//!
 //! **Secrets as files.** The other Secrets a gateway uses are volumes, read-only, mode 0440
 //! (the pod's group), each with only the keys the gateway reads: the TLS certificate
 //! (`tls.secretName`, [`TLS_MOUNT_PATH`]), the CA bundle toward carriers and agents
@@ -465,11 +479,13 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
         args.push(name.to_string());
         args.push(value);
     };
-    // Carriers may reach a node on any of its addresses (a cloud's public IP is often NATed
-    // to the node's private one), so the carrier-facing listeners take every address. On the
-    // host network the agent-facing and admin listeners would then be open on the node's
-    // public addresses too: they bind the pod's (there: the node's internal) address only.
-    let internal_ip = if settings.host_network { POD_IP_REF } else { "0.0.0.0" };
+    // Two trust zones (see the module docs, "Zones"): carriers may reach a node on any of its
+    // addresses (a cloud's public IP is often NATed to the node's private one), so the
+    // carrier-facing listeners take every address; the agent-facing listener, the call API and
+    // the admin endpoints bind the pod's address only (on the host network: the node's primary
+    // address as the kubelet reports it), never every address: not a secondary (Multus)
+    // interface, not loopback, not the node's other (public) addresses.
+    let internal_ip = POD_IP_REF;
     flag("--listen", format!("udp://0.0.0.0:{}", settings.sip_port));
     flag("--listen", format!("tcp://0.0.0.0:{}", settings.sip_port));
     if settings.tls_enabled() {
@@ -1228,6 +1244,47 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_facing_listener_the_api_and_admin_bind_the_pod_address_in_every_topology() {
+        // Zones: the carrier side takes every address; the agent side, the call API and the
+        // admin endpoints only the pod's (downward API), whatever the network and media path.
+        let topologies = [
+            "",
+            "mode: DaemonSet\n",
+            "hostNetwork: false\npublicAddressFrom: Pod\napi: {enabled: true}\n",
+            "hostNetwork: false\npublicAddress: 203.0.113.9\nreplicas: 1\n",
+            "api: {enabled: true, port: 9443}\ninternalPort: 5090\nadminPort: 9191\n",
+        ];
+        for text in topologies {
+            let s = settings(text);
+            let args = gateway_args(&s);
+            let values = |flag: &str| -> Vec<String> {
+                args.windows(2).filter(|p| p[0] == flag).map(|p| p[1].clone()).collect()
+            };
+            let internal = s.internal_port;
+            assert_eq!(
+                values("--internal-listen"),
+                [format!("udp://$(POD_IP):{internal}"), format!("tcp://$(POD_IP):{internal}")],
+                "{text:?}"
+            );
+            assert_eq!(values("--admin"), [format!("$(POD_IP):{}", s.admin_port)], "{text:?}");
+            let api = values("--api");
+            if s.api.enabled {
+                assert_eq!(api, [format!("$(POD_IP):{}", s.api.port)], "{text:?}");
+            } else {
+                assert!(api.is_empty(), "{text:?}");
+            }
+            // Carriers still reach every address of the pod (or node).
+            assert!(values("--listen").iter().all(|l| l.contains("0.0.0.0")), "{text:?}");
+            // $(POD_IP) is expanded only from the container's environment: it must be there.
+            let objects = render_fleet(&s);
+            let env = container(&objects).env.clone().unwrap_or_default();
+            let pod_ip = env.iter().find(|e| e.name == "POD_IP").expect("POD_IP in the env");
+            let field = pod_ip.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+            assert_eq!(field.map(|f| f.field_path.as_str()), Some("status.podIP"), "{text:?}");
+        }
+    }
+
+    #[test]
     fn without_the_outbound_settings_no_outbound_flag_or_secret_is_rendered() {
         let s = OperatorSettings::default();
         for flag in ["--api", "--api-token-file", "--agent-uri", "--agent-credentials", "--tls-ca"]
@@ -1261,12 +1318,12 @@ mod tests {
         // The agent-facing Service carries it; the carrier-facing one never does.
         assert_eq!(service_ports(&objects[4])[2], ("api".into(), "TCP".into(), 9443));
         assert!(service_ports(&objects[3]).iter().all(|p| p.2 != 9443));
-        // In the pod network: every address of the pod (the pod's network is its own).
+        // In the pod network: the pod's address too, never every address of the pod.
         let pod = settings(
             "api: {enabled: true, tokenSecret: my-token}\nhostNetwork: false\n\
              publicAddressFrom: Pod\n",
         );
-        assert_eq!(arg(&pod, "--api").as_deref(), Some("0.0.0.0:9091"));
+        assert_eq!(arg(&pod, "--api").as_deref(), Some("$(POD_IP):9091"));
         let objects = render_fleet(&pod);
         assert_eq!(secret_of(volume(&objects, "api-token").unwrap()).0, "my-token");
     }
@@ -1332,10 +1389,12 @@ mod tests {
         assert!(!node.contains("--public-address "), "{node}");
         let annotated = args("nodeAddressAnnotation: example.com/ip\n");
         assert!(annotated.contains("--node-address-annotation example.com/ip"), "{annotated}");
-        // Pod: the pod IP, expanded by Kubernetes; the listeners keep every address.
+        // Pod: the pod IP, expanded by Kubernetes; the carrier listeners keep every address,
+        // the admin endpoints the pod's only.
         let pod = args("hostNetwork: false\npublicAddressFrom: Pod\n");
         assert!(pod.contains("--public-address $(POD_IP)"), "{pod}");
-        assert!(pod.contains("--admin 0.0.0.0:9090"), "{pod}");
+        assert!(pod.contains("--listen udp://0.0.0.0:5060"), "{pod}");
+        assert!(pod.contains("--admin $(POD_IP):9090"), "{pod}");
         assert!(!pod.contains("--public-address-node"), "{pod}");
         // Fixed: the address itself.
         let fixed = args("publicAddress: 203.0.113.9\nreplicas: 1\n");

@@ -198,9 +198,13 @@ pub struct OperatorSettings {
     pub replicas: i32,
     /// Run the gateways on the node's network: SIP and RTP use the node's addresses and ports
     /// directly (no Service in the media path), which is how carriers reach RTP without NAT.
-    /// Sets `dnsPolicy: ClusterFirstWithHostNet`. One gateway per node. The agent-facing and
-    /// admin ports are then open on the node's addresses too (NetworkPolicies do not apply to
-    /// host-network pods): firewall them to the cluster's networks. Default false.
+    /// Sets `dnsPolicy: ClusterFirstWithHostNet`. One gateway per node. The agent-facing, call
+    /// API and admin ports then listen on the node's primary address (the pod IP the kubelet
+    /// reports: its `--node-ip`, by default the first InternalIP), carriers' SIP on every
+    /// address of the node; NetworkPolicies do not apply to host-network pods, so firewall the
+    /// agent-facing and admin ports to the cluster's networks on the nodes, and give a node
+    /// whose primary address is public its private one with the kubelet's `--node-ip`.
+    /// Default true.
     pub host_network: bool,
     /// Carrier-facing SIP port, UDP and TCP. Default 5060.
     pub sip_port: u16,
@@ -459,8 +463,8 @@ impl Default for TlsSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ApiSettings {
-    /// Serve it: on `port` of each gateway (the pod's address on the host network) and of the
-    /// agent-facing Service. Default false.
+    /// Serve it: on `port` of each gateway (the pod's address only, as the agent-facing
+    /// listener) and of the agent-facing Service. Default false.
     pub enabled: bool,
     /// Its TCP port. Default 9091.
     pub port: u16,

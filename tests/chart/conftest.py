@@ -95,6 +95,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    # Zones: the agent runtime's pods by label in one namespace, nobody scrapes.
+    "networkpolicy-agent-pods-no-scrape": {
+        "gateway": {"hostNetwork": False, "publicAddressFrom": "Pod", "api": {"enabled": True}},
+        "networkPolicy": {
+            "agents": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "voice-ai"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "agent-runtime"}}}
+            ],
+            "prometheus": [],
+        },
+    },
     "records-webhook-shared-claim": {
         "gateway": {
             "records": {

@@ -29,7 +29,7 @@ OPERATOR = f"{RELEASE}-operator"
 GATEWAY_READER = f"{RELEASE}-gateway-reader"
 
 
-def test_the_defaults_render_the_operator_and_its_rbac_and_nothing_optional(default):
+def test_the_defaults_render_the_operator_its_rbac_and_policies_and_nothing_optional(default):
     assert default.kinds() == sorted([
         ("ClusterRole", OPERATOR),
         ("ClusterRole", GATEWAY_READER),
@@ -37,6 +37,9 @@ def test_the_defaults_render_the_operator_and_its_rbac_and_nothing_optional(defa
         ("ClusterRoleBinding", GATEWAY_READER),
         ("ConfigMap", OPERATOR),
         ("Deployment", OPERATOR),
+        # Zones: on by default (the agent-facing and admin ports from their peers only).
+        ("NetworkPolicy", f"{RELEASE}-gateway"),
+        ("NetworkPolicy", OPERATOR),
         ("PodDisruptionBudget", OPERATOR),
         ("Role", OPERATOR),
         ("RoleBinding", OPERATOR),
@@ -892,6 +895,87 @@ def test_the_operator_may_create_the_generated_api_token_in_its_namespace(values
     assert holds(granted, ("", "secrets", f"{RELEASE}-api-token", "create"))
     # Its owner reference names the operator's Deployment, which it may read.
     assert holds(granted, ("apps", "deployments", f"{RELEASE}-operator", "get"))
+
+
+def gateway_ingress(r: Rendering) -> list[dict[str, Any]]:
+    return r.one("NetworkPolicy", f"{RELEASE}-gateway")["spec"]["ingress"]
+
+
+def open_ports(ingress: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """The (protocol, port) pairs some rule admits from every source (a rule without `from`)."""
+    return {(p["protocol"], p["port"]) for rule in ingress if not rule.get("from")
+            for p in rule["ports"]}
+
+
+def peers_of(ingress: list[dict[str, Any]], protocol: str, port: int) -> list[dict[str, Any]]:
+    """Every peer some rule admits to (protocol, port)."""
+    return [peer for rule in ingress if {"protocol": protocol, "port": port} in rule["ports"]
+            for peer in rule.get("from", [])]
+
+
+DEFAULT_AGENTS = [{"namespaceSelector": {"matchLabels": {"trunkline.dev/agents": "true"}}}]
+DEFAULT_PROMETHEUS = [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+@pytest.mark.parametrize("values", [{}, {"gateway": {"api": {"enabled": True}}},
+                                    {"gateway": {"hostNetwork": False, "publicAddressFrom": "Pod",
+                                                 "api": {"enabled": True, "port": 9443}}}],
+                         ids=["defaults", "api", "pod-network-api"])
+def test_by_default_the_policies_admit_agents_api_and_metrics_only_from_their_peers(values):
+    """Zones: the NetworkPolicies are on without a value; the internal SIP port, the call API
+    and the admin port are admitted only from the configured peers, never from every source,
+    while the carriers' SIP and RTP stay open to every source."""
+    r = Rendering(values)
+    api = (values.get("gateway", {}).get("api", {})).get("port", 9091)
+    ingress = gateway_ingress(r)
+    opened = open_ports(ingress)
+    restricted = [("UDP", 5080), ("TCP", 5080), ("TCP", 9090)]
+    if values.get("gateway", {}).get("api", {}).get("enabled"):
+        restricted.append(("TCP", api))
+    for protocol, port in restricted:
+        assert (protocol, port) not in opened, f"{protocol}/{port} open to every source"
+    for protocol, port in restricted[:2] + restricted[3:]:
+        assert peers_of(ingress, protocol, port) == DEFAULT_AGENTS, (protocol, port)
+    operator_pods = {"podSelector": {"matchLabels": r.one("Deployment")["spec"]["selector"][
+        "matchLabels"]}}
+    assert peers_of(ingress, "TCP", 9090) == DEFAULT_PROMETHEUS + [operator_pods]
+    assert {("UDP", 5060), ("TCP", 5060)} <= opened
+    assert r.one("NetworkPolicy", OPERATOR)["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 8080}], "from": DEFAULT_PROMETHEUS}]
+
+
+def test_a_custom_agent_selector_renders_as_given_and_an_empty_prometheus_list_admits_no_one(
+        renderings):
+    r = renderings["networkpolicy-agent-pods-no-scrape"]
+    given = VALUE_SETS["networkpolicy-agent-pods-no-scrape"]["networkPolicy"]["agents"]
+    ingress = gateway_ingress(r)
+    for protocol, port in [("UDP", 5080), ("TCP", 5080), ("TCP", 9091)]:
+        assert peers_of(ingress, protocol, port) == given, (protocol, port)
+    # The admin port: the operator only, no Prometheus rule at all (never one without `from`).
+    assert all(rule.get("from") for rule in ingress[1:])
+    operator_pods = {"podSelector": {"matchLabels": r.one("Deployment")["spec"]["selector"][
+        "matchLabels"]}}
+    assert peers_of(ingress, "TCP", 9090) == [operator_pods]
+    assert r.one("NetworkPolicy", OPERATOR)["spec"]["ingress"] == []
+
+
+def test_an_empty_agent_list_leaves_internal_sip_and_the_api_closed():
+    r = Rendering({"gateway": {"api": {"enabled": True}}, "networkPolicy": {"agents": []}})
+    ingress = gateway_ingress(r)
+    for protocol, port in [("UDP", 5080), ("TCP", 5080), ("TCP", 9091)]:
+        assert (protocol, port) not in open_ports(ingress)
+        assert peers_of(ingress, protocol, port) == []
+    assert "networkPolicy.agents is empty" in r.notes
+
+
+def test_the_notes_say_how_to_let_the_agent_runtime_in(default):
+    assert "kubectl label namespace <agents> trunkline.dev/agents=true" in default.notes
+    assert "agent-facing (5080) and admin (9090) ports" in default.notes
+
+
+def test_the_policies_can_be_turned_off():
+    assert not Rendering({"networkPolicy": {"enabled": False}}).all("NetworkPolicy")
 
 
 def test_without_tls_or_carrier_peers_the_policy_opens_sip_and_rtp_to_every_source():

@@ -121,7 +121,6 @@ DIGEST = "sha256:" + "c" * 64
 PEERS = [{"ipBlock": {"cidr": "192.0.2.0/24"}}]
 MONITORS = {"metrics": {"serviceMonitor": {"enabled": True}}}
 RULES = {"metrics": {"prometheusRule": {"enabled": True}}}
-POLICIES = {"networkPolicy": {"enabled": True}}
 DASHBOARD = {"grafanaDashboard": {"enabled": True}}
 WEBHOOK = {"gateway": {"records": {"webhook": {"url": "https://records.example.com/v1/calls"}}}}
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -237,10 +236,10 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "grafanaDashboard.labels": ({"dashboards": "voice"}, DASHBOARD),
     "grafanaDashboard.annotations": ({"grafana_folder": "Voice"}, DASHBOARD),
     "grafanaDashboard.namespace": ("monitoring", DASHBOARD),
-    "networkPolicy.enabled": (True, {}),
-    "networkPolicy.carriers": (PEERS, POLICIES),
-    "networkPolicy.agents": (PEERS, POLICIES),
-    "networkPolicy.prometheus": (PEERS, POLICIES),
+    "networkPolicy.enabled": (False, {}),
+    "networkPolicy.carriers": (PEERS, {}),
+    "networkPolicy.agents": (PEERS, {}),
+    "networkPolicy.prometheus": (PEERS, {}),
 }
 
 
