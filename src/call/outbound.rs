@@ -232,6 +232,7 @@ mod tests {
             limits: Limits::default(),
             agents: Default::default(),
             codecs: vec![],
+            media: Default::default(),
         }
     }
 
