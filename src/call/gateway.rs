@@ -812,7 +812,9 @@ impl Gateway {
             source: None,
         };
         let record = super::record::seed(seed, Some(&contract));
-        let held = Held { permit, active, labels, table, watch: Some(watch.clone()), record };
+        let media_allowed = route.trunk.media.allowed_addresses.clone();
+        let placed = Some(watch.clone());
+        let held = Held { permit, active, labels, table, watch: placed, record, media_allowed };
         tokio::spawn(driver::run(services.clone(), call, first, held, (tx, rx)));
         Ok(watch.view())
     }

@@ -174,10 +174,11 @@ impl CallServices {
         ip_a: IpAddr,
         ip_b: IpAddr,
         config: RelayConfig,
+        guards: [crate::media::relay::SourceGuard; 2],
     ) -> Result<Relay, crate::media::relay::StartError> {
         match self.media.get() {
-            Some(threads) => threads.start_relay(&self.ports, ip_a, ip_b, config),
-            None => Relay::start(&self.ports, ip_a, ip_b, config),
+            Some(threads) => threads.start_relay_guarded(&self.ports, (ip_a, ip_b), config, guards),
+            None => Relay::start_guarded(&self.ports, (ip_a, ip_b), config, guards),
         }
     }
 

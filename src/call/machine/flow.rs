@@ -101,7 +101,8 @@ impl Call {
         if self.offer.is_some() && self.relay == Relay::None {
             let (a, b) = self.relay_binds();
             self.relay = Relay::Starting;
-            self.out.push(Action::StartRelay { a, b, media_timeout: self.config.media_timeout });
+            let (media_timeout, peers) = (self.config.media_timeout, self.relay_peers());
+            self.out.push(Action::StartRelay { a, b, media_timeout, peers });
         } else {
             self.send_invite(now, leg);
         }
