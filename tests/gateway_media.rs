@@ -307,3 +307,52 @@ fn rtp_from_an_address_that_is_not_the_carriers_is_dropped_and_counted_before_an
         gateway.metric(&not_allowed).unwrap_or(0.0) + gateway.metric(&latched).unwrap_or(0.0);
     assert_eq!(counted, 80.0, "every one of the attacker's 80 packets is counted once");
 }
+
+/// Issue 15, item 1: a carrier's initial offer whose audio `c=` is a multicast group, the
+/// unspecified address, or the gateway itself (its IP and a port of its RTP range) is refused
+/// with 488 and a Warning naming the rule, before any RTP port is bound or the agent is called.
+#[test]
+fn an_offer_at_a_multicast_group_nothing_or_the_gateway_itself_gets_488_naming_the_rule() {
+    use std::time::Duration;
+    use support::net::RawUdp;
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default().arg("--rtp-ports").arg("20000-20999"),
+    );
+    let socket = RawUdp::bind();
+    let me = socket.local_addr();
+    for (i, (c, port, rule)) in [
+        ("224.2.1.1", 4000, "MulticastMediaAddress"),
+        ("0.0.0.0", 4000, "UnspecifiedMediaAddress"),
+        ("127.0.0.1", 20_002, "OwnMediaAddress"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sdp = format!(
+            "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        let invite = format!(
+            "INVITE sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmedia{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=m{i}\r\nTo: <sip:{NUMBER}@{gw}>\r\n\
+             Call-ID: media-{i}@{me}\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@{me}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            gw = gateway.udp(),
+        );
+        let got = socket.exchange(gateway.udp(), invite.as_bytes(), 488, Duration::from_secs(3));
+        let refusal = got.iter().find(|m| m.starts_with("SIP/2.0 488")).unwrap_or_else(|| {
+            panic!("no 488 for c={c} port {port}: {got:?}");
+        });
+        assert!(
+            refusal.lines().any(|l| l.starts_with("Warning:") && l.contains(rule)),
+            "no Warning naming {rule}:\n{refusal}"
+        );
+        let counted = format!(r#"trunkline_inbound_refusals_total{{rule="{rule}",status="488"}}"#);
+        assert_eq!(gateway.metric(&counted), Some(1.0), "{rule} not counted");
+    }
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_pairs{state="used"}"#), Some(0.0));
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_exhaustions_total"#), Some(0.0));
+}

@@ -112,6 +112,11 @@ impl PortAllocator {
         Err(PortsError::Exhausted { low: pool.low, high: pool.high })
     }
 
+    /// The range, as given: `(low, high)`.
+    pub fn range(&self) -> (u16, u16) {
+        (self.inner.low, self.inner.high)
+    }
+
     /// Pairs free now.
     pub fn available(&self) -> usize {
         self.inner.lock().len()
