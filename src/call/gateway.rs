@@ -360,16 +360,13 @@ impl Gateway {
         // Issue 15: a carrier's offer must not point the relay at a multicast group, at
         // nothing, or at the gateway itself; checked before any port is bound.
         let own = |target| self.services.is_own_media_target(target);
-        let refused = offer
-            .as_ref()
-            .filter(|o| !o.delayed)
-            .and_then(|o| o.sdp.refused_connection(true, own));
+        let refused =
+            offer.as_ref().filter(|o| !o.delayed).and_then(|o| o.sdp.refused_connection(true, own));
         if let Some(refusal) = refused {
             let (rule, text) = match refusal {
-                ConnectionRefusal::Multicast => (
-                    RefusalRule::MulticastMediaAddress,
-                    "the SDP c= address is a multicast group",
-                ),
+                ConnectionRefusal::Multicast => {
+                    (RefusalRule::MulticastMediaAddress, "the SDP c= address is a multicast group")
+                }
                 ConnectionRefusal::Unspecified => (
                     RefusalRule::UnspecifiedMediaAddress,
                     "the SDP c= address of an initial offer is unspecified (0.0.0.0)",

@@ -188,8 +188,8 @@ impl CallServices {
     pub(super) fn is_own_media_target(&self, target: SocketAddr) -> bool {
         let Ok(listeners) = self.listeners.lock() else { return false };
         let ip = target.ip();
-        let own_ip = self.config.public_address == Some(ip)
-            || listeners.iter().any(|l| l.addr.ip() == ip);
+        let own_ip =
+            self.config.public_address == Some(ip) || listeners.iter().any(|l| l.addr.ip() == ip);
         if !own_ip {
             return false;
         }
