@@ -230,3 +230,129 @@ fn a_delayed_offer_whose_ack_brings_no_answer_is_hung_up_on_both_legs() {
         gateway.log_text()
     );
 }
+
+/// Issue 15, item 1: an attacker spraying the relay's carrier-side port from another address
+/// (127.0.0.2; Linux routes all of 127/8 to lo) before and during a call is neither heard by
+/// the agent nor able to take the leg; the carrier's RTP flows, and the refusals are counted.
+#[test]
+fn rtp_from_an_address_that_is_not_the_carriers_is_dropped_and_counted_before_and_during_a_call() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default(),
+    );
+    // The agent echoes whatever reaches it back through the relay to the carrier's side.
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
+    let media_port = carrier.media.local_addr().expect("addr").port();
+    let offer = format!(
+        "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {media_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    );
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    carrier.send(&carrier.request("INVITE", "inv1", 1, &to, &offer));
+    let ok = carrier.response("200", Duration::from_secs(5)).expect("200 OK from the gateway");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    let (relay, _) = relay_of(&ok);
+    carrier.send(&carrier.request("ACK", "ack1", 1, &to_tagged, ""));
+
+    let attacker = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    attacker.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let spray = |from_seq: u16| {
+        for seq in from_seq..from_seq + 20 {
+            attacker.send_to(&support::carrier::rtp_packet(seq), relay).expect("spray");
+        }
+    };
+    // Before the carrier's first packet: nothing latched yet.
+    spray(60_000);
+    std::thread::sleep(Duration::from_millis(200));
+    // During the call: the carrier talks, the attacker keeps spraying.
+    let mut echoed = 0;
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..30u16 {
+        carrier.media.send_to(&support::carrier::rtp_packet(seq), relay).expect("send RTP");
+        if seq % 10 == 5 {
+            spray(61_000 + seq * 20);
+        }
+        if let Ok((_, from)) = carrier.media.recv_from(&mut buf) {
+            assert_eq!(from, relay);
+            let back = u16::from_be_bytes([buf[2], buf[3]]);
+            assert!(back < 60_000, "the agent heard the attacker (packet {back} came back)");
+            echoed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(echoed >= 25, "only {echoed} of 30 carrier packets came back through the relay");
+    let mut heard = 0;
+    while attacker.recv_from(&mut buf).is_ok() {
+        heard += 1;
+    }
+    assert_eq!(heard, 0, "the attacker took the leg and heard the call");
+
+    carrier.send(&carrier.request("BYE", "bye1", 2, &to_tagged, ""));
+    assert!(carrier.response("200", Duration::from_secs(5)).is_some(), "no 200 to BYE");
+    agent.wait().assert_success();
+    // Before the latch, none of the carrier's addresses; after it, not the latched source.
+    let series = |reason: &str| {
+        format!(
+            r#"trunkline_rtp_rejected_packets_total{{leg="carrier",reason="{reason}",trunk="voice/local-in"}}"#
+        )
+    };
+    let (not_allowed, latched) = (series("not_allowed"), series("latched"));
+    assert!(gateway.wait_metric(&not_allowed, 20.0, Duration::from_secs(5)), "not counted");
+    let counted =
+        gateway.metric(&not_allowed).unwrap_or(0.0) + gateway.metric(&latched).unwrap_or(0.0);
+    assert_eq!(counted, 80.0, "every one of the attacker's 80 packets is counted once");
+}
+
+/// Issue 15, item 1: a carrier's initial offer whose audio `c=` is a multicast group, the
+/// unspecified address, or the gateway itself (its IP and a port of its RTP range) is refused
+/// with 488 and a Warning naming the rule, before any RTP port is bound or the agent is called.
+#[test]
+fn an_offer_at_a_multicast_group_nothing_or_the_gateway_itself_gets_488_naming_the_rule() {
+    use std::time::Duration;
+    use support::net::RawUdp;
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default().arg("--rtp-ports").arg("20000-20999"),
+    );
+    let socket = RawUdp::bind();
+    let me = socket.local_addr();
+    for (i, (c, port, rule)) in [
+        ("224.2.1.1", 4000, "MulticastMediaAddress"),
+        ("0.0.0.0", 4000, "UnspecifiedMediaAddress"),
+        ("127.0.0.1", 20_002, "OwnMediaAddress"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sdp = format!(
+            "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        let invite = format!(
+            "INVITE sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmedia{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+12025550123@{me}>;tag=m{i}\r\nTo: <sip:{NUMBER}@{gw}>\r\n\
+             Call-ID: media-{i}@{me}\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@{me}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            gw = gateway.udp(),
+        );
+        let got = socket.exchange(gateway.udp(), invite.as_bytes(), 488, Duration::from_secs(3));
+        let refusal = got.iter().find(|m| m.starts_with("SIP/2.0 488")).unwrap_or_else(|| {
+            panic!("no 488 for c={c} port {port}: {got:?}");
+        });
+        assert!(
+            refusal.lines().any(|l| l.starts_with("Warning:") && l.contains(rule)),
+            "no Warning naming {rule}:\n{refusal}"
+        );
+        let counted = format!(r#"trunkline_inbound_refusals_total{{rule="{rule}",status="488"}}"#);
+        assert_eq!(gateway.metric(&counted), Some(1.0), "{rule} not counted");
+    }
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_pairs{state="used"}"#), Some(0.0));
+    assert_eq!(gateway.metric(r#"trunkline_rtp_port_exhaustions_total"#), Some(0.0));
+}

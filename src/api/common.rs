@@ -146,6 +146,23 @@ pub struct CallLimits {
     pub max_call_duration_seconds: Option<u32>,
 }
 
+/// The media (RTP/RTCP) settings of one trunk.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkMedia {
+    /// More addresses (IPs or CIDRs) the carrier's RTP may come from, for carriers whose media
+    /// servers are other hosts than their SIP proxies. The gateway always takes the carrier's
+    /// media from the address in its SDP (`c=`) and from the address its SIP comes from (or,
+    /// for an OutboundTrunk, goes to); RTP from anywhere else is dropped and counted in
+    /// `trunkline_rtp_rejected_packets_total`. Empty (default): those two only. Example:
+    /// `["198.51.100.0/24"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = rules::ADDRESS_IS_CIDR.to_rule())]
+    pub allowed_addresses: Vec<String>,
+}
+
 /// What one gateway fleet (one `trunkline operator`, often one region) says about an object. Each
 /// fleet's operator writes only its own entry; the top-level `Programmed`, `endpoint`,
 /// `endpoints` and `sourceAddresses` sum up every entry.

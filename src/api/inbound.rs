@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{CallLimits, Codec, DigestAuth, Transport};
+use super::common::{CallLimits, Codec, DigestAuth, Transport, TrunkMedia};
 use super::rules;
 
 /// Calls from a carrier or PBX to the agents: which numbers (DIDs) the carrier may deliver, who the
@@ -59,6 +59,10 @@ pub struct InboundTrunkSpec {
     #[schemars(length(max = 3))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub codecs: Vec<Codec>,
+    /// Media (RTP) settings: where the carrier's media may come from. Default: its SDP's and
+    /// its SIP's addresses only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<TrunkMedia>,
     /// Call admission limits. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<CallLimits>,

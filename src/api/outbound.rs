@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{CallLimits, Codec, DigestAuth, Transport};
+use super::common::{CallLimits, Codec, DigestAuth, Transport, TrunkMedia};
 use super::rules;
 
 /// Calls from the agents out through a carrier: where the carrier is, how we authenticate to it,
@@ -72,6 +72,10 @@ pub struct OutboundTrunkSpec {
     #[schemars(length(max = 3))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub codecs: Vec<Codec>,
+    /// Media (RTP) settings: where the carrier's media may come from. Default: its SDP's and
+    /// its SIP's addresses only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<TrunkMedia>,
     /// The regions whose gateway fleets use this trunk. Empty (default): every region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(pattern(rules::REGION_PATTERN)))]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::RoutingTable;
-use crate::media::relay::{Leg as RelaySide, MediaTimeout, Relay, RelayConfig};
+use crate::media::relay::{Leg as RelaySide, MediaTimeout, Relay, RelayConfig, SourceGuard};
 use crate::observe::metrics::{ActiveCallGuard, Direction};
 use crate::sip::msg::Message;
 
@@ -38,6 +38,9 @@ pub struct Held {
     pub watch: Option<Arc<PlacedCall>>,
     /// The call's session record as known at admission; written when the call ends.
     pub record: SessionRecord,
+    /// The trunk's media allowlist (`spec.media.allowedAddresses`): more sources the carrier's
+    /// side of the relay takes RTP from.
+    pub media_allowed: Vec<ipnet::IpNet>,
 }
 
 /// What a call is known by in metrics and logs, the same in both directions.
@@ -74,6 +77,8 @@ struct Driver {
     record: Option<SessionRecord>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
+    /// See [`Held::media_allowed`].
+    media_allowed: Vec<ipnet::IpNet>,
 }
 
 /// Runs a call to its end. `first`: the actions [`Call::start`] returned.
@@ -84,7 +89,7 @@ pub async fn run(
     held: Held,
     (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Held { permit, active, labels, table, watch, record } = held;
+    let Held { permit, active, labels, table, watch, record, media_allowed } = held;
     let call_ids = call.call_ids().take(1).map(str::to_string).collect();
     let mut d = Driver {
         gw,
@@ -101,6 +106,7 @@ pub async fn run(
         transfer_permit: None,
         record: Some(record),
         call_ids,
+        media_allowed,
     };
     d.perform(first).await;
     d.observe();
@@ -189,9 +195,20 @@ impl Driver {
                     }
                     self.call.on_resolved(Instant::now(), leg, address)
                 }
-                Action::StartRelay { a, b, media_timeout, max_hold } => {
+                Action::StartRelay { a, b, media_timeout, max_hold, peers } => {
                     let config = RelayConfig { media_timeout, max_hold, ..RelayConfig::default() };
-                    let event = match self.gw.start_relay(a, b, config) {
+                    let guards = [RelaySide::A, RelaySide::B].map(|side| {
+                        let peer = peers[usize::from(side == RelaySide::B)];
+                        SourceGuard {
+                            strict: peer.carrier,
+                            signalling: peer.signalling,
+                            allowed: if peer.carrier { self.media_allowed.clone() } else { vec![] },
+                            rejected: Some(
+                                self.gw.metrics.rtp_rejected(&self.labels.trunk, side.as_str()),
+                            ),
+                        }
+                    });
+                    let event = match self.gw.start_relay(a, b, config, guards) {
                         Ok(relay) => {
                             let event = MediaEvent::Started {
                                 a: relay.local(RelaySide::A).port(),

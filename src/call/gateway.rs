@@ -37,7 +37,7 @@ use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 use crate::media::codec;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
-use crate::media::sdp::Sdp;
+use crate::media::sdp::{ConnectionRefusal, Sdp};
 
 use super::driver::{self, CallLabels, Held};
 use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
@@ -475,6 +475,29 @@ impl Gateway {
                 return self.refuse(&request, &source, rule, &extra);
             }
         };
+        // Issue 15: a carrier's offer must not point the relay at a multicast group, at
+        // nothing, or at the gateway itself; checked before any port is bound.
+        let own = |target| self.services.is_own_media_target(target);
+        let refused =
+            offer.as_ref().filter(|o| !o.delayed).and_then(|o| o.sdp.refused_connection(true, own));
+        if let Some(refusal) = refused {
+            let (rule, text) = match refusal {
+                ConnectionRefusal::Multicast => {
+                    (RefusalRule::MulticastMediaAddress, "the SDP c= address is a multicast group")
+                }
+                ConnectionRefusal::Unspecified => (
+                    RefusalRule::UnspecifiedMediaAddress,
+                    "the SDP c= address of an initial offer is unspecified (0.0.0.0)",
+                ),
+                ConnectionRefusal::OwnAddress => (
+                    RefusalRule::OwnMediaAddress,
+                    "the SDP c= address and port are the gateway's own",
+                ),
+            };
+            tracing::debug!(source = %source.remote, rule = rule.as_str(), "offer refused");
+            let warning = [(name::WARNING, crate::config::refusal::warning(rule.as_str(), text))];
+            return self.refuse(&request, &source, rule, &warning);
+        }
         let trunk_key = format!("inbound:{}", route.trunk.name);
         let permit =
             match self.services.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
@@ -940,7 +963,9 @@ impl Gateway {
             source: None,
         };
         let record = super::record::seed(seed, Some(&contract));
-        let held = Held { permit, active, labels, table, watch: Some(watch.clone()), record };
+        let media_allowed = route.trunk.media.allowed_addresses.clone();
+        let placed = Some(watch.clone());
+        let held = Held { permit, active, labels, table, watch: placed, record, media_allowed };
         tokio::spawn(driver::run(services.clone(), call, first, held, (tx, rx)));
         Ok(watch.view())
     }

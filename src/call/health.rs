@@ -753,6 +753,7 @@ mod tests {
             limits: Default::default(),
             agents: Default::default(),
             codecs: Vec::new(),
+            media: Default::default(),
         };
         assert_eq!(ProbeTarget::of(&route(None)), None);
         let t = ProbeTarget::of(&route(Some(5))).unwrap();

@@ -95,7 +95,8 @@ pub fn spawn(
         source: Some(&record_source),
     };
     let record = super::record::seed(seed, Some(&contract));
-    let held = Held { permit, active, labels, table, watch: None, record };
+    let media_allowed = route.trunk.media.allowed_addresses.clone();
+    let held = Held { permit, active, labels, table, watch: None, record, media_allowed };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 

@@ -104,7 +104,8 @@ pub fn spawn(
         source: Some(&record_source),
     };
     let record = super::record::seed(seed, Some(&contract));
-    let held = Held { permit, active, labels, table, watch: None, record };
+    let media_allowed = route.trunk.media.allowed_addresses.clone();
+    let held = Held { permit, active, labels, table, watch: None, record, media_allowed };
     tokio::spawn(driver::run(gw, call, first, held, channel));
 }
 
@@ -234,6 +235,7 @@ mod tests {
             limits: Limits::default(),
             agents: Default::default(),
             codecs: vec![],
+            media: Default::default(),
         }
     }
 

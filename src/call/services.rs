@@ -193,11 +193,29 @@ impl CallServices {
         ip_a: IpAddr,
         ip_b: IpAddr,
         config: RelayConfig,
+        guards: [crate::media::relay::SourceGuard; 2],
     ) -> Result<Relay, crate::media::relay::StartError> {
         match self.media.get() {
-            Some(threads) => threads.start_relay(&self.ports, ip_a, ip_b, config),
-            None => Relay::start(&self.ports, ip_a, ip_b, config),
+            Some(threads) => threads.start_relay_guarded(&self.ports, (ip_a, ip_b), config, guards),
+            None => Relay::start_guarded(&self.ports, (ip_a, ip_b), config, guards),
         }
+    }
+
+    /// Whether `target` (a carrier's SDP address) is this gateway: an IP of a listener or the
+    /// public address, with (on a loopback IP, which a carrier on the same host shares) a port
+    /// of the RTP range or of a listener. A relay sending there would loop into itself.
+    pub(super) fn is_own_media_target(&self, target: SocketAddr) -> bool {
+        let Ok(listeners) = self.listeners.lock() else { return false };
+        let ip = target.ip();
+        let own_ip =
+            self.config.public_address == Some(ip) || listeners.iter().any(|l| l.addr.ip() == ip);
+        if !own_ip {
+            return false;
+        }
+        let (low, high) = self.ports.range();
+        let own_port = (low..=high).contains(&target.port())
+            || listeners.iter().any(|l| l.addr.port() == target.port());
+        !ip.is_loopback() || own_port
     }
 
     pub(super) fn add_listener(&self, listener: Listener) {

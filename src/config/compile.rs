@@ -23,8 +23,8 @@ use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
 use super::destination::{SipDestination, check_host};
 use super::diagnostic::{Diagnostic, NumberTally, ObjectKey, Reason, Severity, Verdict};
 use super::model::{
-    AgentHeader, Codec, InboundDigest, InboundTrunkRoute, Limits, ObjectName, OutboundTrunkRoute,
-    RoutingTable, TransferMode, TransferRoute, TransferTarget, Transport,
+    AgentHeader, Codec, InboundDigest, InboundTrunkRoute, Limits, MediaPolicy, ObjectName,
+    OutboundTrunkRoute, RoutingTable, TransferMode, TransferRoute, TransferTarget, Transport,
 };
 use super::number::{CallerPattern, E164};
 use super::secret::{BasicAuth, SecretEntry, SecretStore, generated_credentials_secret_name};
@@ -322,6 +322,7 @@ fn compile_outbound_trunk(
         Some(h) if h.enabled => Some(h.interval_seconds),
         Some(_) => None,
     };
+    let media = compile_media(spec.media.as_ref(), problems);
     Some(OutboundTrunkRoute {
         name: ObjectName::new(meta.namespace, meta.name),
         generation: meta.generation,
@@ -336,7 +337,43 @@ fn compile_outbound_trunk(
         limits: limits_of(spec.limits.as_ref()),
         agents: spec.agents.iter().cloned().collect(),
         codecs: codecs_of(&spec.codecs),
+        media,
     })
+}
+
+/// `spec.media` of either trunk kind: the media allowlist parsed (a bad entry is fatal, as in
+/// `auth.allowedAddresses`; one open to everyone is a warning: it turns the hijack guard off).
+fn compile_media(media: Option<&api::TrunkMedia>, problems: &mut Problems) -> MediaPolicy {
+    let mut policy = MediaPolicy::default();
+    let Some(media) = media else { return policy };
+    for (i, a) in media.allowed_addresses.iter().enumerate() {
+        let field = format!("spec.media.allowedAddresses[{i}]");
+        let parsed = a
+            .parse::<IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(|n| n.trunc());
+        match parsed {
+            Ok(net) => {
+                if net.prefix_len() == 0 {
+                    problems.add(
+                        Severity::Warning,
+                        Reason::BroadAllowlist,
+                        &field,
+                        format!(
+                            "{net} takes the carrier's RTP from anywhere: anyone who finds the call's port can take its media"
+                        ),
+                    );
+                }
+                policy.allowed_addresses.push(net);
+            }
+            Err(_) => problems.fatal(
+                Reason::InvalidAddress,
+                &field,
+                format!("{a:?} is not an IP address or a CIDR such as 198.51.100.0/24"),
+            ),
+        }
+    }
+    policy
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,6 +544,7 @@ fn compile_inbound_trunk(
     }
 
     let allowed_addresses = compile_allowlist(&spec.auth, problems);
+    let media = compile_media(spec.media.as_ref(), problems);
 
     let digest = match &spec.auth.digest {
         None => None,
@@ -598,6 +636,7 @@ fn compile_inbound_trunk(
         transports,
         codecs: codecs_of(&spec.codecs),
         limits: limits_of(spec.limits.as_ref()),
+        media,
     })
 }
 

@@ -683,6 +683,7 @@ mod tests {
             allowed_callers: vec![],
             transports: Transport::ALL.into(),
             codecs: vec![Codec::Pcmu],
+            media: Default::default(),
             limits: Limits::default(),
         })
     }

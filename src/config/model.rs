@@ -76,6 +76,23 @@ impl Limits {
     }
 }
 
+/// A trunk's media policy (`spec.media`). Room for more (`encryption`) beside the addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaPolicy {
+    /// More addresses the carrier's RTP may come from than its SDP's and its SIP's
+    /// (`spec.media.allowedAddresses`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_addresses: Vec<IpNet>,
+}
+
+impl MediaPolicy {
+    /// Nothing set: left out of the table's serialisation (and its hash).
+    pub fn is_default(&self) -> bool {
+        *self == MediaPolicy::default()
+    }
+}
+
 /// Whether the agent header may pick the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum AgentHeader {
@@ -121,6 +138,8 @@ pub struct InboundTrunkRoute {
     pub transports: BTreeSet<Transport>,
     pub codecs: Vec<Codec>,
     pub limits: Limits,
+    #[serde(skip_serializing_if = "MediaPolicy::is_default")]
+    pub media: MediaPolicy,
 }
 
 impl InboundTrunkRoute {
@@ -154,6 +173,8 @@ pub struct OutboundTrunkRoute {
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub agents: BTreeSet<String>,
     pub codecs: Vec<Codec>,
+    #[serde(skip_serializing_if = "MediaPolicy::is_default")]
+    pub media: MediaPolicy,
 }
 
 /// Where an accepted TransferDestination sends the call.

@@ -370,6 +370,7 @@ mod tests {
             limits: Limits::default(),
             agents: BTreeSet::new(),
             codecs: vec![],
+            media: Default::default(),
         }
     }
 

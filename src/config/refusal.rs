@@ -49,6 +49,12 @@ pub enum RefusalRule {
     NoUsableAudio,
     /// No codec of the offer is allowed on the trunk.
     NoCommonCodec,
+    /// The offer's audio `c=` is a multicast group.
+    MulticastMediaAddress,
+    /// The initial offer's audio `c=` is `0.0.0.0` or `::`.
+    UnspecifiedMediaAddress,
+    /// The offer's audio `c=` and `m=` port are the gateway's own (a media loop).
+    OwnMediaAddress,
     /// The trunk holds its `maxConcurrentCalls`.
     ConcurrencyLimit,
     /// The trunk is at its `maxCallsPerSecond`.
@@ -107,6 +113,9 @@ impl RefusalRule {
             RefusalRule::BadSdp => "BadSdp",
             RefusalRule::NoUsableAudio => "NoUsableAudio",
             RefusalRule::NoCommonCodec => "NoCommonCodec",
+            RefusalRule::MulticastMediaAddress => "MulticastMediaAddress",
+            RefusalRule::UnspecifiedMediaAddress => "UnspecifiedMediaAddress",
+            RefusalRule::OwnMediaAddress => "OwnMediaAddress",
             // The CRD fields, in snake case, as the limits have always been labelled.
             RefusalRule::ConcurrencyLimit => "max_concurrent_calls",
             RefusalRule::RateLimit => "max_calls_per_second",
@@ -157,7 +166,11 @@ impl RefusalRule {
             RefusalRule::BadExtension => 420,
             RefusalRule::UnsupportedBody => 415,
             RefusalRule::TooManyHops => 483,
-            RefusalRule::NoUsableAudio | RefusalRule::NoCommonCodec => 488,
+            RefusalRule::NoUsableAudio
+            | RefusalRule::NoCommonCodec
+            | RefusalRule::MulticastMediaAddress
+            | RefusalRule::UnspecifiedMediaAddress
+            | RefusalRule::OwnMediaAddress => 488,
             RefusalRule::CredentialsPending
             | RefusalRule::Draining
             | RefusalRule::ConcurrencyLimit
@@ -218,6 +231,9 @@ mod tests {
             (BadSdp, 400, "BadSdp"),
             (NoUsableAudio, 488, "NoUsableAudio"),
             (NoCommonCodec, 488, "NoCommonCodec"),
+            (MulticastMediaAddress, 488, "MulticastMediaAddress"),
+            (UnspecifiedMediaAddress, 488, "UnspecifiedMediaAddress"),
+            (OwnMediaAddress, 488, "OwnMediaAddress"),
             (ConcurrencyLimit, 503, "max_concurrent_calls"),
             (RateLimit, 503, "max_calls_per_second"),
         ] {

@@ -812,8 +812,11 @@ mod tests {
     #[test]
     fn cel_runs_only_on_the_subtrees_with_rules() {
         let roots = |kind| compiled(kind).cel.iter().map(|r| r.field.clone()).collect::<Vec<_>>();
-        assert_eq!(roots(Kind::InboundTrunk), ["spec.auth"]);
-        assert_eq!(roots(Kind::OutboundTrunk), ["spec.auth.digest", "spec.host"]);
+        assert_eq!(roots(Kind::InboundTrunk), ["spec.auth", "spec.media.allowedAddresses"]);
+        assert_eq!(
+            roots(Kind::OutboundTrunk),
+            ["spec.auth.digest", "spec.host", "spec.media.allowedAddresses"]
+        );
         assert_eq!(roots(Kind::TransferDestination), ["spec"]);
     }
 

@@ -437,6 +437,7 @@ mod tests {
             limits: Limits::default(),
             agents: ["billing".to_string()].into(),
             codecs: vec![],
+            media: Default::default(),
         };
         let mut referred = phone("voice", "referred", "+14155550177", &[]);
         referred.mode = TransferMode::Refer;

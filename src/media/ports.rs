@@ -6,7 +6,10 @@
 //! is dropped, whatever drops it (a call that ends, a relay task that panics or is aborted), so
 //! ports cannot leak.
 //!
-//! Free pairs are handed out in FIFO order, so a port just released is the last to be reused
+//! A free pair is picked at random among the older half of the free queue (released pairs
+//! join at the back): a scanner that sees one call's ports cannot guess the next call's
+//! (issue 15: ports handed out in order let anyone spraying the range find live calls), and a
+//! port just released is not reused before half the free pairs have been handed out after it
 //! (late packets of an ended call do not reach the next one). A pair that fails to bind because
 //! something else holds one of its ports is skipped and put at the back of the queue: it is
 //! tried again later, not lost. When no pair can be bound the answer is
@@ -109,6 +112,11 @@ impl PortAllocator {
         Err(PortsError::Exhausted { low: pool.low, high: pool.high })
     }
 
+    /// The range, as given: `(low, high)`.
+    pub fn range(&self) -> (u16, u16) {
+        (self.inner.low, self.inner.high)
+    }
+
     /// Pairs free now.
     pub fn available(&self) -> usize {
         self.inner.lock().len()
@@ -126,10 +134,15 @@ impl Pool {
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The oldest free pair, if any.
+    /// A free pair at random among the older half of the queue (at least the oldest), if any.
     fn take(&self) -> Option<u16> {
+        use rand::Rng;
         let mut free = self.lock();
-        let port = free.pop_front();
+        let older_half = free.len().div_ceil(2);
+        let port = match older_half {
+            0 => None,
+            n => free.remove(rand::rng().random_range(0..n)),
+        };
         self.publish(free.len());
         port
     }
@@ -244,8 +257,11 @@ pub(crate) fn free_test_range(pairs: u16) -> (u16, u16) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -349,6 +365,91 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(pool.available(), 1);
         pool.allocate(LOCALHOST).expect("the pair is usable again");
+    }
+
+    /// The RTP ports of `count` allocations from a fresh pool of `pairs`.
+    fn first_ports(pairs: u16, count: usize) -> (u16, Vec<u16>) {
+        let (low, high) = free_test_range(pairs);
+        let pool = PortAllocator::new(low, high);
+        let held: Vec<PortPair> =
+            (0..count).map(|_| pool.allocate(LOCALHOST).expect("a pair")).collect();
+        (low, held.iter().map(|p| p.rtp_port() - low).collect())
+    }
+
+    #[test]
+    fn ports_are_handed_out_in_an_order_nobody_can_predict() {
+        // Ten pools of 16 pairs: in order, every pool would start 0, 2, 4, 6 from its low end.
+        let orders: BTreeSet<Vec<u16>> = (0..10).map(|_| first_ports(16, 4).1).collect();
+        // Eight equally likely first picks, then seven...: ten identical orders would be a
+        // one in 10^30 event.
+        assert!(orders.len() > 1, "ten pools gave the same order: {orders:?}");
+        assert!(orders.iter().any(|o| o[0] != 0), "every pool started at its first pair");
+    }
+
+    #[test]
+    fn a_pair_just_released_is_not_reused_before_half_the_free_pairs_went_out() {
+        let (low, high) = free_test_range(10);
+        let pool = PortAllocator::new(low, high);
+        for _ in 0..50 {
+            let released = pool.allocate(LOCALHOST).expect("a pair");
+            let port = released.rtp_port();
+            drop(released);
+            // 10 free, the released one last: the next 5 picks come from the 9 before it.
+            let next: Vec<PortPair> =
+                (0..5).map(|_| pool.allocate(LOCALHOST).expect("a pair")).collect();
+            assert!(next.iter().all(|p| p.rtp_port() != port), "{port} reused at once");
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Allocate,
+        Release(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![3 => Just(Op::Allocate), 2 => any::<usize>().prop_map(Op::Release)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever the order of allocations and releases: every pair in use is distinct, an
+        /// even port of the range with its RTCP port next to it, free + in use is the whole
+        /// range, exhaustion only when nothing is free, and everything comes back at the end.
+        #[test]
+        fn the_pool_never_hands_out_a_pair_twice_nor_loses_one(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            // One range for every case (each ends with all pairs back): the process's block of
+            // test ports would not hold one per case.
+            static RANGE: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+            let &(low, high) = RANGE.get_or_init(|| free_test_range(6));
+            let pool = PortAllocator::new(low, high);
+            let mut held: Vec<PortPair> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Allocate => match pool.allocate(LOCALHOST) {
+                        Ok(pair) => {
+                            prop_assert!(pair.rtp_port() % 2 == 0);
+                            prop_assert!(pair.rtp_port() >= low && pair.rtcp_port() <= high);
+                            prop_assert!(held.iter().all(|h| h.rtp_port() != pair.rtp_port()));
+                            held.push(pair);
+                        }
+                        Err(PortsError::Exhausted { .. }) => prop_assert_eq!(held.len(), 6),
+                        Err(other) => prop_assert!(false, "{other}"),
+                    },
+                    Op::Release(i) if !held.is_empty() => {
+                        let i = i % held.len();
+                        held.swap_remove(i);
+                    }
+                    Op::Release(_) => {}
+                }
+                prop_assert_eq!(pool.available() + held.len(), pool.capacity());
+            }
+            drop(held);
+            prop_assert_eq!(pool.available(), pool.capacity());
+        }
     }
 
     #[test]

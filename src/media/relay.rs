@@ -18,14 +18,28 @@
 //! says), per leg and separately for RTP and RTCP:
 //! 1. The remote starts as the SDP address (RTCP: its port + 1), or none when the SDP said
 //!    `0.0.0.0`; nothing is sent to a leg whose remote is unknown (the packets are dropped).
-//! 2. The first valid packet (RTP or RTCP version 2) from any source latches the remote to that
-//!    source: from then on replies go there.
-//! 3. After latching, packets from any other source are dropped (hijack guard), with one
-//!    exception: when the latched source has sent nothing for `latch_silence` (1 s), a new
-//!    source that sends `latch_after` (3) packets in a row, with nothing from another source in
-//!    between, is latched instead (a NAT binding that changed, a media server fail-over).
+//! 2. The first valid packet (RTP or RTCP version 2) from a source the leg's [`SourceGuard`]
+//!    admits latches the remote to that source: from then on replies go there. A *strict* guard
+//!    (the carrier's side) admits only the leg's own addresses: the IP of its SDP `c=` (any
+//!    port: a NAT in front of the carrier keeps the address and picks another port, so the
+//!    port of the SDP is no evidence of anything), the IP its SIP comes from (inbound) or goes
+//!    to (outbound), and the trunk's media allowlist (`spec.media.allowedAddresses`, for
+//!    carriers whose media servers are other hosts than their SIP proxies). Anything else is
+//!    dropped and counted (`not_allowed`). A guard that is not strict (the agent runtime's
+//!    side, in the internal zone) lets the first valid packet from anywhere latch, as before.
+//! 3. After latching, packets from any other source are dropped (hijack guard, counted as
+//!    `latched`), with one exception: when the latched source has sent nothing for
+//!    `latch_silence` (1 s), a new source that is one of the leg's own addresses (as in 2) or
+//!    carries the latched stream's SSRC (a NAT binding that changed, a media server
+//!    fail-over that kept the stream) and sends `latch_after` (3) packets in a row, with nothing
+//!    from another admissible source in between, is latched instead. Any other source stays
+//!    dropped however long the leg is silent (`not_allowed`).
 //! 4. [`Relay::update_remote`] with a different address (a re-INVITE moved the media) starts
 //!    over from 1 for that leg. The same address again changes nothing.
+//!
+//! The decision is the pure [`Latch::accept`]; the relay's counters (`Dropped::not_allowed`,
+//! `Dropped::foreign`) and `trunkline_rtp_rejected_packets_total{trunk,leg,reason}` (when the
+//! guard carries [`RtpRejected`] handles) count what it refused.
 //!
 //! **Media timeout.** A leg is expected to send once it has an SDP address or has latched; from
 //! then on, when it has sent no RTP for `media_timeout`, [`Relay::timeout`] resolves with a
@@ -95,6 +109,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use socket2::{SockAddr, SockRef};
@@ -107,6 +122,7 @@ use tokio::time::Sleep;
 
 use super::ports::{PortAllocator, PortLease, PortPair, PortsError};
 use super::stats::{RtpStats, StreamStats};
+use crate::observe::metrics::RtpRejected;
 
 /// Datagrams read per `recvmmsg`.
 pub const BATCH: usize = 32;
@@ -190,6 +206,32 @@ impl Default for RelayConfig {
     }
 }
 
+/// Who may send a side's media (see the module docs, rules 2 and 3). The SDP address of the
+/// side is added by the relay itself as it learns it ([`Relay::update_remote`]).
+#[derive(Clone, Debug, Default)]
+pub struct SourceGuard {
+    /// Only the side's own addresses may latch it, the first time too (the carrier's side).
+    /// Not strict: the first valid packet from anywhere latches (the agent runtime's side).
+    pub strict: bool,
+    /// The IP of the side's SIP peer: where its requests come from (inbound) or where ours go
+    /// (outbound).
+    pub signalling: Option<IpAddr>,
+    /// More addresses the side's media may come from: the trunk's media allowlist.
+    pub allowed: Vec<IpNet>,
+    /// Counts the packets the side refuses, by reason; `None`: counted in [`Dropped`] only.
+    pub rejected: Option<RtpRejected>,
+}
+
+impl SourceGuard {
+    /// Whether `ip` is one of the side's own addresses: the SDP's, the signalling peer's, or
+    /// in the allowlist.
+    fn admits(&self, sdp: Option<SocketAddr>, ip: IpAddr) -> bool {
+        sdp.is_some_and(|a| a.ip() == ip)
+            || self.signalling == Some(ip)
+            || self.allowed.iter().any(|net| net.contains(&ip))
+    }
+}
+
 /// Which legs stopped sending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Silent {
@@ -225,8 +267,11 @@ pub struct MediaTimeout {
 /// Packets received on a leg and not relayed, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
-    /// From a source other than the latched one (hijack guard).
+    /// From a source other than the latched one while it is active, or from a new source not
+    /// yet confirmed (hijack guard, rule 3).
     pub foreign: u64,
+    /// From a source that is none of the leg's own addresses (rules 2 and 3).
+    pub not_allowed: u64,
     /// The other leg's remote is not known yet.
     pub no_destination: u64,
     /// Not RTP/RTCP version 2, too short, or longer than [`MAX_DATAGRAM`].
@@ -338,16 +383,28 @@ impl Relay {
         ip_b: IpAddr,
         config: RelayConfig,
     ) -> Result<Relay, StartError> {
-        Relay::start_with(runtime, None, allocator, ip_a, ip_b, config)
+        Relay::start_with(runtime, None, allocator, (ip_a, ip_b), config, Default::default())
+    }
+
+    /// [`Relay::start`] with each side's [`SourceGuard`] (`[A, B]`) in force from the first
+    /// packet: a guard given later could miss what a port scanner queued meanwhile.
+    pub fn start_guarded(
+        allocator: &PortAllocator,
+        (ip_a, ip_b): (IpAddr, IpAddr),
+        config: RelayConfig,
+        guards: [SourceGuard; 2],
+    ) -> Result<Relay, StartError> {
+        let runtime = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        Relay::start_with(&runtime, None, allocator, (ip_a, ip_b), config, guards)
     }
 
     fn start_with(
         runtime: &Handle,
         load: Option<ThreadLoad>,
         allocator: &PortAllocator,
-        ip_a: IpAddr,
-        ip_b: IpAddr,
+        (ip_a, ip_b): (IpAddr, IpAddr),
         config: RelayConfig,
+        [guard_a, guard_b]: [SourceGuard; 2],
     ) -> Result<Relay, StartError> {
         let pair_a = allocator.allocate(ip_a)?;
         let pair_b = allocator.allocate(ip_b)?;
@@ -385,7 +442,7 @@ impl Relay {
             spare: None,
             state: State {
                 config,
-                legs: [LegState::new(), LegState::new()],
+                legs: [LegState::guarded(guard_a), LegState::guarded(guard_b)],
                 spare: None,
                 replaced: None,
                 hold: None,
@@ -614,10 +671,21 @@ impl MediaThreads {
         ip_b: IpAddr,
         config: RelayConfig,
     ) -> Result<Relay, StartError> {
+        self.start_relay_guarded(allocator, (ip_a, ip_b), config, Default::default())
+    }
+
+    /// [`MediaThreads::start_relay`] with each side's guard, as [`Relay::start_guarded`].
+    pub fn start_relay_guarded(
+        &self,
+        allocator: &PortAllocator,
+        ips: (IpAddr, IpAddr),
+        config: RelayConfig,
+        guards: [SourceGuard; 2],
+    ) -> Result<Relay, StartError> {
         let thread = self.pick();
         thread.calls.fetch_add(1, Ordering::Relaxed);
         let load = ThreadLoad(Arc::clone(&thread.calls));
-        Relay::start_with(&thread.handle, Some(load), allocator, ip_a, ip_b, config)
+        Relay::start_with(&thread.handle, Some(load), allocator, ips, config, guards)
     }
 
     /// The first thread below `calls_per_thread`, else the one with the fewest calls.
@@ -835,12 +903,26 @@ enum Batch {
     Drained,
 }
 
+/// What the latch rule says of one packet (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Relayed (and latched, if it was not).
+    Accept,
+    /// From none of the leg's own addresses: dropped whatever the latch's state.
+    NotAllowed,
+    /// The leg is latched to another source that is still active, or the new source has not
+    /// yet sent `latch_after` packets in a row: dropped.
+    Latched,
+}
+
 /// The latch of one leg's RTP or RTCP.
 #[derive(Clone, Copy, Debug, Default)]
 struct Latch {
     remote: Option<SocketAddr>,
     latched: bool,
     last_seen: Option<Instant>,
+    /// The SSRC the latched source sends (the last one seen from it).
+    ssrc: Option<u32>,
     candidate: Option<SocketAddr>,
     candidate_packets: u32,
 }
@@ -850,12 +932,23 @@ impl Latch {
         Latch { remote, ..Latch::default() }
     }
 
-    /// Whether a packet from `source` is relayed (see the module docs for the rule).
-    fn accept(&mut self, source: SocketAddr, now: Instant, config: &RelayConfig) -> bool {
+    /// Whether a packet from `source` carrying `ssrc` is relayed. `own`: the source is one of
+    /// the leg's own addresses ([`SourceGuard`]); `strict`: only those may latch at all. Pure:
+    /// the rules of the module docs, 2 and 3.
+    fn accept(
+        &mut self,
+        source: SocketAddr,
+        ssrc: Option<u32>,
+        now: Instant,
+        config: &RelayConfig,
+        own: bool,
+        strict: bool,
+    ) -> Verdict {
         if self.latched && self.remote == Some(source) {
             self.last_seen = Some(now);
             self.candidate = None;
-            return true;
+            self.ssrc = ssrc.or(self.ssrc);
+            return Verdict::Accept;
         }
         if self.latched {
             let silent = self
@@ -863,7 +956,12 @@ impl Latch {
                 .is_none_or(|seen| now.saturating_duration_since(seen) > config.latch_silence);
             if !silent {
                 self.candidate = None;
-                return false;
+                return Verdict::Latched;
+            }
+            let same_stream = ssrc.is_some() && ssrc == self.ssrc;
+            if !own && !same_stream {
+                // Leaves a candidate's count alone: spraying cannot delay a real take-over.
+                return Verdict::NotAllowed;
             }
             if self.candidate == Some(source) {
                 self.candidate_packets += 1;
@@ -872,21 +970,26 @@ impl Latch {
                 self.candidate_packets = 1;
             }
             if self.candidate_packets < config.latch_after {
-                return false;
+                return Verdict::Latched;
             }
+        } else if strict && !own {
+            return Verdict::NotAllowed;
         }
         *self = Latch {
             remote: Some(source),
             latched: true,
             last_seen: Some(now),
+            ssrc,
             candidate: None,
             candidate_packets: 0,
         };
-        true
+        Verdict::Accept
     }
 }
 
 struct LegState {
+    /// Who may send this leg's media besides its SDP address.
+    guard: SourceGuard,
     rtp: Latch,
     rtcp: Latch,
     /// The SDP address last given.
@@ -902,7 +1005,12 @@ struct LegState {
 
 impl LegState {
     fn new() -> LegState {
+        LegState::guarded(SourceGuard::default())
+    }
+
+    fn guarded(guard: SourceGuard) -> LegState {
         LegState {
+            guard,
             rtp: Latch::default(),
             rtcp: Latch::default(),
             sdp: None,
@@ -1010,7 +1118,15 @@ impl State {
         let Some(spare) = self.spare.take() else { return };
         let b = &mut self.legs[Leg::B.index()];
         self.replaced = Some(b.stats());
-        *b = LegState { sdp: spare.sdp, rtp: spare.rtp, rtcp: spare.rtcp, ..LegState::new() };
+        // The transfer peer is no longer the agent runtime: its signalling address goes; side
+        // B's counters stay.
+        let guard = SourceGuard { rejected: b.guard.rejected.take(), ..SourceGuard::default() };
+        *b = LegState {
+            sdp: spare.sdp,
+            rtp: spare.rtp,
+            rtcp: spare.rtcp,
+            ..LegState::guarded(guard)
+        };
         b.set_sdp(remote, now);
         b.active = (b.sdp.is_some() || b.rtp.latched).then_some(now);
         self.shared.replace(Leg::B, b, self.replaced);
@@ -1063,11 +1179,26 @@ impl State {
                     from.dropped.malformed += 1;
                     continue;
                 }
+                let own = from.guard.admits(from.sdp, source.ip());
+                let strict = from.guard.strict;
                 let latch = from.latch_mut(kind);
                 let was = latch.remote;
-                if !latch.accept(source, now, &config) {
-                    from.dropped.foreign += 1;
-                    continue;
+                match latch.accept(source, ssrc_of(datagram, kind), now, &config, own, strict) {
+                    Verdict::Accept => {}
+                    Verdict::NotAllowed => {
+                        from.dropped.not_allowed += 1;
+                        if let Some(counters) = &from.guard.rejected {
+                            counters.not_allowed.inc();
+                        }
+                        continue;
+                    }
+                    Verdict::Latched => {
+                        from.dropped.foreign += 1;
+                        if let Some(counters) = &from.guard.rejected {
+                            counters.latched.inc();
+                        }
+                        continue;
+                    }
                 }
                 latched |= was != latch.remote;
                 let len = datagram.len();
@@ -1160,6 +1291,14 @@ fn valid(datagram: &[u8], kind: Kind) -> bool {
     datagram.len() >= min && datagram[0] >> 6 == 2
 }
 
+/// The sender's SSRC of a valid datagram: RTP's at bytes 8-11 (RFC 3550 §5.1), RTCP's (also
+/// muxed on the RTP port) at bytes 4-7 (§6.4).
+fn ssrc_of(datagram: &[u8], kind: Kind) -> Option<u32> {
+    let at = if kind == Kind::Rtp && !is_muxed_rtcp(datagram) { 8 } else { 4 };
+    let bytes = datagram.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
 /// RTCP sent on the RTP port (rtcp-mux): packet types 192-223 where RTP has marker + payload
 /// type (RFC 5761 §4). Relayed like RTP, counted as RTCP.
 fn is_muxed_rtcp(datagram: &[u8]) -> bool {
@@ -1240,7 +1379,7 @@ struct SharedLeg {
     rtp_out: SharedStream,
     rtcp_in: SharedStream,
     rtcp_out: SharedStream,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
 }
 
 #[derive(Default)]
@@ -1307,9 +1446,13 @@ impl Shared {
         // RTCP, or muxed RTCP on the RTP port.
         shared.rtcp_in.store(&from.rtcp_in.snapshot(), self.base);
         let d = from.dropped;
-        for (cell, value) in
-            shared.dropped.iter().zip([d.foreign, d.no_destination, d.malformed, d.send_failed])
-        {
+        for (cell, value) in shared.dropped.iter().zip([
+            d.foreign,
+            d.not_allowed,
+            d.no_destination,
+            d.malformed,
+            d.send_failed,
+        ]) {
             cell.store(value, Ordering::Relaxed);
         }
     }
@@ -1345,7 +1488,7 @@ impl Shared {
         };
         for leg in [Leg::A, Leg::B] {
             let shared = &self.legs[leg.index()];
-            let [foreign, no_destination, malformed, send_failed] =
+            let [foreign, not_allowed, no_destination, malformed, send_failed] =
                 shared.dropped.each_ref().map(|cell| cell.load(Ordering::Relaxed));
             *stats.leg_mut(leg) = LegStats {
                 remote: remotes[leg.index()],
@@ -1353,7 +1496,7 @@ impl Shared {
                 rtp_out: shared.rtp_out.load(self.base),
                 rtcp_in: shared.rtcp_in.load(self.base),
                 rtcp_out: shared.rtcp_out.load(self.base),
-                dropped: Dropped { foreign, no_destination, malformed, send_failed },
+                dropped: Dropped { foreign, not_allowed, no_destination, malformed, send_failed },
             };
         }
         stats
@@ -1448,6 +1591,265 @@ mod tests {
 
     fn start(pool: &PortAllocator, config: RelayConfig) -> Relay {
         Relay::start(pool, LOCALHOST, LOCALHOST, config).expect("relay starts")
+    }
+
+    /// The latch rule alone: a packet from `source` (port of 127.0.0.1, or of `ip`) with `ssrc`.
+    fn from(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((ip, port))
+    }
+
+    const CARRIER: [u8; 4] = [127, 0, 0, 1];
+    const STRANGER: [u8; 4] = [127, 0, 0, 2];
+
+    #[test]
+    fn a_strict_latch_is_taken_first_only_by_one_of_the_legs_own_addresses() {
+        let config = RelayConfig::default();
+        let now = Instant::now();
+        let mut latch = Latch::new(Some(from(CARRIER, 4000)));
+        let stranger = from(STRANGER, 4000);
+        for _ in 0..10 {
+            let verdict = latch.accept(stranger, Some(7), now, &config, false, true);
+            assert_eq!(verdict, Verdict::NotAllowed);
+        }
+        assert!(!latch.latched);
+        assert_eq!(latch.remote, Some(from(CARRIER, 4000)), "replies still go to the SDP address");
+        // The carrier behind a NAT: its address, another port.
+        let natted = from(CARRIER, 31_337);
+        assert_eq!(latch.accept(natted, Some(1), now, &config, true, true), Verdict::Accept);
+        assert_eq!((latch.remote, latch.latched), (Some(natted), true));
+    }
+
+    #[test]
+    fn a_latch_that_is_not_strict_is_taken_by_the_first_valid_packet_from_anywhere() {
+        let config = RelayConfig::default();
+        let mut latch = Latch::new(None);
+        let anywhere = from(STRANGER, 9);
+        assert_eq!(
+            latch.accept(anywhere, Some(1), Instant::now(), &config, false, false),
+            Verdict::Accept
+        );
+        assert_eq!(latch.remote, Some(anywhere));
+    }
+
+    #[test]
+    fn while_the_latched_source_is_active_no_other_source_is_relayed_own_or_same_ssrc() {
+        let config = RelayConfig::default();
+        let t0 = Instant::now();
+        let (carrier, other_port) = (from(CARRIER, 4000), from(CARRIER, 4002));
+        let mut latch = Latch::new(Some(carrier));
+        assert_eq!(latch.accept(carrier, Some(1), t0, &config, true, true), Verdict::Accept);
+        let soon = t0 + config.latch_silence / 2;
+        for _ in 0..5 {
+            assert_eq!(
+                latch.accept(other_port, Some(1), soon, &config, true, true),
+                Verdict::Latched
+            );
+        }
+        assert_eq!(latch.remote, Some(carrier));
+    }
+
+    #[test]
+    fn after_the_latched_source_goes_silent_a_stranger_with_another_ssrc_never_takes_over() {
+        let config = RelayConfig::default();
+        let t0 = Instant::now();
+        let carrier = from(CARRIER, 4000);
+        let mut latch = Latch::new(Some(carrier));
+        latch.accept(carrier, Some(1), t0, &config, true, true);
+        let later = t0 + config.latch_silence * 10;
+        for _ in 0..20 {
+            let verdict =
+                latch.accept(from(STRANGER, 4000), Some(666), later, &config, false, true);
+            assert_eq!(verdict, Verdict::NotAllowed);
+        }
+        assert_eq!(latch.remote, Some(carrier));
+        // Not strict (the agent's side) it is the same: after latching, a stranger needs the
+        // stream's SSRC.
+        let mut agent = Latch::new(None);
+        agent.accept(from(CARRIER, 5000), Some(1), t0, &config, false, false);
+        for _ in 0..20 {
+            let verdict =
+                agent.accept(from(STRANGER, 4000), Some(666), later, &config, false, false);
+            assert_eq!(verdict, Verdict::NotAllowed);
+        }
+    }
+
+    #[test]
+    fn after_silence_the_same_ssrc_from_a_new_address_takes_over_on_its_third_packet() {
+        let config = RelayConfig::default();
+        let t0 = Instant::now();
+        let mut latch = Latch::new(Some(from(CARRIER, 4000)));
+        latch.accept(from(CARRIER, 4000), Some(0xfeed), t0, &config, true, true);
+        // The carrier's media server failed over to a host outside its addresses, same stream.
+        let moved = from(STRANGER, 6000);
+        let later = t0 + config.latch_silence * 2;
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| latch.accept(moved, Some(0xfeed), later, &config, false, true))
+            .collect();
+        assert_eq!(verdicts, [Verdict::Latched, Verdict::Latched, Verdict::Accept]);
+        assert_eq!(latch.remote, Some(moved));
+    }
+
+    #[test]
+    fn after_silence_one_of_the_legs_own_addresses_takes_over_with_a_new_ssrc() {
+        let config = RelayConfig::default();
+        let t0 = Instant::now();
+        let mut latch = Latch::new(Some(from(CARRIER, 4000)));
+        latch.accept(from(CARRIER, 4000), Some(1), t0, &config, true, true);
+        let rebound = from(CARRIER, 4100);
+        let later = t0 + config.latch_silence * 2;
+        for _ in 0..2 {
+            assert_eq!(
+                latch.accept(rebound, Some(2), later, &config, true, true),
+                Verdict::Latched
+            );
+        }
+        assert_eq!(latch.accept(rebound, Some(2), later, &config, true, true), Verdict::Accept);
+        assert_eq!((latch.remote, latch.ssrc), (Some(rebound), Some(2)));
+    }
+
+    #[test]
+    fn a_strangers_spray_does_not_reset_a_rightful_take_over() {
+        let config = RelayConfig::default();
+        let t0 = Instant::now();
+        let mut latch = Latch::new(Some(from(CARRIER, 4000)));
+        latch.accept(from(CARRIER, 4000), Some(1), t0, &config, true, true);
+        let (rebound, stranger) = (from(CARRIER, 4100), from(STRANGER, 4100));
+        let later = t0 + config.latch_silence * 2;
+        let mut verdicts = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(
+                latch.accept(stranger, Some(9), later, &config, false, true),
+                Verdict::NotAllowed
+            );
+            verdicts.push(latch.accept(rebound, Some(1), later, &config, true, true));
+        }
+        assert_eq!(verdicts, [Verdict::Latched, Verdict::Latched, Verdict::Accept]);
+        assert_eq!(latch.remote, Some(rebound));
+    }
+
+    #[test]
+    fn the_ssrc_is_read_from_rtp_and_from_rtcp_muxed_or_not() {
+        assert_eq!(ssrc_of(&rtp(1, 0), Kind::Rtp), Some(0x1234_5678));
+        assert_eq!(ssrc_of(&rtcp(), Kind::Rtp), Some(0xdead_beef), "muxed RTCP");
+        assert_eq!(ssrc_of(&rtcp(), Kind::Rtcp), Some(0xdead_beef));
+        assert_eq!(ssrc_of(&[0x80, 0, 0], Kind::Rtcp), None);
+    }
+
+    const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    const MEDIA_HOST_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+    async fn peer_on(ip: IpAddr) -> TokioUdpSocket {
+        TokioUdpSocket::bind((ip, 0)).await.expect("bind a peer on 127/8")
+    }
+
+    /// A relay whose side A is the carrier's (strict, its SIP from 127.0.0.1, `allowed` more),
+    /// counting what it refuses in `counters`.
+    fn start_carrier_guarded(
+        pool: &PortAllocator,
+        allowed: &[&str],
+        counters: &RtpRejected,
+    ) -> Relay {
+        let guard = SourceGuard {
+            strict: true,
+            signalling: Some(LOCALHOST),
+            allowed: allowed.iter().map(|n| n.parse().expect("a CIDR")).collect(),
+            rejected: Some(counters.clone()),
+        };
+        Relay::start_guarded(
+            pool,
+            (LOCALHOST, LOCALHOST),
+            RelayConfig::default(),
+            [guard, SourceGuard::default()],
+        )
+        .expect("relay starts")
+    }
+
+    #[tokio::test]
+    async fn an_attacker_on_another_address_is_never_relayed_before_or_after_the_carrier() {
+        let pool = test_pool(5);
+        let counters = RtpRejected::unregistered();
+        let relay = start_carrier_guarded(&pool, &[], &counters);
+        let (carrier, agent, attacker) = (peer().await, peer().await, peer_on(ATTACKER_IP).await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+
+        // Before the carrier sends: the attacker's packets go nowhere and take nothing.
+        for seq in 0..5 {
+            send(&attacker, &rtp(seq, 0), relay.local(Leg::A)).await;
+        }
+        nothing_arrives(&agent).await;
+        send(&agent, &rtp(100, 0), relay.local(Leg::B)).await;
+        assert_eq!(receive(&carrier).await.0, rtp(100, 0), "the agent is heard by the carrier");
+        nothing_arrives(&attacker).await;
+
+        // The carrier talks; the attacker keeps trying, with the carrier's own SSRC too.
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await.0, rtp(1, 0));
+        send(&attacker, &rtp(2, 160), relay.local(Leg::A)).await;
+        nothing_arrives(&agent).await;
+        let stats =
+            eventually(&relay, |s| s.a.dropped.not_allowed + s.a.dropped.foreign == 6).await;
+        assert_eq!(stats.a.remote, Some(addr(&carrier)));
+        assert_eq!(stats.a.rtp_in.packets, 1);
+        assert_eq!(counters.not_allowed.get() + counters.latched.get(), 6);
+        assert_eq!(counters.not_allowed.get(), 5, "before latching: not one of the carrier's");
+    }
+
+    #[tokio::test]
+    async fn a_silent_carrier_cannot_be_taken_over_by_an_address_of_another_ssrc() {
+        let pool = test_pool(5);
+        let counters = RtpRejected::unregistered();
+        let guard = SourceGuard {
+            strict: true,
+            signalling: Some(LOCALHOST),
+            allowed: Vec::new(),
+            rejected: Some(counters.clone()),
+        };
+        let config =
+            RelayConfig { latch_silence: Duration::from_millis(100), ..Default::default() };
+        let relay = Relay::start_guarded(
+            &pool,
+            (LOCALHOST, LOCALHOST),
+            config,
+            [guard, SourceGuard::default()],
+        )
+        .expect("relay starts");
+        let (carrier, agent, attacker) = (peer().await, peer().await, peer_on(ATTACKER_IP).await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        receive(&agent).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut other = rtp(50, 0);
+        other[8..12].copy_from_slice(&0x0bad_f00du32.to_be_bytes());
+        for _ in 0..10 {
+            send(&attacker, &other, relay.local(Leg::A)).await;
+        }
+        nothing_arrives(&agent).await;
+        send(&agent, &rtp(200, 0), relay.local(Leg::B)).await;
+        assert_eq!(receive(&carrier).await.0, rtp(200, 0), "the agent still talks to the carrier");
+        nothing_arrives(&attacker).await;
+        eventually(&relay, |s| s.a.dropped.not_allowed == 10).await;
+        assert_eq!(counters.not_allowed.get(), 10);
+    }
+
+    #[tokio::test]
+    async fn media_from_a_host_on_the_trunks_media_allowlist_latches_the_carriers_side() {
+        let pool = test_pool(5);
+        let counters = RtpRejected::unregistered();
+        let relay = start_carrier_guarded(&pool, &["127.0.0.3/32"], &counters);
+        let (agent, media_host, attacker) =
+            (peer().await, peer_on(MEDIA_HOST_IP).await, peer_on(ATTACKER_IP).await);
+        // The carrier's SDP names its SIP host; its media comes from a media server elsewhere.
+        relay.update_remote(Leg::A, Some(SocketAddr::new(LOCALHOST, 9)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        send(&attacker, &rtp(1, 0), relay.local(Leg::A)).await;
+        nothing_arrives(&agent).await;
+        send(&media_host, &rtp(2, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await.0, rtp(2, 0));
+        send(&agent, &rtp(300, 0), relay.local(Leg::B)).await;
+        assert_eq!(receive(&media_host).await.0, rtp(300, 0), "replies go to the media host");
+        assert_eq!(counters.not_allowed.get(), 1);
     }
 
     #[tokio::test]

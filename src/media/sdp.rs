@@ -36,6 +36,45 @@ use ezk_sdp_types::{
     RtcpFeedbackPt, SessionDescription, TaggedAddress, TransportProtocol,
 };
 
+/// Why the connection address of a carrier's offer is refused (issue 15): the relay would
+/// send the call's audio there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// A multicast group: the call's audio would go to everyone in it.
+    Multicast,
+    /// `0.0.0.0` (or `::`) in an initial offer. In a re-offer it means hold (RFC 3264 §8.4,
+    /// the RFC 2543 way) and is taken; an initial offer has nothing to hold.
+    Unspecified,
+    /// The gateway itself: the relay would loop audio into its own ports (or its SIP port).
+    OwnAddress,
+}
+
+impl Sdp {
+    /// The refusal of this offer's audio connection address, if any; `own` says whether an
+    /// address (IP and port of the `m=` line) is the gateway's own. A rejected stream (port 0)
+    /// is never refused.
+    pub fn refused_connection(
+        &self,
+        initial: bool,
+        own: impl Fn(SocketAddr) -> bool,
+    ) -> Option<ConnectionRefusal> {
+        let audio = self.audio()?;
+        let ip = audio.connection()?;
+        if audio.port() == 0 {
+            return None;
+        }
+        if ip.is_multicast() {
+            Some(ConnectionRefusal::Multicast)
+        } else if ip.is_unspecified() {
+            initial.then_some(ConnectionRefusal::Unspecified)
+        } else if own(SocketAddr::new(ip, audio.port())) {
+            Some(ConnectionRefusal::OwnAddress)
+        } else {
+            None
+        }
+    }
+}
+
 /// Largest SDP body accepted. Carrier offers are well under 2 KiB; a bound keeps a hostile body
 /// from costing more than a few microseconds.
 pub const MAX_SDP_BYTES: usize = 16 * 1024;
@@ -1416,6 +1455,38 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
             let again = Sdp::parse(&sdp.to_bytes());
             assert!(again.is_ok(), "{again:?}\n{}", String::from_utf8_lossy(&sdp.to_bytes()));
         }
+    }
+
+    fn offer_at(c: &str, port: u16) -> Sdp {
+        let text = format!(
+            "v=0\r\no=c 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\n"
+        );
+        Sdp::parse(text.as_bytes()).expect("an offer")
+    }
+
+    #[test]
+    fn a_carriers_offer_at_a_multicast_group_nothing_or_the_gateway_is_refused_by_name() {
+        let nobody = |_| false;
+        let gateway = |a: SocketAddr| a == "192.0.2.10:20000".parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            offer_at("224.2.1.1/127", 4000).refused_connection(true, nobody),
+            Some(ConnectionRefusal::Multicast)
+        );
+        assert_eq!(
+            offer_at("0.0.0.0", 4000).refused_connection(true, nobody),
+            Some(ConnectionRefusal::Unspecified)
+        );
+        // In a re-offer, 0.0.0.0 is hold (RFC 3264 §8.4): taken.
+        assert_eq!(offer_at("0.0.0.0", 4000).refused_connection(false, nobody), None);
+        assert_eq!(
+            offer_at("192.0.2.10", 20000).refused_connection(true, gateway),
+            Some(ConnectionRefusal::OwnAddress)
+        );
+        assert_eq!(offer_at("192.0.2.10", 4000).refused_connection(true, gateway), None);
+        assert_eq!(offer_at("198.51.100.7", 4000).refused_connection(true, nobody), None);
+        // A rejected stream goes nowhere: nothing to refuse.
+        assert_eq!(offer_at("224.2.1.1", 0).refused_connection(true, nobody), None);
     }
 
     proptest! {

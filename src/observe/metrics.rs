@@ -29,6 +29,7 @@
 //! | `trunkline_sip_connections_refused_total`, `trunkline_sip_connections_closed_total` | counter | `transport`, `reason` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
 //! | `trunkline_rtp_jitter_seconds` | histogram | `trunk`, `leg` |
+//! | `trunkline_rtp_rejected_packets_total` | counter | `trunk`, `leg`, `reason` (`not_allowed`, `latched`) |
 //! | `trunkline_rtp_port_pairs` | gauge | `state` (`free`, `used`) |
 //! | `trunkline_rtp_port_exhaustions_total` | counter | |
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
@@ -61,6 +62,9 @@
 //!   `trunkline_outbound_reachable`, whose series goes with its trunk (a stale 0 would page
 //!   someone about a carrier no longer used).
 //! - `leg` is `carrier` or `agent`; `state` is `free` or `used`; `version` is the crate's.
+//! - `reason` of `trunkline_rtp_rejected_packets_total` is `not_allowed` (RTP/RTCP from an
+//!   address that is none of the leg's: its SDP's, its signalling peer's, the trunk's media
+//!   allowlist) or `latched` (the leg is latched to another source); never the source itself.
 //! - `transport` is `udp`, `tcp` or `tls`; `kind` is `request`, `response` or `malformed`; `rule`
 //!   is a fixed rule name of the refusing step; `status` a SIP status code.
 //! - `reason` of `trunkline_tls_client_failures_total` is a fixed name of what failed in a TLS
@@ -173,6 +177,42 @@ fn port_pool_collectors(registry: &Registry) -> prometheus::Result<(IntGaugeVec,
         registry,
     )?;
     Ok((pairs, exhaustions))
+}
+
+/// The handles one side of a call's relay counts refused RTP/RTCP packets on
+/// (`trunkline_rtp_rejected_packets_total{trunk,leg,reason}`), resolved once per call so that
+/// the relay's hot path only adds to an atomic.
+#[derive(Clone, Debug)]
+pub struct RtpRejected {
+    /// From none of the leg's own addresses.
+    pub not_allowed: IntCounter,
+    /// The leg is latched to another source.
+    pub latched: IntCounter,
+}
+
+impl RtpRejected {
+    /// Handles in a registry nobody scrapes: for relays in tests and benchmarks.
+    pub fn unregistered() -> RtpRejected {
+        let vec = rtp_rejected_collector(&Registry::new())
+            .expect("a static metric definition is valid in a fresh registry");
+        RtpRejected::of(&vec, UNKNOWN_TRUNK, "carrier")
+    }
+
+    fn of(vec: &IntCounterVec, trunk: &str, leg: &str) -> RtpRejected {
+        RtpRejected {
+            not_allowed: vec.with_label_values(&[trunk, leg, "not_allowed"]),
+            latched: vec.with_label_values(&[trunk, leg, "latched"]),
+        }
+    }
+}
+
+fn rtp_rejected_collector(registry: &Registry) -> prometheus::Result<IntCounterVec> {
+    register_int_counter_vec_with_registry!(
+        "trunkline_rtp_rejected_packets_total",
+        "RTP/RTCP packets the relay dropped for their source, by trunk, leg (carrier or agent) and reason (not_allowed: none of the leg's addresses; latched: the leg is latched to another source).",
+        &["trunk", "leg", "reason"],
+        registry,
+    )
 }
 
 /// Which side started the call.
@@ -336,6 +376,7 @@ pub struct GatewayMetrics {
     rtp_bytes: IntCounterVec,
     rtp_lost: IntCounterVec,
     rtp_jitter: HistogramVec,
+    rtp_rejected: IntCounterVec,
     port_pool: PortPoolMetrics,
     /// Every series name the registry can export (see [`series_names`]).
     names: BTreeSet<String>,
@@ -382,6 +423,7 @@ impl GatewayMetrics {
             vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
             r,
         )?;
+        let rtp_rejected = rtp_rejected_collector(r)?;
         let calls = register_int_counter_vec_with_registry!(
             "trunkline_calls_total",
             "Calls ended, by trunk, direction and outcome.",
@@ -534,6 +576,7 @@ impl GatewayMetrics {
             (&rtp_bytes, P),
             (&rtp_lost, P),
             (&rtp_jitter, H),
+            (&rtp_rejected, P),
             (&port_pairs, P),
             (&port_exhaustions, P),
             (&calls, P),
@@ -600,6 +643,7 @@ impl GatewayMetrics {
             rtp_bytes,
             rtp_lost,
             rtp_jitter,
+            rtp_rejected,
             port_pool,
             names,
         })
@@ -635,6 +679,13 @@ impl GatewayMetrics {
         if packets > 0 {
             self.rtp_jitter.with_label_values(&labels).observe(jitter_seconds);
         }
+    }
+
+    /// The handles a call's relay counts the packets it refuses on one side with (`leg`:
+    /// `carrier` or `agent`; `trunk`: as in [`Self::call_finished`]). Both series exist (at 0)
+    /// from the call's start.
+    pub fn rtp_rejected(&self, trunk: &str, leg: &str) -> RtpRejected {
+        RtpRejected::of(&self.rtp_rejected, trunk, leg)
     }
 
     /// The registry, for components that keep their own typed metrics (RTP stats, session-record
@@ -1021,6 +1072,7 @@ mod tests {
             "trunkline_rtp_port_exhaustions_total",
             "trunkline_rtp_jitter_seconds_bucket",
             "trunkline_rtp_jitter_seconds_sum",
+            "trunkline_rtp_rejected_packets_total",
             "trunkline_call_setup_seconds_count",
         ] {
             assert!(names.contains(name), "{name} missing from {names:?}");
@@ -1046,6 +1098,7 @@ mod tests {
         m.sip_connection_refused("tcp", "address_limit");
         m.sip_connection_closed("tls", "write_timeout");
         m.rtp_leg_finished("ns/t", "agent", 1, 1, 0, 0.0);
+        m.rtp_rejected("ns/t", "carrier").not_allowed.inc();
         m.set_config("h", 1, 1);
         m.config_reload(true);
         m.set_outbound_reachable("ns/out", true);

@@ -108,7 +108,8 @@ impl Call {
             let (a, b) = self.relay_binds();
             self.relay = Relay::Starting;
             let (media_timeout, max_hold) = (self.config.media_timeout, self.config.max_hold);
-            self.out.push(Action::StartRelay { a, b, media_timeout, max_hold });
+            let peers = self.relay_peers();
+            self.out.push(Action::StartRelay { a, b, media_timeout, max_hold, peers });
         } else {
             self.send_invite(now, leg);
         }

@@ -25,6 +25,20 @@ impl Call {
         (binds[0], binds[1])
     }
 
+    /// Who each side of the relay faces (see [`super::RelayPeer`]).
+    pub(super) fn relay_peers(&self) -> [super::RelayPeer; 2] {
+        let mut peers = [super::RelayPeer::default(); 2];
+        for leg in self.bridge {
+            let l = self.leg(leg);
+            let ip = l.dialog.target.remote.ip();
+            peers[side_index(l.media)] = super::RelayPeer {
+                carrier: l.role == super::Role::Carrier,
+                signalling: (!ip.is_unspecified()).then_some(ip),
+            };
+        }
+        peers
+    }
+
     /// The relay runs: no media is owed before the answer (held), the origin's address from
     /// its offer, the offer to the dialed leg rewritten to the relay; then the INVITE.
     pub(super) fn relay_started(&mut self, now: Instant, a: u16, b: u16) {

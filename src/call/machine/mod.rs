@@ -213,6 +213,14 @@ pub struct Placed {
     pub max_duration: Option<Duration>,
 }
 
+/// The SIP peer a side of the relay faces: whether it is a carrier, and the IP its requests
+/// come from (an origin) or ours go to (a dialed leg), when known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayPeer {
+    pub carrier: bool,
+    pub signalling: Option<IpAddr>,
+}
+
 /// What the driver does for a call, in the order given.
 #[derive(Debug)]
 pub enum Action {
@@ -226,7 +234,16 @@ pub enum Action {
     Resolve { leg: LegId, host: String, port: u16 },
     /// Start the RTP relay, its side A bound on `a`, side B on `b`; answer with
     /// [`Call::on_media_event`] (`Started` or `StartFailed`).
-    StartRelay { a: IpAddr, b: IpAddr, media_timeout: Duration, max_hold: Option<Duration> },
+    /// `peers`: side A's and side B's SIP peer, for the relay's source guard (a carrier's
+    /// side is strict: only its own addresses may latch it). `max_hold`: how long hold
+    /// suspends the media timeout.
+    StartRelay {
+        a: IpAddr,
+        b: IpAddr,
+        media_timeout: Duration,
+        max_hold: Option<Duration>,
+        peers: [RelayPeer; 2],
+    },
     /// Change the relay.
     UpdateRelay(RelayUpdate),
     /// A bridged transfer: build the leg to its destination (the destination's trunk, its
