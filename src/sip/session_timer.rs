@@ -9,6 +9,11 @@
 //! `N - min(32, N/3)` (§10) both legs are hung up. A peer that does not support `timer` gets no
 //! session timer (the media timeout and the maximum call duration still end a call whose peer
 //! vanished).
+//!
+//! As the UAC of the legs it dials, the gateway offers `Supported: timer` and
+//! `Session-Expires: 1800;refresher=uas`: a peer that supports the extension refreshes, and the
+//! session is enforced the same way; a peer that answers `refresher=uac` (it wants the gateway
+//! to refresh) gets no enforcement on that leg, since the gateway originates no refreshes.
 
 use std::time::Duration;
 
@@ -22,6 +27,8 @@ pub const MIN_SE: &str = "Min-SE";
 pub const SUPPORTED: &str = "Supported";
 /// RFC 4028's own minimum for `Min-SE` (§4): 90 seconds.
 pub const RFC_MIN_SE: u32 = 90;
+/// The interval the gateway asks of the peers it calls (RFC 4028 §4 recommends 1800 s).
+pub const ASKED_INTERVAL: u32 = 1800;
 
 /// What the INVITE's session timer headers ask of the UAS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +58,34 @@ pub fn ask(headers: &Headers, min_se: u32) -> Ask {
         .flat_map(|v| v.split(','))
         .any(|o| o.trim().eq_ignore_ascii_case("timer"));
     if supported { Ask::Refreshed { interval: expires } } else { Ask::None }
+}
+
+/// Who refreshes a session, as a 2xx's `Session-Expires` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresher {
+    Uac,
+    Uas,
+}
+
+/// What we ask of a peer we call (we are its UAC): that it refreshes (RFC 4028 §7.4 lets the
+/// UAC name the refresher), every `interval` seconds.
+pub fn offer(interval: u32) -> [(&'static str, String); 2] {
+    [(SUPPORTED, "timer".to_string()), (SESSION_EXPIRES, format!("{interval};refresher=uas"))]
+}
+
+/// The session timer a 2xx to our INVITE set up, if any: its interval and who refreshes.
+pub fn answered(headers: &Headers) -> Option<(u32, Refresher)> {
+    let value = header(headers, SESSION_EXPIRES, "x")?;
+    let interval = parse_delta(value).filter(|i| *i > 0)?;
+    let refresher = value.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("refresher").then(|| v.trim().to_ascii_lowercase())
+    });
+    match refresher.as_deref() {
+        Some("uas") => Some((interval, Refresher::Uas)),
+        // Without the parameter the UAC refreshes (§7.2 requires it in a 2xx; be strict).
+        _ => Some((interval, Refresher::Uac)),
+    }
 }
 
 /// The `Session-Expires` of the 2xx toward a UAC that refreshes.
@@ -120,6 +155,20 @@ mod tests {
             let h = headers(&[("Supported", "timer"), ("Session-Expires", bad)]);
             assert_eq!(ask(&h, 90), Ask::None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_2xx_says_who_refreshes() {
+        let h = headers(&[("Session-Expires", "1800;refresher=uas")]);
+        assert_eq!(answered(&h), Some((1800, Refresher::Uas)));
+        let h = headers(&[("x", "900; refresher=UAC")]);
+        assert_eq!(answered(&h), Some((900, Refresher::Uac)));
+        assert_eq!(answered(&headers(&[("Session-Expires", "900")])), Some((900, Refresher::Uac)));
+        assert_eq!(answered(&headers(&[("Session-Expires", "0;refresher=uas")])), None);
+        assert_eq!(answered(&headers(&[])), None);
+        let [supported, expires] = offer(1800);
+        assert_eq!(supported.1, "timer");
+        assert_eq!(expires.1, "1800;refresher=uas");
     }
 
     #[test]

@@ -237,7 +237,7 @@ impl Call {
         }
         self.leg_mut(leg).deadline = None;
         if (200..300).contains(&status) {
-            self.confirm_2xx(leg, resp);
+            self.confirm_2xx(now, leg, resp);
             self.leg_mut(leg).phase = Phase::Confirmed;
             return match self.transfer_answer(resp) {
                 Some(answer) => self.bridge_completed(now, leg, &answer),

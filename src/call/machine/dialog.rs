@@ -90,12 +90,12 @@ impl Call {
         if resp.status < 300 {
             let other = self.servers.get(server).map(|t| t.leg).unwrap_or_else(|| self.peer(leg));
             out.headers.push(name::CONTACT, self.leg(other).dialog.contact());
-            // A refresh from the origin (re-INVITE or UPDATE) accepted: another interval.
+            // A refresh (re-INVITE or UPDATE) from a leg with a session timer accepted:
+            // another interval.
             if (200..300).contains(&resp.status)
-                && other == Call::ORIGIN
                 && matches!(method, Method::Invite | Method::Update)
             {
-                self.session_refreshed(now, &mut out);
+                self.session_refreshed(now, other, &mut out);
             }
         }
         self.respond(now, server, out);

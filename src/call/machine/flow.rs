@@ -278,7 +278,15 @@ impl Call {
 
     /// A dialed leg's 2xx to our INVITE: its dialog (the peer's tag, Contact, Record-Route)
     /// and our ACK.
-    pub(super) fn confirm_2xx(&mut self, leg: LegId, resp: &Response) {
+    pub(super) fn confirm_2xx(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        // The peer took the session timer we asked it to refresh (RFC 4028 §7.2). One it
+        // wants us to refresh (`refresher=uac`) is not kept: the gateway originates no
+        // refreshes, and the media timeout and the maximum duration bound the leg instead.
+        if let Some((interval, session_timer::Refresher::Uas)) =
+            session_timer::answered(&resp.headers)
+        {
+            self.session_started(now, leg, interval);
+        }
         self.leg_mut(leg).dialog.remote_tag = resp.to().and_then(|t| t.tag().map(str::to_string));
         self.learn_target(leg, resp);
         let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(1);
@@ -402,7 +410,7 @@ impl Call {
         }
         self.leg_mut(leg).deadline = None;
         if (200..300).contains(&status) {
-            self.confirm_2xx(leg, resp);
+            self.confirm_2xx(now, leg, resp);
             match phase {
                 Phase::Confirmed | Phase::Terminated => {} // a retransmission: ACKed again
                 Phase::Cancelling { .. } => {
@@ -547,11 +555,11 @@ impl Call {
             && let session_timer::Ask::Refreshed { interval } =
                 session_timer::ask(&request.headers, self.config.min_session_expires)
         {
-            self.session = Some((interval, now + session_timer::expiry(interval)));
+            self.session_started(now, Call::ORIGIN, interval);
         }
         if let Some(mut out) = self.response_for(&key, 200) {
             self.origin_dialog_headers(&mut out);
-            self.session_refreshed(now, &mut out);
+            self.session_refreshed(now, Call::ORIGIN, &mut out);
             out.headers.push(name::ALLOW, super::ALLOW);
             out.headers.push(name::SERVER, self.config.user_agent.as_str());
             if let Some(body) = body {

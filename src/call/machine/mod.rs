@@ -389,9 +389,9 @@ pub struct Call {
     max_duration: Option<Duration>,
     /// When the answered call reaches it.
     ends_at: Option<Instant>,
-    /// The origin's session timer (RFC 4028), refreshed by the origin: the interval in
-    /// seconds and when the session is over without another refresh.
-    session: Option<(u32, Instant)>,
+    /// Session timers (RFC 4028) the peers refresh: per leg, the interval in seconds and when
+    /// the session is over without another refresh. Only legs still bridged count.
+    sessions: Vec<(LegId, u32, Instant)>,
     linger_until: Option<Instant>,
     outcome: Option<Outcome>,
     /// Why the call ended, when the gateway ended it.
@@ -415,7 +415,8 @@ impl Call {
     ) -> (Call, Vec<Action>) {
         let Setup { session_id, origin, dial, offer, codecs, transfer, max_duration } = setup;
         let origin_leg = flow::origin_leg(&mut ids, origin);
-        let (dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
+        let (mut dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
+        ask_session_timer(&mut dialed);
         let mut call =
             Call::assemble(now, config, ids, session_id, [origin_leg, dialed], offer, codecs);
         call.transfer = transfer;
@@ -435,8 +436,10 @@ impl Call {
     ) -> (Call, Vec<Action>) {
         let Placed { session_id, first, then, offer, codecs, transfer, max_duration } = placed;
         let mut ids = ids;
-        let (first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
-        let (then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
+        let (mut first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
+        let (mut then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
+        ask_session_timer(&mut first);
+        ask_session_timer(&mut then);
         let mut call =
             Call::assemble(now, config, ids, session_id, [first, then], Some(offer), codecs);
         call.then = Some(then_destination);
@@ -486,7 +489,7 @@ impl Call {
             started: now,
             max_duration: None,
             ends_at: None,
-            session: None,
+            sessions: Vec::new(),
             linger_until: None,
             outcome: None,
             hangup_reason: None,
@@ -610,7 +613,7 @@ impl Call {
         let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
         let legs = self.legs.iter().filter_map(|l| l.deadline);
         let referring = self.referring_until();
-        let ends = self.ends_at.into_iter().chain(self.session.map(|(_, at)| at));
+        let ends = self.ends_at.into_iter().chain(self.session_deadline().map(|(_, _, at)| at));
         let ends = ends.filter(|_| self.state == State::Answered);
         let all = servers.chain(clients).chain(pending).chain(legs).chain(referring).chain(ends);
         all.chain(self.linger_until).min()
@@ -643,24 +646,50 @@ impl Call {
         self.hang_up_both(now);
     }
 
-    /// The origin did not refresh its session in time (RFC 4028 §10): hung up on both legs.
+    /// The first session timer of a bridged leg to run out.
+    pub(super) fn session_deadline(&self) -> Option<(LegId, u32, Instant)> {
+        self.sessions
+            .iter()
+            .filter(|(leg, _, _)| self.bridge.contains(leg))
+            .min_by_key(|s| s.2)
+            .copied()
+    }
+
+    /// A leg did not refresh its session in time (RFC 4028 §10): hung up on both legs.
     pub(super) fn session_expired(&mut self, now: Instant) {
-        let Some((interval, _)) = self.session.take() else { return };
-        tracing::info!(session = %self.session_id, interval, "session timer expired: no refresh");
-        self.hangup_reason = Some(format!("session timer expired: no refresh in {interval} s"));
+        let Some((leg, interval, _)) = self.session_deadline() else { return };
+        self.sessions.clear();
+        let role = self.leg(leg).role.as_str();
+        tracing::info!(session = %self.session_id, role, interval, "session timer expired: no refresh");
+        self.hangup_reason =
+            Some(format!("session timer expired: no refresh from {role} in {interval} s"));
         self.hang_up_both(now);
     }
 
-    /// A 2xx toward the origin that answers its INVITE or a refresh: the session timer's
-    /// headers, and the session runs for another interval.
-    pub(super) fn session_refreshed(&mut self, now: Instant, out: &mut crate::sip::msg::Response) {
-        let Some((interval, _)) = self.session else { return };
+    /// A session of `interval` seconds on `leg`, refreshed by its peer, runs from `now`.
+    pub(super) fn session_started(&mut self, now: Instant, leg: LegId, interval: u32) {
+        self.sessions.retain(|(l, _, _)| *l != leg);
+        self.sessions.push((leg, interval, now + crate::sip::session_timer::expiry(interval)));
+    }
+
+    /// A 2xx we send `leg` that answers its INVITE or its refresh: the session timer's headers
+    /// (the peer refreshes: it is the UAC of the transaction, `refresher=uac`) and another
+    /// interval. Nothing when the leg has no session timer.
+    pub(super) fn session_refreshed(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        out: &mut crate::sip::msg::Response,
+    ) {
+        let Some(&(_, interval, _)) = self.sessions.iter().find(|(l, _, _)| *l == leg) else {
+            return;
+        };
         out.headers.push(
             crate::sip::session_timer::SESSION_EXPIRES,
             crate::sip::session_timer::answer(interval),
         );
         out.headers.push(crate::sip::msg::name::REQUIRE, "timer");
-        self.session = Some((interval, now + crate::sip::session_timer::expiry(interval)));
+        self.session_started(now, leg, interval);
     }
 
     fn take(&mut self) -> Vec<Action> {
@@ -722,6 +751,13 @@ impl Call {
 }
 
 /// A leg we dial (we are its UAC), not yet looked up, and where it goes.
+/// A leg the call dials is asked to refresh a session timer (RFC 4028), so that a peer that
+/// vanished is noticed even while RTP flows.
+fn ask_session_timer(leg: &mut Leg) {
+    let asked = crate::sip::session_timer::offer(crate::sip::session_timer::ASKED_INTERVAL);
+    leg.invite_headers.extend(asked.map(|(n, v)| (n.to_string(), v)));
+}
+
 fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
     let leg = Leg {
         id,

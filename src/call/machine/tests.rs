@@ -422,7 +422,46 @@ fn a_carrier_asking_for_session_timers_refreshes_and_one_that_stops_is_hung_up()
     assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
     assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
     let e = ended(&actions).unwrap();
-    assert_eq!(e.reason.as_deref(), Some("session timer expired: no refresh in 90 s"));
+    assert_eq!(e.reason.as_deref(), Some("session timer expired: no refresh from carrier in 90 s"));
+}
+
+#[test]
+fn the_agent_is_asked_to_refresh_and_is_hung_up_when_it_stops() {
+    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    assert_eq!(invite.headers.get("Session-Expires"), Some("1800;refresher=uas"));
+    assert!(invite.headers.get_all("Supported").any(|v| v.contains("timer")));
+    s.agent_responds(&invite, 180, None);
+    // The agent takes the session timer: it refreshes every 1800 s.
+    let mut ok = Response::to_request(&invite, 200, "OK", Some("agenttag"));
+    ok.headers.push(name::CONTACT, format!("<sip:support@{AGENT}>"));
+    ok.headers.push("Session-Expires", "1800;refresher=uas");
+    ok.headers.push(name::CONTENT_TYPE, "application/sdp");
+    ok.body = answer_sdp(7078, "sendrecv").into_bytes().into();
+    let actions = s.deliver(AGENT_LEG, Message::Response(ok));
+    let to_carrier = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200);
+    let to_carrier = to_carrier.expect("the 200 to the carrier");
+    s.carrier_sends(ack_for(&to_carrier, 1));
+    // No refresh from the agent: over at 1800 - 32 s.
+    assert!(ended(&s.timer(1_767_000)).is_none());
+    let actions = s.timer(1_768_000);
+    assert_eq!(methods(&actions, CARRIER_LEG), vec![Method::Bye]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    let e = ended(&actions).unwrap();
+    assert_eq!(e.reason.as_deref(), Some("session timer expired: no refresh from agent in 1800 s"));
+}
+
+#[test]
+fn an_agent_that_wants_the_gateway_to_refresh_gets_no_session_timer() {
+    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
+    let mut ok = Response::to_request(&invite, 200, "OK", Some("agenttag"));
+    ok.headers.push(name::CONTACT, format!("<sip:support@{AGENT}>"));
+    ok.headers.push("Session-Expires", "1800;refresher=uac");
+    ok.headers.push(name::CONTENT_TYPE, "application/sdp");
+    ok.body = answer_sdp(7078, "sendrecv").into_bytes().into();
+    let actions = s.deliver(AGENT_LEG, Message::Response(ok));
+    let to_carrier = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200);
+    s.carrier_sends(ack_for(&to_carrier.expect("the 200 to the carrier"), 1));
+    assert!(ended(&s.timer(4_000_000)).is_none());
 }
 
 #[test]

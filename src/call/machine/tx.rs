@@ -357,7 +357,9 @@ impl Call {
         if self.state == super::State::Answered && self.ends_at.is_some_and(|end| end <= now) {
             self.duration_reached(now);
         }
-        if self.state == super::State::Answered && self.session.is_some_and(|(_, at)| at <= now) {
+        if self.state == super::State::Answered
+            && self.session_deadline().is_some_and(|(_, _, at)| at <= now)
+        {
             self.session_expired(now);
         }
     }
