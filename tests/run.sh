@@ -81,3 +81,35 @@ PYTHONDONTWRITEBYTECODE=1 "$chart_venv/bin/python" -m pytest -p no:cacheprovider
 # The call API (tests/api/): the built binary against its own OpenAPI document with schemathesis
 # (PyPI, pinned, in target/api-venv), and the API's wiring.
 tests/api/run.sh
+
+# Fuzz smoke (fuzz/, docs/security.md "Fuzzing"): every cargo-fuzz target for 10 s from its
+# seeds (fuzz/seeds/<target>, corpus grown in fuzz/corpus/<target>, both ways ignored by git),
+# about a minute in all; a crash fails the run and leaves its input in fuzz/artifacts/<target>.
+# cargo-fuzz needs the nightly toolchain (the CI image has it; stable builds everything else).
+# The long runs (10 minutes and more per target) are by hand: see the docs.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "run.sh: fuzz smoke skipped: no nightly toolchain (rustup toolchain install nightly)" >&2
+else
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked ||
+      echo "run.sh: cargo install cargo-fuzz failed" >&2
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "run.sh: fuzz smoke skipped: cargo-fuzz is missing (cargo install cargo-fuzz)" >&2
+  else
+    for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+      mkdir -p "fuzz/corpus/$target"
+      log="$(mktemp)"
+      if ! cargo +nightly fuzz run --fuzz-dir fuzz -O "$target" "fuzz/corpus/$target" \
+        "fuzz/seeds/$target" -- -max_total_time=10 -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        rm -f "$log"
+        echo "run.sh: fuzz target $target failed (input in fuzz/artifacts/$target)" >&2
+        exit 1
+      fi
+      echo "run.sh: fuzz $target: $(grep -m1 '^stat::number_of_executed_units' "$log")" >&2
+      rm -f "$log"
+    done
+  fi
+fi

@@ -264,6 +264,11 @@ impl<'a> Audio<'a> {
     }
 }
 
+/// An address the parser took as a host name of no characters.
+fn has_empty_host(address: &TaggedAddress) -> bool {
+    matches!(address, TaggedAddress::IP4FQDN(host) | TaggedAddress::IP6FQDN(host) if host.is_empty())
+}
+
 impl Sdp {
     /// Parses an SDP body; see the module docs for what success guarantees.
     pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
@@ -325,6 +330,21 @@ impl Sdp {
                     }
                 },
             }
+        }
+
+        // ezk-sdp-types reads `IN IP4 ` followed by no host character (`IN IP4 ,1.2.3.4`) as an
+        // empty host name, which prints as a line that no longer parses: refuse it here, as
+        // the malformed line it is (found by fuzz/fuzz_targets/sdp_codec.rs).
+        let mut addresses = vec![(&session.origin.address, 'o')];
+        addresses.extend(session.connection.iter().map(|c| (&c.address, 'c')));
+        for section in &sections {
+            if let Section::Parsed(md) = section {
+                addresses.extend(md.connection.iter().map(|c| (&c.address, 'c')));
+            }
+        }
+        if let Some((_, field)) = addresses.into_iter().find(|(address, _)| has_empty_host(address))
+        {
+            return Err(SdpError::Syntax { reason: format!("an {field}= line has no address") });
         }
 
         let audio = find_audio(&sections)?;
@@ -878,6 +898,22 @@ m=audio 10000 RTP/AVP 0\r\n";
             assert_eq!(first.direction(), second.direction());
             assert_eq!(first.audio().unwrap().formats(), second.audio().unwrap().formats());
         }
+    }
+
+    #[test]
+    fn an_origin_or_connection_line_without_an_address_is_refused_with_400() {
+        // Found by fuzz/fuzz_targets/sdp_codec.rs: `IN IP4 ,27.0.0.2` parsed as an empty host
+        // name and printed as `o=... IN IP4 `, which does not parse again.
+        let origin = TWILIO.replace("IN IP4 54.172.60.1\r\ns=", "IN IP4 ,27.0.0.2\r\ns=");
+        let e = error(&origin);
+        assert_eq!(
+            (e.status_code(), e.to_string()),
+            (400, "SDP does not parse: an o= line has no address".into())
+        );
+        let connection = SONUS.replace("c=IN IP4 203.0.113.20", "c=IN IP4 ;203.0.113.20");
+        assert_eq!(error(&connection).status_code(), 400, "{connection}");
+        let ipv6 = IPV6.replacen("IN IP6 ", "IN IP6 ,", 1);
+        assert_eq!(error(&ipv6).status_code(), 400, "{ipv6}");
     }
 
     #[test]
