@@ -610,19 +610,7 @@ impl ReplayGuard {
             *highest = nc;
             return true;
         }
-        loop {
-            let len = seen.len();
-            let Some(entry) = seen.first_entry() else {
-                break;
-            };
-            let mut issued = [0u8; 8];
-            issued.copy_from_slice(&entry.key()[..8]);
-            let expired = u64::from_be_bytes(issued).saturating_add(ttl_secs) < now_unix;
-            if !expired && len < self.cap {
-                break;
-            }
-            entry.remove();
-        }
+        make_room(&mut seen, self.cap, now_unix, ttl_secs);
         seen.insert(id, nc);
         true
     }
@@ -635,6 +623,22 @@ impl ReplayGuard {
 impl fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayGuard").field("cap", &self.cap).field("nonces", &self.len()).finish()
+    }
+}
+
+/// Makes room for one more nonce in a table keyed by nonce id (issue time first, so the map's
+/// order is issue order): stale nonces go first, then the oldest issued while at `cap`.
+fn make_room<V>(map: &mut BTreeMap<[u8; ID_LEN], V>, cap: usize, now_unix: u64, ttl_secs: u64) {
+    loop {
+        let len = map.len();
+        let Some(entry) = map.first_entry() else { break };
+        let mut issued = [0u8; 8];
+        issued.copy_from_slice(&entry.key()[..8]);
+        let expired = u64::from_be_bytes(issued).saturating_add(ttl_secs) < now_unix;
+        if !expired && len < cap {
+            break;
+        }
+        entry.remove();
     }
 }
 
@@ -664,19 +668,7 @@ impl GuessCounter {
             *count = count.saturating_add(1);
             return;
         }
-        loop {
-            let len = wrong.len();
-            let Some(entry) = wrong.first_entry() else {
-                break;
-            };
-            let mut issued = [0u8; 8];
-            issued.copy_from_slice(&entry.key()[..8]);
-            let expired = u64::from_be_bytes(issued).saturating_add(ttl_secs) < now_unix;
-            if !expired && len < self.cap {
-                break;
-            }
-            entry.remove();
-        }
+        make_room(&mut wrong, self.cap, now_unix, ttl_secs);
         wrong.insert(id, 1);
     }
 
