@@ -163,6 +163,30 @@ fn a_carrier_that_asks_for_a_session_timer_and_never_refreshes_is_hung_up() {
     assert!(answer.contains("Min-SE: 90"), "{answer}");
 }
 
+#[test]
+fn an_agent_that_names_the_gateway_refresher_is_refreshed_and_a_lost_dialog_ends_the_call() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let dir = TempDir::new("records");
+    let file = dir.join("records.jsonl");
+    // The agent's 2 s interval is allowed by a Min-SE lowered for the test: refreshes at 1 s
+    // and 2 s instead of 45 s apart.
+    let options = GatewayOptions::default()
+        .arg("--min-session-expires")
+        .arg("1")
+        .arg("--records-file")
+        .arg(file.to_str().expect("path"));
+    let gateway = Gateway::start(specs.path(), options);
+    // The agent checks both UPDATEs and answers the second 481; the carrier waits for the
+    // gateway's BYE.
+    let agent = uas("agent_session_refresher.xml", agent_port, &["-m", "1", "-timeout", "20"]);
+    uac("carrier_wait_bye.xml", gateway.udp(), &["-s", NUMBER, "-timeout", "20"]).assert_success();
+    agent.wait().assert_success();
+    let record = support::records::wait_records(&file, 1, Duration::from_secs(5)).remove(0);
+    assert_eq!(record["hangupReason"], "session refresh failed: agent answered 481", "{record:#}");
+    assert_eq!(record["hangupSide"], "gateway", "{record:#}");
+}
+
 /// The generated basic-auth Secret the gateway wrote for `trunk` in `state`.
 fn generated_credentials(state: &TempDir, trunk: &str) -> (String, String) {
     let path = state.join(&format!("credentials/voice/{trunk}.yaml"));

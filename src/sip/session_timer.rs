@@ -1,19 +1,18 @@
-//! Session timers (RFC 4028) as the UAS of a call's first leg: what the INVITE asks for, the
-//! answer the gateway gives, and when a session nobody refreshed is over. Pure: the call
-//! machine keeps the deadline and the front door sends the 422.
+//! Session timers (RFC 4028): what an INVITE asks for, the `Session-Expires` values the
+//! gateway writes, what a 2xx set up, and when a session nobody refreshed is over. Pure: the
+//! call machine keeps the deadlines and sends the refreshes (`call::machine::session`), the
+//! front door sends the 422.
 //!
-//! The gateway never originates refreshes: toward a peer that supports `timer` it answers
-//! `Session-Expires: N;refresher=uac` with `Require: timer` (RFC 4028 §9 lets the UAS pick the
-//! UAC as refresher when the UAC supports the extension), so the peer refreshes with a
-//! re-INVITE or UPDATE, which the call relays as any other; without a refresh by
-//! `N - min(32, N/3)` (§10) both legs are hung up. A peer that does not support `timer` gets no
-//! session timer (the media timeout and the maximum call duration still end a call whose peer
-//! vanished).
+//! As the UAS of a call's first leg: toward a peer that supports `timer`, the 2xx names the
+//! refresher the INVITE asked for (RFC 4028 §9, table 2): the peer (`refresher=uac`, with
+//! `Require: timer`; also when the INVITE names nobody) or the gateway (`refresher=uas`, when
+//! the INVITE asks for it and the peer takes UPDATE). A peer that does not support `timer`
+//! gets no session timer (the media timeout and the maximum call duration still end a call
+//! whose peer vanished).
 //!
 //! As the UAC of the legs it dials, the gateway offers `Supported: timer` and
-//! `Session-Expires: 1800;refresher=uas`: a peer that supports the extension refreshes, and the
-//! session is enforced the same way; a peer that answers `refresher=uac` (it wants the gateway
-//! to refresh) gets no enforcement on that leg, since the gateway originates no refreshes.
+//! `Session-Expires: 1800;refresher=uas`: a peer that supports the extension refreshes, or
+//! answers `refresher=uac` and the gateway refreshes it.
 
 use std::time::Duration;
 
@@ -37,8 +36,9 @@ pub enum Ask {
     None,
     /// `Session-Expires` below our `Min-SE`: answer 422 with `Min-SE: min`.
     TooSmall { min: u32 },
-    /// A session timer of `interval` seconds, refreshed by the UAC.
-    Refreshed { interval: u32 },
+    /// A session timer of `interval` seconds, refreshed by the UAC or, when the request
+    /// asked for it (`refresher=uas`), by the UAS.
+    Refreshed { interval: u32, refresher: Refresher },
 }
 
 /// What an INVITE (initial or refresh) asks for, with `min_se` the smallest interval accepted
@@ -57,7 +57,15 @@ pub fn ask(headers: &Headers, min_se: u32) -> Ask {
         .chain(headers.get_all("k"))
         .flat_map(|v| v.split(','))
         .any(|o| o.trim().eq_ignore_ascii_case("timer"));
-    if supported { Ask::Refreshed { interval: expires } } else { Ask::None }
+    if !supported {
+        return Ask::None;
+    }
+    let value = header(headers, SESSION_EXPIRES, "x").unwrap_or_default();
+    let refresher = match refresher_param(value).as_deref() {
+        Some("uas") => Refresher::Uas,
+        _ => Refresher::Uac,
+    };
+    Ask::Refreshed { interval: expires, refresher }
 }
 
 /// Who refreshes a session, as a 2xx's `Session-Expires` says.
@@ -77,20 +85,28 @@ pub fn offer(interval: u32) -> [(&'static str, String); 2] {
 pub fn answered(headers: &Headers) -> Option<(u32, Refresher)> {
     let value = header(headers, SESSION_EXPIRES, "x")?;
     let interval = parse_delta(value).filter(|i| *i > 0)?;
-    let refresher = value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("refresher").then(|| v.trim().to_ascii_lowercase())
-    });
-    match refresher.as_deref() {
+    match refresher_param(value).as_deref() {
         Some("uas") => Some((interval, Refresher::Uas)),
         // Without the parameter the UAC refreshes (§7.2 requires it in a 2xx; be strict).
         _ => Some((interval, Refresher::Uac)),
     }
 }
 
-/// The `Session-Expires` of the 2xx toward a UAC that refreshes.
-pub fn answer(interval: u32) -> String {
-    format!("{interval};refresher=uac")
+/// A `Session-Expires` value naming the refresher in the roles of the transaction it is in.
+pub fn answer(interval: u32, refresher: Refresher) -> String {
+    let who = match refresher {
+        Refresher::Uac => "uac",
+        Refresher::Uas => "uas",
+    };
+    format!("{interval};refresher={who}")
+}
+
+/// The `refresher` parameter of a `Session-Expires` value, lower-cased.
+fn refresher_param(value: &str) -> Option<String> {
+    value.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("refresher").then(|| v.trim().to_ascii_lowercase())
+    })
 }
 
 /// When a session of `interval` seconds refreshed at `t` is over without another refresh:
@@ -128,11 +144,15 @@ mod tests {
     fn a_uac_that_supports_timer_refreshes_at_the_interval_it_asked() {
         let h =
             headers(&[("Supported", "100rel, timer"), ("Session-Expires", "1800;refresher=uac")]);
-        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 1800 });
-        // Compact forms, and refresher=uas asked for: the gateway still picks uac (§9).
-        let h = headers(&[("k", "timer"), ("x", "600;refresher=uas")]);
-        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 600 });
-        assert_eq!(answer(600), "600;refresher=uac");
+        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 1800, refresher: Refresher::Uac });
+        // No refresher named: the UAC (the UAS may choose, §9; the peer that asked refreshes).
+        let h = headers(&[("Supported", "timer"), ("Session-Expires", "900")]);
+        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 900, refresher: Refresher::Uac });
+        // Compact forms, and the UAS asked to refresh (§9 table 2: the answer keeps it).
+        let h = headers(&[("k", "timer"), ("x", "600; Refresher=UAS")]);
+        assert_eq!(ask(&h, 90), Ask::Refreshed { interval: 600, refresher: Refresher::Uas });
+        assert_eq!(answer(600, Refresher::Uac), "600;refresher=uac");
+        assert_eq!(answer(600, Refresher::Uas), "600;refresher=uas");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::observe::metrics::Outcome;
 use crate::sip::digest_client;
 use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, name};
 use crate::sip::session_timer;
+
+use super::session::{By, allows_update};
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
 
@@ -279,13 +281,24 @@ impl Call {
     /// A dialed leg's 2xx to our INVITE: its dialog (the peer's tag, Contact, Record-Route)
     /// and our ACK.
     pub(super) fn confirm_2xx(&mut self, now: Instant, leg: LegId, resp: &Response) {
-        // The peer took the session timer we asked it to refresh (RFC 4028 §7.2). One it
-        // wants us to refresh (`refresher=uac`) is not kept: the gateway originates no
-        // refreshes, and the media timeout and the maximum duration bound the leg instead.
-        if let Some((interval, session_timer::Refresher::Uas)) =
-            session_timer::answered(&resp.headers)
-        {
-            self.session_started(now, leg, interval);
+        // The session timer the 2xx set up (RFC 4028 §7.2): the peer took the refresher role
+        // we asked of it, or named the gateway (`refresher=uac`), which refreshes with UPDATE
+        // when the peer takes it (`session`).
+        // An interval below our Min-SE is raised to it: a peer must not make the gateway
+        // send refreshes as fast as it likes.
+        let min_se = self.config.min_session_expires;
+        let answered = session_timer::answered(&resp.headers).map(|(i, r)| (i.max(min_se), r));
+        match answered {
+            Some((interval, session_timer::Refresher::Uas)) => {
+                self.session_started(now, leg, interval, By::Peer)
+            }
+            Some((interval, session_timer::Refresher::Uac)) if allows_update(&resp.headers) => {
+                self.session_started(now, leg, interval, By::Gateway)
+            }
+            Some(_) => {
+                tracing::debug!(session = %self.session_id, "the peer wants the gateway to refresh but takes no UPDATE: no session timer on its leg");
+            }
+            None => {}
         }
         self.leg_mut(leg).dialog.remote_tag = resp.to().and_then(|t| t.tag().map(str::to_string));
         self.learn_target(leg, resp);
@@ -338,6 +351,7 @@ impl Call {
             Purpose::Invite => self.on_invite_response(now, leg, resp),
             Purpose::Relay(server) => self.relay_response(now, leg, &method, &server, resp),
             Purpose::TransferRefer => self.on_refer_answer(now, resp.status),
+            Purpose::Refresh => self.refresh_answered(now, leg, resp),
             Purpose::Own => {}
         }
     }
@@ -371,6 +385,7 @@ impl Call {
                 self.respond_status(now, &server, if transport { 503 } else { 408 })
             }
             Purpose::TransferRefer => self.on_refer_answer(now, if transport { 503 } else { 408 }),
+            Purpose::Refresh => self.refresh_failed(now, leg, transport),
             Purpose::Own => {}
         }
     }
@@ -552,10 +567,16 @@ impl Call {
         self.out.push(Action::Record(Record::Answered { setup, codec }));
         let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
         if let Some(request) = &self.leg(Call::ORIGIN).invite_request
-            && let session_timer::Ask::Refreshed { interval } =
+            && let session_timer::Ask::Refreshed { interval, refresher } =
                 session_timer::ask(&request.headers, self.config.min_session_expires)
         {
-            self.session_started(now, Call::ORIGIN, interval);
+            // The carrier names the refresher (RFC 4028 §9): itself, or the gateway when it
+            // takes our UPDATE (else it refreshes: the only way its session can be kept).
+            let by = match refresher {
+                session_timer::Refresher::Uas if allows_update(&request.headers) => By::Gateway,
+                _ => By::Peer,
+            };
+            self.session_started(now, Call::ORIGIN, interval, by);
         }
         if let Some(mut out) = self.response_for(&key, 200) {
             self.origin_dialog_headers(&mut out);

@@ -36,6 +36,7 @@ mod dialog;
 mod flow;
 pub mod leg;
 mod media;
+mod session;
 mod transfer;
 mod tx;
 
@@ -43,6 +44,8 @@ mod tx;
 mod dialog_tests;
 #[cfg(test)]
 mod script;
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -389,9 +392,9 @@ pub struct Call {
     max_duration: Option<Duration>,
     /// When the answered call reaches it.
     ends_at: Option<Instant>,
-    /// Session timers (RFC 4028) the peers refresh: per leg, the interval in seconds and when
-    /// the session is over without another refresh. Only legs still bridged count.
-    sessions: Vec<(LegId, u32, Instant)>,
+    /// Session timers (RFC 4028), per leg: who refreshes, the interval, when it is over
+    /// without another refresh (`session`). Only legs still bridged count.
+    sessions: Vec<session::Session>,
     linger_until: Option<Instant>,
     outcome: Option<Outcome>,
     /// Why the call ended, when the gateway ended it.
@@ -613,7 +616,8 @@ impl Call {
         let pending = self.pending_2xx.iter().flat_map(|p| [p.next, Some(p.give_up)]).flatten();
         let legs = self.legs.iter().filter_map(|l| l.deadline);
         let referring = self.referring_until();
-        let ends = self.ends_at.into_iter().chain(self.session_deadline().map(|(_, _, at)| at));
+        let sessions = self.session_deadline().map(|s| s.expires).into_iter();
+        let ends = self.ends_at.into_iter().chain(sessions).chain(self.refresh_deadline());
         let ends = ends.filter(|_| self.state == State::Answered);
         let all = servers.chain(clients).chain(pending).chain(legs).chain(referring).chain(ends);
         all.chain(self.linger_until).min()
@@ -644,52 +648,6 @@ impl Call {
         tracing::info!(session = %self.session_id, seconds = max.as_secs(), "maximum call duration reached");
         self.hangup_reason = Some(format!("maximum call duration reached ({} s)", max.as_secs()));
         self.hang_up_both(now);
-    }
-
-    /// The first session timer of a bridged leg to run out.
-    pub(super) fn session_deadline(&self) -> Option<(LegId, u32, Instant)> {
-        self.sessions
-            .iter()
-            .filter(|(leg, _, _)| self.bridge.contains(leg))
-            .min_by_key(|s| s.2)
-            .copied()
-    }
-
-    /// A leg did not refresh its session in time (RFC 4028 §10): hung up on both legs.
-    pub(super) fn session_expired(&mut self, now: Instant) {
-        let Some((leg, interval, _)) = self.session_deadline() else { return };
-        self.sessions.clear();
-        let role = self.leg(leg).role.as_str();
-        tracing::info!(session = %self.session_id, role, interval, "session timer expired: no refresh");
-        self.hangup_reason =
-            Some(format!("session timer expired: no refresh from {role} in {interval} s"));
-        self.hang_up_both(now);
-    }
-
-    /// A session of `interval` seconds on `leg`, refreshed by its peer, runs from `now`.
-    pub(super) fn session_started(&mut self, now: Instant, leg: LegId, interval: u32) {
-        self.sessions.retain(|(l, _, _)| *l != leg);
-        self.sessions.push((leg, interval, now + crate::sip::session_timer::expiry(interval)));
-    }
-
-    /// A 2xx we send `leg` that answers its INVITE or its refresh: the session timer's headers
-    /// (the peer refreshes: it is the UAC of the transaction, `refresher=uac`) and another
-    /// interval. Nothing when the leg has no session timer.
-    pub(super) fn session_refreshed(
-        &mut self,
-        now: Instant,
-        leg: LegId,
-        out: &mut crate::sip::msg::Response,
-    ) {
-        let Some(&(_, interval, _)) = self.sessions.iter().find(|(l, _, _)| *l == leg) else {
-            return;
-        };
-        out.headers.push(
-            crate::sip::session_timer::SESSION_EXPIRES,
-            crate::sip::session_timer::answer(interval),
-        );
-        out.headers.push(crate::sip::msg::name::REQUIRE, "timer");
-        self.session_started(now, leg, interval);
     }
 
     fn take(&mut self) -> Vec<Action> {

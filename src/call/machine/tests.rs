@@ -451,20 +451,6 @@ fn the_agent_is_asked_to_refresh_and_is_hung_up_when_it_stops() {
 }
 
 #[test]
-fn an_agent_that_wants_the_gateway_to_refresh_gets_no_session_timer() {
-    let (mut s, invite, _) = inviting(Some(&offer_sdp(4000, "sendrecv")));
-    let mut ok = Response::to_request(&invite, 200, "OK", Some("agenttag"));
-    ok.headers.push(name::CONTACT, format!("<sip:support@{AGENT}>"));
-    ok.headers.push("Session-Expires", "1800;refresher=uac");
-    ok.headers.push(name::CONTENT_TYPE, "application/sdp");
-    ok.body = answer_sdp(7078, "sendrecv").into_bytes().into();
-    let actions = s.deliver(AGENT_LEG, Message::Response(ok));
-    let to_carrier = responses_to(&actions, CARRIER_LEG).into_iter().find(|r| r.status == 200);
-    s.carrier_sends(ack_for(&to_carrier.expect("the 200 to the carrier"), 1));
-    assert!(ended(&s.timer(4_000_000)).is_none());
-}
-
-#[test]
 fn no_session_timer_without_the_carriers_support() {
     let (mut s, _, ok) = answered_adjusted(|setup, _| asking(setup, &[("Session-Expires", "90")]));
     assert_eq!(ok.headers.get("Session-Expires"), None);

@@ -101,6 +101,9 @@ pub enum Purpose {
     Own,
     /// A transfer passed on to the caller's side (Refer mode): its answer is the agent's news.
     TransferRefer,
+    /// The gateway's session refresh (RFC 4028): its answer keeps the leg's session or ends
+    /// the call.
+    Refresh,
 }
 
 /// A request we sent.
@@ -357,11 +360,7 @@ impl Call {
         if self.state == super::State::Answered && self.ends_at.is_some_and(|end| end <= now) {
             self.duration_reached(now);
         }
-        if self.state == super::State::Answered
-            && self.session_deadline().is_some_and(|(_, _, at)| at <= now)
-        {
-            self.session_expired(now);
-        }
+        self.sessions_due(now);
     }
 
     pub(super) fn retransmit_2xx(&mut self, now: Instant) {
