@@ -16,6 +16,11 @@ use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 const NUMBER: &str = "+14155550100";
 const ACTIVE: &str = r#"trunkline_active_calls{direction="inbound",trunk="voice/local-in"}"#;
 
+/// `trunkline_dialog_refusals_total` of `reason`.
+fn refusals(gateway: &Gateway, reason: &str) -> Option<f64> {
+    gateway.metric(&format!(r#"trunkline_dialog_refusals_total{{reason="{reason}"}}"#))
+}
+
 /// A gateway whose trunk allows callers from 127.0.0.1 only (no digest: the trunk trusts the
 /// carrier's address), and the agent runtime answering one call.
 fn gateway_and_agent(extra: &[&str]) -> (Gateway, support::sipp::SippHandle, Specs) {
@@ -91,6 +96,9 @@ fn a_bye_from_another_address_with_every_identifier_of_the_call_gets_481_and_the
     let answers = spoofer.exchange(gateway.udp(), bye.as_bytes(), 481, Duration::from_secs(3));
     assert_eq!(status_codes(&answers), [481].into(), "{answers:?}");
     assert_still_up(&gateway, "a BYE from 127.0.0.2");
+    // Counted by reason (every reason exported from the start, at 0).
+    assert_eq!(refusals(&gateway, "wrong_source"), Some(1.0));
+    assert_eq!(refusals(&gateway, "wrong_zone"), Some(0.0));
     carrier_hangs_up(&gateway, &carrier, &to, 3);
     agent.wait().assert_success();
 }
@@ -109,6 +117,7 @@ fn a_bye_with_a_wrong_to_tag_gets_481_and_the_call_goes_on() {
     carrier.send(&carrier.request("BYE", "notag", 3, &tagless, ""));
     assert!(carrier.response("481", Duration::from_secs(3)).is_some(), "no 481 to the BYE");
     assert_still_up(&gateway, "a BYE without a To tag");
+    assert_eq!(refusals(&gateway, "no_dialog"), Some(2.0));
     carrier_hangs_up(&gateway, &carrier, &to, 4);
     agent.wait().assert_success();
 }
@@ -123,6 +132,7 @@ fn the_carriers_bye_sent_to_the_agent_facing_listener_gets_481_and_the_call_goes
     carrier.sip.send_to(bye.as_bytes(), gateway.internal()).expect("send");
     assert!(carrier.response("481", Duration::from_secs(3)).is_some(), "no 481 to the BYE");
     assert_still_up(&gateway, "a BYE on the agent-facing listener");
+    assert_eq!(refusals(&gateway, "wrong_zone"), Some(1.0));
     carrier_hangs_up(&gateway, &carrier, &to, 3);
     agent.wait().assert_success();
 }

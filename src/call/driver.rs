@@ -283,6 +283,10 @@ impl Driver {
                     self.gw.metrics.peer_auth_refused(&self.labels.trunk, role.as_str());
                     Vec::new()
                 }
+                Action::Record(Record::DialogRefused(m)) => {
+                    self.gw.metrics.dialog_refused(m.label());
+                    Vec::new()
+                }
                 Action::Record(Record::Transfer(t)) => {
                     if t.outcome != "completed" {
                         // A failed transfer gives its trunk slot back.

@@ -42,7 +42,7 @@ use crate::media::sdp::{ConnectionRefusal, Sdp};
 use super::driver::{self, CallLabels, Held};
 use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
 use super::inbound::{self, Admitted};
-use super::machine::{Call, Ids};
+use super::machine::{Call, Ids, Mismatch};
 use super::outbound as outbound_call;
 use super::placed::{self, PlacedCall};
 use super::services::{ALLOW, CallInput, CallServices, GatewayConfig, Listener, MediaOffer};
@@ -78,6 +78,7 @@ impl Gateway {
         let guard = Guard::new(config.guard.clone());
         let log = LogLimiter::new(config.refusal_log_interval);
         metrics.export_guard_drops(&Dropped::ALL.map(Dropped::as_str));
+        metrics.export_dialog_refusals(&Mismatch::ALL.map(Mismatch::label));
         Arc::new(Gateway {
             services: CallServices::new(config, metrics, ports),
             snapshot,
@@ -242,7 +243,7 @@ impl Gateway {
             Method::Invite => self.handle_new_invite(request, source),
             // A To tag names a dialog, and none of ours has it (RFC 3261 §12.2.2).
             Method::Refer | Method::Notify if request.to().is_some_and(|t| t.tag().is_some()) => {
-                self.reply_status(&request, &source, 481, &[])
+                self.no_dialog(&request, &source)
             }
             Method::Refer => {
                 // Transfers are asked inside a call (DESIGN §4): a REFER outside one names
@@ -264,11 +265,17 @@ impl Gateway {
                 self.reply_status(&request, &source, 501, &[(name::ALLOW, ALLOW.to_string())])
             }
             // BYE, CANCEL, UPDATE, INFO, PRACK for no call we know.
-            _ => self.reply_status(&request, &source, 481, &[]),
+            _ => self.no_dialog(&request, &source),
         }
     }
 
     /// A stateless refusal, counted under its rule.
+    /// A request of a dialog the gateway does not have (RFC 3261 §12.2.2): 481, counted.
+    fn no_dialog(&self, request: &Request, source: &Source) {
+        self.services.metrics.dialog_refused(Mismatch::NoDialog.label());
+        self.reply_status(request, source, 481, &[]);
+    }
+
     fn refuse(
         &self,
         request: &Request,
@@ -321,7 +328,7 @@ impl Gateway {
         }
         if request.to().is_some_and(|t| t.tag().is_some()) {
             // A re-INVITE for a dialog we do not have.
-            return self.reply_status(&request, &source, 481, &[]);
+            return self.no_dialog(&request, &source);
         }
         let branch = request.top_via().and_then(|v| v.branch);
         if !branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE)) {
@@ -556,8 +563,10 @@ impl Gateway {
                             return self.challenge_in(zone, &request, &source, challenges);
                         }
                         Verification::Invalid(e) => {
-                            tracing::info!(source = %source.remote, error = %e, "agent digest refused");
                             let rule = RefusalRule::BadCredentials;
+                            if let Some(suppressed) = self.log_refusal("AgentBadCredentials") {
+                                tracing::info!(source = %source.remote, error = %e, suppressed, "agent digest refused");
+                            }
                             return self.refuse_in(zone, &request, &source, rule, None, &[]);
                         }
                     }
@@ -573,11 +582,13 @@ impl Gateway {
         let route = match decision.outcome {
             Ok(route) => route,
             Err(refusal) => {
-                tracing::info!(
-                    source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
-                    detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
-                    "outbound INVITE refused"
-                );
+                if let Some(suppressed) = self.log_refusal(refusal.rule.as_str()) {
+                    tracing::info!(
+                        source = %source.remote, status = refusal.status, rule = refusal.rule.as_str(),
+                        detail = decision.steps.last().map(|s| s.detail.as_str()).unwrap_or_default(),
+                        suppressed, "outbound INVITE refused"
+                    );
+                }
                 let warning = Some(refusal.message.as_str());
                 return self.refuse_in(zone, &request, &source, refusal.rule, warning, &[]);
             }
@@ -695,7 +706,9 @@ fn media_offer(
         if e.status_code() == 488 { RefusalRule::NoUsableAudio } else { RefusalRule::BadSdp }
     })?;
     let negotiated = codec::filter_offer(&mut sdp, codecs).map_err(|e| {
-        tracing::info!(error = %e, "no common codec");
+        // Counted by rule and answered with a Warning; a line per offer would let an
+        // offerer flood the log.
+        tracing::debug!(error = %e, "no common codec");
         RefusalRule::NoCommonCodec
     })?;
     Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))

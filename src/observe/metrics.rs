@@ -17,6 +17,7 @@
 //! | `trunkline_outbound_refusals_total` | counter | `status`, `rule` |
 //! | `trunkline_guard_dropped_total` | counter | `reason` (`call::guard::Dropped`: `source_invite_rate`, `source_options_rate`, `source_request_rate`, `global_rate`, `locked_out`, `username_throttled`) |
 //! | `trunkline_guard_lockouts_total` | counter | |
+//! | `trunkline_dialog_refusals_total` | counter | `reason` (`call::machine::Mismatch`: `no_dialog`, `wrong_zone`, `weaker_transport`, `wrong_source`, `out_of_order`) |
 //! | `trunkline_guard_sources` | gauge | |
 //! | `trunkline_peer_auth_failures_total` | counter | `trunk`, `peer` (`carrier`, `agent`, `transfer`) |
 //! | `trunkline_transfers_total` | counter | `destination`, `mode`, `outcome` |
@@ -350,6 +351,7 @@ pub struct GatewayMetrics {
     refusals: IntCounterVec,
     outbound_refusals: IntCounterVec,
     guard_dropped: IntCounterVec,
+    dialog_refusals: IntCounterVec,
     guard_lockouts: IntCounter,
     guard_sources: IntGauge,
     peer_auth: IntCounterVec,
@@ -457,6 +459,12 @@ impl GatewayMetrics {
         let guard_dropped = register_int_counter_vec_with_registry!(
             "trunkline_guard_dropped_total",
             "New requests and unreadable messages on the carrier-facing listener dropped unanswered by the per-source protection, by reason.",
+            &["reason"],
+            r,
+        )?;
+        let dialog_refusals = register_int_counter_vec_with_registry!(
+            "trunkline_dialog_refusals_total",
+            "In-dialog requests refused without effect (481, or 500 for a CSeq out of order): no dialog of ours, or not from the dialog's zone, transport, peer, or CSeq order; by reason.",
             &["reason"],
             r,
         )?;
@@ -585,6 +593,7 @@ impl GatewayMetrics {
             (&refusals, P),
             (&outbound_refusals, P),
             (&guard_dropped, P),
+            (&dialog_refusals, P),
             (&guard_lockouts, P),
             (&guard_sources, P),
             (&peer_auth, P),
@@ -618,6 +627,7 @@ impl GatewayMetrics {
             refusals,
             outbound_refusals,
             guard_dropped,
+            dialog_refusals,
             guard_lockouts,
             guard_sources,
             peer_auth,
@@ -739,6 +749,19 @@ impl GatewayMetrics {
     }
 
     /// A request dropped unanswered by the per-source protection; `reason` is a fixed label.
+    /// Exports `trunkline_dialog_refusals_total` at 0 for each of these reasons (the fixed
+    /// labels of `call::machine::Mismatch`).
+    pub fn export_dialog_refusals(&self, reasons: &[&str]) {
+        for reason in reasons {
+            self.dialog_refusals.with_label_values(&[reason]);
+        }
+    }
+
+    /// Counts one in-dialog request refused for `reason` (a `Mismatch` label).
+    pub fn dialog_refused(&self, reason: &str) {
+        self.dialog_refusals.with_label_values(&[reason]).inc();
+    }
+
     pub fn guard_dropped(&self, reason: &str) {
         self.guard_dropped.with_label_values(&[reason]).inc();
     }
@@ -1087,6 +1110,7 @@ mod tests {
         m.invite_refused(404, "NumberNotOnTrunk");
         m.outbound_refused(403, "AgentNotAllowed");
         m.guard_dropped("locked_out");
+        m.dialog_refused("wrong_source");
         m.peer_auth_refused("ns/t", "carrier");
         m.transfer("ns/desk", "Bridge", "completed");
         m.session_record("file", "written");

@@ -8,12 +8,12 @@ use crate::observe::metrics::Outcome;
 use crate::sip::digest_client;
 use crate::sip::msg::{self, DialogHeaders, Method, NameAddr, Request, Response, name};
 use crate::sip::session_timer;
-
-use super::session::{By, allows_update};
 use crate::sip::transaction::{ClientKey, ServerKey, client_key};
 use crate::sip::transport::Source;
 
 use ipnet::IpNet;
+
+use super::session::{By, allows_update};
 
 use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Mismatch, Phase, Role, Side};
 use super::tx::{Purpose, ServerMachine, ServerTx, key_of_request, key_of_response, reliability};
@@ -658,6 +658,7 @@ impl Call {
             reason = mismatch.as_str(),
             "an in-dialog request refused"
         );
+        self.out.push(Action::Record(Record::DialogRefused(mismatch)));
         if req.method != Method::Ack {
             self.reply_stateless(req, source, mismatch.status_code());
         }

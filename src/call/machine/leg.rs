@@ -313,6 +313,26 @@ impl Mismatch {
         }
     }
 
+    /// Every mismatch, for metrics that exist from the start.
+    pub const ALL: [Mismatch; 5] = [
+        Mismatch::NoDialog,
+        Mismatch::WrongZone,
+        Mismatch::WeakerTransport,
+        Mismatch::WrongSource,
+        Mismatch::OutOfOrder,
+    ];
+
+    /// The metric label (`trunkline_dialog_refusals_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Mismatch::NoDialog => "no_dialog",
+            Mismatch::WrongZone => "wrong_zone",
+            Mismatch::WeakerTransport => "weaker_transport",
+            Mismatch::WrongSource => "wrong_source",
+            Mismatch::OutOfOrder => "out_of_order",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mismatch::NoDialog => "no such dialog",

@@ -289,6 +289,8 @@ pub enum Record {
     AuthRefused { role: Role, reason: String },
     /// The agent asked for a transfer: where, how, and what came of it.
     Transfer(TransferRecord),
+    /// An in-dialog request that is not the dialog's, refused without effect.
+    DialogRefused(Mismatch),
 }
 
 /// How a call ended.
