@@ -1102,6 +1102,90 @@ mod tests {
         }
     }
 
+    /// The options a fleet gateway runs with: its rendered arguments, expanded as Kubernetes
+    /// does, parsed as the gateway parses them.
+    fn fleet_gateway_options(settings: &str) -> ServeOptions {
+        use trunkline::operator::fleet::{NODE_NAME_REF, POD_IP_REF, POD_NAME_REF, gateway_args};
+        use trunkline::operator::settings::OperatorSettings;
+        let settings = OperatorSettings::parse(settings, std::path::Path::new("t.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let args: Vec<String> = gateway_args(&settings)
+            .iter()
+            .map(|a| {
+                a.replace(POD_IP_REF, "10.0.0.7")
+                    .replace(NODE_NAME_REF, "node-1")
+                    .replace(POD_NAME_REF, "gw-0")
+            })
+            .collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Command::Gateway(parsed) = parse(&argv) else { panic!("not the gateway") };
+        parsed.serve.into_options()
+    }
+
+    #[test]
+    fn the_fleets_security_limits_default_to_the_gateways_own_and_reach_it_when_changed() {
+        // A default fleet enforces what a gateway started with no flag enforces.
+        let Command::Gateway(bare) = parse(&["gateway"]) else { panic!("not gateway") };
+        let bare = bare.serve.into_options();
+        let fleet = fleet_gateway_options("");
+        assert_eq!(fleet.guard, bare.guard);
+        assert_eq!(fleet.stream_limits, bare.stream_limits);
+        assert_eq!(
+            (fleet.nonce_guesses, fleet.refusal_log_interval),
+            (bare.nonce_guesses, bare.refusal_log_interval)
+        );
+        assert_eq!(
+            (fleet.max_call_duration, fleet.max_hold, fleet.min_session_expires),
+            (bare.max_call_duration, bare.max_hold, bare.min_session_expires)
+        );
+        // Every value changed in the settings is what the gateway runs with.
+        let changed = fleet_gateway_options(
+            "maxCallDurationSeconds: 0\nmaxHoldSeconds: 600\nminSessionExpiresSeconds: 120\n\
+             guard: {sourceInviteRate: 5, sourceOptionsRate: 0, sourceRequestRate: 3, \
+             globalRequestRate: 400, maxSources: 1024, authFailures: 3, \
+             authFailureWindowSeconds: 120, authLockoutSeconds: 3600, usernameFailures: 0, \
+             usernameAttemptRate: 4, nonceGuesses: 1, refusalLogIntervalSeconds: 30}\n\
+             connections: {max: 500, maxPerAddress: 8, messageTimeoutSeconds: 4, \
+             idleTimeoutSeconds: 90, tlsHandshakeTimeoutSeconds: 3, writeTimeoutSeconds: 6}\n",
+        );
+        assert_eq!(
+            changed.guard,
+            trunkline::call::guard::GuardSettings {
+                invite_rate: 5,
+                options_rate: 0,
+                other_rate: 3,
+                global_rate: 400,
+                max_sources: 1024,
+                auth_failures: 3,
+                auth_window: Duration::from_secs(120),
+                auth_lockout: Duration::from_secs(3600),
+                username_failures: 0,
+                username_rate: 4,
+            }
+        );
+        assert_eq!(changed.nonce_guesses, 1);
+        assert_eq!(changed.refusal_log_interval, Duration::from_secs(30));
+        assert_eq!(changed.max_call_duration, None, "0: no ceiling");
+        assert_eq!(changed.max_hold, Some(Duration::from_secs(600)));
+        assert_eq!(changed.min_session_expires, 120);
+        let limits = changed.stream_limits;
+        assert_eq!((limits.max_connections, limits.max_connections_per_address), (500, 8));
+        assert_eq!(
+            (
+                limits.message_timeout,
+                limits.idle_timeout,
+                limits.handshake_timeout,
+                limits.write_timeout
+            ),
+            (
+                Duration::from_secs(4),
+                Duration::from_secs(90),
+                Duration::from_secs(3),
+                Duration::from_secs(6)
+            )
+        );
+    }
+
     #[test]
     fn the_gateway_has_defaults_for_everything_but_its_pod() {
         let Command::Gateway(args) = parse(&["gateway"]) else { panic!("not gateway") };

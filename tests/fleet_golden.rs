@@ -62,6 +62,7 @@ fn the_named_cases_exist_and_render_objects() {
         "agent-credentials",
         "records-webhook-empty-dir",
         "records-https-ca-shared-claim",
+        "security-limits",
     ] {
         let input = golden_dir().join(format!("{case}.in.yaml"));
         let text = std::fs::read_to_string(&input).expect("the case exists");

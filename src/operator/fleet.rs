@@ -59,6 +59,11 @@
 //! (`records.webhook.keySecret` as [`RECORDS_WEBHOOK_KEY_MOUNT_PATH`]`/key`,
 //! `records.webhook.caSecret` as [`RECORDS_WEBHOOK_CA_MOUNT_PATH`]`/ca.crt`).
 //!
+//! **Security limits.** The settings' `guard`, `connections` and call lifetime become the
+//! gateway's flags of the same names (`--source-invite-rate`, `--max-connections`,
+//! `--max-call-duration`, ...), each passed whether changed or not, like the other gateway
+//! flags (settings' module docs, "Security limits").
+//!
 //! **Session records** ([`records_args`]): `records.stdout` is `--records-file -`. A webhook
 //! adds `--records-webhook` and its spool, on a volume since the root filesystem is read-only,
 //! at [`RECORDS_SPOOL_MOUNT_PATH`]: an emptyDir (`sizeLimit` from `records.spool.maxBytes`) that
@@ -541,6 +546,31 @@ pub fn gateway_args(settings: &OperatorSettings) -> Vec<String> {
     flag("--agent-timeout", settings.agent_timeout_seconds.to_string());
     flag("--media-timeout", settings.media_timeout_seconds.to_string());
     flag("--transfer-timeout", settings.transfer_timeout_seconds.to_string());
+    flag("--max-call-duration", settings.max_call_duration_seconds.to_string());
+    flag("--max-hold", settings.max_hold_seconds.to_string());
+    flag("--min-session-expires", settings.min_session_expires_seconds.to_string());
+    // Every limit, changed or not (settings' module docs, "Security limits"): the pod spec says
+    // what each gateway enforces, whatever the defaults of the image it runs.
+    let guard = &settings.guard;
+    flag("--source-invite-rate", guard.source_invite_rate.to_string());
+    flag("--source-options-rate", guard.source_options_rate.to_string());
+    flag("--source-request-rate", guard.source_request_rate.to_string());
+    flag("--global-request-rate", guard.global_request_rate.to_string());
+    flag("--max-sources", guard.max_sources.to_string());
+    flag("--auth-failures", guard.auth_failures.to_string());
+    flag("--auth-failure-window", guard.auth_failure_window_seconds.to_string());
+    flag("--auth-lockout", guard.auth_lockout_seconds.to_string());
+    flag("--username-failures", guard.username_failures.to_string());
+    flag("--username-attempt-rate", guard.username_attempt_rate.to_string());
+    flag("--nonce-guesses", guard.nonce_guesses.to_string());
+    flag("--refusal-log-interval", guard.refusal_log_interval_seconds.to_string());
+    let connections = &settings.connections;
+    flag("--max-connections", connections.max.to_string());
+    flag("--max-connections-per-address", connections.max_per_address.to_string());
+    flag("--message-timeout", connections.message_timeout_seconds.to_string());
+    flag("--connection-idle-timeout", connections.idle_timeout_seconds.to_string());
+    flag("--tls-handshake-timeout", connections.tls_handshake_timeout_seconds.to_string());
+    flag("--write-timeout", connections.write_timeout_seconds.to_string());
     flag("--log-format", settings.log_format.as_str().to_string());
     args.extend(records_args(settings));
     args
@@ -1190,7 +1220,15 @@ mod tests {
              --rtp-ports 30000-30999 --public-address 198.51.100.7 --region eu \
              --watch-namespace voice --credentials-secret bundle --drain-timeout 45 \
              --realm acme --digest-algorithms SHA-256,MD5 --nonce-ttl 120 --agent-timeout 20 \
-             --media-timeout 10 --transfer-timeout 25 --log-format json --records-file -"
+             --media-timeout 10 --transfer-timeout 25 --max-call-duration 14400 --max-hold 3600 \
+             --min-session-expires 90 --source-invite-rate 50 --source-options-rate 10 \
+             --source-request-rate 10 --global-request-rate 2000 --max-sources 65536 \
+             --auth-failures 5 --auth-failure-window 60 --auth-lockout 300 \
+             --username-failures 20 --username-attempt-rate 1 --nonce-guesses 3 \
+             --refusal-log-interval 10 --max-connections 10000 \
+             --max-connections-per-address 100 --message-timeout 10 \
+             --connection-idle-timeout 300 --tls-handshake-timeout 5 --write-timeout 10 \
+             --log-format json --records-file -"
         );
         let objects = render_fleet(&s);
         let pod = workload_pod(&objects);
@@ -1201,6 +1239,53 @@ mod tests {
         assert_eq!((tls.mount_path.as_str(), tls.read_only), (TLS_MOUNT_PATH, Some(true)));
         let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").unwrap();
         assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("sip-tls"));
+    }
+
+    #[test]
+    fn every_security_limit_reaches_the_gateways_flags() {
+        // (settings key, value, flag): each changed from its default.
+        let cases = [
+            ("maxCallDurationSeconds", "3600", "--max-call-duration"),
+            ("maxHoldSeconds", "0", "--max-hold"),
+            ("minSessionExpiresSeconds", "120", "--min-session-expires"),
+            ("guard.sourceInviteRate", "5", "--source-invite-rate"),
+            ("guard.sourceOptionsRate", "2", "--source-options-rate"),
+            ("guard.sourceRequestRate", "0", "--source-request-rate"),
+            ("guard.globalRequestRate", "500", "--global-request-rate"),
+            ("guard.maxSources", "1024", "--max-sources"),
+            ("guard.authFailures", "3", "--auth-failures"),
+            ("guard.authFailureWindowSeconds", "120", "--auth-failure-window"),
+            ("guard.authLockoutSeconds", "3600", "--auth-lockout"),
+            ("guard.usernameFailures", "0", "--username-failures"),
+            ("guard.usernameAttemptRate", "4", "--username-attempt-rate"),
+            ("guard.nonceGuesses", "1", "--nonce-guesses"),
+            ("guard.refusalLogIntervalSeconds", "60", "--refusal-log-interval"),
+            ("connections.max", "2000", "--max-connections"),
+            ("connections.maxPerAddress", "8", "--max-connections-per-address"),
+            ("connections.messageTimeoutSeconds", "4", "--message-timeout"),
+            ("connections.idleTimeoutSeconds", "90", "--connection-idle-timeout"),
+            ("connections.tlsHandshakeTimeoutSeconds", "3", "--tls-handshake-timeout"),
+            ("connections.writeTimeoutSeconds", "6", "--write-timeout"),
+        ];
+        let defaults = OperatorSettings::default();
+        for (key, value, flag) in cases {
+            let text = match key.split_once('.') {
+                Some((section, field)) => format!("{section}: {{{field}: {value}}}\n"),
+                None => format!("{key}: {value}\n"),
+            };
+            let before = arg(&defaults, flag);
+            assert!(before.is_some(), "{flag} is passed even at its default");
+            assert_ne!(before.as_deref(), Some(value), "{key}: pick a value that is no default");
+            let s = settings(&text);
+            assert_eq!(arg(&s, flag).as_deref(), Some(value), "{key}");
+            // Only that flag changed.
+            let changed: Vec<(String, String)> = gateway_args(&defaults)
+                .into_iter()
+                .zip(gateway_args(&s))
+                .filter(|(a, b)| a != b)
+                .collect();
+            assert_eq!(changed.len(), 1, "{key}: {changed:?}");
+        }
     }
 
     /// The value of `flag` in the gateway's arguments, if it is there.

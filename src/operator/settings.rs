@@ -63,6 +63,29 @@
 //! agentTimeoutSeconds: 60         # how long an agent may ring (480 to the carrier after)
 //! mediaTimeoutSeconds: 30         # RTP silence on an answered call before it is hung up
 //! transferTimeoutSeconds: 30      # how long a bridged transfer's destination may ring
+//! maxCallDurationSeconds: 14400   # an answered call's longest life; 0: no ceiling
+//! maxHoldSeconds: 3600            # hold that suspends the media timeout; 0: the whole hold
+//! minSessionExpiresSeconds: 90    # RFC 4028 Min-SE, at least 90
+//! guard:                          # per-source limits of the carrier-facing listener
+//!   sourceInviteRate: 50          # new INVITEs per second per source; 0: no limit
+//!   sourceOptionsRate: 10         # OPTIONS per second per source; 0: no limit
+//!   sourceRequestRate: 10         # other requests and garbage per second per source; 0: no limit
+//!   globalRequestRate: 2000       # from all sources not known-good together; 0: no limit
+//!   maxSources: 65536             # source addresses tracked
+//!   authFailures: 5               # refused digest answers that lock an address out; 0: never
+//!   authFailureWindowSeconds: 60  # the window they are counted in
+//!   authLockoutSeconds: 300       # how long a locked-out address is ignored
+//!   usernameFailures: 20          # refused answers for one username that slow it down; 0: never
+//!   usernameAttemptRate: 1        # answers per second checked for a slowed username
+//!   nonceGuesses: 3               # wrong answers one nonce takes
+//!   refusalLogIntervalSeconds: 10 # one refusal log line per reason per interval
+//! connections:                    # TCP and TLS connections of the SIP listeners
+//!   max: 10000                    # open at once, accepted and opened
+//!   maxPerAddress: 100            # accepted from one address (IPv6: one /64), at most max
+//!   messageTimeoutSeconds: 10     # a message's first byte to the end of its body
+//!   idleTimeoutSeconds: 300       # silence between messages
+//!   tlsHandshakeTimeoutSeconds: 5 # an accepted TLS connection's handshake
+//!   writeTimeoutSeconds: 10       # a write waiting for the peer to read
 //! records:                        # session records, one JSON object per admitted call
 //!   stdout: true                  # JSON lines on the gateways' stdout, beside their logs
 //!   answered: false               # also a first record at each answer (kind answered)
@@ -127,6 +150,17 @@
 //!   are gone, so a new pod delivers what a deleted one left. The claim's root must be
 //!   writable by uid/gid 65532 (NFS-backed claims ignore `fsGroup`).
 //!
+//! **Security limits.** `guard`, `connections` and the call lifetime (`maxCallDurationSeconds`,
+//! `maxHoldSeconds`, `minSessionExpiresSeconds`) are the gateway's flags of the same names
+//! (docs/security/per-source.md, streams.md, lifetime.md), with the gateway's defaults:
+//! [`SourceGuardSettings`] and [`ConnectionSettings`] name each flag. `fleet` passes every one
+//! of them, changed or not, as it passes the other gateway flags: the pod spec then shows what
+//! each gateway runs with, and the chart's values, not the built-in defaults of whatever
+//! gateway image runs, decide it. [`OperatorSettings::validate`] refuses what the gateway would
+//! refuse or could not use: a zero that is no "off" (a window, a back-off, a deadline), a
+//! per-address connection cap above the global one, a `Min-SE` below RFC 4028's 90 s, a
+//! username slowdown at 0 answers per second (`usernameFailures: 0` turns it off).
+//!
 //! The file is read through `config::yaml` (the one YAML facade) into a JSON value and then into
 //! the struct with `serde_path_to_error`, so that an error names the file and the field path
 //! (`settings.yaml: carrierService.type: unknown variant ...`). Checks that involve more than
@@ -150,6 +184,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::FLEET_LABEL;
 use crate::config::destination::SipDestination;
 use crate::config::yaml;
+use crate::sip::session_timer::RFC_MIN_SE;
 
 /// The image registry and repository of the default gateway image; the tag is the crate's
 /// version, so an operator runs gateways of its own release.
@@ -320,6 +355,23 @@ pub struct OperatorSettings {
     /// Seconds a bridged transfer's destination may ring before the transfer fails (the agent
     /// keeps the caller). Default 30.
     pub transfer_timeout_seconds: u32,
+    /// Seconds an answered call may last before the gateway hangs up both legs
+    /// (`--max-call-duration`): the ceiling of the trunks' `limits.maxCallDurationSeconds`.
+    /// `0`: no ceiling. Default 14400 (4 h).
+    pub max_call_duration_seconds: u32,
+    /// Seconds a call may stay on hold with the media timeout suspended (`--max-hold`); then
+    /// `mediaTimeoutSeconds` of silence ends it. `0`: the whole hold. Default 3600.
+    pub max_hold_seconds: u32,
+    /// The smallest session interval (RFC 4028 `Min-SE`) accepted from a carrier that asks for
+    /// session timers (`--min-session-expires`); a smaller `Session-Expires` gets 422. At least
+    /// 90 (RFC 4028 §4). Default 90.
+    pub min_session_expires_seconds: u32,
+    /// Per-source limits of the carrier-facing listener, before authentication (see
+    /// [`SourceGuardSettings`]). Default the gateway's own.
+    pub guard: SourceGuardSettings,
+    /// Limits of the TCP and TLS connections of the SIP listeners (see [`ConnectionSettings`]).
+    /// Default the gateway's own.
+    pub connections: ConnectionSettings,
     /// The gateways' session records: stdout, a webhook and its spool (see the module docs).
     /// Default: JSON lines on stdout, no webhook.
     pub records: RecordsSettings,
@@ -478,6 +530,107 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings { enabled: false, port: 9091, token_secret: None }
+    }
+}
+
+/// The per-source limits of the carrier-facing listener (`call::guard`,
+/// docs/security/per-source.md): each field is the gateway flag of the same name, in seconds
+/// where it says so, with the flag's default. They apply per gateway pod: behind a load
+/// balancer that spreads one source over N pods, that source gets N times the rates.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SourceGuardSettings {
+    /// New INVITEs per second from one source address (bursts of twice that); over it they are
+    /// dropped unanswered (`--source-invite-rate`). `0`: no limit. Default 50.
+    pub source_invite_rate: u32,
+    /// OPTIONS outside a dialog per second from one source (`--source-options-rate`). `0`: no
+    /// limit. Default 10.
+    pub source_options_rate: u32,
+    /// Other out-of-dialog requests and unreadable messages answered per second per source
+    /// (`--source-request-rate`). `0`: no limit. Default 10.
+    pub source_request_rate: u32,
+    /// New out-of-dialog requests per second from all sources together that are not
+    /// known-good (`--global-request-rate`). `0`: no limit. Default 2000.
+    pub global_request_rate: u32,
+    /// Source addresses tracked at most, the least recently seen forgotten first
+    /// (`--max-sources`). At least 1. Default 65536.
+    pub max_sources: u32,
+    /// Refused digest answers from one address within `authFailureWindowSeconds` that lock it
+    /// out (`--auth-failures`); known-good sources never are. `0`: no lockout. Default 5.
+    pub auth_failures: u32,
+    /// The window refused answers are counted in (`--auth-failure-window`). At least 1.
+    /// Default 60.
+    pub auth_failure_window_seconds: u32,
+    /// How long a locked-out address is ignored (`--auth-lockout`). At least 1. Default 300.
+    pub auth_lockout_seconds: u32,
+    /// Refused answers for one username within the window, from any addresses, that slow it
+    /// down (`--username-failures`). `0`: never. Default 20.
+    pub username_failures: u32,
+    /// Answers per second checked for a slowed username from addresses that are not
+    /// known-good (`--username-attempt-rate`). At least 1. Default 1.
+    pub username_attempt_rate: u32,
+    /// Wrong answers one digest nonce takes; then every answer with it gets 403
+    /// (`--nonce-guesses`). At least 1. Default 3.
+    pub nonce_guesses: u32,
+    /// At most one refusal log line per reason per this many seconds, with the count left out
+    /// (`--refusal-log-interval`). At least 1. Default 10.
+    pub refusal_log_interval_seconds: u32,
+}
+
+impl Default for SourceGuardSettings {
+    fn default() -> Self {
+        SourceGuardSettings {
+            source_invite_rate: 50,
+            source_options_rate: 10,
+            source_request_rate: 10,
+            global_request_rate: 2000,
+            max_sources: 65_536,
+            auth_failures: 5,
+            auth_failure_window_seconds: 60,
+            auth_lockout_seconds: 300,
+            username_failures: 20,
+            username_attempt_rate: 1,
+            nonce_guesses: 3,
+            refusal_log_interval_seconds: 10,
+        }
+    }
+}
+
+/// The TCP and TLS connections of the gateways' SIP listeners (`sip::transport::Limits`,
+/// docs/security/streams.md); each field names its gateway flag and has the flag's default.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConnectionSettings {
+    /// Connections open at once: accepted ones (TLS handshakes included) and those the gateway
+    /// opens (`--max-connections`). At least 1. Default 10000.
+    pub max: u32,
+    /// Connections accepted from one address, an IPv6 address counting by its /64
+    /// (`--max-connections-per-address`). At least 1 and at most `max`. Default 100.
+    pub max_per_address: u32,
+    /// Seconds a message may take from its first byte to the end of its body
+    /// (`--message-timeout`). At least 1. Default 10.
+    pub message_timeout_seconds: u32,
+    /// Seconds a connection may stay silent between messages (`--connection-idle-timeout`).
+    /// At least 1. Default 300.
+    pub idle_timeout_seconds: u32,
+    /// Seconds an accepted TLS connection's handshake may take (`--tls-handshake-timeout`).
+    /// At least 1. Default 5.
+    pub tls_handshake_timeout_seconds: u32,
+    /// Seconds a write may wait for the peer to read (`--write-timeout`). At least 1.
+    /// Default 10.
+    pub write_timeout_seconds: u32,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            max: 10_000,
+            max_per_address: 100,
+            message_timeout_seconds: 10,
+            idle_timeout_seconds: 300,
+            tls_handshake_timeout_seconds: 5,
+            write_timeout_seconds: 10,
+        }
     }
 }
 
@@ -976,6 +1129,11 @@ impl Default for OperatorSettings {
             agent_timeout_seconds: 60,
             media_timeout_seconds: 30,
             transfer_timeout_seconds: 30,
+            max_call_duration_seconds: 14_400,
+            max_hold_seconds: 3600,
+            min_session_expires_seconds: RFC_MIN_SE,
+            guard: SourceGuardSettings::default(),
+            connections: ConnectionSettings::default(),
             records: RecordsSettings::default(),
         }
     }
@@ -1150,6 +1308,7 @@ impl OperatorSettings {
             ));
         }
         self.validate_gateway_flags()?;
+        self.validate_security()?;
         self.validate_records()?;
         self.validate_pod_labels()?;
         for (i, constraint) in self.topology_spread_constraints.iter().enumerate() {
@@ -1333,6 +1492,63 @@ impl OperatorSettings {
             if seconds == 0 {
                 return Err(invalid(field, "must be 1 or more"));
             }
+        }
+        Ok(())
+    }
+
+    /// The per-source guard, the connection limits and the call lifetime: the values the
+    /// gateway refuses or cannot use (see the module docs, "Security limits").
+    fn validate_security(&self) -> Result<(), Invalid> {
+        if self.min_session_expires_seconds < RFC_MIN_SE {
+            return Err(invalid(
+                "minSessionExpiresSeconds",
+                format!(
+                    "{}: RFC 4028 §4 sets the smallest Min-SE at {RFC_MIN_SE} seconds",
+                    self.min_session_expires_seconds
+                ),
+            ));
+        }
+        let guard = &self.guard;
+        let connections = &self.connections;
+        let at_least_one = [
+            ("guard.maxSources", guard.max_sources, ""),
+            ("guard.authFailureWindowSeconds", guard.auth_failure_window_seconds, ""),
+            (
+                "guard.authLockoutSeconds",
+                guard.auth_lockout_seconds,
+                " (guard.authFailures: 0 turns the lockout off)",
+            ),
+            (
+                "guard.usernameAttemptRate",
+                guard.username_attempt_rate,
+                " (guard.usernameFailures: 0 turns the slowdown off)",
+            ),
+            ("guard.nonceGuesses", guard.nonce_guesses, ""),
+            ("guard.refusalLogIntervalSeconds", guard.refusal_log_interval_seconds, ""),
+            ("connections.max", connections.max, ""),
+            ("connections.maxPerAddress", connections.max_per_address, ""),
+            ("connections.messageTimeoutSeconds", connections.message_timeout_seconds, ""),
+            ("connections.idleTimeoutSeconds", connections.idle_timeout_seconds, ""),
+            (
+                "connections.tlsHandshakeTimeoutSeconds",
+                connections.tls_handshake_timeout_seconds,
+                "",
+            ),
+            ("connections.writeTimeoutSeconds", connections.write_timeout_seconds, ""),
+        ];
+        for (field, value, hint) in at_least_one {
+            if value == 0 {
+                return Err(invalid(field, format!("must be 1 or more{hint}")));
+            }
+        }
+        if connections.max_per_address > connections.max {
+            return Err(invalid(
+                "connections.maxPerAddress",
+                format!(
+                    "{} is above connections.max {}: one address could take every connection",
+                    connections.max_per_address, connections.max
+                ),
+            ));
         }
         Ok(())
     }
@@ -1819,6 +2035,160 @@ logLevel: trunkline=debug,info
         for (text, field) in cases {
             assert_eq!(field_error(text).0, field, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_security_limits_default_to_the_gateways_flags() {
+        let s = OperatorSettings::default();
+        assert_eq!(
+            (s.max_call_duration_seconds, s.max_hold_seconds, s.min_session_expires_seconds),
+            (14_400, 3600, 90)
+        );
+        let g = &s.guard;
+        assert_eq!(
+            (g.source_invite_rate, g.source_options_rate, g.source_request_rate),
+            (50, 10, 10)
+        );
+        assert_eq!((g.global_request_rate, g.max_sources), (2000, 65_536));
+        assert_eq!(
+            (g.auth_failures, g.auth_failure_window_seconds, g.auth_lockout_seconds),
+            (5, 60, 300)
+        );
+        assert_eq!((g.username_failures, g.username_attempt_rate), (20, 1));
+        assert_eq!((g.nonce_guesses, g.refusal_log_interval_seconds), (3, 10));
+        let c = &s.connections;
+        assert_eq!((c.max, c.max_per_address), (10_000, 100));
+        assert_eq!(
+            (
+                c.message_timeout_seconds,
+                c.idle_timeout_seconds,
+                c.tls_handshake_timeout_seconds,
+                c.write_timeout_seconds
+            ),
+            (10, 300, 5, 10)
+        );
+        // A section given in part keeps the defaults of the rest.
+        let s = parse("guard: {authFailures: 3}\nconnections: {maxPerAddress: 10}\n").unwrap();
+        assert_eq!(s.guard, SourceGuardSettings { auth_failures: 3, ..Default::default() });
+        assert_eq!(s.connections, ConnectionSettings { max_per_address: 10, ..Default::default() });
+    }
+
+    #[test]
+    fn the_security_limits_are_read_field_by_field() {
+        let s = parse(
+            "maxCallDurationSeconds: 0\nmaxHoldSeconds: 600\nminSessionExpiresSeconds: 1800\n\
+             guard:\n  sourceInviteRate: 0\n  sourceOptionsRate: 2\n  sourceRequestRate: 3\n\
+             \x20 globalRequestRate: 400\n  maxSources: 1024\n  authFailures: 0\n\
+             \x20 authFailureWindowSeconds: 120\n  authLockoutSeconds: 3600\n\
+             \x20 usernameFailures: 0\n  usernameAttemptRate: 5\n  nonceGuesses: 1\n\
+             \x20 refusalLogIntervalSeconds: 30\n\
+             connections:\n  max: 500\n  maxPerAddress: 500\n  messageTimeoutSeconds: 2\n\
+             \x20 idleTimeoutSeconds: 60\n  tlsHandshakeTimeoutSeconds: 1\n\
+             \x20 writeTimeoutSeconds: 4\n",
+        )
+        .unwrap();
+        // 0 is "no ceiling" for the call duration, "off" for the lockout and the slowdown,
+        // "no limit" for a rate.
+        assert_eq!(
+            (s.max_call_duration_seconds, s.max_hold_seconds, s.min_session_expires_seconds),
+            (0, 600, 1800)
+        );
+        assert_eq!(
+            s.guard,
+            SourceGuardSettings {
+                source_invite_rate: 0,
+                source_options_rate: 2,
+                source_request_rate: 3,
+                global_request_rate: 400,
+                max_sources: 1024,
+                auth_failures: 0,
+                auth_failure_window_seconds: 120,
+                auth_lockout_seconds: 3600,
+                username_failures: 0,
+                username_attempt_rate: 5,
+                nonce_guesses: 1,
+                refusal_log_interval_seconds: 30,
+            }
+        );
+        assert_eq!(
+            s.connections,
+            ConnectionSettings {
+                max: 500,
+                max_per_address: 500,
+                message_timeout_seconds: 2,
+                idle_timeout_seconds: 60,
+                tls_handshake_timeout_seconds: 1,
+                write_timeout_seconds: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn security_limits_the_gateway_cannot_use_are_refused_naming_the_field() {
+        // (settings, field, words the message must have)
+        let cases = [
+            ("minSessionExpiresSeconds: 89\n", "minSessionExpiresSeconds", "RFC 4028"),
+            ("minSessionExpiresSeconds: 0\n", "minSessionExpiresSeconds", "90 seconds"),
+            ("maxCallDurationSeconds: -1\n", "maxCallDurationSeconds", "invalid value"),
+            ("maxHoldSeconds: 1h\n", "maxHoldSeconds", "invalid type"),
+            ("guard: {maxSources: 0}\n", "guard.maxSources", "1 or more"),
+            (
+                "guard: {authFailureWindowSeconds: 0}\n",
+                "guard.authFailureWindowSeconds",
+                "1 or more",
+            ),
+            ("guard: {authLockoutSeconds: 0}\n", "guard.authLockoutSeconds", "authFailures: 0"),
+            (
+                "guard: {usernameAttemptRate: 0}\n",
+                "guard.usernameAttemptRate",
+                "usernameFailures: 0 turns the slowdown off",
+            ),
+            ("guard: {nonceGuesses: 0}\n", "guard.nonceGuesses", "1 or more"),
+            (
+                "guard: {refusalLogIntervalSeconds: 0}\n",
+                "guard.refusalLogIntervalSeconds",
+                "1 or more",
+            ),
+            ("guard: {sourceInviteRate: -5}\n", "guard.sourceInviteRate", "invalid value"),
+            ("guard: {maxSources: 5000000000}\n", "guard.maxSources", "invalid value"),
+            ("guard: {lockoutSeconds: 60}\n", "guard.lockoutSeconds", "unknown field"),
+            ("guard: 5\n", "guard", "invalid type"),
+            ("connections: {max: 0}\n", "connections.max", "1 or more"),
+            ("connections: {maxPerAddress: 0}\n", "connections.maxPerAddress", "1 or more"),
+            (
+                "connections: {max: 50, maxPerAddress: 100}\n",
+                "connections.maxPerAddress",
+                "above connections.max 50",
+            ),
+            (
+                "connections: {messageTimeoutSeconds: 0}\n",
+                "connections.messageTimeoutSeconds",
+                "1 or more",
+            ),
+            (
+                "connections: {idleTimeoutSeconds: 0}\n",
+                "connections.idleTimeoutSeconds",
+                "1 or more",
+            ),
+            (
+                "connections: {tlsHandshakeTimeoutSeconds: 0}\n",
+                "connections.tlsHandshakeTimeoutSeconds",
+                "1 or more",
+            ),
+            (
+                "connections: {writeTimeoutSeconds: 0}\n",
+                "connections.writeTimeoutSeconds",
+                "1 or more",
+            ),
+            ("connections: {maxPerAdress: 10}\n", "connections.maxPerAdress", "unknown field"),
+        ];
+        for (text, field, words) in cases {
+            let (f, message) = field_error(text);
+            assert_eq!(f, field, "{text:?}: {message}");
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
+        let error = parse("guard: {nonceGuesses: 0}\n").unwrap_err();
+        assert_eq!(error.to_string(), "settings.yaml: guard.nonceGuesses: must be 1 or more");
     }
 
     #[test]

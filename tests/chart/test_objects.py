@@ -454,7 +454,8 @@ SETTINGS_KEYS = {
     "podAnnotations", "podLabels", "topologySpreadConstraints", "priorityClassName",
     "podDisruptionBudget", "logLevel", "logFormat", "realm", "digestAlgorithms",
     "nonceTtlSeconds", "agentTimeoutSeconds", "mediaTimeoutSeconds", "transferTimeoutSeconds",
-    "records",
+    "maxCallDurationSeconds", "maxHoldSeconds", "minSessionExpiresSeconds", "guard",
+    "connections", "records",
 }
 NESTED_SETTINGS_KEYS = {
     "tls": {"port", "secretName", "caSecret"},
@@ -464,12 +465,19 @@ NESTED_SETTINGS_KEYS = {
     "internalService": {"annotations", "sessionAffinity"},
     "podDisruptionBudget": {"enabled", "maxUnavailable"},
     "records": {"stdout", "answered", "webhook", "spool"},
+    "guard": {"sourceInviteRate", "sourceOptionsRate", "sourceRequestRate", "globalRequestRate",
+              "maxSources", "authFailures", "authFailureWindowSeconds", "authLockoutSeconds",
+              "usernameFailures", "usernameAttemptRate", "nonceGuesses",
+              "refusalLogIntervalSeconds"},
+    "connections": {"max", "maxPerAddress", "messageTimeoutSeconds", "idleTimeoutSeconds",
+                    "tlsHandshakeTimeoutSeconds", "writeTimeoutSeconds"},
 }
 RUST_STRUCT_OF = {
     None: "OperatorSettings", "tls": "TlsSettings", "api": "ApiSettings",
     "carrierService": "CarrierServiceSettings",
     "internalService": "InternalServiceSettings", "podDisruptionBudget": "PodDisruptionBudgetSettings",
-    "records": "RecordsSettings",
+    "records": "RecordsSettings", "guard": "SourceGuardSettings",
+    "connections": "ConnectionSettings",
 }
 # The settings a level further down (records), with their struct in settings.rs.
 DEEP_SETTINGS_KEYS = {
@@ -587,6 +595,77 @@ def test_the_default_settings_are_the_documented_fleet(default):
                     "caSecret": {"name": "", "key": "ca.crt"}},
         "spool": {"maxBytes": 1073741824, "volume": {"emptyDir": {}}},
     }
+
+
+# The gateway flag of each security value (docs/security/per-source.md, streams.md,
+# lifetime.md): the operator passes each one, changed or not.
+SECURITY_FLAGS = {
+    ("maxCallDurationSeconds",): "--max-call-duration",
+    ("maxHoldSeconds",): "--max-hold",
+    ("minSessionExpiresSeconds",): "--min-session-expires",
+    ("guard", "sourceInviteRate"): "--source-invite-rate",
+    ("guard", "sourceOptionsRate"): "--source-options-rate",
+    ("guard", "sourceRequestRate"): "--source-request-rate",
+    ("guard", "globalRequestRate"): "--global-request-rate",
+    ("guard", "maxSources"): "--max-sources",
+    ("guard", "authFailures"): "--auth-failures",
+    ("guard", "authFailureWindowSeconds"): "--auth-failure-window",
+    ("guard", "authLockoutSeconds"): "--auth-lockout",
+    ("guard", "usernameFailures"): "--username-failures",
+    ("guard", "usernameAttemptRate"): "--username-attempt-rate",
+    ("guard", "nonceGuesses"): "--nonce-guesses",
+    ("guard", "refusalLogIntervalSeconds"): "--refusal-log-interval",
+    ("connections", "max"): "--max-connections",
+    ("connections", "maxPerAddress"): "--max-connections-per-address",
+    ("connections", "messageTimeoutSeconds"): "--message-timeout",
+    ("connections", "idleTimeoutSeconds"): "--connection-idle-timeout",
+    ("connections", "tlsHandshakeTimeoutSeconds"): "--tls-handshake-timeout",
+    ("connections", "writeTimeoutSeconds"): "--write-timeout",
+}
+
+
+def golden_gateway_args(case: str) -> list[str] | None:
+    path = REPO / "tests" / "golden" / "fleet" / f"{case}.out.yaml"
+    if not path.exists():
+        return None
+    objects = [o for o in yaml.safe_load_all(path.read_text()) if o]
+    (workload,) = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return container["args"]
+
+
+def test_the_charts_security_defaults_are_the_gateways_flags_defaults(default):
+    """The chart's defaults equal the operator's (its golden `defaults` rendering, made from
+    OperatorSettings::default()), which src/cli.rs tests against the gateway's own flag
+    defaults: a default install passes the gateway exactly what it would assume."""
+    settings = default.settings()
+    args = golden_gateway_args("defaults")
+    if args is None:
+        pytest.skip("tests/golden/fleet/ (the operator's fleet renderings) is not in this tree")
+    assert set(SECURITY_FLAGS) == {(k,) for k in ("maxCallDurationSeconds", "maxHoldSeconds",
+                                                  "minSessionExpiresSeconds")} | {
+        (section, key) for section in ("guard", "connections") for key in settings[section]}
+    for path, flag in SECURITY_FLAGS.items():
+        assert args[args.index(flag) + 1] == str(dig(settings, path)), (path, flag)
+
+
+def test_changed_security_values_reach_the_settings_file():
+    values = {"gateway": {
+        "maxCallDurationSeconds": 0, "maxHoldSeconds": 600, "minSessionExpiresSeconds": 300,
+        "guard": {"sourceInviteRate": 200, "authFailures": 0, "authLockoutSeconds": 900},
+        "connections": {"max": 20000, "maxPerAddress": 400, "writeTimeoutSeconds": 4}}}
+    settings = Rendering(values).settings()
+    assert (settings["maxCallDurationSeconds"], settings["maxHoldSeconds"],
+            settings["minSessionExpiresSeconds"]) == (0, 600, 300)
+    # The values given, and the defaults of the rest of each section.
+    assert settings["guard"] == {
+        "sourceInviteRate": 200, "sourceOptionsRate": 10, "sourceRequestRate": 10,
+        "globalRequestRate": 2000, "maxSources": 65536, "authFailures": 0,
+        "authFailureWindowSeconds": 60, "authLockoutSeconds": 900, "usernameFailures": 20,
+        "usernameAttemptRate": 1, "nonceGuesses": 3, "refusalLogIntervalSeconds": 10}
+    assert settings["connections"] == {
+        "max": 20000, "maxPerAddress": 400, "messageTimeoutSeconds": 10,
+        "idleTimeoutSeconds": 300, "tlsHandshakeTimeoutSeconds": 5, "writeTimeoutSeconds": 4}
 
 
 def test_a_named_claim_replaces_the_default_empty_dir_in_the_settings(renderings):

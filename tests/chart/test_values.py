@@ -211,6 +211,27 @@ CHANGES: dict[str, tuple[Any, dict[str, Any]]] = {
     "gateway.agentTimeoutSeconds": (20, {}),
     "gateway.mediaTimeoutSeconds": (10, {}),
     "gateway.transferTimeoutSeconds": (25, {}),
+    "gateway.maxCallDurationSeconds": (0, {}),
+    "gateway.maxHoldSeconds": (600, {}),
+    "gateway.minSessionExpiresSeconds": (300, {}),
+    "gateway.guard.sourceInviteRate": (200, {}),
+    "gateway.guard.sourceOptionsRate": (0, {}),
+    "gateway.guard.sourceRequestRate": (5, {}),
+    "gateway.guard.globalRequestRate": (5000, {}),
+    "gateway.guard.maxSources": (4096, {}),
+    "gateway.guard.authFailures": (3, {}),
+    "gateway.guard.authFailureWindowSeconds": (120, {}),
+    "gateway.guard.authLockoutSeconds": (900, {}),
+    "gateway.guard.usernameFailures": (0, {}),
+    "gateway.guard.usernameAttemptRate": (2, {}),
+    "gateway.guard.nonceGuesses": (1, {}),
+    "gateway.guard.refusalLogIntervalSeconds": (60, {}),
+    "gateway.connections.max": (20000, {}),
+    "gateway.connections.maxPerAddress": (400, {}),
+    "gateway.connections.messageTimeoutSeconds": (5, {}),
+    "gateway.connections.idleTimeoutSeconds": (120, {}),
+    "gateway.connections.tlsHandshakeTimeoutSeconds": (3, {}),
+    "gateway.connections.writeTimeoutSeconds": (4, {}),
     "gateway.records.stdout": (False, {}),
     "gateway.records.answered": (True, {}),
     "gateway.records.webhook.url": ("http://records.voice.svc:8080/in", {}),
@@ -308,6 +329,34 @@ SCHEMA_REJECTS = [
     ({"gateway": {"mediaTimeoutSeconds": 0}}, "/gateway/mediaTimeoutSeconds"),
     ({"gateway": {"transferTimeoutSeconds": 0}}, "/gateway/transferTimeoutSeconds"),
     ({"gateway": {"logFormat": "yaml"}}, "/gateway/logFormat"),
+    # Security limits: RFC 4028's Min-SE floor, no zero where it means nothing, whole numbers,
+    # no unknown key.
+    ({"gateway": {"minSessionExpiresSeconds": 30}}, "/gateway/minSessionExpiresSeconds"),
+    ({"gateway": {"maxCallDurationSeconds": -1}}, "/gateway/maxCallDurationSeconds"),
+    ({"gateway": {"maxHoldSeconds": "1h"}}, "/gateway/maxHoldSeconds"),
+    ({"gateway": {"guard": {"maxSources": 0}}}, "/gateway/guard/maxSources"),
+    ({"gateway": {"guard": {"authLockoutSeconds": 0}}}, "/gateway/guard/authLockoutSeconds"),
+    ({"gateway": {"guard": {"authFailureWindowSeconds": 0}}},
+     "/gateway/guard/authFailureWindowSeconds"),
+    ({"gateway": {"guard": {"usernameAttemptRate": 0}}}, "/gateway/guard/usernameAttemptRate"),
+    ({"gateway": {"guard": {"nonceGuesses": 0}}}, "/gateway/guard/nonceGuesses"),
+    ({"gateway": {"guard": {"refusalLogIntervalSeconds": 0}}},
+     "/gateway/guard/refusalLogIntervalSeconds"),
+    ({"gateway": {"guard": {"sourceInviteRate": 2.5}}}, "/gateway/guard/sourceInviteRate"),
+    ({"gateway": {"guard": {"lockoutSeconds": 60}}}, "additional properties 'lockoutSeconds' not allowed"),
+    ({"gateway": {"connections": {"max": 0}}}, "/gateway/connections/max"),
+    ({"gateway": {"connections": {"maxPerAddress": 0}}}, "/gateway/connections/maxPerAddress"),
+    ({"gateway": {"connections": {"messageTimeoutSeconds": 0}}},
+     "/gateway/connections/messageTimeoutSeconds"),
+    ({"gateway": {"connections": {"idleTimeoutSeconds": 0}}},
+     "/gateway/connections/idleTimeoutSeconds"),
+    ({"gateway": {"connections": {"tlsHandshakeTimeoutSeconds": 0}}},
+     "/gateway/connections/tlsHandshakeTimeoutSeconds"),
+    ({"gateway": {"connections": {"writeTimeoutSeconds": 0}}},
+     "/gateway/connections/writeTimeoutSeconds"),
+    ({"gateway": {"connections": {"maxPerAdress": 10}}},
+     "additional properties 'maxPerAdress' not allowed"),
+    ({"gateway": {"connections": {"max": 5000000000}}}, "/gateway/connections/max"),
     ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
     # Outbound calls: agent networks are CIDRs, and at least one.
     ({"gateway": {"agentNetworks": ["10.0.0.0/33"]}}, "/gateway/agentNetworks/0"),
@@ -397,6 +446,10 @@ CHART_REJECTS = [
      "gateway.publicAddress: publicAddressFrom: Fixed needs the address"),
     ({"gateway": {"publicAddressFrom": "Pod", "publicAddress": "203.0.113.10"}},
      "gateway.publicAddress: one fixed address is advertised only with publicAddressFrom: Fixed"),
+    # A per-address connection cap above the global one caps nothing.
+    ({"gateway": {"connections": {"max": 50}}},
+     "gateway.connections.maxPerAddress: 100 is above gateway.connections.max 50: one address "
+     "could take every connection"),
     # Session records: a Secret for a webhook that is not there, a CA no TLS would use.
     ({"gateway": {"records": {"webhook": {"keySecret": {"name": "records-hmac"}}}}},
      "gateway.records.webhook.keySecret.name: a Secret for no webhook: set "
@@ -457,3 +510,15 @@ def test_http_and_https_webhooks_pass_the_schema_and_reach_the_settings(url):
     settings = yaml.safe_load(yaml.safe_load(rendered["trunkline/templates/configmap.yaml"])[
         "data"]["operator.yaml"])
     assert settings["records"]["webhook"]["url"] == url
+
+
+def test_the_chart_readmes_security_example_installs_and_reaches_the_settings():
+    text = (CHART / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "guard:" in b]
+    values = yaml.safe_load(block)
+    settings = yaml.safe_load(yaml.safe_load(render(values)["trunkline/templates/configmap.yaml"])[
+        "data"]["operator.yaml"])
+    for section in ("guard", "connections"):
+        for key, value in values["gateway"].get(section, {}).items():
+            assert settings[section][key] == value, (section, key)
+    assert settings["maxCallDurationSeconds"] == values["gateway"]["maxCallDurationSeconds"]
