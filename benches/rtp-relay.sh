@@ -8,7 +8,8 @@
 #     -> system under test on 127.0.0.1
 #          trunkline: N calls of media::relay::Relay (benches/rtp-relay/relay_bench.rs), started
 #                     directly, not through SIP, on --media-threads MediaThreads (default 1);
-#                     each call relays A->B and B->A (2 flows per call)
+#                     each call relays A->B and B->A (2 flows per call); side A guarded as a
+#                     carrier's (strict source guard, issue 15) unless RELAY_GUARD=off
 #          trunkline-shared: the same, with the relays on the tokio multi-thread runtime that
 #                     serves SIP in `trunkline run` (one worker per core); not in the default set
 #          rtpengine: rtpengine-daemon userspace (--table=-1), N calls set up over its ng
@@ -42,6 +43,7 @@
 #        Other options go to pps_search.py (--dur, --loss-max, ...).
 # environment: LAT_REPS (3), LAT_DUR (15 s): latency rounds per run and their length
 # environment: BENCH_NICE (default -10): nice of the benchmark's scheduler autogroup; 0 = off
+# environment: RELAY_GUARD (strict): trunkline's source guards, strict or off (for A/B runs)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -65,7 +67,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --no-build) BUILD=0 ;;
     --outdir) OUT=$2; shift ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) PASS+=("$1") ;;
   esac
   shift
@@ -142,7 +144,7 @@ run_child() { "$@" & CHILD=$!; wait "$CHILD"; local rc=$?; CHILD=; return $rc; }
 start_trunkline() {
   local dir=$1 threads=$2 ports=$3
   "$BENCH_BIN" --calls "$CALLS" --a-port "$4" --b-port "$5" --flows "$dir/flows.txt" \
-    --ports "$ports" --media-threads "$threads" --duration 3600 \
+    --ports "$ports" --media-threads "$threads" --duration 3600 --guard "${RELAY_GUARD:-strict}" \
     > "$dir/relay.out" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q '^ready' "$dir/relay.out" 2>/dev/null && break; sleep 0.1; done
@@ -226,7 +228,7 @@ LAT_REPS=${LAT_REPS:-3}
 log "output in $OUT; systems: $SYSTEMS; runs: $RUNS; calls: $CALLS; media threads: $MEDIA_THREADS"
 {
   echo "# $(date -Is) $(uname -r) cpus=$(nproc) rtpengine: $(rtpengine --version 2>&1 | head -1)"
-  echo "# trunkline $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) calls=$CALLS quick=$QUICK media_threads=$MEDIA_THREADS"
+  echo "# trunkline $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) calls=$CALLS quick=$QUICK media_threads=$MEDIA_THREADS guard=${RELAY_GUARD:-strict}"
 } > "$OUT/results.txt"
 for sys in $SYSTEMS; do
   start_system "$sys" || { log "$sys did not start (see $OUT/$sys)"; exit 1; }

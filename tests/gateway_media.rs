@@ -356,3 +356,242 @@ fn an_offer_at_a_multicast_group_nothing_or_the_gateway_itself_gets_488_naming_t
     assert_eq!(gateway.metric(r#"trunkline_rtp_port_pairs{state="used"}"#), Some(0.0));
     assert_eq!(gateway.metric(r#"trunkline_rtp_port_exhaustions_total"#), Some(0.0));
 }
+
+/// Issue 15, item 1: a re-INVITE from the carrier that would point the relay at a multicast
+/// group or at the gateway itself is answered 488 with a Warning naming the rule, and the
+/// call goes on as it was (the carrier's RTP still comes back through the echoing agent).
+#[test]
+fn a_carriers_reinvite_at_a_multicast_group_or_the_gateway_gets_488_and_the_call_goes_on() {
+    use std::time::Duration;
+    let agent_port = free_port();
+    let gateway = Gateway::start(
+        Specs::new().with(pcmu_only_trunk(agent_port)).path(),
+        GatewayOptions::default().arg("--rtp-ports").arg("21000-21999"),
+    );
+    let agent = uas("agent_answer.xml", agent_port, &["-m", "1", "-rtp_echo", "-timeout", "20"]);
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
+    let media_port = carrier.media.local_addr().expect("addr").port();
+    let sdp = |c: &str, port: u16| {
+        format!(
+            "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+        )
+    };
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    carrier.send(&carrier.request("INVITE", "inv1", 1, &to, &sdp("127.0.0.1", media_port)));
+    let ok = carrier.response("200", Duration::from_secs(5)).expect("200 OK from the gateway");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    let (relay, _) = relay_of(&ok);
+    carrier.send(&carrier.request("ACK", "ack1", 1, &to_tagged, ""));
+
+    for (cseq, (c, port, rule)) in (2u32..).zip([
+        ("224.2.1.1", 4000, "MulticastMediaAddress"),
+        ("127.0.0.1", 21_010, "OwnMediaAddress"),
+    ]) {
+        let branch = format!("reinv{cseq}");
+        carrier.send(&carrier.request("INVITE", &branch, cseq, &to_tagged, &sdp(c, port)));
+        let refusal = carrier
+            .response("488", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no 488 to a re-INVITE at {c}:{port}"));
+        assert!(
+            refusal.lines().any(|l| l.starts_with("Warning:") && l.contains(rule)),
+            "no Warning naming {rule}:\n{refusal}"
+        );
+        // A non-2xx final response is acknowledged in its transaction (RFC 3261 §17.1.1.3).
+        let ack = carrier.request("ACK", &branch, cseq, &to_tagged, "");
+        carrier.send(&ack);
+    }
+    let echoed = echo_through(&carrier, relay, 20);
+    assert!(echoed >= 16, "only {echoed} of 20 packets came back: the relay moved");
+
+    carrier.send(&carrier.request("BYE", "bye1", 4, &to_tagged, ""));
+    assert!(carrier.response("200", Duration::from_secs(5)).is_some(), "no 200 to BYE");
+    agent.wait().assert_success();
+}
+
+/// A transfer destination driven by hand over UDP (the person's phone behind an
+/// OutboundTrunk): it answers the gateway's INVITE and echoes the RTP it gets.
+struct Desk {
+    sip: std::net::UdpSocket,
+    media: std::net::UdpSocket,
+}
+
+impl Desk {
+    fn bind(port: u16) -> Desk {
+        let sip = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind the desk's SIP");
+        let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the desk's media");
+        let wait = Some(std::time::Duration::from_millis(100));
+        sip.set_read_timeout(wait).expect("timeout");
+        media.set_read_timeout(wait).expect("timeout");
+        Desk { sip, media }
+    }
+
+    /// The next request whose method is `method`, and where it came from, within `within`.
+    fn request(
+        &self,
+        method: &str,
+        within: std::time::Duration,
+    ) -> Option<(String, std::net::SocketAddr)> {
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = self.sip.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with(&format!("{method} ")) {
+                    return Some((text, from));
+                }
+            }
+        }
+        None
+    }
+
+    /// Answers `request` (from `to`) with `status`, a To tag, and `sdp` if any.
+    fn answer(&self, request: &str, to: std::net::SocketAddr, status: &str, sdp: &str) {
+        let mut head = format!("SIP/2.0 {status}\r\n");
+        for line in request.lines() {
+            let copied = ["Via:", "From:", "Call-ID:", "CSeq:"];
+            if copied.iter().any(|h| line.starts_with(h)) {
+                head.push_str(line);
+                head.push_str("\r\n");
+            } else if line.starts_with("To:") {
+                let tagged = if line.contains("tag=") {
+                    line.to_string()
+                } else {
+                    format!("{line};tag=desk")
+                };
+                head.push_str(&tagged);
+                head.push_str("\r\n");
+            }
+        }
+        let me = self.sip.local_addr().expect("addr");
+        let content = if sdp.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let text = format!(
+            "{head}Contact: <sip:desk@{me}>\r\n{content}Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        self.sip.send_to(text.as_bytes(), to).expect("send");
+    }
+}
+
+/// Issue 15, item 1: the relay ports of a bridged transfer to a carrier (a `Phone` destination
+/// through an OutboundTrunk) take media only from that carrier's addresses: an attacker on
+/// 127.0.0.2 spraying them while the destination rings and once it answered is never heard by
+/// anyone, hears nothing, and is counted as the transfer leg's.
+#[test]
+fn rtp_sprayed_at_a_transfer_destinations_ports_is_dropped_and_counted_before_and_after_it_answers()
+{
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    use support::Outbound;
+    const DESK: &str = "+14155550199";
+    let (agent_port, desk_port) = (free_port(), free_port());
+    let specs = Specs::new()
+        .with(Trunk::local(NUMBER, agent_port))
+        .with_outbound(Outbound::new("carrier-out", desk_port));
+    specs.write(
+        "transfers.yaml",
+        &format!(
+            "apiVersion: trunkline.dev/v1alpha1
+kind: TransferDestination
+metadata: {{name: sales-desk, namespace: voice}}
+spec:
+  type: Phone
+  phone: {{number: \"{DESK}\", outboundTrunkRef: {{name: carrier-out}}}}
+"
+        ),
+    );
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let desk = Desk::bind(desk_port);
+    // The agent answers, then REFERs the call to sales-desk; it does not echo.
+    let agent = uas(
+        "agent_refer_mode.xml",
+        agent_port,
+        &["-d", "1000", "-key", "transfer_to", "sales-desk", "-timeout", "25"],
+    );
+    let carrier = Carrier::new(gateway.udp(), NUMBER);
+    let media_port = carrier.media.local_addr().expect("addr").port();
+    let offer = format!(
+        "v=0\r\no=carrier 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {media_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    );
+    let to = format!("<sip:{NUMBER}@{}>", gateway.udp());
+    carrier.send(&carrier.request("INVITE", "inv1", 1, &to, &offer));
+    let ok = carrier.response("200", Duration::from_secs(5)).expect("200 OK from the gateway");
+    let to_tagged = line_after(&ok, "To:").expect("To").to_string();
+    let (relay, _) = relay_of(&ok);
+    carrier.send(&carrier.request("ACK", "ack1", 1, &to_tagged, ""));
+
+    // The gateway dials the destination: its INVITE names the transfer leg's relay ports.
+    let (invite, gateway_sip) =
+        desk.request("INVITE", Duration::from_secs(10)).expect("an INVITE to the destination");
+    let (spare, _) = relay_of(&invite);
+    let attacker = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    attacker.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let spray = |from_seq: u16| {
+        for seq in from_seq..from_seq + 20 {
+            attacker.send_to(&support::carrier::rtp_packet(seq), spare).expect("spray");
+        }
+    };
+    // While it rings: nothing latched yet.
+    spray(60_000);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let desk_media = desk.media.local_addr().expect("addr").port();
+    let answer = format!(
+        "v=0\r\no=desk 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {desk_media} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+    );
+    desk.answer(&invite, gateway_sip, "200 OK", &answer);
+    desk.request("ACK", Duration::from_secs(5)).expect("the gateway's ACK");
+    let completed = r#"trunkline_transfers_total{destination="voice/sales-desk",mode="Bridge",outcome="completed"}"#;
+    assert!(gateway.wait_metric(completed, 1.0, Duration::from_secs(10)), "no completed transfer");
+    // Answered, before the destination's first packet: the ports are side B's now.
+    spray(61_000);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The caller talks; the destination echoes; the attacker keeps spraying.
+    let (mut echoed, mut buf) = (0, vec![0u8; 2048]);
+    for seq in 0..30u16 {
+        carrier.media.send_to(&support::carrier::rtp_packet(seq), relay).expect("send RTP");
+        if let Ok((n, from)) = desk.media.recv_from(&mut buf) {
+            let heard = u16::from_be_bytes([buf[2], buf[3]]);
+            assert!(heard < 60_000, "the destination heard the attacker (packet {heard})");
+            desk.media.send_to(&buf[..n], from).expect("echo");
+        }
+        if seq % 10 == 5 {
+            spray(62_000 + seq * 20);
+        }
+        if let Ok((_, from)) = carrier.media.recv_from(&mut buf) {
+            assert_eq!(from, relay);
+            let back = u16::from_be_bytes([buf[2], buf[3]]);
+            assert!(back < 60_000, "the caller heard the attacker (packet {back} came back)");
+            echoed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(echoed >= 25, "only {echoed} of 30 packets came back from the destination");
+    let mut heard = 0;
+    while attacker.recv_from(&mut buf).is_ok() {
+        heard += 1;
+    }
+    assert_eq!(heard, 0, "the attacker took the transfer leg's ports and heard the call");
+
+    carrier.send(&carrier.request("BYE", "bye1", 2, &to_tagged, ""));
+    assert!(carrier.response("200", Duration::from_secs(5)).is_some(), "no 200 to BYE");
+    let (bye, from) =
+        desk.request("BYE", Duration::from_secs(5)).expect("a BYE to the destination");
+    desk.answer(&bye, from, "200 OK", "");
+    agent.wait().assert_success();
+    let series = |reason: &str| {
+        format!(
+            r#"trunkline_rtp_rejected_packets_total{{leg="transfer",reason="{reason}",trunk="voice/local-in"}}"#
+        )
+    };
+    let (not_allowed, latched) = (series("not_allowed"), series("latched"));
+    assert!(gateway.wait_metric(&not_allowed, 40.0, Duration::from_secs(5)), "not counted");
+    let counted =
+        gateway.metric(&not_allowed).unwrap_or(0.0) + gateway.metric(&latched).unwrap_or(0.0);
+    assert_eq!(counted, 100.0, "every one of the attacker's 100 packets is counted once");
+}

@@ -9,8 +9,14 @@
 //! reverse). Prints `ready` once relaying, runs until SIGTERM/SIGINT or `--duration` seconds
 //! (bounded), then stops every relay and prints the totals from their final stats.
 //!
+//! Each relay has the source guards of a gateway call (`--guard strict`, the default): side A
+//! is a carrier's, strict (its SDP's IP, its SIP peer 127.0.0.1, a media allowlist of two
+//! networks the generator is not in), side B the agent runtime's, and both count refusals in
+//! `RtpRejected` handles; `--guard off`: no guard (any first packet latches), as before issue 15.
+//!
 //! usage: rtp-relay-bench --calls N --a-port P --b-port P --flows FILE
 //!                        [--ports LOW-HIGH] [--duration S] [--workers N] [--media-threads N]
+//!                        [--guard strict|off]
 //! `--workers 0`: a current-thread runtime; `--media-threads N`: the relays run on N
 //! `MediaThreads` instead of the main runtime.
 
@@ -19,7 +25,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use trunkline::media::ports::PortAllocator;
-use trunkline::media::relay::{Leg, MediaThreads, Relay, RelayConfig};
+use trunkline::media::relay::{Leg, MediaThreads, Relay, RelayConfig, SourceGuard};
+use trunkline::observe::metrics::RtpRejected;
 
 struct Args {
     calls: usize,
@@ -30,6 +37,7 @@ struct Args {
     duration: u64,
     workers: Option<usize>,
     media_threads: usize,
+    guard: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -42,6 +50,7 @@ fn parse() -> anyhow::Result<Args> {
         duration: 1800,
         workers: None,
         media_threads: 0,
+        guard: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +63,13 @@ fn parse() -> anyhow::Result<Args> {
             "--duration" => args.duration = value.parse()?,
             "--workers" => args.workers = Some(value.parse()?),
             "--media-threads" => args.media_threads = value.parse()?,
+            "--guard" => {
+                args.guard = match value.as_str() {
+                    "strict" => true,
+                    "off" => false,
+                    other => bail!("--guard strict|off, not {other}"),
+                }
+            }
             "--ports" => {
                 let (low, high) = value.split_once('-').context("--ports LOW-HIGH")?;
                 args.ports = (low.parse()?, high.parse()?);
@@ -93,10 +109,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut relays = Vec::with_capacity(args.calls);
     let mut flows = String::new();
+    let carrier = SourceGuard {
+        strict: true,
+        signalling: Some(localhost),
+        allowed: vec!["192.0.2.0/24".parse()?, "2001:db8::/32".parse()?],
+        rejected: Some(RtpRejected::unregistered()),
+    };
+    let agent = SourceGuard {
+        signalling: Some(localhost),
+        rejected: Some(RtpRejected::unregistered()),
+        ..SourceGuard::default()
+    };
     for _ in 0..args.calls {
+        let guards = if args.guard { [carrier.clone(), agent.clone()] } else { Default::default() };
+        let ips = (localhost, localhost);
         let relay = match &media {
-            Some(media) => media.start_relay(&pool, localhost, localhost, config)?,
-            None => Relay::start(&pool, localhost, localhost, config)?,
+            Some(media) => media.start_relay_guarded(&pool, ips, config, guards)?,
+            None => Relay::start_guarded(&pool, ips, config, guards)?,
         };
         relay.update_remote(Leg::A, Some(SocketAddr::new(localhost, args.a_port)));
         relay.update_remote(Leg::B, Some(SocketAddr::new(localhost, args.b_port)));

@@ -79,6 +79,8 @@ struct Driver {
     call_ids: Vec<String>,
     /// See [`Held::media_allowed`].
     media_allowed: Vec<ipnet::IpNet>,
+    /// The media allowlist of a bridged transfer's trunk, for its relay ports' guard.
+    transfer_media_allowed: Vec<ipnet::IpNet>,
 }
 
 /// Runs a call to its end. `first`: the actions [`Call::start`] returned.
@@ -107,6 +109,7 @@ pub async fn run(
         record: Some(record),
         call_ids,
         media_allowed,
+        transfer_media_allowed: Vec::new(),
     };
     d.perform(first).await;
     d.observe();
@@ -246,6 +249,7 @@ impl Driver {
                     let prepared = transfer::prepare(&self.gw, &self.table, &mut ids, &request);
                     let dial = prepared.map(|p| {
                         self.transfer_permit = p.permit;
+                        self.transfer_media_allowed = p.media_allowed;
                         p.dial
                     });
                     if let Err((status, why)) = &dial {
@@ -253,9 +257,23 @@ impl Driver {
                     }
                     self.call.on_transfer_dial(Instant::now(), dial)
                 }
-                Action::StartTransferMedia { bind } => {
+                Action::StartTransferMedia { bind, peer } => {
+                    // Counted as the transfer leg's on the call's trunk, before and after the
+                    // spare takes side B's place.
+                    let guard = SourceGuard {
+                        strict: peer.carrier,
+                        signalling: peer.signalling,
+                        allowed: if peer.carrier {
+                            self.transfer_media_allowed.clone()
+                        } else {
+                            vec![]
+                        },
+                        rejected: Some(
+                            self.gw.metrics.rtp_rejected(&self.labels.trunk, "transfer"),
+                        ),
+                    };
                     let event = match &mut self.relay {
-                        Some(relay) => match self.gw.add_transfer_ports(relay, bind) {
+                        Some(relay) => match self.gw.add_transfer_ports(relay, bind, guard) {
                             Ok(local) => MediaEvent::TransferMediaStarted { port: local.port() },
                             Err(e) => MediaEvent::TransferMediaFailed { reason: e.to_string() },
                         },

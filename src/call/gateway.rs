@@ -37,7 +37,7 @@ use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 use crate::media::codec;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
-use crate::media::sdp::{ConnectionRefusal, Sdp};
+use crate::media::sdp::Sdp;
 
 use super::driver::{self, CallLabels, Held};
 use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
@@ -488,21 +488,10 @@ impl Gateway {
         let refused =
             offer.as_ref().filter(|o| !o.delayed).and_then(|o| o.sdp.refused_connection(true, own));
         if let Some(refusal) = refused {
-            let (rule, text) = match refusal {
-                ConnectionRefusal::Multicast => {
-                    (RefusalRule::MulticastMediaAddress, "the SDP c= address is a multicast group")
-                }
-                ConnectionRefusal::Unspecified => (
-                    RefusalRule::UnspecifiedMediaAddress,
-                    "the SDP c= address of an initial offer is unspecified (0.0.0.0)",
-                ),
-                ConnectionRefusal::OwnAddress => (
-                    RefusalRule::OwnMediaAddress,
-                    "the SDP c= address and port are the gateway's own",
-                ),
-            };
+            let rule = refusal.rule();
             tracing::debug!(source = %source.remote, rule = rule.as_str(), "offer refused");
-            let warning = [(name::WARNING, crate::config::refusal::warning(rule.as_str(), text))];
+            let warning =
+                [(name::WARNING, crate::config::refusal::warning(rule.as_str(), refusal.text()))];
             return self.refuse(&request, &source, rule, &warning);
         }
         let trunk_key = format!("inbound:{}", route.trunk.name);
@@ -941,7 +930,7 @@ impl Gateway {
             outcome: None,
             reason: None,
         };
-        let mut call_config = services.call_config.clone();
+        let mut call_config = services.call_config();
         if let Some(seconds) = request.ring_timeout_seconds {
             call_config.ring_timeout = std::time::Duration::from_secs(u64::from(seconds));
         }

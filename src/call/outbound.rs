@@ -83,7 +83,7 @@ pub fn spawn(
         setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
     let agent = route.agent.clone().unwrap_or_default();
     setup.transfer = Some(gw.transfer_context(&table, &route.trunk.name.namespace, &agent));
-    let (call, first) = Call::start(Instant::now(), gw.call_config.clone(), ids, setup);
+    let (call, first) = Call::start(Instant::now(), gw.call_config(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Outbound,
         trunk: route.trunk.name.to_string(),

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::config::lookup;
 use crate::media::ports::PortAllocator;
-use crate::media::relay::{MediaThreads, Relay, RelayConfig};
+use crate::media::relay::{MediaThreads, Relay, RelayConfig, SourceGuard};
+use crate::media::sdp::OwnAddresses;
 use crate::observe::metrics::GatewayMetrics;
 use crate::sip::msg::{Request, Response};
 use crate::sip::resolve::Resolver;
@@ -110,7 +111,8 @@ pub use super::machine::{ALLOW, MediaOffer};
 /// The gateway's shared state, as its call tasks see it.
 pub struct CallServices {
     pub(super) config: GatewayConfig,
-    /// What every call is started with, derived once from `config`.
+    /// What every call is started with, derived once from `config` (calls take it with the
+    /// gateway's own addresses from [`CallServices::call_config`]).
     pub(super) call_config: CallConfig,
     pub(super) transports: OnceLock<Arc<Transports>>,
     listeners: Mutex<Vec<Listener>>,
@@ -178,13 +180,15 @@ impl CallServices {
         let _ = self.media.set(threads);
     }
 
-    /// Spare relay ports for a bridged transfer's leg, bound on `ip`, in the call's relay.
+    /// Spare relay ports for a bridged transfer's leg, bound on `ip`, in the call's relay,
+    /// guarded by `guard` from the first packet.
     pub(super) fn add_transfer_ports(
         &self,
         relay: &mut Relay,
         ip: IpAddr,
+        guard: SourceGuard,
     ) -> Result<SocketAddr, crate::media::relay::StartError> {
-        relay.add_spare(&self.ports, ip)
+        relay.add_spare_guarded(&self.ports, ip, guard)
     }
 
     /// Starts a relay for a call, on the media threads when there are some.
@@ -201,21 +205,29 @@ impl CallServices {
         }
     }
 
-    /// Whether `target` (a carrier's SDP address) is this gateway: an IP of a listener or the
-    /// public address, with (on a loopback IP, which a carrier on the same host shares) a port
-    /// of the RTP range or of a listener. A relay sending there would loop into itself.
+    /// Whether `target` (a carrier's SDP address) is this gateway ([`OwnAddresses`]). A relay
+    /// sending there would loop into itself.
     pub(super) fn is_own_media_target(&self, target: SocketAddr) -> bool {
-        let Ok(listeners) = self.listeners.lock() else { return false };
-        let ip = target.ip();
-        let own_ip =
-            self.config.public_address == Some(ip) || listeners.iter().any(|l| l.addr.ip() == ip);
-        if !own_ip {
-            return false;
+        self.own_addresses().contains(target)
+    }
+
+    /// This gateway's media targets as the `c=` rules see them: the listeners' IPs and ports,
+    /// the public address, the RTP range.
+    fn own_addresses(&self) -> OwnAddresses {
+        let Ok(listeners) = self.listeners.lock() else { return OwnAddresses::default() };
+        let mut ips: Vec<IpAddr> = listeners.iter().map(|l| l.addr.ip()).collect();
+        ips.extend(self.config.public_address);
+        OwnAddresses {
+            ips,
+            rtp_ports: Some(self.ports.range()),
+            sip_ports: listeners.iter().map(|l| l.addr.port()).collect(),
         }
-        let (low, high) = self.ports.range();
-        let own_port = (low..=high).contains(&target.port())
-            || listeners.iter().any(|l| l.addr.port() == target.port());
-        !ip.is_loopback() || own_port
+    }
+
+    /// What a new call is started with: [`CallServices::call_config`]'s settings and the
+    /// gateway's own addresses as of now (the listeners are bound after start).
+    pub(super) fn call_config(&self) -> CallConfig {
+        CallConfig { own_addresses: self.own_addresses(), ..self.call_config.clone() }
     }
 
     pub(super) fn add_listener(&self, listener: Listener) {

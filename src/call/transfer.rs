@@ -41,6 +41,9 @@ pub struct Prepared {
     pub dial: Dial,
     /// A `Phone` destination's call slot on its trunk, held until the call ends.
     pub permit: Option<CallPermit>,
+    /// A `Phone` destination's trunk's `spec.media.allowedAddresses`: more sources its media
+    /// may come from (the leg's relay ports are guarded as a carrier's side is).
+    pub media_allowed: Vec<ipnet::IpNet>,
 }
 
 /// Why a transfer leg cannot be dialed: the status the agent hears, and why (for the log).
@@ -78,8 +81,9 @@ pub fn prepare(
                     (503, format!("{}: {}", trunk.name, refused.limit.rule().as_str()))
                 })?;
             let local = local(trunk.transport).ok_or((503, "no carrier-facing listener".into()))?;
+            let media_allowed = trunk.media.allowed_addresses.clone();
             let dial = phone_dial(ids, trunk.clone(), number.clone(), request, local);
-            Ok(Prepared { dial, permit: Some(permit) })
+            Ok(Prepared { dial, permit: Some(permit), media_allowed })
         }
         TransferTarget::Sip { uri, credentials } => {
             // Checked when the spec was compiled; parsed again here, once per transfer.
@@ -98,7 +102,7 @@ pub fn prepare(
                 headers,
                 credentials: credentials.clone(),
             };
-            Ok(Prepared { dial, permit: None })
+            Ok(Prepared { dial, permit: None, media_allowed: Vec::new() })
         }
         TransferTarget::Hangup => Err((500, "a hang-up is not dialed".into())),
     }

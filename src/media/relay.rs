@@ -78,21 +78,25 @@
 //!   (nothing is sent to it)                     the agent's old B ports are closed
 //! ```
 //!
-//! [`Relay::add_spare`] binds a third port pair, on its own IP (side B faces the agent network,
-//! the transfer leg often the carrier network), in the relay's task; what goes into the transfer
-//! leg's offer is the address it returns. While the spare exists, what its peer sends (RTP and
-//! RTCP, validated and latched by the rules below, [`Relay::update_spare_remote`] as
-//! [`Relay::update_remote`] is for a side) goes out of side B's socket of the same kind to
-//! side B's remote: the agent hears the ringback, the caller never does, and nothing is sent to
-//! the spare's peer. A⇄B is unchanged and the spare never counts for the media timeout.
-//! [`Relay::promote_spare`] makes the spare side B: B's old sockets close and their ports go back
-//! to the pool, B's figures so far are kept as [`RelayStats::replaced`], B's counters start from
-//! zero and the media timeout gives B a full `media_timeout` from then. B's remote is the one
-//! given, as [`Relay::update_remote`] would set it: the same address as the spare's last SDP
-//! address keeps what the spare latched during early media (the peer behind a NAT is reached at
-//! once, and the hijack guard stays up), another address starts latching over (the answer
-//! moved the media, as a re-INVITE does). [`Relay::drop_spare`] (a failed transfer) closes
-//! the spare; nothing changed for A and B.
+//! [`Relay::add_spare_guarded`] binds a third port pair, on its own IP (side B faces the agent
+//! network, the transfer leg the carrier network), in the relay's task, with the
+//! [`SourceGuard`] of the transfer leg's peer; what goes into the transfer leg's offer is the
+//! address it returns. A transfer destination is outside, as a carrier is: its guard is strict
+//! (its SDP's IP, the IP our INVITE goes to, its OutboundTrunk's media allowlist), so a port
+//! scanner cannot take the spare while it rings, nor side B once it is promoted. While the
+//! spare exists, what its peer sends (RTP and RTCP, validated and latched by the rules below,
+//! [`Relay::update_spare_remote`] as [`Relay::update_remote`] is for a side) goes out of side
+//! B's socket of the same kind to side B's remote: the agent hears the ringback, the caller
+//! never does, and nothing is sent to the spare's peer. A⇄B is unchanged and the spare never
+//! counts for the media timeout. [`Relay::promote_spare`] makes the spare side B: B's old
+//! sockets close and their ports go back to the pool, B's figures so far are kept as
+//! [`RelayStats::replaced`], B's counters start from zero, B's guard is the spare's (the agent
+//! runtime's is gone with it) and the media timeout gives B a full `media_timeout` from then.
+//! B's remote is the one given, as [`Relay::update_remote`] would set it: the same address as
+//! the spare's last SDP address keeps what the spare latched during early media (the peer
+//! behind a NAT is reached at once, and the hijack guard stays up), another address starts
+//! latching over (the answer moved the media, as a re-INVITE does). [`Relay::drop_spare`] (a
+//! failed transfer) closes the spare; nothing changed for A and B.
 //!
 //! **Stop.** [`Relay::stop`] ends the task and returns the final stats; dropping the [`Relay`]
 //! ends it too. Either way the sockets close and then the port pairs return to the pool (the
@@ -339,8 +343,8 @@ impl StartError {
 enum Command {
     UpdateRemote(Leg, Option<SocketAddr>),
     Hold(bool),
-    /// A new spare, replacing any other.
-    AddSpare(Box<SpareSockets>),
+    /// A new spare with its peer's guard, replacing any other.
+    AddSpare(Box<SpareSockets>, SourceGuard),
     UpdateSpareRemote(Option<SocketAddr>),
     PromoteSpare(Option<SocketAddr>),
     DropSpare,
@@ -486,14 +490,26 @@ impl Relay {
         let _ = self.commands.send(Command::Hold(hold));
     }
 
-    /// Binds a spare port pair on `ip` (from `allocator`) in this relay's task; returns our RTP
-    /// address on it (what the transfer leg's SDP offer announces). A spare already there is
-    /// dropped first, so after an error there is none. Errors as [`Relay::start`] (no ports,
-    /// bind failure); A and B are unaffected either way. See the module docs.
+    /// Binds a spare port pair on `ip` (from `allocator`) in this relay's task, whose peer any
+    /// first valid packet latches; see [`Relay::add_spare_guarded`].
     pub fn add_spare(
         &mut self,
         allocator: &PortAllocator,
         ip: IpAddr,
+    ) -> Result<SocketAddr, StartError> {
+        self.add_spare_guarded(allocator, ip, SourceGuard::default())
+    }
+
+    /// Binds a spare port pair on `ip` (from `allocator`) in this relay's task, `guard` in
+    /// force from its first packet (and on side B once promoted); returns our RTP address on it
+    /// (what the transfer leg's SDP offer announces). A spare already there is dropped first,
+    /// so after an error there is none. Errors as [`Relay::start`] (no ports, bind failure); A
+    /// and B are unaffected either way. See the module docs.
+    pub fn add_spare_guarded(
+        &mut self,
+        allocator: &PortAllocator,
+        ip: IpAddr,
+        guard: SourceGuard,
     ) -> Result<SocketAddr, StartError> {
         self.drop_spare();
         let pair = allocator.allocate(ip)?;
@@ -507,7 +523,7 @@ impl Relay {
         };
         let spare = SpareSockets { sockets, ipv6: [local.is_ipv6(), local_rtcp.is_ipv6()], lease };
         // A task that is gone (it only ends when stopped) drops the sockets and frees the pair.
-        let _ = self.commands.send(Command::AddSpare(Box::new(spare)));
+        let _ = self.commands.send(Command::AddSpare(Box::new(spare), guard));
         self.spare = Some((local, local_rtcp));
         Ok(local)
     }
@@ -523,8 +539,9 @@ impl Relay {
     /// The spare becomes side B, its remote `remote` (see the module docs for the latch): B's
     /// old sockets close and their ports go back to the pool; `local(Leg::B)` and
     /// `local_rtcp(Leg::B)` are the spare's from now on; B's figures so far go to
-    /// [`RelayStats::replaced`] and its counters start from zero; the media timeout gives B a
-    /// full `media_timeout` from now. Without a spare it does nothing and returns false.
+    /// [`RelayStats::replaced`] and its counters start from zero; B's guard is the spare's; the
+    /// media timeout gives B a full `media_timeout` from now. Without a spare it does nothing
+    /// and returns false.
     pub fn promote_spare(&mut self, remote: Option<SocketAddr>) -> bool {
         let Some((local, local_rtcp)) = self.spare.take() else { return false };
         self.local[Leg::B.index()] = local;
@@ -791,10 +808,10 @@ impl Task {
     /// Commands that change the sockets are the task's; the others the state's.
     fn apply(&mut self, command: Command, now: Instant) {
         match command {
-            Command::AddSpare(spare) => {
+            Command::AddSpare(spare, guard) => {
                 // Replaces (closes) any spare there was.
                 self.spare = Some(*spare);
-                self.state.spare = Some(LegState::new());
+                self.state.spare = Some(LegState::guarded(guard));
             }
             Command::DropSpare => {
                 self.spare = None;
@@ -932,6 +949,11 @@ impl Latch {
         Latch { remote, ..Latch::default() }
     }
 
+    /// Whether `source` is the latched source ([`Latch::accept`] takes it whatever `own` says).
+    fn is_latched_to(&self, source: SocketAddr) -> bool {
+        self.latched && self.remote == Some(source)
+    }
+
     /// Whether a packet from `source` carrying `ssrc` is relayed. `own`: the source is one of
     /// the leg's own addresses ([`SourceGuard`]); `strict`: only those may latch at all. Pure:
     /// the rules of the module docs, 2 and 3.
@@ -944,7 +966,7 @@ impl Latch {
         own: bool,
         strict: bool,
     ) -> Verdict {
-        if self.latched && self.remote == Some(source) {
+        if self.is_latched_to(source) {
             self.last_seen = Some(now);
             self.candidate = None;
             self.ssrc = ssrc.or(self.ssrc);
@@ -1004,10 +1026,6 @@ struct LegState {
 }
 
 impl LegState {
-    fn new() -> LegState {
-        LegState::guarded(SourceGuard::default())
-    }
-
     fn guarded(guard: SourceGuard) -> LegState {
         LegState {
             guard,
@@ -1105,27 +1123,26 @@ impl State {
                 };
             }
             // The task's own (they change its sockets).
-            Command::AddSpare(_) | Command::PromoteSpare(_) | Command::DropSpare => {}
+            Command::AddSpare(..) | Command::PromoteSpare(_) | Command::DropSpare => {}
             Command::Stop => {}
         }
     }
 
     /// The spare's peer becomes side B's (the task has swapped the sockets): B's figures so far
-    /// are kept as `replaced`, its counters start from zero, its remote is `remote` (the spare's
-    /// latch kept when that is the spare's SDP address already), and it gets a full media
-    /// timeout from `now`.
+    /// are kept as `replaced`, its counters start from zero, its guard is the spare's, its
+    /// remote is `remote` (the spare's latch kept when that is the spare's SDP address
+    /// already), and it gets a full media timeout from `now`.
     fn promote_spare(&mut self, remote: Option<SocketAddr>, now: Instant) {
         let Some(spare) = self.spare.take() else { return };
         let b = &mut self.legs[Leg::B.index()];
         self.replaced = Some(b.stats());
-        // The transfer peer is no longer the agent runtime: its signalling address goes; side
-        // B's counters stay.
-        let guard = SourceGuard { rejected: b.guard.rejected.take(), ..SourceGuard::default() };
+        // The agent runtime's guard (its signalling address, its counters) goes with it: side
+        // B faces the transfer peer, whose own addresses alone may latch it from now on.
         *b = LegState {
             sdp: spare.sdp,
             rtp: spare.rtp,
             rtcp: spare.rtcp,
-            ..LegState::guarded(guard)
+            ..LegState::guarded(spare.guard)
         };
         b.set_sdp(remote, now);
         b.active = (b.sdp.is_some() || b.rtp.latched).then_some(now);
@@ -1179,7 +1196,9 @@ impl State {
                     from.dropped.malformed += 1;
                     continue;
                 }
-                let own = from.guard.admits(from.sdp, source.ip());
+                // The latched source's packets (nearly all of them) skip the address checks.
+                let latched_source = from.latch(kind).is_latched_to(source);
+                let own = !latched_source && from.guard.admits(from.sdp, source.ip());
                 let strict = from.guard.strict;
                 let latch = from.latch_mut(kind);
                 let was = latch.remote;
@@ -2372,6 +2391,84 @@ mod tests {
         assert_eq!(receive(&carrier).await.0, rtp(3, 0));
         send(&carrier, &rtp(4, 160), relay.local(Leg::A)).await;
         assert_eq!(receive(&latecomer).await.0, rtp(4, 160));
+    }
+
+    /// The guard of a transfer destination that is a carrier: strict, its SIP host 127.0.0.3.
+    fn transfer_guard(counters: &RtpRejected) -> SourceGuard {
+        SourceGuard {
+            strict: true,
+            signalling: Some(MEDIA_HOST_IP),
+            allowed: Vec::new(),
+            rejected: Some(counters.clone()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attacker_cannot_take_a_carriers_spare_while_it_rings_nor_side_b_once_promoted() {
+        let pool = test_pool(5);
+        let (carrier_counters, counters) =
+            (RtpRejected::unregistered(), RtpRejected::unregistered());
+        let mut relay = start_carrier_guarded(&pool, &[], &carrier_counters);
+        let (carrier, agent) = (peer().await, peer().await);
+        let (transfer, attacker) = (peer_on(MEDIA_HOST_IP).await, peer_on(ATTACKER_IP).await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare =
+            relay.add_spare_guarded(&pool, LOCALHOST, transfer_guard(&counters)).expect("a spare");
+        relay.update_spare_remote(Some(addr(&transfer)));
+
+        // While it rings: the attacker's packets reach nobody and latch nothing.
+        for seq in 0..5 {
+            send(&attacker, &rtp(60_000 + seq, 0), spare).await;
+        }
+        nothing_arrives(&agent).await;
+        send(&transfer, &rtp(9000, 0), spare).await;
+        assert_eq!(receive(&agent).await.0, rtp(9000, 0), "the ringback reaches the agent");
+        assert_eq!(counters.not_allowed.get(), 5);
+
+        // Promoted (the 200's SDP names the same address): still the transfer peer's alone.
+        assert!(relay.promote_spare(Some(addr(&transfer))));
+        for seq in 5..10 {
+            send(&attacker, &rtp(60_000 + seq, 0), spare).await;
+        }
+        nothing_arrives(&carrier).await;
+        send(&carrier, &rtp(1, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&transfer).await, (rtp(1, 0), spare));
+        nothing_arrives(&attacker).await;
+        send(&transfer, &rtp(9001, 160), spare).await;
+        assert_eq!(receive(&carrier).await.0, rtp(9001, 160));
+        let stats = eventually(&relay, |s| s.b.dropped.foreign == 5).await;
+        assert_eq!(stats.b.remote, Some(addr(&transfer)));
+        assert_eq!((counters.not_allowed.get(), counters.latched.get()), (5, 5));
+        assert_eq!(carrier_counters.not_allowed.get() + carrier_counters.latched.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_carriers_spare_promoted_to_another_address_latches_only_to_its_own_addresses() {
+        let pool = test_pool(5);
+        let counters = RtpRejected::unregistered();
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, agent) = (peer().await, peer().await);
+        let (answered, attacker) = (peer_on(MEDIA_HOST_IP).await, peer_on(ATTACKER_IP).await);
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare =
+            relay.add_spare_guarded(&pool, LOCALHOST, transfer_guard(&counters)).expect("a spare");
+
+        // No early media; the 200 names where the peer wants media. The attacker is first.
+        relay.promote_spare(Some(addr(&answered)));
+        for seq in 0..3 {
+            send(&attacker, &rtp(60_000 + seq, 0), spare).await;
+        }
+        nothing_arrives(&carrier).await;
+        send(&answered, &rtp(1, 0), spare).await;
+        assert_eq!(receive(&carrier).await.0, rtp(1, 0));
+        send(&carrier, &rtp(2, 0), relay.local(Leg::A)).await;
+        assert_eq!(receive(&answered).await.0, rtp(2, 0));
+        nothing_arrives(&attacker).await;
+        let stats = eventually(&relay, |s| s.b.dropped.not_allowed == 3).await;
+        assert_eq!(stats.b.remote, Some(addr(&answered)));
+        assert_eq!(counters.not_allowed.get(), 3);
     }
 
     #[tokio::test]

@@ -30,32 +30,103 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::config::refusal::RefusalRule;
 use bytes::Bytes;
 use ezk_sdp_types::{
     Connection, Media, MediaDescription, MediaType, Origin, ParseSessionDescriptionError, Rtcp,
     RtcpFeedbackPt, SessionDescription, TaggedAddress, TransportProtocol,
 };
 
-/// Why the connection address of a carrier's offer is refused (issue 15): the relay would
-/// send the call's audio there.
+/// Why the connection address of a carrier's SDP is refused (issue 15): the relay would send
+/// the call's audio there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionRefusal {
     /// A multicast group: the call's audio would go to everyone in it.
     Multicast,
-    /// `0.0.0.0` (or `::`) in an initial offer. In a re-offer it means hold (RFC 3264 §8.4,
-    /// the RFC 2543 way) and is taken; an initial offer has nothing to hold.
+    /// `0.0.0.0` (or `::`) in an initial offer, or in an answer whose stream receives media.
+    /// In a re-offer it means hold (RFC 3264 §8.4, the RFC 2543 way) and is taken; an initial
+    /// offer has nothing to hold; an answer that says `sendonly` or `inactive` needs no
+    /// address, one that receives does.
     Unspecified,
     /// The gateway itself: the relay would loop audio into its own ports (or its SIP port).
     OwnAddress,
 }
 
+impl ConnectionRefusal {
+    /// The rule's name, in the `Warning` of a 488 and in `trunkline_inbound_refusals_total`.
+    pub fn rule(self) -> RefusalRule {
+        match self {
+            ConnectionRefusal::Multicast => RefusalRule::MulticastMediaAddress,
+            ConnectionRefusal::Unspecified => RefusalRule::UnspecifiedMediaAddress,
+            ConnectionRefusal::OwnAddress => RefusalRule::OwnMediaAddress,
+        }
+    }
+
+    /// What is wrong, in words (the `Warning` text, logs, the call's hang-up reason).
+    pub fn text(self) -> &'static str {
+        match self {
+            ConnectionRefusal::Multicast => "the SDP c= address is a multicast group",
+            ConnectionRefusal::Unspecified => "the SDP c= address is unspecified (0.0.0.0)",
+            ConnectionRefusal::OwnAddress => "the SDP c= address and port are the gateway's own",
+        }
+    }
+}
+
+/// The gateway's own media targets, for the `c=` rules: a relay sending there would loop into
+/// itself. An IP of a listener or the public address; on a loopback IP (which a carrier on the
+/// same host shares: development, tests) only together with a port of the RTP range or of a
+/// listener. Pure data, so that the sans-IO call machine can apply the rules too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnAddresses {
+    /// The listeners' IPs and `--public-address`.
+    pub ips: Vec<IpAddr>,
+    /// `--rtp-ports`, first and last.
+    pub rtp_ports: Option<(u16, u16)>,
+    /// The listeners' ports.
+    pub sip_ports: Vec<u16>,
+}
+
+impl OwnAddresses {
+    /// Whether `target` (IP and port of an SDP's audio) is the gateway's own.
+    pub fn contains(&self, target: SocketAddr) -> bool {
+        if !self.ips.contains(&target.ip()) {
+            return false;
+        }
+        let port = target.port();
+        let own_port = self.rtp_ports.is_some_and(|(low, high)| (low..=high).contains(&port))
+            || self.sip_ports.contains(&port);
+        !target.ip().is_loopback() || own_port
+    }
+}
+
 impl Sdp {
     /// The refusal of this offer's audio connection address, if any; `own` says whether an
-    /// address (IP and port of the `m=` line) is the gateway's own. A rejected stream (port 0)
+    /// address (IP and port of the `m=` line) is the gateway's own. `initial`: an initial
+    /// offer, where `0.0.0.0` is refused (in a re-offer it is hold). A rejected stream (port 0)
     /// is never refused.
     pub fn refused_connection(
         &self,
         initial: bool,
+        own: impl Fn(SocketAddr) -> bool,
+    ) -> Option<ConnectionRefusal> {
+        self.refused_address(initial, own)
+    }
+
+    /// The refusal of this answer's audio connection address, if any (`own` as for
+    /// [`Sdp::refused_connection`]): multicast and own addresses are refused; `0.0.0.0` only
+    /// when the stream receives media (`sendrecv`, `recvonly`): an answerer that only sends or
+    /// is inactive needs no address, one that receives needs one.
+    pub fn refused_answer_connection(
+        &self,
+        own: impl Fn(SocketAddr) -> bool,
+    ) -> Option<ConnectionRefusal> {
+        let receives = matches!(self.direction(), Direction::SendRecv | Direction::RecvOnly);
+        self.refused_address(receives, own)
+    }
+
+    fn refused_address(
+        &self,
+        unspecified_refused: bool,
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<ConnectionRefusal> {
         let audio = self.audio()?;
@@ -66,7 +137,7 @@ impl Sdp {
         if ip.is_multicast() {
             Some(ConnectionRefusal::Multicast)
         } else if ip.is_unspecified() {
-            initial.then_some(ConnectionRefusal::Unspecified)
+            unspecified_refused.then_some(ConnectionRefusal::Unspecified)
         } else if own(SocketAddr::new(ip, audio.port())) {
             Some(ConnectionRefusal::OwnAddress)
         } else {
@@ -1544,6 +1615,62 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
         assert_eq!(offer_at("198.51.100.7", 4000).refused_connection(true, nobody), None);
         // A rejected stream goes nowhere: nothing to refuse.
         assert_eq!(offer_at("224.2.1.1", 0).refused_connection(true, nobody), None);
+    }
+
+    fn answer_at(c: &str, port: u16, direction: &str) -> Sdp {
+        let text = format!(
+            "v=0\r\no=c 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 {c}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na={direction}\r\n"
+        );
+        Sdp::parse(text.as_bytes()).expect("an answer")
+    }
+
+    #[test]
+    fn a_carriers_answer_at_nothing_is_taken_only_when_it_receives_no_media() {
+        let nobody = |_| false;
+        for direction in ["sendrecv", "recvonly"] {
+            assert_eq!(
+                answer_at("0.0.0.0", 4000, direction).refused_answer_connection(nobody),
+                Some(ConnectionRefusal::Unspecified),
+                "{direction}"
+            );
+        }
+        for direction in ["sendonly", "inactive"] {
+            assert_eq!(
+                answer_at("0.0.0.0", 4000, direction).refused_answer_connection(nobody),
+                None,
+                "{direction}"
+            );
+        }
+        // Multicast and the gateway itself, whatever the direction.
+        let gateway = |a: SocketAddr| a == "192.0.2.10:20000".parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            answer_at("239.1.1.1", 4000, "sendonly").refused_answer_connection(nobody),
+            Some(ConnectionRefusal::Multicast)
+        );
+        assert_eq!(
+            answer_at("192.0.2.10", 20000, "inactive").refused_answer_connection(gateway),
+            Some(ConnectionRefusal::OwnAddress)
+        );
+        assert_eq!(
+            answer_at("192.0.2.10", 4000, "sendrecv").refused_answer_connection(gateway),
+            None
+        );
+    }
+
+    #[test]
+    fn own_addresses_are_a_listeners_ip_and_on_loopback_only_with_one_of_our_ports() {
+        let own = OwnAddresses {
+            ips: vec!["198.51.100.1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            rtp_ports: Some((20000, 20999)),
+            sip_ports: vec![5060],
+        };
+        let at = |s: &str| own.contains(s.parse().unwrap());
+        assert!(at("198.51.100.1:4000"), "a listener's IP, any port");
+        assert!(at("127.0.0.1:20002") && at("127.0.0.1:5060"), "loopback with our ports");
+        assert!(!at("127.0.0.1:4000"), "loopback, another program's port");
+        assert!(!at("198.51.100.2:20002"), "another IP");
+        assert!(!OwnAddresses::default().contains("198.51.100.1:20002".parse().unwrap()));
     }
 
     proptest! {

@@ -30,7 +30,7 @@
 //! | `trunkline_sip_connections_refused_total`, `trunkline_sip_connections_closed_total` | counter | `transport`, `reason` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
 //! | `trunkline_rtp_jitter_seconds` | histogram | `trunk`, `leg` |
-//! | `trunkline_rtp_rejected_packets_total` | counter | `trunk`, `leg`, `reason` (`not_allowed`, `latched`) |
+//! | `trunkline_rtp_rejected_packets_total` | counter | `trunk`, `leg` (`carrier`, `agent`, `transfer`), `reason` (`not_allowed`, `latched`) |
 //! | `trunkline_rtp_port_pairs` | gauge | `state` (`free`, `used`) |
 //! | `trunkline_rtp_port_exhaustions_total` | counter | |
 //! | `trunkline_config_info` | gauge (always 1) | `hash` |
@@ -62,7 +62,10 @@
 //!   the process restarts (bounded by the trunks it has ever served), except
 //!   `trunkline_outbound_reachable`, whose series goes with its trunk (a stale 0 would page
 //!   someone about a carrier no longer used).
-//! - `leg` is `carrier` or `agent`; `state` is `free` or `used`; `version` is the crate's.
+//! - `leg` is `carrier` or `agent`, and for `trunkline_rtp_rejected_packets_total` also
+//!   `transfer` (a bridged transfer's relay ports, before and after they take the agent's
+//!   place; `trunk` is still the call's); `state` is `free` or `used`; `version` is the
+//!   crate's.
 //! - `reason` of `trunkline_rtp_rejected_packets_total` is `not_allowed` (RTP/RTCP from an
 //!   address that is none of the leg's: its SDP's, its signalling peer's, the trunk's media
 //!   allowlist) or `latched` (the leg is latched to another source); never the source itself.
@@ -210,7 +213,7 @@ impl RtpRejected {
 fn rtp_rejected_collector(registry: &Registry) -> prometheus::Result<IntCounterVec> {
     register_int_counter_vec_with_registry!(
         "trunkline_rtp_rejected_packets_total",
-        "RTP/RTCP packets the relay dropped for their source, by trunk, leg (carrier or agent) and reason (not_allowed: none of the leg's addresses; latched: the leg is latched to another source).",
+        "RTP/RTCP packets the relay dropped for their source, by trunk, leg (carrier, agent or transfer) and reason (not_allowed: none of the leg's addresses; latched: the leg is latched to another source).",
         &["trunk", "leg", "reason"],
         registry,
     )

@@ -3,8 +3,9 @@
 //! and when it answers, the caller's media moves to it and the agent's leg ends.
 //!
 //! ```text
-//!   REFER ─► 202, NOTIFY 100 ─► PrepareTransfer ─► on_transfer_dial ─► StartTransferMedia
-//!     ─► TransferMediaStarted ─► (Resolve) ─► INVITE with the codec in use, on the spare ports
+//!   REFER ─► 202, NOTIFY 100 ─► PrepareTransfer ─► on_transfer_dial ─► (Resolve)
+//!     ─► StartTransferMedia (guarded for the destination's addresses) ─► TransferMediaStarted
+//!     ─► INVITE with the codec in use, on the spare ports
 //!     ─► 18x: NOTIFY 18x to the agent (its early media reaches the agent, not the caller)
 //!     ─► 2xx: ACK, PromoteSpare (the spare ports become side B), bridge = (caller, transfer),
 //!             NOTIFY 200 to the agent, BYE to the agent
@@ -16,7 +17,12 @@
 //! its limits and our addresses are the driver's), so the machine stays free of I/O; what the
 //! leg does on the wire is decided here. The caller's side is never re-INVITEd: side A's relay
 //! ports stay, and the new leg is offered fresh ports of its own (on the carrier-facing
-//! address), which replace side B's when it answers.
+//! address), which replace side B's when it answers. The destination is looked up before those
+//! ports are bound, so that their source guard knows the address our INVITE goes to from the
+//! first packet: a destination on the carrier-facing listener is strict as a carrier's side is
+//! (issue 15; its SDP's IP, its SIP address and its trunk's media allowlist alone may latch
+//! the ports), before and after they become side B. Its SDP answers follow the carrier's `c=`
+//! rules (`media.rs`): a 2xx that breaks them fails the transfer as a codec mismatch does.
 //!
 //! An agent that hangs up while the destination rings (a blind transfer, or a BYE that carried
 //! the transfer header) leaves the caller waiting for it: the transfer goes on, and if it fails
@@ -64,9 +70,8 @@ pub(super) struct Bridging {
     pub notify: bool,
     pub asked: Instant,
     pub codec: Codec,
-    /// The new leg, once the driver built it, and where it goes until it is looked up.
+    /// The new leg, once the driver built it.
     pub leg: Option<LegId>,
-    pub target: Option<Destination>,
     /// Our RTP port on the new leg's spare relay ports, and the offer made with it.
     pub port: Option<u16>,
     pub offer: Option<MediaOffer>,
@@ -125,7 +130,6 @@ impl Call {
             asked: now,
             codec,
             leg: None,
-            target: None,
             port: None,
             offer: None,
         });
@@ -153,18 +157,22 @@ impl Call {
                 self.legs.push(leg);
                 if let Some(b) = self.bridging.as_mut() {
                     b.leg = Some(id);
-                    b.target = Some(target);
                 }
                 self.out.push(Action::Listen { call_id });
-                let (bind, _) = self.media_ip(id);
-                self.out.push(Action::StartTransferMedia { bind });
+                // Its address first: the spare's guard admits it from the first packet.
+                match target {
+                    Destination::Address(address) => self.transfer_resolved(now, id, Ok(address)),
+                    Destination::Lookup { host, port } => {
+                        self.out.push(Action::Resolve { leg: id, host, port })
+                    }
+                }
             }
         }
         self.take()
     }
 
     /// The spare relay ports are bound: the offer (the codec in use, on them) is made and the
-    /// destination looked up or invited.
+    /// destination invited.
     pub(super) fn transfer_media_started(&mut self, now: Instant, port: u16) {
         let Some((leg, codec)) = self.bridging.as_ref().and_then(|b| Some((b.leg?, b.codec)))
         else {
@@ -178,16 +186,13 @@ impl Call {
         let Some(b) = self.bridging.as_mut() else { return };
         b.port = Some(port);
         b.offer = Some(MediaOffer { sdp, negotiated, delayed: false });
-        match b.target.take() {
-            Some(Destination::Address(address)) => self.transfer_resolved(now, leg, Ok(address)),
-            Some(Destination::Lookup { host, port }) => {
-                self.out.push(Action::Resolve { leg, host, port })
-            }
-            None => {}
+        if self.leg(leg).phase == Phase::Resolving {
+            self.send_invite(now, leg);
         }
     }
 
-    /// The transfer leg's address (or why there is none): its INVITE goes.
+    /// The transfer leg's address (or why there is none): its spare relay ports are bound,
+    /// guarded for its peer.
     pub(super) fn transfer_resolved(
         &mut self,
         now: Instant,
@@ -202,7 +207,9 @@ impl Call {
             }
             Ok(address) if self.leg(leg).phase == Phase::Resolving => {
                 self.leg_mut(leg).dialog.target.remote = address;
-                self.send_invite(now, leg);
+                let (bind, _) = self.media_ip(leg);
+                let peer = self.relay_peer(leg);
+                self.out.push(Action::StartTransferMedia { bind, peer });
             }
             Ok(_) => {}
         }
@@ -225,9 +232,15 @@ impl Call {
             }
             if status > 100 {
                 // Early media (ringback, announcements) goes to the agent, never the caller.
-                if let Some(sdp) = self.transfer_answer(resp) {
-                    let remote = sdp.audio_endpoint();
-                    self.out.push(Action::UpdateRelay(RelayUpdate::SpareRemote(remote)));
+                match self.transfer_answer(leg, resp) {
+                    Ok(sdp) => {
+                        let remote = sdp.audio_endpoint();
+                        self.out.push(Action::UpdateRelay(RelayUpdate::SpareRemote(remote)));
+                    }
+                    Err(why) if !resp.body.is_empty() => {
+                        tracing::warn!(session = %self.session_id, "the transfer destination's early SDP is dropped: {why}");
+                    }
+                    Err(_) => {}
                 }
                 if first_ring {
                     self.notify_agent(now, &status_line(resp), false);
@@ -239,12 +252,12 @@ impl Call {
         if (200..300).contains(&status) {
             self.confirm_2xx(now, leg, resp);
             self.leg_mut(leg).phase = Phase::Confirmed;
-            return match self.transfer_answer(resp) {
-                Some(answer) => self.bridge_completed(now, leg, &answer),
-                None => {
-                    tracing::warn!(session = %self.session_id, "the transfer destination answered without usable SDP");
+            return match self.transfer_answer(leg, resp) {
+                Ok(answer) => self.bridge_completed(now, leg, &answer),
+                Err(why) => {
+                    tracing::warn!(session = %self.session_id, "the transfer destination answered without usable SDP: {why}");
                     self.bye(now, leg);
-                    self.bridge_failed(now, 488, "the destination's answer breaks the codec policy")
+                    self.bridge_failed(now, 488, &format!("the destination's answer: {why}"))
                 }
             };
         }
@@ -265,19 +278,20 @@ impl Call {
         self.bridge_failed(now, status, "the destination did not take the call");
     }
 
-    /// The SDP of a transfer leg's 18x/2xx, checked against what it was offered.
-    fn transfer_answer(&mut self, resp: &Response) -> Option<Sdp> {
-        let offer = self.bridging.as_ref()?.offer.as_ref()?;
+    /// The SDP of a transfer leg's 18x/2xx, checked against what it was offered and, for a
+    /// carrier-facing destination, against the `c=` rules; or why it cannot be used.
+    fn transfer_answer(&self, leg: LegId, resp: &Response) -> Result<Sdp, String> {
+        let offer = self.bridging.as_ref().and_then(|b| b.offer.as_ref());
+        let offer = offer.ok_or_else(|| "no offer was made".to_string())?;
         if resp.body.is_empty() {
-            return None;
+            return Err("no SDP".into());
         }
-        let sdp = Sdp::parse(&resp.body).ok()?;
-        match codec::check_answer(&offer.negotiated, &sdp) {
-            Ok(_) => Some(sdp),
-            Err(e) => {
-                tracing::warn!(session = %self.session_id, error = %e, "the transfer destination's SDP breaks the codec policy");
-                None
-            }
+        let sdp = Sdp::parse(&resp.body).map_err(|e| e.to_string())?;
+        codec::check_answer(&offer.negotiated, &sdp)
+            .map_err(|e| format!("it breaks the codec policy: {e}"))?;
+        match self.refused_answer(leg, &sdp) {
+            Some(refusal) => Err(format!("{}: {}", refusal.rule().as_str(), refusal.text())),
+            None => Ok(sdp),
         }
     }
 

@@ -42,7 +42,7 @@ impl Call {
         }
         let body = match self.relay_offer(key, leg, req) {
             Ok(body) => body,
-            Err(status) => return self.respond_status(now, key, status),
+            Err(refused) => return self.refuse_offer(now, key, refused),
         };
         let ua = self.config.user_agent.clone();
         let branch = self.ids.branch();

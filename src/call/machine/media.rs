@@ -1,18 +1,52 @@
 //! The call's media: the codec policy on every offer and answer, the SDP rewritten so that
 //! each leg sees the relay's address, and what the relay is told (where each side's peer
-//! wants media, hold). The relay itself is the driver's: the call asks with actions.
+//! wants media, hold, who may send each side's media). The relay itself is the driver's: the
+//! call asks with actions.
+//!
+//! **`c=` rules on what a carrier sends inside the call** (issue 15; the initial offer is the
+//! front door's, `call::gateway`): a leg that faces a carrier ([`Call::faces_carrier`]: the
+//! carrier's own, or a transfer leg dialed from the carrier-facing listener) must not point
+//! the relay at a multicast group or at the gateway itself ([`CallConfig::own_addresses`]).
+//! - A re-offer (re-INVITE, UPDATE) that does is answered 488 with
+//!   `Warning: 399 trunkline "<Rule>: ..."` and changes nothing; `0.0.0.0` stays allowed
+//!   there (RFC 2543 hold, RFC 3264 §8.4).
+//! - An answer (the 18x/2xx of a carrier we dialed, the ACK of a delayed offer, the answer to
+//!   a relayed re-offer, a transfer destination's 18x/2xx) that does is refused as an answer
+//!   breaking the codec policy is: early SDP is dropped, a 2xx gets ACK and BYE and the call
+//!   (or the transfer) fails with 488. In an answer `0.0.0.0` is refused too when the stream
+//!   receives media (`sendrecv`, `recvonly`: the answerer asks for media at no address) and
+//!   taken when it does not (`sendonly`, `inactive`: hold from the start).
+//!
+//! [`CallConfig::own_addresses`]: super::CallConfig::own_addresses
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::media::codec;
 use crate::media::relay::{Leg as RelaySide, Silent};
-use crate::media::sdp::{Direction, Sdp};
-use crate::sip::msg::{Request, Response};
+use crate::media::sdp::{ConnectionRefusal, Direction, Sdp};
+use crate::sip::msg::{Request, Response, name};
 use crate::sip::transaction::ServerKey;
+use crate::sip::transport::Zone;
 
-use super::leg::LegId;
-use super::{Action, Call, Relay, RelayUpdate, SdpResult, State};
+use super::leg::{LegId, Role};
+use super::{Action, Call, Relay, RelayPeer, RelayUpdate, SdpResult, State};
+
+/// An offer inside the call that is refused: the status it is answered with, and for a `c=`
+/// rule the `Warning` naming it.
+#[derive(Debug)]
+pub(super) struct OfferRefused {
+    status: u16,
+    warning: Option<String>,
+}
+
+impl OfferRefused {
+    fn status(status: u16) -> OfferRefused {
+        OfferRefused { status, warning: None }
+    }
+}
 
 impl Call {
     /// Where the relay binds its two sides.
@@ -25,18 +59,41 @@ impl Call {
         (binds[0], binds[1])
     }
 
-    /// Who each side of the relay faces (see [`super::RelayPeer`]).
-    pub(super) fn relay_peers(&self) -> [super::RelayPeer; 2] {
-        let mut peers = [super::RelayPeer::default(); 2];
+    /// Who each side of the relay faces (see [`RelayPeer`]).
+    pub(super) fn relay_peers(&self) -> [RelayPeer; 2] {
+        let mut peers = [RelayPeer::default(); 2];
         for leg in self.bridge {
-            let l = self.leg(leg);
-            let ip = l.dialog.target.remote.ip();
-            peers[side_index(l.media)] = super::RelayPeer {
-                carrier: l.role == super::Role::Carrier,
-                signalling: (!ip.is_unspecified()).then_some(ip),
-            };
+            peers[side_index(self.leg(leg).media)] = self.relay_peer(leg);
         }
         peers
+    }
+
+    /// The SIP peer of `leg` as its relay side's guard sees it: whether it faces a carrier,
+    /// and the IP its requests come from (an origin) or ours go to (a dialed leg, once looked
+    /// up).
+    pub(super) fn relay_peer(&self, leg: LegId) -> RelayPeer {
+        let ip = self.leg(leg).dialog.target.remote.ip();
+        RelayPeer {
+            carrier: self.faces_carrier(leg),
+            signalling: (!ip.is_unspecified()).then_some(ip),
+        }
+    }
+
+    /// Whether `leg`'s peer is outside, as a carrier is: a carrier's leg, or a leg on the
+    /// carrier-facing listener (a transfer destination, Phone or Sip).
+    pub(super) fn faces_carrier(&self, leg: LegId) -> bool {
+        let l = self.leg(leg);
+        l.role == Role::Carrier || l.dialog.target.zone == Zone::Carrier
+    }
+
+    /// The `c=` rules on an SDP answer that came from `leg` (see the module docs): `None` when
+    /// it may be used (or `leg` does not face a carrier).
+    pub(super) fn refused_answer(&self, leg: LegId, answer: &Sdp) -> Option<ConnectionRefusal> {
+        if !self.faces_carrier(leg) {
+            return None;
+        }
+        let own = &self.config.own_addresses;
+        answer.refused_answer_connection(|target| own.contains(target))
     }
 
     /// The relay runs: no media is owed before the answer (held), the origin's address from
@@ -102,6 +159,15 @@ impl Call {
         }
         let delayed = offer.delayed;
         let mut answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
+        if let Some(refusal) = self.refused_answer(leg, &answer) {
+            let (role, rule) = (self.leg(leg).role.as_str(), refusal.rule().as_str());
+            tracing::warn!(session = %self.session_id, role, rule, "the SDP answer is refused: {}", refusal.text());
+            if final_ {
+                self.hangup_reason =
+                    Some(format!("the {role}'s SDP answer is refused: {rule}: {}", refusal.text()));
+            }
+            return Err(488);
+        }
         let chosen = codec::check_answer(&offer.negotiated, &answer).map_err(|e| {
             tracing::warn!(session = %self.session_id, error = %e, "the SDP answer breaks the codec policy");
             e.status_code()
@@ -125,12 +191,26 @@ impl Call {
     /// (RFC 3264 §5: an answer is owed; RFC 3261 §13.2.1: the ACK is the last chance).
     pub(super) fn on_late_answer(&mut self, now: Instant, ack: &Request) {
         let Some(offered) = self.late_offer.take() else { return };
+        let did_not_answer = |problem: String| {
+            format!("the carrier's ACK did not answer the gateway's offer: {problem}")
+        };
         let checked = if ack.body.is_empty() {
-            Err("no SDP".to_string())
+            Err(did_not_answer("no SDP".to_string()))
         } else {
-            Sdp::parse(&ack.body).map_err(|e| e.to_string()).and_then(|sdp| {
-                codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
-            })
+            Sdp::parse(&ack.body)
+                .map_err(|e| e.to_string())
+                .and_then(|sdp| {
+                    codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
+                })
+                .map_err(did_not_answer)
+                .and_then(|sdp| match self.refused_answer(Call::ORIGIN, &sdp) {
+                    Some(refusal) => Err(format!(
+                        "the carrier's SDP answer in its ACK is refused: {}: {}",
+                        refusal.rule().as_str(),
+                        refusal.text()
+                    )),
+                    None => Ok(sdp),
+                })
         };
         match checked {
             Ok(answer) => {
@@ -139,9 +219,7 @@ impl Call {
                 self.out.push(Action::UpdateRelay(RelayUpdate::Remote { side, remote }));
                 self.media_direction(answer.direction());
             }
-            Err(problem) => {
-                let reason =
-                    format!("the carrier's ACK did not answer the gateway's offer: {problem}");
+            Err(reason) => {
                 tracing::warn!(session = %self.session_id, "{reason}; ending the call");
                 self.hangup_reason = Some(reason);
                 self.hang_up_both(now);
@@ -172,20 +250,46 @@ impl Call {
         self.hang_up_both(now);
     }
 
-    /// A new offer inside the call (re-INVITE, UPDATE) from `from`: the codec policy again,
-    /// the relay told where `from` wants media now, the SDP rewritten to our side of the other
-    /// leg, hold or resume. `Ok(None)`: no SDP, nothing to change.
-    pub(super) fn relay_offer(&mut self, key: &ServerKey, from: LegId, req: &Request) -> SdpResult {
+    /// A new offer inside the call (re-INVITE, UPDATE) from `from`: the `c=` rules when it
+    /// faces a carrier (see the module docs), the codec policy again, the relay told where
+    /// `from` wants media now, the SDP rewritten to our side of the other leg, hold or resume.
+    /// `Ok(None)`: no SDP, nothing to change. `Err`: nothing changed; answer it with
+    /// [`Call::refuse_offer`].
+    pub(super) fn relay_offer(
+        &mut self,
+        key: &ServerKey,
+        from: LegId,
+        req: &Request,
+    ) -> Result<Option<Bytes>, OfferRefused> {
         if req.body.is_empty() || !matches!(self.relay, Relay::Running { .. }) {
             return Ok(None);
         }
-        let mut sdp = Sdp::parse(&req.body).map_err(|e| e.status_code())?;
-        let negotiated =
-            codec::filter_offer(&mut sdp, &self.codecs).map_err(|e| e.status_code())?;
+        let mut sdp = Sdp::parse(&req.body).map_err(|e| OfferRefused::status(e.status_code()))?;
+        if self.faces_carrier(from) {
+            let own = &self.config.own_addresses;
+            if let Some(refusal) = sdp.refused_connection(false, |target| own.contains(target)) {
+                let rule = refusal.rule().as_str();
+                tracing::info!(session = %self.session_id, rule, "a re-offer is refused: {}", refusal.text());
+                let warning = crate::config::refusal::warning(rule, refusal.text());
+                return Err(OfferRefused { status: 488, warning: Some(warning) });
+            }
+        }
+        let negotiated = codec::filter_offer(&mut sdp, &self.codecs)
+            .map_err(|e| OfferRefused::status(e.status_code()))?;
         self.media_direction(sdp.direction());
         self.rewrite_toward(from, &mut sdp);
         self.reoffers.insert(key.clone(), negotiated);
         Ok(Some(sdp.to_bytes().into()))
+    }
+
+    /// The final answer to an offer [`Call::relay_offer`] refused, with its `Warning` if any.
+    pub(super) fn refuse_offer(&mut self, now: Instant, key: &ServerKey, refused: OfferRefused) {
+        let Some(mut out) = self.response_for(key, refused.status) else { return };
+        out.headers.push(name::SERVER, self.config.user_agent.as_str());
+        if let Some(warning) = refused.warning {
+            out.headers.push(name::WARNING, warning);
+        }
+        self.respond(now, key, out);
     }
 
     /// The answer to a relayed offer, coming back from `from`: checked, the relay told, the
@@ -201,6 +305,11 @@ impl Call {
         let mut sdp = Sdp::parse(&resp.body).ok()?;
         if let Err(e) = codec::check_answer(&negotiated, &sdp) {
             tracing::warn!(session = %self.session_id, error = %e, "a re-INVITE answer breaks the codec policy; its SDP is dropped");
+            return None;
+        }
+        if let Some(refusal) = self.refused_answer(from, &sdp) {
+            let rule = refusal.rule().as_str();
+            tracing::warn!(session = %self.session_id, rule, "a re-INVITE answer is refused, its SDP is dropped: {}", refusal.text());
             return None;
         }
         self.rewrite_toward(from, &mut sdp);

@@ -43,6 +43,8 @@ mod tx;
 #[cfg(test)]
 mod dialog_tests;
 #[cfg(test)]
+mod media_tests;
+#[cfg(test)]
 mod script;
 #[cfg(test)]
 mod session_tests;
@@ -59,7 +61,7 @@ use ipnet::IpNet;
 use crate::config::model::Codec;
 use crate::media::codec::{Chosen, Negotiated};
 use crate::media::relay::{Leg as RelaySide, Silent};
-use crate::media::sdp::Sdp;
+use crate::media::sdp::{OwnAddresses, Sdp};
 use crate::observe::metrics::Outcome;
 use crate::sip::msg::{Message, Request};
 use crate::sip::transaction::{ClientKey, ServerKey, Timers};
@@ -111,6 +113,9 @@ pub struct CallConfig {
     /// in-dialog requests from any address in them (the pods behind a Service answer from their
     /// own addresses, not the one we sent to).
     pub agent_networks: Vec<IpNet>,
+    /// The gateway's own media targets, for the `c=` rules on a carrier's re-offers and
+    /// answers (issue 15): SDP pointing the relay there is refused.
+    pub own_addresses: OwnAddresses,
 }
 
 impl Default for CallConfig {
@@ -128,6 +133,7 @@ impl Default for CallConfig {
             timers: Timers::default(),
             linger: LINGER,
             agent_networks: Vec::new(),
+            own_addresses: OwnAddresses::default(),
         }
     }
 }
@@ -254,8 +260,10 @@ pub enum Action {
     PrepareTransfer(TransferRequest),
     /// A bridged transfer's leg needs its own relay ports (a spare beside side B), bound on
     /// `bind`; answer with [`Call::on_media_event`] (`TransferMediaStarted` or
-    /// `TransferMediaFailed`).
-    StartTransferMedia { bind: IpAddr },
+    /// `TransferMediaFailed`). `peer`: the transfer leg's SIP peer, for the spare's source
+    /// guard (a carrier-facing destination is strict as a carrier's side is, with its trunk's
+    /// media allowlist; side B keeps that guard once the spare takes its place).
+    StartTransferMedia { bind: IpAddr, peer: RelayPeer },
     /// Something to count and log.
     Record(Record),
     /// The call is over (once): free its slot and stop the relay. The call stays for

@@ -1127,7 +1127,7 @@ fn bridging_with(
         )
     );
     let bind = more.iter().find_map(|a| match a {
-        Action::StartTransferMedia { bind } => Some(*bind),
+        Action::StartTransferMedia { bind, .. } => Some(*bind),
         _ => None,
     });
     assert_eq!(bind, Some(addr(GATEWAY_A).ip()), "the spare ports face the carrier side");
