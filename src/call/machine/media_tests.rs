@@ -264,38 +264,6 @@ fn a_carriers_early_media_at_a_multicast_group_is_dropped_and_the_call_goes_on()
 const TRANSFER_LEG: LegId = LegId(2);
 const DESTINATION: &str = "192.0.2.30:5060";
 
-/// The leg the driver builds for `pbx` (a Sip destination, on the carrier-facing listener).
-fn transfer_dial(destination: Destination) -> Dial {
-    let uri = "sip:op@pbx.example".to_string();
-    Dial {
-        role: Role::Transfer,
-        dialog: Dialog {
-            call_id: "transfer-call@trunkline".into(),
-            local_tag: "gwt".into(),
-            remote_tag: None,
-            local_uri: NameAddr {
-                display: None,
-                uri: "sip:+12025550123@198.51.100.1".into(),
-                params: vec![],
-            },
-            remote_uri: NameAddr { display: None, uri: uri.clone(), params: vec![] },
-            remote_target: uri,
-            route_set: vec![],
-            local_cseq: 0,
-            target: Target {
-                protocol: Protocol::Udp,
-                zone: Zone::Carrier,
-                remote: addr(GATEWAY_A),
-                connection: None,
-            },
-            local: addr(GATEWAY_A),
-        },
-        destination,
-        headers: vec![],
-        credentials: None,
-    }
-}
-
 /// An answered call whose agent REFERs it to `pbx`; the driver has built the leg.
 fn transfer_dialed(destination: Destination) -> (Script, Request, Vec<Action>) {
     let (mut s, invite, _) = answered_adjusted(with_own);
@@ -303,7 +271,8 @@ fn transfer_dialed(destination: Destination) -> (Script, Request, Vec<Action>) {
     refer.headers.push("Refer-To", "<sip:pbx@x>");
     let actions = s.agent_sends(refer);
     assert!(actions.iter().any(|a| matches!(a, Action::PrepareTransfer(_))));
-    let actions = s.call.on_transfer_dial(s.now, Ok(transfer_dial(destination)));
+    let actions =
+        s.call.on_transfer_dial(s.now, Ok(super::tests::transfer_dial(destination, None)));
     (s, invite, actions)
 }
 

@@ -1051,8 +1051,12 @@ const TRANSFER_LEG: LegId = LegId(2);
 const DESTINATION: &str = "192.0.2.30:5060";
 const SPARE: u16 = 30004;
 
-/// The leg the driver would build for `pbx`: from the carrier-facing address.
-fn transfer_dial(credentials: Option<crate::config::secret::BasicAuth>) -> Dial {
+/// The leg the driver would build for `pbx`: from the carrier-facing address, to
+/// `destination` (also the transcripts of `media_tests`).
+pub(super) fn transfer_dial(
+    destination: Destination,
+    credentials: Option<crate::config::secret::BasicAuth>,
+) -> Dial {
     let uri = "sip:op@pbx.example".to_string();
     Dial {
         role: Role::Transfer,
@@ -1077,7 +1081,7 @@ fn transfer_dial(credentials: Option<crate::config::secret::BasicAuth>) -> Dial 
             },
             local: addr(GATEWAY_A),
         },
-        destination: Destination::Address(addr(DESTINATION)),
+        destination,
         headers: vec![("Diversion".into(), "<sip:+14155550100@198.51.100.1>".into())],
         credentials,
     }
@@ -1120,7 +1124,10 @@ fn bridging_with(
     let (mut s, invite, ok) = answered();
     let mut actions = ask(&mut s, &invite);
     assert_eq!(prepare_requests(&actions).len(), 1, "the driver is asked for the leg");
-    let more = s.call.on_transfer_dial(s.now, Ok(transfer_dial(credentials)));
+    let more = s.call.on_transfer_dial(
+        s.now,
+        Ok(transfer_dial(Destination::Address(addr(DESTINATION)), credentials)),
+    );
     assert!(
         more.iter().any(
             |a| matches!(a, Action::Listen { call_id } if call_id == "transfer-call@trunkline")
