@@ -330,7 +330,7 @@ impl Gateway {
             // A re-INVITE for a dialog we do not have.
             return self.no_dialog(&request, &source);
         }
-        let branch = request.top_via().and_then(|v| v.branch);
+        let branch = request.top_via().and_then(|v| v.branch.as_deref());
         if !branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE)) {
             // RFC 2543 transaction matching is not implemented (sip::transaction::server_key).
             let rule = RefusalRule::NoRfc3261Branch;
@@ -740,7 +740,7 @@ fn auth_failure_of(rule: RefusalRule) -> Option<AuthFailure> {
 /// (RFC 3261 §8.2.6.2), derived from its branch.
 fn stateless_tag(request: &Request) -> String {
     use sha2::{Digest, Sha256};
-    let branch = request.top_via().and_then(|v| v.branch).unwrap_or_default();
+    let branch = request.top_via().and_then(|v| v.branch.as_deref()).unwrap_or_default();
     let digest = Sha256::digest(branch.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

@@ -257,9 +257,9 @@ pub fn options_request(
 
 /// Is `response` the answer to the probe with `ids` (its Via branch and CSeq method)?
 fn answers(response: &Response, ids: &ProbeIds) -> bool {
-    let branch = response.top_via().and_then(|v| v.branch);
+    let branch = response.top_via().and_then(|v| v.branch.as_deref());
     let method = response.cseq().map(|(_, m)| m);
-    branch.as_deref() == Some(ids.branch.as_str()) && method == Some(Method::Options)
+    branch == Some(ids.branch.as_str()) && method == Some(Method::Options)
 }
 
 /// Unregisters a probe's Call-ID when the probe ends, however it ends (a cancelled probe

@@ -30,9 +30,9 @@ pub fn key_of_request(req: &Request) -> Option<ServerKey> {
 
 /// The client-transaction key of a response or of a request we send.
 pub fn key_of_response(resp: &Response) -> Option<ClientKey> {
-    let branch = resp.top_via()?.branch?;
+    let branch = resp.top_via()?.branch.as_deref()?;
     let (_, method) = resp.cseq()?;
-    Some(client_key(&branch, method.as_str()))
+    Some(client_key(branch, method.as_str()))
 }
 
 /// A request we answer.
@@ -206,8 +206,8 @@ impl Call {
         purpose: Purpose,
     ) {
         let target = self.leg(leg).dialog.target;
-        let Some(branch) = request.top_via().and_then(|v| v.branch) else { return };
-        let key = client_key(&branch, request.method.as_str());
+        let Some(branch) = request.top_via().and_then(|v| v.branch.as_deref()) else { return };
+        let key = client_key(branch, request.method.as_str());
         let invite = request.method == Method::Invite;
         let (machine, actions) =
             ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
