@@ -323,6 +323,13 @@ impl CallServices {
     /// Sends without waiting (stateless answers, ACKs).
     pub(super) fn send_detached(&self, target: Target, bytes: Vec<u8>) {
         if let Some(t) = self.transports.get() {
+            let bytes = match t.try_send_now(&target, bytes) {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    return tracing::debug!(remote = %target.remote, error = %e, "send failed");
+                }
+                Err(bytes) => bytes,
+            };
             let t = t.clone();
             tokio::spawn(async move {
                 if let Err(e) = t.send(&target, bytes).await {

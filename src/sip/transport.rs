@@ -42,7 +42,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -494,9 +494,19 @@ struct Connection {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// A bound UDP listener.
+struct UdpListener {
+    zone: Zone,
+    local: SocketAddr,
+    socket: Arc<UdpSocket>,
+}
+
 /// Every socket and connection of the gateway.
 pub struct Transports {
-    udp: Mutex<Vec<(Zone, Arc<UdpSocket>)>>,
+    /// The UDP listeners with the address each is bound to (kept from the bind: a send looks up
+    /// its socket by zone and address family, and asking the kernel each time cost a
+    /// `getsockname` per message). Written only when a listener is added, so a read lock.
+    udp: RwLock<Vec<UdpListener>>,
     connections: Mutex<HashMap<ConnId, Connection>>,
     next_conn: AtomicU64,
     slots: Arc<Slots>,
@@ -522,7 +532,7 @@ type ConnectGate = tokio::sync::Mutex<Option<(tokio::time::Instant, io::ErrorKin
 impl Transports {
     pub fn new(sink: Arc<dyn Sink>, limits: Limits) -> Arc<Transports> {
         Arc::new(Transports {
-            udp: Mutex::new(Vec::new()),
+            udp: RwLock::new(Vec::new()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             slots: Arc::new(Slots {
@@ -599,8 +609,8 @@ impl Transports {
             Transport::Udp => {
                 let socket = Arc::new(UdpSocket::bind(at.addr).await?);
                 let local = socket.local_addr()?;
-                if let Ok(mut udp) = self.udp.lock() {
-                    udp.push((zone, socket.clone()));
+                if let Ok(mut udp) = self.udp.write() {
+                    udp.push(UdpListener { zone, local, socket: socket.clone() });
                 }
                 tokio::spawn(self.clone().udp_loop(socket, zone, local));
                 Ok(local)
@@ -949,6 +959,23 @@ impl Transports {
         }
     }
 
+    /// Sends `bytes` to a UDP target at once if its socket takes it without waiting; gives the
+    /// bytes back otherwise (a stream target, a full socket buffer), for [`Transports::send`].
+    /// Stateless answers go this way: no task per 407.
+    pub fn try_send_now(&self, target: &Target, bytes: Vec<u8>) -> Result<io::Result<()>, Vec<u8>> {
+        if target.protocol != Transport::Udp {
+            return Err(bytes);
+        }
+        let socket = match self.udp_socket(target.zone, target.remote) {
+            Ok(socket) => socket,
+            Err(e) => return Ok(Err(e)),
+        };
+        match socket.try_send_to(&bytes, target.remote) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(bytes),
+            sent => Ok(sent.map(|_| ())),
+        }
+    }
+
     /// A connection to the target's peer: the one another message opened meanwhile, else a
     /// new one (one attempt at a time per peer; a message that waited for an attempt that
     /// failed gets its error).
@@ -996,13 +1023,13 @@ impl Transports {
     }
 
     fn udp_socket(&self, zone: Zone, remote: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-        let udp = self.udp.lock().map_err(|_| io::Error::other("transport lock poisoned"))?;
-        let family_matches =
-            |s: &Arc<UdpSocket>| s.local_addr().is_ok_and(|l| l.is_ipv4() == remote.is_ipv4());
+        let udp = self.udp.read().map_err(|_| io::Error::other("transport lock poisoned"))?;
+        let family_matches = |l: &&UdpListener| l.local.is_ipv4() == remote.is_ipv4();
         udp.iter()
-            .find(|(z, s)| *z == zone && family_matches(s))
-            .or_else(|| udp.iter().find(|(_, s)| family_matches(s)))
-            .map(|(_, s)| s.clone())
+            .filter(family_matches)
+            .find(|l| l.zone == zone)
+            .or_else(|| udp.iter().find(family_matches))
+            .map(|l| l.socket.clone())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no UDP socket to send from"))
     }
 
