@@ -64,6 +64,37 @@ pub struct Gateway {
     guard: Guard,
     /// Rate-limits the refusal log lines.
     log: LogLimiter,
+    /// The front-door workers (started with the sink): they decide new requests.
+    workers: std::sync::OnceLock<Workers>,
+}
+
+/// New requests (no call has their Call-ID) waiting for their decision.
+type WorkQueue = mpsc::Sender<(Request, Source)>;
+
+/// The front door's workers, one per core: the receive loops parse each message and hand
+/// requests with no call to the worker their Call-ID hashes to, which decides them (digest,
+/// routing, the offer, admission, the call's start). The decision of a new INVITE was 34 % of
+/// the instructions of a call and ran on the receive loop, which made one core the ceiling of
+/// the whole gateway (docs/benchmarks.md).
+///
+/// By Call-ID, so the messages of one call that come before it is registered (an INVITE, its
+/// retransmission, a CANCEL) are decided in order by one worker, and the second finds the call
+/// the first started instead of starting another.
+struct Workers {
+    queues: Vec<WorkQueue>,
+    hasher: std::hash::RandomState,
+}
+
+/// Requests one worker may have waiting; past that, new requests are dropped (the peer
+/// retransmits), like datagrams a full socket buffer drops.
+const WORK_QUEUE: usize = 4096;
+
+impl Workers {
+    fn queue(&self, call_id: &str) -> &WorkQueue {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(call_id) % self.queues.len() as u64) as usize;
+        &self.queues[i]
+    }
 }
 
 impl Gateway {
@@ -87,6 +118,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             guard,
             log,
+            workers: std::sync::OnceLock::new(),
         })
     }
 
@@ -219,16 +251,8 @@ impl Gateway {
         self.reply(source, response);
     }
 
+    /// A request no call takes, its source admitted by the guard.
     fn handle_new_request(self: &Arc<Self>, request: Request, source: Source) {
-        let kind = match request.method {
-            Method::Invite => RequestKind::Invite,
-            Method::Options => RequestKind::Options,
-            _ => RequestKind::Other,
-        };
-        // An ACK is never answered: it costs nothing to take.
-        if request.method != Method::Ack && !self.admitted(&source, kind) {
-            return;
-        }
         match request.method {
             Method::Ack => {} // the ACK of a stateless non-2xx answer, or of a call long gone
             Method::Options => {
@@ -745,6 +769,23 @@ fn stateless_tag(request: &Request) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the guard counts a new request as.
+fn request_kind(request: &Request) -> RequestKind {
+    match request.method {
+        Method::Invite => RequestKind::Invite,
+        Method::Options => RequestKind::Options,
+        _ => RequestKind::Other,
+    }
+}
+
+/// One front-door worker: decides the requests of its queue until the gateway is gone.
+async fn work(gateway: std::sync::Weak<Gateway>, mut queue: mpsc::Receiver<(Request, Source)>) {
+    while let Some((request, source)) = queue.recv().await {
+        let Some(gateway) = gateway.upgrade() else { return };
+        gateway.decide(request, source);
+    }
+}
+
 /// The transports' sink: a weak handle, so that the gateway (which owns the transports) can be
 /// dropped.
 struct Front(std::sync::Weak<Gateway>);
@@ -758,9 +799,54 @@ impl Sink for Front {
 }
 
 impl Gateway {
-    /// The sink to build the transports with.
+    /// The sink to build the transports with. Starts the front-door workers: call it inside
+    /// the runtime.
     pub fn sink(self: &Arc<Self>) -> Arc<dyn Sink> {
+        self.workers.get_or_init(|| {
+            let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
+            let queues = (0..n)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(WORK_QUEUE);
+                    tokio::spawn(work(Arc::downgrade(self), rx));
+                    tx
+                })
+                .collect();
+            Workers { queues, hasher: std::hash::RandomState::new() }
+        });
         Arc::new(Front(Arc::downgrade(self)))
+    }
+
+    /// A request whose Call-ID no call has, in its receive loop: to its worker, if it gets an
+    /// answer at all (the per-source guard is asked here, so a flood is dropped before it
+    /// queues).
+    fn to_worker(self: &Arc<Self>, request: Request, source: Source) {
+        // An ACK is never answered: it costs nothing to take.
+        if request.method != Method::Ack && !self.admitted(&source, request_kind(&request)) {
+            return;
+        }
+        let (Some(workers), Some(call_id)) = (self.workers.get(), request.call_id()) else {
+            return self.decide(request, source);
+        };
+        if workers.queue(call_id).try_send((request, source)).is_err() {
+            self.services.metrics.sip_queue_drop("front_door");
+            tracing::debug!("front-door queue full; dropping a request (the peer retransmits)");
+        }
+    }
+
+    /// A worker's turn at a request: to its call if one started meanwhile (an earlier message
+    /// of the same Call-ID, decided just before), else decided.
+    fn decide(self: &Arc<Self>, request: Request, source: Source) {
+        match request.call_id().and_then(|c| self.services.call_for(c)) {
+            Some(tx) => {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    tx.try_send(CallInput::Request(request, source))
+                {
+                    self.services.metrics.sip_queue_drop("call");
+                    tracing::debug!("call queue full; dropping a request (the peer retransmits)");
+                }
+            }
+            None => self.handle_new_request(request, source),
+        }
     }
 
     fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
@@ -790,13 +876,16 @@ impl Gateway {
                 let call = request.call_id().and_then(|c| this.services.call_for(c));
                 match call {
                     Some(tx) => {
-                        if tx.try_send(CallInput::Request(request, source)).is_err() {
+                        if let Err(mpsc::error::TrySendError::Full(_)) =
+                            tx.try_send(CallInput::Request(request, source))
+                        {
+                            this.services.metrics.sip_queue_drop("call");
                             tracing::debug!(
-                                "call queue full or gone; dropping a request (the peer retransmits)"
+                                "call queue full; dropping a request (the peer retransmits)"
                             );
                         }
                     }
-                    None => this.handle_new_request(request, source),
+                    None => this.to_worker(request, source),
                 }
             }
             Ok(Message::Response(response)) => {
@@ -968,7 +1057,7 @@ impl Gateway {
         let media_allowed = route.trunk.media.allowed_addresses.clone();
         let placed = Some(watch.clone());
         let held = Held { permit, active, labels, table, watch: placed, record, media_allowed };
-        tokio::spawn(driver::run(services.clone(), call, first, held, (tx, rx)));
+        tokio::spawn(Box::pin(driver::run(services.clone(), call, first, held, (tx, rx))));
         Ok(watch.view())
     }
 }

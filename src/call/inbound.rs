@@ -97,7 +97,7 @@ pub fn spawn(
     let record = super::record::seed(seed, Some(&contract));
     let media_allowed = route.trunk.media.allowed_addresses.clone();
     let held = Held { permit, active, labels, table, watch: None, record, media_allowed };
-    tokio::spawn(driver::run(gw, call, first, held, channel));
+    tokio::spawn(Box::pin(driver::run(gw, call, first, held, channel)));
 }
 
 /// The call's set-up: pure, from the admitted INVITE and its route.

@@ -26,6 +26,7 @@
 //! | `trunkline_session_records_spool_max_bytes` | gauge | |
 //! | `trunkline_call_setup_seconds` | histogram | `trunk` |
 //! | `trunkline_sip_messages_total` | counter | `transport`, `kind` |
+//! | `trunkline_sip_queue_drops_total` | counter | `queue` (`front_door`: a new request its front-door worker had no room for; `call`: a message its call's queue had no room for) |
 //! | `trunkline_tls_client_failures_total` | counter | `reason` |
 //! | `trunkline_sip_connections_refused_total`, `trunkline_sip_connections_closed_total` | counter | `transport`, `reason` |
 //! | `trunkline_rtp_packets_total`, `trunkline_rtp_bytes_total`, `trunkline_rtp_lost_packets_total` | counter | `trunk`, `leg` |
@@ -365,6 +366,7 @@ pub struct GatewayMetrics {
     spool_max_bytes: IntGauge,
     setup: HistogramVec,
     sip_messages: IntCounterVec,
+    sip_queue_drops: IntCounterVec,
     tls_client_failures: IntCounterVec,
     connections_refused: IntCounterVec,
     connections_closed: IntCounterVec,
@@ -527,6 +529,15 @@ impl GatewayMetrics {
             &["transport", "kind"],
             r,
         )?;
+        let sip_queue_drops = register_int_counter_vec_with_registry!(
+            "trunkline_sip_queue_drops_total",
+            "SIP messages received and dropped because the queue they go to was full (the peer retransmits), by queue (front_door, call).",
+            &["queue"],
+            r,
+        )?;
+        for queue in ["front_door", "call"] {
+            let _ = sip_queue_drops.with_label_values(&[queue]);
+        }
         let config_info = register_int_gauge_vec_with_registry!(
             "trunkline_config_info",
             "The hash of the routing table in use (value 1).",
@@ -607,6 +618,7 @@ impl GatewayMetrics {
             (&spool_max_bytes, P),
             (&setup, H),
             (&sip_messages, P),
+            (&sip_queue_drops, P),
             (&tls_client_failures, P),
             (&connections_refused, P),
             (&connections_closed, P),
@@ -641,6 +653,7 @@ impl GatewayMetrics {
             spool_max_bytes,
             setup,
             sip_messages,
+            sip_queue_drops,
             tls_client_failures,
             connections_refused,
             connections_closed,
@@ -822,6 +835,11 @@ impl GatewayMetrics {
     /// `response` or `malformed` (could not be parsed or failed the message checks).
     pub fn sip_message(&self, transport: &str, kind: &str) {
         self.sip_messages.with_label_values(&[transport, kind]).inc();
+    }
+
+    /// Counts one received message dropped because its queue (`front_door` or `call`) was full.
+    pub fn sip_queue_drop(&self, queue: &'static str) {
+        self.sip_queue_drops.with_label_values(&[queue]).inc();
     }
 
     /// Exports `trunkline_tls_client_failures_total` at 0 for each of `reasons` (every value
