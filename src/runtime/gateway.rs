@@ -465,6 +465,7 @@ pub async fn serve_until(
         options.rtp_ports.1,
         metrics.port_pool(),
     ));
+    let pairs = ports.capacity();
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
     // One media thread per core: each a current-thread runtime with its own epoll.
@@ -557,7 +558,10 @@ pub async fn serve_until(
     let prober = probes::spawn(&gateway, snapshot_rx.clone(), report.clone(), stop.clone());
 
     health.set_ready(true);
-    tracing::info!(rtp_ports = ?options.rtp_ports, "trunkline is serving");
+    tracing::info!(
+        rtp_ports = ?options.rtp_ports, rtp_port_pairs = pairs, calls_at_once = pairs / 2,
+        "trunkline is serving (each call takes two RTP port pairs, a bridged transfer a third while it rings)"
+    );
 
     shutdown.cancelled().await;
     tracing::info!(timeout = ?options.drain_timeout, calls = gateway.active_calls(), "draining: new calls get 503");
