@@ -172,9 +172,8 @@ impl Driver {
         while let Some(action) = queue.pop_front() {
             let more = match action {
                 Action::Send { target, bytes, client, .. } => {
-                    let bytes = bytes.to_vec();
                     let sent = match self.gw.transports.get() {
-                        Some(t) => t.send(&target, bytes).await,
+                        Some(t) => t.send_shared(&target, &bytes).await,
                         None => Err(std::io::Error::other("transports not attached")),
                     };
                     match (sent, client) {

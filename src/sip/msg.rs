@@ -15,6 +15,7 @@
 //!
 //! Callers: the transports (framing), the SIP core (parse, answer, print), the B2BUA (build).
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -136,7 +137,9 @@ pub mod name {
 /// of a call (docs/benchmarks.md, callgrind).
 #[derive(Clone, Default)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    /// Names of the headers the gateway knows are borrowed from [`KNOWN_NAMES`] (no allocation
+    /// for the dozen header names of a common message); others are owned.
+    entries: Vec<(Cow<'static, str>, String)>,
     top_via: OnceLock<Option<Via>>,
 }
 
@@ -179,7 +182,7 @@ impl Headers {
     /// Adds a header after the others.
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
         self.changed(name);
-        self.entries.push((name.to_string(), value.into()));
+        self.entries.push((header_name(name), value.into()));
     }
 
     /// Replaces every value of `name` with one.
@@ -209,7 +212,7 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
     }
 
     /// Copies every value of `name` from `other`, after the headers already here.
@@ -422,8 +425,54 @@ fn looks_like_other_version(line: &str) -> bool {
 }
 
 /// The canonical long form of a header name (compact forms expanded, RFC 3261 §7.3.3).
-fn canonical_name(n: &Name) -> String {
-    n.as_print_str().to_string()
+fn canonical_name(n: &Name) -> Cow<'static, str> {
+    header_name(n.as_print_str())
+}
+
+/// Header names common enough in the messages the gateway sees to be worth not allocating.
+const KNOWN_NAMES: &[&str] = &[
+    name::VIA,
+    name::FROM,
+    name::TO,
+    name::CALL_ID,
+    name::CSEQ,
+    name::CONTACT,
+    name::MAX_FORWARDS,
+    name::CONTENT_LENGTH,
+    name::CONTENT_TYPE,
+    name::RECORD_ROUTE,
+    name::ROUTE,
+    name::USER_AGENT,
+    name::SERVER,
+    name::ALLOW,
+    name::REQUIRE,
+    name::RETRY_AFTER,
+    name::PROXY_AUTHENTICATE,
+    name::PROXY_AUTHORIZATION,
+    name::AUTHORIZATION,
+    name::WWW_AUTHENTICATE,
+    name::WARNING,
+    name::REASON,
+    "Supported",
+    "Session-Expires",
+    "Min-SE",
+    "Accept",
+    "Subject",
+    "Date",
+    "Expires",
+    "Privacy",
+    "P-Asserted-Identity",
+    "Remote-Party-ID",
+    "Diversion",
+    "Unsupported",
+];
+
+/// `name` as stored: one of [`KNOWN_NAMES`] borrowed when it is one (exact spelling), else a copy.
+fn header_name(name: &str) -> Cow<'static, str> {
+    match KNOWN_NAMES.iter().find(|k| **k == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_string()),
+    }
 }
 
 fn frame_body(bytes: &Bytes, head_end: usize, headers: &Headers) -> Result<Bytes, &'static str> {

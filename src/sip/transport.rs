@@ -930,6 +930,18 @@ impl Transports {
         Ok(delivered)
     }
 
+    /// [`Transports::send`] for bytes that are shared (a call's transaction keeps them for
+    /// retransmissions): a UDP datagram goes out without a copy.
+    pub async fn send_shared(self: &Arc<Self>, target: &Target, bytes: &[u8]) -> io::Result<()> {
+        match target.protocol {
+            Transport::Udp => {
+                let socket = self.udp_socket(target.zone, target.remote)?;
+                socket.send_to(bytes, target.remote).await.map(|_| ())
+            }
+            Transport::Tcp | Transport::Tls => self.send(target, bytes.to_vec()).await,
+        }
+    }
+
     /// Sends `bytes` to `target`: UDP from a socket of the target's zone; streams on the given
     /// connection, else on an open connection to the peer, else a new one.
     pub async fn send(self: &Arc<Self>, target: &Target, bytes: Vec<u8>) -> io::Result<()> {
