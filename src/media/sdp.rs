@@ -492,8 +492,14 @@ impl Sdp {
     /// - `s=` becomes `-` and `o=` becomes this leg's origin (see [`LegOrigin`]).
     ///
     /// Filter codecs (`media::codec::filter_offer`) before: the origin version is decided here,
-    /// from the content.
-    pub fn rewrite_for_relay(&mut self, origin: &mut LegOrigin, address: IpAddr, rtp_port: u16) {
+    /// from the content. Gives the description as printed (the origin compares prints, so it
+    /// is printed here anyway: the caller need not print it again).
+    pub fn rewrite_for_relay(
+        &mut self,
+        origin: &mut LegOrigin,
+        address: IpAddr,
+        rtp_port: u16,
+    ) -> Vec<u8> {
         let on_hold =
             self.audio().and_then(|a| a.connection()).is_some_and(|ip| ip.is_unspecified());
         let media_address = match (on_hold, address) {
@@ -543,7 +549,7 @@ impl Sdp {
                 Section::Raw(raw) => raw.reject(),
             }
         }
-        origin.stamp(self, address);
+        origin.stamp(self, address)
     }
 
     /// Sets the audio `m=` formats (a subset of the current ones, in the order to offer them) and
@@ -613,7 +619,8 @@ impl LegOrigin {
         self.version
     }
 
-    fn stamp(&mut self, sdp: &mut Sdp, address: IpAddr) {
+    /// Sets the origin line, with the version moved on if the content changed; gives the print.
+    fn stamp(&mut self, sdp: &mut Sdp, address: IpAddr) -> Vec<u8> {
         sdp.set_origin(self.session_id, self.version, address);
         let mut printed = sdp.to_bytes();
         if let Some(last) = &self.last
@@ -623,7 +630,8 @@ impl LegOrigin {
             sdp.set_origin(self.session_id, self.version, address);
             printed = sdp.to_bytes();
         }
-        self.last = Some(printed);
+        self.last = Some(printed.clone());
+        printed
     }
 }
 

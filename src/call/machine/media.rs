@@ -124,14 +124,15 @@ impl Call {
 
     /// An SDP that came from `from` and goes to its peer: the relay learns `from`'s address
     /// and the SDP gets ours on the peer's side. Without a relay it is left as it is.
-    fn rewrite_toward(&mut self, from: LegId, sdp: &mut Sdp) {
+    /// Gives the SDP as printed for the other leg (printed as it is when there is no relay port).
+    fn rewrite_toward(&mut self, from: LegId, sdp: &mut Sdp) -> Vec<u8> {
         let to = self.peer(from);
         let (_, advertised) = self.media_ip(to);
-        let Some(port) = self.relay.port(self.leg(to).media) else { return };
+        let Some(port) = self.relay.port(self.leg(to).media) else { return sdp.to_bytes() };
         let side = self.leg(from).media;
         self.out
             .push(Action::UpdateRelay(RelayUpdate::Remote { side, remote: sdp.audio_endpoint() }));
-        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port);
+        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port)
     }
 
     /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
@@ -178,12 +179,12 @@ impl Call {
             self.late_offer = Some(codec::Negotiated { formats: chosen.formats.clone() });
         }
         self.chosen = Some(chosen);
-        self.rewrite_toward(leg, &mut answer);
+        let printed = self.rewrite_toward(leg, &mut answer);
         if final_ && !delayed {
             // Answered: media is owed from now on, unless the answer puts the call on hold.
             self.media_direction(answer.direction());
         }
-        Ok(Some(answer.to_bytes().into()))
+        Ok(Some(printed.into()))
     }
 
     /// A delayed offer's answer, in the origin's ACK of our 2xx: checked against what we
@@ -277,9 +278,9 @@ impl Call {
         let negotiated = codec::filter_offer(&mut sdp, &self.codecs)
             .map_err(|e| OfferRefused::status(e.status_code()))?;
         self.media_direction(sdp.direction());
-        self.rewrite_toward(from, &mut sdp);
+        let printed = self.rewrite_toward(from, &mut sdp);
         self.reoffers.insert(key.clone(), negotiated);
-        Ok(Some(sdp.to_bytes().into()))
+        Ok(Some(printed.into()))
     }
 
     /// The final answer to an offer [`Call::relay_offer`] refused, with its `Warning` if any.
@@ -312,8 +313,7 @@ impl Call {
             tracing::warn!(session = %self.session_id, rule, "a re-INVITE answer is refused, its SDP is dropped: {}", refusal.text());
             return None;
         }
-        self.rewrite_toward(from, &mut sdp);
-        Some(sdp.to_bytes().into())
+        Some(self.rewrite_toward(from, &mut sdp).into())
     }
 }
 
