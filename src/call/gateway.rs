@@ -68,18 +68,30 @@ pub struct Gateway {
     workers: std::sync::OnceLock<Workers>,
 }
 
-/// New requests (no call has their Call-ID) waiting for their decision.
-type WorkQueue = mpsc::Sender<(Request, Source)>;
+/// What a front-door worker is given.
+enum Work {
+    /// A datagram whose Call-ID no call has (by a scan of its head), to parse and decide.
+    Datagram(bytes::Bytes, Source),
+    /// A request no call has, parsed on its connection, its source admitted by the guard.
+    Request(Box<Request>, Source),
+}
 
-/// The front door's workers, one per core: the receive loops parse each message and hand
-/// requests with no call to the worker their Call-ID hashes to, which decides them (digest,
-/// routing, the offer, admission, the call's start). The decision of a new INVITE was 34 % of
-/// the instructions of a call and ran on the receive loop, which made one core the ceiling of
-/// the whole gateway (docs/benchmarks.md).
+/// A front-door worker's queue.
+type WorkQueue = mpsc::Sender<Work>;
+
+/// The front door's workers, one per core. A UDP receive loop scans each datagram's head for
+/// its Call-ID (`msg::scan_call_id`): a call's message is parsed there and handed to the call;
+/// any other datagram goes unparsed to the worker its Call-ID hashes to, which parses it, asks
+/// the per-source guard and decides it (digest, routing, the offer, admission, the call's
+/// start). Stream connections parse on their own tasks and hand new requests over the same
+/// way. Parsing and deciding the requests of new calls was 60 % of a call's instructions and ran
+/// on the receive loop, which made one core the ceiling of the whole gateway
+/// (docs/benchmarks.md).
 ///
 /// By Call-ID, so the messages of one call that come before it is registered (an INVITE, its
 /// retransmission, a CANCEL) are decided in order by one worker, and the second finds the call
-/// the first started instead of starting another.
+/// the first started instead of starting another. A datagram with no Call-ID to be found goes
+/// by its source address (a flood of garbage from one address lands on one worker).
 struct Workers {
     queues: Vec<WorkQueue>,
     hasher: std::hash::RandomState,
@@ -90,9 +102,9 @@ struct Workers {
 const WORK_QUEUE: usize = 4096;
 
 impl Workers {
-    fn queue(&self, call_id: &str) -> &WorkQueue {
+    fn queue(&self, key: impl std::hash::Hash) -> &WorkQueue {
         use std::hash::BuildHasher;
-        let i = (self.hasher.hash_one(call_id) % self.queues.len() as u64) as usize;
+        let i = (self.hasher.hash_one(key) % self.queues.len() as u64) as usize;
         &self.queues[i]
     }
 }
@@ -778,12 +790,26 @@ fn request_kind(request: &Request) -> RequestKind {
     }
 }
 
-/// One front-door worker: decides the requests of its queue until the gateway is gone.
-async fn work(gateway: std::sync::Weak<Gateway>, mut queue: mpsc::Receiver<(Request, Source)>) {
-    while let Some((request, source)) = queue.recv().await {
+/// One front-door worker: decides the work of its queue until the gateway is gone.
+async fn work(gateway: std::sync::Weak<Gateway>, mut queue: mpsc::Receiver<Work>) {
+    while let Some(work) = queue.recv().await {
         let Some(gateway) = gateway.upgrade() else { return };
-        gateway.decide(request, source);
+        match work {
+            Work::Datagram(bytes, source) => {
+                let incoming = Incoming { message: msg::parse_bytes(bytes), source };
+                gateway.on_incoming(incoming, Turn::Worker);
+            }
+            Work::Request(request, source) => gateway.decide(*request, source),
+        }
     }
+}
+
+/// Where a message is being handled: a receive loop or connection task hands the requests of
+/// new calls to a worker; a worker decides them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Receiver,
+    Worker,
 }
 
 /// The transports' sink: a weak handle, so that the gateway (which owns the transports) can be
@@ -793,7 +819,13 @@ struct Front(std::sync::Weak<Gateway>);
 impl Sink for Front {
     fn deliver(&self, incoming: Incoming) {
         if let Some(gateway) = self.0.upgrade() {
-            gateway.on_incoming(incoming);
+            gateway.on_incoming(incoming, Turn::Receiver);
+        }
+    }
+
+    fn deliver_datagram(&self, data: &[u8], source: Source) {
+        if let Some(gateway) = self.0.upgrade() {
+            gateway.on_datagram(data, source);
         }
     }
 }
@@ -827,7 +859,11 @@ impl Gateway {
         let (Some(workers), Some(call_id)) = (self.workers.get(), request.call_id()) else {
             return self.decide(request, source);
         };
-        if workers.queue(call_id).try_send((request, source)).is_err() {
+        if workers
+            .queue(call_id.as_bytes())
+            .try_send(Work::Request(Box::new(request), source))
+            .is_err()
+        {
             self.services.metrics.sip_queue_drop("front_door");
             tracing::debug!("front-door queue full; dropping a request (the peer retransmits)");
         }
@@ -849,7 +885,31 @@ impl Gateway {
         }
     }
 
-    fn on_incoming(self: &Arc<Self>, incoming: Incoming) {
+    /// A datagram in its receive loop: parsed here when a call has its Call-ID, else handed
+    /// to a worker unparsed (see [`Workers`]).
+    fn on_datagram(self: &Arc<Self>, data: &[u8], source: Source) {
+        let call_id = msg::scan_call_id(data);
+        let known = call_id
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| self.services.call_for(c));
+        let workers = match (known, self.workers.get()) {
+            (None, Some(workers)) if data.len() <= msg::MAX_MESSAGE_SIZE => workers,
+            _ => {
+                return self
+                    .on_incoming(Incoming { message: msg::parse(data), source }, Turn::Receiver);
+            }
+        };
+        let queue = match call_id {
+            Some(call_id) => workers.queue(call_id),
+            None => workers.queue(source.remote),
+        };
+        if queue.try_send(Work::Datagram(bytes::Bytes::copy_from_slice(data), source)).is_err() {
+            self.services.metrics.sip_queue_drop("front_door");
+            tracing::debug!("front-door queue full; dropping a datagram (the peer retransmits)");
+        }
+    }
+
+    fn on_incoming(self: &Arc<Self>, incoming: Incoming, turn: Turn) {
         let this = self;
         let Incoming { message, source } = incoming;
         let transport = source.protocol.as_str();
@@ -885,7 +945,15 @@ impl Gateway {
                             );
                         }
                     }
-                    None => this.to_worker(request, source),
+                    None if turn == Turn::Receiver => this.to_worker(request, source),
+                    None => {
+                        // An ACK is never answered: it costs nothing to take.
+                        if request.method == Method::Ack
+                            || this.admitted(&source, request_kind(&request))
+                        {
+                            this.handle_new_request(request, source);
+                        }
+                    }
                 }
             }
             Ok(Message::Response(response)) => {

@@ -298,7 +298,14 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     if buf.len() > MAX_MESSAGE_SIZE {
         return Err(ParseError::new(513, "message too large"));
     }
-    let bytes = Bytes::copy_from_slice(buf);
+    parse_bytes(Bytes::copy_from_slice(buf))
+}
+
+/// [`parse`] of bytes already owned (the message keeps slices of them: no copy).
+pub fn parse_bytes(bytes: Bytes) -> Result<Message, ParseError> {
+    if bytes.len() > MAX_MESSAGE_SIZE {
+        return Err(ParseError::new(513, "message too large"));
+    }
     let mut parser = PullParser::new(&bytes, 0);
     let mut start: Option<Start> = None;
     let mut version_error = false;
@@ -561,6 +568,23 @@ fn parse_cseq(v: &str) -> Option<(u32, Method)> {
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// The Call-ID of a message not parsed yet, found by a scan of its head: the value of the
+/// first `Call-ID` (or compact `i`) header line, trimmed. Only a hint, for choosing where a
+/// datagram is parsed (the front door's workers, by Call-ID, so that one call's messages are
+/// handled in order); the parser decides what the message is. `None` when there is none
+/// before the blank line that ends the head.
+pub fn scan_call_id(buf: &[u8]) -> Option<&[u8]> {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf, |end| &buf[..end]);
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
+            return Some(line[colon + 1..].trim_ascii());
+        }
+    }
+    None
 }
 
 /// Splits a header value on the commas between list elements, not those inside quotes or
@@ -1012,6 +1036,32 @@ v=0\n";
             Err(e) => e,
             Ok(m) => panic!("expected a refusal, got {m:?}"),
         }
+    }
+
+    #[test]
+    fn the_call_id_scan_finds_what_the_parser_reads() {
+        let scan = |text: &str| scan_call_id(text.as_bytes()).map(|c| c.to_vec());
+        let id = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(scan(INVITE), id("a84b4c76e66710@pc33.carrier.example"));
+        assert_eq!(
+            scan(INVITE),
+            request(INVITE).call_id().map(|c| c.as_bytes().to_vec()),
+            "the same value as the parser's"
+        );
+        let compact = INVITE.replace("Call-ID: ", "i:  ");
+        assert_eq!(scan(&compact), id("a84b4c76e66710@pc33.carrier.example"));
+        let lower = INVITE.replace("Call-ID:", "call-id :");
+        assert_eq!(scan(&lower), id("a84b4c76e66710@pc33.carrier.example"));
+        // Only the head counts: a Call-ID line in the body is not the message's.
+        let none = INVITE.replace("Call-ID: a84b4c76e66710@pc33.carrier.example\r\n", "");
+        let in_body = format!("{none}i: not-this-one\r\n");
+        assert_eq!(scan(&in_body), None);
+        // A continuation line without a colon does not stop the scan.
+        let folded = INVITE.replace("To: <sip:", "To:\r\n <sip:");
+        assert!(folded.find("\r\n <sip:") < folded.find("Call-ID"));
+        assert_eq!(scan(&folded), id("a84b4c76e66710@pc33.carrier.example"));
+        assert_eq!(scan("garbage"), None);
+        assert_eq!(scan(""), None);
     }
 
     #[test]

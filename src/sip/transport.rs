@@ -398,6 +398,12 @@ pub struct Incoming {
 /// Where transports deliver what they receive.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, incoming: Incoming);
+
+    /// A UDP datagram, not parsed yet: by default parsed here and delivered. A sink may parse
+    /// it elsewhere (the gateway hands those of new calls to its workers).
+    fn deliver_datagram(&self, data: &[u8], source: Source) {
+        self.deliver(Incoming { message: msg::parse(data), source });
+    }
 }
 
 /// TLS server certificate and key, read from files and read again when they change (so a
@@ -653,7 +659,7 @@ impl Transports {
                 continue;
             }
             let source = Source { protocol: Transport::Udp, zone, remote, local, connection: None };
-            self.sink.deliver(Incoming { message: msg::parse(data), source });
+            self.sink.deliver_datagram(data, source);
         }
     }
 
