@@ -341,6 +341,7 @@ fn two_gateways_share_a_trunks_limit_and_one_takes_it_all_when_the_other_leaves(
     refused(b, &mut agent, 4);
 
     // Pod B is no longer Ready: the membership is A alone, and A has the whole limit.
+    let changed = Instant::now();
     api.put(PODS, gateway_pod(GATEWAY_B, false));
     assert!(
         eventually(|| members(&api).is_some_and(|m| m == [GATEWAY_A])),
@@ -350,6 +351,11 @@ fn two_gateways_share_a_trunks_limit_and_one_takes_it_all_when_the_other_leaves(
     assert!(
         eventually(|| sample(a.admin, "trunkline_fleet_members") == Some(1.0)),
         "gateway A did not take the new membership"
+    );
+    // Printed, not asserted (no timed assertions): the propagation figure of docs/fleet-limits.md.
+    eprintln!(
+        "membership change seen by gateway A {} ms after the pod's Ready condition changed",
+        changed.elapsed().as_millis()
     );
     let _call_5 = admitted(a, &mut agent, 5);
     refused(a, &mut agent, 6);
