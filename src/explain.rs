@@ -573,7 +573,10 @@ fn limits_text(limits: &Limits) -> String {
     if parts.is_empty() {
         "none".to_string()
     } else {
-        format!("{} (each gateway counts them as calls come; not evaluated here)", parts.join(", "))
+        format!(
+            "{} (for the whole fleet, each gateway pod its share; counted as calls come, not evaluated here)",
+            parts.join(", ")
+        )
     }
 }
 

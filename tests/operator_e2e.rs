@@ -645,8 +645,10 @@ fn the_leader_applies_the_fleet_writes_trunk_status_credentials_and_the_bundle_a
     assert_eq!(copycat["status"]["numbers"], json!({"accepted": 0, "conflicting": 1}));
     assert_eq!(condition(&cluster.trunk("acme-in"), "Accepted").unwrap()["status"], "True");
 
-    // The bundle: the served trunks' credentials and the nonce key, not the refused trunk's.
-    let served_keys = ["nonce-key", "voice.acme-creds", "voice.beta-in-trunkline-credentials"];
+    // The bundle: the served trunks' credentials, the nonce key and the fleet's membership
+    // (tests/fleet_limits.rs), not the refused trunk's credentials.
+    let served_keys =
+        ["fleet-members", "nonce-key", "voice.acme-creds", "voice.beta-in-trunkline-credentials"];
     cluster.wait_for("the bundle with both served trunks' credentials", || {
         api.get(SECRETS, FLEET_NAMESPACE, BUNDLE).is_some_and(|b| {
             let keys: BTreeSet<&str> =

@@ -123,16 +123,20 @@ impl Codec {
     }
 }
 
-/// Call admission limits of one trunk, enforced by every gateway pod of the fleet.
+/// Call admission limits of one trunk, for the whole gateway fleet: each Ready gateway pod
+/// enforces its share (`trunkline run`, alone, the whole limit).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallLimits {
-    /// Most calls in progress on this trunk at once; the next one gets `503 Service Unavailable`
-    /// with `Retry-After`. Omit for no limit. Example: `100`.
+    /// Most calls in progress on this trunk at once, across the gateway fleet; the next one
+    /// gets `503 Service Unavailable` with `Retry-After`. Each of the N Ready gateway pods admits
+    /// its share, `maxConcurrentCalls / N` rounded down or up so that the shares add up to the
+    /// limit (below N, some pods admit none). Omit for no limit. Example: `100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_concurrent_calls: Option<u32>,
-    /// Most new calls per second on this trunk; the excess gets `503` with `Retry-After`. Omit
+    /// Most new calls per second on this trunk, across the gateway fleet (each Ready gateway pod
+    /// its share, as for `maxConcurrentCalls`); the excess gets `503` with `Retry-After`. Omit
     /// for no limit. Example: `10`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100_000))]

@@ -21,9 +21,36 @@
 //!   refused until enough end.
 //! - A refused call consumes neither a slot nor a token.
 //!
-//! **Each gateway pod enforces the limits alone.** With N replicas behind a load balancer the
-//! fleet admits up to N × the limit unless a trunk's traffic is pinned to one pod; the chart
-//! documents this.
+//! **Fleet-wide limits: each pod enforces its share.** In a cluster the limits are the fleet's,
+//! not each pod's: the operator publishes the names of the gateway pods it sees Ready
+//! (`source::bundle`, key `fleet-members` of the credentials Secret every gateway watches), the
+//! runtime turns them into this pod's [`FleetPosition`] (its index in the sorted list, and the
+//! count) and stores it in the [`FleetShare`] that [`Admission`] reads on every admission. No
+//! shared store and no request per call: a call is admitted on local state only.
+//! - Pod `i` of `N` gets `⌊L/N⌋`, plus one when its rank is below `L mod N`, so the shares of the
+//!   fleet sum to exactly `L` ([`FleetPosition::share`]). The rank is the index rotated by a hash
+//!   of the trunk key (FNV-1a, the same on every pod), so which pods hold the remainder differs
+//!   from trunk to trunk instead of always being the first pods.
+//! - Calls per second likewise: a token bucket refilled at the pod's share of the rate, holding
+//!   up to that share (one second's worth).
+//! - **`L < N`**: `N − L` pods get a share of 0 and refuse every call of that trunk (503); the
+//!   limit is never exceeded. The alternative, a share of at least 1 for everyone, would let the
+//!   fleet admit up to `N` calls for a limit of `L`: a `maxConcurrentCalls` that is not a maximum.
+//!   Refusing below the limit is the error this scheme already has when traffic is uneven, so
+//!   it stays the only one.
+//! - A pod missing from the list (it just started, or the operator has not seen it Ready yet)
+//!   counts itself as one more, index `N` of `N + 1`. No list at all (`trunkline run`, or an
+//!   operator that publishes none) is [`FleetPosition::ALONE`]: the whole limit.
+//! - **Error bound.** Over-admission only while the pods disagree on the list: after a pod
+//!   joins, until every pod has seen the new list (the operator's pod watch plus the gateways'
+//!   Secret watch, normally well under a second), the fleet admits at most `L` plus the
+//!   newcomer's share; after a pod leaves, the calls still up on it (at most its share) are on
+//!   top of the survivors' new shares until they end. Under-admission when traffic is uneven
+//!   across pods: a pod refuses at its share while another has room, so the fleet may refuse
+//!   with fewer than `L` calls up (at worst it admits `min(L, share × pods receiving calls)`).
+//!
+//! When the share changes, a pod with more calls up than its new share refuses new calls until
+//! enough end (as for a lowered limit), and its bucket is clamped to the new share.
 //!
 //! The trunk key must tell trunks apart across kinds: an InboundTrunk and an OutboundTrunk may
 //! share a `namespace/name`, so callers that limit both pass e.g. `inbound:ns/name`. State of a
@@ -31,6 +58,7 @@
 //! invisible, since its bucket is full by then and a new state starts full.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,10 +113,136 @@ impl Refused {
     }
 }
 
+/// Where this pod stands in the fleet the limits are divided over: its index in the sorted
+/// member list and the number of members (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetPosition {
+    index: u32,
+    members: u32,
+}
+
+impl FleetPosition {
+    /// A process alone (`trunkline run`, or no member list published): the whole limits.
+    pub const ALONE: FleetPosition = FleetPosition { index: 0, members: 1 };
+
+    /// Pod `index` of `members`; `None` unless `index < members`.
+    pub fn new(index: u32, members: u32) -> Option<FleetPosition> {
+        (index < members).then_some(FleetPosition { index, members })
+    }
+
+    /// The position of the pod named `me` among `members` (the operator's list: sorted, no
+    /// duplicates; sorted again here all the same). Missing from it: one more, last.
+    pub fn of(me: &str, members: &[String]) -> FleetPosition {
+        let mut sorted: Vec<&str> = members.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match sorted.binary_search(&me) {
+            Ok(i) => FleetPosition { index: count(i), members: count(sorted.len()) },
+            Err(_) => {
+                let members = count(sorted.len()).saturating_add(1);
+                FleetPosition { index: members - 1, members }
+            }
+        }
+    }
+
+    /// This pod's index, from 0.
+    pub fn index(self) -> u32 {
+        self.index
+    }
+
+    /// How many pods the limits are divided over (at least 1).
+    pub fn members(self) -> u32 {
+        self.members
+    }
+
+    /// This pod's share of `limit` on the trunk `trunk`: `⌊limit/N⌋`, plus one when the pod's
+    /// rank (its index rotated by [`trunk_offset`]) is below `limit mod N`. Over the `N`
+    /// positions the shares sum to exactly `limit`.
+    pub fn share(self, limit: u32, trunk: &str) -> u32 {
+        let n = self.members.max(1);
+        if n == 1 {
+            return limit;
+        }
+        let (n64, offset) = (u64::from(n), u64::from(trunk_offset(trunk) % n));
+        // (index - offset) mod n, in 64 bits: no overflow.
+        let rank = (u64::from(self.index) + n64 - offset) % n64;
+        limit / n + u32::from(rank < u64::from(limit % n))
+    }
+
+    /// `limits` with each call limit cut to this pod's share (the call duration is not shared).
+    pub fn limits(self, limits: Limits, trunk: &str) -> Limits {
+        Limits {
+            max_concurrent_calls: limits.max_concurrent_calls.map(|l| self.share(l, trunk)),
+            max_calls_per_second: limits.max_calls_per_second.map(|l| self.share(l, trunk)),
+            ..limits
+        }
+    }
+}
+
+impl Default for FleetPosition {
+    fn default() -> Self {
+        FleetPosition::ALONE
+    }
+}
+
+impl std::fmt::Display for FleetPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {}", self.index, self.members)
+    }
+}
+
+/// Which pod of the fleet takes the first remainder slot of `trunk`: FNV-1a (64-bit) of the
+/// trunk key, so every pod of the fleet, whatever its build, computes the same.
+pub fn trunk_offset(trunk: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in trunk.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Folded to 32 bits; truncation is the intent.
+    (hash ^ (hash >> 32)) as u32
+}
+
+/// This pod's [`FleetPosition`], shared between whoever learns the membership (the runtime,
+/// from the spec source) and the [`Admission`] that reads it on every call. One atomic word:
+/// a call never waits for a membership change.
+#[derive(Debug)]
+pub struct FleetShare(AtomicU64);
+
+impl FleetShare {
+    pub fn new(position: FleetPosition) -> Arc<FleetShare> {
+        Arc::new(FleetShare(AtomicU64::new(pack(position))))
+    }
+
+    pub fn set(&self, position: FleetPosition) {
+        self.0.store(pack(position), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> FleetPosition {
+        let word = self.0.load(Ordering::Relaxed);
+        // Only `pack` writes the word: the halves are a valid position.
+        let (index, members) = ((word >> 32) as u32, word as u32);
+        FleetPosition::new(index, members).unwrap_or(FleetPosition::ALONE)
+    }
+}
+
+impl Default for FleetShare {
+    fn default() -> Self {
+        FleetShare(AtomicU64::new(pack(FleetPosition::ALONE)))
+    }
+}
+
+fn pack(position: FleetPosition) -> u64 {
+    (u64::from(position.index) << 32) | u64::from(position.members)
+}
+
 /// Admission state of every trunk seen recently, shared by all call tasks of the gateway.
 #[derive(Debug, Default)]
 pub struct Admission {
     inner: Mutex<Inner>,
+    /// This pod's place in the fleet: the limits of each call are cut to its share.
+    fleet: Arc<FleetShare>,
 }
 
 #[derive(Debug, Default)]
@@ -153,19 +307,27 @@ fn whole_seconds(d: Duration) -> Duration {
 }
 
 impl Admission {
+    /// Admission for a process alone: the whole limits.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    /// Tries to admit a call on `trunk` under `limits` at `now` (monotonic; passed in so tests
-    /// drive time by hand). Concurrency is checked first, then the rate; a refused call changes
-    /// neither.
+    /// Admission for a pod of a fleet: the limits cut to the share `fleet` says, read on every
+    /// call (so a membership change applies to the next call).
+    pub fn with_fleet(fleet: Arc<FleetShare>) -> Arc<Self> {
+        Arc::new(Admission { inner: Mutex::default(), fleet })
+    }
+
+    /// Tries to admit a call on `trunk` under `limits` (the trunk's, for the whole fleet: cut
+    /// here to this pod's share) at `now` (monotonic; passed in so tests drive time by hand).
+    /// Concurrency is checked first, then the rate; a refused call changes neither.
     pub fn try_admit(
         self: &Arc<Self>,
         trunk: &str,
         limits: Limits,
         now: Instant,
     ) -> Result<CallPermit, Refused> {
+        let limits = self.fleet.get().limits(limits, trunk);
         let mut inner = self.lock();
         inner.prune(now);
         let key: Arc<str> = match inner.trunks.get_key_value(trunk) {
@@ -448,6 +610,154 @@ mod tests {
         assert_eq!(a.active_calls("ns/busy"), 1);
         drop(held);
         assert_eq!(a.active_calls("ns/busy"), 0);
+    }
+
+    fn members(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pods_position_is_its_place_in_the_sorted_list_and_a_missing_pod_is_one_more() {
+        let fleet = members(&["gw-c", "gw-a", "gw-b"]);
+        assert_eq!(FleetPosition::of("gw-a", &fleet), FleetPosition::new(0, 3).unwrap());
+        assert_eq!(FleetPosition::of("gw-c", &fleet), FleetPosition::new(2, 3).unwrap());
+        let newcomer = FleetPosition::of("gw-d", &fleet);
+        assert_eq!((newcomer.index(), newcomer.members()), (3, 4));
+        assert_eq!(FleetPosition::of("gw-a", &[]), FleetPosition::ALONE);
+        assert_eq!(FleetPosition::of("gw-a", &members(&["gw-a", "gw-a"])), FleetPosition::ALONE);
+        assert_eq!(FleetPosition::new(2, 2), None);
+        assert_eq!(FleetPosition::new(0, 0), None);
+    }
+
+    #[test]
+    fn alone_a_pod_has_the_whole_limit() {
+        for limit in [0, 1, 7, u32::MAX] {
+            assert_eq!(FleetPosition::ALONE.share(limit, T), limit);
+        }
+    }
+
+    #[test]
+    fn two_pods_share_a_limit_of_two_one_each_and_of_three_two_and_one() {
+        let [a, b] = [0, 1].map(|i| FleetPosition::new(i, 2).unwrap());
+        assert_eq!((a.share(2, T), b.share(2, T)), (1, 1));
+        let mut three = [a.share(3, T), b.share(3, T)];
+        three.sort_unstable();
+        assert_eq!(three, [1, 2]);
+    }
+
+    #[test]
+    fn with_fewer_calls_than_pods_some_pods_get_none_and_which_depends_on_the_trunk() {
+        let fleet: Vec<FleetPosition> = (0..5).map(|i| FleetPosition::new(i, 5).unwrap()).collect();
+        let holders = |trunk: &str| -> Vec<u32> {
+            fleet.iter().filter(|p| p.share(2, trunk) > 0).map(|p| p.index()).collect()
+        };
+        assert_eq!(holders("inbound:voice/acme").len(), 2);
+        assert!(fleet.iter().all(|p| p.share(2, "inbound:voice/acme") <= 1));
+        // Not always the first pods: over many trunks, every pod holds some slot.
+        let mut held = std::collections::BTreeSet::new();
+        for n in 0..50 {
+            held.extend(holders(&format!("inbound:voice/trunk-{n}")));
+        }
+        assert_eq!(held.len(), 5, "{held:?}");
+    }
+
+    #[test]
+    fn the_trunk_offset_is_fnv1a_so_every_build_agrees() {
+        // FNV-1a 64 of "" and "a" (published test vectors), folded to 32 bits.
+        let fold = |h: u64| (h ^ (h >> 32)) as u32;
+        assert_eq!(trunk_offset(""), fold(0xcbf2_9ce4_8422_2325));
+        assert_eq!(trunk_offset("a"), fold(0xaf63_dc4c_8601_ec8c));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shares_of_a_fleet_sum_to_the_limit(
+            limit in 0u32..5000,
+            n in 1u32..=50,
+            trunk in "[a-z:/-]{0,30}",
+        ) {
+            let shares: Vec<u32> =
+                (0..n).map(|i| FleetPosition::new(i, n).unwrap().share(limit, &trunk)).collect();
+            proptest::prop_assert_eq!(shares.iter().map(|s| u64::from(*s)).sum::<u64>(), u64::from(limit));
+            let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            proptest::prop_assert!(max - min <= 1, "{:?}", shares);
+        }
+    }
+
+    #[test]
+    fn every_limit_up_to_50_over_every_fleet_up_to_50_sums_exactly() {
+        for trunk in ["", "inbound:voice/acme-in", "outbound:voice/carrier-out"] {
+            for n in 1u32..=50 {
+                for limit in 0u32..=50 {
+                    let sum: u32 =
+                        (0..n).map(|i| FleetPosition::new(i, n).unwrap().share(limit, trunk)).sum();
+                    assert_eq!(sum, limit, "limit {limit} over {n} pods, trunk {trunk:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_of_two_admits_its_share_and_the_whole_limit_once_alone() {
+        let share = FleetShare::new(FleetPosition::new(0, 2).unwrap());
+        let a = Admission::with_fleet(share.clone());
+        let t0 = Instant::now();
+        let _first = a.try_admit(T, concurrent(2), t0).expect("its one slot");
+        let refused = a.try_admit(T, concurrent(2), t0).expect_err("its share is one");
+        assert_eq!(refused.limit, LimitKind::ConcurrentCalls);
+        assert_eq!(refused.retry_after, CONCURRENCY_RETRY_AFTER);
+
+        // The other pod left: this one has the whole limit from the next call on.
+        share.set(FleetPosition::ALONE);
+        let _second = a.try_admit(T, concurrent(2), t0).expect("the whole limit");
+        assert!(a.try_admit(T, concurrent(2), t0).is_err());
+        assert_eq!(a.active_calls(T), 2);
+
+        // A third pod joined: 2 up, share now 1 (or 0): refused until calls end.
+        share.set(FleetPosition::new(0, 3).unwrap());
+        assert!(a.try_admit(T, concurrent(2), t0).is_err());
+    }
+
+    #[test]
+    fn the_rate_is_shared_too_with_a_burst_of_the_share() {
+        let share = FleetShare::new(FleetPosition::new(1, 2).unwrap());
+        let a = Admission::with_fleet(share);
+        let t0 = Instant::now();
+        let mut admitted = 0;
+        while a.try_admit("ns/r", per_second(10), t0).is_ok() {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 5, "half of 10 per second");
+        // Refilled at 5 per second: one token after 200 ms.
+        assert!(a.try_admit("ns/r", per_second(10), t0 + ms(199)).is_err());
+        let _p = a.try_admit("ns/r", per_second(10), t0 + ms(200)).expect("one token");
+    }
+
+    #[test]
+    fn a_pod_with_a_share_of_zero_refuses_every_call_with_retry_after() {
+        let fleet: Vec<FleetPosition> = (0..3).map(|i| FleetPosition::new(i, 3).unwrap()).collect();
+        let idle = fleet.iter().find(|p| p.share(1, T) == 0).expect("two of three hold none");
+        let a = Admission::with_fleet(FleetShare::new(*idle));
+        let t0 = Instant::now();
+        let refused = a.try_admit(T, concurrent(1), t0).expect_err("share 0");
+        assert_eq!(refused.limit, LimitKind::ConcurrentCalls);
+        let rate = a.try_admit(T, per_second(1), t0).expect_err("share 0");
+        assert_eq!(
+            (rate.limit, rate.retry_after),
+            (LimitKind::CallsPerSecond, CONCURRENCY_RETRY_AFTER)
+        );
+        // Unlimited trunks are not touched by the fleet.
+        let _p = a.try_admit(T, Limits::default(), t0).expect("no limit");
+    }
+
+    #[test]
+    fn the_shared_position_reads_back_what_was_set() {
+        let share = FleetShare::default();
+        assert_eq!(share.get(), FleetPosition::ALONE);
+        let p = FleetPosition::new(41, 50).unwrap();
+        share.set(p);
+        assert_eq!(share.get(), p);
+        assert_eq!(p.to_string(), "41 of 50");
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     pub guard: super::guard::GuardSettings,
     /// At most one refusal log line per reason per this interval (`--refusal-log-interval`).
     pub refusal_log_interval: Duration,
+    /// This pod's place in the fleet, which the trunks' limits are divided over
+    /// (`call::limits`); the runtime keeps it current. Default: alone, the whole limits.
+    pub fleet: Arc<super::limits::FleetShare>,
 }
 
 impl Default for GatewayConfig {
@@ -83,6 +86,7 @@ impl Default for GatewayConfig {
             outbox: None,
             guard: super::guard::GuardSettings::default(),
             refusal_log_interval: Duration::from_secs(10),
+            fleet: Arc::default(),
         }
     }
 }
@@ -140,6 +144,7 @@ impl CallServices {
         metrics: Arc<GatewayMetrics>,
         ports: Arc<PortAllocator>,
     ) -> Arc<CallServices> {
+        let admission = super::limits::Admission::with_fleet(config.fleet.clone());
         let call_config = CallConfig {
             user_agent: config.user_agent.clone(),
             ring_timeout: config.agent_timeout,
@@ -165,7 +170,7 @@ impl CallServices {
             records_in_flight: Arc::new(AtomicUsize::new(0)),
             resolver: Resolver::system(),
             placed: Default::default(),
-            admission: super::limits::Admission::new(),
+            admission,
         })
     }
 

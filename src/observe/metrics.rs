@@ -40,6 +40,7 @@
 //! | `trunkline_config_applied_timestamp_seconds` | gauge | |
 //! | `trunkline_outbound_reachable` | gauge (1/0) | `trunk` |
 //! | `trunkline_build_info` | gauge (always 1) | `version` |
+//! | `trunkline_fleet_members`, `trunkline_fleet_member_index` | gauge | |
 //!
 //! [`GatewayMetrics::metric_names`] lists every series name the gateway can export (a vec with no
 //! child yet included), so that alert rules and dashboards can be checked against it in tests.
@@ -376,6 +377,8 @@ pub struct GatewayMetrics {
     config_trunks: IntGauge,
     config_numbers: IntGauge,
     config_applied: Gauge,
+    fleet_members: IntGauge,
+    fleet_member_index: IntGauge,
     reload_ok: IntCounter,
     reload_rejected: IntCounter,
     outbound_reachable: IntGaugeVec,
@@ -559,6 +562,16 @@ impl GatewayMetrics {
             "When the routing table in use was swapped in (Unix time): at the start, then at each reload that changed it.",
             r,
         )?;
+        let fleet_members = register_int_gauge_with_registry!(
+            "trunkline_fleet_members",
+            "Gateway pods each trunk's maxConcurrentCalls and maxCallsPerSecond are divided over (this pod's share is about 1/N of each limit); 1 for `trunkline run` or without a membership from the operator.",
+            r,
+        )?;
+        let fleet_member_index = register_int_gauge_with_registry!(
+            "trunkline_fleet_member_index",
+            "This pod's index (from 0) in the fleet's sorted membership; equal to trunkline_fleet_members - 1 when the operator does not list it yet.",
+            r,
+        )?;
         let tls_client_failures = register_int_counter_vec_with_registry!(
             "trunkline_tls_client_failures_total",
             "TLS handshakes with carriers and agent runtimes that failed, by reason.",
@@ -626,6 +639,8 @@ impl GatewayMetrics {
             (&config_trunks, P),
             (&config_numbers, P),
             (&config_applied, P),
+            (&fleet_members, P),
+            (&fleet_member_index, P),
             (&reloads, P),
             (&outbound_reachable, P),
         ]);
@@ -662,6 +677,8 @@ impl GatewayMetrics {
             config_trunks,
             config_numbers,
             config_applied,
+            fleet_members,
+            fleet_member_index,
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_rejected: reloads.with_label_values(&["rejected"]),
             outbound_reachable,
@@ -879,6 +896,12 @@ impl GatewayMetrics {
     /// (`sip::transport::CloseReason::as_str`).
     pub fn sip_connection_closed(&self, transport: &str, reason: &str) {
         self.connections_closed.with_label_values(&[transport, reason]).inc();
+    }
+
+    /// Publishes this pod's place in the fleet the trunks' limits are divided over.
+    pub fn set_fleet(&self, index: u32, members: u32) {
+        self.fleet_members.set(i64::from(members));
+        self.fleet_member_index.set(i64::from(index));
     }
 
     /// Publishes the routing table in use: `trunkline_config_info{hash}` = 1 with the previous

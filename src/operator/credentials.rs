@@ -14,7 +14,10 @@
 //! applied with server-side apply only when its data differs from what this process last applied.
 //! The digest nonce key inside it is read once from the existing bundle Secret and generated
 //! (32 random bytes) only when that Secret is absent or holds no valid key, so a restart of the
-//! operator never invalidates the nonces the gateways issued.
+//! operator never invalidates the nonces the gateways issued. The bundle also carries the fleet's
+//! membership (`bundle::FLEET_MEMBERS_KEY`: the Ready gateway pods, which the gateways divide
+//! the trunks' limits by): [`BundleWriter::set_members`] keeps it, every apply writes it, and
+//! [`BundleWriter::write_again`] applies it alone when only the membership changed (no compile).
 //!
 //! **The call API's token** ([`render_api_token_secret`], [`create_api_token_secret`]): with
 //! `api.enabled` and no `api.tokenSecret`, an `Opaque` Secret `<fleet>-api-token` in the fleet's
@@ -44,7 +47,9 @@ use crate::api::InboundTrunk;
 use crate::config::secret::{BASIC_AUTH_TYPE, generated_credentials_secret_name};
 use crate::config::specs::DEFAULT_NAMESPACE;
 use crate::config::{Compiled, Specs};
-use crate::source::bundle::{NONCE_KEY_LEN, read_bundle, render_bundle};
+use crate::source::bundle::{
+    FLEET_MEMBERS_KEY, NONCE_KEY_LEN, read_bundle, render_bundle, render_fleet_members,
+};
 use crate::source::credentials::{TRUNK_ANNOTATION, generate_password, generate_username};
 
 /// `app.kubernetes.io/managed-by`.
@@ -285,6 +290,10 @@ pub struct BundleWriter {
     owner: Option<String>,
     owner_reference: Option<OwnerReference>,
     nonce_key: Option<[u8; NONCE_KEY_LEN]>,
+    /// The bundle of the last compile, without the membership; `None` until the first apply.
+    rendered: Option<Secret>,
+    /// The fleet's Ready gateway pods, sorted; `None` until the first [`BundleWriter::set_members`].
+    members: Option<Vec<String>>,
     /// The data this process last applied; `None` until the first apply.
     applied: Option<BTreeMap<String, ByteString>>,
 }
@@ -300,8 +309,22 @@ impl BundleWriter {
             owner: owner.map(str::to_string),
             owner_reference: None,
             nonce_key: None,
+            rendered: None,
+            members: None,
             applied: None,
         }
+    }
+
+    /// Sets the fleet's membership written with the next apply: the names of the Ready gateway
+    /// pods (sorted here). `true` when it differs from the one set before.
+    pub fn set_members(&mut self, mut members: Vec<String>) -> bool {
+        members.sort_unstable();
+        members.dedup();
+        if self.members.as_ref() == Some(&members) {
+            return false;
+        }
+        self.members = Some(members);
+        true
     }
 
     /// Forgets what was applied, so the next [`BundleWriter::apply`] writes again (the Secret
@@ -354,8 +377,8 @@ impl BundleWriter {
         Ok(key)
     }
 
-    /// Renders the bundle from this compile and applies it (server-side apply, forced, under
-    /// [`FIELD_MANAGER`]) when its data differs from what was last applied.
+    /// Renders the bundle from this compile and applies it, with the membership, (server-side
+    /// apply, forced, under [`FIELD_MANAGER`]) when its data differs from what was last applied.
     pub async fn apply(
         &mut self,
         client: &Client,
@@ -363,7 +386,25 @@ impl BundleWriter {
         compiled: &Compiled,
     ) -> Result<BundleOutcome, CredentialsError> {
         let key = self.nonce_key(client).await?;
-        let mut secret = render_gateway_bundle(specs, compiled, &key, &self.namespace, &self.name);
+        self.rendered =
+            Some(render_gateway_bundle(specs, compiled, &key, &self.namespace, &self.name));
+        self.write_again(client).await
+    }
+
+    /// Applies the last compile's bundle with the current membership, when that differs from
+    /// what was last applied (a membership change: nothing to compile). Before the first
+    /// [`BundleWriter::apply`] there is nothing to write: that apply will carry the membership.
+    pub async fn write_again(
+        &mut self,
+        client: &Client,
+    ) -> Result<BundleOutcome, CredentialsError> {
+        let Some(mut secret) = self.rendered.clone() else { return Ok(BundleOutcome::Unchanged) };
+        if let Some(members) = &self.members {
+            secret
+                .data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(FLEET_MEMBERS_KEY.to_string(), render_fleet_members(members));
+        }
         if self.applied.is_some() && self.applied == secret.data {
             return Ok(BundleOutcome::Unchanged);
         }

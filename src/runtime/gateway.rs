@@ -20,6 +20,12 @@
 //!   The admin endpoints come up first, with `/readyz` not ready until the first config; the
 //!   listeners open once it is there. With `--public-address-node`, the node's address is read
 //!   first (`source::node`) and advertised as `--public-address` would be.
+//!
+//! **Fleet-wide limits.** With the Kubernetes source, the fleet's membership that the bundle
+//! carries (`source::kube::Running::members`) becomes this pod's `call::limits::FleetPosition`
+//! (its name is `POD_NAME`, else `HOSTNAME`), stored in the `FleetShare` the admission of every
+//! call reads, before the listeners open and on every change after; `trunkline_fleet_members`
+//! and `trunkline_fleet_member_index` show it. `run` is alone: the whole limits.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -32,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::agent_auth::{AgentCredentials, AgentCredentialsError};
 use crate::call::gateway::Gateway;
 use crate::call::health as probes;
+use crate::call::limits::{FleetPosition, FleetShare};
 use crate::call::services::{GatewayConfig, Listener};
 use crate::config::CompileOptions;
 use crate::config::Snapshot;
@@ -44,7 +51,7 @@ use crate::sip::digest::{DigestServer, NonceKey};
 use crate::sip::tls_client::{TlsClient, TlsClientError, TlsFailure};
 use crate::sip::transport::{self, ListenAddr, Protocol, TlsFiles, Transports, Zone};
 use crate::source::credentials::StateDir;
-use crate::source::kube::{KubeSource, KubeSourceOptions, SourceError};
+use crate::source::kube::{KubeSource, KubeSourceOptions, Members, SourceError};
 use crate::source::node::{NodeAddressError, Retry, fetch_node_public_address};
 use crate::source::watch::{FolderSource, ReloadObserver, WatchError};
 
@@ -197,6 +204,8 @@ struct FirstConfig {
     nonce_key: [u8; 32],
     /// Publishes later snapshots until it is stopped or aborted.
     source_task: SourceTask,
+    /// The fleet's membership (the Kubernetes source only; `run` is alone).
+    members: Option<watch::Receiver<Members>>,
 }
 
 enum SourceTask {
@@ -312,6 +321,7 @@ pub async fn serve_until(
             let first = FirstConfig {
                 snapshots: ready.snapshots,
                 nonce_key: ready.nonce_key,
+                members: Some(running.members()),
                 source_task: SourceTask::Kube(running),
             };
             (first, Some(admin_task))
@@ -434,7 +444,27 @@ pub async fn serve_until(
             Some(outbox)
         }
     };
+    // This pod's share of the trunks' limits, current before the first call (module docs).
+    let fleet = Arc::new(FleetShare::default());
+    let members_task = match first.members.clone() {
+        None => {
+            metrics.set_fleet(FleetPosition::ALONE.index(), FleetPosition::ALONE.members());
+            None
+        }
+        Some(mut rx) => {
+            let current = rx.borrow_and_update().clone();
+            take_members(&fleet, &metrics, &gateway_name, current.as_deref());
+            let (fleet, metrics, name) = (fleet.clone(), metrics.clone(), gateway_name.clone());
+            Some(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let members = rx.borrow_and_update().clone();
+                    take_members(&fleet, &metrics, &name, members.as_deref());
+                }
+            }))
+        }
+    };
     let config = GatewayConfig {
+        fleet,
         records,
         outbox,
         gateway_name,
@@ -601,7 +631,32 @@ pub async fn serve_until(
     let _ = tokio::time::timeout(Duration::from_secs(2), prober).await;
     first.source_task.abort();
     metrics_task.abort();
+    if let Some(task) = members_task {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Where the pod `name` stands among `members` (`None`: no membership published, alone), into
+/// the admission's share and the metrics.
+fn take_members(
+    fleet: &FleetShare,
+    metrics: &GatewayMetrics,
+    name: &str,
+    members: Option<&[String]>,
+) {
+    let position = members.map_or(FleetPosition::ALONE, |m| FleetPosition::of(name, m));
+    if fleet.get() != position {
+        tracing::info!(
+            pod = name,
+            index = position.index(),
+            members = position.members(),
+            "fleet position {position}: each trunk's limits are divided over {} gateway pods",
+            position.members()
+        );
+    }
+    fleet.set(position);
+    metrics.set_fleet(position.index(), position.members());
 }
 
 /// Loads the folder (an error when it cannot be served) and starts its watch.
@@ -626,7 +681,7 @@ fn load_folder(
     let first = source.load()?;
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first.snapshot));
     let task = tokio::spawn(source.watch(snapshot_tx, stop.clone().cancelled_owned()));
-    Ok(FirstConfig { snapshots, nonce_key, source_task: SourceTask::Folder(task) })
+    Ok(FirstConfig { snapshots, nonce_key, source_task: SourceTask::Folder(task), members: None })
 }
 
 /// What carriers should point at, as printed next to generated credentials.

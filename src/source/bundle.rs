@@ -8,6 +8,13 @@
 //! generates once and keeps): nonces are stateless HMACs, and every replica must share the key
 //! so that a challenge from one pod is answered on another.
 //!
+//! It also carries the fleet's membership under [`FLEET_MEMBERS_KEY`]: the sorted names of the
+//! gateway pods the operator sees Ready, `{"members": ["gw-0", "gw-1"]}`. Each gateway divides
+//! the trunks' limits by it (`call::limits`); it is not secret, but every gateway already
+//! watches this one object, so it needs no new watch or RBAC. The operator rewrites it only
+//! when the set changes, and a gateway takes a change of it without compiling anything
+//! ([`read_fleet_members`]).
+//!
 //! Format: type `Opaque`; one data key per referenced Secret, `<namespace>.<name>` (a namespace
 //! is a DNS label and holds no dot, so the first dot splits the key), whose value is the JSON
 //! object `{"username": "...", "password": "..."}`. Only Secrets referenced by objects that
@@ -34,6 +41,53 @@ pub const NONCE_KEY: &str = "nonce-key";
 
 /// Length of the nonce key, in bytes.
 pub const NONCE_KEY_LEN: usize = 32;
+
+/// The data key of the fleet's membership (no dot: it cannot be a Secret's key, where
+/// `fleet.json` would be Secret `json` of namespace `fleet`).
+pub const FLEET_MEMBERS_KEY: &str = "fleet-members";
+
+/// The value under [`FLEET_MEMBERS_KEY`].
+#[derive(Debug, Deserialize, serde::Serialize)]
+struct FleetMembers {
+    members: Vec<String>,
+}
+
+/// The value of [`FLEET_MEMBERS_KEY`] for these pod names (sorted and deduplicated here).
+pub fn render_fleet_members(members: &[String]) -> ByteString {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    members.dedup();
+    let value = serde_json::to_vec(&FleetMembers { members }).unwrap_or_default();
+    ByteString(value)
+}
+
+/// What the bundle says of the fleet's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// No [`FLEET_MEMBERS_KEY`] (an operator that publishes none): each gateway has the whole
+    /// limits.
+    Unknown,
+    /// The names of the Ready gateway pods, sorted.
+    Members(Vec<String>),
+    /// A value that does not parse (or names an empty pod); never quoted.
+    Unreadable,
+}
+
+/// The fleet's membership in a bundle Secret, without reading anything else of it.
+pub fn read_fleet_members(secret: &Secret) -> Membership {
+    let Some(value) = secret.data.as_ref().and_then(|d| d.get(FLEET_MEMBERS_KEY)) else {
+        return Membership::Unknown;
+    };
+    match serde_json::from_slice::<FleetMembers>(&value.0) {
+        Ok(f) if f.members.iter().all(|m| !m.is_empty()) => {
+            let mut members = f.members;
+            members.sort_unstable();
+            members.dedup();
+            Membership::Members(members)
+        }
+        _ => Membership::Unreadable,
+    }
+}
 
 /// What a gateway reads from the bundle.
 #[derive(Debug, Default)]
@@ -144,6 +198,10 @@ pub fn read_bundle(secret: &Secret) -> Bundle {
         return Bundle::default();
     };
     for (key, value) in data {
+        if key == FLEET_MEMBERS_KEY {
+            // Not a credential: read by `read_fleet_members`.
+            continue;
+        }
         if key == NONCE_KEY {
             match <[u8; NONCE_KEY_LEN]>::try_from(value.0.as_slice()) {
                 Ok(k) => nonce_key = Some(k),
@@ -265,6 +323,33 @@ stringData: {username: someone, password: s3cret-unrelated}
         let text =
             String::from_utf8(value.clone().map(|v| v.0).unwrap_or_default()).unwrap_or_default();
         assert!(text.contains("good-user") && text.contains("s3cret-good"));
+    }
+
+    #[test]
+    fn the_fleet_members_read_back_sorted_and_are_no_credential() {
+        let names = vec!["gw-b".to_string(), "gw-a".to_string(), "gw-b".to_string()];
+        let mut data = BTreeMap::new();
+        data.insert(FLEET_MEMBERS_KEY.to_string(), render_fleet_members(&names));
+        data.insert(NONCE_KEY.to_string(), ByteString(vec![3; NONCE_KEY_LEN]));
+        let secret = Secret { data: Some(data), ..Secret::default() };
+        assert_eq!(
+            read_fleet_members(&secret),
+            Membership::Members(vec!["gw-a".into(), "gw-b".into()])
+        );
+        let read = read_bundle(&secret);
+        assert!(read.bad_keys.is_empty(), "{:?}", read.bad_keys);
+        assert!(read.secrets.is_empty());
+        assert_eq!(
+            String::from_utf8(render_fleet_members(&names).0).unwrap(),
+            r#"{"members":["gw-a","gw-b"]}"#
+        );
+
+        assert_eq!(read_fleet_members(&Secret::default()), Membership::Unknown);
+        for bad in [&b"not json"[..], br#"{"members": "gw-a"}"#, br#"{"members": [""]}"#] {
+            let data = BTreeMap::from([(FLEET_MEMBERS_KEY.to_string(), ByteString(bad.to_vec()))]);
+            let secret = Secret { data: Some(data), ..Secret::default() };
+            assert_eq!(read_fleet_members(&secret), Membership::Unreadable);
+        }
     }
 
     #[test]

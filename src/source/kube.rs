@@ -35,6 +35,13 @@
 //! with kube's default backoff; the last table stays. A later change of the bundle's nonce key is
 //! logged and not applied: the key a pod started with stays until it restarts.
 //!
+//! **The fleet's membership** (`bundle::FLEET_MEMBERS_KEY`, the Ready gateway pods the operator
+//! publishes in the same Secret) is published on its own channel, [`Running::members`], as soon
+//! as the Secret's event arrives: the gateway divides the trunks' limits by it
+//! (`call::limits`). A change of the Secret that touches only that key compiles nothing. `None`
+//! on the channel: the bundle has no membership (each pod has the whole limits). A value that
+//! does not parse is logged and the last membership kept; so it is when the Secret is gone.
+//!
 //! Secret data is never logged: the bundle's keys may be named (`<namespace>.<name>`), never its
 //! values, and errors of the Secret watch are logged without their serde detail.
 
@@ -55,7 +62,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::bundle::{Bundle, NONCE_KEY, NONCE_KEY_LEN, read_bundle};
+use super::bundle::{
+    Bundle, FLEET_MEMBERS_KEY, Membership, NONCE_KEY, NONCE_KEY_LEN, read_bundle,
+    read_fleet_members,
+};
 use super::debounce::{Burst, sleep_until};
 use super::log_verdict;
 use super::watch::ReloadObserver;
@@ -104,11 +114,16 @@ pub struct Ready {
     pub nonce_key: [u8; NONCE_KEY_LEN],
 }
 
+/// The fleet's membership as the bundle gives it: the sorted names of the Ready gateway pods;
+/// `None` when the bundle has none.
+pub type Members = Option<Arc<[String]>>;
+
 /// A source started by [`KubeSource::spawn`].
 #[derive(Debug)]
 pub struct Running {
     ready: Option<oneshot::Receiver<Ready>>,
     task: JoinHandle<()>,
+    members: watch::Receiver<Members>,
 }
 
 impl Running {
@@ -121,6 +136,11 @@ impl Running {
         let ready = rx.await;
         self.ready = None;
         ready.map_err(|_| SourceError::Stopped)
+    }
+
+    /// The fleet's membership (module docs), current from before the first snapshot on.
+    pub fn members(&self) -> watch::Receiver<Members> {
+        self.members.clone()
     }
 
     /// Stops the source now (reflectors and compile loop).
@@ -169,11 +189,17 @@ impl KubeSource {
     /// `shutdown` resolves or [`Running::abort`].
     pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Running {
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(self.run(ready_tx, shutdown));
-        Running { ready: Some(ready_rx), task }
+        let (members_tx, members) = watch::channel(None);
+        let task = tokio::spawn(self.run(ready_tx, members_tx, shutdown));
+        Running { ready: Some(ready_rx), task, members }
     }
 
-    async fn run(self, ready_tx: oneshot::Sender<Ready>, shutdown: impl Future<Output = ()>) {
+    async fn run(
+        self,
+        ready_tx: oneshot::Sender<Ready>,
+        members_tx: watch::Sender<Members>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let (notes_tx, mut notes) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         let stores = self.start_reflectors(&mut tasks, &notes_tx);
@@ -186,6 +212,7 @@ impl KubeSource {
             ready_tx: Some(ready_tx),
             nonce_key: None,
             logged: Logged::default(),
+            fleet: Fleet { tx: members_tx, seen: None, unreadable: false },
         };
         let mut burst: Option<Burst> = None;
         let started = Instant::now();
@@ -200,9 +227,12 @@ impl KubeSource {
                 note = notes.recv() => match note {
                     Some(Note::Listed(w)) => {
                         engine.listed[w.index()] = true;
+                        let _ = engine.needs_compile(w);
                         burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
                     }
-                    Some(Note::Changed) => burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend(),
+                    Some(Note::Changed(w)) => if engine.needs_compile(w) {
+                        burst.get_or_insert_with(|| Burst::new(DEBOUNCE, MAX_DELAY)).extend();
+                    },
                     // Every reflector task ended: nothing will change any more.
                     None => break,
                 },
@@ -301,7 +331,7 @@ enum Note {
     /// A (re)list completed: the store holds everything the API server listed.
     Listed(Watched),
     /// An object was added, changed or deleted.
-    Changed,
+    Changed(Watched),
 }
 
 /// Drives one reflector: the store is updated by the stream itself; this tells the loop.
@@ -314,7 +344,7 @@ where
     while let Some(event) = stream.next().await {
         let note = match event {
             Ok(watcher::Event::InitDone) => Note::Listed(watched),
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Note::Changed,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Note::Changed(watched),
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
             Err(e) => {
                 let error = match (watched, &e) {
@@ -392,6 +422,29 @@ struct Engine {
     /// The nonce key given with the first snapshot.
     nonce_key: Option<[u8; NONCE_KEY_LEN]>,
     logged: Logged,
+    fleet: Fleet,
+}
+
+/// The membership side of the bundle (module docs).
+struct Fleet {
+    tx: watch::Sender<Members>,
+    /// The bundle Secret as last seen by [`Engine::needs_compile`].
+    seen: Option<Arc<Secret>>,
+    /// An unreadable membership was logged (logged once until it reads again).
+    unreadable: bool,
+}
+
+/// Whether the bundle went from `before` to `now` in a way compile sees: it appeared, went, or
+/// any of its data but the membership changed.
+fn bundle_needs_compile(before: Option<&Secret>, now: Option<&Secret>) -> bool {
+    fn compiled(secret: &Secret) -> impl Iterator<Item = (&String, &k8s_openapi::ByteString)> {
+        secret.data.iter().flatten().filter(|(k, _)| k.as_str() != FLEET_MEMBERS_KEY)
+    }
+    match (before, now) {
+        (Some(before), Some(now)) => !compiled(before).eq(compiled(now)),
+        (None, None) => false,
+        _ => true,
+    }
 }
 
 impl Engine {
@@ -437,6 +490,59 @@ impl Engine {
                 "not ready: the credentials Secret {name} has no usable {NONCE_KEY} ({NONCE_KEY_LEN} bytes)"
             ),
         }
+    }
+
+    /// Takes a store event of `watched`: publishes the bundle's membership when it is the
+    /// bundle; `true` when a compile is needed (any change but one of the membership alone).
+    fn needs_compile(&mut self, watched: Watched) -> bool {
+        if watched != Watched::Bundle {
+            return true;
+        }
+        let name = &self.source.options.credentials_secret;
+        let current = self
+            .stores
+            .bundle
+            .state()
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+        if let Some(secret) = &current {
+            self.publish_members(secret);
+        }
+        let changed = bundle_needs_compile(self.fleet.seen.as_deref(), current.as_deref());
+        self.fleet.seen = current;
+        changed
+    }
+
+    /// Publishes the membership of `bundle` when it differs from the one published.
+    fn publish_members(&mut self, bundle: &Secret) {
+        let members: Members = match read_fleet_members(bundle) {
+            Membership::Unknown => None,
+            Membership::Members(m) => Some(m.into()),
+            Membership::Unreadable => {
+                if !self.fleet.unreadable {
+                    warn!(
+                        "the {FLEET_MEMBERS_KEY} of the credentials Secret {} does not parse: keeping the fleet membership this pod had",
+                        self.source.bundle_name()
+                    );
+                }
+                self.fleet.unreadable = true;
+                return;
+            }
+        };
+        self.fleet.unreadable = false;
+        self.fleet.tx.send_if_modified(|current| {
+            if *current == members {
+                return false;
+            }
+            match &members {
+                Some(m) => info!(members = m.len(), "fleet membership: {} gateway pods", m.len()),
+                None => info!(
+                    "no fleet membership in the credentials Secret: the limits are this pod's alone"
+                ),
+            }
+            *current = members;
+            true
+        });
     }
 
     /// Compiles the stores and publishes the snapshot if its hash is new.
@@ -639,6 +745,8 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
     use k8s_openapi::ByteString;
     use serde_json::{Value, json};
 
@@ -1027,6 +1135,67 @@ mod tests {
         let next = next(&mut snapshots).await;
         assert!(routes(&next, "+14155550102"));
         running.abort();
+    }
+
+    /// [`bundle`] with the membership `members` under `fleet-members`.
+    fn bundle_with_members(version: u32, members: &[&str]) -> Value {
+        let mut value = bundle(version);
+        let names: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let encoded =
+            serde_json::to_value(super::super::bundle::render_fleet_members(&names)).unwrap();
+        value["data"][FLEET_MEMBERS_KEY] = encoded;
+        value
+    }
+
+    fn names(members: &Members) -> Option<Vec<String>> {
+        members.as_ref().map(|m| m.to_vec())
+    }
+
+    #[tokio::test]
+    async fn the_fleet_membership_is_published_apart_from_the_config() {
+        let fake = Fake::start(
+            vec![trunk("acme-in", &["+14155550100"], "acme-creds", 1)],
+            Some(bundle_with_members(1, &["gw-b", "gw-a"])),
+        );
+        let mut running = fake.source();
+        let mut members = running.members();
+        let Ready { mut snapshots, .. } = ready(&mut running).await;
+        let first = snapshots.borrow_and_update().clone();
+        assert_eq!(names(&members.borrow_and_update()), Some(vec!["gw-a".into(), "gw-b".into()]));
+
+        // gw-b left: the membership changes, the config does not.
+        fake.event(Res::Secrets, "MODIFIED", bundle_with_members(2, &["gw-a"]));
+        tokio::time::timeout(SOON, members.changed()).await.expect("within 5 s").unwrap();
+        assert_eq!(names(&members.borrow_and_update()), Some(vec!["gw-a".into()]));
+        assert!(tokio::time::timeout(QUIET, snapshots.changed()).await.is_err());
+        assert_eq!(snapshots.borrow().hash, first.hash);
+
+        // An unreadable membership keeps the last one; a bundle without one: the whole limits.
+        let mut broken = bundle(3);
+        broken["data"][FLEET_MEMBERS_KEY] = json!(BASE64.encode("not json"));
+        fake.event(Res::Secrets, "MODIFIED", broken);
+        assert!(tokio::time::timeout(QUIET, members.changed()).await.is_err());
+        fake.event(Res::Secrets, "MODIFIED", bundle(4));
+        tokio::time::timeout(SOON, members.changed()).await.expect("within 5 s").unwrap();
+        assert_eq!(names(&members.borrow_and_update()), None);
+        running.abort();
+    }
+
+    #[test]
+    fn only_a_change_of_the_credentials_or_the_nonce_key_needs_a_compile() {
+        let secret = |v: Value| -> Secret { serde_json::from_value(v).unwrap() };
+        let a = secret(bundle_with_members(1, &["gw-a", "gw-b"]));
+        let fewer = secret(bundle_with_members(2, &["gw-a"]));
+        let none = secret(bundle(3));
+        assert!(!bundle_needs_compile(Some(&a), Some(&fewer)));
+        assert!(!bundle_needs_compile(Some(&a), Some(&none)), "the key removed");
+        let mut rotated = bundle_with_members(4, &["gw-a"]);
+        rotated["data"]["voice.acme-creds"] =
+            json!(BASE64.encode(r#"{"username":"acme-user","password":"rotated"}"#));
+        assert!(bundle_needs_compile(Some(&fewer), Some(&secret(rotated))));
+        assert!(bundle_needs_compile(None, Some(&a)));
+        assert!(bundle_needs_compile(Some(&a), None));
+        assert!(!bundle_needs_compile(None, None));
     }
 
     #[test]

@@ -145,6 +145,20 @@ pub fn changed_objects(previous: Option<&CompileView>, next: &CompileView) -> Ve
         .collect()
 }
 
+/// The names of the pods among `pods` that are Ready and not being deleted, sorted: the pods a
+/// Service sends calls to (a pod draining gets none, so it holds no share of a limit).
+pub fn fleet_members(pods: &[Arc<Pod>]) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .map(|p| GatewayPod::from_pod(p, None))
+        .filter(|p| p.ready && !p.name.is_empty())
+        .map(|p| p.name)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// A status this process wrote, and the `resourceVersion` of the object it was computed from:
 /// until the store shows a newer version, the store's status is older than this one.
 struct Written {
@@ -225,6 +239,9 @@ pub struct Context {
     pub(super) probe_now: Notify,
     /// The gateway pods as last seen by [`Context::note_fleet`].
     fleet_seen: Mutex<Vec<GatewayPod>>,
+    /// Set by the index when a gateway pod changed: the membership in the bundle may have to be
+    /// written again ([`Context::publish_members`]).
+    pub(super) members_changed: Notify,
 }
 
 impl Context {
@@ -275,6 +292,7 @@ impl Context {
             reports: Reports::default(),
             probe_now: Notify::new(),
             fleet_seen: Mutex::new(Vec::new()),
+            members_changed: Notify::new(),
         };
         let writers = Writers {
             inbound: inbound_w,
@@ -390,6 +408,7 @@ impl Context {
         }
 
         let mut bundle = self.bundle.lock().await;
+        bundle.set_members(self.fleet_members());
         let outcome = bundle.apply(&self.client, &specs, &view.compiled).await;
         match &outcome {
             Ok(BundleOutcome::Applied) => {
@@ -405,6 +424,36 @@ impl Context {
         }
         outcome?;
         Ok(view)
+    }
+
+    /// The fleet's membership the gateways divide the trunks' limits by: the names of this
+    /// fleet's gateway pods that are Ready and not being deleted, sorted.
+    pub fn fleet_members(&self) -> Vec<String> {
+        fleet_members(&self.stores.pods.state())
+    }
+
+    /// Writes the bundle again when the membership changed since it was last applied (no
+    /// compile: the last compile's bundle with the new membership). Before the first compile
+    /// nothing is written: the first apply carries the membership.
+    pub async fn publish_members(&self) -> Result<BundleOutcome, ReconcileError> {
+        let members = self.fleet_members();
+        let mut bundle = self.bundle.lock().await;
+        bundle.set_members(members.clone());
+        let outcome = bundle.write_again(&self.client).await;
+        match &outcome {
+            Ok(BundleOutcome::Applied) => {
+                self.metrics.bundle_applied(true);
+                tracing::info!(
+                    secret = %format!("{}/{}", self.config.fleet_namespace, self.config.bundle_secret),
+                    members = members.len(),
+                    "gateway fleet membership updated: the trunks' limits are divided by {}",
+                    members.len().max(1)
+                );
+            }
+            Ok(BundleOutcome::Unchanged) => {}
+            Err(_) => self.metrics.bundle_applied(false),
+        }
+        outcome.map_err(ReconcileError::from)
     }
 
     fn send<K: Reconciled>(&self, trigger: Trigger<K>) {

@@ -7,7 +7,7 @@
 //! | a trunkline object applied | written | when spec, generation or identity changed | that object |
 //! | a trunkline object deleted | removed | yes | none (the compile diff reaches its dependents) |
 //! | a Secret applied or deleted | written | when its type or data changed | none: the compile diff triggers the objects whose verdict changed |
-//! | a gateway pod changed | written | no | every object, when a pod's readiness, config hash or address changed (`Programmed` and the addresses in status of any object depend on every pod); the prober probes at once |
+//! | a gateway pod changed | written | no | every object, when a pod's readiness, config hash or address changed (`Programmed` and the addresses in status of any object depend on every pod); the prober probes at once; the bundle's fleet membership is written again when the Ready pods changed |
 //! | a gateway's report changed (prober) | - | no | every object, as for a pod change |
 //! | a relist done (`InitDone`) | swapped in | yes | every object of that kind |
 
@@ -67,6 +67,7 @@ impl Index {
             return;
         }
         self.ctx.probe_now.notify_one();
+        self.ctx.members_changed.notify_one();
         let _ = self.ctx.note_fleet();
     }
 }

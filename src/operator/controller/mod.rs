@@ -23,6 +23,9 @@
 //!   address) on pod changes and every few seconds; a changed report triggers reconciles as a
 //!   pod change does. Gateways never write to the API server.
 //! - `reconcile`: one object's reconcile, the error policy.
+//! - the membership task (`publish_members`): the Ready gateway pods, written into the gateway
+//!   credentials Secret when they change, for the gateways to divide the trunks' limits by
+//!   (`call::limits`, `source::bundle`).
 //!
 //! Entry point: [`run_controllers`], polled by the lead's assembly while this replica leads.
 //! Watches: the three kinds in `watch_namespace` (all namespaces when unset); Secrets of type
@@ -205,6 +208,7 @@ pub async fn run_controllers(
         index_task,
         run_compiler(Arc::clone(&ctx)),
         guard_bundle(Arc::clone(&ctx)),
+        publish_members(Arc::clone(&ctx)),
         prober::run_prober(Arc::clone(&ctx)),
         run_applier::<InboundTrunk>(Arc::clone(&ctx), inbound),
         run_applier::<OutboundTrunk>(Arc::clone(&ctx), outbound),
@@ -279,6 +283,42 @@ async fn guard_bundle(ctx: Arc<Context>) {
                 debug!(error = %e, "cannot read the gateway credentials Secret; trying later")
             }
         }
+    }
+}
+
+/// How long the membership task waits after a pod change before writing, so that a rollout's
+/// burst of pod events costs one write.
+pub const MEMBERS_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Keeps the fleet's membership in the gateway credentials Secret: on every pod change, the
+/// Ready gateway pods are written (only when they changed, and without a compile); a failed
+/// write is retried with the compile task's backoff.
+async fn publish_members(ctx: Arc<Context>) {
+    if ctx.stores.pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut failures = 0u32;
+    loop {
+        let wait = match ctx.publish_members().await {
+            Ok(_) => {
+                failures = 0;
+                None
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = retry_after(failures);
+                warn!(error = %e, retry_in_seconds = wait.as_secs(), "cannot write the fleet membership");
+                Some(wait)
+            }
+        };
+        match wait {
+            None => ctx.members_changed.notified().await,
+            Some(wait) => tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = ctx.members_changed.notified() => {}
+            },
+        }
+        tokio::time::sleep(MEMBERS_DEBOUNCE).await;
     }
 }
 

@@ -1156,7 +1156,11 @@ async fn the_bundle_carries_the_credentials_is_applied_only_on_change_and_never_
     assert_eq!(body["type"], "Opaque");
     assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "trunkline-operator");
     let data = body["data"].as_object().unwrap();
-    assert_eq!(data.keys().collect::<Vec<_>>(), ["nonce-key", "voice.acme-creds"]);
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["fleet-members", "nonce-key", "voice.acme-creds"]);
+    assert_eq!(
+        BASE64.decode(data["fleet-members"].as_str().unwrap()).unwrap(),
+        br#"{"members":[]}"#
+    );
     let entry: Value =
         serde_json::from_slice(&BASE64.decode(data["voice.acme-creds"].as_str().unwrap()).unwrap())
             .unwrap();
@@ -1194,6 +1198,67 @@ async fn the_bundle_carries_the_credentials_is_applied_only_on_change_and_never_
     );
 }
 
+/// The membership in a bundle PATCH: the names under `fleet-members`.
+fn members_in(apply: &Recorded) -> Vec<String> {
+    let value = BASE64.decode(apply.body["data"]["fleet-members"].as_str().unwrap()).unwrap();
+    let parsed: Value = serde_json::from_slice(&value).unwrap();
+    parsed["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn the_ready_gateway_pods_are_written_into_the_bundle_only_when_they_change() {
+    let mut h = Harness::new();
+    h.put(inbound("acme-in", 0, 1, &["+14155550100"], by_address()));
+    // Before the first compile there is no bundle to write the membership into.
+    h.pod("gw-b", true, "h");
+    h.ctx.publish_members().await.unwrap();
+    assert!(h.requests().is_empty());
+
+    h.pod("gw-a", true, "h");
+    h.pod("gw-c", false, "h");
+    h.compile().await;
+    let requests = h.requests();
+    let apply = requests.iter().find(|r| r.is("PATCH", BUNDLE)).expect("the bundle applied");
+    assert_eq!(members_in(apply), ["gw-a", "gw-b"], "the Ready pods, sorted");
+    let first = apply.body["data"].clone();
+
+    // Nothing changed, or a change that is not readiness: no write.
+    h.ctx.publish_members().await.unwrap();
+    h.pod("gw-c", false, "other-hash");
+    h.ctx.publish_members().await.unwrap();
+    assert!(h.requests().is_empty());
+
+    // gw-b is no longer Ready: one PATCH of the bundle with the new membership, the rest as it
+    // was; no compile (no GET, no status write).
+    h.pod("gw-b", false, "h");
+    h.ctx.publish_members().await.unwrap();
+    let requests = h.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert!(requests[0].is("PATCH", BUNDLE) && is_forced_apply(&requests[0]));
+    assert_eq!(members_in(&requests[0]), ["gw-a"]);
+    let mut data = requests[0].body["data"].clone();
+    data["fleet-members"] = first["fleet-members"].clone();
+    assert_eq!(data, first, "only the membership changed");
+
+    // A compile after that keeps the new membership: nothing to write.
+    h.compile().await;
+    assert!(h.requests().iter().all(|r| !r.is("PATCH", BUNDLE)));
+
+    // A pod being deleted drains: it is no member even while its Ready condition holds.
+    let deleting: Pod = from(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gw-a", "namespace": "trunkline", "uid": "uid-gw-a",
+                     "deletionTimestamp": time(5),
+                     "labels": {"trunkline.dev/fleet": "main", "app.kubernetes.io/component": "gateway"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }));
+    h.index.apply_pod(&Event::Apply(deleting));
+    h.ctx.publish_members().await.unwrap();
+    let requests = h.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(members_in(&requests[0]), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn an_existing_nonce_key_is_kept_across_operator_restarts() {
     let mut h = Harness::new();
@@ -1208,7 +1273,10 @@ async fn an_existing_nonce_key_is_kept_across_operator_restarts() {
     let requests = h.requests();
     assert!(requests[0].is("GET", BUNDLE));
     assert!(requests[1].is("PATCH", BUNDLE));
-    assert_eq!(requests[1].body["data"], json!({"nonce-key": BASE64.encode([9u8; 32])}));
+    assert_eq!(
+        requests[1].body["data"],
+        json!({"nonce-key": BASE64.encode([9u8; 32]), "fleet-members": BASE64.encode(r#"{"members":[]}"#)})
+    );
 }
 
 #[test]
