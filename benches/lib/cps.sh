@@ -64,6 +64,8 @@ options:
   --kamailio-children N   Kamailio UDP workers (default $KAM_CHILDREN: one per core)
   --kamailio-shm MB   Kamailio shared memory (default $KAM_SHM_MB)
   --no-build          use target/release/trunkline as it is
+  --bin PATH          use this trunkline binary (implies --no-build; e.g. the bench-profile
+                      build, target/bench-profile/trunkline: release code with line tables)
   --outdir DIR        where logs and results go
 environment: BENCH_NICE (default -10): nice of the benchmark's scheduler autogroup; 0 = off
 EOF
@@ -89,6 +91,7 @@ cps_parse_args() {
       --kamailio-children) KAM_CHILDREN=$2; shift ;;
       --kamailio-shm) KAM_SHM_MB=$2; shift ;;
       --no-build) BUILD=0 ;;
+      --bin) BIN_ARG=$2; BUILD=0; shift ;;
       --outdir) OUT=$2; shift ;;
       -h|--help) cps_usage; exit 0 ;;
       *) echo "unknown option: $1" >&2; cps_usage >&2; exit 2 ;;
@@ -143,7 +146,7 @@ cps_install() {
 
 # Builds the release binary (unless --no-build), makes the output folder; sets BIN, OUT, STEPS.
 cps_prepare() {
-  BIN=$ROOT/target/release/trunkline
+  BIN=${BIN_ARG:-$ROOT/target/release/trunkline}
   if [ "$BUILD" = 1 ]; then
     log "cargo build --release"
     cargo build --release --quiet || die "cargo build --release failed"
