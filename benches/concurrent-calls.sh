@@ -61,6 +61,8 @@ RTP_PORTS=10000-31999
 RTPE_PORTS=32000-59999
 KAM_CHILDREN=2
 KAM_SHM_MB=2048
+MALLOC_STATS=0
+WRAP=
 OUT=
 NUMBER=15551230001
 AUTH_USER=carrier
@@ -86,6 +88,10 @@ options:
   --rtpengine-ports LO-HI   rtpengine's --port-min/--port-max (default $RTPE_PORTS)
   --kamailio-children N   Kamailio UDP workers (default $KAM_CHILDREN)
   --kamailio-shm MB   Kamailio shared memory pool, -m (default $KAM_SHM_MB)
+  --malloc-stats      diagnosis (trunkline): glibc's malloc_stats() through gdb at each sample
+                      (bytes in use vs held from the system); pauses the process about 1 s
+  --wrap CMD          diagnosis: run trunkline under CMD (e.g. "heaptrack -o DIR/ht"); the
+                      memory figures then include the tool's
   --outdir DIR        where logs and results go
 environment: BENCH_NICE (default -10): nice of the benchmark's scheduler autogroup; 0 = off
 EOF
@@ -110,6 +116,8 @@ while [ $# -gt 0 ]; do
     --rtpengine-ports) RTPE_PORTS=$2; shift ;;
     --kamailio-children) KAM_CHILDREN=$2; shift ;;
     --kamailio-shm) KAM_SHM_MB=$2; shift ;;
+    --malloc-stats) MALLOC_STATS=1 ;;
+    --wrap) WRAP=$2; shift ;;
     --outdir) OUT=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -122,6 +130,7 @@ done
 
 T_START=$(date +%s)
 cps_install rtpengine:rtpengine-daemon kamcmd:kamailio
+[ "$MALLOC_STATS" = 1 ] && cps_install gdb:gdb
 
 # --- the binary: --bin, or target/release/trunkline (built when missing unless --no-build)
 if [ -z "$BIN" ]; then
@@ -208,8 +217,7 @@ cleanup() {
   stop_pid "$UAC_PID"; UAC_PID=
   stop_pid "$RTP_PID"; RTP_PID=
   stop_pid "$UAS_PID"; UAS_PID=
-  stop_pid "$SUT_PID" 10; SUT_PID=
-  stop_pid "$RE_PID" 10; RE_PID=
+  stop_sut
   stop_pid "$WATCH_PID" 2; WATCH_PID=
 }
 trap cleanup EXIT
@@ -222,7 +230,7 @@ start_sut() {  # start_sut SYSTEM TAG: a fresh system; SUT_TARGET and MEM_PIDS s
   local tag=$2 i
   case "$1" in
     trunkline)
-      RUST_LOG=warn "$BIN" run --specs "$SPECS" --listen "udp://127.0.0.1:$GW_PORT" \
+      RUST_LOG=warn $WRAP "$BIN" run --specs "$SPECS" --listen "udp://127.0.0.1:$GW_PORT" \
         --internal-listen "udp://127.0.0.1:$GW_INTERNAL" --admin "127.0.0.1:$ADMIN_PORT" \
         --state-dir "$OUT/state" --agent-timeout 10 --drain-timeout 1 --rtp-ports "$RTP_PORTS" \
         > "$OUT/$tag.trunkline.log" 2>&1 &
@@ -257,7 +265,9 @@ start_sut() {  # start_sut SYSTEM TAG: a fresh system; SUT_TARGET and MEM_PIDS s
   esac
 }
 stop_sut() {
-  stop_pid "$SUT_PID" 10; SUT_PID=
+  # under --wrap, the wrapper's children are the gateway: stop them first
+  [ -n "$WRAP" ] && [ -n "$SUT_PID" ] && pkill -TERM -P "$SUT_PID" 2>/dev/null && sleep 2
+  stop_pid "$SUT_PID" 30; SUT_PID=
   stop_pid "$RE_PID" 10; RE_PID=
 }
 
@@ -303,6 +313,24 @@ PY
   esac
 }
 
+# malloc_stats SYSTEM TAG LABEL: glibc's own account (--malloc-stats, trunkline): the totals of
+# malloc_stats(), which the process prints on its stderr (the log), appended to TAG.malloc
+malloc_stats() {
+  [ "$MALLOC_STATS" = 1 ] && [ "$1" = trunkline ] || return 0
+  local logf=$OUT/$2.trunkline.log before line
+  before=$(wc -l < "$logf")
+  timeout 60 gdb -p "$SUT_PID" -batch -ex 'call (void)malloc_stats()' > /dev/null 2>&1
+  sleep 0.5
+  line=$(tail -n +"$((before + 1))" "$logf" | awk '
+    /^Arena [0-9]+:/ { arenas++ }
+    /^Total/ { total = 1 }
+    total && /system bytes/ { sys = $NF }
+    total && /in use bytes/ { use = $NF }
+    END { printf "system_bytes=%s in_use_bytes=%s arenas=%d", sys, use, arenas }')
+  echo "$3 $line" >> "$OUT/$2.malloc"
+  log "$1 malloc_stats at $3: $line"
+}
+
 rtp_counters() { tail -1 "$1" 2>/dev/null || echo "0 0 0 0 0 0 0"; }
 
 start_uas() {  # start_uas TAG
@@ -327,7 +355,7 @@ uac() {  # uac TAG CALLS HOLD_MS TIMEOUT_S [extra sipp args]: the carrier, in th
 
 count() { local c; c=$(grep -c "^$1 " "$2" 2>/dev/null); echo "${c:-0}"; }
 
-echo -e "system\trep\tcalls\tup_a\tup_b\tidle_rss_kb\tidle_pss_kb\tsteady_rss_kb\tsteady_pss_kb\tpeak_rss_kb\tpeak_pss_kb\tended_rss_kb\tended_pss_kb\tafter_rss_kb\tafter_pss_kb\tidle_procs\tidle_fds\tsteady_fds\tafter_fds\tshm_idle\tshm_steady\tshm_ended\tshm_after\trelayed\tsetup_s\tsipp_rc\tfailed_calls\tactive_steady\tactive_after" > "$RESULTS"
+echo -e "system\trep\tcalls\tup_a\tup_b\tidle_rss_kb\tidle_pss_kb\tsteady_rss_kb\tsteady_pss_kb\tpeak_rss_kb\tpeak_pss_kb\tended_rss_kb\tended_pss_kb\tafter_rss_kb\tafter_pss_kb\tidle_procs\tidle_fds\tsteady_fds\tafter_fds\tshm_idle\tshm_steady\tshm_ended\tshm_after\trelayed\tsetup_s\tsipp_rc\tfailed_calls\tactive_steady\tactive_after\tidle_pss_parts\tsteady_pss_parts\tafter_pss_parts" > "$RESULTS"
 
 # measure SYSTEM REP N: one measurement, a line in results.tsv
 measure() {
@@ -352,6 +380,7 @@ measure() {
   sleep 5
   idle=$(python3 "$ROOT/benches/lib/procmem.py" snap --count 3 --interval 1 $MEM_PIDS)
   shm_idle=$(shm_used "$sys")
+  malloc_stats "$sys" "$tag" idle
 
   # RTP on every leg as calls come up, then the calls
   python3 "$HERE/rtp_legs.py" --a-port "$A_PORT" --b-port "$B_PORT" --a-log "$OUT/$tag.uac.log" \
@@ -380,6 +409,7 @@ measure() {
   c2=$(rtp_counters "$OUT/$tag.rtp")
   shm_steady=$(shm_used "$sys")
   act_steady=$(active_calls "$sys")
+  malloc_stats "$sys" "$tag" steady
   relayed=$(python3 -c "
 a = '$c1'.split(); b = '$c2'.split()
 d = [float(y) - float(x) for x, y in zip(a, b)]
@@ -392,23 +422,26 @@ print(f'{got / sent:.4f}' if sent > 0 else '-')")
   wait "$UAC_PID"; rc=$?; UAC_PID=
   ended=$(python3 "$ROOT/benches/lib/procmem.py" snap --count 3 --interval 1 $MEM_PIDS)
   shm_ended=$(shm_used "$sys")
+  malloc_stats "$sys" "$tag" ended
   stop_pid "$RTP_PID"; RTP_PID=
   sleep $(( AFTER > 3 ? AFTER - 3 : 0 ))
   after=$(python3 "$ROOT/benches/lib/procmem.py" snap --count 3 --interval 1 $MEM_PIDS)
   shm_after=$(shm_used "$sys")
   act_after=$(active_calls "$sys")
+  malloc_stats "$sys" "$tag" after
   failed=$(awk -F'|' '/Failed call/ { gsub(/ /, "", $3); v = $3 } END { print (v == "" ? "?" : v) }' "$OUT/$tag.uac.screen" 2>/dev/null)
   stop_pid "$UAS_PID"; UAS_PID=
   stop_sut
   stop_pid "$WATCH_PID" 2; WATCH_PID=
   peak=$(awk 'BEGIN { r = 0; p = 0 } { if ($2 > r) r = $2; if ($3 > p) p = $3 } END { print r, p }' "$OUT/$tag.mem")
   log "$sys: ended $ended, after ${AFTER}s $after; peak $peak; sipp exit $rc, failed calls $failed; $act_after"
-  set -- $idle; local i_rss=$1 i_pss=$2 i_procs=$3 i_fds=$4
-  set -- $steady; local s_rss=$1 s_pss=$2 s_fds=$4
+  # the PSS of each part (kamailio's tree + rtpengine), kB, when there are several
+  set -- $idle; local i_rss=$1 i_pss=$2 i_procs=$3 i_fds=$4; shift 4; local i_parts; i_parts=$(IFS=+; echo "${*:--}")
+  set -- $steady; local s_rss=$1 s_pss=$2 s_fds=$4; shift 4; local s_parts; s_parts=$(IFS=+; echo "${*:--}")
   set -- $ended; local e_rss=$1 e_pss=$2
-  set -- $after; local a_rss=$1 a_pss=$2 a_fds=$4
+  set -- $after; local a_rss=$1 a_pss=$2 a_fds=$4; shift 4; local a_parts; a_parts=$(IFS=+; echo "${*:--}")
   set -- $peak
-  echo -e "$sys\t$rep\t$n\t$na\t$nb\t$i_rss\t$i_pss\t$s_rss\t$s_pss\t$1\t$2\t$e_rss\t$e_pss\t$a_rss\t$a_pss\t$i_procs\t$i_fds\t$s_fds\t$a_fds\t$shm_idle\t$shm_steady\t$shm_ended\t$shm_after\t$relayed\t$t_up\t$rc\t$failed\t$act_steady\t$act_after" >> "$RESULTS"
+  echo -e "$sys\t$rep\t$n\t$na\t$nb\t$i_rss\t$i_pss\t$s_rss\t$s_pss\t$1\t$2\t$e_rss\t$e_pss\t$a_rss\t$a_pss\t$i_procs\t$i_fds\t$s_fds\t$a_fds\t$shm_idle\t$shm_steady\t$shm_ended\t$shm_after\t$relayed\t$t_up\t$rc\t$failed\t$act_steady\t$act_after\t$i_parts\t$s_parts\t$a_parts" >> "$RESULTS"
 }
 
 GIT_REV=$(git describe --always --dirty 2>/dev/null || echo unknown)

@@ -53,6 +53,32 @@ def main(path):
               f"| {fmt(med(shm), 2) if shm else '-'} "
               f"| {', '.join(r['relayed'] for r in rs)} |")
     print()
+    # the reference's two parts: Kamailio (main + workers) and rtpengine
+    for (sysname, n), rs in sorted(groups.items(), key=lambda kv: -kv[0][1]):
+        parts = []
+        for r in rs:
+            i, st = r.get('idle_pss_parts', '-'), r.get('steady_pss_parts', '-')
+            if '+' in i and '+' in st:
+                parts.append([(float(b) - float(a)) / n for a, b in zip(i.split('+'), st.split('+'))])
+        if parts:
+            kam, rtpe = med(p[0] for p in parts), med(p[1] for p in parts)
+            print(f'{NAMES.get(sysname, sysname)}, {n:,} calls, per call (PSS): Kamailio '
+                  f'{fmt(kam)} kB, rtpengine {fmt(rtpe)} kB')
+    print()
+    # the slope between the two sizes: what one more call costs, fixed costs of the first calls apart
+    slopes = {}
+    for sysname in sorted({s for s, _ in groups}, key=lambda s: s != 'trunkline'):
+        ns = sorted(n for s, n in groups if s == sysname)
+        if len(ns) >= 2:
+            lo, hi = ns[0], ns[-1]
+            m_lo = med(num(r['steady_pss_kb']) for r in groups[(sysname, lo)])
+            m_hi = med(num(r['steady_pss_kb']) for r in groups[(sysname, hi)])
+            slopes[sysname] = (m_hi - m_lo) / (hi - lo)
+            print(f'{NAMES.get(sysname, sysname)}: {fmt(slopes[sysname])} kB per call between '
+                  f'{lo:,} and {hi:,} calls (difference of the median steady PSS)')
+    if 'trunkline' in slopes and slopes.get('kamailio'):
+        print(f"ratio of the slopes trunkline/pair {slopes['trunkline'] / slopes['kamailio']:.2f}")
+    print()
     out = []
     for n in sorted({n for _, n in per_call}, reverse=True):
         t, k = per_call.get(('trunkline', n)), per_call.get(('kamailio', n))

@@ -3,7 +3,7 @@
 
   procmem.py snap [--count K] [--interval S] PID...
       K samples S s apart (default 1); prints the median of each column on one line:
-      rss_kb pss_kb procs fds
+      rss_kb pss_kb procs fds, then with several PIDs the PSS of each tree (pss_kb_1 ...)
   procmem.py watch --out FILE [--interval S] PID...
       a sample every S s (default 1) appended to FILE as `epoch rss_kb pss_kb procs fds`,
       until killed or every tree is gone
@@ -48,23 +48,26 @@ def tree(roots):
 def sample(roots):
     rss = pss = procs = fds = 0
     for pid in tree(roots):
-        try:
-            with open(f'/proc/{pid}/smaps_rollup') as f:
-                vals = {}
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 2 and parts[0] in ('Rss:', 'Pss:'):
-                        vals[parts[0]] = int(parts[1])
-            n_fds = len(os.listdir(f'/proc/{pid}/fd'))
-        except OSError:
-            continue
-        if 'Rss:' not in vals:
-            continue  # a kernel thread or a zombie
-        rss += vals['Rss:']
-        pss += vals.get('Pss:', 0)
-        procs += 1
-        fds += n_fds
+        r, p, n, f = one(pid)
+        rss, pss, procs, fds = rss + r, pss + p, procs + n, fds + f
     return rss, pss, procs, fds
+
+
+def one(pid):
+    """Rss, Pss, 1 and its descriptors for a process; zeros for one gone or a kernel thread."""
+    vals = {}
+    try:
+        with open(f'/proc/{pid}/smaps_rollup') as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in ('Rss:', 'Pss:'):
+                    vals[parts[0]] = int(parts[1])
+        n_fds = len(os.listdir(f'/proc/{pid}/fd'))
+    except OSError:
+        return 0, 0, 0, 0
+    if 'Rss:' not in vals:
+        return 0, 0, 0, 0  # a kernel thread or a zombie
+    return vals['Rss:'], vals.get('Pss:', 0), 1, n_fds
 
 
 def main():
@@ -85,7 +88,10 @@ def main():
         for i in range(a.count):
             if i:
                 time.sleep(a.interval)
-            rows.append(sample(a.pids))
+            row = sample(a.pids)
+            if len(a.pids) > 1:
+                row += tuple(sample([p])[1] for p in a.pids)
+            rows.append(row)
         print(' '.join(str(int(statistics.median(col))) for col in zip(*rows)))
         return 0
 
