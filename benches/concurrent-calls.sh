@@ -223,7 +223,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # a hard bound: the whole run stops after --max-minutes plus the time one measurement may take
-( sleep $(( MAX_MINUTES * 60 + CALLS * 2 / RATE + STEADY + AFTER + 180 )) && kill -TERM $$ ) &
+# (its sleep is stopped with it: a stray sleep would hold the script's output open)
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  sleep $(( MAX_MINUTES * 60 + CALLS * 2 / RATE + STEADY + AFTER + 180 )) & nap=$!
+  wait "$nap" && kill -TERM $$ ) &
 WATCHDOG_PID=$!
 
 start_sut() {  # start_sut SYSTEM TAG: a fresh system; SUT_TARGET and MEM_PIDS set
