@@ -89,7 +89,8 @@ options:
   --kamailio-children N   Kamailio UDP workers (default $KAM_CHILDREN)
   --kamailio-shm MB   Kamailio shared memory pool, -m (default $KAM_SHM_MB)
   --malloc-stats      diagnosis (trunkline): glibc's malloc_stats() through gdb at each sample
-                      (bytes in use vs held from the system); pauses the process about 1 s
+                      (bytes in use vs held from the system); pauses the process about 1 s;
+                      at the end, malloc_trim(0) and the memory after it
   --wrap CMD          diagnosis: run trunkline under CMD (e.g. "heaptrack -o DIR/ht"); the
                       memory figures then include the tool's
   --outdir DIR        where logs and results go
@@ -332,6 +333,12 @@ malloc_stats() {
     END { printf "system_bytes=%s in_use_bytes=%s arenas=%d", sys, use, arenas }')
   echo "$3 $line" >> "$OUT/$2.malloc"
   log "$1 malloc_stats at $3: $line"
+  if [ "$3" = after ]; then  # what glibc can give back when asked (not part of the figures)
+    timeout 60 gdb -p "$SUT_PID" -batch -ex 'call (int)malloc_trim(0)' > /dev/null 2>&1
+    line="after_trim $(python3 "$ROOT/benches/lib/procmem.py" snap --count 2 --interval 1 $MEM_PIDS) (rss_kb pss_kb procs fds)"
+    echo "$line" >> "$OUT/$2.malloc"
+    log "$1 after malloc_trim(0): $line"
+  fi
 }
 
 rtp_counters() { tail -1 "$1" 2>/dev/null || echo "0 0 0 0 0 0 0"; }
