@@ -123,13 +123,15 @@ cps_enter_autogroup() {
   fi
 }
 
-# Installs what the benchmarks need (Debian: sip-tester, kamailio, python3, iproute2).
+# Installs what the benchmarks need (Debian: sip-tester, kamailio, python3, iproute2), and the
+# extra COMMAND:PACKAGE pairs given (e.g. rtpengine:rtpengine-daemon).
 cps_install() {
-  local need=() made_policy rc
+  local need=() made_policy rc extra
   command -v sipp >/dev/null || need+=(sip-tester)
   command -v kamailio >/dev/null || need+=(kamailio)
   command -v python3 >/dev/null || need+=(python3)
   command -v ss >/dev/null || need+=(iproute2)
+  for extra in "$@"; do command -v "${extra%%:*}" >/dev/null || need+=("${extra#*:}"); done
   [ ${#need[@]} -gt 0 ] || return 0
   log "installing ${need[*]}"
   [ "$(id -u)" = 0 ] || die "missing ${need[*]}: run as root or install them (apt-get install ${need[*]})"
