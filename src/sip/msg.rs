@@ -244,7 +244,10 @@ impl Headers {
             if n.eq_ignore_ascii_case(name::CONTENT_LENGTH) {
                 continue;
             }
-            let _ = write!(out, "{n}: {v}\r\n");
+            // push_str rather than write!: core::fmt was 12 % of a call's instructions.
+            for part in [n.as_ref(), ": ", v.as_str(), "\r\n"] {
+                out.push_str(part);
+            }
         }
     }
 }
@@ -795,7 +798,9 @@ impl Request {
     /// Prints the request, with a `Content-Length` of its body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = String::with_capacity(512 + self.body.len());
-        let _ = write!(out, "{} {} SIP/2.0\r\n", self.method, self.uri);
+        for part in [self.method.as_str(), " ", self.uri.as_str(), " SIP/2.0\r\n"] {
+            out.push_str(part);
+        }
         self.headers.print(&mut out);
         finish(out, &self.body)
     }
