@@ -223,7 +223,7 @@ pub struct NumberOwner {
 
 /// Everything a gateway needs to decide calls, with indexes for the lookups it makes on every
 /// INVITE: number → owner, digest username → trunk, and the trunks identified by address alone.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RoutingTable {
     /// Accepted inbound trunks, sorted by namespace/name.
     pub inbound: Vec<Arc<InboundTrunkRoute>>,
