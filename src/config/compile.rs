@@ -71,7 +71,7 @@ pub fn compile(specs: &Specs, options: &CompileOptions) -> Compiled {
 /// the Secrets it looked up are unchanged. Gives exactly what [`compile`] gives.
 #[derive(Debug, Default)]
 pub struct Compiler {
-    inbound: HashMap<ObjectName, CachedInbound>,
+    inbound: HashMap<ObjectName, Box<CachedInbound>>,
 }
 
 /// What step 2 decided about one InboundTrunk, and what it was decided from.
@@ -93,7 +93,7 @@ impl Compiler {
 fn compile_with(
     specs: &Specs,
     options: &CompileOptions,
-    cache: Option<&mut HashMap<ObjectName, CachedInbound>>,
+    cache: Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
 ) -> Compiled {
     let mut verdicts = Vec::new();
 
@@ -473,7 +473,7 @@ struct CompiledInbound {
 fn compile_inbound_trunks(
     trunks: &[InboundTrunk],
     secrets: &SecretStore,
-    mut cache: Option<&mut HashMap<ObjectName, CachedInbound>>,
+    mut cache: Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
     verdicts: &mut Vec<Verdict>,
 ) -> Vec<CompiledInbound> {
     let mut seen = BTreeSet::new();
@@ -492,12 +492,12 @@ fn compile_inbound_trunks(
                 _ => {
                     let mut recorded = RecordedSecrets { store: secrets, lookups: Vec::new() };
                     let route = compile_inbound_trunk(trunk, &meta, &mut recorded, &mut problems);
-                    CachedInbound {
+                    Box::new(CachedInbound {
                         trunk: trunk.clone(),
                         lookups: recorded.lookups,
                         diagnostics: std::mem::take(&mut problems.list),
                         route,
-                    }
+                    })
                 }
             };
             problems.list.clone_from(&cached.diagnostics);
@@ -527,16 +527,20 @@ fn compile_inbound_trunks(
         *cache = kept;
     }
 
-    // Oldest first: digest usernames and numbers go to the first trunk that claims them.
+    // Oldest first: digest usernames and numbers go to the first trunk that claims them. A
+    // number is held by the index of its holder in `claimants`, keyed by its text in the spec
+    // (a canonical number is its own text).
+    let claimants: Vec<&InboundTrunk> = candidates.iter().map(|c| c.trunk).collect();
     let mut usernames: HashMap<String, ObjectName> = HashMap::new();
-    let mut holders: HashMap<E164, ObjectName> = HashMap::new();
+    let mut holders: HashMap<&str, usize> = HashMap::new();
     let mut accepted = Vec::new();
-    for mut c in candidates {
+    for (index, mut c) in candidates.into_iter().enumerate() {
         let mut tally = None;
         if let (Some(mut route), false) = (c.route.take(), c.problems.is_fatal()) {
             claim_username(&route, &mut usernames, &mut c.problems);
             if !c.problems.is_fatal() {
-                let counts = claim_numbers(&mut route, c.trunk, &mut holders, &mut c.problems);
+                let claim = Claim { index, claimants: &claimants, holders: &mut holders };
+                let counts = claim_numbers(&mut route, c.trunk, claim, &mut c.problems);
                 tally = Some(counts);
                 if !c.problems.is_fatal() {
                     accepted.push(CompiledInbound { route, regions: c.trunk.spec.regions.clone() });
@@ -585,22 +589,36 @@ fn claim_username(
     }
 }
 
+/// Who holds which number so far: `claimants` in age order, `holders` the index of the holder
+/// of each number, `index` the trunk claiming now.
+struct Claim<'a, 'b> {
+    index: usize,
+    claimants: &'b [&'a InboundTrunk],
+    holders: &'b mut HashMap<&'a str, usize>,
+}
+
 /// Takes from `route` the numbers an older trunk holds, and claims the rest.
-fn claim_numbers(
+fn claim_numbers<'a>(
     route: &mut InboundTrunkRoute,
-    trunk: &InboundTrunk,
-    holders: &mut HashMap<E164, ObjectName>,
+    trunk: &'a InboundTrunk,
+    claim: Claim<'a, '_>,
     problems: &mut Problems,
 ) -> NumberTally {
     let mut tally = NumberTally::default();
     for (i, assignment) in trunk.spec.numbers.iter().enumerate() {
-        let Ok(number) = E164::parse_canonical(&assignment.number) else {
+        let text = assignment.number.as_str();
+        if !E164::is_canonical(text) {
             continue; // already reported by compile_inbound_trunk
-        };
-        match holders.get(&number) {
-            Some(holder) if *holder != route.name => {
+        }
+        match claim.holders.get(text) {
+            Some(&holder) if holder != claim.index => {
+                let Ok(number) = E164::parse_canonical(text) else { continue };
                 route.numbers.remove(&number);
                 tally.conflicting += 1;
+                let meta = claim.claimants.get(holder).map(|t| meta_of(&t.metadata));
+                let holder = meta
+                    .map(|m| ObjectName::new(m.namespace, m.name).to_string())
+                    .unwrap_or_default();
                 problems.add(
                     Severity::Degraded,
                     Reason::NumberConflict,
@@ -610,7 +628,7 @@ fn claim_numbers(
             }
             Some(_) => {}
             None => {
-                holders.insert(number, route.name.clone());
+                claim.holders.insert(text, claim.index);
             }
         }
     }
@@ -623,7 +641,10 @@ fn claim_numbers(
                 .into(),
         );
     }
-    route.agents = route.numbers.values().cloned().collect();
+    if tally.conflicting > 0 {
+        // Otherwise they are still those of every number, as compile_inbound_trunk made them.
+        route.agents = route.numbers.values().cloned().collect();
+    }
     tally
 }
 
