@@ -12,6 +12,14 @@
 //! 4. TransferDestinations: the OutboundTrunk or Secret they name must exist and be accepted.
 //!
 //! Callers: `check` and `explain` (offline), the operator (status), the gateway (its table).
+//!
+//! **Recompiling after an edit.** A source that compiles again and again (the folder watch, the
+//! gateway's API-server source) keeps a [`Compiler`]: step 2 is the only one whose cost grows
+//! with every number of every trunk, and it depends on nothing but the trunk itself and the
+//! Secrets it looks up, so the Compiler keeps its outcome per trunk and reuses it while the
+//! trunk and every Secret it looked up are unchanged. Steps 1, 3 and 4, where one object's
+//! verdict depends on the others (age order, usernames, numbers, references), run in full every
+//! time, so the result is the one [`compile`] gives; a property test holds them equal.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -55,10 +63,42 @@ const BROAD_IPV6_PREFIX: u8 = 32;
 
 /// Compiles every object. See the module docs for the rules.
 pub fn compile(specs: &Specs, options: &CompileOptions) -> Compiled {
+    compile_with(specs, options, None)
+}
+
+/// [`compile`] for a source that compiles again after each change: it keeps the outcome of
+/// each InboundTrunk's own checks (step 2 of the module docs) and reuses it while the trunk and
+/// the Secrets it looked up are unchanged. Gives exactly what [`compile`] gives.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    inbound: HashMap<ObjectName, Box<CachedInbound>>,
+}
+
+/// What step 2 decided about one InboundTrunk, and what it was decided from.
+#[derive(Debug)]
+struct CachedInbound {
+    trunk: InboundTrunk,
+    /// Every Secret looked up, and what was found.
+    lookups: Vec<SecretLookup>,
+    diagnostics: Vec<Diagnostic>,
+    route: Option<InboundTrunkRoute>,
+}
+
+impl Compiler {
+    pub fn compile(&mut self, specs: &Specs, options: &CompileOptions) -> Compiled {
+        compile_with(specs, options, Some(&mut self.inbound))
+    }
+}
+
+fn compile_with(
+    specs: &Specs,
+    options: &CompileOptions,
+    cache: Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
+) -> Compiled {
     let mut verdicts = Vec::new();
 
     let outbound = compile_outbound_trunks(&specs.outbound, &specs.secrets, &mut verdicts);
-    let inbound = compile_inbound_trunks(&specs.inbound, &specs.secrets, &mut verdicts);
+    let inbound = compile_inbound_trunks(&specs.inbound, &specs.secrets, cache, &mut verdicts);
     let transfers = compile_transfers(&specs.transfers, &specs.secrets, &outbound, &mut verdicts);
 
     let in_region = |regions: &[String]| match &options.region {
@@ -140,17 +180,15 @@ fn meta_of(m: &ObjectMeta) -> Meta<'_> {
 /// Oldest first: objects with a creation time before those without, then namespace/name.
 fn age_order<T: kube::Resource>(objects: &[T]) -> Vec<&T> {
     let mut sorted: Vec<&T> = objects.iter().collect();
-    sorted.sort_by(|a, b| {
-        let key = |o: &T| {
-            let m = o.meta();
-            (
-                m.creation_timestamp.as_ref().map(|t| t.0).is_none(),
-                m.creation_timestamp.as_ref().map(|t| t.0),
-                m.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
-                m.name.clone().unwrap_or_default(),
-            )
-        };
-        key(a).cmp(&key(b))
+    // Stable, as `sort_by`; the key is made once per object, not once per comparison.
+    sorted.sort_by_cached_key(|o| {
+        let m = o.meta();
+        (
+            m.creation_timestamp.as_ref().map(|t| t.0).is_none(),
+            m.creation_timestamp.as_ref().map(|t| t.0),
+            m.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            m.name.clone().unwrap_or_default(),
+        )
     });
     sorted
 }
@@ -169,15 +207,53 @@ fn first_of_its_name(seen: &mut BTreeSet<ObjectName>, problems: &mut Problems) -
     false
 }
 
+/// A Secret looked up by namespace and name, and what was found.
+#[derive(Debug)]
+struct SecretLookup {
+    namespace: String,
+    name: String,
+    found: Option<SecretEntry>,
+}
+
+/// Where compile looks Secrets up: the store, or the store with a record of each look-up (for
+/// the [`Compiler`]'s cache).
+trait Secrets {
+    fn lookup(&mut self, namespace: &str, name: &str) -> Option<&SecretEntry>;
+}
+
+impl Secrets for &SecretStore {
+    fn lookup(&mut self, namespace: &str, name: &str) -> Option<&SecretEntry> {
+        self.get(namespace, name)
+    }
+}
+
+/// The store, recording every look-up.
+struct RecordedSecrets<'a> {
+    store: &'a SecretStore,
+    lookups: Vec<SecretLookup>,
+}
+
+impl Secrets for RecordedSecrets<'_> {
+    fn lookup(&mut self, namespace: &str, name: &str) -> Option<&SecretEntry> {
+        let found = self.store.get(namespace, name);
+        self.lookups.push(SecretLookup {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            found: found.cloned(),
+        });
+        found
+    }
+}
+
 /// Resolves a basic-auth Secret reference, recording why it does not resolve.
 fn resolve_secret(
-    secrets: &SecretStore,
+    secrets: &mut impl Secrets,
     namespace: &str,
     secret: &str,
     field: &str,
     problems: &mut Problems,
 ) -> Option<BasicAuth> {
-    match secrets.get(namespace, secret) {
+    match secrets.lookup(namespace, secret) {
         Some(SecretEntry::BasicAuth(auth)) => Some(auth.clone()),
         Some(SecretEntry::Invalid(why)) => {
             problems.fatal(Reason::InvalidSecret, field, format!("Secret {secret} {why}"));
@@ -256,7 +332,7 @@ fn compile_outbound_trunks(
             verdicts.push(problems.into_verdict(meta.generation));
             continue;
         }
-        let route = compile_outbound_trunk(trunk, &meta, secrets, &mut problems);
+        let route = compile_outbound_trunk(trunk, &meta, &mut { secrets }, &mut problems);
         if let (Some(route), false) = (route, problems.is_fatal()) {
             accepted.insert(
                 route.name.clone(),
@@ -271,7 +347,7 @@ fn compile_outbound_trunks(
 fn compile_outbound_trunk(
     trunk: &OutboundTrunk,
     meta: &Meta,
-    secrets: &SecretStore,
+    secrets: &mut impl Secrets,
     problems: &mut Problems,
 ) -> Option<OutboundTrunkRoute> {
     let spec = &trunk.spec;
@@ -397,18 +473,39 @@ struct CompiledInbound {
 fn compile_inbound_trunks(
     trunks: &[InboundTrunk],
     secrets: &SecretStore,
+    mut cache: Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
     verdicts: &mut Vec<Verdict>,
 ) -> Vec<CompiledInbound> {
     let mut seen = BTreeSet::new();
     let mut candidates = Vec::new();
+    let mut kept = HashMap::new();
     for trunk in age_order(trunks) {
         let meta = meta_of(&trunk.metadata);
         let mut problems =
             Problems::new(ObjectKey::new(Kind::InboundTrunk, meta.namespace, meta.name));
-        let route = if first_of_its_name(&mut seen, &mut problems) {
-            compile_inbound_trunk(trunk, &meta, secrets, &mut problems)
-        } else {
+        let route = if !first_of_its_name(&mut seen, &mut problems) {
             None
+        } else if let Some(cache) = cache.as_deref_mut() {
+            let name = ObjectName::new(meta.namespace, meta.name);
+            let cached = match cache.remove(&name) {
+                Some(c) if c.is_for(trunk, secrets) => c,
+                _ => {
+                    let mut recorded = RecordedSecrets { store: secrets, lookups: Vec::new() };
+                    let route = compile_inbound_trunk(trunk, &meta, &mut recorded, &mut problems);
+                    Box::new(CachedInbound {
+                        trunk: trunk.clone(),
+                        lookups: recorded.lookups,
+                        diagnostics: std::mem::take(&mut problems.list),
+                        route,
+                    })
+                }
+            };
+            problems.list.clone_from(&cached.diagnostics);
+            let route = cached.route.clone();
+            kept.insert(name, cached);
+            route
+        } else {
+            compile_inbound_trunk(trunk, &meta, &mut { secrets }, &mut problems)
         };
         let credentials_secret = route.as_ref().and_then(|r| match &r.digest {
             Some(InboundDigest::Ready { secret, .. } | InboundDigest::Pending { secret }) => {
@@ -425,16 +522,25 @@ fn compile_inbound_trunks(
         });
     }
 
-    // Oldest first: digest usernames and numbers go to the first trunk that claims them.
+    if let Some(cache) = cache {
+        // Trunks gone or renamed since the last compile are forgotten.
+        *cache = kept;
+    }
+
+    // Oldest first: digest usernames and numbers go to the first trunk that claims them. A
+    // number is held by the index of its holder in `claimants`, keyed by its text in the spec
+    // (a canonical number is its own text).
+    let claimants: Vec<&InboundTrunk> = candidates.iter().map(|c| c.trunk).collect();
     let mut usernames: HashMap<String, ObjectName> = HashMap::new();
-    let mut holders: HashMap<E164, ObjectName> = HashMap::new();
+    let mut holders: HashMap<&str, usize> = HashMap::new();
     let mut accepted = Vec::new();
-    for mut c in candidates {
+    for (index, mut c) in candidates.into_iter().enumerate() {
         let mut tally = None;
         if let (Some(mut route), false) = (c.route.take(), c.problems.is_fatal()) {
             claim_username(&route, &mut usernames, &mut c.problems);
             if !c.problems.is_fatal() {
-                let counts = claim_numbers(&mut route, c.trunk, &mut holders, &mut c.problems);
+                let claim = Claim { index, claimants: &claimants, holders: &mut holders };
+                let counts = claim_numbers(&mut route, c.trunk, claim, &mut c.problems);
                 tally = Some(counts);
                 if !c.problems.is_fatal() {
                     accepted.push(CompiledInbound { route, regions: c.trunk.spec.regions.clone() });
@@ -447,6 +553,16 @@ fn compile_inbound_trunks(
         verdicts.push(verdict);
     }
     accepted
+}
+
+impl CachedInbound {
+    /// Whether this is what step 2 decides about `trunk` with `secrets`: the same object, and
+    /// the same answer to every Secret look-up it made.
+    fn is_for(&self, trunk: &InboundTrunk, secrets: &SecretStore) -> bool {
+        self.trunk.spec == trunk.spec
+            && self.trunk.metadata == trunk.metadata
+            && self.lookups.iter().all(|l| secrets.get(&l.namespace, &l.name) == l.found.as_ref())
+    }
 }
 
 /// Records this trunk's digest username, refusing the trunk if an older one uses it: calls are
@@ -473,22 +589,36 @@ fn claim_username(
     }
 }
 
+/// Who holds which number so far: `claimants` in age order, `holders` the index of the holder
+/// of each number, `index` the trunk claiming now.
+struct Claim<'a, 'b> {
+    index: usize,
+    claimants: &'b [&'a InboundTrunk],
+    holders: &'b mut HashMap<&'a str, usize>,
+}
+
 /// Takes from `route` the numbers an older trunk holds, and claims the rest.
-fn claim_numbers(
+fn claim_numbers<'a>(
     route: &mut InboundTrunkRoute,
-    trunk: &InboundTrunk,
-    holders: &mut HashMap<E164, ObjectName>,
+    trunk: &'a InboundTrunk,
+    claim: Claim<'a, '_>,
     problems: &mut Problems,
 ) -> NumberTally {
     let mut tally = NumberTally::default();
     for (i, assignment) in trunk.spec.numbers.iter().enumerate() {
-        let Ok(number) = E164::parse_canonical(&assignment.number) else {
+        let text = assignment.number.as_str();
+        if !E164::is_canonical(text) {
             continue; // already reported by compile_inbound_trunk
-        };
-        match holders.get(&number) {
-            Some(holder) if *holder != route.name => {
+        }
+        match claim.holders.get(text) {
+            Some(&holder) if holder != claim.index => {
+                let Ok(number) = E164::parse_canonical(text) else { continue };
                 route.numbers.remove(&number);
                 tally.conflicting += 1;
+                let meta = claim.claimants.get(holder).map(|t| meta_of(&t.metadata));
+                let holder = meta
+                    .map(|m| ObjectName::new(m.namespace, m.name).to_string())
+                    .unwrap_or_default();
                 problems.add(
                     Severity::Degraded,
                     Reason::NumberConflict,
@@ -498,7 +628,7 @@ fn claim_numbers(
             }
             Some(_) => {}
             None => {
-                holders.insert(number, route.name.clone());
+                claim.holders.insert(text, claim.index);
             }
         }
     }
@@ -511,14 +641,17 @@ fn claim_numbers(
                 .into(),
         );
     }
-    route.agents = route.numbers.values().cloned().collect();
+    if tally.conflicting > 0 {
+        // Otherwise they are still those of every number, as compile_inbound_trunk made them.
+        route.agents = route.numbers.values().cloned().collect();
+    }
     tally
 }
 
 fn compile_inbound_trunk(
     trunk: &InboundTrunk,
     meta: &Meta,
-    secrets: &SecretStore,
+    secrets: &mut impl Secrets,
     problems: &mut Problems,
 ) -> Option<InboundTrunkRoute> {
     let spec = &trunk.spec;
@@ -559,7 +692,7 @@ fn compile_inbound_trunk(
             .map(|credentials| InboundDigest::Ready { secret: r.name.clone(), credentials }),
             None => {
                 let secret = generated_credentials_secret_name(meta.name);
-                match secrets.get(meta.namespace, &secret) {
+                match secrets.lookup(meta.namespace, &secret) {
                     Some(SecretEntry::BasicAuth(credentials)) => {
                         Some(InboundDigest::Ready { secret, credentials: credentials.clone() })
                     }
@@ -827,7 +960,7 @@ fn compile_transfer_target(
                     None
                 }
                 Some(Some(r)) => resolve_secret(
-                    secrets,
+                    &mut { secrets },
                     meta.namespace,
                     &r.name,
                     "spec.sip.auth.digest.secretRef.name",
@@ -868,5 +1001,209 @@ fn warn_agent_mismatch(agents: &[String], trunk: &OutboundTrunkRoute, problems: 
                 trunk.name.name
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The [`Compiler`] against [`compile`]: random specs, random edit sequences, the same
+    //! result after every edit (table, hash and every verdict).
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::secret::Password;
+
+    const NAMESPACES: [&str; 2] = ["voice", "sales"];
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+    /// An InboundTrunk drawn from a small world, so that names, numbers, usernames and Secrets
+    /// collide often.
+    #[derive(Clone, Debug)]
+    struct TrunkModel {
+        namespace: usize,
+        name: usize,
+        created: Option<u8>,
+        generation: Option<i64>,
+        numbers: Vec<(u8, u8)>,
+        /// None: no digest; Some(None): generated credentials; Some(Some(i)): secret `s{i}`.
+        digest: Option<Option<u8>>,
+        addresses: Vec<u8>,
+        bad_destination: bool,
+        regions: Vec<u8>,
+    }
+
+    /// A Secret `s{i}` or a generated one, as compile sees it: usable (with a username from a
+    /// small pool), unusable, or missing (not in the map).
+    type SecretsModel = BTreeMap<(usize, String), Option<u8>>;
+
+    fn trunk_model() -> impl Strategy<Value = TrunkModel> {
+        (
+            0..NAMESPACES.len(),
+            0..NAMES.len(),
+            proptest::option::of(0u8..3),
+            proptest::option::of(1i64..3),
+            proptest::collection::vec((0u8..6, 0u8..2), 0..4),
+            proptest::option::of(proptest::option::of(0u8..3)),
+            proptest::collection::vec(0u8..4, 0..3),
+            proptest::bool::weighted(0.1),
+            proptest::collection::vec(0u8..2, 0..2),
+        )
+            .prop_map(
+                |(
+                    namespace,
+                    name,
+                    created,
+                    generation,
+                    numbers,
+                    digest,
+                    addresses,
+                    bad_destination,
+                    regions,
+                )| TrunkModel {
+                    namespace,
+                    name,
+                    created,
+                    generation,
+                    numbers,
+                    digest,
+                    addresses,
+                    bad_destination,
+                    regions,
+                },
+            )
+    }
+
+    fn secret_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..3).prop_map(|i| format!("s{i}")),
+            (0..NAMES.len()).prop_map(|n| generated_credentials_secret_name(NAMES[n])),
+        ]
+    }
+
+    /// One edit: a trunk replaced, added or removed, a Secret set or removed.
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Replace(usize, TrunkModel),
+        Add(TrunkModel),
+        Remove(usize),
+        SetSecret(usize, String, Option<u8>),
+        RemoveSecret(usize, String),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            3 => (0usize..8, trunk_model()).prop_map(|(i, t)| Edit::Replace(i, t)),
+            2 => trunk_model().prop_map(Edit::Add),
+            1 => (0usize..8).prop_map(Edit::Remove),
+            2 => (0..NAMESPACES.len(), secret_name(), proptest::option::of(0u8..2))
+                .prop_map(|(ns, n, u)| Edit::SetSecret(ns, n, u)),
+            1 => (0..NAMESPACES.len(), secret_name()).prop_map(|(ns, n)| Edit::RemoveSecret(ns, n)),
+        ]
+    }
+
+    fn inbound(m: &TrunkModel) -> InboundTrunk {
+        let numbers: Vec<_> = m
+            .numbers
+            .iter()
+            .map(|(n, a)| serde_json::json!({"number": format!("+1415555010{n}"), "agent": format!("agent-{a}")}))
+            .collect();
+        let mut auth = serde_json::json!({});
+        if let Some(digest) = m.digest {
+            auth["digest"] = match digest {
+                Some(i) => serde_json::json!({"secretRef": {"name": format!("s{i}")}}),
+                None => serde_json::json!({}),
+            };
+        }
+        let addresses: Vec<&str> = m
+            .addresses
+            .iter()
+            .map(|a| ["203.0.113.0/24", "198.51.100.7", "0.0.0.0/0", "not-an-address"][*a as usize])
+            .collect();
+        auth["allowedAddresses"] = serde_json::json!(addresses);
+        let spec = serde_json::json!({
+            "numbers": numbers,
+            "destination": {"uri": if m.bad_destination { "http://nope" } else { "sip:agents.example.com:5070" }},
+            "auth": auth,
+            "regions": m.regions.iter().map(|r| ["us", "eu"][*r as usize]).collect::<Vec<_>>(),
+        });
+        let mut trunk = InboundTrunk::new(
+            NAMES[m.name],
+            serde_json::from_value(spec).expect("a valid InboundTrunkSpec"),
+        );
+        trunk.metadata.namespace = Some(NAMESPACES[m.namespace].to_string());
+        trunk.metadata.generation = m.generation;
+        trunk.metadata.creation_timestamp = m.created.map(|c| {
+            Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + i64::from(c)).unwrap())
+        });
+        trunk
+    }
+
+    fn specs(trunks: &[TrunkModel], secrets: &SecretsModel) -> Specs {
+        let mut specs = Specs { inbound: trunks.iter().map(inbound).collect(), ..Specs::default() };
+        for ((ns, name), user) in secrets {
+            let entry = match user {
+                Some(u) => SecretEntry::BasicAuth(BasicAuth {
+                    username: format!("user-{u}"),
+                    password: Password::new(format!("pw-{name}")),
+                }),
+                None => SecretEntry::Invalid("has no key password".into()),
+            };
+            specs.secrets.insert(NAMESPACES[*ns], name, entry);
+        }
+        specs
+    }
+
+    fn apply(edit: &Edit, trunks: &mut Vec<TrunkModel>, secrets: &mut SecretsModel) {
+        match edit.clone() {
+            Edit::Replace(i, t) if !trunks.is_empty() => {
+                let i = i % trunks.len();
+                trunks[i] = t;
+            }
+            Edit::Replace(_, t) | Edit::Add(t) => trunks.push(t),
+            Edit::Remove(i) if !trunks.is_empty() => {
+                let i = i % trunks.len();
+                trunks.remove(i);
+            }
+            Edit::Remove(_) => {}
+            Edit::SetSecret(ns, name, user) => {
+                secrets.insert((ns, name), user);
+            }
+            Edit::RemoveSecret(ns, name) => {
+                secrets.remove(&(ns, name));
+            }
+        }
+    }
+
+    fn assert_same(incremental: &Compiled, full: &Compiled) {
+        assert_eq!(incremental.verdicts, full.verdicts);
+        assert_eq!(incremental.table, full.table);
+        assert_eq!(incremental.table.config_hash(), full.table.config_hash());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn the_compiler_after_any_edits_gives_what_a_full_compile_gives(
+            start in proptest::collection::vec(trunk_model(), 0..6),
+            edits in proptest::collection::vec(edit(), 1..12),
+            region in proptest::option::of(prop_oneof![Just("us"), Just("eu")]),
+        ) {
+            let options = CompileOptions { region: region.map(str::to_string) };
+            let mut trunks = start;
+            let mut secrets = SecretsModel::new();
+            secrets.insert((0, "s0".into()), Some(0));
+            secrets.insert((0, "s1".into()), Some(0));
+            let mut compiler = Compiler::default();
+            let first = specs(&trunks, &secrets);
+            assert_same(&compiler.compile(&first, &options), &compile(&first, &options));
+            for edit in &edits {
+                apply(edit, &mut trunks, &mut secrets);
+                let now = specs(&trunks, &secrets);
+                assert_same(&compiler.compile(&now, &options), &compile(&now, &options));
+            }
+        }
     }
 }

@@ -106,20 +106,118 @@ impl LoadProblem {
 
 /// Loads the documents of `text`, read from `file` (used to name origins and problems).
 pub fn load_str(file: &Path, text: &str, into: &mut Loaded) {
-    into.files += 1;
+    into.add(&parse_str(file, text));
+}
+
+/// What one text holds, each document read and checked on its own, before the texts are put
+/// together ([`Loaded::add`] decides duplicates, in the order the texts are added). The folder
+/// source keeps one per file and parses again only the files that changed.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    file: PathBuf,
+    entries: Vec<Entry>,
+}
+
+/// One thing a document gave, in document order.
+#[derive(Clone, Debug)]
+enum Entry {
+    Problem(LoadProblem),
+    Notice(String),
+    /// A trunkline object with a name: loaded, or refused by its schema or its type.
+    Object {
+        key: ObjectKey,
+        line: usize,
+        outcome: Result<Object, Verdict>,
+    },
+    /// A Secret that deserialised, with a name, its namespace set.
+    Secret {
+        line: usize,
+        secret: Box<Secret>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Object {
+    Inbound(Box<InboundTrunk>),
+    Outbound(Box<OutboundTrunk>),
+    Transfer(Box<TransferDestination>),
+}
+
+/// Reads the documents of `text`, read from `file`, each on its own.
+pub fn parse_str(file: &Path, text: &str) -> Parsed {
+    let mut parsed = Parsed { file: file.to_path_buf(), entries: Vec::new() };
     for Document { start_line, value } in yaml::documents(text) {
         match value {
-            Ok(value) => load_document(file, start_line, value, into),
-            Err(e) => into.problems.push(LoadProblem::invalid(
+            Ok(value) => parse_document(file, start_line, value, &mut parsed.entries),
+            Err(e) => parsed.entries.push(Entry::Problem(LoadProblem::invalid(
                 file,
                 e.line.or(Some(start_line)),
                 format!("YAML: {}", e.message),
-            )),
+            ))),
+        }
+    }
+    parsed
+}
+
+impl Loaded {
+    /// Adds what one text holds: an object or a Secret already loaded from an earlier text (or
+    /// earlier in this one) is a `DuplicateObject` problem, and the first one is kept.
+    pub fn add(&mut self, parsed: &Parsed) {
+        self.files += 1;
+        let file = &parsed.file;
+        for entry in &parsed.entries {
+            match entry {
+                Entry::Problem(p) => self.problems.push(p.clone()),
+                Entry::Notice(n) => self.notices.push(n.clone()),
+                Entry::Object { key, line, outcome } => {
+                    if let Some(first) = self.origins.get(key) {
+                        self.problems.push(LoadProblem {
+                            object: Some(key.clone()),
+                            reason: Reason::DuplicateObject,
+                            ..LoadProblem::invalid(
+                                file,
+                                Some(*line),
+                                format!(
+                                    "{key} is written twice, at {first} and here: the first one is kept"
+                                ),
+                            )
+                        });
+                        continue;
+                    }
+                    self.origins.insert(key.clone(), Origin { file: file.clone(), line: *line });
+                    match outcome {
+                        Ok(Object::Inbound(o)) => self.specs.inbound.push((**o).clone()),
+                        Ok(Object::Outbound(o)) => self.specs.outbound.push((**o).clone()),
+                        Ok(Object::Transfer(o)) => self.specs.transfers.push((**o).clone()),
+                        Err(verdict) => self.refused.push(verdict.clone()),
+                    }
+                }
+                Entry::Secret { line, secret } => {
+                    let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    let id = (namespace.clone(), name.clone());
+                    if let Some(first) = self.secret_origins.get(&id) {
+                        self.problems.push(LoadProblem {
+                            reason: Reason::DuplicateObject,
+                            ..LoadProblem::invalid(
+                                file,
+                                Some(*line),
+                                format!(
+                                    "Secret {namespace}/{name} is written twice, at {first} and here: the first one is kept"
+                                ),
+                            )
+                        });
+                        continue;
+                    }
+                    self.secret_origins.insert(id, Origin { file: file.clone(), line: *line });
+                    self.specs.secrets.insert_secret(secret);
+                }
+            }
         }
     }
 }
 
-fn load_document(file: &Path, line: usize, mut value: Value, into: &mut Loaded) {
+fn parse_document(file: &Path, line: usize, mut value: Value, into: &mut Vec<Entry>) {
     let problem = |message: String| LoadProblem::invalid(file, Some(line), message);
     let Some(map) = value.as_object() else {
         let found = match &value {
@@ -129,14 +227,16 @@ fn load_document(file: &Path, line: usize, mut value: Value, into: &mut Loaded) 
             Value::Bool(_) => "a boolean",
             _ => "something else",
         };
-        into.problems.push(problem(format!("the document is {found}, not a Kubernetes object")));
+        into.push(Entry::Problem(problem(format!(
+            "the document is {found}, not a Kubernetes object"
+        ))));
         return;
     };
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind_name = match map.get("kind") {
         Some(Value::String(kind)) if !kind.is_empty() => kind.clone(),
         _ => {
-            into.problems.push(problem("the document has no kind".to_string()));
+            into.push(Entry::Problem(problem("the document has no kind".to_string())));
             return;
         }
     };
@@ -147,13 +247,13 @@ fn load_document(file: &Path, line: usize, mut value: Value, into: &mut Loaded) 
     if api_version == api::API_VERSION
         && let Some(kind) = kind
     {
-        load_trunkline_object(file, line, kind, value, into);
+        parse_trunkline_object(file, line, kind, value, into);
     } else if api_version.is_empty() {
         let expected = match kind {
             Some(_) => format!(": {kind_name} is {}", api::API_VERSION),
             None => String::new(),
         };
-        into.problems.push(problem(format!("the document has no apiVersion{expected}")));
+        into.push(Entry::Problem(problem(format!("the document has no apiVersion{expected}"))));
     } else if group == api::GROUP {
         let message = match kind {
             Some(kind) => {
@@ -169,22 +269,22 @@ fn load_document(file: &Path, line: usize, mut value: Value, into: &mut Loaded) 
             let namespace = namespace_of(&value);
             ObjectKey::new(kind, namespace, name)
         });
-        into.problems.push(problem);
+        into.push(Entry::Problem(problem));
     } else if api_version == "v1" && kind_name == "Secret" {
-        load_secret(file, line, &mut value, into);
+        parse_secret(file, line, &mut value, into);
     } else if api_version == "v1" && kind_name == "List" {
         // `kubectl get -o yaml` writes several objects as one List.
         if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
             for item in items {
-                load_document(file, line, item, into);
+                parse_document(file, line, item, into);
             }
         }
     } else {
-        into.notices.push(format!(
+        into.push(Entry::Notice(format!(
             "{}:{line}: skipped {api_version} {kind_name} {}: not a trunkline resource",
             file.display(),
             name.as_deref().unwrap_or("(no name)"),
-        ));
+        )));
     }
 }
 
@@ -196,40 +296,45 @@ fn namespace_of(value: &Value) -> String {
         .to_string()
 }
 
-fn load_trunkline_object(
+fn parse_trunkline_object(
     file: &Path,
     line: usize,
     kind: Kind,
     mut value: Value,
-    into: &mut Loaded,
+    into: &mut Vec<Entry>,
 ) {
     let Some(name) = value.pointer("/metadata/name").and_then(Value::as_str) else {
-        into.problems.push(LoadProblem {
+        into.push(Entry::Problem(LoadProblem {
             field: "metadata.name".into(),
             ..LoadProblem::invalid(file, Some(line), format!("this {kind} has no metadata.name"))
-        });
+        }));
         return;
     };
     let key = ObjectKey::new(kind, namespace_of(&value), name);
-    let origin = Origin { file: file.to_path_buf(), line };
-    if let Some(first) = into.origins.get(&key) {
-        into.problems.push(LoadProblem {
-            object: Some(key.clone()),
-            reason: Reason::DuplicateObject,
-            ..LoadProblem::invalid(
-                file,
-                Some(line),
-                format!("{key} is written twice, at {first} and here: the first one is kept"),
-            )
-        });
-        return;
-    }
-    into.origins.insert(key.clone(), origin);
     let generation = value.pointer("/metadata/generation").and_then(Value::as_i64);
 
     schema::normalize(&mut value);
     let violations = schema::validate(kind, &value);
-    if !violations.is_empty() {
+    let outcome = if violations.is_empty() {
+        let namespace = Some(key.namespace.clone());
+        let object = match kind {
+            Kind::InboundTrunk => typed::<InboundTrunk>(&value).map(|mut o| {
+                o.metadata.namespace = namespace;
+                Object::Inbound(Box::new(o))
+            }),
+            Kind::OutboundTrunk => typed::<OutboundTrunk>(&value).map(|mut o| {
+                o.metadata.namespace = namespace;
+                Object::Outbound(Box::new(o))
+            }),
+            Kind::TransferDestination => typed::<TransferDestination>(&value).map(|mut o| {
+                o.metadata.namespace = namespace;
+                Object::Transfer(Box::new(o))
+            }),
+        };
+        object.map_err(|(field, message)| {
+            Verdict::refused_invalid_spec(key.clone(), generation, field, message)
+        })
+    } else {
         let diagnostics = violations
             .into_iter()
             .map(|v| Diagnostic {
@@ -240,26 +345,9 @@ fn load_trunkline_object(
                 message: v.message,
             })
             .collect();
-        into.refused.push(Verdict::refused_by_schema(key, generation, diagnostics));
-        return;
-    }
-    let added = match kind {
-        Kind::InboundTrunk => typed::<InboundTrunk>(&value).map(|mut o| {
-            o.metadata.namespace = Some(key.namespace.clone());
-            into.specs.inbound.push(o);
-        }),
-        Kind::OutboundTrunk => typed::<OutboundTrunk>(&value).map(|mut o| {
-            o.metadata.namespace = Some(key.namespace.clone());
-            into.specs.outbound.push(o);
-        }),
-        Kind::TransferDestination => typed::<TransferDestination>(&value).map(|mut o| {
-            o.metadata.namespace = Some(key.namespace.clone());
-            into.specs.transfers.push(o);
-        }),
+        Err(Verdict::refused_by_schema(key.clone(), generation, diagnostics))
     };
-    if let Err((field, message)) = added {
-        into.refused.push(Verdict::refused_invalid_spec(key, generation, field, message));
-    }
+    into.push(Entry::Object { key, line, outcome });
 }
 
 /// Deserialises a trunkline object; on failure, the field path (empty for the whole object)
@@ -272,7 +360,7 @@ pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> 
     })
 }
 
-fn load_secret(file: &Path, line: usize, value: &mut Value, into: &mut Loaded) {
+fn parse_secret(file: &Path, line: usize, value: &mut Value, into: &mut Vec<Entry>) {
     schema::normalize(value);
     let namespace = namespace_of(value);
     let label = match value.pointer("/metadata/name").and_then(Value::as_str) {
@@ -291,36 +379,22 @@ fn load_secret(file: &Path, line: usize, value: &mut Value, into: &mut Loaded) {
             } else {
                 "has the wrong type"
             };
-            into.problems.push(LoadProblem {
+            into.push(Entry::Problem(LoadProblem {
                 field: field.clone(),
                 ..LoadProblem::invalid(file, Some(line), format!("{label}: {field} {why}"))
-            });
+            }));
             return;
         }
     };
-    let Some(name) = secret.metadata.name.clone() else {
-        into.problems.push(LoadProblem {
+    if secret.metadata.name.is_none() {
+        into.push(Entry::Problem(LoadProblem {
             field: "metadata.name".into(),
             ..LoadProblem::invalid(file, Some(line), "this Secret has no metadata.name")
-        });
-        return;
-    };
-    let origin = Origin { file: file.to_path_buf(), line };
-    let id = (namespace.clone(), name);
-    if let Some(first) = into.secret_origins.get(&id) {
-        into.problems.push(LoadProblem {
-            reason: Reason::DuplicateObject,
-            ..LoadProblem::invalid(
-                file,
-                Some(line),
-                format!("{label} is written twice, at {first} and here: the first one is kept"),
-            )
-        });
+        }));
         return;
     }
-    into.secret_origins.insert(id, origin);
     secret.metadata.namespace = Some(namespace);
-    into.specs.secrets.insert_secret(&secret);
+    into.push(Entry::Secret { line, secret: Box::new(secret) });
 }
 
 #[cfg(test)]

@@ -214,16 +214,16 @@ pub struct TransferRoute {
     pub agents: BTreeSet<String>,
 }
 
-/// Who holds a number: the index of the trunk in [`RoutingTable::inbound`] and its agent.
+/// Who holds a number: the index of the trunk in [`RoutingTable::inbound`] (its agent is in the
+/// trunk's `numbers`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NumberOwner {
     pub trunk: usize,
-    pub agent: String,
 }
 
 /// Everything a gateway needs to decide calls, with indexes for the lookups it makes on every
 /// INVITE: number → owner, digest username → trunk, and the trunks identified by address alone.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RoutingTable {
     /// Accepted inbound trunks, sorted by namespace/name.
     pub inbound: Vec<Arc<InboundTrunkRoute>>,
@@ -254,10 +254,9 @@ impl RoutingTable {
         let mut digest_users = HashMap::new();
         let mut address_only = Vec::new();
         for (i, trunk) in inbound.iter().enumerate() {
-            for (number, agent) in &trunk.numbers {
-                numbers
-                    .entry(number.clone())
-                    .or_insert_with(|| NumberOwner { trunk: i, agent: agent.clone() });
+            numbers.reserve(trunk.numbers.len());
+            for number in trunk.numbers.keys() {
+                numbers.entry(number.clone()).or_insert(NumberOwner { trunk: i });
             }
             match &trunk.digest {
                 Some(InboundDigest::Ready { credentials, .. }) => {
@@ -279,8 +278,8 @@ impl RoutingTable {
 
     /// The trunk holding `number`, and the agent the number goes to.
     pub fn number_owner(&self, number: &E164) -> Option<(&Arc<InboundTrunkRoute>, &str)> {
-        let owner = self.numbers.get(number)?;
-        Some((self.inbound.get(owner.trunk)?, owner.agent.as_str()))
+        let trunk = self.inbound.get(self.numbers.get(number)?.trunk)?;
+        Some((trunk, trunk.numbers.get(number)?.as_str()))
     }
 
     /// The trunk whose digest username is `username`.
@@ -323,9 +322,8 @@ impl RoutingTable {
     pub fn config_hash(&self) -> String {
         let mut hasher = Sha256::new();
         // Serialising the table is deterministic: BTreeMaps, sorted Vecs, passwords redacted.
-        if let Ok(json) = serde_json::to_vec(self) {
-            hasher.update(&json);
-        }
+        // Streamed into the hasher: the same bytes as `to_vec`, without holding them all.
+        let _ = serde_json::to_writer(HashWriter(&mut hasher), self);
         let mut fingerprint = |p: &Password| hasher.update(p.fingerprint());
         for t in &self.inbound {
             if let Some(InboundDigest::Ready { credentials, .. }) = &t.digest {
@@ -344,6 +342,20 @@ impl RoutingTable {
         }
         let digest = hasher.finalize();
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Feeds what is written to a hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -31,15 +31,14 @@ pub enum NumberError {
 impl E164 {
     /// Accepts only the canonical form (what the schema's pattern accepts).
     pub fn parse_canonical(s: &str) -> Result<E164, NumberError> {
-        let Some(first) = s.chars().next() else {
-            return Err(NumberError::Empty);
-        };
-        let digits = s.strip_prefix('+').ok_or(NumberError::BadCharacter(first))?;
-        if let Some(c) = digits.chars().find(|c| !c.is_ascii_digit()) {
-            return Err(NumberError::BadCharacter(c));
-        }
-        check_digits(digits)?;
+        check_canonical(s)?;
         Ok(E164(s.to_string()))
+    }
+
+    /// Whether [`E164::parse_canonical`] takes `s` (whose number is then `s` itself), without
+    /// making the number.
+    pub fn is_canonical(s: &str) -> bool {
+        check_canonical(s).is_ok()
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,6 +55,17 @@ impl fmt::Display for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+fn check_canonical(s: &str) -> Result<(), NumberError> {
+    let Some(first) = s.chars().next() else {
+        return Err(NumberError::Empty);
+    };
+    let digits = s.strip_prefix('+').ok_or(NumberError::BadCharacter(first))?;
+    if let Some(c) = digits.chars().find(|c| !c.is_ascii_digit()) {
+        return Err(NumberError::BadCharacter(c));
+    }
+    check_digits(digits)
 }
 
 fn check_digits(digits: &str) -> Result<(), NumberError> {

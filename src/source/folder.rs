@@ -4,14 +4,74 @@
 //!
 //! Hidden files and folders (names starting with `.`) are skipped: a ConfigMap mounted as a
 //! volume holds every file twice, once under `..data/`.
+//!
+//! The watch of `trunkline run` reloads with a [`FileCache`]: every file is read again, but only
+//! one whose text changed is parsed and checked again ([`load_paths_cached`]); the objects of the
+//! others are taken as they were, and the files are put together in the same order, so the
+//! result is the one [`load_paths`] gives.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use crate::config::manifest::{LoadProblem, Loaded, Origin, load_str};
+use crate::config::manifest::{Parsed, parse_str};
+
+/// The files parsed by the last load, by path, with a keyed hash and the length of their text.
+/// A file whose text has the same length and hash is not parsed again (the key is random per
+/// process, so two different texts collide with probability 2^-64 and nobody can aim for it).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    hasher: RandomState,
+    files: HashMap<PathBuf, CachedFile>,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    len: usize,
+    hash: u64,
+    parsed: Arc<Parsed>,
+}
+
+impl FileCache {
+    /// The parse of `text`, read from `file`: the cached one when the text is unchanged.
+    fn parse(
+        &mut self,
+        file: &Path,
+        text: &str,
+        seen: &mut HashMap<PathBuf, CachedFile>,
+    ) -> Arc<Parsed> {
+        let hash = self.hasher.hash_one(text.as_bytes());
+        let parsed = match self.files.remove(file) {
+            Some(c) if c.len == text.len() && c.hash == hash => c.parsed,
+            _ => Arc::new(parse_str(file, text)),
+        };
+        seen.insert(
+            file.to_path_buf(),
+            CachedFile { len: text.len(), hash, parsed: Arc::clone(&parsed) },
+        );
+        parsed
+    }
+}
 
 /// Loads every YAML file under `paths`.
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
+    load_paths_cached(paths, &mut FileCache::default())
+}
+
+/// [`load_paths`], parsing again only the files whose text changed since the last call with
+/// this cache. The cache then holds the files of this load only.
+pub fn load_paths_cached(paths: &[PathBuf], cache: &mut FileCache) -> Loaded {
+    let mut seen = HashMap::new();
+    let loaded = load_with(paths, &mut |file, text, into| {
+        into.add(&cache.parse(file, text, &mut seen));
+    });
+    cache.files = seen;
+    loaded
+}
+
+fn load_with(paths: &[PathBuf], load: &mut dyn FnMut(&Path, &str, &mut Loaded)) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
         let mut files = Vec::new();
@@ -25,7 +85,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
             Err(e) => loaded.problems.push(LoadProblem::invalid(path, None, io_message(&e))),
         }
         for file in files {
-            load_file(&file, &mut loaded);
+            load_file(&file, &mut loaded, load);
         }
     }
     loaded
@@ -86,10 +146,10 @@ fn io_message(error: &std::io::Error) -> String {
     }
 }
 
-fn load_file(file: &Path, into: &mut Loaded) {
+fn load_file(file: &Path, into: &mut Loaded, load: &mut dyn FnMut(&Path, &str, &mut Loaded)) {
     match std::fs::read(file) {
         Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => load_str(file, &text, into),
+            Ok(text) => load(file, &text, into),
             Err(e) => into.problems.push(LoadProblem::invalid(
                 file,
                 None,

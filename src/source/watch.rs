@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
@@ -43,10 +43,11 @@ use tracing::{debug, error, info, warn};
 
 use super::credentials::{GeneratedCredentials, StateDir, StateError};
 use super::debounce::{Burst, sleep_until};
-use super::folder::{LoadProblem, Origin, load_paths};
+use super::folder::{FileCache, LoadProblem, Origin, load_paths_cached};
 use super::log_verdict;
+use crate::config::compile::Compiler;
 use crate::config::diagnostic::{ObjectKey, State, Verdict};
-use crate::config::{CompileOptions, Snapshot, compile};
+use crate::config::{CompileOptions, Snapshot};
 
 /// Quiet time after the last event of a burst before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -90,6 +91,17 @@ pub struct FolderSource {
     state: Option<StateDir>,
     carrier_endpoint: Option<String>,
     on_reload: Option<ReloadObserver>,
+    /// What the last load parsed and compiled, so a reload redoes only what changed.
+    incremental: Arc<Mutex<Incremental>>,
+}
+
+/// The file cache and the compiler a reload starts from (`folder::load_paths_cached`,
+/// `Compiler`): after an edit of one file, only that file is parsed again and only its trunks
+/// are checked again; the rules between objects run in full.
+#[derive(Debug, Default)]
+struct Incremental {
+    files: FileCache,
+    compiler: Compiler,
 }
 
 /// Told the result of every reload the watch makes: `true` when a changed config was
@@ -125,7 +137,14 @@ struct Rejection {
 
 impl FolderSource {
     pub fn new(paths: Vec<PathBuf>, options: CompileOptions, state: Option<StateDir>) -> Self {
-        FolderSource { paths, options, state, carrier_endpoint: None, on_reload: None }
+        FolderSource {
+            paths,
+            options,
+            state,
+            carrier_endpoint: None,
+            on_reload: None,
+            incremental: Arc::default(),
+        }
     }
 
     /// Calls `observer` after each reload of the watch (see [`ReloadObserver`]).
@@ -196,7 +215,11 @@ impl FolderSource {
         };
         watcher.place(&targets, &events_tx)?;
         let mut seen = targets.layout();
-        let mut logged = Logged { verdicts: tx.borrow().verdicts.clone(), rejection: None };
+        let mut logged = Logged {
+            verdicts: tx.borrow().verdicts.clone(),
+            rejection: None,
+            retired: Retired::spawn(),
+        };
         // A first reload catches what changed between `load` and the watches being placed.
         let mut burst = Some(Burst::new(DEBOUNCE, MAX_DELAY));
         let mut retry = tokio::time::interval_at(Instant::now() + RETRY_INTERVAL, RETRY_INTERVAL);
@@ -287,7 +310,8 @@ impl FolderSource {
                 }
                 // An equal hash: nothing that changed changes how calls are handled.
                 if !same_hash {
-                    tx.send_replace(Arc::new(served.snapshot));
+                    let old = tx.send_replace(Arc::new(served.snapshot));
+                    logged.retired.retire(old);
                     self.observe(true);
                 }
             }
@@ -296,7 +320,12 @@ impl FolderSource {
 
     /// Load, the rule of the module docs, generated credentials, compile. Blocking.
     fn attempt(&self) -> Result<Attempt, StateError> {
-        let mut loaded = load_paths(&self.paths);
+        let started = std::time::Instant::now();
+        // A panic in an earlier attempt leaves caches that are merely stale: still usable.
+        let mut incremental = self.incremental.lock().unwrap_or_else(|e| e.into_inner());
+        let incremental = &mut *incremental;
+        let mut loaded = load_paths_cached(&self.paths, &mut incremental.files);
+        let load_time = started.elapsed();
         if !loaded.problems.is_empty() || !loaded.refused.is_empty() {
             return Ok(Attempt::Rejected(Rejection {
                 problems: loaded.problems,
@@ -308,8 +337,17 @@ impl FolderSource {
             Some(state) => state.ensure_generated_credentials(&mut loaded.specs)?,
             None => Vec::new(),
         };
-        let compiled = compile(&loaded.specs, &self.options);
+        let compiled = incremental.compiler.compile(&loaded.specs, &self.options);
+        let compile_time = started.elapsed();
         let hash = compiled.table.config_hash();
+        debug!(
+            load_ms = load_time.as_millis(),
+            compile_ms = (compile_time - load_time).as_millis(),
+            hash_ms = (started.elapsed() - compile_time).as_millis(),
+            "specs read and compiled"
+        );
+        // The inputs are dropped here, on this blocking thread, not where calls are served.
+        drop(loaded.specs);
         Ok(Attempt::Served(Served {
             snapshot: Snapshot {
                 table: Arc::new(compiled.table),
@@ -383,6 +421,55 @@ struct Logged {
     verdicts: Vec<Verdict>,
     /// The problems of the last load, while the specs stay rejected.
     rejection: Option<Rejection>,
+    retired: Retired,
+}
+
+/// Where a replaced snapshot goes: calls still running may hold its table, and whichever of
+/// them let go of it last would drop it (every trunk, the number index) on the task serving
+/// its SIP messages. So the source keeps a reference to each one it replaced, looks every
+/// [`RETIRED_SWEEP`] for those nobody else holds, and drops them on a blocking thread.
+#[derive(Debug)]
+pub(crate) struct Retired {
+    tx: mpsc::UnboundedSender<Arc<Snapshot>>,
+}
+
+/// How often retired snapshots are looked at.
+pub(crate) const RETIRED_SWEEP: Duration = Duration::from_secs(1);
+
+impl Retired {
+    /// Starts the task that drops retired snapshots; it ends once this is dropped and every
+    /// snapshot retired is gone.
+    pub(crate) fn spawn() -> Retired {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Snapshot>>();
+        tokio::spawn(async move {
+            let mut held: Vec<Arc<Snapshot>> = Vec::new();
+            let mut sweep = tokio::time::interval(RETIRED_SWEEP);
+            let mut open = true;
+            while open || !held.is_empty() {
+                tokio::select! {
+                    old = rx.recv(), if open => match old {
+                        Some(old) => held.push(old),
+                        None => open = false,
+                    },
+                    _ = sweep.tick() => {}
+                }
+                let (free, still): (Vec<_>, Vec<_>) = held
+                    .into_iter()
+                    .partition(|s| Arc::strong_count(s) == 1 && Arc::strong_count(&s.table) == 1);
+                held = still;
+                if !free.is_empty() {
+                    tokio::task::spawn_blocking(move || drop(free));
+                }
+            }
+        });
+        Retired { tx }
+    }
+
+    /// Hands over a snapshot that is no longer served.
+    pub(crate) fn retire(&self, old: Arc<Snapshot>) {
+        // The task ends only after this sender is dropped: the send cannot fail.
+        let _ = self.tx.send(old);
+    }
 }
 
 /// The spec paths, absolute (event paths are compared with them).
