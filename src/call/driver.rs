@@ -127,10 +127,10 @@ pub async fn run(
             }
             input = d.rx.recv() => match input {
                 Some(CallInput::Request(r, source)) => {
-                    d.call.on_message(Instant::now(), Message::Request(r), source)
+                    d.call.on_message(Instant::now(), Message::Request(*r), source)
                 }
                 Some(CallInput::Response(r, source)) => {
-                    d.call.on_message(Instant::now(), Message::Response(r), source)
+                    d.call.on_message(Instant::now(), Message::Response(*r), source)
                 }
                 Some(CallInput::HangUp(reason)) => d.call.hang_up(Instant::now(), reason),
                 None => break,

@@ -875,7 +875,7 @@ impl Gateway {
         match request.call_id().and_then(|c| self.services.call_for(c)) {
             Some(tx) => {
                 if let Err(mpsc::error::TrySendError::Full(_)) =
-                    tx.try_send(CallInput::Request(request, source))
+                    tx.try_send(CallInput::Request(Box::new(request), source))
                 {
                     self.services.metrics.sip_queue_drop("call");
                     tracing::debug!("call queue full; dropping a request (the peer retransmits)");
@@ -937,7 +937,7 @@ impl Gateway {
                 match call {
                     Some(tx) => {
                         if let Err(mpsc::error::TrySendError::Full(_)) =
-                            tx.try_send(CallInput::Request(request, source))
+                            tx.try_send(CallInput::Request(Box::new(request), source))
                         {
                             this.services.metrics.sip_queue_drop("call");
                             tracing::debug!(
@@ -959,7 +959,7 @@ impl Gateway {
             Ok(Message::Response(response)) => {
                 this.services.metrics.sip_message(transport, "response");
                 if let Some(tx) = response.call_id().and_then(|c| this.services.call_for(c)) {
-                    let _ = tx.try_send(CallInput::Response(response, source));
+                    let _ = tx.try_send(CallInput::Response(Box::new(response), source));
                 }
             }
         }

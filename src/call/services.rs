@@ -101,9 +101,12 @@ pub struct Listener {
 
 /// Messages for a call task.
 #[derive(Debug)]
+///
+/// Messages are boxed: each call's queue allocates its slots in blocks of 32, and an unboxed
+/// message made a block 10 KB (a fifth of a call's memory, docs/benchmarks.md); boxed, 3 KB.
 pub enum CallInput {
-    Request(Request, Source),
-    Response(Response, Source),
+    Request(Box<Request>, Source),
+    Response(Box<Response>, Source),
     /// End the call (the call API's `DELETE`, the end of a drain), with the reason its record
     /// and log give.
     HangUp(&'static str),
