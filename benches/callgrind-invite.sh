@@ -40,6 +40,7 @@ ROOT=$PWD
 BENCH=callgrind
 HERE=$ROOT/benches/inbound-cps
 source "$ROOT/benches/lib/cps.sh"   # log, die, stop_pid, ports_free, cps_install, autogroup
+source "$ROOT/benches/lib/spec.sh"   # bench_spec: the one InboundTrunk every benchmark measures
 
 RUNS=1
 CALLS=200
@@ -162,29 +163,7 @@ trap 'exit 130' INT TERM
 # sipp writes in $OUT do not wake the gateway's folder watch during the window.
 SPECS=$OUT/sut/specs
 mkdir -p "$SPECS"
-cat > "$SPECS/bench.yaml" <<EOF
-# written by benches/callgrind-invite.sh (the spec of benches/inbound-cps.sh)
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-credentials, namespace: bench}
-type: kubernetes.io/basic-auth
-stringData: {username: $AUTH_USER, password: $AUTH_PASS}
----
-apiVersion: trunkline.dev/v1alpha1
-kind: InboundTrunk
-metadata: {name: bench-in, namespace: bench}
-spec:
-  numbers:
-    - {number: "+$NUMBER", agent: bench}
-  destination:
-    uri: "sip:127.0.0.1:$UAS_PORT"
-  auth:
-    digest:
-      secretRef: {name: bench-credentials}
-    allowedAddresses: ["127.0.0.0/8"]
-  transports: [UDP]
-  codecs: [PCMU, PCMA]
-EOF
+bench_spec "$SPECS/bench.yaml" "benches/callgrind-invite.sh (the spec of benches/inbound-cps.sh)" 127.0.0.0/8
 if [ -x "$BIN" ]; then
   "$BIN" check "$SPECS" > "$OUT/check.txt" 2>&1 || { cat "$OUT/check.txt" >&2; die "trunkline check refused the specs"; }
 fi

@@ -44,6 +44,7 @@ ROOT=$PWD
 BENCH=concurrent-calls
 HERE=$ROOT/benches/concurrent-calls
 source "$ROOT/benches/lib/cps.sh"   # log, die, stop_pid, wait_udp, ports_free, installing
+source "$ROOT/benches/lib/spec.sh"   # bench_spec: the one InboundTrunk every benchmark measures
 
 CALLS=5000
 SMALL=1000
@@ -177,29 +178,7 @@ PORTS_TCP="$ADMIN_PORT $CLI_PORT"
 # --- the trunkline side: a specs folder and a state folder of its own
 SPECS=$OUT/specs
 mkdir -p "$SPECS" "$OUT/state" && chmod 700 "$OUT/state"
-cat > "$SPECS/bench.yaml" <<EOF
-# written by benches/concurrent-calls.sh
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-credentials, namespace: bench}
-type: kubernetes.io/basic-auth
-stringData: {username: $AUTH_USER, password: $AUTH_PASS}
----
-apiVersion: trunkline.dev/v1alpha1
-kind: InboundTrunk
-metadata: {name: bench-in, namespace: bench}
-spec:
-  numbers:
-    - {number: "+$NUMBER", agent: bench}
-  destination:
-    uri: "sip:127.0.0.1:$UAS_PORT"
-  auth:
-    digest:
-      secretRef: {name: bench-credentials}
-    allowedAddresses: ["127.0.0.0/8"]
-  transports: [UDP]
-  codecs: [PCMU, PCMA]
-EOF
+bench_spec "$SPECS/bench.yaml" benches/concurrent-calls.sh 127.0.0.0/8
 "$BIN" check "$SPECS" > "$OUT/check.txt" 2>&1 || { cat "$OUT/check.txt" >&2; die "trunkline check refused the bench specs"; }
 
 # --- the reference side: Kamailio (kamailio.cfg.in) + rtpengine

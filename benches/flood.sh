@@ -26,6 +26,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
+source "$ROOT/benches/lib/spec.sh"   # bench_spec: the one InboundTrunk every benchmark measures
 HERE=$ROOT/benches/flood
 
 CAPACITY=3000     # inbound calls/s of the release build (docs/benchmarks.md)
@@ -68,28 +69,7 @@ GW_PORT=$BASE_PORT; GW_INTERNAL=$((BASE_PORT + 2)); UAC_PORT=$((BASE_PORT + 10))
 UAS_PORT=$((BASE_PORT + 20)); ADMIN_PORT=$((BASE_PORT + 30))
 UAC_MEDIA=$((BASE_PORT + 1000)); UAS_MEDIA=$((BASE_PORT + 1100))
 
-cat > "$OUT/specs/bench.yaml" <<EOF
-# written by benches/flood.sh
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-credentials, namespace: bench}
-type: kubernetes.io/basic-auth
-stringData: {username: $AUTH_USER, password: $AUTH_PASS}
----
-apiVersion: trunkline.dev/v1alpha1
-kind: InboundTrunk
-metadata: {name: bench-in, namespace: bench}
-spec:
-  numbers:
-    - {number: "+$NUMBER", agent: bench}
-  destination:
-    uri: "sip:127.0.0.1:$UAS_PORT"
-  auth:
-    digest:
-      secretRef: {name: bench-credentials}
-  transports: [UDP]
-  codecs: [PCMU, PCMA]
-EOF
+bench_spec "$OUT/specs/bench.yaml" benches/flood.sh
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }

@@ -38,6 +38,7 @@ ROOT=$PWD
 BENCH=inbound-cps
 HERE=$ROOT/benches/inbound-cps
 source "$ROOT/benches/lib/cps.sh"   # options, processes, steps, search, summary
+source "$ROOT/benches/lib/spec.sh"   # bench_spec: the one InboundTrunk every benchmark measures
 
 cps_defaults
 NUMBER=15551230001
@@ -65,29 +66,7 @@ ports_free
 # --- the trunkline side: a specs folder and a state folder of its own
 SPECS=$OUT/specs
 mkdir -p "$SPECS" "$OUT/state" && chmod 700 "$OUT/state"
-cat > "$SPECS/bench.yaml" <<EOF
-# written by benches/inbound-cps.sh
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-credentials, namespace: bench}
-type: kubernetes.io/basic-auth
-stringData: {username: $AUTH_USER, password: $AUTH_PASS}
----
-apiVersion: trunkline.dev/v1alpha1
-kind: InboundTrunk
-metadata: {name: bench-in, namespace: bench}
-spec:
-  numbers:
-    - {number: "+$NUMBER", agent: bench}
-  destination:
-    uri: "sip:127.0.0.1:$UAS_PORT"
-  auth:
-    digest:
-      secretRef: {name: bench-credentials}
-    allowedAddresses: ["127.0.0.0/8"]
-  transports: [UDP]
-  codecs: [PCMU, PCMA]
-EOF
+bench_spec "$SPECS/bench.yaml" benches/inbound-cps.sh 127.0.0.0/8
 "$BIN" check "$SPECS" > "$OUT/check.txt" 2>&1 || { cat "$OUT/check.txt" >&2; die "trunkline check refused the bench specs"; }
 
 sed -e "s#@CHILDREN@#$KAM_CHILDREN#g; s#@LISTEN_IP@#127.0.0.1#g; s#@LISTEN_PORT@#$KAM_PORT#g; \
