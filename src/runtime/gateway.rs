@@ -495,6 +495,8 @@ pub async fn serve_until(
         options.rtp_ports.1,
         metrics.port_pool(),
     ));
+    // Each call takes two pairs (a bridged transfer a third while it rings): the range's
+    // capacity in calls is logged with the serving line (docs/architecture.md).
     let pairs = ports.capacity();
     let gateway =
         Gateway::new(config, snapshot_rx.clone(), digest, metrics.clone(), health.clone(), ports);
@@ -590,7 +592,7 @@ pub async fn serve_until(
     health.set_ready(true);
     tracing::info!(
         rtp_ports = ?options.rtp_ports, rtp_port_pairs = pairs, calls_at_once = pairs / 2,
-        "trunkline is serving (each call takes two RTP port pairs, a bridged transfer a third while it rings)"
+        "trunkline is serving"
     );
 
     shutdown.cancelled().await;
