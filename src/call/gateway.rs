@@ -852,8 +852,7 @@ impl Gateway {
     /// answer at all (the per-source guard is asked here, so a flood is dropped before it
     /// queues).
     fn to_worker(self: &Arc<Self>, request: Request, source: Source) {
-        // An ACK is never answered: it costs nothing to take.
-        if request.method != Method::Ack && !self.admitted(&source, request_kind(&request)) {
+        if !self.answerable(&request, &source) {
             return;
         }
         let (Some(workers), Some(call_id)) = (self.workers.get(), request.call_id()) else {
@@ -869,18 +868,27 @@ impl Gateway {
         }
     }
 
+    /// Whether a request no call has is taken at all: an ACK always (it is never answered: it
+    /// costs nothing), anything else when the per-source guard admits its source.
+    fn answerable(&self, request: &Request, source: &Source) -> bool {
+        request.method == Method::Ack || self.admitted(source, request_kind(request))
+    }
+
+    /// Hands a request to its call's queue; a full queue drops it (the peer retransmits).
+    fn to_call(&self, tx: &mpsc::Sender<CallInput>, request: Request, source: Source) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            tx.try_send(CallInput::Request(Box::new(request), source))
+        {
+            self.services.metrics.sip_queue_drop("call");
+            tracing::debug!("call queue full; dropping a request (the peer retransmits)");
+        }
+    }
+
     /// A worker's turn at a request: to its call if one started meanwhile (an earlier message
     /// of the same Call-ID, decided just before), else decided.
     fn decide(self: &Arc<Self>, request: Request, source: Source) {
         match request.call_id().and_then(|c| self.services.call_for(c)) {
-            Some(tx) => {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    tx.try_send(CallInput::Request(Box::new(request), source))
-                {
-                    self.services.metrics.sip_queue_drop("call");
-                    tracing::debug!("call queue full; dropping a request (the peer retransmits)");
-                }
-            }
+            Some(tx) => self.to_call(&tx, request, source),
             None => self.handle_new_request(request, source),
         }
     }
@@ -935,25 +943,12 @@ impl Gateway {
                 this.services.metrics.sip_message(transport, "request");
                 let call = request.call_id().and_then(|c| this.services.call_for(c));
                 match call {
-                    Some(tx) => {
-                        if let Err(mpsc::error::TrySendError::Full(_)) =
-                            tx.try_send(CallInput::Request(Box::new(request), source))
-                        {
-                            this.services.metrics.sip_queue_drop("call");
-                            tracing::debug!(
-                                "call queue full; dropping a request (the peer retransmits)"
-                            );
-                        }
-                    }
+                    Some(tx) => this.to_call(&tx, request, source),
                     None if turn == Turn::Receiver => this.to_worker(request, source),
-                    None => {
-                        // An ACK is never answered: it costs nothing to take.
-                        if request.method == Method::Ack
-                            || this.admitted(&source, request_kind(&request))
-                        {
-                            this.handle_new_request(request, source);
-                        }
+                    None if this.answerable(&request, &source) => {
+                        this.handle_new_request(request, source)
                     }
+                    None => {}
                 }
             }
             Ok(Message::Response(response)) => {
