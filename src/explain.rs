@@ -176,7 +176,7 @@ pub fn explain(
     query: &OutboundQuery,
 ) -> anyhow::Result<OutboundExplanation> {
     let invite = agent_invite(query)?;
-    let from_uri = invite.from().map(|f| f.uri).unwrap_or_default();
+    let from_uri = invite.from().map(|f| f.uri.clone()).unwrap_or_default();
     let headers: Vec<(String, String)> =
         invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
     let attempt =

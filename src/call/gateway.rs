@@ -472,7 +472,7 @@ impl Gateway {
         }
 
         let transport = source.protocol;
-        let from = request.from().map(|f| f.uri).unwrap_or_default();
+        let from = request.from().map(|f| f.uri.clone()).unwrap_or_default();
         let headers: Vec<(String, String)> =
             request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let attempt = CallAttempt {
@@ -598,7 +598,7 @@ impl Gateway {
                 }
             }
         }
-        let from = request.from().map(|f| f.uri).unwrap_or_default();
+        let from = request.from().map(|f| f.uri.clone()).unwrap_or_default();
         let headers: Vec<(String, String)> =
             request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let attempt =

@@ -113,8 +113,8 @@ pub fn setup(
     let protocol = route.trunk.destination.transport;
     let session_id = ids.token(16);
     let from = invite.from();
-    let display = from.as_ref().and_then(|f| f.display.clone());
-    let caller = from.as_ref().map(caller_user).unwrap_or_else(|| "anonymous".to_string());
+    let display = from.and_then(|f| f.display.clone());
+    let caller = from.map(caller_user).unwrap_or_else(|| "anonymous".to_string());
     let dialog = Dialog {
         call_id: format!("{}@trunkline", ids.token(20)),
         local_tag: ids.token(10),

@@ -257,7 +257,7 @@ mod tests {
     fn the_carrier_gets_our_dialog_the_trunks_identity_and_only_the_agents_x_headers() {
         let table = RoutingTable::new(vec![], vec![trunk()], vec![]);
         let invite = agent_invite();
-        let from = invite.from().unwrap().uri;
+        let from = invite.from().unwrap().uri.clone();
         let headers: Vec<(String, String)> =
             invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");

@@ -143,6 +143,9 @@ pub struct Headers {
     /// Boxed: a message is moved through queues, and an inline `Via` would make every
     /// `Headers` 110 bytes larger.
     top_via: OnceLock<Option<Box<Via>>>,
+    /// `From` and `To`, parsed once the same way (each was parsed 18 times per call).
+    from: OnceLock<Option<Box<NameAddr>>>,
+    to: OnceLock<Option<Box<NameAddr>>>,
 }
 
 impl PartialEq for Headers {
@@ -235,10 +238,24 @@ impl Headers {
             .as_deref()
     }
 
+    /// `From`, parsed (`None` when there is none or it does not parse).
+    pub fn from(&self) -> Option<&NameAddr> {
+        name_addr(&self.from, self.get(name::FROM))
+    }
+
+    /// `To`, parsed (`None` when there is none or it does not parse).
+    pub fn to(&self) -> Option<&NameAddr> {
+        name_addr(&self.to, self.get(name::TO))
+    }
+
     /// Forgets what was parsed from `name`'s values.
     fn changed(&mut self, name: &str) {
         if name.eq_ignore_ascii_case(self::name::VIA) {
             self.top_via = OnceLock::new();
+        } else if name.eq_ignore_ascii_case(self::name::FROM) {
+            self.from = OnceLock::new();
+        } else if name.eq_ignore_ascii_case(self::name::TO) {
+            self.to = OnceLock::new();
         }
     }
 
@@ -253,6 +270,13 @@ impl Headers {
             }
         }
     }
+}
+
+fn name_addr<'a>(
+    parsed: &'a OnceLock<Option<Box<NameAddr>>>,
+    value: Option<&str>,
+) -> Option<&'a NameAddr> {
+    parsed.get_or_init(|| value.and_then(NameAddr::parse).map(Box::new)).as_deref()
 }
 
 /// A SIP request.
@@ -536,8 +560,9 @@ fn check_common(headers: &Headers) -> Result<(), &'static str> {
     if !any {
         return Err("Via is required");
     }
-    let from = headers.get(name::FROM).and_then(NameAddr::parse).ok_or("malformed From")?;
-    let to = headers.get(name::TO).and_then(NameAddr::parse).ok_or("malformed To")?;
+    // Parsed here for the checks and kept for the later asks, as the top Via.
+    let from = headers.from().ok_or("malformed From")?;
+    let to = headers.to().ok_or("malformed To")?;
     if from.uri.is_empty() || to.uri.is_empty() {
         return Err("malformed From or To");
     }
@@ -818,12 +843,12 @@ pub trait DialogHeaders {
         self.headers().top_via()
     }
 
-    fn from(&self) -> Option<NameAddr> {
-        self.headers().get(name::FROM).and_then(NameAddr::parse)
+    fn from(&self) -> Option<&NameAddr> {
+        self.headers().from()
     }
 
-    fn to(&self) -> Option<NameAddr> {
-        self.headers().get(name::TO).and_then(NameAddr::parse)
+    fn to(&self) -> Option<&NameAddr> {
+        self.headers().to()
     }
 
     fn call_id(&self) -> Option<&str> {
@@ -1092,6 +1117,29 @@ v=0\n";
         copy.headers.set(name::VIA, "SIP/2.0/UDP 192.0.2.5;branch=z9hG4bKcopy");
         assert_eq!(branch(&r).as_deref(), Some("z9hG4bKpushed"));
         assert_eq!(branch(&copy).as_deref(), Some("z9hG4bKcopy"));
+    }
+
+    #[test]
+    fn from_and_to_follow_every_change_of_their_headers() {
+        let mut r = request(INVITE);
+        let tag = |a: Option<&NameAddr>| a.and_then(|a| a.tag().map(str::to_string));
+        let from_tag = tag(r.from()).expect("the INVITE's From has a tag");
+        assert_eq!(tag(r.to()), None);
+        // The gateway answers with its To tag, and rewrites From toward the other leg.
+        r.headers.set(name::TO, "<sip:+14155550100@gw.example>;tag=ours");
+        assert_eq!(tag(r.to()).as_deref(), Some("ours"));
+        assert_eq!(tag(r.from()), Some(from_tag), "From untouched");
+        r.headers.set(name::FROM, "\"Alice\" <sip:alice@a.example>;tag=new");
+        assert_eq!(r.from().map(|f| f.uri.as_str()), Some("sip:alice@a.example"));
+        assert_eq!(r.from().and_then(|f| f.display.as_deref()), Some("Alice"));
+        r.headers.remove(name::TO);
+        assert_eq!(r.to(), None);
+        r.headers.push(name::TO, "<sip:bob@b.example>");
+        assert_eq!(r.to().map(|t| t.uri.as_str()), Some("sip:bob@b.example"));
+        let mut copy = r.clone();
+        copy.headers.set(name::TO, "<sip:carol@c.example>");
+        assert_eq!(r.to().map(|t| t.uri.as_str()), Some("sip:bob@b.example"));
+        assert_eq!(copy.to().map(|t| t.uri.as_str()), Some("sip:carol@c.example"));
     }
 
     #[test]

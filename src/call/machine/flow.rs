@@ -22,12 +22,12 @@ use super::{ALLOW, Action, Call, Destination, Origin, Record, Relay, State, map_
 /// The origin leg, from the INVITE that starts the call.
 pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
     let Origin { role, invite, source, local, trusted } = origin;
-    let from = invite.from().unwrap_or_else(|| NameAddr {
+    let from = invite.from().cloned().unwrap_or_else(|| NameAddr {
         display: None,
         uri: "sip:anonymous@anonymous.invalid".into(),
         params: vec![],
     });
-    let to = invite.to().unwrap_or_else(|| NameAddr {
+    let to = invite.to().cloned().unwrap_or_else(|| NameAddr {
         display: None,
         uri: invite.uri.clone(),
         params: vec![],
