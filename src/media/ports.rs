@@ -95,7 +95,7 @@ impl PortAllocator {
             match bind_pair(ip, rtp_port) {
                 Ok((rtp, rtcp)) => {
                     let lease = PortLease { pool: Arc::clone(pool), rtp_port };
-                    return Ok(PortPair { rtp, rtcp, lease });
+                    return Ok(PortPair { rtp, rtcp, lease, ip });
                 }
                 Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
                     // Someone else holds it: skip, keep it for later.
@@ -177,10 +177,14 @@ fn bind_pair(ip: IpAddr, rtp_port: u16) -> io::Result<(UdpSocket, UdpSocket)> {
     Ok((rtp, rtcp))
 }
 
+/// A non-blocking UDP socket bound to `addr`, made non-blocking as it is created (no ioctl
+/// per socket: four sockets per call).
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = UdpSocket::bind(addr)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A pair's place in the pool: the pair is free again when this is dropped.
@@ -210,12 +214,19 @@ pub struct PortPair {
     pub rtp: UdpSocket,
     pub rtcp: UdpSocket,
     pub lease: PortLease,
+    /// The address both are bound to.
+    pub ip: IpAddr,
 }
 
 impl PortPair {
-    /// The RTP address (what goes into the SDP's `c=` and `m=` lines).
-    pub fn rtp_addr(&self) -> io::Result<SocketAddr> {
-        self.rtp.local_addr()
+    /// The RTP address (what goes into the SDP's `c=` and `m=` lines), as bound: known
+    /// without asking the kernel.
+    pub fn rtp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.rtp_port())
+    }
+
+    pub fn rtcp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.rtcp_port())
     }
 
     pub fn rtp_port(&self) -> u16 {
@@ -279,7 +290,15 @@ mod tests {
         assert_eq!(pair.rtp.local_addr().expect("addr").port(), pair.rtp_port());
         assert_eq!(pair.rtcp.local_addr().expect("addr").port(), pair.rtp_port() + 1);
         assert_eq!(pair.rtcp_port(), pair.rtp_port() + 1);
-        assert_eq!(pair.rtp_addr().expect("addr"), SocketAddr::new(LOCALHOST, pair.rtp_port()));
+        assert_eq!(pair.rtp_addr(), SocketAddr::new(LOCALHOST, pair.rtp_port()));
+        // What the allocator says is what the kernel bound.
+        assert_eq!(pair.rtp.local_addr().expect("addr"), pair.rtp_addr());
+        assert_eq!(pair.rtcp.local_addr().expect("addr"), pair.rtcp_addr());
+        // Non-blocking, as tokio needs: a read with nothing queued returns at once.
+        for socket in [&pair.rtp, &pair.rtcp] {
+            let err = socket.recv(&mut [0u8; 16]).expect_err("nothing queued");
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        }
     }
 
     #[test]

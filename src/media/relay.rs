@@ -412,10 +412,10 @@ impl Relay {
     ) -> Result<Relay, StartError> {
         let pair_a = allocator.allocate(ip_a)?;
         let pair_b = allocator.allocate(ip_b)?;
-        let local = [local_addr(&pair_a.rtp)?, local_addr(&pair_b.rtp)?];
-        let local_rtcp = [local_addr(&pair_a.rtcp)?, local_addr(&pair_b.rtcp)?];
-        let PortPair { rtp: rtp_a, rtcp: rtcp_a, lease: lease_a } = pair_a;
-        let PortPair { rtp: rtp_b, rtcp: rtcp_b, lease: lease_b } = pair_b;
+        let local = [pair_a.rtp_addr(), pair_b.rtp_addr()];
+        let local_rtcp = [pair_a.rtcp_addr(), pair_b.rtcp_addr()];
+        let PortPair { rtp: rtp_a, rtcp: rtcp_a, lease: lease_a, .. } = pair_a;
+        let PortPair { rtp: rtp_b, rtcp: rtcp_b, lease: lease_b, .. } = pair_b;
         let ipv6 = [
             local[0].is_ipv6(),
             local_rtcp[0].is_ipv6(),
@@ -513,9 +513,8 @@ impl Relay {
     ) -> Result<SocketAddr, StartError> {
         self.drop_spare();
         let pair = allocator.allocate(ip)?;
-        let local = local_addr(&pair.rtp)?;
-        let local_rtcp = local_addr(&pair.rtcp)?;
-        let PortPair { rtp, rtcp, lease } = pair;
+        let (local, local_rtcp) = (pair.rtp_addr(), pair.rtcp_addr());
+        let PortPair { rtp, rtcp, lease, .. } = pair;
         let sockets = {
             // Registered with the relay's own runtime (a media thread, maybe not the caller's).
             let _entered = self.runtime.enter();
@@ -742,10 +741,6 @@ impl Drop for MediaThreads {
             }
         }
     }
-}
-
-fn local_addr(socket: &UdpSocket) -> Result<SocketAddr, StartError> {
-    socket.local_addr().map_err(StartError::Register)
 }
 
 /// Registers a (non-blocking) socket with the runtime entered by the caller.
