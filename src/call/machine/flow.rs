@@ -126,7 +126,7 @@ impl Call {
         let transfer = self.is_bridging(leg);
         let offer = match &self.bridging {
             Some(b) if transfer => b.offer.as_ref(),
-            _ => self.offer.as_ref(),
+            _ => self.offer.as_deref(),
         };
         let origin_invite =
             if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_ref() };
@@ -614,7 +614,7 @@ impl Call {
         };
         let (_, advertised) = self.media_ip(second);
         sdp.rewrite_for_relay(&mut self.legs[second.0].origin, advertised, port);
-        self.offer = Some(super::MediaOffer { sdp, negotiated, delayed: false });
+        self.offer = Some(Box::new(super::MediaOffer { sdp, negotiated, delayed: false }));
         match destination {
             Destination::Address(address) => self.resolved(now, second, address),
             Destination::Lookup { host, port } => {
