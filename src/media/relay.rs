@@ -113,6 +113,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::task::AtomicWaker;
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
@@ -120,7 +121,7 @@ use socket2::{SockAddr, SockRef};
 use tokio::io::Interest;
 use tokio::net::UdpSocket as TokioUdpSocket;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
@@ -351,6 +352,56 @@ enum Command {
     Stop,
 }
 
+/// The [`Relay`]'s commands to its task, in order: a queue and the task's waker. (A tokio
+/// channel allocates 32 slots and its cache-padded state up front: 2-3 kB of every held call
+/// for the handful of commands a call sends.)
+struct Commands {
+    /// `None` once the task has ended: a command sent then is dropped at once (a spare's
+    /// sockets close and its ports go back).
+    queue: Mutex<Option<Vec<Command>>>,
+    waker: AtomicWaker,
+}
+
+impl Commands {
+    fn new() -> Commands {
+        Commands { queue: Mutex::new(Some(Vec::new())), waker: AtomicWaker::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Command>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, command: Command) {
+        let refused = match self.lock().as_mut() {
+            Some(queue) => {
+                queue.push(command);
+                None
+            }
+            None => Some(command),
+        };
+        // The task is gone: dropped outside the lock.
+        drop(refused);
+        self.waker.wake();
+    }
+
+    /// What was sent since the last call, in order. The task's waker is registered first, so
+    /// a command sent meanwhile wakes it again.
+    fn take(&self, cx: &Context<'_>) -> Vec<Command> {
+        self.waker.register(cx.waker());
+        self.lock().as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
+/// The task's end of [`Commands`]: closes the queue when the task ends, however it ends.
+struct CommandsEnd(Arc<Commands>);
+
+impl Drop for CommandsEnd {
+    fn drop(&mut self) {
+        let left = self.0.lock().take();
+        drop(left);
+    }
+}
+
 /// The relay of one call. Dropping it stops the relay and frees its ports.
 pub struct Relay {
     local: [SocketAddr; 2],
@@ -359,7 +410,7 @@ pub struct Relay {
     spare: Option<(SocketAddr, SocketAddr)>,
     /// The runtime the task runs on: the spare's sockets are registered with it.
     runtime: Handle,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Arc<Commands>,
     timeout: watch::Receiver<Option<MediaTimeout>>,
     shared: Arc<Shared>,
     task: Option<JoinHandle<RelayStats>>,
@@ -427,7 +478,7 @@ impl Relay {
             [register(rtp_a)?, register(rtcp_a)?, register(rtp_b)?, register(rtcp_b)?]
         };
 
-        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let commands = Arc::new(Commands::new());
         let (timeout_tx, timeout) = watch::channel(None);
         let now = Instant::now();
         let shared = Arc::new(Shared::new(now));
@@ -436,7 +487,7 @@ impl Relay {
             ipv6,
             leases: [lease_a, lease_b],
             _load: load,
-            commands: commands_rx,
+            commands: CommandsEnd(Arc::clone(&commands)),
             // Created on the relay's runtime, so its own timer drives it (and no runtime is
             // needed by the caller).
             sleep: {
@@ -481,13 +532,13 @@ impl Relay {
     /// The RTP address in the SDP of this leg's peer (`None` for `0.0.0.0`). A new address
     /// drops the latch of that leg (see the module docs).
     pub fn update_remote(&self, leg: Leg, remote: Option<SocketAddr>) {
-        // The task only ends when stopped: a send error means nothing is left to update.
-        let _ = self.commands.send(Command::UpdateRemote(leg, remote));
+        // The task only ends when stopped: after that a command is dropped, nothing to update.
+        self.commands.send(Command::UpdateRemote(leg, remote));
     }
 
     /// On hold the peers may stop sending: the media timeout is suspended until resumed.
     pub fn set_hold(&self, hold: bool) {
-        let _ = self.commands.send(Command::Hold(hold));
+        self.commands.send(Command::Hold(hold));
     }
 
     /// Binds a spare port pair on `ip` (from `allocator`) in this relay's task, whose peer any
@@ -522,7 +573,7 @@ impl Relay {
         };
         let spare = SpareSockets { sockets, ipv6: [local.is_ipv6(), local_rtcp.is_ipv6()], lease };
         // A task that is gone (it only ends when stopped) drops the sockets and frees the pair.
-        let _ = self.commands.send(Command::AddSpare(Box::new(spare), guard));
+        self.commands.send(Command::AddSpare(Box::new(spare), guard));
         self.spare = Some((local, local_rtcp));
         Ok(local)
     }
@@ -531,7 +582,7 @@ impl Relay {
     /// `0.0.0.0`), as [`Relay::update_remote`] is for a side. Nothing without a spare.
     pub fn update_spare_remote(&self, remote: Option<SocketAddr>) {
         if self.spare.is_some() {
-            let _ = self.commands.send(Command::UpdateSpareRemote(remote));
+            self.commands.send(Command::UpdateSpareRemote(remote));
         }
     }
 
@@ -545,7 +596,7 @@ impl Relay {
         let Some((local, local_rtcp)) = self.spare.take() else { return false };
         self.local[Leg::B.index()] = local;
         self.local_rtcp[Leg::B.index()] = local_rtcp;
-        let _ = self.commands.send(Command::PromoteSpare(remote));
+        self.commands.send(Command::PromoteSpare(remote));
         true
     }
 
@@ -553,7 +604,7 @@ impl Relay {
     /// to the pool as soon as the task sees the command. Nothing without a spare.
     pub fn drop_spare(&mut self) {
         if self.spare.take().is_some() {
-            let _ = self.commands.send(Command::DropSpare);
+            self.commands.send(Command::DropSpare);
         }
     }
 
@@ -582,7 +633,7 @@ impl Relay {
     /// Stops relaying, closes the sockets, returns the ports to the pool and gives the final
     /// figures.
     pub async fn stop(mut self) -> RelayStats {
-        let _ = self.commands.send(Command::Stop);
+        self.commands.send(Command::Stop);
         match self.task.take() {
             Some(task) => match task.await {
                 Ok(stats) => stats,
@@ -758,7 +809,7 @@ struct Task {
     spare: Option<SpareSockets>,
     /// This relay counted on its media thread, until the task ends.
     _load: Option<ThreadLoad>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: CommandsEnd,
     sleep: Pin<Box<Sleep>>,
     state: State,
 }
@@ -781,11 +832,10 @@ impl Task {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            match self.commands.poll_recv(cx) {
-                Poll::Ready(Some(Command::Stop)) | Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Ready(Some(command)) => self.apply(command, Instant::now()),
-                Poll::Pending => break,
+        for command in self.commands.0.take(cx) {
+            match command {
+                Command::Stop => return Poll::Ready(()),
+                command => self.apply(command, Instant::now()),
             }
         }
         let now = Instant::now();
