@@ -1474,8 +1474,8 @@ struct Shared {
     legs: [SharedLeg; 2],
     /// Changes only when a remote is set or latched.
     remotes: Mutex<[Option<SocketAddr>; 2]>,
-    /// Changes only when a spare is promoted.
-    replaced: Mutex<Option<LegStats>>,
+    /// Changes only when a spare is promoted. Boxed: only transfers have it.
+    replaced: Mutex<Option<Box<LegStats>>>,
 }
 
 #[derive(Default)]
@@ -1574,7 +1574,7 @@ impl Shared {
     /// A spare took `leg`'s place: its figures start again from `state`'s, and the old ones
     /// are `replaced`.
     fn replace(&self, leg: Leg, state: &LegState, replaced: Option<LegStats>) {
-        *self.replaced.lock().unwrap_or_else(PoisonError::into_inner) = replaced;
+        *self.replaced.lock().unwrap_or_else(PoisonError::into_inner) = replaced.map(Box::new);
         self.publish_in(leg, state, Kind::Rtp);
         self.publish_out(leg, state, Kind::Rtp);
         self.publish_out(leg, state, Kind::Rtcp);
@@ -1588,7 +1588,12 @@ impl Shared {
     fn load(&self) -> RelayStats {
         let remotes = *self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut stats = RelayStats {
-            replaced: *self.replaced.lock().unwrap_or_else(PoisonError::into_inner),
+            replaced: self
+                .replaced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_deref()
+                .copied(),
             ..RelayStats::default()
         };
         for leg in [Leg::A, Leg::B] {

@@ -60,7 +60,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         origin: ids.origin(),
         dialog,
         invite: key.map(LegInvite::Server).unwrap_or(LegInvite::None),
-        invite_request: Some(invite),
+        invite_request: Some(Box::new(invite)),
         deadline: None,
         auth: Default::default(),
         invite_headers: Vec::new(),
@@ -73,7 +73,8 @@ impl Call {
     /// The origin's INVITE transaction and 100 Trying; then the dialed leg.
     pub(super) fn begin(&mut self, now: Instant, destination: Destination) {
         let origin = self.leg(Call::ORIGIN);
-        let (LegInvite::Server(key), Some(invite)) = (&origin.invite, &origin.invite_request)
+        let (LegInvite::Server(key), Some(invite)) =
+            (&origin.invite, origin.invite_request.as_deref())
         else {
             // No RFC 3261 branch: no transaction to answer in. The front door refuses these
             // (400); a call made without one ends at once.
@@ -129,7 +130,7 @@ impl Call {
             _ => self.offer.as_deref(),
         };
         let origin_invite =
-            if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_ref() };
+            if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_deref() };
         if let Some(invite) = origin_invite {
             let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
             r.headers.set(name::MAX_FORWARDS, hops.to_string());

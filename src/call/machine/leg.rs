@@ -183,15 +183,16 @@ pub struct Leg {
     /// The o= line we keep toward this leg (RFC 3264 §8: versions increase per change).
     pub origin: LegOrigin,
     /// The INVITE that made the leg: for a UAS leg the peer's request itself is kept too
-    /// (Record-Route, Max-Forwards and `X-*` headers come from it).
+    /// (Record-Route, Max-Forwards and `X-*` headers come from it), until its 2xx is
+    /// acknowledged.
     pub invite: LegInvite,
-    pub invite_request: Option<Request>,
+    pub invite_request: Option<Box<Request>>,
     /// UAC: no answer of any kind by then (the peer is not there), or ringing too long.
     pub deadline: Option<Instant>,
     /// UAC: the digest credentials this leg answers its peer's 401/407 with.
     pub auth: LegAuth,
     /// UAC: headers of our INVITE beside the dialog's own (session headers, the `X-*` headers
-    /// that travel to this peer).
+    /// that travel to this peer), until the peer answers.
     pub invite_headers: Vec<(String, String)>,
     /// The CSeq of the peer's last request in the dialog (RFC 3261 §12.2.2): the INVITE's on a
     /// UAS leg, none on a UAC leg until the peer sends a request.

@@ -390,7 +390,8 @@ pub struct Call {
     /// Every transfer the agent asked for, in order (for the session record).
     transfers: Vec<TransferRecord>,
     codecs: Vec<Codec>,
-    /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
+    /// The origin's offer after the codec policy, or the gateway's own for a delayed offer;
+    /// until the call is set up.
     offer: Option<Box<MediaOffer>>,
     /// Delayed offer: what the 2xx offered the origin, until its ACK brings the answer.
     late_offer: Option<Negotiated>,
@@ -689,6 +690,11 @@ impl Call {
         }
         if self.pending_2xx.is_empty() && self.pending_2xx.capacity() > 0 {
             self.pending_2xx = Vec::new();
+        }
+        if self.state != State::Setup {
+            // The set-up's offer: what the dialed leg was offered and its answer checked
+            // against; re-offers are checked against the trunk's codecs.
+            self.offer = None;
         }
         let origin_acked = self.state != State::Setup
             && self.late_offer.is_none()

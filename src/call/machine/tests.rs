@@ -1435,6 +1435,7 @@ fn a_held_call_lets_go_of_its_set_up_once_its_transactions_are_over_and_still_ha
     let (servers, clients) = (s.call.servers.capacity(), s.call.clients.capacity());
     assert_eq!((servers, clients, s.call.pending_2xx.capacity()), (0, 0, 0), "no slots kept");
     assert!(s.call.leg(CARRIER_LEG).invite_request.is_none(), "the carrier's INVITE is gone");
+    assert!(s.call.offer.is_none(), "and the set-up's offer");
     assert_eq!(
         s.call.leg(AGENT_LEG).invite_headers.capacity(),
         0,
