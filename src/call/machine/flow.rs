@@ -2,6 +2,7 @@
 //! and timers, and the plumbing between the call and its transactions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::observe::metrics::Outcome;
@@ -60,7 +61,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         origin: ids.origin(),
         dialog,
         invite: key.map(LegInvite::Server).unwrap_or(LegInvite::None),
-        invite_request: Some(Box::new(invite)),
+        invite_request: Some(Arc::new(invite)),
         deadline: None,
         auth: Default::default(),
         invite_headers: Vec::new(),
@@ -73,15 +74,14 @@ impl Call {
     /// The origin's INVITE transaction and 100 Trying; then the dialed leg.
     pub(super) fn begin(&mut self, now: Instant, destination: Destination) {
         let origin = self.leg(Call::ORIGIN);
-        let (LegInvite::Server(key), Some(invite)) =
-            (&origin.invite, origin.invite_request.as_deref())
+        let (LegInvite::Server(key), Some(invite)) = (&origin.invite, &origin.invite_request)
         else {
             // No RFC 3261 branch: no transaction to answer in. The front door refuses these
             // (400); a call made without one ends at once.
             self.end(now);
             return;
         };
-        let (key, invite, target) = (key.clone(), invite.clone(), origin.dialog.target);
+        let (key, invite, target) = (key.clone(), Arc::clone(invite), origin.dialog.target);
         let rel = reliability(target.protocol);
         let machine = ServerMachine::new(now, true, rel, self.config.timers);
         let tx =
@@ -840,7 +840,7 @@ impl Call {
         let target = source.reply_target();
         self.servers.insert(
             key.clone(),
-            ServerTx { leg, request: req, target, machine, last_response: None },
+            ServerTx { leg, request: Arc::new(req), target, machine, last_response: None },
         );
     }
 

@@ -2,6 +2,7 @@
 //! INVITE is ([`Phase`]) and the dialog state needed to send requests in it ([`Dialog`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::IpNet;
@@ -186,7 +187,7 @@ pub struct Leg {
     /// (Record-Route, Max-Forwards and `X-*` headers come from it), until its 2xx is
     /// acknowledged.
     pub invite: LegInvite,
-    pub invite_request: Option<Box<Request>>,
+    pub invite_request: Option<Arc<Request>>,
     /// UAC: no answer of any kind by then (the peer is not there), or ringing too long.
     pub deadline: Option<Instant>,
     /// UAC: the digest credentials this leg answers its peer's 401/407 with.

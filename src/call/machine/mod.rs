@@ -51,7 +51,6 @@ mod session_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +71,7 @@ pub use bridge::{TransferRequest, user_of};
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Mismatch, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
-use tx::{ClientTx, Pending2xx, ServerTx};
+use tx::{ClientTx, Pending2xx, ServerTx, TxMap};
 
 /// No answer of any kind from a dialed peer within this time: it is unreachable.
 pub const FIRST_RESPONSE: Duration = Duration::from_secs(8);
@@ -375,8 +374,8 @@ pub struct Call {
     /// The two legs whose dialogs and media are joined: in-dialog requests of one go to the
     /// other.
     bridge: [LegId; 2],
-    servers: HashMap<ServerKey, ServerTx>,
-    clients: HashMap<ClientKey, ClientTx>,
+    servers: TxMap<ServerKey, ServerTx>,
+    clients: TxMap<ClientKey, ClientTx>,
     pending_2xx: Vec<Pending2xx>,
     /// A call the gateway places: where its second leg goes, until the first answers.
     then: Option<Destination>,
@@ -399,7 +398,7 @@ pub struct Call {
     chosen: Option<Chosen>,
     relay: Relay,
     /// Offers relayed in re-INVITE/UPDATE, by the server transaction they came in.
-    reoffers: HashMap<ServerKey, Negotiated>,
+    reoffers: TxMap<ServerKey, Negotiated>,
     state: State,
     started: Instant,
     /// The trunk's and the gateway's limit on the answered call's length, the shorter.
@@ -489,8 +488,8 @@ impl Call {
             session_id,
             legs: legs.into(),
             bridge: [LegId(0), LegId(1)],
-            servers: HashMap::new(),
-            clients: HashMap::new(),
+            servers: TxMap::default(),
+            clients: TxMap::default(),
             pending_2xx: Vec::new(),
             then: None,
             transfer: None,
@@ -502,7 +501,7 @@ impl Call {
             late_offer: None,
             chosen: None,
             relay: Relay::None,
-            reoffers: HashMap::new(),
+            reoffers: TxMap::default(),
             state: State::Setup,
             started: now,
             max_duration: None,
@@ -672,22 +671,13 @@ impl Call {
     }
 
     /// A held call is most of a gateway's life and memory: what only set-up, a transaction or
-    /// a re-offer needed goes once it is over. Emptied maps and vectors give their memory
-    /// back (they keep their capacity otherwise: a few KB per call for the transactions'
-    /// slots); the origin's INVITE goes once its 2xx is acknowledged (its Record-Route, Max-Forwards,
-    /// body and session timer were for set-up; the transaction keeps its own copy while it
-    /// lives); a dialed leg's INVITE headers go once it answered (they were for its INVITE and
-    /// the re-sends that answer a challenge).
+    /// a re-offer needed goes once it is over. The 2xx list gives its memory back once empty
+    /// (the transaction maps do by themselves, [`TxMap`]); the set-up's offer goes when the
+    /// call leaves set-up; the origin's INVITE once its 2xx is acknowledged (its Record-Route,
+    /// Max-Forwards, body and session timer were for set-up; a transaction still open shares
+    /// it); a dialed leg's INVITE headers once it answered (they were for its INVITE and the
+    /// re-sends that answer a challenge).
     fn release_idle(&mut self) {
-        if self.servers.is_empty() && self.servers.capacity() > 0 {
-            self.servers = HashMap::new();
-        }
-        if self.clients.is_empty() && self.clients.capacity() > 0 {
-            self.clients = HashMap::new();
-        }
-        if self.reoffers.is_empty() && self.reoffers.capacity() > 0 {
-            self.reoffers = HashMap::new();
-        }
         if self.pending_2xx.is_empty() && self.pending_2xx.capacity() > 0 {
             self.pending_2xx = Vec::new();
         }
