@@ -74,7 +74,7 @@ struct Driver {
     /// once it succeeded, until the call ends.
     transfer_permit: Option<CallPermit>,
     /// The session record, until it is written at the end.
-    record: Option<SessionRecord>,
+    record: Option<Box<SessionRecord>>,
     /// The Call-IDs registered for this call, unregistered when it is done.
     call_ids: Vec<String>,
     /// See [`Held::media_allowed`].
@@ -84,16 +84,24 @@ struct Driver {
 }
 
 /// Runs a call to its end. `first`: the actions [`Call::start`] returned.
-pub async fn run(
+///
+/// The future is as large as its largest state, and a held call pays for that size the whole
+/// time: so the driver's state is built here, outside the future, and kept in it once (an
+/// `async fn` would also keep its arguments, the call among them, beside the moved copies);
+/// what runs briefly or rarely in [`Driver::perform`] (a send, a name lookup) is boxed there.
+/// `held_call_future_stays_small` guards the size.
+pub fn run(
     gw: Arc<CallServices>,
     call: Call,
     first: Vec<Action>,
     held: Held,
     (tx, rx): (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let Held { permit, active, labels, table, watch, record, media_allowed } = held;
     let call_ids = call.call_ids().take(1).map(str::to_string).collect();
-    let mut d = Driver {
+    // Without a sink the record is never written: the call need not carry it.
+    let wanted = gw.config.records.is_some() || gw.config.outbox.is_some();
+    let d = Driver {
         gw,
         call,
         rx,
@@ -106,49 +114,12 @@ pub async fn run(
         watch,
         table,
         transfer_permit: None,
-        record: Some(record),
+        record: wanted.then(|| Box::new(record)),
         call_ids,
         media_allowed,
         transfer_media_allowed: Vec::new(),
     };
-    d.perform(first).await;
-    d.observe();
-    loop {
-        if d.call.is_done(Instant::now()) {
-            break;
-        }
-        let deadline = d.call.next_deadline();
-        let wake = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
-        let actions = tokio::select! {
-            timeout = wait_media(&mut d.media_timeout) => {
-                d.media_timeout = None;
-                let event = MediaEvent::Timeout { silent: timeout.silent, after: timeout.after };
-                d.call.on_media_event(Instant::now(), event)
-            }
-            input = d.rx.recv() => match input {
-                Some(CallInput::Request(r, source)) => {
-                    d.call.on_message(Instant::now(), Message::Request(*r), source)
-                }
-                Some(CallInput::Response(r, source)) => {
-                    d.call.on_message(Instant::now(), Message::Response(*r), source)
-                }
-                Some(CallInput::HangUp(reason)) => d.call.hang_up(Instant::now(), reason),
-                None => break,
-            },
-            () = tokio::time::sleep_until(wake), if deadline.is_some() => {
-                d.call.on_timer(Instant::now())
-            }
-        };
-        d.perform(actions).await;
-        d.observe();
-    }
-    if d.permit.is_some() {
-        // The task stopped before the call said it ended (its channel closed): free the slot.
-        d.ended(Ended { outcome: None, duration: Duration::ZERO, reason: None, hung_up_by: None });
-    }
-    for call_id in &d.call_ids {
-        d.gw.unregister_call(call_id);
-    }
+    d.run(first)
 }
 
 async fn wait_media(timeout: &mut Option<MediaTimeoutFuture>) -> MediaTimeout {
@@ -159,6 +130,65 @@ async fn wait_media(timeout: &mut Option<MediaTimeoutFuture>) -> MediaTimeout {
 }
 
 impl Driver {
+    /// The call's loop: what comes in (a message, the clock, the relay's timeout) goes to the
+    /// call, and what the call answers is carried out.
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` keeps `self` twice")]
+    fn run(mut self, first: Vec<Action>) -> impl Future<Output = ()> + Send + 'static {
+        // An async block, not an `async fn`: `self` is kept once, in place.
+        async move {
+            self.perform(first).await;
+            self.observe();
+            loop {
+                if self.call.is_done(Instant::now()) {
+                    break;
+                }
+                let deadline = self.call.next_deadline();
+                let wake = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
+                let actions = tokio::select! {
+                    timeout = wait_media(&mut self.media_timeout) => {
+                        self.media_timeout = None;
+                        let event =
+                            MediaEvent::Timeout { silent: timeout.silent, after: timeout.after };
+                        self.call.on_media_event(Instant::now(), event)
+                    }
+                    input = self.rx.recv() => match input {
+                        Some(CallInput::Request(input)) => {
+                            let (r, source) = *input;
+                            self.call.on_message(Instant::now(), Message::Request(r), source)
+                        }
+                        Some(CallInput::Response(input)) => {
+                            let (r, source) = *input;
+                            self.call.on_message(Instant::now(), Message::Response(r), source)
+                        }
+                        Some(CallInput::HangUp(reason)) => {
+                            self.call.hang_up(Instant::now(), reason)
+                        }
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                        self.call.on_timer(Instant::now())
+                    }
+                };
+                self.perform(actions).await;
+                self.observe();
+            }
+            if self.permit.is_some() {
+                // The task stopped before the call said it ended (its channel closed): free
+                // the slot.
+                let ended = Ended {
+                    outcome: None,
+                    duration: Duration::ZERO,
+                    reason: None,
+                    hung_up_by: None,
+                };
+                self.ended(ended);
+            }
+            for call_id in &self.call_ids {
+                self.gw.unregister_call(call_id);
+            }
+        }
+    }
+
     /// A placed call's view follows the call.
     fn observe(&self) {
         if let Some(watch) = &self.watch {
@@ -173,7 +203,9 @@ impl Driver {
             let more = match action {
                 Action::Send { target, bytes, client, .. } => {
                     let sent = match self.gw.transports.get() {
-                        Some(t) => t.send_shared(&target, &bytes).await,
+                        // Boxed: a stream's send (a connection to open, a full queue to wait
+                        // on) is a large future, and the call's would be as large for its life.
+                        Some(t) => Box::pin(t.send_shared(&target, &bytes)).await,
                         None => Err(std::io::Error::other("transports not attached")),
                     };
                     match (sent, client) {
@@ -190,7 +222,7 @@ impl Driver {
                     Vec::new()
                 }
                 Action::Resolve { leg, host, port } => {
-                    let address = self.gw.resolver.lookup(&host, port).await;
+                    let address = Box::pin(self.gw.resolver.lookup(&host, port)).await;
                     if let (Ok(address), Some(t)) = (&address, self.gw.transports.get()) {
                         // A TLS connection to it checks the certificate against this name.
                         t.name_peer(*address, &host);
@@ -334,7 +366,7 @@ impl Driver {
             watch.ended(&ended);
         }
         let wanted = self.gw.config.records.is_some() || self.gw.config.outbox.is_some();
-        let mut session_record = self.record.take().filter(|_| wanted);
+        let mut session_record = self.record.take().filter(|_| wanted).map(|r| *r);
         if let Some(r) = &mut session_record {
             record::ended(r, &self.call, &ended);
         }
@@ -421,5 +453,32 @@ fn deliver_record(
     }
     if let Some(outbox) = outbox.filter(|o| !answered || o.answered) {
         outbox.send(r, in_flight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn held_call_future_stays_small() {
+        // A call task's future is allocated at the size of its largest state for the call's
+        // whole life: 12,432 bytes before the set-up's and the sends' states were taken out of
+        // it (docs/benchmarks.md, "Concurrent calls and memory per call").
+        let size = future_size(run);
+        assert!(size <= 2_560, "the call task's future grew to {size} bytes");
+    }
+
+    #[test]
+    fn a_call_queue_slot_stays_small() {
+        // Every call's queue holds 32 slots from its first message on: 104 bytes a slot when
+        // the message's source was beside its box.
+        let size = std::mem::size_of::<CallInput>();
+        assert!(size <= 24, "a call's queue slot grew to {size} bytes");
     }
 }

@@ -877,7 +877,7 @@ impl Gateway {
     /// Hands a request to its call's queue; a full queue drops it (the peer retransmits).
     fn to_call(&self, tx: &mpsc::Sender<CallInput>, request: Request, source: Source) {
         if let Err(mpsc::error::TrySendError::Full(_)) =
-            tx.try_send(CallInput::Request(Box::new(request), source))
+            tx.try_send(CallInput::Request(Box::new((request, source))))
         {
             self.services.metrics.sip_queue_drop("call");
             tracing::debug!("call queue full; dropping a request (the peer retransmits)");
@@ -954,7 +954,7 @@ impl Gateway {
             Ok(Message::Response(response)) => {
                 this.services.metrics.sip_message(transport, "response");
                 if let Some(tx) = response.call_id().and_then(|c| this.services.call_for(c)) {
-                    let _ = tx.try_send(CallInput::Response(Box::new(response), source));
+                    let _ = tx.try_send(CallInput::Response(Box::new((response, source))));
                 }
             }
         }

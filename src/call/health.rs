@@ -356,9 +356,9 @@ pub(super) async fn probe_once(
             .map_or(deadline, |at| at.min(deadline));
         tokio::select! {
             input = rx.recv() => match input {
-                Some(CallInput::Response(response, _)) if answers(&response, &ids) => {
-                    answer = Some(response.status);
-                    actions = transaction.on_response(Instant::now(), response.status);
+                Some(CallInput::Response(input)) if answers(&input.0, &ids) => {
+                    answer = Some(input.0.status);
+                    actions = transaction.on_response(Instant::now(), input.0.status);
                 }
                 Some(_) => {}
                 None => return ProbeOutcome::SendError("the gateway stopped".to_string()),

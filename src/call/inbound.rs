@@ -66,7 +66,7 @@ pub fn spawn(
     let context = gw.transfer_context(&table, &route.trunk.name.namespace, &route.agent);
     setup.transfer = Some(context);
     let session_id = setup.session_id.clone();
-    let (call, first) = Call::start(Instant::now(), gw.call_config(), ids, setup);
+    let (call, first) = Call::start(Instant::now(), gw.shared_call_config(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Inbound,
         trunk: route.trunk.name.to_string(),

@@ -83,7 +83,7 @@ pub fn spawn(
         setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
     let agent = route.agent.clone().unwrap_or_default();
     setup.transfer = Some(gw.transfer_context(&table, &route.trunk.name.namespace, &agent));
-    let (call, first) = Call::start(Instant::now(), gw.call_config(), ids, setup);
+    let (call, first) = Call::start(Instant::now(), gw.shared_call_config(), ids, setup);
     let labels = CallLabels {
         direction: Direction::Outbound,
         trunk: route.trunk.name.to_string(),
@@ -208,6 +208,7 @@ fn agent_x_headers(prefix: &str, invite: &Request) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::machine::CallConfig;
     use crate::config::model::{Limits, ObjectName, OutboundTrunkRoute};
     use crate::config::number::E164;
     use crate::config::outbound::{OutboundAttempt, decide};
@@ -273,7 +274,7 @@ mod tests {
         let mut ids = Ids::seeded(1);
         let setup = setup(&mut ids, "X-Trunkline-", invite, source, locals, &route, None);
         let (_call, actions) =
-            Call::start(Instant::now(), Default::default(), Ids::seeded(2), setup);
+            Call::start(Instant::now(), CallConfig::default(), Ids::seeded(2), setup);
         let sent: Vec<Request> = actions
             .iter()
             .filter_map(|a| match a {

@@ -122,7 +122,7 @@ impl Call {
             codec,
         };
         tracing::info!(session = %self.session_id, destination = %destination.name, "bridged transfer: dialing the destination");
-        self.bridging = Some(Bridging {
+        self.bridging = Some(Box::new(Bridging {
             agent,
             caller,
             destination: destination.name.to_string(),
@@ -132,7 +132,7 @@ impl Call {
             leg: None,
             port: None,
             offer: None,
-        });
+        }));
         self.out.push(Action::PrepareTransfer(request));
     }
 

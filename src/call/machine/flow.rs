@@ -2,6 +2,7 @@
 //! and timers, and the plumbing between the call and its transactions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::observe::metrics::Outcome;
@@ -60,7 +61,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         origin: ids.origin(),
         dialog,
         invite: key.map(LegInvite::Server).unwrap_or(LegInvite::None),
-        invite_request: Some(invite),
+        invite_request: Some(Arc::new(invite)),
         deadline: None,
         auth: Default::default(),
         invite_headers: Vec::new(),
@@ -80,7 +81,7 @@ impl Call {
             self.end(now);
             return;
         };
-        let (key, invite, target) = (key.clone(), invite.clone(), origin.dialog.target);
+        let (key, invite, target) = (key.clone(), Arc::clone(invite), origin.dialog.target);
         let rel = reliability(target.protocol);
         let machine = ServerMachine::new(now, true, rel, self.config.timers);
         let tx =
@@ -126,10 +127,10 @@ impl Call {
         let transfer = self.is_bridging(leg);
         let offer = match &self.bridging {
             Some(b) if transfer => b.offer.as_ref(),
-            _ => self.offer.as_ref(),
+            _ => self.offer.as_deref(),
         };
         let origin_invite =
-            if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_ref() };
+            if transfer { None } else { self.leg(Call::ORIGIN).invite_request.as_deref() };
         if let Some(invite) = origin_invite {
             let hops = invite.max_forwards().unwrap_or(70).saturating_sub(1);
             r.headers.set(name::MAX_FORWARDS, hops.to_string());
@@ -614,7 +615,7 @@ impl Call {
         };
         let (_, advertised) = self.media_ip(second);
         sdp.rewrite_for_relay(&mut self.legs[second.0].origin, advertised, port);
-        self.offer = Some(super::MediaOffer { sdp, negotiated, delayed: false });
+        self.offer = Some(Box::new(super::MediaOffer { sdp, negotiated, delayed: false }));
         match destination {
             Destination::Address(address) => self.resolved(now, second, address),
             Destination::Lookup { host, port } => {
@@ -839,7 +840,7 @@ impl Call {
         let target = source.reply_target();
         self.servers.insert(
             key.clone(),
-            ServerTx { leg, request: req, target, machine, last_response: None },
+            ServerTx { leg, request: Arc::new(req), target, machine, last_response: None },
         );
     }
 

@@ -2,6 +2,7 @@
 //! INVITE is ([`Phase`]) and the dialog state needed to send requests in it ([`Dialog`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::IpNet;
@@ -183,15 +184,16 @@ pub struct Leg {
     /// The o= line we keep toward this leg (RFC 3264 §8: versions increase per change).
     pub origin: LegOrigin,
     /// The INVITE that made the leg: for a UAS leg the peer's request itself is kept too
-    /// (Record-Route, Max-Forwards and `X-*` headers come from it).
+    /// (Record-Route, Max-Forwards and `X-*` headers come from it), until its 2xx is
+    /// acknowledged.
     pub invite: LegInvite,
-    pub invite_request: Option<Request>,
+    pub invite_request: Option<Arc<Request>>,
     /// UAC: no answer of any kind by then (the peer is not there), or ringing too long.
     pub deadline: Option<Instant>,
     /// UAC: the digest credentials this leg answers its peer's 401/407 with.
     pub auth: LegAuth,
     /// UAC: headers of our INVITE beside the dialog's own (session headers, the `X-*` headers
-    /// that travel to this peer).
+    /// that travel to this peer), until the peer answers.
     pub invite_headers: Vec<(String, String)>,
     /// The CSeq of the peer's last request in the dialog (RFC 3261 §12.2.2): the INVITE's on a
     /// UAS leg, none on a UAC leg until the peer sends a request.
@@ -362,30 +364,40 @@ fn ip_of_uri(uri: &str) -> Option<IpAddr> {
     host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-/// The random identifiers a call makes: tags, Call-IDs, branches, session ids. Seeded once per
-/// call (from the thread's generator in production, from a fixed seed in transcript tests, so that
-/// a test run is the same every time).
+/// The random identifiers a call makes: tags, Call-IDs, branches, session ids. Drawn from the
+/// thread's generator in production (a CSPRNG seeded from the OS, no system call; the call keeps
+/// no generator of its own, which would be 320 bytes of every held call), from a generator with
+/// a fixed seed in transcript tests, so that a test run is the same every time.
 #[derive(Debug)]
-pub struct Ids(StdRng);
+pub struct Ids(Option<Box<StdRng>>);
 
 impl Ids {
-    /// Seeded from the thread's generator (itself seeded from the OS), without a system call.
+    /// From the thread's generator.
     pub fn random() -> Ids {
-        Ids(StdRng::from_rng(&mut rand::rng()))
+        Ids(None)
     }
 
     pub fn seeded(seed: u64) -> Ids {
-        Ids(StdRng::seed_from_u64(seed))
+        Ids(Some(Box::new(StdRng::seed_from_u64(seed))))
+    }
+
+    fn draw<T>(&mut self, f: impl FnOnce(&mut dyn rand::RngCore) -> T) -> T {
+        match &mut self.0 {
+            Some(seeded) => f(seeded.as_mut()),
+            None => f(&mut rand::rng()),
+        }
     }
 
     /// `len` lowercase alphanumerics.
     pub fn token(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| {
-                let i = self.0.random_range(0..36u8);
-                char::from(if i < 10 { b'0' + i } else { b'a' + i - 10 })
-            })
-            .collect()
+        self.draw(|rng| {
+            (0..len)
+                .map(|_| {
+                    let i = rng.random_range(0..36u8);
+                    char::from(if i < 10 { b'0' + i } else { b'a' + i - 10 })
+                })
+                .collect()
+        })
     }
 
     /// A branch for a request we send (RFC 3261 §8.1.1.7).
@@ -394,6 +406,6 @@ impl Ids {
     }
 
     pub fn origin(&mut self) -> LegOrigin {
-        LegOrigin::new(self.0.random::<u32>().into())
+        LegOrigin::new(self.draw(|rng| rng.random::<u32>()).into())
     }
 }

@@ -51,8 +51,8 @@ mod session_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ pub use bridge::{TransferRequest, user_of};
 use leg::LegInvite;
 pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Mismatch, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
-use tx::{ClientTx, Pending2xx, ServerTx};
+use tx::{ClientTx, Pending2xx, ServerTx, TxMap};
 
 /// No answer of any kind from a dialed peer within this time: it is unreachable.
 pub const FIRST_RESPONSE: Duration = Duration::from_secs(8);
@@ -366,15 +366,16 @@ impl Relay {
 /// A call in progress.
 #[derive(Debug)]
 pub struct Call {
-    config: CallConfig,
+    /// Shared by the gateway's calls (one copy, not one per call).
+    config: Arc<CallConfig>,
     ids: Ids,
     session_id: String,
     legs: Vec<Leg>,
     /// The two legs whose dialogs and media are joined: in-dialog requests of one go to the
     /// other.
     bridge: [LegId; 2],
-    servers: HashMap<ServerKey, ServerTx>,
-    clients: HashMap<ClientKey, ClientTx>,
+    servers: TxMap<ServerKey, ServerTx>,
+    clients: TxMap<ClientKey, ClientTx>,
     pending_2xx: Vec<Pending2xx>,
     /// A call the gateway places: where its second leg goes, until the first answers.
     then: Option<Destination>,
@@ -383,19 +384,21 @@ pub struct Call {
     /// A transfer passed on to the caller's side, until it ends.
     referring: Option<transfer::Referring>,
     /// A bridged transfer in progress: the leg the gateway dials, until it answers or fails.
-    bridging: Option<bridge::Bridging>,
+    /// Boxed, as the other parts only a few calls use: a held call carries a pointer.
+    bridging: Option<Box<bridge::Bridging>>,
     /// Every transfer the agent asked for, in order (for the session record).
     transfers: Vec<TransferRecord>,
     codecs: Vec<Codec>,
-    /// The origin's offer after the codec policy, or the gateway's own for a delayed offer.
-    offer: Option<MediaOffer>,
+    /// The origin's offer after the codec policy, or the gateway's own for a delayed offer;
+    /// until the call is set up.
+    offer: Option<Box<MediaOffer>>,
     /// Delayed offer: what the 2xx offered the origin, until its ACK brings the answer.
     late_offer: Option<Negotiated>,
     /// What the dialed leg's answer settled on.
     chosen: Option<Chosen>,
     relay: Relay,
     /// Offers relayed in re-INVITE/UPDATE, by the server transaction they came in.
-    reoffers: HashMap<ServerKey, Negotiated>,
+    reoffers: TxMap<ServerKey, Negotiated>,
     state: State,
     started: Instant,
     /// The trunk's and the gateway's limit on the answered call's length, the shorter.
@@ -422,7 +425,7 @@ impl Call {
     /// looked up (or, with an address, set up: relay, then INVITE).
     pub fn start(
         now: Instant,
-        config: CallConfig,
+        config: impl Into<Arc<CallConfig>>,
         mut ids: Ids,
         setup: Setup,
     ) -> (Call, Vec<Action>) {
@@ -430,8 +433,8 @@ impl Call {
         let origin_leg = flow::origin_leg(&mut ids, origin);
         let (mut dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
         ask_session_timer(&mut dialed);
-        let mut call =
-            Call::assemble(now, config, ids, session_id, [origin_leg, dialed], offer, codecs);
+        let legs = [origin_leg, dialed];
+        let mut call = Call::assemble(now, config.into(), ids, session_id, legs, offer, codecs);
         call.transfer = transfer;
         call.max_duration = shorter(call.config.max_call_duration, max_duration);
         call.begin(now, destination);
@@ -443,7 +446,7 @@ impl Call {
     /// address, the relay starts and it is invited).
     pub fn place(
         now: Instant,
-        config: CallConfig,
+        config: impl Into<Arc<CallConfig>>,
         ids: Ids,
         placed: Placed,
     ) -> (Call, Vec<Action>) {
@@ -453,8 +456,9 @@ impl Call {
         let (mut then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
         ask_session_timer(&mut first);
         ask_session_timer(&mut then);
+        let legs = [first, then];
         let mut call =
-            Call::assemble(now, config, ids, session_id, [first, then], Some(offer), codecs);
+            Call::assemble(now, config.into(), ids, session_id, legs, Some(offer), codecs);
         call.then = Some(then_destination);
         call.transfer = transfer;
         call.max_duration = shorter(call.config.max_call_duration, max_duration);
@@ -471,7 +475,7 @@ impl Call {
     /// A call in `Setup` with its two legs bridged, before anything is sent.
     fn assemble(
         now: Instant,
-        config: CallConfig,
+        config: Arc<CallConfig>,
         ids: Ids,
         session_id: String,
         legs: [Leg; 2],
@@ -484,8 +488,8 @@ impl Call {
             session_id,
             legs: legs.into(),
             bridge: [LegId(0), LegId(1)],
-            servers: HashMap::new(),
-            clients: HashMap::new(),
+            servers: TxMap::default(),
+            clients: TxMap::default(),
             pending_2xx: Vec::new(),
             then: None,
             transfer: None,
@@ -493,11 +497,11 @@ impl Call {
             bridging: None,
             transfers: Vec::new(),
             codecs,
-            offer,
+            offer: offer.map(Box::new),
             late_offer: None,
             chosen: None,
             relay: Relay::None,
-            reoffers: HashMap::new(),
+            reoffers: TxMap::default(),
             state: State::Setup,
             started: now,
             max_duration: None,
@@ -660,8 +664,40 @@ impl Call {
         self.hang_up_both(now);
     }
 
+    /// The actions of the step just taken; what the call no longer needs is let go first.
     fn take(&mut self) -> Vec<Action> {
+        self.release_idle();
         std::mem::take(&mut self.out)
+    }
+
+    /// A held call is most of a gateway's life and memory: what only set-up, a transaction or
+    /// a re-offer needed goes once it is over. The 2xx list gives its memory back once empty
+    /// (the transaction maps do by themselves, [`TxMap`]); the set-up's offer goes when the
+    /// call leaves set-up; the origin's INVITE once its 2xx is acknowledged (its Record-Route,
+    /// Max-Forwards, body and session timer were for set-up; a transaction still open shares
+    /// it); a dialed leg's INVITE headers once it answered (they were for its INVITE and the
+    /// re-sends that answer a challenge).
+    fn release_idle(&mut self) {
+        if self.pending_2xx.is_empty() && self.pending_2xx.capacity() > 0 {
+            self.pending_2xx = Vec::new();
+        }
+        if self.state != State::Setup {
+            // The set-up's offer: what the dialed leg was offered and its answer checked
+            // against; re-offers are checked against the trunk's codecs.
+            self.offer = None;
+        }
+        let origin_acked = self.state != State::Setup
+            && self.late_offer.is_none()
+            && !self.pending_2xx.iter().any(|p| p.leg == Call::ORIGIN);
+        for leg in &mut self.legs {
+            let answered = matches!(leg.phase, Phase::Confirmed | Phase::Terminated);
+            if leg.side == Side::Uas && answered && origin_acked {
+                leg.invite_request = None;
+            }
+            if leg.side == Side::Uac && answered && leg.invite_headers.capacity() > 0 {
+                leg.invite_headers = Vec::new();
+            }
+        }
     }
 
     fn leg_mut(&mut self, id: LegId) -> &mut Leg {

@@ -1424,3 +1424,26 @@ fn the_caller_hanging_up_after_the_agent_left_a_transfer_sends_no_second_bye_to_
     assert_eq!(transfers(&actions)[0].outcome, "abandoned");
     assert_eq!(s.call.state(), State::Ended);
 }
+
+#[test]
+fn a_held_call_lets_go_of_its_set_up_once_its_transactions_are_over_and_still_hangs_up() {
+    let (mut s, _, ok) = answered();
+    // The INVITE transactions linger 64·T1 after their 2xx (RFC 6026), then end.
+    s.timer(33_000);
+    s.timer(40_000);
+    assert_eq!(s.call.state(), State::Answered);
+    let (servers, clients) = (s.call.servers.capacity(), s.call.clients.capacity());
+    assert_eq!((servers, clients, s.call.pending_2xx.capacity()), (0, 0, 0), "no slots kept");
+    assert!(s.call.leg(CARRIER_LEG).invite_request.is_none(), "the carrier's INVITE is gone");
+    assert!(s.call.offer.is_none(), "and the set-up's offer");
+    assert_eq!(
+        s.call.leg(AGENT_LEG).invite_headers.capacity(),
+        0,
+        "and the agent INVITE's headers"
+    );
+    // What the held call is for still works: the carrier's BYE hangs up the agent.
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 2, "z9hG4bKheldbye"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+    assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Answered));
+}

@@ -3,7 +3,7 @@
 //! of `sip::transaction`, and the 2xx responses a UAS core retransmits until their ACK; the
 //! call's plumbing to them (sending in a new transaction, responding, timers).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,7 +39,8 @@ pub fn key_of_response(resp: &Response) -> Option<ClientKey> {
 #[derive(Debug)]
 pub struct ServerTx {
     pub leg: LegId,
-    pub request: Request,
+    /// Shared with the leg for the origin's INVITE (one copy of it, not two).
+    pub request: Arc<Request>,
     pub target: Target,
     pub machine: ServerMachine,
     /// The last response sent, as sent (retransmitted on a retransmitted request).
@@ -170,9 +171,89 @@ impl ClientMachine {
     }
 }
 
+/// A call's transactions (or what it keeps per transaction), by key. A call has a handful at a
+/// time (its INVITE's, a BYE, a re-INVITE) and none at all for most of a held call's life, so
+/// this is a vector searched in order, grown one slot at a time and let go of when emptied: a
+/// hash map's first allocation holds four slots, 1.6-1.8 kB for a call's two INVITEs, and
+/// keeps them once they are over.
+#[derive(Debug)]
+pub struct TxMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for TxMap<K, V> {
+    fn default() -> Self {
+        TxMap(Vec::new())
+    }
+}
+
+impl<K: PartialEq, V> TxMap<K, V> {
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Adds `value` under `key`, or replaces the value there (returned).
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        if let Some(old) = self.get_mut(&key) {
+            return Some(std::mem::replace(old, value));
+        }
+        self.0.reserve_exact(1);
+        self.0.push((key, value));
+        None
+    }
+
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let at = self.0.iter().position(|(k, _)| k == key)?;
+        let (_, value) = self.0.remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(value)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Slots allocated (the transcript tests check that a held call keeps none).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl<K: PartialEq, V> std::ops::Index<&K> for TxMap<K, V> {
+    type Output = V;
+
+    fn index(&self, key: &K) -> &V {
+        self.get(key).expect("indexed by a key just inserted")
+    }
+}
+
+/// A message as sent, kept for its retransmissions: without the spare capacity its printing
+/// grew (up to half of it, for the seconds a transaction lasts).
+fn kept(mut printed: Vec<u8>) -> Bytes {
+    printed.shrink_to_fit();
+    Bytes::from(printed)
+}
+
 /// The keys of the transactions whose next deadline has come.
-fn due<K: Clone, T>(
-    map: &HashMap<K, T>,
+fn due<K: Clone + PartialEq, T>(
+    map: &TxMap<K, T>,
     now: Instant,
     deadline: impl Fn(&T) -> Option<Instant>,
 ) -> Vec<K> {
@@ -211,7 +292,7 @@ impl Call {
         let invite = request.method == Method::Invite;
         let (machine, actions) =
             ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
-        let bytes = request.to_bytes().into();
+        let bytes = kept(request.to_bytes());
         let tx = ClientTx { leg, request, bytes, target, machine, purpose };
         self.clients.insert(key.clone(), tx);
         self.client_actions(now, &key, actions, None);
@@ -259,7 +340,7 @@ impl Call {
         let status = response.status;
         let timers = self.config.timers;
         let Some(tx) = self.servers.get_mut(key) else { return };
-        let bytes = Bytes::from(response.to_bytes());
+        let bytes = kept(response.to_bytes());
         tx.last_response = Some(bytes.clone());
         let actions = tx.machine.on_tu_response(now, status);
         let is_invite = matches!(tx.machine, ServerMachine::Invite(_));
@@ -406,4 +487,25 @@ fn non_2xx_ack(invite: &Request, resp: &Response) -> Request {
     let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
     ack.headers.push(name::CSEQ, format!("{n} ACK"));
     ack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TxMap;
+
+    #[test]
+    fn a_transaction_map_holds_one_slot_per_transaction_and_none_once_empty() {
+        let mut map = TxMap::default();
+        assert_eq!(map.insert("invite", 1), None);
+        assert_eq!(map.insert("bye", 2), None);
+        assert_eq!(map.capacity(), 2, "one slot each, not four at once");
+        assert_eq!(map.insert("invite", 3), Some(1), "a key again replaces its value");
+        assert_eq!((map.get(&"invite"), map[&"bye"]), (Some(&3), 2));
+        assert_eq!(map.remove(&"bye"), Some(2));
+        assert_eq!(map.remove(&"bye"), None);
+        assert_eq!(map.values().collect::<Vec<_>>(), vec![&3]);
+        assert_eq!(map.remove(&"invite"), Some(3));
+        assert!(map.is_empty());
+        assert_eq!(map.capacity(), 0, "emptied: its memory goes back");
+    }
 }
