@@ -84,10 +84,8 @@ impl Call {
         let (key, invite, target) = (key.clone(), Arc::clone(invite), origin.dialog.target);
         let rel = reliability(target.protocol);
         let machine = ServerMachine::new(now, true, rel, self.config.timers);
-        let tx =
-            ServerTx { leg: Call::ORIGIN, request: invite, target, machine, last_response: None };
-        self.servers.insert(key.clone(), tx);
-        let trying = Response::to_request(&self.servers[&key].request, 100, "Trying", None);
+        let trying = Response::to_request(&invite, 100, "Trying", None);
+        self.servers.insert(key.clone(), ServerTx::new(Call::ORIGIN, invite, target, machine));
         self.respond(now, &key, trying);
         let dialed = self.bridge[1];
         match destination {
@@ -221,7 +219,8 @@ impl Call {
             self.leg_mut(leg).phase = Phase::Terminated;
             return;
         };
-        let invite = &tx.request;
+        // A final response came already (the leg is no longer pending): nothing to cancel.
+        let Some(invite) = &tx.request else { return };
         let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
         if let Some(via) = invite.headers.get(name::VIA) {
             cancel.headers.push(name::VIA, via);
@@ -347,7 +346,7 @@ impl Call {
 
     pub(super) fn on_client_response(&mut self, now: Instant, key: &ClientKey, resp: &Response) {
         let Some(tx) = self.clients.get(key) else { return };
-        let (leg, purpose, method) = (tx.leg, tx.purpose.clone(), tx.request.method.clone());
+        let (leg, purpose, method) = (tx.leg, tx.purpose.clone(), tx.method.clone());
         match purpose {
             Purpose::Invite => self.on_invite_response(now, leg, resp),
             Purpose::Relay(server) => self.relay_response(now, leg, &method, &server, resp),
@@ -838,10 +837,7 @@ impl Call {
         let machine =
             ServerMachine::new(now, req.method == Method::Invite, rel, self.config.timers);
         let target = source.reply_target();
-        self.servers.insert(
-            key.clone(),
-            ServerTx { leg, request: Arc::new(req), target, machine, last_response: None },
-        );
+        self.servers.insert(key.clone(), ServerTx::new(leg, Arc::new(req), target, machine));
     }
 
     /// A dialed leg's deadline: ringing too long (480, the leg cancelled), or not even a 100

@@ -1447,3 +1447,26 @@ fn a_held_call_lets_go_of_its_set_up_once_its_transactions_are_over_and_still_ha
     assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
     assert_eq!(ended(&actions).unwrap().outcome, Some(Outcome::Answered));
 }
+
+#[test]
+fn answered_invites_keep_only_what_their_retransmissions_need() {
+    let (mut s, invite, ok) = answered();
+    // Both INVITE transactions linger (RFC 6026), without the requests they answered.
+    let origin = s.call.servers.values().find(|t| t.leg == CARRIER_LEG).unwrap();
+    assert!(origin.request.is_none() && origin.last_response.is_some());
+    let dialed = s.call.clients.values().find(|t| t.leg == AGENT_LEG).unwrap();
+    assert!(dialed.request.is_none() && dialed.bytes.is_empty());
+    // The agent's 2xx again: acknowledged again, from the dialog.
+    let actions = s.agent_responds(&invite, 200, Some(&answer_sdp(7078, "sendrecv")));
+    let ack = requests_to(&actions, AGENT_LEG).remove(0);
+    assert_eq!((ack.method.clone(), ack.cseq().map(|(n, _)| n)), (Method::Ack, Some(1)));
+    assert!(sent(&actions, CARRIER_LEG).is_empty(), "nothing new for the carrier");
+    // The carrier's INVITE again: the call does not start over.
+    let actions = s.carrier_sends(carrier_invite(Some(&offer_sdp(4000, "sendrecv"))));
+    assert!(sent(&actions, AGENT_LEG).is_empty());
+    assert_eq!(s.call.state(), State::Answered);
+    // And the call hangs up as any other.
+    let actions = s.carrier_sends(in_dialog_from_carrier(&ok, "BYE", 2, "z9hG4bKbye2"));
+    assert_eq!(statuses(&actions, CARRIER_LEG), vec![200]);
+    assert_eq!(methods(&actions, AGENT_LEG), vec![Method::Bye]);
+}

@@ -39,12 +39,23 @@ pub fn key_of_response(resp: &Response) -> Option<ClientKey> {
 #[derive(Debug)]
 pub struct ServerTx {
     pub leg: LegId,
-    /// Shared with the leg for the origin's INVITE (one copy of it, not two).
-    pub request: Arc<Request>,
+    /// The request, until it has its final response (responses are built from it; the
+    /// transaction then lingers only to absorb retransmissions). Shared with the leg for the
+    /// origin's INVITE (one copy of it, not two).
+    pub request: Option<Arc<Request>>,
+    /// The request's CSeq number (an ACK that reuses an INVITE's branch is matched by it).
+    pub cseq: u32,
     pub target: Target,
     pub machine: ServerMachine,
     /// The last response sent, as sent (retransmitted on a retransmitted request).
     pub last_response: Option<Bytes>,
+}
+
+impl ServerTx {
+    pub fn new(leg: LegId, request: Arc<Request>, target: Target, machine: ServerMachine) -> Self {
+        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
+        ServerTx { leg, request: Some(request), cseq, target, machine, last_response: None }
+    }
 }
 
 #[derive(Debug)]
@@ -111,12 +122,26 @@ pub enum Purpose {
 #[derive(Debug)]
 pub struct ClientTx {
     pub leg: LegId,
-    pub request: Request,
-    /// The request as sent (and retransmitted).
+    pub method: Method,
+    /// The request, until a final response: then only an INVITE's that was refused is kept
+    /// (its ACK is built from it, RFC 3261 §17.1.1.3). A 2xx's ACK comes from the dialog.
+    pub request: Option<Request>,
+    /// The request as sent (and retransmitted), until a final response.
     pub bytes: Bytes,
     pub target: Target,
     pub machine: ClientMachine,
     pub purpose: Purpose,
+}
+
+impl ClientTx {
+    /// A final response came: the request is not sent again (the transaction lingers only to
+    /// absorb the response's retransmissions), so what is not needed for them goes.
+    fn answered(&mut self, status: u16) {
+        self.bytes = Bytes::new();
+        if !(self.method == Method::Invite && status >= 300) {
+            self.request = None;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -236,14 +261,6 @@ impl<K: PartialEq, V> TxMap<K, V> {
     }
 }
 
-impl<K: PartialEq, V> std::ops::Index<&K> for TxMap<K, V> {
-    type Output = V;
-
-    fn index(&self, key: &K) -> &V {
-        self.get(key).expect("indexed by a key just inserted")
-    }
-}
-
 /// A message as sent, kept for its retransmissions: without the spare capacity its printing
 /// grew (up to half of it, for the seconds a transaction lasts).
 fn kept(mut printed: Vec<u8>) -> Bytes {
@@ -293,7 +310,8 @@ impl Call {
         let (machine, actions) =
             ClientMachine::new(now, invite, reliability(target.protocol), self.config.timers);
         let bytes = kept(request.to_bytes());
-        let tx = ClientTx { leg, request, bytes, target, machine, purpose };
+        let method = request.method.clone();
+        let tx = ClientTx { leg, method, request: Some(request), bytes, target, machine, purpose };
         self.clients.insert(key.clone(), tx);
         self.client_actions(now, &key, actions, None);
     }
@@ -315,8 +333,10 @@ impl Call {
                     }
                 }
                 ClientAction::SendAck => {
-                    if let (Some(tx), Some(resp)) = (self.clients.get(key), response) {
-                        let ack = non_2xx_ack(&tx.request, resp);
+                    if let (Some(tx), Some(resp)) = (self.clients.get(key), response)
+                        && let Some(request) = &tx.request
+                    {
+                        let ack = non_2xx_ack(request, resp);
                         let (leg, target) = (tx.leg, tx.target);
                         self.send(leg, target, ack.to_bytes().into(), None);
                     }
@@ -333,6 +353,11 @@ impl Call {
                 }
             }
         }
+        if let Some(resp) = response.filter(|r| r.status >= 200)
+            && let Some(tx) = self.clients.get_mut(key)
+        {
+            tx.answered(resp.status);
+        }
     }
 
     /// Responds in a server transaction; a 2xx to an INVITE is retransmitted until its ACK.
@@ -342,6 +367,9 @@ impl Call {
         let Some(tx) = self.servers.get_mut(key) else { return };
         let bytes = kept(response.to_bytes());
         tx.last_response = Some(bytes.clone());
+        if status >= 200 {
+            tx.request = None;
+        }
         let actions = tx.machine.on_tu_response(now, status);
         let is_invite = matches!(tx.machine, ServerMachine::Invite(_));
         if is_invite && (200..300).contains(&status) {
@@ -375,8 +403,7 @@ impl Call {
                 ServerAction::DeliverAck => {
                     // An ACK for our 2xx that reused the INVITE's branch.
                     if let Some(tx) = self.servers.get(key) {
-                        let (leg, cseq) =
-                            (tx.leg, tx.request.cseq().map(|(n, _)| n).unwrap_or_default());
+                        let (leg, cseq) = (tx.leg, tx.cseq);
                         self.pending_2xx.retain(|p| !(p.leg == leg && p.cseq == cseq));
                     }
                 }
@@ -392,8 +419,9 @@ impl Call {
     /// A standard response to the request of server transaction `key`, with our tag.
     pub(super) fn response_for(&self, key: &ServerKey, status: u16) -> Option<Response> {
         let tx = self.servers.get(key)?;
+        let request = tx.request.as_ref()?;
         let tag = &self.leg(tx.leg).dialog.local_tag;
-        Some(Response::to_request(&tx.request, status, msg::reason_phrase(status), Some(tag)))
+        Some(Response::to_request(request, status, msg::reason_phrase(status), Some(tag)))
     }
 
     pub(super) fn respond_status(&mut self, now: Instant, key: &ServerKey, status: u16) {
@@ -500,7 +528,7 @@ mod tests {
         assert_eq!(map.insert("bye", 2), None);
         assert_eq!(map.capacity(), 2, "one slot each, not four at once");
         assert_eq!(map.insert("invite", 3), Some(1), "a key again replaces its value");
-        assert_eq!((map.get(&"invite"), map[&"bye"]), (Some(&3), 2));
+        assert_eq!((map.get(&"invite"), map.get(&"bye")), (Some(&3), Some(&2)));
         assert_eq!(map.remove(&"bye"), Some(2));
         assert_eq!(map.remove(&"bye"), None);
         assert_eq!(map.values().collect::<Vec<_>>(), vec![&3]);
