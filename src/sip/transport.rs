@@ -157,8 +157,8 @@ impl Default for Limits {
 /// INVITEs.
 pub const UDP_BUFFER: usize = 4 << 20;
 
-/// The buffer sizes a UDP socket got: (receive, send), as the kernel reports them (it doubles
-/// what is asked, for its bookkeeping).
+/// The buffer sizes a UDP socket was granted, in bytes: half of what the kernel reports (it
+/// doubles what it grants, for its bookkeeping).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpBuffers {
     pub receive: usize,
@@ -180,8 +180,8 @@ pub fn size_udp_buffers(socket: &UdpSocket, bytes: usize) -> UdpBuffers {
         let _ = sock.set_send_buffer_size(bytes);
     }
     UdpBuffers {
-        receive: sock.recv_buffer_size().unwrap_or(0),
-        send: sock.send_buffer_size().unwrap_or(0),
+        receive: sock.recv_buffer_size().unwrap_or(0) / 2,
+        send: sock.send_buffer_size().unwrap_or(0) / 2,
     }
 }
 
@@ -657,15 +657,14 @@ impl Transports {
                 let local = socket.local_addr()?;
                 let wanted = self.limits.udp_buffer;
                 let got = size_udp_buffers(&socket, wanted);
-                // The kernel reports twice what it granted; less than asked means a cap.
-                if got.receive / 2 < wanted {
+                if got.receive < wanted {
                     tracing::warn!(
-                        listen = %at, asked = wanted, receive_buffer = got.receive / 2,
+                        listen = %at, asked = wanted, receive_buffer = got.receive,
                         "the kernel capped the SIP socket's receive buffer: bursts of calls \
                          may be dropped (raise net.core.rmem_max, or grant CAP_NET_ADMIN)"
                     );
                 } else {
-                    tracing::debug!(listen = %at, receive_buffer = got.receive / 2, send_buffer = got.send / 2, "SIP UDP buffers");
+                    tracing::debug!(listen = %at, receive_buffer = got.receive, send_buffer = got.send, "SIP UDP buffers");
                 }
                 if let Ok(mut udp) = self.udp.write() {
                     udp.push(UdpListener { zone, local, socket: socket.clone() });
@@ -1406,10 +1405,10 @@ mod tests {
         // Root (CAP_NET_ADMIN) gets what it asks; otherwise the sysctl caps it.
         let at_least = |cap: usize| if cap == 0 { asked } else { asked.min(cap) };
         assert!(
-            got.receive / 2 >= at_least(sysctl("rmem_max")),
+            got.receive >= at_least(sysctl("rmem_max")),
             "asked {asked}, got {got:?}, default {untouched}"
         );
-        assert!(got.send / 2 >= at_least(sysctl("wmem_max")), "{got:?}");
+        assert!(got.send >= at_least(sysctl("wmem_max")), "{got:?}");
     }
 
     #[test]
