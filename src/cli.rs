@@ -174,6 +174,10 @@ struct ExplainArgs {
     /// The caller's number or From URI (inbound calls; `--caller-id` with `--outbound`).
     #[arg(long, value_name = "NUMBER|URI", default_value = "", conflicts_with = "agent_side")]
     caller: String,
+    /// The INVITE comes from the registrar that this OutboundTrunk's live registration
+    /// reached (`namespace/NAME`): it may be a call the registration delivers (inbound calls).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "agent_side")]
+    registered: Option<String>,
     /// A header of the INVITE, `Name: value`; repeatable. With `--outbound`, a header of the
     /// agent's INVITE (its `X-*` headers reach the carrier).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", conflicts_with = "transfer")]
@@ -665,6 +669,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 transport,
                 user,
                 caller,
+                registered,
                 headers,
                 outbound,
                 transfer,
@@ -703,12 +708,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return crate::explain::run(&specs, region, &query, output == Output::Json);
             }
             let from = from.context("--from is required")?;
+            let registered = match registered.as_deref().map(|r| r.split_once('/')) {
+                None => None,
+                Some(Some((namespace, name))) => {
+                    Some(trunkline::config::model::ObjectName::new(namespace, name))
+                }
+                Some(None) => bail!("--registered names an OutboundTrunk as namespace/NAME"),
+            };
             let call = ExplainCall {
                 from: &from,
                 to: &to,
                 transport: transport.0,
                 user: user.as_deref(),
                 caller: &caller,
+                registered,
                 headers: &headers,
             };
             explain(&specs, &call, region, &header_prefix, output)
@@ -772,6 +785,7 @@ struct ExplainCall<'a> {
     transport: Transport,
     user: Option<&'a str>,
     caller: &'a str,
+    registered: Option<trunkline::config::model::ObjectName>,
     headers: &'a [(String, String)],
 }
 
@@ -808,6 +822,8 @@ fn explain(
         digest_username: call.user,
         request_uri: &request_uri,
         from: call.caller,
+        to: &request_uri,
+        registration: call.registered.as_ref(),
         headers: call.headers,
     };
     let options = LookupOptions { header_prefix: header_prefix.to_string() };

@@ -271,7 +271,8 @@ fn carrier_invite(
         local: agent_listener,
         connection: None,
     };
-    let carrier_local = q.public_address.map_or(UNKNOWN_LOCAL, |p| p.toward(route.trunk.transport));
+    let carrier_local =
+        q.public_address.map_or(UNKNOWN_LOCAL, |p| p.toward(route.trunk.primary().transport));
     let mut ids = Ids::random();
     let locals = (agent_listener, carrier_local);
     // No offer: the body is described, not printed.
@@ -321,27 +322,45 @@ fn mask_local(line: &str) -> String {
     line.replace(&with_port, CARRIER_FACING).replace(&ip, CARRIER_FACING)
 }
 
-/// Where the INVITE goes: `host:port over TRANSPORT`.
+/// Where the INVITE goes first: `host:port over TRANSPORT` of the first host.
 fn sent_to(trunk: &OutboundTrunkRoute) -> String {
-    let host =
-        if trunk.host.contains(':') { format!("[{}]", trunk.host) } else { trunk.host.clone() };
-    format!("{host}:{} over {}", trunk.port, trunk.transport.as_str())
+    trunk.primary().describe()
 }
 
-/// [`sent_to`], with what the gateway does about a host name and TLS.
+/// Each host of the carrier, with what the gateway does about a host name and TLS; for several,
+/// their order and when a call moves on to the next.
 fn carrier_text(trunk: &OutboundTrunkRoute) -> String {
-    let mut text = sent_to(trunk);
-    if trunk.host.parse::<IpAddr>().is_err() {
-        text.push_str("; a host name: looked up (A/AAAA) on each call, not here");
+    let several = trunk.hosts.len() > 1;
+    let mut parts = Vec::new();
+    for h in &trunk.hosts {
+        let mut text = h.describe();
+        if several {
+            let _ = write!(text, " (priority {}, weight {})", h.priority, h.weight);
+        }
+        if h.host.parse::<IpAddr>().is_err() {
+            text.push_str("; a host name: looked up (A/AAAA) on each call, not here");
+        }
+        if h.transport == Transport::Tls {
+            let _ = write!(
+                text,
+                "; its certificate must verify for {} against the system's roots and --tls-ca",
+                h.host
+            );
+        }
+        parts.push(text);
     }
-    if trunk.transport == Transport::Tls {
-        let _ = write!(
-            text,
-            "; its certificate must verify for {} against the system's roots and --tls-ca",
-            trunk.host
-        );
+    if several {
+        parts.push(format!(
+            "lowest priority first, by weight within a priority, hosts down on OPTIONS skipped; \
+             the next host on no answer or {}",
+            trunkline::call::machine::FAILOVER_STATUSES
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
-    text
+    parts.join("\n               ")
 }
 
 fn body_note(trunk: &OutboundTrunkRoute) -> String {
@@ -618,6 +637,8 @@ struct TrunkView<'a> {
     host: &'a str,
     port: u16,
     transport: Transport,
+    /// Every host, in order (the first is `host`, `port`, `transport`).
+    hosts: &'a [trunkline::config::model::CarrierHost],
     #[serde(skip_serializing_if = "Option::is_none")]
     digest: Option<DigestView<'a>>,
     caller_id: &'a E164,
@@ -641,9 +662,10 @@ impl<'a> TrunkView<'a> {
     fn new(t: &'a OutboundTrunkRoute, secret: Option<&'a str>) -> Self {
         TrunkView {
             name: t.name.to_string(),
-            host: &t.host,
-            port: t.port,
-            transport: t.transport,
+            host: &t.primary().host,
+            port: t.primary().port,
+            transport: t.primary().transport,
+            hosts: &t.hosts,
             digest: t.credentials.as_ref().map(|c| DigestView { secret, username: &c.username }),
             caller_id: &t.caller_id,
             allowed_caller_ids: t.allowed_caller_ids.iter().collect(),

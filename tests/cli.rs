@@ -260,10 +260,13 @@ fn explain_answers_403_for_a_source_outside_the_allowlist() {
 
 #[test]
 fn explain_accepts_an_address_only_trunk_without_a_challenge_and_normalises_the_number() {
-    let (code, text) = explain(&["--from", "198.51.100.10", "--to", "0014155550150"]);
+    // wholesale-in's numberFormat reads 10 digits as a US national number.
+    let (code, text) = explain(&["--from", "198.51.100.10", "--to", "4155550150"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("voice/wholesale-in"), "{text}");
     assert!(text.contains("agent sales by number"), "{text}");
+    assert!(text.contains("+14155550150 (from the Request-URI"), "{text}");
+    assert!(text.contains("read as a national number of +1"), "{text}");
 }
 
 #[test]

@@ -199,6 +199,109 @@ fn agent_comes_from_the_dialled_number() {
     assert_call(carrier, agent);
 }
 
+/// A US carrier and a UK carrier on one gateway, each trunk with its `numberFormat`: the dialed
+/// and calling numbers in national, `tel:` and `phone-context` forms reach the agent in E.164
+/// (`X-Trunkline-Number`, `X-Trunkline-Caller`), and `allowedCallers` in E.164 admit national
+/// callers. The UK carrier sends from 127.0.0.2.
+#[test]
+fn national_and_tel_numbers_reach_the_agent_in_e164() {
+    let agent_port = free_port();
+    let us = address_trunk(agent_port).number_format("1", Some("1")).allow_caller("+1202*");
+    let uk = Trunk::new("uk-in")
+        .number("+442071230003", "london")
+        .allow_address("127.0.0.2/32")
+        .destination_udp(agent_port)
+        .number_format("44", Some("0"))
+        .allow_caller("+4420*");
+    let specs = Specs::new().with(us).with(uk);
+    let gateway = start(&specs);
+    let gw = gateway.udp();
+    let cases = [
+        // (carrier address, Request-URI, From, dialed in E.164, caller in E.164)
+        (
+            "127.0.0.1",
+            format!("sip:4155550100@{gw};user=phone"),
+            "sip:2025550123@carrier.example",
+            SUPPORT_NUMBER,
+            "+12025550123",
+        ),
+        (
+            "127.0.0.1",
+            format!("sip:14155550101@{gw}"),
+            "sip:12025550123@carrier.example",
+            BILLING_NUMBER,
+            "+12025550123",
+        ),
+        (
+            "127.0.0.1",
+            "tel:415-555-0100;phone-context=+1".to_string(),
+            "tel:(202)555-0123",
+            SUPPORT_NUMBER,
+            "+12025550123",
+        ),
+        (
+            "127.0.0.1",
+            format!("sip:555-0101;phone-context=+1-415@{gw};user=phone"),
+            "sip:+12025550123@carrier.example",
+            BILLING_NUMBER,
+            "+12025550123",
+        ),
+        (
+            "127.0.0.2",
+            format!("sip:02071230003@{gw}"),
+            "sip:02079460000@carrier.example",
+            "+442071230003",
+            "+442079460000",
+        ),
+        (
+            "127.0.0.2",
+            format!("sip:00442071230003@{gw}"),
+            "tel:+44-20-7946-0000",
+            "+442071230003",
+            "+442079460000",
+        ),
+    ];
+    for (source, ruri, from, number, caller) in cases {
+        let agent = uas(
+            "agent_check_numbers.xml",
+            agent_port,
+            &["-set", "number", number, "-set", "caller", caller],
+        );
+        let carrier = uac(
+            "carrier_call_written.xml",
+            gw,
+            &[
+                "-i", source, "-set", "ruri", &ruri, "-set", "to", &ruri, "-set", "from", from,
+                "-d", "100",
+            ],
+        );
+        assert_call(carrier, agent);
+    }
+    // A national caller outside allowedCallers is refused, read as the trunk reads it.
+    let uk_caller_on_us = uac(
+        "carrier_call_written.xml",
+        gw,
+        &[
+            "-set",
+            "ruri",
+            &format!("sip:4155550100@{gw}"),
+            "-set",
+            "to",
+            &format!("sip:4155550100@{gw}"),
+            "-set",
+            "from",
+            "sip:02079460000@x",
+            "-timeout",
+            "10",
+        ],
+    );
+    assert!(
+        uk_caller_on_us.received_codes().contains(&403),
+        "{:?}",
+        uk_caller_on_us.received_codes()
+    );
+}
+
 #[test]
 fn agent_header_picks_the_agent_when_the_trunk_allows_it() {
     let agent_port = free_port();
@@ -398,6 +501,17 @@ fn raw_invite(
     content_length: Option<&str>,
 ) -> Vec<u8> {
     let body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    raw_invite_with(gateway, from, case, (drop_header, content_length), ("application/sdp", body))
+}
+
+/// [`raw_invite`] with its own `Content-Type` and body.
+fn raw_invite_with(
+    gateway: std::net::SocketAddr,
+    from: std::net::SocketAddr,
+    case: &str,
+    (drop_header, content_length): (Option<&str>, Option<&str>),
+    (content_type, body): (&str, &str),
+) -> Vec<u8> {
     let length = body.len().to_string();
     let headers = [
         ("Via", format!("SIP/2.0/UDP {from};branch=z9hG4bK-raw-{case};rport")),
@@ -407,7 +521,7 @@ fn raw_invite(
         ("Call-ID", format!("raw-{case}@127.0.0.1")),
         ("CSeq", "1 INVITE".to_string()),
         ("Contact", format!("<sip:carrier@{from}>")),
-        ("Content-Type", "application/sdp".to_string()),
+        ("Content-Type", content_type.to_string()),
         ("Content-Length", content_length.unwrap_or(&length).to_string()),
     ];
     let mut text = format!("INVITE sip:{SUPPORT_NUMBER}@{gateway} SIP/2.0\r\n");
@@ -458,6 +572,42 @@ fn malformed_messages_get_400_and_the_gateway_keeps_serving() {
     let carrier = uac("carrier_call.xml", gateway.udp(), &["-s", SUPPORT_NUMBER, "-d", "200"]);
     assert_call(carrier, agent);
 }
+
+/// A SIP-I interconnect (issue 17, item 2): the INVITE's body is multipart/mixed with the SDP
+/// offer and the ISUP IAM. The call completes; the agent runtime gets SDP alone
+/// (`Content-Type: application/sdp`, nothing of the multipart or the ISUP). A multipart the
+/// gateway cannot read is 400, and a body that is neither SDP nor a multipart is 415 with an
+/// `Accept` naming what it takes.
+#[test]
+fn a_sip_i_invite_completes_and_the_agent_gets_only_its_sdp() {
+    let agent_port = free_port();
+    let specs = Specs::new().with(address_trunk(agent_port));
+    let gateway = start(&specs);
+    let agent = uas("agent_check_sdp_only.xml", agent_port, &[]);
+    let carrier =
+        uac("carrier_call_sip_i.xml", gateway.udp(), &["-s", SUPPORT_NUMBER, "-d", "200"]);
+    assert_call(carrier, agent);
+
+    let socket = RawUdp::bind();
+    let (to, from) = (gateway.udp(), socket.local_addr());
+    let isup = "--b\r\nContent-Type: application/isup\r\n\r\nIAM\r\n--b--\r\n";
+    let cases = [
+        ("no-boundary", "multipart/mixed", isup, 400, None),
+        ("isup-alone", "application/isup;version=itu-t92+", "IAM", 415, Some(ACCEPT)),
+    ];
+    for (case, content_type, body, status, accept) in cases {
+        let datagram = raw_invite_with(to, from, case, (None, None), (content_type, body));
+        let got = socket.exchange(to, &datagram, status, Duration::from_secs(3));
+        assert!(net::status_codes(&got).contains(&status), "{case}: {got:?}");
+        if let Some(accept) = accept {
+            let line = format!("Accept: {accept}\r\n");
+            assert!(got.iter().any(|m| m.contains(&line)), "{case}: no {line:?} in {got:?}");
+        }
+    }
+}
+
+/// What a 415 says the gateway takes.
+const ACCEPT: &str = "application/sdp, multipart/mixed, multipart/alternative";
 
 /// Calls `number` with carrier_call.xml until a call succeeds, for at most `within` (a failed
 /// attempt is a 404 while the gateway has not swapped the new specs in yet).

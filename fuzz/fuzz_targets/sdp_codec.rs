@@ -12,7 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use libfuzzer_sys::fuzz_target;
 use trunkline::config::model::Codec;
 use trunkline::media::codec::{check_answer, filter_offer, gateway_offer};
-use trunkline::media::sdp::{LegOrigin, Sdp};
+use trunkline::media::sdes::{Crypto, Suite};
+use trunkline::media::sdp::{AudioSecurity, LegOrigin, Sdp};
 
 const CODEC_LISTS: [&[Codec]; 8] = [
     &[Codec::Pcmu],
@@ -33,8 +34,12 @@ fuzz_target!(|data: &[u8]| {
     } else {
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10))
     };
-    let Ok(sdp) = Sdp::parse(body) else { return };
+    // Bit 6: as for a leg that takes SRTP (RTP/SAVP, a=crypto).
+    let srtp = choice & 0x40 != 0;
+    let parse = |body: &[u8]| if srtp { Sdp::parse_srtp(body) } else { Sdp::parse(body) };
+    let Ok(sdp) = parse(body) else { return };
     let _ = sdp.direction();
+    let _ = (sdp.audio_is_srtp(), sdp.audio_crypto());
     let _ = sdp.audio_endpoint();
     if let Some(audio) = sdp.audio() {
         let _ = (audio.port(), audio.direction(), audio.ptime(), audio.maxptime());
@@ -44,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let printed = sdp.to_bytes();
-    if let Err(error) = Sdp::parse(&printed) {
+    if let Err(error) = parse(&printed) {
         panic!(
             "a parsed SDP printed as something unparsable ({error}):\n{}",
             String::from_utf8_lossy(&printed)
@@ -55,9 +60,15 @@ fuzz_target!(|data: &[u8]| {
     let mut offer = sdp.clone();
     if let Ok(negotiated) = filter_offer(&mut offer, allowed) {
         let mut origin = LegOrigin::new(7);
-        offer.rewrite_for_relay(&mut origin, relay, 40_000);
+        let ours = [Crypto::generate(1, Suite::AesCm128HmacSha1_80)];
+        let security = if srtp {
+            AudioSecurity::Sdes { savp: true, crypto: &ours }
+        } else {
+            AudioSecurity::Plain
+        };
+        offer.rewrite_for_relay(&mut origin, relay, 40_000, security);
         let sent = offer.to_bytes();
-        let again = match Sdp::parse(&sent) {
+        let again = match parse(&sent) {
             Ok(again) => again,
             Err(error) => panic!("the rewritten offer does not parse: {error}"),
         };

@@ -165,6 +165,40 @@ pub struct TrunkMedia {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = rules::ADDRESS_IS_CIDR.to_rule())]
     pub allowed_addresses: Vec<String>,
+    /// Whether the carrier's media is SRTP, keyed by SDES (RFC 4568 `a=crypto` lines in the SDP).
+    /// The gateway decrypts it and relays plain RTP to the agent runtime (the agent-facing leg
+    /// is always plain RTP). `Disabled` (default): plain RTP only (an SRTP-only offer gets `488`).
+    /// `Optional`: SRTP when the carrier offers it, plain RTP otherwise; toward the carrier the
+    /// gateway offers both. `Required`: SRTP only (a plain offer gets `488 Not Acceptable Here`).
+    /// SDES keys travel in the SDP: use them with SIP over TLS. Not served yet: `Optional` and
+    /// `Required` are refused (`InvalidSpec`) until calls negotiate SDES. Example: `Disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<MediaEncryption>,
+}
+
+// Whether a leg's media is encrypted (SRTP, RFC 3711, keyed by SDES, RFC 4568).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum MediaEncryption {
+    /// Plain RTP only.
+    #[default]
+    Disabled,
+    /// SRTP when the far end offers or accepts it, plain RTP otherwise.
+    Optional,
+    /// SRTP only: a call whose far end does not offer or accept it is refused.
+    Required,
+}
+
+/// The media settings of a SIP transfer destination.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationMedia {
+    /// Whether the destination's media is SRTP keyed by SDES (RFC 4568), as `encryption` of a
+    /// trunk's `media`: `Disabled` (default), `Optional` or `Required` (the last two refused
+    /// until calls negotiate SDES). Example: `Disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<MediaEncryption>,
 }
 
 /// What one gateway fleet (one `trunkline operator`, often one region) says about an object. Each

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{CallLimits, Codec, DigestAuth, Transport, TrunkMedia};
+use super::common::{CallLimits, Codec, DigestAuth, ObjectReference, Transport, TrunkMedia};
 use super::rules;
 
 /// Calls from a carrier or PBX to the agents: which numbers (DIDs) the carrier may deliver, who the
@@ -48,6 +48,14 @@ pub struct InboundTrunkSpec {
     #[schemars(length(max = 1000), inner(pattern(rules::CALLER_PATTERN)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_callers: Vec<String>,
+    /// How the carrier writes numbers that have no `+`, in the dialed number (Request-URI) and
+    /// the caller (From). Without it, digits without `+` are read as an international number
+    /// whose `+` was left out, and `00` as the international prefix. With it, `4155550142` on
+    /// `defaultCountryCode: "1"` is `+14155550142`, and `02071230003` on `defaultCountryCode:
+    /// "44"` with `nationalPrefix: "0"` is `+442071230003`. Numbers in `numbers` and
+    /// `allowedCallers` stay in E.164.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_format: Option<InboundNumberFormat>,
     /// The SIP transports the carrier may use. Default: all three.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 3))]
@@ -71,6 +79,25 @@ pub struct InboundTrunkSpec {
     #[schemars(length(max = 32), inner(pattern(rules::REGION_PATTERN)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub regions: Vec<String>,
+}
+
+/// How a carrier writes national and international numbers without a `+`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundNumberFormat {
+    /// The country code of national numbers (digits, no `+`). Example: `"1"`, `"44"`.
+    #[schemars(pattern(rules::COUNTRY_CODE_PATTERN))]
+    pub default_country_code: String,
+    /// The trunk prefix dialed before a national number, dropped before the country code goes
+    /// in front: `"0"` in most of Europe, `"1"` in North America. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(rules::DIAL_PREFIX_PATTERN))]
+    pub national_prefix: Option<String>,
+    /// The prefix of an international number, read before the national prefix. Default:
+    /// `"011"` for country code 1, `"00"` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(rules::DIAL_PREFIX_PATTERN))]
+    pub international_prefix: Option<String>,
 }
 
 /// One number (DID) of a trunk and the agent that answers it.
@@ -125,6 +152,21 @@ pub struct InboundAuth {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = rules::ADDRESS_IS_CIDR.to_rule())]
     pub allowed_addresses: Vec<String>,
+    /// The carrier delivers these calls to the binding an OutboundTrunk of this namespace
+    /// registers (its `registration`): a call is admitted when it comes from the address the
+    /// gateway's registration reached (or from `allowedAddresses`), without a challenge; its
+    /// dialed number is the Request-URI's when that is a number, else the To's (carriers send
+    /// the registered contact as the Request-URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<InboundRegistration>,
+}
+
+/// An InboundTrunk fed by an OutboundTrunk's registration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundRegistration {
+    /// The OutboundTrunk whose registration delivers the calls. Example: `{name: carrier-out}`.
+    pub outbound_trunk_ref: ObjectReference,
 }
 
 /// The observed state of an InboundTrunk.

@@ -26,17 +26,29 @@ use super::rules;
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why Programmed has its status: Programmed, Pending, NoGateways, NotServedHere, or the reason the object is refused","jsonPath":".status.conditions[?(@.type==\"Programmed\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::HOST_OR_HOSTS.to_rule())]
 pub struct OutboundTrunkSpec {
     /// The carrier's SIP host: a host name or an IP address only. A `sip:` URI, a port or a path
-    /// here is an error. Example: `sip.carrier.example`.
+    /// here is an error. Example: `sip.carrier.example`. Give `host` or `hosts`, not both: `host`
+    /// is a list of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = rules::HOST_NOT_URI.to_rule())]
-    pub host: String,
-    /// The carrier's SIP port. Default: 5060, or 5061 for TLS.
+    pub host: Option<String>,
+    /// The carrier's hosts, for a carrier with several edges: calls go to the lowest `priority`
+    /// first, to a host picked by `weight` among hosts of the same priority, and on to the next
+    /// host when one does not answer or answers 408, 500, 503 or 504 (the agent is not asked
+    /// again). A host whose OPTIONS probes fail is skipped until a probe succeeds. Give `host`
+    /// or `hosts`, not both. Example: `[{host: 198.51.100.10}, {host: 198.51.100.11, priority: 1}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hosts: Vec<CarrierHost>,
+    /// The carrier's SIP port (of `host`, and the default of `hosts`). Default: 5060, or 5061
+    /// for TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
-    /// The transport toward the carrier. Default: `UDP`.
+    /// The transport toward the carrier (of `host`, and the default of `hosts`). Default: `UDP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
     /// How we authenticate to the carrier. Omit when the carrier allowlists the fleet's addresses
@@ -55,6 +67,12 @@ pub struct OutboundTrunkSpec {
     /// How the dialed number is written toward this carrier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_format: Option<NumberFormat>,
+    /// Register with the carrier (REGISTER, RFC 3261 §10) with the trunk's digest credentials,
+    /// so that it delivers calls to the gateway: every gateway pod keeps its binding fresh and
+    /// reports it in the `Registered` condition. The calls arrive as inbound calls on the
+    /// InboundTrunk whose `auth.registration` names this trunk. Needs `auth.digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
     /// SIP OPTIONS probes to the carrier; they drive the `Reachable` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
@@ -83,6 +101,40 @@ pub struct OutboundTrunkSpec {
     pub regions: Vec<String>,
 }
 
+/// One of the carrier's hosts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CarrierHost {
+    /// A host name or an IP address only, as `spec.host`. Example: `sip1.carrier.example`.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::HOST_NOT_URI.to_rule())]
+    pub host: String,
+    /// The host's SIP port. Default: `spec.port`, else 5060, or 5061 for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// The transport toward this host. Default: `spec.transport`, else `UDP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// Lower goes first, as in DNS SRV (RFC 2782): hosts of priority 1 get calls only when
+    /// every host of priority 0 failed or is down. Default: 0, so that a list without
+    /// priorities spreads calls over all its hosts.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 65535))]
+    pub priority: u16,
+    /// The share of calls among the hosts of one priority, as in DNS SRV: weight 3 gets three
+    /// times the calls of weight 1; 0 only when the others of its priority fail. Default: 1,
+    /// so that hosts without weights share calls evenly (SRV's 0 would make them a last
+    /// resort).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub weight: u16,
+}
+
+fn default_weight() -> u16 {
+    1
+}
+
 /// How we authenticate to the carrier.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -100,6 +152,25 @@ pub struct NumberFormat {
     /// (`14155550100`). Default: `true`.
     #[serde(default = "default_true")]
     pub leading_plus: bool,
+}
+
+/// Registration to the carrier's registrar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    /// Keep the registration. Default: `true`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The binding's lifetime asked of the registrar, in seconds; the registrar may grant less,
+    /// or ask for more (423). Refreshed halfway (ten minutes early for long ones). Default:
+    /// 3600.
+    #[serde(default = "default_expires")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub expires_seconds: u32,
+}
+
+fn default_expires() -> u32 {
+    3600
 }
 
 /// SIP OPTIONS health probes.

@@ -6,6 +6,10 @@
 pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{7,14}$";
 /// A caller pattern: an E.164 number, or a `+` prefix of 1 to 15 digits ending in `*`.
 pub const CALLER_PATTERN: &str = r"^\+[0-9]{1,15}\*$|^\+[1-9][0-9]{7,14}$|^\*$";
+/// An E.164 country code: 1 to 3 digits, the first not 0.
+pub const COUNTRY_CODE_PATTERN: &str = r"^[1-9][0-9]{0,2}$";
+/// A national or international dialing prefix: 1 to 4 digits.
+pub const DIAL_PREFIX_PATTERN: &str = r"^[0-9]{1,4}$";
 /// An agent id: it becomes the Request-URI user toward the agent runtime and a header value, so
 /// only URI-safe token characters.
 pub const AGENT_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
@@ -34,10 +38,10 @@ impl NamedRule {
     }
 }
 
-/// InboundTrunk `spec.auth`: digest, addresses, or both.
+/// InboundTrunk `spec.auth`: digest, addresses, a registration, or more than one.
 pub const AUTH_REQUIRED: NamedRule = NamedRule {
-    rule: "has(self.digest) || (has(self.allowedAddresses) && size(self.allowedAddresses) > 0)",
-    message: "a trunk needs digest, allowedAddresses, or both",
+    rule: "has(self.digest) || has(self.registration) || (has(self.allowedAddresses) && size(self.allowedAddresses) > 0)",
+    message: "a trunk needs digest, allowedAddresses or registration",
     reason: "NoAuthentication",
 };
 
@@ -61,6 +65,13 @@ pub const HOST_NOT_URI: NamedRule = NamedRule {
     rule: "isIP(self) || self.matches('^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$')",
     message: "host must be a host name or an IP address, without a sip: scheme, a port or a path (the port goes in spec.port)",
     reason: "InvalidHost",
+};
+
+/// OutboundTrunk `spec`: `host` or `hosts`, exactly one of them.
+pub const HOST_OR_HOSTS: NamedRule = NamedRule {
+    rule: "has(self.host) != (has(self.hosts) && size(self.hosts) > 0)",
+    message: "give spec.host (one carrier host) or spec.hosts (several), exactly one of them",
+    reason: "HostOrHosts",
 };
 
 /// TransferDestination: the member matching `type`, and no other.
@@ -105,6 +116,7 @@ pub const ALL: &[NamedRule] = &[
     OPEN_TRUNK,
     ADDRESS_IS_CIDR,
     HOST_NOT_URI,
+    HOST_OR_HOSTS,
     OUTBOUND_DIGEST_SECRET,
     SIP_TARGET_DIGEST_SECRET,
     TRANSFER_PHONE_MEMBER,

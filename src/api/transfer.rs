@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{DigestAuth, ObjectReference};
+use super::common::{DestinationMedia, DigestAuth, ObjectReference};
 use super::rules;
 
 /// Where an agent may hand a call: a phone number through an OutboundTrunk, a SIP URI, or hang-up.
@@ -98,6 +98,9 @@ pub struct SipTarget {
     /// Credentials for the far end's challenge, if it sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SipTargetAuth>,
+    /// The destination's media: whether it is SRTP (`encryption`). Omit for plain RTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<DestinationMedia>,
 }
 
 /// Credentials toward a SIP transfer target.

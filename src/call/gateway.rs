@@ -28,6 +28,7 @@ use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome, RefusalRu
 use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable};
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
+use crate::sip::body;
 use crate::sip::digest::{Credentials, DigestError, DigestServer, Verification};
 use crate::sip::msg::{self, DialogHeaders, Message, Method, Request, Response, name};
 use crate::sip::session_timer;
@@ -366,12 +367,6 @@ impl Gateway {
             // A re-INVITE for a dialog we do not have.
             return self.no_dialog(&request, &source);
         }
-        let branch = request.top_via().and_then(|v| v.branch.as_deref());
-        if !branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE)) {
-            // RFC 2543 transaction matching is not implemented (sip::transaction::server_key).
-            let rule = RefusalRule::NoRfc3261Branch;
-            return self.refuse_in(zone, &request, &source, rule, None, &[]);
-        }
         if request.max_forwards() == Some(0) {
             return self.refuse_in(zone, &request, &source, RefusalRule::TooManyHops, None, &[]);
         }
@@ -473,14 +468,18 @@ impl Gateway {
 
         let transport = source.protocol;
         let from = request.from().map(|f| f.uri.clone()).unwrap_or_default();
+        let to = request.to().map(|t| t.uri.clone()).unwrap_or_default();
         let headers: Vec<(String, String)> =
             request.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let registration = self.services.registrations.via(source.remote.ip());
         let attempt = CallAttempt {
             transport,
             source: source.remote.ip(),
             digest_username: credentials.as_ref().map(|c| c.username.as_str()),
             request_uri: &request.uri,
             from: &from,
+            to: &to,
+            registration: registration.as_ref(),
             headers: &headers,
         };
         let options = LookupOptions { header_prefix: self.services.config.header_prefix.clone() };
@@ -529,6 +528,9 @@ impl Gateway {
             let warning =
                 [(name::WARNING, crate::config::refusal::warning(rule.as_str(), refusal.text()))];
             return self.refuse(&request, &source, rule, &warning);
+        }
+        if !has_rfc3261_branch(&request) {
+            return self.refuse(&request, &source, RefusalRule::NoRfc3261Branch, &[]);
         }
         let trunk_key = format!("inbound:{}", route.trunk.name);
         let permit =
@@ -604,7 +606,7 @@ impl Gateway {
         let attempt =
             OutboundAttempt::from_invite(&request.uri, &from, &headers, &config.header_prefix);
         let decision = outbound::decide(&table, &attempt);
-        let route = match decision.outcome {
+        let mut route = match decision.outcome {
             Ok(route) => route,
             Err(refusal) => {
                 if let Some(suppressed) = self.log_refusal(refusal.rule.as_str()) {
@@ -625,6 +627,10 @@ impl Gateway {
                 return self.refuse_in(zone, &request, &source, rule, None, &extra);
             }
         };
+        if !has_rfc3261_branch(&request) {
+            let rule = RefusalRule::NoRfc3261Branch;
+            return self.refuse_in(zone, &request, &source, rule, None, &[]);
+        }
         let trunk_key = format!("outbound:{}", route.trunk.name);
         let permit =
             match self.services.admission.try_admit(&trunk_key, route.trunk.limits, Instant::now())
@@ -638,6 +644,7 @@ impl Gateway {
                 }
             };
         let Some(call_id) = request.call_id().map(str::to_string) else { return };
+        self.services.rotate(&mut route);
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
         self.services.register_call(&call_id, tx.clone());
@@ -709,25 +716,27 @@ impl Gateway {
 /// The carrier's SDP offer, filtered to the trunk's codecs. An INVITE without a body (a delayed
 /// offer, RFC 3261 §13.2.1) gets the gateway's own offer with the trunk's codecs
 /// ([`codec::gateway_offer`]): the agent always sees an offer in the INVITE, and the carrier
-/// gets the offer in the 2xx and answers in its ACK. Refusals: 415 for a body that is not SDP,
-/// 400 for SDP that does not parse, 488 for no usable audio or no common codec.
+/// gets the offer in the 2xx and answers in its ACK. A multipart body (SIP-I's SDP + ISUP)
+/// gives its SDP part, the rest is dropped (`sip::body`). Refusals: 415 for a body that is not
+/// SDP or a multipart, 400 for a multipart that cannot be read or SDP that does not parse, 488
+/// for no usable audio or no common codec.
 fn media_offer(
     request: &Request,
     codecs: &[crate::config::model::Codec],
 ) -> Result<Option<MediaOffer>, RefusalRule> {
-    if request.body.is_empty() {
+    let text = body::sdp(&request.headers, &request.body).map_err(|e| match e {
+        body::BodyError::Unsupported(_) => RefusalRule::UnsupportedBody,
+        body::BodyError::Malformed(_) => RefusalRule::BadBody,
+    })?;
+    // No body, or a multipart without SDP (an ISUP alone): a delayed offer.
+    let Some(text) = text else {
         return Ok(codec::gateway_offer(codecs).map(|(sdp, negotiated)| MediaOffer {
             sdp,
             negotiated,
             delayed: true,
         }));
-    }
-    let content_type = request.headers.get(name::CONTENT_TYPE).unwrap_or("application/sdp");
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    if !essence.eq_ignore_ascii_case("application/sdp") {
-        return Err(RefusalRule::UnsupportedBody);
-    }
-    let mut sdp = Sdp::parse(&request.body).map_err(|e| {
+    };
+    let mut sdp = Sdp::parse(&text).map_err(|e| {
         if e.status_code() == 488 { RefusalRule::NoUsableAudio } else { RefusalRule::BadSdp }
     })?;
     let negotiated = codec::filter_offer(&mut sdp, codecs).map_err(|e| {
@@ -743,7 +752,7 @@ fn media_offer(
 /// type that is (RFC 3261 §21.4.13).
 fn media_refusal_headers(rule: RefusalRule) -> Vec<(&'static str, String)> {
     if rule == RefusalRule::UnsupportedBody {
-        vec![("Accept", "application/sdp".to_string())]
+        vec![("Accept", body::ACCEPT.to_string())]
     } else {
         Vec::new()
     }
@@ -770,6 +779,18 @@ fn auth_failure_of(rule: RefusalRule) -> Option<AuthFailure> {
         R::CredentialsPending => Some(AuthFailure::CredentialsPending),
         _ => None,
     }
+}
+
+/// Whether the top Via's branch has the RFC 3261 magic cookie, which a new call needs: its
+/// INVITE transaction is keyed by that branch, and the matching of an RFC 2543 element's requests
+/// (by Request-URI, tags, Call-ID, CSeq and Via, RFC 3261 §17.2.3) is not implemented
+/// (`sip::transaction::server_key`). Such an INVITE is valid (RFC 4475 §3.1.1.7 sends one), so
+/// it is asked only of one that would become a call, just before admission: the stateless
+/// answers before that (403, 404, 407, 420, 422, 483, 488, 503 while draining...) need no
+/// transaction, and tell its sender the real reason.
+fn has_rfc3261_branch(request: &Request) -> bool {
+    let branch = request.top_via().and_then(|v| v.branch.as_deref());
+    branch.is_some_and(|b| b.starts_with(MAGIC_COOKIE))
 }
 
 /// The To tag of a stateless answer: the same for every retransmission of the request
@@ -997,7 +1018,7 @@ impl Gateway {
             caller_id: request.caller_id.as_deref(),
         };
         let decision = outbound::decide(&table, &attempt);
-        let route = match decision.outcome {
+        let mut route = match decision.outcome {
             Ok(route) => route,
             Err(refusal) => {
                 let code = match refusal.rule {
@@ -1043,11 +1064,12 @@ impl Gateway {
                 }
             };
         let services = &self.services;
+        services.rotate(&mut route);
         let agent_local = services
             .local_address(Zone::Internal, agent.transport)
             .or_else(|| services.local_address(Zone::Internal, Protocol::Udp));
         let carrier_local = services
-            .local_address(Zone::Carrier, route.trunk.transport)
+            .local_address(Zone::Carrier, route.first_host().transport)
             .or_else(|| services.local_address(Zone::Carrier, Protocol::Udp));
         let (Some(agent_local), Some(carrier_local)) = (agent_local, carrier_local) else {
             return Err(ApiError::new(ErrorCode::Unavailable, "the gateway has no listeners yet"));
@@ -1113,7 +1135,7 @@ impl Gateway {
             ),
             agent: Some(request.agent.clone()),
             agent_reason: Some("named"),
-            transport: route.trunk.transport.as_str(),
+            transport: route.first_host().transport.as_str(),
             source: None,
         };
         let record = super::record::seed(seed, Some(&contract));

@@ -1,10 +1,14 @@
 //! OPTIONS health of the OutboundTrunks (DESIGN §2, `healthCheck`): every gateway sends an
-//! out-of-dialog `OPTIONS sip:HOST:PORT` to each OutboundTrunk of its table every
+//! out-of-dialog `OPTIONS sip:HOST:PORT` to each host of each OutboundTrunk of its table every
 //! `healthCheck.intervalSeconds`, from its carrier-facing listener, and keeps one
-//! [`Reachability`] per trunk: any final answer below 500 except 408 (a 401, 403, 404 or 405 too:
+//! [`Reachability`] per host: any final answer below 500 except 408 (a 401, 403, 404 or 405 too:
 //! a carrier that refuses OPTIONS is alive) makes it reachable; [`MISSES_TO_UNREACHABLE`]
 //! misses in a row (a 5xx, a 408, no answer, a failed send, a name that does not resolve) make
-//! it unreachable. On each flip, and only then: `trunkline_outbound_reachable{trunk}` (1/0), a
+//! it unreachable. A host that is unreachable is out of the calls' rotation ([`DownHosts`],
+//! `config::outbound::rotation`) until a probe succeeds. The trunk is reachable when one of its
+//! hosts is, unreachable when all are (a trunk with one host: that host's state, as before);
+//! with several hosts the detail says how many answer and which are down. On each flip of the
+//! trunk's state or detail, and only then: `trunkline_outbound_reachable{trunk}` (1/0), a
 //! log line (`info` on recovery, `warn` with the reason when it goes), and the trunk's entry in
 //! the gateway's status report (`observe::admin::OutboundHealth`), from which the operator
 //! writes the `Reachable` condition.
@@ -48,7 +52,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Snapshot;
-use crate::config::model::{ObjectName, OutboundTrunkRoute, RoutingTable};
+use crate::config::model::{CarrierHost, ObjectName, OutboundTrunkRoute, RoutingTable};
 use crate::observe::admin::{GatewayReport, OutboundHealth};
 use crate::sip::msg::{self, DialogHeaders, Method, Request, Response, name};
 use crate::sip::transaction::{ClientAction, ClientNonInvite, Reliability, T1_DEFAULT, Timers};
@@ -57,6 +61,30 @@ use crate::sip::transport::{Protocol, Target, Zone};
 use super::gateway::Gateway;
 use super::machine::Ids;
 use super::services::{CallInput, CallServices};
+
+/// The carrier hosts that are down, by trunk: written by the probes, read by every new
+/// outbound call ([`CallServices::rotate`]).
+#[derive(Debug, Default)]
+pub struct DownHosts(std::sync::RwLock<std::collections::HashSet<(ObjectName, CarrierHost)>>);
+
+impl DownHosts {
+    pub fn contains(&self, trunk: &ObjectName, host: &CarrierHost) -> bool {
+        let key = (trunk.clone(), host.clone());
+        self.0.read().map(|set| set.contains(&key)).unwrap_or(false)
+    }
+
+    /// Marks a host down (`true`) or back in rotation.
+    pub fn set(&self, trunk: &ObjectName, host: &CarrierHost, down: bool) {
+        if let Ok(mut set) = self.0.write() {
+            let key = (trunk.clone(), host.clone());
+            if down {
+                set.insert(key);
+            } else {
+                set.remove(&key);
+            }
+        }
+    }
+}
 
 /// Misses in a row that make a trunk unreachable.
 pub const MISSES_TO_UNREACHABLE: u32 = 3;
@@ -171,7 +199,7 @@ pub fn probe_timeout(interval: Duration) -> Duration {
     TIMER_F.min(interval / 2)
 }
 
-/// What a trunk's probes go to. A change of any of it restarts the trunk's probing.
+/// What one host's probes go to. A change of any of it restarts the host's probing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTarget {
     pub trunk: ObjectName,
@@ -179,19 +207,28 @@ pub struct ProbeTarget {
     pub port: u16,
     pub transport: Protocol,
     pub interval: Duration,
+    /// The trunk's host this target probes (its rotation entry, [`DownHosts`]).
+    pub carrier: CarrierHost,
 }
 
 impl ProbeTarget {
-    /// The target of a trunk with probing on; `None` when its probing is off.
-    pub fn of(route: &OutboundTrunkRoute) -> Option<ProbeTarget> {
-        let seconds = route.health_check_interval_seconds.filter(|s| *s > 0)?;
-        Some(ProbeTarget {
-            trunk: route.name.clone(),
-            host: route.host.clone(),
-            port: route.port,
-            transport: route.transport,
-            interval: Duration::from_secs(u64::from(seconds)),
-        })
+    /// The targets of a trunk with probing on, one per host; none when its probing is off.
+    pub fn of(route: &OutboundTrunkRoute) -> Vec<ProbeTarget> {
+        let Some(seconds) = route.health_check_interval_seconds.filter(|s| *s > 0) else {
+            return Vec::new();
+        };
+        route
+            .hosts
+            .iter()
+            .map(|h| ProbeTarget {
+                trunk: route.name.clone(),
+                host: h.host.clone(),
+                port: h.port,
+                transport: h.transport,
+                interval: Duration::from_secs(u64::from(seconds)),
+                carrier: h.clone(),
+            })
+            .collect()
     }
 
     /// `sip:HOST:PORT`, an IPv6 host in brackets, `;transport=tcp|tls` unless UDP.
@@ -373,53 +410,140 @@ pub(super) async fn probe_once(
     }
 }
 
-/// Where a trunk's state goes on each flip.
+/// Where a trunk's state goes on each flip of one of its hosts.
 struct Publish {
     services: Arc<CallServices>,
     report: Arc<GatewayReport>,
+    /// Each probed trunk's hosts, in the trunk's order, and what was last published for it.
+    trunks: std::sync::Mutex<HashMap<ObjectName, TrunkHosts>>,
+}
+
+/// One trunk's hosts as its probes left them.
+#[derive(Debug, Default)]
+struct TrunkHosts {
+    hosts: Vec<HostState>,
+    /// `reachable` and `detail` as last published; `None` before the first flip.
+    published: Option<(Option<bool>, String)>,
+}
+
+#[derive(Debug)]
+struct HostState {
+    carrier: CarrierHost,
+    state: State,
+    detail: String,
+}
+
+impl TrunkHosts {
+    /// The trunk's `Reachable`: one host answering makes the trunk reachable (calls go there);
+    /// every host down makes it unreachable; else not decided yet. With one host, the detail
+    /// is its last probe's (`200 OK`, `timeout`); with several, how many answer and which are
+    /// down, with why.
+    fn summary(&self, last: &ProbeOutcome) -> (Option<bool>, String) {
+        let up = self.hosts.iter().filter(|h| h.state == State::Reachable).count();
+        let all_down = self.hosts.iter().all(|h| h.state == State::Unreachable);
+        let reachable = if up > 0 {
+            Some(true)
+        } else if all_down && !self.hosts.is_empty() {
+            Some(false)
+        } else {
+            None
+        };
+        if self.hosts.len() <= 1 {
+            return (reachable, last.detail());
+        }
+        let mut detail = format!("{up} of {} hosts answer OPTIONS", self.hosts.len());
+        let down: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.state == State::Unreachable)
+            .map(|h| format!("{} ({})", h.carrier.describe(), h.detail))
+            .collect();
+        if !down.is_empty() {
+            detail.push_str("; down: ");
+            detail.push_str(&down.join(", "));
+        }
+        (reachable, detail)
+    }
 }
 
 impl Publish {
+    fn trunks(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectName, TrunkHosts>> {
+        self.trunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn started(&self, target: &ProbeTarget) {
-        let health =
-            OutboundHealth { reachable: None, since: unix_now(), ..OutboundHealth::default() };
-        self.report.set_outbound(&target.trunk.to_string(), health);
+        let mut trunks = self.trunks();
+        let entry = trunks.entry(target.trunk.clone()).or_default();
+        let first = entry.hosts.is_empty();
+        let state = State::Unknown;
+        entry.hosts.push(HostState {
+            carrier: target.carrier.clone(),
+            state,
+            detail: String::new(),
+        });
+        if first {
+            let health =
+                OutboundHealth { reachable: None, since: unix_now(), ..OutboundHealth::default() };
+            self.report.set_outbound(&target.trunk.to_string(), health);
+        }
     }
 
     fn flipped(&self, target: &ProbeTarget, state: State, outcome: &ProbeOutcome, was: State) {
         let trunk = target.trunk.to_string();
         let detail = outcome.detail();
-        let reachable = state == State::Reachable;
-        self.services.metrics.set_outbound_reachable(&trunk, reachable);
-        self.report.set_outbound(
-            &trunk,
-            OutboundHealth {
-                reachable: Some(reachable),
-                since: unix_now(),
-                detail: detail.clone(),
-                last_status: outcome.status(),
-            },
-        );
+        self.services.hosts_down.set(&target.trunk, &target.carrier, state == State::Unreachable);
         let uri = target.uri();
-        if reachable {
+        // A trunk of one host is named alone, as before hosts lists; a host of several is named.
+        let several = self.trunks().get(&target.trunk).is_some_and(|t| t.hosts.len() > 1);
+        let (what, out) = if several {
+            (format!("OutboundTrunk {trunk}: {uri}"), ", out of rotation")
+        } else {
+            (format!("OutboundTrunk {trunk}"), "")
+        };
+        if state == State::Reachable {
             let again = if was == State::Unreachable { " again" } else { "" };
             tracing::info!(
                 %trunk, target = %uri, answer = %detail,
-                "OutboundTrunk {trunk} is reachable{again}: the carrier answers OPTIONS ({detail})"
+                "{what} is reachable{again}: the carrier answers OPTIONS ({detail})"
             );
         } else {
             tracing::warn!(
                 %trunk, target = %uri, reason = %detail,
-                "OutboundTrunk {trunk} is unreachable: {MISSES_TO_UNREACHABLE} OPTIONS probes in a \
-                 row failed, the last with {detail}"
+                "{what} is unreachable{out}: {MISSES_TO_UNREACHABLE} OPTIONS probes in a row \
+                 failed, the last with {detail}"
             );
         }
+        let mut trunks = self.trunks();
+        let Some(entry) = trunks.get_mut(&target.trunk) else { return };
+        if let Some(h) = entry.hosts.iter_mut().find(|h| h.carrier == target.carrier) {
+            h.state = state;
+            h.detail = detail;
+        }
+        let summary = entry.summary(outcome);
+        if entry.published.as_ref() == Some(&summary) {
+            return;
+        }
+        let (reachable, detail) = summary.clone();
+        entry.published = Some(summary);
+        if let Some(reachable) = reachable {
+            self.services.metrics.set_outbound_reachable(&trunk, reachable);
+        }
+        let health =
+            OutboundHealth { reachable, since: unix_now(), detail, last_status: outcome.status() };
+        self.report.set_outbound(&trunk, health);
     }
 
     fn stopped(&self, target: &ProbeTarget) {
-        let trunk = target.trunk.to_string();
-        self.services.metrics.forget_outbound(&trunk);
-        self.report.remove_outbound(&trunk);
+        self.services.hosts_down.set(&target.trunk, &target.carrier, false);
+        let mut trunks = self.trunks();
+        let Some(entry) = trunks.get_mut(&target.trunk) else { return };
+        entry.hosts.retain(|h| h.carrier != target.carrier);
+        if entry.hosts.is_empty() {
+            trunks.remove(&target.trunk);
+            let trunk = target.trunk.to_string();
+            self.services.metrics.forget_outbound(&trunk);
+            self.report.remove_outbound(&trunk);
+        }
     }
 }
 
@@ -477,9 +601,13 @@ pub fn spawn(
     report: Arc<GatewayReport>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let publish = Arc::new(Publish { services: gateway.services().clone(), report });
+    let publish = Arc::new(Publish {
+        services: gateway.services().clone(),
+        report,
+        trunks: Default::default(),
+    });
     tokio::spawn(async move {
-        let mut running: HashMap<ObjectName, Running> = HashMap::new();
+        let mut running: HashMap<(ObjectName, CarrierHost), Running> = HashMap::new();
         loop {
             let table = snapshots.borrow_and_update().table.clone();
             follow(&publish, &mut running, &table, &stop).await;
@@ -503,17 +631,17 @@ pub fn spawn(
 /// Brings the running tasks in line with `table`.
 async fn follow(
     publish: &Arc<Publish>,
-    running: &mut HashMap<ObjectName, Running>,
+    running: &mut HashMap<(ObjectName, CarrierHost), Running>,
     table: &RoutingTable,
     stop: &CancellationToken,
 ) {
-    let wanted: HashMap<ObjectName, ProbeTarget> = table
+    let wanted: HashMap<(ObjectName, CarrierHost), ProbeTarget> = table
         .outbound
         .values()
-        .filter_map(|route| ProbeTarget::of(route))
-        .map(|t| (t.trunk.clone(), t))
+        .flat_map(|route| ProbeTarget::of(route))
+        .map(|t| ((t.trunk.clone(), t.carrier.clone()), t))
         .collect();
-    let stale: Vec<ObjectName> = running
+    let stale: Vec<(ObjectName, CarrierHost)> = running
         .iter()
         .filter(|(name, r)| wanted.get(*name) != Some(&r.target))
         .map(|(name, _)| name.clone())
@@ -555,25 +683,25 @@ pub async fn announce_source_addresses(
     for route in table.outbound.values() {
         let listener = carrier_listeners
             .iter()
-            .find(|(p, _)| *p == route.transport)
+            .find(|(p, _)| *p == route.primary().transport)
             .or_else(|| carrier_listeners.first())
             .map(|(_, a)| *a);
         let source = match (public_address, listener) {
             (Some(ip), _) => Ok(ip),
             (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(addr.ip()),
-            _ => route_address(&resolver, &route.host, route.port).await,
+            _ => route_address(&resolver, &route.primary().host, route.primary().port).await,
         };
         match source {
             Ok(ip) => tracing::info!(
                 trunk = %route.name, source = %ip,
                 "OutboundTrunk {}: calls to {} leave from {ip}: the carrier's allowlist needs it",
-                route.name, route.host
+                route.name, route.primary().host
             ),
             Err(e) => tracing::info!(
                 trunk = %route.name,
                 "OutboundTrunk {}: calls to {} leave from this machine's address toward it \
                  ({e}; --public-address names it)",
-                route.name, route.host
+                route.name, route.primary().host
             ),
         }
     }
@@ -685,6 +813,7 @@ mod tests {
             port: 5060,
             transport,
             interval: Duration::from_secs(30),
+            carrier: CarrierHost::new(host, 5060, transport),
         }
     }
 
@@ -737,26 +866,65 @@ mod tests {
         assert!(!answers(&response("z9hG4bKb1", "INVITE"), &ids));
     }
 
+    fn hosts(states: &[(&str, State, &str)]) -> TrunkHosts {
+        let hosts = states
+            .iter()
+            .map(|(h, state, detail)| HostState {
+                carrier: CarrierHost::new(*h, 5060, Protocol::Udp),
+                state: *state,
+                detail: detail.to_string(),
+            })
+            .collect();
+        TrunkHosts { hosts, published: None }
+    }
+
+    #[test]
+    fn a_trunk_is_reachable_while_one_host_answers_and_says_which_are_down() {
+        let last = ProbeOutcome::Answered(503);
+        let one = hosts(&[("192.0.2.1", State::Unreachable, "503 Service Unavailable")]);
+        assert_eq!(one.summary(&last), (Some(false), "503 Service Unavailable".into()));
+        let two = hosts(&[
+            ("192.0.2.1", State::Unreachable, "timeout"),
+            ("192.0.2.2", State::Reachable, "200 OK"),
+        ]);
+        assert_eq!(
+            two.summary(&last),
+            (
+                Some(true),
+                "1 of 2 hosts answer OPTIONS; down: 192.0.2.1:5060 over UDP (timeout)".into()
+            )
+        );
+        let down = hosts(&[
+            ("192.0.2.1", State::Unreachable, "timeout"),
+            ("192.0.2.2", State::Unreachable, "503 Service Unavailable"),
+        ]);
+        assert_eq!(down.summary(&last).0, Some(false));
+        let undecided = hosts(&[
+            ("192.0.2.1", State::Unreachable, "timeout"),
+            ("192.0.2.2", State::Unknown, ""),
+        ]);
+        assert_eq!(undecided.summary(&last).0, None);
+    }
+
     #[test]
     fn probing_follows_the_trunks_setting() {
         let route = |interval: Option<u32>| OutboundTrunkRoute {
             name: ObjectName::new("voice", "out"),
             generation: None,
-            host: "192.0.2.7".into(),
-            port: 5070,
-            transport: Protocol::Tcp,
+            hosts: vec![CarrierHost::new("192.0.2.7", 5070, Protocol::Tcp)],
             credentials: None,
             caller_id: crate::config::number::E164::parse_canonical("+14155550100").unwrap(),
             allowed_caller_ids: Default::default(),
             leading_plus: true,
             health_check_interval_seconds: interval,
+            registration_expires_seconds: None,
             limits: Default::default(),
             agents: Default::default(),
             codecs: Vec::new(),
             media: Default::default(),
         };
-        assert_eq!(ProbeTarget::of(&route(None)), None);
-        let t = ProbeTarget::of(&route(Some(5))).unwrap();
+        assert_eq!(ProbeTarget::of(&route(None)), []);
+        let t = ProbeTarget::of(&route(Some(5))).remove(0);
         assert_eq!(t.interval, Duration::from_secs(5));
         assert_eq!(t.uri(), "sip:192.0.2.7:5070;transport=tcp");
     }

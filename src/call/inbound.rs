@@ -114,7 +114,12 @@ pub fn setup(
     let session_id = ids.token(16);
     let from = invite.from();
     let display = from.and_then(|f| f.display.clone());
-    let caller = from.map(caller_user).unwrap_or_else(|| "anonymous".to_string());
+    // The caller's number in E.164 as the trunk reads it (its numberFormat), as the dialed
+    // number is; a From that is no number (a name, `anonymous`) as it came, made URI-safe.
+    let caller = match &route.caller {
+        Some(number) => number.to_string(),
+        None => from.map(caller_user).unwrap_or_else(|| "anonymous".to_string()),
+    };
     let dialog = Dialog {
         call_id: format!("{}@trunkline", ids.token(20)),
         local_tag: ids.token(10),
@@ -144,6 +149,7 @@ pub fn setup(
             destination: destination(route),
             headers,
             credentials: None,
+            alternates: Vec::new(),
         },
         offer,
         codecs: route.trunk.codecs.clone(),

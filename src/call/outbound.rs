@@ -25,7 +25,9 @@ use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, CallLabels, Held};
 use super::limits::CallPermit;
-use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
+use super::machine::{
+    Alternate, Call, Destination, Dial, Dialog, Ids, MAX_ATTEMPTS, MediaOffer, Origin, Role, Setup,
+};
 use super::services::{CallInput, CallServices};
 
 /// The header `P-Asserted-Identity` (RFC 3325).
@@ -77,7 +79,7 @@ pub fn spawn(
     let prefix = &gw.config.header_prefix;
     let contract = super::headers::apply(prefix, &asked, super::headers::Limits::default());
     let (transport, record_source) = (source.protocol.as_str(), source);
-    let locals = local_addresses(&gw, &source, route.trunk.transport);
+    let locals = local_addresses(&gw, &source, route.first_host().transport);
     let mut ids = Ids::random();
     let mut setup =
         setup(&mut ids, &gw.config.header_prefix, invite, source, locals, &route, offer);
@@ -135,8 +137,10 @@ pub fn setup(
 }
 
 /// The carrier leg of an outbound call (SIP or API): our dialog toward `sip:NUMBER@host:port`
-/// with the caller id in From and `P-Asserted-Identity` at our carrier-facing address, the
-/// `X-*` headers that travel, and the trunk's credentials.
+/// of the route's first host with the caller id in From and `P-Asserted-Identity` at our
+/// carrier-facing address, the `X-*` headers that travel, the trunk's credentials, and the
+/// route's other hosts to fail over to (at most [`MAX_ATTEMPTS`] in all). A host of another
+/// transport than the first is sent from the same carrier-facing address.
 pub fn carrier_dial(
     ids: &mut Ids,
     route: &OutboundRoute,
@@ -144,7 +148,19 @@ pub fn carrier_dial(
     x_headers: Vec<(String, String)>,
 ) -> Dial {
     let trunk = &route.trunk;
-    let carrier_uri = route.carrier_uri();
+    let first = route.first_host();
+    let carrier_uri = route.carrier_uri_at(first);
+    let alternates = route
+        .hosts
+        .iter()
+        .skip(1)
+        .take(MAX_ATTEMPTS - 1)
+        .map(|h| Alternate {
+            uri: route.carrier_uri_at(h),
+            protocol: h.transport,
+            destination: destination(&h.host, h.port),
+        })
+        .collect();
     let caller = identity(&carrier_user(trunk, &route.caller_id), carrier_local.ip());
     let dialog = Dialog {
         call_id: format!("{}@trunkline", ids.token(20)),
@@ -156,7 +172,7 @@ pub fn carrier_dial(
         route_set: Vec::new(),
         local_cseq: 0,
         target: Target {
-            protocol: trunk.transport,
+            protocol: first.transport,
             zone: Zone::Carrier,
             remote: carrier_local,
             connection: None,
@@ -168,9 +184,10 @@ pub fn carrier_dial(
     Dial {
         role: Role::Carrier,
         dialog,
-        destination: destination(&trunk.host, trunk.port),
+        destination: destination(&first.host, first.port),
         headers,
         credentials: trunk.credentials.clone(),
+        alternates,
     }
 }
 
@@ -222,9 +239,7 @@ mod tests {
         OutboundTrunkRoute {
             name: ObjectName::new("voice", "carrier-out"),
             generation: None,
-            host: "192.0.2.50".into(),
-            port: 5060,
-            transport: Protocol::Udp,
+            hosts: vec![crate::config::model::CarrierHost::new("192.0.2.50", 5060, Protocol::Udp)],
             credentials: Some(BasicAuth {
                 username: "acct".into(),
                 password: Password::new("pw-not-shown"),
@@ -233,6 +248,7 @@ mod tests {
             allowed_caller_ids: Default::default(),
             leading_plus: false,
             health_check_interval_seconds: None,
+            registration_expires_seconds: None,
             limits: Limits::default(),
             agents: Default::default(),
             codecs: vec![],
@@ -304,5 +320,134 @@ mod tests {
         let text = String::from_utf8(carrier.to_bytes()).unwrap();
         assert!(!text.contains("10.0.0.9"), "nothing of the agent's dialog: {text}");
         assert!(!text.contains("pw-not-shown"));
+    }
+
+    /// The carrier-bound requests and agent-bound responses among `actions`.
+    fn split(actions: &[Action]) -> (Vec<(SocketAddr, Request)>, Vec<msg::Response>) {
+        let (mut carrier, mut agent) = (Vec::new(), Vec::new());
+        for a in actions {
+            if let Action::Send { bytes, target, .. } = a {
+                match msg::parse(bytes).unwrap() {
+                    Message::Request(r) if target.zone == Zone::Carrier => {
+                        carrier.push((target.remote, r))
+                    }
+                    Message::Response(r) if target.zone == Zone::Internal => agent.push(r),
+                    _ => {}
+                }
+            }
+        }
+        (carrier, agent)
+    }
+
+    fn answer(invite: &Request, status: u16) -> Message {
+        let mut r = msg::Response::to_request(invite, status, msg::reason_phrase(status), None);
+        if let Some(to) = r.headers.get(name::TO).map(str::to_string) {
+            r.headers.set(name::TO, format!("{to};tag=carrier1"));
+        }
+        r.headers.push(name::CONTACT, "<sip:carrier@192.0.2.51:5060>");
+        Message::Response(r)
+    }
+
+    /// An outbound call through a trunk with hosts `.50` then `.51` (UDP, no offer): the call
+    /// and the INVITE sent to `.50`.
+    fn two_host_call() -> (Call, Request, Instant) {
+        let mut t = trunk();
+        t.credentials = None;
+        t.hosts.push(crate::config::model::CarrierHost::new("192.0.2.51", 5062, Protocol::Tcp));
+        let table = RoutingTable::new(vec![], vec![t], vec![]);
+        let invite = agent_invite();
+        let from = invite.from().unwrap().uri.clone();
+        let headers: Vec<(String, String)> =
+            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
+        let route = decide(&table, &attempt).outcome.unwrap();
+        let source = Source {
+            protocol: Protocol::Udp,
+            zone: Zone::Internal,
+            remote: "127.0.0.1:7000".parse().unwrap(),
+            local: "127.0.0.1:5080".parse().unwrap(),
+            connection: None,
+        };
+        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
+        let setup =
+            setup(&mut Ids::seeded(1), "X-Trunkline-", invite, source, locals, &route, None);
+        let now = Instant::now();
+        let (call, actions) = Call::start(now, CallConfig::default(), Ids::seeded(2), setup);
+        let (carrier, agent) = split(&actions);
+        assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [100]);
+        assert_eq!(carrier[0].0, "192.0.2.50:5060".parse().unwrap());
+        (call, carrier[0].1.clone(), now)
+    }
+
+    fn carrier_source() -> Source {
+        Source {
+            protocol: Protocol::Udp,
+            zone: Zone::Carrier,
+            remote: "192.0.2.50:5060".parse().unwrap(),
+            local: "203.0.113.5:5060".parse().unwrap(),
+            connection: None,
+        }
+    }
+
+    #[test]
+    fn a_503_from_the_first_host_sends_the_invite_to_the_next_and_the_agent_waits() {
+        let (mut call, first, now) = two_host_call();
+        let actions = call.on_message(now, answer(&first, 503), carrier_source());
+        let (carrier, agent) = split(&actions);
+        assert!(agent.is_empty(), "the agent hears nothing of it: {agent:?}");
+        let next: Vec<_> =
+            carrier.iter().filter(|(_, r)| r.method == msg::Method::Invite).collect();
+        assert_eq!(next.len(), 1, "{carrier:?}");
+        let (to, invite) = next[0];
+        assert_eq!(*to, "192.0.2.51:5062".parse().unwrap());
+        assert_eq!(invite.uri, "sip:14155550142@192.0.2.51:5062;transport=tcp");
+        assert_eq!(invite.to().unwrap().uri, invite.uri);
+        assert_eq!(invite.call_id(), first.call_id(), "the same request, RFC 3263 §4.3");
+        assert_eq!(invite.from().unwrap().tag(), first.from().unwrap().tag());
+        assert_eq!(invite.cseq().map(|(n, _)| n), Some(2));
+        assert!(invite.headers.get(name::VIA).unwrap().starts_with("SIP/2.0/TCP"));
+        assert_ne!(invite.top_via().unwrap().branch, first.top_via().unwrap().branch);
+        // The second host answers: the agent gets its 200, and only one 100 in all.
+        let actions = call.on_message(now, answer(invite, 200), carrier_source());
+        let (_, agent) = split(&actions);
+        assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [200]);
+    }
+
+    #[test]
+    fn no_answer_at_all_from_the_first_host_moves_on_after_the_first_response_time() {
+        let (mut call, _first, now) = two_host_call();
+        let later =
+            now + crate::call::machine::FIRST_RESPONSE + std::time::Duration::from_millis(1);
+        let (carrier, agent) = split(&call.on_timer(later));
+        assert!(agent.is_empty(), "{agent:?}");
+        // (The first host's INVITE may be retransmitted in the same step: its timer A was due.)
+        let second: SocketAddr = "192.0.2.51:5062".parse().unwrap();
+        let invites: Vec<_> = carrier
+            .iter()
+            .filter(|(to, r)| r.method == msg::Method::Invite && *to == second)
+            .collect();
+        assert_eq!(invites.len(), 1, "{carrier:?}");
+        // The last host does not answer either: the agent hears 503, once.
+        let end = later + crate::call::machine::FIRST_RESPONSE * 2;
+        let (_, agent) = split(&call.on_timer(end));
+        assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [503]);
+    }
+
+    #[test]
+    fn a_refusal_that_is_not_on_the_failover_list_ends_the_call_as_before() {
+        for status in [404, 480, 486, 603] {
+            let (mut call, first, now) = two_host_call();
+            let (carrier, agent) =
+                split(&call.on_message(now, answer(&first, status), carrier_source()));
+            assert!(carrier.iter().all(|(_, r)| r.method != msg::Method::Invite), "{status}");
+            assert_eq!(agent.len(), 1, "{status}: {agent:?}");
+            assert!(agent[0].status >= 400, "{status}");
+        }
+        // After 180 Ringing the callee rang: a 503 then is the callee's, not the host's.
+        let (mut call, first, now) = two_host_call();
+        call.on_message(now, answer(&first, 180), carrier_source());
+        let (carrier, agent) = split(&call.on_message(now, answer(&first, 503), carrier_source()));
+        assert!(carrier.iter().all(|(_, r)| r.method != msg::Method::Invite));
+        assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [503]);
     }
 }

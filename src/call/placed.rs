@@ -96,6 +96,7 @@ pub fn setup(
         destination: destination(&agent.host, agent.port_or_default()),
         headers,
         credentials: None,
+        alternates: Vec::new(),
     };
     let placed = Placed {
         session_id,

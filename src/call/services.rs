@@ -144,9 +144,28 @@ pub struct CallServices {
     pub(super) placed: super::placed::PlacedCalls,
     /// Each trunk's limits, for new calls and for the legs of bridged transfers.
     pub(super) admission: Arc<super::limits::Admission>,
+    /// The registrar addresses of live registrations (`call::registration`).
+    pub(super) registrations: super::registration::Registrations,
+    /// The carrier hosts whose OPTIONS probes say they are down (`call::health`): out of
+    /// rotation until a probe succeeds.
+    pub(super) hosts_down: super::health::DownHosts,
 }
 
 impl CallServices {
+    /// Puts an outbound route's hosts in the order this call tries them
+    /// (`config::outbound::rotation`): priority, weight, the hosts that are down left out.
+    pub(super) fn rotate(&self, route: &mut crate::config::outbound::OutboundRoute) {
+        use rand::Rng;
+        let trunk = &route.trunk.name;
+        let mut rng = rand::rng();
+        let order = crate::config::outbound::rotation(
+            &route.trunk.hosts,
+            |h| !self.hosts_down.contains(trunk, h),
+            || rng.random::<f64>(),
+        );
+        route.hosts = order.into_iter().cloned().collect();
+    }
+
     pub(super) fn new(
         config: GatewayConfig,
         metrics: Arc<GatewayMetrics>,
@@ -178,8 +197,10 @@ impl CallServices {
             active: AtomicUsize::new(0),
             records_in_flight: Arc::new(AtomicUsize::new(0)),
             resolver: Resolver::system(),
+            hosts_down: Default::default(),
             placed: Default::default(),
             admission,
+            registrations: Default::default(),
         });
         services.shared_call_config.store(Arc::new(services.call_config()));
         services

@@ -80,12 +80,13 @@ pub fn prepare(
                 gw.admission.try_admit(&key, trunk.limits, Instant::now()).map_err(|refused| {
                     (503, format!("{}: {}", trunk.name, refused.limit.rule().as_str()))
                 })?;
-            let local = local(trunk.transport).ok_or((503, "no carrier-facing listener".into()))?;
+            let local = local(trunk.primary().transport)
+                .ok_or((503, "no carrier-facing listener".into()))?;
             let media_allowed = trunk.media.allowed_addresses.clone();
             let dial = phone_dial(ids, trunk.clone(), number.clone(), request, local);
             Ok(Prepared { dial, permit: Some(permit), media_allowed })
         }
-        TransferTarget::Sip { uri, credentials } => {
+        TransferTarget::Sip { uri, credentials, .. } => {
             // Checked when the spec was compiled; parsed again here, once per transfer.
             let target = SipDestination::parse(uri).map_err(|why| (503, why))?;
             let (host, port, protocol) =
@@ -101,6 +102,7 @@ pub fn prepare(
                 destination: outbound::destination(&host, port),
                 headers,
                 credentials: credentials.clone(),
+                alternates: Vec::new(),
             };
             Ok(Prepared { dial, permit: None, media_allowed: Vec::new() })
         }
@@ -125,11 +127,14 @@ fn phone_dial(
         Ok(n) => carrier_user(&trunk, &n),
         Err(_) => request.diverter.clone(),
     };
-    let route = OutboundRoute { trunk, number, caller_id, agent: None };
+    let hosts = trunk.hosts.clone();
+    let route = OutboundRoute { trunk, number, caller_id, agent: None, hosts };
     let mut headers = diversion(&diverter, local.ip());
     headers.extend(request.headers.iter().cloned());
     let mut dial = outbound::carrier_dial(ids, &route, local, headers);
     dial.role = Role::Transfer;
+    // A bridged transfer goes to the trunk's first host only: failover is the call set-up's.
+    dial.alternates.clear();
     dial
 }
 

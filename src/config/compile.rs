@@ -26,15 +26,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination};
+use crate::api::{self, InboundTrunk, Kind, OutboundTrunk, TransferDestination, rules};
 
 use super::destination::{SipDestination, check_host};
 use super::diagnostic::{Diagnostic, NumberTally, ObjectKey, Reason, Severity, Verdict};
 use super::model::{
-    AgentHeader, Codec, InboundDigest, InboundTrunkRoute, Limits, MediaPolicy, ObjectName,
-    OutboundTrunkRoute, RoutingTable, TransferMode, TransferRoute, TransferTarget, Transport,
+    AgentHeader, CarrierHost, Codec, Encryption, InboundDigest, InboundTrunkRoute, Limits,
+    MediaPolicy, ObjectName, OutboundTrunkRoute, RoutingTable, TransferMode, TransferRoute,
+    TransferTarget, Transport,
 };
-use super::number::{CallerPattern, E164};
+use super::number::{CallerPattern, E164, NumberFormat};
 use super::secret::{BasicAuth, SecretEntry, SecretStore, generated_credentials_secret_name};
 use super::specs::{CompileOptions, DEFAULT_NAMESPACE, Specs};
 
@@ -98,7 +99,17 @@ fn compile_with(
     let mut verdicts = Vec::new();
 
     let outbound = compile_outbound_trunks(&specs.outbound, &specs.secrets, &mut verdicts);
-    let inbound = compile_inbound_trunks(&specs.inbound, &specs.secrets, cache, &mut verdicts);
+    let registering: BTreeSet<ObjectName> = outbound
+        .values()
+        .filter(|o| o.route.registration_expires_seconds.is_some())
+        .map(|o| o.route.name.clone())
+        .collect();
+    let inbound = compile_inbound_trunks(
+        &specs.inbound,
+        &specs.secrets,
+        (cache, &registering),
+        &mut verdicts,
+    );
     let transfers = compile_transfers(&specs.transfers, &specs.secrets, &outbound, &mut verdicts);
 
     let in_region = |regions: &[String]| match &options.region {
@@ -351,14 +362,7 @@ fn compile_outbound_trunk(
     problems: &mut Problems,
 ) -> Option<OutboundTrunkRoute> {
     let spec = &trunk.spec;
-    if let Err(why) = check_host(&spec.host) {
-        problems.fatal(Reason::InvalidHost, "spec.host", why);
-    }
-    let transport = spec.transport.unwrap_or(Transport::Udp);
-    let port = spec.port.unwrap_or(if transport == Transport::Tls { 5061 } else { 5060 });
-    if port == 0 {
-        problems.fatal(Reason::InvalidSpec, "spec.port", "port 0 is not a port".into());
-    }
+    let hosts = compile_carrier_hosts(spec, problems);
     let credentials = match spec.auth.as_ref().map(|a| a.digest.secret_ref.as_ref()) {
         None => None,
         Some(None) => {
@@ -398,18 +402,30 @@ fn compile_outbound_trunk(
         Some(h) if h.enabled => Some(h.interval_seconds),
         Some(_) => None,
     };
-    let media = compile_media(spec.media.as_ref(), problems);
+    let registration_expires_seconds =
+        spec.registration.as_ref().filter(|r| r.enabled).map(|r| r.expires_seconds);
+    if registration_expires_seconds.is_some() && spec.auth.is_none() {
+        problems.fatal(
+            Reason::InvalidSpec,
+            "spec.registration",
+            "registration needs auth.digest: the registrar challenges for the account's \
+             credentials"
+                .into(),
+        );
+    }
+    // SDES keys travel in the SDP: only a trunk whose every host is on TLS keeps them secret.
+    let tls_only = !hosts.is_empty() && hosts.iter().all(|h| h.transport == Transport::Tls);
+    let media = compile_media(spec.media.as_ref(), tls_only, problems);
     Some(OutboundTrunkRoute {
         name: ObjectName::new(meta.namespace, meta.name),
         generation: meta.generation,
-        host: spec.host.to_ascii_lowercase(),
-        port,
-        transport,
+        hosts,
         credentials,
         caller_id: caller_id?,
         allowed_caller_ids,
         leading_plus: spec.number_format.as_ref().is_none_or(|f| f.leading_plus),
         health_check_interval_seconds,
+        registration_expires_seconds,
         limits: limits_of(spec.limits.as_ref()),
         agents: spec.agents.iter().cloned().collect(),
         codecs: codecs_of(&spec.codecs),
@@ -417,11 +433,69 @@ fn compile_outbound_trunk(
     })
 }
 
+/// `spec.host` (a list of one) or `spec.hosts`, with the trunk's port and transport as their
+/// defaults, ordered by priority (a stable sort: the spec's order within a priority). Both, or
+/// neither, is fatal (`HostOrHosts`, as the schema's rule says); so is a bad host or port 0.
+fn compile_carrier_hosts(
+    spec: &api::OutboundTrunkSpec,
+    problems: &mut Problems,
+) -> Vec<CarrierHost> {
+    let transport = spec.transport.unwrap_or(Transport::Udp);
+    let default_port = |t: Transport| if t == Transport::Tls { 5061 } else { 5060 };
+    if spec.port == Some(0) {
+        problems.fatal(Reason::InvalidSpec, "spec.port", "port 0 is not a port".into());
+    }
+    let mut hosts = Vec::new();
+    match (&spec.host, spec.hosts.is_empty()) {
+        (Some(_), false) | (None, true) => {
+            problems.fatal(Reason::HostOrHosts, "spec", rules::HOST_OR_HOSTS.message.into());
+        }
+        (Some(host), true) => {
+            if let Err(why) = check_host(host) {
+                problems.fatal(Reason::InvalidHost, "spec.host", why);
+            }
+            let port = spec.port.unwrap_or(default_port(transport));
+            hosts.push(CarrierHost::new(host.to_ascii_lowercase(), port, transport));
+        }
+        (None, false) => {
+            for (i, h) in spec.hosts.iter().enumerate() {
+                if let Err(why) = check_host(&h.host) {
+                    problems.fatal(Reason::InvalidHost, &format!("spec.hosts[{i}].host"), why);
+                }
+                if h.port == Some(0) {
+                    let field = format!("spec.hosts[{i}].port");
+                    problems.fatal(Reason::InvalidSpec, &field, "port 0 is not a port".into());
+                }
+                let transport = h.transport.unwrap_or(transport);
+                let port = h.port.or(spec.port).unwrap_or(default_port(transport));
+                hosts.push(CarrierHost {
+                    host: h.host.to_ascii_lowercase(),
+                    port,
+                    transport,
+                    priority: h.priority,
+                    weight: h.weight,
+                });
+            }
+        }
+    }
+    hosts.sort_by_key(|h| h.priority);
+    hosts
+}
+
 /// `spec.media` of either trunk kind: the media allowlist parsed (a bad entry is fatal, as in
 /// `auth.allowedAddresses`; one open to everyone is a warning: it turns the hijack guard off).
-fn compile_media(media: Option<&api::TrunkMedia>, problems: &mut Problems) -> MediaPolicy {
+///
+/// `tls_only`: the trunk's SIP runs over TLS only, so the SDES keys in its SDP are not sent in the
+/// clear (a lint otherwise).
+fn compile_media(
+    media: Option<&api::TrunkMedia>,
+    tls_only: bool,
+    problems: &mut Problems,
+) -> MediaPolicy {
     let mut policy = MediaPolicy::default();
     let Some(media) = media else { return policy };
+    policy.encryption =
+        compile_encryption(media.encryption, "spec.media.encryption", tls_only, problems);
     for (i, a) in media.allowed_addresses.iter().enumerate() {
         let field = format!("spec.media.allowedAddresses[{i}]");
         let parsed = a
@@ -452,6 +526,47 @@ fn compile_media(media: Option<&api::TrunkMedia>, problems: &mut Problems) -> Me
     policy
 }
 
+/// `encryption` of a trunk's or a SIP destination's media. SDES (RFC 4568 §8.3) keys travel in
+/// the SDP: over SIP that is not TLS, anyone on the path reads them, so SRTP without TLS is a
+/// warning (allowed: some carriers ask for it, and it still keeps passive RTP taps out).
+fn compile_encryption(
+    encryption: Option<api::MediaEncryption>,
+    field: &str,
+    tls_only: bool,
+    problems: &mut Problems,
+) -> Encryption {
+    let encryption = match encryption.unwrap_or_default() {
+        api::MediaEncryption::Disabled => Encryption::Disabled,
+        api::MediaEncryption::Optional => Encryption::Optional,
+        api::MediaEncryption::Required => Encryption::Required,
+    };
+    // The relay and the SDP speak SDES, but the call machine does not negotiate it yet
+    // (issue 17, item 3): a trunk that asks for SRTP is refused by name rather than accepted
+    // and served in the clear.
+    if !encryption.is_disabled() {
+        problems.fatal(
+            Reason::InvalidSpec,
+            field,
+            format!(
+                "encryption {} is not served yet: calls would still carry plain RTP; only Disabled is accepted for now",
+                encryption.as_str()
+            ),
+        );
+    }
+    if !encryption.is_disabled() && !tls_only {
+        problems.add(
+            Severity::Warning,
+            Reason::Suspicious,
+            field,
+            format!(
+                "encryption {} sends the SRTP keys in the SDP, in the clear over SIP that is not TLS: anyone on the path can decrypt the media",
+                encryption.as_str()
+            ),
+        );
+    }
+    encryption
+}
+
 // ---------------------------------------------------------------------------------------------
 // InboundTrunk
 
@@ -473,7 +588,10 @@ struct CompiledInbound {
 fn compile_inbound_trunks(
     trunks: &[InboundTrunk],
     secrets: &SecretStore,
-    mut cache: Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
+    (mut cache, registering): (
+        Option<&mut HashMap<ObjectName, Box<CachedInbound>>>,
+        &BTreeSet<ObjectName>,
+    ),
     verdicts: &mut Vec<Verdict>,
 ) -> Vec<CompiledInbound> {
     let mut seen = BTreeSet::new();
@@ -532,12 +650,14 @@ fn compile_inbound_trunks(
     // (a canonical number is its own text).
     let claimants: Vec<&InboundTrunk> = candidates.iter().map(|c| c.trunk).collect();
     let mut usernames: HashMap<String, ObjectName> = HashMap::new();
+    let mut registrations: HashMap<ObjectName, ObjectName> = HashMap::new();
     let mut holders: HashMap<&str, usize> = HashMap::new();
     let mut accepted = Vec::new();
     for (index, mut c) in candidates.into_iter().enumerate() {
         let mut tally = None;
         if let (Some(mut route), false) = (c.route.take(), c.problems.is_fatal()) {
             claim_username(&route, &mut usernames, &mut c.problems);
+            claim_registration(&route, registering, &mut registrations, &mut c.problems);
             if !c.problems.is_fatal() {
                 let claim = Claim { index, claimants: &claimants, holders: &mut holders };
                 let counts = claim_numbers(&mut route, c.trunk, claim, &mut c.problems);
@@ -585,6 +705,40 @@ fn claim_username(
         ),
         None => {
             usernames.insert(credentials.username.clone(), route.name.clone());
+        }
+    }
+}
+
+/// The OutboundTrunk whose registration delivers this trunk's calls must register (exist, be
+/// accepted, have `registration` on), and feed no older InboundTrunk: its calls are told apart
+/// by the registration they come through.
+fn claim_registration(
+    route: &InboundTrunkRoute,
+    registering: &BTreeSet<ObjectName>,
+    claimed: &mut HashMap<ObjectName, ObjectName>,
+    problems: &mut Problems,
+) {
+    let Some(outbound) = &route.registration else { return };
+    let field = "spec.auth.registration.outboundTrunkRef.name";
+    if !registering.contains(outbound) {
+        problems.fatal(
+            Reason::TrunkNotFound,
+            field,
+            format!("OutboundTrunk {outbound} does not exist, is refused, or does not register"),
+        );
+        return;
+    }
+    match claimed.get(outbound) {
+        Some(holder) => problems.fatal(
+            Reason::CredentialConflict,
+            field,
+            format!(
+                "OutboundTrunk {outbound}'s registration already feeds InboundTrunk {holder} \
+                 (older)"
+            ),
+        ),
+        None => {
+            claimed.insert(outbound.clone(), route.name.clone());
         }
     }
 }
@@ -677,7 +831,9 @@ fn compile_inbound_trunk(
     }
 
     let allowed_addresses = compile_allowlist(&spec.auth, problems);
-    let media = compile_media(spec.media.as_ref(), problems);
+    let tls_only =
+        !spec.transports.is_empty() && spec.transports.iter().all(|t| *t == Transport::Tls);
+    let media = compile_media(spec.media.as_ref(), tls_only, problems);
 
     let digest = match &spec.auth.digest {
         None => None,
@@ -744,6 +900,11 @@ fn compile_inbound_trunk(
         }
     }
 
+    let number_format = spec
+        .number_format
+        .as_ref()
+        .and_then(|f| compile_number_format(f, numbers.keys(), problems));
+
     let transports: BTreeSet<Transport> = if spec.transports.is_empty() {
         Transport::ALL.into()
     } else {
@@ -766,10 +927,58 @@ fn compile_inbound_trunk(
         digest,
         allowed_addresses,
         allowed_callers,
+        number_format,
+        registration: spec
+            .auth
+            .registration
+            .as_ref()
+            .map(|r| ObjectName::new(meta.namespace, r.outbound_trunk_ref.name.clone())),
         transports,
         codecs: codecs_of(&spec.codecs),
         limits: limits_of(spec.limits.as_ref()),
         media,
+    })
+}
+
+/// `numberFormat`, with its international prefix defaulted. The two prefixes may not be the
+/// same (a number after it would be both national and international); a country code none of
+/// the trunk's numbers has is a warning (its national numbers would never be held).
+fn compile_number_format<'a>(
+    format: &api::InboundNumberFormat,
+    mut numbers: impl Iterator<Item = &'a E164>,
+    problems: &mut Problems,
+) -> Option<NumberFormat> {
+    let country_code = format.default_country_code.clone();
+    let international_prefix = format
+        .international_prefix
+        .clone()
+        .unwrap_or_else(|| NumberFormat::default_international_prefix(&country_code).to_string());
+    if format.national_prefix.as_ref() == Some(&international_prefix) {
+        problems.fatal(
+            Reason::InvalidSpec,
+            "spec.numberFormat.nationalPrefix",
+            format!(
+                "the national prefix {international_prefix:?} is also the international prefix: \
+                 a number after it could be either"
+            ),
+        );
+        return None;
+    }
+    if !numbers.any(|n| n.digits().starts_with(&country_code)) {
+        problems.add(
+            Severity::Warning,
+            Reason::Suspicious,
+            "spec.numberFormat.defaultCountryCode",
+            format!(
+                "none of the trunk's numbers starts with +{country_code}: national numbers the \
+                 carrier sends would not be held by this trunk"
+            ),
+        );
+    }
+    Some(NumberFormat {
+        country_code,
+        national_prefix: format.national_prefix.clone(),
+        international_prefix,
     })
 }
 
@@ -819,11 +1028,11 @@ fn compile_allowlist(auth: &api::InboundAuth, problems: &mut Problems) -> Vec<Ip
         }
         nets.push(net);
     }
-    if !has_digest && auth.allowed_addresses.is_empty() {
+    if !has_digest && auth.allowed_addresses.is_empty() && auth.registration.is_none() {
         problems.fatal(
             Reason::NoAuthentication,
             "spec.auth",
-            "a trunk needs digest, allowedAddresses, or both".into(),
+            "a trunk needs digest, allowedAddresses or registration".into(),
         );
     }
     nets
@@ -967,7 +1176,13 @@ fn compile_transfer_target(
                     problems,
                 ),
             };
-            Some(TransferTarget::Sip { uri: sip.uri.clone(), credentials })
+            let encryption = compile_encryption(
+                sip.media.as_ref().and_then(|m| m.encryption),
+                "spec.sip.media.encryption",
+                SipDestination::parse(&sip.uri).is_ok_and(|d| d.transport == Transport::Tls),
+                problems,
+            );
+            Some(TransferTarget::Sip { uri: sip.uri.clone(), credentials, encryption })
         }
     }
 }

@@ -84,6 +84,8 @@ pub enum Reason {
     InvalidAddress,
     /// An OutboundTrunk host that is a URI, has a port, or is not a host name.
     InvalidHost,
+    /// An OutboundTrunk with both `host` and `hosts`, or neither.
+    HostOrHosts,
     /// A SIP URI that does not parse.
     InvalidUri,
     /// A TransferDestination whose member does not match its type.
@@ -120,6 +122,7 @@ impl Reason {
             Reason::OpenTrunk => "OpenTrunk",
             Reason::InvalidAddress => "InvalidAddress",
             Reason::InvalidHost => "InvalidHost",
+            Reason::HostOrHosts => "HostOrHosts",
             Reason::InvalidUri => "InvalidUri",
             Reason::TypeMismatch => "TypeMismatch",
             Reason::NumberConflict => "NumberConflict",
@@ -142,6 +145,7 @@ impl Reason {
             "OpenTrunk" => Reason::OpenTrunk,
             "InvalidAddress" => Reason::InvalidAddress,
             "InvalidHost" => Reason::InvalidHost,
+            "HostOrHosts" => Reason::HostOrHosts,
             "TypeMismatch" => Reason::TypeMismatch,
             _ => Reason::InvalidSpec,
         }

@@ -40,8 +40,10 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-use super::model::{AgentHeader, InboundDigest, InboundTrunkRoute, RoutingTable, Transport};
-use super::number::{self, E164, NumberError};
+use super::model::{
+    AgentHeader, InboundDigest, InboundTrunkRoute, ObjectName, RoutingTable, Transport,
+};
+use super::number::{self, E164, NumberError, Reading};
 pub use super::refusal::RefusalRule;
 
 /// The prefix of trunkline's first-class headers (DESIGN §5).
@@ -59,6 +61,13 @@ pub struct CallAttempt<'a> {
     pub request_uri: &'a str,
     /// The From URI or number; a display name and angle brackets are tolerated.
     pub from: &'a str,
+    /// The To URI: the dialed number of a call delivered through a registration, whose
+    /// Request-URI is the registered contact.
+    pub to: &'a str,
+    /// The OutboundTrunk whose live registration reached the address this INVITE comes from
+    /// (the gateway knows; `explain --registered`): the call may be one the carrier delivers
+    /// to that binding.
+    pub registration: Option<&'a ObjectName>,
     /// Every header of the INVITE; names compare case-insensitively.
     pub headers: &'a [(String, String)],
 }
@@ -152,6 +161,8 @@ pub struct Route {
 pub enum IdentifiedBy {
     DigestUsername,
     SourceAddress,
+    /// It came from the registrar of the OutboundTrunk whose registration feeds the trunk.
+    Registration,
 }
 
 /// Why the agent was chosen.
@@ -233,9 +244,14 @@ fn decide(
     options: &LookupOptions,
     steps: &mut Steps,
 ) -> Result<Route, Outcome> {
-    let dialed = dialed_number(attempt.request_uri);
-    let (trunk, identified_by) = identify(table, attempt, &dialed, steps)?;
+    let dialed = number_part(attempt.request_uri);
+    let (trunk, identified_by) = identify(table, attempt, dialed, steps)?;
     check_transport(&trunk, attempt.transport, steps)?;
+    // A registration delivers to the registered contact: the number is then the To's.
+    let dialed = match identified_by {
+        IdentifiedBy::Registration if !holds(&trunk, dialed) => number_part(attempt.to),
+        _ => dialed,
+    };
     let (number, number_agent) = check_number(table, &trunk, attempt, dialed, steps)?;
     let caller = check_caller(&trunk, attempt.from, steps)?;
     let (agent, agent_reason) = choose_agent(&trunk, number_agent, attempt, options, steps);
@@ -248,7 +264,7 @@ fn decide(
 fn identify(
     table: &RoutingTable,
     attempt: &CallAttempt,
-    dialed: &Result<E164, DialedError>,
+    dialed: Result<&str, &'static str>,
     steps: &mut Steps,
 ) -> Result<(Arc<InboundTrunkRoute>, IdentifiedBy), Outcome> {
     let source = attempt.source;
@@ -294,12 +310,26 @@ fn identify(
         return Ok((Arc::clone(trunk), IdentifiedBy::DigestUsername));
     }
 
+    if let Some(trunk) = attempt.registration.and_then(|o| table.trunk_by_registration(o)) {
+        let outbound = attempt.registration.map(ToString::to_string).unwrap_or_default();
+        steps.pass(
+            StepKind::Trunk,
+            format!(
+                "identified InboundTrunk {} by the registration of OutboundTrunk {outbound}: \
+                 {source} is the registrar that binding reached",
+                trunk.name
+            ),
+        );
+        return Ok((Arc::clone(trunk), IdentifiedBy::Registration));
+    }
+
     let by_address: Vec<&Arc<InboundTrunkRoute>> = table.address_only_trunks_for(source).collect();
-    let owner = dialed.as_ref().ok().and_then(|n| table.number_owner(n).map(|(t, _)| (n, t)));
+    // Each trunk reads the number its own way (its numberFormat).
+    let owner = dialed.ok().and_then(|d| table.dialed_owner(d)).map(|(n, _, t, _)| (n, t));
     // A source both address-allowlisted for one trunk and using digest for another (a carrier
     // shared by tenants): a number the address trunks do not hold but a digest trunk admitting
     // this source does is challenged, so that trunk's calls are not lost to the address match.
-    let owner_behind_digest = owner.filter(|(_, holder)| {
+    let owner_behind_digest = owner.as_ref().filter(|(_, holder)| {
         holder.digest.is_some()
             && holder.admits_address(source)
             && !by_address.iter().any(|t| t.name == holder.name)
@@ -321,20 +351,12 @@ fn identify(
         [_] => {}
         several => {
             let names = names(several);
-            let number = match dialed {
-                Ok(number) => number,
-                Err(e) => {
-                    let context = format!(
-                        "; {} InboundTrunks without digest allow {source} ({names}) and only the \
-                         number could tell them apart",
-                        several.len()
-                    );
-                    return Err(number_invalid(steps, e, attempt.request_uri, &context));
-                }
-            };
-            if let Some(trunk) =
-                several.iter().find(|t| owner.is_some_and(|(_, h)| h.name == t.name))
-            {
+            // Each trunk reads the number its own way: the first that holds it is the one.
+            let holder_among = several.iter().find_map(|t| {
+                let (mut found, held) = t.held_reading(dialed.ok()?).ok()?;
+                held.map(|(i, _)| (found.swap_remove(i).0, t))
+            });
+            if let Some((number, trunk)) = holder_among {
                 steps.pass(
                     StepKind::Trunk,
                     format!(
@@ -346,6 +368,30 @@ fn identify(
                 );
                 return Ok((Arc::clone(trunk), IdentifiedBy::SourceAddress));
             }
+            // None holds it: the number as the first of them that can read it reads it.
+            let number = dialed.map_err(DialedError::Uri).and_then(|d| {
+                let mut first_error = None;
+                for t in several.iter() {
+                    match t.held_reading(d) {
+                        Ok((mut found, _)) => return Ok(found.swap_remove(0).0),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(DialedError::Number(first_error.unwrap_or(NumberError::Empty)))
+            });
+            let number = match number {
+                Ok(number) => number,
+                Err(e) => {
+                    let context = format!(
+                        "; {} InboundTrunks without digest allow {source} ({names}) and only the \
+                         number could tell them apart",
+                        several.len()
+                    );
+                    return Err(number_invalid(steps, &e, attempt.request_uri, &context));
+                }
+            };
             if owner_behind_digest.is_none() {
                 let holder = match owner {
                     Some((_, holder)) => format!("it is held by InboundTrunk {}", holder.name),
@@ -453,45 +499,83 @@ fn check_transport(
     }
 }
 
-/// Rule 4: the dialed number and the agent it goes to.
+/// Rule 4: the dialed number, as this trunk reads it (its `numberFormat`), and the agent it
+/// goes to.
 fn check_number(
     table: &RoutingTable,
     trunk: &InboundTrunkRoute,
     attempt: &CallAttempt,
-    dialed: Result<E164, DialedError>,
+    dialed: Result<&str, &'static str>,
     steps: &mut Steps,
 ) -> Result<(E164, String), Outcome> {
-    let number = match dialed {
-        Ok(number) => number,
+    let read = dialed
+        .map_err(DialedError::Uri)
+        .and_then(|d| trunk.held_reading(d).map_err(DialedError::Number));
+    let (mut found, held) = match read {
+        Ok(read) => read,
         Err(e) => {
             return Err(number_invalid(steps, &e, attempt.request_uri, ""));
         }
     };
+    if let Some((i, agent)) = held {
+        let agent = agent.to_string();
+        let (number, reading) = found.swap_remove(i);
+        steps.pass(
+            StepKind::Number,
+            format!(
+                "{number} (from the Request-URI {:?}{}) is held by {}, for agent {agent:?}",
+                attempt.request_uri,
+                read_as(&reading),
+                trunk.name
+            ),
+        );
+        return Ok((number, agent));
+    }
+    // Not on this trunk: say who holds the first reading, if anyone does.
+    let read = read_as_either(&found);
+    let number = found.swap_remove(0).0;
     match table.number_owner(&number) {
-        Some((holder, agent)) if holder.name == trunk.name => {
-            steps.pass(
-                StepKind::Number,
-                format!(
-                    "{number} (from the Request-URI {:?}) is held by {}, for agent {agent:?}",
-                    attempt.request_uri, trunk.name
-                ),
-            );
-            Ok((number, agent.to_string()))
-        }
         Some((holder, _)) => Err(steps.refuse(
             StepKind::Number,
             RefusalRule::NumberNotOnTrunk,
             // The caller hears the same as for an unknown number: whether another tenant holds
             // it is not the carrier's business (the step names the holder for operators).
             format!("{number} is not on this trunk"),
-            format!("{number} is held by InboundTrunk {}, not by {}", holder.name, trunk.name),
+            format!(
+                "{number}{read} is held by InboundTrunk {}, not by {}",
+                holder.name, trunk.name
+            ),
         )),
         None => Err(steps.refuse(
             StepKind::Number,
             RefusalRule::NumberNotOnTrunk,
             format!("{number} is not on this trunk"),
-            format!("no InboundTrunk holds {number} (the call came in on {})", trunk.name),
+            format!("no InboundTrunk holds {number}{read} (the call came in on {})", trunk.name),
         )),
+    }
+}
+
+/// ` (read as +1… or +4…)` for a number that reads several ways; nothing for one way.
+fn read_as_either(found: &[(E164, Reading)]) -> String {
+    match found {
+        [_] => String::new(),
+        several => {
+            let numbers: Vec<&str> = several.iter().map(|(n, _)| n.as_str()).collect();
+            format!(" (read as {})", numbers.join(" or "))
+        }
+    }
+}
+
+/// Whether `trunk` holds the number `dialed` reads as.
+fn holds(trunk: &InboundTrunkRoute, dialed: Result<&str, &'static str>) -> bool {
+    dialed.is_ok_and(|d| trunk.held_reading(d).is_ok_and(|(_, held)| held.is_some()))
+}
+
+/// `, read as …` for a number that was not written in E.164; nothing for one that was.
+fn read_as(reading: &Reading) -> String {
+    match reading {
+        Reading::Global => String::new(),
+        reading => format!(", read as {reading}"),
     }
 }
 
@@ -510,41 +594,53 @@ fn check_caller(
     from: &str,
     steps: &mut Steps,
 ) -> Result<Option<E164>, Outcome> {
-    let caller = number_part(from)
-        .map_err(DialedError::Uri)
-        .and_then(|part| number::normalize(part).map_err(DialedError::Number));
+    // Read as the trunk reads numbers (its numberFormat), as the dialed number is.
+    let caller = number_part(from).map_err(DialedError::Uri).and_then(|part| {
+        number::readings(part, trunk.number_format.as_ref()).map_err(DialedError::Number)
+    });
     if trunk.allowed_callers.is_empty() {
-        let who = match &caller {
-            Ok(n) => format!("caller {n}"),
-            Err(_) => format!("caller {from:?}"),
+        let (who, caller) = match caller {
+            Ok(mut found) => {
+                let (n, reading) = found.swap_remove(0);
+                (format!("caller {n}{}", read_as(&reading)), Some(n))
+            }
+            Err(_) => (format!("caller {from:?}"), None),
         };
         steps.pass(StepKind::Caller, format!("{} admits any caller ({who})", trunk.name));
-        return Ok(caller.ok());
+        return Ok(caller);
     }
     let patterns =
         list(&trunk.allowed_callers.iter().cloned().map(String::from).collect::<Vec<_>>());
     match caller {
-        Ok(n) => match trunk.allowed_callers.iter().find(|p| p.matches(&n)) {
-            Some(p) => {
+        Ok(mut found) => match found.iter().enumerate().find_map(|(i, (n, _))| {
+            trunk.allowed_callers.iter().find(|p| p.matches(n)).map(|p| (i, p))
+        }) {
+            Some((i, p)) => {
+                let (n, reading) = found.swap_remove(i);
                 steps.pass(
                     StepKind::Caller,
                     format!(
-                        "caller {n} matches {} in the allowedCallers of {}",
+                        "caller {n}{} matches {} in the allowedCallers of {}",
+                        read_as(&reading),
                         String::from(p.clone()),
                         trunk.name
                     ),
                 );
                 Ok(Some(n))
             }
-            None => Err(steps.refuse(
-                StepKind::Caller,
-                RefusalRule::CallerNotAllowed,
-                format!("caller {n} is not allowed on this trunk"),
-                format!(
-                    "caller {n} matches none of the allowedCallers of {} ({patterns})",
-                    trunk.name
-                ),
-            )),
+            None => {
+                let n = &found[0].0;
+                let read = read_as_either(&found);
+                Err(steps.refuse(
+                    StepKind::Caller,
+                    RefusalRule::CallerNotAllowed,
+                    format!("caller {n} is not allowed on this trunk"),
+                    format!(
+                        "caller {n}{read} matches none of the allowedCallers of {} ({patterns})",
+                        trunk.name
+                    ),
+                ))
+            }
         },
         Err(e) => Err(steps.refuse(
             StepKind::Caller,
@@ -609,11 +705,6 @@ enum DialedError {
     Number(NumberError),
 }
 
-fn dialed_number(request_uri: &str) -> Result<E164, DialedError> {
-    let part = number_part(request_uri).map_err(DialedError::Uri)?;
-    number::normalize(part).map_err(DialedError::Number)
-}
-
 /// The part of a URI that carries a number: the user of a `sip:`/`sips:` URI, everything after
 /// `tel:`, or the whole string when it has no scheme. Angle brackets (and a display name before
 /// them) are dropped.
@@ -660,7 +751,7 @@ mod tests {
     use super::*;
     use crate::config::destination::SipDestination;
     use crate::config::model::{Codec, Limits, ObjectName};
-    use crate::config::number::CallerPattern;
+    use crate::config::number::{CallerPattern, NumberFormat};
     use crate::config::secret::{BasicAuth, Password};
 
     const CARRIER: &str = "203.0.113.9";
@@ -681,6 +772,8 @@ mod tests {
             digest: None,
             allowed_addresses: vec![],
             allowed_callers: vec![],
+            number_format: None,
+            registration: None,
             transports: Transport::ALL.into(),
             codecs: vec![Codec::Pcmu],
             media: Default::default(),
@@ -732,6 +825,19 @@ mod tests {
             self.0.destination = SipDestination::parse(uri).unwrap();
             self
         }
+        fn fed_by(mut self, outbound: &str) -> Self {
+            self.0.registration = Some(ObjectName::new("voice", outbound));
+            self
+        }
+        fn national(mut self, country_code: &str, national_prefix: Option<&str>) -> Self {
+            self.0.number_format = Some(NumberFormat {
+                country_code: country_code.to_string(),
+                national_prefix: national_prefix.map(str::to_string),
+                international_prefix: NumberFormat::default_international_prefix(country_code)
+                    .to_string(),
+            });
+            self
+        }
     }
 
     fn table(trunks: Vec<Trunk>) -> RoutingTable {
@@ -745,6 +851,8 @@ mod tests {
         username: Option<String>,
         request_uri: String,
         from: String,
+        to: String,
+        registration: Option<ObjectName>,
         headers: Vec<(String, String)>,
     }
 
@@ -755,6 +863,8 @@ mod tests {
             username: None,
             request_uri: "sip:+14155550100@gw.example;user=phone".to_string(),
             from: "sip:+14155551234@carrier.example".to_string(),
+            to: "sip:+14155550100@gw.example".to_string(),
+            registration: None,
             headers: vec![],
         }
     }
@@ -770,6 +880,14 @@ mod tests {
         }
         fn to(mut self, request_uri: &str) -> Self {
             self.request_uri = request_uri.to_string();
+            self
+        }
+        /// Delivered through OutboundTrunk voice/`outbound`'s registration, to the contact
+        /// `request_uri`, the number in To.
+        fn registered(mut self, outbound: &str, request_uri: &str, to: &str) -> Self {
+            self.registration = Some(ObjectName::new("voice", outbound));
+            self.request_uri = request_uri.to_string();
+            self.to = to.to_string();
             self
         }
         fn caller(mut self, from: &str) -> Self {
@@ -791,6 +909,8 @@ mod tests {
                 digest_username: self.username.as_deref(),
                 request_uri: &self.request_uri,
                 from: &self.from,
+                to: &self.to,
+                registration: self.registration.as_ref(),
                 headers: &self.headers,
             };
             let decision = lookup(table, &attempt, options);
@@ -1077,6 +1197,133 @@ mod tests {
             let d = invite().to(uri).lookup(&table);
             assert_eq!(route(&d).number.as_str(), "+14155550100", "{uri}");
         }
+    }
+
+    #[test]
+    fn a_us_national_number_reaches_a_trunk_with_country_code_1() {
+        let routes = table(vec![acme().national("1", Some("1"))]);
+        for uri in [
+            "sip:4155550100@gw.example",
+            "sip:14155550100@gw.example",
+            "tel:(415) 555-0100",
+            "sip:+14155550100@gw.example",
+            "sip:01114155550100@gw.example",
+        ] {
+            let d = invite().to(uri).lookup(&routes);
+            assert_eq!(route(&d).number.as_str(), "+14155550100", "{uri}");
+        }
+        let d = invite().to("sip:4155550100@gw.example").lookup(&routes);
+        assert!(
+            last_detail_of(&d, StepKind::Number).contains("read as a national number of +1"),
+            "{d:?}"
+        );
+        // Without numberFormat the same 10 digits are an international number nobody holds.
+        let d = invite().to("sip:4155550100@gw.example").lookup(&table(vec![acme()]));
+        assert_eq!(refusal(&d).rule, RefusalRule::NumberNotOnTrunk);
+    }
+
+    #[test]
+    fn a_uk_national_number_with_its_0_reaches_a_trunk_with_country_code_44() {
+        let uk = trunk("uk-in")
+            .number("+442071230003", "london")
+            .addresses(&["203.0.113.0/28"])
+            .national("44", Some("0"));
+        let table = table(vec![uk]);
+        for uri in ["sip:02071230003@gw.example", "sip:00442071230003@gw.example", "442071230003"] {
+            let d = invite().to(uri).lookup(&table);
+            assert_eq!(route(&d).number.as_str(), "+442071230003", "{uri}");
+            assert_eq!(route(&d).agent, "london");
+        }
+    }
+
+    #[test]
+    fn a_number_on_no_trunk_names_every_reading_for_the_operator() {
+        let table = table(vec![acme().national("44", Some("0"))]);
+        let d = invite().to("sip:2071230003@gw.example").lookup(&table);
+        assert_eq!(refusal(&d).status, 404);
+        assert_eq!(refusal(&d).message, "+442071230003 is not on this trunk");
+        assert!(last_detail(&d).contains("(read as +442071230003 or +2071230003)"), "{d:?}");
+    }
+
+    #[test]
+    fn address_trunks_each_read_the_number_their_own_way() {
+        // One carrier, two tenants: a US trunk and a UK trunk, both by address.
+        let table = table(vec![
+            acme().national("1", Some("1")),
+            trunk("uk-in")
+                .number("+442071230003", "london")
+                .addresses(&["203.0.113.0/28"])
+                .national("44", Some("0")),
+        ]);
+        let d = invite().to("sip:02071230003@gw.example").lookup(&table);
+        assert_eq!(route(&d).trunk.name.name, "uk-in");
+        let d = invite().to("sip:4155550100@gw.example").lookup(&table);
+        assert_eq!(route(&d).trunk.name.name, "acme-in");
+    }
+
+    #[test]
+    fn a_national_number_held_behind_digest_is_challenged() {
+        // The address trunk does not hold the number; the digest trunk reads it as its own.
+        let table = table(vec![
+            acme(),
+            trunk("uk-in")
+                .number("+442071230003", "london")
+                .digest("uk-user")
+                .national("44", Some("0")),
+        ]);
+        let d = invite().to("sip:02071230003@gw.example").lookup(&table);
+        assert!(matches!(d.outcome, Outcome::Challenge(_)), "{d:?}");
+    }
+
+    #[test]
+    fn a_national_caller_matches_allowed_callers_in_e164() {
+        let routes = table(vec![acme().national("1", Some("1")).callers(&["+1415*"])]);
+        let d = invite().caller("<sip:4155551234@carrier.example>").lookup(&routes);
+        assert_eq!(route(&d).caller.as_ref().map(E164::as_str), Some("+14155551234"));
+        let d = invite().caller("<sip:2125551234@carrier.example>").lookup(&routes);
+        assert_eq!(refusal(&d).rule, RefusalRule::CallerNotAllowed);
+        assert!(last_detail(&d).contains("(read as +12125551234 or +2125551234)"), "{d:?}");
+        // Either reading may be the one listed.
+        let uk_callers = table(vec![acme().national("1", Some("1")).callers(&["+4420*"])]);
+        let d = invite().caller("<sip:442071230003@carrier.example>").lookup(&uk_callers);
+        assert_eq!(route(&d).caller.as_ref().map(E164::as_str), Some("+442071230003"));
+    }
+
+    #[test]
+    fn a_call_through_a_registration_takes_its_number_from_to_when_the_uri_is_the_contact() {
+        // No allowlist: the trunk is found through the registration only.
+        let fed = trunk("reg-in").number("+14155550150", "sales").fed_by("carrier-out");
+        let table = table(vec![acme(), fed]);
+        let d = invite()
+            .registered("carrier-out", "sip:acct-1001@198.51.100.7:5060", "<sip:+14155550150@x>")
+            .lookup(&table);
+        let r = route(&d);
+        assert_eq!((r.trunk.name.name.as_str(), r.number.as_str()), ("reg-in", "+14155550150"));
+        assert_eq!(r.identified_by, IdentifiedBy::Registration);
+        // A carrier that puts the number in the Request-URI: that one.
+        let d = invite()
+            .registered("carrier-out", "sip:+14155550150@198.51.100.7", "<sip:acct-1001@x>")
+            .lookup(&table);
+        assert_eq!(route(&d).number.as_str(), "+14155550150");
+        // Not held: 404, as for any other trunk.
+        let d = invite()
+            .registered("carrier-out", "sip:acct-1001@198.51.100.7", "<sip:+14155550199@x>")
+            .lookup(&table);
+        assert_eq!(refusal(&d).rule, RefusalRule::NumberNotOnTrunk);
+    }
+
+    #[test]
+    fn a_trunk_fed_by_a_registration_is_not_open_to_other_sources() {
+        let fed = trunk("reg-in").number("+14155550150", "sales").fed_by("carrier-out");
+        let table = table(vec![fed]);
+        // From an address no registration reached: no trunk allows it.
+        let d = invite().to("sip:+14155550150@gw").sent_from(STRANGER).lookup(&table);
+        assert_eq!(refusal(&d).rule, RefusalRule::SourceNotAllowed);
+        // Another OutboundTrunk's registration feeds no trunk here.
+        let d = invite()
+            .registered("other-out", "sip:acct@198.51.100.7", "<sip:+14155550150@x>")
+            .lookup(&table);
+        assert_eq!(refusal(&d).rule, RefusalRule::SourceNotAllowed);
     }
 
     #[test]

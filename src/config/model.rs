@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::destination::SipDestination;
-use super::number::{CallerPattern, E164};
+use super::number::{self, CallerPattern, E164, NumberFormat, Reading};
 use super::secret::{BasicAuth, Password};
 
 /// Namespace and name of an object.
@@ -76,7 +76,35 @@ impl Limits {
     }
 }
 
-/// A trunk's media policy (`spec.media`). Room for more (`encryption`) beside the addresses.
+/// Whether the far end's media is SRTP keyed by SDES (RFC 4568): `spec.media.encryption` of a
+/// trunk, `spec.sip.media.encryption` of a SIP transfer destination. It applies to the leg
+/// toward that far end only; the agent-facing leg is plain RTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Encryption {
+    /// Plain RTP/AVP only: an offer with SRTP only is refused (488).
+    #[default]
+    Disabled,
+    /// SRTP when the far end offers it (inbound) or accepts it (outbound), plain RTP otherwise.
+    Optional,
+    /// SRTP only: a plain offer or answer is refused.
+    Required,
+}
+
+impl Encryption {
+    pub fn is_disabled(&self) -> bool {
+        *self == Encryption::Disabled
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Disabled => "Disabled",
+            Encryption::Optional => "Optional",
+            Encryption::Required => "Required",
+        }
+    }
+}
+
+/// A trunk's media policy (`spec.media`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaPolicy {
@@ -84,6 +112,9 @@ pub struct MediaPolicy {
     /// (`spec.media.allowedAddresses`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_addresses: Vec<IpNet>,
+    /// SRTP toward the carrier (`spec.media.encryption`).
+    #[serde(skip_serializing_if = "Encryption::is_disabled")]
+    pub encryption: Encryption,
 }
 
 impl MediaPolicy {
@@ -135,6 +166,12 @@ pub struct InboundTrunkRoute {
     pub allowed_addresses: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_callers: Vec<CallerPattern>,
+    /// How the carrier writes numbers without a `+` (`numberFormat`); `None`: as international.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number_format: Option<NumberFormat>,
+    /// The OutboundTrunk whose registration delivers this trunk's calls (`auth.registration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<ObjectName>,
     pub transports: BTreeSet<Transport>,
     pub codecs: Vec<Codec>,
     pub limits: Limits,
@@ -143,6 +180,21 @@ pub struct InboundTrunkRoute {
 }
 
 impl InboundTrunkRoute {
+    /// How this trunk reads `dialed` (its `numberFormat`), and the first reading it holds with
+    /// its agent. `Err` when no reading is a valid number.
+    #[allow(clippy::type_complexity)]
+    pub fn held_reading(
+        &self,
+        dialed: &str,
+    ) -> Result<(Vec<(E164, Reading)>, Option<(usize, &str)>), number::NumberError> {
+        let found = number::readings(dialed, self.number_format.as_ref())?;
+        let held = found
+            .iter()
+            .enumerate()
+            .find_map(|(i, (n, _))| self.numbers.get(n).map(|agent| (i, agent.as_str())));
+        Ok((found, held))
+    }
+
     /// Does the source address pass this trunk's allowlist? A trunk without one admits all.
     pub fn admits_address(&self, ip: std::net::IpAddr) -> bool {
         self.allowed_addresses.is_empty() || self.allowed_addresses.iter().any(|n| n.contains(&ip))
@@ -156,9 +208,9 @@ pub struct OutboundTrunkRoute {
     pub name: ObjectName,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
-    pub host: String,
-    pub port: u16,
-    pub transport: Transport,
+    /// The carrier's hosts, lowest priority first, the spec's order within a priority. Never
+    /// empty: compile refuses a trunk without a host.
+    pub hosts: Vec<CarrierHost>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<BasicAuth>,
     pub caller_id: E164,
@@ -168,6 +220,9 @@ pub struct OutboundTrunkRoute {
     /// Seconds between OPTIONS probes; `None` when probing is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_interval_seconds: Option<u32>,
+    /// The binding's lifetime asked of the registrar; `None`: no registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration_expires_seconds: Option<u32>,
     pub limits: Limits,
     /// Agents that may dial through this trunk; empty: all.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
@@ -175,6 +230,40 @@ pub struct OutboundTrunkRoute {
     pub codecs: Vec<Codec>,
     #[serde(skip_serializing_if = "MediaPolicy::is_default")]
     pub media: MediaPolicy,
+}
+
+impl OutboundTrunkRoute {
+    /// The first host: the only one of a trunk with `spec.host`, what `explain` and the
+    /// listener choice of a transfer go by.
+    pub fn primary(&self) -> &CarrierHost {
+        self.hosts.first().expect("compile gives every accepted OutboundTrunk a host")
+    }
+}
+
+/// One host of a carrier (`spec.host`, or an entry of `spec.hosts`), its defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CarrierHost {
+    /// A host name (lower case) or an IP address.
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+    pub priority: u16,
+    pub weight: u16,
+}
+
+impl CarrierHost {
+    /// A host of priority 0 and weight 1: what `spec.host` gives.
+    pub fn new(host: impl Into<String>, port: u16, transport: Transport) -> CarrierHost {
+        CarrierHost { host: host.into(), port, transport, priority: 0, weight: 1 }
+    }
+
+    /// `host:port over UDP`, with an IPv6 address in brackets.
+    pub fn describe(&self) -> String {
+        let host =
+            if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!("{host}:{} over {}", self.port, self.transport.as_str())
+    }
 }
 
 /// Where an accepted TransferDestination sends the call.
@@ -189,6 +278,9 @@ pub enum TransferTarget {
         uri: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         credentials: Option<BasicAuth>,
+        /// SRTP toward the destination (`spec.sip.media.encryption`).
+        #[serde(skip_serializing_if = "Encryption::is_disabled")]
+        encryption: Encryption,
     },
     Hangup,
 }
@@ -239,6 +331,13 @@ pub struct RoutingTable {
     digest_users: HashMap<String, usize>,
     #[serde(skip)]
     address_only: Vec<usize>,
+    /// Every distinct `numberFormat` of the inbound trunks, `None` (no format) first: the ways
+    /// a dialed number may be read when the trunk is not known yet.
+    #[serde(skip)]
+    formats: Vec<Option<NumberFormat>>,
+    /// OutboundTrunk → the InboundTrunk its registration feeds.
+    #[serde(skip)]
+    registrations: HashMap<ObjectName, usize>,
 }
 
 impl RoutingTable {
@@ -253,7 +352,15 @@ impl RoutingTable {
         let mut numbers = HashMap::new();
         let mut digest_users = HashMap::new();
         let mut address_only = Vec::new();
+        let mut formats = vec![None];
+        let mut registrations = HashMap::new();
         for (i, trunk) in inbound.iter().enumerate() {
+            if let Some(outbound) = &trunk.registration {
+                registrations.entry(outbound.clone()).or_insert(i);
+            }
+            if !formats.contains(&trunk.number_format) {
+                formats.push(trunk.number_format.clone());
+            }
             numbers.reserve(trunk.numbers.len());
             for number in trunk.numbers.keys() {
                 numbers.entry(number.clone()).or_insert(NumberOwner { trunk: i });
@@ -263,6 +370,9 @@ impl RoutingTable {
                     digest_users.entry(credentials.username.clone()).or_insert(i);
                 }
                 Some(InboundDigest::Pending { .. }) => {}
+                // A trunk fed by a registration with no allowlist of its own is found through
+                // the registration only (an empty allowlist would admit every address).
+                None if trunk.registration.is_some() && trunk.allowed_addresses.is_empty() => {}
                 None => address_only.push(i),
             }
         }
@@ -273,13 +383,37 @@ impl RoutingTable {
             numbers,
             digest_users,
             address_only,
+            formats,
+            registrations,
         }
+    }
+
+    /// The InboundTrunk fed by OutboundTrunk `outbound`'s registration.
+    pub fn trunk_by_registration(&self, outbound: &ObjectName) -> Option<&Arc<InboundTrunkRoute>> {
+        self.registrations.get(outbound).and_then(|&i| self.inbound.get(i))
     }
 
     /// The trunk holding `number`, and the agent the number goes to.
     pub fn number_owner(&self, number: &E164) -> Option<(&Arc<InboundTrunkRoute>, &str)> {
         let trunk = self.inbound.get(self.numbers.get(number)?.trunk)?;
         Some((trunk, trunk.numbers.get(number)?.as_str()))
+    }
+
+    /// The trunk holding the number `dialed` (a Request-URI user, a `tel:` number), each trunk
+    /// reading it its own way ([`InboundTrunkRoute::held_reading`]): the number as read, how, the
+    /// trunk and the agent. Formats in table order (no format first), readings in order of
+    /// preference; the first held one wins. Costs one read per distinct format in the table.
+    pub fn dialed_owner(
+        &self,
+        dialed: &str,
+    ) -> Option<(E164, Reading, &Arc<InboundTrunkRoute>, &str)> {
+        self.formats.iter().find_map(|format| {
+            let found = number::readings(dialed, format.as_ref()).ok()?;
+            found.into_iter().find_map(|(number, reading)| {
+                let (trunk, agent) = self.number_owner(&number)?;
+                (trunk.number_format == *format).then_some((number, reading, trunk, agent))
+            })
+        })
     }
 
     /// The trunk whose digest username is `username`.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::lookup::{Refusal, Step, StepKind};
-use super::model::{ObjectName, OutboundTrunkRoute, RoutingTable};
+use super::model::{CarrierHost, ObjectName, OutboundTrunkRoute, RoutingTable};
 use super::number::{self, E164};
 use super::refusal::RefusalRule;
 
@@ -118,20 +118,33 @@ pub struct OutboundRoute {
     /// The agent the request named, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The carrier's hosts in the order this call tries them: the trunk's (priority order)
+    /// as [`decide`] gives it; the gateway puts them in [`rotation`] order.
+    #[serde(skip)]
+    pub hosts: Vec<CarrierHost>,
 }
 
 impl OutboundRoute {
-    /// The Request-URI toward the carrier: `sip:NUMBER@host:port`, with `;transport=` for
-    /// streams.
+    /// The Request-URI toward the carrier's first host: `sip:NUMBER@host:port`, with
+    /// `;transport=` for streams.
     pub fn carrier_uri(&self) -> String {
-        let t = &self.trunk;
-        let host = if t.host.contains(':') { format!("[{}]", t.host) } else { t.host.clone() };
-        let transport = match t.transport {
+        self.carrier_uri_at(self.first_host())
+    }
+
+    /// The host this call tries first.
+    pub fn first_host(&self) -> &CarrierHost {
+        self.hosts.first().unwrap_or(self.trunk.primary())
+    }
+
+    /// The Request-URI toward one of the carrier's hosts.
+    pub fn carrier_uri_at(&self, at: &CarrierHost) -> String {
+        let host = if at.host.contains(':') { format!("[{}]", at.host) } else { at.host.clone() };
+        let transport = match at.transport {
             crate::api::Transport::Udp => "",
             crate::api::Transport::Tcp => ";transport=tcp",
             crate::api::Transport::Tls => ";transport=tls",
         };
-        format!("sip:{}@{host}:{}{transport}", carrier_user(t, &self.number), t.port)
+        format!("sip:{}@{host}:{}{transport}", carrier_user(&self.trunk, &self.number), at.port)
     }
 }
 
@@ -140,6 +153,54 @@ fn serialize_trunk_name<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_str(&trunk.name)
+}
+
+/// The order in which a call tries the carrier's hosts (`hosts` is the trunk's list, lowest
+/// priority first): each priority in turn, and within one a weighted random order as DNS SRV
+/// orders its targets (RFC 2782: pick one with a chance of its weight over the weights left,
+/// take it out, again; hosts of weight 0 after the others, in the spec's order). `up` says
+/// whether a host's OPTIONS probes let it take calls: hosts that are down are left out, unless
+/// every host is, when the call tries them all (what a trunk with one host does today: its
+/// `Reachable` never refuses a call). `unit` gives numbers in `[0, 1)`: the gateway's random
+/// source, or a fixed sequence in tests.
+pub fn rotation(
+    hosts: &[CarrierHost],
+    up: impl Fn(&CarrierHost) -> bool,
+    mut unit: impl FnMut() -> f64,
+) -> Vec<&CarrierHost> {
+    let mut order = Vec::with_capacity(hosts.len());
+    let mut start = 0;
+    while start < hosts.len() {
+        let priority = hosts[start].priority;
+        let end = hosts[start..]
+            .iter()
+            .position(|h| h.priority != priority)
+            .map_or(hosts.len(), |n| start + n);
+        let mut left: Vec<&CarrierHost> = hosts[start..end].iter().collect();
+        while !left.is_empty() {
+            let total: u64 = left.iter().map(|h| u64::from(h.weight)).sum();
+            let index = if total == 0 {
+                0
+            } else {
+                // `unit` may give anything; clamped, a pick is always a host of weight > 0.
+                let point = (unit().clamp(0.0, 1.0) * total as f64) as u64;
+                let point = point.min(total - 1);
+                let mut sum = 0;
+                left.iter()
+                    .position(|h| {
+                        sum += u64::from(h.weight);
+                        h.weight > 0 && point < sum
+                    })
+                    .unwrap_or(0)
+            };
+            order.push(left.remove(index));
+        }
+        start = end;
+    }
+    if order.iter().any(|h| up(h)) {
+        order.retain(|h| up(h));
+    }
+    order
 }
 
 /// A number as this carrier wants it written: `+14155550142`, or `14155550142` when the trunk's
@@ -332,7 +393,8 @@ fn decide_steps(
             }
         },
     };
-    let route = OutboundRoute { trunk, number, caller_id, agent };
+    let hosts = trunk.hosts.clone();
+    let route = OutboundRoute { trunk, number, caller_id, agent, hosts };
     pass(steps, StepKind::Destination, format!("the call goes to {}", route.carrier_uri()));
     Ok(route)
 }
@@ -359,14 +421,17 @@ mod tests {
         OutboundTrunkRoute {
             name: ObjectName::new(ns, name),
             generation: None,
-            host: "sip.carrier.example".into(),
-            port: 5060,
-            transport: crate::api::Transport::Udp,
+            hosts: vec![crate::config::model::CarrierHost::new(
+                "sip.carrier.example",
+                5060,
+                crate::api::Transport::Udp,
+            )],
             credentials: None,
             caller_id: E164::parse_canonical("+14155550100").unwrap(),
             allowed_caller_ids: [E164::parse_canonical("+14155550101").unwrap()].into(),
             leading_plus: true,
             health_check_interval_seconds: None,
+            registration_expires_seconds: None,
             limits: Limits::default(),
             agents: BTreeSet::new(),
             codecs: vec![],
@@ -505,17 +570,69 @@ mod tests {
         assert_eq!(refused.outcome.unwrap_err().status, 403);
     }
 
+    fn host(name: &str, priority: u16, weight: u16) -> CarrierHost {
+        CarrierHost { priority, weight, ..CarrierHost::new(name, 5060, crate::api::Transport::Udp) }
+    }
+
+    fn names(order: &[&CarrierHost]) -> Vec<String> {
+        order.iter().map(|h| h.host.clone()).collect()
+    }
+
+    #[test]
+    fn a_rotation_goes_by_priority_then_by_weight() {
+        let hosts = [host("a", 0, 1), host("b", 0, 3), host("c", 1, 1), host("d", 1, 0)];
+        // Weights 1 and 3: a point in the first quarter picks a, the rest b.
+        let fixed = |units: Vec<f64>| {
+            let mut units = units.into_iter();
+            move || units.next().unwrap_or(0.0)
+        };
+        let all_up = |_: &CarrierHost| true;
+        assert_eq!(names(&rotation(&hosts, all_up, fixed(vec![0.1]))), ["a", "b", "c", "d"]);
+        assert_eq!(names(&rotation(&hosts, all_up, fixed(vec![0.3]))), ["b", "a", "c", "d"]);
+        assert_eq!(names(&rotation(&hosts, all_up, fixed(vec![0.99]))), ["b", "a", "c", "d"]);
+        // Weight 0 comes after the others of its priority, whatever the draw.
+        assert_eq!(
+            names(&rotation(&hosts, all_up, fixed(vec![0.9, 0.9, 0.0, 0.0]))),
+            ["b", "a", "c", "d"]
+        );
+        // Out-of-range draws are clamped, never a panic.
+        for wild in [f64::NAN, -3.0, 7.0, f64::INFINITY] {
+            assert_eq!(rotation(&hosts, all_up, move || wild).len(), 4, "{wild}");
+        }
+        // Over many draws, b gets about three times a's calls.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let firsts =
+            (0..4000).filter(|_| rotation(&hosts, all_up, &mut next)[0].host == "b").count();
+        assert!((2800..3200).contains(&firsts), "{firsts}");
+    }
+
+    #[test]
+    fn hosts_that_are_down_are_left_out_unless_all_are() {
+        let hosts = [host("a", 0, 1), host("b", 0, 1), host("c", 1, 1)];
+        let first = || 0.0;
+        let down_a = |h: &CarrierHost| h.host != "a";
+        assert_eq!(names(&rotation(&hosts, down_a, first)), ["b", "c"]);
+        let only_c = |h: &CarrierHost| h.host == "c";
+        assert_eq!(names(&rotation(&hosts, only_c, first)), ["c"]);
+        assert_eq!(names(&rotation(&hosts, |_: &CarrierHost| false, first)), ["a", "b", "c"]);
+        assert!(rotation(&[], |_: &CarrierHost| true, first).is_empty());
+    }
+
     #[test]
     fn the_carrier_uri_follows_number_format_transport_and_port() {
         let mut plain = trunk("voice", "out");
         plain.leading_plus = false;
-        plain.transport = crate::api::Transport::Tls;
-        plain.port = 5061;
+        plain.hosts[0].transport = crate::api::Transport::Tls;
+        plain.hosts[0].port = 5061;
         let t = table(vec![plain]);
         let route = decide(&t, &attempt("out", "+14155550142")).outcome.unwrap();
         assert_eq!(route.carrier_uri(), "sip:14155550142@sip.carrier.example:5061;transport=tls");
         let mut v6 = trunk("voice", "v6");
-        v6.host = "2001:db8::1".into();
+        v6.hosts[0].host = "2001:db8::1".into();
         let t = table(vec![v6]);
         let route = decide(&t, &attempt("v6", "+14155550142")).outcome.unwrap();
         assert_eq!(route.carrier_uri(), "sip:+14155550142@[2001:db8::1]:5060");

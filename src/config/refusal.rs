@@ -30,7 +30,8 @@ pub enum RefusalRule {
     /// `Max-Forwards: 0` (RFC 3261 §16.3).
     TooManyHops,
     /// A top Via branch without the RFC 3261 magic cookie: an RFC 2543 peer, whose transaction
-    /// matching (by Call-ID, CSeq and tags) the gateway does not implement.
+    /// matching (by Call-ID, CSeq and tags) the gateway does not implement. Asked only of an
+    /// INVITE that passed every other check, the last one before admission.
     NoRfc3261Branch,
     /// The caller requires an extension we do not support (RFC 3261 §8.2.2.3).
     BadExtension,
@@ -41,8 +42,11 @@ pub enum RefusalRule {
     /// Digest credentials whose `uri` is not the Request-URI (RFC 3261 §22.4): an answer made
     /// for another request.
     DigestUriMismatch,
-    /// A body that is not SDP.
+    /// A body that is not SDP, nor a multipart holding SDP.
     UnsupportedBody,
+    /// A multipart body that cannot be read: no boundary, parts that do not parse, too many
+    /// parts, two SDP parts (`sip::body`).
+    BadBody,
     /// SDP that does not parse.
     BadSdp,
     /// SDP without a usable audio stream.
@@ -110,6 +114,7 @@ impl RefusalRule {
             RefusalRule::MalformedCredentials | RefusalRule::BadCredentials => "BadCredentials",
             RefusalRule::DigestUriMismatch => "DigestUriMismatch",
             RefusalRule::UnsupportedBody => "UnsupportedBody",
+            RefusalRule::BadBody => "BadBody",
             RefusalRule::BadSdp => "BadSdp",
             RefusalRule::NoUsableAudio => "NoUsableAudio",
             RefusalRule::NoCommonCodec => "NoCommonCodec",
@@ -160,6 +165,7 @@ impl RefusalRule {
             RefusalRule::DialedNumberInvalid => 484,
             RefusalRule::NumberInvalid | RefusalRule::NumberNotOnTrunk => 404,
             RefusalRule::MalformedCredentials
+            | RefusalRule::BadBody
             | RefusalRule::BadSdp
             | RefusalRule::NoRfc3261Branch
             | RefusalRule::TrunkNotNamed => 400,
@@ -228,6 +234,7 @@ mod tests {
             (BadCredentials, 403, "BadCredentials"),
             (DigestUriMismatch, 403, "DigestUriMismatch"),
             (UnsupportedBody, 415, "UnsupportedBody"),
+            (BadBody, 400, "BadBody"),
             (BadSdp, 400, "BadSdp"),
             (NoUsableAudio, 488, "NoUsableAudio"),
             (NoCommonCodec, 488, "NoCommonCodec"),

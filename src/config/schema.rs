@@ -18,8 +18,8 @@
 //!    is mapped back to its reason through `api::rules`.
 //!
 //! Every schema is compiled once per kind: the jsonschema validator, and the CEL rules of each
-//! subtree that holds any (`spec.auth` of an InboundTrunk, `spec.host` and `spec.auth.digest` of
-//! an OutboundTrunk, the whole `spec` of a TransferDestination), so that CEL converts only those
+//! subtree that holds any (`spec.auth` of an InboundTrunk, the whole `spec` of
+//! an OutboundTrunk (its `host`-or-`hosts` rule) and of a TransferDestination), so that CEL converts only those
 //! parts of an object and never walks the numbers of a trunk: CEL over the whole schema costs
 //! several times more per object, and uncompiled (`Validator::validate`) more again (figures in
 //! docs/benchmarks.md, "`trunkline check` at scale").
@@ -813,10 +813,9 @@ mod tests {
     fn cel_runs_only_on_the_subtrees_with_rules() {
         let roots = |kind| compiled(kind).cel.iter().map(|r| r.field.clone()).collect::<Vec<_>>();
         assert_eq!(roots(Kind::InboundTrunk), ["spec.auth", "spec.media.allowedAddresses"]);
-        assert_eq!(
-            roots(Kind::OutboundTrunk),
-            ["spec.auth.digest", "spec.host", "spec.media.allowedAddresses"]
-        );
+        // The rule that wants `host` or `hosts` reads the whole spec (a few kilobytes at most:
+        // an OutboundTrunk has no list of numbers).
+        assert_eq!(roots(Kind::OutboundTrunk), ["spec"]);
         assert_eq!(roots(Kind::TransferDestination), ["spec"]);
     }
 
@@ -1019,6 +1018,24 @@ mod tests {
             Reason::InvalidSpec,
         );
         assert_eq!(message, "\"+1415555OIOO\" is not an E.164 number (+ and 8 to 15 digits)");
+    }
+
+    #[test]
+    fn host_and_hosts_together_or_neither_are_refused_with_host_or_hosts() {
+        let hosts = json!([{"host": "198.51.100.10"}, {"host": "198.51.100.11", "priority": 1}]);
+        let listed = outbound(json!({"hosts": hosts, "callerId": "+14155550100"}));
+        assert_valid(Kind::OutboundTrunk, &listed);
+        let both = with(listed.clone(), &["host"], json!("sip.carrier.example"));
+        let message = assert_refused(Kind::OutboundTrunk, &both, "spec", Reason::HostOrHosts);
+        assert_eq!(message, rules::HOST_OR_HOSTS.message);
+        let neither = outbound(json!({"callerId": "+14155550100"}));
+        assert_refused(Kind::OutboundTrunk, &neither, "spec", Reason::HostOrHosts);
+        let empty = outbound(json!({"hosts": [], "callerId": "+14155550100"}));
+        assert_refused(Kind::OutboundTrunk, &empty, "spec", Reason::HostOrHosts);
+        let uri = with(listed.clone(), &["hosts"], json!([{"host": "sip:198.51.100.10"}]));
+        assert_refused(Kind::OutboundTrunk, &uri, "spec.hosts[0].host", Reason::InvalidHost);
+        let port = with(listed, &["hosts"], json!([{"host": "h", "port": 0}]));
+        assert_refused(Kind::OutboundTrunk, &port, "spec.hosts[0].port", Reason::InvalidSpec);
     }
 
     #[test]

@@ -320,7 +320,11 @@ mod tests {
         TransferRoute {
             name: ObjectName::new(ns, name),
             generation: None,
-            target: TransferTarget::Sip { uri: uri.into(), credentials: None },
+            target: TransferTarget::Sip {
+                uri: uri.into(),
+                credentials: None,
+                encryption: Default::default(),
+            },
             mode: TransferMode::Bridge,
             agents: Default::default(),
         }
@@ -426,14 +430,17 @@ mod tests {
         let trunk = OutboundTrunkRoute {
             name: ObjectName::new("voice", "carrier-out"),
             generation: None,
-            host: "sip.carrier.example".into(),
-            port: 5060,
-            transport: crate::api::Transport::Udp,
+            hosts: vec![crate::config::model::CarrierHost::new(
+                "sip.carrier.example",
+                5060,
+                crate::api::Transport::Udp,
+            )],
             credentials: None,
             caller_id: E164::parse_canonical("+14155550100").unwrap(),
             allowed_caller_ids: Default::default(),
             leading_plus: true,
             health_check_interval_seconds: None,
+            registration_expires_seconds: None,
             limits: Limits::default(),
             agents: ["billing".to_string()].into(),
             codecs: vec![],

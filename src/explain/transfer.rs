@@ -331,10 +331,11 @@ fn dial(specs: &Specs, table: &RoutingTable, d: &TransferRoute) -> Dial {
                 number: number.clone(),
                 caller_id: trunk.caller_id.clone(),
                 agent: None,
+                hosts: trunk.hosts.clone(),
             }),
             secret: table.outbound.get(outbound_trunk).and_then(|t| super::digest_secret(specs, t)),
         },
-        TransferTarget::Sip { uri, credentials } => {
+        TransferTarget::Sip { uri, credentials, .. } => {
             let secret = specs
                 .transfers
                 .iter()

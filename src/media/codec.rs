@@ -274,8 +274,8 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::media::sdp::LegOrigin;
     use crate::media::sdp::tests::{CISCO, FREESWITCH, IPV6, SONUS, TWILIO, parse};
+    use crate::media::sdp::{AudioSecurity, LegOrigin};
 
     use Codec::{G722, Pcma, Pcmu};
 
@@ -551,7 +551,7 @@ m=audio 4000 RTP/AVP {formats}\r\n"
         let mut sdp = parse(SONUS);
         filter_offer(&mut sdp, &[Pcma, Pcmu]).unwrap();
         let relay: IpAddr = "10.1.2.3".parse().unwrap();
-        sdp.rewrite_for_relay(&mut LegOrigin::new(5), relay, 40000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(5), relay, 40000, AudioSecurity::Plain);
         assert_eq!(
             printed(&sdp),
             "v=0\r\n\

@@ -10,5 +10,7 @@
 pub mod codec;
 pub mod ports;
 pub mod relay;
+pub mod sdes;
 pub mod sdp;
+pub mod srtp;
 pub mod stats;

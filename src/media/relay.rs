@@ -41,6 +41,17 @@
 //! `Dropped::foreign`) and `trunkline_rtp_rejected_packets_total{trunk,leg,reason}` (when the
 //! guard carries [`RtpRejected`] handles) count what it refused.
 //!
+//! **SRTP** (SDES, `media::srtp`). A side whose peer speaks SRTP ([`Relay::set_srtp`]: the
+//! peer's key and ours, from the SDP exchanged on that leg) holds a boxed [`SrtpSide`]; a plain
+//! side holds none and its packets take the path above untouched. What an SRTP peer sends is
+//! authenticated and decrypted first, before the latch sees it (a forged or replayed packet
+//! latches nothing): a failure is dropped and counted (`Dropped::auth_failed`,
+//! `trunkline_rtp_rejected_packets_total{reason="unauthenticated"}`). What goes to an SRTP
+//! peer is encrypted with our key for that leg. Each side has its own keys, so a call whose
+//! two sides are SRTP decrypts with one side's and encrypts with the other's. Figures count
+//! the decrypted packets. This costs one allocation per packet on an SRTP side (the crate
+//! returns a new buffer).
+//!
 //! **Media timeout.** A leg is expected to send once it has an SDP address or has latched; from
 //! then on, when it has sent no RTP for `media_timeout`, [`Relay::timeout`] resolves with a
 //! [`MediaTimeout`] naming the silent leg (or both), once. RTCP does not count as media. While
@@ -126,6 +137,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
 use super::ports::{PortAllocator, PortLease, PortPair, PortsError};
+use super::srtp::{SrtpKeys, SrtpSide};
 use super::stats::{RtpStats, StreamStats};
 use crate::observe::metrics::RtpRejected;
 
@@ -283,6 +295,9 @@ pub struct Dropped {
     pub malformed: u64,
     /// The send failed (full send buffer, unreachable address).
     pub send_failed: u64,
+    /// SRTP/SRTCP from an SRTP peer that failed authentication or was a replay (or a packet
+    /// our side could not encrypt toward one).
+    pub auth_failed: u64,
 }
 
 /// The figures of one leg. `*_in` is what its peer sent to us, `*_out` what we relayed to it.
@@ -343,6 +358,8 @@ impl StartError {
 
 enum Command {
     UpdateRemote(Leg, Option<SocketAddr>),
+    /// The SRTP keys of a side (`None`: plain RTP).
+    Srtp(Leg, Option<Box<SrtpKeys>>),
     Hold(bool),
     /// A new spare with its peer's guard, replacing any other.
     AddSpare(Box<SpareSockets>, SourceGuard),
@@ -534,6 +551,14 @@ impl Relay {
     pub fn update_remote(&self, leg: Leg, remote: Option<SocketAddr>) {
         // The task only ends when stopped: after that a command is dropped, nothing to update.
         self.commands.send(Command::UpdateRemote(leg, remote));
+    }
+
+    /// The SRTP keys of `leg`'s peer and ours toward it (`None`: plain RTP, the default). The
+    /// relay decrypts what that peer sends (dropping and counting what fails authentication
+    /// or is replayed, `Dropped::auth_failed`) and encrypts what goes to it. The same keys
+    /// again keep the contexts; a new key of either direction starts that direction over.
+    pub fn set_srtp(&self, leg: Leg, keys: Option<SrtpKeys>) {
+        self.commands.send(Command::Srtp(leg, keys.map(Box::new)));
     }
 
     /// On hold the peers may stop sending: the media timeout is suspended until resumed.
@@ -1075,6 +1100,8 @@ struct LegState {
     rtcp_in: Datagrams,
     rtcp_out: Datagrams,
     dropped: Dropped,
+    /// SRTP toward this leg's peer (boxed: a plain leg pays one pointer).
+    srtp: Option<Box<SrtpSide>>,
 }
 
 impl LegState {
@@ -1090,6 +1117,20 @@ impl LegState {
             rtcp_in: Datagrams::default(),
             rtcp_out: Datagrams::default(),
             dropped: Dropped::default(),
+            srtp: None,
+        }
+    }
+
+    /// New SRTP keys for this leg (see [`Relay::set_srtp`]).
+    fn set_srtp(&mut self, keys: Option<Box<SrtpKeys>>) {
+        match (keys, &mut self.srtp) {
+            (None, srtp) => *srtp = None,
+            (Some(keys), Some(side)) => {
+                if side.rekey(*keys).is_err() {
+                    self.srtp = None;
+                }
+            }
+            (Some(keys), srtp @ None) => *srtp = SrtpSide::new(*keys).ok().map(Box::new),
         }
     }
 
@@ -1189,6 +1230,7 @@ impl State {
                     self.shared.set_remote(leg, remote);
                 }
             }
+            Command::Srtp(leg, keys) => self.legs[leg.index()].set_srtp(keys),
             Command::UpdateSpareRemote(remote) => {
                 if let Some(spare) = &mut self.spare {
                     spare.set_sdp(remote, now);
@@ -1281,6 +1323,22 @@ impl State {
                     from.dropped.malformed += 1;
                     continue;
                 }
+                // An SRTP peer's packet authenticates before anything else: a forged or
+                // replayed one latches nothing and is counted.
+                let decrypted = match &mut from.srtp {
+                    None => None,
+                    Some(srtp) => match srtp.unprotect(datagram) {
+                        Ok(plain) => Some(plain),
+                        Err(_) => {
+                            from.dropped.auth_failed += 1;
+                            if let Some(counters) = &from.guard.rejected {
+                                counters.unauthenticated.inc();
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let datagram = decrypted.as_deref().unwrap_or(datagram);
                 // The latched source's packets (nearly all of them) skip the address checks.
                 let latched_source = from.latch(kind).is_latched_to(source);
                 let own = !latched_source && from.guard.admits(from.sdp, source.ip());
@@ -1319,6 +1377,17 @@ impl State {
                     from.dropped.no_destination += 1;
                     continue;
                 };
+                let encrypted = match &mut to.srtp {
+                    None => None,
+                    Some(srtp) => match srtp.protect(datagram) {
+                        Ok(protected) => Some(protected),
+                        Err(_) => {
+                            from.dropped.auth_failed += 1;
+                            continue;
+                        }
+                    },
+                };
+                let datagram = encrypted.as_deref().unwrap_or(datagram);
                 match out.send_to(datagram, destination) {
                     Ok(_) => match kind {
                         Kind::Rtp => to.rtp_out.on_datagram(now, len),
@@ -1484,7 +1553,7 @@ struct SharedLeg {
     rtp_out: SharedStream,
     rtcp_in: SharedStream,
     rtcp_out: SharedStream,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 6],
 }
 
 #[derive(Default)]
@@ -1557,6 +1626,7 @@ impl Shared {
             d.no_destination,
             d.malformed,
             d.send_failed,
+            d.auth_failed,
         ]) {
             cell.store(value, Ordering::Relaxed);
         }
@@ -1598,7 +1668,7 @@ impl Shared {
         };
         for leg in [Leg::A, Leg::B] {
             let shared = &self.legs[leg.index()];
-            let [foreign, not_allowed, no_destination, malformed, send_failed] =
+            let [foreign, not_allowed, no_destination, malformed, send_failed, auth_failed] =
                 shared.dropped.each_ref().map(|cell| cell.load(Ordering::Relaxed));
             *stats.leg_mut(leg) = LegStats {
                 remote: remotes[leg.index()],
@@ -1606,7 +1676,14 @@ impl Shared {
                 rtp_out: shared.rtp_out.load(self.base),
                 rtcp_in: shared.rtcp_in.load(self.base),
                 rtcp_out: shared.rtcp_out.load(self.base),
-                dropped: Dropped { foreign, not_allowed, no_destination, malformed, send_failed },
+                dropped: Dropped {
+                    foreign,
+                    not_allowed,
+                    no_destination,
+                    malformed,
+                    send_failed,
+                    auth_failed,
+                },
             };
         }
         stats
@@ -1993,6 +2070,110 @@ mod tests {
         assert_eq!((stats.a.rtcp_in.packets, stats.b.rtcp_out.packets), (1, 1));
         assert_eq!((stats.b.rtcp_in.packets, stats.a.rtcp_out.packets), (1, 1));
         assert_eq!(pool.available(), pool.capacity());
+    }
+
+    /// The SRTP contexts of a carrier that keys with `theirs` and expects `ours`, as the
+    /// crate (webrtc-srtp) keeps them on the far end: its sender and its receiver.
+    fn srtp_carrier(
+        theirs: &crate::media::sdes::Crypto,
+        ours: &crate::media::sdes::Crypto,
+    ) -> (webrtc_srtp::context::Context, webrtc_srtp::context::Context) {
+        use crate::media::sdes::Suite;
+        use webrtc_srtp::protection_profile::ProtectionProfile;
+        let profile = |suite| match suite {
+            Suite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+            Suite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
+            Suite::AeadAes128Gcm => ProtectionProfile::AeadAes128Gcm,
+        };
+        let context = |c: &crate::media::sdes::Crypto| {
+            let (key, salt) = c.key.split(c.suite);
+            webrtc_srtp::context::Context::new(key, salt, profile(c.suite), None, None)
+                .expect("a context")
+        };
+        (context(theirs), context(ours))
+    }
+
+    #[tokio::test]
+    async fn an_srtp_carriers_packets_arrive_decrypted_at_the_agent_and_the_agents_encrypted() {
+        use crate::media::sdes::{Crypto, Suite};
+        for suite in Suite::PREFERENCE {
+            let pool = test_pool(5);
+            let relay = start(&pool, RelayConfig::default());
+            let (carrier, carrier_rtcp) = peer_pair().await;
+            let (agent, agent_rtcp) = peer_pair().await;
+            relay.update_remote(Leg::A, Some(addr(&carrier)));
+            relay.update_remote(Leg::B, Some(addr(&agent)));
+            let (theirs, ours) = (Crypto::generate(1, suite), Crypto::generate(1, suite));
+            let (mut sender, mut receiver) = srtp_carrier(&theirs, &ours);
+            relay.set_srtp(Leg::A, Some(SrtpKeys { remote: theirs, local: ours }));
+
+            for seq in 1..4 {
+                let packet = rtp(seq, 160 * u32::from(seq));
+                let protected = sender.encrypt_rtp(&packet).expect("encrypt");
+                send(&carrier, &protected, relay.local(Leg::A)).await;
+                assert_eq!(receive(&agent).await.0, packet, "{suite:?}: plain toward the agent");
+
+                send(&agent, &packet, relay.local(Leg::B)).await;
+                let (got, _) = receive(&carrier).await;
+                assert_ne!(got, packet, "{suite:?}: ciphertext toward the carrier");
+                assert_eq!(receiver.decrypt_rtp(&got).expect("decrypts"), packet, "{suite:?}");
+            }
+            // SRTCP both ways.
+            let report = sender.encrypt_rtcp(&rtcp()).expect("encrypt");
+            send(&carrier_rtcp, &report, relay.local_rtcp(Leg::A)).await;
+            assert_eq!(receive(&agent_rtcp).await.0, rtcp(), "{suite:?}");
+            send(&agent_rtcp, &rtcp(), relay.local_rtcp(Leg::B)).await;
+            let (got, _) = receive(&carrier_rtcp).await;
+            assert_eq!(receiver.decrypt_rtcp(&got).expect("decrypts"), rtcp(), "{suite:?}");
+
+            // A replay, a tampered packet and a plain one: dropped and counted, not relayed.
+            let replayed = sender.encrypt_rtp(&rtp(9, 9)).expect("encrypt");
+            send(&carrier, &replayed, relay.local(Leg::A)).await;
+            assert_eq!(receive(&agent).await.0, rtp(9, 9));
+            send(&carrier, &replayed, relay.local(Leg::A)).await;
+            let mut tampered = sender.encrypt_rtp(&rtp(10, 10)).expect("encrypt").to_vec();
+            tampered[30] ^= 0x40;
+            send(&carrier, &tampered, relay.local(Leg::A)).await;
+            send(&carrier, &rtp(11, 11), relay.local(Leg::A)).await;
+            nothing_arrives(&agent).await;
+            let stats = eventually(&relay, |s| s.a.dropped.auth_failed == 3).await;
+            assert_eq!(stats.a.rtp_in.packets, 4, "{suite:?}");
+            relay.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_carriers_new_key_rekeys_what_the_relay_decrypts() {
+        use crate::media::sdes::{Crypto, Suite};
+        let suite = Suite::AesCm128HmacSha1_80;
+        let pool = test_pool(5);
+        let relay = start(&pool, RelayConfig::default());
+        let carrier = peer().await;
+        let agent = peer().await;
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let (first, ours) = (Crypto::generate(1, suite), Crypto::generate(1, suite));
+        let (mut sender, _) = srtp_carrier(&first, &ours);
+        relay.set_srtp(Leg::A, Some(SrtpKeys { remote: first, local: ours.clone() }));
+        send(&carrier, &sender.encrypt_rtp(&rtp(1, 1)).expect("encrypt"), relay.local(Leg::A))
+            .await;
+        assert_eq!(receive(&agent).await.0, rtp(1, 1));
+
+        let second = Crypto::generate(2, suite);
+        let (mut renewed, _) = srtp_carrier(&second, &ours);
+        relay.set_srtp(Leg::A, Some(SrtpKeys { remote: second, local: ours }));
+        send(&carrier, &sender.encrypt_rtp(&rtp(2, 2)).expect("encrypt"), relay.local(Leg::A))
+            .await;
+        send(&carrier, &renewed.encrypt_rtp(&rtp(3, 3)).expect("encrypt"), relay.local(Leg::A))
+            .await;
+        assert_eq!(receive(&agent).await.0, rtp(3, 3), "the old key's packet is not relayed");
+        eventually(&relay, |s| s.a.dropped.auth_failed == 1).await;
+
+        // Plain again (a re-offer without SRTP on an Optional trunk).
+        relay.set_srtp(Leg::A, None);
+        send(&carrier, &rtp(4, 4), relay.local(Leg::A)).await;
+        assert_eq!(receive(&agent).await.0, rtp(4, 4));
+        relay.stop().await;
     }
 
     #[tokio::test]

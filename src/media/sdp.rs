@@ -9,13 +9,19 @@
 //! covered by our own checks, see below):
 //! - the body is at most [`MAX_SDP_BYTES`], UTF-8, starts with `v=0`, and every line is
 //!   `<type>=<value>` (CRLF or LF line ends, trailing blanks ignored; RFC 8866 §5);
-//! - there is an `m=audio` stream over RTP/AVP or RTP/AVPF ([`Sdp::audio`], the first one) and, unless
+//! - there is an `m=audio` stream over RTP/AVP or RTP/AVPF ([`Sdp::audio`], the first one; with
+//!   [`Sdp::parse_srtp`], RTP/SAVP and RTP/SAVPF too) and, unless
 //!   its port is 0, it has a connection address (`c=`, media or session level, RFC 8866 §5.7) that
 //!   is an IP address, not a host name;
 //! - RTP media lines list payload type numbers 0..=127 (RFC 3551 §3, RFC 8866 §5.14).
 //!
 //! Errors carry their SIP answer ([`SdpError::status_code`]): 400 for a malformed body, 488 when
 //! the body is fine but has no audio stream the relay can carry.
+//!
+//! `a=crypto` lines (SDES, RFC 4568) never reach the crate: it overflows on some key lifetimes and
+//! its types print keys in `Debug`. They are kept apart per stream, read by `media::sdes` when
+//! asked ([`Sdp::audio_crypto`]), and replaced by ours or removed when the description is
+//! rewritten for the other leg ([`AudioSecurity`]).
 //!
 //! Media streams the crate cannot model (`m=image` for T.38 fax, `m=message`, non-numeric formats
 //! such as `webrtc-datachannel`) are kept as raw lines, printed as they came, and rejected (port 0,
@@ -31,6 +37,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::refusal::RefusalRule;
+use crate::media::sdes::{Crypto, CryptoRefusal};
 use bytes::Bytes;
 use ezk_sdp_types::{
     Connection, Media, MediaDescription, MediaType, Origin, ParseSessionDescriptionError, Rtcp,
@@ -236,8 +243,35 @@ pub struct Sdp {
     session: SessionDescription,
     /// Every media stream in order.
     sections: Vec<Section>,
-    /// Index in `sections` of the audio stream (the first `m=audio` over RTP/AVP or RTP/AVPF).
+    /// Index in `sections` of the audio stream (the first `m=audio` over RTP/AVP or RTP/AVPF,
+    /// or RTP/SAVP or RTP/SAVPF when parsed with [`Sdp::parse_srtp`]).
     audio: usize,
+    /// The `a=crypto` values of each section, in `sections`' order: taken out of what the crate
+    /// parses (it panics on some lifetimes and would print keys in `Debug`), read with
+    /// [`Crypto::parse`] on demand, printed after the section's other lines.
+    crypto: Vec<CryptoLines>,
+}
+
+/// `a=crypto` values (RFC 4568) as written. `Debug` shows how many, never the keys.
+#[derive(Clone, Default)]
+struct CryptoLines(Vec<String>);
+
+impl fmt::Debug for CryptoLines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CryptoLines(<{} redacted>)", self.0.len())
+    }
+}
+
+/// What the audio stream says about SRTP toward the leg it is printed for
+/// ([`Sdp::rewrite_for_relay`]).
+#[derive(Clone, Copy, Debug)]
+pub enum AudioSecurity<'a> {
+    /// RTP/AVP (or RTP/AVPF), no `a=crypto`.
+    Plain,
+    /// `a=crypto` lines with our keys (an offer's choices, or an answer's one), under
+    /// RTP/SAVP (`savp`) or under RTP/AVP (best-effort SRTP: a peer that does not know SDES
+    /// ignores the lines and answers plain).
+    Sdes { savp: bool, crypto: &'a [Crypto] },
 }
 
 #[derive(Clone, Debug)]
@@ -346,17 +380,27 @@ impl Sdp {
     /// differently (an empty address, `a=group:x=-`), and the gateway sends on what it prints
     /// (found by fuzz/fuzz_targets/sdp_codec.rs).
     pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
-        let sdp = Sdp::parse_once(body)?;
+        Sdp::parse_as(body, false)
+    }
+
+    /// As [`Sdp::parse`], and the audio stream may be SRTP (RTP/SAVP, RTP/SAVPF, RFC 3711 §12):
+    /// for a leg whose policy allows SRTP, which then reads [`Sdp::audio_crypto`].
+    pub fn parse_srtp(body: &[u8]) -> Result<Sdp, SdpError> {
+        Sdp::parse_as(body, true)
+    }
+
+    fn parse_as(body: &[u8], srtp: bool) -> Result<Sdp, SdpError> {
+        let sdp = Sdp::parse_once(body, srtp)?;
         let printed = sdp.to_bytes();
         // A description printed as it came, line for line, parses again as it did: the
         // second parse (a fifth of a call's SDP work) is only for those printed differently.
-        if !prints_as_it_came(body, &printed) && Sdp::parse_once(&printed).is_err() {
+        if !prints_as_it_came(body, &printed) && Sdp::parse_once(&printed, srtp).is_err() {
             return Err(SdpError::Syntax { reason: "a line does not survive printing".into() });
         }
         Ok(sdp)
     }
 
-    fn parse_once(body: &[u8]) -> Result<Sdp, SdpError> {
+    fn parse_once(body: &[u8], srtp: bool) -> Result<Sdp, SdpError> {
         if body.len() > MAX_SDP_BYTES {
             return Err(SdpError::TooLarge { size: body.len(), max: MAX_SDP_BYTES });
         }
@@ -382,22 +426,33 @@ impl Sdp {
             session_lines.iter().rev().find(|l| is_direction_line(l.text)).map(|l| l.text);
 
         // What the crate parses: the session lines and the streams it can model.
+        // `a=crypto` lines are kept apart (a session-level one means nothing, RFC 4568 §9.1:
+        // dropped).
         let mut modelled: Vec<&str> = Vec::new();
         let mut kinds: Vec<Option<RawSection>> = Vec::with_capacity(groups.len());
+        let mut crypto = Vec::with_capacity(groups.len());
         for line in &session_lines {
             check_line(line)?;
-            modelled.push(line.text);
+            if crypto_value(line.text).is_none() {
+                modelled.push(line.text);
+            }
         }
         for group in &groups {
             let Some(m_line) = group.first() else { continue };
             if media_line_is_modelled(m_line)? {
+                let mut lines = CryptoLines::default();
                 for line in group {
                     check_line(line)?;
-                    modelled.push(line.text);
+                    match crypto_value(line.text) {
+                        Some(value) => lines.0.push(value.to_owned()),
+                        None => modelled.push(line.text),
+                    }
                 }
                 kinds.push(None);
+                crypto.push(lines);
             } else {
                 kinds.push(Some(raw_section(group, session_direction)));
+                crypto.push(CryptoLines::default());
             }
         }
 
@@ -432,8 +487,8 @@ impl Sdp {
             return Err(SdpError::Syntax { reason: format!("an {field}= line has no address") });
         }
 
-        let audio = find_audio(&sections)?;
-        let sdp = Sdp { session, sections, audio };
+        let audio = find_audio(&sections, srtp)?;
+        let sdp = Sdp { session, sections, audio, crypto };
         if let Some(a) = sdp.audio()
             && a.port() != 0
         {
@@ -462,6 +517,22 @@ impl Sdp {
             Some(Section::Parsed(media)) => Some(Audio { media, session: &self.session }),
             _ => None,
         }
+    }
+
+    /// Whether the audio stream is SRTP (RTP/SAVP or RTP/SAVPF): only after [`Sdp::parse_srtp`].
+    pub fn audio_is_srtp(&self) -> bool {
+        self.audio().is_some_and(|a| {
+            matches!(a.media.media.proto, TransportProtocol::RtpSavp | TransportProtocol::RtpSavpf)
+        })
+    }
+
+    /// The audio stream's `a=crypto` lines, each read ([`Crypto::parse`]), in the writer's
+    /// order of preference (RFC 4568 §7.1.1). Also under RTP/AVP (best-effort SRTP).
+    pub fn audio_crypto(&self) -> Vec<Result<Crypto, CryptoRefusal>> {
+        self.crypto
+            .get(self.audio)
+            .map(|lines| lines.0.iter().map(|v| Crypto::parse(v)).collect())
+            .unwrap_or_default()
     }
 
     /// Direction of the audio stream. A legacy hold (RFC 3264 §8.4, `c=0.0.0.0`) keeps the
@@ -502,6 +573,7 @@ impl Sdp {
         origin: &mut LegOrigin,
         address: IpAddr,
         rtp_port: u16,
+        security: AudioSecurity<'_>,
     ) -> Vec<u8> {
         let on_hold =
             self.audio().and_then(|a| a.connection()).is_some_and(|ip| ip.is_unspecified());
@@ -524,6 +596,23 @@ impl Sdp {
         for (i, section) in self.sections.iter_mut().enumerate() {
             match section {
                 Section::Parsed(md) if i == self.audio => {
+                    let (savp, ours) = match security {
+                        AudioSecurity::Plain => (false, &[][..]),
+                        AudioSecurity::Sdes { savp, crypto } => (savp, crypto),
+                    };
+                    let feedback = matches!(
+                        md.media.proto,
+                        TransportProtocol::RtpAvpf | TransportProtocol::RtpSavpf
+                    );
+                    md.media.proto = match (savp, feedback) {
+                        (false, false) => TransportProtocol::RtpAvp,
+                        (false, true) => TransportProtocol::RtpAvpf,
+                        (true, false) => TransportProtocol::RtpSavp,
+                        (true, true) => TransportProtocol::RtpSavpf,
+                    };
+                    if let Some(lines) = self.crypto.get_mut(i) {
+                        lines.0 = ours.iter().map(Crypto::to_value).collect();
+                    }
                     if md.media.port != 0 {
                         md.media.port = rtp_port;
                     }
@@ -544,6 +633,9 @@ impl Sdp {
                     md.ice_end_of_candidates = false;
                 }
                 Section::Parsed(md) => {
+                    if let Some(lines) = self.crypto.get_mut(i) {
+                        lines.0.clear();
+                    }
                     let mut rejected = MediaDescription::rejected(md.media.media_type);
                     rejected.media.proto = md.media.proto.clone();
                     rejected.media.fmts = std::mem::take(&mut md.media.fmts);
@@ -583,9 +675,14 @@ impl fmt::Display for Sdp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The session part: `session.media_descriptions` is empty.
         write!(f, "{}", self.session)?;
-        for section in &self.sections {
+        for (i, section) in self.sections.iter().enumerate() {
             match section {
-                Section::Parsed(md) => write!(f, "{md}")?,
+                Section::Parsed(md) => {
+                    write!(f, "{md}")?;
+                    for value in self.crypto.get(i).map_or(&[][..], |c| c.0.as_slice()) {
+                        write!(f, "a=crypto:{value}\r\n")?;
+                    }
+                }
                 Section::Raw(raw) => {
                     for line in &raw.lines {
                         write!(f, "{line}\r\n")?;
@@ -801,14 +898,23 @@ fn raw_section(group: &[Line<'_>], session_direction: Option<&str>) -> RawSectio
     RawSection { media, proto, formats, lines }
 }
 
-/// The first `m=audio` over RTP/AVP or RTP/AVPF.
-fn find_audio(sections: &[Section]) -> Result<usize, SdpError> {
+/// The value of an `a=crypto` line.
+fn crypto_value(text: &str) -> Option<&str> {
+    text.strip_prefix("a=crypto:")
+}
+
+/// The first `m=audio` over RTP/AVP or RTP/AVPF, or also RTP/SAVP or RTP/SAVPF (`srtp`).
+fn find_audio(sections: &[Section], srtp: bool) -> Result<usize, SdpError> {
     let mut other_proto = None;
     for (i, section) in sections.iter().enumerate() {
         match section {
             Section::Parsed(md) if md.media.media_type == MediaType::Audio => {
-                if matches!(md.media.proto, TransportProtocol::RtpAvp | TransportProtocol::RtpAvpf)
-                {
+                let usable = match md.media.proto {
+                    TransportProtocol::RtpAvp | TransportProtocol::RtpAvpf => true,
+                    TransportProtocol::RtpSavp | TransportProtocol::RtpSavpf => srtp,
+                    _ => false,
+                };
+                if usable {
                     return Ok(i);
                 }
                 other_proto.get_or_insert_with(|| md.media.proto.to_string());
@@ -847,6 +953,7 @@ fn short(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::media::sdes::Suite;
     use proptest::prelude::*;
 
     /// Offers as carriers and PBXs send them (addresses from the documentation ranges).
@@ -1055,7 +1162,7 @@ m=audio 10000 RTP/AVP 0\r\n";
         for body in [TWILIO, SONUS, CISCO, FREESWITCH] {
             let out = printed(body);
             assert!(prints_as_it_came(body.as_bytes(), &out), "{body}");
-            assert!(Sdp::parse_once(&out).is_ok());
+            assert!(Sdp::parse_once(&out, false).is_ok());
         }
         // A line printed differently (the address lower-cased) needs the second parse.
         assert!(!prints_as_it_came(IPV6.as_bytes(), &printed(IPV6)));
@@ -1070,7 +1177,7 @@ m=audio 10000 RTP/AVP 0\r\n";
         assert!(!prints_as_it_came(inactive.as_bytes(), &printed(TWILIO)));
         // What the fuzzer found: printed as lines that do not parse.
         let body = include_bytes!("../../tests/fixtures/sdp/fuzz-does-not-print-back.sdp");
-        let out = Sdp::parse_once(body).expect("parses once").to_bytes();
+        let out = Sdp::parse_once(body, false).expect("parses once").to_bytes();
         assert!(!prints_as_it_came(body, &out));
     }
 
@@ -1156,7 +1263,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     #[test]
     fn rewrite_changes_the_connection_and_port_and_keeps_sendonly() {
         let mut sdp = parse(HOLD_SENDONLY);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 20000, AudioSecurity::Plain);
         assert!(has(&sdp, "c=IN IP4 192.0.2.200"));
         assert!(has(&sdp, "m=audio 20000 RTP/AVP 0 101"));
         assert!(has(&sdp, "a=sendonly"));
@@ -1168,7 +1275,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     #[test]
     fn rewrite_replaces_both_connection_lines_and_moves_rtcp_to_the_next_port() {
         let mut sdp = parse(CISCO);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 20000, AudioSecurity::Plain);
         let printed = print(&sdp);
         assert!(!printed.contains("192.0.2.1"), "{printed}");
         assert_eq!(printed.matches("c=IN IP4 192.0.2.200\r\n").count(), 2, "{printed}");
@@ -1178,7 +1285,7 @@ m=audio 10000 RTP/AVP 0\r\n";
         }
 
         let mut sdp = parse(IPV6);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 30000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(42), relay(), 30000, AudioSecurity::Plain);
         assert!(has(&sdp, "a=rtcp:30001"));
         assert!(has(&sdp, "c=IN IP4 192.0.2.200"));
         assert!(has(&sdp, "o=trunkline 42 1 IN IP4 192.0.2.200"));
@@ -1187,7 +1294,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     #[test]
     fn rewrite_keeps_ptime_and_maxptime() {
         let mut sdp = parse(TWILIO);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         assert_eq!(sdp.audio().unwrap().ptime(), Some(20));
         assert_eq!(sdp.audio().unwrap().maxptime(), Some(150));
     }
@@ -1195,7 +1302,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     #[test]
     fn rewrite_gives_the_video_stream_port_zero() {
         let mut sdp = parse(FREESWITCH);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         let printed = print(&sdp);
         assert!(has(&sdp, "m=video 0 RTP/AVP 96"), "{printed}");
         assert!(!printed.contains("H264"), "{printed}");
@@ -1208,7 +1315,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     #[test]
     fn rewrite_rejects_a_fax_stream_and_keeps_only_its_media_line() {
         let mut sdp = parse(AUDIO_AND_FAX);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         let printed = print(&sdp);
         assert!(printed.ends_with("m=image 0 udptl t38\r\n"), "{printed}");
         assert!(!printed.contains("T38"), "{printed}");
@@ -1218,7 +1325,7 @@ m=audio 10000 RTP/AVP 0\r\n";
     fn rewrite_rejects_a_second_audio_stream() {
         let text = format!("{TWILIO}m=audio 13400 RTP/AVP 0\r\n");
         let mut sdp = parse(&text);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         assert!(has(&sdp, "m=audio 20000 RTP/AVP 0 8 101"));
         assert!(has(&sdp, "m=audio 0 RTP/AVP 0"));
     }
@@ -1232,7 +1339,7 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 13398 typ host\r\n",
         );
         let mut sdp = parse(&text);
         assert!(print(&sdp).contains("a=candidate:1 1 UDP"));
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         let printed = print(&sdp);
         for gone in ["a=rtcp-mux", "ice-ufrag", "ice-pwd", "candidate", "10.0.0.5"] {
             assert!(!printed.contains(gone), "{gone}: {printed}");
@@ -1264,13 +1371,13 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 13398 typ host\r\n",
     #[test]
     fn rewrite_keeps_a_hold_by_unspecified_address() {
         let mut sdp = parse(HOLD_ZERO_ADDRESS);
-        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         assert!(has(&sdp, "c=IN IP4 0.0.0.0"));
         assert!(has(&sdp, "m=audio 20000 RTP/AVP 0"));
         assert_eq!(sdp.audio_endpoint(), None);
 
         let mut inactive = parse(HOLD_INACTIVE);
-        inactive.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000);
+        inactive.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
         assert!(has(&inactive, "a=inactive"));
     }
 
@@ -1278,22 +1385,22 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 13398 typ host\r\n",
     fn origin_version_increments_across_two_rewrites_of_different_descriptions() {
         let mut origin = LegOrigin::new(7);
         let mut first = parse(TWILIO);
-        first.rewrite_for_relay(&mut origin, relay(), 20000);
+        first.rewrite_for_relay(&mut origin, relay(), 20000, AudioSecurity::Plain);
         assert!(has(&first, "o=trunkline 7 1 IN IP4 192.0.2.200"));
         assert!(has(&first, "s=-"));
 
         let mut hold = parse(HOLD_SENDONLY);
-        hold.rewrite_for_relay(&mut origin, relay(), 20000);
+        hold.rewrite_for_relay(&mut origin, relay(), 20000, AudioSecurity::Plain);
         assert!(has(&hold, "o=trunkline 7 2 IN IP4 192.0.2.200"));
 
         // A refresh with the same description keeps the version (RFC 3264 §8).
         let mut refresh = parse(HOLD_SENDONLY);
-        refresh.rewrite_for_relay(&mut origin, relay(), 20000);
+        refresh.rewrite_for_relay(&mut origin, relay(), 20000, AudioSecurity::Plain);
         assert!(has(&refresh, "o=trunkline 7 2 IN IP4 192.0.2.200"));
         assert_eq!(print(&refresh), print(&hold));
 
         let mut resumed = parse(TWILIO);
-        resumed.rewrite_for_relay(&mut origin, relay(), 20000);
+        resumed.rewrite_for_relay(&mut origin, relay(), 20000, AudioSecurity::Plain);
         assert!(has(&resumed, "o=trunkline 7 3 IN IP4 192.0.2.200"));
         assert_eq!(origin.version(), 3);
     }
@@ -1303,9 +1410,9 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 13398 typ host\r\n",
         let mut a = LegOrigin::new(u64::MAX);
         let mut b = LegOrigin::new(99);
         let mut sdp = parse(TWILIO);
-        sdp.rewrite_for_relay(&mut a, relay(), 20000);
+        sdp.rewrite_for_relay(&mut a, relay(), 20000, AudioSecurity::Plain);
         assert!(has(&sdp, &format!("o=trunkline {} 1 IN IP4 192.0.2.200", i64::MAX)));
-        sdp.rewrite_for_relay(&mut b, relay(), 20002);
+        sdp.rewrite_for_relay(&mut b, relay(), 20002, AudioSecurity::Plain);
         assert!(has(&sdp, "o=trunkline 99 1 IN IP4 192.0.2.200"));
     }
 
@@ -1494,6 +1601,8 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
             1 => "c=IN IP[46] [0-9a-f:.]{0,20}(/[0-9]{1,4}){0,3}",
             4 => "c=IN IP4 [0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
             1 => "m=(audio|video|image|application|text) [0-9]{1,6}(/[0-9]{1,3})? (RTP/AVP|RTP/SAVP|udptl|[A-Z/]{1,10})( [0-9a-z]{1,4}){0,5}",
+            2 => "m=audio [0-9]{1,5} RTP/SAVPF?( [0-9]{1,2}){1,5}",
+            2 => "a=crypto:[0-9]{1,3} (AES_CM_128_HMAC_SHA1_80|AEAD_AES_128_GCM|X) inline:[A-Za-z0-9+/=]{0,44}(\\|[0-9^:]{0,30}){0,2}( [A-Z_=0-9]{1,8})?",
             6 => "m=audio [0-9]{1,5} RTP/AVP( [0-9]{1,2}){1,5}",
             2 => "a=(rtpmap|fmtp|rtcp|ptime|sendonly|candidate|crypto|fingerprint|ssrc|extmap|rtcp-fb|imageattr|group|msid|setup|ice-ufrag|ice-pwd|mid):[ -~]{0,30}",
             6 => "a=rtpmap:[0-9]{1,2} (PCMU|PCMA|G722|telephone-event|opus)/[0-9]{1,5}(/[0-9])?",
@@ -1646,6 +1755,14 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
     }
 
     fn exercise(body: &[u8]) {
+        if let Ok(mut sdp) = Sdp::parse_srtp(body) {
+            let _ = (sdp.audio_is_srtp(), sdp.audio_crypto());
+            let ours = [Crypto::generate(1, Suite::AesCm128HmacSha1_80)];
+            let security = AudioSecurity::Sdes { savp: true, crypto: &ours };
+            sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 65535, security);
+            let again = Sdp::parse_srtp(&sdp.to_bytes());
+            assert!(again.is_ok(), "{again:?}\n{}", String::from_utf8_lossy(&sdp.to_bytes()));
+        }
         if let Ok(mut sdp) = Sdp::parse(body) {
             let printed = sdp.to_bytes();
             let _ = Sdp::parse(&printed);
@@ -1655,7 +1772,7 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
                 &mut sdp,
                 &[crate::config::model::Codec::Pcma, crate::config::model::Codec::Pcmu],
             );
-            sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 65535);
+            sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 65535, AudioSecurity::Plain);
             let again = Sdp::parse(&sdp.to_bytes());
             assert!(again.is_ok(), "{again:?}\n{}", String::from_utf8_lossy(&sdp.to_bytes()));
         }
@@ -1747,6 +1864,86 @@ t=0 0\r\nm=image 4000 udptl t38\r\n";
         assert!(!at("127.0.0.1:4000"), "loopback, another program's port");
         assert!(!at("198.51.100.2:20002"), "another IP");
         assert!(!OwnAddresses::default().contains("198.51.100.1:20002".parse().unwrap()));
+    }
+
+    /// An SRTP offer as linphone writes it (SDES, RFC 4568), key from RFC 4568 §5.1.
+    const LINPHONE_SRTP: &str = "v=0\r\n\
+o=alice 1 1 IN IP4 192.0.2.1\r\n\
+s=Talk\r\n\
+c=IN IP4 192.0.2.1\r\n\
+t=0 0\r\n\
+m=audio 7078 RTP/SAVP 0 101\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+a=crypto:3 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+
+    #[test]
+    fn an_srtp_offer_is_refused_unless_the_leg_takes_srtp() {
+        let plain = Sdp::parse(LINPHONE_SRTP.as_bytes()).unwrap_err();
+        assert_eq!(plain.status_code(), 488, "{plain}");
+        let sdp = Sdp::parse_srtp(LINPHONE_SRTP.as_bytes()).unwrap();
+        assert!(sdp.audio_is_srtp());
+        let crypto = sdp.audio_crypto();
+        assert_eq!(crypto.len(), 3);
+        let first = crypto[0].as_ref().unwrap();
+        assert_eq!((first.tag, first.suite), (1, Suite::AesCm128HmacSha1_80));
+        assert_eq!(crypto[1].as_ref().map(|c| c.suite), Ok(Suite::AesCm128HmacSha1_32));
+        assert_eq!(crypto[2], Err(CryptoRefusal::UnsupportedSuite));
+        // Printed as it came, the crypto lines included.
+        assert_eq!(String::from_utf8(sdp.to_bytes()).unwrap().matches("a=crypto:").count(), 3);
+        assert!(!Sdp::parse_srtp(TWILIO.as_bytes()).unwrap().audio_is_srtp());
+    }
+
+    #[test]
+    fn the_keys_of_an_sdp_never_show_in_its_debug_output() {
+        let sdp = Sdp::parse_srtp(LINPHONE_SRTP.as_bytes()).unwrap();
+        let debug = format!("{sdp:?}");
+        assert!(!debug.contains("PS1uQCVeeCFCanVmcjkpPywj"), "{debug}");
+        assert!(debug.contains("CryptoLines(<3 redacted>)"), "{debug}");
+    }
+
+    #[test]
+    fn the_rewrite_sets_the_profile_and_the_crypto_lines_toward_each_leg() {
+        // Toward the agent: plain RTP/AVP, none of the carrier's keys.
+        let mut sdp = Sdp::parse_srtp(LINPHONE_SRTP.as_bytes()).unwrap();
+        sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, AudioSecurity::Plain);
+        let text = String::from_utf8(sdp.to_bytes()).unwrap();
+        assert!(text.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(!text.contains("a=crypto"), "{text}");
+
+        // Toward an SRTP carrier: our own key, under RTP/SAVP or best-effort under RTP/AVP.
+        let ours = [Crypto::generate(1, Suite::AesCm128HmacSha1_80)];
+        for (savp, proto) in [(true, "RTP/SAVP"), (false, "RTP/AVP")] {
+            let mut sdp = parse(TWILIO);
+            let security = AudioSecurity::Sdes { savp, crypto: &ours };
+            sdp.rewrite_for_relay(&mut LegOrigin::new(1), relay(), 20000, security);
+            let text = String::from_utf8(sdp.to_bytes()).unwrap();
+            assert!(text.contains(&format!("m=audio 20000 {proto} 0 8 101\r\n")), "{text}");
+            let line = format!("a=crypto:{}\r\n", ours[0].to_value());
+            assert_eq!(text.matches("a=crypto:").count(), 1, "{text}");
+            assert!(text.contains(&line), "{text}");
+            let again = Sdp::parse_srtp(text.as_bytes()).unwrap();
+            assert_eq!(again.audio_crypto(), vec![Ok(ours[0].clone())]);
+        }
+    }
+
+    #[test]
+    fn a_hostile_crypto_lifetime_is_refused_not_a_panic() {
+        // ezk-sdp-types computes 2^n in a u32 and overflows: the lines never reach it.
+        for tail in ["|2^40", "|2^4294967295", "|99999999999999999999"] {
+            let body = LINPHONE_SRTP.replace(
+                "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+                &format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR{tail}"),
+            );
+            let sdp = Sdp::parse_srtp(body.as_bytes()).unwrap();
+            let read = sdp.audio_crypto()[1].as_ref().map(|c| c.lifetime).map_err(|e| *e);
+            let expected =
+                if tail == "|2^40" { Ok(Some(1 << 40)) } else { Err(CryptoRefusal::Malformed) };
+            assert_eq!(read, expected, "{tail}");
+            let plain = body.replace("RTP/SAVP", "RTP/AVP");
+            assert!(Sdp::parse(plain.as_bytes()).is_ok(), "{tail}");
+        }
     }
 
     proptest! {

@@ -133,6 +133,27 @@ pub struct GatewayStatus {
     /// (not on every probe), so the operator's reconciles follow flips, not probe rounds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outbound: BTreeMap<String, OutboundHealth>,
+    /// The OutboundTrunks this gateway registers with their carrier (`registration`), by
+    /// `namespace/name`, with the state of its binding (`call::registration`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registrations: BTreeMap<String, RegistrationHealth>,
+}
+
+/// One gateway's binding at one OutboundTrunk's registrar. Set when the state changes (not on
+/// every refresh that keeps it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationHealth {
+    /// `true`: registered; `false`: the last attempt failed; `null`: the first is under way.
+    #[serde(default)]
+    pub registered: Option<bool>,
+    /// Unix seconds of the change to the current state.
+    #[serde(default)]
+    pub since: u64,
+    /// What the registrar said (`200 OK, 3600 s`, `403 Forbidden`, `timeout`). Never a
+    /// credential.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// What one gateway knows of one OutboundTrunk from its OPTIONS probes (`call::health`).
@@ -166,6 +187,7 @@ pub struct GatewayReport {
     advertised_address: RwLock<Option<IpAddr>>,
     config_hash: RwLock<Option<String>>,
     outbound: RwLock<BTreeMap<String, OutboundHealth>>,
+    registrations: RwLock<BTreeMap<String, RegistrationHealth>>,
 }
 
 impl GatewayReport {
@@ -175,6 +197,7 @@ impl GatewayReport {
             advertised_address: RwLock::new(advertised_address),
             config_hash: RwLock::new(None),
             outbound: RwLock::new(BTreeMap::new()),
+            registrations: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -189,6 +212,19 @@ impl GatewayReport {
     /// The trunk is no longer probed (removed, or its probing turned off).
     pub fn remove_outbound(&self, trunk: &str) {
         self.outbound.write().unwrap_or_else(PoisonError::into_inner).remove(trunk);
+    }
+
+    /// An OutboundTrunk's binding changed state.
+    pub fn set_registration(&self, trunk: &str, health: RegistrationHealth) {
+        self.registrations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(trunk.to_string(), health);
+    }
+
+    /// The trunk no longer registers (removed, or its registration turned off).
+    pub fn remove_registration(&self, trunk: &str) {
+        self.registrations.write().unwrap_or_else(PoisonError::into_inner).remove(trunk);
     }
 
     /// The address the gateway advertises, once it is known (`--public-address-node` reads
@@ -213,6 +249,11 @@ impl GatewayReport {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
             outbound: self.outbound.read().unwrap_or_else(PoisonError::into_inner).clone(),
+            registrations: self
+                .registrations
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -399,6 +440,7 @@ mod tests {
                 config_hash: Some("abc123".into()),
                 advertised_address: Some("198.51.100.7".parse().expect("ip")),
                 outbound: BTreeMap::new(),
+                registrations: BTreeMap::new(),
             }
         );
         r.health.set_draining();

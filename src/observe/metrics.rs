@@ -39,6 +39,7 @@
 //! | `trunkline_config_reloads_total` | counter | `result` |
 //! | `trunkline_config_applied_timestamp_seconds` | gauge | |
 //! | `trunkline_outbound_reachable` | gauge (1/0) | `trunk` |
+//! | `trunkline_outbound_registered` | gauge (1/0) | `trunk` |
 //! | `trunkline_build_info` | gauge (always 1) | `version` |
 //! | `trunkline_fleet_members`, `trunkline_fleet_member_index` | gauge | |
 //!
@@ -194,6 +195,8 @@ pub struct RtpRejected {
     pub not_allowed: IntCounter,
     /// The leg is latched to another source.
     pub latched: IntCounter,
+    /// SRTP/SRTCP that failed authentication or was a replay (an SRTP leg only).
+    pub unauthenticated: IntCounter,
 }
 
 impl RtpRejected {
@@ -208,6 +211,7 @@ impl RtpRejected {
         RtpRejected {
             not_allowed: vec.with_label_values(&[trunk, leg, "not_allowed"]),
             latched: vec.with_label_values(&[trunk, leg, "latched"]),
+            unauthenticated: vec.with_label_values(&[trunk, leg, "unauthenticated"]),
         }
     }
 }
@@ -215,7 +219,7 @@ impl RtpRejected {
 fn rtp_rejected_collector(registry: &Registry) -> prometheus::Result<IntCounterVec> {
     register_int_counter_vec_with_registry!(
         "trunkline_rtp_rejected_packets_total",
-        "RTP/RTCP packets the relay dropped for their source, by trunk, leg (carrier, agent or transfer) and reason (not_allowed: none of the leg's addresses; latched: the leg is latched to another source).",
+        "RTP/RTCP packets the relay dropped for their source, by trunk, leg (carrier, agent or transfer) and reason (not_allowed: none of the leg's addresses; latched: the leg is latched to another source; unauthenticated: SRTP that failed authentication or was replayed).",
         &["trunk", "leg", "reason"],
         registry,
     )
@@ -382,6 +386,7 @@ pub struct GatewayMetrics {
     reload_ok: IntCounter,
     reload_rejected: IntCounter,
     outbound_reachable: IntGaugeVec,
+    outbound_registered: IntGaugeVec,
     rtp_packets: IntCounterVec,
     rtp_bytes: IntCounterVec,
     rtp_lost: IntCounterVec,
@@ -602,6 +607,12 @@ impl GatewayMetrics {
             &["trunk"],
             r,
         )?;
+        let outbound_registered = register_int_gauge_vec_with_registry!(
+            "trunkline_outbound_registered",
+            "Whether this gateway holds a binding at the OutboundTrunk's registrar (1) or its last attempt failed (0); no series before the first answer, nor for trunks that do not register.",
+            &["trunk"],
+            r,
+        )?;
         let (port_pairs, port_exhaustions) = port_pool_collectors(r)?;
 
         use Shape::{Histogram as H, Plain as P};
@@ -643,6 +654,7 @@ impl GatewayMetrics {
             (&fleet_member_index, P),
             (&reloads, P),
             (&outbound_reachable, P),
+            (&outbound_registered, P),
         ]);
         let port_pool = PortPoolMetrics::of(&port_pairs, port_exhaustions);
 
@@ -682,6 +694,7 @@ impl GatewayMetrics {
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_rejected: reloads.with_label_values(&["rejected"]),
             outbound_reachable,
+            outbound_registered,
             rtp_packets,
             rtp_bytes,
             rtp_lost,
@@ -947,6 +960,16 @@ impl GatewayMetrics {
         let _ = self.outbound_reachable.remove_label_values(&[trunk]);
     }
 
+    /// Publishes whether this gateway holds a binding at the trunk's registrar, on each change.
+    pub fn set_outbound_registered(&self, trunk: &str, registered: bool) {
+        self.outbound_registered.with_label_values(&[trunk]).set(i64::from(registered));
+    }
+
+    /// Drops the trunk's registration series: it no longer registers.
+    pub fn forget_registration(&self, trunk: &str) {
+        let _ = self.outbound_registered.remove_label_values(&[trunk]);
+    }
+
     /// Every metric of the registry in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -1170,6 +1193,7 @@ mod tests {
         m.set_config("h", 1, 1);
         m.config_reload(true);
         m.set_outbound_reachable("ns/out", true);
+        m.set_outbound_registered("ns/out", true);
         m.port_pool().exhaustions.inc();
         let text = m.render();
         let rendered: BTreeSet<&str> = text

@@ -33,6 +33,7 @@ pub mod leader;
 pub mod metrics;
 pub mod programmed;
 pub mod reachable;
+pub mod registered;
 pub mod settings;
 pub mod status;
 pub mod tracker;

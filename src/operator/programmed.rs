@@ -25,7 +25,7 @@ use super::FLEET_LABEL;
 use crate::api::Kind;
 use crate::config::RoutingTable;
 use crate::config::diagnostic::{ConditionType, ObjectKey, Reason, State, Verdict};
-use crate::observe::admin::{GatewayStatus, OutboundHealth};
+use crate::observe::admin::{GatewayStatus, OutboundHealth, RegistrationHealth};
 
 /// The condition type.
 pub const PROGRAMMED: &str = "Programmed";
@@ -111,6 +111,8 @@ pub struct GatewayPod {
     pub advertised_address: Option<IpAddr>,
     /// Its OPTIONS probes of OutboundTrunks (`namespace/name`), from its last report.
     pub outbound: BTreeMap<String, OutboundHealth>,
+    /// Its registrations of OutboundTrunks (`namespace/name`), from its last report.
+    pub registrations: BTreeMap<String, RegistrationHealth>,
 }
 
 impl GatewayPod {
@@ -133,6 +135,7 @@ impl GatewayPod {
                 .cloned(),
             advertised_address: report.and_then(|r| r.advertised_address),
             outbound: report.map(|r| r.outbound.clone()).unwrap_or_default(),
+            registrations: report.map(|r| r.registrations.clone()).unwrap_or_default(),
         }
     }
 }
@@ -327,6 +330,7 @@ mod tests {
             config_hash: hash.map(str::to_string),
             advertised_address: None,
             outbound: BTreeMap::new(),
+            registrations: BTreeMap::new(),
         }
     }
 
@@ -499,6 +503,7 @@ mod tests {
                 "voice/carrier-out".to_string(),
                 OutboundHealth { reachable: Some(false), ..OutboundHealth::default() },
             )]),
+            registrations: BTreeMap::new(),
         };
         assert_eq!(
             GatewayPod::from_pod(&p, Some(&report)),

@@ -54,16 +54,19 @@ pub use super::reachable::REACHABLE;
 use super::reachable::{
     ConditionStatus, Probing, ReachableDecision, ReachableReason, decide_reachable,
 };
+use super::registered::{REGISTERED, RegisteredDecision, aggregate_registered, decide_registered};
 use crate::api::{
     FleetStatus, InboundTrunkStatus, NumberCounts, OutboundTrunkStatus, TransferDestinationStatus,
 };
 use crate::config::diagnostic::Verdict;
-use crate::observe::admin::OutboundHealth;
+use crate::observe::admin::{OutboundHealth, RegistrationHealth};
 
 /// The condition types the operator owns. A current condition of one of these types that the
 /// operator no longer decides is dropped; any other type is kept as it is. `Reachable` is
-/// decided for OutboundTrunks only (from the gateways' reports).
-pub const OWNED_CONDITIONS: [&str; 4] = ["Accepted", "ResolvedRefs", PROGRAMMED, REACHABLE];
+/// decided for OutboundTrunks only (from the gateways' reports), and so is `Registered` (for
+/// those with `registration` on).
+pub const OWNED_CONDITIONS: [&str; 5] =
+    ["Accepted", "ResolvedRefs", PROGRAMMED, REACHABLE, REGISTERED];
 
 /// Longest condition message the API server accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -82,6 +85,8 @@ pub struct FleetFacts {
     /// What the ready gateway pods report of their OPTIONS probes, by OutboundTrunk
     /// (`namespace/name`): (pod name, report), by pod name.
     pub outbound: BTreeMap<String, Vec<(String, OutboundHealth)>>,
+    /// What the ready gateway pods report of their registrations, by OutboundTrunk, likewise.
+    pub registrations: BTreeMap<String, Vec<(String, RegistrationHealth)>>,
 }
 
 impl FleetFacts {
@@ -122,12 +127,23 @@ impl FleetFacts {
         for reports in outbound.values_mut() {
             reports.sort_by(|a, b| a.0.cmp(&b.0));
         }
+        let mut registrations: BTreeMap<String, Vec<(String, RegistrationHealth)>> =
+            BTreeMap::new();
+        for pod in pods.iter().filter(|p| p.ready) {
+            for (trunk, health) in &pod.registrations {
+                registrations
+                    .entry(trunk.clone())
+                    .or_default()
+                    .push((pod.name.clone(), health.clone()));
+            }
+        }
         FleetFacts {
             name: name.to_string(),
             region: region.map(str::to_string),
             endpoints,
             source_addresses,
             outbound,
+            registrations,
         }
     }
 }
@@ -259,7 +275,7 @@ fn generation_text(generation: Option<i64>) -> String {
 pub fn desired_conditions(
     verdict: &Verdict,
     programmed: &AggregateProgrammed,
-    reachable: Option<&ReachableDecision>,
+    (reachable, registered): (Option<&ReachableDecision>, Option<&RegisteredDecision>),
     current: &[Condition],
     now: &Time,
 ) -> Vec<Condition> {
@@ -291,6 +307,9 @@ pub fn desired_conditions(
     if let Some(r) = reachable {
         decided.push(reachable_condition(r, generation, current, now));
     }
+    if let Some(r) = registered {
+        decided.push(registered_condition(r, generation, current, now));
+    }
 
     let mut out = Vec::with_capacity(decided.len() + current.len());
     for c in current {
@@ -311,6 +330,15 @@ fn reachable_condition(
     now: &Time,
 ) -> Condition {
     condition(REACHABLE, r.status.as_str(), r.reason.as_str(), &r.message, generation, current, now)
+}
+
+fn registered_condition(
+    r: &RegisteredDecision,
+    generation: Option<i64>,
+    current: &[Condition],
+    now: &Time,
+) -> Condition {
+    condition(REGISTERED, r.status.as_str(), r.reason, &r.message, generation, current, now)
 }
 
 fn served_here(programmed: &ProgrammedDecision) -> bool {
@@ -362,7 +390,7 @@ enum Addresses {
 fn fleet_entries(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
-    reachable: Option<&ReachableDecision>,
+    (reachable, registered): (Option<&ReachableDecision>, Option<&RegisteredDecision>),
     current: &[FleetStatus],
     fleet: &FleetFacts,
     addresses: Addresses,
@@ -385,6 +413,9 @@ fn fleet_entries(
     )];
     if let Some(r) = reachable {
         conditions.push(reachable_condition(r, verdict.generation, own_current, now));
+    }
+    if let Some(r) = registered {
+        conditions.push(registered_condition(r, verdict.generation, own_current, now));
     }
     let own = FleetStatus {
         name: fleet.name.clone(),
@@ -440,13 +471,20 @@ pub fn desired_inbound_status(
 ) -> InboundTrunkStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
-    let fleets =
-        fleet_entries(verdict, programmed, None, current_fleets, fleet, Addresses::Endpoints, now);
+    let fleets = fleet_entries(
+        verdict,
+        programmed,
+        (None, None),
+        current_fleets,
+        fleet,
+        Addresses::Endpoints,
+        now,
+    );
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
     let endpoints = union(&fleets, |f| &f.endpoints);
     InboundTrunkStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, &aggregate, None, current_conditions, now),
+        conditions: desired_conditions(verdict, &aggregate, (None, None), current_conditions, now),
         endpoint: endpoints.first().cloned(),
         endpoints,
         credentials_secret: verdict.credentials_secret.clone(),
@@ -458,13 +496,13 @@ pub fn desired_inbound_status(
 }
 
 /// The status an OutboundTrunk should have. `health_check_enabled`: its spec's
-/// `healthCheck.enabled` (probing is on by default).
+/// `healthCheck.enabled` (probing is on by default); `registers`: its `registration` is on.
 pub fn desired_outbound_status(
     verdict: &Verdict,
     programmed: &ProgrammedDecision,
     current: Option<&OutboundTrunkStatus>,
     fleet: &FleetFacts,
-    health_check_enabled: bool,
+    (health_check_enabled, registers): (bool, bool),
     now: &Time,
 ) -> OutboundTrunkStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -482,10 +520,14 @@ pub fn desired_outbound_status(
     let trunk = format!("{}/{}", verdict.object.namespace, verdict.object.name);
     let reports = fleet.outbound.get(&trunk).map(Vec::as_slice).unwrap_or_default();
     let own_reachable = decide_reachable(probing, reports);
+    let own_registered = registers.then(|| {
+        let reports = fleet.registrations.get(&trunk).map(Vec::as_slice).unwrap_or_default();
+        decide_registered(probing != Probing::NotServed, reports)
+    });
     let fleets = fleet_entries(
         verdict,
         programmed,
-        Some(&own_reachable),
+        (Some(&own_reachable), own_registered.as_ref()),
         current_fleets,
         fleet,
         Addresses::Sources,
@@ -493,12 +535,13 @@ pub fn desired_outbound_status(
     );
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
     let reachable = aggregate_reachable(&fleets);
+    let registered = registers.then(|| aggregate_registered(&fleets));
     OutboundTrunkStatus {
         observed_generation: verdict.generation,
         conditions: desired_conditions(
             verdict,
             &aggregate,
-            Some(&reachable),
+            (Some(&reachable), registered.as_ref()),
             current_conditions,
             now,
         ),
@@ -517,12 +560,19 @@ pub fn desired_transfer_status(
 ) -> TransferDestinationStatus {
     let current_conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let current_fleets = current.map(|s| s.fleets.as_slice()).unwrap_or_default();
-    let fleets =
-        fleet_entries(verdict, programmed, None, current_fleets, fleet, Addresses::None, now);
+    let fleets = fleet_entries(
+        verdict,
+        programmed,
+        (None, None),
+        current_fleets,
+        fleet,
+        Addresses::None,
+        now,
+    );
     let aggregate = aggregate_programmed(verdict.generation, &fleets);
     TransferDestinationStatus {
         observed_generation: verdict.generation,
-        conditions: desired_conditions(verdict, &aggregate, None, current_conditions, now),
+        conditions: desired_conditions(verdict, &aggregate, (None, None), current_conditions, now),
         fleets,
     }
 }
@@ -609,6 +659,7 @@ mod tests {
             endpoints: vec!["sip:203.0.113.10:5060".into()],
             source_addresses: vec!["198.51.100.7".into()],
             outbound: BTreeMap::new(),
+            registrations: BTreeMap::new(),
         }
     }
 
@@ -623,6 +674,7 @@ mod tests {
             config_hash: None,
             advertised_address: address.map(|a| a.parse().unwrap()),
             outbound: BTreeMap::new(),
+            registrations: BTreeMap::new(),
         }
     }
 
@@ -741,7 +793,7 @@ mod tests {
             &programmed(true, ProgrammedReason::Programmed),
             current,
             facts,
-            true,
+            (true, false),
             &at(second),
         )
     }
@@ -834,7 +886,7 @@ mod tests {
             &programmed(true, ProgrammedReason::Programmed),
             None,
             &probed(&[("gw-0", Some(false), "timeout")]),
-            false,
+            (false, false),
             &at(0),
         );
         let r = find(&off.conditions, REACHABLE);
@@ -893,9 +945,49 @@ mod tests {
             reason: "Programmed".into(),
             message: String::new(),
         };
-        let conditions = desired_conditions(&verdict, &aggregate, None, &[stale], &at(1));
+        let conditions = desired_conditions(&verdict, &aggregate, (None, None), &[stale], &at(1));
         let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Accepted", "Programmed"]);
+    }
+
+    #[test]
+    fn a_registering_trunk_gets_registered_from_its_pods_and_others_get_none() {
+        let mut facts = fleet();
+        facts.registrations.insert(
+            "voice/acme-in".to_string(),
+            vec![(
+                "gw-0".to_string(),
+                RegistrationHealth {
+                    registered: Some(false),
+                    since: 1,
+                    detail: "403 Forbidden".into(),
+                },
+            )],
+        );
+        let status = desired_outbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            None,
+            &facts,
+            (true, true),
+            &at(0),
+        );
+        let registered = find(&status.conditions, "Registered");
+        assert_eq!(
+            (registered.status.as_str(), registered.reason.as_str()),
+            ("False", "NotRegistered")
+        );
+        assert_eq!(registered.message, "not registered from gw-0 (403 Forbidden)");
+        // Registration turned off: the condition goes.
+        let off = desired_outbound_status(
+            &accepted(1),
+            &programmed(true, ProgrammedReason::Programmed),
+            Some(&status),
+            &facts,
+            (true, false),
+            &at(1),
+        );
+        assert!(off.conditions.iter().all(|c| c.type_ != "Registered"), "{:?}", off.conditions);
     }
 
     #[test]
@@ -905,7 +997,7 @@ mod tests {
         assert_eq!(inbound.endpoint, None);
         assert!(inbound.endpoints.is_empty() && inbound.fleets[0].endpoints.is_empty());
         let outbound =
-            desired_outbound_status(&accepted(1), &not_here, None, &fleet(), true, &at(0));
+            desired_outbound_status(&accepted(1), &not_here, None, &fleet(), (true, false), &at(0));
         assert!(outbound.source_addresses.is_empty());
         assert_eq!(find(&outbound.conditions, "Programmed").reason, "NotServedHere");
     }

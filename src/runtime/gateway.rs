@@ -588,6 +588,12 @@ pub async fn serve_until(
     }
     // OPTIONS to every OutboundTrunk, following reloads; stopped with the admin endpoints.
     let prober = probes::spawn(&gateway, snapshot_rx.clone(), report.clone(), stop.clone());
+    let registrations = crate::call::registration::spawn(
+        &gateway,
+        snapshot_rx.clone(),
+        report.clone(),
+        stop.clone(),
+    );
 
     health.set_ready(true);
     tracing::info!(
@@ -631,6 +637,8 @@ pub async fn serve_until(
         let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), prober).await;
+    // Each registration unregisters on the way out (2 s at most each, best effort).
+    let _ = tokio::time::timeout(Duration::from_secs(3), registrations).await;
     first.source_task.abort();
     metrics_task.abort();
     if let Some(task) = members_task {

@@ -8,7 +8,9 @@
 //! - header lines that parse (name `:` value, folded lines joined): else 400;
 //! - framing by `Content-Length` (RFC 3261 §18.3): a body shorter than announced is 400, bytes
 //!   after it are dropped; a message over the size limit is 513;
-//! - exactly one `From`, `To`, `Call-ID` and `CSeq`, at least one `Via` with a `branch`: else 400;
+//! - exactly one `From`, `To`, `Call-ID` and `CSeq`, at least one `Via`: else 400. A top `Via`
+//!   without a `branch` is an RFC 2543 element's, and valid (RFC 3261 §17.2.3 tells how to match
+//!   it; RFC 4475 §3.1.1.7 sends one): what to answer is the gateway's decision, not the parser's;
 //! - `CSeq` is a number below 2^31 and its method equals the request method: else 400;
 //! - `Max-Forwards`, when present, is 0-255: else 400 (0 on a request to forward is the
 //!   B2BUA's 483).
@@ -362,9 +364,7 @@ pub fn parse_bytes(bytes: Bytes) -> Result<Message, ParseError> {
             return Err(ParseError::new(513, "too many header lines"));
         }
         match Line::parse(&bytes, line) {
-            Ok((_, l)) => {
-                headers.entries.push((canonical_name(&l.name), l.value.trim().to_string()))
-            }
+            Ok((_, l)) => headers.entries.push((canonical_name(&l.name), unfold(&l.value))),
             Err(_) => bad_header = true,
         }
     }
@@ -450,6 +450,26 @@ fn tel_request_line(line: &str) -> Option<(String, String)> {
         && uri_ok
         && version == "SIP/2.0";
     ok.then(|| (method.to_string(), uri.to_string()))
+}
+
+/// A header value as one line: trimmed, and each line break of a folded value (RFC 3261
+/// §7.3.1: a line starting with SP or HTAB continues the one before) with the whitespace around
+/// it replaced by one SP, which the RFC makes equivalent. The codec's line reader keeps the
+/// breaks in the value (RFC 4475 §3.1.1.1 folds To, From, CSeq, Via and unknown headers); the
+/// rest of the gateway, and every header it copies to the other leg, sees one line.
+fn unfold(value: &str) -> String {
+    let ws: &[char] = &[' ', '\t', '\r'];
+    if !value.contains('\n') {
+        return value.trim_matches(ws).to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    for part in value.split('\n').map(|p| p.trim_matches(ws)).filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(part);
+    }
+    out
 }
 
 fn looks_like_other_version(line: &str) -> bool {
@@ -576,9 +596,6 @@ fn check_request(r: &Request) -> Result<(), &'static str> {
     if method != r.method {
         return Err("CSeq method differs from the request method");
     }
-    if r.top_via().and_then(|v| v.branch.as_ref()).is_none() {
-        return Err("top Via has no branch");
-    }
     if let Some(mf) = r.headers.get(name::MAX_FORWARDS)
         && mf.trim().parse::<u8>().is_err()
     {
@@ -662,6 +679,12 @@ pub struct Via {
 }
 
 impl Via {
+    /// Parses one Via value. The codec checks its syntax and reads the transport and sent-by;
+    /// the parameters are read here, as written: the codec percent-decodes parameter values,
+    /// but a Via's are tokens, hosts or quoted strings (RFC 3261 §20.42, §25.1), in which `%`
+    /// is a plain character. RFC 4475 §3.1.1.2's branch ``z9hG4bK-.!%66*_+`'~`` is that
+    /// branch, not ``z9hG4bK-.!f*_+`'~`` (and a branch with `%ff`, not UTF-8 once decoded, is
+    /// still a branch).
     pub fn parse(value: &str) -> Option<Via> {
         let src = Bytes::copy_from_slice(value.as_bytes());
         let text = std::str::from_utf8(&src).ok()?;
@@ -670,6 +693,11 @@ impl Via {
                 &src, text,
             )
             .ok()?;
+        // Neither the protocol nor the sent-by (a host, an IPv4 or bracketed IPv6 address,
+        // a port) has a `;`: the parameters start at the first one.
+        let params = value.find(';').map_or_else(Vec::new, |at| via_params(&value[at + 1..]));
+        let param =
+            |key: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| *v);
         let host = match &via.sent_by.host {
             ezk_sip_types::host::Host::IP6(ip) => format!("[{ip}]"),
             h => h.to_string(),
@@ -678,17 +706,46 @@ impl Via {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
-        let rport = via.params.get("rport").map(|p| p.value.as_ref().and_then(|v| v.parse().ok()));
+        let rport = param("rport").map(|v| v.and_then(|v| v.parse().ok()));
         Some(Via {
             transport: via.transport.to_string(),
             sent_by,
             host,
             port: via.sent_by.port,
-            branch: via.params.get_val("branch").map(|b| b.to_string()),
-            received: via.params.get_val("received").map(|r| r.to_string()),
+            branch: param("branch").flatten().map(str::to_string),
+            received: param("received").flatten().map(str::to_string),
             rport,
         })
     }
+}
+
+/// `name[=value];...` as written, names and values trimmed of the whitespace RFC 3261 lets
+/// stand around `;` and `=` (SEMI, EQUAL); a `;` inside a quoted value does not split.
+fn via_params(text: &str) -> Vec<(&str, Option<&str>)> {
+    let mut pieces = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                pieces.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.trim_end(), Some(v.trim_start())),
+            None => (p, None),
+        })
+        .collect()
 }
 
 /// A `name-addr` or `addr-spec` with its parameters: `From`, `To`, `Contact`, `Record-Route`.
@@ -706,8 +763,7 @@ impl NameAddr {
         let value = value.trim();
         let (display, uri, rest) = if let Some(lt) = find_unquoted(value, '<') {
             let gt = value[lt..].find('>')? + lt;
-            let display = value[..lt].trim().trim_matches('"').trim();
-            let display = (!display.is_empty()).then(|| display.to_string());
+            let display = display_name(value[..lt].trim());
             (display, value[lt + 1..gt].trim().to_string(), &value[gt + 1..])
         } else {
             // addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10).
@@ -741,8 +797,9 @@ impl NameAddr {
     pub fn to_header(&self) -> String {
         let mut out = String::new();
         if let Some(d) = &self.display {
-            let escaped = d.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = write!(out, "\"{escaped}\" ");
+            out.push('"');
+            push_quoted(&mut out, d);
+            out.push_str("\" ");
         }
         let _ = write!(out, "<{}>", self.uri);
         for (k, v) in &self.params {
@@ -756,6 +813,47 @@ impl NameAddr {
             }
         }
         out
+    }
+}
+
+/// The display name before a `<`: a quoted string unquoted, its quoted-pairs (`\"`, `\\`,
+/// `\` before a control character) read as the character they quote (RFC 3261 §25.1), or
+/// tokens as written. RFC 4475 §3.1.1.1's `"J Rosenberg \\\""` is `J Rosenberg \"`.
+fn display_name(raw: &str) -> Option<String> {
+    let name = match raw.strip_prefix('"') {
+        Some(quoted) => {
+            let mut name = String::with_capacity(quoted.len());
+            let mut chars = quoted.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => name.extend(chars.next()),
+                    c => name.push(c),
+                }
+            }
+            name
+        }
+        None => raw.to_string(),
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// `text` as the inside of a quoted string: `"`, `\` and the control characters a quoted-pair
+/// may carry escaped (RFC 3261 §25.1); CR and LF, which nothing can carry, as spaces.
+fn push_quoted(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\r' | '\n' => out.push(' '),
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_control() && c != '\t' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
     }
 }
 
@@ -1267,6 +1365,65 @@ v=0\n";
     }
 
     #[test]
+    fn via_parameters_are_read_as_written() {
+        let via = |v: &str| Via::parse(v).expect("parses");
+        // A Via's parameters are tokens: `%` is no escape (RFC 3261 §25.1), even when what
+        // would follow it is not UTF-8.
+        assert_eq!(via("SIP/2.0/UDP h;branch=z9hG4bK%66").branch.as_deref(), Some("z9hG4bK%66"));
+        assert_eq!(via("SIP/2.0/UDP h;branch=z9hG4bK%ff").branch.as_deref(), Some("z9hG4bK%ff"));
+        // Names compare case-insensitively (RFC 3261 §7.3.1); whitespace around `;` and `=`.
+        let odd = via("SIP/2.0/TCP h:5070 ; BRANCH = z9hG4bKx ; Received=192.0.2.1 ;RPORT=5071");
+        assert_eq!(odd.branch.as_deref(), Some("z9hG4bKx"));
+        assert_eq!(odd.received.as_deref(), Some("192.0.2.1"));
+        assert_eq!(odd.rport, Some(Some(5071)));
+        assert_eq!(odd.sent_by, "h:5070");
+        // A `;` inside a quoted value does not end it.
+        let quoted = via("SIP/2.0/UDP [2001:db8::1]:5060;x=\"a;b\";branch=z9hG4bKq");
+        assert_eq!(
+            (quoted.host.as_str(), quoted.branch.as_deref()),
+            ("[2001:db8::1]", Some("z9hG4bKq"))
+        );
+        assert_eq!(via("SIP/2.0/UDP h").branch, None);
+    }
+
+    #[test]
+    fn folded_header_values_are_one_line() {
+        let folded = INVITE
+            .replace("X-Foo: bar", "X-Foo: bar,\r\n\t baz  \r\n  qux")
+            .replace("CSeq: 314159 INVITE", "CSeq: 314159\r\n INVITE");
+        let r = request(&folded);
+        assert_eq!(r.headers.get("X-Foo"), Some("bar, baz qux"));
+        assert_eq!(r.cseq(), Some((314159, Method::Invite)));
+        let printed = String::from_utf8(r.to_bytes()).expect("utf8");
+        assert!(printed.contains("X-Foo: bar, baz qux\r\n"), "{printed}");
+    }
+
+    #[test]
+    fn quoted_display_names_are_unescaped_and_escaped_again() {
+        let read = |v: &str| NameAddr::parse(v).and_then(|n| n.display);
+        assert_eq!(read("\"J Rosenberg \\\\\\\"\" <sip:j@a>").as_deref(), Some("J Rosenberg \\\""));
+        assert_eq!(
+            read("\"Quoted string \\\"\\\"\" <sip:j@a>").as_deref(),
+            Some("Quoted string \"\"")
+        );
+        assert_eq!(read("caller<sip:c@a>").as_deref(), Some("caller"));
+        assert_eq!(read("\"\" <sip:c@a>"), None);
+        // Whatever a display name holds prints as a quoted string that reads back the same
+        // (control characters as quoted-pairs).
+        for display in
+            ["J Rosenberg \\\"", "BEL:\u{7} NUL:\u{0} DEL:\u{7f}", "Bob, the \"boss\"", "tab\there"]
+        {
+            let addr = NameAddr {
+                display: Some(display.to_string()),
+                uri: "sip:a@b".into(),
+                params: vec![],
+            };
+            let printed = addr.to_header();
+            assert_eq!(NameAddr::parse(&printed), Some(addr), "{printed:?}");
+        }
+    }
+
+    #[test]
     fn list_values_split_outside_quotes_and_brackets() {
         assert_eq!(
             split_list("\"a, b\" <sip:x@y>, <sip:z@w;a=1,2>"),
@@ -1304,3 +1461,6 @@ v=0\n";
         }
     }
 }
+
+#[cfg(test)]
+mod rfc4475_tests;

@@ -39,6 +39,8 @@ pub struct Trunk {
     transports: Vec<String>,
     codecs: Vec<String>,
     limits: Option<(u32, u32)>,
+    number_format: Option<(String, Option<String>)>,
+    registration: Option<String>,
 }
 
 impl Trunk {
@@ -56,6 +58,8 @@ impl Trunk {
             transports: Vec::new(),
             codecs: Vec::new(),
             limits: None,
+            number_format: None,
+            registration: None,
         }
     }
 
@@ -123,6 +127,19 @@ impl Trunk {
         self
     }
 
+    /// `auth.registration.outboundTrunkRef`: calls delivered through that OutboundTrunk's
+    /// registration.
+    pub fn fed_by_registration(mut self, outbound: &str) -> Trunk {
+        self.registration = Some(outbound.to_string());
+        self
+    }
+
+    /// `numberFormat: {defaultCountryCode, nationalPrefix}`.
+    pub fn number_format(mut self, country_code: &str, national_prefix: Option<&str>) -> Trunk {
+        self.number_format = Some((country_code.to_string(), national_prefix.map(String::from)));
+        self
+    }
+
     /// `transports`: `UDP`, `TCP`, `TLS`.
     pub fn transports(mut self, transports: &[&str]) -> Trunk {
         self.transports = transports.iter().map(|t| t.to_string()).collect();
@@ -161,6 +178,9 @@ impl Trunk {
         if !self.allowed_addresses.is_empty() {
             auth.insert("allowedAddresses".into(), json!(self.allowed_addresses));
         }
+        if let Some(outbound) = &self.registration {
+            auth.insert("registration".into(), json!({"outboundTrunkRef": {"name": outbound}}));
+        }
         let mut spec = serde_json::Map::new();
         spec.insert("numbers".into(), json!(numbers));
         spec.insert("destination".into(), json!({"uri": self.destination}));
@@ -174,6 +194,13 @@ impl Trunk {
         spec.insert("auth".into(), Value::Object(auth));
         if !self.allowed_callers.is_empty() {
             spec.insert("allowedCallers".into(), json!(self.allowed_callers));
+        }
+        if let Some((country_code, national_prefix)) = &self.number_format {
+            let mut format = json!({"defaultCountryCode": country_code});
+            if let Some(prefix) = national_prefix {
+                format["nationalPrefix"] = json!(prefix);
+            }
+            spec.insert("numberFormat".into(), format);
         }
         if !self.transports.is_empty() {
             spec.insert("transports".into(), json!(self.transports));
@@ -277,6 +304,9 @@ pub struct Outbound {
     codecs: Vec<String>,
     limits: Option<(u32, u32)>,
     health_check: Option<Value>,
+    registration: Option<u32>,
+    /// Further hosts on 127.0.0.1 (`spec.hosts` instead of `spec.host`): port and priority.
+    more_hosts: Vec<(u16, u16)>,
 }
 
 impl Outbound {
@@ -296,7 +326,16 @@ impl Outbound {
             codecs: Vec::new(),
             limits: None,
             health_check: Some(json!({"enabled": false})),
+            registration: None,
+            more_hosts: Vec::new(),
         }
+    }
+
+    /// Another carrier host at 127.0.0.1:`port` with `priority` (the first has priority 0):
+    /// the trunk is written with `spec.hosts`.
+    pub fn also_at(mut self, port: u16, priority: u16) -> Outbound {
+        self.more_hosts.push((port, priority));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -348,6 +387,12 @@ impl Outbound {
         self
     }
 
+    /// `registration: {expiresSeconds}`: register with the carrier (needs `digest`).
+    pub fn registration(mut self, expires_seconds: u32) -> Outbound {
+        self.registration = Some(expires_seconds);
+        self
+    }
+
     /// OPTIONS every `seconds` (probing is off unless this is called).
     pub fn health_check(mut self, seconds: u32) -> Outbound {
         self.health_check = Some(json!({"enabled": true, "intervalSeconds": seconds}));
@@ -357,8 +402,16 @@ impl Outbound {
     /// The file's text: the trunk, then its Secret when it has credentials.
     pub fn to_yaml(&self) -> String {
         let mut spec = serde_json::Map::new();
-        spec.insert("host".into(), json!(self.host));
-        spec.insert("port".into(), json!(self.port));
+        if self.more_hosts.is_empty() {
+            spec.insert("host".into(), json!(self.host));
+            spec.insert("port".into(), json!(self.port));
+        } else {
+            let mut hosts = vec![json!({"host": self.host, "port": self.port, "priority": 0})];
+            for (port, priority) in &self.more_hosts {
+                hosts.push(json!({"host": "127.0.0.1", "port": port, "priority": priority}));
+            }
+            spec.insert("hosts".into(), json!(hosts));
+        }
         if let Some(t) = &self.transport {
             spec.insert("transport".into(), json!(t));
         }
@@ -387,6 +440,9 @@ impl Outbound {
         }
         if let Some(h) = &self.health_check {
             spec.insert("healthCheck".into(), h.clone());
+        }
+        if let Some(expires) = self.registration {
+            spec.insert("registration".into(), json!({"expiresSeconds": expires}));
         }
         let trunk = json!({
             "apiVersion": "trunkline.dev/v1alpha1",

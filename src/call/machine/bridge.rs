@@ -182,7 +182,12 @@ impl Call {
             return self.bridge_failed(now, 488, "no offer for the codec in use");
         };
         let (_, advertised) = self.media_ip(leg);
-        sdp.rewrite_for_relay(&mut self.legs[leg.0].origin, advertised, port);
+        sdp.rewrite_for_relay(
+            &mut self.legs[leg.0].origin,
+            advertised,
+            port,
+            crate::media::sdp::AudioSecurity::Plain,
+        );
         let Some(b) = self.bridging.as_mut() else { return };
         b.port = Some(port);
         b.offer = Some(MediaOffer { sdp, negotiated, delayed: false });
@@ -283,10 +288,10 @@ impl Call {
     fn transfer_answer(&self, leg: LegId, resp: &Response) -> Result<Sdp, String> {
         let offer = self.bridging.as_ref().and_then(|b| b.offer.as_ref());
         let offer = offer.ok_or_else(|| "no offer was made".to_string())?;
-        if resp.body.is_empty() {
-            return Err("no SDP".into());
-        }
-        let sdp = Sdp::parse(&resp.body).map_err(|e| e.to_string())?;
+        let text = crate::sip::body::sdp(&resp.headers, &resp.body)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no SDP".to_string())?;
+        let sdp = Sdp::parse(&text).map_err(|e| e.to_string())?;
         codec::check_answer(&offer.negotiated, &sdp)
             .map_err(|e| format!("it breaks the codec policy: {e}"))?;
         match self.refused_answer(leg, &sdp) {

@@ -15,12 +15,28 @@ use super::{Call, State};
 const BODY_HEADERS: &[&str] =
     &[name::CONTENT_TYPE, "Content-Disposition", "Info-Package", name::REASON];
 
-/// The body of a message and the headers that describe it, copied into `to`.
+/// The body of a message and the headers that describe it, copied into `to`. A multipart body
+/// is not copied: its SDP is what the gateway relays (rewritten, [`set_sdp`]) and the rest is
+/// carrier-internal (SIP-I's ISUP; `sip::body`).
 pub(super) fn copy_body(from: &Headers, body: &bytes::Bytes, to: &mut Headers) -> bytes::Bytes {
+    let multipart = from.get(name::CONTENT_TYPE).is_some_and(|t| {
+        t.trim_start().get(..10).is_some_and(|p| p.eq_ignore_ascii_case("multipart/"))
+    });
+    if multipart {
+        return bytes::Bytes::new();
+    }
     for h in BODY_HEADERS {
         to.copy_from(from, h);
     }
     body.clone()
+}
+
+/// `sdp` as the body of `out`, whatever body (and type) was copied there before.
+pub(super) fn set_sdp(out_headers: &mut Headers, out_body: &mut bytes::Bytes, sdp: bytes::Bytes) {
+    out_headers.remove(name::CONTENT_TYPE);
+    out_headers.remove("Content-Disposition");
+    out_headers.push(name::CONTENT_TYPE, "application/sdp");
+    *out_body = sdp;
 }
 
 impl Call {
@@ -49,7 +65,7 @@ impl Call {
         let mut out = self.leg_mut(to).dialog.request(req.method.clone(), &branch, &ua);
         out.body = copy_body(&req.headers, &req.body, &mut out.headers);
         if let Some(body) = body {
-            out.body = body;
+            set_sdp(&mut out.headers, &mut out.body, body);
         }
         self.send_client(now, to, out, Purpose::Relay(key.clone()));
     }
@@ -77,7 +93,7 @@ impl Call {
         out.body = copy_body(&resp.headers, &resp.body, &mut out.headers);
         if !resp.body.is_empty() && self.reoffers.contains_key(server) {
             match self.relay_answer(server, leg, resp) {
-                Some(body) => out.body = body,
+                Some(body) => set_sdp(&mut out.headers, &mut out.body, body),
                 None => {
                     out.body = bytes::Bytes::new();
                     out.headers.remove(name::CONTENT_TYPE);

@@ -18,7 +18,10 @@ use super::session::{By, allows_update};
 
 use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Mismatch, Phase, Role, Side};
 use super::tx::{Purpose, ServerMachine, ServerTx, key_of_request, key_of_response, reliability};
-use super::{ALLOW, Action, Call, Destination, Origin, Record, Relay, State, map_failure};
+use super::{
+    ALLOW, Action, Call, Destination, FAILOVER_STATUSES, FAILOVER_WITHIN, MAX_ATTEMPTS, Origin,
+    Record, Relay, State, map_failure,
+};
 
 /// The origin leg, from the INVITE that starts the call.
 pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
@@ -157,6 +160,47 @@ impl Call {
         l.phase = Phase::Inviting;
         l.deadline = Some(deadline);
         self.send_client(now, leg, r, Purpose::Invite);
+    }
+
+    /// The dialed carrier leg failed at its host before the callee rang: the INVITE goes to
+    /// the next host of the trunk (RFC 3263 §4.3: a new client transaction, here with a new
+    /// branch and CSeq + 1 in the same Call-ID and From tag, to the next host's Request-URI),
+    /// when one is left, within [`MAX_ATTEMPTS`] and [`FAILOVER_WITHIN`]. The origin is not
+    /// told: it had its 100 Trying and keeps waiting. `false`: nothing left to try.
+    pub(super) fn fail_over(&mut self, now: Instant, leg: LegId, why: &str) -> bool {
+        let within = now.saturating_duration_since(self.started) < FAILOVER_WITHIN;
+        let Some(f) = self.failover.as_mut().filter(|f| f.leg == leg) else { return false };
+        if f.tried >= MAX_ATTEMPTS || !within {
+            return false;
+        }
+        let Some(next) = f.next.pop_front() else { return false };
+        f.tried += 1;
+        let tried = f.tried;
+        let was = self.leg(leg).dialog.remote_target.clone();
+        tracing::info!(
+            session = %self.session_id, from = %was, to = %next.uri, reason = %why, attempt = tried,
+            "carrier host failed ({why}): trying the next host"
+        );
+        let l = self.leg_mut(leg);
+        l.dialog.remote_uri = NameAddr { display: None, uri: next.uri.clone(), params: vec![] };
+        l.dialog.remote_target = next.uri;
+        l.dialog.remote_tag = None;
+        l.dialog.route_set.clear();
+        l.dialog.target.protocol = next.protocol;
+        l.dialog.target.connection = None;
+        // The next host challenges on its own; what was answered to this one does not travel.
+        l.auth.header = None;
+        l.auth.answered = 0;
+        l.invite = LegInvite::None;
+        l.deadline = None;
+        l.phase = Phase::Resolving;
+        match next.destination {
+            Destination::Address(address) => self.resolved(now, leg, address),
+            Destination::Lookup { host, port } => {
+                self.out.push(Action::Resolve { leg, host, port })
+            }
+        }
+        true
     }
 
     /// The origin's INVITE ends with a failure, and the call with it.
@@ -371,6 +415,12 @@ impl Call {
             }
             Purpose::Invite => {
                 let phase = self.leg(leg).phase;
+                if matches!(phase, Phase::Inviting | Phase::Trying) && self.state == State::Setup {
+                    let why = if transport { "the INVITE could not be sent" } else { "timeout" };
+                    if self.fail_over(now, leg, why) {
+                        return;
+                    }
+                }
                 if phase.is_pending() || matches!(phase, Phase::Cancelling { .. }) {
                     self.leg_mut(leg).phase = Phase::Terminated;
                     self.leg_mut(leg).deadline = None;
@@ -458,6 +508,14 @@ impl Call {
             }
         }
         let was_wanted = phase.is_pending();
+        // A carrier host that is down or overloaded, before the callee rang: the next host.
+        if matches!(phase, Phase::Inviting | Phase::Trying)
+            && self.state == State::Setup
+            && FAILOVER_STATUSES.contains(&status)
+            && self.fail_over(now, leg, &format!("{status} {}", msg::reason_phrase(status)))
+        {
+            return;
+        }
         self.leg_mut(leg).phase = Phase::Terminated;
         if !was_wanted || self.state != State::Setup {
             return;
@@ -613,7 +671,12 @@ impl Call {
             return self.fail_origin(now, 488, Outcome::Failed);
         };
         let (_, advertised) = self.media_ip(second);
-        sdp.rewrite_for_relay(&mut self.legs[second.0].origin, advertised, port);
+        sdp.rewrite_for_relay(
+            &mut self.legs[second.0].origin,
+            advertised,
+            port,
+            crate::media::sdp::AudioSecurity::Plain,
+        );
         self.offer = Some(Box::new(super::MediaOffer { sdp, negotiated, delayed: false }));
         match destination {
             Destination::Address(address) => self.resolved(now, second, address),
@@ -852,9 +915,14 @@ impl Call {
                 self.fail_origin(now, 480, Outcome::NoAnswer);
             }
             Phase::Inviting | Phase::Trying => {
+                let phase = self.leg(leg).phase;
                 if let LegInvite::Client(key) = &self.leg(leg).invite {
                     let key = key.clone();
                     self.clients.remove(&key);
+                }
+                // No answer at all (not even 100 Trying) from this host: the next one.
+                if phase == Phase::Inviting && self.fail_over(now, leg, "no answer") {
+                    return;
                 }
                 self.leg_mut(leg).phase = Phase::Terminated;
                 tracing::warn!(session = %self.session_id, "{} did not answer the INVITE", self.leg(leg).role.as_str());

@@ -26,7 +26,8 @@ use bytes::Bytes;
 
 use crate::media::codec;
 use crate::media::relay::{Leg as RelaySide, Silent};
-use crate::media::sdp::{ConnectionRefusal, Direction, Sdp};
+use crate::media::sdp::{AudioSecurity, ConnectionRefusal, Direction, Sdp};
+use crate::sip::body;
 use crate::sip::msg::{Request, Response, name};
 use crate::sip::transaction::ServerKey;
 use crate::sip::transport::Zone;
@@ -40,11 +41,13 @@ use super::{Action, Call, Relay, RelayPeer, RelayUpdate, SdpResult, State};
 pub(super) struct OfferRefused {
     status: u16,
     warning: Option<String>,
+    /// A 415: the answer says what the gateway takes (RFC 3261 §21.4.13).
+    accept: bool,
 }
 
 impl OfferRefused {
     fn status(status: u16) -> OfferRefused {
-        OfferRefused { status, warning: None }
+        OfferRefused { status, warning: None, accept: false }
     }
 }
 
@@ -118,7 +121,12 @@ impl Call {
             let remote = offer.sdp.audio_endpoint();
             self.out.push(Action::UpdateRelay(RelayUpdate::Remote { side: origin_side, remote }));
         }
-        offer.sdp.rewrite_for_relay(&mut self.legs[dialed.0].origin, advertised, port);
+        offer.sdp.rewrite_for_relay(
+            &mut self.legs[dialed.0].origin,
+            advertised,
+            port,
+            AudioSecurity::Plain,
+        );
         self.send_invite(now, dialed);
     }
 
@@ -132,7 +140,7 @@ impl Call {
         let side = self.leg(from).media;
         self.out
             .push(Action::UpdateRelay(RelayUpdate::Remote { side, remote: sdp.audio_endpoint() }));
-        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port)
+        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port, AudioSecurity::Plain)
     }
 
     /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
@@ -146,11 +154,11 @@ impl Call {
     /// The dialed leg's SDP answer in a 18x or 2xx, checked against the offer: what goes to
     /// the origin. `Err` when the answer breaks the policy (a codec that was not offered).
     pub(super) fn answer_from(&mut self, leg: LegId, resp: &Response) -> SdpResult {
-        if resp.body.is_empty() {
+        let Some(text) = body::sdp(&resp.headers, &resp.body).map_err(|e| e.status_code())? else {
             return Ok(None);
-        }
+        };
         let Some(offer) = &self.offer else {
-            return Ok(Some(resp.body.clone()));
+            return Ok(Some(text));
         };
         let final_ = (200..300).contains(&resp.status);
         if offer.delayed && !final_ {
@@ -159,7 +167,7 @@ impl Call {
             return Ok(None);
         }
         let delayed = offer.delayed;
-        let mut answer = Sdp::parse(&resp.body).map_err(|e| e.status_code())?;
+        let mut answer = Sdp::parse(&text).map_err(|e| e.status_code())?;
         if let Some(refusal) = self.refused_answer(leg, &answer) {
             let (role, rule) = (self.leg(leg).role.as_str(), refusal.rule().as_str());
             tracing::warn!(session = %self.session_id, role, rule, "the SDP answer is refused: {}", refusal.text());
@@ -195,10 +203,10 @@ impl Call {
         let did_not_answer = |problem: String| {
             format!("the carrier's ACK did not answer the gateway's offer: {problem}")
         };
-        let checked = if ack.body.is_empty() {
-            Err(did_not_answer("no SDP".to_string()))
-        } else {
-            Sdp::parse(&ack.body)
+        let checked = match body::sdp(&ack.headers, &ack.body) {
+            Err(e) => Err(did_not_answer(e.to_string())),
+            Ok(None) => Err(did_not_answer("no SDP".to_string())),
+            Ok(Some(text)) => Sdp::parse(&text)
                 .map_err(|e| e.to_string())
                 .and_then(|sdp| {
                     codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
@@ -211,7 +219,7 @@ impl Call {
                         refusal.text()
                     )),
                     None => Ok(sdp),
-                })
+                }),
         };
         match checked {
             Ok(answer) => {
@@ -265,14 +273,25 @@ impl Call {
         if req.body.is_empty() || !matches!(self.relay, Relay::Running { .. }) {
             return Ok(None);
         }
-        let mut sdp = Sdp::parse(&req.body).map_err(|e| OfferRefused::status(e.status_code()))?;
+        let text = match body::sdp(&req.headers, &req.body) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let mut refused = OfferRefused::status(e.status_code());
+                if let body::BodyError::Unsupported(_) = e {
+                    refused.accept = true;
+                }
+                return Err(refused);
+            }
+        };
+        let mut sdp = Sdp::parse(&text).map_err(|e| OfferRefused::status(e.status_code()))?;
         if self.faces_carrier(from) {
             let own = &self.config.own_addresses;
             if let Some(refusal) = sdp.refused_connection(false, |target| own.contains(target)) {
                 let rule = refusal.rule().as_str();
                 tracing::info!(session = %self.session_id, rule, "a re-offer is refused: {}", refusal.text());
                 let warning = crate::config::refusal::warning(rule, refusal.text());
-                return Err(OfferRefused { status: 488, warning: Some(warning) });
+                return Err(OfferRefused { status: 488, warning: Some(warning), accept: false });
             }
         }
         let negotiated = codec::filter_offer(&mut sdp, &self.codecs)
@@ -290,6 +309,9 @@ impl Call {
         if let Some(warning) = refused.warning {
             out.headers.push(name::WARNING, warning);
         }
+        if refused.accept {
+            out.headers.push("Accept", body::ACCEPT);
+        }
         self.respond(now, key, out);
     }
 
@@ -303,7 +325,8 @@ impl Call {
         resp: &Response,
     ) -> Option<bytes::Bytes> {
         let negotiated = self.reoffers.get(key)?.clone();
-        let mut sdp = Sdp::parse(&resp.body).ok()?;
+        let text = body::sdp(&resp.headers, &resp.body).ok()??;
+        let mut sdp = Sdp::parse(&text).ok()?;
         if let Err(e) = codec::check_answer(&negotiated, &sdp) {
             tracing::warn!(session = %self.session_id, error = %e, "a re-INVITE answer breaks the codec policy; its SDP is dropped");
             return None;

@@ -181,6 +181,7 @@ fn outbound() -> (Script, Request) {
             destination: Destination::Address(addr(CARRIER)),
             headers: vec![],
             credentials: None,
+            alternates: Vec::new(),
         },
         offer: Some(MediaOffer { sdp, negotiated, delayed: false }),
         codecs,

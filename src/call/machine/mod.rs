@@ -81,6 +81,19 @@ pub const TRANSFER_RING: Duration = Duration::from_secs(30);
 /// After the call ends, how long it stays to absorb retransmissions (64·T1).
 pub const LINGER: Duration = Duration::from_secs(32);
 
+/// The final answers of a carrier host after which an outbound call tries the trunk's next
+/// host (RFC 3263 §4.3 names 503; the others also say "this server, not the callee"): 408
+/// Request Timeout, 500 Server Internal Error, 503 Service Unavailable, 504 Server Time-out.
+/// 480 Temporarily Unavailable is not on it: it speaks of the callee, whom another edge of the
+/// same carrier would not reach either, and trying again would ring them twice.
+pub const FAILOVER_STATUSES: [u16; 4] = [408, 500, 503, 504];
+/// At most this many hosts are tried for one call, the first included: with the 8 s of
+/// [`FIRST_RESPONSE`] each, an agent whose carrier is all down hears so within half a minute.
+pub const MAX_ATTEMPTS: usize = 4;
+/// No host is tried after this long since the call started: the agent's INVITE has waited long
+/// enough, and the agent runtime may give up on it (many do at 30 s).
+pub const FAILOVER_WITHIN: Duration = Duration::from_secs(20);
+
 /// Allowed methods, for `Allow` headers (RFC 3261 §20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REFER, NOTIFY";
 
@@ -172,6 +185,25 @@ pub struct Origin {
     pub trusted: Vec<IpNet>,
 }
 
+/// Another host a dialed leg may be sent to when the first does not answer or answers one of
+/// [`FAILOVER_STATUSES`] (RFC 3263 §4.3): the same INVITE (Call-ID, From tag, a CSeq one
+/// higher) in a new client transaction to this Request-URI and address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alternate {
+    /// The Request-URI and To of the INVITE toward it.
+    pub uri: String,
+    pub protocol: crate::sip::transport::Protocol,
+    pub destination: Destination,
+}
+
+/// What is left to try for the dialed leg: hosts in order, and how many were tried.
+#[derive(Debug)]
+struct Failover {
+    leg: LegId,
+    next: std::collections::VecDeque<Alternate>,
+    tried: usize,
+}
+
 /// The leg a new call dials.
 #[derive(Debug)]
 pub struct Dial {
@@ -186,6 +218,9 @@ pub struct Dial {
     /// Digest credentials for the peer's challenges (a carrier's 401/407); `None`: the peer
     /// trusts our address.
     pub credentials: Option<crate::config::secret::BasicAuth>,
+    /// Other hosts to try, in order, when `destination` fails (an outbound call through a
+    /// trunk with several hosts); empty for every other leg.
+    pub alternates: Vec<Alternate>,
 }
 
 /// Everything decided about a call before it starts.
@@ -379,6 +414,8 @@ pub struct Call {
     pending_2xx: Vec<Pending2xx>,
     /// A call the gateway places: where its second leg goes, until the first answers.
     then: Option<Destination>,
+    /// The dialed carrier leg's other hosts, while the call is being set up.
+    failover: Option<Failover>,
     /// What the agent's transfers are decided with.
     transfer: Option<TransferContext>,
     /// A transfer passed on to the caller's side, until it ends.
@@ -429,14 +466,16 @@ impl Call {
         mut ids: Ids,
         setup: Setup,
     ) -> (Call, Vec<Action>) {
-        let Setup { session_id, origin, dial, offer, codecs, transfer, max_duration } = setup;
+        let Setup { session_id, origin, mut dial, offer, codecs, transfer, max_duration } = setup;
         let origin_leg = flow::origin_leg(&mut ids, origin);
+        let alternates = std::mem::take(&mut dial.alternates);
         let (mut dialed, destination) = dialed_leg(LegId(1), dial, &mut ids);
         ask_session_timer(&mut dialed);
         let legs = [origin_leg, dialed];
         let mut call = Call::assemble(now, config.into(), ids, session_id, legs, offer, codecs);
         call.transfer = transfer;
         call.max_duration = shorter(call.config.max_call_duration, max_duration);
+        call.failover = Failover::of(LegId(1), alternates);
         call.begin(now, destination);
         let actions = call.take();
         (call, actions)
@@ -450,8 +489,9 @@ impl Call {
         ids: Ids,
         placed: Placed,
     ) -> (Call, Vec<Action>) {
-        let Placed { session_id, first, then, offer, codecs, transfer, max_duration } = placed;
+        let Placed { session_id, mut first, then, offer, codecs, transfer, max_duration } = placed;
         let mut ids = ids;
+        let alternates = std::mem::take(&mut first.alternates);
         let (mut first, first_destination) = dialed_leg(LegId(0), first, &mut ids);
         let (mut then, then_destination) = dialed_leg(LegId(1), then, &mut ids);
         ask_session_timer(&mut first);
@@ -460,6 +500,7 @@ impl Call {
         let mut call =
             Call::assemble(now, config.into(), ids, session_id, legs, Some(offer), codecs);
         call.then = Some(then_destination);
+        call.failover = Failover::of(LegId(0), alternates);
         call.transfer = transfer;
         call.max_duration = shorter(call.config.max_call_duration, max_duration);
         match first_destination {
@@ -492,6 +533,7 @@ impl Call {
             clients: TxMap::default(),
             pending_2xx: Vec::new(),
             then: None,
+            failover: None,
             transfer: None,
             referring: None,
             bridging: None,
@@ -608,6 +650,12 @@ impl Call {
             Ok(address) => self.resolved(now, leg, address),
             Err(why) => {
                 tracing::warn!(session = %self.session_id, error = %why, "{} unreachable", self.leg(leg).role.as_str());
+                if self.state == State::Setup
+                    && self.leg(leg).phase == Phase::Resolving
+                    && self.fail_over(now, leg, &why)
+                {
+                    return self.take();
+                }
                 self.fail_origin(now, 503, Outcome::Failed);
             }
         }
@@ -780,6 +828,12 @@ fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
         trusted: Vec::new(),
     };
     (leg, dial.destination)
+}
+
+impl Failover {
+    fn of(leg: LegId, alternates: Vec<Alternate>) -> Option<Failover> {
+        (!alternates.is_empty()).then(|| Failover { leg, next: alternates.into(), tried: 1 })
+    }
 }
 
 /// The relay side that faces a role: carriers on A, the agent (or who takes its place) on B.

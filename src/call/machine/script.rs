@@ -163,6 +163,7 @@ pub(super) fn start_adjusted(
             destination,
             headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
             credentials,
+            alternates: Vec::new(),
         },
         offer,
         codecs,
@@ -409,7 +410,11 @@ pub(super) fn transfer_context() -> TransferContext {
             ),
             route(
                 "pbx",
-                TransferTarget::Sip { uri: "sip:op@pbx.example".into(), credentials: None },
+                TransferTarget::Sip {
+                    uri: "sip:op@pbx.example".into(),
+                    credentials: None,
+                    encryption: Default::default(),
+                },
                 &[],
             ),
             TransferRoute {

@@ -700,6 +700,7 @@ fn placed() -> (Script, Request) {
         destination: Destination::Address(addr(CARRIER)),
         headers: vec![],
         credentials: None,
+        alternates: Vec::new(),
     };
     let then = Dial {
         role: Role::Agent,
@@ -707,6 +708,7 @@ fn placed() -> (Script, Request) {
         destination: Destination::Address(addr(AGENT)),
         headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
         credentials: None,
+        alternates: Vec::new(),
     };
     let placed = Placed {
         session_id: "api-1".into(),
@@ -1084,6 +1086,7 @@ pub(super) fn transfer_dial(
         destination,
         headers: vec![("Diversion".into(), "<sip:+14155550100@198.51.100.1>".into())],
         credentials,
+        alternates: Vec::new(),
     }
 }
 

@@ -357,6 +357,7 @@ mod tests {
             config_hash: Some(hash.into()),
             advertised_address: None,
             outbound: Default::default(),
+            registrations: Default::default(),
         }
     }
 

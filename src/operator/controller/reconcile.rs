@@ -325,7 +325,8 @@ impl Reconciled for OutboundTrunk {
         now: &Time,
     ) -> Self::Status {
         let health_check = self.spec.health_check.as_ref().is_none_or(|h| h.enabled);
-        desired_outbound_status(verdict, programmed, current, fleet, health_check, now)
+        let registers = self.spec.registration.as_ref().is_some_and(|r| r.enabled);
+        desired_outbound_status(verdict, programmed, current, fleet, (health_check, registers), now)
     }
     fn store(stores: &Stores) -> &Store<Self> {
         &stores.outbound

@@ -288,6 +288,7 @@ impl Harness {
             config_hash: Some(hash.into()),
             advertised_address: address.map(|a| a.parse().unwrap()),
             outbound: BTreeMap::new(),
+            registrations: BTreeMap::new(),
         };
         self.ctx.reports.insert(name, PodReport { uid: format!("uid-{name}"), status });
         let pod: Pod = from(json!({
@@ -793,6 +794,7 @@ fn probing_report(name: &str, hash: &str, reachable: Option<bool>, detail: &str)
             config_hash: Some(hash.into()),
             advertised_address: None,
             outbound: BTreeMap::from([("voice/carrier-out".to_string(), health)]),
+            registrations: BTreeMap::new(),
         },
     }
 }
@@ -1003,6 +1005,7 @@ async fn the_addresses_in_status_follow_the_gateways_reports_and_pods() {
             config_hash: Some(view.hash.clone()),
             advertised_address: Some(address.parse().unwrap()),
             outbound: BTreeMap::new(),
+            registrations: BTreeMap::new(),
         },
     };
     let reports = |address: &str| {
