@@ -271,6 +271,9 @@ impl Driver {
                                 relay.promote_spare(remote);
                             }
                             RelayUpdate::DropSpare => relay.drop_spare(),
+                            RelayUpdate::Srtp { side, keys } => {
+                                relay.set_srtp(side, keys.map(|k| *k))
+                            }
                         }
                     }
                     Vec::new()

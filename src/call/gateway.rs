@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Snapshot;
 use crate::config::lookup::{self, CallAttempt, LookupOptions, Outcome, RefusalRule};
-use crate::config::model::{InboundDigest, InboundTrunkRoute, RoutingTable};
+use crate::config::model::{Encryption, InboundDigest, InboundTrunkRoute, RoutingTable};
 use crate::observe::admin::Health;
 use crate::observe::metrics::{AuthFailure, GatewayMetrics};
 use crate::sip::body;
@@ -38,12 +38,14 @@ use crate::sip::transport::{Incoming, Sink, Source, Transports, Zone};
 use crate::media::codec;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::MediaThreads;
+use crate::media::sdes::{self, Settled};
 use crate::media::sdp::Sdp;
+use crate::media::srtp::SrtpKeys;
 
 use super::driver::{self, CallLabels, Held};
 use super::guard::{Dropped, Guard, LogLimiter, RequestKind};
 use super::inbound::{self, Admitted};
-use super::machine::{Call, Ids, Mismatch};
+use super::machine::{Call, Ids, LegSrtp, Mismatch};
 use super::outbound as outbound_call;
 use super::placed::{self, PlacedCall};
 use super::services::{ALLOW, CallInput, CallServices, GatewayConfig, Listener, MediaOffer};
@@ -510,13 +512,14 @@ impl Gateway {
         };
         // DESIGN §4: transport and codec policy before capacity. No common codec: 488, and
         // nothing reaches the agent.
-        let offer = match media_offer(&request, &route.trunk.codecs) {
-            Ok(offer) => offer,
-            Err(rule) => {
-                let extra = media_refusal_headers(rule);
-                return self.refuse(&request, &source, rule, &extra);
-            }
-        };
+        let (offer, srtp) =
+            match media_offer(&request, &route.trunk.codecs, route.trunk.media.encryption) {
+                Ok(offer) => offer,
+                Err(rule) => {
+                    let extra = media_refusal_headers(rule);
+                    return self.refuse(&request, &source, rule, &extra);
+                }
+            };
         // Issue 15: a carrier's offer must not point the relay at a multicast group, at
         // nothing, or at the gateway itself; checked before any port is bound.
         let own = |target| self.services.is_own_media_target(target);
@@ -547,7 +550,8 @@ impl Gateway {
         self.services.call_started();
         let (tx, rx) = mpsc::channel(64);
         self.services.register_call(&call_id, tx.clone());
-        let admitted = Admitted { invite: request, source, route, permit, table, offer, config };
+        let admitted =
+            Admitted { invite: request, source, route, permit, table, offer, srtp, config };
         inbound::spawn(self.services.clone(), admitted, (tx, rx));
     }
 
@@ -620,8 +624,10 @@ impl Gateway {
                 return self.refuse_in(zone, &request, &source, refusal.rule, warning, &[]);
             }
         };
-        let offer = match media_offer(&request, &route.trunk.codecs) {
-            Ok(offer) => offer,
+        // The agent's offer: plain RTP (agents are on the internal network; the carrier leg's
+        // SRTP is the outbound trunk's, offered by the call).
+        let offer = match media_offer(&request, &route.trunk.codecs, Encryption::Disabled) {
+            Ok((offer, _)) => offer,
             Err(rule) => {
                 let extra = media_refusal_headers(rule);
                 return self.refuse_in(zone, &request, &source, rule, None, &extra);
@@ -713,48 +719,88 @@ impl Gateway {
     }
 }
 
-/// The carrier's SDP offer, filtered to the trunk's codecs. An INVITE without a body (a delayed
+/// The carrier's SDP offer, filtered to the trunk's codecs, and SDES decided by the trunk's
+/// `media.encryption` (`media::sdes::answer_offer`: the keys the origin leg's side of the relay
+/// will use, our answer's `a=crypto` line among them). An INVITE without a body (a delayed
 /// offer, RFC 3261 §13.2.1) gets the gateway's own offer with the trunk's codecs
 /// ([`codec::gateway_offer`]): the agent always sees an offer in the INVITE, and the carrier
-/// gets the offer in the 2xx and answers in its ACK. A multipart body (SIP-I's SDP + ISUP)
-/// gives its SDP part, the rest is dropped (`sip::body`). Refusals: 415 for a body that is not
-/// SDP or a multipart, 400 for a multipart that cannot be read or SDP that does not parse, 488
-/// for no usable audio or no common codec.
+/// gets the offer in the 2xx (SRTP as its policy says) and answers in its ACK. A multipart body
+/// (SIP-I's SDP + ISUP) gives its SDP part, the rest is dropped (`sip::body`). Refusals: 415 for
+/// a body that is not SDP or a multipart, 400 for a multipart that cannot be read or SDP that
+/// does not parse, 488 for no usable audio, an SRTP offer the policy refuses (or plain RTP where
+/// it requires SRTP), or no common codec.
 fn media_offer(
     request: &Request,
     codecs: &[crate::config::model::Codec],
-) -> Result<Option<MediaOffer>, RefusalRule> {
+    encryption: Encryption,
+) -> Result<(Option<MediaOffer>, LegSrtp), RefusalRule> {
+    let mut srtp = LegSrtp::new(encryption);
     let text = body::sdp(&request.headers, &request.body).map_err(|e| match e {
         body::BodyError::Unsupported(_) => RefusalRule::UnsupportedBody,
         body::BodyError::Malformed(_) => RefusalRule::BadBody,
     })?;
     // No body, or a multipart without SDP (an ISUP alone): a delayed offer.
     let Some(text) = text else {
-        return Ok(codec::gateway_offer(codecs).map(|(sdp, negotiated)| MediaOffer {
+        let offer = codec::gateway_offer(codecs).map(|(sdp, negotiated)| MediaOffer {
             sdp,
             negotiated,
             delayed: true,
-        }));
+        });
+        return Ok((offer, srtp));
     };
-    let mut sdp = Sdp::parse(&text).map_err(|e| {
-        if e.status_code() == 488 { RefusalRule::NoUsableAudio } else { RefusalRule::BadSdp }
-    })?;
+    let mut sdp = parse_offer(&text, encryption)?;
+    if !encryption.is_disabled() {
+        let savp = sdp.audio_is_srtp();
+        if let Settled::Srtp { remote, local } =
+            sdes::answer_offer(encryption, savp, &sdp.audio_crypto())?
+        {
+            srtp.savp = savp;
+            srtp.keys = Some(SrtpKeys { remote, local });
+        }
+    }
     let negotiated = codec::filter_offer(&mut sdp, codecs).map_err(|e| {
         // Counted by rule and answered with a Warning; a line per offer would let an
         // offerer flood the log.
         tracing::debug!(error = %e, "no common codec");
         RefusalRule::NoCommonCodec
     })?;
-    Ok(Some(MediaOffer { sdp, negotiated, delayed: false }))
+    Ok((Some(MediaOffer { sdp, negotiated, delayed: false }), srtp))
+}
+
+/// An offer's SDP, read as the leg's SRTP policy allows: RTP/SAVP only when it takes SRTP. On
+/// a trunk that does not, an offer whose only audio is RTP/SAVP is named as such.
+fn parse_offer(text: &[u8], encryption: Encryption) -> Result<Sdp, RefusalRule> {
+    let rule = |e: crate::media::sdp::SdpError| {
+        if e.status_code() == 488 { RefusalRule::NoUsableAudio } else { RefusalRule::BadSdp }
+    };
+    if !encryption.is_disabled() {
+        return Sdp::parse_srtp(text).map_err(rule);
+    }
+    Sdp::parse(text).map_err(|e| {
+        let srtp_only =
+            e.status_code() == 488 && Sdp::parse_srtp(text).is_ok_and(|sdp| sdp.audio_is_srtp());
+        if srtp_only { RefusalRule::SrtpNotEnabled } else { rule(e) }
+    })
 }
 
 /// What a media refusal tells the caller beside its status: a body that is not SDP gets the
-/// type that is (RFC 3261 §21.4.13).
+/// type that is (RFC 3261 §21.4.13); an SRTP refusal says what the trunk takes in a `Warning`
+/// (a carrier's engineer reads it in a trace; a 488 alone says only "not acceptable here").
 fn media_refusal_headers(rule: RefusalRule) -> Vec<(&'static str, String)> {
-    if rule == RefusalRule::UnsupportedBody {
-        vec![("Accept", body::ACCEPT.to_string())]
-    } else {
-        Vec::new()
+    let srtp =
+        |text: &str| vec![(name::WARNING, crate::config::refusal::warning(rule.as_str(), text))];
+    match rule {
+        RefusalRule::UnsupportedBody => vec![("Accept", body::ACCEPT.to_string())],
+        RefusalRule::SrtpRequired => {
+            srtp("the trunk requires SRTP (SDES: a=crypto, RFC 4568) and the offer is plain RTP")
+        }
+        RefusalRule::SrtpNotEnabled => {
+            srtp("the offer is SRTP only (RTP/SAVP) and the trunk takes plain RTP")
+        }
+        RefusalRule::NoUsableCrypto => srtp(
+            "no a=crypto line the gateway can use: AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32 or AEAD_AES_128_GCM, one key, no MKI",
+        ),
+        _ => Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RoutingTable;
 use crate::config::lookup::Route;
+use crate::config::model::Encryption;
 use crate::observe::metrics::Direction;
 use crate::sip::msg::{DialogHeaders, NameAddr, Request, SipUri};
 use crate::sip::transport::{Protocol, Source, Target, Zone};
@@ -19,7 +20,9 @@ use crate::sip::transport::{Protocol, Source, Target, Zone};
 use super::driver::{self, CallLabels, Held};
 use super::headers::Contract;
 use super::limits::CallPermit;
-use super::machine::{Call, Destination, Dial, Dialog, Ids, MediaOffer, Origin, Role, Setup};
+use super::machine::{
+    Call, Destination, Dial, Dialog, Ids, LegSrtp, MediaOffer, Origin, Role, Setup,
+};
 use super::services::{CallInput, CallServices};
 
 /// An INVITE the front door admitted, with everything decided about it.
@@ -31,6 +34,8 @@ pub struct Admitted {
     /// The routing table the call started with.
     pub table: Arc<RoutingTable>,
     pub offer: Option<MediaOffer>,
+    /// SDES toward the carrier: the trunk's policy, and the keys settled on its offer.
+    pub srtp: LegSrtp,
     /// The hash of the configuration the call started with, for its session record.
     pub config: String,
 }
@@ -41,7 +46,7 @@ pub fn spawn(
     admitted: Admitted,
     channel: (mpsc::Sender<CallInput>, mpsc::Receiver<CallInput>),
 ) {
-    let Admitted { invite, source, route, permit, table, offer, config } = admitted;
+    let Admitted { invite, source, route, permit, table, offer, srtp, config } = admitted;
     let transport = source.protocol.as_str();
     let from = invite.from().map(|f| super::machine::user_of(&f.uri)).unwrap_or_default();
     let dialed = super::machine::user_of(&invite.uri);
@@ -63,6 +68,7 @@ pub fn spawn(
         offer,
     );
     let mut setup = setup;
+    setup.origin.srtp = srtp;
     let context = gw.transfer_context(&table, &route.trunk.name.namespace, &route.agent);
     setup.transfer = Some(context);
     let session_id = setup.session_id.clone();
@@ -142,6 +148,7 @@ pub fn setup(
             local: carrier_local,
             // A carrier with several edge nodes may end the call from another one of them.
             trusted: route.trunk.allowed_addresses.clone(),
+            srtp: LegSrtp::new(route.trunk.media.encryption),
         },
         dial: Dial {
             role: Role::Agent,
@@ -150,6 +157,7 @@ pub fn setup(
             headers,
             credentials: None,
             alternates: Vec::new(),
+            encryption: Encryption::Disabled,
         },
         offer,
         codecs: route.trunk.codecs.clone(),

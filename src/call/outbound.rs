@@ -26,7 +26,8 @@ use crate::sip::transport::{Protocol, Source, Target, Zone};
 use super::driver::{self, CallLabels, Held};
 use super::limits::CallPermit;
 use super::machine::{
-    Alternate, Call, Destination, Dial, Dialog, Ids, MAX_ATTEMPTS, MediaOffer, Origin, Role, Setup,
+    Alternate, Call, Destination, Dial, Dialog, Ids, LegSrtp, MAX_ATTEMPTS, MediaOffer, Origin,
+    Role, Setup,
 };
 use super::services::{CallInput, CallServices};
 
@@ -127,7 +128,14 @@ pub fn setup(
     Setup {
         session_id,
         // The agent networks are trusted for every agent leg (`CallConfig::agent_networks`).
-        origin: Origin { role: Role::Agent, invite, source, local: agent_local, trusted: vec![] },
+        origin: Origin {
+            role: Role::Agent,
+            invite,
+            source,
+            local: agent_local,
+            trusted: vec![],
+            srtp: LegSrtp::default(),
+        },
         dial,
         offer,
         codecs: route.trunk.codecs.clone(),
@@ -188,6 +196,7 @@ pub fn carrier_dial(
         headers,
         credentials: trunk.credentials.clone(),
         alternates,
+        encryption: trunk.media.encryption,
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::destination::SipDestination;
+use crate::config::model::Encryption;
 use crate::config::outbound::OutboundRoute;
 use crate::observe::api::{CallState, CallView, LegRole, LegState, LegView, NewCall};
 use crate::observe::metrics::Outcome;
@@ -97,6 +98,7 @@ pub fn setup(
         headers,
         credentials: None,
         alternates: Vec::new(),
+        encryption: Encryption::Disabled,
     };
     let placed = Placed {
         session_id,

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crate::config::RoutingTable;
 use crate::config::destination::SipDestination;
-use crate::config::model::TransferTarget;
+use crate::config::model::{Encryption, TransferTarget};
 use crate::config::number;
 use crate::config::outbound::{OutboundRoute, carrier_user};
 use crate::sip::msg::NameAddr;
@@ -103,6 +103,9 @@ pub fn prepare(
                 headers,
                 credentials: credentials.clone(),
                 alternates: Vec::new(),
+                // Plain: the bridged transfer leg's relay side takes no SRTP yet
+                // (`config::compile` refuses `spec.sip.media.encryption` other than Disabled).
+                encryption: Encryption::Disabled,
             };
             Ok(Prepared { dial, permit: None, media_allowed: Vec::new() })
         }
@@ -135,6 +138,9 @@ fn phone_dial(
     dial.role = Role::Transfer;
     // A bridged transfer goes to the trunk's first host only: failover is the call set-up's.
     dial.alternates.clear();
+    // Plain: the bridged transfer leg's relay side takes no SRTP yet (`config::compile`
+    // refuses a Phone destination whose trunk requires it).
+    dial.encryption = Encryption::Disabled;
     dial
 }
 

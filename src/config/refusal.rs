@@ -59,6 +59,12 @@ pub enum RefusalRule {
     UnspecifiedMediaAddress,
     /// The offer's audio `c=` and `m=` port are the gateway's own (a media loop).
     OwnMediaAddress,
+    /// The trunk's `media.encryption` is `Required` and the offer is plain RTP.
+    SrtpRequired,
+    /// The offer is SRTP only (RTP/SAVP) and the trunk's `media.encryption` is `Disabled`.
+    SrtpNotEnabled,
+    /// An SRTP offer without an `a=crypto` line the relay can use (suite, key, parameters).
+    NoUsableCrypto,
     /// The trunk holds its `maxConcurrentCalls`.
     ConcurrencyLimit,
     /// The trunk is at its `maxCallsPerSecond`.
@@ -121,6 +127,9 @@ impl RefusalRule {
             RefusalRule::MulticastMediaAddress => "MulticastMediaAddress",
             RefusalRule::UnspecifiedMediaAddress => "UnspecifiedMediaAddress",
             RefusalRule::OwnMediaAddress => "OwnMediaAddress",
+            RefusalRule::SrtpRequired => "SrtpRequired",
+            RefusalRule::SrtpNotEnabled => "SrtpNotEnabled",
+            RefusalRule::NoUsableCrypto => "NoUsableCrypto",
             // The CRD fields, in snake case, as the limits have always been labelled.
             RefusalRule::ConcurrencyLimit => "max_concurrent_calls",
             RefusalRule::RateLimit => "max_calls_per_second",
@@ -176,11 +185,25 @@ impl RefusalRule {
             | RefusalRule::NoCommonCodec
             | RefusalRule::MulticastMediaAddress
             | RefusalRule::UnspecifiedMediaAddress
-            | RefusalRule::OwnMediaAddress => 488,
+            | RefusalRule::OwnMediaAddress
+            | RefusalRule::SrtpRequired
+            | RefusalRule::SrtpNotEnabled
+            | RefusalRule::NoUsableCrypto => 488,
             RefusalRule::CredentialsPending
             | RefusalRule::Draining
             | RefusalRule::ConcurrencyLimit
             | RefusalRule::RateLimit => 503,
+        }
+    }
+}
+
+impl From<crate::media::sdes::SrtpRefusal> for RefusalRule {
+    fn from(refusal: crate::media::sdes::SrtpRefusal) -> RefusalRule {
+        use crate::media::sdes::SrtpRefusal as S;
+        match refusal {
+            S::Required => RefusalRule::SrtpRequired,
+            S::NotEnabled => RefusalRule::SrtpNotEnabled,
+            S::NoUsableCrypto => RefusalRule::NoUsableCrypto,
         }
     }
 }
@@ -241,6 +264,9 @@ mod tests {
             (MulticastMediaAddress, 488, "MulticastMediaAddress"),
             (UnspecifiedMediaAddress, 488, "UnspecifiedMediaAddress"),
             (OwnMediaAddress, 488, "OwnMediaAddress"),
+            (SrtpRequired, 488, "SrtpRequired"),
+            (SrtpNotEnabled, 488, "SrtpNotEnabled"),
+            (NoUsableCrypto, 488, "NoUsableCrypto"),
             (ConcurrencyLimit, 503, "max_concurrent_calls"),
             (RateLimit, 503, "max_calls_per_second"),
         ] {

@@ -19,6 +19,9 @@ use super::net::{self, LOCALHOST, TempDir};
 /// The whole run is killed after this.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The file it records into in file mode.
+const RECORDED: &str = "recorded.wav";
+
 /// One call placed with linphonec, with its console output and its debug log.
 pub struct LinphoneCall {
     pub connected: bool,
@@ -32,17 +35,39 @@ impl LinphoneCall {
     /// Calls `uri` with digest credentials for `realm`, keeps the call up for `hold`, hangs up
     /// and quits. Bounded by [`DEADLINE`].
     pub fn place(uri: &str, username: &str, password: &str, realm: &str, hold: Duration) -> Self {
+        LinphoneCall::place_with(uri, Some((username, password, realm)), "", None, hold)
+    }
+
+    /// [`LinphoneCall::place`] with or without credentials (`username`, `password`, `realm`),
+    /// `sip` lines added to the `[sip]` section of its configuration (e.g.
+    /// `media_encryption=srtp`), and, with `play`, in file mode (`soundcard use files`): it
+    /// sends that WAV file as its audio and records what it hears ([`LinphoneCall::recorded`]).
+    /// Without, it has no sound card and sends no RTP.
+    pub fn place_with(
+        uri: &str,
+        credentials: Option<(&str, &str, &str)>,
+        sip: &str,
+        play: Option<&std::path::Path>,
+        hold: Duration,
+    ) -> Self {
         let dir = TempDir::new("linphone");
         let config = dir.join("linphonerc");
+        let username = credentials.map_or("carrier", |(u, _, _)| u);
+        let auth = match credentials {
+            Some((username, password, realm)) => {
+                format!("[auth_info_0]\nusername={username}\npasswd={password}\nrealm={realm}\n")
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "[sip]\nsip_port=-1\nsip_tcp_port=-1\nsip_tls_port=-1\n\
+                "[sip]\nsip_port=-1\nsip_tcp_port=-1\nsip_tls_port=-1\n{sip}\
                  contact=\"carrier\" <sip:{username}@127.0.0.1>\n\
                  [rtp]\naudio_rtp_port={rtp}\nvideo_rtp_port={video}\n\
                  [sound]\nechocancellation=0\n\
                  [video]\nenabled=0\n\
-                 [auth_info_0]\nusername={username}\npasswd={password}\nrealm={realm}\n",
+                 {auth}",
                 rtp = net::free_media_port(),
                 video = net::free_media_port(),
             ),
@@ -78,6 +103,11 @@ impl LinphoneCall {
         send(&mut stdin, "ipv6 disable");
         send(&mut stdin, &format!("ports sip {sip_port}"));
         net::wait_bound(LOCALHOST, sip_port, false, Duration::from_secs(5));
+        if let Some(play) = play {
+            send(&mut stdin, "soundcard use files");
+            send(&mut stdin, &format!("play {}", path(play)));
+            send(&mut stdin, &format!("record {}", path(&dir.join(RECORDED))));
+        }
         send(&mut stdin, &format!("call {uri}"));
         let outcome = wait_for_any(
             &stdout_path,
@@ -116,6 +146,11 @@ impl LinphoneCall {
             .filter(|l| l.trim_start().to_ascii_lowercase().starts_with("proxy-authorization:"))
             .map(|l| l.trim().to_string())
             .collect()
+    }
+
+    /// What it heard, as it recorded it in file mode (a WAV file's bytes; empty without).
+    pub fn recorded(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join(RECORDED)).unwrap_or_default()
     }
 
     #[track_caller]

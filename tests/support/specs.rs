@@ -41,6 +41,7 @@ pub struct Trunk {
     limits: Option<(u32, u32)>,
     number_format: Option<(String, Option<String>)>,
     registration: Option<String>,
+    encryption: Option<String>,
 }
 
 impl Trunk {
@@ -60,6 +61,7 @@ impl Trunk {
             limits: None,
             number_format: None,
             registration: None,
+            encryption: None,
         }
     }
 
@@ -152,6 +154,12 @@ impl Trunk {
         self
     }
 
+    /// `media: {encryption}`: `Disabled`, `Optional`, `Required`.
+    pub fn encryption(mut self, encryption: &str) -> Trunk {
+        self.encryption = Some(encryption.to_string());
+        self
+    }
+
     /// `limits: {maxConcurrentCalls, maxCallsPerSecond}`.
     pub fn limits(mut self, max_concurrent_calls: u32, max_calls_per_second: u32) -> Trunk {
         self.limits = Some((max_concurrent_calls, max_calls_per_second));
@@ -213,6 +221,9 @@ impl Trunk {
                 "limits".into(),
                 json!({"maxConcurrentCalls": calls, "maxCallsPerSecond": rate}),
             );
+        }
+        if let Some(encryption) = &self.encryption {
+            spec.insert("media".into(), json!({"encryption": encryption}));
         }
         json!({
             "apiVersion": "trunkline.dev/v1alpha1",

@@ -25,7 +25,7 @@ use super::{
 
 /// The origin leg, from the INVITE that starts the call.
 pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
-    let Origin { role, invite, source, local, trusted } = origin;
+    let Origin { role, invite, source, local, trusted, srtp } = origin;
     let from = invite.from().cloned().unwrap_or_else(|| NameAddr {
         display: None,
         uri: "sip:anonymous@anonymous.invalid".into(),
@@ -70,6 +70,7 @@ pub(super) fn origin_leg(ids: &mut Ids, origin: Origin) -> Leg {
         invite_headers: Vec::new(),
         remote_cseq,
         trusted,
+        srtp,
     }
 }
 

@@ -10,8 +10,11 @@ use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::model::Encryption;
 use crate::media::relay::Leg as RelaySide;
+use crate::media::sdes::Crypto;
 use crate::media::sdp::LegOrigin;
+use crate::media::srtp::SrtpKeys;
 use crate::sip::msg::{Method, NameAddr, Request, SipUri, name};
 use crate::sip::transaction::{ClientKey, MAGIC_COOKIE, ServerKey};
 use crate::sip::transport::{Protocol, Source, Target};
@@ -201,6 +204,36 @@ pub struct Leg {
     /// Networks the peer may also send its in-dialog requests from (see
     /// [`Leg::signals_from`]).
     pub trusted: Vec<IpNet>,
+    /// SDES toward the peer: its policy, our open offer, the keys settled.
+    pub srtp: LegSrtp,
+}
+
+/// SRTP keyed by SDES toward a leg's peer (RFC 4568; `media::sdes` decides, `media::srtp`
+/// encrypts). A leg whose policy is `Disabled` (every agent leg) never has keys.
+#[derive(Debug, Default)]
+pub struct LegSrtp {
+    /// The trunk's (or transfer destination's) `media.encryption`.
+    pub policy: Encryption,
+    /// Our `a=crypto` lines in the offer the peer has not answered yet, and whether that
+    /// offer said RTP/SAVP.
+    pub offered: Option<(bool, Vec<Crypto>)>,
+    /// The peer's audio profile is RTP/SAVP(F): what our answers and re-offers to it say.
+    pub savp: bool,
+    /// The keys settled with the peer: its side of the relay decrypts with `remote` and
+    /// encrypts with `local`.
+    pub keys: Option<SrtpKeys>,
+}
+
+impl LegSrtp {
+    pub fn new(policy: Encryption) -> LegSrtp {
+        LegSrtp { policy, ..LegSrtp::default() }
+    }
+
+    /// What an SDP toward the peer says once media is settled (answers, re-offers): our one
+    /// line under the peer's profile, or `None` for plain RTP.
+    pub fn settled(&self) -> Option<(bool, Vec<Crypto>)> {
+        self.keys.as_ref().map(|keys| (self.savp, vec![keys.local.clone()]))
+    }
 }
 
 /// A dialed leg's digest toward its peer (a carrier's 401/407, RFC 3261 §22.2).

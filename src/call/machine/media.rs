@@ -24,9 +24,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::media::codec;
+use crate::config::refusal::RefusalRule;
+use crate::media::codec::{self, Negotiated};
 use crate::media::relay::{Leg as RelaySide, Silent};
-use crate::media::sdp::{AudioSecurity, ConnectionRefusal, Direction, Sdp};
+use crate::media::sdes::{self, Crypto, Settled, SrtpRefusal};
+use crate::media::sdp::{AudioSecurity, ConnectionRefusal, Direction, Sdp, SdpError};
+use crate::media::srtp::SrtpKeys;
 use crate::sip::body;
 use crate::sip::msg::{Request, Response, name};
 use crate::sip::transaction::ServerKey;
@@ -49,6 +52,27 @@ impl OfferRefused {
     fn status(status: u16) -> OfferRefused {
         OfferRefused { status, warning: None, accept: false }
     }
+}
+
+/// SDES in an SDP toward a leg: our `a=crypto` lines and whether the profile is RTP/SAVP, or
+/// `None` for plain RTP/AVP (see [`AudioSecurity`]). Owned, so that the leg's origin can be
+/// borrowed while the SDP is printed.
+type Lines = Option<(bool, Vec<Crypto>)>;
+
+fn security(lines: &Lines) -> AudioSecurity<'_> {
+    match lines {
+        Some((savp, crypto)) => AudioSecurity::Sdes { savp: *savp, crypto },
+        None => AudioSecurity::Plain,
+    }
+}
+
+/// A re-offer relayed from one leg to the other, until its answer comes back: the codecs it
+/// allows, and the SDES its offerer's offer settled (the offerer, its profile, its keys),
+/// applied when the answer is (RFC 4568 §7.1.4: the offerer uses new keys once answered).
+#[derive(Clone, Debug)]
+pub(super) struct Reoffer {
+    negotiated: Negotiated,
+    srtp: Option<(LegId, bool, Settled)>,
 }
 
 impl Call {
@@ -111,10 +135,19 @@ impl Call {
         // A call the gateway places dials its first leg first; its offer is the gateway's own.
         let placed = self.then.is_some();
         let dialed = if placed { origin } else { dialed };
+        // SRTP keys settled before the relay ran: the origin's, on the front door's answer to
+        // its offer.
+        for leg in self.bridge {
+            if let Some(keys) = &self.leg(leg).srtp.keys {
+                let (side, keys) = (self.leg(leg).media, Some(Box::new(keys.clone())));
+                self.out.push(Action::UpdateRelay(RelayUpdate::Srtp { side, keys }));
+            }
+        }
         let (_, advertised) = self.media_ip(dialed);
         let origin_side = self.leg(origin).media;
         let dialed_side = self.leg(dialed).media;
         let Some(port) = self.relay.port(dialed_side) else { return };
+        let lines = self.open_offer(dialed);
         let Some(offer) = &mut self.offer else { return };
         if !offer.delayed && !placed {
             // (A delayed offer's address is a placeholder: the origin's comes with its ACK.)
@@ -125,22 +158,106 @@ impl Call {
             &mut self.legs[dialed.0].origin,
             advertised,
             port,
-            AudioSecurity::Plain,
+            security(&lines),
         );
         self.send_invite(now, dialed);
     }
 
     /// An SDP that came from `from` and goes to its peer: the relay learns `from`'s address
-    /// and the SDP gets ours on the peer's side. Without a relay it is left as it is.
-    /// Gives the SDP as printed for the other leg (printed as it is when there is no relay port).
-    fn rewrite_toward(&mut self, from: LegId, sdp: &mut Sdp) -> Vec<u8> {
+    /// and the SDP gets ours on the peer's side, with `lines` (SDES toward the peer, or plain).
+    /// Without a relay it is left as it is. Gives the SDP as printed for the other leg (printed
+    /// as it is when there is no relay port).
+    fn rewrite_toward(&mut self, from: LegId, sdp: &mut Sdp, lines: &Lines) -> Vec<u8> {
         let to = self.peer(from);
         let (_, advertised) = self.media_ip(to);
         let Some(port) = self.relay.port(self.leg(to).media) else { return sdp.to_bytes() };
         let side = self.leg(from).media;
         self.out
             .push(Action::UpdateRelay(RelayUpdate::Remote { side, remote: sdp.audio_endpoint() }));
-        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port, AudioSecurity::Plain)
+        sdp.rewrite_for_relay(&mut self.legs[to.0].origin, advertised, port, security(lines))
+    }
+
+    /// An SDP from `leg`'s peer, read as its SRTP policy allows: RTP/SAVP only when it takes
+    /// SRTP.
+    fn parse_from(&self, leg: LegId, text: &[u8]) -> Result<Sdp, SdpError> {
+        if self.leg(leg).srtp.policy.is_disabled() {
+            Sdp::parse(text)
+        } else {
+            Sdp::parse_srtp(text)
+        }
+    }
+
+    /// Our first offer toward `leg`, by its policy ([`sdes::offer`]): fresh keys, kept until
+    /// it answers.
+    fn open_offer(&mut self, leg: LegId) -> Lines {
+        let srtp = &mut self.legs[leg.0].srtp;
+        srtp.offered = sdes::offer(srtp.policy);
+        srtp.offered.clone()
+    }
+
+    /// A re-offer toward `leg`: the key settled with it, again (RFC 4568 §7.1.4 lets it
+    /// stay), or plain.
+    fn reoffer_to(&mut self, leg: LegId) -> Lines {
+        let srtp = &mut self.legs[leg.0].srtp;
+        srtp.offered = srtp.settled();
+        srtp.offered.clone()
+    }
+
+    /// `leg`'s peer answered our offer: SDES settled by its policy ([`sdes::settle_answer`]),
+    /// the keys kept and given to the relay.
+    fn settle_from(&mut self, leg: LegId, answer: &Sdp) -> Result<(), SrtpRefusal> {
+        let srtp = &self.leg(leg).srtp;
+        if srtp.policy.is_disabled() {
+            return Ok(());
+        }
+        let offered = srtp.offered.as_ref().map_or(&[][..], |(_, lines)| lines.as_slice());
+        let savp = answer.audio_is_srtp();
+        let settled = sdes::settle_answer(srtp.policy, offered, savp, &answer.audio_crypto())?;
+        self.set_keys(leg, savp, settled);
+        Ok(())
+    }
+
+    /// A re-offer from `leg`'s peer, answered by its policy ([`sdes::answer_offer`]). Our key
+    /// stays what it was when the suite does (a re-INVITE for hold need not rekey the relay).
+    /// `None`: the leg takes no SRTP.
+    fn answer_reoffer(
+        &self,
+        leg: LegId,
+        offer: &Sdp,
+    ) -> Result<Option<(bool, Settled)>, SrtpRefusal> {
+        let srtp = &self.leg(leg).srtp;
+        if srtp.policy.is_disabled() {
+            return Ok(None);
+        }
+        let savp = offer.audio_is_srtp();
+        let mut settled = sdes::answer_offer(srtp.policy, savp, &offer.audio_crypto())?;
+        if let (Settled::Srtp { remote, local }, Some(keys)) = (&mut settled, &srtp.keys)
+            && keys.local.suite == remote.suite
+        {
+            *local = Crypto { tag: remote.tag, ..keys.local.clone() };
+        }
+        Ok(Some((savp, settled)))
+    }
+
+    /// New SDES state for `leg`: kept on the leg, and given to its relay side when the keys
+    /// changed.
+    fn set_keys(&mut self, leg: LegId, savp: bool, settled: Settled) {
+        let keys = match settled {
+            Settled::Plain => None,
+            Settled::Srtp { remote, local } => Some(SrtpKeys { remote, local }),
+        };
+        let running = matches!(self.relay, Relay::Running { .. });
+        let l = &mut self.legs[leg.0];
+        l.srtp.savp = savp;
+        if l.srtp.keys == keys {
+            return;
+        }
+        l.srtp.keys = keys.clone();
+        let side = l.media;
+        if running {
+            self.out
+                .push(Action::UpdateRelay(RelayUpdate::Srtp { side, keys: keys.map(Box::new) }));
+        }
     }
 
     /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.
@@ -167,7 +284,7 @@ impl Call {
             return Ok(None);
         }
         let delayed = offer.delayed;
-        let mut answer = Sdp::parse(&text).map_err(|e| e.status_code())?;
+        let mut answer = self.parse_from(leg, &text).map_err(|e| e.status_code())?;
         if let Some(refusal) = self.refused_answer(leg, &answer) {
             let (role, rule) = (self.leg(leg).role.as_str(), refusal.rule().as_str());
             tracing::warn!(session = %self.session_id, role, rule, "the SDP answer is refused: {}", refusal.text());
@@ -182,12 +299,25 @@ impl Call {
             e.status_code()
         })?;
         tracing::debug!(session = %self.session_id, codec = chosen.codec.as_str(), "codec chosen");
+        if let Err(refusal) = self.settle_from(leg, &answer) {
+            let (role, rule) = (self.leg(leg).role.as_str(), RefusalRule::from(refusal).as_str());
+            tracing::warn!(session = %self.session_id, role, rule, "the SDP answer is refused: {refusal}");
+            if final_ {
+                self.hangup_reason =
+                    Some(format!("the {role}'s SDP answer is refused: {rule}: {refusal}"));
+            }
+            return Err(488);
+        }
         if delayed {
             // What the dialed leg accepted becomes the offer to the origin, whose ACK answers.
             self.late_offer = Some(codec::Negotiated { formats: chosen.formats.clone() });
         }
         self.chosen = Some(chosen);
-        let printed = self.rewrite_toward(leg, &mut answer);
+        // Toward the other leg: our answer to its offer (the keys settled with it), or, for a
+        // delayed offer, our offer to it.
+        let to = self.peer(leg);
+        let lines = if delayed { self.open_offer(to) } else { self.leg(to).srtp.settled() };
+        let printed = self.rewrite_toward(leg, &mut answer, &lines);
         if final_ && !delayed {
             // Answered: media is owed from now on, unless the answer puts the call on hold.
             self.media_direction(answer.direction());
@@ -206,7 +336,8 @@ impl Call {
         let checked = match body::sdp(&ack.headers, &ack.body) {
             Err(e) => Err(did_not_answer(e.to_string())),
             Ok(None) => Err(did_not_answer("no SDP".to_string())),
-            Ok(Some(text)) => Sdp::parse(&text)
+            Ok(Some(text)) => self
+                .parse_from(Call::ORIGIN, &text)
                 .map_err(|e| e.to_string())
                 .and_then(|sdp| {
                     codec::check_answer(&offered, &sdp).map(|_| sdp).map_err(|e| e.to_string())
@@ -221,6 +352,13 @@ impl Call {
                     None => Ok(sdp),
                 }),
         };
+        let checked = checked.and_then(|answer| match self.settle_from(Call::ORIGIN, &answer) {
+            Ok(()) => Ok(answer),
+            Err(refusal) => Err(format!(
+                "the carrier's SDP answer in its ACK is refused: {}: {refusal}",
+                RefusalRule::from(refusal).as_str()
+            )),
+        });
         match checked {
             Ok(answer) => {
                 let side = self.leg(Call::ORIGIN).media;
@@ -284,7 +422,8 @@ impl Call {
                 return Err(refused);
             }
         };
-        let mut sdp = Sdp::parse(&text).map_err(|e| OfferRefused::status(e.status_code()))?;
+        let mut sdp =
+            self.parse_from(from, &text).map_err(|e| OfferRefused::status(e.status_code()))?;
         if self.faces_carrier(from) {
             let own = &self.config.own_addresses;
             if let Some(refusal) = sdp.refused_connection(false, |target| own.contains(target)) {
@@ -294,11 +433,20 @@ impl Call {
                 return Err(OfferRefused { status: 488, warning: Some(warning), accept: false });
             }
         }
+        let srtp = self.answer_reoffer(from, &sdp).map_err(|refusal| {
+            let rule = RefusalRule::from(refusal).as_str();
+            tracing::info!(session = %self.session_id, rule, "a re-offer is refused: {refusal}");
+            let warning = crate::config::refusal::warning(rule, &refusal.to_string());
+            OfferRefused { status: 488, warning: Some(warning), accept: false }
+        })?;
         let negotiated = codec::filter_offer(&mut sdp, &self.codecs)
             .map_err(|e| OfferRefused::status(e.status_code()))?;
         self.media_direction(sdp.direction());
-        let printed = self.rewrite_toward(from, &mut sdp);
-        self.reoffers.insert(key.clone(), negotiated);
+        let to = self.peer(from);
+        let lines = self.reoffer_to(to);
+        let printed = self.rewrite_toward(from, &mut sdp, &lines);
+        let srtp = srtp.map(|(savp, settled)| (from, savp, settled));
+        self.reoffers.insert(key.clone(), Reoffer { negotiated, srtp });
         Ok(Some(printed.into()))
     }
 
@@ -324,9 +472,9 @@ impl Call {
         from: LegId,
         resp: &Response,
     ) -> Option<bytes::Bytes> {
-        let negotiated = self.reoffers.get(key)?.clone();
+        let Reoffer { negotiated, srtp } = self.reoffers.get(key)?.clone();
         let text = body::sdp(&resp.headers, &resp.body).ok()??;
-        let mut sdp = Sdp::parse(&text).ok()?;
+        let mut sdp = self.parse_from(from, &text).ok()?;
         if let Err(e) = codec::check_answer(&negotiated, &sdp) {
             tracing::warn!(session = %self.session_id, error = %e, "a re-INVITE answer breaks the codec policy; its SDP is dropped");
             return None;
@@ -336,7 +484,17 @@ impl Call {
             tracing::warn!(session = %self.session_id, rule, "a re-INVITE answer is refused, its SDP is dropped: {}", refusal.text());
             return None;
         }
-        Some(self.rewrite_toward(from, &mut sdp).into())
+        if let Err(refusal) = self.settle_from(from, &sdp) {
+            let rule = RefusalRule::from(refusal).as_str();
+            tracing::warn!(session = %self.session_id, rule, "a re-INVITE answer is refused, its SDP is dropped: {refusal}");
+            return None;
+        }
+        // The offerer's keys change now that its offer is answered.
+        if let Some((offerer, savp, settled)) = srtp {
+            self.set_keys(offerer, savp, settled);
+        }
+        let lines = self.leg(self.peer(from)).srtp.settled();
+        Some(self.rewrite_toward(from, &mut sdp, &lines).into())
     }
 }
 

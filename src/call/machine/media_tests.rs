@@ -132,6 +132,11 @@ fn a_carriers_answer_to_the_agents_reoffer_at_a_multicast_group_is_dropped() {
 /// An outbound call: the agent runtime (leg 0, side B) calls a number through a carrier
 /// (leg 1, side A, at CARRIER); the relay runs and the carrier has our INVITE.
 fn outbound() -> (Script, Request) {
+    outbound_with(Encryption::Disabled)
+}
+
+/// [`outbound`] through a trunk whose `media.encryption` is `encryption`.
+pub(super) fn outbound_with(encryption: Encryption) -> (Script, Request) {
     let invite = request(&format!(
         "INVITE sip:+14155550142@{GATEWAY_B} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {AGENT};branch=z9hG4bKagent1\r\nMax-Forwards: 70\r\n\
@@ -174,6 +179,7 @@ fn outbound() -> (Script, Request) {
             source: source(AGENT, GATEWAY_B, Zone::Internal),
             local: addr(GATEWAY_B),
             trusted: vec![],
+            srtp: LegSrtp::default(),
         },
         dial: Dial {
             role: Role::Carrier,
@@ -182,6 +188,7 @@ fn outbound() -> (Script, Request) {
             headers: vec![],
             credentials: None,
             alternates: Vec::new(),
+            encryption,
         },
         offer: Some(MediaOffer { sdp, negotiated, delayed: false }),
         codecs,
@@ -199,7 +206,7 @@ fn outbound() -> (Script, Request) {
 }
 
 /// The carrier of [`outbound`] answers our INVITE.
-fn carrier_answers(
+pub(super) fn carrier_answers(
     s: &mut Script,
     invite: &Request,
     status: u16,

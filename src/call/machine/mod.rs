@@ -49,6 +49,8 @@ mod script;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]
+mod srtp_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
@@ -58,7 +60,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use crate::config::model::Codec;
+use crate::config::model::{Codec, Encryption};
 use crate::media::codec::{Chosen, Negotiated};
 use crate::media::relay::{Leg as RelaySide, Silent};
 use crate::media::sdp::{OwnAddresses, Sdp};
@@ -69,7 +71,7 @@ use crate::sip::transport::{Source, Target};
 
 pub use bridge::{TransferRequest, user_of};
 use leg::LegInvite;
-pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, Mismatch, Phase, Role, Side};
+pub use leg::{Dialog, Ids, Leg, LegAuth, LegId, LegSrtp, Mismatch, Phase, Role, Side};
 pub use transfer::{TransferContext, TransferRecord};
 use tx::{ClientTx, Pending2xx, ServerTx, TxMap};
 
@@ -183,6 +185,9 @@ pub struct Origin {
     /// INVITE's source address: an inbound trunk's `allowedAddresses` (a carrier with several
     /// edge nodes whose BYE comes from another one).
     pub trusted: Vec<IpNet>,
+    /// SDES toward the origin: the trunk's policy and, when its offer was SRTP, the keys the
+    /// front door settled (`media::sdes::answer_offer`).
+    pub srtp: LegSrtp,
 }
 
 /// Another host a dialed leg may be sent to when the first does not answer or answers one of
@@ -221,6 +226,8 @@ pub struct Dial {
     /// Other hosts to try, in order, when `destination` fails (an outbound call through a
     /// trunk with several hosts); empty for every other leg.
     pub alternates: Vec<Alternate>,
+    /// SRTP toward the peer (a carrier's trunk `media.encryption`; `Disabled` for agents).
+    pub encryption: Encryption,
 }
 
 /// Everything decided about a call before it starts.
@@ -307,7 +314,7 @@ pub enum Action {
 }
 
 /// A change to the relay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RelayUpdate {
     /// Where a side's peer wants media now.
     Remote { side: RelaySide, remote: Option<SocketAddr> },
@@ -320,6 +327,9 @@ pub enum RelayUpdate {
     PromoteSpare(Option<SocketAddr>),
     /// The transfer failed: its ports go back.
     DropSpare,
+    /// The SRTP keys of a side's peer (SDES, settled or renewed by an offer and its answer),
+    /// or `None` for plain RTP. Boxed: most calls never send it.
+    Srtp { side: RelaySide, keys: Option<Box<crate::media::srtp::SrtpKeys>> },
 }
 
 /// A fact about the call for metrics, logs and (later) the session record.
@@ -435,7 +445,7 @@ pub struct Call {
     chosen: Option<Chosen>,
     relay: Relay,
     /// Offers relayed in re-INVITE/UPDATE, by the server transaction they came in.
-    reoffers: TxMap<ServerKey, Negotiated>,
+    reoffers: TxMap<ServerKey, media::Reoffer>,
     state: State,
     started: Instant,
     /// The trunk's and the gateway's limit on the answered call's length, the shorter.
@@ -826,6 +836,7 @@ fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
         invite_headers: dial.headers,
         remote_cseq: None,
         trusted: Vec::new(),
+        srtp: LegSrtp::new(dial.encryption),
     };
     (leg, dial.destination)
 }

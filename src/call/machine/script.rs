@@ -156,6 +156,7 @@ pub(super) fn start_adjusted(
             source: leg_source(CARRIER_LEG),
             local: addr(GATEWAY_A),
             trusted: vec![],
+            srtp: LegSrtp::default(),
         },
         dial: Dial {
             role: Role::Agent,
@@ -164,6 +165,7 @@ pub(super) fn start_adjusted(
             headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
             credentials,
             alternates: Vec::new(),
+            encryption: Encryption::Disabled,
         },
         offer,
         codecs,
@@ -335,7 +337,7 @@ pub(super) fn relay_updates(actions: &[Action]) -> Vec<RelayUpdate> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::UpdateRelay(u) => Some(*u),
+            Action::UpdateRelay(u) => Some(u.clone()),
             _ => None,
         })
         .collect()

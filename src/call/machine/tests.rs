@@ -701,6 +701,7 @@ fn placed() -> (Script, Request) {
         headers: vec![],
         credentials: None,
         alternates: Vec::new(),
+        encryption: Encryption::Disabled,
     };
     let then = Dial {
         role: Role::Agent,
@@ -709,6 +710,7 @@ fn placed() -> (Script, Request) {
         headers: vec![("X-Trunkline-Agent-ID".into(), "support".into())],
         credentials: None,
         alternates: Vec::new(),
+        encryption: Encryption::Disabled,
     };
     let placed = Placed {
         session_id: "api-1".into(),
@@ -1087,6 +1089,7 @@ pub(super) fn transfer_dial(
         headers: vec![("Diversion".into(), "<sip:+14155550100@198.51.100.1>".into())],
         credentials,
         alternates: Vec::new(),
+        encryption: Encryption::Disabled,
     }
 }
 
