@@ -315,9 +315,14 @@ impl Driver {
                     };
                     self.call.on_media_event(Instant::now(), event)
                 }
-                Action::Record(Record::Answered { setup, codec }) => {
+                Action::Record(Record::Answered { setup, codec, srtp }) => {
                     if let Some(r) = &mut self.record {
-                        record::answered(r, setup, codec.map(|c| c.as_str()));
+                        record::answered(
+                            r,
+                            setup,
+                            codec.map(|c| c.as_str()),
+                            srtp.map(|s| s.as_str()),
+                        );
                         let config = &self.gw.config;
                         let wanted = config.records.as_ref().is_some_and(|f| f.answered)
                             || config.outbox.as_ref().is_some_and(|o| o.answered);

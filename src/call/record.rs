@@ -76,11 +76,13 @@ pub fn outbound_numbers(route: &OutboundRoute, from: &str, to: &str) -> Numbers 
     }
 }
 
-/// The answer: when, after how long, with which codec.
-pub fn answered(r: &mut SessionRecord, setup: Duration, codec: Option<&str>) {
+/// The answer: when, after how long, with which codec, and with which SRTP suite toward the
+/// carrier if any.
+pub fn answered(r: &mut SessionRecord, setup: Duration, codec: Option<&str>, srtp: Option<&str>) {
     r.answered_at = Some(jiff::Timestamp::now().to_string());
     r.setup_ms = Some(millis(setup));
     r.codec = codec.map(str::to_string);
+    r.srtp = srtp.map(str::to_string);
 }
 
 /// The first record, at the answer, for the sinks that want one: what is known so far, with

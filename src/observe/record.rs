@@ -85,6 +85,11 @@ pub struct SessionRecord {
     /// The codec the call settled on (`PCMU`, `PCMA`, `G722`); none before an answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub codec: Option<String>,
+    /// The SRTP suite (SDES) of the carrier's leg at the answer, when its media is encrypted
+    /// (`AES_CM_128_HMAC_SHA1_80`, `AES_CM_128_HMAC_SHA1_32`, `AEAD_AES_128_GCM`); none for
+    /// plain RTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
     /// The transport of the call's first leg (`UDP`, `TCP`, `TLS`).
     pub transport: String,
     /// Where the first leg's INVITE came from (`IP:port`); none for a call the API placed.

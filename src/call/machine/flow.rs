@@ -623,7 +623,9 @@ impl Call {
         self.ends_at = self.max_duration.map(|d| now + d);
         let codec = self.chosen.as_ref().map(|c| c.codec);
         let setup = now.saturating_duration_since(self.started);
-        self.out.push(Action::Record(Record::Answered { setup, codec }));
+        let srtp = self.bridge.iter().find_map(|l| self.leg(*l).srtp.keys.as_ref());
+        let srtp = srtp.map(|keys| keys.local.suite);
+        self.out.push(Action::Record(Record::Answered { setup, codec, srtp }));
         let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
         if let Some(request) = &self.leg(Call::ORIGIN).invite_request
             && let session_timer::Ask::Refreshed { interval, refresher } =

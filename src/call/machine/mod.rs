@@ -336,7 +336,8 @@ pub enum RelayUpdate {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// The dialed leg answered and the origin got its 2xx.
-    Answered { setup: Duration, codec: Option<Codec> },
+    /// `srtp`: the suite of the leg that speaks SRTP (the carrier's), if one does.
+    Answered { setup: Duration, codec: Option<Codec>, srtp: Option<crate::media::sdes::Suite> },
     /// A dialed peer refused our digest answer (it challenged again), or challenged a leg that
     /// has no credentials, or sent a challenge we cannot answer.
     AuthRefused { role: Role, reason: String },

@@ -105,6 +105,11 @@ fn an_srtp_offer_reaches_the_agent_as_plain_rtp_and_the_carrier_gets_our_key_in_
     };
     assert_eq!(keys.remote, Crypto::parse(&line(1, "AES_CM_128_HMAC_SHA1_80", KEY)).unwrap());
     assert_eq!(&keys.local, ours, "the relay encrypts with the key the answer gave");
+    let recorded = actions.iter().find_map(|a| match a {
+        Action::Record(Record::Answered { srtp, .. }) => Some(*srtp),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(Some(Suite::AesCm128HmacSha1_80)), "the session record says so");
 }
 
 #[test]
@@ -226,6 +231,11 @@ fn an_outbound_call_on_a_required_trunk_offers_srtp_and_keys_the_carriers_side_f
     let [(RelaySide::A, Some(keys))] = updates.as_slice() else { panic!("{updates:?}") };
     assert_eq!(keys.local, offered[1], "our tag-2 line");
     assert_eq!(keys.remote, Crypto::parse(&line(2, "AES_CM_128_HMAC_SHA1_80", KEY)).unwrap());
+    let recorded = actions.iter().find_map(|a| match a {
+        Action::Record(Record::Answered { srtp, .. }) => Some(*srtp),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(Some(Suite::AesCm128HmacSha1_80)));
 }
 
 #[test]
