@@ -43,8 +43,10 @@ pub struct OutboundTrunkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub hosts: Vec<CarrierHost>,
-    /// The carrier's SIP port (of `host`, and the default of `hosts`). Default: 5060, or 5061
-    /// for TLS.
+    /// The carrier's SIP port (of `host`, and the default of `hosts`). Default: a host name is
+    /// looked up by DNS SRV (`_sip._udp.`, `_sip._tcp.` or `_sips._tcp.` + the name, RFC 3263),
+    /// and at 5060 (5061 for TLS) when it has no SRV records; an IP address at 5060 (5061 for
+    /// TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
@@ -109,7 +111,8 @@ pub struct CarrierHost {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = rules::HOST_NOT_URI.to_rule())]
     pub host: String,
-    /// The host's SIP port. Default: `spec.port`, else 5060, or 5061 for TLS.
+    /// The host's SIP port. Default: `spec.port`, else (a host name) its DNS SRV targets, or
+    /// 5060 (5061 for TLS) when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
