@@ -723,4 +723,21 @@ mod tests {
         let second_ip: IpAddr = "192.0.2.51".parse().unwrap();
         assert_eq!(moved, Some((crate::media::relay::Leg::A, Some(second_ip))));
     }
+
+    #[test]
+    fn a_first_srv_target_without_an_address_passes_the_call_to_the_next_target() {
+        let (mut call, _, now) = srv_call(false);
+        let targets = vec![
+            ("gone.carrier.example".to_string(), 5070),
+            ("sip2.carrier.example".to_string(), 5080),
+        ];
+        let actions = call.on_srv_resolved(now, LegId::SECOND, targets, Err("no address".into()));
+        let next = actions.iter().find_map(|a| match a {
+            Action::Resolve { host, port, .. } => Some(format!("{host}:{port}")),
+            _ => None,
+        });
+        assert_eq!(next.as_deref(), Some("sip2.carrier.example:5080"));
+        let (_, agent) = split(&actions);
+        assert!(agent.is_empty(), "the agent waits: {agent:?}");
+    }
 }

@@ -179,7 +179,9 @@ impl CallServices {
         let records = match self.resolver.srv(service).await {
             Ok(records) => records,
             Err(why) => {
-                tracing::info!(%service, error = %why, "SRV lookup failed: trying {host}:{port}");
+                // Per call (a failure is cached 5 s): debug, not info; the A/AAAA lookup that
+                // follows warns if the call cannot go anywhere.
+                tracing::debug!(%service, error = %why, "SRV lookup failed: trying {host}:{port}");
                 Vec::new()
             }
         };
