@@ -738,7 +738,19 @@ pub async fn announce_source_addresses(
         let source = match (public_address, listener) {
             (Some(ip), _) => Ok(ip),
             (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(addr.ip()),
-            _ => route_address(&resolver, &route.primary().host, route.primary().port).await,
+            _ => {
+                // A host looked up by SRV: toward its first target (lowest priority), else the
+                // name itself, as the calls go.
+                let primary = route.primary();
+                let mut toward = (primary.host.clone(), primary.port);
+                if let Some(service) = primary.srv_name() {
+                    let records = resolver.srv(&service).await.unwrap_or_default();
+                    if let Some(r) = records.iter().min_by_key(|r| r.priority) {
+                        toward = (r.target.clone(), r.port);
+                    }
+                }
+                route_address(&resolver, &toward.0, toward.1).await
+            }
         };
         match source {
             Ok(ip) => tracing::info!(
