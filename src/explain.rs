@@ -279,9 +279,12 @@ fn carrier_invite(
     let setup = setup(&mut ids, q.header_prefix, invite, source, locals, route, None);
     let now = Instant::now();
     let (mut call, mut actions) = Call::start(now, CallConfig::default(), Ids::random(), setup);
-    // A host name: the driver would look it up now. The address given back is never shown.
+    // A host name: the driver would look it up now (by SRV first for a name with no port).
+    // The address given back is never shown.
     let lookup = actions.iter().find_map(|a| match a {
-        Action::Resolve { leg, port, .. } => Some((*leg, *port)),
+        Action::Resolve { leg, port, .. } | Action::ResolveSrv { leg, port, .. } => {
+            Some((*leg, *port))
+        }
         _ => None,
     });
     if let Some((leg, port)) = lookup {
@@ -337,7 +340,15 @@ fn carrier_text(trunk: &OutboundTrunkRoute) -> String {
         if several {
             let _ = write!(text, " (priority {}, weight {})", h.priority, h.weight);
         }
-        if h.host.parse::<IpAddr>().is_err() {
+        if h.srv {
+            let _ = write!(
+                text,
+                "; a host name with no port: its SRV records ({}) looked up on each call, not \
+                 here, their targets tried in order; none: A/AAAA at port {}",
+                h.srv_name().unwrap_or_default(),
+                h.port
+            );
+        } else if h.host.parse::<IpAddr>().is_err() {
             text.push_str("; a host name: looked up (A/AAAA) on each call, not here");
         }
         if h.transport == Transport::Tls {

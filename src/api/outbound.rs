@@ -20,7 +20,7 @@ use super::rules;
     category = "trunkline",
     doc = "Calls from the agents out through a carrier: its address, our credentials, and the caller ids agents may present.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
-    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
+    printcolumn = r#"{"name":"Host","type":"string","description":"The carrier's first host, and +N for its other hosts","jsonPath":".status.hosts"}"#,
     printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"description":"Why Programmed has its status: Programmed, Pending, NoGateways, NotServedHere, or the reason the object is refused","jsonPath":".status.conditions[?(@.type==\"Programmed\")].reason"}"#
@@ -43,8 +43,10 @@ pub struct OutboundTrunkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub hosts: Vec<CarrierHost>,
-    /// The carrier's SIP port (of `host`, and the default of `hosts`). Default: 5060, or 5061
-    /// for TLS.
+    /// The carrier's SIP port (of `host`, and the default of `hosts`). Default: a host name is
+    /// looked up by DNS SRV (`_sip._udp.`, `_sip._tcp.` or `_sips._tcp.` + the name, RFC 3263),
+    /// and at 5060 (5061 for TLS) when it has no SRV records; an IP address at 5060 (5061 for
+    /// TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
@@ -109,7 +111,8 @@ pub struct CarrierHost {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = rules::HOST_NOT_URI.to_rule())]
     pub host: String,
-    /// The host's SIP port. Default: `spec.port`, else 5060, or 5061 for TLS.
+    /// The host's SIP port. Default: `spec.port`, else (a host name) its DNS SRV targets, or
+    /// 5060 (5061 for TLS) when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
@@ -133,6 +136,16 @@ pub struct CarrierHost {
 
 fn default_weight() -> u16 {
     1
+}
+
+impl OutboundTrunkSpec {
+    /// The first host with `+N` for the others (`status.hosts`): `sip.carrier.example`,
+    /// `198.51.100.10 +1`; `None` without a host.
+    pub fn host_summary(&self) -> Option<String> {
+        let first = self.host.as_deref().or(self.hosts.first().map(|h| h.host.as_str()))?;
+        let others = if self.host.is_some() { self.hosts.len() } else { self.hosts.len() - 1 };
+        Some(if others == 0 { first.to_string() } else { format!("{first} +{others}") })
+    }
 }
 
 /// How we authenticate to the carrier.
@@ -211,8 +224,46 @@ pub struct OutboundTrunkStatus {
     /// Example: `[198.51.100.7, 198.51.100.8]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_addresses: Vec<String>,
+    /// The carrier's first host (`spec.host`, or the first of `spec.hosts`) with `+N` for the
+    /// other hosts, for `kubectl get`'s Host column. Example: `sip1.carrier.example +2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<String>,
     /// One entry per gateway fleet that looked at this trunk, by fleet name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub fleets: Vec<super::FleetStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_column_shows_the_first_host_and_how_many_others() {
+        let spec = |host: Option<&str>, hosts: &[&str]| {
+            let mut spec: OutboundTrunkSpec =
+                serde_json::from_value(serde_json::json!({"callerId": "+14155550100"}))
+                    .expect("a spec");
+            spec.host = host.map(str::to_string);
+            spec.hosts = hosts
+                .iter()
+                .map(|h| CarrierHost {
+                    host: h.to_string(),
+                    port: None,
+                    transport: None,
+                    priority: 0,
+                    weight: 1,
+                })
+                .collect();
+            spec
+        };
+        assert_eq!(
+            spec(Some("sip.carrier.example"), &[]).host_summary().as_deref(),
+            Some("sip.carrier.example")
+        );
+        let three = spec(None, &["sip1.carrier.example", "sip2", "sip3"]);
+        assert_eq!(three.host_summary().as_deref(), Some("sip1.carrier.example +2"));
+        assert_eq!(spec(None, &["198.51.100.10"]).host_summary().as_deref(), Some("198.51.100.10"));
+        assert_eq!(spec(None, &[]).host_summary(), None);
+    }
 }

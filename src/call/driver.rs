@@ -229,6 +229,17 @@ impl Driver {
                     }
                     self.call.on_resolved(Instant::now(), leg, address)
                 }
+                Action::ResolveSrv { leg, service, host, port } => {
+                    let targets = Box::pin(self.gw.srv_targets(&service, &host, port)).await;
+                    let (first, first_port) =
+                        targets.first().cloned().unwrap_or_else(|| (host.clone(), port));
+                    let address = Box::pin(self.gw.resolver.lookup(&first, first_port)).await;
+                    if let (Ok(address), Some(t)) = (&address, self.gw.transports.get()) {
+                        // TLS checks the certificate against the target's name.
+                        t.name_peer(*address, &first);
+                    }
+                    self.call.on_srv_resolved(Instant::now(), leg, targets, address)
+                }
                 Action::StartRelay { a, b, media_timeout, max_hold, peers } => {
                     let config = RelayConfig { media_timeout, max_hold, ..RelayConfig::default() };
                     let guards = [RelaySide::A, RelaySide::B].map(|side| {
@@ -274,6 +285,9 @@ impl Driver {
                             RelayUpdate::Srtp { side, keys } => {
                                 relay.set_srtp(side, keys.map(|k| *k))
                             }
+                            RelayUpdate::Signalling { side, ip } => {
+                                relay.update_signalling(side, ip)
+                            }
                         }
                     }
                     Vec::new()
@@ -315,13 +329,15 @@ impl Driver {
                     };
                     self.call.on_media_event(Instant::now(), event)
                 }
-                Action::Record(Record::Answered { setup, codec, srtp }) => {
+                Action::Record(Record::Answered { setup, codec, srtp, carrier }) => {
                     if let Some(r) = &mut self.record {
+                        let srtp = srtp.map(|s| s.as_str());
                         record::answered(
                             r,
                             setup,
                             codec.map(|c| c.as_str()),
-                            srtp.map(|s| s.as_str()),
+                            srtp,
+                            carrier.as_ref(),
                         );
                         let config = &self.gw.config;
                         let wanted = config.records.as_ref().is_some_and(|f| f.answered)

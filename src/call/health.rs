@@ -36,7 +36,11 @@
 //! target starts again from "unknown": what was known was about another address).
 //!
 //! **Names** are resolved per probe by the calls' caching resolver (`sip::resolve`, in
-//! `CallServices`), and a TLS probe checks the carrier's certificate against the trunk's host.
+//! `CallServices`), and a TLS probe checks the carrier's certificate against the host it is
+//! sent to. A host given as a name with no port is probed where its calls go: its DNS SRV
+//! targets (RFC 3263 §4.2) in the calls' order, the next one when a target misses, and it is
+//! reachable when one of them answers ([`probe_once`]); the OPTIONS' Request-URI is the name
+//! (`sip:carrier.example`), as the calls'.
 //!
 //! Called by `runtime::gateway` once the listeners are bound; also [`announce_source_addresses`]
 //! in `trunkline run`.
@@ -231,12 +235,16 @@ impl ProbeTarget {
             .collect()
     }
 
-    /// `sip:HOST:PORT`, an IPv6 host in brackets, `;transport=tcp|tls` unless UDP.
+    /// `sip:HOST:PORT`, an IPv6 host in brackets, `;transport=tcp|tls` unless UDP; `sip:HOST`
+    /// for a host looked up by SRV (as the calls' Request-URI).
     pub fn uri(&self) -> String {
         let host = match self.host.parse::<IpAddr>() {
             Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
             _ => self.host.clone(),
         };
+        if self.carrier.srv {
+            return format!("sip:{host}{}", transport_param(self.transport));
+        }
         format!("sip:{host}:{}{}", self.port, transport_param(self.transport))
     }
 }
@@ -313,13 +321,53 @@ impl Drop for Registration<'_> {
 }
 
 /// Sends one OPTIONS to `target` and waits for its final answer, at most `timeout`.
+///
+/// A host looked up by SRV (a name with no port) is probed where its calls go: its SRV
+/// targets in the calls' order (RFC 2782), or the name at its default port when it has none.
+/// The first target that answers makes the host reachable; a target that misses passes the
+/// probe on to the next, each with an equal share of the time left, at most
+/// [`MAX_SRV_PROBES`] of them. So the host is down only when no target answers: the calls'
+/// failover moves between its targets (`call::machine`), and rotation skips the name only
+/// when none of them would take a call.
 pub(super) async fn probe_once(
     services: &CallServices,
     target: &ProbeTarget,
     timeout: Duration,
 ) -> ProbeOutcome {
     let deadline = tokio::time::Instant::now() + timeout;
-    let lookup = services.resolver.lookup(&target.host, target.port);
+    let Some(service) = target.carrier.srv_name() else {
+        return probe_at(services, target, (&target.host, target.port), deadline).await;
+    };
+    let lookup = services.srv_targets(&service, &target.host, target.port);
+    let Ok(targets) = tokio::time::timeout_at(deadline, lookup).await else {
+        return ProbeOutcome::Timeout;
+    };
+    let targets: Vec<_> = targets.into_iter().take(MAX_SRV_PROBES).collect();
+    let mut outcome = ProbeOutcome::Timeout;
+    for (i, (host, port)) in targets.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(targets.len() - i).unwrap_or(1);
+        let at = tokio::time::Instant::now() + share;
+        outcome = probe_at(services, target, (host, *port), at).await;
+        if outcome.is_answer() {
+            break;
+        }
+    }
+    outcome
+}
+
+/// At most this many SRV targets of one host are probed in one probe.
+pub const MAX_SRV_PROBES: usize = 3;
+
+/// One OPTIONS of `target`'s probe sent to `host`:`port`, its final answer awaited until
+/// `deadline`.
+async fn probe_at(
+    services: &CallServices,
+    target: &ProbeTarget,
+    (host, port): (&str, u16),
+    deadline: tokio::time::Instant,
+) -> ProbeOutcome {
+    let lookup = services.resolver.lookup(host, port);
     let remote = match tokio::time::timeout_at(deadline, lookup).await {
         Ok(Ok(remote)) => remote,
         Ok(Err(e)) => return ProbeOutcome::Unresolved(e),
@@ -335,8 +383,9 @@ pub(super) async fn probe_once(
     let bytes = options_request(target, local, &ids, &services.config.user_agent).to_bytes();
     let send_to =
         Target { protocol: target.transport, zone: Zone::Carrier, remote, connection: None };
-    // A TLS connection to it checks the certificate against the trunk's host name.
-    transports.name_peer(remote, &target.host);
+    // A TLS connection to it checks the certificate against the host's name (an SRV
+    // target's, as for calls).
+    transports.name_peer(remote, host);
 
     let (tx, mut rx) = mpsc::channel::<CallInput>(8);
     services.register_call(&ids.call_id, tx);
@@ -689,7 +738,19 @@ pub async fn announce_source_addresses(
         let source = match (public_address, listener) {
             (Some(ip), _) => Ok(ip),
             (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(addr.ip()),
-            _ => route_address(&resolver, &route.primary().host, route.primary().port).await,
+            _ => {
+                // A host looked up by SRV: toward its first target (lowest priority), else the
+                // name itself, as the calls go.
+                let primary = route.primary();
+                let mut toward = (primary.host.clone(), primary.port);
+                if let Some(service) = primary.srv_name() {
+                    let records = resolver.srv(&service).await.unwrap_or_default();
+                    if let Some(r) = records.iter().min_by_key(|r| r.priority) {
+                        toward = (r.target.clone(), r.port);
+                    }
+                }
+                route_address(&resolver, &toward.0, toward.1).await
+            }
         };
         match source {
             Ok(ip) => tracing::info!(
@@ -927,5 +988,13 @@ mod tests {
         let t = ProbeTarget::of(&route(Some(5))).remove(0);
         assert_eq!(t.interval, Duration::from_secs(5));
         assert_eq!(t.uri(), "sip:192.0.2.7:5070;transport=tcp");
+    }
+
+    #[test]
+    fn a_host_looked_up_by_srv_is_probed_with_its_name_and_no_port() {
+        let mut t = target("carrier.example", Protocol::Tcp);
+        t.carrier.srv = true;
+        assert_eq!(t.uri(), "sip:carrier.example;transport=tcp");
+        assert_eq!(t.carrier.srv_name().as_deref(), Some("_sip._tcp.carrier.example"));
     }
 }

@@ -22,6 +22,10 @@ pub struct Peer {
     pub host: String,
     pub port: u16,
     pub transport: Protocol,
+    /// The SRV name to look up first (a carrier host given as a name with no port, RFC 3263
+    /// §4.2): the request goes to its first target in SRV order, or to `host`:`port` when it
+    /// has none.
+    pub srv: Option<String>,
 }
 
 /// How an exchange ended without a final response.
@@ -62,7 +66,19 @@ pub async fn exchange(
     build: impl FnOnce(SocketAddr) -> Request,
 ) -> Result<(Response, Addresses), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let lookup = services.resolver.lookup(&peer.host, peer.port);
+    let (host, port) = match &peer.srv {
+        Some(service) => {
+            let targets = services.srv_targets(service, &peer.host, peer.port);
+            match tokio::time::timeout_at(deadline, targets).await {
+                Ok(targets) => {
+                    targets.into_iter().next().unwrap_or_else(|| (peer.host.clone(), peer.port))
+                }
+                Err(_) => return Err(Failure::Timeout),
+            }
+        }
+        None => (peer.host.clone(), peer.port),
+    };
+    let lookup = services.resolver.lookup(&host, port);
     let remote = match tokio::time::timeout_at(deadline, lookup).await {
         Ok(Ok(remote)) => remote,
         Ok(Err(e)) => return Err(Failure::Unresolved(e)),
@@ -83,8 +99,9 @@ pub async fn exchange(
     let bytes = request.to_bytes();
     let send_to =
         Target { protocol: peer.transport, zone: Zone::Carrier, remote, connection: None };
-    // A TLS connection to it checks the certificate against the peer's host name.
-    transports.name_peer(remote, &peer.host);
+    // A TLS connection to it checks the certificate against the host's name (an SRV
+    // target's, as for calls).
+    transports.name_peer(remote, &host);
 
     let (tx, mut rx) = mpsc::channel::<CallInput>(8);
     services.register_call(&call_id, tx);

@@ -18,9 +18,11 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::config::RoutingTable;
-use crate::config::outbound::{OutboundRoute, carrier_user};
+use crate::config::model::CarrierHost;
+use crate::config::outbound::{OutboundRoute, carrier_user, rotation};
 use crate::observe::metrics::Direction;
 use crate::sip::msg::{DialogHeaders, NameAddr, Request};
+use crate::sip::resolve::SrvRecord;
 use crate::sip::transport::{Protocol, Source, Target, Zone};
 
 use super::driver::{self, CallLabels, Held};
@@ -166,7 +168,7 @@ pub fn carrier_dial(
         .map(|h| Alternate {
             uri: route.carrier_uri_at(h),
             protocol: h.transport,
-            destination: destination(&h.host, h.port),
+            destination: carrier_destination(h),
         })
         .collect();
     let caller = identity(&carrier_user(trunk, &route.caller_id), carrier_local.ip());
@@ -192,7 +194,7 @@ pub fn carrier_dial(
     Dial {
         role: Role::Carrier,
         dialog,
-        destination: destination(&first.host, first.port),
+        destination: carrier_destination(first),
         headers,
         credentials: trunk.credentials.clone(),
         alternates,
@@ -206,6 +208,39 @@ fn identity(user: &str, ip: IpAddr) -> String {
         IpAddr::V4(v4) => format!("sip:{user}@{v4}"),
         IpAddr::V6(v6) => format!("sip:{user}@[{v6}]"),
     }
+}
+
+/// Where a carrier host is: an address, a name to look up, or (a name with no port given) a
+/// name whose SRV records are looked up first.
+pub(super) fn carrier_destination(h: &CarrierHost) -> Destination {
+    match h.srv_name() {
+        Some(service) => Destination::Srv { service, host: h.host.clone(), port: h.port },
+        None => destination(&h.host, h.port),
+    }
+}
+
+/// Where a carrier host given as a DNS name with no port is tried, in order (RFC 3263 §4.2):
+/// the targets of its SRV records lowest priority first, within a priority in a random order
+/// weighted by weight (RFC 2782; `config::outbound::rotation`, the order of a trunk's own
+/// hosts); with no records, `fallback` (the host at its transport's default port: A/AAAA, RFC
+/// 3263 §4.2 last paragraph). Never empty. `unit` gives numbers in `[0, 1)`.
+pub fn srv_targets(
+    records: &[SrvRecord],
+    fallback: (&str, u16),
+    unit: impl FnMut() -> f64,
+) -> Vec<(String, u16)> {
+    let mut hosts: Vec<CarrierHost> = records
+        .iter()
+        .map(|r| CarrierHost {
+            priority: r.priority,
+            weight: r.weight,
+            ..CarrierHost::new(r.target.clone(), r.port, crate::api::Transport::Udp)
+        })
+        .collect();
+    hosts.sort_by_key(|h| h.priority);
+    let order: Vec<(String, u16)> =
+        rotation(&hosts, |_| true, unit).into_iter().map(|h| (h.host.clone(), h.port)).collect();
+    if order.is_empty() { vec![(fallback.0.to_string(), fallback.1)] } else { order }
 }
 
 /// Where a host is: an address, or a name to look up.
@@ -242,7 +277,7 @@ mod tests {
     use crate::sip::msg::{self, DialogHeaders, Message, name};
     use crate::sip::transport::Protocol;
 
-    use super::super::machine::Action;
+    use super::super::machine::{Action, LegId};
 
     fn trunk() -> OutboundTrunkRoute {
         OutboundTrunkRoute {
@@ -458,5 +493,260 @@ mod tests {
         let (carrier, agent) = split(&call.on_message(now, answer(&first, 503), carrier_source()));
         assert!(carrier.iter().all(|(_, r)| r.method != msg::Method::Invite));
         assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [503]);
+    }
+
+    fn srv(priority: u16, weight: u16, port: u16, target: &str) -> SrvRecord {
+        SrvRecord { priority, weight, port, target: target.to_string() }
+    }
+
+    fn units(units: Vec<f64>) -> impl FnMut() -> f64 {
+        let mut units = units.into_iter();
+        move || units.next().unwrap_or(0.0)
+    }
+
+    #[test]
+    fn srv_targets_go_by_priority_then_by_weight_whatever_order_dns_gives() {
+        let records = [
+            srv(20, 1, 5060, "backup.carrier.example"),
+            srv(10, 1, 5070, "a.carrier.example"),
+            srv(10, 3, 5080, "b.carrier.example"),
+        ];
+        let targets = |draws| srv_targets(&records, ("carrier.example", 5060), units(draws));
+        let a = ("a.carrier.example".to_string(), 5070);
+        let b = ("b.carrier.example".to_string(), 5080);
+        let backup = ("backup.carrier.example".to_string(), 5060);
+        // Weights 1 and 3 within priority 10: the first quarter picks a, the rest b.
+        assert_eq!(targets(vec![0.1]), [a.clone(), b.clone(), backup.clone()]);
+        assert_eq!(targets(vec![0.5]), [b, a, backup]);
+    }
+
+    #[test]
+    fn a_name_without_srv_records_is_tried_at_its_default_port() {
+        let targets = srv_targets(&[], ("carrier.example", 5061), units(vec![]));
+        assert_eq!(targets, [("carrier.example".to_string(), 5061)]);
+    }
+
+    #[tokio::test]
+    async fn the_srv_records_of_an_injected_resolver_become_the_targets_without_any_network() {
+        use crate::sip::resolve::{Resolver, SrvAnswer};
+        let resolver =
+            Resolver::with_lookup(|_| Box::pin(async { Ok(vec![]) })).with_srv_lookup(|name| {
+                Box::pin(async move {
+                    let records = match name.as_str() {
+                        "_sips._tcp.carrier.example" => vec![srv(0, 0, 5071, "edge.example.")],
+                        _ => vec![],
+                    };
+                    Ok(SrvAnswer { records, ttl: std::time::Duration::from_secs(60) })
+                })
+            });
+        let mut tls = CarrierHost::new("carrier.example", 5061, Protocol::Tls);
+        tls.srv = true;
+        let service = tls.srv_name().unwrap();
+        assert_eq!(service, "_sips._tcp.carrier.example");
+        let records = resolver.srv(&service).await.unwrap();
+        let targets = srv_targets(&records, (&tls.host, tls.port), units(vec![]));
+        assert_eq!(targets, [("edge.example".to_string(), 5071)]);
+        let udp = CarrierHost { transport: Protocol::Udp, port: 5060, ..tls };
+        let records = resolver.srv(&udp.srv_name().unwrap()).await.unwrap();
+        let targets = srv_targets(&records, (&udp.host, udp.port), units(vec![]));
+        assert_eq!(targets, [("carrier.example".to_string(), 5060)], "A/AAAA fallback");
+    }
+
+    /// An outbound call through a trunk whose first host is `carrier.example` with no port
+    /// (SRV) and whose second is `192.0.2.51:5062` over TCP; `offer`: an SDP offer (the relay
+    /// starts). The call and what it did first.
+    fn srv_call(offer: bool) -> (Call, Vec<Action>, Instant) {
+        let mut t = trunk();
+        t.credentials = None;
+        t.hosts[0] =
+            CarrierHost { srv: true, ..CarrierHost::new("carrier.example", 5060, Protocol::Udp) };
+        t.hosts.push(CarrierHost::new("192.0.2.51", 5062, Protocol::Tcp));
+        t.codecs = vec![crate::config::model::Codec::Pcmu];
+        let table = RoutingTable::new(vec![], vec![t], vec![]);
+        let invite = agent_invite();
+        let from = invite.from().unwrap().uri.clone();
+        let headers: Vec<(String, String)> =
+            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
+        let route = decide(&table, &attempt).outcome.unwrap();
+        let source = Source {
+            protocol: Protocol::Udp,
+            zone: Zone::Internal,
+            remote: "127.0.0.1:7000".parse().unwrap(),
+            local: "127.0.0.1:5080".parse().unwrap(),
+            connection: None,
+        };
+        let offer = offer.then(|| {
+            let (sdp, negotiated) =
+                crate::media::codec::gateway_offer(&[crate::config::model::Codec::Pcmu]).unwrap();
+            MediaOffer { sdp, negotiated, delayed: false }
+        });
+        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
+        let setup =
+            setup(&mut Ids::seeded(1), "X-Trunkline-", invite, source, locals, &route, offer);
+        let now = Instant::now();
+        let (call, actions) = Call::start(now, CallConfig::default(), Ids::seeded(2), setup);
+        (call, actions, now)
+    }
+
+    fn from(remote: &str) -> Source {
+        Source { remote: remote.parse().unwrap(), ..carrier_source() }
+    }
+
+    fn invites(actions: &[Action]) -> Vec<(SocketAddr, Request)> {
+        let (carrier, _) = split(actions);
+        carrier.into_iter().filter(|(_, r)| r.method == msg::Method::Invite).collect()
+    }
+
+    #[test]
+    fn a_host_with_no_port_is_dialed_at_its_srv_targets_in_order_then_the_next_host() {
+        let (mut call, actions, now) = srv_call(false);
+        let srv_asked = actions.iter().find_map(|a| match a {
+            Action::ResolveSrv { leg, service, host, port } => {
+                Some((*leg, service.clone(), host.clone(), *port))
+            }
+            _ => None,
+        });
+        let (leg, service, host, port) = srv_asked.expect("an SRV lookup");
+        assert_eq!(
+            (service.as_str(), host.as_str(), port),
+            ("_sip._udp.carrier.example", "carrier.example", 5060)
+        );
+        let targets = vec![
+            ("sip1.carrier.example".to_string(), 5070),
+            ("sip2.carrier.example".to_string(), 5080),
+        ];
+        let actions =
+            call.on_srv_resolved(now, leg, targets, Ok("192.0.2.60:5070".parse().unwrap()));
+        let sent = invites(&actions);
+        assert_eq!(sent[0].0, "192.0.2.60:5070".parse().unwrap());
+        assert_eq!(sent[0].1.uri, "sip:14155550142@carrier.example", "the domain, no port");
+        // 503: the next SRV target, looked up by name, with the same Request-URI.
+        let actions = call.on_message(now, answer(&sent[0].1, 503), from("192.0.2.60:5070"));
+        let next = actions.iter().find_map(|a| match a {
+            Action::Resolve { host, port, .. } => Some(format!("{host}:{port}")),
+            _ => None,
+        });
+        assert_eq!(next.as_deref(), Some("sip2.carrier.example:5080"));
+        let actions = call.on_resolved(now, leg, Ok("192.0.2.61:5080".parse().unwrap()));
+        let sent = invites(&actions);
+        assert_eq!(sent[0].0, "192.0.2.61:5080".parse().unwrap());
+        assert_eq!(sent[0].1.uri, "sip:14155550142@carrier.example");
+        // 503 again: the trunk's second host.
+        let actions = call.on_message(now, answer(&sent[0].1, 503), from("192.0.2.61:5080"));
+        let sent = invites(&actions);
+        assert_eq!(sent[0].0, "192.0.2.51:5062".parse().unwrap());
+        assert_eq!(sent[0].1.uri, "sip:14155550142@192.0.2.51:5062;transport=tcp");
+        let actions = call.on_message(now, answer(&sent[0].1, 200), from("192.0.2.51:5062"));
+        let answered = actions.iter().find_map(|a| match a {
+            Action::Record(crate::call::machine::Record::Answered { carrier, .. }) => {
+                carrier.clone()
+            }
+            _ => None,
+        });
+        let answered = answered.expect("the host that answered");
+        assert_eq!(answered.host, "192.0.2.51:5062");
+        assert_eq!(answered.address, "192.0.2.51:5062".parse().unwrap());
+    }
+
+    #[test]
+    fn the_srv_target_that_answered_is_the_host_on_the_record() {
+        let (mut call, _, now) = srv_call(false);
+        let targets = vec![("sip1.carrier.example".to_string(), 5070)];
+        let actions = call.on_srv_resolved(
+            now,
+            LegId::SECOND,
+            targets,
+            Ok("192.0.2.60:5070".parse().unwrap()),
+        );
+        let sent = invites(&actions);
+        let actions = call.on_message(now, answer(&sent[0].1, 200), from("192.0.2.60:5070"));
+        let answered = actions.iter().find_map(|a| match a {
+            Action::Record(crate::call::machine::Record::Answered { carrier, .. }) => {
+                carrier.clone()
+            }
+            _ => None,
+        });
+        let answered = answered.expect("the host that answered");
+        assert_eq!(answered.host, "sip1.carrier.example:5070");
+        assert_eq!(answered.address, "192.0.2.60:5070".parse().unwrap());
+    }
+
+    #[test]
+    fn srv_targets_count_against_the_attempts_of_a_call() {
+        let (mut call, _, now) = srv_call(false);
+        let targets: Vec<(String, u16)> =
+            (0..8).map(|i| (format!("sip{i}.carrier.example"), 5060)).collect();
+        let mut actions = call.on_srv_resolved(
+            now,
+            LegId::SECOND,
+            targets,
+            Ok("192.0.2.60:5060".parse().unwrap()),
+        );
+        let mut tried = 1;
+        loop {
+            let sent = invites(&actions);
+            let Some((to, invite)) = sent.first() else { break };
+            let source = Source { remote: *to, ..carrier_source() };
+            actions = call.on_message(now, answer(invite, 503), source);
+            if actions.iter().any(|a| matches!(a, Action::Resolve { .. })) {
+                tried += 1;
+                actions = call.on_resolved(
+                    now,
+                    LegId::SECOND,
+                    Ok(format!("192.0.2.{}:5060", 60 + tried).parse().unwrap()),
+                );
+            }
+        }
+        assert_eq!(tried, crate::call::machine::MAX_ATTEMPTS);
+        let (_, agent) = split(&actions);
+        assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [503]);
+    }
+
+    #[test]
+    fn the_carriers_media_guard_follows_the_host_the_call_failed_over_to() {
+        let (mut call, _, now) = srv_call(true);
+        let targets = vec![("sip1.carrier.example".to_string(), 5070)];
+        let actions = call.on_srv_resolved(
+            now,
+            LegId::SECOND,
+            targets,
+            Ok("192.0.2.60:5070".parse().unwrap()),
+        );
+        let peers = actions.iter().find_map(|a| match a {
+            Action::StartRelay { peers, .. } => Some(*peers),
+            _ => None,
+        });
+        let first_ip: IpAddr = "192.0.2.60".parse().unwrap();
+        assert_eq!(peers.expect("the relay starts")[0].signalling, Some(first_ip));
+        let started = crate::call::machine::MediaEvent::Started { a: 30000, b: 30002 };
+        let actions = call.on_media_event(now, started);
+        let sent = invites(&actions);
+        let actions = call.on_message(now, answer(&sent[0].1, 503), from("192.0.2.60:5070"));
+        let moved = actions.iter().find_map(|a| match a {
+            Action::UpdateRelay(crate::call::machine::RelayUpdate::Signalling { side, ip }) => {
+                Some((*side, *ip))
+            }
+            _ => None,
+        });
+        let second_ip: IpAddr = "192.0.2.51".parse().unwrap();
+        assert_eq!(moved, Some((crate::media::relay::Leg::A, Some(second_ip))));
+    }
+
+    #[test]
+    fn a_first_srv_target_without_an_address_passes_the_call_to_the_next_target() {
+        let (mut call, _, now) = srv_call(false);
+        let targets = vec![
+            ("gone.carrier.example".to_string(), 5070),
+            ("sip2.carrier.example".to_string(), 5080),
+        ];
+        let actions = call.on_srv_resolved(now, LegId::SECOND, targets, Err("no address".into()));
+        let next = actions.iter().find_map(|a| match a {
+            Action::Resolve { host, port, .. } => Some(format!("{host}:{port}")),
+            _ => None,
+        });
+        assert_eq!(next.as_deref(), Some("sip2.carrier.example:5080"));
+        let (_, agent) = split(&actions);
+        assert!(agent.is_empty(), "the agent waits: {agent:?}");
     }
 }

@@ -14,7 +14,7 @@ use crate::observe::record::{
 use crate::sip::transport::Source;
 
 use super::headers::Contract;
-use super::machine::{Call, Ended, Role};
+use super::machine::{AnsweredBy, Call, Ended, Role};
 
 /// What every seed starts from.
 pub struct Seed<'a> {
@@ -76,13 +76,23 @@ pub fn outbound_numbers(route: &OutboundRoute, from: &str, to: &str) -> Numbers 
     }
 }
 
-/// The answer: when, after how long, with which codec, and with which SRTP suite toward the
-/// carrier if any.
-pub fn answered(r: &mut SessionRecord, setup: Duration, codec: Option<&str>, srtp: Option<&str>) {
+/// The answer: when, after how long, with which codec, with which SRTP suite toward the carrier
+/// if any, and (an outbound call) the carrier host that answered.
+pub fn answered(
+    r: &mut SessionRecord,
+    setup: Duration,
+    codec: Option<&str>,
+    srtp: Option<&str>,
+    carrier: Option<&AnsweredBy>,
+) {
     r.answered_at = Some(jiff::Timestamp::now().to_string());
     r.setup_ms = Some(millis(setup));
     r.codec = codec.map(str::to_string);
     r.srtp = srtp.map(str::to_string);
+    if let Some(c) = carrier {
+        r.carrier_host = Some(c.host.clone());
+        r.carrier_address = Some(c.address.to_string());
+    }
 }
 
 /// The first record, at the answer, for the sinks that want one: what is known so far, with

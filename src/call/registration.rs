@@ -94,14 +94,19 @@ impl Wanted {
         let first = route.hosts.first()?;
         Some(Wanted {
             trunk: route.name.clone(),
-            peer: Peer { host: first.host.clone(), port: first.port, transport: first.transport },
+            peer: Peer {
+                host: first.host.clone(),
+                port: first.port,
+                transport: first.transport,
+                srv: first.srv_name(),
+            },
             credentials: route.credentials.clone()?,
             expires: route.registration_expires_seconds?,
         })
     }
 
     /// The registrar's domain as the Request-URI and AOR carry it: the host, with the port
-    /// unless it is the transport's default.
+    /// unless it is the transport's default (never for a host looked up by SRV).
     fn domain(&self) -> String {
         let default = if self.peer.transport == Protocol::Tls { 5061 } else { 5060 };
         let host = match self.peer.host.parse::<IpAddr>() {

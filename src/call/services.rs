@@ -166,6 +166,29 @@ impl CallServices {
         route.hosts = order.into_iter().cloned().collect();
     }
 
+    /// Where a carrier host given as a DNS name with no port is tried, in order: the targets
+    /// of its SRV records `service` ([`super::outbound::srv_targets`]); with none, or when the
+    /// query fails, `host`:`port`. Never empty.
+    pub(super) async fn srv_targets(
+        &self,
+        service: &str,
+        host: &str,
+        port: u16,
+    ) -> Vec<(String, u16)> {
+        use rand::Rng;
+        let records = match self.resolver.srv(service).await {
+            Ok(records) => records,
+            Err(why) => {
+                // Per call (a failure is cached 5 s): debug, not info; the A/AAAA lookup that
+                // follows warns if the call cannot go anywhere.
+                tracing::debug!(%service, error = %why, "SRV lookup failed: trying {host}:{port}");
+                Vec::new()
+            }
+        };
+        let mut rng = rand::rng();
+        super::outbound::srv_targets(&records, (host, port), || rng.random::<f64>())
+    }
+
     pub(super) fn new(
         config: GatewayConfig,
         metrics: Arc<GatewayMetrics>,

@@ -434,7 +434,8 @@ fn compile_outbound_trunk(
 }
 
 /// `spec.host` (a list of one) or `spec.hosts`, with the trunk's port and transport as their
-/// defaults, ordered by priority (a stable sort: the spec's order within a priority). Both, or
+/// defaults (a DNS name with no port given anywhere is marked for SRV, RFC 3263 §4.2), ordered
+/// by priority (a stable sort: the spec's order within a priority). Both, or
 /// neither, is fatal (`HostOrHosts`, as the schema's rule says); so is a bad host or port 0.
 fn compile_carrier_hosts(
     spec: &api::OutboundTrunkSpec,
@@ -455,7 +456,9 @@ fn compile_carrier_hosts(
                 problems.fatal(Reason::InvalidHost, "spec.host", why);
             }
             let port = spec.port.unwrap_or(default_port(transport));
-            hosts.push(CarrierHost::new(host.to_ascii_lowercase(), port, transport));
+            let mut carrier = CarrierHost::new(host.to_ascii_lowercase(), port, transport);
+            carrier.srv = spec.port.is_none() && is_name(host);
+            hosts.push(carrier);
         }
         (None, false) => {
             for (i, h) in spec.hosts.iter().enumerate() {
@@ -467,19 +470,25 @@ fn compile_carrier_hosts(
                     problems.fatal(Reason::InvalidSpec, &field, "port 0 is not a port".into());
                 }
                 let transport = h.transport.unwrap_or(transport);
-                let port = h.port.or(spec.port).unwrap_or(default_port(transport));
+                let given = h.port.or(spec.port);
                 hosts.push(CarrierHost {
                     host: h.host.to_ascii_lowercase(),
-                    port,
+                    port: given.unwrap_or(default_port(transport)),
                     transport,
                     priority: h.priority,
                     weight: h.weight,
+                    srv: given.is_none() && is_name(&h.host),
                 });
             }
         }
     }
     hosts.sort_by_key(|h| h.priority);
     hosts
+}
+
+/// Whether a host is a DNS name, not an IP address (`[::1]` included).
+fn is_name(host: &str) -> bool {
+    host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err()
 }
 
 /// `spec.media` of either trunk kind: the media allowlist parsed (a bad entry is fatal, as in

@@ -246,20 +246,43 @@ impl OutboundTrunkRoute {
 pub struct CarrierHost {
     /// A host name (lower case) or an IP address.
     pub host: String,
+    /// The port given, or the transport's default (5060, 5061 for TLS) when none was: with
+    /// [`CarrierHost::srv`], the port of the A/AAAA fallback only.
     pub port: u16,
     pub transport: Transport,
     pub priority: u16,
     pub weight: u16,
+    /// The host is a DNS name and no port was given: calls look its SRV records up first (RFC
+    /// 3263 §4.2, [`CarrierHost::srv_name`]), and the Request-URI carries no port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub srv: bool,
 }
 
 impl CarrierHost {
-    /// A host of priority 0 and weight 1: what `spec.host` gives.
+    /// A host of priority 0 and weight 1 at a port given: what `spec.host` gives with
+    /// `spec.port`.
     pub fn new(host: impl Into<String>, port: u16, transport: Transport) -> CarrierHost {
-        CarrierHost { host: host.into(), port, transport, priority: 0, weight: 1 }
+        CarrierHost { host: host.into(), port, transport, priority: 0, weight: 1, srv: false }
     }
 
-    /// `host:port over UDP`, with an IPv6 address in brackets.
+    /// The SRV name of a host looked up by SRV (RFC 3263 §4.2; the transport is known, so no
+    /// NAPTR): `_sip._udp.HOST`, `_sip._tcp.HOST`, or `_sips._tcp.HOST` for TLS. `None` for a
+    /// host with a port given or an IP address.
+    pub fn srv_name(&self) -> Option<String> {
+        let service = match self.transport {
+            Transport::Udp => "_sip._udp",
+            Transport::Tcp => "_sip._tcp",
+            Transport::Tls => "_sips._tcp",
+        };
+        self.srv.then(|| format!("{service}.{}", self.host))
+    }
+
+    /// `host:port over UDP`, with an IPv6 address in brackets; `host (DNS SRV) over UDP` for a
+    /// host looked up by SRV.
     pub fn describe(&self) -> String {
+        if self.srv {
+            return format!("{} (DNS SRV) over {}", self.host, self.transport.as_str());
+        }
         let host =
             if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         format!("{host}:{} over {}", self.port, self.transport.as_str())

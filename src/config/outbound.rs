@@ -136,7 +136,8 @@ impl OutboundRoute {
         self.hosts.first().unwrap_or(self.trunk.primary())
     }
 
-    /// The Request-URI toward one of the carrier's hosts.
+    /// The Request-URI toward one of the carrier's hosts: without a port for a host looked up
+    /// by SRV (RFC 3263 §4.2: the port comes from the SRV target, the URI keeps the domain).
     pub fn carrier_uri_at(&self, at: &CarrierHost) -> String {
         let host = if at.host.contains(':') { format!("[{}]", at.host) } else { at.host.clone() };
         let transport = match at.transport {
@@ -144,7 +145,11 @@ impl OutboundRoute {
             crate::api::Transport::Tcp => ";transport=tcp",
             crate::api::Transport::Tls => ";transport=tls",
         };
-        format!("sip:{}@{host}:{}{transport}", carrier_user(&self.trunk, &self.number), at.port)
+        let user = carrier_user(&self.trunk, &self.number);
+        if at.srv {
+            return format!("sip:{user}@{host}{transport}");
+        }
+        format!("sip:{user}@{host}:{}{transport}", at.port)
     }
 }
 

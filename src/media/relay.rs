@@ -358,6 +358,8 @@ impl StartError {
 
 enum Command {
     UpdateRemote(Leg, Option<SocketAddr>),
+    /// The IP of a side's SIP peer changed (see [`Relay::update_signalling`]).
+    Signalling(Leg, Option<IpAddr>),
     /// The SRTP keys of a side (`None`: plain RTP).
     Srtp(Leg, Option<Box<SrtpKeys>>),
     Hold(bool),
@@ -551,6 +553,13 @@ impl Relay {
     pub fn update_remote(&self, leg: Leg, remote: Option<SocketAddr>) {
         // The task only ends when stopped: after that a command is dropped, nothing to update.
         self.commands.send(Command::UpdateRemote(leg, remote));
+    }
+
+    /// `leg`'s SIP peer is now at `ip` (a carrier leg that failed over to another host before
+    /// its answer): its guard admits media from there instead of the first host's
+    /// ([`SourceGuard::signalling`]).
+    pub fn update_signalling(&self, leg: Leg, ip: Option<IpAddr>) {
+        self.commands.send(Command::Signalling(leg, ip));
     }
 
     /// The SRTP keys of `leg`'s peer and ours toward it (`None`: plain RTP, the default). The
@@ -1231,6 +1240,7 @@ impl State {
                 }
             }
             Command::Srtp(leg, keys) => self.legs[leg.index()].set_srtp(keys),
+            Command::Signalling(leg, ip) => self.legs[leg.index()].guard.signalling = ip,
             Command::UpdateSpareRemote(remote) => {
                 if let Some(spare) = &mut self.spare {
                     spare.set_sdp(remote, now);

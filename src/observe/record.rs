@@ -92,6 +92,14 @@ pub struct SessionRecord {
     pub srtp: Option<String>,
     /// The transport of the call's first leg (`UDP`, `TCP`, `TLS`).
     pub transport: String,
+    /// The carrier host that answered an outbound call (`host:port` as dialed: one of the
+    /// trunk's hosts, or a target of its DNS SRV records); none before an answer and for
+    /// inbound calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_host: Option<String>,
+    /// The address (`IP:port`) that carrier host answered at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_address: Option<String>,
     /// Where the first leg's INVITE came from (`IP:port`); none for a call the API placed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,

@@ -546,6 +546,8 @@ pub fn desired_outbound_status(
             now,
         ),
         source_addresses: union(&fleets, |f| &f.source_addresses),
+        // The spec's, set by the reconciler (`OutboundTrunkSpec::host_summary`).
+        hosts: None,
         fleets,
     }
 }
@@ -812,6 +814,7 @@ mod tests {
             observed_generation: Some(1),
             conditions: vec![reachable.clone()],
             source_addresses: Vec::new(),
+            hosts: None,
             fleets: Vec::new(),
         };
         let down = probed(&[("gw-0", Some(false), "timeout")]);

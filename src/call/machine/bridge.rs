@@ -165,6 +165,9 @@ impl Call {
                     Destination::Lookup { host, port } => {
                         self.out.push(Action::Resolve { leg: id, host, port })
                     }
+                    Destination::Srv { service, host, port } => {
+                        self.out.push(Action::ResolveSrv { leg: id, service, host, port })
+                    }
                 }
             }
         }

@@ -19,8 +19,8 @@ use super::session::{By, allows_update};
 use super::leg::{Dialog, Ids, Leg, LegId, LegInvite, Mismatch, Phase, Role, Side};
 use super::tx::{Purpose, ServerMachine, ServerTx, key_of_request, key_of_response, reliability};
 use super::{
-    ALLOW, Action, Call, Destination, FAILOVER_STATUSES, FAILOVER_WITHIN, MAX_ATTEMPTS, Origin,
-    Record, Relay, State, map_failure,
+    ALLOW, Action, Alternate, Call, Destination, FAILOVER_STATUSES, FAILOVER_WITHIN, MAX_ATTEMPTS,
+    Origin, Record, Relay, State, map_failure,
 };
 
 /// The origin leg, from the INVITE that starts the call.
@@ -92,21 +92,100 @@ impl Call {
         self.servers.insert(key.clone(), ServerTx::new(Call::ORIGIN, invite, target, machine));
         self.respond(now, &key, trying);
         let dialed = self.bridge[1];
+        self.look_up(now, dialed, destination);
+    }
+
+    /// A dialed leg's destination: an address is used at once, a name is looked up (by SRV
+    /// first for a carrier host given with no port). The carrier leg's name is kept for the
+    /// session record.
+    pub(super) fn look_up(&mut self, now: Instant, leg: LegId, destination: Destination) {
+        if self.leg(leg).role == Role::Carrier {
+            let name = match &destination {
+                Destination::Address(address) => address.to_string(),
+                Destination::Lookup { host, port } | Destination::Srv { host, port, .. } => {
+                    host_port(host, *port)
+                }
+            };
+            self.carrier_host = Some(name.into());
+        }
         match destination {
-            Destination::Address(address) => self.resolved(now, dialed, address),
+            Destination::Address(address) => self.resolved(now, leg, address),
             Destination::Lookup { host, port } => {
-                self.out.push(Action::Resolve { leg: dialed, host, port })
+                self.out.push(Action::Resolve { leg, host, port })
+            }
+            Destination::Srv { service, host, port } => {
+                self.out.push(Action::ResolveSrv { leg, service, host, port })
             }
         }
     }
 
+    /// The SRV targets of a dialed leg's host, in the order to try them, and the address of
+    /// the first (see [`Call::on_srv_resolved`]): the others go before the leg's other
+    /// alternates (RFC 3263 §4.3: the next SRV target is the next hop), with the same
+    /// Request-URI and transport.
+    pub(super) fn srv_resolved(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        targets: Vec<(String, u16)>,
+        address: Result<SocketAddr, String>,
+    ) {
+        let pending = self.state == State::Setup && self.leg(leg).phase == Phase::Resolving;
+        if pending && !self.is_bridging(leg) {
+            let mut targets = targets.into_iter();
+            if let Some((host, port)) = targets.next()
+                && self.leg(leg).role == Role::Carrier
+            {
+                self.carrier_host = Some(host_port(&host, port).into());
+            }
+            let l = self.leg(leg);
+            let (uri, protocol) = (l.dialog.remote_target.clone(), l.dialog.target.protocol);
+            let failover = self.failover.get_or_insert_with(|| super::Failover::empty(leg));
+            if failover.leg == leg {
+                let rest: Vec<Alternate> = targets
+                    .take(MAX_ATTEMPTS - 1)
+                    .map(|(host, port)| Alternate {
+                        uri: uri.clone(),
+                        protocol,
+                        destination: Destination::Lookup { host, port },
+                    })
+                    .collect();
+                for alternate in rest.into_iter().rev() {
+                    failover.next.push_front(alternate);
+                }
+            }
+        }
+        self.resolved_or_failed(now, leg, address);
+    }
+
+    /// The carrier host that answered: the dialed carrier leg's name and address, once it is
+    /// confirmed.
+    fn answered_by(&self) -> Option<super::AnsweredBy> {
+        let host = self.carrier_host.as_deref()?;
+        let leg = self.legs.iter().find(|l| {
+            l.role == Role::Carrier && l.side == Side::Uac && l.phase == Phase::Confirmed
+        })?;
+        Some(super::AnsweredBy { host: host.to_string(), address: leg.dialog.target.remote })
+    }
+
     /// The dialed leg has an address: its Call-ID is ours, the relay starts (the INVITE waits
-    /// for its ports), or the INVITE goes at once.
+    /// for its ports), or the INVITE goes at once. A carrier leg that failed over to another
+    /// host while the relay runs moves its side's guard to the new host's address.
     pub(super) fn resolved(&mut self, now: Instant, leg: LegId, address: SocketAddr) {
         if self.state != State::Setup || self.leg(leg).phase != Phase::Resolving {
             return;
         }
+        let before = self.leg(leg).dialog.target.remote.ip();
         self.leg_mut(leg).dialog.target.remote = address;
+        if self.relay != Relay::None
+            && self.faces_carrier(leg)
+            && !before.is_unspecified()
+            && before != address.ip()
+        {
+            let side = self.leg(leg).media;
+            let ip = self.relay_peer(leg).signalling;
+            self.out.push(Action::UpdateRelay(super::RelayUpdate::Signalling { side, ip }));
+        }
         let call_id = self.leg(leg).dialog.call_id.clone();
         self.out.push(Action::Listen { call_id });
         if self.offer.is_some() && self.relay == Relay::None {
@@ -195,12 +274,7 @@ impl Call {
         l.invite = LegInvite::None;
         l.deadline = None;
         l.phase = Phase::Resolving;
-        match next.destination {
-            Destination::Address(address) => self.resolved(now, leg, address),
-            Destination::Lookup { host, port } => {
-                self.out.push(Action::Resolve { leg, host, port })
-            }
-        }
+        self.look_up(now, leg, next.destination);
         true
     }
 
@@ -625,7 +699,8 @@ impl Call {
         let setup = now.saturating_duration_since(self.started);
         let srtp = self.bridge.iter().find_map(|l| self.leg(*l).srtp.keys.as_ref());
         let srtp = srtp.map(|keys| keys.local.suite);
-        self.out.push(Action::Record(Record::Answered { setup, codec, srtp }));
+        let carrier = self.answered_by();
+        self.out.push(Action::Record(Record::Answered { setup, codec, srtp, carrier }));
         let LegInvite::Server(key) = self.leg(Call::ORIGIN).invite.clone() else { return };
         if let Some(request) = &self.leg(Call::ORIGIN).invite_request
             && let session_timer::Ask::Refreshed { interval, refresher } =
@@ -681,12 +756,7 @@ impl Call {
             crate::media::sdp::AudioSecurity::Plain,
         );
         self.offer = Some(Box::new(super::MediaOffer { sdp, negotiated, delayed: false }));
-        match destination {
-            Destination::Address(address) => self.resolved(now, second, address),
-            Destination::Lookup { host, port } => {
-                self.out.push(Action::Resolve { leg: second, host, port })
-            }
-        }
+        self.look_up(now, second, destination);
     }
 
     /// Which leg an in-dialog request belongs to (RFC 3261 §12.2.2): the leg whose Call-ID and
@@ -933,5 +1003,14 @@ impl Call {
             }
             _ => {}
         }
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }

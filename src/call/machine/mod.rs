@@ -171,6 +171,11 @@ pub enum Destination {
     Address(SocketAddr),
     /// A host name: the driver looks it up ([`Action::Resolve`]).
     Lookup { host: String, port: u16 },
+    /// A carrier host given as a DNS name with no port (RFC 3263 §4.2): the driver asks DNS
+    /// for the SRV records of `service` (`_sip._udp.HOST`) and the address of the first target,
+    /// or of `host`:`port` when there are none ([`Action::ResolveSrv`]); the other targets
+    /// become the leg's next alternates.
+    Srv { service: String, host: String, port: u16 },
 }
 
 /// The origin leg of a new call: the INVITE we answer, and our dialog state toward it.
@@ -283,6 +288,10 @@ pub enum Action {
     Listen { call_id: String },
     /// Look up the address of a dialed leg's host; answer with [`Call::on_resolved`].
     Resolve { leg: LegId, host: String, port: u16 },
+    /// Look up the SRV records of a dialed leg's host (RFC 3263 §4.2), order their targets
+    /// (RFC 2782), and the address of the first; answer with [`Call::on_srv_resolved`]. With no
+    /// records (or a failed query): `host`:`port`, as [`Action::Resolve`].
+    ResolveSrv { leg: LegId, service: String, host: String, port: u16 },
     /// Start the RTP relay, its side A bound on `a`, side B on `b`; answer with
     /// [`Call::on_media_event`] (`Started` or `StartFailed`).
     /// `peers`: side A's and side B's SIP peer, for the relay's source guard (a carrier's
@@ -330,14 +339,32 @@ pub enum RelayUpdate {
     /// The SRTP keys of a side's peer (SDES, settled or renewed by an offer and its answer),
     /// or `None` for plain RTP. Boxed: most calls never send it.
     Srtp { side: RelaySide, keys: Option<Box<crate::media::srtp::SrtpKeys>> },
+    /// A side's SIP peer is now this IP (a carrier leg failed over to another host): the side's
+    /// guard admits its media instead of the first host's.
+    Signalling { side: RelaySide, ip: Option<IpAddr> },
+}
+
+/// The carrier host that answered an outbound call: the name dialed (`host:port`, an SRV
+/// target's included; the address itself for a host given as an address) and the address its
+/// INVITE went to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnsweredBy {
+    pub host: String,
+    pub address: SocketAddr,
 }
 
 /// A fact about the call for metrics, logs and (later) the session record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    /// The dialed leg answered and the origin got its 2xx.
-    /// `srtp`: the suite of the leg that speaks SRTP (the carrier's), if one does.
-    Answered { setup: Duration, codec: Option<Codec>, srtp: Option<crate::media::sdes::Suite> },
+    /// The dialed leg answered and the origin got its 2xx; `srtp`: the suite of the leg that
+    /// speaks SRTP (the carrier's), if one does; `carrier`: the carrier host that answered (an
+    /// outbound call's).
+    Answered {
+        setup: Duration,
+        codec: Option<Codec>,
+        srtp: Option<crate::media::sdes::Suite>,
+        carrier: Option<AnsweredBy>,
+    },
     /// A dialed peer refused our digest answer (it challenged again), or challenged a leg that
     /// has no credentials, or sent a challenge we cannot answer.
     AuthRefused { role: Role, reason: String },
@@ -427,6 +454,9 @@ pub struct Call {
     then: Option<Destination>,
     /// The dialed carrier leg's other hosts, while the call is being set up.
     failover: Option<Failover>,
+    /// The name (`host:port`) of the carrier host the carrier leg was last sent to, for the
+    /// session record.
+    carrier_host: Option<Box<str>>,
     /// What the agent's transfers are decided with.
     transfer: Option<TransferContext>,
     /// A transfer passed on to the caller's side, until it ends.
@@ -514,12 +544,7 @@ impl Call {
         call.failover = Failover::of(LegId(0), alternates);
         call.transfer = transfer;
         call.max_duration = shorter(call.config.max_call_duration, max_duration);
-        match first_destination {
-            Destination::Address(address) => call.resolved(now, LegId(0), address),
-            Destination::Lookup { host, port } => {
-                call.out.push(Action::Resolve { leg: LegId(0), host, port })
-            }
-        }
+        call.look_up(now, LegId(0), first_destination);
         let actions = call.take();
         (call, actions)
     }
@@ -545,6 +570,7 @@ impl Call {
             pending_2xx: Vec::new(),
             then: None,
             failover: None,
+            carrier_host: None,
             transfer: None,
             referring: None,
             bridging: None,
@@ -657,6 +683,36 @@ impl Call {
             self.transfer_resolved(now, leg, address);
             return self.take();
         }
+        self.resolved_or_failed(now, leg, address);
+        self.take()
+    }
+
+    /// The SRV targets of a dialed leg's host ([`Action::ResolveSrv`]), in the order to try
+    /// them (`host`:`port` alone when it has none), and the address of the first: the leg goes
+    /// there, the others are its next alternates (within [`MAX_ATTEMPTS`]).
+    pub fn on_srv_resolved(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        targets: Vec<(String, u16)>,
+        address: Result<SocketAddr, String>,
+    ) -> Vec<Action> {
+        if self.is_bridging(leg) {
+            self.transfer_resolved(now, leg, address);
+            return self.take();
+        }
+        self.srv_resolved(now, leg, targets, address);
+        self.take()
+    }
+
+    /// A dialed leg's address, or why there is none: the next host when one is left, else the
+    /// call fails.
+    fn resolved_or_failed(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        address: Result<SocketAddr, String>,
+    ) {
         match address {
             Ok(address) => self.resolved(now, leg, address),
             Err(why) => {
@@ -665,12 +721,11 @@ impl Call {
                     && self.leg(leg).phase == Phase::Resolving
                     && self.fail_over(now, leg, &why)
                 {
-                    return self.take();
+                    return;
                 }
                 self.fail_origin(now, 503, Outcome::Failed);
             }
         }
-        self.take()
     }
 
     /// A message of client transaction `key` could not be sent.
@@ -845,6 +900,11 @@ fn dialed_leg(id: LegId, dial: Dial, ids: &mut Ids) -> (Leg, Destination) {
 impl Failover {
     fn of(leg: LegId, alternates: Vec<Alternate>) -> Option<Failover> {
         (!alternates.is_empty()).then(|| Failover { leg, next: alternates.into(), tried: 1 })
+    }
+
+    /// Nothing to try after the first host, yet (SRV targets may come).
+    fn empty(leg: LegId) -> Failover {
+        Failover { leg, next: Default::default(), tried: 1 }
     }
 }
 

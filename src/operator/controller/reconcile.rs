@@ -326,7 +326,10 @@ impl Reconciled for OutboundTrunk {
     ) -> Self::Status {
         let health_check = self.spec.health_check.as_ref().is_none_or(|h| h.enabled);
         let registers = self.spec.registration.as_ref().is_some_and(|r| r.enabled);
-        desired_outbound_status(verdict, programmed, current, fleet, (health_check, registers), now)
+        let flags = (health_check, registers);
+        let mut status = desired_outbound_status(verdict, programmed, current, fleet, flags, now);
+        status.hosts = self.spec.host_summary();
+        status
     }
     fn store(stores: &Stores) -> &Store<Self> {
         &stores.outbound
