@@ -48,23 +48,24 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Snapshot;
 use crate::config::model::{CarrierHost, ObjectName, OutboundTrunkRoute, RoutingTable};
 use crate::observe::admin::{GatewayReport, OutboundHealth};
-use crate::sip::msg::{self, DialogHeaders, Method, Request, Response, name};
-use crate::sip::transaction::{ClientAction, ClientNonInvite, Reliability, T1_DEFAULT, Timers};
-use crate::sip::transport::{Protocol, Target, Zone};
+use crate::sip::msg::{self, Method, Request, name};
+use crate::sip::transaction::T1_DEFAULT;
+use crate::sip::transport::Protocol;
 
 use super::gateway::Gateway;
 use super::machine::Ids;
-use super::services::{CallInput, CallServices};
+use super::nict;
+use super::services::CallServices;
 
 /// The carrier hosts that are down, by trunk: written by the probes, read by every new
 /// outbound call ([`CallServices::rotate`]).
@@ -300,26 +301,6 @@ pub fn options_request(
     r
 }
 
-/// Is `response` the answer to the probe with `ids` (its Via branch and CSeq method)?
-fn answers(response: &Response, ids: &ProbeIds) -> bool {
-    let branch = response.top_via().and_then(|v| v.branch.as_deref());
-    let method = response.cseq().map(|(_, m)| m);
-    branch == Some(ids.branch.as_str()) && method == Some(Method::Options)
-}
-
-/// Unregisters a probe's Call-ID when the probe ends, however it ends (a cancelled probe
-/// included).
-struct Registration<'a> {
-    services: &'a CallServices,
-    call_id: String,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.services.unregister_call(&self.call_id);
-    }
-}
-
 /// Sends one OPTIONS to `target` and waits for its final answer, at most `timeout`.
 ///
 /// A host looked up by SRV (a name with no port) is probed where its calls go: its SRV
@@ -360,102 +341,23 @@ pub(super) async fn probe_once(
 pub const MAX_SRV_PROBES: usize = 3;
 
 /// One OPTIONS of `target`'s probe sent to `host`:`port`, its final answer awaited until
-/// `deadline`.
+/// `deadline`: a non-INVITE exchange (`call::nict`), as a REGISTER is.
 async fn probe_at(
     services: &CallServices,
     target: &ProbeTarget,
     (host, port): (&str, u16),
     deadline: tokio::time::Instant,
 ) -> ProbeOutcome {
-    let lookup = services.resolver.lookup(host, port);
-    let remote = match tokio::time::timeout_at(deadline, lookup).await {
-        Ok(Ok(remote)) => remote,
-        Ok(Err(e)) => return ProbeOutcome::Unresolved(e),
-        Err(_) => return ProbeOutcome::Timeout,
-    };
-    let Some(local) = services.local_address(Zone::Carrier, target.transport) else {
-        return ProbeOutcome::SendError("no carrier-facing listener".to_string());
-    };
-    let Some(transports) = services.transports.get().cloned() else {
-        return ProbeOutcome::SendError("transports not attached".to_string());
-    };
+    let peer = nict::Peer { host: host.to_string(), port, transport: target.transport, srv: None };
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     let ids = ProbeIds::new(&mut Ids::random());
-    let bytes = options_request(target, local, &ids, &services.config.user_agent).to_bytes();
-    let send_to =
-        Target { protocol: target.transport, zone: Zone::Carrier, remote, connection: None };
-    // A TLS connection to it checks the certificate against the host's name (an SRV
-    // target's, as for calls).
-    transports.name_peer(remote, host);
-
-    let (tx, mut rx) = mpsc::channel::<CallInput>(8);
-    services.register_call(&ids.call_id, tx);
-    let _registration = Registration { services, call_id: ids.call_id.clone() };
-
-    let reliability = match target.transport {
-        Protocol::Udp => Reliability::Unreliable,
-        Protocol::Tcp | Protocol::Tls => Reliability::Reliable,
-    };
-    let (mut transaction, mut actions) =
-        ClientNonInvite::new(Instant::now(), reliability, Timers::RFC3261);
-    let mut answer: Option<u16> = None;
-    loop {
-        let mut more = Vec::new();
-        for action in actions.drain(..) {
-            match action {
-                ClientAction::Send => {
-                    let sent =
-                        tokio::time::timeout_at(deadline, transports.send(&send_to, bytes.clone()))
-                            .await;
-                    match sent {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            more.extend(transaction.on_transport_error(Instant::now()));
-                            if more.contains(&ClientAction::TransportError) {
-                                return ProbeOutcome::SendError(e.to_string());
-                            }
-                        }
-                        Err(_) => return ProbeOutcome::Timeout,
-                    }
-                }
-                ClientAction::Deliver => {
-                    if let Some(status) = answer.filter(|s| *s >= 200) {
-                        return ProbeOutcome::Answered(status);
-                    }
-                }
-                ClientAction::Timeout => return ProbeOutcome::Timeout,
-                ClientAction::TransportError => {
-                    return ProbeOutcome::SendError("transport error".to_string());
-                }
-                ClientAction::SendAck | ClientAction::Terminated => {}
-            }
-        }
-        actions = more;
-        if !actions.is_empty() {
-            continue;
-        }
-        if transaction.is_terminated() {
-            return ProbeOutcome::Timeout;
-        }
-        let wake = transaction
-            .next_deadline()
-            .map(tokio::time::Instant::from_std)
-            .map_or(deadline, |at| at.min(deadline));
-        tokio::select! {
-            input = rx.recv() => match input {
-                Some(CallInput::Response(input)) if answers(&input.0, &ids) => {
-                    answer = Some(input.0.status);
-                    actions = transaction.on_response(Instant::now(), input.0.status);
-                }
-                Some(_) => {}
-                None => return ProbeOutcome::SendError("the gateway stopped".to_string()),
-            },
-            () = tokio::time::sleep_until(wake) => {
-                if tokio::time::Instant::now() >= deadline {
-                    return ProbeOutcome::Timeout;
-                }
-                actions = transaction.on_timeout(Instant::now());
-            }
-        }
+    let user_agent = services.config.user_agent.as_str();
+    let build = |local| options_request(target, local, &ids, user_agent);
+    match nict::exchange(services, &peer, timeout, build).await {
+        Ok((response, _)) => ProbeOutcome::Answered(response.status),
+        Err(nict::Failure::Timeout) => ProbeOutcome::Timeout,
+        Err(nict::Failure::SendError(e)) => ProbeOutcome::SendError(e),
+        Err(nict::Failure::Unresolved(e)) => ProbeOutcome::Unresolved(e),
     }
 }
 
@@ -906,25 +808,6 @@ mod tests {
         assert!(matches!(msg::parse(text.as_bytes()), Ok(msg::Message::Request(_))));
         let tls = target("2001:db8::5", Protocol::Tls);
         assert_eq!(tls.uri(), "sip:[2001:db8::5]:5060;transport=tls");
-    }
-
-    #[test]
-    fn a_response_is_the_probes_only_with_its_branch_and_method() {
-        let ids = ProbeIds { call_id: "c1".into(), branch: "z9hG4bKb1".into(), tag: "t".into() };
-        let response = |branch: &str, method: &str| {
-            let text = format!(
-                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
-                 From: <sip:a@b>;tag=t\r\nTo: <sip:c@d>;tag=x\r\nCall-ID: c1\r\n\
-                 CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
-            );
-            match msg::parse(text.as_bytes()) {
-                Ok(msg::Message::Response(r)) => r,
-                other => panic!("{other:?}"),
-            }
-        };
-        assert!(answers(&response("z9hG4bKb1", "OPTIONS"), &ids));
-        assert!(!answers(&response("z9hG4bKother", "OPTIONS"), &ids));
-        assert!(!answers(&response("z9hG4bKb1", "INVITE"), &ids));
     }
 
     fn hosts(states: &[(&str, State, &str)]) -> TrunkHosts {

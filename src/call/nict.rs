@@ -194,3 +194,27 @@ impl Drop for Registered<'_> {
         self.services.unregister_call(&self.call_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::msg::{self, Method};
+
+    #[test]
+    fn a_response_answers_only_the_request_with_its_branch_and_method() {
+        let response = |branch: &str, method: &str| {
+            let text = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+                 From: <sip:a@b>;tag=t\r\nTo: <sip:c@d>;tag=x\r\nCall-ID: c1\r\n\
+                 CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+            );
+            match msg::parse(text.as_bytes()) {
+                Ok(msg::Message::Response(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(answers(&response("z9hG4bKb1", "OPTIONS"), "z9hG4bKb1", &Method::Options));
+        assert!(!answers(&response("z9hG4bKother", "OPTIONS"), "z9hG4bKb1", &Method::Options));
+        assert!(!answers(&response("z9hG4bKb1", "INVITE"), "z9hG4bKb1", &Method::Options));
+    }
+}

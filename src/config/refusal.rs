@@ -197,17 +197,6 @@ impl RefusalRule {
     }
 }
 
-impl From<crate::media::sdes::SrtpRefusal> for RefusalRule {
-    fn from(refusal: crate::media::sdes::SrtpRefusal) -> RefusalRule {
-        use crate::media::sdes::SrtpRefusal as S;
-        match refusal {
-            S::Required => RefusalRule::SrtpRequired,
-            S::NotEnabled => RefusalRule::SrtpNotEnabled,
-            S::NoUsableCrypto => RefusalRule::NoUsableCrypto,
-        }
-    }
-}
-
 /// The `Warning` header value (RFC 3261 §20.43, code 399) that names a refusal's rule and says
 /// why: `399 trunkline "RULE: text"`. Quotes and backslashes in `text` become `'`, so the
 /// quoted string stays one.

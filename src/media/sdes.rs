@@ -244,6 +244,18 @@ pub enum SrtpRefusal {
     NoUsableCrypto,
 }
 
+/// The rule a refusal is named by (metrics, `Warning`, session records).
+impl From<SrtpRefusal> for crate::config::refusal::RefusalRule {
+    fn from(refusal: SrtpRefusal) -> Self {
+        use crate::config::refusal::RefusalRule;
+        match refusal {
+            SrtpRefusal::Required => RefusalRule::SrtpRequired,
+            SrtpRefusal::NotEnabled => RefusalRule::SrtpNotEnabled,
+            SrtpRefusal::NoUsableCrypto => RefusalRule::NoUsableCrypto,
+        }
+    }
+}
+
 /// What a leg's media carries once its offer and answer are settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {
