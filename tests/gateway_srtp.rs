@@ -1,5 +1,6 @@
-//! SRTP keyed by SDES on inbound trunks (issue 17, item 3): the built `trunkline run` between
-//! a carrier that speaks SRTP and a sipp agent runtime that speaks plain RTP, on 127.0.0.0/8.
+//! SRTP keyed by SDES on inbound and outbound trunks (issue 17, item 3): the built `trunkline
+//! run` between a carrier that speaks SRTP and a sipp agent runtime that speaks plain RTP, on
+//! 127.0.0.0/8.
 //! The carrier is driven by hand (its RTP is encrypted and checked packet by packet) or is
 //! linphonec (`linphone-cli`), a real SDES implementation (belle-sip / mediastreamer's libsrtp).
 
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use support::carrier::{Carrier, body_of, line_after, relay_of, rtp_packet};
 use support::linphone::LinphoneCall;
-use support::sipp::uas;
-use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
+use support::sipp::{uac, uas};
+use support::{Gateway, GatewayOptions, Outbound, Specs, Trunk, free_port};
 use trunkline::media::sdes::{Crypto, Suite};
 use trunkline::media::srtp::{SrtpKeys, SrtpSide};
 
@@ -370,4 +371,72 @@ fn linphone_calls_through_srtp_trunks_and_hears_its_own_tone_back_through_the_ag
         );
         agent.wait().assert_success();
     }
+}
+
+/// An agent runtime calls out through a trunk that requires SRTP, to linphonec as the carrier
+/// (answering by itself, in file mode): the gateway offers RTP/SAVP with its keys, linphonec
+/// takes one, and its tone crosses the relay decrypted to the agent (which echoes it) and comes
+/// back encrypted under the key linphonec chose from the gateway's offer.
+#[test]
+fn an_outbound_call_through_a_trunk_that_requires_srtp_carries_linphones_audio_both_ways() {
+    let dir = support::net::TempDir::new("tone");
+    let tone = dir.join("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("write the tone");
+    let carrier_port = free_port();
+    let specs = Specs::new()
+        .with_outbound(Outbound::new("carrier-out", carrier_port).encryption("Required"));
+    let gateway = Gateway::start(specs.path(), GatewayOptions::default());
+    let internal = gateway.internal();
+    let (mut call, agent) = LinphoneCall::answer(
+        carrier_port,
+        &linphone_srtp(true),
+        Some(&tone),
+        Duration::from_secs(3),
+        move || {
+            std::thread::spawn(move || {
+                let args = [
+                    "-s",
+                    "+14155550142",
+                    "-key",
+                    "trunk",
+                    "carrier-out",
+                    "-key",
+                    "agent",
+                    "support",
+                    "-key",
+                    "from_user",
+                    "agent-bot",
+                    "-rtp_echo",
+                    "-timeout",
+                    "25",
+                ];
+                uac("agent_outbound_wait_bye.xml", internal, &args)
+            })
+        },
+    );
+    call.assert_connected();
+    assert!(
+        call.log.contains("Negotiated media encryption is LinphoneMediaEncryptionSRTP"),
+        "linphonec did not settle on SRTP\n{}",
+        call.report()
+    );
+    assert!(call.log.contains("RTP/SAVP"), "the gateway's offer was not RTP/SAVP");
+    let relayed = r#"trunkline_rtp_packets_total{leg="carrier",trunk="voice/carrier-out"}"#;
+    assert!(
+        gateway.wait_metric(relayed, 50.0, Duration::from_secs(5)),
+        "linphonec's SRTP was not relayed: {:?}\n{}",
+        gateway.metric(relayed),
+        call.report()
+    );
+    let dropped = r#"trunkline_rtp_rejected_packets_total{leg="carrier",reason="unauthenticated",trunk="voice/carrier-out"}"#;
+    assert_eq!(gateway.metric(dropped).unwrap_or(0.0), 0.0);
+    let (samples, rate) = wav_samples(&call.recorded())
+        .unwrap_or_else(|| panic!("nothing recorded\n{}", call.report()));
+    let (share, voiced) = tone_share(&samples, rate, TONE_HZ);
+    assert!(
+        voiced >= 25 && share > 0.5,
+        "linphonec did not hear its tone back ({voiced} blocks with sound, {:.0} % at 1 kHz)",
+        share * 100.0
+    );
+    agent.join().expect("the agent's sipp").assert_success();
 }

@@ -50,6 +50,42 @@ impl LinphoneCall {
         play: Option<&std::path::Path>,
         hold: Duration,
     ) -> Self {
+        let (call, ()) =
+            LinphoneCall::session(credentials, sip, play, net::free_port(), hold, |stdin| {
+                send(stdin, &format!("call {uri}"));
+            });
+        call
+    }
+
+    /// linphonec as the called party: it listens on 127.0.0.1:`sip_port`, answers the first
+    /// call by itself (`autoanswer enable`), keeps it up for `hold`, hangs up and quits.
+    /// `caller` runs once it listens (it starts whatever places the call); its result is
+    /// returned beside the call. `sip` and `play` as in [`LinphoneCall::place_with`].
+    pub fn answer<T>(
+        sip_port: u16,
+        sip: &str,
+        play: Option<&std::path::Path>,
+        hold: Duration,
+        caller: impl FnOnce() -> T,
+    ) -> (Self, T) {
+        LinphoneCall::session(None, sip, play, sip_port, hold, |stdin| {
+            send(stdin, "autoanswer enable");
+            // The console takes commands in order: once this one is echoed, autoanswer is on.
+            std::thread::sleep(Duration::from_millis(300));
+            caller()
+        })
+    }
+
+    /// One linphonec run: configured, listening on `sip_port`, `go` (place or await a call),
+    /// the call kept up for `hold`, then hung up. Bounded by [`DEADLINE`].
+    fn session<T>(
+        credentials: Option<(&str, &str, &str)>,
+        sip: &str,
+        play: Option<&std::path::Path>,
+        sip_port: u16,
+        hold: Duration,
+        go: impl FnOnce(&mut ChildStdin) -> T,
+    ) -> (Self, T) {
         let dir = TempDir::new("linphone");
         let config = dir.join("linphonerc");
         let username = credentials.map_or("carrier", |(u, _, _)| u);
@@ -73,6 +109,9 @@ impl LinphoneCall {
             ),
         )
         .expect("write linphonerc");
+        // Where liblinphone keeps its database under HOME: without it the core never reaches
+        // its "on" state, and an incoming call gets 503 (an outgoing one does not care).
+        std::fs::create_dir_all(dir.join(".local/share/linphone")).expect("linphone's data dir");
         let (stdout_path, log_path) = (dir.join("stdout.log"), dir.join("linphone.log"));
         let out = File::create(&stdout_path).expect("create linphonec's output file");
         let err = out.try_clone().expect("clone the output handle");
@@ -96,7 +135,6 @@ impl LinphoneCall {
             std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
         };
 
-        let sip_port = net::free_port();
         // The console needs a moment before it takes commands.
         wait_for(&stdout_path, "linphonec>", deadline, &mut child);
         // IPv4 in its From and SDP (it guesses an IPv6 address of the host otherwise).
@@ -108,7 +146,7 @@ impl LinphoneCall {
             send(&mut stdin, &format!("play {}", path(play)));
             send(&mut stdin, &format!("record {}", path(&dir.join(RECORDED))));
         }
-        send(&mut stdin, &format!("call {uri}"));
+        let went = go(&mut stdin);
         let outcome = wait_for_any(
             &stdout_path,
             &[" connected.", " error.", " ended ("],
@@ -128,13 +166,14 @@ impl LinphoneCall {
         }
         let _ = child.kill();
         let _ = child.wait();
-        LinphoneCall {
+        let call = LinphoneCall {
             connected,
             stdout: read(&stdout_path),
             log: read(&log_path),
             dir,
             reported: false,
-        }
+        };
+        (call, went)
     }
 
     /// The `Proxy-Authorization` header lines linphonec sent, in order (from its debug log, which

@@ -318,6 +318,7 @@ pub struct Outbound {
     registration: Option<u32>,
     /// Further hosts on 127.0.0.1 (`spec.hosts` instead of `spec.host`): port and priority.
     more_hosts: Vec<(u16, u16)>,
+    encryption: Option<String>,
 }
 
 impl Outbound {
@@ -339,7 +340,14 @@ impl Outbound {
             health_check: Some(json!({"enabled": false})),
             registration: None,
             more_hosts: Vec::new(),
+            encryption: None,
         }
+    }
+
+    /// `media: {encryption}`: `Disabled`, `Optional`, `Required`.
+    pub fn encryption(mut self, encryption: &str) -> Outbound {
+        self.encryption = Some(encryption.to_string());
+        self
     }
 
     /// Another carrier host at 127.0.0.1:`port` with `priority` (the first has priority 0):
@@ -454,6 +462,9 @@ impl Outbound {
         }
         if let Some(expires) = self.registration {
             spec.insert("registration".into(), json!({"expiresSeconds": expires}));
+        }
+        if let Some(encryption) = &self.encryption {
+            spec.insert("media".into(), json!({"encryption": encryption}));
         }
         let trunk = json!({
             "apiVersion": "trunkline.dev/v1alpha1",
