@@ -13,7 +13,9 @@
 //! answered from is remembered for that trunk ([`Registrations::via`]); an INVITE from that
 //! address is offered to the matcher as one the registration may deliver (`CallAttempt::
 //! registration`), and the InboundTrunk whose `auth.registration` names the OutboundTrunk
-//! takes it. A failed or stopped registration forgets its address at once.
+//! takes it. The address is kept while the binding the registrar granted lasts: a failed
+//! refresh does not forget it (the carrier may go on delivering until the binding lapses), a
+//! stopped registration (the trunk removed or its registration turned off) forgets it at once.
 //!
 //! **State** goes, on each change only: `trunkline_outbound_registered{trunk}` (1/0), a log
 //! line, and the trunk's entry in the gateway's status report (`RegistrationHealth`), from which
@@ -28,7 +30,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::watch;
@@ -57,24 +59,35 @@ const UNREGISTER_WITHIN: Duration = Duration::from_secs(2);
 const SENDS_PER_ATTEMPT: usize = 4;
 
 /// The registrar addresses of live bindings: which OutboundTrunk's registration an INVITE from
-/// an address may come through.
+/// an address may come through, and until when the binding the registrar granted lasts.
 #[derive(Debug, Default)]
 pub struct Registrations {
-    by_address: RwLock<HashMap<IpAddr, ObjectName>>,
+    by_address: RwLock<HashMap<IpAddr, (ObjectName, Instant)>>,
 }
 
 impl Registrations {
-    /// The OutboundTrunk whose live binding's registrar is `ip`.
+    /// The OutboundTrunk whose binding's registrar is `ip`, while that binding lasts.
     pub fn via(&self, ip: IpAddr) -> Option<ObjectName> {
-        self.by_address.read().unwrap_or_else(PoisonError::into_inner).get(&ip).cloned()
+        self.via_at(ip, Instant::now())
     }
 
-    fn bound(&self, ip: IpAddr, trunk: &ObjectName) {
-        self.by_address.write().unwrap_or_else(PoisonError::into_inner).insert(ip, trunk.clone());
+    fn via_at(&self, ip: IpAddr, now: Instant) -> Option<ObjectName> {
+        let by_address = self.by_address.read().unwrap_or_else(PoisonError::into_inner);
+        by_address.get(&ip).filter(|(_, until)| now < *until).map(|(trunk, _)| trunk.clone())
+    }
+
+    /// `trunk`'s binding at the registrar `ip` lasts until `until`.
+    fn bound(&self, ip: IpAddr, trunk: &ObjectName, until: Instant) {
+        let mut by_address = self.by_address.write().unwrap_or_else(PoisonError::into_inner);
+        // One registrar address per trunk: the registrar may answer from another after a DNS
+        // change, and the old one is not its any more.
+        by_address.retain(|_, (t, _)| t != trunk);
+        by_address.insert(ip, (trunk.clone(), until));
     }
 
     fn forget(&self, trunk: &ObjectName) {
-        self.by_address.write().unwrap_or_else(PoisonError::into_inner).retain(|_, t| t != trunk);
+        let mut by_address = self.by_address.write().unwrap_or_else(PoisonError::into_inner);
+        by_address.retain(|_, (t, _)| t != trunk);
     }
 }
 
@@ -132,12 +145,14 @@ struct Publish {
 }
 
 impl Publish {
+    /// `registrar`: the registrar's address and until when its binding lasts, once
+    /// registered; `None` after a failure, when the address is kept until then anyway.
     fn changed(
         &self,
         trunk: &ObjectName,
         registered: bool,
         detail: &str,
-        registrar: Option<IpAddr>,
+        registrar: Option<(IpAddr, Instant)>,
     ) {
         let name = trunk.to_string();
         self.services.metrics.set_outbound_registered(&name, registered);
@@ -150,12 +165,11 @@ impl Publish {
             },
         );
         match registrar {
-            Some(ip) => {
-                self.services.registrations.bound(ip, trunk);
+            Some((ip, until)) => {
+                self.services.registrations.bound(ip, trunk, until);
                 tracing::info!(trunk = %name, registrar = %ip, answer = %detail, "OutboundTrunk {name} is registered ({detail})");
             }
             None => {
-                self.services.registrations.forget(trunk);
                 tracing::warn!(trunk = %name, reason = %detail, "OutboundTrunk {name} is not registered: {detail}");
             }
         }
@@ -265,7 +279,8 @@ async fn keep(publish: Arc<Publish>, wanted: Wanted, stop: CancellationToken) {
             Ok((expires, registrar)) => {
                 failures = 0;
                 wait = reg::refresh_after(expires);
-                (true, format!("registered for {expires} s"), Some(registrar.ip()))
+                let until = Instant::now() + Duration::from_secs(u64::from(expires));
+                (true, format!("registered for {expires} s"), Some((registrar.ip(), until)))
             }
             Err(why) => {
                 failures += 1;
@@ -278,9 +293,10 @@ async fn keep(publish: Arc<Publish>, wanted: Wanted, stop: CancellationToken) {
         if state.as_ref() != Some(&now) {
             publish.changed(&wanted.trunk, registered, &detail, registrar);
             state = Some(now);
-        } else if let Some(ip) = registrar {
-            // The registrar may answer from another address after a DNS change.
-            services.registrations.bound(ip, &wanted.trunk);
+        } else if let Some((ip, until)) = registrar {
+            // A refresh: the binding lasts longer (and the registrar may answer from another
+            // address after a DNS change).
+            services.registrations.bound(ip, &wanted.trunk, until);
         }
     }
     if let (Some(mut r), Some((true, _))) = (registration, state) {
@@ -368,4 +384,30 @@ fn contact(services: &CallServices, wanted: &Wanted, local: SocketAddr) -> Strin
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registrars_address_delivers_calls_while_the_binding_lasts_refreshed_or_not() {
+        let registrations = Registrations::default();
+        let trunk = ObjectName::new("voice", "carrier-reg");
+        let (ip, other) = ("192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap());
+        let t0 = Instant::now();
+        registrations.bound(ip, &trunk, t0 + Duration::from_secs(60));
+        assert_eq!(registrations.via_at(ip, t0), Some(trunk.clone()));
+        // A failed refresh forgets nothing: the carrier may deliver until the binding lapses.
+        assert_eq!(registrations.via_at(ip, t0 + Duration::from_secs(59)), Some(trunk.clone()));
+        assert_eq!(registrations.via_at(ip, t0 + Duration::from_secs(60)), None, "lapsed");
+        assert_eq!(registrations.via_at(other, t0), None);
+        // The registrar answers from another address: the old one is not its any more.
+        registrations.bound(other, &trunk, t0 + Duration::from_secs(120));
+        assert_eq!(registrations.via_at(ip, t0), None);
+        assert_eq!(registrations.via_at(other, t0 + Duration::from_secs(90)), Some(trunk.clone()));
+        // A stopped registration (trunk removed, registration off) forgets at once.
+        registrations.forget(&trunk);
+        assert_eq!(registrations.via_at(other, t0), None);
+    }
 }
