@@ -15,27 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::sipp::{uac, uas};
+use support::sipp::{outbound_agent_args, uac, uas};
 use support::{Gateway, GatewayOptions, Outbound, Specs, free_port};
 
 const TO: &str = "+14155550142";
 
 fn agent_args(trunk: &str) -> Vec<&str> {
-    vec![
-        "-s",
-        TO,
-        "-key",
-        "trunk",
-        trunk,
-        "-key",
-        "agent",
-        "support",
-        "-key",
-        "from_user",
-        "agent-bot",
-        "-timeout",
-        "20",
-    ]
+    outbound_agent_args(TO, trunk, &[])
 }
 
 const ANSWERED: &str =

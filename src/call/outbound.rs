@@ -555,6 +555,17 @@ mod tests {
     /// An outbound call through a trunk whose first host is `carrier.example` with no port
     /// (SRV) and whose second is `192.0.2.51:5062` over TCP; `offer`: an SDP offer (the relay
     /// starts). The call and what it did first.
+    /// The carrier host the session record gets at the answer.
+    fn answered_by(actions: &[Action]) -> crate::call::machine::AnsweredBy {
+        let answered = actions.iter().find_map(|a| match a {
+            Action::Record(crate::call::machine::Record::Answered { carrier, .. }) => {
+                carrier.clone()
+            }
+            _ => None,
+        });
+        answered.expect("the host that answered")
+    }
+
     fn srv_call(offer: bool) -> (Call, Vec<Action>, Instant) {
         let mut t = trunk();
         t.credentials = None;
@@ -638,13 +649,7 @@ mod tests {
         assert_eq!(sent[0].0, "192.0.2.51:5062".parse().unwrap());
         assert_eq!(sent[0].1.uri, "sip:14155550142@192.0.2.51:5062;transport=tcp");
         let actions = call.on_message(now, answer(&sent[0].1, 200), from("192.0.2.51:5062"));
-        let answered = actions.iter().find_map(|a| match a {
-            Action::Record(crate::call::machine::Record::Answered { carrier, .. }) => {
-                carrier.clone()
-            }
-            _ => None,
-        });
-        let answered = answered.expect("the host that answered");
+        let answered = answered_by(&actions);
         assert_eq!(answered.host, "192.0.2.51:5062");
         assert_eq!(answered.address, "192.0.2.51:5062".parse().unwrap());
     }
@@ -661,13 +666,7 @@ mod tests {
         );
         let sent = invites(&actions);
         let actions = call.on_message(now, answer(&sent[0].1, 200), from("192.0.2.60:5070"));
-        let answered = actions.iter().find_map(|a| match a {
-            Action::Record(crate::call::machine::Record::Answered { carrier, .. }) => {
-                carrier.clone()
-            }
-            _ => None,
-        });
-        let answered = answered.expect("the host that answered");
+        let answered = answered_by(&actions);
         assert_eq!(answered.host, "sip1.carrier.example:5070");
         assert_eq!(answered.address, "192.0.2.60:5070".parse().unwrap());
     }

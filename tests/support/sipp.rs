@@ -38,6 +38,29 @@ pub const CARRIER_CALL_ID_PREFIX: &str = "carrier-";
 /// ```ignore
 /// uac("carrier_call.xml", gateway.udp(), &["-s", "+14155550100", "-d", "300"]).assert_success();
 /// ```
+/// The arguments of the agent runtime's outbound-call scenarios (`agent_outbound_*.xml`): the
+/// number to dial, the trunk (`X-Trunkline-Outbound-Trunk`), agent `support`, From user
+/// `agent-bot`, a 20 s timeout, then `extra`.
+pub fn outbound_agent_args<'a>(number: &'a str, trunk: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-s",
+        number,
+        "-key",
+        "trunk",
+        trunk,
+        "-key",
+        "agent",
+        "support",
+        "-key",
+        "from_user",
+        "agent-bot",
+        "-timeout",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn uac(scenario: &str, target: SocketAddr, args: &[&str]) -> SippResult {
     let run = Run::new(Role::Uac, scenario, args, Some(target), None);
     run.spawn().wait()
