@@ -285,6 +285,7 @@ impl Driver {
                             RelayUpdate::Srtp { side, keys } => {
                                 relay.set_srtp(side, keys.map(|k| *k))
                             }
+                            RelayUpdate::SpareSrtp(keys) => relay.set_spare_srtp(keys.map(|k| *k)),
                             RelayUpdate::Signalling { side, ip } => {
                                 relay.update_signalling(side, ip)
                             }

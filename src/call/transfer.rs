@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crate::config::RoutingTable;
 use crate::config::destination::SipDestination;
-use crate::config::model::{Encryption, TransferTarget};
+use crate::config::model::TransferTarget;
 use crate::config::number;
 use crate::config::outbound::{OutboundRoute, carrier_user};
 use crate::sip::msg::NameAddr;
@@ -86,7 +86,7 @@ pub fn prepare(
             let dial = phone_dial(ids, trunk.clone(), number.clone(), request, local);
             Ok(Prepared { dial, permit: Some(permit), media_allowed })
         }
-        TransferTarget::Sip { uri, credentials, .. } => {
+        TransferTarget::Sip { uri, credentials, encryption } => {
             // Checked when the spec was compiled; parsed again here, once per transfer.
             let target = SipDestination::parse(uri).map_err(|why| (503, why))?;
             let (host, port, protocol) =
@@ -103,9 +103,7 @@ pub fn prepare(
                 headers,
                 credentials: credentials.clone(),
                 alternates: Vec::new(),
-                // Plain: the bridged transfer leg's relay side takes no SRTP yet
-                // (`config::compile` refuses `spec.sip.media.encryption` other than Disabled).
-                encryption: Encryption::Disabled,
+                encryption: *encryption,
             };
             Ok(Prepared { dial, permit: None, media_allowed: Vec::new() })
         }
@@ -138,9 +136,6 @@ fn phone_dial(
     dial.role = Role::Transfer;
     // A bridged transfer goes to the trunk's first host only: failover is the call set-up's.
     dial.alternates.clear();
-    // Plain: the bridged transfer leg's relay side takes no SRTP yet (`config::compile`
-    // refuses a Phone destination whose trunk requires it).
-    dial.encryption = Encryption::Disabled;
     dial
 }
 

@@ -1132,20 +1132,7 @@ fn compile_transfer_target(
             let trunk = ObjectName::new(meta.namespace, phone.outbound_trunk_ref.name.clone());
             let field = "spec.phone.outboundTrunkRef.name";
             match outbound.get(&trunk) {
-                Some(o) => {
-                    warn_agent_mismatch(&spec.agents, &o.route, problems);
-                    if o.route.media.encryption == Encryption::Required {
-                        problems.add(
-                            Severity::Warning,
-                            Reason::Suspicious,
-                            field,
-                            format!(
-                                "OutboundTrunk {} requires SRTP, and a bridged transfer leg offers plain RTP (SRTP on transfer legs is not served yet): its carrier will refuse bridged transfers; mode Refer is not affected",
-                                trunk.name
-                            ),
-                        );
-                    }
-                }
+                Some(o) => warn_agent_mismatch(&spec.agents, &o.route, problems),
                 None if refused_outbound.contains(&trunk) => problems.fatal(
                     Reason::TrunkNotAccepted,
                     field,
@@ -1192,19 +1179,6 @@ fn compile_transfer_target(
                 SipDestination::parse(&sip.uri).is_ok_and(|d| d.transport == Transport::Tls),
                 problems,
             );
-            // The relay's spare side (the bridged transfer leg) takes no SRTP keys yet: a
-            // destination that asks for SRTP is refused by name rather than served in the
-            // clear. Trunks are served (`call::machine::media`).
-            if !encryption.is_disabled() {
-                problems.fatal(
-                    Reason::InvalidSpec,
-                    field,
-                    format!(
-                        "encryption {} is not served yet on transfer legs: the transfer would carry plain RTP; only Disabled is accepted for now",
-                        encryption.as_str()
-                    ),
-                );
-            }
             Some(TransferTarget::Sip { uri: sip.uri.clone(), credentials, encryption })
         }
     }

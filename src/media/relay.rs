@@ -362,6 +362,8 @@ enum Command {
     Signalling(Leg, Option<IpAddr>),
     /// The SRTP keys of a side (`None`: plain RTP).
     Srtp(Leg, Option<Box<SrtpKeys>>),
+    /// The spare's peer's SRTP keys (a bridged transfer to an SRTP destination).
+    SpareSrtp(Option<Box<SrtpKeys>>),
     Hold(bool),
     /// A new spare with its peer's guard, replacing any other.
     AddSpare(Box<SpareSockets>, SourceGuard),
@@ -568,6 +570,15 @@ impl Relay {
     /// again keep the contexts; a new key of either direction starts that direction over.
     pub fn set_srtp(&self, leg: Leg, keys: Option<SrtpKeys>) {
         self.commands.send(Command::Srtp(leg, keys.map(Box::new)));
+    }
+
+    /// As [`Relay::set_srtp`], for the spare's peer (a transfer destination that speaks SRTP):
+    /// its early media is decrypted on the way to side B, and the keys go with the spare when
+    /// it becomes side B. Nothing without a spare.
+    pub fn set_spare_srtp(&self, keys: Option<SrtpKeys>) {
+        if self.spare.is_some() {
+            self.commands.send(Command::SpareSrtp(keys.map(Box::new)));
+        }
     }
 
     /// On hold the peers may stop sending: the media timeout is suspended until resumed.
@@ -1240,6 +1251,11 @@ impl State {
                 }
             }
             Command::Srtp(leg, keys) => self.legs[leg.index()].set_srtp(keys),
+            Command::SpareSrtp(keys) => {
+                if let Some(spare) = &mut self.spare {
+                    spare.set_srtp(keys);
+                }
+            }
             Command::Signalling(leg, ip) => self.legs[leg.index()].guard.signalling = ip,
             Command::UpdateSpareRemote(remote) => {
                 if let Some(spare) = &mut self.spare {
@@ -1279,6 +1295,7 @@ impl State {
             sdp: spare.sdp,
             rtp: spare.rtp,
             rtcp: spare.rtcp,
+            srtp: spare.srtp,
             ..LegState::guarded(spare.guard)
         };
         b.set_sdp(remote, now);
@@ -2561,6 +2578,44 @@ mod tests {
         assert_eq!((stats.b.rtp_in.packets, stats.a.rtp_out.packets), (1, 1));
         assert_eq!((stats.a.rtcp_out.packets, stats.replaced), (0, None));
         assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[tokio::test]
+    async fn an_srtp_spares_ringback_reaches_the_agent_decrypted_and_its_keys_go_with_it_to_side_b()
+    {
+        use crate::media::sdes::{Crypto, Suite};
+        let pool = test_pool(5);
+        let mut relay = start(&pool, RelayConfig::default());
+        let (carrier, _) = peer_pair().await;
+        let (agent, _) = peer_pair().await;
+        let (transfer, _) = peer_pair().await;
+        relay.update_remote(Leg::A, Some(addr(&carrier)));
+        relay.update_remote(Leg::B, Some(addr(&agent)));
+        let spare = relay.add_spare(&pool, LOCALHOST).expect("a spare");
+        relay.update_spare_remote(Some(addr(&transfer)));
+        let suite = Suite::AesCm128HmacSha1_80;
+        let (theirs, ours) = (Crypto::generate(1, suite), Crypto::generate(1, suite));
+        let (mut sender, mut receiver) = srtp_carrier(&theirs, &ours);
+        relay.set_spare_srtp(Some(SrtpKeys { remote: theirs, local: ours }));
+
+        // Encrypted ringback arrives plain at the agent; a plain packet does not pass.
+        let ringback = rtp(9000, 0);
+        send(&transfer, &sender.encrypt_rtp(&ringback).expect("encrypt"), spare).await;
+        assert_eq!(receive(&agent).await.0, ringback);
+        send(&transfer, &rtp(9001, 160), spare).await;
+        nothing_arrives(&agent).await;
+
+        // Promoted: the caller's audio goes to the destination encrypted with our key, and the
+        // destination's keeps decrypting (the same context: its sequence goes on).
+        assert!(relay.promote_spare(Some(addr(&transfer))));
+        send(&carrier, &rtp(2, 160), relay.local(Leg::A)).await;
+        let (got, _) = receive(&transfer).await;
+        assert_eq!(receiver.decrypt_rtp(&got).expect("decrypts under our key"), rtp(2, 160));
+        let next = rtp(9002, 320);
+        send(&transfer, &sender.encrypt_rtp(&next).expect("encrypt"), relay.local(Leg::B)).await;
+        assert_eq!(receive(&carrier).await.0, next);
+        let stats = relay.stop().await;
+        assert_eq!(stats.b.dropped.auth_failed, 0, "counted on the spare before it was side B");
     }
 
     #[tokio::test]

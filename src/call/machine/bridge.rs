@@ -185,11 +185,13 @@ impl Call {
             return self.bridge_failed(now, 488, "no offer for the codec in use");
         };
         let (_, advertised) = self.media_ip(leg);
+        // SRTP as the destination's policy says (the offer's keys kept until it answers).
+        let lines = self.open_offer(leg);
         sdp.rewrite_for_relay(
             &mut self.legs[leg.0].origin,
             advertised,
             port,
-            crate::media::sdp::AudioSecurity::Plain,
+            super::media::security(&lines),
         );
         let Some(b) = self.bridging.as_mut() else { return };
         b.port = Some(port);
@@ -287,20 +289,25 @@ impl Call {
     }
 
     /// The SDP of a transfer leg's 18x/2xx, checked against what it was offered and, for a
-    /// carrier-facing destination, against the `c=` rules; or why it cannot be used.
-    fn transfer_answer(&self, leg: LegId, resp: &Response) -> Result<Sdp, String> {
+    /// carrier-facing destination, against the `c=` rules and its SRTP policy (the keys it
+    /// settles go to the relay's spare); or why it cannot be used.
+    fn transfer_answer(&mut self, leg: LegId, resp: &Response) -> Result<Sdp, String> {
         let offer = self.bridging.as_ref().and_then(|b| b.offer.as_ref());
         let offer = offer.ok_or_else(|| "no offer was made".to_string())?;
         let text = crate::sip::body::sdp(&resp.headers, &resp.body)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no SDP".to_string())?;
-        let sdp = Sdp::parse(&text).map_err(|e| e.to_string())?;
+        let sdp = self.parse_from(leg, &text).map_err(|e| e.to_string())?;
         codec::check_answer(&offer.negotiated, &sdp)
             .map_err(|e| format!("it breaks the codec policy: {e}"))?;
-        match self.refused_answer(leg, &sdp) {
-            Some(refusal) => Err(format!("{}: {}", refusal.rule().as_str(), refusal.text())),
-            None => Ok(sdp),
+        if let Some(refusal) = self.refused_answer(leg, &sdp) {
+            return Err(format!("{}: {}", refusal.rule().as_str(), refusal.text()));
         }
+        self.settle_from(leg, &sdp).map_err(|refusal| {
+            let rule = crate::config::refusal::RefusalRule::from(refusal);
+            format!("{}: {refusal}", rule.as_str())
+        })?;
+        Ok(sdp)
     }
 
     /// The destination answered: the caller's media moves to it (the spare ports become side

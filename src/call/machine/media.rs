@@ -57,9 +57,9 @@ impl OfferRefused {
 /// SDES in an SDP toward a leg: our `a=crypto` lines and whether the profile is RTP/SAVP, or
 /// `None` for plain RTP/AVP (see [`AudioSecurity`]). Owned, so that the leg's origin can be
 /// borrowed while the SDP is printed.
-type Lines = Option<(bool, Vec<Crypto>)>;
+pub(super) type Lines = Option<(bool, Vec<Crypto>)>;
 
-fn security(lines: &Lines) -> AudioSecurity<'_> {
+pub(super) fn security(lines: &Lines) -> AudioSecurity<'_> {
     match lines {
         Some((savp, crypto)) => AudioSecurity::Sdes { savp: *savp, crypto },
         None => AudioSecurity::Plain,
@@ -179,7 +179,7 @@ impl Call {
 
     /// An SDP from `leg`'s peer, read as its SRTP policy allows: RTP/SAVP only when it takes
     /// SRTP.
-    fn parse_from(&self, leg: LegId, text: &[u8]) -> Result<Sdp, SdpError> {
+    pub(super) fn parse_from(&self, leg: LegId, text: &[u8]) -> Result<Sdp, SdpError> {
         if self.leg(leg).srtp.policy.is_disabled() {
             Sdp::parse(text)
         } else {
@@ -189,7 +189,7 @@ impl Call {
 
     /// Our first offer toward `leg`, by its policy ([`sdes::offer`]): fresh keys, kept until
     /// it answers.
-    fn open_offer(&mut self, leg: LegId) -> Lines {
+    pub(super) fn open_offer(&mut self, leg: LegId) -> Lines {
         let srtp = &mut self.legs[leg.0].srtp;
         srtp.offered = sdes::offer(srtp.policy);
         srtp.offered.clone()
@@ -205,7 +205,7 @@ impl Call {
 
     /// `leg`'s peer answered our offer: SDES settled by its policy ([`sdes::settle_answer`]),
     /// the keys kept and given to the relay.
-    fn settle_from(&mut self, leg: LegId, answer: &Sdp) -> Result<(), SrtpRefusal> {
+    pub(super) fn settle_from(&mut self, leg: LegId, answer: &Sdp) -> Result<(), SrtpRefusal> {
         let srtp = &self.leg(leg).srtp;
         if srtp.policy.is_disabled() {
             return Ok(());
@@ -254,10 +254,17 @@ impl Call {
         }
         l.srtp.keys = keys.clone();
         let side = l.media;
-        if running {
-            self.out
-                .push(Action::UpdateRelay(RelayUpdate::Srtp { side, keys: keys.map(Box::new) }));
+        if !running {
+            return;
         }
+        let keys = keys.map(Box::new);
+        // A transfer leg that has not answered yet is on the relay's spare, not on its side.
+        let update = if self.is_bridging(leg) {
+            RelayUpdate::SpareSrtp(keys)
+        } else {
+            RelayUpdate::Srtp { side, keys }
+        };
+        self.out.push(Action::UpdateRelay(update));
     }
 
     /// Hold (sendonly, recvonly, inactive) suspends the media timeout; sendrecv resumes it.

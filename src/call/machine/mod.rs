@@ -339,6 +339,8 @@ pub enum RelayUpdate {
     /// The SRTP keys of a side's peer (SDES, settled or renewed by an offer and its answer),
     /// or `None` for plain RTP. Boxed: most calls never send it.
     Srtp { side: RelaySide, keys: Option<Box<crate::media::srtp::SrtpKeys>> },
+    /// The SRTP keys of the transfer leg's peer, while its ports are the relay's spare.
+    SpareSrtp(Option<Box<crate::media::srtp::SrtpKeys>>),
     /// A side's SIP peer is now this IP (a carrier leg failed over to another host): the side's
     /// guard admits its media instead of the first host's.
     Signalling { side: RelaySide, ip: Option<IpAddr> },

@@ -8,7 +8,8 @@ use crate::media::relay::Leg as RelaySide;
 use crate::media::sdes::{self, Crypto, Settled, Suite};
 use crate::media::sdp::Sdp;
 use crate::media::srtp::SrtpKeys;
-use crate::sip::msg::{Method, Request, Response, name};
+use crate::sip::msg::{Message, Method, Request, Response, name};
+use crate::sip::transport::Zone;
 
 use super::media_tests::{carrier_answers, outbound_with};
 use super::script::*;
@@ -267,4 +268,76 @@ fn an_outbound_call_on_a_disabled_trunk_offers_plain_rtp() {
     let (_, invite) = outbound_with(Encryption::Disabled);
     let text = String::from_utf8_lossy(&invite.body).into_owned();
     assert!(text.contains("RTP/AVP") && !text.contains("a=crypto"), "{text}");
+}
+
+// A bridged transfer to a SIP destination whose `media.encryption` asks for SRTP.
+
+const TRANSFER_LEG: LegId = LegId(2);
+const DESTINATION: &str = "192.0.2.30:5060";
+
+/// An answered call whose agent REFERs it to a destination taking SRTP by `policy`; the
+/// transfer leg's spare ports are bound. Gives our INVITE to the destination.
+fn srtp_transfer(policy: Encryption) -> (Script, Request) {
+    let (mut s, invite, _) = answered();
+    let mut refer = in_dialog_from_agent(&invite, "REFER", 2, "z9hG4bKrefer2");
+    refer.headers.push("Refer-To", "<sip:pbx@x>");
+    let actions = s.agent_sends(refer);
+    assert!(actions.iter().any(|a| matches!(a, Action::PrepareTransfer(_))));
+    let mut dial = super::tests::transfer_dial(Destination::Address(addr(DESTINATION)), None);
+    dial.encryption = policy;
+    s.call.on_transfer_dial(s.now, Ok(dial));
+    let actions = s.call.on_media_event(s.now, MediaEvent::TransferMediaStarted { port: 30004 });
+    let invite = requests_to(&actions, TRANSFER_LEG).remove(0);
+    assert_eq!(invite.method, Method::Invite);
+    (s, invite)
+}
+
+fn destination_answers(s: &mut Script, invite: &Request, sdp: &str) -> Vec<Action> {
+    let mut ok = Response::to_request(invite, 200, "OK", Some("desk"));
+    ok.headers.push(name::CONTACT, format!("<sip:op@{DESTINATION}>"));
+    ok.headers.push(name::CONTENT_TYPE, "application/sdp");
+    ok.body = sdp.as_bytes().to_vec().into();
+    let from = source(DESTINATION, GATEWAY_A, Zone::Carrier);
+    s.call.on_message(s.now, Message::Response(ok), from)
+}
+
+#[test]
+fn a_transfer_to_an_srtp_destination_offers_srtp_and_keys_the_spare_before_it_becomes_side_b() {
+    let (mut s, invite) = srtp_transfer(Encryption::Required);
+    let (savp, offered) = security_of(&invite.body);
+    assert!(savp, "Required offers RTP/SAVP to the destination");
+    assert_eq!(offered.len(), Suite::PREFERENCE.len());
+
+    let answer = carrier_sdp("RTP/SAVP", &[line(2, "AES_CM_128_HMAC_SHA1_80", KEY)], "sendrecv");
+    let updates = relay_updates(&destination_answers(&mut s, &invite, &answer));
+    let spare = updates.iter().position(|u| matches!(u, RelayUpdate::SpareSrtp(Some(_))));
+    let promote = updates.iter().position(|u| matches!(u, RelayUpdate::PromoteSpare(_)));
+    let (Some(spare), Some(promote)) = (spare, promote) else {
+        panic!("the spare is keyed and promoted: {updates:?}")
+    };
+    assert!(spare < promote, "keyed before it becomes side B: {updates:?}");
+    let RelayUpdate::SpareSrtp(Some(keys)) = &updates[spare] else { unreachable!() };
+    assert_eq!(keys.local, offered[1], "our tag-2 line");
+    assert!(
+        !updates.iter().any(|u| matches!(u, RelayUpdate::Srtp { .. })),
+        "the agent's side B was keyed: {updates:?}"
+    );
+    assert_eq!(s.call.state(), State::Answered);
+}
+
+#[test]
+fn a_destination_answering_plain_rtp_where_srtp_is_required_fails_the_transfer_and_the_caller_stays()
+ {
+    let (mut s, invite) = srtp_transfer(Encryption::Required);
+    let actions = destination_answers(&mut s, &invite, &carrier_sdp("RTP/AVP", &[], "sendrecv"));
+    assert_eq!(methods(&actions, TRANSFER_LEG), vec![Method::Ack, Method::Bye]);
+    let updates = relay_updates(&actions);
+    assert!(updates.contains(&RelayUpdate::DropSpare), "{updates:?}");
+    assert!(!updates.iter().any(|u| matches!(u, RelayUpdate::PromoteSpare(_))));
+    let notify = requests_to(&actions, AGENT_LEG)
+        .into_iter()
+        .find(|r| r.method == Method::Notify)
+        .expect("the agent hears how the transfer ended");
+    assert!(String::from_utf8_lossy(&notify.body).contains("488"));
+    assert!(ended(&actions).is_none(), "the caller stays with the agent");
 }
