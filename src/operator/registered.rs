@@ -17,8 +17,6 @@
 //! The fleets' entries are then summed up as `Reachable` is: False when some fleet says False,
 //! True when every fleet that decided says True, else Unknown. Pure.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-
 use super::reachable::ConditionStatus;
 use crate::api::FleetStatus;
 use crate::observe::admin::RegistrationHealth;
@@ -91,29 +89,11 @@ pub fn decide_registered(
 /// The message is the one entry's, or `name: message` of each entry joined with `; `, in
 /// fleet-name order. Entries without the condition are left out.
 pub fn aggregate_registered(fleets: &[FleetStatus]) -> RegisteredDecision {
-    let mut entries: Vec<(&str, &Condition)> = fleets
-        .iter()
-        .filter_map(|f| {
-            f.conditions.iter().find(|c| c.type_ == REGISTERED).map(|c| (f.name.as_str(), c))
-        })
-        .collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    let status_of = |c: &Condition| ConditionStatus::parse(&c.status);
-    let down = entries.iter().any(|(_, c)| status_of(c) == ConditionStatus::False);
-    let up = entries.iter().any(|(_, c)| status_of(c) == ConditionStatus::True);
-    let (status, reason) = match (down, up) {
-        (true, _) => (ConditionStatus::False, "NotRegistered"),
-        (false, true) => (ConditionStatus::True, "Registered"),
-        (false, false) => (ConditionStatus::Unknown, "Pending"),
-    };
-    let message = match entries.as_slice() {
-        [] => "no gateway fleet has reported on it yet".to_string(),
-        [(_, c)] => c.message.clone(),
-        _ => entries
-            .iter()
-            .map(|(name, c)| format!("{name}: {}", c.message))
-            .collect::<Vec<_>>()
-            .join("; "),
+    let (status, message) = super::status::roll_up(fleets, REGISTERED);
+    let reason = match status {
+        ConditionStatus::False => "NotRegistered",
+        ConditionStatus::True => "Registered",
+        ConditionStatus::Unknown => "Pending",
     };
     RegisteredDecision { status, reason, message }
 }
@@ -127,6 +107,7 @@ fn sanitized(detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn report(registered: Option<bool>, detail: &str) -> RegistrationHealth {
         RegistrationHealth { registered, since: 1, detail: detail.into() }

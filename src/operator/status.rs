@@ -351,19 +351,32 @@ fn served_here(programmed: &ProgrammedDecision) -> bool {
 /// joined with `; `, in fleet-name order. Entries without a `Reachable` (other kinds, older
 /// operators) are left out. The order of `fleets` does not matter.
 pub fn aggregate_reachable(fleets: &[FleetStatus]) -> ReachableDecision {
+    let (status, message) = roll_up(fleets, REACHABLE);
+    let reason = match status {
+        ConditionStatus::False => ReachableReason::Unreachable,
+        ConditionStatus::True => ReachableReason::Reachable,
+        ConditionStatus::Unknown => ReachableReason::NotProbed,
+    };
+    ReachableDecision { status, reason, message }
+}
+
+/// One condition that each fleet writes from its pods' reports (`Reachable`, `Registered`),
+/// rolled up over the fleets: `False` when any fleet's is, else `True` when any fleet's is, else
+/// `Unknown`; the message is the only fleet's, or each fleet's after its name (name order).
+pub(super) fn roll_up(fleets: &[FleetStatus], type_: &str) -> (ConditionStatus, String) {
     let entries: Vec<(&str, &Condition)> = by_name(fleets)
         .into_iter()
         .filter_map(|f| {
-            f.conditions.iter().find(|c| c.type_ == REACHABLE).map(|c| (f.name.as_str(), c))
+            f.conditions.iter().find(|c| c.type_ == type_).map(|c| (f.name.as_str(), c))
         })
         .collect();
     let status_of = |c: &Condition| ConditionStatus::parse(&c.status);
-    let down = entries.iter().find(|(_, c)| status_of(c) == ConditionStatus::False);
+    let down = entries.iter().any(|(_, c)| status_of(c) == ConditionStatus::False);
     let up = entries.iter().any(|(_, c)| status_of(c) == ConditionStatus::True);
-    let (status, reason) = match (down, up) {
-        (Some(_), _) => (ConditionStatus::False, ReachableReason::Unreachable),
-        (None, true) => (ConditionStatus::True, ReachableReason::Reachable),
-        (None, false) => (ConditionStatus::Unknown, ReachableReason::NotProbed),
+    let status = match (down, up) {
+        (true, _) => ConditionStatus::False,
+        (false, true) => ConditionStatus::True,
+        (false, false) => ConditionStatus::Unknown,
     };
     let message = match entries.as_slice() {
         [] => "no gateway fleet has reported on it yet".to_string(),
@@ -374,7 +387,7 @@ pub fn aggregate_reachable(fleets: &[FleetStatus]) -> ReachableDecision {
             .collect::<Vec<_>>()
             .join("; "),
     };
-    ReachableDecision { status, reason, message }
+    (status, message)
 }
 
 /// Which addresses go into a fleet entry.
