@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::sipp::{uac, uas};
+use support::sipp::{SippHandle, uac, uas};
 use support::specs::Outbound;
 use support::{Gateway, GatewayOptions, Specs, Trunk, free_port};
 
@@ -28,11 +28,13 @@ fn metric(gateway: &Gateway, series: &str) -> Option<String> {
     page.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_string()))
 }
 
-#[test]
-fn a_registered_account_is_kept_fresh_and_its_calls_reach_the_agent() {
+/// OutboundTrunk `carrier-out` registering `ACCOUNT` with `password` at a sipp registrar
+/// (which verifies `PASSWORD`, grants 10 s and gives up after `timeout` seconds), and
+/// InboundTrunk `reg-in` fed by that registration, `NUMBER` to agent `sales` on the port given.
+fn registration_setup(password: &str, timeout: &str) -> (Specs, u16, SippHandle) {
     let (registrar_port, agent_port) = (free_port(), free_port());
     let carrier =
-        Outbound::new("carrier-out", registrar_port).digest(ACCOUNT, PASSWORD).registration(60);
+        Outbound::new("carrier-out", registrar_port).digest(ACCOUNT, password).registration(60);
     let fed = Trunk::new("reg-in")
         .number(NUMBER, "sales")
         .fed_by_registration("carrier-out")
@@ -43,9 +45,15 @@ fn a_registered_account_is_kept_fresh_and_its_calls_reach_the_agent() {
         registrar_port,
         &[
             "-set", "user", ACCOUNT, "-set", "password", PASSWORD, "-set", "granted", "10",
-            "-timeout", "40",
+            "-timeout", timeout,
         ],
     );
+    (specs, agent_port, registrar)
+}
+
+#[test]
+fn a_registered_account_is_kept_fresh_and_its_calls_reach_the_agent() {
+    let (specs, agent_port, registrar) = registration_setup(PASSWORD, "40");
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
     let gw = gateway.udp();
     let call_args = |uri: &str| {
@@ -100,23 +108,7 @@ fn a_registered_account_is_kept_fresh_and_its_calls_reach_the_agent() {
 #[test]
 fn without_a_binding_the_registrars_address_is_not_admitted() {
     // The registrar refuses the account: no binding, so nothing admits the carrier's call.
-    let (registrar_port, agent_port) = (free_port(), free_port());
-    let carrier = Outbound::new("carrier-out", registrar_port)
-        .digest(ACCOUNT, "wrong-password")
-        .registration(60);
-    let fed = Trunk::new("reg-in")
-        .number(NUMBER, "sales")
-        .fed_by_registration("carrier-out")
-        .destination_udp(agent_port);
-    let specs = Specs::new().with_outbound(carrier).with(fed);
-    let registrar = uas(
-        "registrar.xml",
-        registrar_port,
-        &[
-            "-set", "user", ACCOUNT, "-set", "password", PASSWORD, "-set", "granted", "10",
-            "-timeout", "10",
-        ],
-    );
+    let (specs, _agent_port, registrar) = registration_setup("wrong-password", "10");
     let gateway = Gateway::start(specs.path(), GatewayOptions::default());
     let gw = gateway.udp();
     let deadline = Instant::now() + Duration::from_secs(10);

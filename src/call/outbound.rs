@@ -316,25 +316,7 @@ mod tests {
 
     #[test]
     fn the_carrier_gets_our_dialog_the_trunks_identity_and_only_the_agents_x_headers() {
-        let table = RoutingTable::new(vec![], vec![trunk()], vec![]);
-        let invite = agent_invite();
-        let from = invite.from().unwrap().uri.clone();
-        let headers: Vec<(String, String)> =
-            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
-        let route = decide(&table, &attempt).outcome.unwrap();
-        let source = Source {
-            protocol: Protocol::Udp,
-            zone: Zone::Internal,
-            remote: "127.0.0.1:7000".parse().unwrap(),
-            local: "127.0.0.1:5080".parse().unwrap(),
-            connection: None,
-        };
-        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
-        let mut ids = Ids::seeded(1);
-        let setup = setup(&mut ids, "X-Trunkline-", invite, source, locals, &route, None);
-        let (_call, actions) =
-            Call::start(Instant::now(), CallConfig::default(), Ids::seeded(2), setup);
+        let (_call, actions, _) = agent_calls_through(trunk(), None);
         let sent: Vec<Request> = actions
             .iter()
             .filter_map(|a| match a {
@@ -364,6 +346,35 @@ mod tests {
         let text = String::from_utf8(carrier.to_bytes()).unwrap();
         assert!(!text.contains("10.0.0.9"), "nothing of the agent's dialog: {text}");
         assert!(!text.contains("pw-not-shown"));
+    }
+
+    /// The agent runtime's INVITE (from 127.0.0.1:7000) routed through `t` and the call started
+    /// at our addresses (agent side 127.0.0.1:5080, carrier side 203.0.113.5:5060): the call, its
+    /// first actions and when it started.
+    fn agent_calls_through(
+        t: crate::config::model::OutboundTrunkRoute,
+        offer: Option<MediaOffer>,
+    ) -> (Call, Vec<Action>, Instant) {
+        let table = RoutingTable::new(vec![], vec![t], vec![]);
+        let invite = agent_invite();
+        let from = invite.from().unwrap().uri.clone();
+        let headers: Vec<(String, String)> =
+            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
+        let route = decide(&table, &attempt).outcome.unwrap();
+        let source = Source {
+            protocol: Protocol::Udp,
+            zone: Zone::Internal,
+            remote: "127.0.0.1:7000".parse().unwrap(),
+            local: "127.0.0.1:5080".parse().unwrap(),
+            connection: None,
+        };
+        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
+        let setup =
+            setup(&mut Ids::seeded(1), "X-Trunkline-", invite, source, locals, &route, offer);
+        let now = Instant::now();
+        let (call, actions) = Call::start(now, CallConfig::default(), Ids::seeded(2), setup);
+        (call, actions, now)
     }
 
     /// The carrier-bound requests and agent-bound responses among `actions`.
@@ -398,25 +409,7 @@ mod tests {
         let mut t = trunk();
         t.credentials = None;
         t.hosts.push(crate::config::model::CarrierHost::new("192.0.2.51", 5062, Protocol::Tcp));
-        let table = RoutingTable::new(vec![], vec![t], vec![]);
-        let invite = agent_invite();
-        let from = invite.from().unwrap().uri.clone();
-        let headers: Vec<(String, String)> =
-            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
-        let route = decide(&table, &attempt).outcome.unwrap();
-        let source = Source {
-            protocol: Protocol::Udp,
-            zone: Zone::Internal,
-            remote: "127.0.0.1:7000".parse().unwrap(),
-            local: "127.0.0.1:5080".parse().unwrap(),
-            connection: None,
-        };
-        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
-        let setup =
-            setup(&mut Ids::seeded(1), "X-Trunkline-", invite, source, locals, &route, None);
-        let now = Instant::now();
-        let (call, actions) = Call::start(now, CallConfig::default(), Ids::seeded(2), setup);
+        let (call, actions, now) = agent_calls_through(t, None);
         let (carrier, agent) = split(&actions);
         assert_eq!(agent.iter().map(|r| r.status).collect::<Vec<_>>(), [100]);
         assert_eq!(carrier[0].0, "192.0.2.50:5060".parse().unwrap());
@@ -573,31 +566,12 @@ mod tests {
             CarrierHost { srv: true, ..CarrierHost::new("carrier.example", 5060, Protocol::Udp) };
         t.hosts.push(CarrierHost::new("192.0.2.51", 5062, Protocol::Tcp));
         t.codecs = vec![crate::config::model::Codec::Pcmu];
-        let table = RoutingTable::new(vec![], vec![t], vec![]);
-        let invite = agent_invite();
-        let from = invite.from().unwrap().uri.clone();
-        let headers: Vec<(String, String)> =
-            invite.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        let attempt = OutboundAttempt::from_invite(&invite.uri, &from, &headers, "X-Trunkline-");
-        let route = decide(&table, &attempt).outcome.unwrap();
-        let source = Source {
-            protocol: Protocol::Udp,
-            zone: Zone::Internal,
-            remote: "127.0.0.1:7000".parse().unwrap(),
-            local: "127.0.0.1:5080".parse().unwrap(),
-            connection: None,
-        };
         let offer = offer.then(|| {
             let (sdp, negotiated) =
                 crate::media::codec::gateway_offer(&[crate::config::model::Codec::Pcmu]).unwrap();
             MediaOffer { sdp, negotiated, delayed: false }
         });
-        let locals = ("127.0.0.1:5080".parse().unwrap(), "203.0.113.5:5060".parse().unwrap());
-        let setup =
-            setup(&mut Ids::seeded(1), "X-Trunkline-", invite, source, locals, &route, offer);
-        let now = Instant::now();
-        let (call, actions) = Call::start(now, CallConfig::default(), Ids::seeded(2), setup);
-        (call, actions, now)
+        agent_calls_through(t, offer)
     }
 
     fn from(remote: &str) -> Source {
